@@ -1,0 +1,129 @@
+//! `parley`: the chat server's command line.
+//!
+//! A thin shell over the library crates: `serve` reads the configuration (defaults, then
+//! an optional TOML file, then `PARLEY_*` environment variables, then flags) and runs the
+//! server until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use parley_server::Config;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "parley",
+    version,
+    about = "A chat server: one port, every protocol, nothing lost"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Serialize)]
+struct ServeArgs {
+    /// A TOML configuration file (see parley.example.toml).
+    #[arg(long, env = "PARLEY_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Address of the shared port.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// Directory holding the database.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "PARLEY_LOG_FORMAT")]
+    #[serde(skip)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum, Default)]
+enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let config = load_config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        parley_server::serve(config, listener, shutdown).await
+    })
+}
+
+/// Defaults, then the TOML file, then `PARLEY_*` variables, then flags.
+fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = &args.config {
+        anyhow::ensure!(path.exists(), "config file {} not found", path.display());
+        figment = figment.merge(Toml::file(path));
+    }
+    let config: Config = figment
+        .merge(Env::prefixed("PARLEY_").ignore(&["config", "log", "log_format"]))
+        .merge(Serialized::globals(args))
+        .extract()
+        .context("reading the configuration")?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PARLEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,313 @@
+//! The seed-000 "Console Chat" binary protocol, byte for byte.
+//!
+//! A frame is `u32 length | u8 version | u16 key | body`, all big-endian; `length` counts the
+//! version, key and body but not itself. Strings are `u16 length | bytes`. Every request body
+//! starts with a `u32` correlation id, which the response (key 0x03, always 13 bytes on the
+//! wire) carries back. See docs/PROTOCOL.md for worked examples.
+//!
+//! Decoding takes bytes from a `BytesMut` and hands out `Bytes` slices of the frame, so the
+//! strings of a message are never copied.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::ErrorKind;
+
+/// The only protocol version there is.
+pub const VERSION: u8 = 1;
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX: usize = 4;
+/// Bytes of version + key, the smallest possible frame body.
+pub const HEADER: usize = 3;
+
+/// Command keys.
+pub mod key {
+    pub const LOGIN: u16 = 0x01;
+    pub const MESSAGE: u16 = 0x02;
+    pub const RESPONSE: u16 = 0x03;
+    pub const CORRELATION_TEST: u16 = 0x09;
+}
+
+/// Response codes. 0x01, 0x03 and 0x04 are the seed's; the rest are parley's, chosen so that
+/// no seed client mistakes them for one of its own.
+pub mod code {
+    pub const OK: u16 = 0x01;
+    /// A server-side failure (the seed reserved 0x02 for a generic error).
+    pub const ERROR: u16 = 0x02;
+    pub const USER_NOT_FOUND: u16 = 0x03;
+    pub const USER_ALREADY_LOGGED: u16 = 0x04;
+    pub const NOT_LOGGED_IN: u16 = 0x05;
+    pub const FORBIDDEN: u16 = 0x06;
+    pub const INVALID_NAME: u16 = 0x07;
+    pub const MALFORMED: u16 = 0x08;
+    pub const UNKNOWN_COMMAND: u16 = 0x09;
+    pub const SHUTTING_DOWN: u16 = 0x0A;
+}
+
+/// The response code that reports `kind`.
+pub fn error_code(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::Internal => code::ERROR,
+        ErrorKind::UserNotFound => code::USER_NOT_FOUND,
+        ErrorKind::AlreadyLoggedIn => code::USER_ALREADY_LOGGED,
+        ErrorKind::NotLoggedIn => code::NOT_LOGGED_IN,
+        ErrorKind::Forbidden => code::FORBIDDEN,
+        ErrorKind::InvalidName => code::INVALID_NAME,
+        ErrorKind::Malformed => code::MALFORMED,
+        ErrorKind::UnknownCommand => code::UNKNOWN_COMMAND,
+        ErrorKind::ShuttingDown => code::SHUTTING_DOWN,
+    }
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Login {
+        cid: u32,
+        username: Bytes,
+    },
+    Message {
+        cid: u32,
+        message: Bytes,
+        from: Bytes,
+        to: Bytes,
+        time: u64,
+    },
+    Response {
+        cid: u32,
+        code: u16,
+    },
+    CorrelationTest {
+        cid: u32,
+    },
+}
+
+/// Why a frame could not be decoded.
+///
+/// Fatal errors mean the byte stream can no longer be split into frames: the connection must
+/// close. The others consumed exactly one bad frame, carry its correlation id when it had one,
+/// and decoding can go on with the next frame.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FrameError {
+    #[error("frame length {len} exceeds the maximum of {max} bytes")]
+    TooLong { len: usize, max: usize },
+    #[error("frame length {len} is shorter than the 3-byte header")]
+    TooShort { len: usize },
+    #[error("unsupported protocol version {version}")]
+    UnknownVersion { version: u8, cid: Option<u32> },
+    #[error("unknown command key {key:#06x}")]
+    UnknownKey { key: u16, cid: Option<u32> },
+    #[error("malformed frame (key {key:#06x}): {reason}")]
+    Malformed {
+        key: u16,
+        cid: Option<u32>,
+        reason: &'static str,
+    },
+}
+
+impl FrameError {
+    /// Whether the connection has to close (framing is lost).
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            FrameError::TooLong { .. } | FrameError::TooShort { .. }
+        )
+    }
+
+    /// The correlation id of the bad frame, when it had one to answer.
+    pub fn correlation_id(&self) -> Option<u32> {
+        match self {
+            FrameError::TooLong { .. } | FrameError::TooShort { .. } => None,
+            FrameError::UnknownVersion { cid, .. }
+            | FrameError::UnknownKey { cid, .. }
+            | FrameError::Malformed { cid, .. } => *cid,
+        }
+    }
+
+    /// The neutral error that reports this failure to the client.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FrameError::UnknownVersion { .. } | FrameError::UnknownKey { .. } => {
+                ErrorKind::UnknownCommand
+            }
+            _ => ErrorKind::Malformed,
+        }
+    }
+}
+
+/// Takes one frame off the front of `buf`.
+///
+/// Returns `Ok(None)` when `buf` does not yet hold a whole frame (and reserves room for the
+/// rest of it); a length above `max_frame` is refused as soon as the prefix is read, before
+/// any of the body is buffered.
+pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, FrameError> {
+    if buf.len() < LENGTH_PREFIX {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max_frame {
+        return Err(FrameError::TooLong {
+            len,
+            max: max_frame,
+        });
+    }
+    if len < HEADER {
+        return Err(FrameError::TooShort { len });
+    }
+    if buf.len() < LENGTH_PREFIX + len {
+        buf.reserve(LENGTH_PREFIX + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(LENGTH_PREFIX);
+    let frame = buf.split_to(len).freeze();
+    parse(frame).map(Some)
+}
+
+/// Parses one frame body (version, key and the rest), without the length prefix.
+fn parse(mut body: Bytes) -> Result<Frame, FrameError> {
+    let version = body.get_u8();
+    let key = body.get_u16();
+    let cid = (body.len() >= 4).then(|| u32::from_be_bytes([body[0], body[1], body[2], body[3]]));
+    if version != VERSION {
+        return Err(FrameError::UnknownVersion { version, cid });
+    }
+    let malformed = |reason| FrameError::Malformed { key, cid, reason };
+    let mut r = Reader(body);
+    let frame = match key {
+        key::LOGIN => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let username = r.string().ok_or_else(|| malformed("bad username"))?;
+            Frame::Login { cid, username }
+        }
+        key::MESSAGE => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let message = r.string().ok_or_else(|| malformed("bad message"))?;
+            let from = r.string().ok_or_else(|| malformed("bad from"))?;
+            let to = r.string().ok_or_else(|| malformed("bad to"))?;
+            let time = r.u64().ok_or_else(|| malformed("missing time"))?;
+            Frame::Message {
+                cid,
+                message,
+                from,
+                to,
+                time,
+            }
+        }
+        key::RESPONSE => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let code = r.u16().ok_or_else(|| malformed("missing code"))?;
+            Frame::Response { cid, code }
+        }
+        key::CORRELATION_TEST => {
+            // Seed clients send a bare correlation id; the seed's own server read this frame
+            // as a login, so anything after the id is accepted and ignored.
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            return Ok(Frame::CorrelationTest { cid });
+        }
+        _ => return Err(FrameError::UnknownKey { key, cid }),
+    };
+    if r.0.has_remaining() {
+        return Err(malformed("trailing bytes after the last field"));
+    }
+    Ok(frame)
+}
+
+/// Bounds-checked big-endian reads over a frame body.
+struct Reader(Bytes);
+
+impl Reader {
+    fn u16(&mut self) -> Option<u16> {
+        (self.0.len() >= 2).then(|| self.0.get_u16())
+    }
+    fn u32(&mut self) -> Option<u32> {
+        (self.0.len() >= 4).then(|| self.0.get_u32())
+    }
+    fn u64(&mut self) -> Option<u64> {
+        (self.0.len() >= 8).then(|| self.0.get_u64())
+    }
+    fn string(&mut self) -> Option<Bytes> {
+        let len = self.u16()? as usize;
+        (self.0.len() >= len).then(|| self.0.split_to(len))
+    }
+}
+
+/// A string field longer than the `u16` length prefix can describe.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("a string of {0} bytes does not fit the u16 length prefix")]
+pub struct StringTooLong(pub usize);
+
+impl Frame {
+    /// Appends this frame, length prefix included, to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), StringTooLong> {
+        match self {
+            Frame::Login { cid, username } => {
+                check_len(username)?;
+                let len = HEADER + 4 + 2 + username.len();
+                put_header(dst, len, key::LOGIN);
+                dst.put_u32(*cid);
+                put_string(dst, username);
+            }
+            Frame::Message {
+                cid,
+                message,
+                from,
+                to,
+                time,
+            } => encode_message(*cid, message, from, to, *time, dst)?,
+            Frame::Response { cid, code } => encode_response(*cid, *code, dst),
+            Frame::CorrelationTest { cid } => {
+                put_header(dst, HEADER + 4, key::CORRELATION_TEST);
+                dst.put_u32(*cid);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends a 13-byte response frame to `dst`.
+pub fn encode_response(cid: u32, code: u16, dst: &mut BytesMut) {
+    put_header(dst, HEADER + 4 + 2, key::RESPONSE);
+    dst.put_u32(cid);
+    dst.put_u16(code);
+}
+
+/// Appends a message frame to `dst` from borrowed parts (no `Frame` needed).
+pub fn encode_message(
+    cid: u32,
+    message: &[u8],
+    from: &[u8],
+    to: &[u8],
+    time: u64,
+    dst: &mut BytesMut,
+) -> Result<(), StringTooLong> {
+    check_len(message)?;
+    check_len(from)?;
+    check_len(to)?;
+    let len = HEADER + 4 + 6 + message.len() + from.len() + to.len() + 8;
+    put_header(dst, len, key::MESSAGE);
+    dst.put_u32(cid);
+    put_string(dst, message);
+    put_string(dst, from);
+    put_string(dst, to);
+    dst.put_u64(time);
+    Ok(())
+}
+
+fn check_len(s: &[u8]) -> Result<(), StringTooLong> {
+    if s.len() > u16::MAX as usize {
+        return Err(StringTooLong(s.len()));
+    }
+    Ok(())
+}
+
+fn put_header(dst: &mut BytesMut, len: usize, key: u16) {
+    dst.reserve(LENGTH_PREFIX + len);
+    dst.put_u32(len as u32);
+    dst.put_u8(VERSION);
+    dst.put_u16(key);
+}
+
+fn put_string(dst: &mut BytesMut, s: &[u8]) {
+    dst.put_u16(s.len() as u16);
+    dst.put_slice(s);
+}

@@ -1,0 +1,32 @@
+//! What the server answers, whatever protocol the client spoke.
+
+/// The outcome of one request. Each codec maps it to its own bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ok,
+    Error(ErrorKind),
+}
+
+/// Why a request failed. Codecs map these to their own error codes or words; the set is
+/// protocol-neutral so every protocol reports the same failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Something went wrong on the server (the store failed); the request had no effect.
+    Internal,
+    /// The named recipient has never logged in.
+    UserNotFound,
+    /// The name is online already, or this connection is already logged in.
+    AlreadyLoggedIn,
+    /// The request needs a logged-in session.
+    NotLoggedIn,
+    /// The request claims to come from a user other than the session's.
+    Forbidden,
+    /// The name is empty, too long, not UTF-8, or has spaces or control characters.
+    InvalidName,
+    /// The request could not be parsed.
+    Malformed,
+    /// The command (or protocol version) is not known.
+    UnknownCommand,
+    /// The server is shutting down and accepts no new work.
+    ShuttingDown,
+}

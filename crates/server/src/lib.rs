@@ -1,0 +1,20 @@
+//! The parley server: one port, many wire protocols, one ordered log per conversation.
+//!
+//! The modules follow the path of a message:
+//! `server` (accept) → `sniff` (pick a protocol) → `session` (decode requests, via `wire`)
+//! → `hub` (apply, group-commit to `store`, then answer and deliver) → `outbound` (each
+//! session's queue and writer). `catchup` replays what a device missed before it goes live.
+
+mod catchup;
+mod config;
+mod delivery;
+mod hub;
+mod outbound;
+mod server;
+mod session;
+mod sniff;
+mod store;
+mod wire;
+
+pub use config::{Config, SyncMode};
+pub use server::{serve, start, Running};

@@ -1,0 +1,191 @@
+//! A session's bounded outbound queue and the writer task that drains it.
+//!
+//! The hub never waits on a socket: it `try_send`s into this queue and, when the queue is
+//! full, disconnects the session as a slow consumer (what it missed stays in the log). The
+//! writer takes everything queued, encodes it into one buffer and writes it with one call;
+//! after each write it reports how far each conversation got, which becomes the device's
+//! cursor ("received" means written to the socket, for protocols without acks).
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use parley_proto::Reply;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::Delivery;
+use crate::hub::Hub;
+use crate::store::{ConvId, DeviceId, Seq};
+use crate::wire::{Protocol, Tag};
+
+/// One thing to write to a client.
+#[derive(Debug)]
+pub enum Outbound {
+    Reply(Tag, Reply),
+    /// A live push from the hub.
+    Deliver(Arc<Delivery>),
+    /// A message replayed from the log while catching up; holds one `replay` permit.
+    Replay(Arc<Delivery>),
+}
+
+/// What the hub holds of a session: its queue, its kill switch, its in-flight budget.
+#[derive(Debug)]
+pub struct SessionLink {
+    pub id: u64,
+    pub protocol: Protocol,
+    pub queue: mpsc::Sender<Outbound>,
+    /// Cancelled to drop the connection at once (slow consumer, forced shutdown).
+    pub kill: CancellationToken,
+    pub kill_reason: OnceLock<&'static str>,
+    /// One permit per request in flight; the hub returns it once the reply is queued.
+    pub inflight: Arc<Semaphore>,
+    /// Slots of the queue that catch-up may fill, so a long replay never leaves the hub
+    /// without room for replies and live pushes. The writer returns them.
+    pub replay: Arc<Semaphore>,
+}
+
+impl SessionLink {
+    /// Queues `item` without waiting. A full queue makes this session a slow consumer: it
+    /// is disconnected, and whatever it had not received stays in the log for next time.
+    pub fn push(&self, item: Outbound) {
+        match self.queue.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kill("slow consumer: outbound queue full")
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    pub fn kill(&self, reason: &'static str) {
+        let _ = self.kill_reason.set(reason);
+        self.kill.cancel();
+    }
+}
+
+/// Everything the writer task needs.
+pub struct Writer {
+    pub socket: OwnedWriteHalf,
+    pub queue: mpsc::Receiver<Outbound>,
+    pub link: Arc<SessionLink>,
+    pub hub: Hub,
+    /// Set once the session has logged in; cursors are reported for this device.
+    pub device: Arc<OnceLock<DeviceId>>,
+    /// Cancelled when the session ends: write what is queued (bounded in time), then stop.
+    pub closing: CancellationToken,
+    pub flush_timeout: Duration,
+}
+
+/// Largest number of queued items written in one go.
+const BATCH: usize = 512;
+/// A write buffer that grew past this is released after use, so idle sessions stay small.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+impl Writer {
+    /// Runs until the session closes or the socket fails.
+    pub async fn run(mut self) {
+        let mut items = Vec::with_capacity(16);
+        let mut buf = BytesMut::new();
+        let mut progress: HashMap<ConvId, Seq> = HashMap::new();
+        let kill = self.link.kill.clone();
+        loop {
+            let got = tokio::select! {
+                biased;
+                _ = kill.cancelled() => return,
+                n = self.queue.recv_many(&mut items, BATCH) => n,
+                _ = self.closing.cancelled() => break,
+            };
+            if got == 0 {
+                break;
+            }
+            if !self.write(&mut items, &mut buf, &mut progress).await {
+                return;
+            }
+        }
+        // Closing: write what is already queued, within the flush timeout.
+        let flush_timeout = self.flush_timeout;
+        let drain = async {
+            loop {
+                while items.len() < BATCH {
+                    match self.queue.try_recv() {
+                        Ok(item) => items.push(item),
+                        Err(_) => break,
+                    }
+                }
+                if items.is_empty() || !self.write(&mut items, &mut buf, &mut progress).await {
+                    break;
+                }
+            }
+            let _ = self.socket.shutdown().await;
+        };
+        let _ = tokio::time::timeout(flush_timeout, drain).await;
+    }
+
+    /// Encodes and writes `items`; reports cursor progress. False when the socket failed.
+    async fn write(
+        &mut self,
+        items: &mut Vec<Outbound>,
+        buf: &mut BytesMut,
+        progress: &mut HashMap<ConvId, Seq>,
+    ) -> bool {
+        let protocol = self.link.protocol;
+        let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
+        let mut replayed = 0;
+        for item in items.drain(..) {
+            let d = match item {
+                Outbound::Reply(tag, reply) => {
+                    protocol.encode_reply(tag, &reply, buf);
+                    continue;
+                }
+                Outbound::Deliver(d) => d,
+                Outbound::Replay(d) => {
+                    replayed += 1;
+                    d
+                }
+            };
+            buf.extend_from_slice(d.encoded(protocol));
+            delivered.push((d.conv, d.seq));
+        }
+        let written = tokio::select! {
+            biased;
+            _ = self.link.kill.cancelled() => false,
+            r = self.socket.write_all(buf) => r.is_ok(),
+        };
+        self.link.replay.add_permits(replayed);
+        buf.clear();
+        if buf.capacity() > KEEP_BUFFER {
+            *buf = BytesMut::new();
+        }
+        if !written {
+            return false;
+        }
+        if !delivered.is_empty() {
+            let mut changed = Vec::new();
+            for (conv, seq) in delivered {
+                let at = progress.entry(conv).or_insert(0);
+                if seq > *at {
+                    *at = seq;
+                    changed.push((conv, seq));
+                }
+            }
+            changed.sort_unstable();
+            changed.dedup_by(|b, a| {
+                // Keep the highest sequence per conversation (the later of equal convs).
+                if a.0 == b.0 {
+                    a.1 = a.1.max(b.1);
+                    true
+                } else {
+                    false
+                }
+            });
+            if let Some(device) = self.device.get() {
+                self.hub.cursors(*device, changed);
+            }
+        }
+        true
+    }
+}

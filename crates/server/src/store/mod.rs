@@ -1,0 +1,110 @@
+//! Durable state: users, devices, conversations and their ordered message logs, cursors.
+//!
+//! The hub thread is the only writer. It assigns every id itself and hands the store one
+//! [`Batch`] per group commit, so the write interface is a single call and a second backend
+//! (PostgreSQL, for several nodes) has little to implement. Sessions read catch-up pages
+//! through a [`Reader`], which never blocks the writer (SQLite WAL).
+
+mod reader;
+mod sqlite;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+pub use reader::{ConvPosition, Reader};
+pub use sqlite::SqliteStore;
+
+pub type UserId = i64;
+pub type DeviceId = i64;
+pub type ConvId = i64;
+pub type Seq = i64;
+
+/// A message to append to a conversation's log.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: i64,
+    pub conv: ConvId,
+    pub seq: Seq,
+    pub sender: UserId,
+    pub sender_device: DeviceId,
+    pub body: Bytes,
+    /// The client's timestamp, passed through untouched (stored bit for bit).
+    pub sent_at: u64,
+    /// Server receive time, Unix milliseconds.
+    pub received_at: i64,
+}
+
+/// Everything one group commit writes, in one transaction.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub users: Vec<(UserId, String)>,
+    pub devices: Vec<(DeviceId, UserId, String)>,
+    /// New direct conversations: (id, lower user id, higher user id).
+    pub directs: Vec<(ConvId, UserId, UserId)>,
+    pub messages: Vec<NewMessage>,
+    /// Highest sequence per conversation touched by this batch.
+    pub last_seqs: HashMap<ConvId, Seq>,
+    /// Highest sequence received per (device, conversation).
+    pub cursors: HashMap<(DeviceId, ConvId), Seq>,
+    /// Users and devices last seen at (Unix ms).
+    pub seen: Vec<(UserId, DeviceId, i64)>,
+    /// The next message id after this batch, persisted so ids are never reused.
+    pub next_message_id: i64,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+            && self.devices.is_empty()
+            && self.directs.is_empty()
+            && self.messages.is_empty()
+            && self.cursors.is_empty()
+            && self.seen.is_empty()
+    }
+}
+
+/// Ids the hub continues from after a start.
+#[derive(Debug, Clone, Copy)]
+pub struct NextIds {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub conv: ConvId,
+    pub message: i64,
+}
+
+/// A conversation a user belongs to, as the hub caches it.
+#[derive(Debug, Clone, Copy)]
+pub struct Membership {
+    pub conv: ConvId,
+    pub joined_seq: Seq,
+}
+
+/// A direct conversation as the hub caches it.
+#[derive(Debug, Clone, Copy)]
+pub struct DirectConv {
+    pub id: ConvId,
+    pub last_seq: Seq,
+}
+
+/// The write side of the store, owned by the hub thread.
+pub trait LogStore: Send {
+    /// Every user, for the hub's name index.
+    fn load_users(&mut self) -> anyhow::Result<Vec<(UserId, String)>>;
+    fn next_ids(&mut self) -> anyhow::Result<NextIds>;
+    fn find_device(&mut self, user: UserId, name: &str) -> anyhow::Result<Option<DeviceId>>;
+    /// The direct conversation of `a` and `b` (a <= b), if they ever talked.
+    fn find_direct(&mut self, a: UserId, b: UserId) -> anyhow::Result<Option<DirectConv>>;
+    fn memberships(&mut self, user: UserId) -> anyhow::Result<Vec<Membership>>;
+    fn last_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq>;
+    /// Writes the whole batch in one transaction, or nothing.
+    fn write(&mut self, batch: &Batch) -> anyhow::Result<()>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

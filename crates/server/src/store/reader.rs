@@ -1,0 +1,155 @@
+//! Read-only access for sessions: catch-up pages, off the async threads.
+//!
+//! A small pool of SQLite connections; each call runs on tokio's blocking pool so a slow
+//! query never stalls a runtime thread, and WAL lets readers run beside the writer.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rusqlite::{params, Connection};
+
+use super::{ConvId, DeviceId, Seq, UserId};
+use crate::config::SyncMode;
+
+/// Where a device stands in one conversation it belongs to.
+#[derive(Debug, Clone)]
+pub struct ConvPosition {
+    pub conv: ConvId,
+    /// For a direct conversation, the two members' names (lower id first).
+    pub members: (Arc<str>, Arc<str>),
+    /// The last sequence this device received (or the join point).
+    pub cursor: Seq,
+    pub last_seq: Seq,
+}
+
+/// One message as read back from a log.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub id: i64,
+    pub conv: ConvId,
+    pub seq: Seq,
+    pub sender: Arc<str>,
+    pub sender_device: DeviceId,
+    pub body: Bytes,
+    pub sent_at: u64,
+}
+
+/// A cloneable handle to the read pool.
+#[derive(Clone)]
+pub struct Reader {
+    inner: Arc<Pool>,
+}
+
+struct Pool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Reader {
+    pub fn new(data_dir: &std::path::Path) -> Self {
+        Reader {
+            inner: Arc::new(Pool {
+                path: super::sqlite::database_path(data_dir),
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Runs `f` with a pooled connection on the blocking pool.
+    async fn with<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        let pool = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match pool.idle.lock().expect("reader pool poisoned").pop() {
+                Some(conn) => conn,
+                None => {
+                    let conn = super::sqlite::open(&pool.path, SyncMode::Normal)?;
+                    conn.pragma_update(None, "query_only", true)?;
+                    conn
+                }
+            };
+            let result = f(&conn);
+            let mut idle = pool.idle.lock().expect("reader pool poisoned");
+            if idle.len() < 8 {
+                idle.push(conn);
+            }
+            result
+        })
+        .await?
+    }
+
+    /// Every conversation `user` belongs to, with `device`'s cursor in it.
+    pub async fn positions(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> anyhow::Result<Vec<ConvPosition>> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT c.id, ua.name, ub.name, COALESCE(cur.seq, m.joined_seq), c.last_seq
+                 FROM memberships m
+                 JOIN conversations c ON c.id = m.conversation_id
+                 LEFT JOIN users ua ON ua.id = c.user_a
+                 LEFT JOIN users ub ON ub.id = c.user_b
+                 LEFT JOIN cursors cur
+                     ON cur.device_id = ?2 AND cur.conversation_id = m.conversation_id
+                 WHERE m.user_id = ?1",
+            )?;
+            let rows = stmt.query_map(params![user, device], |r| {
+                let a: Option<String> = r.get(1)?;
+                let b: Option<String> = r.get(2)?;
+                Ok(ConvPosition {
+                    conv: r.get(0)?,
+                    members: (
+                        Arc::from(a.unwrap_or_default()),
+                        Arc::from(b.unwrap_or_default()),
+                    ),
+                    cursor: r.get(3)?,
+                    last_seq: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Up to `limit` messages of each conversation in `from`, after the given sequence.
+    pub async fn after(
+        &self,
+        from: Vec<(ConvId, Seq)>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Vec<StoredMessage>>> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at
+                 FROM messages m JOIN users u ON u.id = m.sender_id
+                 WHERE m.conversation_id = ?1 AND m.seq > ?2
+                 ORDER BY m.seq LIMIT ?3",
+            )?;
+            let mut pages = Vec::with_capacity(from.len());
+            for (conv, after) in from {
+                let rows = stmt.query_map(params![conv, after, limit as i64], |r| {
+                    let name: String = r.get(2)?;
+                    let body: Vec<u8> = r.get(4)?;
+                    let sent_at: i64 = r.get(5)?;
+                    Ok(StoredMessage {
+                        id: r.get(0)?,
+                        conv,
+                        seq: r.get(1)?,
+                        sender: Arc::from(name),
+                        sender_device: r.get(3)?,
+                        body: Bytes::from(body),
+                        sent_at: sent_at as u64,
+                    })
+                })?;
+                pages.push(rows.collect::<Result<_, _>>()?);
+            }
+            Ok(pages)
+        })
+        .await
+    }
+}

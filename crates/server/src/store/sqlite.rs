@@ -1,0 +1,259 @@
+//! The embedded SQLite backend: WAL mode, one writer connection, prepared statements.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Batch, DeviceId, DirectConv, LogStore, Membership, NextIds, Seq, UserId};
+use crate::config::SyncMode;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    last_seen_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_seen_at INTEGER,
+    UNIQUE (user_id, name)
+);
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    name TEXT,
+    user_a INTEGER,
+    user_b INTEGER,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS conversations_direct
+    ON conversations (user_a, user_b) WHERE kind = 1;
+CREATE TABLE IF NOT EXISTS memberships (
+    user_id INTEGER NOT NULL,
+    conversation_id INTEGER NOT NULL,
+    joined_seq INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, conversation_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    sender_id INTEGER NOT NULL,
+    sender_device INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    sent_at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cursors (
+    device_id INTEGER NOT NULL,
+    conversation_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (device_id, conversation_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// The database file inside the data directory.
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("parley.db")
+}
+
+/// Opens a connection with the pragmas every parley connection uses.
+pub(super) fn open(path: &Path, sync: SyncMode) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match sync {
+        SyncMode::Normal => "NORMAL",
+        SyncMode::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -32_000)?;
+    Ok(conn)
+}
+
+/// The writer side of the SQLite store.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `data_dir`.
+    pub fn open(data_dir: &Path, sync: SyncMode) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let conn = open(&database_path(data_dir), sync)?;
+        conn.execute_batch(SCHEMA).context("creating the schema")?;
+        Ok(SqliteStore { conn })
+    }
+}
+
+impl LogStore for SqliteStore {
+    fn load_users(&mut self) -> anyhow::Result<Vec<(UserId, String)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT id, name FROM users")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn next_ids(&mut self) -> anyhow::Result<NextIds> {
+        let max = |sql: &str| -> anyhow::Result<i64> {
+            let v: Option<i64> = self.conn.query_row(sql, [], |r| r.get(0))?;
+            Ok(v.unwrap_or(0) + 1)
+        };
+        let user = max("SELECT MAX(id) FROM users")?;
+        let device = max("SELECT MAX(id) FROM devices")?;
+        let conv = max("SELECT MAX(id) FROM conversations")?;
+        let message: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'next_message_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(NextIds {
+            user,
+            device,
+            conv,
+            message: message.unwrap_or(1),
+        })
+    }
+
+    fn find_device(&mut self, user: UserId, name: &str) -> anyhow::Result<Option<DeviceId>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM devices WHERE user_id = ?1 AND name = ?2")?;
+        Ok(stmt
+            .query_row(params![user, name], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn find_direct(&mut self, a: UserId, b: UserId) -> anyhow::Result<Option<DirectConv>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, last_seq FROM conversations WHERE kind = 1 AND user_a = ?1 AND user_b = ?2",
+        )?;
+        let found = stmt
+            .query_row(params![a, b], |r| {
+                Ok(DirectConv {
+                    id: r.get(0)?,
+                    last_seq: r.get(1)?,
+                })
+            })
+            .optional()?;
+        Ok(found)
+    }
+
+    fn memberships(&mut self, user: UserId) -> anyhow::Result<Vec<Membership>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT conversation_id, joined_seq FROM memberships WHERE user_id = ?1",
+        )?;
+        let rows = stmt.query_map([user], |r| {
+            Ok(Membership {
+                conv: r.get(0)?,
+                joined_seq: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn last_seq(&mut self, conv: super::ConvId) -> anyhow::Result<Seq> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")?;
+        Ok(stmt
+            .query_row([conv], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    fn write(&mut self, batch: &Batch) -> anyhow::Result<()> {
+        let now = super::now_ms();
+        let tx = self.conn.transaction()?;
+        {
+            let mut users = tx.prepare_cached(
+                "INSERT INTO users (id, name, created_at, last_seen_at) VALUES (?1, ?2, ?3, ?3)",
+            )?;
+            for (id, name) in &batch.users {
+                users.execute(params![id, name, now])?;
+            }
+            let mut devices = tx.prepare_cached(
+                "INSERT INTO devices (id, user_id, name, created_at, last_seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?4)",
+            )?;
+            for (id, user, name) in &batch.devices {
+                devices.execute(params![id, user, name, now])?;
+            }
+            let mut convs = tx.prepare_cached(
+                "INSERT INTO conversations (id, kind, user_a, user_b, created_at)
+                 VALUES (?1, 1, ?2, ?3, ?4)",
+            )?;
+            let mut members = tx.prepare_cached(
+                "INSERT OR IGNORE INTO memberships (user_id, conversation_id, joined_seq)
+                 VALUES (?1, ?2, 0)",
+            )?;
+            for (id, a, b) in &batch.directs {
+                convs.execute(params![id, a, b, now])?;
+                members.execute(params![a, id])?;
+                members.execute(params![b, id])?;
+            }
+            let mut messages = tx.prepare_cached(
+                "INSERT INTO messages
+                 (conversation_id, seq, id, sender_id, sender_device, body, sent_at, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for m in &batch.messages {
+                messages.execute(params![
+                    m.conv,
+                    m.seq,
+                    m.id,
+                    m.sender,
+                    m.sender_device,
+                    &m.body[..],
+                    m.sent_at as i64,
+                    m.received_at
+                ])?;
+            }
+            let mut last =
+                tx.prepare_cached("UPDATE conversations SET last_seq = ?2 WHERE id = ?1")?;
+            for (conv, seq) in &batch.last_seqs {
+                last.execute(params![conv, seq])?;
+            }
+            let mut cursors = tx.prepare_cached(
+                "INSERT INTO cursors (device_id, conversation_id, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (device_id, conversation_id)
+                 DO UPDATE SET seq = MAX(seq, excluded.seq)",
+            )?;
+            for ((device, conv), seq) in &batch.cursors {
+                cursors.execute(params![device, conv, seq])?;
+            }
+            let mut user_seen =
+                tx.prepare_cached("UPDATE users SET last_seen_at = ?2 WHERE id = ?1")?;
+            let mut device_seen =
+                tx.prepare_cached("UPDATE devices SET last_seen_at = ?2 WHERE id = ?1")?;
+            for (user, device, at) in &batch.seen {
+                user_seen.execute(params![user, at])?;
+                device_seen.execute(params![device, at])?;
+            }
+            if !batch.messages.is_empty() {
+                tx.prepare_cached(
+                    "INSERT INTO counters (name, value) VALUES ('next_message_id', ?1)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                )?
+                .execute([batch.next_message_id])?;
+            }
+        }
+        tx.commit().context("committing a batch")?;
+        Ok(())
+    }
+}
