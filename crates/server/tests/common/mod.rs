@@ -1,0 +1,93 @@
+//! Starting a real server on 127.0.0.1 port 0 with a fresh database, for tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use parley_client::BinaryClient;
+use parley_server::{Config, Running};
+use tempfile::TempDir;
+
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+}
+
+/// A config for tests: port 0, data in `dir`, short timeouts.
+pub fn test_config(dir: &Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        shutdown_timeout_ms: 2_000,
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the test config changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let running = parley_server::start(config).await.expect("server starts");
+        TestServer {
+            addr: running.addr,
+            running: Some(running),
+            dir,
+        }
+    }
+
+    pub async fn client(&self) -> BinaryClient {
+        BinaryClient::connect(self.addr).await.expect("connect")
+    }
+
+    /// A client already logged in as `name`.
+    pub async fn login(&self, name: &str) -> BinaryClient {
+        let mut c = self.client().await;
+        assert_eq!(
+            c.login(1, name).await.expect("login"),
+            0x01,
+            "login of {name}"
+        );
+        c
+    }
+
+    /// Stops gracefully and starts again on the same data directory (a new port).
+    pub async fn restart(&mut self) {
+        self.running
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+        let config = test_config(self.dir.path());
+        let running = parley_server::start(config).await.expect("server restarts");
+        self.addr = running.addr;
+        self.running = Some(running);
+    }
+
+    pub async fn stop(mut self) {
+        self.running
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+    }
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PARLEY_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
