@@ -46,6 +46,18 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    /// A port serving only JSON lines, where the server greets first (seed 001 clients).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_json: Option<SocketAddr>,
+    /// A port serving only the text protocol.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_text: Option<SocketAddr>,
+    /// A port serving only the binary protocol.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_binary: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "PARLEY_LOG_FORMAT")]
     #[serde(skip)]
@@ -74,12 +86,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listeners = parley_server::Listeners::bind(&config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        parley_server::serve(config, listener, shutdown).await
+        parley_server::serve(config, listeners, shutdown).await
     })
 }
 

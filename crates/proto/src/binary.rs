@@ -42,6 +42,10 @@ pub mod code {
     pub const MALFORMED: u16 = 0x08;
     pub const UNKNOWN_COMMAND: u16 = 0x09;
     pub const SHUTTING_DOWN: u16 = 0x0A;
+    pub const NOT_MEMBER: u16 = 0x0B;
+    pub const ROOM_NOT_FOUND: u16 = 0x0C;
+    pub const TOO_LONG: u16 = 0x0D;
+    pub const INVALID_UTF8: u16 = 0x0E;
 }
 
 /// The response code that reports `kind`.
@@ -56,6 +60,10 @@ pub fn error_code(kind: ErrorKind) -> u16 {
         ErrorKind::Malformed => code::MALFORMED,
         ErrorKind::UnknownCommand => code::UNKNOWN_COMMAND,
         ErrorKind::ShuttingDown => code::SHUTTING_DOWN,
+        ErrorKind::NotMember => code::NOT_MEMBER,
+        ErrorKind::RoomNotFound => code::ROOM_NOT_FOUND,
+        ErrorKind::TooLong => code::TOO_LONG,
+        ErrorKind::InvalidUtf8 => code::INVALID_UTF8,
     }
 }
 

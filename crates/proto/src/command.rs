@@ -7,6 +7,10 @@ use bytes::Bytes;
 pub enum Target {
     /// A direct message to one user, by name.
     User(String),
+    /// A message to the members of a room.
+    Room(String),
+    /// A message to everyone online (seed 002 `MSG`, seed 001 `MESSAGE`).
+    Everyone,
 }
 
 /// A request from a client, decoded from any wire protocol.

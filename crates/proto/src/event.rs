@@ -29,4 +29,12 @@ pub enum ErrorKind {
     UnknownCommand,
     /// The server is shutting down and accepts no new work.
     ShuttingDown,
+    /// The sender is not a member of that room.
+    NotMember,
+    /// No room has that name.
+    RoomNotFound,
+    /// A line or message over the configured limit.
+    TooLong,
+    /// Text that had to be UTF-8 was not.
+    InvalidUtf8,
 }

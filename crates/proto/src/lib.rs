@@ -7,7 +7,10 @@
 pub mod binary;
 mod command;
 mod event;
+pub mod json;
+pub mod lines;
 mod names;
+pub mod text;
 
 pub use command::{Command, Target};
 pub use event::{ErrorKind, Reply};

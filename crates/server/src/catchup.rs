@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Kind};
 use crate::hub::{GoLive, Hub, Identity};
 use crate::outbound::{Outbound, SessionLink};
 use crate::store::{ConvId, ConvPosition, Reader, Seq};
@@ -74,14 +74,24 @@ async fn replay(
             rows.sort_unstable_by_key(|m| m.id);
             for m in rows {
                 progress.insert(m.conv, m.seq);
-                let (a, b) = &convs[&m.conv].members;
-                let to_self = a == b;
+                let position = &convs[&m.conv];
+                let (a, b) = &position.members;
+                let to_self = position.kind == Kind::Direct && a == b;
                 // A device does not get back what it sent itself (other devices do).
                 if m.sender_device == me.device && !to_self {
                     continue;
                 }
                 let to = if *a == m.sender { b.clone() } else { a.clone() };
-                let d = Delivery::new(m.id, m.conv, m.seq, m.sender, to, m.body, m.sent_at);
+                let d = Delivery::new(
+                    m.id,
+                    m.conv,
+                    m.seq,
+                    position.kind,
+                    m.sender,
+                    to,
+                    m.body,
+                    m.sent_at,
+                );
                 link.replay.acquire().await?.forget();
                 if link
                     .queue

@@ -26,14 +26,34 @@ pub enum SyncMode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address of the shared port (every protocol).
+    /// Address of the shared port (every protocol, chosen by the first bytes).
     pub listen: SocketAddr,
+    /// Optional port serving only JSON lines, where the server speaks first (seed 001's
+    /// clients wait for a welcome line before they send anything).
+    pub listen_json: Option<SocketAddr>,
+    /// Optional port serving only the text protocol.
+    pub listen_text: Option<SocketAddr>,
+    /// Optional port serving only the binary protocol.
+    pub listen_binary: Option<SocketAddr>,
     /// Directory holding the database (created if missing).
     pub data_dir: PathBuf,
     /// Largest binary frame accepted, in bytes (length prefix value).
     pub max_frame_bytes: usize,
-    /// Longest user name, in bytes.
+    /// Longest user or room name, in bytes.
     pub max_name_bytes: usize,
+    /// Longest text or JSON line, in bytes; a longer one is discarded and answered with an
+    /// error.
+    pub max_line_bytes: usize,
+    /// A text connection that sends nothing for this long is told so and closed (ms; 0:
+    /// never).
+    pub idle_timeout_ms: u64,
+    /// The same for JSON connections (ms; 0: never).
+    pub json_idle_timeout_ms: u64,
+    /// Commands per second a text or JSON connection may send (twice that in a burst);
+    /// faster ones are slowed down, not refused.
+    pub commands_per_second: u32,
+    /// Most messages one history request returns.
+    pub max_history: usize,
     /// Most connections served at once; further ones wait in the accept queue.
     pub max_connections: usize,
     /// Frames a session may have queued for its socket before it counts as a slow consumer
@@ -57,9 +77,17 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:5555".parse().expect("valid default address"),
+            listen_json: None,
+            listen_text: None,
+            listen_binary: None,
             data_dir: PathBuf::from("parley-data"),
             max_frame_bytes: 64 * 1024,
             max_name_bytes: 32,
+            max_line_bytes: 8 * 1024,
+            idle_timeout_ms: 60_000,
+            json_idle_timeout_ms: 300_000,
+            commands_per_second: 100,
+            max_history: 1000,
             max_connections: 19_000,
             outbound_queue: 4096,
             max_inflight: 256,
@@ -82,6 +110,11 @@ impl Config {
             (1..=255).contains(&self.max_name_bytes),
             "max_name_bytes must be between 1 and 255"
         );
+        anyhow::ensure!(
+            (64..=60_000).contains(&self.max_line_bytes),
+            "max_line_bytes must be between 64 and 60000"
+        );
+        anyhow::ensure!(self.max_history > 0, "max_history must be positive");
         anyhow::ensure!(self.max_connections > 0, "max_connections must be positive");
         anyhow::ensure!(self.outbound_queue > 0, "outbound_queue must be positive");
         anyhow::ensure!(self.max_inflight > 0, "max_inflight must be positive");

@@ -1,33 +1,56 @@
-//! A message on its way to recipients, encoded at most once per protocol.
+//! What travels from the hub to sessions: stored messages (encoded at most once per
+//! style) and presence notices (not stored).
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::store::{ConvId, Seq};
-use crate::wire::Protocol;
+use crate::wire::Style;
+
+/// The kind of conversation a message belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    Room,
+    Broadcast,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "dm",
+            Kind::Room => "room",
+            Kind::Broadcast => "broadcast",
+        }
+    }
+}
 
 /// One stored message as recipients see it. Fan-out shares one `Arc<Delivery>` among every
-/// recipient; the first session of each protocol to write it encodes it, the rest reuse
-/// the bytes.
+/// recipient; the first session of each style to write it encodes it, the rest reuse the
+/// bytes.
 #[derive(Debug)]
 pub struct Delivery {
     pub id: i64,
     pub conv: ConvId,
     pub seq: Seq,
+    pub kind: Kind,
     pub from: Arc<str>,
+    /// The recipient's name (direct), the room's name (room) or `*` (broadcast).
     pub to: Arc<str>,
     pub body: Bytes,
     /// The sender's timestamp, untouched (binary clients put Unix nanoseconds here).
     pub sent_at: u64,
-    encoded: [OnceLock<Bytes>; Protocol::COUNT],
+    encoded: [OnceLock<Bytes>; Style::COUNT],
 }
 
 impl Delivery {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: i64,
         conv: ConvId,
         seq: Seq,
+        kind: Kind,
         from: Arc<str>,
         to: Arc<str>,
         body: Bytes,
@@ -37,6 +60,7 @@ impl Delivery {
             id,
             conv,
             seq,
+            kind,
             from,
             to,
             body,
@@ -45,12 +69,34 @@ impl Delivery {
         }
     }
 
-    /// This delivery's bytes in `protocol`, encoded on first use.
-    pub fn encoded(&self, protocol: Protocol) -> &Bytes {
-        self.encoded[protocol as usize].get_or_init(|| {
+    /// This delivery's bytes in `style`, encoded on first use.
+    pub fn encoded(&self, style: Style) -> &Bytes {
+        self.encoded[style as usize].get_or_init(|| {
             let mut buf = BytesMut::new();
-            protocol.encode_delivery(self, &mut buf);
+            style.encode_delivery(self, &mut buf);
             buf.freeze()
         })
     }
+
+    /// The body as text (lossy for bytes that are not UTF-8).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.body)
+    }
+}
+
+/// A presence change, pushed live to the sessions concerned and never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Joined {
+        room: Arc<str>,
+        name: Arc<str>,
+    },
+    Left {
+        room: Arc<str>,
+        name: Arc<str>,
+    },
+    /// The user's last session ended.
+    Disconnected {
+        name: Arc<str>,
+    },
 }

@@ -17,4 +17,4 @@ mod store;
 mod wire;
 
 pub use config::{Config, SyncMode};
-pub use server::{serve, start, Running};
+pub use server::{serve, start, Listeners, Running};

@@ -7,25 +7,30 @@
 //! cursor ("received" means written to the socket, for protocols without acks).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use parley_proto::Reply;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Notice};
 use crate::hub::Hub;
 use crate::store::{ConvId, DeviceId, Seq};
-use crate::wire::{Protocol, Tag};
+use crate::wire::{encode_reply, Protocol, Style, Tag};
 
 /// One thing to write to a client.
 #[derive(Debug)]
 pub enum Outbound {
     Reply(Tag, Reply),
+    /// Bytes the session rendered itself.
+    Bytes(Bytes),
+    /// A presence notice, written in the session's style.
+    Notice(Arc<Notice>),
     /// A live push from the hub.
     Deliver(Arc<Delivery>),
     /// A message replayed from the log while catching up; holds one `replay` permit.
@@ -37,6 +42,9 @@ pub enum Outbound {
 pub struct SessionLink {
     pub id: u64,
     pub protocol: Protocol,
+    /// How pushes are written to this session (a `Style` as u8; the text protocol switches
+    /// between its two dialects).
+    pub style: AtomicU8,
     pub queue: mpsc::Sender<Outbound>,
     /// Cancelled to drop the connection at once (slow consumer, forced shutdown).
     pub kill: CancellationToken,
@@ -132,13 +140,21 @@ impl Writer {
         buf: &mut BytesMut,
         progress: &mut HashMap<ConvId, Seq>,
     ) -> bool {
-        let protocol = self.link.protocol;
+        let style = Style::from_u8(self.link.style.load(Ordering::Relaxed));
         let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
         let mut replayed = 0;
         for item in items.drain(..) {
             let d = match item {
                 Outbound::Reply(tag, reply) => {
-                    protocol.encode_reply(tag, &reply, buf);
+                    encode_reply(&tag, &reply, buf);
+                    continue;
+                }
+                Outbound::Bytes(bytes) => {
+                    buf.extend_from_slice(&bytes);
+                    continue;
+                }
+                Outbound::Notice(notice) => {
+                    style.encode_notice(&notice, buf);
                     continue;
                 }
                 Outbound::Deliver(d) => d,
@@ -147,7 +163,7 @@ impl Writer {
                     d
                 }
             };
-            buf.extend_from_slice(d.encoded(protocol));
+            buf.extend_from_slice(d.encoded(style));
             delivered.push((d.conv, d.seq));
         }
         let written = tokio::select! {

@@ -21,11 +21,49 @@ use crate::config::Config;
 use crate::session::{self, Shared};
 use crate::sniff::{sniff, Sniffed};
 use crate::store::{Reader, SqliteStore};
+use crate::wire::Protocol;
 
-/// Serves on `listener` until `shutdown` is cancelled, then shuts down gracefully.
+/// The sockets a server listens on: the shared port, and optional single-protocol ports.
+pub struct Listeners {
+    pub shared: TcpListener,
+    pub json: Option<TcpListener>,
+    pub text: Option<TcpListener>,
+    pub binary: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every address `config` names.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))
+        }
+        async fn maybe(addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+            Ok(match addr {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            })
+        }
+        Ok(Listeners {
+            shared: bind(config.listen).await?,
+            json: maybe(config.listen_json).await?,
+            text: maybe(config.listen_text).await?,
+            binary: maybe(config.listen_binary).await?,
+        })
+    }
+}
+
+/// A listener, and the protocol it serves when it is not the shared port.
+struct Port {
+    listener: TcpListener,
+    fixed: Option<Protocol>,
+}
+
+/// Serves on `listeners` until `shutdown` is cancelled, then shuts down gracefully.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
@@ -39,10 +77,56 @@ pub async fn serve(
         next_session: AtomicU64::new(1),
         config,
     });
-    info!(addr = %listener.local_addr()?, data_dir = %shared.config.data_dir.display(), "parley listening");
-
+    let mut ports = vec![Port {
+        listener: listeners.shared,
+        fixed: None,
+    }];
+    let fixed = [
+        (listeners.json, Protocol::Json),
+        (listeners.text, Protocol::Text),
+        (listeners.binary, Protocol::Binary),
+    ];
+    for (listener, protocol) in fixed {
+        if let Some(listener) = listener {
+            ports.push(Port {
+                listener,
+                fixed: Some(protocol),
+            });
+        }
+    }
     let tracker = TaskTracker::new();
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let mut loops = Vec::new();
+    for port in ports {
+        let protocol = port.fixed.map_or("every protocol", Protocol::name);
+        info!(addr = %port.listener.local_addr()?, protocol, "parley listening");
+        let task = accept_loop(port, shared.clone(), limit.clone(), tracker.clone());
+        loops.push(tokio::spawn(task));
+    }
+    info!(data_dir = %shared.config.data_dir.display(), "parley started");
+    for task in loops {
+        let _ = task.await;
+    }
+
+    tracker.close();
+    info!(sessions = tracker.len(), "shutting down: draining sessions");
+    let timeout = shared.config.shutdown_timeout() + Duration::from_secs(2);
+    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+        warn!("sessions did not finish in time");
+    }
+    hub.shutdown();
+    drop(shared);
+    drop(hub);
+    tokio::task::spawn_blocking(move || hub_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the hub thread panicked"))?;
+    info!("shutdown complete");
+    Ok(())
+}
+
+/// Accepts connections on one port until shutdown, within the shared connection limit.
+async fn accept_loop(port: Port, shared: Arc<Shared>, limit: Arc<Semaphore>, tracker: TaskTracker) {
+    let shutdown = shared.shutdown.clone();
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -51,7 +135,7 @@ pub async fn serve(
         };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = port.listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => {
@@ -71,27 +155,19 @@ pub async fn serve(
             }
         };
         let shared = shared.clone();
+        let fixed = port.fixed;
         tracker.spawn(async move {
-            connection(stream, peer, shared).await;
+            match fixed {
+                // A JSON-only port speaks first: its seed-001 clients wait for that.
+                Some(protocol) => {
+                    let greet = protocol == Protocol::Json;
+                    session::run(stream, peer, protocol, greet, shared).await
+                }
+                None => connection(stream, peer, shared).await,
+            }
             drop(permit);
         });
     }
-
-    drop(listener);
-    tracker.close();
-    info!(sessions = tracker.len(), "shutting down: draining sessions");
-    let timeout = shared.config.shutdown_timeout() + Duration::from_secs(2);
-    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
-        warn!("sessions did not finish in time");
-    }
-    hub.shutdown();
-    drop(shared);
-    drop(hub);
-    tokio::task::spawn_blocking(move || hub_thread.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the hub thread panicked"))?;
-    info!("shutdown complete");
-    Ok(())
 }
 
 async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -100,11 +176,10 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         sniffed = sniff(&stream) => sniffed,
     };
     match sniffed {
-        Ok(Sniffed::Protocol(protocol)) => session::run(stream, peer, protocol, shared).await,
-        Ok(Sniffed::Closed) => {}
-        Ok(Sniffed::Unknown(byte)) => {
-            warn!(%peer, first_byte = byte, "no protocol starts with this byte; closing")
+        Ok(Sniffed::Protocol(protocol)) => {
+            session::run(stream, peer, protocol, false, shared).await
         }
+        Ok(Sniffed::Closed) => {}
         Err(e) => warn!(%peer, error = %e, "connection failed before its first byte"),
     }
 }
@@ -138,7 +213,11 @@ fn raise_fd_limit() {
 
 /// A server running in the background, as tests and embedders use it.
 pub struct Running {
+    /// The shared port.
     pub addr: SocketAddr,
+    pub json_addr: Option<SocketAddr>,
+    pub text_addr: Option<SocketAddr>,
+    pub binary_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -151,16 +230,20 @@ impl Running {
     }
 }
 
-/// Binds `config.listen` and serves in a background task.
+/// Binds every configured port and serves in a background task.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let listeners = Listeners::bind(&config).await?;
+    let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+    let addr = listeners.shared.local_addr()?;
+    let (json_addr, text_addr, binary_addr) = (
+        local(&listeners.json),
+        local(&listeners.text),
+        local(&listeners.binary),
+    );
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        let result = serve(config, listener, token).await;
+        let result = serve(config, listeners, token).await;
         if let Err(e) = &result {
             error!(error = %format!("{e:#}"), "server failed");
         }
@@ -168,6 +251,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     Ok(Running {
         addr,
+        json_addr,
+        text_addr,
+        binary_addr,
         shutdown,
         task,
     })

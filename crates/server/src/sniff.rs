@@ -10,14 +10,13 @@ pub enum Sniffed {
     Protocol(Protocol),
     /// The peer closed before sending anything.
     Closed,
-    /// A first byte no protocol parley speaks starts with.
-    Unknown(u8),
 }
 
 /// Waits for the first byte and picks the protocol it starts.
 ///
 /// A binary frame starts with a big-endian length whose high byte is 0x00 for every frame
-/// under 16 MiB, so 0x00 means binary.
+/// under 16 MiB, so 0x00 means binary; `{` opens a JSON object; anything else is a line of
+/// the text protocol. One byte is enough, so a first packet of a single byte works.
 pub async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
     let mut first = [0u8; 1];
     if stream.peek(&mut first).await? == 0 {
@@ -25,6 +24,7 @@ pub async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
     }
     Ok(match first[0] {
         0x00 => Sniffed::Protocol(Protocol::Binary),
-        other => Sniffed::Unknown(other),
+        b'{' => Sniffed::Protocol(Protocol::Json),
+        _ => Sniffed::Protocol(Protocol::Text),
     })
 }

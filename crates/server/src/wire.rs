@@ -1,150 +1,237 @@
-//! The protocols a session can speak, and how each turns replies and deliveries into bytes.
+//! The protocols a session can speak, and how each turns replies, deliveries and notices
+//! into bytes.
 //!
-//! The byte layouts themselves live in `parley-proto`; this is the thin switch between them
-//! that sessions use, so the rest of the server never matches on a wire format.
+//! Byte layouts live in `parley-proto`; this is the thin switch between them that sessions
+//! use, so the rest of the server never matches on a wire format. A *protocol* is how a
+//! session reads; a *style* is how it is written to (the text protocol has two dialects).
 
-use bytes::BytesMut;
-use parley_proto::binary::{self, Frame};
-use parley_proto::{validate_name, Command, ErrorKind, Reply, Target};
+use std::sync::Arc;
 
-use crate::delivery::Delivery;
+use bytes::{BufMut, BytesMut};
+use parley_proto::json::{self, Value};
+use parley_proto::{binary, text, ErrorKind, Reply};
+use serde::Serialize;
 
-/// A wire protocol.
+use crate::delivery::{Delivery, Kind, Notice};
+
+/// How a connection's bytes are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// The seed-000 length-prefixed binary protocol.
-    Binary = 0,
+    Binary,
+    /// Lines a person types (seed 002 words and seed 004 slash commands).
+    Text,
+    /// JSON lines (seed 001 and parley's extensions).
+    Json,
 }
 
 impl Protocol {
-    /// Number of protocols (size of per-protocol caches).
-    pub const COUNT: usize = 1;
-
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Binary => "binary",
+            Protocol::Text => "text",
+            Protocol::Json => "json",
         }
     }
 
-    /// Appends the answer to the request tagged `tag`.
-    pub fn encode_reply(self, tag: Tag, reply: &Reply, dst: &mut BytesMut) {
+    /// The style a session of this protocol starts with.
+    pub fn style(self) -> Style {
         match self {
-            Protocol::Binary => {
-                let Tag::Cid(cid) = tag;
-                let code = match reply {
-                    Reply::Ok => binary::code::OK,
-                    Reply::Error(kind) => binary::error_code(*kind),
-                };
-                binary::encode_response(cid, code, dst);
-            }
+            Protocol::Binary => Style::Binary,
+            Protocol::Text => Style::Line,
+            Protocol::Json => Style::Json,
+        }
+    }
+}
+
+/// How pushed messages and notices are written to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Style {
+    Binary = 0,
+    /// Seed 002: `DM <from> <text>`, `MSG <from> <text>`, `INFO ...`.
+    Line = 1,
+    /// Seed 004: `> <nick>: <text>`, `> <nick> joined the room`.
+    Slash = 2,
+    Json = 3,
+}
+
+impl Style {
+    /// Number of styles (size of per-style caches).
+    pub const COUNT: usize = 4;
+
+    pub fn from_u8(v: u8) -> Style {
+        match v {
+            0 => Style::Binary,
+            1 => Style::Line,
+            2 => Style::Slash,
+            _ => Style::Json,
         }
     }
 
     /// Appends a pushed message.
     pub fn encode_delivery(self, d: &Delivery, dst: &mut BytesMut) {
         match self {
-            Protocol::Binary => {
-                // Bodies are bounded by the frame limit on the way in, so this cannot fail
-                // for anything the server accepted; a failure would be a bug, logged loudly.
-                if let Err(e) = binary::encode_message(
-                    0,
-                    &d.body,
-                    d.from.as_bytes(),
-                    d.to.as_bytes(),
-                    d.sent_at,
-                    dst,
-                ) {
+            Style::Binary => {
+                // Bodies are bounded by the frame and line limits on the way in, so this
+                // cannot fail for anything the server accepted.
+                let (from, to) = (d.from.as_bytes(), d.to.as_bytes());
+                if let Err(e) = binary::encode_message(0, &d.body, from, to, d.sent_at, dst) {
                     tracing::error!(error = %e, id = d.id, "cannot encode a delivery");
                 }
             }
+            Style::Line | Style::Slash => {
+                let text = d.text();
+                let text = text::one_line(&text);
+                let line = match (d.kind, self) {
+                    (Kind::Direct, _) => format!("DM {} {}\n", d.from, text),
+                    (Kind::Broadcast, _) => format!("MSG {} {}\n", d.from, text),
+                    (Kind::Room, Style::Slash) => format!("> {}: {}\n", d.from, text),
+                    (Kind::Room, _) => format!("ROOM {} {} {}\n", d.to, d.from, text),
+                };
+                dst.put_slice(line.as_bytes());
+            }
+            Style::Json => {
+                let event = MessageEvent {
+                    event: "message",
+                    kind: d.kind.name(),
+                    id: d.id,
+                    conversation: d.conv,
+                    seq: d.seq,
+                    from: &d.from,
+                    to: &d.to,
+                    text: &d.text(),
+                    time: d.sent_at,
+                };
+                let mut out = Vec::new();
+                json::encode_line(&event, &mut out);
+                dst.put_slice(&out);
+            }
         }
+    }
+
+    /// Appends a presence notice (nothing for styles that cannot carry one).
+    pub fn encode_notice(self, notice: &Notice, dst: &mut BytesMut) {
+        let line = match (self, notice) {
+            (Style::Binary, _) => return,
+            (Style::Line, Notice::Joined { room, name }) => format!("INFO {name} joined {room}\n"),
+            (Style::Line, Notice::Left { room, name }) => format!("INFO {name} left {room}\n"),
+            (Style::Line, Notice::Disconnected { name }) => format!("INFO {name} disconnected\n"),
+            (Style::Slash, Notice::Joined { name, .. }) => format!("> {name} joined the room\n"),
+            (Style::Slash, Notice::Left { name, .. }) => format!("> {name} has left the room\n"),
+            (Style::Slash, Notice::Disconnected { .. }) => return,
+            (Style::Json, notice) => {
+                let (event, room, user) = match notice {
+                    Notice::Joined { room, name } => ("joined", Some(&**room), name),
+                    Notice::Left { room, name } => ("left", Some(&**room), name),
+                    Notice::Disconnected { name } => ("disconnected", None, name),
+                };
+                let mut out = Vec::new();
+                json::encode_line(&NoticeEvent { event, room, user }, &mut out);
+                dst.put_slice(&out);
+                return;
+            }
+        };
+        dst.put_slice(line.as_bytes());
     }
 }
 
-/// What identifies a request to its client, so the reply can carry it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize)]
+struct MessageEvent<'a> {
+    event: &'static str,
+    kind: &'static str,
+    id: i64,
+    conversation: i64,
+    seq: i64,
+    from: &'a str,
+    to: &'a str,
+    text: &'a str,
+    time: u64,
+}
+
+#[derive(Serialize)]
+struct NoticeEvent<'a> {
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+    user: &'a str,
+}
+
+/// What identifies a request to its client, and how its outcome is written.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Tag {
     /// The binary protocol's correlation id.
     Cid(u32),
+    /// A seed-002-style command: silent on success, `ERR <word>` on failure.
+    Line,
+    /// A seed-004 slash command: silent on success, `err: <text>` on failure.
+    Slash,
+    /// A JSON request: the success message, and the request's id to echo.
+    Json {
+        ok: &'static str,
+        id: Option<Arc<Value>>,
+    },
 }
 
-/// What a session does with the next bytes of input.
-#[derive(Debug)]
-pub enum Decoded {
-    Request(Tag, Command),
-    /// A request that failed to decode but can be answered.
-    Reject(Tag, ErrorKind, String),
-    /// The stream cannot go on: close the connection.
-    Close(String),
-}
-
-/// Limits the decoders enforce.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_frame: usize,
-    pub max_name: usize,
-}
-
-impl Protocol {
-    /// Takes the next request off `buf`, or `None` when more bytes are needed.
-    pub fn decode(self, buf: &mut BytesMut, limits: &Limits) -> Option<Decoded> {
-        match self {
-            Protocol::Binary => decode_binary(buf, limits),
+/// Appends the answer to the request tagged `tag`.
+pub fn encode_reply(tag: &Tag, reply: &Reply, dst: &mut BytesMut) {
+    match (tag, reply) {
+        (Tag::Cid(cid), Reply::Ok) => binary::encode_response(*cid, binary::code::OK, dst),
+        (Tag::Cid(cid), Reply::Error(kind)) => {
+            binary::encode_response(*cid, binary::error_code(*kind), dst)
+        }
+        (Tag::Line | Tag::Slash, Reply::Ok) => {}
+        (Tag::Line, Reply::Error(kind)) => {
+            dst.put_slice(format!("ERR {}\n", text::error_word(*kind)).as_bytes())
+        }
+        (Tag::Slash, Reply::Error(kind)) => {
+            dst.put_slice(format!("err: {}\n", slash_error(*kind)).as_bytes())
+        }
+        (Tag::Json { ok, id }, reply) => {
+            let (success, message) = match reply {
+                Reply::Ok => (true, *ok),
+                Reply::Error(kind) => (false, json_error(*kind)),
+            };
+            let mut out = Vec::new();
+            json::encode_response(success, message, &Value::from(""), id.as_deref(), &mut out);
+            dst.put_slice(&out);
         }
     }
 }
 
-fn decode_binary(buf: &mut BytesMut, limits: &Limits) -> Option<Decoded> {
-    let frame = match binary::decode(buf, limits.max_frame) {
-        Ok(None) => return None,
-        Ok(Some(frame)) => frame,
-        Err(e) => {
-            return Some(match e.correlation_id() {
-                Some(cid) if !e.is_fatal() => {
-                    Decoded::Reject(Tag::Cid(cid), e.kind(), e.to_string())
-                }
-                _ => Decoded::Close(e.to_string()),
-            })
+/// How seed-004-style replies word an error.
+pub fn slash_error(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NotMember | ErrorKind::RoomNotFound => {
+            "you are not in a room. usage: /join ROOM_NAME"
         }
-    };
-    Some(match frame {
-        Frame::Login { cid, username } => match validate_name(&username, limits.max_name) {
-            Ok(name) => Decoded::Request(
-                Tag::Cid(cid),
-                Command::Login {
-                    name: name.to_string(),
-                },
-            ),
-            Err(e) => Decoded::Reject(Tag::Cid(cid), ErrorKind::InvalidName, e.to_string()),
-        },
-        Frame::Message {
-            cid,
-            message,
-            from,
-            to,
-            time,
-        } => match validate_name(&to, limits.max_name) {
-            Ok(to) => Decoded::Request(
-                Tag::Cid(cid),
-                Command::Send {
-                    to: Target::User(to.to_string()),
-                    body: message,
-                    claimed_from: Some(from),
-                    sent_at: Some(time),
-                },
-            ),
-            // No such name can have logged in.
-            Err(_) => Decoded::Reject(
-                Tag::Cid(cid),
-                ErrorKind::UserNotFound,
-                "invalid recipient name".into(),
-            ),
-        },
-        Frame::CorrelationTest { cid } => Decoded::Request(Tag::Cid(cid), Command::Ping),
-        Frame::Response { cid, .. } => Decoded::Reject(
-            Tag::Cid(cid),
-            ErrorKind::UnknownCommand,
-            "a response frame is not a request".into(),
-        ),
-    })
+        ErrorKind::AlreadyLoggedIn => "that nick is taken",
+        ErrorKind::InvalidName => {
+            "invalid name (no spaces or control characters, at most 32 bytes)"
+        }
+        ErrorKind::NotLoggedIn => "set a nick first. usage: /nick NAME",
+        ErrorKind::TooLong => "line too long",
+        ErrorKind::InvalidUtf8 => "invalid UTF-8",
+        ErrorKind::ShuttingDown => "server shutting down",
+        _ => "internal error",
+    }
+}
+
+/// How JSON replies word an error.
+pub fn json_error(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Internal => "Internal error",
+        ErrorKind::UserNotFound => "User not found",
+        ErrorKind::AlreadyLoggedIn => "Username already taken",
+        ErrorKind::NotLoggedIn => "Register first",
+        ErrorKind::Forbidden => "Forbidden",
+        ErrorKind::InvalidName => "Invalid username",
+        ErrorKind::Malformed => "Invalid message format",
+        ErrorKind::UnknownCommand => "Unknown command",
+        ErrorKind::ShuttingDown => "Server shutting down",
+        ErrorKind::NotMember => "Not a member of that room",
+        ErrorKind::RoomNotFound => "Room not found",
+        ErrorKind::TooLong => "Line too long",
+        ErrorKind::InvalidUtf8 => "Invalid UTF-8",
+    }
 }

@@ -1,44 +1,48 @@
 //! The hub thread: apply a batch of operations, commit once, then answer and deliver.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use parley_proto::{ErrorKind, Reply};
-use tokio::sync::oneshot;
+use parley_proto::{ErrorKind, Reply, Target};
 use tracing::{debug, error, info, warn};
 
-use super::{finish, GoLive, Hub, Identity, LoginOk, Op};
+use super::{finish, Actor, Done, GoLive, Hub, Identity, LoginOk, Op, Presence, ANONYMOUS};
 use crate::config::Config;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Kind, Notice};
 use crate::outbound::{Outbound, SessionLink};
 use crate::store::{
     now_ms, Batch, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds, Seq, UserId,
 };
-use crate::wire::Tag;
+use crate::wire::Protocol;
 
 /// Starts the hub thread over `store`.
 pub fn spawn(
     mut store: Box<dyn LogStore>,
     config: &Config,
 ) -> anyhow::Result<(Hub, JoinHandle<()>)> {
+    let (broadcast, anonymous) = store.ensure_builtin(ANONYMOUS)?;
     let mut core = Core {
         next: store.next_ids()?,
         store,
         grace: config.login_grace(),
         batch_max: config.batch_max,
+        anonymous,
+        broadcast,
         names: HashMap::new(),
         users: HashMap::new(),
         devices: HashMap::new(),
         directs: HashMap::new(),
         last_seqs: HashMap::new(),
         memberships: HashMap::new(),
+        rooms: HashMap::new(),
         online: HashMap::new(),
+        guests: HashMap::new(),
         waiting: Vec::new(),
     };
-    core.load_users()?;
+    core.load()?;
     let (ops, rx) = crossbeam_channel::unbounded();
     let thread = std::thread::Builder::new()
         .name("parley-hub".into())
@@ -47,12 +51,24 @@ pub fn spawn(
 }
 
 /// A device of a user with a session open.
-struct Online {
-    link: Arc<SessionLink>,
-    device: DeviceId,
-    /// False while the session replays what it missed from the store; it gets no pushes
-    /// until it has caught up (see `Op::GoLive`).
-    live: bool,
+pub(super) struct Online {
+    pub link: Arc<SessionLink>,
+    pub device: DeviceId,
+    /// False while the session replays what it missed from the store; it gets no pushes of
+    /// its conversations until it has caught up (see `Op::GoLive`).
+    pub live: bool,
+    /// False for sessions that only speak when spoken to (JSON before `SUBSCRIBE`).
+    pub push: bool,
+}
+
+/// A room and who is in it now.
+pub(super) struct Room {
+    pub conv: ConvId,
+    pub name: Arc<str>,
+    pub members: HashSet<UserId>,
+    /// Anonymous sessions in the room (seed 004 before `/nick`); they leave with their
+    /// connection.
+    pub guests: Vec<Arc<SessionLink>>,
 }
 
 /// A login of a name that is online elsewhere, waiting for that session to end.
@@ -61,51 +77,66 @@ struct Waiting {
     op: Op,
 }
 
-struct Core {
+pub(super) struct Core {
     store: Box<dyn LogStore>,
     grace: Duration,
     batch_max: usize,
-    next: NextIds,
-    names: HashMap<Arc<str>, UserId>,
-    users: HashMap<UserId, Arc<str>>,
+    pub next: NextIds,
+    pub anonymous: UserId,
+    broadcast: ConvId,
+    pub names: HashMap<Arc<str>, UserId>,
+    pub users: HashMap<UserId, Arc<str>>,
     devices: HashMap<(UserId, String), DeviceId>,
     /// Direct conversations by (lower, higher) user id.
     directs: HashMap<(UserId, UserId), ConvId>,
     last_seqs: HashMap<ConvId, Seq>,
-    memberships: HashMap<UserId, Vec<Membership>>,
-    online: HashMap<UserId, Vec<Online>>,
+    pub memberships: HashMap<UserId, Vec<Membership>>,
+    pub rooms: HashMap<Arc<str>, Room>,
+    pub online: HashMap<UserId, Vec<Online>>,
+    /// Anonymous sessions counted in presence, by session id.
+    pub guests: HashMap<u64, Arc<SessionLink>>,
     waiting: Vec<Waiting>,
 }
 
+/// Who a message goes to.
+pub(super) enum Audience {
+    Direct(UserId, UserId),
+    Room(Arc<str>),
+    Everyone,
+}
+
 /// What a batch does once its commit is known.
-enum Effect {
+pub(super) enum Effect {
     Reply {
         link: Arc<SessionLink>,
-        tag: Tag,
-        reply: Reply,
+        item: Outbound,
         /// The reply reports something written by this batch: if the commit fails it
         /// becomes an error.
         durable: bool,
     },
     Login {
         link: Arc<SessionLink>,
-        tag: Tag,
         result: Result<LoginOk, ErrorKind>,
-        done: oneshot::Sender<Result<LoginOk, ErrorKind>>,
+        done: Done<Result<LoginOk, ErrorKind>>,
     },
+    /// Completes a request once the commit is known.
+    Answer(Box<dyn FnOnce(bool) + Send>),
     Deliver {
         delivery: Arc<Delivery>,
-        members: (UserId, UserId),
-        sender_device: DeviceId,
+        audience: Audience,
+        /// The sending device (it does not get its own message back) and session.
+        from: (DeviceId, u64),
     },
-    Live {
-        done: oneshot::Sender<GoLive>,
-        answer: GoLive,
+    Notify {
+        notice: Arc<Notice>,
+        audience: Audience,
+        /// The session the notice is about (it is not told).
+        except: u64,
     },
 }
 
 impl Core {
-    fn load_users(&mut self) -> anyhow::Result<()> {
+    fn load(&mut self) -> anyhow::Result<()> {
         self.names.clear();
         self.users.clear();
         for (id, name) in self.store.load_users()? {
@@ -113,7 +144,24 @@ impl Core {
             self.names.insert(name.clone(), id);
             self.users.insert(id, name);
         }
-        info!(users = self.users.len(), "hub loaded users");
+        self.rooms.clear();
+        for room in self.store.load_rooms()? {
+            let name: Arc<str> = Arc::from(room.name);
+            self.rooms.insert(
+                name.clone(),
+                Room {
+                    conv: room.conv,
+                    name,
+                    members: room.members.into_iter().collect(),
+                    guests: Vec::new(),
+                },
+            );
+        }
+        info!(
+            users = self.users.len(),
+            rooms = self.rooms.len(),
+            "hub loaded state"
+        );
         Ok(())
     }
 
@@ -139,11 +187,7 @@ impl Core {
             stopping |= self.process(&mut ops);
         }
         for w in self.waiting.drain(..) {
-            if let Op::Login {
-                link, tag, done, ..
-            } = w.op
-            {
-                link.push(Outbound::Reply(tag, Reply::Error(ErrorKind::ShuttingDown)));
+            if let Op::Login { done, .. } = w.op {
                 let _ = done.send(Err(ErrorKind::ShuttingDown));
             }
         }
@@ -192,29 +236,70 @@ impl Core {
                 body,
                 sent_at,
                 tag,
-            } => match self.send(from, &to, body, sent_at, batch) {
+            } => match self.send(&link, from, to, body, sent_at, batch) {
                 Ok(deliver) => {
                     effects.push(Effect::Reply {
                         link,
-                        tag,
-                        reply: Reply::Ok,
+                        item: Outbound::Reply(tag, Reply::Ok),
                         durable: true,
                     });
                     effects.push(deliver);
                 }
                 Err(kind) => effects.push(Effect::Reply {
                     link,
-                    tag,
-                    reply: Reply::Error(kind),
+                    item: Outbound::Reply(tag, Reply::Error(kind)),
                     durable: false,
                 }),
             },
-            Op::Reply { link, tag, reply } => effects.push(Effect::Reply {
+            Op::Reply { link, item } => effects.push(Effect::Reply {
                 link,
-                tag,
-                reply,
+                item,
                 durable: false,
             }),
+            Op::Join {
+                link,
+                actor,
+                room,
+                leave,
+                done,
+            } => {
+                if let Some(old) = leave.filter(|old| *old != room) {
+                    let _ = self.leave_room(&link, actor, &old, batch, effects);
+                }
+                let result = self.join_room(&link, actor, &room, batch, effects);
+                answer(effects, done, result);
+            }
+            Op::Leave {
+                link,
+                actor,
+                room,
+                done,
+            } => {
+                let result = self.leave_room(&link, actor, &room, batch, effects);
+                answer(effects, done, result);
+            }
+            Op::Rooms { done } => {
+                let _ = done.send(self.room_list());
+            }
+            Op::Who { done } => {
+                let mut users: Vec<Arc<str>> =
+                    self.online.keys().map(|u| self.users[u].clone()).collect();
+                users.sort();
+                let _ = done.send(Presence {
+                    users,
+                    anonymous: self.guests.len(),
+                });
+            }
+            Op::Guest { link } => {
+                self.guests.insert(link.id, link);
+            }
+            Op::Subscribe { link_id, user } => {
+                for online in self.online.get_mut(&user).into_iter().flatten() {
+                    if online.link.id == link_id {
+                        online.push = true;
+                    }
+                }
+            }
             Op::GoLive {
                 link_id,
                 user,
@@ -222,7 +307,9 @@ impl Core {
                 done,
             } => {
                 let answer = self.go_live(link_id, user, &progress);
-                effects.push(Effect::Live { done, answer });
+                effects.push(Effect::Answer(Box::new(move |committed| {
+                    let _ = done.send(if committed { answer } else { GoLive::Behind });
+                })));
             }
             Op::Cursors { device, progress } => {
                 for (conv, seq) in progress {
@@ -230,24 +317,7 @@ impl Core {
                     *at = (*at).max(seq);
                 }
             }
-            Op::Logout { link_id, identity } => {
-                if let Some(devices) = self.online.get_mut(&identity.user) {
-                    devices.retain(|o| o.link.id != link_id);
-                    if devices.is_empty() {
-                        self.online.remove(&identity.user);
-                    }
-                }
-                batch.seen.push((identity.user, identity.device, now_ms()));
-                // A login that waited for this name gets its turn now.
-                let (ready, rest): (Vec<_>, Vec<_>) = self
-                    .waiting
-                    .drain(..)
-                    .partition(|w| matches!(&w.op, Op::Login { name, .. } if self.names.get(name.as_str()) == Some(&identity.user)));
-                self.waiting = rest;
-                for w in ready {
-                    self.login(w.op, batch, effects);
-                }
-            }
+            Op::Gone { link_id, identity } => self.gone(link_id, identity, batch, effects),
             Op::Shutdown => {}
         }
     }
@@ -257,29 +327,28 @@ impl Core {
             link,
             name,
             device,
-            tag,
             done,
         } = op
         else {
             return;
         };
+        if name == ANONYMOUS {
+            let result = Err(ErrorKind::AlreadyLoggedIn);
+            effects.push(Effect::Login { link, result, done });
+            return;
+        }
         let existing = self.names.get(name.as_str()).copied();
         if let Some(user) = existing {
             if self.online.get(&user).is_some_and(|d| !d.is_empty()) {
                 if self.grace.is_zero() {
-                    effects.push(Effect::Login {
-                        link,
-                        tag,
-                        result: Err(ErrorKind::AlreadyLoggedIn),
-                        done,
-                    });
+                    let result = Err(ErrorKind::AlreadyLoggedIn);
+                    effects.push(Effect::Login { link, result, done });
                 } else {
                     let deadline = Instant::now() + self.grace;
                     let op = Op::Login {
                         link,
                         name,
                         device,
-                        tag,
                         done,
                     };
                     self.waiting.push(Waiting { deadline, op });
@@ -288,12 +357,7 @@ impl Core {
             }
         }
         let result = self.admit(existing, &name, &device, &link, batch);
-        effects.push(Effect::Login {
-            link,
-            tag,
-            result,
-            done,
-        });
+        effects.push(Effect::Login { link, result, done });
     }
 
     /// Creates the user and device as needed and registers the session (catching up).
@@ -335,10 +399,12 @@ impl Core {
                 id
             }
         };
+        self.guests.remove(&link.id);
         self.online.entry(user).or_default().push(Online {
             link: link.clone(),
             device,
             live: false,
+            push: link.protocol != Protocol::Json,
         });
         Ok(LoginOk {
             identity: Identity { user, device },
@@ -346,19 +412,69 @@ impl Core {
         })
     }
 
-    /// Appends a message to the direct conversation of `from` and `to`; the effect delivers
-    /// it once committed.
+    /// Appends a message to its conversation; the effect delivers it once committed.
     fn send(
         &mut self,
-        from: Identity,
-        to: &str,
+        link: &SessionLink,
+        from: Actor,
+        to: Target,
         body: bytes::Bytes,
         sent_at: u64,
         batch: &mut Batch,
     ) -> Result<Effect, ErrorKind> {
-        let recipient = *self.names.get(to).ok_or(ErrorKind::UserNotFound)?;
-        let members = (from.user.min(recipient), from.user.max(recipient));
-        let conv = self.direct(members, batch).map_err(internal)?;
+        let sender = match from {
+            Actor::Member(identity) => identity,
+            Actor::Guest => Identity {
+                user: self.anonymous,
+                device: 0,
+            },
+        };
+        let (conv, audience, kind, to_name) = match to {
+            Target::User(name) => {
+                let Actor::Member(_) = from else {
+                    return Err(ErrorKind::NotLoggedIn);
+                };
+                let recipient = *self
+                    .names
+                    .get(name.as_str())
+                    .ok_or(ErrorKind::UserNotFound)?;
+                let members = (sender.user.min(recipient), sender.user.max(recipient));
+                let conv = self.direct(members, batch).map_err(internal)?;
+                let to = self.users[&recipient].clone();
+                (
+                    conv,
+                    Audience::Direct(members.0, members.1),
+                    Kind::Direct,
+                    to,
+                )
+            }
+            Target::Room(name) => {
+                let room = self
+                    .rooms
+                    .get(name.as_str())
+                    .ok_or(ErrorKind::RoomNotFound)?;
+                let member = match from {
+                    Actor::Member(id) => room.members.contains(&id.user),
+                    Actor::Guest => room.guests.iter().any(|g| g.id == link.id),
+                };
+                if !member {
+                    return Err(ErrorKind::NotMember);
+                }
+                let audience = Audience::Room(room.name.clone());
+                (room.conv, audience, Kind::Room, room.name.clone())
+            }
+            Target::Everyone => {
+                let Actor::Member(_) = from else {
+                    return Err(ErrorKind::NotLoggedIn);
+                };
+                (
+                    self.broadcast,
+                    Audience::Everyone,
+                    Kind::Broadcast,
+                    Arc::from("*"),
+                )
+            }
+        };
         let seq = self.last_seq(conv).map_err(internal)? + 1;
         self.last_seqs.insert(conv, seq);
         batch.last_seqs.insert(conv, seq);
@@ -368,25 +484,18 @@ impl Core {
             id,
             conv,
             seq,
-            sender: from.user,
-            sender_device: from.device,
+            sender: sender.user,
+            sender_device: sender.device,
             body: body.clone(),
             sent_at,
             received_at: now_ms(),
         });
-        let delivery = Delivery::new(
-            id,
-            conv,
-            seq,
-            self.users[&from.user].clone(),
-            self.users[&recipient].clone(),
-            body,
-            sent_at,
-        );
+        let from_name = self.users[&sender.user].clone();
+        let delivery = Delivery::new(id, conv, seq, kind, from_name, to_name, body, sent_at);
         Ok(Effect::Deliver {
             delivery: Arc::new(delivery),
-            members,
-            sender_device: from.device,
+            audience,
+            from: (sender.device, link.id),
         })
     }
 
@@ -401,23 +510,12 @@ impl Core {
                 found.id
             }
             None => {
-                // Load both users' memberships before adding to them, so the cache never
-                // holds a partial list.
-                self.memberships_of(members.0)?;
-                self.memberships_of(members.1)?;
                 let conv = self.next.conv;
                 self.next.conv += 1;
                 batch.directs.push((conv, members.0, members.1));
                 self.last_seqs.insert(conv, 0);
-                let joined = Membership {
-                    conv,
-                    joined_seq: 0,
-                };
                 for user in [members.0, members.1] {
-                    let list = self.memberships.get_mut(&user).expect("loaded above");
-                    if !list.iter().any(|m| m.conv == conv) {
-                        list.push(joined);
-                    }
+                    self.add_membership(user, conv, 0)?;
                 }
                 conv
             }
@@ -426,7 +524,28 @@ impl Core {
         Ok(conv)
     }
 
-    fn last_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq> {
+    pub(super) fn new_conv_id(&mut self) -> ConvId {
+        let conv = self.next.conv;
+        self.next.conv += 1;
+        self.last_seqs.insert(conv, 0);
+        conv
+    }
+
+    /// Adds `conv` to the cached memberships of `user` (loading them first, so the cache
+    /// never holds a partial list).
+    pub(super) fn add_membership(
+        &mut self,
+        user: UserId,
+        conv: ConvId,
+        joined_seq: Seq,
+    ) -> anyhow::Result<()> {
+        let list = self.memberships_of(user)?;
+        list.retain(|m| m.conv != conv);
+        list.push(Membership { conv, joined_seq });
+        Ok(())
+    }
+
+    pub(super) fn last_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq> {
         if let Some(&seq) = self.last_seqs.get(&conv) {
             return Ok(seq);
         }
@@ -435,7 +554,7 @@ impl Core {
         Ok(seq)
     }
 
-    fn memberships_of(&mut self, user: UserId) -> anyhow::Result<&mut Vec<Membership>> {
+    pub(super) fn memberships_of(&mut self, user: UserId) -> anyhow::Result<&mut Vec<Membership>> {
         if !self.memberships.contains_key(&user) {
             let list = self.store.memberships(user)?;
             self.memberships.insert(user, list);
@@ -445,12 +564,11 @@ impl Core {
 
     /// Grants live delivery if `progress` reaches the end of every conversation of `user`.
     fn go_live(&mut self, link_id: u64, user: UserId, progress: &HashMap<ConvId, Seq>) -> GoLive {
-        let is_online = |core: &Self| {
-            core.online
-                .get(&user)
-                .is_some_and(|d| d.iter().any(|o| o.link.id == link_id))
-        };
-        if !is_online(self) {
+        let is_online = self
+            .online
+            .get(&user)
+            .is_some_and(|d| d.iter().any(|o| o.link.id == link_id));
+        if !is_online {
             return GoLive::Gone;
         }
         let list = match self.memberships_of(user) {
@@ -461,7 +579,11 @@ impl Core {
             }
         };
         for m in list {
-            let have = progress.get(&m.conv).copied().unwrap_or(m.joined_seq);
+            let have = progress
+                .get(&m.conv)
+                .copied()
+                .unwrap_or(0)
+                .max(m.joined_seq);
             match self.last_seq(m.conv) {
                 Ok(last) if last <= have => {}
                 _ => return GoLive::Behind,
@@ -475,22 +597,54 @@ impl Core {
         GoLive::Live
     }
 
+    /// A session ended: out of presence, out of its rooms as a guest, and the waiting
+    /// logins of its name get their turn.
+    fn gone(
+        &mut self,
+        link_id: u64,
+        identity: Option<Identity>,
+        batch: &mut Batch,
+        effects: &mut Vec<Effect>,
+    ) {
+        self.guests.remove(&link_id);
+        self.drop_guest_from_rooms(link_id, effects);
+        let Some(identity) = identity else {
+            return;
+        };
+        if let Some(devices) = self.online.get_mut(&identity.user) {
+            devices.retain(|o| o.link.id != link_id);
+            if devices.is_empty() {
+                self.online.remove(&identity.user);
+                let notice = Notice::Disconnected {
+                    name: self.users[&identity.user].clone(),
+                };
+                effects.push(Effect::Notify {
+                    notice: Arc::new(notice),
+                    audience: Audience::Everyone,
+                    except: link_id,
+                });
+            }
+        }
+        batch.seen.push((identity.user, identity.device, now_ms()));
+        let user = identity.user;
+        let (ready, rest): (Vec<_>, Vec<_>) = self.waiting.drain(..).partition(|w| {
+            matches!(&w.op, Op::Login { name, .. } if self.names.get(name.as_str()) == Some(&user))
+        });
+        self.waiting = rest;
+        for w in ready {
+            self.login(w.op, batch, effects);
+        }
+    }
+
     fn expire_waiting(&mut self, effects: &mut Vec<Effect>) {
         let now = Instant::now();
         let (expired, rest): (Vec<_>, Vec<_>) =
             self.waiting.drain(..).partition(|w| w.deadline <= now);
         self.waiting = rest;
         for w in expired {
-            if let Op::Login {
-                link, tag, done, ..
-            } = w.op
-            {
-                effects.push(Effect::Login {
-                    link,
-                    tag,
-                    result: Err(ErrorKind::AlreadyLoggedIn),
-                    done,
-                });
+            if let Op::Login { link, done, .. } = w.op {
+                let result = Err(ErrorKind::AlreadyLoggedIn);
+                effects.push(Effect::Login { link, result, done });
             }
         }
     }
@@ -499,23 +653,18 @@ impl Core {
         match effect {
             Effect::Reply {
                 link,
-                tag,
-                reply,
+                item,
                 durable,
             } => {
-                let reply = if durable && !committed {
-                    Reply::Error(ErrorKind::Internal)
-                } else {
-                    reply
+                let item = match item {
+                    Outbound::Reply(tag, Reply::Ok) if durable && !committed => {
+                        Outbound::Reply(tag, Reply::Error(ErrorKind::Internal))
+                    }
+                    item => item,
                 };
-                finish(&link, tag, reply);
+                finish(&link, item);
             }
-            Effect::Login {
-                link,
-                tag,
-                result,
-                done,
-            } => {
+            Effect::Login { link, result, done } => {
                 let result = match result {
                     Ok(ok) if !committed => {
                         self.drop_online(ok.identity.user, link.id);
@@ -523,40 +672,96 @@ impl Core {
                     }
                     other => other,
                 };
-                let reply = match &result {
-                    Ok(_) => Reply::Ok,
-                    Err(kind) => Reply::Error(*kind),
-                };
-                link.push(Outbound::Reply(tag, reply));
                 if done.send(result).is_err() {
                     debug!(session = link.id, "login answered after the session ended");
                 }
             }
+            Effect::Answer(answer) => answer(committed),
             Effect::Deliver {
                 delivery,
-                members,
-                sender_device,
+                audience,
+                from,
             } => {
-                if !committed {
-                    return;
+                if committed {
+                    self.deliver(&delivery, &audience, from);
                 }
-                let to_self = members.0 == members.1;
-                let users: &[UserId] = if to_self {
-                    &[members.0][..]
-                } else {
-                    &[members.0, members.1][..]
-                };
-                for user in users {
-                    for online in self.online.get(user).into_iter().flatten() {
-                        if online.live && (to_self || online.device != sender_device) {
-                            online.link.push(Outbound::Deliver(delivery.clone()));
-                        }
+            }
+            Effect::Notify {
+                notice,
+                audience,
+                except,
+            } => self.notify(&notice, &audience, except),
+        }
+    }
+
+    /// Pushes a committed message to every online session that should see it now.
+    fn deliver(&self, delivery: &Arc<Delivery>, audience: &Audience, from: (DeviceId, u64)) {
+        let push = |online: &Online| online.link.push(Outbound::Deliver(delivery.clone()));
+        match audience {
+            Audience::Direct(a, b) => {
+                let to_self = a == b;
+                let users = if to_self { &[*a][..] } else { &[*a, *b][..] };
+                for online in users.iter().flat_map(|u| self.online.get(u)).flatten() {
+                    if online.live && online.push && (to_self || online.device != from.0) {
+                        push(online);
                     }
                 }
             }
-            Effect::Live { done, answer } => {
-                let answer = if committed { answer } else { GoLive::Behind };
-                let _ = done.send(answer);
+            Audience::Room(name) => {
+                let Some(room) = self.rooms.get(name) else {
+                    return;
+                };
+                for online in room
+                    .members
+                    .iter()
+                    .flat_map(|u| self.online.get(u))
+                    .flatten()
+                {
+                    if online.live && online.push && online.device != from.0 {
+                        push(online);
+                    }
+                }
+                for guest in room.guests.iter().filter(|g| g.id != from.1) {
+                    guest.push(Outbound::Deliver(delivery.clone()));
+                }
+            }
+            Audience::Everyone => {
+                for online in self.online.values().flatten() {
+                    if online.push && online.link.id != from.1 {
+                        push(online);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pushes a presence notice (not stored) to the sessions of `audience` but `except`.
+    pub(super) fn notify(&self, notice: &Arc<Notice>, audience: &Audience, except: u64) {
+        let send = |link: &SessionLink| {
+            if link.id != except {
+                link.push(Outbound::Notice(notice.clone()));
+            }
+        };
+        match audience {
+            Audience::Room(name) => {
+                if let Some(room) = self.rooms.get(name) {
+                    for online in room
+                        .members
+                        .iter()
+                        .flat_map(|u| self.online.get(u))
+                        .flatten()
+                    {
+                        if online.push {
+                            send(&online.link);
+                        }
+                    }
+                    room.guests.iter().for_each(|g| send(g));
+                }
+            }
+            Audience::Everyone | Audience::Direct(..) => {
+                for online in self.online.values().flatten().filter(|o| o.push) {
+                    send(&online.link);
+                }
             }
         }
     }
@@ -576,8 +781,18 @@ impl Core {
         self.directs.clear();
         self.last_seqs.clear();
         self.memberships.clear();
-        if let Err(e) = self.load_users() {
-            error!(error = %format!("{e:#}"), "reloading users after a failed commit");
+        let guests: Vec<(Arc<str>, Vec<Arc<SessionLink>>)> = self
+            .rooms
+            .values_mut()
+            .map(|r| (r.name.clone(), std::mem::take(&mut r.guests)))
+            .collect();
+        if let Err(e) = self.load() {
+            error!(error = %format!("{e:#}"), "reloading state after a failed commit");
+        }
+        for (name, list) in guests {
+            if let Some(room) = self.rooms.get_mut(&name) {
+                room.guests = list;
+            }
         }
         match self.store.next_ids() {
             Ok(next) => {
@@ -591,7 +806,23 @@ impl Core {
     }
 }
 
-fn internal(e: anyhow::Error) -> ErrorKind {
+/// Answers `done` with `result` once the commit is known (an error if it failed).
+fn answer(
+    effects: &mut Vec<Effect>,
+    done: Done<Result<(), ErrorKind>>,
+    result: Result<(), ErrorKind>,
+) {
+    effects.push(Effect::Answer(Box::new(move |committed| {
+        let result = if committed {
+            result
+        } else {
+            Err(ErrorKind::Internal)
+        };
+        let _ = done.send(result);
+    })));
+}
+
+pub(super) fn internal(e: anyhow::Error) -> ErrorKind {
     error!(error = %format!("{e:#}"), "store read failed");
     ErrorKind::Internal
 }

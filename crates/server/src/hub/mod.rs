@@ -7,12 +7,13 @@
 //! sessions. A node-to-node router (NATS) would hang off the same delivery step.
 
 mod core;
+mod rooms;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parley_proto::{ErrorKind, Reply};
+use parley_proto::{ErrorKind, Reply, Target};
 use tokio::sync::oneshot;
 
 use crate::outbound::{Outbound, SessionLink};
@@ -21,8 +22,12 @@ use crate::wire::Tag;
 
 pub use self::core::spawn;
 
+/// The reserved name anonymous sessions (seed 004 before `/nick`, seed 001 before
+/// `REGISTER`) speak as. Nobody can log in with it.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// A logged-in session as the hub knows it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
     pub user: UserId,
     pub device: DeviceId,
@@ -33,6 +38,30 @@ pub struct Identity {
 pub struct LoginOk {
     pub identity: Identity,
     pub name: Arc<str>,
+}
+
+/// Who acts: a logged-in device, or an anonymous session.
+#[derive(Debug, Clone, Copy)]
+pub enum Actor {
+    Member(Identity),
+    Guest,
+}
+
+/// A room in a listing.
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    pub name: Arc<str>,
+    pub members: usize,
+    pub online: usize,
+}
+
+/// Who is online.
+#[derive(Debug, Clone, Default)]
+pub struct Presence {
+    /// Logged-in users, sorted.
+    pub users: Vec<Arc<str>>,
+    /// Connected sessions that never logged in and said they want to be counted.
+    pub anonymous: usize,
 }
 
 /// The hub's answer to a catching-up session.
@@ -46,27 +75,56 @@ pub enum GoLive {
     Gone,
 }
 
+type Done<T> = oneshot::Sender<T>;
+
 pub(crate) enum Op {
     Login {
         link: Arc<SessionLink>,
         name: String,
         device: String,
-        tag: Tag,
-        done: oneshot::Sender<Result<LoginOk, ErrorKind>>,
+        done: Done<Result<LoginOk, ErrorKind>>,
     },
     Send {
         link: Arc<SessionLink>,
-        from: Identity,
-        to: String,
+        from: Actor,
+        to: Target,
         body: Bytes,
         sent_at: u64,
         tag: Tag,
     },
-    /// A reply that must stay in order behind this session's earlier requests.
+    /// Output that must stay in order behind this session's earlier requests.
     Reply {
         link: Arc<SessionLink>,
-        tag: Tag,
-        reply: Reply,
+        item: Outbound,
+    },
+    Join {
+        link: Arc<SessionLink>,
+        actor: Actor,
+        room: String,
+        /// Leave this room first (seed 004: one room at a time).
+        leave: Option<String>,
+        done: Done<Result<(), ErrorKind>>,
+    },
+    Leave {
+        link: Arc<SessionLink>,
+        actor: Actor,
+        room: String,
+        done: Done<Result<(), ErrorKind>>,
+    },
+    Rooms {
+        done: Done<Vec<RoomInfo>>,
+    },
+    Who {
+        done: Done<Presence>,
+    },
+    /// Count this anonymous session in presence listings.
+    Guest {
+        link: Arc<SessionLink>,
+    },
+    /// Start pushing to this device (JSON sessions push only once they ask).
+    Subscribe {
+        link_id: u64,
+        user: UserId,
     },
     /// A catching-up session asks to receive live pushes from now on; granted only if it
     /// has read every conversation up to its end.
@@ -74,15 +132,16 @@ pub(crate) enum Op {
         link_id: u64,
         user: UserId,
         progress: HashMap<ConvId, Seq>,
-        done: oneshot::Sender<GoLive>,
+        done: Done<GoLive>,
     },
     Cursors {
         device: DeviceId,
         progress: Vec<(ConvId, Seq)>,
     },
-    Logout {
+    /// The session ended (logged in or not).
+    Gone {
         link_id: u64,
-        identity: Identity,
+        identity: Option<Identity>,
     },
     Shutdown,
 }
@@ -98,27 +157,32 @@ impl Hub {
         self.ops.send(op).map_err(|e| e.0)
     }
 
-    /// Logs `link` in as `name` on `device`. The reply to `tag` is queued on the link by the
-    /// hub (after the commit); the result also comes back here for the session's own state.
+    /// Sends `op` and waits for its answer; `fallback` if the hub is gone.
+    async fn ask<T>(&self, make: impl FnOnce(Done<T>) -> Op, fallback: T) -> T {
+        let (done, answer) = oneshot::channel();
+        if self.submit(make(done)).is_err() {
+            return fallback;
+        }
+        answer.await.unwrap_or(fallback)
+    }
+
+    /// Logs `link` in as `name` on `device`.
     pub async fn login(
         &self,
         link: Arc<SessionLink>,
         name: String,
         device: String,
-        tag: Tag,
     ) -> Result<LoginOk, ErrorKind> {
-        let (done, result) = oneshot::channel();
-        if let Err(Op::Login { link, tag, .. }) = self.submit(Op::Login {
-            link,
-            name,
-            device,
-            tag,
-            done,
-        }) {
-            link.push(Outbound::Reply(tag, Reply::Error(ErrorKind::ShuttingDown)));
-            return Err(ErrorKind::ShuttingDown);
-        }
-        result.await.unwrap_or(Err(ErrorKind::ShuttingDown))
+        self.ask(
+            |done| Op::Login {
+                link,
+                name,
+                device,
+                done,
+            },
+            Err(ErrorKind::ShuttingDown),
+        )
+        .await
     }
 
     /// Sends a message; the reply reaches `link` once the message is stored. The caller
@@ -126,8 +190,8 @@ impl Hub {
     pub fn send(
         &self,
         link: Arc<SessionLink>,
-        from: Identity,
-        to: String,
+        from: Actor,
+        to: Target,
         body: Bytes,
         sent_at: u64,
         tag: Tag,
@@ -141,16 +205,73 @@ impl Hub {
             tag,
         };
         if let Err(Op::Send { link, tag, .. }) = self.submit(op) {
-            finish(&link, tag, Reply::Error(ErrorKind::ShuttingDown));
+            finish(
+                &link,
+                Outbound::Reply(tag, Reply::Error(ErrorKind::ShuttingDown)),
+            );
         }
     }
 
-    /// Queues `reply` behind this session's requests already in the hub. The caller must
+    /// Queues `item` behind this session's requests already in the hub. The caller must
     /// hold one in-flight permit of `link`, which the hub returns.
-    pub fn reply_in_order(&self, link: Arc<SessionLink>, tag: Tag, reply: Reply) {
-        if let Err(Op::Reply { link, tag, reply }) = self.submit(Op::Reply { link, tag, reply }) {
-            finish(&link, tag, reply);
+    pub fn reply_in_order(&self, link: Arc<SessionLink>, item: Outbound) {
+        if let Err(Op::Reply { link, item }) = self.submit(Op::Reply { link, item }) {
+            finish(&link, item);
         }
+    }
+
+    pub async fn join(
+        &self,
+        link: Arc<SessionLink>,
+        actor: Actor,
+        room: String,
+        leave: Option<String>,
+    ) -> Result<(), ErrorKind> {
+        self.ask(
+            |done| Op::Join {
+                link,
+                actor,
+                room,
+                leave,
+                done,
+            },
+            Err(ErrorKind::ShuttingDown),
+        )
+        .await
+    }
+
+    pub async fn leave(
+        &self,
+        link: Arc<SessionLink>,
+        actor: Actor,
+        room: String,
+    ) -> Result<(), ErrorKind> {
+        self.ask(
+            |done| Op::Leave {
+                link,
+                actor,
+                room,
+                done,
+            },
+            Err(ErrorKind::ShuttingDown),
+        )
+        .await
+    }
+
+    pub async fn rooms(&self) -> Vec<RoomInfo> {
+        self.ask(|done| Op::Rooms { done }, Vec::new()).await
+    }
+
+    pub async fn who(&self) -> Presence {
+        self.ask(|done| Op::Who { done }, Presence::default()).await
+    }
+
+    pub fn guest(&self, link: Arc<SessionLink>) {
+        let _ = self.submit(Op::Guest { link });
+    }
+
+    pub fn subscribe(&self, link_id: u64, user: UserId) {
+        let _ = self.submit(Op::Subscribe { link_id, user });
     }
 
     /// Asks to switch a catching-up session to live delivery.
@@ -160,17 +281,16 @@ impl Hub {
         user: UserId,
         progress: HashMap<ConvId, Seq>,
     ) -> GoLive {
-        let (done, result) = oneshot::channel();
-        let op = Op::GoLive {
-            link_id,
-            user,
-            progress,
-            done,
-        };
-        if self.submit(op).is_err() {
-            return GoLive::Gone;
-        }
-        result.await.unwrap_or(GoLive::Gone)
+        self.ask(
+            |done| Op::GoLive {
+                link_id,
+                user,
+                progress,
+                done,
+            },
+            GoLive::Gone,
+        )
+        .await
     }
 
     /// Records that `device` received conversations up to the given sequences.
@@ -178,9 +298,9 @@ impl Hub {
         let _ = self.submit(Op::Cursors { device, progress });
     }
 
-    /// Takes the session offline.
-    pub fn logout(&self, link_id: u64, identity: Identity) {
-        let _ = self.submit(Op::Logout { link_id, identity });
+    /// The session ended: takes it offline and out of its rooms as a guest.
+    pub fn gone(&self, link_id: u64, identity: Option<Identity>) {
+        let _ = self.submit(Op::Gone { link_id, identity });
     }
 
     /// Asks the hub thread to finish what is queued and stop.
@@ -190,7 +310,7 @@ impl Hub {
 }
 
 /// Queues a reply and returns the request's in-flight permit.
-fn finish(link: &SessionLink, tag: Tag, reply: Reply) {
-    link.push(Outbound::Reply(tag, reply));
+fn finish(link: &SessionLink, item: Outbound) {
+    link.push(item);
     link.inflight.add_permits(1);
 }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-pub use reader::{ConvPosition, Reader};
+pub use reader::{ConvPosition, Reader, Resolved};
 pub use sqlite::SqliteStore;
 
 pub type UserId = i64;
@@ -42,6 +42,12 @@ pub struct Batch {
     pub devices: Vec<(DeviceId, UserId, String)>,
     /// New direct conversations: (id, lower user id, higher user id).
     pub directs: Vec<(ConvId, UserId, UserId)>,
+    /// New rooms: (id, name).
+    pub rooms: Vec<(ConvId, String)>,
+    /// Room memberships that begin: (user, room, the room's last sequence at the join).
+    pub joins: Vec<(UserId, ConvId, Seq)>,
+    /// Room memberships that end.
+    pub leaves: Vec<(UserId, ConvId)>,
     pub messages: Vec<NewMessage>,
     /// Highest sequence per conversation touched by this batch.
     pub last_seqs: HashMap<ConvId, Seq>,
@@ -54,10 +60,25 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Records that `user` joins `conv` at `seq`, replacing a leave of the same batch.
+    pub fn join(&mut self, user: UserId, conv: ConvId, seq: Seq) {
+        self.leaves.retain(|l| *l != (user, conv));
+        self.joins.push((user, conv, seq));
+    }
+
+    /// Records that `user` leaves `conv`, replacing a join of the same batch.
+    pub fn leave(&mut self, user: UserId, conv: ConvId) {
+        self.joins.retain(|j| (j.0, j.1) != (user, conv));
+        self.leaves.push((user, conv));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
             && self.devices.is_empty()
             && self.directs.is_empty()
+            && self.rooms.is_empty()
+            && self.joins.is_empty()
+            && self.leaves.is_empty()
             && self.messages.is_empty()
             && self.cursors.is_empty()
             && self.seen.is_empty()
@@ -80,6 +101,14 @@ pub struct Membership {
     pub joined_seq: Seq,
 }
 
+/// A room as loaded at start.
+#[derive(Debug, Clone)]
+pub struct StoredRoom {
+    pub conv: ConvId,
+    pub name: String,
+    pub members: Vec<UserId>,
+}
+
 /// A direct conversation as the hub caches it.
 #[derive(Debug, Clone, Copy)]
 pub struct DirectConv {
@@ -97,9 +126,19 @@ pub trait LogStore: Send {
     fn find_direct(&mut self, a: UserId, b: UserId) -> anyhow::Result<Option<DirectConv>>;
     fn memberships(&mut self, user: UserId) -> anyhow::Result<Vec<Membership>>;
     fn last_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq>;
+    /// Every room with its members, for the hub's room index.
+    fn load_rooms(&mut self) -> anyhow::Result<Vec<StoredRoom>>;
+    /// The id of the single broadcast conversation, created on first use; and the id of
+    /// the reserved user `name` that anonymous sessions speak as, created likewise.
+    fn ensure_builtin(&mut self, anonymous: &str) -> anyhow::Result<(ConvId, UserId)>;
     /// Writes the whole batch in one transaction, or nothing.
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()>;
 }
+
+/// Kinds of conversation, as stored in `conversations.kind`.
+pub const KIND_DIRECT: i64 = 1;
+pub const KIND_ROOM: i64 = 2;
+pub const KIND_BROADCAST: i64 = 3;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -7,16 +7,19 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{ConvId, DeviceId, Seq, UserId};
 use crate::config::SyncMode;
+use crate::delivery::Kind;
 
 /// Where a device stands in one conversation it belongs to.
 #[derive(Debug, Clone)]
 pub struct ConvPosition {
     pub conv: ConvId,
-    /// For a direct conversation, the two members' names (lower id first).
+    pub kind: Kind,
+    /// For a direct conversation, the two members' names (lower id first); for a room, its
+    /// name twice.
     pub members: (Arc<str>, Arc<str>),
     /// The last sequence this device received (or the join point).
     pub cursor: Seq,
@@ -33,6 +36,17 @@ pub struct StoredMessage {
     pub sender_device: DeviceId,
     pub body: Bytes,
     pub sent_at: u64,
+}
+
+/// What a history target names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    Conv(ConvId),
+    /// A room the asking user is not a member of.
+    NotMember,
+    /// A user the asking user never talked with.
+    Empty,
+    NotFound,
 }
 
 /// A cloneable handle to the read pool.
@@ -90,7 +104,8 @@ impl Reader {
     ) -> anyhow::Result<Vec<ConvPosition>> {
         self.with(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT c.id, ua.name, ub.name, COALESCE(cur.seq, m.joined_seq), c.last_seq
+                "SELECT c.id, ua.name, ub.name, MAX(COALESCE(cur.seq, 0), m.joined_seq), c.last_seq,
+                        c.kind, c.name
                  FROM memberships m
                  JOIN conversations c ON c.id = m.conversation_id
                  LEFT JOIN users ua ON ua.id = c.user_a
@@ -100,10 +115,15 @@ impl Reader {
                  WHERE m.user_id = ?1",
             )?;
             let rows = stmt.query_map(params![user, device], |r| {
-                let a: Option<String> = r.get(1)?;
-                let b: Option<String> = r.get(2)?;
+                let kind: i64 = r.get(5)?;
+                let (kind, a, b): (Kind, Option<String>, Option<String>) = match kind {
+                    super::KIND_DIRECT => (Kind::Direct, r.get(1)?, r.get(2)?),
+                    super::KIND_ROOM => (Kind::Room, r.get(6)?, r.get(6)?),
+                    _ => (Kind::Broadcast, Some("*".into()), Some("*".into())),
+                };
                 Ok(ConvPosition {
                     conv: r.get(0)?,
+                    kind,
                     members: (
                         Arc::from(a.unwrap_or_default()),
                         Arc::from(b.unwrap_or_default()),
@@ -113,6 +133,89 @@ impl Reader {
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// The conversation a history request names, if `user` may read it: a room they are a
+    /// member of (`#name` or any room name), the direct conversation with another user, or
+    /// `*` for the public broadcast log.
+    pub async fn resolve(&self, user: UserId, target: String) -> anyhow::Result<Resolved> {
+        self.with(move |conn| {
+            let room: Option<(ConvId, Option<i64>)> = conn
+                .prepare_cached(
+                    "SELECT c.id, m.user_id FROM conversations c
+                     LEFT JOIN memberships m ON m.conversation_id = c.id AND m.user_id = ?2
+                     WHERE c.kind = ?3 AND c.name = ?1",
+                )?
+                .query_row(params![target, user, super::KIND_ROOM], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            if let Some((conv, member)) = room {
+                return Ok(if member.is_some() {
+                    Resolved::Conv(conv)
+                } else {
+                    Resolved::NotMember
+                });
+            }
+            if target == "*" {
+                let conv = conn
+                    .prepare_cached("SELECT id FROM conversations WHERE kind = ?1")?
+                    .query_row([super::KIND_BROADCAST], |r| r.get(0))
+                    .optional()?;
+                return Ok(conv.map_or(Resolved::NotFound, Resolved::Conv));
+            }
+            let other: Option<UserId> = conn
+                .prepare_cached("SELECT id FROM users WHERE name = ?1")?
+                .query_row([&target], |r| r.get(0))
+                .optional()?;
+            let Some(other) = other else {
+                return Ok(Resolved::NotFound);
+            };
+            let conv = conn
+                .prepare_cached(
+                    "SELECT id FROM conversations WHERE kind = 1 AND user_a = ?1 AND user_b = ?2",
+                )?
+                .query_row(params![user.min(other), user.max(other)], |r| r.get(0))
+                .optional()?;
+            Ok(conv.map_or(Resolved::Empty, Resolved::Conv))
+        })
+        .await
+    }
+
+    /// The last `limit` messages of `conv`, oldest first, with their receive times (ms).
+    pub async fn latest(
+        &self,
+        conv: ConvId,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at, m.received_at
+                 FROM messages m JOIN users u ON u.id = m.sender_id
+                 WHERE m.conversation_id = ?1 ORDER BY m.seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![conv, limit as i64], |r| {
+                let name: String = r.get(2)?;
+                let body: Vec<u8> = r.get(4)?;
+                let sent_at: i64 = r.get(5)?;
+                Ok((
+                    StoredMessage {
+                        id: r.get(0)?,
+                        conv,
+                        seq: r.get(1)?,
+                        sender: Arc::from(name),
+                        sender_device: r.get(3)?,
+                        body: Bytes::from(body),
+                        sent_at: sent_at as u64,
+                    },
+                    r.get(6)?,
+                ))
+            })?;
+            let mut out: Vec<_> = rows.collect::<Result<_, _>>()?;
+            out.reverse();
+            Ok(out)
         })
         .await
     }

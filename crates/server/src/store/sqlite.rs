@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Batch, DeviceId, DirectConv, LogStore, Membership, NextIds, Seq, UserId};
+use super::{
+    Batch, ConvId, DeviceId, DirectConv, LogStore, Membership, NextIds, Seq, StoredRoom, UserId,
+    KIND_BROADCAST, KIND_ROOM,
+};
 use crate::config::SyncMode;
 
 const SCHEMA: &str = "
@@ -34,6 +37,8 @@ CREATE TABLE IF NOT EXISTS conversations (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS conversations_direct
     ON conversations (user_a, user_b) WHERE kind = 1;
+CREATE UNIQUE INDEX IF NOT EXISTS conversations_named
+    ON conversations (kind, name) WHERE kind <> 1;
 CREATE TABLE IF NOT EXISTS memberships (
     user_id INTEGER NOT NULL,
     conversation_id INTEGER NOT NULL,
@@ -177,6 +182,53 @@ impl LogStore for SqliteStore {
             .unwrap_or(0))
     }
 
+    fn load_rooms(&mut self) -> anyhow::Result<Vec<StoredRoom>> {
+        let mut rooms: Vec<StoredRoom> = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.id, c.name, m.user_id FROM conversations c
+             LEFT JOIN memberships m ON m.conversation_id = c.id
+             WHERE c.kind = 2 ORDER BY c.id",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let conv: ConvId = row.get(0)?;
+            let member: Option<UserId> = row.get(2)?;
+            if rooms.last().map(|r| r.conv) != Some(conv) {
+                rooms.push(StoredRoom {
+                    conv,
+                    name: row.get(1)?,
+                    members: Vec::new(),
+                });
+            }
+            let room = rooms.last_mut().expect("pushed above");
+            room.members.extend(member);
+        }
+        Ok(rooms)
+    }
+
+    fn ensure_builtin(&mut self, anonymous: &str) -> anyhow::Result<(ConvId, UserId)> {
+        let now = super::now_ms();
+        self.conn.execute(
+            "INSERT OR IGNORE INTO conversations (kind, name, created_at) VALUES (?1, '*', ?2)",
+            params![KIND_BROADCAST, now],
+        )?;
+        let conv = self.conn.query_row(
+            "SELECT id FROM conversations WHERE kind = ?1 AND name = '*'",
+            [KIND_BROADCAST],
+            |r| r.get(0),
+        )?;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO users (name, created_at) VALUES (?1, ?2)",
+            params![anonymous, now],
+        )?;
+        let user =
+            self.conn
+                .query_row("SELECT id FROM users WHERE name = ?1", [anonymous], |r| {
+                    r.get(0)
+                })?;
+        Ok((conv, user))
+    }
+
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()> {
         let now = super::now_ms();
         let tx = self.conn.transaction()?;
@@ -206,6 +258,27 @@ impl LogStore for SqliteStore {
                 convs.execute(params![id, a, b, now])?;
                 members.execute(params![a, id])?;
                 members.execute(params![b, id])?;
+            }
+            let mut rooms = tx.prepare_cached(
+                "INSERT INTO conversations (id, kind, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (id, name) in &batch.rooms {
+                rooms.execute(params![id, KIND_ROOM, name, now])?;
+            }
+            let mut joins = tx.prepare_cached(
+                "INSERT INTO memberships (user_id, conversation_id, joined_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, conversation_id) DO UPDATE SET joined_seq = excluded.joined_seq",
+            )?;
+            let mut leaves = tx.prepare_cached(
+                "DELETE FROM memberships WHERE user_id = ?1 AND conversation_id = ?2",
+            )?;
+            // `Batch::join` and `Batch::leave` keep at most one change per (user, room), so
+            // the order of the two loops does not matter.
+            for (user, conv) in &batch.leaves {
+                leaves.execute(params![user, conv])?;
+            }
+            for (user, conv, seq) in &batch.joins {
+                joins.execute(params![user, conv, seq])?;
             }
             let mut messages = tx.prepare_cached(
                 "INSERT INTO messages

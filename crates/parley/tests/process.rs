@@ -1,0 +1,568 @@
+//! The `parley` binary as an operator runs it: a child process started with flags, a
+//! config file and `PARLEY_*` variables, stopped with SIGTERM/SIGINT or killed with SIGKILL,
+//! and restarted on the same data directory.
+//!
+//! Every wait is bounded, and every child is killed (by its PID, through `std::process`)
+//! when its guard drops, also when a test fails.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parley_client::BinaryClient;
+use parley_proto::binary::Frame;
+
+/// How long a start may take before the listening line must have been logged.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a graceful stop may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Response code OK.
+const OK: u16 = 0x01;
+/// Response code InvalidName.
+const INVALID_NAME: u16 = 0x07;
+
+/// A `parley serve` command with a clean `PARLEY_*` environment and logs on a pipe.
+fn serve_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_parley"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PARLEY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.arg("serve")
+        .args(args)
+        .env("PARLEY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// `serve` on 127.0.0.1 port 0 with its data in `dir`.
+fn serve_in(dir: &Path) -> Command {
+    let dir = dir.to_str().expect("utf-8 temp path");
+    serve_command(&["--listen", "127.0.0.1:0", "--data-dir", dir])
+}
+
+/// A child process of ours. Dropping it kills the child (if it still runs) and reaps it.
+struct Proc {
+    child: Child,
+    /// Every stderr line so far (drained by a background thread until the pipe closes).
+    log: Arc<Mutex<Vec<String>>>,
+    lines: Option<mpsc::Receiver<String>>,
+    drain: Option<JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd.spawn().expect("spawn parley");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        let drain = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line.clone());
+                // Nobody listens any more once the address is known: keep draining.
+                let _ = tx.send(line);
+            }
+        });
+        Proc {
+            child,
+            log,
+            lines: Some(rx),
+            drain: Some(drain),
+            status: None,
+        }
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
+    /// Sends `signal` to the child, which must not have been reaped yet.
+    fn signal(&mut self, signal: libc::c_int) {
+        assert!(self.status.is_none(), "signalling a reaped child");
+        // SAFETY: kill(2) with the PID of our own child, not yet waited for, so the PID
+        // cannot have been reused.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// Reads stderr until the listening line; returns the address it reports.
+    fn wait_for_addr(&mut self) -> SocketAddr {
+        let rx = self.lines.take().expect("address already read");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line
+                        .contains("parley listening")
+                        .then(|| line.split_once("addr="))
+                        .flatten()
+                    {
+                        let addr = addr.1.split_whitespace().next().unwrap_or_default();
+                        return addr
+                            .parse()
+                            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "no listening line within {START_TIMEOUT:?}:\n{}",
+                        self.logs()
+                    )
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.wait_exit(Duration::from_secs(5));
+                    panic!(
+                        "parley exited ({status}) before listening:\n{}",
+                        self.logs()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits for the child to exit, at most `timeout` (panics past it).
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.status {
+                return status;
+            }
+            match self.child.try_wait().expect("try_wait") {
+                Some(status) => {
+                    self.status = Some(status);
+                    // The pipe is closed now: let the drain thread read the last lines.
+                    if let Some(drain) = self.drain.take() {
+                        let _ = drain.join();
+                    }
+                }
+                None if Instant::now() >= deadline => {
+                    panic!("parley still running after {timeout:?}:\n{}", self.logs())
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            if let Ok(None) = self.child.try_wait() {
+                // SIGKILL to our child's PID (it has not been reaped, so it is still ours).
+                let _ = self.child.kill();
+            }
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- parley (pid {}) stderr ---\n{}",
+                self.child.id(),
+                self.logs()
+            );
+        }
+    }
+}
+
+/// A running server: the process and the address it listens on.
+struct Server {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(cmd: Command) -> Server {
+        let mut proc = Proc::spawn(cmd);
+        let addr = proc.wait_for_addr();
+        Server { proc, addr }
+    }
+
+    async fn client(&self) -> BinaryClient {
+        tokio::time::timeout(Duration::from_secs(5), BinaryClient::connect(self.addr))
+            .await
+            .expect("connect in time")
+            .expect("connect")
+    }
+
+    /// A client logged in as `name`.
+    async fn login(&self, name: &str) -> BinaryClient {
+        let mut c = self.client().await;
+        assert_eq!(
+            c.login(1, name).await.expect("login"),
+            OK,
+            "login of {name}"
+        );
+        c
+    }
+
+    /// The response code to a login as `name` on a fresh connection.
+    async fn login_code(&self, name: &str) -> u16 {
+        let mut c = self.client().await;
+        c.login(1, name).await.expect("login answered")
+    }
+
+    /// Makes `name` a known user that is offline: logs in, disconnects, and waits until the
+    /// server has logged the disconnection (so nothing sent later is pushed to the old
+    /// connection).
+    async fn create_offline_user(&self, name: &str) {
+        let before = self.disconnections(name);
+        drop(self.login(name).await);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.disconnections(name) <= before {
+            assert!(Instant::now() < deadline, "{name} never disconnected");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn disconnections(&self, name: &str) -> usize {
+        let needle = format!("user={name} ");
+        self.proc
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("disconnected") && l.contains(&needle))
+            .count()
+    }
+
+    /// Sends `signal` and waits for a clean exit; returns how long it took.
+    fn stop_with(mut self, signal: libc::c_int) -> Duration {
+        let t0 = Instant::now();
+        self.proc.signal(signal);
+        let status = self.proc.wait_exit(STOP_TIMEOUT);
+        let took = t0.elapsed();
+        assert!(
+            status.success(),
+            "exit after signal {signal}: {status}\n{}",
+            self.proc.logs()
+        );
+        assert!(
+            self.proc.logs().contains("shutdown complete"),
+            "a graceful stop logs its end:\n{}",
+            self.proc.logs()
+        );
+        took
+    }
+}
+
+/// The body of message `i`.
+fn body(i: usize) -> String {
+    format!("m{i}")
+}
+
+/// The sender's timestamp of message `i`.
+fn time(i: usize) -> u64 {
+    1_700_000_000_000_000_000 + i as u64
+}
+
+/// Sends `count` messages alice → bob in windows of `window`, each answered OK in order.
+async fn send_all_acknowledged(alice: &mut BinaryClient, count: usize, window: usize) {
+    let mut i = 0;
+    while i < count {
+        let end = (i + window).min(count);
+        for j in i..end {
+            alice
+                .send_message(j as u32 + 1, "alice", "bob", body(j).as_bytes(), time(j))
+                .await
+                .expect("send");
+        }
+        for j in i..end {
+            let code = alice.expect_response(j as u32 + 1).await.expect("response");
+            assert_eq!(code, OK, "message {j}");
+        }
+        i = end;
+    }
+}
+
+/// Sends a 0x09 correlation-id test; the next frame must be its OK.
+async fn ping_is_next(c: &mut BinaryClient, cid: u32) {
+    c.send(&Frame::CorrelationTest { cid }).await.expect("ping");
+    match c.recv().await.expect("frame after the ping") {
+        Frame::Response { cid: got, code } if got == cid => assert_eq!(code, OK),
+        other => panic!("expected the ping's OK next, got {other:?}"),
+    }
+}
+
+async fn graceful_restart(signal: libc::c_int, count: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(serve_in(dir.path()));
+    server.create_offline_user("bob").await;
+    let mut alice = server.login("alice").await;
+    send_all_acknowledged(&mut alice, count, 50).await;
+
+    // alice stays connected through the shutdown, as a client would.
+    let took = server.stop_with(signal);
+    eprintln!("graceful stop (signal {signal}) took {took:?}");
+    match tokio::time::timeout(Duration::from_secs(5), alice.recv_or_eof()).await {
+        Ok(Ok(None)) | Ok(Err(_)) => {}
+        Ok(Ok(Some(frame))) => panic!("alice got {frame:?} after the shutdown"),
+        Err(_) => panic!("alice's connection still open after the server exited"),
+    }
+
+    let server = Server::start(serve_in(dir.path()));
+    let mut bob = server.client().await;
+    assert_eq!(bob.login(1, "bob").await.expect("login"), OK);
+    for i in 0..count {
+        let (message, from, to, sent) = bob
+            .expect_push()
+            .await
+            .unwrap_or_else(|e| panic!("push {i} of {count}: {e:#}"));
+        assert_eq!(&message[..], body(i).as_bytes(), "push {i}");
+        assert_eq!((from.as_str(), to.as_str()), ("alice", "bob"));
+        assert_eq!(sent, time(i));
+    }
+    ping_is_next(&mut bob, 900_000).await;
+    drop(bob);
+    server.stop_with(libc::SIGTERM);
+}
+
+#[tokio::test]
+async fn graceful_restart_keeps_every_acknowledged_message() {
+    graceful_restart(libc::SIGTERM, 300).await;
+}
+
+#[tokio::test]
+async fn sigint_stops_gracefully_too() {
+    graceful_restart(libc::SIGINT, 20).await;
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_message_and_duplicates_none() {
+    const COUNT: usize = 2_000;
+    const WINDOW: usize = 200;
+    const KILL_AFTER: usize = 500;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server::start(serve_in(dir.path()));
+    server.create_offline_user("bob").await;
+    let mut alice = server.login("alice").await;
+    alice.timeout = Duration::from_secs(5);
+
+    // Pipelined: at most WINDOW in flight; responses come in request order.
+    let mut acked = vec![false; COUNT];
+    let mut in_flight: VecDeque<usize> = VecDeque::new();
+    let mut next = 0;
+    let mut oks = 0;
+    while oks < KILL_AFTER {
+        while next < COUNT && in_flight.len() < WINDOW {
+            alice
+                .send_message(
+                    next as u32 + 1,
+                    "alice",
+                    "bob",
+                    body(next).as_bytes(),
+                    time(next),
+                )
+                .await
+                .expect("send");
+            in_flight.push_back(next);
+            next += 1;
+        }
+        let i = in_flight.pop_front().expect("something in flight");
+        assert_eq!(alice.expect_response(i as u32 + 1).await.expect("ok"), OK);
+        acked[i] = true;
+        oks += 1;
+    }
+    assert!(!in_flight.is_empty(), "messages in flight at the kill");
+    let in_flight_at_kill = in_flight.len();
+
+    server.proc.signal(libc::SIGKILL);
+    let status = server.proc.wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "killed: {status}");
+
+    // Responses the server sent before dying still count as acknowledgements.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, alice.recv_or_eof())
+            .await
+            .expect("alice's connection ends after the kill");
+        match frame {
+            Ok(Some(Frame::Response { cid, code })) => {
+                let i = in_flight.pop_front().expect("a response answers a request");
+                assert_eq!(cid, i as u32 + 1, "responses in request order");
+                assert_eq!(code, OK);
+                acked[i] = true;
+            }
+            Ok(Some(other)) => panic!("alice got {other:?}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    drop(alice);
+    drop(server);
+
+    let server = Server::start(serve_in(dir.path()));
+    let mut bob = server.client().await;
+    assert_eq!(bob.login(1, "bob").await.expect("login"), OK);
+    // Catch-up runs alongside the session: read pushes until none comes for 2 s.
+    let mut delivered: Vec<usize> = Vec::new();
+    let overall = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < overall, "pushes never stopped");
+        match tokio::time::timeout(Duration::from_secs(2), bob.recv()).await {
+            Err(_) => break,
+            Ok(frame) => match frame.expect("a frame") {
+                Frame::Message {
+                    cid: 0,
+                    message,
+                    from,
+                    to,
+                    time: sent,
+                } => {
+                    assert_eq!((&from[..], &to[..]), (&b"alice"[..], &b"bob"[..]));
+                    let text = std::str::from_utf8(&message).expect("utf-8 body");
+                    let i: usize = text
+                        .strip_prefix('m')
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| panic!("unexpected body {text:?}"));
+                    assert!(i < next, "message {i} was never sent");
+                    assert_eq!(sent, time(i), "time of message {i}");
+                    delivered.push(i);
+                }
+                other => panic!("bob got {other:?}"),
+            },
+        }
+    }
+    let acked_count = acked.iter().filter(|&&a| a).count();
+    eprintln!(
+        "kill -9: sent {next}, in flight at the kill {in_flight_at_kill}, acknowledged \
+         {acked_count}, delivered after restart {}",
+        delivered.len()
+    );
+    for pair in delivered.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "delivered out of order or twice: m{} then m{}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let got: BTreeSet<usize> = delivered.iter().copied().collect();
+    let lost: Vec<usize> = (0..COUNT)
+        .filter(|&i| acked[i] && !got.contains(&i))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost, first {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+
+    // What bob received is not delivered again.
+    drop(bob);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut bob = loop {
+        let mut c = server.client().await;
+        match c.login(1, "bob").await.expect("login answered") {
+            OK => break c,
+            // The old connection may still be closing past the login grace.
+            0x04 if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            code => panic!("bob's second login: {code:#x}"),
+        }
+    };
+    match tokio::time::timeout(Duration::from_millis(500), bob.recv()).await {
+        Err(_) => {}
+        Ok(frame) => panic!("redelivered after a second login: {frame:?}"),
+    }
+    ping_is_next(&mut bob, 77).await;
+    drop(bob);
+    server.stop_with(libc::SIGTERM);
+}
+
+#[tokio::test]
+async fn serve_reads_flags_environment_and_config_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let config = dir.path().join("parley.toml");
+    std::fs::write(&config, "max_name_bytes = 8\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let config = config.to_str().expect("utf-8 path");
+
+    // The file: names up to 8 bytes; the listen address comes from it too (no --listen).
+    let server = Server::start(serve_command(&["--config", config, "--data-dir", data]));
+    assert_eq!(server.addr.ip().to_string(), "127.0.0.1");
+    assert_eq!(
+        server.login_code("abcdefghi").await,
+        INVALID_NAME,
+        "9 bytes"
+    );
+    assert_eq!(server.login_code("abcdefgh").await, OK, "8 bytes");
+    server.stop_with(libc::SIGTERM);
+
+    // The environment overrides the file.
+    let mut cmd = serve_command(&["--config", config, "--data-dir", data]);
+    cmd.env("PARLEY_MAX_NAME_BYTES", "4");
+    let server = Server::start(cmd);
+    assert_eq!(server.login_code("abcde").await, INVALID_NAME, "5 bytes");
+    assert_eq!(server.login_code("abcd").await, OK, "4 bytes");
+    server.stop_with(libc::SIGTERM);
+
+    // The config file through PARLEY_CONFIG, a flag overriding the file's listen address.
+    let mut cmd = serve_command(&["--listen", "127.0.0.1:0", "--data-dir", data]);
+    cmd.env("PARLEY_CONFIG", config);
+    let server = Server::start(cmd);
+    assert_eq!(
+        server.login_code("abcdefghi").await,
+        INVALID_NAME,
+        "9 bytes"
+    );
+    assert_eq!(server.login_code("abcdefgh").await, OK, "8 bytes");
+    server.stop_with(libc::SIGTERM);
+
+    // An unknown key is an error that names it.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "max_name_bytes = 8\nlisten = \"127.0.0.1:0\"\nmax_nmae_bytes = 9\n",
+    )
+    .unwrap();
+    let mut proc = Proc::spawn(serve_command(&[
+        "--config",
+        bad.to_str().unwrap(),
+        "--data-dir",
+        data,
+    ]));
+    let status = proc.wait_exit(Duration::from_secs(15));
+    assert!(!status.success(), "an unknown key must fail: {status}");
+    let logs = proc.logs();
+    assert!(
+        logs.contains("max_nmae_bytes"),
+        "the error names the unknown key:\n{logs}"
+    );
+    assert!(
+        !logs.contains("parley listening"),
+        "it never listened:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn default_data_dir_is_created_on_first_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nested = dir.path().join("nested").join("dir");
+    assert!(!nested.exists());
+    let server = Server::start(serve_in(&nested));
+    assert!(
+        nested.join("parley.db").is_file(),
+        "{} missing after start",
+        nested.join("parley.db").display()
+    );
+    // And it serves from there.
+    drop(server.login("carol").await);
+    server.stop_with(libc::SIGTERM);
+}

@@ -1,0 +1,303 @@
+//! The text protocol a person types into `ncat` or `telnet`.
+//!
+//! One line per command. Two dialects share it: seed 002's words (`LOGIN`, `MSG`, `DM`,
+//! `WHO`, `PING`, answered `OK` / `ERR <reason>`) and seed 004's slash commands (`/nick`,
+//! `/join`, `/rooms`, `/msg`, `/quit`, answered with `> ` lines, errors with `err: `).
+//! parley's own commands (`JOIN`, `LEAVE`, `ROOMS`, `SAY`, `HISTORY`, `HELP`, `QUIT`) follow
+//! seed 002's style. Command words are case-insensitive.
+
+use crate::ErrorKind;
+
+/// A parsed line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextCommand {
+    Login {
+        name: String,
+    },
+    /// Seed 002 `MSG`: to every other online user.
+    Broadcast {
+        text: String,
+    },
+    Dm {
+        to: String,
+        text: String,
+    },
+    Who,
+    Ping,
+    Join {
+        rooms: Vec<String>,
+    },
+    Leave {
+        rooms: Vec<String>,
+    },
+    Rooms,
+    Say {
+        room: String,
+        text: String,
+    },
+    History {
+        target: String,
+        limit: Option<usize>,
+    },
+    Help,
+    Quit,
+    SlashNick {
+        name: String,
+    },
+    SlashJoin {
+        room: String,
+    },
+    SlashRooms,
+    SlashMsg {
+        text: String,
+    },
+    SlashQuit,
+    /// A blank line: ignored.
+    Empty,
+    /// A known command with missing or bad arguments: the line to answer with.
+    Usage(&'static str),
+    /// An unknown command (seed 002: `ERR unknown-cmd`; slash: `err: unknown command: X`).
+    Unknown {
+        word: String,
+        slash: bool,
+    },
+}
+
+/// Parses one line (without its terminator).
+pub fn parse(line: &str) -> TextCommand {
+    let line = line.trim_start();
+    if line.trim().is_empty() {
+        return TextCommand::Empty;
+    }
+    let (word, rest) = split_word(line);
+    let lower = word.to_ascii_lowercase();
+    if lower.starts_with('/') {
+        return parse_slash(&lower, word, rest);
+    }
+    match lower.as_str() {
+        "login" => match words(rest).as_slice() {
+            [name] => TextCommand::Login {
+                name: name.to_string(),
+            },
+            _ => TextCommand::Usage("ERR usage: LOGIN <username>"),
+        },
+        "msg" if !rest.trim().is_empty() => TextCommand::Broadcast {
+            text: rest.to_string(),
+        },
+        "msg" => TextCommand::Usage("ERR usage: MSG <text>"),
+        "dm" => {
+            let (to, text) = split_word(rest.trim_start());
+            if to.is_empty() || text.trim().is_empty() {
+                TextCommand::Usage("ERR usage: DM <username> <text>")
+            } else {
+                TextCommand::Dm {
+                    to: to.to_string(),
+                    text: text.to_string(),
+                }
+            }
+        }
+        "who" => TextCommand::Who,
+        "ping" => TextCommand::Ping,
+        "join" | "leave" => {
+            let rooms: Vec<String> = words(rest).iter().map(|r| r.to_string()).collect();
+            match (lower.as_str(), rooms.is_empty()) {
+                ("join", true) => TextCommand::Usage("ERR usage: JOIN <room> [<room> ...]"),
+                ("join", false) => TextCommand::Join { rooms },
+                (_, true) => TextCommand::Usage("ERR usage: LEAVE <room> [<room> ...]"),
+                (_, false) => TextCommand::Leave { rooms },
+            }
+        }
+        "rooms" => TextCommand::Rooms,
+        "say" => {
+            let (room, text) = split_word(rest.trim_start());
+            if room.is_empty() || text.trim().is_empty() {
+                TextCommand::Usage("ERR usage: SAY <room> <text>")
+            } else {
+                TextCommand::Say {
+                    room: room.to_string(),
+                    text: text.to_string(),
+                }
+            }
+        }
+        "history" => match words(rest).as_slice() {
+            [target] => TextCommand::History {
+                target: target.to_string(),
+                limit: None,
+            },
+            [target, n] => match n.parse() {
+                Ok(n) if n > 0 => TextCommand::History {
+                    target: target.to_string(),
+                    limit: Some(n),
+                },
+                _ => TextCommand::Usage("ERR usage: HISTORY <room|user> [<count>]"),
+            },
+            _ => TextCommand::Usage("ERR usage: HISTORY <room|user> [<count>]"),
+        },
+        "help" => TextCommand::Help,
+        "quit" => TextCommand::Quit,
+        _ => TextCommand::Unknown {
+            word: word.to_string(),
+            slash: false,
+        },
+    }
+}
+
+fn parse_slash(lower: &str, word: &str, rest: &str) -> TextCommand {
+    let first = words(rest).first().map(|w| w.to_string());
+    match (lower, first) {
+        ("/nick", Some(name)) => TextCommand::SlashNick { name },
+        ("/nick", None) => TextCommand::Usage("> nick is required. usage: /nick NAME"),
+        ("/join", Some(room)) => TextCommand::SlashJoin { room },
+        ("/join", None) => TextCommand::Usage("> room name is required. usage: /join ROOM_NAME"),
+        ("/rooms", _) => TextCommand::SlashRooms,
+        ("/msg", Some(_)) => TextCommand::SlashMsg {
+            text: rest.trim_start_matches(' ').to_string(),
+        },
+        ("/msg", None) => TextCommand::Usage("> message is required, usage: /msg MSG"),
+        ("/quit", _) => TextCommand::SlashQuit,
+        _ => TextCommand::Unknown {
+            word: word.to_string(),
+            slash: true,
+        },
+    }
+}
+
+/// The first space-separated word and everything after the single space that ends it.
+fn split_word(s: &str) -> (&str, &str) {
+    match s.find(' ') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, ""),
+    }
+}
+
+fn words(s: &str) -> Vec<&str> {
+    s.split_whitespace().collect()
+}
+
+/// The word seed-002-style replies use for `kind` (`ERR <word>`).
+pub fn error_word(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Internal => "internal-error",
+        ErrorKind::UserNotFound => "user-not-found",
+        ErrorKind::AlreadyLoggedIn => "username-taken",
+        ErrorKind::NotLoggedIn => "login-required",
+        ErrorKind::Forbidden => "forbidden",
+        ErrorKind::InvalidName => "invalid-username",
+        ErrorKind::Malformed => "malformed",
+        ErrorKind::UnknownCommand => "unknown-cmd",
+        ErrorKind::ShuttingDown => "shutting-down",
+        ErrorKind::NotMember => "not-a-member",
+        ErrorKind::RoomNotFound => "room-not-found",
+        ErrorKind::TooLong => "line-too-long",
+        ErrorKind::InvalidUtf8 => "invalid-utf8",
+    }
+}
+
+/// Makes `text` safe to put on one line: line breaks and other control characters
+/// become spaces, so a message can never forge a second line.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
+/// Every command, for `HELP`.
+pub const HELP: &[&str] = &[
+    "LOGIN <name>                 log in (names: no spaces, at most 32 bytes)",
+    "MSG <text>                   send to everyone online",
+    "DM <user> <text>             send to one user (delivered later if they are offline)",
+    "WHO                          list who is online (one USER line each)",
+    "PING                         answered with PONG",
+    "JOIN <room> [<room> ...]     join rooms (created if new); you stay a member until LEAVE",
+    "LEAVE <room> [<room> ...]    leave rooms",
+    "ROOMS                        list rooms with their member counts",
+    "SAY <room> <text>            send to a room you are in",
+    "HISTORY <room|user> [<n>]    the last n (default 50) messages of a room or a DM",
+    "HELP                         this list",
+    "QUIT                         close the connection",
+    "/nick NAME  /join ROOM  /rooms  /msg TEXT  /quit   the gochat commands (one room at a time)",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_case_insensitive_and_keep_the_text_as_typed() {
+        assert_eq!(
+            parse("login Naman"),
+            TextCommand::Login {
+                name: "Naman".into()
+            }
+        );
+        assert_eq!(
+            parse("MsG hi  everyone!"),
+            TextCommand::Broadcast {
+                text: "hi  everyone!".into()
+            }
+        );
+        assert_eq!(
+            parse("DM Yudi hey this is private!"),
+            TextCommand::Dm {
+                to: "Yudi".into(),
+                text: "hey this is private!".into()
+            }
+        );
+    }
+
+    #[test]
+    fn missing_arguments_get_the_seed_usage_lines() {
+        assert_eq!(
+            parse("DM Yudi"),
+            TextCommand::Usage("ERR usage: DM <username> <text>")
+        );
+        assert_eq!(
+            parse("/nick"),
+            TextCommand::Usage("> nick is required. usage: /nick NAME")
+        );
+        assert_eq!(
+            parse("/join"),
+            TextCommand::Usage("> room name is required. usage: /join ROOM_NAME")
+        );
+    }
+
+    #[test]
+    fn unknown_words_are_reported_in_each_dialect() {
+        assert_eq!(
+            parse("FOO"),
+            TextCommand::Unknown {
+                word: "FOO".into(),
+                slash: false
+            }
+        );
+        assert_eq!(
+            parse("/foo x"),
+            TextCommand::Unknown {
+                word: "/foo".into(),
+                slash: true
+            }
+        );
+        assert_eq!(parse("   "), TextCommand::Empty);
+    }
+
+    #[test]
+    fn slash_msg_keeps_everything_after_the_command() {
+        assert_eq!(
+            parse("/msg Hi there"),
+            TextCommand::SlashMsg {
+                text: "Hi there".into()
+            }
+        );
+    }
+
+    #[test]
+    fn one_line_neutralises_line_breaks() {
+        assert_eq!(one_line("a\nb\rc"), "a b c");
+        assert_eq!(one_line("plain"), "plain");
+    }
+}

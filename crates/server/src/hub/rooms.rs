@@ -1,0 +1,160 @@
+//! Rooms in the hub: joining, leaving, listing; members are users (persistent, they get
+//! what they missed at their next login) or anonymous sessions (until they disconnect).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parley_proto::ErrorKind;
+
+use super::core::{internal, Audience, Core, Effect, Room};
+use super::{Actor, RoomInfo, ANONYMOUS};
+use crate::delivery::Notice;
+use crate::outbound::SessionLink;
+use crate::store::Batch;
+
+impl Core {
+    /// Joins `room` (creating it). Members see `joined`.
+    pub(super) fn join_room(
+        &mut self,
+        link: &Arc<SessionLink>,
+        actor: Actor,
+        room: &str,
+        batch: &mut Batch,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), ErrorKind> {
+        if !self.rooms.contains_key(room) {
+            let conv = self.new_conv_id();
+            let name: Arc<str> = Arc::from(room);
+            batch.rooms.push((conv, room.to_string()));
+            let new = Room {
+                conv,
+                name: name.clone(),
+                members: HashSet::new(),
+                guests: Vec::new(),
+            };
+            self.rooms.insert(name, new);
+        }
+        let conv = self.rooms[room].conv;
+        let who = match actor {
+            Actor::Member(identity) => {
+                if self.rooms[room].members.contains(&identity.user) {
+                    return Ok(());
+                }
+                let joined_seq = self.last_seq(conv).map_err(internal)?;
+                self.add_membership(identity.user, conv, joined_seq)
+                    .map_err(internal)?;
+                batch.join(identity.user, conv, joined_seq);
+                let room = self.rooms.get_mut(room).expect("created above");
+                room.members.insert(identity.user);
+                self.users[&identity.user].clone()
+            }
+            Actor::Guest => {
+                let entry = self.rooms.get_mut(room).expect("created above");
+                if entry.guests.iter().any(|g| g.id == link.id) {
+                    return Ok(());
+                }
+                entry.guests.push(link.clone());
+                self.guests.insert(link.id, link.clone());
+                Arc::from(ANONYMOUS)
+            }
+        };
+        let notice = Notice::Joined {
+            room: self.rooms[room].name.clone(),
+            name: who,
+        };
+        effects.push(Effect::Notify {
+            notice: Arc::new(notice),
+            audience: Audience::Room(self.rooms[room].name.clone()),
+            except: link.id,
+        });
+        Ok(())
+    }
+
+    /// Leaves `room`. Members that remain see `left`.
+    pub(super) fn leave_room(
+        &mut self,
+        link: &SessionLink,
+        actor: Actor,
+        room: &str,
+        batch: &mut Batch,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), ErrorKind> {
+        let anonymous = self.anonymous;
+        let entry = self.rooms.get_mut(room).ok_or(ErrorKind::RoomNotFound)?;
+        let name = match actor {
+            Actor::Member(identity) => {
+                if !entry.members.remove(&identity.user) {
+                    return Err(ErrorKind::NotMember);
+                }
+                batch.leave(identity.user, entry.conv);
+                let conv = entry.conv;
+                if let Some(list) = self.memberships.get_mut(&identity.user) {
+                    list.retain(|m| m.conv != conv);
+                }
+                self.users[&identity.user].clone()
+            }
+            Actor::Guest => {
+                let before = entry.guests.len();
+                entry.guests.retain(|g| g.id != link.id);
+                if entry.guests.len() == before {
+                    return Err(ErrorKind::NotMember);
+                }
+                self.users[&anonymous].clone()
+            }
+        };
+        let room = self.rooms[room].name.clone();
+        let notice = Notice::Left {
+            room: room.clone(),
+            name,
+        };
+        effects.push(Effect::Notify {
+            notice: Arc::new(notice),
+            audience: Audience::Room(room),
+            except: link.id,
+        });
+        Ok(())
+    }
+
+    /// An anonymous session ended: it leaves every room it was in.
+    pub(super) fn drop_guest_from_rooms(&mut self, link_id: u64, effects: &mut Vec<Effect>) {
+        let mut left = Vec::new();
+        for room in self.rooms.values_mut() {
+            let before = room.guests.len();
+            room.guests.retain(|g| g.id != link_id);
+            if room.guests.len() != before {
+                left.push(room.name.clone());
+            }
+        }
+        for room in left {
+            let notice = Notice::Left {
+                room: room.clone(),
+                name: Arc::from(ANONYMOUS),
+            };
+            effects.push(Effect::Notify {
+                notice: Arc::new(notice),
+                audience: Audience::Room(room),
+                except: link_id,
+            });
+        }
+    }
+
+    /// Every room, sorted by name, with member counts.
+    pub(super) fn room_list(&self) -> Vec<RoomInfo> {
+        let mut list: Vec<RoomInfo> = self
+            .rooms
+            .values()
+            .map(|room| RoomInfo {
+                name: room.name.clone(),
+                members: room.members.len() + room.guests.len(),
+                online: room
+                    .members
+                    .iter()
+                    .filter(|u| self.online.contains_key(*u))
+                    .count()
+                    + room.guests.len(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+}

@@ -1,0 +1,353 @@
+//! Requests of the JSON-lines protocol: seed 001's commands and parley's extensions.
+//!
+//! Strictly one response line per request, in order; pushes (`{"event":...}`) only after
+//! `SUBSCRIBE`, because seed-001 clients pair each line they read with their last request.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parley_proto::json::{self, Value};
+use parley_proto::{text, validate_name, ErrorKind, Target};
+use serde::Serialize;
+
+use super::{Flow, Session};
+use crate::outbound::Outbound;
+use crate::store::Resolved;
+use crate::wire::{json_error, Tag};
+
+/// Messages LIST_MESSAGES shows (as seed 001 does).
+const RECENT: usize = 20;
+
+/// The line a seed-001 client waits for after connecting.
+pub(super) fn welcome() -> Bytes {
+    let mut out = Vec::new();
+    json::encode_response(true, json::WELCOME, &Value::from(""), None, &mut out);
+    Bytes::from(out)
+}
+
+impl Session {
+    pub(super) async fn json_line(&mut self, line: Bytes) -> Flow {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Flow::Continue;
+        }
+        if std::str::from_utf8(&line).is_err() {
+            return self.json_error(None, ErrorKind::InvalidUtf8).await;
+        }
+        let request = match json::parse(&line) {
+            Ok(request) => request,
+            Err(_) => return self.json_error(None, ErrorKind::Malformed).await,
+        };
+        let id = request.id.clone().map(Arc::new);
+        let command = request.command.to_ascii_uppercase();
+        let max_name = self.shared.config.max_name_bytes;
+        let name_ok = |name: &str| validate_name(name.as_bytes(), max_name).is_ok();
+        let (success, message, data): (bool, String, Value) = match command.as_str() {
+            "ECHO" => (true, "Echo response".into(), Value::from(request.data)),
+            "TIME" => (true, "Server time".into(), Value::from(rfc3339_now())),
+            "PING" => (true, "PONG".into(), Value::from("")),
+            "QUIT" => {
+                self.json_reply(true, "Goodbye!", Value::from(""), id).await;
+                return Flow::Close("quit".into());
+            }
+            "REGISTER" | "LOGIN" => {
+                let name = request.data.trim();
+                if !name_ok(name) {
+                    (
+                        false,
+                        json_error(ErrorKind::InvalidName).into(),
+                        Value::from(""),
+                    )
+                } else if let Some((_, current)) = &self.login {
+                    (
+                        false,
+                        format!("Already registered as {current}"),
+                        Value::from(""),
+                    )
+                } else {
+                    match self.login(name).await {
+                        Ok(()) => (
+                            true,
+                            format!("Registration successful. Welcome, {name}!"),
+                            Value::from(""),
+                        ),
+                        Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                    }
+                }
+            }
+            "MESSAGE" => {
+                self.json_send(Target::Everyone, request.data, "Message broadcasted", id)
+                    .await;
+                return Flow::Continue;
+            }
+            "DM" => {
+                let to = request.to.unwrap_or_default();
+                if self.login.is_none() {
+                    (
+                        false,
+                        json_error(ErrorKind::NotLoggedIn).into(),
+                        Value::from(""),
+                    )
+                } else if !name_ok(&to) {
+                    (
+                        false,
+                        json_error(ErrorKind::UserNotFound).into(),
+                        Value::from(""),
+                    )
+                } else {
+                    self.json_send(Target::User(to), request.data, "Message sent", id)
+                        .await;
+                    return Flow::Continue;
+                }
+            }
+            "SAY" => {
+                let room = request.room.unwrap_or_default();
+                self.json_send(Target::Room(room), request.data, "Message sent", id)
+                    .await;
+                return Flow::Continue;
+            }
+            "LIST_USERS" | "WHO" => {
+                let presence = self.shared.hub.who().await;
+                let mut names: Vec<String> = presence.users.iter().map(|u| u.to_string()).collect();
+                names.extend(std::iter::repeat_n(
+                    crate::hub::ANONYMOUS.to_string(),
+                    presence.anonymous,
+                ));
+                if command == "WHO" {
+                    (true, "Online users".into(), Value::from(names))
+                } else {
+                    (true, "Online users".into(), Value::from(names.join(", ")))
+                }
+            }
+            "LIST_MESSAGES" => (
+                true,
+                "Recent messages".into(),
+                Value::from(self.recent().await),
+            ),
+            "JOIN" | "LEAVE" => {
+                let rooms = request
+                    .rooms
+                    .or(request.room.map(|r| vec![r]))
+                    .unwrap_or_else(|| vec![request.data.clone()]);
+                let mut result = Ok(());
+                for room in rooms {
+                    let hub = &self.shared.hub;
+                    result = if !name_ok(&room) {
+                        Err(ErrorKind::InvalidName)
+                    } else if command == "JOIN" {
+                        hub.join(self.link.clone(), self.actor(), room, None).await
+                    } else {
+                        hub.leave(self.link.clone(), self.actor(), room).await
+                    };
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                match result {
+                    Ok(()) if command == "JOIN" => (true, "Joined".into(), Value::from("")),
+                    Ok(()) => (true, "Left".into(), Value::from("")),
+                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                }
+            }
+            "ROOMS" => {
+                let rooms: Vec<Value> = self
+                    .shared
+                    .hub
+                    .rooms()
+                    .await
+                    .into_iter()
+                    .map(|r| serde_json::json!({"name": &*r.name, "members": r.members, "online": r.online}))
+                    .collect();
+                (true, "Rooms".into(), Value::from(rooms))
+            }
+            "HISTORY" => {
+                let target = request.target.unwrap_or(request.data);
+                match self.json_history(target, request.limit).await {
+                    Ok(items) => (true, "History".into(), items),
+                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                }
+            }
+            "SUBSCRIBE" => {
+                self.subscribed = true;
+                if let Some((identity, _)) = &self.login {
+                    self.shared.hub.subscribe(self.link.id, identity.user);
+                    self.start_catchup();
+                }
+                (true, "Subscribed".into(), Value::from(""))
+            }
+            "HELP" => {
+                let help: Vec<&str> = HELP.to_vec();
+                (true, "Commands".into(), Value::from(help))
+            }
+            _ => (
+                false,
+                json_error(ErrorKind::UnknownCommand).into(),
+                Value::from(""),
+            ),
+        };
+        self.json_reply(success, &message, data, id).await;
+        Flow::Continue
+    }
+
+    /// Answers a line that could not be read.
+    pub(super) async fn json_error(&mut self, id: Option<Arc<Value>>, kind: ErrorKind) -> Flow {
+        self.json_reply(false, json_error(kind), Value::from(""), id)
+            .await;
+        Flow::Continue
+    }
+
+    async fn json_reply(
+        &mut self,
+        success: bool,
+        message: &str,
+        data: Value,
+        id: Option<Arc<Value>>,
+    ) {
+        let mut out = Vec::new();
+        json::encode_response(success, message, &data, id.as_deref(), &mut out);
+        self.say(Outbound::Bytes(Bytes::from(out))).await;
+    }
+
+    async fn json_send(
+        &mut self,
+        to: Target,
+        text: String,
+        ok: &'static str,
+        id: Option<Arc<Value>>,
+    ) {
+        if text.is_empty() {
+            let message = "Message is empty";
+            return self.json_reply(false, message, Value::from(""), id).await;
+        }
+        self.acquire_inflight().await;
+        let tag = Tag::Json { ok, id };
+        let hub = &self.shared.hub;
+        hub.send(
+            self.link.clone(),
+            self.actor(),
+            to,
+            Bytes::from(text),
+            unix_nanos(),
+            tag,
+        );
+    }
+
+    /// The last messages sent to everyone, as seed 001 formats them.
+    async fn recent(&self) -> String {
+        let reader = &self.shared.reader;
+        let user = self.login.as_ref().map_or(0, |(identity, _)| identity.user);
+        let messages = match reader.resolve(user, "*".into()).await {
+            Ok(Resolved::Conv(conv)) => reader.latest(conv, RECENT).await.unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if messages.is_empty() {
+            return "No messages yet".into();
+        }
+        let lines: Vec<String> = messages
+            .iter()
+            .map(|(m, received_at)| {
+                let secs = received_at.div_euclid(1000).rem_euclid(86_400);
+                let body = String::from_utf8_lossy(&m.body);
+                format!(
+                    "[{:02}:{:02}:{:02}] {}: {}",
+                    secs / 3600,
+                    secs / 60 % 60,
+                    secs % 60,
+                    m.sender,
+                    text::one_line(&body)
+                )
+            })
+            .collect();
+        lines.join("\n")
+    }
+
+    async fn json_history(&self, target: String, limit: Option<usize>) -> Result<Value, ErrorKind> {
+        let Some((identity, _)) = &self.login else {
+            return Err(ErrorKind::NotLoggedIn);
+        };
+        let limit = limit.unwrap_or(50).clamp(1, self.shared.config.max_history);
+        let reader = &self.shared.reader;
+        let conv = match reader.resolve(identity.user, target).await {
+            Ok(Resolved::Conv(conv)) => conv,
+            Ok(Resolved::Empty) => return Ok(Value::from(Vec::<Value>::new())),
+            Ok(Resolved::NotMember) => return Err(ErrorKind::NotMember),
+            Ok(Resolved::NotFound) => return Err(ErrorKind::UserNotFound),
+            Err(_) => return Err(ErrorKind::Internal),
+        };
+        let messages = reader
+            .latest(conv, limit)
+            .await
+            .map_err(|_| ErrorKind::Internal)?;
+        let items: Vec<Value> = messages
+            .into_iter()
+            .map(|(m, received_at)| {
+                serde_json::to_value(HistoryItem {
+                    id: m.id,
+                    conversation: m.conv,
+                    seq: m.seq,
+                    from: &m.sender,
+                    text: &String::from_utf8_lossy(&m.body),
+                    time: m.sent_at,
+                    received_at: rfc3339_ms(received_at),
+                })
+                .unwrap_or(Value::Null)
+            })
+            .collect();
+        Ok(Value::from(items))
+    }
+}
+
+#[derive(Serialize)]
+struct HistoryItem<'a> {
+    id: i64,
+    conversation: i64,
+    seq: i64,
+    from: &'a str,
+    text: &'a str,
+    time: u64,
+    received_at: String,
+}
+
+const HELP: &[&str] = &[
+    "ECHO data",
+    "REGISTER data=name",
+    "MESSAGE data=text (to everyone)",
+    "LIST_USERS",
+    "LIST_MESSAGES",
+    "TIME",
+    "QUIT",
+    "DM to=user data=text",
+    "JOIN room|rooms",
+    "LEAVE room|rooms",
+    "SAY room data=text",
+    "ROOMS",
+    "WHO",
+    "HISTORY target=room|user|* limit=n",
+    "SUBSCRIBE",
+    "PING",
+    "HELP",
+];
+
+/// Now, in Unix nanoseconds: the timestamp of messages whose protocol carries none.
+pub(super) fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn rfc3339_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A Unix-millisecond time as RFC 3339 (UTC).
+pub(super) fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,360 @@
+//! One client connection: read requests, hand them to the hub, tear down cleanly.
+//!
+//! The session owns the read half and the protocol state (who is logged in, which room a
+//! slash-command user is in). A separate writer task owns the write half (see `outbound`),
+//! so a slow socket never blocks reading, and the hub never waits on either. The protocol
+//! files (`binary`, `text`, `json`) only turn requests into hub calls and replies.
+
+mod binary;
+mod json;
+mod text;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use parley_proto::lines::{Line, LineDecoder};
+use parley_proto::ErrorKind;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::catchup;
+use crate::config::Config;
+use crate::hub::{Actor, Hub, Identity};
+use crate::outbound::{Outbound, SessionLink, Writer};
+use crate::store::Reader;
+use crate::wire::{Protocol, Style};
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 8 * 1024;
+/// Catch-up may fill this many queue slots on top of `outbound_queue`.
+const REPLAY_WINDOW: usize = 1024;
+
+/// What every session shares.
+pub struct Shared {
+    pub config: Config,
+    pub hub: Hub,
+    pub reader: Reader,
+    pub shutdown: CancellationToken,
+    pub next_session: AtomicU64,
+}
+
+/// Whether the connection goes on after a request.
+#[derive(Debug)]
+enum Flow {
+    Continue,
+    Close(String),
+}
+
+/// Serves one connection speaking `protocol` until it ends. `greet` makes the server speak
+/// first (seed 001's JSON clients wait for a welcome line).
+pub async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    protocol: Protocol,
+    greet: bool,
+    shared: Arc<Shared>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let config = &shared.config;
+    let (queue, rx) = mpsc::channel(config.outbound_queue + REPLAY_WINDOW);
+    let link = Arc::new(SessionLink {
+        id: shared.next_session.fetch_add(1, Ordering::Relaxed),
+        protocol,
+        style: AtomicU8::new(protocol.style() as u8),
+        queue,
+        kill: CancellationToken::new(),
+        kill_reason: OnceLock::new(),
+        inflight: Arc::new(Semaphore::new(config.max_inflight)),
+        replay: Arc::new(Semaphore::new(REPLAY_WINDOW)),
+    });
+    info!(session = link.id, %peer, protocol = protocol.name(), "connected");
+    let device = Arc::new(OnceLock::new());
+    let closing = CancellationToken::new();
+    let writer = tokio::spawn(
+        Writer {
+            socket: write,
+            queue: rx,
+            link: link.clone(),
+            hub: shared.hub.clone(),
+            device: device.clone(),
+            closing: closing.clone(),
+            flush_timeout: config.shutdown_timeout(),
+        }
+        .run(),
+    );
+    let idle = match protocol {
+        Protocol::Binary => 0,
+        Protocol::Text => config.idle_timeout_ms,
+        Protocol::Json => config.json_idle_timeout_ms,
+    };
+    let mut session = Session {
+        lines: LineDecoder::new(config.max_line_bytes),
+        idle: (idle > 0).then(|| Duration::from_millis(idle)),
+        bucket: Bucket::new(config.commands_per_second, protocol),
+        shared: shared.clone(),
+        link,
+        device,
+        login: None,
+        catchup: None,
+        room: None,
+        subscribed: false,
+    };
+    if protocol == Protocol::Json {
+        session.shared.hub.guest(session.link.clone());
+        if greet {
+            session.link.push(Outbound::Bytes(json::welcome()));
+        }
+    }
+    let reason = session.read_loop(read).await;
+    session.finish(reason, closing, writer).await;
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    link: Arc<SessionLink>,
+    lines: LineDecoder,
+    idle: Option<Duration>,
+    bucket: Bucket,
+    device: Arc<OnceLock<i64>>,
+    login: Option<(Identity, Arc<str>)>,
+    catchup: Option<JoinHandle<()>>,
+    /// The room a slash-command user is in (seed 004: one at a time).
+    room: Option<String>,
+    /// A JSON session asked for pushes.
+    subscribed: bool,
+}
+
+impl Session {
+    /// Reads and handles requests; returns why the connection is ending.
+    async fn read_loop(&mut self, mut socket: OwnedReadHalf) -> String {
+        let mut buf = BytesMut::new();
+        let mut idle_deadline = self.idle.map(|d| Instant::now() + d);
+        loop {
+            if let Flow::Close(why) = self.drain(&mut buf).await {
+                return why;
+            }
+            if buf.is_empty() {
+                // Idle connections hold no read buffer: wait for data before allocating.
+                buf = BytesMut::new();
+                tokio::select! {
+                    biased;
+                    _ = self.link.kill.cancelled() => return self.kill_reason(),
+                    _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
+                    _ = sleep_until(idle_deadline) => return self.idle_out(),
+                    ready = socket.as_ref().readable() => if let Err(e) = ready {
+                        return format!("read error: {e}");
+                    },
+                }
+            }
+            buf.reserve(READ_CHUNK);
+            tokio::select! {
+                biased;
+                _ = self.link.kill.cancelled() => return self.kill_reason(),
+                _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
+                _ = sleep_until(idle_deadline) => return self.idle_out(),
+                read = socket.read_buf(&mut buf) => match read {
+                    Ok(0) if buf.is_empty() && !self.lines.is_discarding() => return "closed by peer".into(),
+                    Ok(0) => return format!("closed by peer in the middle of a request ({} bytes unread)", buf.len()),
+                    Ok(_) => idle_deadline = self.idle.map(|d| Instant::now() + d),
+                    Err(e) => return format!("read error: {e}"),
+                },
+            }
+        }
+    }
+
+    /// Handles every complete request in `buf`.
+    async fn drain(&mut self, buf: &mut BytesMut) -> Flow {
+        match self.link.protocol {
+            Protocol::Binary => self.drain_frames(buf).await,
+            Protocol::Text | Protocol::Json => {
+                while let Some(line) = self.lines.decode(buf) {
+                    self.bucket.take().await;
+                    let flow = match (self.link.protocol, line) {
+                        (Protocol::Text, Line::Complete(line)) => self.text_line(line).await,
+                        (Protocol::Text, Line::TooLong) => {
+                            self.text_error(ErrorKind::TooLong).await
+                        }
+                        (_, Line::Complete(line)) => self.json_line(line).await,
+                        (_, Line::TooLong) => self.json_error(None, ErrorKind::TooLong).await,
+                    };
+                    if let Flow::Close(why) = flow {
+                        return Flow::Close(why);
+                    }
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    fn idle_out(&self) -> String {
+        if self.link.protocol == Protocol::Text {
+            self.link.push(Outbound::Bytes(Bytes::from_static(
+                b"INFO disconnected due to inactivity\n",
+            )));
+        }
+        "idle timeout".into()
+    }
+
+    fn kill_reason(&self) -> String {
+        self.link
+            .kill_reason
+            .get()
+            .copied()
+            .unwrap_or("killed")
+            .to_string()
+    }
+
+    fn actor(&self) -> Actor {
+        match &self.login {
+            Some((identity, _)) => Actor::Member(*identity),
+            None => Actor::Guest,
+        }
+    }
+
+    fn set_style(&self, style: Style) {
+        self.link.style.store(style as u8, Ordering::Relaxed);
+    }
+
+    /// Logs in as `name` (password-less, device `""`); on success starts the catch-up unless
+    /// the session only speaks when spoken to.
+    async fn login(&mut self, name: &str) -> Result<(), ErrorKind> {
+        if self.login.is_some() {
+            return Err(ErrorKind::AlreadyLoggedIn);
+        }
+        let hub = &self.shared.hub;
+        match hub
+            .login(self.link.clone(), name.to_string(), String::new())
+            .await
+        {
+            Ok(ok) => {
+                info!(session = self.link.id, user = %ok.name, "logged in");
+                let _ = self.device.set(ok.identity.device);
+                self.login = Some((ok.identity, ok.name));
+                if self.link.protocol != Protocol::Json || self.subscribed {
+                    self.start_catchup();
+                }
+                Ok(())
+            }
+            Err(kind) => {
+                info!(session = self.link.id, user = %name, error = ?kind, "login refused");
+                Err(kind)
+            }
+        }
+    }
+
+    fn start_catchup(&mut self) {
+        if let (Some((identity, _)), None) = (&self.login, &self.catchup) {
+            self.catchup = Some(tokio::spawn(catchup::run(
+                self.shared.reader.clone(),
+                self.shared.hub.clone(),
+                self.link.clone(),
+                *identity,
+            )));
+        }
+    }
+
+    /// Queues output the session produced itself, in order behind any request still with
+    /// the hub.
+    async fn say(&mut self, item: Outbound) {
+        let all = self.shared.config.max_inflight;
+        if self.link.inflight.available_permits() == all {
+            self.link.push(item);
+        } else {
+            self.acquire_inflight().await;
+            self.shared.hub.reply_in_order(self.link.clone(), item);
+        }
+    }
+
+    async fn say_line(&mut self, line: String) {
+        let mut line = line.into_bytes();
+        line.push(b'\n');
+        self.say(Outbound::Bytes(Bytes::from(line))).await;
+    }
+
+    /// Takes one in-flight permit (the hub gives it back), waiting while the session has
+    /// too many requests in flight: that is the backpressure on a pipelining client.
+    async fn acquire_inflight(&self) {
+        if let Ok(permit) = self.link.inflight.acquire().await {
+            permit.forget();
+        }
+    }
+
+    /// Ends the session: answers what is in flight, flushes the writer, goes offline.
+    async fn finish(self, reason: String, closing: CancellationToken, writer: JoinHandle<()>) {
+        if let Some(catchup) = &self.catchup {
+            catchup.abort();
+        }
+        let timeout = self.shared.config.shutdown_timeout();
+        let all = self.shared.config.max_inflight as u32;
+        let _ = tokio::time::timeout(timeout, self.link.inflight.acquire_many(all)).await;
+        closing.cancel();
+        let _ = tokio::time::timeout(timeout + Duration::from_secs(1), writer).await;
+        let identity = self.login.as_ref().map(|(identity, _)| *identity);
+        self.shared.hub.gone(self.link.id, identity);
+        match &self.login {
+            Some((_, name)) => info!(session = self.link.id, user = %name, %reason, "disconnected"),
+            None => info!(session = self.link.id, %reason, "disconnected"),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A token bucket on commands of the human protocols: a client that floods is slowed to
+/// the configured rate (reading pauses), never dropped or answered out of order.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(per_second: u32, protocol: Protocol) -> Self {
+        let rate = match protocol {
+            Protocol::Binary => 0.0,
+            _ => f64::from(per_second),
+        };
+        Bucket {
+            rate,
+            tokens: rate * 2.0,
+            last: Instant::now(),
+        }
+    }
+
+    async fn take(&mut self) {
+        if self.rate <= 0.0 {
+            return;
+        }
+        let now = Instant::now();
+        let burst = self.rate * 2.0;
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(burst);
+        self.last = now;
+        if self.tokens < 1.0 {
+            let wait = (1.0 - self.tokens) / self.rate;
+            tracing::debug!(
+                wait_ms = (wait * 1000.0) as u64,
+                "command flood: throttling"
+            );
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            self.tokens = 1.0;
+            self.last = Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}

@@ -1,0 +1,307 @@
+//! Requests of the text protocol: seed 002's words, seed 004's slash commands, and
+//! parley's own (JOIN, LEAVE, ROOMS, SAY, HISTORY, HELP, QUIT).
+
+use bytes::Bytes;
+use parley_proto::text::{self, TextCommand};
+use parley_proto::{validate_name, ErrorKind, Target};
+
+use super::{Flow, Session};
+use crate::outbound::Outbound;
+use crate::store::Resolved;
+use crate::wire::{slash_error, Style, Tag};
+
+/// Messages a `HISTORY` returns when no count is given.
+const DEFAULT_HISTORY: usize = 50;
+
+impl Session {
+    pub(super) async fn text_line(&mut self, line: Bytes) -> Flow {
+        let Ok(line) = std::str::from_utf8(&line) else {
+            return self.text_error(ErrorKind::InvalidUtf8).await;
+        };
+        let command = text::parse(line);
+        match &command {
+            TextCommand::SlashNick { .. }
+            | TextCommand::SlashJoin { .. }
+            | TextCommand::SlashRooms
+            | TextCommand::SlashMsg { .. }
+            | TextCommand::SlashQuit
+            | TextCommand::Unknown { slash: true, .. } => self.set_style(Style::Slash),
+            TextCommand::Empty | TextCommand::Usage(_) => {}
+            _ => self.set_style(Style::Line),
+        }
+        self.text_command(command).await
+    }
+
+    /// Answers a line that could not be read, in the session's current dialect.
+    pub(super) async fn text_error(&mut self, kind: ErrorKind) -> Flow {
+        let line = if self.style() == Style::Slash {
+            format!("err: {}", slash_error(kind))
+        } else {
+            format!("ERR {}", text::error_word(kind))
+        };
+        self.say_line(line).await;
+        Flow::Continue
+    }
+
+    fn style(&self) -> Style {
+        Style::from_u8(self.link.style.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn name_ok<'a>(&self, name: &'a str) -> Option<&'a str> {
+        validate_name(name.as_bytes(), self.shared.config.max_name_bytes).ok()
+    }
+
+    async fn text_command(&mut self, command: TextCommand) -> Flow {
+        let logged_in = self.login.is_some();
+        match command {
+            TextCommand::Empty => {}
+            TextCommand::Usage(line) => self.say_line(line.to_string()).await,
+            TextCommand::Unknown { word, slash } => {
+                let line = match slash {
+                    true => format!("err: unknown command: {word}"),
+                    false => "ERR unknown-cmd".to_string(),
+                };
+                self.say_line(line).await;
+            }
+            TextCommand::Ping => self.say_line("PONG".into()).await,
+            TextCommand::Help => {
+                let mut out = String::new();
+                for line in text::HELP {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+                out.push_str("OK\n");
+                self.say(Outbound::Bytes(Bytes::from(out))).await;
+            }
+            TextCommand::Quit => {
+                self.say_line("BYE".into()).await;
+                return Flow::Close("quit".into());
+            }
+            TextCommand::Login { name } => {
+                let line = match self.name_ok(&name) {
+                    None => "ERR invalid-username".to_string(),
+                    Some(_) if logged_in => "ERR already-logged-in".to_string(),
+                    Some(name) => match self.login(name).await {
+                        Ok(()) => "OK".to_string(),
+                        Err(kind) => format!("ERR {}", text::error_word(kind)),
+                    },
+                };
+                self.say_line(line).await;
+            }
+            TextCommand::Who => {
+                let presence = self.shared.hub.who().await;
+                let mut out = String::new();
+                for user in &presence.users {
+                    out.push_str("USER ");
+                    out.push_str(user);
+                    out.push('\n');
+                }
+                if !out.is_empty() {
+                    self.say(Outbound::Bytes(Bytes::from(out))).await;
+                }
+            }
+            _ if !logged_in && !is_slash(&command) => {
+                self.say_line(format!("ERR {}", text::error_word(ErrorKind::NotLoggedIn)))
+                    .await;
+            }
+            TextCommand::Broadcast { text } => {
+                self.send_text(Target::Everyone, text, Tag::Line).await
+            }
+            TextCommand::Dm { to, text } => match self.name_ok(&to) {
+                Some(to) => {
+                    let to = Target::User(to.to_string());
+                    self.send_text(to, text, Tag::Line).await;
+                }
+                None => self.say_line("ERR user-not-found".into()).await,
+            },
+            TextCommand::Say { room, text } => {
+                self.send_text(Target::Room(room), text, Tag::Line).await;
+            }
+            TextCommand::Join { rooms } => {
+                let mut result = Ok(());
+                for room in rooms {
+                    result = match self.name_ok(&room) {
+                        None => Err(ErrorKind::InvalidName),
+                        Some(room) => {
+                            let hub = &self.shared.hub;
+                            hub.join(self.link.clone(), self.actor(), room.into(), None)
+                                .await
+                        }
+                    };
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                self.say_result(result).await;
+            }
+            TextCommand::Leave { rooms } => {
+                let mut result = Ok(());
+                for room in rooms {
+                    let hub = &self.shared.hub;
+                    result = hub.leave(self.link.clone(), self.actor(), room).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                self.say_result(result).await;
+            }
+            TextCommand::Rooms => {
+                let mut out = String::new();
+                for room in self.shared.hub.rooms().await {
+                    out.push_str(&format!(
+                        "ROOM {} {} {}\n",
+                        room.name, room.members, room.online
+                    ));
+                }
+                out.push_str("OK\n");
+                self.say(Outbound::Bytes(Bytes::from(out))).await;
+            }
+            TextCommand::History { target, limit } => self.history(target, limit).await,
+            TextCommand::SlashNick { name } => {
+                let line = match (self.name_ok(&name), &self.login) {
+                    (None, _) => format!("err: {}", slash_error(ErrorKind::InvalidName)),
+                    (Some(_), Some((_, current))) if **current == *name => {
+                        format!("> all right, I will call you {name}")
+                    }
+                    (Some(_), Some((_, current))) => {
+                        format!("err: you are already called {current}")
+                    }
+                    (Some(nick), None) => match self.login(nick).await {
+                        Ok(()) => {
+                            self.become_member().await;
+                            format!("> all right, I will call you {name}")
+                        }
+                        Err(kind) => format!("err: {}", slash_error(kind)),
+                    },
+                };
+                self.say_line(line).await;
+            }
+            TextCommand::SlashJoin { room } => {
+                let line = match self.name_ok(&room) {
+                    None => format!("err: {}", slash_error(ErrorKind::InvalidName)),
+                    Some(room) => {
+                        let hub = &self.shared.hub;
+                        let leave = self.room.clone();
+                        match hub
+                            .join(self.link.clone(), self.actor(), room.into(), leave)
+                            .await
+                        {
+                            Ok(()) => {
+                                self.room = Some(room.to_string());
+                                format!("> welcome to {room}")
+                            }
+                            Err(kind) => format!("err: {}", slash_error(kind)),
+                        }
+                    }
+                };
+                self.say_line(line).await;
+            }
+            TextCommand::SlashRooms => {
+                let names: Vec<String> = self
+                    .shared
+                    .hub
+                    .rooms()
+                    .await
+                    .iter()
+                    .map(|r| r.name.to_string())
+                    .collect();
+                self.say_line(format!("> available rooms: {}", names.join(", ")))
+                    .await;
+            }
+            TextCommand::SlashMsg { text } => match self.room.clone() {
+                Some(room) => self.send_text(Target::Room(room), text, Tag::Slash).await,
+                None => {
+                    let line = format!("err: {}", slash_error(ErrorKind::NotMember));
+                    self.say_line(line).await;
+                }
+            },
+            TextCommand::SlashQuit => {
+                if let Some(room) = self.room.take() {
+                    let _ = self
+                        .shared
+                        .hub
+                        .leave(self.link.clone(), self.actor(), room)
+                        .await;
+                }
+                self.say_line("> sad to see you go =(".into()).await;
+                return Flow::Close("quit".into());
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn send_text(&mut self, to: Target, text: String, tag: Tag) {
+        self.acquire_inflight().await;
+        let body = Bytes::from(text);
+        let sent_at = super::json::unix_nanos();
+        let hub = &self.shared.hub;
+        hub.send(self.link.clone(), self.actor(), to, body, sent_at, tag);
+    }
+
+    async fn say_result(&mut self, result: Result<(), ErrorKind>) {
+        let line = match result {
+            Ok(()) => "OK".to_string(),
+            Err(kind) => format!("ERR {}", text::error_word(kind)),
+        };
+        self.say_line(line).await;
+    }
+
+    /// After `/nick`, an anonymous user in a room becomes a member of it under the nick.
+    async fn become_member(&mut self) {
+        let Some(room) = self.room.clone() else {
+            return;
+        };
+        let hub = &self.shared.hub;
+        let _ = hub
+            .leave(self.link.clone(), crate::hub::Actor::Guest, room.clone())
+            .await;
+        let _ = hub.join(self.link.clone(), self.actor(), room, None).await;
+    }
+
+    async fn history(&mut self, target: String, limit: Option<usize>) {
+        let Some((identity, _)) = &self.login else {
+            return;
+        };
+        let limit = limit
+            .unwrap_or(DEFAULT_HISTORY)
+            .min(self.shared.config.max_history);
+        let reader = &self.shared.reader;
+        let lines = match reader.resolve(identity.user, target.clone()).await {
+            Ok(Resolved::Conv(conv)) => match reader.latest(conv, limit).await {
+                Ok(messages) => {
+                    let mut out = String::new();
+                    for (m, received_at) in messages {
+                        let text = String::from_utf8_lossy(&m.body);
+                        out.push_str(&format!(
+                            "HISTORY {} {} {} {} {}\n",
+                            target,
+                            m.seq,
+                            super::json::rfc3339_ms(received_at),
+                            m.sender,
+                            text::one_line(&text)
+                        ));
+                    }
+                    out.push_str("OK\n");
+                    out
+                }
+                Err(_) => "ERR internal-error\n".to_string(),
+            },
+            Ok(Resolved::Empty) => "OK\n".to_string(),
+            Ok(Resolved::NotMember) => "ERR not-a-member\n".to_string(),
+            Ok(Resolved::NotFound) => "ERR not-found\n".to_string(),
+            Err(_) => "ERR internal-error\n".to_string(),
+        };
+        self.say(Outbound::Bytes(Bytes::from(lines))).await;
+    }
+}
+
+fn is_slash(command: &TextCommand) -> bool {
+    matches!(
+        command,
+        TextCommand::SlashNick { .. }
+            | TextCommand::SlashJoin { .. }
+            | TextCommand::SlashRooms
+            | TextCommand::SlashMsg { .. }
+            | TextCommand::SlashQuit
+    )
+}
