@@ -2,5 +2,7 @@
 //! terminal client.
 
 mod binary;
+mod lines;
 
 pub use binary::BinaryClient;
+pub use lines::LineClient;

@@ -337,6 +337,7 @@ pub(super) fn unix_nanos() -> u64 {
 
 fn rfc3339_now() -> String {
     let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
     now.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }

@@ -4,13 +4,16 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use parley_client::BinaryClient;
+use parley_client::{BinaryClient, LineClient};
 use parley_server::{Config, Running};
 use tempfile::TempDir;
 
 pub struct TestServer {
     pub running: Option<Running>,
+    /// The shared port (every protocol).
     pub addr: SocketAddr,
+    /// The JSON-only port, where the server speaks first.
+    pub json_addr: SocketAddr,
     pub dir: TempDir,
 }
 
@@ -18,6 +21,7 @@ pub struct TestServer {
 pub fn test_config(dir: &Path) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        listen_json: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: dir.to_path_buf(),
         shutdown_timeout_ms: 2_000,
         ..Config::default()
@@ -38,9 +42,34 @@ impl TestServer {
         let running = parley_server::start(config).await.expect("server starts");
         TestServer {
             addr: running.addr,
+            json_addr: running.json_addr.expect("json port"),
             running: Some(running),
             dir,
         }
+    }
+
+    /// A text-protocol connection to the shared port (as `ncat` would be).
+    pub async fn text(&self) -> LineClient {
+        LineClient::connect(self.addr).await.expect("connect")
+    }
+
+    /// A text connection logged in as `name` (its `OK` consumed).
+    pub async fn text_login(&self, name: &str) -> LineClient {
+        let mut c = self.text().await;
+        c.send(&format!("LOGIN {name}")).await.unwrap();
+        assert_eq!(c.line().await.unwrap(), "OK", "LOGIN {name}");
+        c
+    }
+
+    /// A JSON connection to the JSON-only port, welcome line consumed.
+    pub async fn json(&self) -> LineClient {
+        let mut c = LineClient::connect(self.json_addr).await.expect("connect");
+        let welcome = c.line().await.unwrap();
+        assert!(
+            welcome.contains("Welcome to TCP/IP Educational Server!"),
+            "{welcome}"
+        );
+        c
     }
 
     pub async fn client(&self) -> BinaryClient {
@@ -69,6 +98,7 @@ impl TestServer {
         let config = test_config(self.dir.path());
         let running = parley_server::start(config).await.expect("server restarts");
         self.addr = running.addr;
+        self.json_addr = running.json_addr.expect("json port");
         self.running = Some(running);
     }
 
