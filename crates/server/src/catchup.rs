@@ -40,6 +40,7 @@ async fn replay(
     let mut convs: HashMap<ConvId, ConvPosition> = HashMap::new();
     let mut replayed = 0;
     loop {
+        let before = replayed;
         for p in reader.positions(me.user, me.device).await? {
             let at = progress.entry(p.conv).or_insert(p.cursor);
             *at = (*at).max(p.cursor);
@@ -106,6 +107,11 @@ async fn replay(
         }
         match hub.go_live(link.id, me.user, progress.clone()).await {
             GoLive::Live | GoLive::Gone => return Ok(replayed),
+            // Behind with nothing new read means the hub saw a write the read pool did
+            // not yet: give it a moment rather than spin.
+            GoLive::Behind if replayed == before => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await
+            }
             GoLive::Behind => {}
         }
     }
