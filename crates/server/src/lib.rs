@@ -14,6 +14,7 @@ mod server;
 mod session;
 mod sniff;
 mod store;
+mod tcp_ack;
 mod wire;
 
 pub use config::{Config, SyncMode};

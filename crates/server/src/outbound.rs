@@ -3,10 +3,11 @@
 //! The hub never waits on a socket: it `try_send`s into this queue and, when the queue is
 //! full, disconnects the session as a slow consumer (what it missed stays in the log). The
 //! writer takes everything queued, encodes it into one buffer and writes it with one call;
-//! after each write it reports how far each conversation got, which becomes the device's
-//! cursor ("received" means written to the socket, for protocols without acks).
+//! it reports how far each conversation got once the peer's TCP stack acknowledged the
+//! bytes (see `tcp_ack`), which becomes the device's cursor.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::delivery::{Delivery, Notice};
 use crate::hub::Hub;
 use crate::store::{ConvId, DeviceId, Seq};
+use crate::tcp_ack::AckTracker;
 use crate::wire::{encode_reply, Protocol, Style, Tag};
 
 /// One thing to write to a client.
@@ -92,55 +94,95 @@ pub struct Writer {
 const BATCH: usize = 512;
 /// A write buffer that grew past this is released after use, so idle sessions stay small.
 const KEEP_BUFFER: usize = 64 * 1024;
+/// How often unacknowledged deliveries are checked again.
+const ACK_POLL: Duration = Duration::from_millis(5);
+/// How long a closing session waits for the peer to acknowledge its last deliveries.
+const ACK_GRACE: Duration = Duration::from_millis(200);
 
 impl Writer {
     /// Runs until the session closes or the socket fails.
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        let Writer {
+            socket,
+            mut queue,
+            link,
+            hub,
+            device,
+            closing,
+            flush_timeout,
+        } = self;
+        let mut out = Output {
+            acks: AckTracker::new(socket.as_ref().as_raw_fd()),
+            socket,
+            link,
+            hub,
+            device,
+            buf: BytesMut::new(),
+            progress: HashMap::new(),
+        };
         let mut items = Vec::with_capacity(16);
-        let mut buf = BytesMut::new();
-        let mut progress: HashMap<ConvId, Seq> = HashMap::new();
-        let kill = self.link.kill.clone();
+        let kill = out.link.kill.clone();
         loop {
+            let ack_poll = out.acks.waiting();
             let got = tokio::select! {
                 biased;
                 _ = kill.cancelled() => return,
-                n = self.queue.recv_many(&mut items, BATCH) => n,
-                _ = self.closing.cancelled() => break,
+                n = queue.recv_many(&mut items, BATCH) => n,
+                _ = closing.cancelled() => break,
+                _ = tokio::time::sleep(ACK_POLL), if ack_poll => {
+                    out.report();
+                    continue;
+                }
             };
             if got == 0 {
                 break;
             }
-            if !self.write(&mut items, &mut buf, &mut progress).await {
+            if !out.write(&mut items).await {
                 return;
             }
         }
-        // Closing: write what is already queued, within the flush timeout.
-        let flush_timeout = self.flush_timeout;
+        // Closing: write what is already queued, then give the peer a moment to
+        // acknowledge it, all within the flush timeout.
         let drain = async {
             loop {
                 while items.len() < BATCH {
-                    match self.queue.try_recv() {
+                    match queue.try_recv() {
                         Ok(item) => items.push(item),
                         Err(_) => break,
                     }
                 }
-                if items.is_empty() || !self.write(&mut items, &mut buf, &mut progress).await {
+                if items.is_empty() || !out.write(&mut items).await {
                     break;
                 }
             }
-            let _ = self.socket.shutdown().await;
+            let deadline = tokio::time::Instant::now() + ACK_GRACE;
+            while out.acks.waiting() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(ACK_POLL).await;
+                out.report();
+            }
+            let _ = out.socket.shutdown().await;
         };
         let _ = tokio::time::timeout(flush_timeout, drain).await;
     }
+}
 
-    /// Encodes and writes `items`; reports cursor progress. False when the socket failed.
-    async fn write(
-        &mut self,
-        items: &mut Vec<Outbound>,
-        buf: &mut BytesMut,
-        progress: &mut HashMap<ConvId, Seq>,
-    ) -> bool {
+/// The writer's socket side: encoding, writing, and reporting what the peer took.
+struct Output {
+    socket: OwnedWriteHalf,
+    link: Arc<SessionLink>,
+    hub: Hub,
+    device: Arc<OnceLock<DeviceId>>,
+    acks: AckTracker,
+    buf: BytesMut,
+    /// The highest sequence reported per conversation.
+    progress: HashMap<ConvId, Seq>,
+}
+
+impl Output {
+    /// Encodes and writes `items`. False when the socket failed.
+    async fn write(&mut self, items: &mut Vec<Outbound>) -> bool {
         let style = Style::from_u8(self.link.style.load(Ordering::Relaxed));
+        let buf = &mut self.buf;
         let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
         let mut replayed = 0;
         for item in items.drain(..) {
@@ -179,29 +221,27 @@ impl Writer {
         if !written {
             return false;
         }
-        if !delivered.is_empty() {
-            let mut changed = Vec::new();
-            for (conv, seq) in delivered {
-                let at = progress.entry(conv).or_insert(0);
-                if seq > *at {
-                    *at = seq;
-                    changed.push((conv, seq));
+        self.acks.written(delivered);
+        self.report();
+        true
+    }
+
+    /// Reports to the hub how far the peer acknowledged each conversation: that becomes
+    /// the device's cursor.
+    fn report(&mut self) {
+        let mut changed: Vec<(ConvId, Seq)> = Vec::new();
+        for (conv, seq) in self.acks.confirmed() {
+            let at = self.progress.entry(conv).or_insert(0);
+            if seq > *at {
+                *at = seq;
+                match changed.iter_mut().find(|c| c.0 == conv) {
+                    Some(c) => c.1 = seq,
+                    None => changed.push((conv, seq)),
                 }
-            }
-            changed.sort_unstable();
-            changed.dedup_by(|b, a| {
-                // Keep the highest sequence per conversation (the later of equal convs).
-                if a.0 == b.0 {
-                    a.1 = a.1.max(b.1);
-                    true
-                } else {
-                    false
-                }
-            });
-            if let Some(device) = self.device.get() {
-                self.hub.cursors(*device, changed);
             }
         }
-        true
+        if let (false, Some(device)) = (changed.is_empty(), self.device.get()) {
+            self.hub.cursors(*device, changed);
+        }
     }
 }

@@ -153,8 +153,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    fn submit(&self, op: Op) -> Result<(), Op> {
-        self.ops.send(op).map_err(|e| e.0)
+    /// Queues `op`; gives it back (boxed: ops are large) if the hub has stopped.
+    fn submit(&self, op: Op) -> Result<(), Box<Op>> {
+        self.ops.send(op).map_err(|e| Box::new(e.0))
     }
 
     /// Sends `op` and waits for its answer; `fallback` if the hub is gone.
@@ -204,19 +205,21 @@ impl Hub {
             sent_at,
             tag,
         };
-        if let Err(Op::Send { link, tag, .. }) = self.submit(op) {
-            finish(
-                &link,
-                Outbound::Reply(tag, Reply::Error(ErrorKind::ShuttingDown)),
-            );
+        if let Err(op) = self.submit(op) {
+            if let Op::Send { link, tag, .. } = *op {
+                let reply = Reply::Error(ErrorKind::ShuttingDown);
+                finish(&link, Outbound::Reply(tag, reply));
+            }
         }
     }
 
     /// Queues `item` behind this session's requests already in the hub. The caller must
     /// hold one in-flight permit of `link`, which the hub returns.
     pub fn reply_in_order(&self, link: Arc<SessionLink>, item: Outbound) {
-        if let Err(Op::Reply { link, item }) = self.submit(Op::Reply { link, item }) {
-            finish(&link, item);
+        if let Err(op) = self.submit(Op::Reply { link, item }) {
+            if let Op::Reply { link, item } = *op {
+                finish(&link, item);
+            }
         }
     }
 

@@ -101,9 +101,11 @@ impl Session {
             }
             // Room commands need a login: an anonymous JSON session must never be pushed
             // room traffic it did not subscribe to.
-            "SAY" | "JOIN" | "LEAVE" if self.login.is_none() => {
-                (false, json_error(ErrorKind::NotLoggedIn).into(), Value::from(""))
-            }
+            "SAY" | "JOIN" | "LEAVE" if self.login.is_none() => (
+                false,
+                json_error(ErrorKind::NotLoggedIn).into(),
+                Value::from(""),
+            ),
             "SAY" => {
                 let room = request.room.unwrap_or_default();
                 self.json_send(Target::Room(room), request.data, "Message sent", id)
