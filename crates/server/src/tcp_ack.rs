@@ -67,6 +67,9 @@ impl AckTracker {
 
     /// Deliveries the peer has acknowledged since the last call.
     pub fn confirmed(&mut self) -> Vec<(ConvId, Seq)> {
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
         let acked = match info(self.fd) {
             Some(info) => info.acked,
             None if self.dead => return Vec::new(),
