@@ -463,17 +463,14 @@ impl Core {
                 let audience = Audience::Room(room.name.clone());
                 (room.conv, audience, Kind::Room, room.name.clone())
             }
-            Target::Everyone => {
-                let Actor::Member(_) = from else {
-                    return Err(ErrorKind::NotLoggedIn);
-                };
-                (
-                    self.broadcast,
-                    Audience::Everyone,
-                    Kind::Broadcast,
-                    Arc::from("*"),
-                )
-            }
+            // Anonymous sessions may speak to everyone (seed 001 allows MESSAGE before
+            // REGISTER); the text protocol asks for a login first on its own.
+            Target::Everyone => (
+                self.broadcast,
+                Audience::Everyone,
+                Kind::Broadcast,
+                Arc::from("*"),
+            ),
         };
         let seq = self.last_seq(conv).map_err(internal)? + 1;
         self.last_seqs.insert(conv, seq);

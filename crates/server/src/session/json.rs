@@ -240,6 +240,7 @@ impl Session {
 
     /// The last messages sent to everyone, as seed 001 formats them.
     async fn recent(&self) -> String {
+        self.settle().await;
         let reader = &self.shared.reader;
         let user = self.login.as_ref().map_or(0, |(identity, _)| identity.user);
         let messages = match reader.resolve(user, "*".into()).await {
@@ -272,6 +273,7 @@ impl Session {
             return Err(ErrorKind::NotLoggedIn);
         };
         let limit = limit.unwrap_or(50).clamp(1, self.shared.config.max_history);
+        self.settle().await;
         let reader = &self.shared.reader;
         let conv = match reader.resolve(identity.user, target).await {
             Ok(Resolved::Conv(conv)) => conv,
@@ -349,13 +351,19 @@ fn rfc3339_now() -> String {
         .unwrap_or_default()
 }
 
-/// A Unix-millisecond time as RFC 3339 (UTC).
+/// A Unix-millisecond time as RFC 3339 in UTC, always with three fractional digits.
 pub(super) fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return String::new();
+    };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }

@@ -281,6 +281,13 @@ impl Session {
         self.say(Outbound::Bytes(Bytes::from(line))).await;
     }
 
+    /// Waits until every request this session already handed to the hub is answered, so
+    /// a read of the store sees the session's own writes (e.g. `SAY` then `HISTORY`).
+    async fn settle(&self) {
+        let all = self.shared.config.max_inflight as u32;
+        drop(self.link.inflight.acquire_many(all).await);
+    }
+
     /// Takes one in-flight permit (the hub gives it back), waiting while the session has
     /// too many requests in flight: that is the backpressure on a pipelining client.
     async fn acquire_inflight(&self) {

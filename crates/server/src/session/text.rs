@@ -265,6 +265,7 @@ impl Session {
         let limit = limit
             .unwrap_or(DEFAULT_HISTORY)
             .min(self.shared.config.max_history);
+        self.settle().await;
         let reader = &self.shared.reader;
         let lines = match reader.resolve(identity.user, target.clone()).await {
             Ok(Resolved::Conv(conv)) => match reader.latest(conv, limit).await {
