@@ -26,6 +26,21 @@ pub mod key {
     pub const MESSAGE: u16 = 0x02;
     pub const RESPONSE: u16 = 0x03;
     pub const CORRELATION_TEST: u16 = 0x09;
+    pub const REGISTER: u16 = 0x10;
+    pub const LOGIN_PASSWORD: u16 = 0x11;
+    pub const LOGIN_TOKEN: u16 = 0x12;
+    pub const TOKEN: u16 = 0x13;
+    pub const LOGOUT: u16 = 0x14;
+    pub const CHANGE_PASSWORD: u16 = 0x15;
+    pub const SET_PROFILE: u16 = 0x16;
+    pub const GET_PROFILE: u16 = 0x17;
+    pub const PROFILE: u16 = 0x18;
+}
+
+/// Flags of `LoginPassword`.
+pub mod flags {
+    /// Issue a device token (sent as a `Token` frame before the response).
+    pub const WANT_TOKEN: u8 = 0x01;
 }
 
 /// Response codes. 0x01, 0x03 and 0x04 are the seed's; the rest are parley's, chosen so that
@@ -46,6 +61,10 @@ pub mod code {
     pub const ROOM_NOT_FOUND: u16 = 0x0C;
     pub const TOO_LONG: u16 = 0x0D;
     pub const INVALID_UTF8: u16 = 0x0E;
+    pub const RATE_LIMITED: u16 = 0x0F;
+    pub const UNAUTHORIZED: u16 = 0x10;
+    pub const TOO_MANY_ATTEMPTS: u16 = 0x11;
+    pub const INVALID_PASSWORD: u16 = 0x12;
 }
 
 /// The response code that reports `kind`.
@@ -64,6 +83,10 @@ pub fn error_code(kind: ErrorKind) -> u16 {
         ErrorKind::RoomNotFound => code::ROOM_NOT_FOUND,
         ErrorKind::TooLong => code::TOO_LONG,
         ErrorKind::InvalidUtf8 => code::INVALID_UTF8,
+        ErrorKind::RateLimited => code::RATE_LIMITED,
+        ErrorKind::Unauthorized => code::UNAUTHORIZED,
+        ErrorKind::TooManyAttempts => code::TOO_MANY_ATTEMPTS,
+        ErrorKind::InvalidPassword => code::INVALID_PASSWORD,
     }
 }
 
@@ -87,6 +110,55 @@ pub enum Frame {
     },
     CorrelationTest {
         cid: u32,
+    },
+    Register {
+        cid: u32,
+        username: Bytes,
+        password: Bytes,
+    },
+    LoginPassword {
+        cid: u32,
+        username: Bytes,
+        password: Bytes,
+        device: Bytes,
+        flags: u8,
+    },
+    LoginToken {
+        cid: u32,
+        token: Bytes,
+    },
+    /// Server → client, before the response to a `LoginPassword` that asked for it.
+    Token {
+        cid: u32,
+        token: Bytes,
+        /// Unix milliseconds.
+        expires_at: u64,
+    },
+    /// `scope` 0: this device; 1: every device of the account.
+    Logout {
+        cid: u32,
+        scope: u8,
+    },
+    ChangePassword {
+        cid: u32,
+        old: Bytes,
+        new: Bytes,
+    },
+    SetProfile {
+        cid: u32,
+        display_name: Bytes,
+        avatar: Bytes,
+    },
+    GetProfile {
+        cid: u32,
+        username: Bytes,
+    },
+    /// Server → client, before the response to a `GetProfile`.
+    Profile {
+        cid: u32,
+        username: Bytes,
+        display_name: Bytes,
+        avatar: Bytes,
     },
 }
 
@@ -212,6 +284,83 @@ fn parse(mut body: Bytes) -> Result<Frame, FrameError> {
             let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
             return Ok(Frame::CorrelationTest { cid });
         }
+        key::REGISTER => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let username = r.string().ok_or_else(|| malformed("bad username"))?;
+            let password = r.string().ok_or_else(|| malformed("bad password"))?;
+            Frame::Register {
+                cid,
+                username,
+                password,
+            }
+        }
+        key::LOGIN_PASSWORD => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let username = r.string().ok_or_else(|| malformed("bad username"))?;
+            let password = r.string().ok_or_else(|| malformed("bad password"))?;
+            let device = r.string().ok_or_else(|| malformed("bad device"))?;
+            let flags = r.u8().ok_or_else(|| malformed("missing flags"))?;
+            Frame::LoginPassword {
+                cid,
+                username,
+                password,
+                device,
+                flags,
+            }
+        }
+        key::LOGIN_TOKEN => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let token = r.string().ok_or_else(|| malformed("bad token"))?;
+            Frame::LoginToken { cid, token }
+        }
+        key::TOKEN => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let token = r.string().ok_or_else(|| malformed("bad token"))?;
+            let expires_at = r.u64().ok_or_else(|| malformed("missing expiry"))?;
+            Frame::Token {
+                cid,
+                token,
+                expires_at,
+            }
+        }
+        key::LOGOUT => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let scope = r.u8().ok_or_else(|| malformed("missing scope"))?;
+            Frame::Logout { cid, scope }
+        }
+        key::CHANGE_PASSWORD => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let old = r.string().ok_or_else(|| malformed("bad old password"))?;
+            let new = r.string().ok_or_else(|| malformed("bad new password"))?;
+            Frame::ChangePassword { cid, old, new }
+        }
+        key::SET_PROFILE => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let display_name = r.string().ok_or_else(|| malformed("bad display name"))?;
+            let avatar = r.string().ok_or_else(|| malformed("bad avatar"))?;
+            Frame::SetProfile {
+                cid,
+                display_name,
+                avatar,
+            }
+        }
+        key::GET_PROFILE => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let username = r.string().ok_or_else(|| malformed("bad username"))?;
+            Frame::GetProfile { cid, username }
+        }
+        key::PROFILE => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let username = r.string().ok_or_else(|| malformed("bad username"))?;
+            let display_name = r.string().ok_or_else(|| malformed("bad display name"))?;
+            let avatar = r.string().ok_or_else(|| malformed("bad avatar"))?;
+            Frame::Profile {
+                cid,
+                username,
+                display_name,
+                avatar,
+            }
+        }
         _ => return Err(FrameError::UnknownKey { key, cid }),
     };
     if r.0.has_remaining() {
@@ -224,6 +373,9 @@ fn parse(mut body: Bytes) -> Result<Frame, FrameError> {
 struct Reader(Bytes);
 
 impl Reader {
+    fn u8(&mut self) -> Option<u8> {
+        (!self.0.is_empty()).then(|| self.0.get_u8())
+    }
     fn u16(&mut self) -> Option<u16> {
         (self.0.len() >= 2).then(|| self.0.get_u16())
     }
@@ -245,6 +397,25 @@ impl Reader {
 pub struct StringTooLong(pub usize);
 
 impl Frame {
+    /// The frame's correlation id (0 on pushed messages).
+    pub fn cid(&self) -> u32 {
+        match self {
+            Frame::Login { cid, .. }
+            | Frame::Message { cid, .. }
+            | Frame::Response { cid, .. }
+            | Frame::CorrelationTest { cid }
+            | Frame::Register { cid, .. }
+            | Frame::LoginPassword { cid, .. }
+            | Frame::LoginToken { cid, .. }
+            | Frame::Token { cid, .. }
+            | Frame::Logout { cid, .. }
+            | Frame::ChangePassword { cid, .. }
+            | Frame::SetProfile { cid, .. }
+            | Frame::GetProfile { cid, .. }
+            | Frame::Profile { cid, .. } => *cid,
+        }
+    }
+
     /// Appends this frame, length prefix included, to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), StringTooLong> {
         match self {
@@ -267,6 +438,67 @@ impl Frame {
                 put_header(dst, HEADER + 4, key::CORRELATION_TEST);
                 dst.put_u32(*cid);
             }
+            Frame::Register {
+                cid,
+                username,
+                password,
+            } => put_fields(dst, key::REGISTER, *cid, &[username, password], &[], None)?,
+            Frame::LoginPassword {
+                cid,
+                username,
+                password,
+                device,
+                flags,
+            } => put_fields(
+                dst,
+                key::LOGIN_PASSWORD,
+                *cid,
+                &[username, password, device],
+                &[*flags],
+                None,
+            )?,
+            Frame::LoginToken { cid, token } => {
+                put_fields(dst, key::LOGIN_TOKEN, *cid, &[token], &[], None)?
+            }
+            Frame::Token {
+                cid,
+                token,
+                expires_at,
+            } => put_fields(dst, key::TOKEN, *cid, &[token], &[], Some(*expires_at))?,
+            Frame::Logout { cid, scope } => {
+                put_fields(dst, key::LOGOUT, *cid, &[], &[*scope], None)?
+            }
+            Frame::ChangePassword { cid, old, new } => {
+                put_fields(dst, key::CHANGE_PASSWORD, *cid, &[old, new], &[], None)?
+            }
+            Frame::SetProfile {
+                cid,
+                display_name,
+                avatar,
+            } => put_fields(
+                dst,
+                key::SET_PROFILE,
+                *cid,
+                &[display_name, avatar],
+                &[],
+                None,
+            )?,
+            Frame::GetProfile { cid, username } => {
+                put_fields(dst, key::GET_PROFILE, *cid, &[username], &[], None)?
+            }
+            Frame::Profile {
+                cid,
+                username,
+                display_name,
+                avatar,
+            } => put_fields(
+                dst,
+                key::PROFILE,
+                *cid,
+                &[username, display_name, avatar],
+                &[],
+                None,
+            )?,
         }
         Ok(())
     }
@@ -298,6 +530,36 @@ pub fn encode_message(
     put_string(dst, from);
     put_string(dst, to);
     dst.put_u64(time);
+    Ok(())
+}
+
+/// Appends a frame of parley's own keys: cid, then strings, then single bytes, then an
+/// optional u64 — the order every such frame uses.
+fn put_fields(
+    dst: &mut BytesMut,
+    key: u16,
+    cid: u32,
+    strings: &[&Bytes],
+    bytes: &[u8],
+    tail: Option<u64>,
+) -> Result<(), StringTooLong> {
+    for s in strings {
+        check_len(s)?;
+    }
+    let len = HEADER
+        + 4
+        + strings.iter().map(|s| 2 + s.len()).sum::<usize>()
+        + bytes.len()
+        + tail.map_or(0, |_| 8);
+    put_header(dst, len, key);
+    dst.put_u32(cid);
+    for s in strings {
+        put_string(dst, s);
+    }
+    dst.put_slice(bytes);
+    if let Some(tail) = tail {
+        dst.put_u64(tail);
+    }
     Ok(())
 }
 

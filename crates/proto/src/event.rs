@@ -37,4 +37,12 @@ pub enum ErrorKind {
     TooLong,
     /// Text that had to be UTF-8 was not.
     InvalidUtf8,
+    /// Wrong name, password or token (the same error for each, on purpose).
+    Unauthorized,
+    /// Too many messages too fast: this one was refused, nothing else happened.
+    RateLimited,
+    /// Too many failed logins for this name or address: try again later.
+    TooManyAttempts,
+    /// A password shorter than 8 or longer than 128 bytes.
+    InvalidPassword,
 }

@@ -32,6 +32,25 @@ pub struct Request {
     pub target: Option<String>,
     #[serde(default)]
     pub limit: Option<usize>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub new_password: Option<String>,
+    #[serde(default)]
+    pub device: Option<String>,
+    /// With a password `LOGIN`: also issue a device token.
+    #[serde(default)]
+    pub want_token: bool,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// With `LOGOUT`: every device of the account.
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Base64 (standard alphabet, with padding).
+    #[serde(default)]
+    pub avatar: Option<String>,
 }
 
 /// Parses a request line.

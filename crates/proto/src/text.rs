@@ -11,8 +11,37 @@ use crate::ErrorKind;
 /// A parsed line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TextCommand {
+    /// Password-less (seed 002).
     Login {
         name: String,
+    },
+    PasswordLogin {
+        name: String,
+        password: String,
+        device: Option<String>,
+    },
+    Register {
+        name: String,
+        password: String,
+    },
+    /// Issue a device token (after a password login).
+    Token,
+    /// Log in with a device token.
+    Resume {
+        token: String,
+    },
+    Passwd {
+        old: String,
+        new: String,
+    },
+    Logout {
+        all: bool,
+    },
+    Profile {
+        name: Option<String>,
+    },
+    SetName {
+        display_name: String,
     },
     /// Seed 002 `MSG`: to every other online user.
     Broadcast {
@@ -79,8 +108,55 @@ pub fn parse(line: &str) -> TextCommand {
             [name] => TextCommand::Login {
                 name: name.to_string(),
             },
-            _ => TextCommand::Usage("ERR usage: LOGIN <username>"),
+            [name, password] => TextCommand::PasswordLogin {
+                name: name.to_string(),
+                password: password.to_string(),
+                device: None,
+            },
+            [name, password, device] => TextCommand::PasswordLogin {
+                name: name.to_string(),
+                password: password.to_string(),
+                device: Some(device.to_string()),
+            },
+            _ => TextCommand::Usage("ERR usage: LOGIN <username> [<password> [<device>]]"),
         },
+        "register" => match words(rest).as_slice() {
+            [name, password] => TextCommand::Register {
+                name: name.to_string(),
+                password: password.to_string(),
+            },
+            _ => TextCommand::Usage("ERR usage: REGISTER <username> <password>"),
+        },
+        "token" => TextCommand::Token,
+        "resume" => match words(rest).as_slice() {
+            [token] => TextCommand::Resume {
+                token: token.to_string(),
+            },
+            _ => TextCommand::Usage("ERR usage: RESUME <token>"),
+        },
+        "passwd" => match words(rest).as_slice() {
+            [old, new] => TextCommand::Passwd {
+                old: old.to_string(),
+                new: new.to_string(),
+            },
+            _ => TextCommand::Usage("ERR usage: PASSWD <old> <new>"),
+        },
+        "logout" => match words(rest).as_slice() {
+            [] => TextCommand::Logout { all: false },
+            [all] if all.eq_ignore_ascii_case("all") => TextCommand::Logout { all: true },
+            _ => TextCommand::Usage("ERR usage: LOGOUT [ALL]"),
+        },
+        "profile" => match words(rest).as_slice() {
+            [] => TextCommand::Profile { name: None },
+            [name] => TextCommand::Profile {
+                name: Some(name.to_string()),
+            },
+            _ => TextCommand::Usage("ERR usage: PROFILE [<username>]"),
+        },
+        "setname" if !rest.trim().is_empty() => TextCommand::SetName {
+            display_name: rest.trim().to_string(),
+        },
+        "setname" => TextCommand::Usage("ERR usage: SETNAME <display name>"),
         "msg" if !rest.trim().is_empty() => TextCommand::Broadcast {
             text: rest.to_string(),
         },
@@ -190,6 +266,10 @@ pub fn error_word(kind: ErrorKind) -> &'static str {
         ErrorKind::RoomNotFound => "room-not-found",
         ErrorKind::TooLong => "line-too-long",
         ErrorKind::InvalidUtf8 => "invalid-utf8",
+        ErrorKind::Unauthorized => "invalid-credentials",
+        ErrorKind::RateLimited => "rate-limited",
+        ErrorKind::TooManyAttempts => "too-many-attempts",
+        ErrorKind::InvalidPassword => "invalid-password",
     }
 }
 
@@ -208,7 +288,15 @@ pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// Every command, for `HELP`.
 pub const HELP: &[&str] = &[
-    "LOGIN <name>                 log in (names: no spaces, at most 32 bytes)",
+    "LOGIN <name>                 log in without a password (names: no spaces, at most 32 bytes)",
+    "REGISTER <name> <password>   create an account (passwords: 8 to 128 bytes)",
+    "LOGIN <name> <password> [<device>]   log in to an account, as a device (default: default)",
+    "TOKEN                        a token that logs this device in later without the password",
+    "RESUME <token>               log in with a token",
+    "PASSWD <old> <new>           change the password (other devices' tokens stop working)",
+    "LOGOUT [ALL]                 log out this device (or every device) and close",
+    "PROFILE [<name>]             show a profile",
+    "SETNAME <display name>       set your display name",
     "MSG <text>                   send to everyone online",
     "DM <user> <text>             send to one user (delivered later if they are offline)",
     "WHO                          list who is online (one USER line each)",

@@ -71,6 +71,39 @@ pub struct Config {
     pub batch_max: usize,
     /// Durability of each commit.
     pub sync: SyncMode,
+    /// Argon2id cost: memory in KiB, iterations, lanes (OWASP's baseline by default).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// Refuse password-less logins of names that are not accounts too.
+    pub require_accounts: bool,
+    /// How long a device token stays valid, in days.
+    pub token_ttl_days: u64,
+    /// Failed logins (per name and per address) before back-off starts.
+    pub login_failures_free: u32,
+    /// The first back-off after the free failures, in ms; it doubles with each failure.
+    pub login_backoff_base_ms: u64,
+    /// The longest back-off, in ms.
+    pub login_backoff_max_ms: u64,
+    /// Most connections from one IP address (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// Messages per second one session may send (bursts of `message_burst`); more are
+    /// refused with a rate-limit error (0: no limit).
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    /// A binary connection must log in within this many ms or is closed (0: no limit).
+    pub login_timeout_ms: u64,
+    /// Largest avatar image, in bytes.
+    pub max_avatar_bytes: usize,
+    /// Longest display name, in bytes.
+    pub max_display_name_bytes: usize,
+    /// TLS certificate chain and private key (PEM). With both set, a connection whose first
+    /// byte is 0x16 on the shared port is TLS, and `listen_tls` serves TLS only. Reloaded
+    /// on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Optional port serving only TLS (any protocol inside).
+    pub listen_tls: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -95,6 +128,23 @@ impl Default for Config {
             shutdown_timeout_ms: 10_000,
             batch_max: 4096,
             sync: SyncMode::Normal,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            require_accounts: false,
+            token_ttl_days: 30,
+            login_failures_free: 3,
+            login_backoff_base_ms: 1000,
+            login_backoff_max_ms: 60_000,
+            max_connections_per_ip: 1000,
+            messages_per_second: 500,
+            message_burst: 5000,
+            login_timeout_ms: 30_000,
+            max_avatar_bytes: 48 * 1024,
+            max_display_name_bytes: 64,
+            tls_cert: None,
+            tls_key: None,
+            listen_tls: None,
         }
     }
 }
@@ -119,6 +169,18 @@ impl Config {
         anyhow::ensure!(self.outbound_queue > 0, "outbound_queue must be positive");
         anyhow::ensure!(self.max_inflight > 0, "max_inflight must be positive");
         anyhow::ensure!(self.batch_max > 0, "batch_max must be positive");
+        anyhow::ensure!(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "tls_cert and tls_key go together"
+        );
+        anyhow::ensure!(
+            self.listen_tls.is_none() || self.tls_cert.is_some(),
+            "listen_tls needs tls_cert and tls_key"
+        );
+        anyhow::ensure!(
+            self.max_avatar_bytes <= 60_000,
+            "max_avatar_bytes must fit a binary frame (at most 60000)"
+        );
         Ok(())
     }
 

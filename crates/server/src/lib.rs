@@ -5,6 +5,7 @@
 //! → `hub` (apply, group-commit to `store`, then answer and deliver) → `outbound` (each
 //! session's queue and writer). `catchup` replays what a device missed before it goes live.
 
+mod auth;
 mod catchup;
 mod config;
 mod delivery;

@@ -71,6 +71,8 @@ pub async fn serve(
     let store = SqliteStore::open(&config.data_dir, config.sync)?;
     let (hub, hub_thread) = crate::hub::spawn(Box::new(store), &config)?;
     let shared = Arc::new(Shared {
+        throttle: crate::auth::Throttle::new(&config),
+        per_ip: Default::default(),
         reader: Reader::new(&config.data_dir),
         hub: hub.clone(),
         shutdown: shutdown.clone(),
@@ -154,9 +156,15 @@ async fn accept_loop(port: Port, shared: Arc<Shared>, limit: Arc<Semaphore>, tra
                 continue;
             }
         };
+        let Some(per_ip) = PerIp::admit(&shared, peer.ip()) else {
+            warn!(%peer, limit = shared.config.max_connections_per_ip, "too many connections from this address; closing");
+            drop(stream);
+            continue;
+        };
         let shared = shared.clone();
         let fixed = port.fixed;
         tracker.spawn(async move {
+            let _per_ip = per_ip;
             match fixed {
                 // A JSON-only port speaks first: its seed-001 clients wait for that.
                 Some(protocol) => {
@@ -181,6 +189,41 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
         Ok(Sniffed::Closed) => {}
         Err(e) => warn!(%peer, error = %e, "connection failed before its first byte"),
+    }
+}
+
+/// A connection's place in its address's count; released when dropped.
+struct PerIp {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    /// Counts a new connection from `ip`, or refuses it past `max_connections_per_ip`.
+    fn admit(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<PerIp> {
+        let limit = shared.config.max_connections_per_ip;
+        let mut counts = shared.per_ip.lock().expect("per-ip counts poisoned");
+        let count = counts.entry(ip).or_insert(0);
+        if limit > 0 && *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PerIp {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut counts = self.shared.per_ip.lock().expect("per-ip counts poisoned");
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 

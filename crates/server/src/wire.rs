@@ -213,6 +213,9 @@ pub fn slash_error(kind: ErrorKind) -> &'static str {
         ErrorKind::TooLong => "line too long",
         ErrorKind::InvalidUtf8 => "invalid UTF-8",
         ErrorKind::ShuttingDown => "server shutting down",
+        ErrorKind::RateLimited => "too many messages, slow down",
+        ErrorKind::Unauthorized => "invalid credentials",
+        ErrorKind::TooManyAttempts => "too many failed logins, try again later",
         _ => "internal error",
     }
 }
@@ -233,5 +236,9 @@ pub fn json_error(kind: ErrorKind) -> &'static str {
         ErrorKind::RoomNotFound => "Room not found",
         ErrorKind::TooLong => "Line too long",
         ErrorKind::InvalidUtf8 => "Invalid UTF-8",
+        ErrorKind::Unauthorized => "Invalid credentials",
+        ErrorKind::RateLimited => "Too many messages, slow down",
+        ErrorKind::TooManyAttempts => "Too many failed logins, try again later",
+        ErrorKind::InvalidPassword => "Passwords have 8 to 128 bytes",
     }
 }

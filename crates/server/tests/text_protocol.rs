@@ -182,7 +182,10 @@ async fn a_second_login_on_the_same_connection_is_refused() {
 async fn login_without_a_name_gets_its_usage_line() {
     let server = TestServer::start().await;
     let mut c = server.text().await;
-    assert_eq!(c.ask("LOGIN").await.unwrap(), "ERR usage: LOGIN <username>");
+    assert_eq!(
+        c.ask("LOGIN").await.unwrap(),
+        "ERR usage: LOGIN <username> [<password> [<device>]]"
+    );
     server.stop().await;
 }
 

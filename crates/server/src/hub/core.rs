@@ -9,12 +9,15 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parley_proto::{ErrorKind, Reply, Target};
 use tracing::{debug, error, info, warn};
 
-use super::{finish, Actor, Done, GoLive, Hub, Identity, LoginOk, Op, Presence, ANONYMOUS};
+use super::{
+    finish, AccountChange, Actor, Auth, Done, GoLive, Hub, Identity, LoginOk, Op, Presence,
+    ANONYMOUS,
+};
 use crate::config::Config;
 use crate::delivery::{Delivery, Kind, Notice};
 use crate::outbound::{Outbound, SessionLink};
 use crate::store::{
-    now_ms, Batch, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds, Seq, UserId,
+    now_ms, Batch, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds, Revoke, Seq, UserId,
 };
 use crate::wire::Protocol;
 
@@ -33,6 +36,8 @@ pub fn spawn(
         broadcast,
         names: HashMap::new(),
         users: HashMap::new(),
+        accounts: HashSet::new(),
+        require_accounts: config.require_accounts,
         devices: HashMap::new(),
         directs: HashMap::new(),
         last_seqs: HashMap::new(),
@@ -86,6 +91,9 @@ pub(super) struct Core {
     broadcast: ConvId,
     pub names: HashMap<Arc<str>, UserId>,
     pub users: HashMap<UserId, Arc<str>>,
+    /// Users with a password: password-less logins of these names are refused.
+    accounts: HashSet<UserId>,
+    require_accounts: bool,
     devices: HashMap<(UserId, String), DeviceId>,
     /// Direct conversations by (lower, higher) user id.
     directs: HashMap<(UserId, UserId), ConvId>,
@@ -139,7 +147,11 @@ impl Core {
     fn load(&mut self) -> anyhow::Result<()> {
         self.names.clear();
         self.users.clear();
-        for (id, name) in self.store.load_users()? {
+        self.accounts.clear();
+        for (id, name, account) in self.store.load_users()? {
+            if account {
+                self.accounts.insert(id);
+            }
             let name: Arc<str> = Arc::from(name);
             self.names.insert(name.clone(), id);
             self.users.insert(id, name);
@@ -229,6 +241,14 @@ impl Core {
     fn apply(&mut self, op: Op, batch: &mut Batch, effects: &mut Vec<Effect>) {
         match op {
             Op::Login { .. } => self.login(op, batch, effects),
+            Op::Register { name, hash, done } => {
+                let result = self.register(&name, hash, batch);
+                answer(effects, done, result);
+            }
+            Op::Account { user, change, done } => {
+                self.account(user, change, batch);
+                answer(effects, done, Ok(()));
+            }
             Op::Send {
                 link,
                 from,
@@ -327,19 +347,33 @@ impl Core {
             link,
             name,
             device,
+            auth,
             done,
         } = op
         else {
             return;
         };
-        if name == ANONYMOUS {
-            let result = Err(ErrorKind::AlreadyLoggedIn);
-            effects.push(Effect::Login { link, result, done });
+        let existing = self.names.get(name.as_str()).copied();
+        if let Err(kind) = self.may_login(&name, existing, auth) {
+            effects.push(Effect::Login {
+                link,
+                result: Err(kind),
+                done,
+            });
             return;
         }
-        let existing = self.names.get(name.as_str()).copied();
         if let Some(user) = existing {
-            if self.online.get(&user).is_some_and(|d| !d.is_empty()) {
+            // Password-less logins keep seed 000's rule: one session per name. Accounts may
+            // have several devices online, one session each.
+            let busy = self.online.get(&user).is_some_and(|d| match auth {
+                Auth::None => !d.is_empty(),
+                Auth::Token(_, id) => d.iter().any(|o| o.device == id),
+                Auth::Password(_) => {
+                    let id = self.devices.get(&(user, device.clone())).copied();
+                    d.iter().any(|o| Some(o.device) == id)
+                }
+            });
+            if busy {
                 if self.grace.is_zero() {
                     let result = Err(ErrorKind::AlreadyLoggedIn);
                     effects.push(Effect::Login { link, result, done });
@@ -349,6 +383,7 @@ impl Core {
                         link,
                         name,
                         device,
+                        auth,
                         done,
                     };
                     self.waiting.push(Waiting { deadline, op });
@@ -358,6 +393,62 @@ impl Core {
         }
         let result = self.admit(existing, &name, &device, &link, batch);
         effects.push(Effect::Login { link, result, done });
+    }
+
+    /// Whether `auth` is enough to log in as `name`.
+    fn may_login(&self, name: &str, existing: Option<UserId>, auth: Auth) -> Result<(), ErrorKind> {
+        if name == ANONYMOUS {
+            return Err(ErrorKind::AlreadyLoggedIn);
+        }
+        match auth {
+            Auth::None if self.require_accounts => Err(ErrorKind::Unauthorized),
+            // The protocols without passwords know only "name taken" for this.
+            Auth::None if existing.is_some_and(|u| self.accounts.contains(&u)) => {
+                Err(ErrorKind::AlreadyLoggedIn)
+            }
+            Auth::None => Ok(()),
+            Auth::Password(user) | Auth::Token(user, _) if existing == Some(user) => Ok(()),
+            Auth::Password(_) | Auth::Token(..) => Err(ErrorKind::Unauthorized),
+        }
+    }
+
+    /// Creates an account, or gives a password to a name that never had one (and is not
+    /// online: its messages go to whoever holds the password from now on).
+    fn register(&mut self, name: &str, hash: String, batch: &mut Batch) -> Result<(), ErrorKind> {
+        if name == ANONYMOUS {
+            return Err(ErrorKind::AlreadyLoggedIn);
+        }
+        let user = match self.names.get(name).copied() {
+            Some(user) if self.accounts.contains(&user) || self.online.contains_key(&user) => {
+                return Err(ErrorKind::AlreadyLoggedIn)
+            }
+            Some(user) => user,
+            None => {
+                let user = self.next.user;
+                self.next.user += 1;
+                let shared: Arc<str> = Arc::from(name);
+                self.names.insert(shared.clone(), user);
+                self.users.insert(user, shared);
+                batch.users.push((user, name.to_string()));
+                user
+            }
+        };
+        batch.passwords.push((user, hash));
+        self.accounts.insert(user);
+        Ok(())
+    }
+
+    fn account(&mut self, user: UserId, change: AccountChange, batch: &mut Batch) {
+        match change {
+            AccountChange::Password { hash, keep } => {
+                batch.passwords.push((user, hash));
+                batch.revocations.push(Revoke::AllBut(user, keep));
+                self.accounts.insert(user);
+            }
+            AccountChange::Token(token) => batch.tokens.push(token),
+            AccountChange::Revoke(revoke) => batch.revocations.push(revoke),
+            AccountChange::Profile(profile) => batch.profiles.push(profile),
+        }
     }
 
     /// Creates the user and device as needed and registers the session (catching up).

@@ -17,7 +17,7 @@ use parley_proto::{ErrorKind, Reply, Target};
 use tokio::sync::oneshot;
 
 use crate::outbound::{Outbound, SessionLink};
-use crate::store::{ConvId, DeviceId, Seq, UserId};
+use crate::store::{ConvId, DeviceId, NewToken, ProfileChange, Revoke, Seq, UserId};
 use crate::wire::Tag;
 
 pub use self::core::spawn;
@@ -38,6 +38,30 @@ pub struct Identity {
 pub struct LoginOk {
     pub identity: Identity,
     pub name: Arc<str>,
+}
+
+/// How a login proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// It did not (seed 000 and seed 002 logins): refused for names that are accounts.
+    None,
+    /// The session checked the password of this user.
+    Password(UserId),
+    /// The session checked a valid token of this user's device.
+    Token(UserId, DeviceId),
+}
+
+/// A change to an account, written in the hub's next batch.
+#[derive(Debug, Clone)]
+pub enum AccountChange {
+    /// A new password; every token but `keep`'s is revoked.
+    Password {
+        hash: String,
+        keep: DeviceId,
+    },
+    Token(NewToken),
+    Revoke(Revoke),
+    Profile(ProfileChange),
 }
 
 /// Who acts: a logged-in device, or an anonymous session.
@@ -82,7 +106,19 @@ pub(crate) enum Op {
         link: Arc<SessionLink>,
         name: String,
         device: String,
+        auth: Auth,
         done: Done<Result<LoginOk, ErrorKind>>,
+    },
+    /// Creates an account (or gives a password to a password-less name not online).
+    Register {
+        name: String,
+        hash: String,
+        done: Done<Result<(), ErrorKind>>,
+    },
+    Account {
+        user: UserId,
+        change: AccountChange,
+        done: Done<Result<(), ErrorKind>>,
     },
     Send {
         link: Arc<SessionLink>,
@@ -173,17 +209,29 @@ impl Hub {
         link: Arc<SessionLink>,
         name: String,
         device: String,
+        auth: Auth,
     ) -> Result<LoginOk, ErrorKind> {
         self.ask(
             |done| Op::Login {
                 link,
                 name,
                 device,
+                auth,
                 done,
             },
             Err(ErrorKind::ShuttingDown),
         )
         .await
+    }
+
+    pub async fn register(&self, name: String, hash: String) -> Result<(), ErrorKind> {
+        let op = |done| Op::Register { name, hash, done };
+        self.ask(op, Err(ErrorKind::ShuttingDown)).await
+    }
+
+    pub async fn account(&self, user: UserId, change: AccountChange) -> Result<(), ErrorKind> {
+        let op = |done| Op::Account { user, change, done };
+        self.ask(op, Err(ErrorKind::ShuttingDown)).await
     }
 
     /// Sends a message; the reply reaches `link` once the message is stored. The caller

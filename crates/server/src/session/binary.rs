@@ -30,6 +30,9 @@ impl Session {
                 },
             };
             self.frame(frame).await;
+            if let Some(why) = self.quit {
+                return Flow::Close(why.into());
+            }
         }
     }
 
@@ -68,6 +71,9 @@ impl Session {
                     return self.answer(cid, Reply::Error(ErrorKind::Forbidden)).await;
                 }
                 let identity = *identity;
+                if !self.messages.allow() {
+                    return self.answer(cid, Reply::Error(ErrorKind::RateLimited)).await;
+                }
                 // No name that breaks the rules can have logged in.
                 let Ok(to) = validate_name(&to, max_name) else {
                     return self
@@ -86,15 +92,128 @@ impl Session {
                     Tag::Cid(cid),
                 );
             }
-            Frame::Response { cid, .. } => {
-                warn!(session = self.link.id, "a client sent a response frame");
+            Frame::Response { cid, .. } | Frame::Token { cid, .. } | Frame::Profile { cid, .. } => {
+                warn!(session = self.link.id, "a client sent a server-only frame");
                 self.answer(cid, Reply::Error(ErrorKind::UnknownCommand))
                     .await;
             }
+            Frame::Register {
+                cid,
+                username,
+                password,
+            } => {
+                let result = match (utf8(&username), utf8(&password)) {
+                    (Ok(name), Ok(password)) => self.register(name, password).await,
+                    (Err(kind), _) | (_, Err(kind)) => Err(kind),
+                };
+                self.answer(cid, reply(result)).await;
+            }
+            Frame::LoginPassword {
+                cid,
+                username,
+                password,
+                device,
+                flags,
+            } => {
+                let result = match (utf8(&username), utf8(&password), utf8(&device)) {
+                    (Ok(name), Ok(password), Ok(device)) => {
+                        self.password_login(name, password, device).await
+                    }
+                    _ => Err(ErrorKind::InvalidUtf8),
+                };
+                if result.is_ok() && flags & binary::flags::WANT_TOKEN != 0 {
+                    match self.issue_token().await {
+                        Ok((token, expires_at)) => {
+                            let frame = Frame::Token {
+                                cid,
+                                token: token.into(),
+                                expires_at: expires_at as u64,
+                            };
+                            self.send_frame(frame).await;
+                        }
+                        Err(kind) => return self.answer(cid, Reply::Error(kind)).await,
+                    }
+                }
+                self.answer(cid, reply(result)).await;
+            }
+            Frame::LoginToken { cid, token } => {
+                let result = match utf8(&token) {
+                    Ok(token) => self.token_login(token).await.map(drop),
+                    Err(kind) => Err(kind),
+                };
+                self.answer(cid, reply(result)).await;
+            }
+            Frame::Logout { cid, scope } => {
+                let result = self.logout(scope == 1).await;
+                self.answer(cid, reply(result)).await;
+                if result.is_ok() {
+                    self.quit = Some("logged out");
+                }
+            }
+            Frame::ChangePassword { cid, old, new } => {
+                let result = match (utf8(&old), utf8(&new)) {
+                    (Ok(old), Ok(new)) => self.change_password(old, new).await,
+                    (Err(kind), _) | (_, Err(kind)) => Err(kind),
+                };
+                self.answer(cid, reply(result)).await;
+            }
+            Frame::SetProfile {
+                cid,
+                display_name,
+                avatar,
+            } => {
+                let result = match utf8(&display_name) {
+                    Ok(display) => {
+                        let display = (!display.is_empty()).then(|| display.to_string());
+                        let avatar = (!avatar.is_empty()).then(|| avatar.to_vec());
+                        self.set_profile(display, avatar).await
+                    }
+                    Err(kind) => Err(kind),
+                };
+                self.answer(cid, reply(result)).await;
+            }
+            Frame::GetProfile { cid, username } => {
+                let result = match utf8(&username) {
+                    Ok(name) => self.get_profile(name).await,
+                    Err(kind) => Err(kind),
+                };
+                match result {
+                    Ok(profile) => {
+                        let frame = Frame::Profile {
+                            cid,
+                            username: profile.name.into(),
+                            display_name: profile.display_name.unwrap_or_default().into(),
+                            avatar: profile.avatar.unwrap_or_default().into(),
+                        };
+                        self.send_frame(frame).await;
+                        self.answer(cid, Reply::Ok).await;
+                    }
+                    Err(kind) => self.answer(cid, Reply::Error(kind)).await,
+                }
+            }
+        }
+    }
+
+    /// Queues a data frame (it precedes the response to the same request).
+    async fn send_frame(&mut self, frame: Frame) {
+        let mut out = BytesMut::new();
+        if frame.encode(&mut out).is_ok() {
+            self.say(Outbound::Bytes(out.freeze())).await;
         }
     }
 
     async fn answer(&mut self, cid: u32, reply: Reply) {
         self.say(Outbound::Reply(Tag::Cid(cid), reply)).await;
+    }
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, ErrorKind> {
+    std::str::from_utf8(bytes).map_err(|_| ErrorKind::InvalidUtf8)
+}
+
+fn reply(result: Result<(), ErrorKind>) -> Reply {
+    match result {
+        Ok(()) => Reply::Ok,
+        Err(kind) => Reply::Error(kind),
     }
 }

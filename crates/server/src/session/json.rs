@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use bytes::Bytes;
 use parley_proto::json::{self, Value};
 use parley_proto::{text, validate_name, ErrorKind, Target};
@@ -49,6 +51,30 @@ impl Session {
                 self.json_reply(true, "Goodbye!", Value::from(""), id).await;
                 return Flow::Close("quit".into());
             }
+            "REGISTER" | "LOGIN" if request.password.is_some() => {
+                let name = request.data.trim().to_string();
+                let password = request.password.clone().unwrap_or_default();
+                if command == "REGISTER" {
+                    match self.register(&name, &password).await {
+                        Ok(()) => (true, format!("Account {name} created"), Value::from("")),
+                        Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                    }
+                } else {
+                    let device = request.device.clone().unwrap_or_default();
+                    match self.password_login(&name, &password, &device).await {
+                        Ok(()) if request.want_token => match self.issue_token().await {
+                            Ok((token, expires_at)) => (
+                                true,
+                                format!("Welcome, {name}!"),
+                                serde_json::json!({"token": token, "expires_at": expires_at}),
+                            ),
+                            Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                        },
+                        Ok(()) => (true, format!("Welcome, {name}!"), Value::from("")),
+                        Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                    }
+                }
+            }
             "REGISTER" | "LOGIN" => {
                 let name = request.data.trim();
                 if !name_ok(name) {
@@ -72,6 +98,67 @@ impl Session {
                         ),
                         Err(kind) => (false, json_error(kind).into(), Value::from("")),
                     }
+                }
+            }
+            "RESUME" => match self
+                .token_login(request.token.as_deref().unwrap_or(""))
+                .await
+            {
+                Ok(name) => (true, format!("Welcome back, {name}!"), Value::from(name)),
+                Err(kind) => (false, json_error(kind).into(), Value::from("")),
+            },
+            "TOKEN" => match self.issue_token().await {
+                Ok((token, expires_at)) => (
+                    true,
+                    "Token issued".into(),
+                    serde_json::json!({"token": token, "expires_at": expires_at}),
+                ),
+                Err(kind) => (false, json_error(kind).into(), Value::from("")),
+            },
+            "PASSWD" => {
+                let old = request.password.as_deref().unwrap_or("");
+                let new = request.new_password.as_deref().unwrap_or("");
+                match self.change_password(old, new).await {
+                    Ok(()) => (true, "Password changed".into(), Value::from("")),
+                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                }
+            }
+            "LOGOUT" => match self.logout(request.all).await {
+                Ok(()) => {
+                    self.json_reply(true, "Logged out", Value::from(""), id)
+                        .await;
+                    return Flow::Close("logged out".into());
+                }
+                Err(kind) => (false, json_error(kind).into(), Value::from("")),
+            },
+            "PROFILE" => {
+                let name = request.target.clone().unwrap_or(request.data.clone());
+                match self.get_profile(&name).await {
+                    Ok(p) => (
+                        true,
+                        "Profile".into(),
+                        serde_json::json!({
+                            "name": p.name,
+                            "display_name": p.display_name,
+                            "avatar": p.avatar.map(|a| BASE64.encode(a)),
+                        }),
+                    ),
+                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                }
+            }
+            "SET_PROFILE" => {
+                let avatar = match request.avatar.as_deref().map(|a| BASE64.decode(a)) {
+                    Some(Ok(bytes)) => Ok(Some(bytes)),
+                    Some(Err(_)) => Err(ErrorKind::Malformed),
+                    None => Ok(None),
+                };
+                let result = match avatar {
+                    Ok(avatar) => self.set_profile(request.display_name.clone(), avatar).await,
+                    Err(kind) => Err(kind),
+                };
+                match result {
+                    Ok(()) => (true, "Profile saved".into(), Value::from("")),
+                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
                 }
             }
             "MESSAGE" => {
@@ -225,6 +312,10 @@ impl Session {
             let message = "Message is empty";
             return self.json_reply(false, message, Value::from(""), id).await;
         }
+        if !self.messages.allow() {
+            self.json_error(id, ErrorKind::RateLimited).await;
+            return;
+        }
         self.acquire_inflight().await;
         let tag = Tag::Json { ok, id };
         let hub = &self.shared.hub;
@@ -317,6 +408,14 @@ struct HistoryItem<'a> {
 }
 
 const HELP: &[&str] = &[
+    "REGISTER data=name password=... (an account)",
+    "LOGIN data=name password=... device=... want_token=true",
+    "RESUME token=...",
+    "TOKEN",
+    "PASSWD password=old new_password=new",
+    "LOGOUT all=false",
+    "PROFILE target=name",
+    "SET_PROFILE display_name=... avatar=base64",
     "ECHO data",
     "REGISTER data=name",
     "MESSAGE data=text (to everyone)",

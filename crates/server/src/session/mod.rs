@@ -5,6 +5,7 @@
 //! so a slow socket never blocks reading, and the hub never waits on either. The protocol
 //! files (`binary`, `text`, `json`) only turn requests into hub calls and replies.
 
+mod account;
 mod binary;
 mod json;
 mod text;
@@ -28,7 +29,7 @@ use tracing::info;
 
 use crate::catchup;
 use crate::config::Config;
-use crate::hub::{Actor, Hub, Identity};
+use crate::hub::{Actor, Auth, Hub, Identity};
 use crate::outbound::{Outbound, SessionLink, Writer};
 use crate::store::Reader;
 use crate::wire::{Protocol, Style};
@@ -41,6 +42,9 @@ const REPLAY_WINDOW: usize = 1024;
 /// What every session shares.
 pub struct Shared {
     pub config: Config,
+    pub throttle: crate::auth::Throttle,
+    /// Open connections per address (see `max_connections_per_ip`).
+    pub per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     pub hub: Hub,
     pub reader: Reader,
     pub shutdown: CancellationToken,
@@ -98,9 +102,12 @@ pub async fn run(
         Protocol::Json => config.json_idle_timeout_ms,
     };
     let mut session = Session {
+        peer,
+        account: false,
         lines: LineDecoder::new(config.max_line_bytes),
         idle: (idle > 0).then(|| Duration::from_millis(idle)),
         bucket: Bucket::new(config.commands_per_second, protocol),
+        messages: MessageRate::new(config.messages_per_second, config.message_burst),
         shared: shared.clone(),
         link,
         device,
@@ -108,6 +115,7 @@ pub async fn run(
         catchup: None,
         room: None,
         subscribed: false,
+        quit: None,
     };
     if protocol == Protocol::Json {
         session.shared.hub.guest(session.link.clone());
@@ -120,11 +128,15 @@ pub async fn run(
 }
 
 struct Session {
+    peer: SocketAddr,
+    /// Logged in with a password or token (not password-less).
+    account: bool,
     shared: Arc<Shared>,
     link: Arc<SessionLink>,
     lines: LineDecoder,
     idle: Option<Duration>,
     bucket: Bucket,
+    messages: MessageRate,
     device: Arc<OnceLock<i64>>,
     login: Option<(Identity, Arc<str>)>,
     catchup: Option<JoinHandle<()>>,
@@ -132,6 +144,8 @@ struct Session {
     room: Option<String>,
     /// A JSON session asked for pushes.
     subscribed: bool,
+    /// Set by a request after which the connection ends (e.g. a binary logout).
+    quit: Option<&'static str>,
 }
 
 impl Session {
@@ -139,7 +153,11 @@ impl Session {
     async fn read_loop(&mut self, mut socket: OwnedReadHalf) -> String {
         let mut buf = BytesMut::new();
         let mut idle_deadline = self.idle.map(|d| Instant::now() + d);
+        let login_timeout = self.shared.config.login_timeout_ms;
+        let login_deadline = (self.link.protocol == Protocol::Binary && login_timeout > 0)
+            .then(|| Instant::now() + Duration::from_millis(login_timeout));
         loop {
+            let login_by = login_deadline.filter(|_| self.login.is_none());
             if let Flow::Close(why) = self.drain(&mut buf).await {
                 return why;
             }
@@ -151,6 +169,7 @@ impl Session {
                     _ = self.link.kill.cancelled() => return self.kill_reason(),
                     _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
                     _ = sleep_until(idle_deadline) => return self.idle_out(),
+                    _ = sleep_until(login_by) => return "no login in time".into(),
                     ready = socket.as_ref().readable() => if let Err(e) = ready {
                         return format!("read error: {e}");
                     },
@@ -162,6 +181,7 @@ impl Session {
                 _ = self.link.kill.cancelled() => return self.kill_reason(),
                 _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
                 _ = sleep_until(idle_deadline) => return self.idle_out(),
+                _ = sleep_until(login_by) => return "no login in time".into(),
                 read = socket.read_buf(&mut buf) => match read {
                     Ok(0) if buf.is_empty() && !self.lines.is_discarding() => return "closed by peer".into(),
                     Ok(0) => return format!("closed by peer in the middle of a request ({} bytes unread)", buf.len()),
@@ -225,21 +245,28 @@ impl Session {
         self.link.style.store(style as u8, Ordering::Relaxed);
     }
 
-    /// Logs in as `name` (password-less, device `""`); on success starts the catch-up unless
-    /// the session only speaks when spoken to.
+    /// Logs in as `name` without a password (seed 000, 002, 004, 001 logins).
     async fn login(&mut self, name: &str) -> Result<(), ErrorKind> {
+        self.login_as(name, "", Auth::None).await
+    }
+
+    /// Logs in as `name` on `device`; on success starts the catch-up unless the session
+    /// only speaks when spoken to.
+    async fn login_as(&mut self, name: &str, device: &str, auth: Auth) -> Result<(), ErrorKind> {
         if self.login.is_some() {
             return Err(ErrorKind::AlreadyLoggedIn);
         }
         let hub = &self.shared.hub;
+        let link = self.link.clone();
         match hub
-            .login(self.link.clone(), name.to_string(), String::new())
+            .login(link, name.to_string(), device.to_string(), auth)
             .await
         {
             Ok(ok) => {
-                info!(session = self.link.id, user = %ok.name, "logged in");
+                info!(session = self.link.id, user = %ok.name, device, "logged in");
                 let _ = self.device.set(ok.identity.device);
                 self.login = Some((ok.identity, ok.name));
+                self.account = auth != Auth::None;
                 if self.link.protocol != Protocol::Json || self.subscribed {
                     self.start_catchup();
                 }
@@ -363,5 +390,43 @@ impl Bucket {
             self.last = Instant::now();
         }
         self.tokens -= 1.0;
+    }
+}
+
+/// A token bucket on messages: past the rate, a message is refused with an error (the
+/// sender learns it was not sent; nothing is dropped silently).
+struct MessageRate {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl MessageRate {
+    fn new(per_second: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(per_second).max(1));
+        MessageRate {
+            rate: f64::from(per_second),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn allow(&mut self) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }

@@ -88,6 +88,26 @@ impl Session {
                 };
                 self.say_line(line).await;
             }
+            TextCommand::Register { name, password } => {
+                let result = self.register(&name, &password).await;
+                self.say_result(result).await;
+            }
+            TextCommand::PasswordLogin {
+                name,
+                password,
+                device,
+            } => {
+                let device = device.unwrap_or_default();
+                let result = self.password_login(&name, &password, &device).await;
+                self.say_result(result).await;
+            }
+            TextCommand::Resume { token } => {
+                let line = match self.token_login(&token).await {
+                    Ok(name) => format!("OK {name}"),
+                    Err(kind) => format!("ERR {}", text::error_word(kind)),
+                };
+                self.say_line(line).await;
+            }
             TextCommand::Who => {
                 let presence = self.shared.hub.who().await;
                 let mut out = String::new();
@@ -103,6 +123,51 @@ impl Session {
             _ if !logged_in && !is_slash(&command) => {
                 self.say_line(format!("ERR {}", text::error_word(ErrorKind::NotLoggedIn)))
                     .await;
+            }
+            TextCommand::Token => {
+                let line = match self.issue_token().await {
+                    Ok((token, expires_at)) => {
+                        format!("TOKEN {token} {}", super::json::rfc3339_ms(expires_at))
+                    }
+                    Err(kind) => format!("ERR {}", text::error_word(kind)),
+                };
+                self.say_line(line).await;
+            }
+            TextCommand::Passwd { old, new } => {
+                let result = self.change_password(&old, &new).await;
+                self.say_result(result).await;
+            }
+            TextCommand::Logout { all } => {
+                let result = self.logout(all).await;
+                let ok = result.is_ok();
+                self.say_result(result).await;
+                if ok {
+                    return Flow::Close("logged out".into());
+                }
+            }
+            TextCommand::Profile { name } => {
+                let name = match name {
+                    Some(name) => name,
+                    None => self
+                        .login
+                        .as_ref()
+                        .map(|(_, n)| n.to_string())
+                        .unwrap_or_default(),
+                };
+                let lines = match self.get_profile(&name).await {
+                    Ok(p) => format!(
+                        "PROFILE {} {} {}\nOK",
+                        p.name,
+                        p.avatar.map_or(0, |a| a.len()),
+                        text::one_line(p.display_name.as_deref().unwrap_or("-"))
+                    ),
+                    Err(kind) => format!("ERR {}", text::error_word(kind)),
+                };
+                self.say_line(lines).await;
+            }
+            TextCommand::SetName { display_name } => {
+                let result = self.set_profile(Some(display_name), None).await;
+                self.say_result(result).await;
             }
             TextCommand::Broadcast { text } => {
                 self.send_text(Target::Everyone, text, Tag::Line).await
@@ -231,6 +296,10 @@ impl Session {
     }
 
     async fn send_text(&mut self, to: Target, text: String, tag: Tag) {
+        if !self.messages.allow() {
+            let reply = parley_proto::Reply::Error(ErrorKind::RateLimited);
+            return self.say(Outbound::Reply(tag, reply)).await;
+        }
         self.acquire_inflight().await;
         let body = Bytes::from(text);
         let sent_at = super::json::unix_nanos();

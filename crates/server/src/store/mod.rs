@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-pub use reader::{ConvPosition, Reader, Resolved};
+pub use reader::{ConvPosition, Profile, Reader, Resolved};
 pub use sqlite::SqliteStore;
 
 pub type UserId = i64;
@@ -57,6 +57,38 @@ pub struct Batch {
     pub seen: Vec<(UserId, DeviceId, i64)>,
     /// The next message id after this batch, persisted so ids are never reused.
     pub next_message_id: i64,
+    /// Passwords set (PHC strings).
+    pub passwords: Vec<(UserId, String)>,
+    pub tokens: Vec<NewToken>,
+    pub revocations: Vec<Revoke>,
+    pub profiles: Vec<ProfileChange>,
+}
+
+/// A device token to store (only its hash).
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub hash: Vec<u8>,
+    pub user: UserId,
+    pub device: DeviceId,
+    /// Unix ms.
+    pub expires_at: i64,
+}
+
+/// Tokens to revoke.
+#[derive(Debug, Clone, Copy)]
+pub enum Revoke {
+    /// Every token of this device.
+    Device(UserId, DeviceId),
+    /// Every token of the user but this device's.
+    AllBut(UserId, DeviceId),
+}
+
+/// A profile update; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileChange {
+    pub user: UserId,
+    pub display_name: Option<String>,
+    pub avatar: Option<Vec<u8>>,
 }
 
 impl Batch {
@@ -82,6 +114,10 @@ impl Batch {
             && self.messages.is_empty()
             && self.cursors.is_empty()
             && self.seen.is_empty()
+            && self.passwords.is_empty()
+            && self.tokens.is_empty()
+            && self.revocations.is_empty()
+            && self.profiles.is_empty()
     }
 }
 
@@ -118,8 +154,8 @@ pub struct DirectConv {
 
 /// The write side of the store, owned by the hub thread.
 pub trait LogStore: Send {
-    /// Every user, for the hub's name index.
-    fn load_users(&mut self) -> anyhow::Result<Vec<(UserId, String)>>;
+    /// Every user (and whether it is an account with a password), for the hub's index.
+    fn load_users(&mut self) -> anyhow::Result<Vec<(UserId, String, bool)>>;
     fn next_ids(&mut self) -> anyhow::Result<NextIds>;
     fn find_device(&mut self, user: UserId, name: &str) -> anyhow::Result<Option<DeviceId>>;
     /// The direct conversation of `a` and `b` (a <= b), if they ever talked.

@@ -38,6 +38,32 @@ pub struct StoredMessage {
     pub sent_at: u64,
 }
 
+/// A name's password hash, for checking a login.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: UserId,
+    pub password_hash: Option<String>,
+}
+
+/// A stored device token.
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub user: UserId,
+    pub name: String,
+    pub device: DeviceId,
+    pub device_name: String,
+    pub expires_at: i64,
+    pub revoked: bool,
+}
+
+/// A user's public profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub display_name: Option<String>,
+    pub avatar: Option<Vec<u8>>,
+}
+
 /// What a history target names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
@@ -133,6 +159,65 @@ impl Reader {
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn credentials(&self, name: String) -> anyhow::Result<Option<Credentials>> {
+        self.with(move |conn| {
+            let row = conn
+                .prepare_cached("SELECT id, password_hash FROM users WHERE name = ?1")?
+                .query_row([name], |r| {
+                    Ok(Credentials {
+                        user: r.get(0)?,
+                        password_hash: r.get(1)?,
+                    })
+                })
+                .optional()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    pub async fn token(&self, hash: Vec<u8>) -> anyhow::Result<Option<TokenRow>> {
+        self.with(move |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT t.user_id, u.name, t.device_id, d.name, t.expires_at,
+                            t.revoked_at IS NOT NULL
+                     FROM tokens t JOIN users u ON u.id = t.user_id
+                     JOIN devices d ON d.id = t.device_id
+                     WHERE t.hash = ?1",
+                )?
+                .query_row([hash], |r| {
+                    Ok(TokenRow {
+                        user: r.get(0)?,
+                        name: r.get(1)?,
+                        device: r.get(2)?,
+                        device_name: r.get(3)?,
+                        expires_at: r.get(4)?,
+                        revoked: r.get(5)?,
+                    })
+                })
+                .optional()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    pub async fn profile(&self, name: String) -> anyhow::Result<Option<Profile>> {
+        self.with(move |conn| {
+            let row = conn
+                .prepare_cached("SELECT name, display_name, avatar FROM users WHERE name = ?1")?
+                .query_row([name], |r| {
+                    Ok(Profile {
+                        name: r.get(0)?,
+                        display_name: r.get(1)?,
+                        avatar: r.get(2)?,
+                    })
+                })
+                .optional()?;
+            Ok(row)
         })
         .await
     }

@@ -6,8 +6,8 @@ use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Batch, ConvId, DeviceId, DirectConv, LogStore, Membership, NextIds, Seq, StoredRoom, UserId,
-    KIND_BROADCAST, KIND_ROOM,
+    Batch, ConvId, DeviceId, DirectConv, LogStore, Membership, NextIds, Revoke, Seq, StoredRoom,
+    UserId, KIND_BROADCAST, KIND_ROOM,
 };
 use crate::config::SyncMode;
 
@@ -62,6 +62,15 @@ CREATE TABLE IF NOT EXISTS cursors (
     seq INTEGER NOT NULL,
     PRIMARY KEY (device_id, conversation_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tokens (
+    hash BLOB PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    device_id INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tokens_user ON tokens (user_id, device_id);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -88,6 +97,27 @@ pub(super) fn open(path: &Path, sync: SyncMode) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// Columns added after the first schema; added in place to databases created before.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("users", "password_hash", "TEXT"),
+    ("users", "display_name", "TEXT"),
+    ("users", "avatar", "BLOB"),
+];
+
+fn migrate(conn: &Connection) -> anyhow::Result<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let exists: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// The writer side of the SQLite store.
 pub struct SqliteStore {
     conn: Connection,
@@ -100,14 +130,17 @@ impl SqliteStore {
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let conn = open(&database_path(data_dir), sync)?;
         conn.execute_batch(SCHEMA).context("creating the schema")?;
+        migrate(&conn).context("migrating the schema")?;
         Ok(SqliteStore { conn })
     }
 }
 
 impl LogStore for SqliteStore {
-    fn load_users(&mut self) -> anyhow::Result<Vec<(UserId, String)>> {
-        let mut stmt = self.conn.prepare_cached("SELECT id, name FROM users")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    fn load_users(&mut self) -> anyhow::Result<Vec<(UserId, String, bool)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, name, password_hash IS NOT NULL FROM users")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -317,6 +350,43 @@ impl LogStore for SqliteStore {
             for (user, device, at) in &batch.seen {
                 user_seen.execute(params![user, at])?;
                 device_seen.execute(params![device, at])?;
+            }
+            let mut passwords =
+                tx.prepare_cached("UPDATE users SET password_hash = ?2 WHERE id = ?1")?;
+            for (user, hash) in &batch.passwords {
+                passwords.execute(params![user, hash])?;
+            }
+            let mut tokens = tx.prepare_cached(
+                "INSERT INTO tokens (hash, user_id, device_id, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for t in &batch.tokens {
+                tokens.execute(params![t.hash, t.user, t.device, now, t.expires_at])?;
+            }
+            let mut revoke_device = tx.prepare_cached(
+                "UPDATE tokens SET revoked_at = ?3
+                 WHERE user_id = ?1 AND device_id = ?2 AND revoked_at IS NULL",
+            )?;
+            let mut revoke_others = tx.prepare_cached(
+                "UPDATE tokens SET revoked_at = ?3
+                 WHERE user_id = ?1 AND device_id <> ?2 AND revoked_at IS NULL",
+            )?;
+            for r in &batch.revocations {
+                match r {
+                    Revoke::Device(user, device) => {
+                        revoke_device.execute(params![user, device, now])?
+                    }
+                    Revoke::AllBut(user, device) => {
+                        revoke_others.execute(params![user, device, now])?
+                    }
+                };
+            }
+            let mut profiles = tx.prepare_cached(
+                "UPDATE users SET display_name = COALESCE(?2, display_name),
+                                  avatar = COALESCE(?3, avatar) WHERE id = ?1",
+            )?;
+            for p in &batch.profiles {
+                profiles.execute(params![p.user, p.display_name, p.avatar.as_deref()])?;
             }
             if !batch.messages.is_empty() {
                 tx.prepare_cached(

@@ -1,0 +1,233 @@
+//! Passwords, device tokens and failed-login throttling.
+//!
+//! Passwords are hashed with Argon2id (PHC strings, so parameters can change without
+//! invalidating stored hashes) on the blocking pool: a hash costs tens of milliseconds of
+//! CPU and must never run on an async thread or the hub. Tokens are 256 random bits, given
+//! to the client once and stored only as their SHA-256.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+
+/// Shortest and longest password accepted, in bytes.
+pub const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 8..=128;
+
+fn argon2(config: &Config) -> anyhow::Result<Argon2<'static>> {
+    let params = Params::new(
+        config.argon2_memory_kib,
+        config.argon2_iterations,
+        config.argon2_parallelism,
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+/// Hashes `password` (on the blocking pool).
+pub async fn hash_password(config: &Config, password: String) -> anyhow::Result<String> {
+    let hasher = argon2(config)?;
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        hasher
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
+    })
+    .await?
+}
+
+/// Whether `password` matches `stored` (on the blocking pool). With no stored hash (an
+/// unknown name) a dummy hash is checked anyway, so both failures take the same time.
+pub async fn verify_password(config: &Config, password: String, stored: Option<String>) -> bool {
+    let Ok(hasher) = argon2(config) else {
+        return false;
+    };
+    let known = stored.is_some();
+    let result = tokio::task::spawn_blocking(move || {
+        let stored = match stored {
+            Some(stored) => stored,
+            None => {
+                let salt = SaltString::generate(&mut OsRng);
+                match hasher.hash_password(b"not the password", &salt) {
+                    Ok(h) => h.to_string(),
+                    Err(_) => return false,
+                }
+            }
+        };
+        match PasswordHash::new(&stored) {
+            Ok(hash) => hasher.verify_password(password.as_bytes(), &hash).is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    known && result.unwrap_or(false)
+}
+
+/// A fresh token (what the client keeps) and its hash (what the store keeps).
+pub fn new_token() -> anyhow::Result<(String, Vec<u8>)> {
+    let mut raw = [0u8; 32];
+    getrandom::getrandom(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let hash = token_hash(&token);
+    Ok((token, hash))
+}
+
+/// The stored form of a token.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Failed logins per name and per address, with exponential back-off.
+///
+/// After `free` failures, the next attempt is refused outright (without checking the
+/// password) until a delay has passed since the last failure: `base × 2^(failures - free)`,
+/// at most `max`. Refusing instead of sleeping means parallel connections gain nothing, so
+/// with the defaults (3 free, 1 s doubling to 60 s) 1,000 guesses at one name take about
+/// 16 hours. A success clears the name's count; idle entries are forgotten after an hour.
+pub struct Throttle {
+    free: u32,
+    base: Duration,
+    max: Duration,
+    entries: Mutex<HashMap<Key, Entry>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Name(String),
+    Ip(IpAddr),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    failures: u32,
+    last: Instant,
+}
+
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+impl Throttle {
+    pub fn new(config: &Config) -> Self {
+        Throttle {
+            free: config.login_failures_free,
+            base: Duration::from_millis(config.login_backoff_base_ms),
+            max: Duration::from_millis(config.login_backoff_max_ms),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn delay(&self, entry: &Entry) -> Duration {
+        if entry.failures < self.free {
+            return Duration::ZERO;
+        }
+        let doublings = (entry.failures - self.free).min(30);
+        self.base.saturating_mul(1 << doublings).min(self.max)
+    }
+
+    /// How long the caller must wait before it may try `name` from `ip` again (zero: now).
+    pub fn wait(&self, name: &str, ip: IpAddr) -> Duration {
+        let entries = self.entries.lock().expect("throttle poisoned");
+        let now = Instant::now();
+        [Key::Name(name.to_string()), Key::Ip(ip)]
+            .iter()
+            .filter_map(|k| entries.get(k))
+            .map(|e| (e.last + self.delay(e)).saturating_duration_since(now))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    pub fn failed(&self, name: &str, ip: IpAddr) {
+        let mut entries = self.entries.lock().expect("throttle poisoned");
+        let now = Instant::now();
+        entries.retain(|_, e| now.duration_since(e.last) < FORGET_AFTER);
+        for key in [Key::Name(name.to_string()), Key::Ip(ip)] {
+            let e = entries.entry(key).or_insert(Entry {
+                failures: 0,
+                last: now,
+            });
+            e.failures += 1;
+            e.last = now;
+        }
+    }
+
+    pub fn succeeded(&self, name: &str) {
+        let mut entries = self.entries.lock().expect("throttle poisoned");
+        entries.remove(&Key::Name(name.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle() -> Throttle {
+        let config = Config {
+            login_failures_free: 2,
+            login_backoff_base_ms: 1000,
+            login_backoff_max_ms: 60_000,
+            ..Config::default()
+        };
+        Throttle::new(&config)
+    }
+
+    #[test]
+    fn a_few_failures_are_free_then_the_wait_doubles_up_to_the_cap() {
+        let t = throttle();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        t.failed("bob", ip);
+        assert_eq!(t.wait("bob", ip), Duration::ZERO);
+        t.failed("bob", ip);
+        assert!(t.wait("bob", ip) > Duration::from_millis(900));
+        for _ in 0..20 {
+            t.failed("bob", ip);
+        }
+        assert!(t.wait("bob", ip) <= Duration::from_secs(60));
+        assert!(t.wait("bob", ip) > Duration::from_secs(59));
+    }
+
+    #[test]
+    fn the_address_is_throttled_for_every_name_and_success_clears_the_name() {
+        let t = throttle();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        t.failed("a", ip);
+        t.failed("b", ip);
+        assert!(t.wait("c", ip) > Duration::ZERO, "same address, any name");
+        assert_eq!(t.wait("c", other), Duration::ZERO);
+        t.succeeded("a");
+        assert_eq!(t.wait("a", other), Duration::ZERO);
+    }
+
+    #[test]
+    fn tokens_are_random_and_stored_hashed() {
+        let (a, ha) = new_token().unwrap();
+        let (b, _) = new_token().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_eq!(token_hash(&a), ha);
+        assert_ne!(ha, a.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_password_verifies_against_its_hash_only() {
+        let config = Config {
+            argon2_memory_kib: 1024,
+            argon2_iterations: 1,
+            ..Config::default()
+        };
+        let hash = hash_password(&config, "correct horse".into())
+            .await
+            .unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password(&config, "correct horse".into(), Some(hash.clone())).await);
+        assert!(!verify_password(&config, "wrong horse".into(), Some(hash)).await);
+        assert!(!verify_password(&config, "correct horse".into(), None).await);
+    }
+}

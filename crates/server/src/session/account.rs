@@ -1,0 +1,198 @@
+//! Accounts, the same for every protocol: registration, password and token logins, password
+//! changes, logout, profiles. The protocol files only parse and answer.
+
+use parley_proto::{validate_name, ErrorKind};
+use tracing::{info, warn};
+
+use super::Session;
+use crate::auth::{self, PASSWORD_LEN};
+use crate::hub::{AccountChange, Auth};
+use crate::store::{now_ms, NewToken, Profile, ProfileChange, Revoke};
+
+impl Session {
+    fn valid_name<'a>(&self, name: &'a str) -> Result<&'a str, ErrorKind> {
+        validate_name(name.as_bytes(), self.shared.config.max_name_bytes)
+            .map_err(|_| ErrorKind::InvalidName)
+    }
+
+    /// Creates an account.
+    pub(super) async fn register(&mut self, name: &str, password: &str) -> Result<(), ErrorKind> {
+        let name = self.valid_name(name)?;
+        if !PASSWORD_LEN.contains(&password.len()) {
+            return Err(ErrorKind::InvalidPassword);
+        }
+        let config = &self.shared.config;
+        let hash = auth::hash_password(config, password.to_string())
+            .await
+            .map_err(|e| {
+                warn!(error = %format!("{e:#}"), "hashing a password");
+                ErrorKind::Internal
+            })?;
+        self.shared.hub.register(name.to_string(), hash).await?;
+        info!(session = self.link.id, user = %name, "account registered");
+        Ok(())
+    }
+
+    /// Logs in with a password, throttled per name and per address.
+    pub(super) async fn password_login(
+        &mut self,
+        name: &str,
+        password: &str,
+        device: &str,
+    ) -> Result<(), ErrorKind> {
+        if self.login.is_some() {
+            return Err(ErrorKind::AlreadyLoggedIn);
+        }
+        let name = self.valid_name(name)?;
+        let device = if device.is_empty() { "default" } else { device };
+        self.valid_name(device)?;
+        let ip = self.peer.ip();
+        let throttle = &self.shared.throttle;
+        if !throttle.wait(name, ip).is_zero() {
+            warn!(session = self.link.id, user = %name, %ip, "login throttled");
+            return Err(ErrorKind::TooManyAttempts);
+        }
+        let credentials = self.shared.reader.credentials(name.to_string()).await;
+        let credentials = credentials.map_err(|_| ErrorKind::Internal)?;
+        let user = credentials.as_ref().map(|c| c.user);
+        let stored = credentials.and_then(|c| c.password_hash);
+        let config = &self.shared.config;
+        if !auth::verify_password(config, password.to_string(), stored).await {
+            self.shared.throttle.failed(name, ip);
+            warn!(session = self.link.id, user = %name, %ip, "wrong name or password");
+            return Err(ErrorKind::Unauthorized);
+        }
+        self.shared.throttle.succeeded(name);
+        let user = user.ok_or(ErrorKind::Unauthorized)?;
+        self.login_as(name, device, Auth::Password(user)).await
+    }
+
+    /// Logs in with a device token.
+    pub(super) async fn token_login(&mut self, token: &str) -> Result<String, ErrorKind> {
+        if self.login.is_some() {
+            return Err(ErrorKind::AlreadyLoggedIn);
+        }
+        let ip = self.peer.ip();
+        // Tokens are unguessable; still, an address that keeps trying is slowed down.
+        if !self.shared.throttle.wait("", ip).is_zero() {
+            return Err(ErrorKind::TooManyAttempts);
+        }
+        let row = self.shared.reader.token(auth::token_hash(token)).await;
+        let row = row.map_err(|_| ErrorKind::Internal)?;
+        let Some(row) = row.filter(|r| !r.revoked && r.expires_at > now_ms()) else {
+            self.shared.throttle.failed("", ip);
+            warn!(session = self.link.id, %ip, "invalid, expired or revoked token");
+            return Err(ErrorKind::Unauthorized);
+        };
+        let auth = Auth::Token(row.user, row.device);
+        self.login_as(&row.name, &row.device_name, auth).await?;
+        Ok(row.name)
+    }
+
+    /// Issues a token for this device; returns it and its expiry (Unix ms).
+    pub(super) async fn issue_token(&mut self) -> Result<(String, i64), ErrorKind> {
+        let identity = self.account_identity()?;
+        let (token, hash) = auth::new_token().map_err(|_| ErrorKind::Internal)?;
+        let ttl_ms = self.shared.config.token_ttl_days.saturating_mul(86_400_000);
+        let expires_at = now_ms().saturating_add(ttl_ms as i64);
+        let change = AccountChange::Token(NewToken {
+            hash,
+            user: identity.user,
+            device: identity.device,
+            expires_at,
+        });
+        self.shared.hub.account(identity.user, change).await?;
+        Ok((token, expires_at))
+    }
+
+    /// Changes the password (the old one must match); every other device's tokens die.
+    pub(super) async fn change_password(&mut self, old: &str, new: &str) -> Result<(), ErrorKind> {
+        let identity = self.account_identity()?;
+        let name = self
+            .login
+            .as_ref()
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_default();
+        if !PASSWORD_LEN.contains(&new.len()) {
+            return Err(ErrorKind::InvalidPassword);
+        }
+        let credentials = self.shared.reader.credentials(name.clone()).await;
+        let stored = credentials.ok().flatten().and_then(|c| c.password_hash);
+        let config = &self.shared.config;
+        if !auth::verify_password(config, old.to_string(), stored).await {
+            self.shared.throttle.failed(&name, self.peer.ip());
+            return Err(ErrorKind::Unauthorized);
+        }
+        let hash = auth::hash_password(config, new.to_string())
+            .await
+            .map_err(|_| ErrorKind::Internal)?;
+        let change = AccountChange::Password {
+            hash,
+            keep: identity.device,
+        };
+        self.shared.hub.account(identity.user, change).await?;
+        info!(session = self.link.id, user = %name, "password changed; other devices' tokens revoked");
+        Ok(())
+    }
+
+    /// Revokes this device's tokens (or every device's); the caller then closes.
+    pub(super) async fn logout(&mut self, all: bool) -> Result<(), ErrorKind> {
+        let Some((identity, _)) = &self.login else {
+            return Err(ErrorKind::NotLoggedIn);
+        };
+        let identity = *identity;
+        if self.account {
+            // Device id 0 never exists, so "all but 0" is every device.
+            let revoke = match all {
+                true => Revoke::AllBut(identity.user, 0),
+                false => Revoke::Device(identity.user, identity.device),
+            };
+            let hub = &self.shared.hub;
+            hub.account(identity.user, AccountChange::Revoke(revoke))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn set_profile(
+        &mut self,
+        display_name: Option<String>,
+        avatar: Option<Vec<u8>>,
+    ) -> Result<(), ErrorKind> {
+        let identity = self.account_identity()?;
+        let config = &self.shared.config;
+        if display_name.as_ref().is_some_and(|d| {
+            d.len() > config.max_display_name_bytes || d.chars().any(char::is_control)
+        }) {
+            return Err(ErrorKind::InvalidName);
+        }
+        if avatar
+            .as_ref()
+            .is_some_and(|a| a.len() > config.max_avatar_bytes)
+        {
+            return Err(ErrorKind::TooLong);
+        }
+        let change = AccountChange::Profile(ProfileChange {
+            user: identity.user,
+            display_name,
+            avatar,
+        });
+        self.shared.hub.account(identity.user, change).await
+    }
+
+    pub(super) async fn get_profile(&self, name: &str) -> Result<Profile, ErrorKind> {
+        let profile = self.shared.reader.profile(name.to_string()).await;
+        profile
+            .map_err(|_| ErrorKind::Internal)?
+            .ok_or(ErrorKind::UserNotFound)
+    }
+
+    /// The identity of a session logged in with a password or token.
+    fn account_identity(&self) -> Result<crate::hub::Identity, ErrorKind> {
+        match (&self.login, self.account) {
+            (Some((identity, _)), true) => Ok(*identity),
+            (Some(_), false) => Err(ErrorKind::Unauthorized),
+            (None, _) => Err(ErrorKind::NotLoggedIn),
+        }
+    }
+}
