@@ -8,6 +8,7 @@
 mod auth;
 mod catchup;
 mod config;
+mod conn;
 mod delivery;
 mod hub;
 mod outbound;
@@ -16,7 +17,9 @@ mod session;
 mod sniff;
 mod store;
 mod tcp_ack;
+mod tls;
 mod wire;
 
 pub use config::{Config, SyncMode};
 pub use server::{serve, start, Listeners, Running};
+pub use tls::{write_self_signed, Tls};

@@ -7,18 +7,17 @@
 //! bytes (see `tcp_ack`), which becomes the device's cursor.
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parley_proto::Reply;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::WriteHalf;
 use crate::delivery::{Delivery, Notice};
 use crate::hub::Hub;
 use crate::store::{ConvId, DeviceId, Seq};
@@ -79,7 +78,9 @@ impl SessionLink {
 
 /// Everything the writer task needs.
 pub struct Writer {
-    pub socket: OwnedWriteHalf,
+    pub socket: WriteHalf,
+    /// The TCP socket underneath (for acknowledgement tracking).
+    pub fd: RawFd,
     pub queue: mpsc::Receiver<Outbound>,
     pub link: Arc<SessionLink>,
     pub hub: Hub,
@@ -104,6 +105,7 @@ impl Writer {
     pub async fn run(self) {
         let Writer {
             socket,
+            fd,
             mut queue,
             link,
             hub,
@@ -112,7 +114,7 @@ impl Writer {
             flush_timeout,
         } = self;
         let mut out = Output {
-            acks: AckTracker::new(socket.as_ref().as_raw_fd()),
+            acks: AckTracker::new(fd),
             socket,
             link,
             hub,
@@ -168,7 +170,7 @@ impl Writer {
 
 /// The writer's socket side: encoding, writing, and reporting what the peer took.
 struct Output {
-    socket: OwnedWriteHalf,
+    socket: WriteHalf,
     link: Arc<SessionLink>,
     hub: Hub,
     device: Arc<OnceLock<DeviceId>>,

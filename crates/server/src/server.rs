@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -18,21 +19,27 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::conn::Conn;
 use crate::session::{self, Shared};
-use crate::sniff::{sniff, Sniffed};
+use crate::sniff::{protocol_of, sniff, Sniffed};
 use crate::store::{Reader, SqliteStore};
+use crate::tls::Tls;
 use crate::wire::Protocol;
 
 /// The sockets a server listens on: the shared port, and optional single-protocol ports.
 pub struct Listeners {
     pub shared: TcpListener,
+    pub tls: Option<TcpListener>,
+    /// The certificate, loaded when `tls_cert` and `tls_key` are set; `Tls::reload` swaps
+    /// it in place (SIGHUP).
+    pub certificate: Option<Arc<Tls>>,
     pub json: Option<TcpListener>,
     pub text: Option<TcpListener>,
     pub binary: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds every address `config` names.
+    /// Binds every address `config` names, and loads the TLS certificate if it names one.
     pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
         async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
             TcpListener::bind(addr)
@@ -45,8 +52,14 @@ impl Listeners {
                 None => None,
             })
         }
+        let certificate = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key)?)),
+            _ => None,
+        };
         Ok(Listeners {
+            certificate,
             shared: bind(config.listen).await?,
+            tls: maybe(config.listen_tls).await?,
             json: maybe(config.listen_json).await?,
             text: maybe(config.listen_text).await?,
             binary: maybe(config.listen_binary).await?,
@@ -54,10 +67,20 @@ impl Listeners {
     }
 }
 
-/// A listener, and the protocol it serves when it is not the shared port.
+/// A listener and what it serves.
 struct Port {
     listener: TcpListener,
-    fixed: Option<Protocol>,
+    kind: PortKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PortKind {
+    /// Every protocol, TLS or not, chosen by the first byte.
+    Shared,
+    /// One protocol, plain.
+    Fixed(Protocol),
+    /// TLS only, any protocol inside.
+    Tls,
 }
 
 /// Serves on `listeners` until `shutdown` is cancelled, then shuts down gracefully.
@@ -68,11 +91,13 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     config.validate()?;
     raise_fd_limit();
+    let tls = listeners.certificate.clone();
     let store = SqliteStore::open(&config.data_dir, config.sync)?;
     let (hub, hub_thread) = crate::hub::spawn(Box::new(store), &config)?;
     let shared = Arc::new(Shared {
         throttle: crate::auth::Throttle::new(&config),
         per_ip: Default::default(),
+        tls,
         reader: Reader::new(&config.data_dir),
         hub: hub.clone(),
         shutdown: shutdown.clone(),
@@ -81,8 +106,14 @@ pub async fn serve(
     });
     let mut ports = vec![Port {
         listener: listeners.shared,
-        fixed: None,
+        kind: PortKind::Shared,
     }];
+    if let Some(listener) = listeners.tls {
+        ports.push(Port {
+            listener,
+            kind: PortKind::Tls,
+        });
+    }
     let fixed = [
         (listeners.json, Protocol::Json),
         (listeners.text, Protocol::Text),
@@ -92,7 +123,7 @@ pub async fn serve(
         if let Some(listener) = listener {
             ports.push(Port {
                 listener,
-                fixed: Some(protocol),
+                kind: PortKind::Fixed(protocol),
             });
         }
     }
@@ -100,7 +131,11 @@ pub async fn serve(
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let mut loops = Vec::new();
     for port in ports {
-        let protocol = port.fixed.map_or("every protocol", Protocol::name);
+        let protocol = match port.kind {
+            PortKind::Shared => "every protocol",
+            PortKind::Fixed(protocol) => protocol.name(),
+            PortKind::Tls => "tls",
+        };
         info!(addr = %port.listener.local_addr()?, protocol, "parley listening");
         let task = accept_loop(port, shared.clone(), limit.clone(), tracker.clone());
         loops.push(tokio::spawn(task));
@@ -162,33 +197,74 @@ async fn accept_loop(port: Port, shared: Arc<Shared>, limit: Arc<Semaphore>, tra
             continue;
         };
         let shared = shared.clone();
-        let fixed = port.fixed;
+        let kind = port.kind;
         tracker.spawn(async move {
             let _per_ip = per_ip;
-            match fixed {
-                // A JSON-only port speaks first: its seed-001 clients wait for that.
-                Some(protocol) => {
-                    let greet = protocol == Protocol::Json;
-                    session::run(stream, peer, protocol, greet, shared).await
-                }
-                None => connection(stream, peer, shared).await,
-            }
+            connection(stream, peer, kind, shared).await;
             drop(permit);
         });
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let sniffed = tokio::select! {
-        _ = shared.shutdown.cancelled() => return,
-        sniffed = sniff(&stream) => sniffed,
+async fn connection(stream: TcpStream, peer: SocketAddr, kind: PortKind, shared: Arc<Shared>) {
+    let sniffed = match kind {
+        // A JSON-only port speaks first: its seed-001 clients wait for that.
+        PortKind::Fixed(protocol) => {
+            let greet = protocol == Protocol::Json;
+            let initial = BytesMut::new();
+            return session::run(Conn::Tcp(stream), peer, protocol, greet, shared, initial).await;
+        }
+        PortKind::Tls => Ok(Sniffed::Tls),
+        PortKind::Shared => tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            sniffed = sniff(&stream) => sniffed,
+        },
     };
     match sniffed {
         Ok(Sniffed::Protocol(protocol)) => {
-            session::run(stream, peer, protocol, false, shared).await
+            let initial = BytesMut::new();
+            session::run(Conn::Tcp(stream), peer, protocol, false, shared, initial).await
         }
+        Ok(Sniffed::Tls) => match &shared.tls {
+            Some(tls) => tls_session(stream, peer, tls.acceptor(), shared.clone()).await,
+            None => warn!(%peer, "a TLS connection, but no certificate is configured; closing"),
+        },
         Ok(Sniffed::Closed) => {}
         Err(e) => warn!(%peer, error = %e, "connection failed before its first byte"),
+    }
+}
+
+/// Completes the TLS handshake, reads the first bytes inside it to choose the protocol,
+/// and serves the session.
+async fn tls_session(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+) {
+    let limit = Duration::from_secs(10);
+    let handshake = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        done = tokio::time::timeout(limit, acceptor.accept(stream)) => done,
+    };
+    let mut tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return warn!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return warn!(%peer, "TLS handshake timed out"),
+    };
+    let mut initial = BytesMut::with_capacity(4096);
+    let first = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        read = tokio::io::AsyncReadExt::read_buf(&mut tls, &mut initial) => read,
+    };
+    match first {
+        Ok(n) if n > 0 => {
+            let protocol = protocol_of(initial[0]);
+            let conn = Conn::Tls(Box::new(tls));
+            session::run(conn, peer, protocol, false, shared, initial).await
+        }
+        Ok(_) => {}
+        Err(e) => warn!(%peer, error = %e, "TLS connection failed before its first byte"),
     }
 }
 
@@ -261,11 +337,21 @@ pub struct Running {
     pub json_addr: Option<SocketAddr>,
     pub text_addr: Option<SocketAddr>,
     pub binary_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
+    certificate: Option<Arc<Tls>>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
+    /// Reads the TLS certificate and key files again (what SIGHUP does).
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        match &self.certificate {
+            Some(tls) => tls.reload(),
+            None => anyhow::bail!("TLS is not configured"),
+        }
+    }
+
     /// Shuts the server down gracefully and waits for it.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
@@ -278,11 +364,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listeners = Listeners::bind(&config).await?;
     let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
     let addr = listeners.shared.local_addr()?;
-    let (json_addr, text_addr, binary_addr) = (
+    let (json_addr, text_addr, binary_addr, tls_addr) = (
         local(&listeners.json),
         local(&listeners.text),
         local(&listeners.binary),
+        local(&listeners.tls),
     );
+    let certificate = listeners.certificate.clone();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
@@ -297,6 +385,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         json_addr,
         text_addr,
         binary_addr,
+        tls_addr,
+        certificate,
         shutdown,
         task,
     })

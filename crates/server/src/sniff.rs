@@ -8,6 +8,8 @@ use crate::wire::Protocol;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sniffed {
     Protocol(Protocol),
+    /// A TLS ClientHello (record type 0x16): the protocol is chosen again inside.
+    Tls,
     /// The peer closed before sending anything.
     Closed,
 }
@@ -23,8 +25,17 @@ pub async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
         return Ok(Sniffed::Closed);
     }
     Ok(match first[0] {
-        0x00 => Sniffed::Protocol(Protocol::Binary),
-        b'{' => Sniffed::Protocol(Protocol::Json),
-        _ => Sniffed::Protocol(Protocol::Text),
+        0x16 => Sniffed::Tls,
+        other => Sniffed::Protocol(protocol_of(other)),
     })
+}
+
+/// The protocol a first byte starts (inside TLS, or once TLS is ruled out). No binary
+/// frame starts with 0x16: that length would be over 369 MB.
+pub fn protocol_of(first: u8) -> Protocol {
+    match first {
+        0x00 => Protocol::Binary,
+        b'{' => Protocol::Json,
+        _ => Protocol::Text,
+    }
 }

@@ -18,9 +18,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use parley_proto::lines::{Line, LineDecoder};
 use parley_proto::ErrorKind;
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -29,6 +26,7 @@ use tracing::info;
 
 use crate::catchup;
 use crate::config::Config;
+use crate::conn::{Conn, ReadHalf};
 use crate::hub::{Actor, Auth, Hub, Identity};
 use crate::outbound::{Outbound, SessionLink, Writer};
 use crate::store::Reader;
@@ -45,6 +43,8 @@ pub struct Shared {
     pub throttle: crate::auth::Throttle,
     /// Open connections per address (see `max_connections_per_ip`).
     pub per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// The certificate, when TLS is configured.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     pub hub: Hub,
     pub reader: Reader,
     pub shutdown: CancellationToken,
@@ -61,14 +61,16 @@ enum Flow {
 /// Serves one connection speaking `protocol` until it ends. `greet` makes the server speak
 /// first (seed 001's JSON clients wait for a welcome line).
 pub async fn run(
-    stream: TcpStream,
+    conn: Conn,
     peer: SocketAddr,
     protocol: Protocol,
     greet: bool,
     shared: Arc<Shared>,
+    initial: BytesMut,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+    let fd = conn.fd();
+    let tls = conn.is_tls();
+    let (read, write) = conn.split();
     let config = &shared.config;
     let (queue, rx) = mpsc::channel(config.outbound_queue + REPLAY_WINDOW);
     let link = Arc::new(SessionLink {
@@ -81,12 +83,13 @@ pub async fn run(
         inflight: Arc::new(Semaphore::new(config.max_inflight)),
         replay: Arc::new(Semaphore::new(REPLAY_WINDOW)),
     });
-    info!(session = link.id, %peer, protocol = protocol.name(), "connected");
+    info!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
     let device = Arc::new(OnceLock::new());
     let closing = CancellationToken::new();
     let writer = tokio::spawn(
         Writer {
             socket: write,
+            fd,
             queue: rx,
             link: link.clone(),
             hub: shared.hub.clone(),
@@ -123,7 +126,7 @@ pub async fn run(
             session.link.push(Outbound::Bytes(json::welcome()));
         }
     }
-    let reason = session.read_loop(read).await;
+    let reason = session.read_loop(read, initial).await;
     session.finish(reason, closing, writer).await;
 }
 
@@ -150,8 +153,8 @@ struct Session {
 
 impl Session {
     /// Reads and handles requests; returns why the connection is ending.
-    async fn read_loop(&mut self, mut socket: OwnedReadHalf) -> String {
-        let mut buf = BytesMut::new();
+    async fn read_loop(&mut self, mut socket: ReadHalf, initial: BytesMut) -> String {
+        let mut buf = initial;
         let mut idle_deadline = self.idle.map(|d| Instant::now() + d);
         let login_timeout = self.shared.config.login_timeout_ms;
         let login_deadline = (self.link.protocol == Protocol::Binary && login_timeout > 0)
@@ -170,7 +173,7 @@ impl Session {
                     _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
                     _ = sleep_until(idle_deadline) => return self.idle_out(),
                     _ = sleep_until(login_by) => return "no login in time".into(),
-                    ready = socket.as_ref().readable() => if let Err(e) = ready {
+                    ready = socket.ready() => if let Err(e) = ready {
                         return format!("read error: {e}");
                     },
                 }

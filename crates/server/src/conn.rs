@@ -1,0 +1,94 @@
+//! A connection's two halves, over plain TCP or TLS.
+//!
+//! Plain TCP keeps two optimisations: waiting for readability before allocating a read
+//! buffer (idle connections hold none), and the raw socket for TCP acknowledgement
+//! tracking (which works under TLS too: it looks at the TCP stream underneath).
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// An accepted connection.
+pub enum Conn {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+pub enum ReadHalf {
+    Tcp(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+pub enum WriteHalf {
+    Tcp(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    /// The TCP socket underneath.
+    pub fn fd(&self) -> RawFd {
+        match self {
+            Conn::Tcp(s) => s.as_raw_fd(),
+            Conn::Tls(s) => s.get_ref().0.as_raw_fd(),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Conn::Tls(_))
+    }
+
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Conn::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+                let (r, w) = s.into_split();
+                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+            }
+            Conn::Tls(s) => {
+                let _ = s.get_ref().0.set_nodelay(true);
+                let (r, w) = tokio::io::split(*s);
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
+        }
+    }
+}
+
+impl ReadHalf {
+    /// Waits until a read would not block (plain TCP); under TLS, returns at once.
+    pub async fn ready(&self) -> std::io::Result<()> {
+        match self {
+            ReadHalf::Tcp(r) => r.as_ref().readable().await,
+            ReadHalf::Tls(_) => Ok(()),
+        }
+    }
+
+    pub async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            ReadHalf::Tcp(r) => r.read_buf(buf).await,
+            ReadHalf::Tls(r) => r.read_buf(buf).await,
+        }
+    }
+}
+
+impl WriteHalf {
+    pub async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            WriteHalf::Tcp(w) => w.write_all(bytes).await,
+            WriteHalf::Tls(w) => {
+                w.write_all(bytes).await?;
+                w.flush().await
+            }
+        }
+    }
+
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            WriteHalf::Tcp(w) => w.shutdown().await,
+            WriteHalf::Tls(w) => w.shutdown().await,
+        }
+    }
+}
