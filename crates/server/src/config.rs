@@ -77,8 +77,8 @@ pub struct Config {
     pub argon2_parallelism: u32,
     /// Refuse password-less logins of names that are not accounts too.
     pub require_accounts: bool,
-    /// How long a device token stays valid, in days.
-    pub token_ttl_days: u64,
+    /// How long a device token stays valid, in seconds (default 30 days).
+    pub token_ttl_secs: u64,
     /// Failed logins (per name and per address) before back-off starts.
     pub login_failures_free: u32,
     /// The first back-off after the free failures, in ms; it doubles with each failure.
@@ -132,7 +132,7 @@ impl Default for Config {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             require_accounts: false,
-            token_ttl_days: 30,
+            token_ttl_secs: 30 * 86_400,
             login_failures_free: 3,
             login_backoff_base_ms: 1000,
             login_backoff_max_ms: 60_000,

@@ -93,7 +93,7 @@ impl Session {
     pub(super) async fn issue_token(&mut self) -> Result<(String, i64), ErrorKind> {
         let identity = self.account_identity()?;
         let (token, hash) = auth::new_token().map_err(|_| ErrorKind::Internal)?;
-        let ttl_ms = self.shared.config.token_ttl_days.saturating_mul(86_400_000);
+        let ttl_ms = self.shared.config.token_ttl_secs.saturating_mul(1000);
         let expires_at = now_ms().saturating_add(ttl_ms as i64);
         let change = AccountChange::Token(NewToken {
             hash,

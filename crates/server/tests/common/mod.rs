@@ -24,6 +24,9 @@ pub fn test_config(dir: &Path) -> Config {
         listen_json: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: dir.to_path_buf(),
         shutdown_timeout_ms: 2_000,
+        // Cheap hashing keeps account tests fast; production uses the defaults.
+        argon2_memory_kib: 1024,
+        argon2_iterations: 1,
         ..Config::default()
     }
 }
