@@ -35,6 +35,72 @@ pub mod key {
     pub const SET_PROFILE: u16 = 0x16;
     pub const GET_PROFILE: u16 = 0x17;
     pub const PROFILE: u16 = 0x18;
+    pub const JOIN: u16 = 0x20;
+    pub const LEAVE: u16 = 0x21;
+    pub const SEND_ROOM: u16 = 0x22;
+    pub const SEND_MANY: u16 = 0x23;
+    pub const SEND_ALL: u16 = 0x24;
+    pub const LIST_ROOMS: u16 = 0x25;
+    pub const ROOMS: u16 = 0x26;
+    pub const LIST_MEMBERS: u16 = 0x27;
+    pub const MEMBERS: u16 = 0x28;
+    pub const LIST_USERS: u16 = 0x29;
+    pub const USERS: u16 = 0x2A;
+    pub const HISTORY: u16 = 0x2B;
+    pub const HISTORY_PAGE: u16 = 0x2C;
+    pub const ENABLE_ACKS: u16 = 0x2D;
+    pub const EVENT: u16 = 0x2E;
+    pub const ACK: u16 = 0x2F;
+}
+
+/// Kinds of conversation in an `Event`.
+pub mod kind {
+    pub const DIRECT: u8 = 1;
+    pub const ROOM: u8 = 2;
+    pub const BROADCAST: u8 = 3;
+}
+
+/// Which part of a history a `History` request wants.
+pub mod page {
+    pub const LATEST: u8 = 0;
+    pub const BEFORE_ID: u8 = 1;
+    pub const AFTER_ID: u8 = 2;
+    pub const BEFORE_TIME: u8 = 3;
+    pub const AFTER_TIME: u8 = 4;
+}
+
+/// A stored message as the ack-capable frames carry it: with its place in its
+/// conversation, so a client sees gaps and can ack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: u64,
+    pub conversation: u64,
+    pub seq: u64,
+    /// `kind::DIRECT`, `kind::ROOM` or `kind::BROADCAST`.
+    pub kind: u8,
+    pub from: Bytes,
+    /// The recipient (direct), the room, or `*`.
+    pub to: Bytes,
+    /// The sender's timestamp.
+    pub time: u64,
+    pub message: Bytes,
+}
+
+/// A room in a `Rooms` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomEntry {
+    pub name: Bytes,
+    pub members: u32,
+    pub online: u32,
+}
+
+/// A user in a `Users` or `Members` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserEntry {
+    pub name: Bytes,
+    pub online: bool,
+    /// Unix ms of the end of the last session; 0 if unknown (`Members` always 0).
+    pub last_seen: u64,
 }
 
 /// Flags of `LoginPassword`.
@@ -159,6 +225,84 @@ pub enum Frame {
         username: Bytes,
         display_name: Bytes,
         avatar: Bytes,
+    },
+    Join {
+        cid: u32,
+        room: Bytes,
+    },
+    Leave {
+        cid: u32,
+        room: Bytes,
+    },
+    SendRoom {
+        cid: u32,
+        room: Bytes,
+        message: Bytes,
+        time: u64,
+    },
+    /// One message to several users (all or none).
+    SendMany {
+        cid: u32,
+        to: Vec<Bytes>,
+        message: Bytes,
+        time: u64,
+    },
+    /// One message to everyone online.
+    SendAll {
+        cid: u32,
+        message: Bytes,
+        time: u64,
+    },
+    ListRooms {
+        cid: u32,
+    },
+    Rooms {
+        cid: u32,
+        rooms: Vec<RoomEntry>,
+    },
+    ListMembers {
+        cid: u32,
+        room: Bytes,
+    },
+    Members {
+        cid: u32,
+        members: Vec<UserEntry>,
+    },
+    ListUsers {
+        cid: u32,
+    },
+    Users {
+        cid: u32,
+        users: Vec<UserEntry>,
+    },
+    History {
+        cid: u32,
+        /// A room, a user (the direct conversation with them) or `*`.
+        target: Bytes,
+        /// One of `page::*`.
+        mode: u8,
+        /// The id or Unix-ms time the mode refers to.
+        value: u64,
+        limit: u16,
+    },
+    HistoryPage {
+        cid: u32,
+        events: Vec<Event>,
+    },
+    /// From now on, pushes are `Event` frames and the device's cursor moves only on `Ack`.
+    EnableAcks {
+        cid: u32,
+    },
+    /// A pushed message (cid 0) for a session that enabled acks.
+    Event {
+        cid: u32,
+        event: Event,
+    },
+    /// "I have everything of `conversation` up to `seq`". A notification: no response.
+    Ack {
+        cid: u32,
+        conversation: u64,
+        seq: u64,
     },
 }
 
@@ -361,6 +505,127 @@ fn parse(mut body: Bytes) -> Result<Frame, FrameError> {
                 avatar,
             }
         }
+        key::JOIN | key::LEAVE | key::LIST_MEMBERS => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let room = r.string().ok_or_else(|| malformed("bad room"))?;
+            match key {
+                key::JOIN => Frame::Join { cid, room },
+                key::LEAVE => Frame::Leave { cid, room },
+                _ => Frame::ListMembers { cid, room },
+            }
+        }
+        key::SEND_ROOM => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let room = r.string().ok_or_else(|| malformed("bad room"))?;
+            let message = r.string().ok_or_else(|| malformed("bad message"))?;
+            let time = r.u64().ok_or_else(|| malformed("missing time"))?;
+            Frame::SendRoom {
+                cid,
+                room,
+                message,
+                time,
+            }
+        }
+        key::SEND_MANY => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let count = r.u16().ok_or_else(|| malformed("missing count"))?;
+            let mut to = Vec::with_capacity(usize::from(count).min(1024));
+            for _ in 0..count {
+                to.push(r.string().ok_or_else(|| malformed("bad recipient"))?);
+            }
+            let message = r.string().ok_or_else(|| malformed("bad message"))?;
+            let time = r.u64().ok_or_else(|| malformed("missing time"))?;
+            Frame::SendMany {
+                cid,
+                to,
+                message,
+                time,
+            }
+        }
+        key::SEND_ALL => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let message = r.string().ok_or_else(|| malformed("bad message"))?;
+            let time = r.u64().ok_or_else(|| malformed("missing time"))?;
+            Frame::SendAll { cid, message, time }
+        }
+        key::LIST_ROOMS | key::LIST_USERS | key::ENABLE_ACKS => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            match key {
+                key::LIST_ROOMS => Frame::ListRooms { cid },
+                key::LIST_USERS => Frame::ListUsers { cid },
+                _ => Frame::EnableAcks { cid },
+            }
+        }
+        key::ROOMS => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let count = r.u16().ok_or_else(|| malformed("missing count"))?;
+            let mut rooms = Vec::with_capacity(usize::from(count).min(1024));
+            for _ in 0..count {
+                rooms.push(RoomEntry {
+                    name: r.string().ok_or_else(|| malformed("bad room"))?,
+                    members: r.u32().ok_or_else(|| malformed("missing members"))?,
+                    online: r.u32().ok_or_else(|| malformed("missing online"))?,
+                });
+            }
+            Frame::Rooms { cid, rooms }
+        }
+        key::MEMBERS | key::USERS => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let count = r.u16().ok_or_else(|| malformed("missing count"))?;
+            let mut users = Vec::with_capacity(usize::from(count).min(1024));
+            for _ in 0..count {
+                users.push(UserEntry {
+                    name: r.string().ok_or_else(|| malformed("bad name"))?,
+                    online: r.u8().ok_or_else(|| malformed("missing online"))? != 0,
+                    last_seen: r.u64().ok_or_else(|| malformed("missing last seen"))?,
+                });
+            }
+            match key {
+                key::MEMBERS => Frame::Members {
+                    cid,
+                    members: users,
+                },
+                _ => Frame::Users { cid, users },
+            }
+        }
+        key::HISTORY => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let target = r.string().ok_or_else(|| malformed("bad target"))?;
+            let mode = r.u8().ok_or_else(|| malformed("missing mode"))?;
+            let value = r.u64().ok_or_else(|| malformed("missing value"))?;
+            let limit = r.u16().ok_or_else(|| malformed("missing limit"))?;
+            Frame::History {
+                cid,
+                target,
+                mode,
+                value,
+                limit,
+            }
+        }
+        key::HISTORY_PAGE => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let count = r.u16().ok_or_else(|| malformed("missing count"))?;
+            let mut events = Vec::with_capacity(usize::from(count).min(1024));
+            for _ in 0..count {
+                events.push(r.event().ok_or_else(|| malformed("bad event"))?);
+            }
+            Frame::HistoryPage { cid, events }
+        }
+        key::EVENT => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let event = r.event().ok_or_else(|| malformed("bad event"))?;
+            Frame::Event { cid, event }
+        }
+        key::ACK => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let conversation = r.u64().ok_or_else(|| malformed("missing conversation"))?;
+            let seq = r.u64().ok_or_else(|| malformed("missing seq"))?;
+            Frame::Ack {
+                cid,
+                conversation,
+                seq,
+            }
+        }
         _ => return Err(FrameError::UnknownKey { key, cid }),
     };
     if r.0.has_remaining() {
@@ -389,6 +654,18 @@ impl Reader {
         let len = self.u16()? as usize;
         (self.0.len() >= len).then(|| self.0.split_to(len))
     }
+    fn event(&mut self) -> Option<Event> {
+        Some(Event {
+            id: self.u64()?,
+            conversation: self.u64()?,
+            seq: self.u64()?,
+            kind: self.u8()?,
+            from: self.string()?,
+            to: self.string()?,
+            time: self.u64()?,
+            message: self.string()?,
+        })
+    }
 }
 
 /// A string field longer than the `u16` length prefix can describe.
@@ -412,7 +689,23 @@ impl Frame {
             | Frame::ChangePassword { cid, .. }
             | Frame::SetProfile { cid, .. }
             | Frame::GetProfile { cid, .. }
-            | Frame::Profile { cid, .. } => *cid,
+            | Frame::Profile { cid, .. }
+            | Frame::Join { cid, .. }
+            | Frame::Leave { cid, .. }
+            | Frame::SendRoom { cid, .. }
+            | Frame::SendMany { cid, .. }
+            | Frame::SendAll { cid, .. }
+            | Frame::ListRooms { cid }
+            | Frame::Rooms { cid, .. }
+            | Frame::ListMembers { cid, .. }
+            | Frame::Members { cid, .. }
+            | Frame::ListUsers { cid }
+            | Frame::Users { cid, .. }
+            | Frame::History { cid, .. }
+            | Frame::HistoryPage { cid, .. }
+            | Frame::EnableAcks { cid }
+            | Frame::Event { cid, .. }
+            | Frame::Ack { cid, .. } => *cid,
         }
     }
 
@@ -499,9 +792,166 @@ impl Frame {
                 &[],
                 None,
             )?,
+            other => {
+                let mut body = Body::new(*other_key(other), other.cid());
+                other.write_body(&mut body)?;
+                body.finish(dst);
+            }
         }
         Ok(())
     }
+
+    /// The bodies of the list and event frames, built field by field.
+    fn write_body(&self, b: &mut Body) -> Result<(), StringTooLong> {
+        match self {
+            Frame::Join { room, .. }
+            | Frame::Leave { room, .. }
+            | Frame::ListMembers { room, .. } => b.string(room)?,
+            Frame::SendRoom {
+                room,
+                message,
+                time,
+                ..
+            } => {
+                b.string(room)?;
+                b.string(message)?;
+                b.u64(*time);
+            }
+            Frame::SendMany {
+                to, message, time, ..
+            } => {
+                b.u16(to.len() as u16);
+                for name in to {
+                    b.string(name)?;
+                }
+                b.string(message)?;
+                b.u64(*time);
+            }
+            Frame::SendAll { message, time, .. } => {
+                b.string(message)?;
+                b.u64(*time);
+            }
+            Frame::Rooms { rooms, .. } => {
+                b.u16(rooms.len() as u16);
+                for room in rooms {
+                    b.string(&room.name)?;
+                    b.u32(room.members);
+                    b.u32(room.online);
+                }
+            }
+            Frame::Members { members: users, .. } | Frame::Users { users, .. } => {
+                b.u16(users.len() as u16);
+                for user in users {
+                    b.string(&user.name)?;
+                    b.u8(u8::from(user.online));
+                    b.u64(user.last_seen);
+                }
+            }
+            Frame::History {
+                target,
+                mode,
+                value,
+                limit,
+                ..
+            } => {
+                b.string(target)?;
+                b.u8(*mode);
+                b.u64(*value);
+                b.u16(*limit);
+            }
+            Frame::HistoryPage { events, .. } => {
+                b.u16(events.len() as u16);
+                for event in events {
+                    b.event(event)?;
+                }
+            }
+            Frame::Event { event, .. } => b.event(event)?,
+            Frame::Ack {
+                conversation, seq, ..
+            } => {
+                b.u64(*conversation);
+                b.u64(*seq);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The key of a frame encoded through `Body`.
+fn other_key(frame: &Frame) -> &'static u16 {
+    match frame {
+        Frame::Join { .. } => &key::JOIN,
+        Frame::Leave { .. } => &key::LEAVE,
+        Frame::SendRoom { .. } => &key::SEND_ROOM,
+        Frame::SendMany { .. } => &key::SEND_MANY,
+        Frame::SendAll { .. } => &key::SEND_ALL,
+        Frame::ListRooms { .. } => &key::LIST_ROOMS,
+        Frame::Rooms { .. } => &key::ROOMS,
+        Frame::ListMembers { .. } => &key::LIST_MEMBERS,
+        Frame::Members { .. } => &key::MEMBERS,
+        Frame::ListUsers { .. } => &key::LIST_USERS,
+        Frame::Users { .. } => &key::USERS,
+        Frame::History { .. } => &key::HISTORY,
+        Frame::HistoryPage { .. } => &key::HISTORY_PAGE,
+        Frame::EnableAcks { .. } => &key::ENABLE_ACKS,
+        Frame::Event { .. } => &key::EVENT,
+        Frame::Ack { .. } => &key::ACK,
+        _ => &key::RESPONSE,
+    }
+}
+
+/// A frame body under construction: the length prefix is written once the body is known.
+struct Body {
+    key: u16,
+    buf: BytesMut,
+}
+
+impl Body {
+    fn new(key: u16, cid: u32) -> Self {
+        let mut buf = BytesMut::with_capacity(64);
+        buf.put_u32(cid);
+        Body { key, buf }
+    }
+    fn u8(&mut self, v: u8) {
+        self.buf.put_u8(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.buf.put_u16(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.buf.put_u32(v);
+    }
+    fn u64(&mut self, v: u64) {
+        self.buf.put_u64(v);
+    }
+    fn string(&mut self, s: &[u8]) -> Result<(), StringTooLong> {
+        check_len(s)?;
+        put_string(&mut self.buf, s);
+        Ok(())
+    }
+    fn event(&mut self, e: &Event) -> Result<(), StringTooLong> {
+        self.u64(e.id);
+        self.u64(e.conversation);
+        self.u64(e.seq);
+        self.u8(e.kind);
+        self.string(&e.from)?;
+        self.string(&e.to)?;
+        self.u64(e.time);
+        self.string(&e.message)
+    }
+    fn finish(self, dst: &mut BytesMut) {
+        put_header(dst, HEADER + self.buf.len(), self.key);
+        dst.put_slice(&self.buf);
+    }
+}
+
+/// Appends an `Event` push frame (cid 0) from borrowed parts.
+pub fn encode_event(event: &Event, dst: &mut BytesMut) -> Result<(), StringTooLong> {
+    let mut body = Body::new(key::EVENT, 0);
+    body.event(event)?;
+    body.finish(dst);
+    Ok(())
 }
 
 /// Appends a 13-byte response frame to `dst`.

@@ -9,6 +9,9 @@ pub enum Target {
     User(String),
     /// A message to the members of a room.
     Room(String),
+    /// One message to several users, each in their direct conversation with the sender;
+    /// stored for all of them or for none.
+    Users(Vec<String>),
     /// A message to everyone online (seed 002 `MSG`, seed 001 `MESSAGE`).
     Everyone,
 }

@@ -51,6 +51,26 @@ pub struct Request {
     /// Base64 (standard alphabet, with padding).
     #[serde(default)]
     pub avatar: Option<String>,
+    /// `DM` to several users at once.
+    #[serde(default)]
+    pub recipients: Option<Vec<String>>,
+    /// `HISTORY` paging: message ids, or Unix-ms times.
+    #[serde(default)]
+    pub before: Option<i64>,
+    #[serde(default)]
+    pub after: Option<i64>,
+    #[serde(default)]
+    pub before_time: Option<i64>,
+    #[serde(default)]
+    pub after_time: Option<i64>,
+    /// `SUBSCRIBE` with acks: the device's cursor moves only on `ACK`.
+    #[serde(default)]
+    pub acks: bool,
+    /// `ACK`: everything of `conversation` up to `seq` was received.
+    #[serde(default)]
+    pub conversation: Option<i64>,
+    #[serde(default)]
+    pub seq: Option<i64>,
 }
 
 /// Parses a request line.

@@ -67,6 +67,13 @@ pub enum TextCommand {
     History {
         target: String,
         limit: Option<usize>,
+        /// Only messages before (`true`) or after (`false`) this sequence number.
+        around: Option<(bool, i64)>,
+    },
+    /// Every user with presence.
+    Users,
+    Members {
+        room: String,
     },
     Help,
     Quit,
@@ -195,19 +202,13 @@ pub fn parse(line: &str) -> TextCommand {
                 }
             }
         }
-        "history" => match words(rest).as_slice() {
-            [target] => TextCommand::History {
-                target: target.to_string(),
-                limit: None,
+        "history" => parse_history(&words(rest)),
+        "users" => TextCommand::Users,
+        "members" => match words(rest).as_slice() {
+            [room] => TextCommand::Members {
+                room: room.to_string(),
             },
-            [target, n] => match n.parse() {
-                Ok(n) if n > 0 => TextCommand::History {
-                    target: target.to_string(),
-                    limit: Some(n),
-                },
-                _ => TextCommand::Usage("ERR usage: HISTORY <room|user> [<count>]"),
-            },
-            _ => TextCommand::Usage("ERR usage: HISTORY <room|user> [<count>]"),
+            _ => TextCommand::Usage("ERR usage: MEMBERS <room>"),
         },
         "help" => TextCommand::Help,
         "quit" => TextCommand::Quit,
@@ -215,6 +216,33 @@ pub fn parse(line: &str) -> TextCommand {
             word: word.to_string(),
             slash: false,
         },
+    }
+}
+
+/// `HISTORY <target> [<count>] [before|after <seq>]`.
+fn parse_history(words: &[&str]) -> TextCommand {
+    const USAGE: &str = "ERR usage: HISTORY <room|user|*> [<count>] [before|after <seq>]";
+    let Some((target, rest)) = words.split_first() else {
+        return TextCommand::Usage(USAGE);
+    };
+    let (limit, rest) = match rest.first().map(|n| n.parse::<usize>()) {
+        Some(Ok(n)) if n > 0 => (Some(n), &rest[1..]),
+        Some(Ok(_)) => return TextCommand::Usage(USAGE),
+        _ => (None, rest),
+    };
+    let around = match rest {
+        [] => None,
+        [dir, seq] => match (dir.to_ascii_lowercase().as_str(), seq.parse::<i64>()) {
+            ("before", Ok(seq)) => Some((true, seq)),
+            ("after", Ok(seq)) => Some((false, seq)),
+            _ => return TextCommand::Usage(USAGE),
+        },
+        _ => return TextCommand::Usage(USAGE),
+    };
+    TextCommand::History {
+        target: target.to_string(),
+        limit,
+        around,
     }
 }
 
@@ -305,7 +333,10 @@ pub const HELP: &[&str] = &[
     "LEAVE <room> [<room> ...]    leave rooms",
     "ROOMS                        list rooms with their member counts",
     "SAY <room> <text>            send to a room you are in",
-    "HISTORY <room|user> [<n>]    the last n (default 50) messages of a room or a DM",
+    "HISTORY <room|user|*> [<n>] [before|after <seq>]   n (default 50) messages of a room or DM",
+    "USERS                        every user, online or not, with when they were last seen",
+    "MEMBERS <room>               a room's members, online or not",
+    "DM <a>,<b>,... <text>        one message to several users",
     "HELP                         this list",
     "QUIT                         close the connection",
     "/nick NAME  /join ROOM  /rooms  /msg TEXT  /quit   the gochat commands (one room at a time)",

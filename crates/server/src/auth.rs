@@ -132,8 +132,13 @@ impl Throttle {
     }
 
     /// How long the caller must wait before it may try `name` from `ip` again (zero: now).
+    #[cfg(test)]
     pub fn wait(&self, name: &str, ip: IpAddr) -> Duration {
         let entries = self.entries.lock().expect("throttle poisoned");
+        self.wait_locked(&entries, name, ip)
+    }
+
+    fn wait_locked(&self, entries: &HashMap<Key, Entry>, name: &str, ip: IpAddr) -> Duration {
         let now = Instant::now();
         [Key::Name(name.to_string()), Key::Ip(ip)]
             .iter()
@@ -143,8 +148,14 @@ impl Throttle {
             .unwrap_or(Duration::ZERO)
     }
 
-    pub fn failed(&self, name: &str, ip: IpAddr) {
+    /// Starts an attempt at `name` from `ip`: false if it must wait; otherwise the attempt
+    /// is counted as a failure at once (check and count under one lock, so parallel
+    /// attempts cannot all pass the check) until `succeeded` takes it back.
+    pub fn begin(&self, name: &str, ip: IpAddr) -> bool {
         let mut entries = self.entries.lock().expect("throttle poisoned");
+        if !self.wait_locked(&entries, name, ip).is_zero() {
+            return false;
+        }
         let now = Instant::now();
         entries.retain(|_, e| now.duration_since(e.last) < FORGET_AFTER);
         for key in [Key::Name(name.to_string()), Key::Ip(ip)] {
@@ -155,11 +166,17 @@ impl Throttle {
             e.failures += 1;
             e.last = now;
         }
+        true
     }
 
-    pub fn succeeded(&self, name: &str) {
+    /// The attempt begun for `name` from `ip` succeeded: the name's count is cleared and
+    /// the address's count takes the attempt back.
+    pub fn succeeded(&self, name: &str, ip: IpAddr) {
         let mut entries = self.entries.lock().expect("throttle poisoned");
         entries.remove(&Key::Name(name.to_string()));
+        if let Some(e) = entries.get_mut(&Key::Ip(ip)) {
+            e.failures = e.failures.saturating_sub(1);
+        }
     }
 }
 
@@ -178,18 +195,40 @@ mod tests {
     }
 
     #[test]
-    fn a_few_failures_are_free_then_the_wait_doubles_up_to_the_cap() {
+    fn a_few_attempts_are_free_then_attempts_are_refused_until_the_back_off_passes() {
         let t = throttle();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        t.failed("bob", ip);
-        assert_eq!(t.wait("bob", ip), Duration::ZERO);
-        t.failed("bob", ip);
-        assert!(t.wait("bob", ip) > Duration::from_millis(900));
-        for _ in 0..20 {
-            t.failed("bob", ip);
-        }
-        assert!(t.wait("bob", ip) <= Duration::from_secs(60));
-        assert!(t.wait("bob", ip) > Duration::from_secs(59));
+        assert!(t.begin("bob", ip));
+        assert!(t.begin("bob", ip), "two free attempts");
+        assert!(!t.begin("bob", ip), "the third waits");
+        let wait = t.wait("bob", ip);
+        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_back_off_doubles_up_to_the_cap() {
+        let t = throttle();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        let mut entries = t.entries.lock().unwrap();
+        entries.insert(
+            Key::Name("bob".into()),
+            Entry {
+                failures: 4,
+                last: now,
+            },
+        );
+        drop(entries);
+        assert!(t.wait("bob", ip) > Duration::from_millis(3900), "2^(4-2) s");
+        t.entries.lock().unwrap().insert(
+            Key::Name("bob".into()),
+            Entry {
+                failures: 40,
+                last: now,
+            },
+        );
+        let wait = t.wait("bob", ip);
+        assert!(wait > Duration::from_secs(59) && wait <= Duration::from_secs(60));
     }
 
     #[test]
@@ -197,12 +236,12 @@ mod tests {
         let t = throttle();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
-        t.failed("a", ip);
-        t.failed("b", ip);
-        assert!(t.wait("c", ip) > Duration::ZERO, "same address, any name");
+        assert!(t.begin("a", ip));
+        assert!(t.begin("b", ip));
+        assert!(!t.begin("c", ip), "same address, any name");
+        assert!(t.begin("c", other));
+        t.succeeded("c", other);
         assert_eq!(t.wait("c", other), Duration::ZERO);
-        t.succeeded("a");
-        assert_eq!(t.wait("a", other), Duration::ZERO);
     }
 
     #[test]

@@ -104,6 +104,10 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Optional port serving only TLS (any protocol inside).
     pub listen_tls: Option<SocketAddr>,
+    /// TCP keepalive: a connection silent this long is probed, and closed after 3 probes
+    /// 10 s apart go unanswered, so a peer that vanished (no FIN) is noticed and its
+    /// undelivered messages wait in the log for its return (s; 0: off).
+    pub keepalive_secs: u64,
 }
 
 impl Default for Config {
@@ -145,6 +149,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             listen_tls: None,
+            keepalive_secs: 30,
         }
     }
 }

@@ -52,6 +52,9 @@ pub struct SessionLink {
     pub kill_reason: OnceLock<&'static str>,
     /// One permit per request in flight; the hub returns it once the reply is queued.
     pub inflight: Arc<Semaphore>,
+    /// The client acks what it received (binary `EnableAcks`, JSON `SUBSCRIBE` with acks):
+    /// its acks, not TCP's, move the device's cursor.
+    pub acks: std::sync::atomic::AtomicBool,
     /// Slots of the queue that catch-up may fill, so a long replay never leaves the hub
     /// without room for replies and live pushes. The writer returns them.
     pub replay: Arc<Semaphore>,
@@ -223,8 +226,10 @@ impl Output {
         if !written {
             return false;
         }
-        self.acks.written(delivered);
-        self.report();
+        if !self.link.acks.load(Ordering::Relaxed) {
+            self.acks.written(delivered);
+            self.report();
+        }
         true
     }
 

@@ -191,6 +191,15 @@ async fn accept_loop(port: Port, shared: Arc<Shared>, limit: Arc<Semaphore>, tra
                 continue;
             }
         };
+        if shared.config.keepalive_secs > 0 {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(shared.config.keepalive_secs))
+                .with_interval(Duration::from_secs(10))
+                .with_retries(3);
+            if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+                warn!(%peer, error = %e, "cannot set TCP keepalive");
+            }
+        }
         let Some(per_ip) = PerIp::admit(&shared, peer.ip()) else {
             warn!(%peer, limit = shared.config.max_connections_per_ip, "too many connections from this address; closing");
             drop(stream);

@@ -54,18 +54,21 @@ pub enum Style {
     /// Seed 004: `> <nick>: <text>`, `> <nick> joined the room`.
     Slash = 2,
     Json = 3,
+    /// Binary `Event` frames (0x2E), with conversation and sequence, for sessions that ack.
+    Events = 4,
 }
 
 impl Style {
     /// Number of styles (size of per-style caches).
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
 
     pub fn from_u8(v: u8) -> Style {
         match v {
             0 => Style::Binary,
             1 => Style::Line,
             2 => Style::Slash,
-            _ => Style::Json,
+            3 => Style::Json,
+            _ => Style::Events,
         }
     }
 
@@ -77,6 +80,26 @@ impl Style {
                 // cannot fail for anything the server accepted.
                 let (from, to) = (d.from.as_bytes(), d.to.as_bytes());
                 if let Err(e) = binary::encode_message(0, &d.body, from, to, d.sent_at, dst) {
+                    tracing::error!(error = %e, id = d.id, "cannot encode a delivery");
+                }
+            }
+            Style::Events => {
+                let kind = match d.kind {
+                    Kind::Direct => binary::kind::DIRECT,
+                    Kind::Room => binary::kind::ROOM,
+                    Kind::Broadcast => binary::kind::BROADCAST,
+                };
+                let event = binary::Event {
+                    id: d.id as u64,
+                    conversation: d.conv as u64,
+                    seq: d.seq as u64,
+                    kind,
+                    from: bytes::Bytes::copy_from_slice(d.from.as_bytes()),
+                    to: bytes::Bytes::copy_from_slice(d.to.as_bytes()),
+                    time: d.sent_at,
+                    message: d.body.clone(),
+                };
+                if let Err(e) = binary::encode_event(&event, dst) {
                     tracing::error!(error = %e, id = d.id, "cannot encode a delivery");
                 }
             }
@@ -113,7 +136,7 @@ impl Style {
     /// Appends a presence notice (nothing for styles that cannot carry one).
     pub fn encode_notice(self, notice: &Notice, dst: &mut BytesMut) {
         let line = match (self, notice) {
-            (Style::Binary, _) => return,
+            (Style::Binary | Style::Events, _) => return,
             (Style::Line, Notice::Joined { room, name }) => format!("INFO {name} joined {room}\n"),
             (Style::Line, Notice::Left { room, name }) => format!("INFO {name} left {room}\n"),
             (Style::Line, Notice::Disconnected { name }) => format!("INFO {name} disconnected\n"),

@@ -64,6 +64,8 @@ pub(super) struct Online {
     pub live: bool,
     /// False for sessions that only speak when spoken to (JSON before `SUBSCRIBE`).
     pub push: bool,
+    /// The login's success reply has been queued: nothing may reach the session before it.
+    pub welcomed: bool,
 }
 
 /// A room and who is in it now.
@@ -125,6 +127,7 @@ pub(super) enum Effect {
     Login {
         link: Arc<SessionLink>,
         result: Result<LoginOk, ErrorKind>,
+        welcome: Option<Outbound>,
         done: Done<Result<LoginOk, ErrorKind>>,
     },
     /// Completes a request once the commit is known.
@@ -256,21 +259,31 @@ impl Core {
                 body,
                 sent_at,
                 tag,
-            } => match self.send(&link, from, to, body, sent_at, batch) {
-                Ok(deliver) => {
-                    effects.push(Effect::Reply {
+            } => {
+                let sent = match to {
+                    Target::Users(names) => {
+                        self.send_many(&link, from, &names, body, sent_at, batch)
+                    }
+                    to => self
+                        .send(&link, from, to, body, sent_at, batch)
+                        .map(|d| vec![d]),
+                };
+                match sent {
+                    Ok(deliveries) => {
+                        effects.push(Effect::Reply {
+                            link,
+                            item: Outbound::Reply(tag, Reply::Ok),
+                            durable: true,
+                        });
+                        effects.extend(deliveries);
+                    }
+                    Err(kind) => effects.push(Effect::Reply {
                         link,
-                        item: Outbound::Reply(tag, Reply::Ok),
-                        durable: true,
-                    });
-                    effects.push(deliver);
+                        item: Outbound::Reply(tag, Reply::Error(kind)),
+                        durable: false,
+                    }),
                 }
-                Err(kind) => effects.push(Effect::Reply {
-                    link,
-                    item: Outbound::Reply(tag, Reply::Error(kind)),
-                    durable: false,
-                }),
-            },
+            }
             Op::Reply { link, item } => effects.push(Effect::Reply {
                 link,
                 item,
@@ -300,6 +313,19 @@ impl Core {
             }
             Op::Rooms { done } => {
                 let _ = done.send(self.room_list());
+            }
+            Op::Members { room, done } => {
+                let members = self.rooms.get(room.as_str()).map(|r| {
+                    let mut list: Vec<(Arc<str>, bool)> = r
+                        .members
+                        .iter()
+                        .map(|u| (self.users[u].clone(), self.online.contains_key(u)))
+                        .collect();
+                    list.extend(r.guests.iter().map(|_| (Arc::from(ANONYMOUS), true)));
+                    list.sort();
+                    list
+                });
+                let _ = done.send(members.ok_or(ErrorKind::RoomNotFound));
             }
             Op::Who { done } => {
                 let mut users: Vec<Arc<str>> =
@@ -348,6 +374,7 @@ impl Core {
             name,
             device,
             auth,
+            welcome,
             done,
         } = op
         else {
@@ -358,6 +385,7 @@ impl Core {
             effects.push(Effect::Login {
                 link,
                 result: Err(kind),
+                welcome,
                 done,
             });
             return;
@@ -376,7 +404,12 @@ impl Core {
             if busy {
                 if self.grace.is_zero() {
                     let result = Err(ErrorKind::AlreadyLoggedIn);
-                    effects.push(Effect::Login { link, result, done });
+                    effects.push(Effect::Login {
+                        link,
+                        result,
+                        welcome,
+                        done,
+                    });
                 } else {
                     let deadline = Instant::now() + self.grace;
                     let op = Op::Login {
@@ -384,6 +417,7 @@ impl Core {
                         name,
                         device,
                         auth,
+                        welcome,
                         done,
                     };
                     self.waiting.push(Waiting { deadline, op });
@@ -392,7 +426,12 @@ impl Core {
             }
         }
         let result = self.admit(existing, &name, &device, &link, batch);
-        effects.push(Effect::Login { link, result, done });
+        effects.push(Effect::Login {
+            link,
+            result,
+            welcome,
+            done,
+        });
     }
 
     /// Whether `auth` is enough to log in as `name`.
@@ -496,6 +535,7 @@ impl Core {
             device,
             live: false,
             push: link.protocol != Protocol::Json,
+            welcomed: false,
         });
         Ok(LoginOk {
             identity: Identity { user, device },
@@ -554,6 +594,7 @@ impl Core {
                 let audience = Audience::Room(room.name.clone());
                 (room.conv, audience, Kind::Room, room.name.clone())
             }
+            Target::Users(_) => return Err(ErrorKind::Malformed),
             // Anonymous sessions may speak to everyone (seed 001 allows MESSAGE before
             // REGISTER); the text protocol asks for a login first on its own.
             Target::Everyone => (
@@ -585,6 +626,34 @@ impl Core {
             audience,
             from: (sender.device, link.id),
         })
+    }
+
+    /// One message to each of `names` (all must exist, or nothing is sent).
+    fn send_many(
+        &mut self,
+        link: &SessionLink,
+        from: Actor,
+        names: &[String],
+        body: bytes::Bytes,
+        sent_at: u64,
+        batch: &mut Batch,
+    ) -> Result<Vec<Effect>, ErrorKind> {
+        if names.is_empty() {
+            return Err(ErrorKind::Malformed);
+        }
+        if names.iter().any(|n| !self.names.contains_key(n.as_str())) {
+            return Err(ErrorKind::UserNotFound);
+        }
+        let mut unique: Vec<&String> = names.iter().collect();
+        unique.sort();
+        unique.dedup();
+        unique
+            .into_iter()
+            .map(|name| {
+                let to = Target::User(name.clone());
+                self.send(link, from, to, body.clone(), sent_at, batch)
+            })
+            .collect()
     }
 
     /// The direct conversation of `members`, created (in this batch) if new.
@@ -732,7 +801,12 @@ impl Core {
         for w in expired {
             if let Op::Login { link, done, .. } = w.op {
                 let result = Err(ErrorKind::AlreadyLoggedIn);
-                effects.push(Effect::Login { link, result, done });
+                effects.push(Effect::Login {
+                    link,
+                    result,
+                    welcome: None,
+                    done,
+                });
             }
         }
     }
@@ -752,7 +826,12 @@ impl Core {
                 };
                 finish(&link, item);
             }
-            Effect::Login { link, result, done } => {
+            Effect::Login {
+                link,
+                result,
+                welcome,
+                done,
+            } => {
                 let result = match result {
                     Ok(ok) if !committed => {
                         self.drop_online(ok.identity.user, link.id);
@@ -760,6 +839,17 @@ impl Core {
                     }
                     other => other,
                 };
+                if let Ok(ok) = &result {
+                    if let Some(welcome) = welcome {
+                        link.push(welcome);
+                    }
+                    let user = ok.identity.user;
+                    for online in self.online.get_mut(&user).into_iter().flatten() {
+                        if online.link.id == link.id {
+                            online.welcomed = true;
+                        }
+                    }
+                }
                 if done.send(result).is_err() {
                     debug!(session = link.id, "login answered after the session ended");
                 }
@@ -815,7 +905,7 @@ impl Core {
             }
             Audience::Everyone => {
                 for online in self.online.values().flatten() {
-                    if online.push && online.link.id != from.1 {
+                    if online.push && online.welcomed && online.link.id != from.1 {
                         push(online);
                     }
                 }
@@ -823,32 +913,37 @@ impl Core {
         }
     }
 
-    /// Pushes a presence notice (not stored) to the sessions of `audience` but `except`.
+    /// Pushes a presence notice (not stored) to the sessions of `audience` but `except`,
+    /// never to a session whose welcome is not queued yet, nor to the user it is about.
     pub(super) fn notify(&self, notice: &Arc<Notice>, audience: &Audience, except: u64) {
+        let about = match &**notice {
+            Notice::Disconnected { name } => self.names.get(name).copied(),
+            _ => None,
+        };
         let send = |link: &SessionLink| {
             if link.id != except {
                 link.push(Outbound::Notice(notice.clone()));
             }
         };
+        let online = |user: &UserId| -> Vec<&Online> {
+            if Some(*user) == about {
+                return Vec::new();
+            }
+            let devices = self.online.get(user).into_iter().flatten();
+            devices.filter(|o| o.push && o.welcomed).collect()
+        };
         match audience {
             Audience::Room(name) => {
                 if let Some(room) = self.rooms.get(name) {
-                    for online in room
-                        .members
-                        .iter()
-                        .flat_map(|u| self.online.get(u))
-                        .flatten()
-                    {
-                        if online.push {
-                            send(&online.link);
-                        }
+                    for o in room.members.iter().flat_map(online) {
+                        send(&o.link);
                     }
                     room.guests.iter().for_each(|g| send(g));
                 }
             }
             Audience::Everyone | Audience::Direct(..) => {
-                for online in self.online.values().flatten().filter(|o| o.push) {
-                    send(&online.link);
+                for o in self.online.keys().flat_map(online) {
+                    send(&o.link);
                 }
             }
         }

@@ -107,6 +107,8 @@ pub(crate) enum Op {
         name: String,
         device: String,
         auth: Auth,
+        /// Queued on success before anything else can reach the session.
+        welcome: Option<Outbound>,
         done: Done<Result<LoginOk, ErrorKind>>,
     },
     /// Creates an account (or gives a password to a password-less name not online).
@@ -152,6 +154,11 @@ pub(crate) enum Op {
     },
     Who {
         done: Done<Presence>,
+    },
+    /// A room's members (users and anonymous sessions), with whether each is online.
+    Members {
+        room: String,
+        done: Done<Result<Vec<(Arc<str>, bool)>, ErrorKind>>,
     },
     /// Count this anonymous session in presence listings.
     Guest {
@@ -210,6 +217,7 @@ impl Hub {
         name: String,
         device: String,
         auth: Auth,
+        welcome: Option<Outbound>,
     ) -> Result<LoginOk, ErrorKind> {
         self.ask(
             |done| Op::Login {
@@ -217,6 +225,7 @@ impl Hub {
                 name,
                 device,
                 auth,
+                welcome,
                 done,
             },
             Err(ErrorKind::ShuttingDown),
@@ -311,6 +320,11 @@ impl Hub {
 
     pub async fn rooms(&self) -> Vec<RoomInfo> {
         self.ask(|done| Op::Rooms { done }, Vec::new()).await
+    }
+
+    pub async fn members(&self, room: String) -> Result<Vec<(Arc<str>, bool)>, ErrorKind> {
+        let op = |done| Op::Members { room, done };
+        self.ask(op, Err(ErrorKind::ShuttingDown)).await
     }
 
     pub async fn who(&self) -> Presence {

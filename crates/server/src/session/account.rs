@@ -7,6 +7,7 @@ use tracing::{info, warn};
 use super::Session;
 use crate::auth::{self, PASSWORD_LEN};
 use crate::hub::{AccountChange, Auth};
+use crate::outbound::Outbound;
 use crate::store::{now_ms, NewToken, Profile, ProfileChange, Revoke};
 
 impl Session {
@@ -39,6 +40,7 @@ impl Session {
         name: &str,
         password: &str,
         device: &str,
+        welcome: Option<Outbound>,
     ) -> Result<(), ErrorKind> {
         if self.login.is_some() {
             return Err(ErrorKind::AlreadyLoggedIn);
@@ -47,8 +49,9 @@ impl Session {
         let device = if device.is_empty() { "default" } else { device };
         self.valid_name(device)?;
         let ip = self.peer.ip();
-        let throttle = &self.shared.throttle;
-        if !throttle.wait(name, ip).is_zero() {
+        // The attempt counts as a failure from now on, so parallel guesses see it at once;
+        // a success takes it back.
+        if !self.shared.throttle.begin(name, ip) {
             warn!(session = self.link.id, user = %name, %ip, "login throttled");
             return Err(ErrorKind::TooManyAttempts);
         }
@@ -58,34 +61,40 @@ impl Session {
         let stored = credentials.and_then(|c| c.password_hash);
         let config = &self.shared.config;
         if !auth::verify_password(config, password.to_string(), stored).await {
-            self.shared.throttle.failed(name, ip);
             warn!(session = self.link.id, user = %name, %ip, "wrong name or password");
             return Err(ErrorKind::Unauthorized);
         }
-        self.shared.throttle.succeeded(name);
+        self.shared.throttle.succeeded(name, ip);
         let user = user.ok_or(ErrorKind::Unauthorized)?;
-        self.login_as(name, device, Auth::Password(user)).await
+        self.login_as(name, device, Auth::Password(user), welcome)
+            .await
     }
 
-    /// Logs in with a device token.
-    pub(super) async fn token_login(&mut self, token: &str) -> Result<String, ErrorKind> {
+    /// Logs in with a device token; `welcome` renders the success reply for the name.
+    pub(super) async fn token_login(
+        &mut self,
+        token: &str,
+        welcome: impl FnOnce(&str) -> Option<Outbound>,
+    ) -> Result<String, ErrorKind> {
         if self.login.is_some() {
             return Err(ErrorKind::AlreadyLoggedIn);
         }
         let ip = self.peer.ip();
         // Tokens are unguessable; still, an address that keeps trying is slowed down.
-        if !self.shared.throttle.wait("", ip).is_zero() {
+        if !self.shared.throttle.begin("", ip) {
             return Err(ErrorKind::TooManyAttempts);
         }
         let row = self.shared.reader.token(auth::token_hash(token)).await;
         let row = row.map_err(|_| ErrorKind::Internal)?;
         let Some(row) = row.filter(|r| !r.revoked && r.expires_at > now_ms()) else {
-            self.shared.throttle.failed("", ip);
             warn!(session = self.link.id, %ip, "invalid, expired or revoked token");
             return Err(ErrorKind::Unauthorized);
         };
+        self.shared.throttle.succeeded("", ip);
         let auth = Auth::Token(row.user, row.device);
-        self.login_as(&row.name, &row.device_name, auth).await?;
+        let welcome = welcome(&row.name);
+        self.login_as(&row.name, &row.device_name, auth, welcome)
+            .await?;
         Ok(row.name)
     }
 
@@ -119,10 +128,13 @@ impl Session {
         let credentials = self.shared.reader.credentials(name.clone()).await;
         let stored = credentials.ok().flatten().and_then(|c| c.password_hash);
         let config = &self.shared.config;
+        if !self.shared.throttle.begin(&name, self.peer.ip()) {
+            return Err(ErrorKind::TooManyAttempts);
+        }
         if !auth::verify_password(config, old.to_string(), stored).await {
-            self.shared.throttle.failed(&name, self.peer.ip());
             return Err(ErrorKind::Unauthorized);
         }
+        self.shared.throttle.succeeded(&name, self.peer.ip());
         let hash = auth::hash_password(config, new.to_string())
             .await
             .map_err(|_| ErrorKind::Internal)?;

@@ -44,8 +44,9 @@ impl Session {
                 let reply = match validate_name(&username, max_name) {
                     Ok(name) => {
                         let name = name.to_string();
-                        match self.login(&name).await {
-                            Ok(()) => Reply::Ok,
+                        let welcome = Outbound::Reply(Tag::Cid(cid), Reply::Ok);
+                        match self.login(&name, Some(welcome)).await {
+                            Ok(()) => return,
                             Err(kind) => Reply::Error(kind),
                         }
                     }
@@ -92,6 +93,26 @@ impl Session {
                     Tag::Cid(cid),
                 );
             }
+            Frame::Join { .. }
+            | Frame::Leave { .. }
+            | Frame::SendRoom { .. }
+            | Frame::SendMany { .. }
+            | Frame::SendAll { .. }
+            | Frame::ListRooms { .. }
+            | Frame::ListMembers { .. }
+            | Frame::ListUsers { .. }
+            | Frame::History { .. }
+            | Frame::EnableAcks { .. }
+            | Frame::Ack { .. } => self.messaging_frame(frame).await,
+            Frame::Rooms { cid, .. }
+            | Frame::Members { cid, .. }
+            | Frame::Users { cid, .. }
+            | Frame::HistoryPage { cid, .. }
+            | Frame::Event { cid, .. } => {
+                warn!(session = self.link.id, "a client sent a server-only frame");
+                self.answer(cid, Reply::Error(ErrorKind::UnknownCommand))
+                    .await;
+            }
             Frame::Response { cid, .. } | Frame::Token { cid, .. } | Frame::Profile { cid, .. } => {
                 warn!(session = self.link.id, "a client sent a server-only frame");
                 self.answer(cid, Reply::Error(ErrorKind::UnknownCommand))
@@ -115,12 +136,18 @@ impl Session {
                 device,
                 flags,
             } => {
+                // With a token asked for, the Token frame must come before the response.
+                let want_token = flags & binary::flags::WANT_TOKEN != 0;
+                let welcome = (!want_token).then(|| Outbound::Reply(Tag::Cid(cid), Reply::Ok));
                 let result = match (utf8(&username), utf8(&password), utf8(&device)) {
                     (Ok(name), Ok(password), Ok(device)) => {
-                        self.password_login(name, password, device).await
+                        self.password_login(name, password, device, welcome).await
                     }
                     _ => Err(ErrorKind::InvalidUtf8),
                 };
+                if result.is_ok() && !want_token {
+                    return;
+                }
                 if result.is_ok() && flags & binary::flags::WANT_TOKEN != 0 {
                     match self.issue_token().await {
                         Ok((token, expires_at)) => {
@@ -137,11 +164,14 @@ impl Session {
                 self.answer(cid, reply(result)).await;
             }
             Frame::LoginToken { cid, token } => {
+                let welcome = |_: &str| Some(Outbound::Reply(Tag::Cid(cid), Reply::Ok));
                 let result = match utf8(&token) {
-                    Ok(token) => self.token_login(token).await.map(drop),
+                    Ok(token) => self.token_login(token, welcome).await.map(drop),
                     Err(kind) => Err(kind),
                 };
-                self.answer(cid, reply(result)).await;
+                if result.is_err() {
+                    self.answer(cid, reply(result)).await;
+                }
             }
             Frame::Logout { cid, scope } => {
                 let result = self.logout(scope == 1).await;
@@ -195,23 +225,23 @@ impl Session {
     }
 
     /// Queues a data frame (it precedes the response to the same request).
-    async fn send_frame(&mut self, frame: Frame) {
+    pub(super) async fn send_frame(&mut self, frame: Frame) {
         let mut out = BytesMut::new();
         if frame.encode(&mut out).is_ok() {
             self.say(Outbound::Bytes(out.freeze())).await;
         }
     }
 
-    async fn answer(&mut self, cid: u32, reply: Reply) {
+    pub(super) async fn answer(&mut self, cid: u32, reply: Reply) {
         self.say(Outbound::Reply(Tag::Cid(cid), reply)).await;
     }
 }
 
-fn utf8(bytes: &[u8]) -> Result<&str, ErrorKind> {
+pub(super) fn utf8(bytes: &[u8]) -> Result<&str, ErrorKind> {
     std::str::from_utf8(bytes).map_err(|_| ErrorKind::InvalidUtf8)
 }
 
-fn reply(result: Result<(), ErrorKind>) -> Reply {
+pub(super) fn reply(result: Result<(), ErrorKind>) -> Reply {
     match result {
         Ok(()) => Reply::Ok,
         Err(kind) => Reply::Error(kind),

@@ -14,11 +14,18 @@ use serde::Serialize;
 
 use super::{Flow, Session};
 use crate::outbound::Outbound;
-use crate::store::Resolved;
+use crate::store::{Page, Resolved};
 use crate::wire::{json_error, Tag};
 
 /// Messages LIST_MESSAGES shows (as seed 001 does).
 const RECENT: usize = 20;
+
+/// One response line, ready to queue.
+fn json_line(success: bool, message: &str, data: Value, id: Option<Arc<Value>>) -> Outbound {
+    let mut out = Vec::new();
+    json::encode_response(success, message, &data, id.as_deref(), &mut out);
+    Outbound::Bytes(Bytes::from(out))
+}
 
 /// The line a seed-001 client waits for after connecting.
 pub(super) fn welcome() -> Bytes {
@@ -61,7 +68,19 @@ impl Session {
                     }
                 } else {
                     let device = request.device.clone().unwrap_or_default();
-                    match self.password_login(&name, &password, &device).await {
+                    let welcome = (!request.want_token).then(|| {
+                        json_line(
+                            true,
+                            &format!("Welcome, {name}!"),
+                            Value::from(""),
+                            id.clone(),
+                        )
+                    });
+                    match self
+                        .password_login(&name, &password, &device, welcome)
+                        .await
+                    {
+                        Ok(()) if !request.want_token => return Flow::Continue,
                         Ok(()) if request.want_token => match self.issue_token().await {
                             Ok((token, expires_at)) => (
                                 true,
@@ -90,21 +109,22 @@ impl Session {
                         Value::from(""),
                     )
                 } else {
-                    match self.login(name).await {
-                        Ok(()) => (
-                            true,
-                            format!("Registration successful. Welcome, {name}!"),
-                            Value::from(""),
-                        ),
+                    let message = format!("Registration successful. Welcome, {name}!");
+                    let welcome = json_line(true, &message, Value::from(""), id.clone());
+                    match self.login(name, Some(welcome)).await {
+                        Ok(()) => return Flow::Continue,
                         Err(kind) => (false, json_error(kind).into(), Value::from("")),
                     }
                 }
             }
             "RESUME" => match self
-                .token_login(request.token.as_deref().unwrap_or(""))
+                .token_login(request.token.as_deref().unwrap_or(""), |name| {
+                    let message = format!("Welcome back, {name}!");
+                    Some(json_line(true, &message, Value::from(name), id.clone()))
+                })
                 .await
             {
-                Ok(name) => (true, format!("Welcome back, {name}!"), Value::from(name)),
+                Ok(_) => return Flow::Continue,
                 Err(kind) => (false, json_error(kind).into(), Value::from("")),
             },
             "TOKEN" => match self.issue_token().await {
@@ -165,6 +185,19 @@ impl Session {
                 self.json_send(Target::Everyone, request.data, "Message broadcasted", id)
                     .await;
                 return Flow::Continue;
+            }
+            "DM" if request.recipients.is_some() && self.login.is_some() => {
+                let names = request.recipients.clone().unwrap_or_default();
+                if names.iter().all(|n| name_ok(n)) && !names.is_empty() {
+                    let to = Target::Users(names);
+                    self.json_send(to, request.data, "Message sent", id).await;
+                    return Flow::Continue;
+                }
+                (
+                    false,
+                    json_error(ErrorKind::UserNotFound).into(),
+                    Value::from(""),
+                )
             }
             "DM" => {
                 let to = request.to.unwrap_or_default();
@@ -255,12 +288,72 @@ impl Session {
             }
             "HISTORY" => {
                 let target = request.target.unwrap_or(request.data);
-                match self.json_history(target, request.limit).await {
+                let page = match (
+                    request.before,
+                    request.after,
+                    request.before_time,
+                    request.after_time,
+                ) {
+                    (Some(id), ..) => Page::BeforeId(id),
+                    (_, Some(id), ..) => Page::AfterId(id),
+                    (_, _, Some(ms), _) => Page::BeforeTime(ms),
+                    (_, _, _, Some(ms)) => Page::AfterTime(ms),
+                    _ => Page::Latest,
+                };
+                match self.json_history(target, request.limit, page).await {
                     Ok(items) => (true, "History".into(), items),
                     Err(kind) => (false, json_error(kind).into(), Value::from("")),
                 }
             }
+            "USERS" => match self.users_with_presence().await {
+                Ok(users) => {
+                    let users: Vec<Value> = users
+                        .into_iter()
+                        .map(|u| {
+                            serde_json::json!({
+                                "name": String::from_utf8_lossy(&u.name),
+                                "online": u.online,
+                                "last_seen": (u.last_seen > 0).then_some(u.last_seen),
+                            })
+                        })
+                        .collect();
+                    (true, "Users".into(), Value::from(users))
+                }
+                Err(kind) => (false, json_error(kind).into(), Value::from("")),
+            },
+            "MEMBERS" => {
+                let room = request.room.clone().unwrap_or(request.data.clone());
+                match self.shared.hub.members(room).await {
+                    Ok(members) => {
+                        let members: Vec<Value> = members
+                            .into_iter()
+                            .map(|(name, online)| serde_json::json!({"name": &*name, "online": online}))
+                            .collect();
+                        (true, "Members".into(), Value::from(members))
+                    }
+                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                }
+            }
+            "ACK" => match (&self.login, request.conversation, request.seq) {
+                (Some((identity, _)), Some(conv), Some(seq)) => {
+                    self.shared.hub.cursors(identity.device, vec![(conv, seq)]);
+                    (true, "Acked".into(), Value::from(""))
+                }
+                (None, ..) => (
+                    false,
+                    json_error(ErrorKind::NotLoggedIn).into(),
+                    Value::from(""),
+                ),
+                _ => (
+                    false,
+                    json_error(ErrorKind::Malformed).into(),
+                    Value::from(""),
+                ),
+            },
             "SUBSCRIBE" => {
+                if request.acks {
+                    let _ = self.enable_acks();
+                }
                 self.subscribed = true;
                 if let Some((identity, _)) = &self.login {
                     self.shared.hub.subscribe(self.link.id, identity.user);
@@ -359,7 +452,12 @@ impl Session {
         lines.join("\n")
     }
 
-    async fn json_history(&self, target: String, limit: Option<usize>) -> Result<Value, ErrorKind> {
+    async fn json_history(
+        &self,
+        target: String,
+        limit: Option<usize>,
+        page: Page,
+    ) -> Result<Value, ErrorKind> {
         let Some((identity, _)) = &self.login else {
             return Err(ErrorKind::NotLoggedIn);
         };
@@ -374,7 +472,7 @@ impl Session {
             Err(_) => return Err(ErrorKind::Internal),
         };
         let messages = reader
-            .latest(conv, limit)
+            .page(conv, page, limit)
             .await
             .map_err(|_| ErrorKind::Internal)?;
         let items: Vec<Value> = messages

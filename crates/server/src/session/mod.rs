@@ -7,6 +7,7 @@
 
 mod account;
 mod binary;
+mod binary_messaging;
 mod json;
 mod text;
 
@@ -82,6 +83,7 @@ pub async fn run(
         kill_reason: OnceLock::new(),
         inflight: Arc::new(Semaphore::new(config.max_inflight)),
         replay: Arc::new(Semaphore::new(REPLAY_WINDOW)),
+        acks: Default::default(),
     });
     info!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
     let device = Arc::new(OnceLock::new());
@@ -160,10 +162,10 @@ impl Session {
         let login_deadline = (self.link.protocol == Protocol::Binary && login_timeout > 0)
             .then(|| Instant::now() + Duration::from_millis(login_timeout));
         loop {
-            let login_by = login_deadline.filter(|_| self.login.is_none());
             if let Flow::Close(why) = self.drain(&mut buf).await {
                 return why;
             }
+            let login_by = login_deadline.filter(|_| self.login.is_none());
             if buf.is_empty() {
                 // Idle connections hold no read buffer: wait for data before allocating.
                 buf = BytesMut::new();
@@ -249,20 +251,27 @@ impl Session {
     }
 
     /// Logs in as `name` without a password (seed 000, 002, 004, 001 logins).
-    async fn login(&mut self, name: &str) -> Result<(), ErrorKind> {
-        self.login_as(name, "", Auth::None).await
+    async fn login(&mut self, name: &str, welcome: Option<Outbound>) -> Result<(), ErrorKind> {
+        self.login_as(name, "", Auth::None, welcome).await
     }
 
     /// Logs in as `name` on `device`; on success starts the catch-up unless the session
-    /// only speaks when spoken to.
-    async fn login_as(&mut self, name: &str, device: &str, auth: Auth) -> Result<(), ErrorKind> {
+    /// only speaks when spoken to. `welcome` is the success reply: the hub queues it before
+    /// anything else can reach the new session (a presence notice, say).
+    async fn login_as(
+        &mut self,
+        name: &str,
+        device: &str,
+        auth: Auth,
+        welcome: Option<Outbound>,
+    ) -> Result<(), ErrorKind> {
         if self.login.is_some() {
             return Err(ErrorKind::AlreadyLoggedIn);
         }
         let hub = &self.shared.hub;
         let link = self.link.clone();
         match hub
-            .login(link, name.to_string(), device.to_string(), auth)
+            .login(link, name.to_string(), device.to_string(), auth, welcome)
             .await
         {
             Ok(ok) => {
@@ -343,6 +352,13 @@ impl Session {
             None => info!(session = self.link.id, %reason, "disconnected"),
         }
     }
+}
+
+/// One line of output, with its newline.
+fn line(text: impl Into<String>) -> Outbound {
+    let mut text: String = text.into();
+    text.push('\n');
+    Outbound::Bytes(Bytes::from(text))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

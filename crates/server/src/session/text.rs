@@ -7,7 +7,7 @@ use parley_proto::{validate_name, ErrorKind, Target};
 
 use super::{Flow, Session};
 use crate::outbound::Outbound;
-use crate::store::Resolved;
+use crate::store::{Page, Resolved};
 use crate::wire::{slash_error, Style, Tag};
 
 /// Messages a `HISTORY` returns when no count is given.
@@ -81,8 +81,8 @@ impl Session {
                 let line = match self.name_ok(&name) {
                     None => "ERR invalid-username".to_string(),
                     Some(_) if logged_in => "ERR already-logged-in".to_string(),
-                    Some(name) => match self.login(name).await {
-                        Ok(()) => "OK".to_string(),
+                    Some(name) => match self.login(name, Some(super::line("OK"))).await {
+                        Ok(()) => return Flow::Continue,
                         Err(kind) => format!("ERR {}", text::error_word(kind)),
                     },
                 };
@@ -98,15 +98,20 @@ impl Session {
                 device,
             } => {
                 let device = device.unwrap_or_default();
-                let result = self.password_login(&name, &password, &device).await;
-                self.say_result(result).await;
+                let welcome = Some(super::line("OK"));
+                if let Err(kind) = self
+                    .password_login(&name, &password, &device, welcome)
+                    .await
+                {
+                    self.say_result(Err(kind)).await;
+                }
             }
             TextCommand::Resume { token } => {
-                let line = match self.token_login(&token).await {
-                    Ok(name) => format!("OK {name}"),
-                    Err(kind) => format!("ERR {}", text::error_word(kind)),
-                };
-                self.say_line(line).await;
+                let welcome = |name: &str| Some(super::line(format!("OK {name}")));
+                if let Err(kind) = self.token_login(&token, welcome).await {
+                    self.say_line(format!("ERR {}", text::error_word(kind)))
+                        .await;
+                }
             }
             TextCommand::Who => {
                 let presence = self.shared.hub.who().await;
@@ -172,13 +177,20 @@ impl Session {
             TextCommand::Broadcast { text } => {
                 self.send_text(Target::Everyone, text, Tag::Line).await
             }
-            TextCommand::Dm { to, text } => match self.name_ok(&to) {
-                Some(to) => {
-                    let to = Target::User(to.to_string());
-                    self.send_text(to, text, Tag::Line).await;
+            TextCommand::Dm { to, text } => {
+                let names: Option<Vec<String>> = to
+                    .split(',')
+                    .map(|n| self.name_ok(n).map(str::to_string))
+                    .collect();
+                match names {
+                    Some(mut names) if names.len() == 1 => {
+                        let to = Target::User(names.remove(0));
+                        self.send_text(to, text, Tag::Line).await;
+                    }
+                    Some(names) => self.send_text(Target::Users(names), text, Tag::Line).await,
+                    None => self.say_line("ERR user-not-found".into()).await,
                 }
-                None => self.say_line("ERR user-not-found".into()).await,
-            },
+            }
             TextCommand::Say { room, text } => {
                 self.send_text(Target::Room(room), text, Tag::Line).await;
             }
@@ -221,7 +233,44 @@ impl Session {
                 out.push_str("OK\n");
                 self.say(Outbound::Bytes(Bytes::from(out))).await;
             }
-            TextCommand::History { target, limit } => self.history(target, limit).await,
+            TextCommand::History {
+                target,
+                limit,
+                around,
+            } => self.history(target, limit, around).await,
+            TextCommand::Users => {
+                let mut out = String::new();
+                match self.users_with_presence().await {
+                    Ok(users) => {
+                        for u in users {
+                            let seen = match u.last_seen {
+                                0 => "-".to_string(),
+                                ms => super::json::rfc3339_ms(ms as i64),
+                            };
+                            let state = if u.online { "online" } else { "offline" };
+                            let name = String::from_utf8_lossy(&u.name);
+                            out.push_str(&format!("PRESENCE {name} {state} {seen}\n"));
+                        }
+                        out.push_str("OK\n");
+                    }
+                    Err(kind) => out = format!("ERR {}\n", text::error_word(kind)),
+                }
+                self.say(Outbound::Bytes(Bytes::from(out))).await;
+            }
+            TextCommand::Members { room } => {
+                let out = match self.shared.hub.members(room).await {
+                    Ok(members) => {
+                        let mut out = String::new();
+                        for (name, online) in members {
+                            let state = if online { "online" } else { "offline" };
+                            out.push_str(&format!("MEMBER {name} {state}\n"));
+                        }
+                        out + "OK\n"
+                    }
+                    Err(kind) => format!("ERR {}\n", text::error_word(kind)),
+                };
+                self.say(Outbound::Bytes(Bytes::from(out))).await;
+            }
             TextCommand::SlashNick { name } => {
                 let line = match (self.name_ok(&name), &self.login) {
                     (None, _) => format!("err: {}", slash_error(ErrorKind::InvalidName)),
@@ -231,13 +280,16 @@ impl Session {
                     (Some(_), Some((_, current))) => {
                         format!("err: you are already called {current}")
                     }
-                    (Some(nick), None) => match self.login(nick).await {
-                        Ok(()) => {
-                            self.become_member().await;
-                            format!("> all right, I will call you {name}")
+                    (Some(nick), None) => {
+                        let welcome = super::line(format!("> all right, I will call you {nick}"));
+                        match self.login(nick, Some(welcome)).await {
+                            Ok(()) => {
+                                self.become_member().await;
+                                return Flow::Continue;
+                            }
+                            Err(kind) => format!("err: {}", slash_error(kind)),
                         }
-                        Err(kind) => format!("err: {}", slash_error(kind)),
-                    },
+                    }
                 };
                 self.say_line(line).await;
             }
@@ -327,17 +379,22 @@ impl Session {
         let _ = hub.join(self.link.clone(), self.actor(), room, None).await;
     }
 
-    async fn history(&mut self, target: String, limit: Option<usize>) {
+    async fn history(&mut self, target: String, limit: Option<usize>, around: Option<(bool, i64)>) {
         let Some((identity, _)) = &self.login else {
             return;
         };
         let limit = limit
             .unwrap_or(DEFAULT_HISTORY)
             .min(self.shared.config.max_history);
+        let page = match around {
+            None => Page::Latest,
+            Some((true, seq)) => Page::BeforeSeq(seq),
+            Some((false, seq)) => Page::AfterSeq(seq),
+        };
         self.settle().await;
         let reader = &self.shared.reader;
         let lines = match reader.resolve(identity.user, target.clone()).await {
-            Ok(Resolved::Conv(conv)) => match reader.latest(conv, limit).await {
+            Ok(Resolved::Conv(conv)) => match reader.page(conv, page, limit).await {
                 Ok(messages) => {
                     let mut out = String::new();
                     for (m, received_at) in messages {

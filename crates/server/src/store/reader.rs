@@ -64,6 +64,27 @@ pub struct Profile {
     pub avatar: Option<Vec<u8>>,
 }
 
+/// Which part of a history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    Latest,
+    BeforeId(i64),
+    AfterId(i64),
+    /// Unix ms.
+    BeforeTime(i64),
+    AfterTime(i64),
+    BeforeSeq(i64),
+    AfterSeq(i64),
+}
+
+/// A user as listed with presence.
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub name: String,
+    /// Unix ms of the end of the last session (or the creation), if any.
+    pub last_seen: Option<i64>,
+}
+
 /// What a history target names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
@@ -122,7 +143,10 @@ impl Reader {
         .await?
     }
 
-    /// Every conversation `user` belongs to, with `device`'s cursor in it.
+    /// Every conversation `user` belongs to, with `device`'s cursor in it. A device that
+    /// never received anything of a conversation starts where the account's furthest device
+    /// is: what some device of the account already received is not replayed to a new one,
+    /// and what none received goes to whichever device comes first.
     pub async fn positions(
         &self,
         user: UserId,
@@ -130,7 +154,10 @@ impl Reader {
     ) -> anyhow::Result<Vec<ConvPosition>> {
         self.with(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT c.id, ua.name, ub.name, MAX(COALESCE(cur.seq, 0), m.joined_seq), c.last_seq,
+                "SELECT c.id, ua.name, ub.name, MAX(COALESCE(cur.seq, (SELECT MAX(c2.seq) FROM cursors c2
+                                   JOIN devices d2 ON d2.id = c2.device_id
+                                   WHERE d2.user_id = ?1 AND c2.conversation_id = c.id), 0),
+                           m.joined_seq), c.last_seq,
                         c.kind, c.name
                  FROM memberships m
                  JOIN conversations c ON c.id = m.conversation_id
@@ -275,13 +302,53 @@ impl Reader {
         conv: ConvId,
         limit: usize,
     ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
+        self.page(conv, Page::Latest, limit).await
+    }
+
+    /// Every user (but the reserved anonymous one), sorted by name.
+    pub async fn users(&self) -> anyhow::Result<Vec<UserRow>> {
         self.with(move |conn| {
             let mut stmt = conn.prepare_cached(
+                "SELECT name, last_seen_at FROM users WHERE name <> 'anonymous' ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(UserRow {
+                    name: r.get(0)?,
+                    last_seen: r.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// A page of `conv`'s history, oldest first, with receive times (ms).
+    pub async fn page(
+        &self,
+        conv: ConvId,
+        page: Page,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
+        self.with(move |conn| {
+            // Ids grow with sequence numbers inside a conversation, so a bound on the id is
+            // a bound on the sequence; times are the server's receive times.
+            let (bound, value, newest_first) = match page {
+                Page::Latest => ("?3 = 0", 0, true),
+                Page::BeforeId(id) => ("m.id < ?3", id, true),
+                Page::AfterId(id) => ("m.id > ?3", id, false),
+                Page::BeforeTime(ms) => ("m.received_at < ?3", ms, true),
+                Page::AfterTime(ms) => ("m.received_at > ?3", ms, false),
+                Page::BeforeSeq(seq) => ("m.seq < ?3", seq, true),
+                Page::AfterSeq(seq) => ("m.seq > ?3", seq, false),
+            };
+            let order = if newest_first { "DESC" } else { "ASC" };
+            let sql = format!(
                 "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at, m.received_at
                  FROM messages m JOIN users u ON u.id = m.sender_id
-                 WHERE m.conversation_id = ?1 ORDER BY m.seq DESC LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![conv, limit as i64], |r| {
+                 WHERE m.conversation_id = ?1 AND {bound} ORDER BY m.seq {order} LIMIT ?2"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![conv, limit as i64, value], |r| {
                 let name: String = r.get(2)?;
                 let body: Vec<u8> = r.get(4)?;
                 let sent_at: i64 = r.get(5)?;
@@ -299,7 +366,9 @@ impl Reader {
                 ))
             })?;
             let mut out: Vec<_> = rows.collect::<Result<_, _>>()?;
-            out.reverse();
+            if newest_first {
+                out.reverse();
+            }
             Ok(out)
         })
         .await

@@ -1,0 +1,266 @@
+//! The binary protocol's messaging keys (0x20-0x2F): rooms, several recipients, everyone,
+//! listings with presence, history pages, and pushes that carry their place in the log and
+//! are acknowledged by the client.
+
+use bytes::Bytes;
+use parley_proto::binary::{self, Event, Frame, RoomEntry, UserEntry};
+use parley_proto::{validate_name, ErrorKind, Reply, Target};
+use std::sync::atomic::Ordering;
+
+use super::binary::{reply, utf8};
+use super::Session;
+use crate::hub::Actor;
+use crate::store::{Page, Resolved};
+use crate::wire::{Style, Tag};
+
+impl Session {
+    pub(super) async fn messaging_frame(&mut self, frame: Frame) {
+        let cid = frame.cid();
+        let result = match frame {
+            Frame::Ack {
+                conversation, seq, ..
+            } => {
+                // A notification: no response.
+                if let (Some((identity, _)), true) = (&self.login, seq > 0) {
+                    let progress = vec![(conversation as i64, seq as i64)];
+                    self.shared.hub.cursors(identity.device, progress);
+                }
+                return;
+            }
+            Frame::EnableAcks { .. } => self.enable_acks(),
+            Frame::Join { room, .. } => match self.room_name(&room) {
+                Ok(room) => {
+                    let (link, actor) = (self.link.clone(), self.member());
+                    match actor {
+                        Ok(actor) => self.shared.hub.join(link, actor, room, None).await,
+                        Err(kind) => Err(kind),
+                    }
+                }
+                Err(kind) => Err(kind),
+            },
+            Frame::Leave { room, .. } => match (self.room_name(&room), self.member()) {
+                (Ok(room), Ok(actor)) => {
+                    self.shared.hub.leave(self.link.clone(), actor, room).await
+                }
+                (Err(kind), _) | (_, Err(kind)) => Err(kind),
+            },
+            Frame::SendRoom {
+                room,
+                message,
+                time,
+                ..
+            } => match self.room_name(&room) {
+                Ok(room) => {
+                    return self
+                        .send_binary(cid, Target::Room(room), message, time)
+                        .await
+                }
+                Err(kind) => Err(kind),
+            },
+            Frame::SendMany {
+                to, message, time, ..
+            } => {
+                let max = self.shared.config.max_name_bytes;
+                let names: Option<Vec<String>> = to
+                    .iter()
+                    .map(|n| validate_name(n, max).ok().map(str::to_string))
+                    .collect();
+                match names {
+                    Some(names) if !names.is_empty() => {
+                        return self
+                            .send_binary(cid, Target::Users(names), message, time)
+                            .await
+                    }
+                    Some(_) => Err(ErrorKind::Malformed),
+                    None => Err(ErrorKind::UserNotFound),
+                }
+            }
+            Frame::SendAll { message, time, .. } => {
+                return self.send_binary(cid, Target::Everyone, message, time).await
+            }
+            Frame::ListRooms { .. } => {
+                let rooms = self.shared.hub.rooms().await;
+                let rooms = rooms
+                    .into_iter()
+                    .map(|r| RoomEntry {
+                        name: Bytes::copy_from_slice(r.name.as_bytes()),
+                        members: r.members as u32,
+                        online: r.online as u32,
+                    })
+                    .collect();
+                self.send_frame(Frame::Rooms { cid, rooms }).await;
+                Ok(())
+            }
+            Frame::ListMembers { room, .. } => match utf8(&room) {
+                Ok(room) => match self.shared.hub.members(room.to_string()).await {
+                    Ok(list) => {
+                        let members = list
+                            .into_iter()
+                            .map(|(name, online)| UserEntry {
+                                name: Bytes::copy_from_slice(name.as_bytes()),
+                                online,
+                                last_seen: 0,
+                            })
+                            .collect();
+                        self.send_frame(Frame::Members { cid, members }).await;
+                        Ok(())
+                    }
+                    Err(kind) => Err(kind),
+                },
+                Err(kind) => Err(kind),
+            },
+            Frame::ListUsers { .. } => match self.users_with_presence().await {
+                Ok(users) => {
+                    self.send_frame(Frame::Users { cid, users }).await;
+                    Ok(())
+                }
+                Err(kind) => Err(kind),
+            },
+            Frame::History {
+                target,
+                mode,
+                value,
+                limit,
+                ..
+            } => match self.history_page(&target, mode, value, limit).await {
+                Ok(events) => {
+                    self.send_frame(Frame::HistoryPage { cid, events }).await;
+                    Ok(())
+                }
+                Err(kind) => Err(kind),
+            },
+            _ => Err(ErrorKind::UnknownCommand),
+        };
+        self.answer(cid, reply(result)).await;
+    }
+
+    fn member(&self) -> Result<Actor, ErrorKind> {
+        match &self.login {
+            Some((identity, _)) => Ok(Actor::Member(*identity)),
+            None => Err(ErrorKind::NotLoggedIn),
+        }
+    }
+
+    fn room_name(&self, room: &[u8]) -> Result<String, ErrorKind> {
+        validate_name(room, self.shared.config.max_name_bytes)
+            .map(str::to_string)
+            .map_err(|_| ErrorKind::InvalidName)
+    }
+
+    /// From now on this session's pushes are `Event` frames and its cursor moves on acks.
+    pub(super) fn enable_acks(&mut self) -> Result<(), ErrorKind> {
+        self.link.acks.store(true, Ordering::Relaxed);
+        if self.link.protocol == crate::wire::Protocol::Binary {
+            self.set_style(Style::Events);
+        }
+        Ok(())
+    }
+
+    async fn send_binary(&mut self, cid: u32, to: Target, message: Bytes, time: u64) {
+        let actor = match self.member() {
+            Ok(actor) => actor,
+            Err(kind) => return self.answer(cid, Reply::Error(kind)).await,
+        };
+        if !self.messages.allow() {
+            return self.answer(cid, Reply::Error(ErrorKind::RateLimited)).await;
+        }
+        self.acquire_inflight().await;
+        let hub = &self.shared.hub;
+        hub.send(self.link.clone(), actor, to, message, time, Tag::Cid(cid));
+    }
+
+    /// Every user with whether they are online and when they were last seen.
+    pub(super) async fn users_with_presence(&self) -> Result<Vec<UserEntry>, ErrorKind> {
+        let online = self.shared.hub.who().await.users;
+        let users = self
+            .shared
+            .reader
+            .users()
+            .await
+            .map_err(|_| ErrorKind::Internal)?;
+        Ok(users
+            .into_iter()
+            .map(|u| UserEntry {
+                online: online.iter().any(|o| **o == *u.name),
+                name: Bytes::from(u.name),
+                last_seen: u.last_seen.unwrap_or(0).max(0) as u64,
+            })
+            .collect())
+    }
+
+    /// A page of a conversation the session's user belongs to.
+    pub(super) async fn history_page(
+        &self,
+        target: &[u8],
+        mode: u8,
+        value: u64,
+        limit: u16,
+    ) -> Result<Vec<Event>, ErrorKind> {
+        let Some((identity, _)) = &self.login else {
+            return Err(ErrorKind::NotLoggedIn);
+        };
+        let target = utf8(target)?.to_string();
+        let value = value.min(i64::MAX as u64) as i64;
+        let page = match mode {
+            binary::page::LATEST => Page::Latest,
+            binary::page::BEFORE_ID => Page::BeforeId(value),
+            binary::page::AFTER_ID => Page::AfterId(value),
+            binary::page::BEFORE_TIME => Page::BeforeTime(value),
+            binary::page::AFTER_TIME => Page::AfterTime(value),
+            _ => return Err(ErrorKind::Malformed),
+        };
+        let limit = match limit {
+            0 => 50,
+            n => usize::from(n),
+        }
+        .min(self.shared.config.max_history);
+        self.settle().await;
+        let reader = &self.shared.reader;
+        let conv = match reader.resolve(identity.user, target.clone()).await {
+            Ok(Resolved::Conv(conv)) => conv,
+            Ok(Resolved::Empty) => return Ok(Vec::new()),
+            Ok(Resolved::NotMember) => return Err(ErrorKind::NotMember),
+            Ok(Resolved::NotFound) => return Err(ErrorKind::UserNotFound),
+            Err(_) => return Err(ErrorKind::Internal),
+        };
+        let rows = reader
+            .page(conv, page, limit)
+            .await
+            .map_err(|_| ErrorKind::Internal)?;
+        let me = self
+            .login
+            .as_ref()
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_default();
+        let (kind, to_room) = if target == "*" {
+            (binary::kind::BROADCAST, Some("*".to_string()))
+        } else if self.shared.hub.members(target.clone()).await.is_ok() {
+            (binary::kind::ROOM, Some(target.clone()))
+        } else {
+            (binary::kind::DIRECT, None)
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(m, _)| {
+                // In a direct conversation, the recipient is whichever of the two did not send.
+                let to = to_room.clone().unwrap_or_else(|| {
+                    if *m.sender == *me {
+                        target.clone()
+                    } else {
+                        me.clone()
+                    }
+                });
+                Event {
+                    id: m.id as u64,
+                    conversation: m.conv as u64,
+                    seq: m.seq as u64,
+                    kind,
+                    from: Bytes::copy_from_slice(m.sender.as_bytes()),
+                    to: Bytes::from(to),
+                    time: m.sent_at,
+                    message: m.body,
+                }
+            })
+            .collect())
+    }
+}
