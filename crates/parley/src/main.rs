@@ -30,6 +30,14 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Write a self-signed development certificate (DIR/cert.pem) and key (DIR/key.pem).
+    Cert {
+        /// Directory to write them to.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Measure a server (or run the minimal relay it is compared against).
+    Bench(parley_bench::BenchArgs),
 }
 
 #[derive(clap::Args, Serialize)]
@@ -58,6 +66,18 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen_binary: Option<SocketAddr>,
+    /// A port serving only TLS (any protocol inside).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_tls: Option<SocketAddr>,
+    /// TLS certificate chain (PEM); with --tls-key, TLS is served (sniffed) on every port.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "PARLEY_LOG_FORMAT")]
     #[serde(skip)]
@@ -75,6 +95,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Cert { out } => {
+            let (cert, key) = parley_server::write_self_signed(&out)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+            Ok(())
+        }
+        Command::Bench(args) => parley_bench::run(args),
     }
 }
 
@@ -89,6 +115,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listeners = parley_server::Listeners::bind(&config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        if let Some(tls) = listeners.certificate.clone() {
+            tokio::spawn(reload_on_hangup(tls));
+        }
         parley_server::serve(config, listeners, shutdown).await
     })
 }
@@ -119,6 +148,23 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// SIGHUP: read the certificate and key again; connections already open are untouched.
+async fn reload_on_hangup(tls: std::sync::Arc<parley_server::Tls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "SIGHUP: keeping the old certificate")
+            }
+        }
     }
 }
 

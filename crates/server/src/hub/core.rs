@@ -316,7 +316,7 @@ impl Core {
             }
             Op::Members { room, done } => {
                 let members = self.rooms.get(room.as_str()).map(|r| {
-                    let mut list: Vec<(Arc<str>, bool)> = r
+                    let mut list: super::MemberList = r
                         .members
                         .iter()
                         .map(|u| (self.users[u].clone(), self.online.contains_key(u)))

@@ -101,6 +101,9 @@ pub enum GoLive {
 
 type Done<T> = oneshot::Sender<T>;
 
+/// A room's members, each with whether they are online.
+pub type MemberList = Vec<(Arc<str>, bool)>;
+
 pub(crate) enum Op {
     Login {
         link: Arc<SessionLink>,
@@ -158,7 +161,7 @@ pub(crate) enum Op {
     /// A room's members (users and anonymous sessions), with whether each is online.
     Members {
         room: String,
-        done: Done<Result<Vec<(Arc<str>, bool)>, ErrorKind>>,
+        done: Done<Result<MemberList, ErrorKind>>,
     },
     /// Count this anonymous session in presence listings.
     Guest {
@@ -322,7 +325,7 @@ impl Hub {
         self.ask(|done| Op::Rooms { done }, Vec::new()).await
     }
 
-    pub async fn members(&self, room: String) -> Result<Vec<(Arc<str>, bool)>, ErrorKind> {
+    pub async fn members(&self, room: String) -> Result<MemberList, ErrorKind> {
         let op = |done| Op::Members { room, done };
         self.ask(op, Err(ErrorKind::ShuttingDown)).await
     }
