@@ -51,6 +51,21 @@ pub mod key {
     pub const ENABLE_ACKS: u16 = 0x2D;
     pub const EVENT: u16 = 0x2E;
     pub const ACK: u16 = 0x2F;
+    pub const SEARCH: u16 = 0x30;
+    pub const CONTACT_REQUEST: u16 = 0x31;
+    pub const CONTACT_ANSWER: u16 = 0x32;
+    pub const CONTACT_REMOVE: u16 = 0x33;
+    pub const LIST_CONTACTS: u16 = 0x34;
+    pub const CONTACTS: u16 = 0x35;
+}
+
+/// Contact states in a `Contacts` list.
+pub mod contact {
+    /// This user asked the other.
+    pub const REQUESTED: u8 = 1;
+    /// The other asked this user.
+    pub const PENDING: u8 = 2;
+    pub const ACCEPTED: u8 = 3;
 }
 
 /// Kinds of conversation in an `Event`.
@@ -94,6 +109,16 @@ pub struct RoomEntry {
     pub online: u32,
 }
 
+/// A contact in a `Contacts` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactEntry {
+    pub name: Bytes,
+    /// One of `contact::*`.
+    pub state: u8,
+    pub online: bool,
+    pub last_seen: u64,
+}
+
 /// A user in a `Users` or `Members` list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserEntry {
@@ -131,6 +156,9 @@ pub mod code {
     pub const UNAUTHORIZED: u16 = 0x10;
     pub const TOO_MANY_ATTEMPTS: u16 = 0x11;
     pub const INVALID_PASSWORD: u16 = 0x12;
+    pub const NOT_CONTACT: u16 = 0x13;
+    pub const BAD_TRANSFER: u16 = 0x14;
+    pub const CORRUPT: u16 = 0x15;
 }
 
 /// The response code that reports `kind`.
@@ -153,6 +181,9 @@ pub fn error_code(kind: ErrorKind) -> u16 {
         ErrorKind::Unauthorized => code::UNAUTHORIZED,
         ErrorKind::TooManyAttempts => code::TOO_MANY_ATTEMPTS,
         ErrorKind::InvalidPassword => code::INVALID_PASSWORD,
+        ErrorKind::NotContact => code::NOT_CONTACT,
+        ErrorKind::BadTransfer => code::BAD_TRANSFER,
+        ErrorKind::Corrupt => code::CORRUPT,
     }
 }
 
@@ -297,6 +328,33 @@ pub enum Frame {
     Event {
         cid: u32,
         event: Event,
+    },
+    /// Users whose names start with `prefix` (answered with a `Users` frame).
+    Search {
+        cid: u32,
+        prefix: Bytes,
+        limit: u16,
+    },
+    ContactRequest {
+        cid: u32,
+        name: Bytes,
+    },
+    /// `accept` 1: accept the other's request; 0: decline it.
+    ContactAnswer {
+        cid: u32,
+        name: Bytes,
+        accept: u8,
+    },
+    ContactRemove {
+        cid: u32,
+        name: Bytes,
+    },
+    ListContacts {
+        cid: u32,
+    },
+    Contacts {
+        cid: u32,
+        contacts: Vec<ContactEntry>,
     },
     /// "I have everything of `conversation` up to `seq`". A notification: no response.
     Ack {
@@ -616,6 +674,44 @@ fn parse(mut body: Bytes) -> Result<Frame, FrameError> {
             let event = r.event().ok_or_else(|| malformed("bad event"))?;
             Frame::Event { cid, event }
         }
+        key::SEARCH => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let prefix = r.string().ok_or_else(|| malformed("bad prefix"))?;
+            let limit = r.u16().ok_or_else(|| malformed("missing limit"))?;
+            Frame::Search { cid, prefix, limit }
+        }
+        key::CONTACT_REQUEST | key::CONTACT_REMOVE => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let name = r.string().ok_or_else(|| malformed("bad name"))?;
+            match key {
+                key::CONTACT_REQUEST => Frame::ContactRequest { cid, name },
+                _ => Frame::ContactRemove { cid, name },
+            }
+        }
+        key::CONTACT_ANSWER => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let name = r.string().ok_or_else(|| malformed("bad name"))?;
+            let accept = r.u8().ok_or_else(|| malformed("missing answer"))?;
+            Frame::ContactAnswer { cid, name, accept }
+        }
+        key::LIST_CONTACTS => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            Frame::ListContacts { cid }
+        }
+        key::CONTACTS => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let count = r.u16().ok_or_else(|| malformed("missing count"))?;
+            let mut contacts = Vec::with_capacity(usize::from(count).min(1024));
+            for _ in 0..count {
+                contacts.push(ContactEntry {
+                    name: r.string().ok_or_else(|| malformed("bad name"))?,
+                    state: r.u8().ok_or_else(|| malformed("missing state"))?,
+                    online: r.u8().ok_or_else(|| malformed("missing online"))? != 0,
+                    last_seen: r.u64().ok_or_else(|| malformed("missing last seen"))?,
+                });
+            }
+            Frame::Contacts { cid, contacts }
+        }
         key::ACK => {
             let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
             let conversation = r.u64().ok_or_else(|| malformed("missing conversation"))?;
@@ -705,7 +801,13 @@ impl Frame {
             | Frame::HistoryPage { cid, .. }
             | Frame::EnableAcks { cid }
             | Frame::Event { cid, .. }
-            | Frame::Ack { cid, .. } => *cid,
+            | Frame::Ack { cid, .. }
+            | Frame::Search { cid, .. }
+            | Frame::ContactRequest { cid, .. }
+            | Frame::ContactAnswer { cid, .. }
+            | Frame::ContactRemove { cid, .. }
+            | Frame::ListContacts { cid }
+            | Frame::Contacts { cid, .. } => *cid,
         }
     }
 
@@ -866,6 +968,26 @@ impl Frame {
                 }
             }
             Frame::Event { event, .. } => b.event(event)?,
+            Frame::Search { prefix, limit, .. } => {
+                b.string(prefix)?;
+                b.u16(*limit);
+            }
+            Frame::ContactRequest { name, .. } | Frame::ContactRemove { name, .. } => {
+                b.string(name)?
+            }
+            Frame::ContactAnswer { name, accept, .. } => {
+                b.string(name)?;
+                b.u8(*accept);
+            }
+            Frame::Contacts { contacts, .. } => {
+                b.u16(contacts.len() as u16);
+                for c in contacts {
+                    b.string(&c.name)?;
+                    b.u8(c.state);
+                    b.u8(u8::from(c.online));
+                    b.u64(c.last_seen);
+                }
+            }
             Frame::Ack {
                 conversation, seq, ..
             } => {
@@ -897,6 +1019,12 @@ fn other_key(frame: &Frame) -> &'static u16 {
         Frame::EnableAcks { .. } => &key::ENABLE_ACKS,
         Frame::Event { .. } => &key::EVENT,
         Frame::Ack { .. } => &key::ACK,
+        Frame::Search { .. } => &key::SEARCH,
+        Frame::ContactRequest { .. } => &key::CONTACT_REQUEST,
+        Frame::ContactAnswer { .. } => &key::CONTACT_ANSWER,
+        Frame::ContactRemove { .. } => &key::CONTACT_REMOVE,
+        Frame::ListContacts { .. } => &key::LIST_CONTACTS,
+        Frame::Contacts { .. } => &key::CONTACTS,
         _ => &key::RESPONSE,
     }
 }

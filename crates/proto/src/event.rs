@@ -45,4 +45,10 @@ pub enum ErrorKind {
     TooManyAttempts,
     /// A password shorter than 8 or longer than 128 bytes.
     InvalidPassword,
+    /// The server only allows DMs between accepted contacts, and these are not.
+    NotContact,
+    /// A file upload or download that does not fit: wrong offset, unknown upload, too big.
+    BadTransfer,
+    /// The uploaded bytes do not have the announced SHA-256 (or size): rejected.
+    Corrupt,
 }

@@ -72,6 +72,15 @@ pub enum TextCommand {
     },
     /// Every user with presence.
     Users,
+    Search {
+        prefix: String,
+    },
+    /// `CONTACT ADD|ACCEPT|DECLINE|REMOVE <name>`.
+    Contact {
+        action: String,
+        name: String,
+    },
+    Contacts,
     Members {
         room: String,
     },
@@ -204,6 +213,25 @@ pub fn parse(line: &str) -> TextCommand {
         }
         "history" => parse_history(&words(rest)),
         "users" => TextCommand::Users,
+        "search" => match words(rest).as_slice() {
+            [prefix] => TextCommand::Search {
+                prefix: prefix.to_string(),
+            },
+            _ => TextCommand::Usage("ERR usage: SEARCH <prefix>"),
+        },
+        "contact" => match words(rest).as_slice() {
+            [action, name]
+                if ["add", "accept", "decline", "remove"]
+                    .contains(&action.to_ascii_lowercase().as_str()) =>
+            {
+                TextCommand::Contact {
+                    action: action.to_ascii_lowercase(),
+                    name: name.to_string(),
+                }
+            }
+            _ => TextCommand::Usage("ERR usage: CONTACT ADD|ACCEPT|DECLINE|REMOVE <name>"),
+        },
+        "contacts" => TextCommand::Contacts,
         "members" => match words(rest).as_slice() {
             [room] => TextCommand::Members {
                 room: room.to_string(),
@@ -298,6 +326,9 @@ pub fn error_word(kind: ErrorKind) -> &'static str {
         ErrorKind::RateLimited => "rate-limited",
         ErrorKind::TooManyAttempts => "too-many-attempts",
         ErrorKind::InvalidPassword => "invalid-password",
+        ErrorKind::NotContact => "not-a-contact",
+        ErrorKind::BadTransfer => "bad-transfer",
+        ErrorKind::Corrupt => "corrupt",
     }
 }
 
@@ -336,6 +367,9 @@ pub const HELP: &[&str] = &[
     "HISTORY <room|user|*> [<n>] [before|after <seq>]   n (default 50) messages of a room or DM",
     "USERS                        every user, online or not, with when they were last seen",
     "MEMBERS <room>               a room's members, online or not",
+    "SEARCH <prefix>              users whose names start with prefix",
+    "CONTACT ADD|ACCEPT|DECLINE|REMOVE <name>   ask, answer, or end a contact",
+    "CONTACTS                     your contacts: requested, pending or accepted, with presence",
     "DM <a>,<b>,... <text>        one message to several users",
     "HELP                         this list",
     "QUIT                         close the connection",

@@ -77,6 +77,12 @@ pub struct Config {
     pub argon2_parallelism: u32,
     /// Refuse password-less logins of names that are not accounts too.
     pub require_accounts: bool,
+    /// Allow DMs only between users who accepted each other as contacts.
+    pub contacts_only_dms: bool,
+    /// Most users one name search returns.
+    pub max_search_results: usize,
+    /// Largest file accepted for upload, in bytes.
+    pub max_file_bytes: u64,
     /// How long a device token stays valid, in seconds (default 30 days).
     pub token_ttl_secs: u64,
     /// Failed logins (per name and per address) before back-off starts.
@@ -136,6 +142,9 @@ impl Default for Config {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             require_accounts: false,
+            contacts_only_dms: false,
+            max_search_results: 50,
+            max_file_bytes: 100 * 1024 * 1024,
             token_ttl_secs: 30 * 86_400,
             login_failures_free: 3,
             login_backoff_base_ms: 1000,

@@ -99,4 +99,29 @@ pub enum Notice {
     Disconnected {
         name: Arc<str>,
     },
+    /// `name` changed their contact with the recipient.
+    Contact {
+        name: Arc<str>,
+        change: ContactChange,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactChange {
+    Requested,
+    Accepted,
+    Declined,
+    Removed,
+}
+
+impl ContactChange {
+    /// The JSON event name.
+    pub fn event(self) -> &'static str {
+        match self {
+            ContactChange::Requested => "contact_requested",
+            ContactChange::Accepted => "contact_accepted",
+            ContactChange::Declined => "contact_declined",
+            ContactChange::Removed => "contact_removed",
+        }
+    }
 }

@@ -224,8 +224,12 @@ async fn connection(stream: TcpStream, peer: SocketAddr, kind: PortKind, shared:
             return session::run(Conn::Tcp(stream), peer, protocol, greet, shared, initial).await;
         }
         PortKind::Tls => Ok(Sniffed::Tls),
+        // A connection that never says anything is not kept forever.
         PortKind::Shared => tokio::select! {
             _ = shared.shutdown.cancelled() => return,
+            _ = first_byte_deadline(&shared) => {
+                return warn!(%peer, "nothing received in time; closing");
+            }
             sniffed = sniff(&stream) => sniffed,
         },
     };
@@ -240,6 +244,14 @@ async fn connection(stream: TcpStream, peer: SocketAddr, kind: PortKind, shared:
         },
         Ok(Sniffed::Closed) => {}
         Err(e) => warn!(%peer, error = %e, "connection failed before its first byte"),
+    }
+}
+
+/// How long a new connection may stay silent before its first byte (`login_timeout_ms`).
+async fn first_byte_deadline(shared: &Shared) {
+    match shared.config.login_timeout_ms {
+        0 => std::future::pending().await,
+        ms => tokio::time::sleep(Duration::from_millis(ms)).await,
     }
 }
 
@@ -264,6 +276,9 @@ async fn tls_session(
     let mut initial = BytesMut::with_capacity(4096);
     let first = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
+        _ = first_byte_deadline(&shared) => {
+            return warn!(%peer, "nothing received in time after the TLS handshake; closing");
+        }
         read = tokio::io::AsyncReadExt::read_buf(&mut tls, &mut initial) => read,
     };
     match first {

@@ -12,7 +12,7 @@ use parley_proto::json::{self, Value};
 use parley_proto::{binary, text, ErrorKind, Reply};
 use serde::Serialize;
 
-use crate::delivery::{Delivery, Kind, Notice};
+use crate::delivery::{ContactChange, Delivery, Kind, Notice};
 
 /// How a connection's bytes are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -143,11 +143,24 @@ impl Style {
             (Style::Slash, Notice::Joined { name, .. }) => format!("> {name} joined the room\n"),
             (Style::Slash, Notice::Left { name, .. }) => format!("> {name} has left the room\n"),
             (Style::Slash, Notice::Disconnected { .. }) => return,
+            (Style::Line | Style::Slash, Notice::Contact { name, change }) => {
+                let what = match change {
+                    ContactChange::Requested => "wants to be your contact",
+                    ContactChange::Accepted => "accepted your contact request",
+                    ContactChange::Declined => "declined your contact request",
+                    ContactChange::Removed => "removed you from their contacts",
+                };
+                match self {
+                    Style::Slash => format!("> {name} {what}\n"),
+                    _ => format!("INFO {name} {what}\n"),
+                }
+            }
             (Style::Json, notice) => {
                 let (event, room, user) = match notice {
                     Notice::Joined { room, name } => ("joined", Some(&**room), name),
                     Notice::Left { room, name } => ("left", Some(&**room), name),
                     Notice::Disconnected { name } => ("disconnected", None, name),
+                    Notice::Contact { name, change } => (change.event(), None, name),
                 };
                 let mut out = Vec::new();
                 json::encode_line(&NoticeEvent { event, room, user }, &mut out);
@@ -237,6 +250,7 @@ pub fn slash_error(kind: ErrorKind) -> &'static str {
         ErrorKind::InvalidUtf8 => "invalid UTF-8",
         ErrorKind::ShuttingDown => "server shutting down",
         ErrorKind::RateLimited => "too many messages, slow down",
+        ErrorKind::NotContact => "not a contact: DMs need an accepted contact request",
         ErrorKind::Unauthorized => "invalid credentials",
         ErrorKind::TooManyAttempts => "too many failed logins, try again later",
         _ => "internal error",
@@ -263,5 +277,10 @@ pub fn json_error(kind: ErrorKind) -> &'static str {
         ErrorKind::RateLimited => "Too many messages, slow down",
         ErrorKind::TooManyAttempts => "Too many failed logins, try again later",
         ErrorKind::InvalidPassword => "Passwords have 8 to 128 bytes",
+        ErrorKind::NotContact => {
+            "Not a contact: this server allows DMs only between accepted contacts"
+        }
+        ErrorKind::BadTransfer => "Bad transfer: unknown upload, wrong offset or too large",
+        ErrorKind::Corrupt => "Corrupt upload: the bytes do not match the announced SHA-256",
     }
 }

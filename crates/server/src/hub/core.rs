@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::delivery::{Delivery, Kind, Notice};
 use crate::outbound::{Outbound, SessionLink};
 use crate::store::{
-    now_ms, Batch, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds, Revoke, Seq, UserId,
+    now_ms, Batch, ContactState, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds,
+    Revoke, Seq, UserId,
 };
 use crate::wire::Protocol;
 
@@ -38,6 +39,8 @@ pub fn spawn(
         users: HashMap::new(),
         accounts: HashSet::new(),
         require_accounts: config.require_accounts,
+        contacts: HashMap::new(),
+        contacts_only_dms: config.contacts_only_dms,
         devices: HashMap::new(),
         directs: HashMap::new(),
         last_seqs: HashMap::new(),
@@ -96,6 +99,9 @@ pub(super) struct Core {
     /// Users with a password: password-less logins of these names are refused.
     accounts: HashSet<UserId>,
     require_accounts: bool,
+    /// Contacts per user, loaded on first use.
+    pub contacts: HashMap<UserId, HashMap<UserId, ContactState>>,
+    pub contacts_only_dms: bool,
     devices: HashMap<(UserId, String), DeviceId>,
     /// Direct conversations by (lower, higher) user id.
     directs: HashMap<(UserId, UserId), ConvId>,
@@ -111,6 +117,8 @@ pub(super) struct Core {
 /// Who a message goes to.
 pub(super) enum Audience {
     Direct(UserId, UserId),
+    /// Every session of one user (notices only).
+    User(UserId),
     Room(Arc<str>),
     Everyone,
 }
@@ -246,6 +254,15 @@ impl Core {
             Op::Login { .. } => self.login(op, batch, effects),
             Op::Register { name, hash, done } => {
                 let result = self.register(&name, hash, batch);
+                answer(effects, done, result);
+            }
+            Op::Contact {
+                user,
+                other,
+                action,
+                done,
+            } => {
+                let result = self.contact(user, &other, action, batch, effects);
                 answer(effects, done, result);
             }
             Op::Account { user, change, done } => {
@@ -569,6 +586,14 @@ impl Core {
                     .names
                     .get(name.as_str())
                     .ok_or(ErrorKind::UserNotFound)?;
+                if self.contacts_only_dms && recipient != sender.user {
+                    let state = self
+                        .contact_state(sender.user, recipient)
+                        .map_err(internal)?;
+                    if state != Some(ContactState::Accepted) {
+                        return Err(ErrorKind::NotContact);
+                    }
+                }
                 let members = (sender.user.min(recipient), sender.user.max(recipient));
                 let conv = self.direct(members, batch).map_err(internal)?;
                 let to = self.users[&recipient].clone();
@@ -679,6 +704,13 @@ impl Core {
         };
         self.directs.insert(members, conv);
         Ok(conv)
+    }
+
+    pub(super) fn store_contacts(
+        &mut self,
+        user: UserId,
+    ) -> anyhow::Result<Vec<(UserId, ContactState)>> {
+        self.store.contacts(user)
     }
 
     pub(super) fn new_conv_id(&mut self) -> ConvId {
@@ -903,6 +935,7 @@ impl Core {
                     guest.push(Outbound::Deliver(delivery.clone()));
                 }
             }
+            Audience::User(_) => {}
             Audience::Everyone => {
                 for online in self.online.values().flatten() {
                     if online.push && online.welcomed && online.link.id != from.1 {
@@ -941,6 +974,11 @@ impl Core {
                     room.guests.iter().for_each(|g| send(g));
                 }
             }
+            Audience::User(user) => {
+                for o in online(user) {
+                    send(&o.link);
+                }
+            }
             Audience::Everyone | Audience::Direct(..) => {
                 for o in self.online.keys().flat_map(online) {
                     send(&o.link);
@@ -964,6 +1002,7 @@ impl Core {
         self.directs.clear();
         self.last_seqs.clear();
         self.memberships.clear();
+        self.contacts.clear();
         let guests: Vec<(Arc<str>, Vec<Arc<SessionLink>>)> = self
             .rooms
             .values_mut()

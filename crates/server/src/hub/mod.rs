@@ -6,6 +6,7 @@
 //! follows the commit, delivery order is the log's order, and no lock is shared with the
 //! sessions. A node-to-node router (NATS) would hang off the same delivery step.
 
+mod contacts;
 mod core;
 mod rooms;
 
@@ -49,6 +50,15 @@ pub enum Auth {
     Password(UserId),
     /// The session checked a valid token of this user's device.
     Token(UserId, DeviceId),
+}
+
+/// What a user does with a contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactAction {
+    Request,
+    Accept,
+    Decline,
+    Remove,
 }
 
 /// A change to an account, written in the hub's next batch.
@@ -123,6 +133,12 @@ pub(crate) enum Op {
     Account {
         user: UserId,
         change: AccountChange,
+        done: Done<Result<(), ErrorKind>>,
+    },
+    Contact {
+        user: UserId,
+        other: String,
+        action: ContactAction,
         done: Done<Result<(), ErrorKind>>,
     },
     Send {
@@ -323,6 +339,21 @@ impl Hub {
 
     pub async fn rooms(&self) -> Vec<RoomInfo> {
         self.ask(|done| Op::Rooms { done }, Vec::new()).await
+    }
+
+    pub async fn contact(
+        &self,
+        user: UserId,
+        other: String,
+        action: ContactAction,
+    ) -> Result<(), ErrorKind> {
+        let op = |done| Op::Contact {
+            user,
+            other,
+            action,
+            done,
+        };
+        self.ask(op, Err(ErrorKind::ShuttingDown)).await
     }
 
     pub async fn members(&self, room: String) -> Result<MemberList, ErrorKind> {

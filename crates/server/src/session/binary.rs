@@ -104,7 +104,13 @@ impl Session {
             | Frame::History { .. }
             | Frame::EnableAcks { .. }
             | Frame::Ack { .. } => self.messaging_frame(frame).await,
-            Frame::Rooms { cid, .. }
+            Frame::Search { .. }
+            | Frame::ContactRequest { .. }
+            | Frame::ContactAnswer { .. }
+            | Frame::ContactRemove { .. }
+            | Frame::ListContacts { .. } => self.contacts_frame(frame).await,
+            Frame::Contacts { cid, .. }
+            | Frame::Rooms { cid, .. }
             | Frame::Members { cid, .. }
             | Frame::Users { cid, .. }
             | Frame::HistoryPage { cid, .. }

@@ -3,13 +3,13 @@
 //! are acknowledged by the client.
 
 use bytes::Bytes;
-use parley_proto::binary::{self, Event, Frame, RoomEntry, UserEntry};
+use parley_proto::binary::{self, ContactEntry, Event, Frame, RoomEntry, UserEntry};
 use parley_proto::{validate_name, ErrorKind, Reply, Target};
 use std::sync::atomic::Ordering;
 
 use super::binary::{reply, utf8};
 use super::Session;
-use crate::hub::Actor;
+use crate::hub::{Actor, ContactAction};
 use crate::store::{Page, Resolved};
 use crate::wire::{Style, Tag};
 
@@ -125,6 +125,66 @@ impl Session {
             } => match self.history_page(&target, mode, value, limit).await {
                 Ok(events) => {
                     self.send_frame(Frame::HistoryPage { cid, events }).await;
+                    Ok(())
+                }
+                Err(kind) => Err(kind),
+            },
+            _ => Err(ErrorKind::UnknownCommand),
+        };
+        self.answer(cid, reply(result)).await;
+    }
+
+    pub(super) async fn contacts_frame(&mut self, frame: Frame) {
+        let cid = frame.cid();
+        let result = match frame {
+            Frame::Search { prefix, limit, .. } => match utf8(&prefix) {
+                Ok(prefix) => match self.search_users(prefix, usize::from(limit)).await {
+                    Ok(found) => {
+                        let users = found
+                            .into_iter()
+                            .map(|u| UserEntry {
+                                name: Bytes::from(u.name),
+                                online: u.online,
+                                last_seen: u.last_seen.max(0) as u64,
+                            })
+                            .collect();
+                        self.send_frame(Frame::Users { cid, users }).await;
+                        Ok(())
+                    }
+                    Err(kind) => Err(kind),
+                },
+                Err(kind) => Err(kind),
+            },
+            Frame::ContactRequest { name, .. } => match utf8(&name) {
+                Ok(name) => self.contact_action(name, ContactAction::Request).await,
+                Err(kind) => Err(kind),
+            },
+            Frame::ContactAnswer { name, accept, .. } => match utf8(&name) {
+                Ok(name) => {
+                    let action = match accept {
+                        0 => ContactAction::Decline,
+                        _ => ContactAction::Accept,
+                    };
+                    self.contact_action(name, action).await
+                }
+                Err(kind) => Err(kind),
+            },
+            Frame::ContactRemove { name, .. } => match utf8(&name) {
+                Ok(name) => self.contact_action(name, ContactAction::Remove).await,
+                Err(kind) => Err(kind),
+            },
+            Frame::ListContacts { .. } => match self.contact_list().await {
+                Ok(list) => {
+                    let contacts = list
+                        .into_iter()
+                        .map(|c| ContactEntry {
+                            name: Bytes::from(c.name),
+                            state: c.state as u8,
+                            online: c.online,
+                            last_seen: c.last_seen.max(0) as u64,
+                        })
+                        .collect();
+                    self.send_frame(Frame::Contacts { cid, contacts }).await;
                     Ok(())
                 }
                 Err(kind) => Err(kind),

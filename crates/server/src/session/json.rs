@@ -305,6 +305,45 @@ impl Session {
                     Err(kind) => (false, json_error(kind).into(), Value::from("")),
                 }
             }
+            "SEARCH" => {
+                let limit = request.limit.unwrap_or(usize::MAX);
+                match self.search_users(&request.data, limit).await {
+                    Ok(found) => {
+                        let found: Vec<Value> = found
+                            .into_iter()
+                            .map(|u| serde_json::json!({"name": u.name, "online": u.online}))
+                            .collect();
+                        (true, "Users found".into(), Value::from(found))
+                    }
+                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                }
+            }
+            "CONTACT_REQUEST" | "CONTACT_ACCEPT" | "CONTACT_DECLINE" | "CONTACT_REMOVE" => {
+                let word = command.trim_start_matches("CONTACT_").to_ascii_lowercase();
+                let name = request.to.clone().unwrap_or(request.data.clone());
+                let action = super::contacts::action(&word).expect("one of the four");
+                match self.contact_action(&name, action).await {
+                    Ok(()) => (true, "Done".into(), Value::from("")),
+                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                }
+            }
+            "CONTACTS" => match self.contact_list().await {
+                Ok(list) => {
+                    let list: Vec<Value> = list
+                        .into_iter()
+                        .map(|c| {
+                            serde_json::json!({
+                                "name": c.name,
+                                "state": c.state.name(),
+                                "online": c.online,
+                                "last_seen": (c.last_seen > 0).then_some(c.last_seen),
+                            })
+                        })
+                        .collect();
+                    (true, "Contacts".into(), Value::from(list))
+                }
+                Err(kind) => (false, json_error(kind).into(), Value::from("")),
+            },
             "USERS" => match self.users_with_presence().await {
                 Ok(users) => {
                     let users: Vec<Value> = users

@@ -8,6 +8,7 @@
 mod account;
 mod binary;
 mod binary_messaging;
+mod contacts;
 mod json;
 mod text;
 

@@ -238,6 +238,45 @@ impl Session {
                 limit,
                 around,
             } => self.history(target, limit, around).await,
+            TextCommand::Search { prefix } => {
+                let out = match self.search_users(&prefix, usize::MAX).await {
+                    Ok(found) => {
+                        let mut out = String::new();
+                        for u in found {
+                            let state = if u.online { "online" } else { "offline" };
+                            out.push_str(&format!("FOUND {} {state}\n", u.name));
+                        }
+                        out + "OK\n"
+                    }
+                    Err(kind) => format!("ERR {}\n", text::error_word(kind)),
+                };
+                self.say(Outbound::Bytes(Bytes::from(out))).await;
+            }
+            TextCommand::Contact { action, name } => {
+                let result = match super::contacts::action(&action) {
+                    Some(action) => self.contact_action(&name, action).await,
+                    None => Err(ErrorKind::Malformed),
+                };
+                self.say_result(result).await;
+            }
+            TextCommand::Contacts => {
+                let out = match self.contact_list().await {
+                    Ok(list) => {
+                        let mut out = String::new();
+                        for c in list {
+                            let online = if c.online { "online" } else { "offline" };
+                            out.push_str(&format!(
+                                "CONTACT {} {} {online}\n",
+                                c.name,
+                                c.state.name()
+                            ));
+                        }
+                        out + "OK\n"
+                    }
+                    Err(kind) => format!("ERR {}\n", text::error_word(kind)),
+                };
+                self.say(Outbound::Bytes(Bytes::from(out))).await;
+            }
             TextCommand::Users => {
                 let mut out = String::new();
                 match self.users_with_presence().await {

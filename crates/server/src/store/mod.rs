@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-pub use reader::{ConvPosition, Page, Profile, Reader, Resolved};
+pub use reader::{ConvPosition, Page, Profile, Reader, Resolved, UserRow};
 pub use sqlite::SqliteStore;
 
 pub type UserId = i64;
@@ -62,6 +62,41 @@ pub struct Batch {
     pub tokens: Vec<NewToken>,
     pub revocations: Vec<Revoke>,
     pub profiles: Vec<ProfileChange>,
+    /// Contact rows to set (`Some`) or delete (`None`): (user, other, state).
+    pub contacts: Vec<(UserId, UserId, Option<ContactState>)>,
+    /// Files now complete in the content store: (sha256 hex, size).
+    pub files: Vec<(String, u64)>,
+    /// Files attached to messages of a conversation: (sha256 hex, conversation).
+    pub attachments: Vec<(String, ConvId)>,
+}
+
+/// Where a contact stands, seen from one side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactState {
+    /// This user asked the other.
+    Requested = 1,
+    /// The other asked this user, who has not answered yet.
+    Pending = 2,
+    Accepted = 3,
+}
+
+impl ContactState {
+    pub fn from_i64(v: i64) -> Option<Self> {
+        match v {
+            1 => Some(ContactState::Requested),
+            2 => Some(ContactState::Pending),
+            3 => Some(ContactState::Accepted),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ContactState::Requested => "requested",
+            ContactState::Pending => "pending",
+            ContactState::Accepted => "accepted",
+        }
+    }
 }
 
 /// A device token to store (only its hash).
@@ -118,6 +153,9 @@ impl Batch {
             && self.tokens.is_empty()
             && self.revocations.is_empty()
             && self.profiles.is_empty()
+            && self.contacts.is_empty()
+            && self.files.is_empty()
+            && self.attachments.is_empty()
     }
 }
 
@@ -167,6 +205,8 @@ pub trait LogStore: Send {
     /// The id of the single broadcast conversation, created on first use; and the id of
     /// the reserved user `name` that anonymous sessions speak as, created likewise.
     fn ensure_builtin(&mut self, anonymous: &str) -> anyhow::Result<(ConvId, UserId)>;
+    /// A user's contacts with their state.
+    fn contacts(&mut self, user: UserId) -> anyhow::Result<Vec<(UserId, ContactState)>>;
     /// Writes the whole batch in one transaction, or nothing.
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()>;
 }

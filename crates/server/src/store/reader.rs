@@ -305,6 +305,82 @@ impl Reader {
         self.page(conv, Page::Latest, limit).await
     }
 
+    /// Users whose names start with `prefix`, sorted, at most `limit`.
+    pub async fn search(&self, prefix: String, limit: usize) -> anyhow::Result<Vec<UserRow>> {
+        self.with(move |conn| {
+            // A range on the name index: every name that starts with `prefix` sorts between
+            // it and it followed by the highest code point.
+            let mut stmt = conn.prepare_cached(
+                "SELECT name, last_seen_at FROM users
+                 WHERE name >= ?1 AND name < ?1 || char(1114111) AND name <> 'anonymous'
+                 ORDER BY name LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![prefix, limit as i64], |r| {
+                Ok(UserRow {
+                    name: r.get(0)?,
+                    last_seen: r.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// `user`'s contacts: (name, state, last seen).
+    pub async fn contacts(
+        &self,
+        user: UserId,
+    ) -> anyhow::Result<Vec<(String, super::ContactState, Option<i64>)>> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT u.name, c.state, u.last_seen_at FROM contacts c
+                 JOIN users u ON u.id = c.contact_id WHERE c.user_id = ?1 ORDER BY u.name",
+            )?;
+            let rows = stmt.query_map([user], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, state, seen) = row?;
+                if let Some(state) = super::ContactState::from_i64(state) {
+                    out.push((name, state, seen));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Whether `user` may download the file `hash`: it is attached to a conversation they
+    /// belong to.
+    pub async fn may_download(&self, user: UserId, hash: String) -> anyhow::Result<bool> {
+        self.with(move |conn| {
+            let found: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT 1 FROM attachments a
+                     JOIN conversations c ON c.id = a.conversation_id
+                     LEFT JOIN memberships m ON m.conversation_id = c.id AND m.user_id = ?2
+                     WHERE a.hash = ?1 AND (m.user_id IS NOT NULL OR c.kind = 3) LIMIT 1",
+                )?
+                .query_row(params![hash, user], |r| r.get(0))
+                .optional()?;
+            Ok(found.is_some())
+        })
+        .await
+    }
+
+    /// Whether the content store holds `hash` (complete and verified).
+    pub async fn has_file(&self, hash: String) -> anyhow::Result<Option<u64>> {
+        self.with(move |conn| {
+            let size: Option<i64> = conn
+                .prepare_cached("SELECT size FROM files WHERE hash = ?1")?
+                .query_row([hash], |r| r.get(0))
+                .optional()?;
+            Ok(size.map(|s| s as u64))
+        })
+        .await
+    }
+
     /// Every user (but the reserved anonymous one), sorted by name.
     pub async fn users(&self) -> anyhow::Result<Vec<UserRow>> {
         self.with(move |conn| {

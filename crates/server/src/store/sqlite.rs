@@ -6,8 +6,8 @@ use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Batch, ConvId, DeviceId, DirectConv, LogStore, Membership, NextIds, Revoke, Seq, StoredRoom,
-    UserId, KIND_BROADCAST, KIND_ROOM,
+    Batch, ContactState, ConvId, DeviceId, DirectConv, LogStore, Membership, NextIds, Revoke, Seq,
+    StoredRoom, UserId, KIND_BROADCAST, KIND_ROOM,
 };
 use crate::config::SyncMode;
 
@@ -71,6 +71,23 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tokens_user ON tokens (user_id, device_id);
+CREATE TABLE IF NOT EXISTS contacts (
+    user_id INTEGER NOT NULL,
+    contact_id INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, contact_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+    hash TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attachments (
+    hash TEXT NOT NULL,
+    conversation_id INTEGER NOT NULL,
+    PRIMARY KEY (hash, conversation_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -262,6 +279,21 @@ impl LogStore for SqliteStore {
         Ok((conv, user))
     }
 
+    fn contacts(&mut self, user: UserId) -> anyhow::Result<Vec<(UserId, ContactState)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT contact_id, state FROM contacts WHERE user_id = ?1")?;
+        let rows = stmt.query_map([user], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (other, state) = row?;
+            if let Some(state) = ContactState::from_i64(state) {
+                out.push((other, state));
+            }
+        }
+        Ok(out)
+    }
+
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()> {
         let now = super::now_ms();
         let tx = self.conn.transaction()?;
@@ -387,6 +419,30 @@ impl LogStore for SqliteStore {
             )?;
             for p in &batch.profiles {
                 profiles.execute(params![p.user, p.display_name, p.avatar.as_deref()])?;
+            }
+            let mut set_contact = tx.prepare_cached(
+                "INSERT INTO contacts (user_id, contact_id, state, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, contact_id) DO UPDATE SET state = excluded.state",
+            )?;
+            let mut drop_contact =
+                tx.prepare_cached("DELETE FROM contacts WHERE user_id = ?1 AND contact_id = ?2")?;
+            for (user, other, state) in &batch.contacts {
+                match state {
+                    Some(state) => set_contact.execute(params![user, other, *state as i64, now])?,
+                    None => drop_contact.execute(params![user, other])?,
+                };
+            }
+            let mut files = tx.prepare_cached(
+                "INSERT OR IGNORE INTO files (hash, size, created_at) VALUES (?1, ?2, ?3)",
+            )?;
+            for (hash, size) in &batch.files {
+                files.execute(params![hash, *size as i64, now])?;
+            }
+            let mut attach = tx.prepare_cached(
+                "INSERT OR IGNORE INTO attachments (hash, conversation_id) VALUES (?1, ?2)",
+            )?;
+            for (hash, conv) in &batch.attachments {
+                attach.execute(params![hash, conv])?;
             }
             if !batch.messages.is_empty() {
                 tx.prepare_cached(
