@@ -57,6 +57,12 @@ pub mod key {
     pub const CONTACT_REMOVE: u16 = 0x33;
     pub const LIST_CONTACTS: u16 = 0x34;
     pub const CONTACTS: u16 = 0x35;
+    pub const FILE_OFFER: u16 = 0x40;
+    pub const FILE_STATUS: u16 = 0x41;
+    pub const FILE_CHUNK: u16 = 0x42;
+    pub const SEND_FILE: u16 = 0x43;
+    pub const DOWNLOAD: u16 = 0x44;
+    pub const FILE_DATA: u16 = 0x45;
 }
 
 /// Contact states in a `Contacts` list.
@@ -355,6 +361,49 @@ pub enum Frame {
     Contacts {
         cid: u32,
         contacts: Vec<ContactEntry>,
+    },
+    /// "I want to send content with this SHA-256 (lower-case hex) and size".
+    FileOffer {
+        cid: u32,
+        sha256: Bytes,
+        size: u64,
+    },
+    /// Server → client, before the response to a `FileOffer`: `have` 1 means the server
+    /// holds the content (send it, no upload); otherwise upload from `offset`.
+    FileStatus {
+        cid: u32,
+        have: u8,
+        offset: u64,
+    },
+    FileChunk {
+        cid: u32,
+        sha256: Bytes,
+        size: u64,
+        offset: u64,
+        data: Bytes,
+    },
+    /// A message carrying a stored file: `target_kind` 1 a user, 2 a room.
+    SendFile {
+        cid: u32,
+        target_kind: u8,
+        target: Bytes,
+        sha256: Bytes,
+        name: Bytes,
+        mime: Bytes,
+        caption: Bytes,
+        time: u64,
+    },
+    Download {
+        cid: u32,
+        sha256: Bytes,
+        offset: u64,
+        length: u32,
+    },
+    /// Server → client, before the response to a `Download` (empty at the end).
+    FileData {
+        cid: u32,
+        offset: u64,
+        data: Bytes,
     },
     /// "I have everything of `conversation` up to `seq`". A notification: no response.
     Ack {
@@ -712,6 +761,70 @@ fn parse(mut body: Bytes) -> Result<Frame, FrameError> {
             }
             Frame::Contacts { cid, contacts }
         }
+        key::FILE_OFFER => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let sha256 = r.string().ok_or_else(|| malformed("bad sha256"))?;
+            let size = r.u64().ok_or_else(|| malformed("missing size"))?;
+            Frame::FileOffer { cid, sha256, size }
+        }
+        key::FILE_STATUS => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let have = r.u8().ok_or_else(|| malformed("missing have"))?;
+            let offset = r.u64().ok_or_else(|| malformed("missing offset"))?;
+            Frame::FileStatus { cid, have, offset }
+        }
+        key::FILE_CHUNK => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let sha256 = r.string().ok_or_else(|| malformed("bad sha256"))?;
+            let size = r.u64().ok_or_else(|| malformed("missing size"))?;
+            let offset = r.u64().ok_or_else(|| malformed("missing offset"))?;
+            let data = r.string().ok_or_else(|| malformed("bad data"))?;
+            Frame::FileChunk {
+                cid,
+                sha256,
+                size,
+                offset,
+                data,
+            }
+        }
+        key::SEND_FILE => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let target_kind = r.u8().ok_or_else(|| malformed("missing target kind"))?;
+            let target = r.string().ok_or_else(|| malformed("bad target"))?;
+            let sha256 = r.string().ok_or_else(|| malformed("bad sha256"))?;
+            let name = r.string().ok_or_else(|| malformed("bad name"))?;
+            let mime = r.string().ok_or_else(|| malformed("bad type"))?;
+            let caption = r.string().ok_or_else(|| malformed("bad caption"))?;
+            let time = r.u64().ok_or_else(|| malformed("missing time"))?;
+            Frame::SendFile {
+                cid,
+                target_kind,
+                target,
+                sha256,
+                name,
+                mime,
+                caption,
+                time,
+            }
+        }
+        key::DOWNLOAD => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let sha256 = r.string().ok_or_else(|| malformed("bad sha256"))?;
+            let offset = r.u64().ok_or_else(|| malformed("missing offset"))?;
+            let length = r.u32().ok_or_else(|| malformed("missing length"))?;
+            Frame::Download {
+                cid,
+                sha256,
+                offset,
+                length,
+            }
+        }
+        key::FILE_DATA => {
+            let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
+            let offset = r.u64().ok_or_else(|| malformed("missing offset"))?;
+            let data = r.string().ok_or_else(|| malformed("bad data"))?;
+            Frame::FileData { cid, offset, data }
+        }
         key::ACK => {
             let cid = r.u32().ok_or_else(|| malformed("missing correlation id"))?;
             let conversation = r.u64().ok_or_else(|| malformed("missing conversation"))?;
@@ -807,7 +920,13 @@ impl Frame {
             | Frame::ContactAnswer { cid, .. }
             | Frame::ContactRemove { cid, .. }
             | Frame::ListContacts { cid }
-            | Frame::Contacts { cid, .. } => *cid,
+            | Frame::Contacts { cid, .. }
+            | Frame::FileOffer { cid, .. }
+            | Frame::FileStatus { cid, .. }
+            | Frame::FileChunk { cid, .. }
+            | Frame::SendFile { cid, .. }
+            | Frame::Download { cid, .. }
+            | Frame::FileData { cid, .. } => *cid,
         }
     }
 
@@ -968,6 +1087,56 @@ impl Frame {
                 }
             }
             Frame::Event { event, .. } => b.event(event)?,
+            Frame::FileOffer { sha256, size, .. } => {
+                b.string(sha256)?;
+                b.u64(*size);
+            }
+            Frame::FileStatus { have, offset, .. } => {
+                b.u8(*have);
+                b.u64(*offset);
+            }
+            Frame::FileChunk {
+                sha256,
+                size,
+                offset,
+                data,
+                ..
+            } => {
+                b.string(sha256)?;
+                b.u64(*size);
+                b.u64(*offset);
+                b.string(data)?;
+            }
+            Frame::SendFile {
+                target_kind,
+                target,
+                sha256,
+                name,
+                mime,
+                caption,
+                time,
+                ..
+            } => {
+                b.u8(*target_kind);
+                for s in [target, sha256, name, mime, caption] {
+                    b.string(s)?;
+                }
+                b.u64(*time);
+            }
+            Frame::Download {
+                sha256,
+                offset,
+                length,
+                ..
+            } => {
+                b.string(sha256)?;
+                b.u64(*offset);
+                b.u32(*length);
+            }
+            Frame::FileData { offset, data, .. } => {
+                b.u64(*offset);
+                b.string(data)?;
+            }
             Frame::Search { prefix, limit, .. } => {
                 b.string(prefix)?;
                 b.u16(*limit);
@@ -1020,6 +1189,12 @@ fn other_key(frame: &Frame) -> &'static u16 {
         Frame::Event { .. } => &key::EVENT,
         Frame::Ack { .. } => &key::ACK,
         Frame::Search { .. } => &key::SEARCH,
+        Frame::FileOffer { .. } => &key::FILE_OFFER,
+        Frame::FileStatus { .. } => &key::FILE_STATUS,
+        Frame::FileChunk { .. } => &key::FILE_CHUNK,
+        Frame::SendFile { .. } => &key::SEND_FILE,
+        Frame::Download { .. } => &key::DOWNLOAD,
+        Frame::FileData { .. } => &key::FILE_DATA,
         Frame::ContactRequest { .. } => &key::CONTACT_REQUEST,
         Frame::ContactAnswer { .. } => &key::CONTACT_ANSWER,
         Frame::ContactRemove { .. } => &key::CONTACT_REMOVE,

@@ -71,6 +71,21 @@ pub struct Request {
     pub conversation: Option<i64>,
     #[serde(default)]
     pub seq: Option<i64>,
+    /// Files: the content's SHA-256 (lower-case hex), its size, a chunk's offset, how many
+    /// bytes to download; the file's name and media type for `SEND_FILE`. Chunk bytes
+    /// travel base64-encoded in `data`.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub offset: Option<u64>,
+    #[serde(default)]
+    pub length: Option<usize>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub r#type: Option<String>,
 }
 
 /// Parses a request line.

@@ -10,6 +10,7 @@ mod catchup;
 mod config;
 mod conn;
 mod delivery;
+mod files;
 mod hub;
 mod outbound;
 mod server;

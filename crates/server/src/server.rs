@@ -98,6 +98,7 @@ pub async fn serve(
         throttle: crate::auth::Throttle::new(&config),
         per_ip: Default::default(),
         tls,
+        files: crate::files::FileStore::new(&config.data_dir),
         reader: Reader::new(&config.data_dir),
         hub: hub.clone(),
         shutdown: shutdown.clone(),

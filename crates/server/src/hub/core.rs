@@ -256,6 +256,7 @@ impl Core {
                 let result = self.register(&name, hash, batch);
                 answer(effects, done, result);
             }
+            Op::FileStored { hash, size } => batch.files.push((hash, size)),
             Op::Contact {
                 user,
                 other,
@@ -276,6 +277,7 @@ impl Core {
                 body,
                 sent_at,
                 tag,
+                attachment,
             } => {
                 let sent = match to {
                     Target::Users(names) => {
@@ -287,6 +289,13 @@ impl Core {
                 };
                 match sent {
                     Ok(deliveries) => {
+                        if let Some(hash) = attachment {
+                            for d in &deliveries {
+                                if let Effect::Deliver { delivery, .. } = d {
+                                    batch.attachments.push((hash.clone(), delivery.conv));
+                                }
+                            }
+                        }
                         effects.push(Effect::Reply {
                             link,
                             item: Outbound::Reply(tag, Reply::Ok),

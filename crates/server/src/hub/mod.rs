@@ -148,6 +148,14 @@ pub(crate) enum Op {
         body: Bytes,
         sent_at: u64,
         tag: Tag,
+        /// A stored file this message carries (its SHA-256): the conversation's members may
+        /// download it from now on.
+        attachment: Option<String>,
+    },
+    /// A file was verified and stored.
+    FileStored {
+        hash: String,
+        size: u64,
     },
     /// Output that must stay in order behind this session's earlier requests.
     Reply {
@@ -273,6 +281,21 @@ impl Hub {
         sent_at: u64,
         tag: Tag,
     ) {
+        self.send_with(link, from, to, body, sent_at, tag, None)
+    }
+
+    /// `send`, with a stored file attached.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_with(
+        &self,
+        link: Arc<SessionLink>,
+        from: Actor,
+        to: Target,
+        body: Bytes,
+        sent_at: u64,
+        tag: Tag,
+        attachment: Option<String>,
+    ) {
         let op = Op::Send {
             link,
             from,
@@ -280,6 +303,7 @@ impl Hub {
             body,
             sent_at,
             tag,
+            attachment,
         };
         if let Err(op) = self.submit(op) {
             if let Op::Send { link, tag, .. } = *op {
@@ -287,6 +311,11 @@ impl Hub {
                 finish(&link, Outbound::Reply(tag, reply));
             }
         }
+    }
+
+    /// Records a verified file in the store's index.
+    pub fn file_stored(&self, hash: String, size: u64) {
+        let _ = self.submit(Op::FileStored { hash, size });
     }
 
     /// Queues `item` behind this session's requests already in the hub. The caller must

@@ -109,7 +109,13 @@ impl Session {
             | Frame::ContactAnswer { .. }
             | Frame::ContactRemove { .. }
             | Frame::ListContacts { .. } => self.contacts_frame(frame).await,
-            Frame::Contacts { cid, .. }
+            Frame::FileOffer { .. }
+            | Frame::FileChunk { .. }
+            | Frame::SendFile { .. }
+            | Frame::Download { .. } => self.files_frame(frame).await,
+            Frame::FileStatus { cid, .. }
+            | Frame::FileData { cid, .. }
+            | Frame::Contacts { cid, .. }
             | Frame::Rooms { cid, .. }
             | Frame::Members { cid, .. }
             | Frame::Users { cid, .. }

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use super::binary::{reply, utf8};
 use super::Session;
+use crate::files::Offer;
 use crate::hub::{Actor, ContactAction};
 use crate::store::{Page, Resolved};
 use crate::wire::{Style, Tag};
@@ -127,6 +128,91 @@ impl Session {
                     self.send_frame(Frame::HistoryPage { cid, events }).await;
                     Ok(())
                 }
+                Err(kind) => Err(kind),
+            },
+            _ => Err(ErrorKind::UnknownCommand),
+        };
+        self.answer(cid, reply(result)).await;
+    }
+
+    pub(super) async fn files_frame(&mut self, frame: Frame) {
+        let cid = frame.cid();
+        let result = match frame {
+            Frame::FileOffer { sha256, size, .. } => match utf8(&sha256) {
+                Ok(hash) => match self.file_offer(hash, size).await {
+                    Ok(offer) => {
+                        let (have, offset) = match offer {
+                            Offer::Have => (1, size),
+                            Offer::Upload { offset } => (0, offset),
+                        };
+                        self.send_frame(Frame::FileStatus { cid, have, offset })
+                            .await;
+                        Ok(())
+                    }
+                    Err(kind) => Err(kind),
+                },
+                Err(kind) => Err(kind),
+            },
+            Frame::FileChunk {
+                sha256,
+                size,
+                offset,
+                data,
+                ..
+            } => match utf8(&sha256) {
+                Ok(hash) => self.file_chunk(hash, size, offset, data).await.map(drop),
+                Err(kind) => Err(kind),
+            },
+            Frame::SendFile {
+                target_kind,
+                target,
+                sha256,
+                name,
+                mime,
+                caption,
+                time,
+                ..
+            } => {
+                let fields = (
+                    utf8(&target),
+                    utf8(&sha256),
+                    utf8(&name),
+                    utf8(&mime),
+                    utf8(&caption),
+                );
+                match fields {
+                    (Ok(target), Ok(hash), Ok(name), Ok(mime), Ok(caption)) => {
+                        match self.file_target(target_kind, target) {
+                            Ok(to) => {
+                                let tag = Tag::Cid(cid);
+                                match self
+                                    .send_file(to, hash, name, mime, caption, time, tag)
+                                    .await
+                                {
+                                    // The hub answers once the message is stored.
+                                    Ok(()) => return,
+                                    Err(kind) => Err(kind),
+                                }
+                            }
+                            Err(kind) => Err(kind),
+                        }
+                    }
+                    _ => Err(ErrorKind::InvalidUtf8),
+                }
+            }
+            Frame::Download {
+                sha256,
+                offset,
+                length,
+                ..
+            } => match utf8(&sha256) {
+                Ok(hash) => match self.download(hash, offset, length as usize).await {
+                    Ok(data) => {
+                        self.send_frame(Frame::FileData { cid, offset, data }).await;
+                        Ok(())
+                    }
+                    Err(kind) => Err(kind),
+                },
                 Err(kind) => Err(kind),
             },
             _ => Err(ErrorKind::UnknownCommand),

@@ -13,6 +13,7 @@ use parley_proto::{text, validate_name, ErrorKind, Target};
 use serde::Serialize;
 
 use super::{Flow, Session};
+use crate::files::{Offer, Progress};
 use crate::outbound::Outbound;
 use crate::store::{Page, Resolved};
 use crate::wire::{json_error, Tag};
@@ -302,6 +303,79 @@ impl Session {
                 };
                 match self.json_history(target, request.limit, page).await {
                     Ok(items) => (true, "History".into(), items),
+                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                }
+            }
+            "FILE_OFFER" => {
+                let hash = request.sha256.clone().unwrap_or_default();
+                match self.file_offer(&hash, request.size.unwrap_or(0)).await {
+                    Ok(Offer::Have) => (true, "Have".into(), serde_json::json!({"have": true})),
+                    Ok(Offer::Upload { offset }) => (
+                        true,
+                        "Upload".into(),
+                        serde_json::json!({"have": false, "offset": offset}),
+                    ),
+                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                }
+            }
+            "FILE_CHUNK" => {
+                let hash = request.sha256.clone().unwrap_or_default();
+                let (size, offset) = (request.size.unwrap_or(0), request.offset.unwrap_or(0));
+                let result = match BASE64.decode(request.data.as_bytes()) {
+                    Ok(data) => {
+                        self.file_chunk(&hash, size, offset, Bytes::from(data))
+                            .await
+                    }
+                    Err(_) => Err(ErrorKind::Malformed),
+                };
+                match result {
+                    Ok(Progress::Complete) => {
+                        (true, "Stored".into(), serde_json::json!({"complete": true}))
+                    }
+                    Ok(Progress::Partial { received }) => (
+                        true,
+                        "Received".into(),
+                        serde_json::json!({"complete": false, "received": received}),
+                    ),
+                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                }
+            }
+            "SEND_FILE" => {
+                let (kind, target) = match (&request.room, &request.to) {
+                    (Some(room), _) => (2, room.clone()),
+                    (None, Some(to)) => (1, to.clone()),
+                    _ => (0, String::new()),
+                };
+                let hash = request.sha256.clone().unwrap_or_default();
+                let name = request.name.clone().unwrap_or_default();
+                let mime = request.r#type.clone().unwrap_or_default();
+                let tag = Tag::Json {
+                    ok: "File sent",
+                    id: id.clone(),
+                };
+                let sent = match self.file_target(kind, &target) {
+                    Ok(to) => {
+                        let now = unix_nanos();
+                        self.send_file(to, &hash, &name, &mime, &request.data, now, tag)
+                            .await
+                    }
+                    Err(kind) => Err(kind),
+                };
+                match sent {
+                    Ok(()) => return Flow::Continue,
+                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                }
+            }
+            "DOWNLOAD" => {
+                let hash = request.sha256.clone().unwrap_or_default();
+                let (offset, length) =
+                    (request.offset.unwrap_or(0), request.length.unwrap_or(4096));
+                match self.download(&hash, offset, length).await {
+                    Ok(data) => (
+                        true,
+                        "Data".into(),
+                        serde_json::json!({"offset": offset, "data": BASE64.encode(&data)}),
+                    ),
                     Err(kind) => (false, json_error(kind).into(), Value::from("")),
                 }
             }

@@ -9,6 +9,7 @@ mod account;
 mod binary;
 mod binary_messaging;
 mod contacts;
+mod files;
 mod json;
 mod text;
 
@@ -47,6 +48,7 @@ pub struct Shared {
     pub per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// The certificate, when TLS is configured.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    pub files: crate::files::FileStore,
     pub hub: Hub,
     pub reader: Reader,
     pub shutdown: CancellationToken,

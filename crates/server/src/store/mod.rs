@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-pub use reader::{ConvPosition, Page, Profile, Reader, Resolved, UserRow};
+pub use reader::{ConvPosition, Page, Profile, Reader, Resolved};
 pub use sqlite::SqliteStore;
 
 pub type UserId = i64;

@@ -369,18 +369,6 @@ impl Reader {
         .await
     }
 
-    /// Whether the content store holds `hash` (complete and verified).
-    pub async fn has_file(&self, hash: String) -> anyhow::Result<Option<u64>> {
-        self.with(move |conn| {
-            let size: Option<i64> = conn
-                .prepare_cached("SELECT size FROM files WHERE hash = ?1")?
-                .query_row([hash], |r| r.get(0))
-                .optional()?;
-            Ok(size.map(|s| s as u64))
-        })
-        .await
-    }
-
     /// Every user (but the reserved anonymous one), sorted by name.
     pub async fn users(&self) -> anyhow::Result<Vec<UserRow>> {
         self.with(move |conn| {
