@@ -42,9 +42,19 @@ impl Listeners {
     /// Binds every address `config` names, and loads the TLS certificate if it names one.
     pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
         async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))
+            // A deep accept queue: bursts of connections should wait, not have their SYNs
+            // dropped (each drop costs the client a one-second retransmission).
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }?;
+            socket.set_reuseaddr(true)?;
+            socket
+                .bind(addr)
+                .with_context(|| format!("binding {addr}"))?;
+            socket
+                .listen(4096)
+                .with_context(|| format!("listening on {addr}"))
         }
         async fn maybe(addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
             Ok(match addr {

@@ -1,0 +1,181 @@
+//! Connections during set-up: connect, log in (any protocol), join a room, and then hand the
+//! socket and whatever was already read to a workload's own tight loop.
+//!
+//! Set-up waits are bounded (`SETUP_TIMEOUT`); the hot loops of the workloads read raw bytes
+//! themselves and never go through this.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
+use parley_proto::binary::{self, code, Frame};
+use parley_proto::lines::{Line, LineDecoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::Proto;
+
+/// The longest any single set-up step may take.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A connection being set up.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    lines: LineDecoder,
+}
+
+impl Conn {
+    /// Connects to `addr`, from the local address `source` if given (to spread many
+    /// connections over several loopback addresses, each with its own port range).
+    pub async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Conn> {
+        let stream = match source {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => {
+                let socket = TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await
+            }
+        }
+        .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: BytesMut::new(),
+            lines: LineDecoder::new(1 << 20),
+        })
+    }
+
+    /// Connects and logs in as `name` (JSON connections also subscribe to pushes).
+    pub async fn login(addr: SocketAddr, proto: Proto, name: &str) -> anyhow::Result<Conn> {
+        let mut conn = Conn::connect(addr, None).await?;
+        conn.log_in(proto, name).await?;
+        Ok(conn)
+    }
+
+    pub async fn log_in(&mut self, proto: Proto, name: &str) -> anyhow::Result<()> {
+        match proto {
+            Proto::Binary => {
+                let mut out = BytesMut::new();
+                Frame::Login {
+                    cid: 1,
+                    username: Bytes::copy_from_slice(name.as_bytes()),
+                }
+                .encode(&mut out)?;
+                self.stream.write_all(&out).await?;
+                match self.frame().await? {
+                    Frame::Response {
+                        cid: 1,
+                        code: code::OK,
+                    } => Ok(()),
+                    other => bail!("login {name}: {other:?}"),
+                }
+            }
+            Proto::Text => {
+                self.send_line(&format!("LOGIN {name}")).await?;
+                self.text_ok()
+                    .await
+                    .with_context(|| format!("LOGIN {name}"))
+            }
+            Proto::Json => {
+                let login = format!(r#"{{"command":"LOGIN","data":"{name}"}}"#);
+                for request in [login.as_str(), r#"{"command":"SUBSCRIBE"}"#] {
+                    self.send_line(request).await?;
+                    let line = self.line().await?;
+                    if !line.starts_with(br#"{"success":true"#) {
+                        bail!("{request}: {}", String::from_utf8_lossy(&line));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn send_line(&mut self, line: &str) -> anyhow::Result<()> {
+        let mut out = Vec::with_capacity(line.len() + 1);
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+        self.stream.write_all(&out).await.context("writing")
+    }
+
+    /// Reads text lines until `OK` (skipping notices such as `INFO x joined #room`).
+    pub async fn text_ok(&mut self) -> anyhow::Result<()> {
+        loop {
+            let line = self.line().await?;
+            if &line[..] == b"OK" {
+                return Ok(());
+            }
+            if line.starts_with(b"ERR") {
+                bail!("{}", String::from_utf8_lossy(&line));
+            }
+        }
+    }
+
+    /// The next line.
+    pub async fn line(&mut self) -> anyhow::Result<Bytes> {
+        loop {
+            if let Some(line) = self.lines.decode(&mut self.buf) {
+                let Line::Complete(line) = line else {
+                    bail!("over-long line")
+                };
+                return Ok(line);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The next binary frame.
+    pub async fn frame(&mut self) -> anyhow::Result<Frame> {
+        loop {
+            if let Some(frame) = binary::decode(&mut self.buf, usize::MAX >> 1)? {
+                return Ok(frame);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        self.buf.reserve(4096);
+        let read = tokio::time::timeout(SETUP_TIMEOUT, self.stream.read_buf(&mut self.buf))
+            .await
+            .context("timed out during set-up")??;
+        if read == 0 {
+            bail!("connection closed by the server");
+        }
+        Ok(())
+    }
+
+    /// The socket and the bytes already read from it (and not yet consumed).
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.buf)
+    }
+}
+
+/// Reads more bytes into `buf` (making room for `chunk` more); `None` at end of stream, on
+/// an error or on cancellation.
+pub async fn read_more<R: AsyncReadExt + Unpin>(
+    socket: &mut R,
+    buf: &mut BytesMut,
+    chunk: usize,
+    cancel: &CancellationToken,
+) -> Option<usize> {
+    buf.reserve(chunk);
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        read = socket.read_buf(buf) => match read {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        },
+    }
+}
+
+/// Calls `f` for every complete line in `buf`.
+pub fn each_line(lines: &mut LineDecoder, buf: &mut BytesMut, mut f: impl FnMut(&[u8])) {
+    while let Some(line) = lines.decode(buf) {
+        if let Line::Complete(line) = line {
+            f(&line);
+        }
+    }
+}
