@@ -125,7 +125,7 @@ impl Writer {
             buf: BytesMut::new(),
             progress: HashMap::new(),
         };
-        let mut items = Vec::with_capacity(16);
+        let mut items = Vec::new();
         let kill = out.link.kill.clone();
         loop {
             let ack_poll = out.acks.waiting();

@@ -250,7 +250,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, kind: PortKind, shared:
             session::run(Conn::Tcp(stream), peer, protocol, false, shared, initial).await
         }
         Ok(Sniffed::Tls) => match &shared.tls {
-            Some(tls) => tls_session(stream, peer, tls.acceptor(), shared.clone()).await,
+            // Boxed: the handshake's state is large, and plain connections need none of it.
+            Some(tls) => Box::pin(tls_session(stream, peer, tls.acceptor(), shared.clone())).await,
             None => warn!(%peer, "a TLS connection, but no certificate is configured; closing"),
         },
         Ok(Sniffed::Closed) => {}

@@ -356,6 +356,18 @@ async fn a_text_dm_to_several_names_reaches_each_of_them() {
 }
 
 #[tokio::test]
+async fn a_text_dm_naming_an_unknown_user_is_sent_to_nobody() {
+    let server = TestServer::start().await;
+    let mut bob = server.login("bob").await;
+    let mut alice = server.text_login("alice").await;
+
+    let reply = alice.ask("DM bob,nobody hello").await.unwrap();
+    assert_eq!(reply, "ERR user-not-found");
+    nothing_more(&mut bob).await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_json_dm_with_recipients_reaches_each_of_them() {
     let server = TestServer::start().await;
     let mut bob = server.login("bob").await;
@@ -480,6 +492,46 @@ async fn a_user_in_three_rooms_joined_over_three_protocols_gets_each_rooms_messa
             (&json!("room"), &json!(room), &json!(format!("in {room}")))
         );
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_room_member_that_was_away_gets_the_rooms_messages_at_its_next_login() {
+    let server = TestServer::start().await;
+    register(&server, "alice").await;
+    let mut phone = device(&server, "alice", "phone").await;
+    let join = Frame::Join {
+        cid: 3,
+        room: b("red"),
+    };
+    assert_eq!(request(&mut phone, join).await, code::OK);
+    close(phone).await;
+    let mut bob = server.text_login("bob").await;
+    assert_eq!(bob.ask("JOIN red").await.unwrap(), "OK");
+    bob.send("SAY red m1").await.unwrap();
+    bob.send("SAY red m2").await.unwrap();
+    assert_eq!(bob.ask("PING").await.unwrap(), "PONG");
+
+    let mut phone = device(&server, "alice", "phone").await;
+    let got = events(&mut phone, 2).await;
+    assert_eq!(texts(&got), numbered(1..=2));
+    assert!(got
+        .iter()
+        .all(|e| e.kind == kind::ROOM && &e.to[..] == b"red"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_broadcast_is_not_replayed_to_a_device_that_was_offline() {
+    let server = TestServer::start().await;
+    register(&server, "alice").await;
+    close(device(&server, "alice", "phone").await).await;
+    let mut bob = server.text_login("bob").await;
+    bob.send("MSG to whoever is here").await.unwrap();
+    assert_eq!(bob.ask("PING").await.unwrap(), "PONG");
+
+    let mut phone = device(&server, "alice", "phone").await;
+    nothing_more(&mut phone).await;
     server.stop().await;
 }
 
@@ -726,6 +778,36 @@ async fn json_history_pages_by_id_in_both_directions() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn json_history_pages_by_receive_time() {
+    let server = TestServer::start().await;
+    let mut bob = server.json().await;
+    let register = json!({"command": "REGISTER", "data": "bob"});
+    assert_eq!(json_data(&mut bob, register).await, "");
+    let mut alice = server.login("alice").await;
+    let start = now_ms();
+    for i in 1..=6 {
+        dm(&mut alice, "alice", "bob", &format!("m{i}")).await;
+    }
+    let end = now_ms();
+
+    let after =
+        json!({"command": "HISTORY", "target": "alice", "limit": 2, "after_time": start - 1});
+    assert_eq!(
+        history_texts(&json_data(&mut bob, after).await),
+        numbered(1..=2)
+    );
+    let before =
+        json!({"command": "HISTORY", "target": "alice", "limit": 2, "before_time": end + 1});
+    assert_eq!(
+        history_texts(&json_data(&mut bob, before).await),
+        numbered(5..=6)
+    );
+    let later = json!({"command": "HISTORY", "target": "alice", "after_time": end + 1});
+    assert_eq!(json_data(&mut bob, later).await, json!([]));
+    server.stop().await;
+}
+
 /// Sends a JSON request; returns the `data` of its successful response.
 async fn json_data(c: &mut LineClient, request: Value) -> Value {
     let reply = parse(&c.ask(&request.to_string()).await.unwrap());
@@ -904,11 +986,18 @@ async fn a_gap_left_by_the_devices_own_message_is_filled_from_history() {
     assert_eq!(missing.len(), 1);
     let m = &missing[0];
     assert_eq!(
-        (m.conversation, m.seq, &m.from[..], &m.message[..]),
+        (
+            m.conversation,
+            m.seq,
+            &m.from[..],
+            &m.to[..],
+            &m.message[..]
+        ),
         (
             first.conversation,
             first.seq + 1,
             &b"alice"[..],
+            &b"bob"[..],
             &b"two"[..]
         )
     );
@@ -1035,7 +1124,8 @@ async fn a_json_device_with_acks_gets_what_it_did_not_ack_again() {
         true
     );
     web.send(&subscribe).await.unwrap();
-    let mut lines = vec![
+    // The replay and the answer to SUBSCRIBE may come in either order.
+    let mut lines = [
         parse(&web.line().await.unwrap()),
         parse(&web.line().await.unwrap()),
     ];

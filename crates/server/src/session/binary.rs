@@ -29,7 +29,9 @@ impl Session {
                     }
                 },
             };
-            self.frame(frame).await;
+            // Boxed: an idle session's future stays small (the biggest handler's state would
+            // otherwise be part of every connection's footprint).
+            Box::pin(self.frame(frame)).await;
             if let Some(why) = self.quit {
                 return Flow::Close(why.into());
             }

@@ -91,19 +91,18 @@ pub async fn run(
     info!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
     let device = Arc::new(OnceLock::new());
     let closing = CancellationToken::new();
-    let writer = tokio::spawn(
-        Writer {
-            socket: write,
-            fd,
-            queue: rx,
-            link: link.clone(),
-            hub: shared.hub.clone(),
-            device: device.clone(),
-            closing: closing.clone(),
-            flush_timeout: config.shutdown_timeout(),
-        }
-        .run(),
-    );
+    let writer_fut = Writer {
+        socket: write,
+        fd,
+        queue: rx,
+        link: link.clone(),
+        hub: shared.hub.clone(),
+        device: device.clone(),
+        closing: closing.clone(),
+        flush_timeout: config.shutdown_timeout(),
+    }
+    .run();
+    let writer = tokio::spawn(writer_fut);
     let idle = match protocol {
         Protocol::Binary => 0,
         Protocol::Text => config.idle_timeout_ms,
@@ -208,11 +207,13 @@ impl Session {
                 while let Some(line) = self.lines.decode(buf) {
                     self.bucket.take().await;
                     let flow = match (self.link.protocol, line) {
-                        (Protocol::Text, Line::Complete(line)) => self.text_line(line).await,
+                        (Protocol::Text, Line::Complete(line)) => {
+                            Box::pin(self.text_line(line)).await
+                        }
                         (Protocol::Text, Line::TooLong) => {
                             self.text_error(ErrorKind::TooLong).await
                         }
-                        (_, Line::Complete(line)) => self.json_line(line).await,
+                        (_, Line::Complete(line)) => Box::pin(self.json_line(line)).await,
                         (_, Line::TooLong) => self.json_error(None, ErrorKind::TooLong).await,
                     };
                     if let Flow::Close(why) = flow {

@@ -105,7 +105,13 @@ pub struct Reader {
 struct Pool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// At most this many reads at once: a burst of logins queues here instead of opening
+    /// a connection (and a blocking thread) each.
+    busy: tokio::sync::Semaphore,
 }
+
+/// Connections in the pool, and reads at once.
+const READERS: usize = 8;
 
 impl Reader {
     pub fn new(data_dir: &std::path::Path) -> Self {
@@ -113,6 +119,7 @@ impl Reader {
             inner: Arc::new(Pool {
                 path: super::sqlite::database_path(data_dir),
                 idle: Mutex::new(Vec::new()),
+                busy: tokio::sync::Semaphore::new(READERS),
             }),
         }
     }
@@ -123,6 +130,8 @@ impl Reader {
         T: Send + 'static,
         F: FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
     {
+        let pool = self.inner.clone();
+        let _permit = pool.busy.acquire().await?;
         let pool = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let conn = match pool.idle.lock().expect("reader pool poisoned").pop() {
@@ -135,7 +144,7 @@ impl Reader {
             };
             let result = f(&conn);
             let mut idle = pool.idle.lock().expect("reader pool poisoned");
-            if idle.len() < 8 {
+            if idle.len() < READERS {
                 idle.push(conn);
             }
             result

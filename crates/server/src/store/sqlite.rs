@@ -1,6 +1,8 @@
 //! The embedded SQLite backend: WAL mode, one writer connection, prepared statements.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -138,9 +140,36 @@ fn migrate(conn: &Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checkpoints the WAL every 200 ms (a passive checkpoint never blocks the writer) until
+/// the store is dropped, then once more. It holds no lock the hub needs.
+fn spawn_checkpointer(path: PathBuf, sync: SyncMode, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let conn = open(&path, sync)?;
+    std::thread::Builder::new()
+        .name("parley-checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let stopping = stop.load(Ordering::Relaxed);
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+            if stopping {
+                return;
+            }
+        })?;
+    Ok(())
+}
+
 /// The writer side of the SQLite store.
 pub struct SqliteStore {
     conn: Connection,
+    /// Tells the checkpoint thread to finish.
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl SqliteStore {
@@ -151,7 +180,13 @@ impl SqliteStore {
         let conn = open(&database_path(data_dir), sync)?;
         conn.execute_batch(SCHEMA).context("creating the schema")?;
         migrate(&conn).context("migrating the schema")?;
-        Ok(SqliteStore { conn })
+        // Checkpoints move the WAL into the database file. SQLite runs them inside the
+        // commit that crosses the threshold, on the hub thread; a thread of their own keeps
+        // them off the path of every message.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_checkpointer(database_path(data_dir), sync, stop.clone())?;
+        Ok(SqliteStore { conn, stop })
     }
 }
 
