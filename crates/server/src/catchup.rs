@@ -39,13 +39,20 @@ async fn replay(
     let mut progress: HashMap<ConvId, Seq> = HashMap::new();
     let mut convs: HashMap<ConvId, ConvPosition> = HashMap::new();
     let mut replayed = 0;
+    let mut first = true;
     loop {
         let before = replayed;
         for p in reader.positions(me.user, me.device).await? {
-            let at = progress.entry(p.conv).or_insert(p.cursor);
-            *at = (*at).max(p.cursor);
+            // The stored position only seeds a conversation this replay has not seen yet;
+            // later it may have moved for reasons that are not this device's (a new device
+            // starts where the account's furthest device is, and that device keeps acking).
+            // A conversation that appears while this device is online starts where the
+            // membership does: the device was there for all of it.
+            let start = if first { p.cursor } else { p.joined };
+            progress.entry(p.conv).or_insert(start);
             convs.insert(p.conv, p);
         }
+        first = false;
         loop {
             let behind: Vec<(ConvId, Seq)> = convs
                 .values()

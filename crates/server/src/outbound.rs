@@ -102,6 +102,9 @@ const KEEP_BUFFER: usize = 64 * 1024;
 const ACK_POLL: Duration = Duration::from_millis(5);
 /// How long a closing session waits for the peer to acknowledge its last deliveries.
 const ACK_GRACE: Duration = Duration::from_millis(200);
+/// Cursor progress is sent to the hub at most this often (and always at the end): each
+/// report is an operation and a row update, and a busy receiver writes many times a second.
+const REPORT_EVERY: Duration = Duration::from_millis(20);
 
 impl Writer {
     /// Runs until the session closes or the socket fails.
@@ -124,18 +127,20 @@ impl Writer {
             device,
             buf: BytesMut::new(),
             progress: HashMap::new(),
+            unreported: Vec::new(),
+            reported_at: tokio::time::Instant::now(),
         };
         let mut items = Vec::new();
         let kill = out.link.kill.clone();
         loop {
-            let ack_poll = out.acks.waiting();
+            let ack_poll = out.acks.waiting() || !out.unreported.is_empty();
             let got = tokio::select! {
                 biased;
-                _ = kill.cancelled() => return,
+                _ = kill.cancelled() => return out.report(true),
                 n = queue.recv_many(&mut items, BATCH) => n,
                 _ = closing.cancelled() => break,
                 _ = tokio::time::sleep(ACK_POLL), if ack_poll => {
-                    out.report();
+                    out.report(false);
                     continue;
                 }
             };
@@ -143,7 +148,7 @@ impl Writer {
                 break;
             }
             if !out.write(&mut items).await {
-                return;
+                return out.report(true);
             }
         }
         // Closing: write what is already queued, then give the peer a moment to
@@ -163,8 +168,9 @@ impl Writer {
             let deadline = tokio::time::Instant::now() + ACK_GRACE;
             while out.acks.waiting() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(ACK_POLL).await;
-                out.report();
+                out.report(false);
             }
+            out.report(true);
             let _ = out.socket.shutdown().await;
         };
         let _ = tokio::time::timeout(flush_timeout, drain).await;
@@ -179,8 +185,11 @@ struct Output {
     device: Arc<OnceLock<DeviceId>>,
     acks: AckTracker,
     buf: BytesMut,
-    /// The highest sequence reported per conversation.
+    /// The highest sequence confirmed per conversation.
     progress: HashMap<ConvId, Seq>,
+    /// Confirmed progress not yet sent to the hub.
+    unreported: Vec<(ConvId, Seq)>,
+    reported_at: tokio::time::Instant,
 }
 
 impl Output {
@@ -228,26 +237,31 @@ impl Output {
         }
         if !self.link.acks.load(Ordering::Relaxed) {
             self.acks.written(delivered);
-            self.report();
+            self.report(false);
         }
         true
     }
 
-    /// Reports to the hub how far the peer acknowledged each conversation: that becomes
-    /// the device's cursor.
-    fn report(&mut self) {
-        let mut changed: Vec<(ConvId, Seq)> = Vec::new();
+    /// Collects how far the peer acknowledged each conversation, and sends it to the hub
+    /// (where it becomes the device's cursor) when `REPORT_EVERY` has passed or `now`.
+    fn report(&mut self, now: bool) {
         for (conv, seq) in self.acks.confirmed() {
             let at = self.progress.entry(conv).or_insert(0);
             if seq > *at {
                 *at = seq;
-                match changed.iter_mut().find(|c| c.0 == conv) {
+                match self.unreported.iter_mut().find(|c| c.0 == conv) {
                     Some(c) => c.1 = seq,
-                    None => changed.push((conv, seq)),
+                    None => self.unreported.push((conv, seq)),
                 }
             }
         }
-        if let (false, Some(device)) = (changed.is_empty(), self.device.get()) {
+        let due = now || self.reported_at.elapsed() >= REPORT_EVERY;
+        if self.unreported.is_empty() || !due {
+            return;
+        }
+        self.reported_at = tokio::time::Instant::now();
+        let changed = std::mem::take(&mut self.unreported);
+        if let Some(device) = self.device.get() {
             self.hub.cursors(*device, changed);
         }
     }

@@ -92,16 +92,6 @@ async fn text_device(server: &TestServer, name: &str, device: &str) -> LineClien
     c
 }
 
-/// A JSON session of the account `name` on `device`, subscribed to pushes.
-async fn json_device(server: &TestServer, name: &str, device: &str) -> LineClient {
-    let mut c = server.json().await;
-    let login = json!({"command": "LOGIN", "data": name, "password": PASSWORD, "device": device});
-    let reply = parse(&c.ask(&login.to_string()).await.unwrap());
-    assert_eq!(reply["success"], true, "{reply}");
-    subscribe(&mut c).await;
-    c
-}
-
 /// A JSON session of the password-less user `name`, subscribed to pushes.
 async fn json_user(server: &TestServer, name: &str) -> LineClient {
     let mut c = server.json().await;
@@ -148,6 +138,29 @@ async fn close(mut c: BinaryClient) {
 async fn dm(c: &mut BinaryClient, from: &str, to: &str, text: &str) {
     let reply = c.message(7, from, to, text.as_bytes(), 1).await.unwrap();
     assert_eq!(reply, code::OK, "{from} -> {to}: {text}");
+}
+
+/// Sends `count` direct messages (`body(1..=count)`) in windows of 200 pipelined frames,
+/// waiting for every OK.
+async fn send_pipelined(
+    c: &mut BinaryClient,
+    from: &str,
+    to: &str,
+    count: usize,
+    body: impl Fn(usize) -> String,
+) {
+    let all: Vec<u32> = (1..=count as u32).collect();
+    for window in all.chunks(200) {
+        for &i in window {
+            let text = body(i as usize);
+            c.send_message(i, from, to, text.as_bytes(), 1)
+                .await
+                .unwrap();
+        }
+        for &i in window {
+            assert_eq!(c.expect_response(i).await.unwrap(), code::OK, "message {i}");
+        }
+    }
 }
 
 /// Sends `frame` and waits for its response code.
@@ -441,25 +454,26 @@ async fn send_all_reaches_everyone_online_in_every_protocol_but_the_sending_sess
 async fn a_user_in_three_rooms_joined_over_three_protocols_gets_each_rooms_messages() {
     let server = TestServer::start().await;
     register(&server, "alice").await;
-    let mut bob = server.login("bob").await;
-    for (cid, room) in [(2, "red"), (3, "green"), (4, "blue")] {
-        let join = Frame::Join { cid, room: b(room) };
-        assert_eq!(request(&mut bob, join).await, code::OK);
-    }
+    let mut laptop = text_device(&server, "alice", "laptop").await;
+    assert_eq!(laptop.ask("JOIN green").await.unwrap(), "OK");
+    assert_eq!(laptop.ask("QUIT").await.unwrap(), "BYE");
+    let mut web = server.json().await;
+    let login = json!({"command": "LOGIN", "data": "alice", "password": PASSWORD, "device": "web"});
+    assert_eq!(json_data(&mut web, login).await, "");
+    let join = json!({"command": "JOIN", "room": "blue"});
+    assert_eq!(json_data(&mut web, join).await, "");
+    assert_eq!(json_data(&mut web, json!({"command": "QUIT"})).await, "");
     let mut phone = device(&server, "alice", "phone").await;
     let join = Frame::Join {
         cid: 3,
         room: b("red"),
     };
     assert_eq!(request(&mut phone, join).await, code::OK);
-    let mut laptop = text_device(&server, "alice", "laptop").await;
-    assert_eq!(laptop.ask("JOIN green").await.unwrap(), "OK");
-    let mut web = json_device(&server, "alice", "web").await;
-    let join = json!({"command": "JOIN", "room": "blue"});
-    let reply = parse(&web.ask(&join.to_string()).await.unwrap());
-    assert_eq!(reply["message"], "Joined", "{reply}");
 
-    for (cid, room) in [(5, "red"), (6, "green"), (7, "blue")] {
+    let mut bob = server.login("bob").await;
+    for (cid, room) in [(2, "red"), (3, "green"), (4, "blue")] {
+        let join = Frame::Join { cid, room: b(room) };
+        assert_eq!(request(&mut bob, join).await, code::OK);
         let say = Frame::SendRoom {
             cid,
             room: b(room),
@@ -483,15 +497,57 @@ async fn a_user_in_three_rooms_joined_over_three_protocols_gets_each_rooms_messa
         ]
     );
     assert_eq!(texts(&got), ["in red", "in green", "in blue"]);
-    for room in ["red", "green", "blue"] {
-        let line = next_message(&mut laptop).await;
-        assert_eq!(line, format!("ROOM {room} bob in {room}"));
-        let pushed = parse(&next_message(&mut web).await);
-        assert_eq!(
-            (&pushed["kind"], &pushed["to"], &pushed["text"]),
-            (&json!("room"), &json!(room), &json!(format!("in {room}")))
-        );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_room_message_reaches_the_members_in_each_protocol() {
+    let server = TestServer::start().await;
+    register(&server, "erin").await;
+    let mut erin = device(&server, "erin", "phone").await;
+    let mut carol = server.text_login("carol").await;
+    let mut dave = json_user(&server, "dave").await;
+    let mut bob = server.login("bob").await;
+    for (cid, c) in [(3, &mut erin), (4, &mut bob)] {
+        let join = Frame::Join {
+            cid,
+            room: b("red"),
+        };
+        assert_eq!(request(c, join).await, code::OK);
     }
+    assert_eq!(carol.ask("JOIN red").await.unwrap(), "OK");
+    let join = json!({"command": "JOIN", "room": "red"});
+    assert_eq!(json_data(&mut dave, join).await, "");
+
+    let say = Frame::SendRoom {
+        cid: 5,
+        room: b("red"),
+        message: b("hi room"),
+        time: 1,
+    };
+    assert_eq!(request(&mut bob, say).await, code::OK);
+
+    let e = event(&mut erin).await;
+    assert_eq!(
+        (e.kind, &e.from[..], &e.to[..], &e.message[..]),
+        (kind::ROOM, &b"bob"[..], &b"red"[..], &b"hi room"[..])
+    );
+    assert_eq!(next_message(&mut carol).await, "ROOM red bob hi room");
+    let pushed = parse(&next_message(&mut dave).await);
+    assert_eq!(
+        (
+            &pushed["kind"],
+            &pushed["from"],
+            &pushed["to"],
+            &pushed["text"]
+        ),
+        (
+            &json!("room"),
+            &json!("bob"),
+            &json!("red"),
+            &json!("hi room")
+        )
+    );
     server.stop().await;
 }
 
@@ -1087,6 +1143,73 @@ async fn each_device_keeps_its_own_cursor() {
 }
 
 #[tokio::test]
+async fn a_message_sent_while_a_device_replays_its_conversation_reaches_it_though_another_device_acked_it(
+) {
+    let (live, next) = tablet_replaying_while_the_phone_acks(true).await;
+    assert!(
+        matches!(&next, Ok(Frame::Event { event, .. }) if *event == live),
+        "the tablet should get {live:?} after its replay, got {next:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_message_opening_a_conversation_while_a_device_catches_up_reaches_it_though_another_device_acked_it(
+) {
+    let (live, next) = tablet_replaying_while_the_phone_acks(false).await;
+    assert!(
+        matches!(&next, Ok(Frame::Event { event, .. }) if *event == live),
+        "the tablet should get {live:?} after its replay, got {next:?}"
+    );
+}
+
+/// Alice's new tablet is replaying a long backlog from carol (her phone got it but acked
+/// none) when bob writes to alice, and the phone acks that at once. Returns bob's message
+/// and what the tablet gets after the backlog. `bob_wrote_before`: the conversation with
+/// bob already had a message (then it is part of the replay from the start).
+async fn tablet_replaying_while_the_phone_acks(
+    bob_wrote_before: bool,
+) -> (Event, anyhow::Result<Frame>) {
+    const BACKLOG: usize = 5_000;
+    // Big enough that the replay cannot all sit in buffers: it is under way while the
+    // message arrives and the phone acks it.
+    let padding = "x".repeat(4_000);
+    let server = TestServer::start_with(|c| c.messages_per_second = 0).await;
+    register(&server, "alice").await;
+    let mut phone = device(&server, "alice", "phone").await;
+    let mut bob = server.login("bob").await;
+    let before = usize::from(bob_wrote_before);
+    if bob_wrote_before {
+        dm(&mut bob, "bob", "alice", "before").await;
+    }
+    let mut carol = server.login("carol").await;
+    send_pipelined(&mut carol, "carol", "alice", BACKLOG, |i| {
+        format!("{i} {padding}")
+    })
+    .await;
+    events(&mut phone, before + BACKLOG).await;
+
+    let mut tablet = device(&server, "alice", "tablet").await;
+    events(&mut tablet, 10).await;
+    dm(&mut bob, "bob", "alice", "while the tablet catches up").await;
+    let live = event(&mut phone).await;
+    ack(&mut phone, &live).await;
+    // The ack is read before the next request is answered, and committed before any later
+    // operation is (the hub applies them in order).
+    assert_eq!(
+        request(&mut phone, Frame::CorrelationTest { cid: 5 }).await,
+        code::OK
+    );
+    let mut dave = server.login("dave").await;
+    dm(&mut dave, "dave", "carol", "a later commit").await;
+
+    let rest = before + BACKLOG - 10;
+    assert_eq!(events(&mut tablet, rest).await.len(), rest);
+    let next = tablet.recv().await;
+    server.stop().await;
+    (live, next)
+}
+
+#[tokio::test]
 async fn a_json_device_with_acks_gets_what_it_did_not_ack_again() {
     let server = TestServer::start().await;
     register(&server, "alice").await;
@@ -1154,30 +1277,15 @@ async fn live_messages_sent_during_a_long_catch_up_arrive_after_it_none_missing(
     let run = async {
         register(&server, "alice").await;
         let mut bob = server.login("bob").await;
-        for window in (1..=BACKLOG as u32).collect::<Vec<_>>().chunks(200) {
-            for &i in window {
-                let body = format!("{i} {padding}");
-                bob.send_message(i, "bob", "alice", body.as_bytes(), 1)
-                    .await
-                    .unwrap();
-            }
-            for &i in window {
-                assert_eq!(bob.expect_response(i).await.unwrap(), code::OK);
-            }
-        }
+        send_pipelined(&mut bob, "bob", "alice", BACKLOG, |i| {
+            format!("{i} {padding}")
+        })
+        .await;
 
         let mut phone = device(&server, "alice", "phone").await;
         let mut got = events(&mut phone, 100).await;
         let mut carol = server.login("carol").await;
-        for i in 1..=LIVE as u32 {
-            carol
-                .send_message(i, "carol", "alice", format!("live {i}").as_bytes(), 1)
-                .await
-                .unwrap();
-        }
-        for i in 1..=LIVE as u32 {
-            assert_eq!(carol.expect_response(i).await.unwrap(), code::OK);
-        }
+        send_pipelined(&mut carol, "carol", "alice", LIVE, |i| format!("live {i}")).await;
         got.extend(events(&mut phone, BACKLOG + LIVE - 100).await);
         nothing_more(&mut phone).await;
         got

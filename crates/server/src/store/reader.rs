@@ -21,8 +21,11 @@ pub struct ConvPosition {
     /// For a direct conversation, the two members' names (lower id first); for a room, its
     /// name twice.
     pub members: (Arc<str>, Arc<str>),
-    /// The last sequence this device received (or the join point).
+    /// The last sequence this device received (or, for a device that never received
+    /// anything of it, where the account's furthest device is, or the join point).
     pub cursor: Seq,
+    /// Where the user's membership began.
+    pub joined: Seq,
     pub last_seq: Seq,
 }
 
@@ -167,7 +170,7 @@ impl Reader {
                                    JOIN devices d2 ON d2.id = c2.device_id
                                    WHERE d2.user_id = ?1 AND c2.conversation_id = c.id), 0),
                            m.joined_seq), c.last_seq,
-                        c.kind, c.name
+                        c.kind, c.name, m.joined_seq
                  FROM memberships m
                  JOIN conversations c ON c.id = m.conversation_id
                  LEFT JOIN users ua ON ua.id = c.user_a
@@ -192,6 +195,7 @@ impl Reader {
                     ),
                     cursor: r.get(3)?,
                     last_seq: r.get(4)?,
+                    joined: r.get(7)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
