@@ -159,6 +159,37 @@ fn spawn_checkpointer(path: PathBuf, sync: SyncMode, stop: Arc<AtomicBool>) -> a
     Ok(())
 }
 
+/// Rows per multi-row message insert.
+const ROWS_PER_INSERT: usize = 64;
+
+fn insert_messages_sql(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT INTO messages
+         (conversation_id, seq, id, sender_id, sender_device, body, sent_at, received_at)
+         VALUES {values}"
+    )
+}
+
+/// One message's columns, in `insert_messages_sql` order (the time passed in as i64: the
+/// column stores the client's u64 bit for bit).
+fn message_values<'a>(
+    m: &'a super::NewMessage,
+    sent_at: &'a i64,
+    body: &'a &'a [u8],
+) -> [&'a dyn rusqlite::ToSql; 8] {
+    [
+        &m.conv,
+        &m.seq,
+        &m.id,
+        &m.sender,
+        &m.sender_device,
+        body,
+        sent_at,
+        &m.received_at,
+    ]
+}
+
 /// The writer side of the SQLite store.
 pub struct SqliteStore {
     conn: Connection,
@@ -383,22 +414,25 @@ impl LogStore for SqliteStore {
             for (user, conv, seq) in &batch.joins {
                 joins.execute(params![user, conv, seq])?;
             }
-            let mut messages = tx.prepare_cached(
-                "INSERT INTO messages
-                 (conversation_id, seq, id, sender_id, sender_device, body, sent_at, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for m in &batch.messages {
-                messages.execute(params![
-                    m.conv,
-                    m.seq,
-                    m.id,
-                    m.sender,
-                    m.sender_device,
-                    &m.body[..],
-                    m.sent_at as i64,
-                    m.received_at
-                ])?;
+            // Messages go in 64 rows per statement (one execution instead of 64), the rest
+            // one by one.
+            let mut chunks = batch.messages.chunks_exact(ROWS_PER_INSERT);
+            if batch.messages.len() >= ROWS_PER_INSERT {
+                let mut many = tx.prepare_cached(&insert_messages_sql(ROWS_PER_INSERT))?;
+                for chunk in &mut chunks {
+                    let sent: Vec<i64> = chunk.iter().map(|m| m.sent_at as i64).collect();
+                    let bodies: Vec<&[u8]> = chunk.iter().map(|m| &m.body[..]).collect();
+                    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(8 * chunk.len());
+                    for ((m, sent), body) in chunk.iter().zip(&sent).zip(&bodies) {
+                        values.extend(message_values(m, sent, body));
+                    }
+                    many.execute(values.as_slice())?;
+                }
+            }
+            let mut one = tx.prepare_cached(&insert_messages_sql(1))?;
+            for m in chunks.remainder() {
+                let (sent, body) = (m.sent_at as i64, &m.body[..]);
+                one.execute(message_values(m, &sent, &body))?;
             }
             let mut last =
                 tx.prepare_cached("UPDATE conversations SET last_seq = ?2 WHERE id = ?1")?;
