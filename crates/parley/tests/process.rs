@@ -566,3 +566,44 @@ async fn default_data_dir_is_created_on_first_start() {
     drop(server.login("carol").await);
     server.stop_with(libc::SIGTERM);
 }
+
+/// Waits (bounded) until the server's log has a line containing `needle`.
+fn wait_for_log(proc: &Proc, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proc.logs().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needle:?}:\n{}",
+            proc.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_and_keeps_the_old_one_if_the_new_is_broken() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = dir.path().join("tls");
+    let made = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(["cert", "--out", tls.to_str().unwrap()])
+        .output()
+        .expect("parley cert runs");
+    assert!(made.status.success(), "parley cert: {made:?}");
+    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+    assert!(cert.is_file() && key.is_file());
+
+    let mut cmd = serve_in(&dir.path().join("data"));
+    cmd.args(["--tls-cert", cert.to_str().unwrap()]);
+    cmd.args(["--tls-key", key.to_str().unwrap()]);
+    let mut server = Server::start(cmd);
+
+    server.proc.signal(libc::SIGHUP);
+    wait_for_log(&server.proc, "SIGHUP: TLS certificate reloaded");
+    drop(server.login("alice").await);
+
+    std::fs::write(&key, "not a key").expect("break the key");
+    server.proc.signal(libc::SIGHUP);
+    wait_for_log(&server.proc, "keeping the old certificate");
+    drop(server.login("bob").await);
+    server.stop_with(libc::SIGTERM);
+}

@@ -144,7 +144,8 @@ pub fn parse(line: &str) -> TextCommand {
             _ => TextCommand::Usage("ERR usage: REGISTER <username> <password>"),
         },
         "token" => TextCommand::Token,
-        "resume" => match words(rest).as_slice() {
+        // STATE is seed 003's name for "is this device's token logged in".
+        "resume" | "state" => match words(rest).as_slice() {
             [token] => TextCommand::Resume {
                 token: token.to_string(),
             },

@@ -52,6 +52,8 @@ pub struct SessionLink {
     pub kill_reason: OnceLock<&'static str>,
     /// One permit per request in flight; the hub returns it once the reply is queued.
     pub inflight: Arc<Semaphore>,
+    /// Queue slots kept for replies (`max_inflight`).
+    pub replies: usize,
     /// The client acks what it received (binary `EnableAcks`, JSON `SUBSCRIBE` with acks):
     /// its acks, not TCP's, move the device's cursor.
     pub acks: std::sync::atomic::AtomicBool,
@@ -64,6 +66,13 @@ impl SessionLink {
     /// Queues `item` without waiting. A full queue makes this session a slow consumer: it
     /// is disconnected, and whatever it had not received stays in the log for next time.
     pub fn push(&self, item: Outbound) {
+        // The queue also holds room for the replies to requests in flight (bounded by
+        // `max_inflight`) and for the slots catch-up may still claim: pushes may not use
+        // either, so `outbound_queue` is the real limit on what waits for a slow reader.
+        let pushed = matches!(item, Outbound::Deliver(_) | Outbound::Notice(_));
+        if pushed && self.queue.capacity() <= self.replay.available_permits() + self.replies {
+            return self.kill("slow consumer: outbound queue full");
+        }
         match self.queue.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {

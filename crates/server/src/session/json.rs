@@ -118,7 +118,8 @@ impl Session {
                     }
                 }
             }
-            "RESUME" => match self
+            // STATE is seed 003's name for a token login.
+            "RESUME" | "STATE" => match self
                 .token_login(request.token.as_deref().unwrap_or(""), |name| {
                     let message = format!("Welcome back, {name}!");
                     Some(json_line(true, &message, Value::from(name), id.clone()))

@@ -76,7 +76,7 @@ pub async fn run(
     let tls = conn.is_tls();
     let (read, write) = conn.split();
     let config = &shared.config;
-    let (queue, rx) = mpsc::channel(config.outbound_queue + REPLAY_WINDOW);
+    let (queue, rx) = mpsc::channel(config.outbound_queue + REPLAY_WINDOW + config.max_inflight);
     let link = Arc::new(SessionLink {
         id: shared.next_session.fetch_add(1, Ordering::Relaxed),
         protocol,
@@ -86,6 +86,7 @@ pub async fn run(
         kill_reason: OnceLock::new(),
         inflight: Arc::new(Semaphore::new(config.max_inflight)),
         replay: Arc::new(Semaphore::new(REPLAY_WINDOW)),
+        replies: config.max_inflight,
         acks: Default::default(),
     });
     info!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
