@@ -816,3 +816,26 @@ async fn an_overlong_json_line_is_refused_and_the_next_request_works() {
     assert_eq!(reply, ok_with("Echo response", "short"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_subscription_made_before_registering_gets_live_messages_after_it() {
+    let server = TestServer::start().await;
+    let mut alice = server.json().await;
+    assert_eq!(
+        alice.ask(r#"{"command":"SUBSCRIBE"}"#).await.unwrap(),
+        ok("Subscribed")
+    );
+    let line = alice
+        .ask(r#"{"command":"REGISTER","data":"alice"}"#)
+        .await
+        .unwrap();
+    assert_eq!(line, ok("Registration successful. Welcome, alice!"));
+    let mut bob = server.text_login("bob").await;
+    bob.send("DM alice are you there").await.unwrap();
+    let event = parse(&alice.line().await.unwrap());
+    assert_eq!(
+        (&event["event"], &event["text"]),
+        (&json!("message"), &json!("are you there"))
+    );
+    server.stop().await;
+}

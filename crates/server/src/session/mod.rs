@@ -284,6 +284,10 @@ impl Session {
                 let _ = self.device.set(ok.identity.device);
                 self.login = Some((ok.identity, ok.name));
                 self.account = auth != Auth::None;
+                if self.link.protocol == Protocol::Json && self.subscribed {
+                    // Subscribed before logging in: the hub must know to push.
+                    self.shared.hub.subscribe(self.link.id, ok.identity.user);
+                }
                 if self.link.protocol != Protocol::Json || self.subscribed {
                     self.start_catchup();
                 }
