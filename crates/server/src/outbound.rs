@@ -52,8 +52,11 @@ pub struct SessionLink {
     pub kill_reason: OnceLock<&'static str>,
     /// One permit per request in flight; the hub returns it once the reply is queued.
     pub inflight: Arc<Semaphore>,
-    /// Queue slots kept for replies (`max_inflight`).
-    pub replies: usize,
+    /// Pushes (deliveries, notices) waiting in the queue, and how many may
+    /// (`outbound_queue`): the queue's other slots are for replies and catch-up, which have
+    /// their own bounds.
+    pub pushed: std::sync::atomic::AtomicUsize,
+    pub push_limit: usize,
     /// The client acks what it received (binary `EnableAcks`, JSON `SUBSCRIBE` with acks):
     /// its acks, not TCP's, move the device's cursor.
     pub acks: std::sync::atomic::AtomicBool,
@@ -70,8 +73,11 @@ impl SessionLink {
         // `max_inflight`) and for the slots catch-up may still claim: pushes may not use
         // either, so `outbound_queue` is the real limit on what waits for a slow reader.
         let pushed = matches!(item, Outbound::Deliver(_) | Outbound::Notice(_));
-        if pushed && self.queue.capacity() <= self.replay.available_permits() + self.replies {
-            return self.kill("slow consumer: outbound queue full");
+        if pushed {
+            if self.pushed.load(Ordering::Relaxed) >= self.push_limit {
+                return self.kill("slow consumer: outbound queue full");
+            }
+            self.pushed.fetch_add(1, Ordering::Relaxed);
         }
         match self.queue.try_send(item) {
             Ok(()) => {}
@@ -208,6 +214,11 @@ impl Output {
         let buf = &mut self.buf;
         let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
         let mut replayed = 0;
+        let pushes = items
+            .iter()
+            .filter(|i| matches!(i, Outbound::Deliver(_) | Outbound::Notice(_)))
+            .count();
+        self.link.pushed.fetch_sub(pushes, Ordering::Relaxed);
         for item in items.drain(..) {
             let d = match item {
                 Outbound::Reply(tag, reply) => {

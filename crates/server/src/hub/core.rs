@@ -20,7 +20,7 @@ use crate::store::{
     now_ms, Batch, ContactState, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds,
     Revoke, Seq, UserId,
 };
-use crate::wire::Protocol;
+use crate::wire::{Protocol, Style};
 
 /// Starts the hub thread over `store`.
 pub fn spawn(
@@ -963,7 +963,9 @@ impl Core {
             _ => None,
         };
         let send = |link: &SessionLink| {
-            if link.id != except {
+            // Binary sessions have no frame for notices: nothing to queue.
+            let style = Style::from_u8(link.style.load(std::sync::atomic::Ordering::Relaxed));
+            if link.id != except && !matches!(style, Style::Binary | Style::Events) {
                 link.push(Outbound::Notice(notice.clone()));
             }
         };

@@ -86,7 +86,8 @@ pub async fn run(
         kill_reason: OnceLock::new(),
         inflight: Arc::new(Semaphore::new(config.max_inflight)),
         replay: Arc::new(Semaphore::new(REPLAY_WINDOW)),
-        replies: config.max_inflight,
+        pushed: Default::default(),
+        push_limit: config.outbound_queue,
         acks: Default::default(),
     });
     info!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
@@ -147,7 +148,9 @@ struct Session {
     messages: MessageRate,
     device: Arc<OnceLock<i64>>,
     login: Option<(Identity, Arc<str>)>,
-    catchup: Option<JoinHandle<()>>,
+    /// Cancels this session's catch-up (a handle to the task would keep its memory alive
+    /// after it finished, for as long as the connection lasts).
+    catchup: Option<CancellationToken>,
     /// The room a slash-command user is in (seed 004: one at a time).
     room: Option<String>,
     /// A JSON session asked for pushes.
@@ -302,12 +305,21 @@ impl Session {
 
     fn start_catchup(&mut self) {
         if let (Some((identity, _)), None) = (&self.login, &self.catchup) {
-            self.catchup = Some(tokio::spawn(catchup::run(
+            let stop = CancellationToken::new();
+            let replay = catchup::run(
                 self.shared.reader.clone(),
                 self.shared.hub.clone(),
                 self.link.clone(),
                 *identity,
-            )));
+            );
+            let cancelled = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancelled.cancelled() => {}
+                    _ = replay => {}
+                }
+            });
+            self.catchup = Some(stop);
         }
     }
 
@@ -347,7 +359,7 @@ impl Session {
     /// Ends the session: answers what is in flight, flushes the writer, goes offline.
     async fn finish(self, reason: String, closing: CancellationToken, writer: JoinHandle<()>) {
         if let Some(catchup) = &self.catchup {
-            catchup.abort();
+            catchup.cancel();
         }
         let timeout = self.shared.config.shutdown_timeout();
         let all = self.shared.config.max_inflight as u32;
