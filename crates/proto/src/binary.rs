@@ -1041,8 +1041,8 @@ impl Frame {
             Frame::SendMany {
                 to, message, time, ..
             } => {
-                b.u16(to.len() as u16);
-                for name in to {
+                b.u16(count(to));
+                for name in to.iter().take(usize::from(count(to))) {
                     b.string(name)?;
                 }
                 b.string(message)?;
@@ -1053,16 +1053,16 @@ impl Frame {
                 b.u64(*time);
             }
             Frame::Rooms { rooms, .. } => {
-                b.u16(rooms.len() as u16);
-                for room in rooms {
+                b.u16(count(rooms));
+                for room in rooms.iter().take(usize::from(count(rooms))) {
                     b.string(&room.name)?;
                     b.u32(room.members);
                     b.u32(room.online);
                 }
             }
             Frame::Members { members: users, .. } | Frame::Users { users, .. } => {
-                b.u16(users.len() as u16);
-                for user in users {
+                b.u16(count(users));
+                for user in users.iter().take(usize::from(count(users))) {
                     b.string(&user.name)?;
                     b.u8(u8::from(user.online));
                     b.u64(user.last_seen);
@@ -1081,8 +1081,8 @@ impl Frame {
                 b.u16(*limit);
             }
             Frame::HistoryPage { events, .. } => {
-                b.u16(events.len() as u16);
-                for event in events {
+                b.u16(count(events));
+                for event in events.iter().take(usize::from(count(events))) {
                     b.event(event)?;
                 }
             }
@@ -1149,8 +1149,8 @@ impl Frame {
                 b.u8(*accept);
             }
             Frame::Contacts { contacts, .. } => {
-                b.u16(contacts.len() as u16);
-                for c in contacts {
+                b.u16(count(contacts));
+                for c in contacts.iter().take(usize::from(count(contacts))) {
                     b.string(&c.name)?;
                     b.u8(c.state);
                     b.u8(u8::from(c.online));
@@ -1167,6 +1167,12 @@ impl Frame {
         }
         Ok(())
     }
+}
+
+/// How many entries of a list a frame carries: its `u16` count field caps a list at 65,535
+/// (longer lists are cut there rather than sent with a wrong count).
+fn count<T>(list: &[T]) -> u16 {
+    list.len().min(usize::from(u16::MAX)) as u16
 }
 
 /// The key of a frame encoded through `Body`.

@@ -617,3 +617,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_list_longer_than_its_u16_count_is_cut_at_65535_and_stays_decodable() {
+    use parley_proto::binary::UserEntry;
+    let users: Vec<UserEntry> = (0..70_000u32)
+        .map(|_| UserEntry {
+            name: Bytes::from_static(b"u"),
+            online: false,
+            last_seen: 0,
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    Frame::Users { cid: 1, users }.encode(&mut buf).unwrap();
+    match binary::decode(&mut buf, usize::MAX >> 1) {
+        Ok(Some(Frame::Users { users, .. })) => assert_eq!(users.len(), 65_535),
+        other => panic!("expected a Users frame, got {other:?}"),
+    }
+    assert!(buf.is_empty(), "no bytes left over after the frame");
+}
