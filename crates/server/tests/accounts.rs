@@ -4,7 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use common::{bytes, now_ms};
+
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -96,17 +98,6 @@ async fn expect_binary_closed(c: &mut BinaryClient) {
 async fn close(mut c: BinaryClient) {
     c.stream().shutdown().await.unwrap();
     expect_binary_closed(&mut c).await;
-}
-
-fn bytes(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// Today's date in UTC as `YYYY-MM-DD`.

@@ -5,9 +5,10 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use common::{bytes as b, now_ms};
 
-use bytes::Bytes;
+use std::time::Duration;
+
 use common::TestServer;
 use parley_client::{BinaryClient, LineClient};
 use parley_proto::binary::{code, kind, page, Event, Frame, RoomEntry, UserEntry};
@@ -22,17 +23,6 @@ const PASSWORD: &str = "correct-horse";
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// Unix ms as the line protocols write times: `2024-05-01T12:00:00.000Z`.
 fn rfc3339_ms(ms: u64) -> String {

@@ -124,3 +124,16 @@ fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// `s` as `Bytes` (frame fields).
+pub fn bytes(s: &str) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
