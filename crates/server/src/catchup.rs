@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 use crate::delivery::{Delivery, Kind};
 use crate::hub::{GoLive, Hub, Identity};
 use crate::outbound::{Outbound, SessionLink};
+use crate::queue::Refused;
 use crate::store::{ConvId, ConvPosition, Reader, Seq};
 
 /// Messages read per conversation per round.
@@ -101,13 +102,15 @@ async fn replay(
                     m.sent_at,
                 );
                 link.replay.acquire().await?.forget();
-                if link
-                    .queue
-                    .send(Outbound::Replay(Arc::new(d)))
-                    .await
-                    .is_err()
-                {
-                    return Ok(replayed);
+                match link.queue.push(Outbound::Replay(Arc::new(d))) {
+                    Ok(()) => {}
+                    // The permits keep room for the replay; a queue full all the same was
+                    // filled by a client that does not read its answers.
+                    Err(Refused::Full) => {
+                        link.kill("slow consumer: outbound queue full");
+                        return Ok(replayed);
+                    }
+                    Err(Refused::Closed) => return Ok(replayed),
                 }
                 replayed += 1;
             }

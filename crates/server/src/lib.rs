@@ -13,6 +13,7 @@ mod delivery;
 mod files;
 mod hub;
 mod outbound;
+mod queue;
 mod server;
 mod session;
 mod sniff;

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parley_proto::Reply;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::WriteHalf;
 use crate::delivery::{Delivery, Notice};
 use crate::hub::Hub;
+use crate::queue::{Queue, Refused};
 use crate::store::{ConvId, DeviceId, Seq};
 use crate::tcp_ack::AckTracker;
 use crate::wire::{encode_reply, Protocol, Style, Tag};
@@ -46,7 +47,8 @@ pub struct SessionLink {
     /// How pushes are written to this session (a `Style` as u8; the text protocol switches
     /// between its two dialects).
     pub style: AtomicU8,
-    pub queue: mpsc::Sender<Outbound>,
+    /// What waits to be written; empty (and unallocated) while the session is idle.
+    pub queue: Queue<Outbound>,
     /// Cancelled to drop the connection at once (slow consumer, forced shutdown).
     pub kill: CancellationToken,
     pub kill_reason: OnceLock<&'static str>,
@@ -79,12 +81,12 @@ impl SessionLink {
             }
             self.pushed.fetch_add(1, Ordering::Relaxed);
         }
-        match self.queue.try_send(item) {
+        match self.queue.push(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kill("slow consumer: outbound queue full")
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(Refused::Full) => self.kill("slow consumer: outbound queue full"),
+            // The writer has stopped: the session is ending, and what it did not write
+            // stays in the log for the device's next login.
+            Err(Refused::Closed) => {}
         }
     }
 
@@ -99,7 +101,6 @@ pub struct Writer {
     pub socket: WriteHalf,
     /// The TCP socket underneath (for acknowledgement tracking).
     pub fd: RawFd,
-    pub queue: mpsc::Receiver<Outbound>,
     pub link: Arc<SessionLink>,
     pub hub: Hub,
     /// Set once the session has logged in; cursors are reported for this device.
@@ -127,7 +128,6 @@ impl Writer {
         let Writer {
             socket,
             fd,
-            mut queue,
             link,
             hub,
             device,
@@ -145,6 +145,9 @@ impl Writer {
             unreported: Vec::new(),
             reported_at: tokio::time::Instant::now(),
         };
+        // Whatever ends the writer, later pushes are refused and nothing stays queued.
+        let _closed = CloseOnDrop(out.link.clone());
+        let queue = &_closed.0.queue;
         let mut items = Vec::new();
         let kill = out.link.kill.clone();
         loop {
@@ -152,7 +155,7 @@ impl Writer {
             let got = tokio::select! {
                 biased;
                 _ = kill.cancelled() => return out.report(true),
-                n = queue.recv_many(&mut items, BATCH) => n,
+                n = queue.take(&mut items, BATCH) => n,
                 _ = closing.cancelled() => break,
                 _ = tokio::time::sleep(ACK_POLL), if ack_poll => {
                     out.report(false);
@@ -165,17 +168,15 @@ impl Writer {
             if !out.write(&mut items).await {
                 return out.report(true);
             }
+            if items.capacity() > BATCH {
+                items = Vec::new();
+            }
         }
         // Closing: write what is already queued, then give the peer a moment to
         // acknowledge it, all within the flush timeout.
         let drain = async {
             loop {
-                while items.len() < BATCH {
-                    match queue.try_recv() {
-                        Ok(item) => items.push(item),
-                        Err(_) => break,
-                    }
-                }
+                queue.try_take(&mut items, BATCH);
                 if items.is_empty() || !out.write(&mut items).await {
                     break;
                 }
@@ -189,6 +190,15 @@ impl Writer {
             let _ = out.socket.shutdown().await;
         };
         let _ = tokio::time::timeout(flush_timeout, drain).await;
+    }
+}
+
+/// Closes the session's queue when the writer ends.
+struct CloseOnDrop(Arc<SessionLink>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.queue.close();
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use parley_proto::lines::{Line, LineDecoder};
 use parley_proto::ErrorKind;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::conn::{Conn, ReadHalf};
 use crate::hub::{Actor, Auth, Hub, Identity};
 use crate::outbound::{Outbound, SessionLink, Writer};
+use crate::queue::Queue;
 use crate::store::Reader;
 use crate::wire::{Protocol, Style};
 
@@ -76,12 +77,11 @@ pub async fn run(
     let tls = conn.is_tls();
     let (read, write) = conn.split();
     let config = &shared.config;
-    let (queue, rx) = mpsc::channel(config.outbound_queue + REPLAY_WINDOW + config.max_inflight);
     let link = Arc::new(SessionLink {
         id: shared.next_session.fetch_add(1, Ordering::Relaxed),
         protocol,
         style: AtomicU8::new(protocol.style() as u8),
-        queue,
+        queue: Queue::new(config.outbound_queue + REPLAY_WINDOW + config.max_inflight),
         kill: CancellationToken::new(),
         kill_reason: OnceLock::new(),
         inflight: Arc::new(Semaphore::new(config.max_inflight)),
@@ -96,7 +96,6 @@ pub async fn run(
     let writer_fut = Writer {
         socket: write,
         fd,
-        queue: rx,
         link: link.clone(),
         hub: shared.hub.clone(),
         device: device.clone(),
