@@ -4,19 +4,18 @@
 //! The other side is told at once if online; otherwise it sees the request in its contact
 //! list at its next login.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use parley_proto::ErrorKind;
 
 use super::core::{internal, Audience, Core, Effect};
-use super::ContactAction;
+use super::{ContactAction, Map};
 use crate::delivery::{ContactChange, Notice};
 use crate::store::{Batch, ContactState, UserId};
 
 impl Core {
     /// `user`'s contacts, loaded on first use.
-    fn contacts_of(&mut self, user: UserId) -> anyhow::Result<&mut HashMap<UserId, ContactState>> {
+    fn contacts_of(&mut self, user: UserId) -> anyhow::Result<&mut Map<UserId, ContactState>> {
         if !self.contacts.contains_key(&user) {
             let list = self.store_contacts(user)?;
             self.contacts.insert(user, list.into_iter().collect());

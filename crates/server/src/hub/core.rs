@@ -1,6 +1,6 @@
 //! The hub thread: apply a batch of operations, commit once, then answer and deliver.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -10,8 +10,8 @@ use parley_proto::{ErrorKind, Reply, Target};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    finish, AccountChange, Actor, Auth, Done, GoLive, Hub, Identity, LoginOk, Op, Presence,
-    ANONYMOUS,
+    finish, AccountChange, Actor, Auth, Done, GoLive, Hub, Identity, LoginOk, Map, Op, Presence,
+    Set, ANONYMOUS,
 };
 use crate::config::Config;
 use crate::delivery::{Delivery, Kind, Notice};
@@ -35,19 +35,20 @@ pub fn spawn(
         batch_max: config.batch_max,
         anonymous,
         broadcast,
-        names: HashMap::new(),
-        users: HashMap::new(),
-        accounts: HashSet::new(),
+        names: Map::default(),
+        users: Map::default(),
+        accounts: Set::default(),
         require_accounts: config.require_accounts,
-        contacts: HashMap::new(),
+        contacts: Map::default(),
         contacts_only_dms: config.contacts_only_dms,
-        devices: HashMap::new(),
-        directs: HashMap::new(),
-        last_seqs: HashMap::new(),
-        memberships: HashMap::new(),
-        rooms: HashMap::new(),
-        online: HashMap::new(),
-        guests: HashMap::new(),
+        devices: Map::default(),
+        directs: Map::default(),
+        last_seqs: Map::default(),
+        memberships: Map::default(),
+        rooms: Map::default(),
+        online: Map::default(),
+        listeners: Map::default(),
+        guests: Map::default(),
         waiting: Vec::new(),
     };
     core.load()?;
@@ -75,7 +76,7 @@ pub(super) struct Online {
 pub(super) struct Room {
     pub conv: ConvId,
     pub name: Arc<str>,
-    pub members: HashSet<UserId>,
+    pub members: Set<UserId>,
     /// Anonymous sessions in the room (seed 004 before `/nick`); they leave with their
     /// connection.
     pub guests: Vec<Arc<SessionLink>>,
@@ -94,23 +95,27 @@ pub(super) struct Core {
     pub next: NextIds,
     pub anonymous: UserId,
     broadcast: ConvId,
-    pub names: HashMap<Arc<str>, UserId>,
-    pub users: HashMap<UserId, Arc<str>>,
+    pub names: Map<Arc<str>, UserId>,
+    pub users: Map<UserId, Arc<str>>,
     /// Users with a password: password-less logins of these names are refused.
-    accounts: HashSet<UserId>,
+    accounts: Set<UserId>,
     require_accounts: bool,
     /// Contacts per user, loaded on first use.
-    pub contacts: HashMap<UserId, HashMap<UserId, ContactState>>,
+    pub contacts: Map<UserId, Map<UserId, ContactState>>,
     pub contacts_only_dms: bool,
-    devices: HashMap<(UserId, String), DeviceId>,
+    devices: Map<(UserId, String), DeviceId>,
     /// Direct conversations by (lower, higher) user id.
-    directs: HashMap<(UserId, UserId), ConvId>,
-    last_seqs: HashMap<ConvId, Seq>,
-    pub memberships: HashMap<UserId, Vec<Membership>>,
-    pub rooms: HashMap<Arc<str>, Room>,
-    pub online: HashMap<UserId, Vec<Online>>,
+    directs: Map<(UserId, UserId), ConvId>,
+    last_seqs: Map<ConvId, Seq>,
+    pub memberships: Map<UserId, Vec<Membership>>,
+    pub rooms: Map<Arc<str>, Room>,
+    pub online: Map<UserId, Vec<Online>>,
+    /// Users online with sessions that show presence notices (text and JSON: binary has
+    /// no frame for them), and how many such sessions each has. A notice to everyone visits
+    /// only these, so a disconnect costs nothing per binary session online.
+    listeners: Map<UserId, usize>,
     /// Anonymous sessions counted in presence, by session id.
-    pub guests: HashMap<u64, Arc<SessionLink>>,
+    pub guests: Map<u64, Arc<SessionLink>>,
     waiting: Vec<Waiting>,
 }
 
@@ -556,6 +561,9 @@ impl Core {
             }
         };
         self.guests.remove(&link.id);
+        if link.protocol != Protocol::Binary {
+            *self.listeners.entry(user).or_default() += 1;
+        }
         self.online.entry(user).or_default().push(Online {
             link: link.clone(),
             device,
@@ -809,19 +817,15 @@ impl Core {
         let Some(identity) = identity else {
             return;
         };
-        if let Some(devices) = self.online.get_mut(&identity.user) {
-            devices.retain(|o| o.link.id != link_id);
-            if devices.is_empty() {
-                self.online.remove(&identity.user);
-                let notice = Notice::Disconnected {
-                    name: self.users[&identity.user].clone(),
-                };
-                effects.push(Effect::Notify {
-                    notice: Arc::new(notice),
-                    audience: Audience::Everyone,
-                    except: link_id,
-                });
-            }
+        if self.drop_online(identity.user, link_id) {
+            let notice = Notice::Disconnected {
+                name: self.users[&identity.user].clone(),
+            };
+            effects.push(Effect::Notify {
+                notice: Arc::new(notice),
+                audience: Audience::Everyone,
+                except: link_id,
+            });
         }
         batch.seen.push((identity.user, identity.device, now_ms()));
         let user = identity.user;
@@ -991,20 +995,35 @@ impl Core {
                 }
             }
             Audience::Everyone | Audience::Direct(..) => {
-                for o in self.online.keys().flat_map(online) {
+                for o in self.listeners.keys().flat_map(online) {
                     send(&o.link);
                 }
             }
         }
     }
 
-    fn drop_online(&mut self, user: UserId, link_id: u64) {
-        if let Some(devices) = self.online.get_mut(&user) {
-            devices.retain(|o| o.link.id != link_id);
-            if devices.is_empty() {
-                self.online.remove(&user);
+    /// Takes session `link_id` of `user` offline. True when that was the user's last one.
+    fn drop_online(&mut self, user: UserId, link_id: u64) -> bool {
+        let Some(devices) = self.online.get_mut(&user) else {
+            return false;
+        };
+        let Some(at) = devices.iter().position(|o| o.link.id == link_id) else {
+            return false;
+        };
+        let gone = devices.swap_remove(at);
+        if gone.link.protocol != Protocol::Binary {
+            if let Some(n) = self.listeners.get_mut(&user) {
+                *n -= 1;
+                if *n == 0 {
+                    self.listeners.remove(&user);
+                }
             }
         }
+        if devices.is_empty() {
+            self.online.remove(&user);
+            return true;
+        }
+        false
     }
 
     /// After a failed commit the caches may name rows that were never written: reload.

@@ -23,6 +23,12 @@ use crate::wire::Tag;
 
 pub use self::core::spawn;
 
+/// The hub's maps, looked up for every operation, hashed with aHash: a fraction of the cost
+/// of std's SipHash, and randomly keyed like it, so names chosen by clients cannot be made
+/// to collide.
+pub(crate) type Map<K, V> = HashMap<K, V, ahash::RandomState>;
+pub(crate) type Set<K> = std::collections::HashSet<K, ahash::RandomState>;
+
 /// The reserved name anonymous sessions (seed 004 before `/nick`, seed 001 before
 /// `REGISTER`) speak as. Nobody can log in with it.
 pub const ANONYMOUS: &str = "anonymous";

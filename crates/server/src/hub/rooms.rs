@@ -1,13 +1,12 @@
 //! Rooms in the hub: joining, leaving, listing; members are users (persistent, they get
 //! what they missed at their next login) or anonymous sessions (until they disconnect).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use parley_proto::ErrorKind;
 
 use super::core::{internal, Audience, Core, Effect, Room};
-use super::{Actor, RoomInfo, ANONYMOUS};
+use super::{Actor, RoomInfo, Set, ANONYMOUS};
 use crate::delivery::Notice;
 use crate::outbound::SessionLink;
 use crate::store::Batch;
@@ -29,7 +28,7 @@ impl Core {
             let new = Room {
                 conv,
                 name: name.clone(),
-                members: HashSet::new(),
+                members: Set::default(),
                 guests: Vec::new(),
             };
             self.rooms.insert(name, new);

@@ -49,10 +49,11 @@ pub struct Batch {
     /// Room memberships that end.
     pub leaves: Vec<(UserId, ConvId)>,
     pub messages: Vec<NewMessage>,
-    /// Highest sequence per conversation touched by this batch.
-    pub last_seqs: HashMap<ConvId, Seq>,
+    /// Highest sequence per conversation touched by this batch (aHash: updated for every
+    /// message).
+    pub last_seqs: HashMap<ConvId, Seq, ahash::RandomState>,
     /// Highest sequence received per (device, conversation).
-    pub cursors: HashMap<(DeviceId, ConvId), Seq>,
+    pub cursors: HashMap<(DeviceId, ConvId), Seq, ahash::RandomState>,
     /// Users and devices last seen at (Unix ms).
     pub seen: Vec<(UserId, DeviceId, i64)>,
     /// The next message id after this batch, persisted so ids are never reused.
