@@ -75,6 +75,10 @@ impl ReadHalf {
 }
 
 impl WriteHalf {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, WriteHalf::Tls(_))
+    }
+
     pub async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
             WriteHalf::Tcp(w) => w.write_all(bytes).await,

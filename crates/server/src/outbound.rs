@@ -135,7 +135,7 @@ impl Writer {
             flush_timeout,
         } = self;
         let mut out = Output {
-            acks: AckTracker::new(fd),
+            acks: AckTracker::new(fd, !socket.is_tls()),
             socket,
             link,
             hub,
@@ -252,6 +252,7 @@ impl Output {
             buf.extend_from_slice(d.encoded(style));
             delivered.push((d.conv, d.seq));
         }
+        let written_bytes = buf.len();
         let written = tokio::select! {
             biased;
             _ = self.link.kill.cancelled() => false,
@@ -265,8 +266,13 @@ impl Output {
         if !written {
             return false;
         }
-        if !self.link.acks.load(Ordering::Relaxed) {
-            self.acks.written(delivered);
+        // Clients that ack move their cursors themselves; the bytes still count.
+        let client_acks = self.link.acks.load(Ordering::Relaxed);
+        if client_acks {
+            delivered.clear();
+        }
+        self.acks.written(written_bytes, delivered);
+        if !client_acks {
             self.report(false);
         }
         true

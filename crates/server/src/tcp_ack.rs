@@ -4,8 +4,9 @@
 //! Without acks in the protocol, "written to the socket" is not enough: a write into a
 //! connection whose peer has already closed still succeeds (the kernel answers the peer's
 //! RST later), and a message counted as received there would be lost. So after each write
-//! the writer notes how far the connection's byte stream has got (bytes acked + bytes still
-//! queued); a batch is confirmed when the peer's acknowledgements pass its end. A peer that
+//! the writer notes how far the connection's byte stream has got (on plain TCP its own count
+//! of bytes written, which costs no system call; under TLS bytes acked + bytes still queued);
+//! a batch is confirmed when the peer's acknowledgements pass its end. A peer that
 //! read the bytes acknowledged them (at the latest with its FIN); a peer that had closed
 //! before they arrived answers them with a reset and never acknowledges them, so that batch
 //! is never confirmed and is delivered again at the next login. (A peer that took the bytes into its kernel and then closed without reading
@@ -26,6 +27,10 @@ struct Pending {
 /// Per-connection bookkeeping of unacknowledged deliveries.
 pub struct AckTracker {
     fd: RawFd,
+    /// Bytes written so far, on a plain TCP connection (every byte of its stream is the
+    /// writer's): a write's end is then known without asking the kernel. `None` under TLS,
+    /// where the records on the wire are longer than what was written.
+    sent: Option<u64>,
     pending: VecDeque<Pending>,
     /// The peer has closed or reset: nothing written from now on can be confirmed.
     dead: bool,
@@ -39,16 +44,29 @@ struct Info {
 }
 
 impl AckTracker {
-    pub fn new(fd: RawFd) -> Self {
+    /// `plain`: the writer writes every byte of this TCP stream itself (no TLS).
+    pub fn new(fd: RawFd, plain: bool) -> Self {
         AckTracker {
             fd,
+            sent: plain.then_some(0),
             pending: VecDeque::new(),
             dead: false,
         }
     }
 
-    /// Records a write that carried `delivered` (call right after the write completed).
-    pub fn written(&mut self, delivered: Vec<(ConvId, Seq)>) {
+    /// Records a write of `bytes` that carried `delivered` (call right after every write
+    /// completed, with or without deliveries).
+    pub fn written(&mut self, bytes: usize, delivered: Vec<(ConvId, Seq)>) {
+        if let Some(sent) = &mut self.sent {
+            // The peer acknowledges exactly the stream's bytes (`tcpi_bytes_acked`), and a
+            // peer that reset never acknowledges what came after: no kernel call needed.
+            *sent += bytes as u64;
+            if !delivered.is_empty() && !self.dead {
+                let end = *sent;
+                self.pending.push_back(Pending { end, delivered });
+            }
+            return;
+        }
         if delivered.is_empty() || self.dead {
             return;
         }
@@ -70,14 +88,19 @@ impl AckTracker {
         if self.pending.is_empty() {
             return Vec::new();
         }
-        let acked = match info(self.fd) {
-            Some(info) => info.acked,
+        let (acked, reset) = match info(self.fd) {
+            Some(info) => (info.acked, info.reset),
             None if self.dead => return Vec::new(),
-            None => u64::MAX,
+            None => (u64::MAX, false),
         };
         let mut out = Vec::new();
         while self.pending.front().is_some_and(|p| p.end <= acked) {
             out.extend(self.pending.pop_front().expect("checked").delivered);
+        }
+        if reset {
+            // The rest will never be acknowledged: stop waiting for it.
+            self.dead = true;
+            self.pending.clear();
         }
         out
     }
