@@ -539,6 +539,7 @@ impl Core {
                 self.names.insert(shared.clone(), user);
                 self.users.insert(user, shared);
                 batch.users.push((user, name.to_string()));
+                self.memberships.insert(user, Vec::new());
                 user
             }
         };
@@ -564,16 +565,26 @@ impl Core {
         if link.protocol != Protocol::Binary {
             *self.listeners.entry(user).or_default() += 1;
         }
-        self.online.entry(user).or_default().push(Online {
+        let push = link.protocol != Protocol::Json;
+        // A user in no conversation (a first login, a name that never talked) has nothing
+        // to replay: the device is live at once, with no catch-up read. JSON sessions catch
+        // up when they subscribe, so they always take the usual path.
+        let live = push && self.memberships_of(user).is_ok_and(|list| list.is_empty());
+        let devices = self
+            .online
+            .entry(user)
+            .or_insert_with(|| Vec::with_capacity(1));
+        devices.push(Online {
             link: link.clone(),
             device,
-            live: false,
-            push: link.protocol != Protocol::Json,
+            live,
+            push,
             welcomed: false,
         });
         Ok(LoginOk {
             identity: Identity { user, device },
             name: self.users[&user].clone(),
+            live,
         })
     }
 

@@ -45,6 +45,8 @@ pub struct Identity {
 pub struct LoginOk {
     pub identity: Identity,
     pub name: Arc<str>,
+    /// The device had nothing to replay and receives live pushes already: no catch-up.
+    pub live: bool,
 }
 
 /// How a login proved who it is.

@@ -90,7 +90,8 @@ pub async fn run(
         push_limit: config.outbound_queue,
         acks: Default::default(),
     });
-    info!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
+    // Per-connection lines at info are the login and the disconnect (both with the peer).
+    tracing::debug!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
     let device = Arc::new(OnceLock::new());
     let closing = CancellationToken::new();
     let writer_fut = Writer {
@@ -282,7 +283,9 @@ impl Session {
             .await
         {
             Ok(ok) => {
-                info!(session = self.link.id, user = %ok.name, device, "logged in");
+                let peer = self.peer;
+                let protocol = self.link.protocol.name();
+                info!(session = self.link.id, user = %ok.name, device, %peer, protocol, "logged in");
                 let _ = self.device.set(ok.identity.device);
                 self.login = Some((ok.identity, ok.name));
                 self.account = auth != Auth::None;
@@ -290,7 +293,7 @@ impl Session {
                     // Subscribed before logging in: the hub must know to push.
                     self.shared.hub.subscribe(self.link.id, ok.identity.user);
                 }
-                if self.link.protocol != Protocol::Json || self.subscribed {
+                if !ok.live && (self.link.protocol != Protocol::Json || self.subscribed) {
                     self.start_catchup();
                 }
                 Ok(())
@@ -367,9 +370,12 @@ impl Session {
         let _ = tokio::time::timeout(timeout + Duration::from_secs(1), writer).await;
         let identity = self.login.as_ref().map(|(identity, _)| *identity);
         self.shared.hub.gone(self.link.id, identity);
+        let peer = self.peer;
         match &self.login {
-            Some((_, name)) => info!(session = self.link.id, user = %name, %reason, "disconnected"),
-            None => info!(session = self.link.id, %reason, "disconnected"),
+            Some((_, name)) => {
+                info!(session = self.link.id, user = %name, %peer, %reason, "disconnected")
+            }
+            None => info!(session = self.link.id, %peer, %reason, "disconnected"),
         }
     }
 }
