@@ -162,10 +162,13 @@ fn spawn_checkpointer(path: PathBuf, sync: SyncMode, stop: Arc<AtomicBool>) -> a
 /// Rows per multi-row message insert.
 const ROWS_PER_INSERT: usize = 64;
 
+/// `OR FAIL`: a multi-row statement that may abort half-way makes SQLite copy every page it
+/// touches into a statement journal first, to undo just that statement; a batch that fails
+/// is rolled back whole anyway, so that copy (a third of the time of an insert) buys nothing.
 fn insert_messages_sql(rows: usize) -> String {
     let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
     format!(
-        "INSERT INTO messages
+        "INSERT OR FAIL INTO messages
          (conversation_id, seq, id, sender_id, sender_device, body, sent_at, received_at)
          VALUES {values}"
     )
