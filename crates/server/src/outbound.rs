@@ -7,9 +7,11 @@
 //! bytes (see `tcp_ack`), which becomes the device's cursor.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -114,12 +116,13 @@ pub struct Writer {
 const BATCH: usize = 512;
 /// A write buffer that grew past this is released after use, so idle sessions stay small.
 const KEEP_BUFFER: usize = 64 * 1024;
-/// How often unacknowledged deliveries are checked again.
+/// How often unacknowledged deliveries are checked again while a session closes.
 const ACK_POLL: Duration = Duration::from_millis(5);
 /// How long a closing session waits for the peer to acknowledge its last deliveries.
 const ACK_GRACE: Duration = Duration::from_millis(200);
-/// Cursor progress is sent to the hub at most this often (and always at the end): each
-/// report is an operation and a row update, and a busy receiver writes many times a second.
+/// How often the peer's acknowledgements are checked and the progress they confirm is sent to
+/// the hub (and always at the end): each check is a system call and each report an operation
+/// and a row update, and a busy receiver writes many times a second.
 const REPORT_EVERY: Duration = Duration::from_millis(20);
 
 impl Writer {
@@ -149,16 +152,30 @@ impl Writer {
         let _closed = CloseOnDrop(out.link.clone());
         let queue = &_closed.0.queue;
         let mut items = Vec::new();
+        // Made once, not on every wake-up: each would register with its token or with the
+        // timer wheel again. The poll timer runs only while deliveries wait for the peer's
+        // acknowledgement or progress waits to be reported, at the reporting cadence.
         let kill = out.link.kill.clone();
+        let killed = kill.cancelled();
+        let closed = closing.cancelled();
+        let poll = tokio::time::sleep(REPORT_EVERY);
+        tokio::pin!(killed, closed, poll);
+        let mut polling = false;
         loop {
             let ack_poll = out.acks.waiting() || !out.unreported.is_empty();
+            if ack_poll && !polling {
+                poll.as_mut()
+                    .reset(tokio::time::Instant::now() + REPORT_EVERY);
+            }
+            polling = ack_poll;
             let got = tokio::select! {
                 biased;
-                _ = kill.cancelled() => return out.report(true),
+                _ = &mut killed => return out.report(true),
                 n = queue.take(&mut items, BATCH) => n,
-                _ = closing.cancelled() => break,
-                _ = tokio::time::sleep(ACK_POLL), if ack_poll => {
-                    out.report(false);
+                _ = &mut closed => break,
+                _ = &mut poll, if polling => {
+                    polling = false;
+                    out.report(true);
                     continue;
                 }
             };
@@ -253,10 +270,19 @@ impl Output {
             delivered.push((d.conv, d.seq));
         }
         let written_bytes = buf.len();
-        let written = tokio::select! {
-            biased;
-            _ = self.link.kill.cancelled() => false,
-            r = self.socket.write_all(buf) => r.is_ok(),
+        let written = {
+            let kill = &self.link.kill;
+            let mut write = std::pin::pin!(self.socket.write_all(buf));
+            // Most writes complete at once; the kill switch is watched only while one waits.
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            match first {
+                Poll::Ready(r) => r.is_ok(),
+                Poll::Pending => tokio::select! {
+                    biased;
+                    _ = kill.cancelled() => false,
+                    r = write => r.is_ok(),
+                },
+            }
         };
         self.link.replay.add_permits(replayed);
         buf.clear();
@@ -271,10 +297,9 @@ impl Output {
         if client_acks {
             delivered.clear();
         }
+        // Confirmed (and reported) by the writer's poll timer: the peer cannot have
+        // acknowledged these bytes yet.
         self.acks.written(written_bytes, delivered);
-        if !client_acks {
-            self.report(false);
-        }
         true
     }
 
