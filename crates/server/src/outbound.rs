@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::RawFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
@@ -152,29 +153,24 @@ impl Writer {
         let _closed = CloseOnDrop(out.link.clone());
         let queue = &_closed.0.queue;
         let mut items = Vec::new();
-        // Made once, not on every wake-up: each would register with its token or with the
-        // timer wheel again. The poll timer runs only while deliveries wait for the peer's
-        // acknowledgement or progress waits to be reported, at the reporting cadence.
+        // The poll timer runs only while deliveries wait for the peer's acknowledgement or
+        // progress waits to be reported, at the reporting cadence however often the writer
+        // wakes up meanwhile; an idle writer holds none (it is boxed, made when needed).
         let kill = out.link.kill.clone();
-        let killed = kill.cancelled();
-        let closed = closing.cancelled();
-        let poll = tokio::time::sleep(REPORT_EVERY);
-        tokio::pin!(killed, closed, poll);
-        let mut polling = false;
+        let mut poll: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
-            let ack_poll = out.acks.waiting() || !out.unreported.is_empty();
-            if ack_poll && !polling {
-                poll.as_mut()
-                    .reset(tokio::time::Instant::now() + REPORT_EVERY);
+            if out.acks.waiting() || !out.unreported.is_empty() {
+                poll.get_or_insert_with(|| Box::pin(tokio::time::sleep(REPORT_EVERY)));
+            } else {
+                poll = None;
             }
-            polling = ack_poll;
             let got = tokio::select! {
                 biased;
-                _ = &mut killed => return out.report(true),
+                _ = kill.cancelled() => return out.report(true),
                 n = queue.take(&mut items, BATCH) => n,
-                _ = &mut closed => break,
-                _ = &mut poll, if polling => {
-                    polling = false;
+                _ = closing.cancelled() => break,
+                _ = async { poll.as_mut().expect("guarded").await }, if poll.is_some() => {
+                    poll = None;
                     out.report(true);
                     continue;
                 }

@@ -163,63 +163,40 @@ impl Session {
     /// Reads and handles requests; returns why the connection is ending.
     async fn read_loop(&mut self, mut socket: ReadHalf, initial: BytesMut) -> String {
         let mut buf = initial;
+        let mut idle_deadline = self.idle.map(|d| Instant::now() + d);
         let login_timeout = self.shared.config.login_timeout_ms;
         let login_deadline = (self.link.protocol == Protocol::Binary && login_timeout > 0)
             .then(|| Instant::now() + Duration::from_millis(login_timeout));
-        let mut idle_deadline = self.idle.map(|d| Instant::now() + d);
-        // Made once for the whole connection, not once per read: each would register with
-        // its token or with the timer wheel again. One timer serves both deadlines; a read
-        // does not move it (it fires at the old deadline and is moved on then).
-        let (link, shared) = (self.link.clone(), self.shared.clone());
-        let killed = link.kill.cancelled();
-        let stopping = shared.shutdown.cancelled();
-        let timer = tokio::time::sleep_until(Instant::now());
-        tokio::pin!(killed, stopping, timer);
-        let mut armed = false;
-        let mut readable = false;
         loop {
             if let Flow::Close(why) = self.drain(&mut buf).await {
                 return why;
             }
             let login_by = login_deadline.filter(|_| self.login.is_none());
-            let deadline = [idle_deadline, login_by].into_iter().flatten().min();
-            match deadline {
-                Some(at) if !armed || at < timer.deadline() => {
-                    timer.as_mut().reset(at);
-                    armed = true;
-                }
-                Some(_) => {}
-                None => armed = false,
-            }
-            let waiting = buf.is_empty() && !readable;
-            if waiting {
+            if buf.is_empty() {
                 // Idle connections hold no read buffer: wait for data before allocating.
                 buf = BytesMut::new();
+                tokio::select! {
+                    biased;
+                    _ = self.link.kill.cancelled() => return self.kill_reason(),
+                    _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
+                    _ = sleep_until(idle_deadline) => return self.idle_out(),
+                    _ = sleep_until(login_by) => return "no login in time".into(),
+                    ready = socket.ready() => if let Err(e) = ready {
+                        return format!("read error: {e}");
+                    },
+                }
             }
+            buf.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
-                _ = &mut killed => return self.kill_reason(),
-                _ = &mut stopping => return "server shutting down".into(),
-                _ = &mut timer, if armed => {
-                    let now = Instant::now();
-                    if login_by.is_some_and(|at| at <= now) {
-                        return "no login in time".into();
-                    }
-                    if idle_deadline.is_some_and(|at| at <= now) {
-                        return self.idle_out();
-                    }
-                    // Read meanwhile: the deadline moved on.
-                    armed = false;
-                    continue;
-                }
-                input = next_input(&mut socket, &mut buf, waiting) => match input {
-                    Ok(None) => readable = true,
-                    Ok(Some(0)) if buf.is_empty() && !self.lines.is_discarding() => return "closed by peer".into(),
-                    Ok(Some(0)) => return format!("closed by peer in the middle of a request ({} bytes unread)", buf.len()),
-                    Ok(Some(_)) => {
-                        readable = false;
-                        idle_deadline = self.idle.map(|d| Instant::now() + d);
-                    }
+                _ = self.link.kill.cancelled() => return self.kill_reason(),
+                _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
+                _ = sleep_until(idle_deadline) => return self.idle_out(),
+                _ = sleep_until(login_by) => return "no login in time".into(),
+                read = socket.read_buf(&mut buf) => match read {
+                    Ok(0) if buf.is_empty() && !self.lines.is_discarding() => return "closed by peer".into(),
+                    Ok(0) => return format!("closed by peer in the middle of a request ({} bytes unread)", buf.len()),
+                    Ok(_) => idle_deadline = self.idle.map(|d| Instant::now() + d),
                     Err(e) => return format!("read error: {e}"),
                 },
             }
@@ -410,18 +387,11 @@ fn line(text: impl Into<String>) -> Outbound {
     Outbound::Bytes(Bytes::from(text))
 }
 
-/// Waits until the socket has data (`wait`: without a buffer, `None`), or reads what it has
-/// into `buf` (at least `READ_CHUNK` of room; how much).
-async fn next_input(
-    socket: &mut ReadHalf,
-    buf: &mut BytesMut,
-    wait: bool,
-) -> std::io::Result<Option<usize>> {
-    if wait {
-        return socket.ready().await.map(|()| None);
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
-    buf.reserve(READ_CHUNK);
-    socket.read_buf(buf).await.map(Some)
 }
 
 /// A token bucket on commands of the human protocols: a client that floods is slowed to
