@@ -133,7 +133,9 @@ pub async fn run(
         }
     }
     let reason = session.read_loop(read, initial).await;
-    session.finish(reason, closing, writer).await;
+    // Boxed: every connection's future would otherwise carry the teardown's state for its
+    // whole life (the compiler does not overlap it with the read loop's).
+    Box::pin(session.finish(reason, closing, writer)).await;
 }
 
 struct Session {
@@ -161,17 +163,25 @@ struct Session {
 
 impl Session {
     /// Reads and handles requests; returns why the connection is ending.
+    ///
+    /// Most connections spend most of their life waiting here, so the waiting state is kept
+    /// small: request handling is boxed (it exists only while requests are handled), and
+    /// one boxed timer serves both deadlines.
     async fn read_loop(&mut self, mut socket: ReadHalf, initial: BytesMut) -> String {
         let mut buf = initial;
         let mut idle_deadline = self.idle.map(|d| Instant::now() + d);
         let login_timeout = self.shared.config.login_timeout_ms;
         let login_deadline = (self.link.protocol == Protocol::Binary && login_timeout > 0)
             .then(|| Instant::now() + Duration::from_millis(login_timeout));
+        let mut timer = Deadline::default();
         loop {
-            if let Flow::Close(why) = self.drain(&mut buf).await {
-                return why;
+            if !buf.is_empty() {
+                if let Flow::Close(why) = Box::pin(self.drain(&mut buf)).await {
+                    return why;
+                }
             }
             let login_by = login_deadline.filter(|_| self.login.is_none());
+            timer.aim([idle_deadline, login_by].into_iter().flatten().min());
             if buf.is_empty() {
                 // Idle connections hold no read buffer: wait for data before allocating.
                 buf = BytesMut::new();
@@ -179,8 +189,10 @@ impl Session {
                     biased;
                     _ = self.link.kill.cancelled() => return self.kill_reason(),
                     _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
-                    _ = sleep_until(idle_deadline) => return self.idle_out(),
-                    _ = sleep_until(login_by) => return "no login in time".into(),
+                    _ = timer.fired() => match self.deadline_passed(idle_deadline, login_by) {
+                        Some(why) => return why,
+                        None => continue,
+                    },
                     ready = socket.ready() => if let Err(e) = ready {
                         return format!("read error: {e}");
                     },
@@ -191,8 +203,10 @@ impl Session {
                 biased;
                 _ = self.link.kill.cancelled() => return self.kill_reason(),
                 _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
-                _ = sleep_until(idle_deadline) => return self.idle_out(),
-                _ = sleep_until(login_by) => return "no login in time".into(),
+                _ = timer.fired() => match self.deadline_passed(idle_deadline, login_by) {
+                    Some(why) => return why,
+                    None => continue,
+                },
                 read = socket.read_buf(&mut buf) => match read {
                     Ok(0) if buf.is_empty() && !self.lines.is_discarding() => return "closed by peer".into(),
                     Ok(0) => return format!("closed by peer in the middle of a request ({} bytes unread)", buf.len()),
@@ -201,6 +215,19 @@ impl Session {
                 },
             }
         }
+    }
+
+    /// Why the connection ends now that its timer fired, if a deadline really passed (reads
+    /// move the idle deadline on without moving the timer).
+    fn deadline_passed(&self, idle: Option<Instant>, login_by: Option<Instant>) -> Option<String> {
+        let now = Instant::now();
+        if login_by.is_some_and(|at| at <= now) {
+            return Some("no login in time".into());
+        }
+        if idle.is_some_and(|at| at <= now) {
+            return Some(self.idle_out());
+        }
+        None
     }
 
     /// Handles every complete request in `buf`.
@@ -387,10 +414,40 @@ fn line(text: impl Into<String>) -> Outbound {
     Outbound::Bytes(Bytes::from(text))
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// A connection's one timer, boxed so that a connection without deadlines (a binary session
+/// once logged in) holds none, and moved lazily: it fires at the earliest deadline it was
+/// aimed at, and the session checks what really passed.
+#[derive(Default)]
+struct Deadline {
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The timer fired and has not been aimed again.
+    spent: bool,
+}
+
+impl Deadline {
+    /// Makes the timer fire at `at` (or never), unless it already fires no later.
+    fn aim(&mut self, at: Option<Instant>) {
+        let Some(at) = at else {
+            self.timer = None;
+            return;
+        };
+        match &mut self.timer {
+            Some(timer) if !self.spent && timer.deadline() <= at => {}
+            Some(timer) => timer.as_mut().reset(at),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        self.spent = false;
+    }
+
+    /// Completes when the timer fires; never without one.
+    async fn fired(&mut self) {
+        match &mut self.timer {
+            Some(timer) if !self.spent => {
+                timer.as_mut().await;
+                self.spent = true;
+            }
+            _ => std::future::pending().await,
+        }
     }
 }
 
