@@ -238,9 +238,7 @@ impl Session {
                 while let Some(line) = self.lines.decode(buf) {
                     self.bucket.take().await;
                     let flow = match (self.link.protocol, line) {
-                        (Protocol::Text, Line::Complete(line)) => {
-                            Box::pin(self.text_line(line)).await
-                        }
+                        (Protocol::Text, Line::Complete(line)) => self.text_line(line).await,
                         (Protocol::Text, Line::TooLong) => {
                             self.text_error(ErrorKind::TooLong).await
                         }

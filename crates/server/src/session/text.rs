@@ -29,7 +29,24 @@ impl Session {
             TextCommand::Empty | TextCommand::Usage(_) => {}
             _ => self.set_style(Style::Line),
         }
-        self.text_command(command).await
+        let logged_in = self.login.is_some();
+        match command {
+            // The hot paths, not boxed: a box as large as the biggest command's state,
+            // allocated and freed for every message, costs more than the message's own work
+            // in the session.
+            TextCommand::Say { room, text } if logged_in => {
+                self.send_text(Target::Room(room), text, Tag::Line).await
+            }
+            TextCommand::Dm { to, text } if logged_in && !to.contains(',') => {
+                match self.name_ok(&to).map(str::to_string) {
+                    Some(name) => self.send_text(Target::User(name), text, Tag::Line).await,
+                    None => self.say_line("ERR user-not-found".into()).await,
+                }
+            }
+            // Boxed: an idle session's future stays small.
+            command => return Box::pin(self.text_command(command)).await,
+        }
+        Flow::Continue
     }
 
     /// Answers a line that could not be read, in the session's current dialect.
