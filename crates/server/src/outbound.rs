@@ -202,7 +202,8 @@ impl Writer {
             out.report(true);
             let _ = out.socket.shutdown().await;
         };
-        let _ = tokio::time::timeout(flush_timeout, drain).await;
+        // Boxed: otherwise every writer would carry this last step's state all its life.
+        let _ = Box::pin(tokio::time::timeout(flush_timeout, drain)).await;
     }
 }
 
