@@ -50,6 +50,7 @@ pub fn spawn(
         listeners: Map::default(),
         guests: Map::default(),
         waiting: Vec::new(),
+        spare_messages: Vec::new(),
     };
     core.load()?;
     let (ops, rx) = crossbeam_channel::unbounded();
@@ -117,6 +118,8 @@ pub(super) struct Core {
     /// Anonymous sessions counted in presence, by session id.
     pub guests: Map<u64, Arc<SessionLink>>,
     waiting: Vec<Waiting>,
+    /// The last batch's message list, emptied, for the next batch.
+    spare_messages: Vec<NewMessage>,
 }
 
 /// Who a message goes to.
@@ -224,7 +227,12 @@ impl Core {
 
     /// Applies `ops`, commits, performs the effects. True when asked to stop.
     fn process(&mut self, ops: &mut Vec<Op>) -> bool {
-        let mut batch = Batch::default();
+        // The message list is the one that grows large: it is kept from batch to batch
+        // instead of growing again from nothing every time.
+        let mut batch = Batch {
+            messages: std::mem::take(&mut self.spare_messages),
+            ..Batch::default()
+        };
         let mut effects = Vec::with_capacity(ops.len() * 2);
         let mut stop = false;
         self.expire_waiting(&mut effects);
@@ -251,6 +259,8 @@ impl Core {
         for effect in effects {
             self.perform(effect, committed);
         }
+        batch.messages.clear();
+        self.spare_messages = batch.messages;
         stop
     }
 
@@ -547,7 +557,11 @@ impl Core {
         let device = match self.devices.get(&key) {
             Some(&id) => id,
             None => {
-                let found = self.store.find_device(user, device).map_err(internal)?;
+                // A user created by this login has no devices to look up.
+                let found = match existing {
+                    Some(_) => self.store.find_device(user, device).map_err(internal)?,
+                    None => None,
+                };
                 let id = match found {
                     Some(id) => id,
                     None => {
