@@ -49,6 +49,42 @@ impl Session {
         };
         let id = request.id.clone().map(Arc::new);
         let command = request.command.to_ascii_uppercase();
+        let logged_in = self.login.is_some();
+        let max_name = self.shared.config.max_name_bytes;
+        match command.as_str() {
+            // The hot paths, not boxed: a box as large as the biggest command's state,
+            // allocated and freed for every message, costs more than the message's own
+            // work in the session. The rest is boxed, so idle sessions stay small.
+            "MESSAGE" => {
+                self.json_send(Target::Everyone, request.data, "Message broadcasted", id)
+                    .await
+            }
+            "DM" if logged_in
+                && request.recipients.is_none()
+                && request
+                    .to
+                    .as_deref()
+                    .is_some_and(|to| validate_name(to.as_bytes(), max_name).is_ok()) =>
+            {
+                let to = Target::User(request.to.unwrap_or_default());
+                self.json_send(to, request.data, "Message sent", id).await
+            }
+            "SAY" if logged_in => {
+                let room = Target::Room(request.room.unwrap_or_default());
+                self.json_send(room, request.data, "Message sent", id).await
+            }
+            _ => return Box::pin(self.json_request(request, command, id)).await,
+        }
+        Flow::Continue
+    }
+
+    /// Every request but the hot paths of `json_line`.
+    async fn json_request(
+        &mut self,
+        request: json::Request,
+        command: String,
+        id: Option<Arc<Value>>,
+    ) -> Flow {
         let max_name = self.shared.config.max_name_bytes;
         let name_ok = |name: &str| validate_name(name.as_bytes(), max_name).is_ok();
         let (success, message, data): (bool, String, Value) = match command.as_str() {
@@ -515,12 +551,13 @@ impl Session {
         ok: &'static str,
         id: Option<Arc<Value>>,
     ) {
+        // The refusals are boxed: rare, and their state would grow every session's.
         if text.is_empty() {
             let message = "Message is empty";
-            return self.json_reply(false, message, Value::from(""), id).await;
+            return Box::pin(self.json_reply(false, message, Value::from(""), id)).await;
         }
         if !self.messages.allow() {
-            self.json_error(id, ErrorKind::RateLimited).await;
+            Box::pin(self.json_error(id, ErrorKind::RateLimited)).await;
             return;
         }
         self.acquire_inflight().await;

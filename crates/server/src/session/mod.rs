@@ -176,7 +176,7 @@ impl Session {
         let mut timer = Deadline::default();
         loop {
             if !buf.is_empty() {
-                if let Flow::Close(why) = Box::pin(self.drain(&mut buf)).await {
+                if let Flow::Close(why) = self.drain(&mut buf).await {
                     return why;
                 }
             }
@@ -231,27 +231,31 @@ impl Session {
     }
 
     /// Handles every complete request in `buf`.
+    ///
+    /// Boxed per protocol, once per read: the box is no larger than that protocol needs,
+    /// and a connection waiting for input holds none of it.
     async fn drain(&mut self, buf: &mut BytesMut) -> Flow {
         match self.link.protocol {
-            Protocol::Binary => self.drain_frames(buf).await,
-            Protocol::Text | Protocol::Json => {
-                while let Some(line) = self.lines.decode(buf) {
-                    self.bucket.take().await;
-                    let flow = match (self.link.protocol, line) {
-                        (Protocol::Text, Line::Complete(line)) => self.text_line(line).await,
-                        (Protocol::Text, Line::TooLong) => {
-                            self.text_error(ErrorKind::TooLong).await
-                        }
-                        (_, Line::Complete(line)) => Box::pin(self.json_line(line)).await,
-                        (_, Line::TooLong) => self.json_error(None, ErrorKind::TooLong).await,
-                    };
-                    if let Flow::Close(why) = flow {
-                        return Flow::Close(why);
-                    }
-                }
-                Flow::Continue
+            Protocol::Binary => Box::pin(self.drain_frames(buf)).await,
+            Protocol::Text | Protocol::Json => Box::pin(self.drain_lines(buf)).await,
+        }
+    }
+
+    /// Handles every complete line in `buf` (text and JSON).
+    async fn drain_lines(&mut self, buf: &mut BytesMut) -> Flow {
+        while let Some(line) = self.lines.decode(buf) {
+            self.bucket.take().await;
+            let flow = match (self.link.protocol, line) {
+                (Protocol::Text, Line::Complete(line)) => self.text_line(line).await,
+                (Protocol::Text, Line::TooLong) => self.text_error(ErrorKind::TooLong).await,
+                (_, Line::Complete(line)) => self.json_line(line).await,
+                (_, Line::TooLong) => self.json_error(None, ErrorKind::TooLong).await,
+            };
+            if let Flow::Close(why) = flow {
+                return Flow::Close(why);
             }
         }
+        Flow::Continue
     }
 
     fn idle_out(&self) -> String {
