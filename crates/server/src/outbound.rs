@@ -115,8 +115,13 @@ pub struct Writer {
 
 /// Largest number of queued items written in one go.
 const BATCH: usize = 512;
-/// A write buffer that grew past this is released after use, so idle sessions stay small.
+/// A write buffer that grew past this is released after use.
 const KEEP_BUFFER: usize = 64 * 1024;
+/// A write buffer or item list larger than these is released when the queue runs empty, so
+/// a session that had a burst does not keep its memory while idle (and a busy one keeps
+/// what it needs while the queue keeps filling).
+const KEEP_IDLE_BUFFER: usize = 4 * 1024;
+const KEEP_ITEMS: usize = 16;
 /// How often unacknowledged deliveries are checked again while a session closes.
 const ACK_POLL: Duration = Duration::from_millis(5);
 /// How long a closing session waits for the peer to acknowledge its last deliveries.
@@ -159,6 +164,15 @@ impl Writer {
         let kill = out.link.kill.clone();
         let mut poll: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
+            if queue.is_empty() {
+                // About to wait: what a burst grew is not kept by an idle session.
+                if items.capacity() > KEEP_ITEMS {
+                    items = Vec::new();
+                }
+                if out.buf.capacity() > KEEP_IDLE_BUFFER {
+                    out.buf = BytesMut::new();
+                }
+            }
             if out.acks.waiting() || !out.unreported.is_empty() {
                 poll.get_or_insert_with(|| Box::pin(tokio::time::sleep(REPORT_EVERY)));
             } else {
@@ -180,9 +194,6 @@ impl Writer {
             }
             if !out.write(&mut items).await {
                 return out.report(true);
-            }
-            if items.capacity() > BATCH {
-                items = Vec::new();
             }
         }
         // Closing: write what is already queued, then give the peer a moment to

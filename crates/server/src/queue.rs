@@ -108,6 +108,10 @@ impl<T> Queue<T> {
         self.ready.notify_one();
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.lock().items.is_empty()
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().items.len()
@@ -180,7 +184,7 @@ mod tests {
             q.push(i).unwrap();
             // Let the consumer run (a current-thread runtime runs it on yield).
             for _ in 0..100 {
-                if q.len() == 0 {
+                if q.is_empty() {
                     break;
                 }
                 tokio::task::yield_now().await;
