@@ -102,7 +102,7 @@ async fn replay(
                     m.sent_at,
                 );
                 link.replay.acquire().await?.forget();
-                match link.queue.push(Outbound::Replay(Arc::new(d))) {
+                match link.enqueue(Outbound::Replay(Arc::new(d))) {
                     Ok(()) => {}
                     // The permits keep room for the replay; a queue full all the same was
                     // filled by a client that does not read its answers.

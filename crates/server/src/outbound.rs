@@ -1,29 +1,31 @@
 //! A session's bounded outbound queue and the writer task that drains it.
 //!
-//! The hub never waits on a socket: it `try_send`s into this queue and, when the queue is
-//! full, disconnects the session as a slow consumer (what it missed stays in the log). The
-//! writer takes everything queued, encodes it into one buffer and writes it with one call;
-//! it reports how far each conversation got once the peer's TCP stack acknowledged the
-//! bytes (see `tcp_ack`), which becomes the device's cursor.
+//! The hub never waits on a socket: it pushes into this queue without waiting and, when the
+//! queue is full, disconnects the session as a slow consumer (what it missed stays in the
+//! log). The writer takes everything queued, encodes it into one buffer and writes it with
+//! one call; it reports how far each conversation got once the peer's TCP stack
+//! acknowledged the bytes (see `tcp_ack`), which becomes the device's cursor. A writer task
+//! runs only while there is something to do: the first push into an empty queue starts it,
+//! and after `LINGER` with nothing to write it parks its state in the link and ends.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parley_proto::Reply;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::WriteHalf;
 use crate::delivery::{Delivery, Notice};
 use crate::hub::Hub;
-use crate::queue::{Queue, Refused};
+use crate::queue::{Pushed, Queue, Refused};
 use crate::store::{ConvId, DeviceId, Seq};
 use crate::tcp_ack::AckTracker;
 use crate::wire::{encode_reply, Protocol, Style, Tag};
@@ -42,7 +44,8 @@ pub enum Outbound {
     Replay(Arc<Delivery>),
 }
 
-/// What the hub holds of a session: its queue, its kill switch, its in-flight budget.
+/// What the hub holds of a session: its queue, its kill switch, its in-flight budget, and
+/// its writer while no writer task runs.
 #[derive(Debug)]
 pub struct SessionLink {
     pub id: u64,
@@ -68,9 +71,78 @@ pub struct SessionLink {
     /// Slots of the queue that catch-up may fill, so a long replay never leaves the hub
     /// without room for replies and live pushes. The writer returns them.
     pub replay: Arc<Semaphore>,
+    /// Cancelled when the session ends: what is queued is written (bounded in time), then
+    /// the writer stops.
+    closing: CancellationToken,
+    /// The writer's state while no writer task runs (see [`Writer`]).
+    parked: Mutex<Option<Box<Output>>>,
+    /// Signalled once the writer has stopped for good.
+    stopped: Notify,
+    /// Where writer tasks run (pushes come from the hub's thread too).
+    runtime: tokio::runtime::Handle,
+    me: Weak<SessionLink>,
+    flush_timeout: Duration,
+}
+
+/// What a session's writer owns. It is parked in the session's link while there is nothing
+/// to write; the first push into the empty queue starts a task that writes, waits for the
+/// peer's acknowledgements, lingers a moment, and parks again. An idle connection so holds
+/// no writer task (about a kilobyte less).
+pub struct Writer {
+    pub socket: WriteHalf,
+    /// The TCP socket underneath (for acknowledgement tracking).
+    pub fd: RawFd,
+    pub hub: Hub,
+    /// Set once the session has logged in; cursors are reported for this device.
+    pub device: Arc<OnceLock<DeviceId>>,
+    /// Bound on the closing flush.
+    pub flush_timeout: Duration,
+}
+
+/// A session link's sizes.
+pub struct LinkLimits {
+    /// Every slot of the queue (pushes, replies in flight, replay window).
+    pub queue: usize,
+    pub pushes: usize,
+    pub inflight: usize,
+    pub replay: usize,
 }
 
 impl SessionLink {
+    /// The link of a new session, with its writer parked (call inside the runtime).
+    pub fn new(id: u64, protocol: Protocol, limits: LinkLimits, writer: Writer) -> Arc<Self> {
+        let flush_timeout = writer.flush_timeout;
+        let output = Output {
+            acks: AckTracker::new(writer.fd, !writer.socket.is_tls()),
+            socket: writer.socket,
+            hub: writer.hub,
+            device: writer.device,
+            buf: BytesMut::new(),
+            progress: HashMap::new(),
+            unreported: Vec::new(),
+            reported_at: tokio::time::Instant::now(),
+        };
+        Arc::new_cyclic(|me| SessionLink {
+            id,
+            protocol,
+            style: AtomicU8::new(protocol.style() as u8),
+            queue: Queue::parked(limits.queue),
+            kill: CancellationToken::new(),
+            kill_reason: OnceLock::new(),
+            inflight: Arc::new(Semaphore::new(limits.inflight)),
+            pushed: Default::default(),
+            push_limit: limits.pushes,
+            acks: Default::default(),
+            replay: Arc::new(Semaphore::new(limits.replay)),
+            closing: CancellationToken::new(),
+            parked: Mutex::new(Some(Box::new(output))),
+            stopped: Notify::new(),
+            runtime: tokio::runtime::Handle::current(),
+            me: me.clone(),
+            flush_timeout,
+        })
+    }
+
     /// Queues `item` without waiting. A full queue makes this session a slow consumer: it
     /// is disconnected, and whatever it had not received stays in the log for next time.
     pub fn push(&self, item: Outbound) {
@@ -84,7 +156,7 @@ impl SessionLink {
             }
             self.pushed.fetch_add(1, Ordering::Relaxed);
         }
-        match self.queue.push(item) {
+        match self.enqueue(item) {
             Ok(()) => {}
             Err(Refused::Full) => self.kill("slow consumer: outbound queue full"),
             // The writer has stopped: the session is ending, and what it did not write
@@ -93,24 +165,58 @@ impl SessionLink {
         }
     }
 
+    /// Queues `item`, starting a writer task if none runs.
+    pub fn enqueue(&self, item: Outbound) -> Result<(), Refused> {
+        if self.queue.push(item)? == Pushed::Start {
+            self.start_writer();
+        }
+        Ok(())
+    }
+
+    fn start_writer(&self) {
+        let output = lock(&self.parked).take();
+        match (output, self.me.upgrade()) {
+            (Some(output), Some(link)) => drop(self.runtime.spawn(write(link, output))),
+            // Only a writer that parked asks for a new one, and it parked its state first.
+            _ => debug_assert!(false, "a writer was asked for, with none parked"),
+        }
+    }
+
     pub fn kill(&self, reason: &'static str) {
         let _ = self.kill_reason.set(reason);
         self.kill.cancel();
     }
+
+    /// Ends the writer: what is queued is written (unless the session was killed), the
+    /// peer gets a moment to acknowledge it, its progress is reported, and the socket is
+    /// shut down; bounded by the flush timeout. Returns once the writer has stopped.
+    pub async fn close_writer(&self) {
+        self.closing.cancel();
+        if self.queue.finish() {
+            // No writer task runs: this session flushes its own.
+            let parked = lock(&self.parked).take();
+            if let Some(mut output) = parked {
+                let mut items = Vec::new();
+                let flush = output.flush(self, &mut items);
+                let _ = tokio::time::timeout(self.flush_timeout, Box::pin(flush)).await;
+            }
+            self.writer_stopped();
+        } else {
+            let wait = self.flush_timeout + Duration::from_secs(1);
+            let _ = tokio::time::timeout(wait, self.stopped.notified()).await;
+        }
+    }
+
+    /// The writer is gone for good: later pushes are refused and nothing stays queued.
+    fn writer_stopped(&self) {
+        self.queue.close();
+        drop(lock(&self.parked).take());
+        self.stopped.notify_one();
+    }
 }
 
-/// Everything the writer task needs.
-pub struct Writer {
-    pub socket: WriteHalf,
-    /// The TCP socket underneath (for acknowledgement tracking).
-    pub fd: RawFd,
-    pub link: Arc<SessionLink>,
-    pub hub: Hub,
-    /// Set once the session has logged in; cursors are reported for this device.
-    pub device: Arc<OnceLock<DeviceId>>,
-    /// Cancelled when the session ends: write what is queued (bounded in time), then stop.
-    pub closing: CancellationToken,
-    pub flush_timeout: Duration,
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Largest number of queued items written in one go.
@@ -130,107 +236,85 @@ const ACK_GRACE: Duration = Duration::from_millis(200);
 /// the hub (and always at the end): each check is a system call and each report an operation
 /// and a row update, and a busy receiver writes many times a second.
 const REPORT_EVERY: Duration = Duration::from_millis(20);
+/// How long a writer task with nothing to do stays before it parks: a busy session does not
+/// start a task per write.
+const LINGER: Duration = Duration::from_millis(100);
 
-impl Writer {
-    /// Runs until the session closes or the socket fails.
-    pub async fn run(self) {
-        let Writer {
-            socket,
-            fd,
-            link,
-            hub,
-            device,
-            closing,
-            flush_timeout,
-        } = self;
-        let mut out = Output {
-            acks: AckTracker::new(fd, !socket.is_tls()),
-            socket,
-            link,
-            hub,
-            device,
-            buf: BytesMut::new(),
-            progress: HashMap::new(),
-            unreported: Vec::new(),
-            reported_at: tokio::time::Instant::now(),
+/// A writer task: drains the queue into the socket until the session closes (then flushes),
+/// the socket fails or the session is killed, or it has had nothing to do for `LINGER`
+/// (then it parks its state in the link and ends).
+async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
+    let queue = &link.queue;
+    let mut items = Vec::new();
+    // One boxed timer: the acknowledgement poll while deliveries wait for the peer's
+    // acknowledgement or progress waits to be reported (at the reporting cadence however
+    // often the writer wakes meanwhile), else the linger before parking.
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut last_write = tokio::time::Instant::now();
+    loop {
+        if queue.is_empty() {
+            // About to wait: what a burst grew is not kept by an idle session.
+            if items.capacity() > KEEP_ITEMS {
+                items = Vec::new();
+            }
+            if out.buf.capacity() > KEEP_IDLE_BUFFER {
+                out.buf = BytesMut::new();
+            }
+        }
+        let polling = out.acks.waiting() || !out.unreported.is_empty();
+        let due = match polling {
+            true => tokio::time::Instant::now() + REPORT_EVERY,
+            false => last_write + LINGER,
         };
-        // Whatever ends the writer, later pushes are refused and nothing stays queued.
-        let _closed = CloseOnDrop(out.link.clone());
-        let queue = &_closed.0.queue;
-        let mut items = Vec::new();
-        // The poll timer runs only while deliveries wait for the peer's acknowledgement or
-        // progress waits to be reported, at the reporting cadence however often the writer
-        // wakes up meanwhile; an idle writer holds none (it is boxed, made when needed).
-        let kill = out.link.kill.clone();
-        let mut poll: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        loop {
-            if queue.is_empty() {
-                // About to wait: what a burst grew is not kept by an idle session.
-                if items.capacity() > KEEP_ITEMS {
-                    items = Vec::new();
-                }
-                if out.buf.capacity() > KEEP_IDLE_BUFFER {
-                    out.buf = BytesMut::new();
-                }
+        match &mut timer {
+            // An armed poll stays as it is; a linger follows the last write.
+            Some(t) if polling && t.deadline() <= due => {}
+            Some(t) if !polling && t.deadline() == due => {}
+            Some(t) => t.as_mut().reset(due),
+            None => timer = Some(Box::pin(tokio::time::sleep_until(due))),
+        }
+        let got = tokio::select! {
+            biased;
+            _ = link.kill.cancelled() => {
+                out.report(true);
+                return link.writer_stopped();
             }
-            if out.acks.waiting() || !out.unreported.is_empty() {
-                poll.get_or_insert_with(|| Box::pin(tokio::time::sleep(REPORT_EVERY)));
-            } else {
-                poll = None;
-            }
-            let got = tokio::select! {
-                biased;
-                _ = kill.cancelled() => return out.report(true),
-                n = queue.take(&mut items, BATCH) => n,
-                _ = closing.cancelled() => break,
-                _ = async { poll.as_mut().expect("guarded").await }, if poll.is_some() => {
-                    poll = None;
+            n = queue.take(&mut items, BATCH) => n,
+            _ = link.closing.cancelled() => break,
+            _ = async { timer.as_mut().expect("armed above").await } => {
+                timer = None;
+                if polling {
                     out.report(true);
                     continue;
                 }
-            };
-            if got == 0 {
-                break;
-            }
-            if !out.write(&mut items).await {
-                return out.report(true);
-            }
-        }
-        // Closing: write what is already queued, then give the peer a moment to
-        // acknowledge it, all within the flush timeout.
-        let drain = async {
-            loop {
-                queue.try_take(&mut items, BATCH);
-                if items.is_empty() || !out.write(&mut items).await {
-                    break;
+                // Nothing to do for a while: park, unless something arrived meanwhile.
+                *lock(&link.parked) = Some(out);
+                if queue.park() {
+                    return;
                 }
+                out = lock(&link.parked).take().expect("parked just above");
+                continue;
             }
-            let deadline = tokio::time::Instant::now() + ACK_GRACE;
-            while out.acks.waiting() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(ACK_POLL).await;
-                out.report(false);
-            }
-            out.report(true);
-            let _ = out.socket.shutdown().await;
         };
-        // Boxed: otherwise every writer would carry this last step's state all its life.
-        let _ = Box::pin(tokio::time::timeout(flush_timeout, drain)).await;
+        if got == 0 {
+            break;
+        }
+        if !out.write(&link, &mut items).await {
+            out.report(true);
+            return link.writer_stopped();
+        }
+        last_write = tokio::time::Instant::now();
     }
-}
-
-/// Closes the session's queue when the writer ends.
-struct CloseOnDrop(Arc<SessionLink>);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.queue.close();
-    }
+    // Closing: write what is already queued, then give the peer a moment to acknowledge it,
+    // all within the flush timeout (boxed: rarely run, and large).
+    let flush = out.flush(&link, &mut items);
+    let _ = tokio::time::timeout(link.flush_timeout, Box::pin(flush)).await;
+    link.writer_stopped();
 }
 
 /// The writer's socket side: encoding, writing, and reporting what the peer took.
 struct Output {
     socket: WriteHalf,
-    link: Arc<SessionLink>,
     hub: Hub,
     device: Arc<OnceLock<DeviceId>>,
     acks: AckTracker,
@@ -242,10 +326,16 @@ struct Output {
     reported_at: tokio::time::Instant,
 }
 
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output").finish_non_exhaustive()
+    }
+}
+
 impl Output {
     /// Encodes and writes `items`. False when the socket failed.
-    async fn write(&mut self, items: &mut Vec<Outbound>) -> bool {
-        let style = Style::from_u8(self.link.style.load(Ordering::Relaxed));
+    async fn write(&mut self, link: &SessionLink, items: &mut Vec<Outbound>) -> bool {
+        let style = Style::from_u8(link.style.load(Ordering::Relaxed));
         let buf = &mut self.buf;
         let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
         let mut replayed = 0;
@@ -253,7 +343,7 @@ impl Output {
             .iter()
             .filter(|i| matches!(i, Outbound::Deliver(_) | Outbound::Notice(_)))
             .count();
-        self.link.pushed.fetch_sub(pushes, Ordering::Relaxed);
+        link.pushed.fetch_sub(pushes, Ordering::Relaxed);
         for item in items.drain(..) {
             let d = match item {
                 Outbound::Reply(tag, reply) => {
@@ -279,7 +369,7 @@ impl Output {
         }
         let written_bytes = buf.len();
         let written = {
-            let kill = &self.link.kill;
+            let kill = &link.kill;
             let mut write = std::pin::pin!(self.socket.write_all(buf));
             // Most writes complete at once; the kill switch is watched only while one waits.
             let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
@@ -292,7 +382,7 @@ impl Output {
                 },
             }
         };
-        self.link.replay.add_permits(replayed);
+        link.replay.add_permits(replayed);
         buf.clear();
         if buf.capacity() > KEEP_BUFFER {
             *buf = BytesMut::new();
@@ -301,7 +391,7 @@ impl Output {
             return false;
         }
         // Clients that ack move their cursors themselves; the bytes still count.
-        let client_acks = self.link.acks.load(Ordering::Relaxed);
+        let client_acks = link.acks.load(Ordering::Relaxed);
         if client_acks {
             delivered.clear();
         }
@@ -309,6 +399,26 @@ impl Output {
         // acknowledged these bytes yet.
         self.acks.written(written_bytes, delivered);
         true
+    }
+
+    /// The writer's end: writes what is queued, gives the peer a moment to acknowledge it,
+    /// reports, shuts the socket down. A killed session only reports.
+    async fn flush(&mut self, link: &SessionLink, items: &mut Vec<Outbound>) {
+        if !link.kill.is_cancelled() {
+            loop {
+                link.queue.try_take(items, BATCH);
+                if items.is_empty() || !self.write(link, items).await {
+                    break;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + ACK_GRACE;
+            while self.acks.waiting() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(ACK_POLL).await;
+                self.report(false);
+            }
+        }
+        self.report(true);
+        let _ = self.socket.shutdown().await;
     }
 
     /// Collects how far the peer acknowledged each conversation, and sends it to the hub

@@ -16,6 +16,14 @@ use tokio::sync::Notify;
 /// A deque that grew past this many slots is released once the writer has emptied it.
 const KEEP_SLOTS: usize = 64;
 
+/// What a push asks of the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// The consumer had parked (see [`Queue::park`]): the caller must start one.
+    Start,
+}
+
 /// Why an item was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -38,14 +46,32 @@ pub struct Queue<T> {
 struct State<T> {
     items: VecDeque<T>,
     closed: bool,
+    /// No consumer runs: the next push starts one.
+    parked: bool,
+    /// No consumer may start any more: the one running, or whoever [`Queue::finish`]
+    /// answered, consumes what is left.
+    finishing: bool,
 }
 
 impl<T> Queue<T> {
+    /// A queue whose consumer runs from the start.
+    #[cfg(test)]
     pub fn new(capacity: usize) -> Self {
+        Self::with_consumer(capacity, false)
+    }
+
+    /// A queue with no consumer yet: the first push asks for one.
+    pub fn parked(capacity: usize) -> Self {
+        Self::with_consumer(capacity, true)
+    }
+
+    fn with_consumer(capacity: usize, parked: bool) -> Self {
         Queue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 closed: false,
+                parked,
+                finishing: false,
             }),
             ready: Notify::new(),
             capacity,
@@ -53,7 +79,7 @@ impl<T> Queue<T> {
     }
 
     /// Queues `item` without waiting.
-    pub fn push(&self, item: T) -> Result<(), Refused> {
+    pub fn push(&self, item: T) -> Result<Pushed, Refused> {
         let was_empty = {
             let mut state = self.lock();
             if state.closed {
@@ -63,6 +89,10 @@ impl<T> Queue<T> {
                 return Err(Refused::Full);
             }
             state.items.push_back(item);
+            if state.parked && !state.finishing {
+                state.parked = false;
+                return Ok(Pushed::Start);
+            }
             state.items.len() == 1
         };
         // The consumer takes everything when it wakes, so only the first item after it
@@ -71,7 +101,25 @@ impl<T> Queue<T> {
         if was_empty {
             self.ready.notify_one();
         }
-        Ok(())
+        Ok(Pushed::Queued)
+    }
+
+    /// The consumer stops if there is nothing to take: true when it may go (the next push
+    /// asks for a new one), false when items arrived meanwhile or the queue is finishing.
+    pub fn park(&self) -> bool {
+        let mut state = self.lock();
+        if state.items.is_empty() && !state.finishing && !state.closed {
+            state.parked = true;
+        }
+        state.parked
+    }
+
+    /// No consumer starts from now on. True when none was running: the caller is the
+    /// consumer of what is left.
+    pub fn finish(&self) -> bool {
+        let mut state = self.lock();
+        state.finishing = true;
+        std::mem::replace(&mut state.parked, false)
     }
 
     /// Moves up to `max` items into `into`; waits while the queue is empty. Returns how
@@ -133,7 +181,7 @@ mod tests {
     fn bounded_and_in_order() {
         let q = Queue::new(3);
         for i in 0..3 {
-            q.push(i).unwrap();
+            assert_eq!(q.push(i), Ok(Pushed::Queued));
         }
         assert_eq!(q.push(3), Err(Refused::Full));
         let mut out = Vec::new();
@@ -142,6 +190,29 @@ mod tests {
         assert_eq!(out, vec![0, 1, 2]);
         q.push(4).unwrap();
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn a_parked_queue_asks_for_a_consumer_once() {
+        let q = Queue::parked(10);
+        assert_eq!(q.push(1), Ok(Pushed::Start));
+        assert_eq!(q.push(2), Ok(Pushed::Queued));
+        assert!(!q.park(), "items are waiting: the consumer must go on");
+        let mut out = Vec::new();
+        q.try_take(&mut out, 10);
+        assert!(q.park());
+        assert_eq!(q.push(3), Ok(Pushed::Start));
+        assert!(!q.finish(), "a consumer runs");
+        q.try_take(&mut out, 10);
+        assert!(!q.park(), "a finishing queue keeps its consumer");
+        assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn finishing_a_parked_queue_hands_it_to_the_caller() {
+        let q = Queue::parked(10);
+        assert!(q.finish());
+        assert_eq!(q.push(1), Ok(Pushed::Queued), "no consumer starts any more");
     }
 
     #[test]

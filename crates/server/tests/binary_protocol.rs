@@ -651,6 +651,23 @@ async fn a_recipient_that_disconnects_gets_exactly_what_it_missed_on_its_next_lo
     server.stop().await;
 }
 
+/// A session's writer task ends after a moment with nothing to write and a new one starts
+/// with the next push: quiet spells in both directions lose and reorder nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_after_quiet_spells_arrive_in_order() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
+    for round in 0..3u32 {
+        // Longer than a writer lingers (100 ms) on both sides.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let first = round * 10;
+        send_numbered(&mut alice, "alice", "bob", first..first + 10).await;
+        expect_numbered(&mut bob, "alice", "bob", first..first + 10).await;
+    }
+    assert_alice_reaches_bob(&mut alice, &mut bob, "and nothing else").await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_just_after_the_recipient_closes_is_delivered_at_its_next_login() {
     let server = TestServer::start().await;

@@ -14,15 +14,13 @@ mod json;
 mod text;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parley_proto::lines::{Line, LineDecoder};
 use parley_proto::ErrorKind;
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -31,8 +29,7 @@ use crate::catchup;
 use crate::config::Config;
 use crate::conn::{Conn, ReadHalf};
 use crate::hub::{Actor, Auth, Hub, Identity};
-use crate::outbound::{Outbound, SessionLink, Writer};
-use crate::queue::Queue;
+use crate::outbound::{LinkLimits, Outbound, SessionLink, Writer};
 use crate::store::Reader;
 use crate::wire::{Protocol, Style};
 
@@ -77,34 +74,24 @@ pub async fn run(
     let tls = conn.is_tls();
     let (read, write) = conn.split();
     let config = &shared.config;
-    let link = Arc::new(SessionLink {
-        id: shared.next_session.fetch_add(1, Ordering::Relaxed),
-        protocol,
-        style: AtomicU8::new(protocol.style() as u8),
-        queue: Queue::new(config.outbound_queue + REPLAY_WINDOW + config.max_inflight),
-        kill: CancellationToken::new(),
-        kill_reason: OnceLock::new(),
-        inflight: Arc::new(Semaphore::new(config.max_inflight)),
-        replay: Arc::new(Semaphore::new(REPLAY_WINDOW)),
-        pushed: Default::default(),
-        push_limit: config.outbound_queue,
-        acks: Default::default(),
-    });
-    // Per-connection lines at info are the login and the disconnect (both with the peer).
-    tracing::debug!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
     let device = Arc::new(OnceLock::new());
-    let closing = CancellationToken::new();
-    let writer_fut = Writer {
+    let writer = Writer {
         socket: write,
         fd,
-        link: link.clone(),
         hub: shared.hub.clone(),
         device: device.clone(),
-        closing: closing.clone(),
         flush_timeout: config.shutdown_timeout(),
-    }
-    .run();
-    let writer = tokio::spawn(writer_fut);
+    };
+    let limits = LinkLimits {
+        queue: config.outbound_queue + REPLAY_WINDOW + config.max_inflight,
+        pushes: config.outbound_queue,
+        inflight: config.max_inflight,
+        replay: REPLAY_WINDOW,
+    };
+    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let link = SessionLink::new(id, protocol, limits, writer);
+    // Per-connection lines at info are the login and the disconnect (both with the peer).
+    tracing::debug!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
     let idle = match protocol {
         Protocol::Binary => 0,
         Protocol::Text => config.idle_timeout_ms,
@@ -135,7 +122,7 @@ pub async fn run(
     let reason = session.read_loop(read, initial).await;
     // Boxed: every connection's future would otherwise carry the teardown's state for its
     // whole life (the compiler does not overlap it with the read loop's).
-    Box::pin(session.finish(reason, closing, writer)).await;
+    Box::pin(session.finish(reason)).await;
 }
 
 struct Session {
@@ -388,15 +375,14 @@ impl Session {
     }
 
     /// Ends the session: answers what is in flight, flushes the writer, goes offline.
-    async fn finish(self, reason: String, closing: CancellationToken, writer: JoinHandle<()>) {
+    async fn finish(self, reason: String) {
         if let Some(catchup) = &self.catchup {
             catchup.cancel();
         }
         let timeout = self.shared.config.shutdown_timeout();
         let all = self.shared.config.max_inflight as u32;
         let _ = tokio::time::timeout(timeout, self.link.inflight.acquire_many(all)).await;
-        closing.cancel();
-        let _ = tokio::time::timeout(timeout + Duration::from_secs(1), writer).await;
+        self.link.close_writer().await;
         let identity = self.login.as_ref().map(|(identity, _)| *identity);
         self.shared.hub.gone(self.link.id, identity);
         let peer = self.peer;
