@@ -268,8 +268,8 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
         };
         match &mut timer {
             // An armed poll stays as it is; a linger follows the last write.
-            Some(t) if polling && t.deadline() <= due => {}
-            Some(t) if !polling && t.deadline() == due => {}
+            Some(t) if !t.is_elapsed() && polling && t.deadline() <= due => {}
+            Some(t) if !t.is_elapsed() && !polling && t.deadline() == due => {}
             Some(t) => t.as_mut().reset(due),
             None => timer = Some(Box::pin(tokio::time::sleep_until(due))),
         }
@@ -282,7 +282,6 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
             n = queue.take(&mut items, BATCH) => n,
             _ = link.closing.cancelled() => break,
             _ = async { timer.as_mut().expect("armed above").await } => {
-                timer = None;
                 if polling {
                     out.report(true);
                     continue;

@@ -1,6 +1,6 @@
 //! Requests of the seed-000 binary protocol.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use parley_proto::binary::{self, Frame};
 use parley_proto::{validate_name, ErrorKind, Reply, Target};
 use tracing::warn;
@@ -33,13 +33,7 @@ impl Session {
                 // The hot path, not boxed: a box as large as the biggest handler's state,
                 // allocated and freed for every message, costs more than the message's
                 // own work in the session.
-                Frame::Message {
-                    cid,
-                    message,
-                    from,
-                    to,
-                    time,
-                } => self.message(cid, message, from, to, time).await,
+                frame @ Frame::Message { .. } => self.message(frame).await,
                 // Boxed: an idle session's future stays small (the biggest handler's state
                 // would otherwise be part of every connection's footprint).
                 frame => Box::pin(self.frame(frame)).await,
@@ -51,7 +45,17 @@ impl Session {
     }
 
     /// A direct message (key 0x02): checked here, stored and delivered by the hub.
-    async fn message(&mut self, cid: u32, message: Bytes, from: Bytes, to: Bytes, time: u64) {
+    async fn message(&mut self, frame: Frame) {
+        let Frame::Message {
+            cid,
+            message,
+            from,
+            to,
+            time,
+        } = frame
+        else {
+            return;
+        };
         let Some((identity, name)) = &self.login else {
             return self.refuse(cid, ErrorKind::NotLoggedIn).await;
         };
@@ -106,13 +110,7 @@ impl Session {
                 };
                 self.answer(cid, reply).await;
             }
-            Frame::Message {
-                cid,
-                message,
-                from,
-                to,
-                time,
-            } => self.message(cid, message, from, to, time).await,
+            frame @ Frame::Message { .. } => self.message(frame).await,
             Frame::Join { .. }
             | Frame::Leave { .. }
             | Frame::SendRoom { .. }

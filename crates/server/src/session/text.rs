@@ -37,12 +37,7 @@ impl Session {
             TextCommand::Say { room, text } if logged_in => {
                 self.send_text(Target::Room(room), text, Tag::Line).await
             }
-            TextCommand::Dm { to, text } if logged_in && !to.contains(',') => {
-                match self.name_ok(&to).map(str::to_string) {
-                    Some(name) => self.send_text(Target::User(name), text, Tag::Line).await,
-                    None => self.say_line("ERR user-not-found".into()).await,
-                }
-            }
+            TextCommand::Dm { to, text } if logged_in => self.dm(&to, text).await,
             // Boxed: an idle session's future stays small.
             command => return Box::pin(self.text_command(command)).await,
         }
@@ -194,20 +189,7 @@ impl Session {
             TextCommand::Broadcast { text } => {
                 self.send_text(Target::Everyone, text, Tag::Line).await
             }
-            TextCommand::Dm { to, text } => {
-                let names: Option<Vec<String>> = to
-                    .split(',')
-                    .map(|n| self.name_ok(n).map(str::to_string))
-                    .collect();
-                match names {
-                    Some(mut names) if names.len() == 1 => {
-                        let to = Target::User(names.remove(0));
-                        self.send_text(to, text, Tag::Line).await;
-                    }
-                    Some(names) => self.send_text(Target::Users(names), text, Tag::Line).await,
-                    None => self.say_line("ERR user-not-found".into()).await,
-                }
-            }
+            TextCommand::Dm { to, text } => self.dm(&to, text).await,
             TextCommand::Say { room, text } => {
                 self.send_text(Target::Room(room), text, Tag::Line).await;
             }
@@ -401,6 +383,22 @@ impl Session {
             }
         }
         Flow::Continue
+    }
+
+    /// `DM a text` or `DM a,b text`.
+    async fn dm(&mut self, to: &str, text: String) {
+        let names: Option<Vec<String>> = to
+            .split(',')
+            .map(|n| self.name_ok(n).map(str::to_string))
+            .collect();
+        match names {
+            Some(mut names) if names.len() == 1 => {
+                let to = Target::User(names.remove(0));
+                self.send_text(to, text, Tag::Line).await;
+            }
+            Some(names) => self.send_text(Target::Users(names), text, Tag::Line).await,
+            None => self.say_line("ERR user-not-found".into()).await,
+        }
     }
 
     async fn send_text(&mut self, to: Target, text: String, tag: Tag) {
