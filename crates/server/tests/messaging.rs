@@ -766,6 +766,36 @@ async fn history_pages_backwards_and_forwards_across_a_restart() {
     server.stop().await;
 }
 
+/// A conversation's last sequence and the next message id are not kept beside the log: after
+/// a restart they come from the stored messages and the reserved id mark, and go on from there.
+#[tokio::test]
+async fn sequences_and_ids_go_on_after_restarts() {
+    let mut server = TestServer::start().await;
+    register(&server, "alice").await;
+    register(&server, "bob").await;
+    for round in 0..3 {
+        let mut alice = device(&server, "alice", "phone").await;
+        for i in 1..=4 {
+            dm(&mut alice, "alice", "bob", &format!("m{}", round * 4 + i)).await;
+        }
+        close(alice).await;
+        server.restart().await;
+    }
+    let mut bob = device(&server, "bob", "phone").await;
+    // Catch-up finds the end of the log from the stored messages, too.
+    let caught_up = events(&mut bob, 12).await;
+    assert_eq!(texts(&caught_up), numbered(1..=12));
+    let all = history(&mut bob, "alice", page::LATEST, 0, 20).await;
+    assert_eq!(all, caught_up);
+    assert_eq!(seqs(&all), (1..=12).collect::<Vec<u64>>());
+    let ids: Vec<u64> = all.iter().map(|e| e.id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids must grow: {ids:?}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn text_history_pages_before_and_after_a_sequence_across_a_restart() {
     let mut server = TestServer::start().await;

@@ -987,17 +987,22 @@ async fn room_history_survives_a_restart() {
     server.restart().await;
 
     let mut alice = server.text_login("alice").await;
+    assert_eq!(alice.ask("JOIN #a").await.unwrap(), "OK");
+    alice.send("SAY #a after it").await.unwrap();
+    assert_eq!(alice.ask("PING").await.unwrap(), "PONG");
     alice.send("HISTORY #a").await.unwrap();
     let got: Vec<Entry> = lines_until_ok(&mut alice)
         .await
         .iter()
         .map(|l| entry(l))
         .collect();
+    // The room's sequence goes on where the stored log ends.
     assert_eq!(
         got,
         [
             history_entry("#a", 1, "alice", "before"),
             history_entry("#a", 2, "alice", "the restart"),
+            history_entry("#a", 3, "alice", "after it"),
         ]
     );
     server.stop().await;

@@ -673,7 +673,6 @@ impl Core {
         };
         let seq = self.last_seq(conv).map_err(internal)? + 1;
         self.last_seqs.insert(conv, seq);
-        batch.last_seqs.insert(conv, seq);
         let id = self.next.message;
         self.next.message += 1;
         batch.messages.push(NewMessage {

@@ -48,15 +48,15 @@ pub struct Batch {
     pub joins: Vec<(UserId, ConvId, Seq)>,
     /// Room memberships that end.
     pub leaves: Vec<(UserId, ConvId)>,
+    /// New messages. A conversation's last sequence is its highest stored message's, so
+    /// nothing else records it.
     pub messages: Vec<NewMessage>,
-    /// Highest sequence per conversation touched by this batch (aHash: updated for every
-    /// message).
-    pub last_seqs: HashMap<ConvId, Seq, ahash::RandomState>,
     /// Highest sequence received per (device, conversation).
     pub cursors: HashMap<(DeviceId, ConvId), Seq, ahash::RandomState>,
     /// Users and devices last seen at (Unix ms).
     pub seen: Vec<(UserId, DeviceId, i64)>,
-    /// The next message id after this batch, persisted so ids are never reused.
+    /// The next message id after this batch: the store makes sure no id up to it is handed
+    /// out again after a restart.
     pub next_message_id: i64,
     /// Passwords set (PHC strings).
     pub passwords: Vec<(UserId, String)>,

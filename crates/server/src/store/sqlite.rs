@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     name TEXT,
     user_a INTEGER,
     user_b INTEGER,
+    -- No longer kept current: see LAST_SEQ (databases written before still count it).
     last_seq INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL
 );
@@ -159,6 +160,19 @@ fn spawn_checkpointer(path: PathBuf, sync: SyncMode, stop: Arc<AtomicBool>) -> a
     Ok(())
 }
 
+/// The last sequence of conversation `c`: its highest stored message's (a seek to the end of
+/// its range of the primary key). Keeping a copy in `conversations.last_seq` cost every
+/// commit one more page per conversation it touched; databases written while that column
+/// was kept current still count it.
+pub(super) const LAST_SEQ: &str = "MAX(c.last_seq, COALESCE(
+    (SELECT lm.seq FROM messages lm WHERE lm.conversation_id = c.id ORDER BY lm.seq DESC LIMIT 1),
+    0))";
+
+/// Message ids are reserved this many at a time: the counter row is written when a batch
+/// goes past the reserved mark instead of with every batch (one page less per commit). A
+/// restart continues from the mark, so ids may skip ahead but are never handed out twice.
+const ID_RESERVE: i64 = 100_000;
+
 /// Rows per multi-row message insert.
 const ROWS_PER_INSERT: usize = 64;
 
@@ -196,6 +210,8 @@ fn message_values<'a>(
 /// The writer side of the SQLite store.
 pub struct SqliteStore {
     conn: Connection,
+    /// Message ids below this are covered by the stored counter.
+    ids_reserved: i64,
     /// Tells the checkpoint thread to finish.
     stop: Arc<AtomicBool>,
 }
@@ -220,7 +236,13 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let stop = Arc::new(AtomicBool::new(false));
         spawn_checkpointer(database_path(data_dir), sync, stop.clone())?;
-        Ok(SqliteStore { conn, stop })
+        let mut store = SqliteStore {
+            conn,
+            stop,
+            ids_reserved: 0,
+        };
+        store.ids_reserved = store.next_ids()?.message;
+        Ok(store)
     }
 }
 
@@ -267,9 +289,10 @@ impl LogStore for SqliteStore {
     }
 
     fn find_direct(&mut self, a: UserId, b: UserId) -> anyhow::Result<Option<DirectConv>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, last_seq FROM conversations WHERE kind = 1 AND user_a = ?1 AND user_b = ?2",
-        )?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT c.id, {LAST_SEQ} FROM conversations c
+                 WHERE c.kind = 1 AND c.user_a = ?1 AND c.user_b = ?2"
+        ))?;
         let found = stmt
             .query_row(params![a, b], |r| {
                 Ok(DirectConv {
@@ -295,9 +318,9 @@ impl LogStore for SqliteStore {
     }
 
     fn last_seq(&mut self, conv: super::ConvId) -> anyhow::Result<Seq> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {LAST_SEQ} FROM conversations c WHERE c.id = ?1"
+        ))?;
         Ok(stmt
             .query_row([conv], |r| r.get(0))
             .optional()?
@@ -367,167 +390,184 @@ impl LogStore for SqliteStore {
     }
 
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()> {
-        let now = super::now_ms();
-        let tx = self.conn.transaction()?;
-        {
-            let mut users = tx.prepare_cached(
-                "INSERT INTO users (id, name, created_at, last_seen_at) VALUES (?1, ?2, ?3, ?3)",
-            )?;
-            for (id, name) in &batch.users {
-                users.execute(params![id, name, now])?;
+        let reserve =
+            (batch.next_message_id > self.ids_reserved).then(|| batch.next_message_id + ID_RESERVE);
+        // BEGIN and COMMIT as cached statements: `Connection::transaction` parses both
+        // again for every batch.
+        self.conn.prepare_cached("BEGIN")?.execute([])?;
+        let written = write_batch(&self.conn, batch, reserve).and_then(|()| {
+            self.conn
+                .prepare_cached("COMMIT")?
+                .execute([])
+                .context("committing a batch")?;
+            Ok(())
+        });
+        match written {
+            Ok(()) => {
+                if let Some(mark) = reserve {
+                    self.ids_reserved = mark;
+                }
+                Ok(())
             }
-            let mut devices = tx.prepare_cached(
-                "INSERT INTO devices (id, user_id, name, created_at, last_seen_at)
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    if let Err(undo) = self.conn.execute_batch("ROLLBACK") {
+                        tracing::error!(error = %undo, "rolling back a failed batch");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The rows of one batch, inside the transaction `write` opened; `reserve` is the new
+/// reserved mark of message ids, when the batch goes past the old one.
+fn write_batch(tx: &Connection, batch: &Batch, reserve: Option<i64>) -> anyhow::Result<()> {
+    let now = super::now_ms();
+    let mut users = tx.prepare_cached(
+        "INSERT INTO users (id, name, created_at, last_seen_at) VALUES (?1, ?2, ?3, ?3)",
+    )?;
+    for (id, name) in &batch.users {
+        users.execute(params![id, name, now])?;
+    }
+    let mut devices = tx.prepare_cached(
+        "INSERT INTO devices (id, user_id, name, created_at, last_seen_at)
                  VALUES (?1, ?2, ?3, ?4, ?4)",
-            )?;
-            for (id, user, name) in &batch.devices {
-                devices.execute(params![id, user, name, now])?;
-            }
-            let mut convs = tx.prepare_cached(
-                "INSERT INTO conversations (id, kind, user_a, user_b, created_at)
+    )?;
+    for (id, user, name) in &batch.devices {
+        devices.execute(params![id, user, name, now])?;
+    }
+    let mut convs = tx.prepare_cached(
+        "INSERT INTO conversations (id, kind, user_a, user_b, created_at)
                  VALUES (?1, 1, ?2, ?3, ?4)",
-            )?;
-            let mut members = tx.prepare_cached(
-                "INSERT OR IGNORE INTO memberships (user_id, conversation_id, joined_seq)
+    )?;
+    let mut members = tx.prepare_cached(
+        "INSERT OR IGNORE INTO memberships (user_id, conversation_id, joined_seq)
                  VALUES (?1, ?2, 0)",
-            )?;
-            for (id, a, b) in &batch.directs {
-                convs.execute(params![id, a, b, now])?;
-                members.execute(params![a, id])?;
-                members.execute(params![b, id])?;
-            }
-            let mut rooms = tx.prepare_cached(
-                "INSERT INTO conversations (id, kind, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for (id, name) in &batch.rooms {
-                rooms.execute(params![id, KIND_ROOM, name, now])?;
-            }
-            let mut joins = tx.prepare_cached(
+    )?;
+    for (id, a, b) in &batch.directs {
+        convs.execute(params![id, a, b, now])?;
+        members.execute(params![a, id])?;
+        members.execute(params![b, id])?;
+    }
+    let mut rooms = tx.prepare_cached(
+        "INSERT INTO conversations (id, kind, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (id, name) in &batch.rooms {
+        rooms.execute(params![id, KIND_ROOM, name, now])?;
+    }
+    let mut joins = tx.prepare_cached(
                 "INSERT INTO memberships (user_id, conversation_id, joined_seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user_id, conversation_id) DO UPDATE SET joined_seq = excluded.joined_seq",
             )?;
-            let mut leaves = tx.prepare_cached(
-                "DELETE FROM memberships WHERE user_id = ?1 AND conversation_id = ?2",
-            )?;
-            // `Batch::join` and `Batch::leave` keep at most one change per (user, room), so
-            // the order of the two loops does not matter.
-            for (user, conv) in &batch.leaves {
-                leaves.execute(params![user, conv])?;
+    let mut leaves =
+        tx.prepare_cached("DELETE FROM memberships WHERE user_id = ?1 AND conversation_id = ?2")?;
+    // `Batch::join` and `Batch::leave` keep at most one change per (user, room), so
+    // the order of the two loops does not matter.
+    for (user, conv) in &batch.leaves {
+        leaves.execute(params![user, conv])?;
+    }
+    for (user, conv, seq) in &batch.joins {
+        joins.execute(params![user, conv, seq])?;
+    }
+    // Messages go in 64 rows per statement (one execution instead of 64), the rest
+    // one by one.
+    let mut chunks = batch.messages.chunks_exact(ROWS_PER_INSERT);
+    if batch.messages.len() >= ROWS_PER_INSERT {
+        let mut many = tx.prepare_cached(&insert_messages_sql(ROWS_PER_INSERT))?;
+        for chunk in &mut chunks {
+            let sent: Vec<i64> = chunk.iter().map(|m| m.sent_at as i64).collect();
+            let bodies: Vec<&[u8]> = chunk.iter().map(|m| &m.body[..]).collect();
+            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(8 * chunk.len());
+            for ((m, sent), body) in chunk.iter().zip(&sent).zip(&bodies) {
+                values.extend(message_values(m, sent, body));
             }
-            for (user, conv, seq) in &batch.joins {
-                joins.execute(params![user, conv, seq])?;
-            }
-            // Messages go in 64 rows per statement (one execution instead of 64), the rest
-            // one by one.
-            let mut chunks = batch.messages.chunks_exact(ROWS_PER_INSERT);
-            if batch.messages.len() >= ROWS_PER_INSERT {
-                let mut many = tx.prepare_cached(&insert_messages_sql(ROWS_PER_INSERT))?;
-                for chunk in &mut chunks {
-                    let sent: Vec<i64> = chunk.iter().map(|m| m.sent_at as i64).collect();
-                    let bodies: Vec<&[u8]> = chunk.iter().map(|m| &m.body[..]).collect();
-                    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(8 * chunk.len());
-                    for ((m, sent), body) in chunk.iter().zip(&sent).zip(&bodies) {
-                        values.extend(message_values(m, sent, body));
-                    }
-                    many.execute(values.as_slice())?;
-                }
-            }
-            let mut one = tx.prepare_cached(&insert_messages_sql(1))?;
-            for m in chunks.remainder() {
-                let (sent, body) = (m.sent_at as i64, &m.body[..]);
-                one.execute(message_values(m, &sent, &body))?;
-            }
-            let mut last =
-                tx.prepare_cached("UPDATE conversations SET last_seq = ?2 WHERE id = ?1")?;
-            for (conv, seq) in &batch.last_seqs {
-                last.execute(params![conv, seq])?;
-            }
-            let mut cursors = tx.prepare_cached(
-                "INSERT INTO cursors (device_id, conversation_id, seq) VALUES (?1, ?2, ?3)
+            many.execute(values.as_slice())?;
+        }
+    }
+    let mut one = tx.prepare_cached(&insert_messages_sql(1))?;
+    for m in chunks.remainder() {
+        let (sent, body) = (m.sent_at as i64, &m.body[..]);
+        one.execute(message_values(m, &sent, &body))?;
+    }
+    let mut cursors = tx.prepare_cached(
+        "INSERT INTO cursors (device_id, conversation_id, seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (device_id, conversation_id)
                  DO UPDATE SET seq = MAX(seq, excluded.seq)",
-            )?;
-            for ((device, conv), seq) in &batch.cursors {
-                cursors.execute(params![device, conv, seq])?;
-            }
-            let mut user_seen =
-                tx.prepare_cached("UPDATE users SET last_seen_at = ?2 WHERE id = ?1")?;
-            let mut device_seen =
-                tx.prepare_cached("UPDATE devices SET last_seen_at = ?2 WHERE id = ?1")?;
-            for (user, device, at) in &batch.seen {
-                user_seen.execute(params![user, at])?;
-                device_seen.execute(params![device, at])?;
-            }
-            let mut passwords =
-                tx.prepare_cached("UPDATE users SET password_hash = ?2 WHERE id = ?1")?;
-            for (user, hash) in &batch.passwords {
-                passwords.execute(params![user, hash])?;
-            }
-            let mut tokens = tx.prepare_cached(
-                "INSERT INTO tokens (hash, user_id, device_id, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for t in &batch.tokens {
-                tokens.execute(params![t.hash, t.user, t.device, now, t.expires_at])?;
-            }
-            let mut revoke_device = tx.prepare_cached(
-                "UPDATE tokens SET revoked_at = ?3
-                 WHERE user_id = ?1 AND device_id = ?2 AND revoked_at IS NULL",
-            )?;
-            let mut revoke_others = tx.prepare_cached(
-                "UPDATE tokens SET revoked_at = ?3
-                 WHERE user_id = ?1 AND device_id <> ?2 AND revoked_at IS NULL",
-            )?;
-            for r in &batch.revocations {
-                match r {
-                    Revoke::Device(user, device) => {
-                        revoke_device.execute(params![user, device, now])?
-                    }
-                    Revoke::AllBut(user, device) => {
-                        revoke_others.execute(params![user, device, now])?
-                    }
-                };
-            }
-            let mut profiles = tx.prepare_cached(
-                "UPDATE users SET display_name = COALESCE(?2, display_name),
-                                  avatar = COALESCE(?3, avatar) WHERE id = ?1",
-            )?;
-            for p in &batch.profiles {
-                profiles.execute(params![p.user, p.display_name, p.avatar.as_deref()])?;
-            }
-            let mut set_contact = tx.prepare_cached(
-                "INSERT INTO contacts (user_id, contact_id, state, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (user_id, contact_id) DO UPDATE SET state = excluded.state",
-            )?;
-            let mut drop_contact =
-                tx.prepare_cached("DELETE FROM contacts WHERE user_id = ?1 AND contact_id = ?2")?;
-            for (user, other, state) in &batch.contacts {
-                match state {
-                    Some(state) => set_contact.execute(params![user, other, *state as i64, now])?,
-                    None => drop_contact.execute(params![user, other])?,
-                };
-            }
-            let mut files = tx.prepare_cached(
-                "INSERT OR IGNORE INTO files (hash, size, created_at) VALUES (?1, ?2, ?3)",
-            )?;
-            for (hash, size) in &batch.files {
-                files.execute(params![hash, *size as i64, now])?;
-            }
-            let mut attach = tx.prepare_cached(
-                "INSERT OR IGNORE INTO attachments (hash, conversation_id) VALUES (?1, ?2)",
-            )?;
-            for (hash, conv) in &batch.attachments {
-                attach.execute(params![hash, conv])?;
-            }
-            if !batch.messages.is_empty() {
-                tx.prepare_cached(
-                    "INSERT INTO counters (name, value) VALUES ('next_message_id', ?1)
-                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                )?
-                .execute([batch.next_message_id])?;
-            }
-        }
-        tx.commit().context("committing a batch")?;
-        Ok(())
+    )?;
+    for ((device, conv), seq) in &batch.cursors {
+        cursors.execute(params![device, conv, seq])?;
     }
+    let mut user_seen = tx.prepare_cached("UPDATE users SET last_seen_at = ?2 WHERE id = ?1")?;
+    let mut device_seen =
+        tx.prepare_cached("UPDATE devices SET last_seen_at = ?2 WHERE id = ?1")?;
+    for (user, device, at) in &batch.seen {
+        user_seen.execute(params![user, at])?;
+        device_seen.execute(params![device, at])?;
+    }
+    let mut passwords = tx.prepare_cached("UPDATE users SET password_hash = ?2 WHERE id = ?1")?;
+    for (user, hash) in &batch.passwords {
+        passwords.execute(params![user, hash])?;
+    }
+    let mut tokens = tx.prepare_cached(
+        "INSERT INTO tokens (hash, user_id, device_id, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for t in &batch.tokens {
+        tokens.execute(params![t.hash, t.user, t.device, now, t.expires_at])?;
+    }
+    let mut revoke_device = tx.prepare_cached(
+        "UPDATE tokens SET revoked_at = ?3
+                 WHERE user_id = ?1 AND device_id = ?2 AND revoked_at IS NULL",
+    )?;
+    let mut revoke_others = tx.prepare_cached(
+        "UPDATE tokens SET revoked_at = ?3
+                 WHERE user_id = ?1 AND device_id <> ?2 AND revoked_at IS NULL",
+    )?;
+    for r in &batch.revocations {
+        match r {
+            Revoke::Device(user, device) => revoke_device.execute(params![user, device, now])?,
+            Revoke::AllBut(user, device) => revoke_others.execute(params![user, device, now])?,
+        };
+    }
+    let mut profiles = tx.prepare_cached(
+        "UPDATE users SET display_name = COALESCE(?2, display_name),
+                                  avatar = COALESCE(?3, avatar) WHERE id = ?1",
+    )?;
+    for p in &batch.profiles {
+        profiles.execute(params![p.user, p.display_name, p.avatar.as_deref()])?;
+    }
+    let mut set_contact = tx.prepare_cached(
+        "INSERT INTO contacts (user_id, contact_id, state, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, contact_id) DO UPDATE SET state = excluded.state",
+    )?;
+    let mut drop_contact =
+        tx.prepare_cached("DELETE FROM contacts WHERE user_id = ?1 AND contact_id = ?2")?;
+    for (user, other, state) in &batch.contacts {
+        match state {
+            Some(state) => set_contact.execute(params![user, other, *state as i64, now])?,
+            None => drop_contact.execute(params![user, other])?,
+        };
+    }
+    let mut files = tx.prepare_cached(
+        "INSERT OR IGNORE INTO files (hash, size, created_at) VALUES (?1, ?2, ?3)",
+    )?;
+    for (hash, size) in &batch.files {
+        files.execute(params![hash, *size as i64, now])?;
+    }
+    let mut attach = tx.prepare_cached(
+        "INSERT OR IGNORE INTO attachments (hash, conversation_id) VALUES (?1, ?2)",
+    )?;
+    for (hash, conv) in &batch.attachments {
+        attach.execute(params![hash, conv])?;
+    }
+    if let Some(mark) = reserve {
+        tx.prepare_cached(
+            "INSERT INTO counters (name, value) VALUES ('next_message_id', ?1)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )?
+        .execute([mark])?;
+    }
+    Ok(())
 }
