@@ -41,6 +41,10 @@ pub struct ConnsArgs {
     /// Protocol the connections log in with.
     #[arg(long, value_enum, default_value = "binary")]
     pub proto: Proto,
+    /// Milliseconds between the last login and reading the server's RSS (longer shows what
+    /// the allocator hands back once idle sessions have shed their start-up memory).
+    #[arg(long, default_value_t = 500)]
+    pub settle_ms: u64,
 }
 
 pub async fn run(addr: SocketAddr, args: ConnsArgs) -> anyhow::Result<Figures> {
@@ -96,7 +100,7 @@ pub async fn run(addr: SocketAddr, args: ConnsArgs) -> anyhow::Result<Figures> {
     }
     let seconds = start.elapsed().as_secs_f64();
     // Let the server finish what the logins left behind (log lines, allocator caches).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
     let rss_after = pid.and_then(rss);
     let connected = open.len() as u64;
     let cpu = cpu_per(cpu_before, pid, connected);
@@ -105,7 +109,8 @@ pub async fn run(addr: SocketAddr, args: ConnsArgs) -> anyhow::Result<Figures> {
         .put("connected", connected)
         .put("failed", failed)
         .put("seconds", (seconds * 1000.0).round() / 1000.0)
-        .put("connects_per_sec", rate(connected, seconds));
+        .put("connects_per_sec", rate(connected, seconds))
+        .put("settle_ms", args.settle_ms);
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         let per = after.saturating_sub(before) / connected.max(1);
         figures

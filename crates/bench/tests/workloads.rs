@@ -141,6 +141,7 @@ async fn conns_log_in_on_parley_and_the_relay() {
             concurrency: 8,
             sources: 0,
             proto,
+            settle_ms: 10,
         };
         let f = parley_bench::conns::run(addr, args).await.unwrap();
         assert_eq!(num(&f, "connected"), 50, "{f:?}");

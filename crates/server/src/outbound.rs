@@ -286,7 +286,9 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
                     out.report(true);
                     continue;
                 }
-                // Nothing to do for a while: park, unless something arrived meanwhile.
+                // Nothing to do for a while: park, unless something arrived meanwhile. A
+                // parked writer keeps no buffer.
+                out.buf = BytesMut::new();
                 *lock(&link.parked) = Some(out);
                 if queue.park() {
                     return;

@@ -110,6 +110,9 @@ impl<T> Queue<T> {
         let mut state = self.lock();
         if state.items.is_empty() && !state.finishing && !state.closed {
             state.parked = true;
+            // A parked queue is an idle session's: it keeps no slots (the first push
+            // after a login left room for four, 160 bytes, in every idle session).
+            state.items = VecDeque::new();
         }
         state.parked
     }
@@ -223,6 +226,20 @@ mod tests {
         }
         let mut out = Vec::new();
         q.try_take(&mut out, 10_000);
+        assert_eq!(q.lock().items.capacity(), 0);
+    }
+
+    #[test]
+    fn a_parked_queue_holds_no_slots() {
+        let q = Queue::new(10);
+        q.push(1).unwrap();
+        let mut out = Vec::new();
+        q.try_take(&mut out, 10);
+        assert!(
+            q.lock().items.capacity() > 0,
+            "a small deque is kept while in use"
+        );
+        assert!(q.park());
         assert_eq!(q.lock().items.capacity(), 0);
     }
 

@@ -70,55 +70,10 @@ pub async fn run(
     shared: Arc<Shared>,
     initial: BytesMut,
 ) {
-    let fd = conn.fd();
-    let tls = conn.is_tls();
-    let (read, write) = conn.split();
-    let config = &shared.config;
-    let device = Arc::new(OnceLock::new());
-    let writer = Writer {
-        socket: write,
-        fd,
-        hub: shared.hub.clone(),
-        device: device.clone(),
-        flush_timeout: config.shutdown_timeout(),
-    };
-    let limits = LinkLimits {
-        queue: config.outbound_queue + REPLAY_WINDOW + config.max_inflight,
-        pushes: config.outbound_queue,
-        inflight: config.max_inflight,
-        replay: REPLAY_WINDOW,
-    };
-    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let link = SessionLink::new(id, protocol, limits, writer);
-    // Per-connection lines at info are the login and the disconnect (both with the peer).
-    tracing::debug!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
-    let idle = match protocol {
-        Protocol::Binary => 0,
-        Protocol::Text => config.idle_timeout_ms,
-        Protocol::Json => config.json_idle_timeout_ms,
-    };
-    let mut session = Session {
-        peer,
-        account: false,
-        lines: LineDecoder::new(config.max_line_bytes),
-        idle: (idle > 0).then(|| Duration::from_millis(idle)),
-        bucket: Bucket::new(config.commands_per_second, protocol),
-        messages: MessageRate::new(config.messages_per_second, config.message_burst),
-        shared: shared.clone(),
-        link,
-        device,
-        login: None,
-        catchup: None,
-        room: None,
-        subscribed: false,
-        quit: None,
-    };
-    if protocol == Protocol::Json {
-        session.shared.hub.guest(session.link.clone());
-        if greet {
-            session.link.push(Outbound::Bytes(json::welcome()));
-        }
-    }
+    // Set up in a plain function: locals of an async fn that were moved away still take
+    // room in its future until their scope ends, and this one lives as long as the
+    // connection.
+    let (mut session, read) = Session::open(conn, peer, protocol, greet, shared);
     let reason = session.read_loop(read, initial).await;
     // Boxed: every connection's future would otherwise carry the teardown's state for its
     // whole life (the compiler does not overlap it with the read loop's).
@@ -149,6 +104,66 @@ struct Session {
 }
 
 impl Session {
+    /// The session of a new connection, and the read half it reads from.
+    fn open(
+        conn: Conn,
+        peer: SocketAddr,
+        protocol: Protocol,
+        greet: bool,
+        shared: Arc<Shared>,
+    ) -> (Session, ReadHalf) {
+        let fd = conn.fd();
+        let tls = conn.is_tls();
+        let (read, write) = conn.split();
+        let config = &shared.config;
+        let device = Arc::new(OnceLock::new());
+        let writer = Writer {
+            socket: write,
+            fd,
+            hub: shared.hub.clone(),
+            device: device.clone(),
+            flush_timeout: config.shutdown_timeout(),
+        };
+        let limits = LinkLimits {
+            queue: config.outbound_queue + REPLAY_WINDOW + config.max_inflight,
+            pushes: config.outbound_queue,
+            inflight: config.max_inflight,
+            replay: REPLAY_WINDOW,
+        };
+        let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        let link = SessionLink::new(id, protocol, limits, writer);
+        // Per-connection lines at info are the login and the disconnect (both with the peer).
+        tracing::debug!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
+        let idle = match protocol {
+            Protocol::Binary => 0,
+            Protocol::Text => config.idle_timeout_ms,
+            Protocol::Json => config.json_idle_timeout_ms,
+        };
+        let session = Session {
+            peer,
+            account: false,
+            lines: LineDecoder::new(config.max_line_bytes),
+            idle: (idle > 0).then(|| Duration::from_millis(idle)),
+            bucket: Bucket::new(config.commands_per_second, protocol),
+            messages: MessageRate::new(config.messages_per_second, config.message_burst),
+            link,
+            device,
+            login: None,
+            catchup: None,
+            room: None,
+            subscribed: false,
+            quit: None,
+            shared,
+        };
+        if protocol == Protocol::Json {
+            session.shared.hub.guest(session.link.clone());
+            if greet {
+                session.link.push(Outbound::Bytes(json::welcome()));
+            }
+        }
+        (session, read)
+    }
+
     /// Reads and handles requests; returns why the connection is ending.
     ///
     /// Most connections spend most of their life waiting here, so the waiting state is kept
