@@ -59,9 +59,12 @@ impl Conn {
 
 impl ReadHalf {
     /// Waits until a read would not block (plain TCP); under TLS, returns at once.
+    ///
+    /// Polls the socket's readiness instead of awaiting `readable()`: that future carries a
+    /// waiter node (168 bytes), and every idle connection's task holds this wait.
     pub async fn ready(&self) -> std::io::Result<()> {
         match self {
-            ReadHalf::Tcp(r) => r.as_ref().readable().await,
+            ReadHalf::Tcp(r) => std::future::poll_fn(|cx| r.as_ref().poll_read_ready(cx)).await,
             ReadHalf::Tls(_) => Ok(()),
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -216,46 +216,57 @@ async fn accept_loop(port: Port, shared: Arc<Shared>, limit: Arc<Semaphore>, tra
             drop(stream);
             continue;
         };
-        let shared = shared.clone();
-        let kind = port.kind;
-        tracker.spawn(async move {
-            let _per_ip = per_ip;
-            connection(stream, peer, kind, shared).await;
-            drop(permit);
-        });
+        let held = (per_ip, permit);
+        tracker.spawn(connection(stream, peer, port.kind, shared.clone(), held));
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, kind: PortKind, shared: Arc<Shared>) {
-    let sniffed = match kind {
-        // A JSON-only port speaks first: its seed-001 clients wait for that.
-        PortKind::Fixed(protocol) => {
-            let greet = protocol == Protocol::Json;
-            let initial = BytesMut::new();
-            return session::run(Conn::Tcp(stream), peer, protocol, greet, shared, initial).await;
-        }
-        PortKind::Tls => Ok(Sniffed::Tls),
-        // A connection that never says anything is not kept forever.
-        PortKind::Shared => tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = first_byte_deadline(&shared) => {
-                return warn!(%peer, "nothing received in time; closing");
+/// A connection's task. Not an `async fn`, which would keep room for its arguments beside
+/// the locals they move into for the connection's whole life; `held` (its place in the
+/// per-address count and its connection permit) is released when the task ends.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: PortKind,
+    shared: Arc<Shared>,
+    held: (PerIp, OwnedSemaphorePermit),
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let sniffed = match kind {
+            // A JSON-only port speaks first: its seed-001 clients wait for that.
+            PortKind::Fixed(protocol) => {
+                let greet = protocol == Protocol::Json;
+                let initial = BytesMut::new();
+                return session::run(Conn::Tcp(stream), peer, protocol, greet, shared, initial)
+                    .await;
             }
-            sniffed = sniff(&stream) => sniffed,
-        },
-    };
-    match sniffed {
-        Ok(Sniffed::Protocol(protocol)) => {
-            let initial = BytesMut::new();
-            session::run(Conn::Tcp(stream), peer, protocol, false, shared, initial).await
+            PortKind::Tls => Ok(Sniffed::Tls),
+            // A connection that never says anything is not kept forever.
+            PortKind::Shared => tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = first_byte_deadline(&shared) => {
+                    return warn!(%peer, "nothing received in time; closing");
+                }
+                sniffed = sniff(&stream) => sniffed,
+            },
+        };
+        match sniffed {
+            Ok(Sniffed::Protocol(protocol)) => {
+                let initial = BytesMut::new();
+                session::run(Conn::Tcp(stream), peer, protocol, false, shared, initial).await
+            }
+            Ok(Sniffed::Tls) => match &shared.tls {
+                // Boxed: the handshake's state is large, and plain connections need none of it.
+                Some(tls) => {
+                    Box::pin(tls_session(stream, peer, tls.acceptor(), shared.clone())).await
+                }
+                None => warn!(%peer, "a TLS connection, but no certificate is configured; closing"),
+            },
+            Ok(Sniffed::Closed) => {}
+            Err(e) => warn!(%peer, error = %e, "connection failed before its first byte"),
         }
-        Ok(Sniffed::Tls) => match &shared.tls {
-            // Boxed: the handshake's state is large, and plain connections need none of it.
-            Some(tls) => Box::pin(tls_session(stream, peer, tls.acceptor(), shared.clone())).await,
-            None => warn!(%peer, "a TLS connection, but no certificate is configured; closing"),
-        },
-        Ok(Sniffed::Closed) => {}
-        Err(e) => warn!(%peer, error = %e, "connection failed before its first byte"),
+        drop(held);
     }
 }
 

@@ -62,22 +62,28 @@ enum Flow {
 
 /// Serves one connection speaking `protocol` until it ends. `greet` makes the server speak
 /// first (seed 001's JSON clients wait for a welcome line).
-pub async fn run(
+///
+/// Not an `async fn`: an async fn keeps room for its arguments in its future for as long as
+/// it runs, beside the locals they are moved into, and this future lives as long as the
+/// connection. The session is set up here, before the future exists, and the future holds
+/// it, the read half and the read buffer once each.
+pub fn run(
     conn: Conn,
     peer: SocketAddr,
     protocol: Protocol,
     greet: bool,
     shared: Arc<Shared>,
     initial: BytesMut,
-) {
-    // Set up in a plain function: locals of an async fn that were moved away still take
-    // room in its future until their scope ends, and this one lives as long as the
-    // connection.
-    let (mut session, read) = Session::open(conn, peer, protocol, greet, shared);
-    let reason = session.read_loop(read, initial).await;
-    // Boxed: every connection's future would otherwise carry the teardown's state for its
-    // whole life (the compiler does not overlap it with the read loop's).
-    Box::pin(session.finish(reason)).await;
+) -> impl std::future::Future<Output = ()> + Send {
+    let (mut session, mut socket) = Session::open(conn, peer, protocol, greet, shared);
+    let mut buf = initial;
+    async move {
+        let reason = session.read_loop(&mut socket, &mut buf).await;
+        drop((socket, buf));
+        // Boxed: every connection's future would otherwise carry the teardown's state for
+        // its whole life (the compiler does not overlap it with the read loop's).
+        Box::pin(session.finish(reason)).await;
+    }
 }
 
 struct Session {
@@ -169,8 +175,7 @@ impl Session {
     /// Most connections spend most of their life waiting here, so the waiting state is kept
     /// small: request handling is boxed (it exists only while requests are handled), and
     /// one boxed timer serves both deadlines.
-    async fn read_loop(&mut self, mut socket: ReadHalf, initial: BytesMut) -> String {
-        let mut buf = initial;
+    async fn read_loop(&mut self, socket: &mut ReadHalf, buf: &mut BytesMut) -> String {
         let mut idle_deadline = self.idle.map(|d| Instant::now() + d);
         let login_timeout = self.shared.config.login_timeout_ms;
         let login_deadline = (self.link.protocol == Protocol::Binary && login_timeout > 0)
@@ -178,7 +183,7 @@ impl Session {
         let mut timer = Deadline::default();
         loop {
             if !buf.is_empty() {
-                if let Flow::Close(why) = self.drain(&mut buf).await {
+                if let Flow::Close(why) = self.drain(buf).await {
                     return why;
                 }
             }
@@ -186,7 +191,7 @@ impl Session {
             timer.aim([idle_deadline, login_by].into_iter().flatten().min());
             if buf.is_empty() {
                 // Idle connections hold no read buffer: wait for data before allocating.
-                buf = BytesMut::new();
+                *buf = BytesMut::new();
                 tokio::select! {
                     biased;
                     _ = self.link.kill.cancelled() => return self.kill_reason(),
@@ -209,7 +214,7 @@ impl Session {
                     Some(why) => return why,
                     None => continue,
                 },
-                read = socket.read_buf(&mut buf) => match read {
+                read = socket.read_buf(buf) => match read {
                     Ok(0) if buf.is_empty() && !self.lines.is_discarding() => return "closed by peer".into(),
                     Ok(0) => return format!("closed by peer in the middle of a request ({} bytes unread)", buf.len()),
                     Ok(_) => idle_deadline = self.idle.map(|d| Instant::now() + d),
