@@ -59,7 +59,7 @@ pub struct SessionLink {
     pub kill: CancellationToken,
     pub kill_reason: OnceLock<&'static str>,
     /// One permit per request in flight; the hub returns it once the reply is queued.
-    pub inflight: Arc<Semaphore>,
+    pub inflight: Semaphore,
     /// Pushes (deliveries, notices) waiting in the queue, and how many may
     /// (`outbound_queue`): the queue's other slots are for replies and catch-up, which have
     /// their own bounds.
@@ -70,7 +70,7 @@ pub struct SessionLink {
     pub acks: std::sync::atomic::AtomicBool,
     /// Slots of the queue that catch-up may fill, so a long replay never leaves the hub
     /// without room for replies and live pushes. The writer returns them.
-    pub replay: Arc<Semaphore>,
+    pub replay: Semaphore,
     /// Cancelled when the session ends: what is queued is written (bounded in time), then
     /// the writer stops.
     closing: CancellationToken,
@@ -129,11 +129,11 @@ impl SessionLink {
             queue: Queue::parked(limits.queue),
             kill: CancellationToken::new(),
             kill_reason: OnceLock::new(),
-            inflight: Arc::new(Semaphore::new(limits.inflight)),
+            inflight: Semaphore::new(limits.inflight),
             pushed: Default::default(),
             push_limit: limits.pushes,
             acks: Default::default(),
-            replay: Arc::new(Semaphore::new(limits.replay)),
+            replay: Semaphore::new(limits.replay),
             closing: CancellationToken::new(),
             parked: Mutex::new(Some(Box::new(output))),
             stopped: Notify::new(),
