@@ -71,9 +71,6 @@ pub struct SessionLink {
     /// Slots of the queue that catch-up may fill, so a long replay never leaves the hub
     /// without room for replies and live pushes. The writer returns them.
     pub replay: Semaphore,
-    /// Cancelled when the session ends: what is queued is written (bounded in time), then
-    /// the writer stops.
-    closing: CancellationToken,
     /// The writer's state while no writer task runs (see [`Writer`]).
     parked: Mutex<Option<Box<Output>>>,
     /// Signalled once the writer has stopped for good.
@@ -134,7 +131,6 @@ impl SessionLink {
             push_limit: limits.pushes,
             acks: Default::default(),
             replay: Semaphore::new(limits.replay),
-            closing: CancellationToken::new(),
             parked: Mutex::new(Some(Box::new(output))),
             stopped: Notify::new(),
             runtime: tokio::runtime::Handle::current(),
@@ -191,7 +187,8 @@ impl SessionLink {
     /// peer gets a moment to acknowledge it, its progress is reported, and the socket is
     /// shut down; bounded by the flush timeout. Returns once the writer has stopped.
     pub async fn close_writer(&self) {
-        self.closing.cancel();
+        // A running writer's `take` returns 0 once the finishing queue is empty: it then
+        // flushes and stops.
         if self.queue.finish() {
             // No writer task runs: this session flushes its own.
             let parked = lock(&self.parked).take();
@@ -279,8 +276,8 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
                 out.report(true);
                 return link.writer_stopped();
             }
+            // 0 once the session is closing (or the queue closed) and nothing is left.
             n = queue.take(&mut items, BATCH) => n,
-            _ = link.closing.cancelled() => break,
             _ = async { timer.as_mut().expect("armed above").await } => {
                 if polling {
                     out.report(true);

@@ -120,18 +120,30 @@ impl<T> Queue<T> {
     /// No consumer starts from now on. True when none was running: the caller is the
     /// consumer of what is left.
     pub fn finish(&self) -> bool {
-        let mut state = self.lock();
-        state.finishing = true;
-        std::mem::replace(&mut state.parked, false)
+        let was_parked = {
+            let mut state = self.lock();
+            state.finishing = true;
+            std::mem::replace(&mut state.parked, false)
+        };
+        // A consumer waiting in `take` returns once the queue is empty.
+        self.ready.notify_one();
+        was_parked
     }
 
     /// Moves up to `max` items into `into`; waits while the queue is empty. Returns how
-    /// many were moved: 0 only once the queue is closed and empty.
+    /// many were moved: 0 only once the queue is empty and closed or finishing (the
+    /// consumer then ends).
     pub async fn take(&self, into: &mut Vec<T>, max: usize) -> usize {
         loop {
             let moved = self.try_take(into, max);
-            if moved > 0 || self.lock().closed {
+            if moved > 0 {
                 return moved;
+            }
+            {
+                let state = self.lock();
+                if state.closed || state.finishing {
+                    return 0;
+                }
             }
             self.ready.notified().await;
         }
@@ -227,6 +239,28 @@ mod tests {
         let mut out = Vec::new();
         q.try_take(&mut out, 10_000);
         assert_eq!(q.lock().items.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_consumer_gets_what_is_left_then_ends_when_finishing() {
+        let q = Arc::new(Queue::new(10));
+        let consumer = tokio::spawn({
+            let q = q.clone();
+            async move {
+                let mut got = Vec::new();
+                while q.take(&mut got, 10).await > 0 {}
+                got
+            }
+        });
+        tokio::task::yield_now().await;
+        q.push(1).unwrap();
+        q.push(2).unwrap();
+        assert!(!q.finish(), "a consumer was running");
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), consumer)
+            .await
+            .expect("the consumer ends once the queue is finishing and empty")
+            .unwrap();
+        assert_eq!(got, [1, 2]);
     }
 
     #[test]
