@@ -67,6 +67,8 @@ enum Flow {
 /// it runs, beside the locals they are moved into, and this future lives as long as the
 /// connection. The session is set up here, before the future exists, and the future holds
 /// it, the read half and the read buffer once each.
+///
+/// `keep` (the server's per-connection guards) is dropped when the session has ended.
 pub fn run(
     conn: Conn,
     peer: SocketAddr,
@@ -74,7 +76,8 @@ pub fn run(
     greet: bool,
     shared: Arc<Shared>,
     initial: BytesMut,
-) -> impl std::future::Future<Output = ()> + Send {
+    keep: impl Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let (mut session, mut socket) = Session::open(conn, peer, protocol, greet, shared);
     let mut buf = initial;
     async move {
@@ -83,6 +86,7 @@ pub fn run(
         // Boxed: every connection's future would otherwise carry the teardown's state for
         // its whole life (the compiler does not overlap it with the read loop's).
         Box::pin(session.finish(reason)).await;
+        drop(keep);
     }
 }
 
