@@ -20,7 +20,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use parley_proto::Reply;
 use tokio::sync::{Notify, Semaphore};
-use tokio_util::sync::CancellationToken;
 
 use crate::conn::WriteHalf;
 use crate::delivery::{Delivery, Notice};
@@ -55,9 +54,12 @@ pub struct SessionLink {
     pub style: AtomicU8,
     /// What waits to be written; empty (and unallocated) while the session is idle.
     pub queue: Queue<Outbound>,
-    /// Cancelled to drop the connection at once (slow consumer, forced shutdown).
-    pub kill: CancellationToken,
+    /// Why the connection is dropped at once (slow consumer, failed catch-up), once it is;
+    /// see [`SessionLink::kill`] and [`SessionLink::killed`].
     pub kill_reason: OnceLock<&'static str>,
+    /// Wakes whoever waits in `killed` (inline: a cancellation token would be one more
+    /// allocation per session).
+    kill_notify: Notify,
     /// One permit per request in flight; the hub returns it once the reply is queued.
     pub inflight: Semaphore,
     /// Pushes (deliveries, notices) waiting in the queue, and how many may
@@ -124,8 +126,8 @@ impl SessionLink {
             protocol,
             style: AtomicU8::new(protocol.style() as u8),
             queue: Queue::parked(limits.queue),
-            kill: CancellationToken::new(),
             kill_reason: OnceLock::new(),
+            kill_notify: Notify::new(),
             inflight: Semaphore::new(limits.inflight),
             pushed: Default::default(),
             push_limit: limits.pushes,
@@ -178,9 +180,28 @@ impl SessionLink {
         }
     }
 
+    /// Drops the connection at once: its session stops reading and its writer stops
+    /// writing. The first reason given is the one reported.
     pub fn kill(&self, reason: &'static str) {
         let _ = self.kill_reason.set(reason);
-        self.kill.cancel();
+        self.kill_notify.notify_waiters();
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.kill_reason.get().is_some()
+    }
+
+    /// Completes once the session is killed.
+    pub async fn killed(&self) {
+        loop {
+            // Registered before the check, so a kill between the two still wakes it.
+            let mut notified = std::pin::pin!(self.kill_notify.notified());
+            notified.as_mut().enable();
+            if self.is_killed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Ends the writer: what is queued is written (unless the session was killed), the
@@ -272,7 +293,7 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
         }
         let got = tokio::select! {
             biased;
-            _ = link.kill.cancelled() => {
+            _ = link.killed() => {
                 out.report(true);
                 return link.writer_stopped();
             }
@@ -367,7 +388,6 @@ impl Output {
         }
         let written_bytes = buf.len();
         let written = {
-            let kill = &link.kill;
             let mut write = std::pin::pin!(self.socket.write_all(buf));
             // Most writes complete at once; the kill switch is watched only while one waits.
             let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
@@ -375,7 +395,7 @@ impl Output {
                 Poll::Ready(r) => r.is_ok(),
                 Poll::Pending => tokio::select! {
                     biased;
-                    _ = kill.cancelled() => false,
+                    _ = link.killed() => false,
                     r = write => r.is_ok(),
                 },
             }
@@ -402,7 +422,7 @@ impl Output {
     /// The writer's end: writes what is queued, gives the peer a moment to acknowledge it,
     /// reports, shuts the socket down. A killed session only reports.
     async fn flush(&mut self, link: &SessionLink, items: &mut Vec<Outbound>) {
-        if !link.kill.is_cancelled() {
+        if !link.is_killed() {
             loop {
                 link.queue.try_take(items, BATCH);
                 if items.is_empty() || !self.write(link, items).await {

@@ -198,7 +198,7 @@ impl Session {
                 *buf = BytesMut::new();
                 tokio::select! {
                     biased;
-                    _ = self.link.kill.cancelled() => return self.kill_reason(),
+                    _ = self.link.killed() => return self.kill_reason(),
                     _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
                     _ = timer.fired() => match self.deadline_passed(idle_deadline, login_by) {
                         Some(why) => return why,
@@ -212,7 +212,7 @@ impl Session {
             buf.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
-                _ = self.link.kill.cancelled() => return self.kill_reason(),
+                _ = self.link.killed() => return self.kill_reason(),
                 _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
                 _ = timer.fired() => match self.deadline_passed(idle_deadline, login_by) {
                     Some(why) => return why,
