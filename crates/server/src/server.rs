@@ -246,16 +246,7 @@ fn connection(
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let sniffed = match kind {
-            // A JSON-only port speaks first: its seed-001 clients wait for that.
-            PortKind::Fixed(protocol) => {
-                let greet = protocol == Protocol::Json;
-                let initial = BytesMut::new();
-                let conn = Conn::Tcp(stream);
-                tracker.spawn(session::run(
-                    conn, peer, protocol, greet, shared, initial, held,
-                ));
-                return;
-            }
+            PortKind::Fixed(protocol) => Ok(Sniffed::Protocol(protocol)),
             PortKind::Tls => Ok(Sniffed::Tls),
             // A connection that never says anything is not kept forever.
             PortKind::Shared => tokio::select! {
@@ -268,11 +259,11 @@ fn connection(
         };
         match sniffed {
             Ok(Sniffed::Protocol(protocol)) => {
-                let initial = BytesMut::new();
-                let conn = Conn::Tcp(stream);
-                tracker.spawn(session::run(
-                    conn, peer, protocol, false, shared, initial, held,
-                ));
+                // A JSON-only port speaks first: its seed-001 clients wait for that.
+                let greet = matches!(kind, PortKind::Fixed(Protocol::Json));
+                let (conn, initial) = (Conn::Tcp(stream), BytesMut::new());
+                let session = session::run(conn, peer, protocol, greet, shared, initial, held);
+                tracker.spawn(session);
                 return;
             }
             Ok(Sniffed::Tls) => match &shared.tls {

@@ -165,11 +165,13 @@ impl Reader {
         device: DeviceId,
     ) -> anyhow::Result<Vec<ConvPosition>> {
         self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
+            let mut stmt = conn.prepare_cached(concat!(
                 "SELECT c.id, ua.name, ub.name, MAX(COALESCE(cur.seq, (SELECT MAX(c2.seq) FROM cursors c2
                                    JOIN devices d2 ON d2.id = c2.device_id
                                    WHERE d2.user_id = ?1 AND c2.conversation_id = c.id), 0),
-                           m.joined_seq), {},
+                           m.joined_seq), ",
+                super::sqlite::last_seq!(),
+                ",
                         c.kind, c.name, m.joined_seq
                  FROM memberships m
                  JOIN conversations c ON c.id = m.conversation_id
@@ -177,8 +179,7 @@ impl Reader {
                  LEFT JOIN users ub ON ub.id = c.user_b
                  LEFT JOIN cursors cur
                      ON cur.device_id = ?2 AND cur.conversation_id = m.conversation_id
-                 WHERE m.user_id = ?1",
-                super::sqlite::LAST_SEQ
+                 WHERE m.user_id = ?1"
             ))?;
             let rows = stmt.query_map(params![user, device], |r| {
                 let kind: i64 = r.get(5)?;

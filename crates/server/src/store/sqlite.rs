@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     name TEXT,
     user_a INTEGER,
     user_b INTEGER,
-    -- No longer kept current: see LAST_SEQ (databases written before still count it).
+    -- No longer kept current: see last_seq! (databases written before still count it).
     last_seq INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL
 );
@@ -208,10 +208,16 @@ fn spawn_checkpointer(
 /// The last sequence of conversation `c`: its highest stored message's (a seek to the end of
 /// its range of the primary key). Keeping a copy in `conversations.last_seq` cost every
 /// commit one more page per conversation it touched; databases written while that column
-/// was kept current still count it.
-pub(super) const LAST_SEQ: &str = "MAX(c.last_seq, COALESCE(
+/// was kept current still count it. A macro, so that the statements holding it are
+/// `concat!`ed at compile time rather than formatted on every call.
+macro_rules! last_seq {
+    () => {
+        "MAX(c.last_seq, COALESCE(
     (SELECT lm.seq FROM messages lm WHERE lm.conversation_id = c.id ORDER BY lm.seq DESC LIMIT 1),
-    0))";
+    0))"
+    };
+}
+pub(super) use last_seq;
 
 /// Message ids are reserved this many at a time: the counter row is written when a batch
 /// goes past the reserved mark instead of with every batch (one page less per commit). A
@@ -333,9 +339,10 @@ impl LogStore for SqliteStore {
     }
 
     fn find_direct(&mut self, a: UserId, b: UserId) -> anyhow::Result<Option<DirectConv>> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT c.id, {LAST_SEQ} FROM conversations c
-                 WHERE c.kind = 1 AND c.user_a = ?1 AND c.user_b = ?2"
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT c.id, ",
+            last_seq!(),
+            " FROM conversations c WHERE c.kind = 1 AND c.user_a = ?1 AND c.user_b = ?2"
         ))?;
         let found = stmt
             .query_row(params![a, b], |r| {
@@ -362,8 +369,10 @@ impl LogStore for SqliteStore {
     }
 
     fn last_seq(&mut self, conv: super::ConvId) -> anyhow::Result<Seq> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {LAST_SEQ} FROM conversations c WHERE c.id = ?1"
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT ",
+            last_seq!(),
+            " FROM conversations c WHERE c.id = ?1"
         ))?;
         Ok(stmt
             .query_row([conv], |r| r.get(0))
