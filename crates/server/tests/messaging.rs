@@ -796,6 +796,66 @@ async fn sequences_and_ids_go_on_after_restarts() {
     server.stop().await;
 }
 
+/// Databases written before the messages table was kept in id order (ordered by
+/// conversation and sequence) are rewritten at start and read back the same.
+#[tokio::test]
+async fn a_database_of_the_first_message_layout_is_rewritten_and_reads_the_same() {
+    let mut server = TestServer::start().await;
+    for name in ["alice", "bob", "carol"] {
+        register(&server, name).await;
+    }
+    let mut alice = device(&server, "alice", "phone").await;
+    for i in 1..=5 {
+        dm(&mut alice, "alice", "bob", &format!("m{i}")).await;
+        dm(&mut alice, "alice", "carol", &format!("c{i}")).await;
+    }
+    close(alice).await;
+    server
+        .restart_after(|dir| {
+            let db = rusqlite::Connection::open(dir.join("parley.db")).unwrap();
+            db.execute_batch(
+                "CREATE TABLE first_layout (
+                     conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL,
+                     sender_id INTEGER NOT NULL, sender_device INTEGER NOT NULL,
+                     body BLOB NOT NULL, sent_at INTEGER NOT NULL, received_at INTEGER NOT NULL,
+                     PRIMARY KEY (conversation_id, seq)) WITHOUT ROWID;
+                 INSERT INTO first_layout SELECT conversation_id, seq, id, sender_id,
+                     sender_device, body, sent_at, received_at FROM messages;
+                 DROP TABLE messages;
+                 ALTER TABLE first_layout RENAME TO messages;",
+            )
+            .unwrap();
+        })
+        .await;
+    let mut bob = device(&server, "bob", "phone").await;
+    let caught_up = events(&mut bob, 5).await;
+    assert_eq!(texts(&caught_up), numbered(1..=5));
+    assert_eq!(seqs(&caught_up), (1..=5).collect::<Vec<u64>>());
+    let mut carol = device(&server, "carol", "phone").await;
+    let carols = events(&mut carol, 5).await;
+    let latest = history(&mut carol, "alice", page::LATEST, 0, 3).await;
+    assert_eq!(latest, carols[2..]);
+    let earlier = history(&mut carol, "alice", page::BEFORE_ID, carols[2].id, 10).await;
+    assert_eq!(earlier, carols[..2]);
+    let mut alice = device(&server, "alice", "phone").await;
+    dm(&mut alice, "alice", "bob", "m6").await;
+    let next = event(&mut bob).await;
+    assert_eq!(
+        (next.seq, texts(std::slice::from_ref(&next))),
+        (6, numbered(6..=6))
+    );
+    let db = rusqlite::Connection::open(server.dir.path().join("parley.db")).unwrap();
+    let layout: String = db
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'messages'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!layout.contains("WITHOUT ROWID"), "{layout}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn text_history_pages_before_and_after_a_sequence_across_a_restart() {
     let mut server = TestServer::start().await;

@@ -5,6 +5,7 @@
 //! (PostgreSQL, for several nodes) has little to implement. Sessions read catch-up pages
 //! through a [`Reader`], which never blocks the writer (SQLite WAL).
 
+mod index;
 mod reader;
 mod sqlite;
 
@@ -12,6 +13,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+pub use index::MessageIndex;
 pub use reader::{ConvPosition, Page, Profile, Reader, Resolved};
 pub use sqlite::SqliteStore;
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{ConvId, DeviceId, Seq, UserId};
+use super::{ConvId, DeviceId, MessageIndex, Seq, UserId};
 use crate::config::SyncMode;
 use crate::delivery::Kind;
 
@@ -107,6 +107,8 @@ pub struct Reader {
 
 struct Pool {
     path: PathBuf,
+    /// Which ids make up each conversation (the table is in id order).
+    index: Arc<MessageIndex>,
     idle: Mutex<Vec<Connection>>,
     /// At most this many reads at once: a burst of logins queues here instead of opening
     /// a connection (and a blocking thread) each.
@@ -117,10 +119,11 @@ struct Pool {
 const READERS: usize = 8;
 
 impl Reader {
-    pub fn new(data_dir: &std::path::Path) -> Self {
+    pub fn new(data_dir: &std::path::Path, index: Arc<MessageIndex>) -> Self {
         Reader {
             inner: Arc::new(Pool {
                 path: super::sqlite::database_path(data_dir),
+                index,
                 idle: Mutex::new(Vec::new()),
                 busy: tokio::sync::Semaphore::new(READERS),
             }),
@@ -131,7 +134,7 @@ impl Reader {
     async fn with<T, F>(&self, f: F) -> anyhow::Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &MessageIndex) -> anyhow::Result<T> + Send + 'static,
     {
         let pool = self.inner.clone();
         let _permit = pool.busy.acquire().await?;
@@ -145,7 +148,7 @@ impl Reader {
                     conn
                 }
             };
-            let result = f(&conn);
+            let result = f(&conn, &pool.index);
             let mut idle = pool.idle.lock().expect("reader pool poisoned");
             if idle.len() < READERS {
                 idle.push(conn);
@@ -164,14 +167,13 @@ impl Reader {
         user: UserId,
         device: DeviceId,
     ) -> anyhow::Result<Vec<ConvPosition>> {
-        self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(concat!(
+        self.with(move |conn, index| {
+            // `c.last_seq` is a floor that databases written before the index still count.
+            let mut stmt = conn.prepare_cached(
                 "SELECT c.id, ua.name, ub.name, MAX(COALESCE(cur.seq, (SELECT MAX(c2.seq) FROM cursors c2
                                    JOIN devices d2 ON d2.id = c2.device_id
                                    WHERE d2.user_id = ?1 AND c2.conversation_id = c.id), 0),
-                           m.joined_seq), ",
-                super::sqlite::last_seq!(),
-                ",
+                           m.joined_seq), c.last_seq,
                         c.kind, c.name, m.joined_seq
                  FROM memberships m
                  JOIN conversations c ON c.id = m.conversation_id
@@ -179,8 +181,8 @@ impl Reader {
                  LEFT JOIN users ub ON ub.id = c.user_b
                  LEFT JOIN cursors cur
                      ON cur.device_id = ?2 AND cur.conversation_id = m.conversation_id
-                 WHERE m.user_id = ?1"
-            ))?;
+                 WHERE m.user_id = ?1",
+            )?;
             let rows = stmt.query_map(params![user, device], |r| {
                 let kind: i64 = r.get(5)?;
                 let (kind, a, b): (Kind, Option<String>, Option<String>) = match kind {
@@ -188,15 +190,16 @@ impl Reader {
                     super::KIND_ROOM => (Kind::Room, r.get(6)?, r.get(6)?),
                     _ => (Kind::Broadcast, Some("*".into()), Some("*".into())),
                 };
+                let conv = r.get(0)?;
                 Ok(ConvPosition {
-                    conv: r.get(0)?,
+                    conv,
                     kind,
                     members: (
                         Arc::from(a.unwrap_or_default()),
                         Arc::from(b.unwrap_or_default()),
                     ),
                     cursor: r.get(3)?,
-                    last_seq: r.get(4)?,
+                    last_seq: index.last_seq(conv).max(r.get(4)?),
                     joined: r.get(7)?,
                 })
             })?;
@@ -206,7 +209,7 @@ impl Reader {
     }
 
     pub async fn credentials(&self, name: String) -> anyhow::Result<Option<Credentials>> {
-        self.with(move |conn| {
+        self.with(move |conn, _| {
             let row = conn
                 .prepare_cached("SELECT id, password_hash FROM users WHERE name = ?1")?
                 .query_row([name], |r| {
@@ -222,7 +225,7 @@ impl Reader {
     }
 
     pub async fn token(&self, hash: Vec<u8>) -> anyhow::Result<Option<TokenRow>> {
-        self.with(move |conn| {
+        self.with(move |conn, _| {
             let row = conn
                 .prepare_cached(
                     "SELECT t.user_id, u.name, t.device_id, d.name, t.expires_at,
@@ -248,7 +251,7 @@ impl Reader {
     }
 
     pub async fn profile(&self, name: String) -> anyhow::Result<Option<Profile>> {
-        self.with(move |conn| {
+        self.with(move |conn, _| {
             let row = conn
                 .prepare_cached("SELECT name, display_name, avatar FROM users WHERE name = ?1")?
                 .query_row([name], |r| {
@@ -268,7 +271,7 @@ impl Reader {
     /// member of (`#name` or any room name), the direct conversation with another user, or
     /// `*` for the public broadcast log.
     pub async fn resolve(&self, user: UserId, target: String) -> anyhow::Result<Resolved> {
-        self.with(move |conn| {
+        self.with(move |conn, _| {
             let room: Option<(ConvId, Option<i64>)> = conn
                 .prepare_cached(
                     "SELECT c.id, m.user_id FROM conversations c
@@ -322,7 +325,7 @@ impl Reader {
 
     /// Users whose names start with `prefix`, sorted, at most `limit`.
     pub async fn search(&self, prefix: String, limit: usize) -> anyhow::Result<Vec<UserRow>> {
-        self.with(move |conn| {
+        self.with(move |conn, _| {
             // A range on the name index: every name that starts with `prefix` sorts between
             // it and it followed by the highest code point.
             let mut stmt = conn.prepare_cached(
@@ -346,7 +349,7 @@ impl Reader {
         &self,
         user: UserId,
     ) -> anyhow::Result<Vec<(String, super::ContactState, Option<i64>)>> {
-        self.with(move |conn| {
+        self.with(move |conn, _| {
             let mut stmt = conn.prepare_cached(
                 "SELECT u.name, c.state, u.last_seen_at FROM contacts c
                  JOIN users u ON u.id = c.contact_id WHERE c.user_id = ?1 ORDER BY u.name",
@@ -369,7 +372,7 @@ impl Reader {
     /// Whether `user` may download the file `hash`: it is attached to a conversation they
     /// belong to.
     pub async fn may_download(&self, user: UserId, hash: String) -> anyhow::Result<bool> {
-        self.with(move |conn| {
+        self.with(move |conn, _| {
             let found: Option<i64> = conn
                 .prepare_cached(
                     "SELECT 1 FROM attachments a
@@ -386,7 +389,7 @@ impl Reader {
 
     /// Every user (but the reserved anonymous one), sorted by name.
     pub async fn users(&self) -> anyhow::Result<Vec<UserRow>> {
-        self.with(move |conn| {
+        self.with(move |conn, _| {
             let mut stmt = conn.prepare_cached(
                 "SELECT name, last_seen_at FROM users WHERE name <> 'anonymous' ORDER BY name",
             )?;
@@ -408,47 +411,22 @@ impl Reader {
         page: Page,
         limit: usize,
     ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
-        self.with(move |conn| {
-            // Ids grow with sequence numbers inside a conversation, so a bound on the id is
-            // a bound on the sequence; times are the server's receive times.
-            let (bound, value, newest_first) = match page {
-                Page::Latest => ("?3 = 0", 0, true),
-                Page::BeforeId(id) => ("m.id < ?3", id, true),
-                Page::AfterId(id) => ("m.id > ?3", id, false),
-                Page::BeforeTime(ms) => ("m.received_at < ?3", ms, true),
-                Page::AfterTime(ms) => ("m.received_at > ?3", ms, false),
-                Page::BeforeSeq(seq) => ("m.seq < ?3", seq, true),
-                Page::AfterSeq(seq) => ("m.seq > ?3", seq, false),
+        self.with(move |conn, index| {
+            // Positions in the index: position p holds sequence p + 1.
+            let ids = match page {
+                Page::Latest => index.before(conv, usize::MAX, limit),
+                Page::BeforeSeq(seq) => index.before(conv, position(seq.saturating_sub(1)), limit),
+                Page::AfterSeq(seq) => index.from(conv, position(seq), limit),
+                Page::BeforeId(id) => index.before(conv, index.position(conv, |x| x < id), limit),
+                Page::AfterId(id) => index.from(conv, index.position(conv, |x| x <= id), limit),
+                Page::BeforeTime(ms) => {
+                    index.before(conv, by_time(conn, index, conv, |t| t < ms)?, limit)
+                }
+                Page::AfterTime(ms) => {
+                    index.from(conv, by_time(conn, index, conv, |t| t <= ms)?, limit)
+                }
             };
-            let order = if newest_first { "DESC" } else { "ASC" };
-            let sql = format!(
-                "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at, m.received_at
-                 FROM messages m JOIN users u ON u.id = m.sender_id
-                 WHERE m.conversation_id = ?1 AND {bound} ORDER BY m.seq {order} LIMIT ?2"
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![conv, limit as i64, value], |r| {
-                let name: String = r.get(2)?;
-                let body: Vec<u8> = r.get(4)?;
-                let sent_at: i64 = r.get(5)?;
-                Ok((
-                    StoredMessage {
-                        id: r.get(0)?,
-                        conv,
-                        seq: r.get(1)?,
-                        sender: Arc::from(name),
-                        sender_device: r.get(3)?,
-                        body: Bytes::from(body),
-                        sent_at: sent_at as u64,
-                    },
-                    r.get(6)?,
-                ))
-            })?;
-            let mut out: Vec<_> = rows.collect::<Result<_, _>>()?;
-            if newest_first {
-                out.reverse();
-            }
-            Ok(out)
+            fetch(conn, conv, &ids)
         })
         .await
     }
@@ -459,33 +437,102 @@ impl Reader {
         from: Vec<(ConvId, Seq)>,
         limit: usize,
     ) -> anyhow::Result<Vec<Vec<StoredMessage>>> {
-        self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at
-                 FROM messages m JOIN users u ON u.id = m.sender_id
-                 WHERE m.conversation_id = ?1 AND m.seq > ?2
-                 ORDER BY m.seq LIMIT ?3",
-            )?;
+        self.with(move |conn, index| {
             let mut pages = Vec::with_capacity(from.len());
             for (conv, after) in from {
-                let rows = stmt.query_map(params![conv, after, limit as i64], |r| {
-                    let name: String = r.get(2)?;
-                    let body: Vec<u8> = r.get(4)?;
-                    let sent_at: i64 = r.get(5)?;
-                    Ok(StoredMessage {
-                        id: r.get(0)?,
-                        conv,
-                        seq: r.get(1)?,
-                        sender: Arc::from(name),
-                        sender_device: r.get(3)?,
-                        body: Bytes::from(body),
-                        sent_at: sent_at as u64,
-                    })
-                })?;
-                pages.push(rows.collect::<Result<_, _>>()?);
+                let ids = index.from(conv, position(after), limit);
+                let page = fetch(conn, conv, &ids)?;
+                pages.push(page.into_iter().map(|(m, _)| m).collect());
             }
             Ok(pages)
         })
         .await
     }
+}
+
+/// The index position of sequence `seq + 1`; positions start at 0.
+fn position(seq: Seq) -> usize {
+    usize::try_from(seq).unwrap_or(0)
+}
+
+/// The first position in `conv` whose message was not received `before` (a test on its
+/// receive time). The hub stamps receive times as it hands out sequences, so they grow
+/// with the sequence and a binary search finds the bound in a few row lookups.
+fn by_time(
+    conn: &Connection,
+    index: &MessageIndex,
+    conv: ConvId,
+    before: impl Fn(i64) -> bool,
+) -> anyhow::Result<usize> {
+    let mut stmt = conn.prepare_cached("SELECT received_at FROM messages WHERE id = ?1")?;
+    let (mut low, mut high) = (0, position(index.last_seq(conv)));
+    while low < high {
+        let mid = low + (high - low) / 2;
+        let id = index.id_at(conv, mid);
+        // Position 0 of a conversation whose first sequence is missing holds no id.
+        let at: Option<i64> = if id == 0 {
+            None
+        } else {
+            stmt.query_row([id], |r| r.get(0)).optional()?
+        };
+        if at.is_none_or(&before) {
+            low = mid + 1;
+        } else {
+            high = mid;
+        }
+    }
+    Ok(low)
+}
+
+macro_rules! select_messages {
+    () => {
+        "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at, m.received_at
+         FROM messages m JOIN users u ON u.id = m.sender_id"
+    };
+}
+
+/// The messages of `conv` with these ids (ascending, from the index), with their receive
+/// times. Close together (the offline case: one conversation written in a run) they are
+/// read as one range of the table, skipping the few other conversations' rows in between;
+/// spread out, one by one.
+fn fetch(
+    conn: &Connection,
+    conv: ConvId,
+    ids: &[i64],
+) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
+    let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+        return Ok(Vec::new());
+    };
+    let read = |r: &rusqlite::Row| -> rusqlite::Result<(StoredMessage, i64)> {
+        let name: String = r.get(2)?;
+        let body: Vec<u8> = r.get(4)?;
+        let sent_at: i64 = r.get(5)?;
+        Ok((
+            StoredMessage {
+                id: r.get(0)?,
+                conv,
+                seq: r.get(1)?,
+                sender: Arc::from(name),
+                sender_device: r.get(3)?,
+                body: Bytes::from(body),
+                sent_at: sent_at as u64,
+            },
+            r.get(6)?,
+        ))
+    };
+    let spread = usize::try_from(last - first).unwrap_or(usize::MAX);
+    if spread <= 4 * ids.len() {
+        let mut stmt = conn.prepare_cached(concat!(
+            select_messages!(),
+            " WHERE m.id BETWEEN ?1 AND ?2 AND m.conversation_id = ?3 ORDER BY m.id"
+        ))?;
+        let rows = stmt.query_map(params![first, last, conv], read)?;
+        return Ok(rows.collect::<Result<_, _>>()?);
+    }
+    let mut stmt = conn.prepare_cached(concat!(select_messages!(), " WHERE m.id = ?1"))?;
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        out.extend(stmt.query_row([id], read).optional()?);
+    }
+    Ok(out)
 }

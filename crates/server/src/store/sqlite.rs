@@ -7,11 +7,24 @@ use std::sync::Arc;
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::index::MessageIndex;
 use super::{
     Batch, ContactState, ConvId, DeviceId, DirectConv, LogStore, Membership, NextIds, Revoke, Seq,
     StoredRoom, UserId, KIND_BROADCAST, KIND_ROOM,
 };
 use crate::config::SyncMode;
+
+/// In id order, which is the order of writing (see index.rs).
+const MESSAGES: &str = "CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    sender_id INTEGER NOT NULL,
+    sender_device INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    sent_at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL
+)";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -34,7 +47,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     name TEXT,
     user_a INTEGER,
     user_b INTEGER,
-    -- No longer kept current: see last_seq! (databases written before still count it).
+    -- No longer kept current: the last stored message's sequence is (see index.rs);
+    -- databases written while it was still count it as a floor.
     last_seq INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL
 );
@@ -47,17 +61,6 @@ CREATE TABLE IF NOT EXISTS memberships (
     conversation_id INTEGER NOT NULL,
     joined_seq INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, conversation_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS messages (
-    conversation_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    id INTEGER NOT NULL,
-    sender_id INTEGER NOT NULL,
-    sender_device INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    sent_at INTEGER NOT NULL,
-    received_at INTEGER NOT NULL,
-    PRIMARY KEY (conversation_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors (
     device_id INTEGER NOT NULL,
@@ -154,6 +157,38 @@ fn migrate(conn: &Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rewrites a `messages` table of the first layout, ordered by (conversation, sequence),
+/// in id order (see index.rs), in one transaction.
+fn migrate_messages(conn: &Connection) -> anyhow::Result<()> {
+    let sql: String = conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !sql.contains("WITHOUT ROWID") {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    conn.execute_batch(&format!(
+        "BEGIN;
+         ALTER TABLE messages RENAME TO messages_by_conversation;
+         {MESSAGES};
+         INSERT INTO messages
+             (id, conversation_id, seq, sender_id, sender_device, body, sent_at, received_at)
+             SELECT id, conversation_id, seq, sender_id, sender_device, body, sent_at,
+                    received_at
+             FROM messages_by_conversation ORDER BY id;
+         DROP TABLE messages_by_conversation;
+         COMMIT;"
+    ))
+    .context("rewriting the messages table in id order")?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "messages table rewritten in id order"
+    );
+    Ok(())
+}
+
 /// Past this many frames (4 KiB pages, 256 MiB) in the WAL, the writer has it start over
 /// (1 MiB in unit tests, so that a test can see it happen).
 const WAL_RESTART_FRAMES: i64 = if cfg!(test) { 256 } else { 65_536 };
@@ -205,20 +240,6 @@ fn spawn_checkpointer(
     Ok(())
 }
 
-/// The last sequence of conversation `c`: its highest stored message's (a seek to the end of
-/// its range of the primary key). Keeping a copy in `conversations.last_seq` cost every
-/// commit one more page per conversation it touched; databases written while that column
-/// was kept current still count it. A macro, so that the statements holding it are
-/// `concat!`ed at compile time rather than formatted on every call.
-macro_rules! last_seq {
-    () => {
-        "MAX(c.last_seq, COALESCE(
-    (SELECT lm.seq FROM messages lm WHERE lm.conversation_id = c.id ORDER BY lm.seq DESC LIMIT 1),
-    0))"
-    };
-}
-pub(super) use last_seq;
-
 /// Message ids are reserved this many at a time: the counter row is written when a batch
 /// goes past the reserved mark instead of with every batch (one page less per commit). A
 /// restart continues from the mark, so ids may skip ahead but are never handed out twice.
@@ -261,6 +282,8 @@ fn message_values<'a>(
 /// The writer side of the SQLite store.
 pub struct SqliteStore {
     conn: Connection,
+    /// Shared with the readers; extended after every commit.
+    index: Arc<MessageIndex>,
     /// Message ids below this are covered by the stored counter.
     ids_reserved: i64,
     checkpoints: Arc<Checkpoints>,
@@ -279,7 +302,16 @@ impl SqliteStore {
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let conn = open(&database_path(data_dir), sync)?;
         conn.execute_batch(SCHEMA).context("creating the schema")?;
+        conn.execute_batch(MESSAGES)
+            .context("creating the schema")?;
         migrate(&conn).context("migrating the schema")?;
+        migrate_messages(&conn)?;
+        let started = std::time::Instant::now();
+        let index = Arc::new(MessageIndex::load(&conn).context("indexing the messages")?);
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "messages indexed"
+        );
         // Checkpoints move the WAL into the database file. SQLite runs them inside the
         // commit that crosses the threshold, on the hub thread; a thread of their own keeps
         // them off the path of every message.
@@ -288,11 +320,23 @@ impl SqliteStore {
         spawn_checkpointer(database_path(data_dir), sync, checkpoints.clone())?;
         let mut store = SqliteStore {
             conn,
+            index,
             checkpoints,
             ids_reserved: 0,
         };
         store.ids_reserved = store.next_ids()?.message;
         Ok(store)
+    }
+
+    /// The index of the stored messages, for the readers.
+    pub fn index(&self) -> Arc<MessageIndex> {
+        self.index.clone()
+    }
+
+    /// `conv`'s last sequence: its last stored message's, or what a database written
+    /// before counted in `conversations.last_seq`, if more.
+    fn last_seq_of(&self, conv: ConvId, counted: Seq) -> Seq {
+        counted.max(self.index.last_seq(conv))
     }
 }
 
@@ -339,20 +383,16 @@ impl LogStore for SqliteStore {
     }
 
     fn find_direct(&mut self, a: UserId, b: UserId) -> anyhow::Result<Option<DirectConv>> {
-        let mut stmt = self.conn.prepare_cached(concat!(
-            "SELECT c.id, ",
-            last_seq!(),
-            " FROM conversations c WHERE c.kind = 1 AND c.user_a = ?1 AND c.user_b = ?2"
-        ))?;
-        let found = stmt
-            .query_row(params![a, b], |r| {
-                Ok(DirectConv {
-                    id: r.get(0)?,
-                    last_seq: r.get(1)?,
-                })
-            })
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, last_seq FROM conversations WHERE kind = 1 AND user_a = ?1 AND user_b = ?2",
+        )?;
+        let found: Option<(ConvId, Seq)> = stmt
+            .query_row(params![a, b], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        Ok(found)
+        Ok(found.map(|(id, counted)| DirectConv {
+            id,
+            last_seq: self.last_seq_of(id, counted),
+        }))
     }
 
     fn memberships(&mut self, user: UserId) -> anyhow::Result<Vec<Membership>> {
@@ -369,15 +409,11 @@ impl LogStore for SqliteStore {
     }
 
     fn last_seq(&mut self, conv: super::ConvId) -> anyhow::Result<Seq> {
-        let mut stmt = self.conn.prepare_cached(concat!(
-            "SELECT ",
-            last_seq!(),
-            " FROM conversations c WHERE c.id = ?1"
-        ))?;
-        Ok(stmt
-            .query_row([conv], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0))
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")?;
+        let counted: Option<Seq> = stmt.query_row([conv], |r| r.get(0)).optional()?;
+        Ok(self.last_seq_of(conv, counted.unwrap_or(0)))
     }
 
     fn load_rooms(&mut self) -> anyhow::Result<Vec<StoredRoom>> {
@@ -457,6 +493,7 @@ impl LogStore for SqliteStore {
         });
         match written {
             Ok(()) => {
+                self.index.append(&batch.messages);
                 if let Some(mark) = reserve {
                     self.ids_reserved = mark;
                 }

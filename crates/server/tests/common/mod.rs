@@ -92,12 +92,18 @@ impl TestServer {
 
     /// Stops gracefully and starts again on the same data directory (a new port).
     pub async fn restart(&mut self) {
+        self.restart_after(|_| {}).await
+    }
+
+    /// Stops gracefully, lets `change` work on the data directory, and starts again on it.
+    pub async fn restart_after(&mut self, change: impl FnOnce(&Path)) {
         self.running
             .take()
             .unwrap()
             .stop()
             .await
             .expect("clean stop");
+        change(self.dir.path());
         let config = test_config(self.dir.path());
         let running = parley_server::start(config).await.expect("server restarts");
         self.addr = running.addr;
