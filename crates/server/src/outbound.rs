@@ -163,6 +163,29 @@ impl SessionLink {
         }
     }
 
+    /// Queues `items` (emptying it) in order, as `push` would one by one, with one lock and
+    /// one wake-up: the hub's way when a batch has several items for one session.
+    pub fn push_all(&self, items: &mut Vec<Outbound>) {
+        let pushes = items
+            .iter()
+            .filter(|i| matches!(i, Outbound::Deliver(_) | Outbound::Notice(_)))
+            .count();
+        if pushes > 0 {
+            // Past the limit one by one would queue some and then kill the session, whose
+            // writer then writes none of them: the same as queueing none.
+            if self.pushed.load(Ordering::Relaxed) + pushes > self.push_limit {
+                items.clear();
+                return self.kill("slow consumer: outbound queue full");
+            }
+            self.pushed.fetch_add(pushes, Ordering::Relaxed);
+        }
+        match self.queue.push_all(items) {
+            Ok(Pushed::Start) => self.start_writer(),
+            Ok(Pushed::Queued) | Err(Refused::Closed) => {}
+            Err(Refused::Full) => self.kill("slow consumer: outbound queue full"),
+        }
+    }
+
     /// Queues `item`, starting a writer task if none runs.
     pub fn enqueue(&self, item: Outbound) -> Result<(), Refused> {
         if self.queue.push(item)? == Pushed::Start {

@@ -104,6 +104,34 @@ impl<T> Queue<T> {
         Ok(Pushed::Queued)
     }
 
+    /// Queues every item of `items` (emptying it), in order, as one push: one lock and at
+    /// most one wake-up for all of them. All or nothing: nothing is queued when they do not
+    /// all fit.
+    pub fn push_all(&self, items: &mut Vec<T>) -> Result<Pushed, Refused> {
+        let was_empty = {
+            let mut state = self.lock();
+            if state.closed {
+                items.clear();
+                return Err(Refused::Closed);
+            }
+            if state.items.len() + items.len() > self.capacity {
+                items.clear();
+                return Err(Refused::Full);
+            }
+            let was_empty = state.items.is_empty();
+            state.items.extend(items.drain(..));
+            if state.parked && !state.finishing {
+                state.parked = false;
+                return Ok(Pushed::Start);
+            }
+            was_empty
+        };
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(Pushed::Queued)
+    }
+
     /// The consumer stops if there is nothing to take: true when it may go (the next push
     /// asks for a new one), false when items arrived meanwhile or the queue is finishing.
     pub fn park(&self) -> bool {
@@ -205,6 +233,22 @@ mod tests {
         assert_eq!(out, vec![0, 1, 2]);
         q.push(4).unwrap();
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn several_items_go_in_at_once_in_order_or_not_at_all() {
+        let q = Queue::parked(5);
+        assert_eq!(q.push_all(&mut vec![1, 2]), Ok(Pushed::Start));
+        assert_eq!(q.push_all(&mut vec![3, 4]), Ok(Pushed::Queued));
+        let mut three = vec![5, 6, 7];
+        assert_eq!(q.push_all(&mut three), Err(Refused::Full));
+        assert!(three.is_empty());
+        assert_eq!(q.len(), 4, "nothing of a refused list is queued");
+        let mut out = Vec::new();
+        q.try_take(&mut out, 10);
+        assert_eq!(out, vec![1, 2, 3, 4]);
+        q.close();
+        assert_eq!(q.push_all(&mut vec![8]), Err(Refused::Closed));
     }
 
     #[test]

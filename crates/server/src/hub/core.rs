@@ -9,9 +9,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parley_proto::{ErrorKind, Reply, Target};
 use tracing::{debug, error, info, warn};
 
+use super::outbox::Outbox;
 use super::{
-    finish, AccountChange, Actor, Auth, Done, GoLive, Hub, Identity, LoginOk, Map, Op, Presence,
-    Set, ANONYMOUS,
+    AccountChange, Actor, Auth, Done, GoLive, Hub, Identity, LoginOk, Map, Op, Presence, Set,
+    ANONYMOUS,
 };
 use crate::config::Config;
 use crate::delivery::{Delivery, Kind, Notice};
@@ -51,6 +52,7 @@ pub fn spawn(
         guests: Map::default(),
         waiting: Vec::new(),
         spare_messages: Vec::new(),
+        outbox: Outbox::default(),
     };
     core.load()?;
     let (ops, rx) = crossbeam_channel::unbounded();
@@ -120,6 +122,8 @@ pub(super) struct Core {
     waiting: Vec<Waiting>,
     /// The last batch's message list, emptied, for the next batch.
     spare_messages: Vec<NewMessage>,
+    /// What the batch being performed queues for sessions (kept for its spare lists).
+    outbox: Outbox,
 }
 
 /// Who a message goes to.
@@ -256,9 +260,12 @@ impl Core {
         if !batch.messages.is_empty() {
             debug!(messages = batch.messages.len(), "committed batch");
         }
+        let mut outbox = std::mem::take(&mut self.outbox);
         for effect in effects {
-            self.perform(effect, committed);
+            self.perform(effect, committed, &mut outbox);
         }
+        outbox.flush();
+        self.outbox = outbox;
         batch.messages.clear();
         self.spare_messages = batch.messages;
         stop
@@ -880,7 +887,7 @@ impl Core {
         }
     }
 
-    fn perform(&mut self, effect: Effect, committed: bool) {
+    fn perform(&mut self, effect: Effect, committed: bool, out: &mut Outbox) {
         match effect {
             Effect::Reply {
                 link,
@@ -893,7 +900,7 @@ impl Core {
                     }
                     item => item,
                 };
-                finish(&link, item);
+                out.reply(&link, item);
             }
             Effect::Login {
                 link,
@@ -901,6 +908,7 @@ impl Core {
                 welcome,
                 done,
             } => {
+                out.flush();
                 let result = match result {
                     Ok(ok) if !committed => {
                         self.drop_online(ok.identity.user, link.id);
@@ -923,34 +931,44 @@ impl Core {
                     debug!(session = link.id, "login answered after the session ended");
                 }
             }
-            Effect::Answer(answer) => answer(committed),
+            Effect::Answer(answer) => {
+                out.flush();
+                answer(committed)
+            }
             Effect::Deliver {
                 delivery,
                 audience,
                 from,
             } => {
                 if committed {
-                    self.deliver(&delivery, &audience, from);
+                    self.deliver(&delivery, &audience, from, out);
                 }
             }
             Effect::Notify {
                 notice,
                 audience,
                 except,
-            } => self.notify(&notice, &audience, except),
+            } => self.notify(&notice, &audience, except, out),
         }
     }
 
     /// Pushes a committed message to every online session that should see it now.
-    fn deliver(&self, delivery: &Arc<Delivery>, audience: &Audience, from: (DeviceId, u64)) {
-        let push = |online: &Online| online.link.push(Outbound::Deliver(delivery.clone()));
+    fn deliver(
+        &self,
+        delivery: &Arc<Delivery>,
+        audience: &Audience,
+        from: (DeviceId, u64),
+        out: &mut Outbox,
+    ) {
+        let mut push =
+            |link: &Arc<SessionLink>| out.push(link, Outbound::Deliver(delivery.clone()));
         match audience {
             Audience::Direct(a, b) => {
                 let to_self = a == b;
                 let users = if to_self { &[*a][..] } else { &[*a, *b][..] };
                 for online in users.iter().flat_map(|u| self.online.get(u)).flatten() {
                     if online.live && online.push && (to_self || online.device != from.0) {
-                        push(online);
+                        push(&online.link);
                     }
                 }
             }
@@ -965,18 +983,18 @@ impl Core {
                     .flatten()
                 {
                     if online.live && online.push && online.device != from.0 {
-                        push(online);
+                        push(&online.link);
                     }
                 }
                 for guest in room.guests.iter().filter(|g| g.id != from.1) {
-                    guest.push(Outbound::Deliver(delivery.clone()));
+                    push(guest);
                 }
             }
             Audience::User(_) => {}
             Audience::Everyone => {
                 for online in self.online.values().flatten() {
                     if online.push && online.welcomed && online.link.id != from.1 {
-                        push(online);
+                        push(&online.link);
                     }
                 }
             }
@@ -985,16 +1003,22 @@ impl Core {
 
     /// Pushes a presence notice (not stored) to the sessions of `audience` but `except`,
     /// never to a session whose welcome is not queued yet, nor to the user it is about.
-    pub(super) fn notify(&self, notice: &Arc<Notice>, audience: &Audience, except: u64) {
+    pub(super) fn notify(
+        &self,
+        notice: &Arc<Notice>,
+        audience: &Audience,
+        except: u64,
+        out: &mut Outbox,
+    ) {
         let about = match &**notice {
             Notice::Disconnected { name } => self.names.get(name).copied(),
             _ => None,
         };
-        let send = |link: &SessionLink| {
+        let mut send = |link: &Arc<SessionLink>| {
             // Binary sessions have no frame for notices: nothing to queue.
             let style = Style::from_u8(link.style.load(std::sync::atomic::Ordering::Relaxed));
             if link.id != except && !matches!(style, Style::Binary | Style::Events) {
-                link.push(Outbound::Notice(notice.clone()));
+                out.push(link, Outbound::Notice(notice.clone()));
             }
         };
         let online = |user: &UserId| -> Vec<&Online> {
@@ -1010,7 +1034,7 @@ impl Core {
                     for o in room.members.iter().flat_map(online) {
                         send(&o.link);
                     }
-                    room.guests.iter().for_each(|g| send(g));
+                    room.guests.iter().for_each(&mut send);
                 }
             }
             Audience::User(user) => {

@@ -8,6 +8,7 @@
 
 mod contacts;
 mod core;
+mod outbox;
 mod rooms;
 
 use std::collections::HashMap;

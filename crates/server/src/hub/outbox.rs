@@ -1,0 +1,71 @@
+//! What one batch queues for sessions, gathered per session.
+//!
+//! Each push into a session's queue takes its lock and touches memory its writer (on
+//! another core) touched last: pushed one by one, a room message cost that for every
+//! member, and a batch with ten messages for a room ten times over. Gathered here during
+//! the batch, every session gets its items in one push, in the order the batch made them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::outbound::{Outbound, SessionLink};
+
+/// Emptied lists kept for the next batch, and the most slots a kept one may have.
+const SPARE_LISTS: usize = 1024;
+const SPARE_SLOTS: usize = 64;
+
+#[derive(Default)]
+pub(super) struct Outbox {
+    /// Where each session's items are in `staged`, by link id.
+    slots: HashMap<u64, usize, ahash::RandomState>,
+    staged: Vec<Staged>,
+    /// Emptied item lists, kept for the next batch.
+    spare: Vec<Vec<Outbound>>,
+}
+
+struct Staged {
+    link: Arc<SessionLink>,
+    items: Vec<Outbound>,
+    /// In-flight permits to return once the replies are queued.
+    permits: usize,
+}
+
+impl Outbox {
+    /// Queues `item` for `link` when the batch is flushed.
+    pub fn push(&mut self, link: &Arc<SessionLink>, item: Outbound) {
+        self.staged(link).items.push(item);
+    }
+
+    /// Queues a reply to a request, returning its in-flight permit after it.
+    pub fn reply(&mut self, link: &Arc<SessionLink>, item: Outbound) {
+        let staged = self.staged(link);
+        staged.items.push(item);
+        staged.permits += 1;
+    }
+
+    /// Queues everything gathered so far. Called at the end of a batch, and before
+    /// anything that lets a session go on (a login's or a request's answer), so that what
+    /// was queued before that answer still is.
+    pub fn flush(&mut self) {
+        self.slots.clear();
+        for mut staged in self.staged.drain(..) {
+            staged.link.push_all(&mut staged.items);
+            staged.link.inflight.add_permits(staged.permits);
+            if self.spare.len() < SPARE_LISTS && staged.items.capacity() <= SPARE_SLOTS {
+                self.spare.push(staged.items);
+            }
+        }
+    }
+
+    fn staged(&mut self, link: &Arc<SessionLink>) -> &mut Staged {
+        let slot = *self.slots.entry(link.id).or_insert_with(|| {
+            self.staged.push(Staged {
+                link: link.clone(),
+                items: self.spare.pop().unwrap_or_default(),
+                permits: 0,
+            });
+            self.staged.len() - 1
+        });
+        &mut self.staged[slot]
+    }
+}
