@@ -407,7 +407,13 @@ impl Output {
                 }
             };
             buf.extend_from_slice(d.encoded(style));
-            delivered.push((d.conv, d.seq));
+            // Only a conversation's furthest sequence counts (the cursor moves to it), so a
+            // run of one conversation's deliveries is one entry: a fan-out write carries
+            // dozens of one room's messages.
+            match delivered.last_mut() {
+                Some(last) if last.0 == d.conv => last.1 = last.1.max(d.seq),
+                _ => delivered.push((d.conv, d.seq)),
+            }
         }
         let written_bytes = buf.len();
         let written = {
