@@ -1263,11 +1263,12 @@ pub fn encode_event(event: &Event, dst: &mut BytesMut) -> Result<(), StringTooLo
     Ok(())
 }
 
-/// Appends a 13-byte response frame to `dst`.
+/// Appends a 13-byte response frame to `dst`, in one copy.
 pub fn encode_response(cid: u32, code: u16, dst: &mut BytesMut) {
-    put_header(dst, HEADER + 4 + 2, key::RESPONSE);
-    dst.put_u32(cid);
-    dst.put_u16(code);
+    let mut frame = [0; 13];
+    frame[..11].copy_from_slice(&frame_start(HEADER + 4 + 2, key::RESPONSE, cid));
+    frame[11..].copy_from_slice(&code.to_be_bytes());
+    dst.extend_from_slice(&frame);
 }
 
 /// Appends a message frame to `dst` from borrowed parts (no `Frame` needed).
@@ -1283,13 +1284,28 @@ pub fn encode_message(
     check_len(from)?;
     check_len(to)?;
     let len = HEADER + 4 + 6 + message.len() + from.len() + to.len() + 8;
-    put_header(dst, len, key::MESSAGE);
-    dst.put_u32(cid);
-    put_string(dst, message);
+    dst.reserve(LENGTH_PREFIX + len);
+    // The fixed fields go in with as few copies as the layout allows: every `put_u*` is
+    // a call and a copy of its own, and this runs for every delivery.
+    let mut head = [0; 13];
+    head[..11].copy_from_slice(&frame_start(len, key::MESSAGE, cid));
+    head[11..].copy_from_slice(&(message.len() as u16).to_be_bytes());
+    dst.extend_from_slice(&head);
+    dst.extend_from_slice(message);
     put_string(dst, from);
     put_string(dst, to);
-    dst.put_u64(time);
+    dst.extend_from_slice(&time.to_be_bytes());
     Ok(())
+}
+
+/// The length prefix, version, key and correlation id a frame begins with.
+fn frame_start(len: usize, key: u16, cid: u32) -> [u8; 11] {
+    let mut head = [0; 11];
+    head[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    head[4] = VERSION;
+    head[5..7].copy_from_slice(&key.to_be_bytes());
+    head[7..].copy_from_slice(&cid.to_be_bytes());
+    head
 }
 
 /// Appends a frame of parley's own keys: cid, then strings, then single bytes, then an
