@@ -121,13 +121,20 @@ pub fn encode_response(
 
 /// Appends any serialisable value as one escaped line (used for pushed events).
 pub fn encode_line<T: Serialize>(value: &T, dst: &mut Vec<u8>) {
-    let json = serde_json::to_vec(value).expect("serialising plain data cannot fail");
-    for &b in &json {
-        match b {
-            b'<' => dst.extend_from_slice(b"\\u003c"),
-            b'>' => dst.extend_from_slice(b"\\u003e"),
-            b'&' => dst.extend_from_slice(b"\\u0026"),
-            _ => dst.push(b),
+    let start = dst.len();
+    serde_json::to_writer(&mut *dst, value).expect("serialising plain data cannot fail");
+    // Go's encoder writes `<`, `>` and `&` as `\u003c`, `\u003e`, `\u0026`, and seed-001
+    // clients see exactly that. They can only occur inside strings and seldom do, so the
+    // line is serialised in place and rewritten only when one does.
+    if dst[start..].iter().any(|b| matches!(b, b'<' | b'>' | b'&')) {
+        let json = dst.split_off(start);
+        for &b in &json {
+            match b {
+                b'<' => dst.extend_from_slice(b"\\u003c"),
+                b'>' => dst.extend_from_slice(b"\\u003e"),
+                b'&' => dst.extend_from_slice(b"\\u0026"),
+                _ => dst.push(b),
+            }
         }
     }
     dst.push(b'\n');
