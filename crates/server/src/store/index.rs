@@ -15,7 +15,8 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use rusqlite::Connection;
+use anyhow::Context;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::{ConvId, NewMessage, Seq};
 
@@ -28,13 +29,22 @@ pub struct MessageIndex {
 }
 
 impl MessageIndex {
-    /// Builds the index from every stored message.
+    /// Builds the index: from the copy saved at the last clean stop, if there is one, and
+    /// the messages stored after it; else from every stored message. A stored message is
+    /// never changed or removed, so a saved copy stays true of the ids it covers even after
+    /// a crash (only the part read from the table grows).
     pub(super) fn load(conn: &Connection) -> anyhow::Result<Self> {
         let index = MessageIndex::default();
         {
             let mut convs = index.convs.write().expect("message index poisoned");
-            let mut stmt = conn.prepare("SELECT conversation_id, seq, id FROM messages")?;
-            let mut rows = stmt.query([])?;
+            let saved = read_saved(conn, &mut convs).unwrap_or_else(|e| {
+                tracing::warn!(error = %format!("{e:#}"), "saved message index unusable; reading every message");
+                convs.clear();
+                0
+            });
+            let mut stmt =
+                conn.prepare("SELECT conversation_id, seq, id FROM messages WHERE id > ?1")?;
+            let mut rows = stmt.query([saved])?;
             while let Some(row) = rows.next()? {
                 let list = convs.entry(row.get(0)?).or_default();
                 place(list, row.get(1)?, row.get(2)?);
@@ -44,6 +54,32 @@ impl MessageIndex {
             }
         }
         Ok(index)
+    }
+
+    /// Saves the index (at a clean stop) so that the next start reads it instead of every
+    /// message: per conversation its ids as varint deltas, about a byte or two a message.
+    pub(super) fn save(&self, conn: &Connection) -> anyhow::Result<()> {
+        let convs = self.convs.read().expect("message index poisoned");
+        let covered = convs.values().filter_map(|ids| ids.last()).max().copied();
+        let tx = conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM message_index", [])?;
+        {
+            let mut insert =
+                tx.prepare("INSERT INTO message_index (conversation_id, ids) VALUES (?1, ?2)")?;
+            let mut blob = Vec::new();
+            for (conv, ids) in convs.iter() {
+                blob.clear();
+                encode(ids, &mut blob);
+                insert.execute(rusqlite::params![conv, blob])?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO counters (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            rusqlite::params![SAVED_UP_TO, covered.unwrap_or(0)],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Adds committed messages.
@@ -109,6 +145,87 @@ impl MessageIndex {
         let convs = self.convs.read().expect("message index poisoned");
         f(convs.get(&conv).map_or(&[], |ids| ids.as_slice()))
     }
+}
+
+/// The counter that names the highest message id the saved index covers.
+const SAVED_UP_TO: &str = "message_index_up_to";
+
+/// Reads the saved index into `convs`; returns the highest message id it covers (0: none
+/// saved).
+fn read_saved(
+    conn: &Connection,
+    convs: &mut HashMap<ConvId, Vec<i64>, ahash::RandomState>,
+) -> anyhow::Result<i64> {
+    let covered: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM counters WHERE name = ?1",
+            [SAVED_UP_TO],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(covered) = covered else {
+        return Ok(0);
+    };
+    let mut stmt = conn.prepare("SELECT conversation_id, ids FROM message_index")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let conv: ConvId = row.get(0)?;
+        let blob = row.get_ref(1)?.as_blob()?;
+        let ids = decode(blob).with_context(|| format!("conversation {conv}"))?;
+        anyhow::ensure!(
+            ids.last().is_none_or(|&id| id <= covered),
+            "conversation {conv} goes past the saved mark"
+        );
+        convs.insert(conv, ids);
+    }
+    Ok(covered)
+}
+
+/// A conversation's ids as a count and the differences between neighbours (the list is
+/// sorted), each an unsigned LEB128 varint.
+fn encode(ids: &[i64], out: &mut Vec<u8>) {
+    put_varint(out, ids.len() as u64);
+    let mut last = 0;
+    for &id in ids {
+        put_varint(out, (id - last) as u64);
+        last = id;
+    }
+}
+
+fn decode(mut blob: &[u8]) -> anyhow::Result<Vec<i64>> {
+    let n = take_varint(&mut blob)?;
+    let n = usize::try_from(n)?;
+    anyhow::ensure!(n <= blob.len(), "{n} ids in {} bytes", blob.len());
+    let mut ids = Vec::with_capacity(n);
+    let mut last: i64 = 0;
+    for _ in 0..n {
+        let delta = i64::try_from(take_varint(&mut blob)?)?;
+        last = last.checked_add(delta).context("id out of range")?;
+        ids.push(last);
+    }
+    anyhow::ensure!(blob.is_empty(), "{} bytes left over", blob.len());
+    Ok(ids)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn take_varint(blob: &mut &[u8]) -> anyhow::Result<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = blob.split_first().context("varint cut short")?;
+        *blob = rest;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    anyhow::bail!("varint too long")
 }
 
 /// Whether position `i` holds a message of its own (not a gap's copy of the one before).
@@ -181,6 +298,26 @@ mod tests {
         // Filled in later, out of order.
         let index = index_with_late(&[(1, 2, 20), (1, 4, 40)], (1, 3, 30));
         assert_eq!(index.from(1, 0, 10), [20, 30, 40]);
+    }
+
+    #[test]
+    fn saved_lists_read_back_the_same() {
+        for ids in [
+            vec![],
+            vec![0, 0, 5],
+            vec![3, 9, 9, 200, 1 << 40],
+            vec![i64::MAX],
+        ] {
+            let mut blob = Vec::new();
+            encode(&ids, &mut blob);
+            assert_eq!(decode(&blob).unwrap(), ids);
+            if !blob.is_empty() {
+                assert!(
+                    decode(&blob[..blob.len() - 1]).is_err(),
+                    "cut short: {ids:?}"
+                );
+            }
+        }
     }
 
     fn index_with_late(first: &[(ConvId, Seq, i64)], late: (ConvId, Seq, i64)) -> MessageIndex {
