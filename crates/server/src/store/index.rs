@@ -320,6 +320,49 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Against a plain map of (sequence → id) per conversation: whatever sequences are
+        /// missing, every page holds exactly the stored messages it should, in order.
+        #[test]
+        fn pages_match_a_plain_map(
+            steps in proptest::collection::vec((1..4i64, proptest::bool::weighted(0.8)), 0..200),
+            start in 0..80usize,
+            limit in 1..20usize,
+            bound in 0..250i64,
+        ) {
+            let index = MessageIndex::default();
+            let mut model: HashMap<ConvId, Vec<(Seq, i64)>> = HashMap::new();
+            let mut seqs: HashMap<ConvId, Seq> = HashMap::new();
+            for (id, (conv, stored)) in (1..).zip(steps) {
+                let seq = seqs.entry(conv).or_default();
+                *seq += 1;
+                if stored {
+                    place(index.convs.write().unwrap().entry(conv).or_default(), *seq, id);
+                    model.entry(conv).or_default().push((*seq, id));
+                }
+            }
+            for conv in 1..4 {
+                let all = model.remove(&conv).unwrap_or_default();
+                let ids = |keep: &dyn Fn(&(Seq, i64)) -> bool| -> Vec<i64> {
+                    all.iter().filter(|m| keep(m)).map(|m| m.1).collect()
+                };
+                proptest::prop_assert_eq!(index.last_seq(conv), all.last().map_or(0, |m| m.0));
+                let after: Vec<i64> = ids(&|m| m.0 > start as Seq).into_iter().take(limit).collect();
+                proptest::prop_assert_eq!(index.from(conv, start, limit), after);
+                let below = ids(&|m| m.0 <= start as Seq);
+                let newest = below[below.len().saturating_sub(limit)..].to_vec();
+                proptest::prop_assert_eq!(index.before(conv, start, limit), newest);
+                let from_bound = index.position(conv, |id| id < bound);
+                let at_or_past: Vec<i64> = ids(&|m| m.1 >= bound).into_iter().take(limit).collect();
+                proptest::prop_assert_eq!(index.from(conv, from_bound, limit), at_or_past);
+                let mut blob = Vec::new();
+                let list = index.convs.read().unwrap().get(&conv).cloned().unwrap_or_default();
+                encode(&list, &mut blob);
+                proptest::prop_assert_eq!(decode(&blob).unwrap(), list);
+            }
+        }
+    }
+
     fn index_with_late(first: &[(ConvId, Seq, i64)], late: (ConvId, Seq, i64)) -> MessageIndex {
         let index = index(first);
         place(
