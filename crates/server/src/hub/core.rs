@@ -981,19 +981,18 @@ impl Core {
                 let Some(room) = self.rooms.get(name) else {
                     return;
                 };
-                for online in room
-                    .members
-                    .iter()
-                    .flat_map(|u| self.online.get(u))
-                    .flatten()
-                {
-                    if online.live && online.push && online.device != from.0 {
-                        push(&online.link);
-                    }
-                }
-                for guest in room.guests.iter().filter(|g| g.id != from.1) {
-                    push(guest);
-                }
+                let sessions = || {
+                    let members = room.members.iter().flat_map(|u| self.online.get(u));
+                    let live = members.flatten().filter(|o| o.live && o.push);
+                    let guests = room.guests.iter().map(|g| (g, None));
+                    live.map(|o| (&o.link, Some(o.device))).chain(guests)
+                };
+                // Not back to the sending device (or, for a guest, the sending session).
+                let skip = |device: Option<DeviceId>, link: u64| match device {
+                    Some(device) => device == from.0,
+                    None => link == from.1,
+                };
+                out.push_room(name, sessions, skip, || Outbound::Deliver(delivery.clone()));
             }
             Audience::User(_) => {}
             Audience::Everyone => {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::outbound::{Outbound, SessionLink};
+use crate::store::DeviceId;
 
 /// Emptied lists kept for the next batch, and the most slots a kept one may have.
 const SPARE_LISTS: usize = 1024;
@@ -21,6 +22,18 @@ pub(super) struct Outbox {
     staged: Vec<Staged>,
     /// Emptied item lists, kept for the next batch.
     spare: Vec<Vec<Outbound>>,
+    /// The sessions each room named so far reaches, as slots in `staged`. Membership and
+    /// presence do not change while a batch's effects are performed, so the first message
+    /// to a room looks its sessions up and the room's other messages reuse the list.
+    rooms: HashMap<Arc<str>, Vec<Reach>, ahash::RandomState>,
+}
+
+/// A session a room's messages reach.
+struct Reach {
+    slot: usize,
+    /// The member's device; `None` for an anonymous guest.
+    device: Option<DeviceId>,
+    link: u64,
 }
 
 struct Staged {
@@ -43,13 +56,46 @@ impl Outbox {
         staged.permits += 1;
     }
 
+    /// Queues what `item` makes for every session of `room` that `skip` does not reject
+    /// (by device, `None` for a guest, and session id). `sessions` lists the room's sessions
+    /// the first time the room is named in a batch.
+    pub fn push_room<'a, I>(
+        &mut self,
+        room: &Arc<str>,
+        sessions: impl FnOnce() -> I,
+        skip: impl Fn(Option<DeviceId>, u64) -> bool,
+        item: impl Fn() -> Outbound,
+    ) where
+        I: IntoIterator<Item = (&'a Arc<SessionLink>, Option<DeviceId>)>,
+    {
+        if !self.rooms.contains_key(room) {
+            let reach = sessions()
+                .into_iter()
+                .map(|(link, device)| Reach {
+                    slot: self.slot(link),
+                    device,
+                    link: link.id,
+                })
+                .collect();
+            self.rooms.insert(room.clone(), reach);
+        }
+        for r in &self.rooms[room] {
+            if !skip(r.device, r.link) {
+                self.staged[r.slot].items.push(item());
+            }
+        }
+    }
+
     /// Queues everything gathered so far. Called at the end of a batch, and before
     /// anything that lets a session go on (a login's or a request's answer), so that what
     /// was queued before that answer still is.
     pub fn flush(&mut self) {
         self.slots.clear();
+        self.rooms.clear();
         for mut staged in self.staged.drain(..) {
-            staged.link.push_all(&mut staged.items);
+            if !staged.items.is_empty() {
+                staged.link.push_all(&mut staged.items);
+            }
             staged.link.inflight.add_permits(staged.permits);
             if self.spare.len() < SPARE_LISTS && staged.items.capacity() <= SPARE_SLOTS {
                 self.spare.push(staged.items);
@@ -58,14 +104,18 @@ impl Outbox {
     }
 
     fn staged(&mut self, link: &Arc<SessionLink>) -> &mut Staged {
-        let slot = *self.slots.entry(link.id).or_insert_with(|| {
+        let slot = self.slot(link);
+        &mut self.staged[slot]
+    }
+
+    fn slot(&mut self, link: &Arc<SessionLink>) -> usize {
+        *self.slots.entry(link.id).or_insert_with(|| {
             self.staged.push(Staged {
                 link: link.clone(),
                 items: self.spare.pop().unwrap_or_default(),
                 permits: 0,
             });
             self.staged.len() - 1
-        });
-        &mut self.staged[slot]
+        })
     }
 }
