@@ -43,6 +43,13 @@ pub enum Outbound {
     Replay(Arc<Delivery>),
 }
 
+impl Outbound {
+    /// Whether this counts against the session's push limit (`SessionLink::pushed`).
+    fn is_push(&self) -> bool {
+        matches!(self, Outbound::Deliver(_) | Outbound::Notice(_))
+    }
+}
+
 /// What the hub holds of a session: its queue, its kill switch, its in-flight budget, and
 /// its writer while no writer task runs.
 #[derive(Debug)]
@@ -147,12 +154,8 @@ impl SessionLink {
         // The queue also holds room for the replies to requests in flight (bounded by
         // `max_inflight`) and for the slots catch-up may still claim: pushes may not use
         // either, so `outbound_queue` is the real limit on what waits for a slow reader.
-        let pushed = matches!(item, Outbound::Deliver(_) | Outbound::Notice(_));
-        if pushed {
-            if self.pushed.load(Ordering::Relaxed) >= self.push_limit {
-                return self.kill("slow consumer: outbound queue full");
-            }
-            self.pushed.fetch_add(1, Ordering::Relaxed);
+        if !self.claim_pushes(usize::from(item.is_push())) {
+            return self.kill("slow consumer: outbound queue full");
         }
         match self.enqueue(item) {
             Ok(()) => {}
@@ -166,24 +169,29 @@ impl SessionLink {
     /// Queues `items` (emptying it) in order, as `push` would one by one, with one lock and
     /// one wake-up: the hub's way when a batch has several items for one session.
     pub fn push_all(&self, items: &mut Vec<Outbound>) {
-        let pushes = items
-            .iter()
-            .filter(|i| matches!(i, Outbound::Deliver(_) | Outbound::Notice(_)))
-            .count();
-        if pushes > 0 {
-            // Past the limit one by one would queue some and then kill the session, whose
-            // writer then writes none of them: the same as queueing none.
-            if self.pushed.load(Ordering::Relaxed) + pushes > self.push_limit {
-                items.clear();
-                return self.kill("slow consumer: outbound queue full");
-            }
-            self.pushed.fetch_add(pushes, Ordering::Relaxed);
+        // Past the limit one by one would queue some and then kill the session, whose
+        // writer then writes none of them: the same as queueing none.
+        if !self.claim_pushes(items.iter().filter(|i| i.is_push()).count()) {
+            items.clear();
+            return self.kill("slow consumer: outbound queue full");
         }
         match self.queue.push_all(items) {
             Ok(Pushed::Start) => self.start_writer(),
             Ok(Pushed::Queued) | Err(Refused::Closed) => {}
             Err(Refused::Full) => self.kill("slow consumer: outbound queue full"),
         }
+    }
+
+    /// Counts `n` more pushes waiting in the queue, unless that would pass the limit.
+    fn claim_pushes(&self, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        if self.pushed.load(Ordering::Relaxed) + n > self.push_limit {
+            return false;
+        }
+        self.pushed.fetch_add(n, Ordering::Relaxed);
+        true
     }
 
     /// Queues `item`, starting a writer task if none runs.
@@ -381,10 +389,7 @@ impl Output {
         let buf = &mut self.buf;
         let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
         let mut replayed = 0;
-        let pushes = items
-            .iter()
-            .filter(|i| matches!(i, Outbound::Deliver(_) | Outbound::Notice(_)))
-            .count();
+        let pushes = items.iter().filter(|i| i.is_push()).count();
         link.pushed.fetch_sub(pushes, Ordering::Relaxed);
         for item in items.drain(..) {
             let d = match item {
