@@ -18,6 +18,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use parley_proto::Reply;
 use tokio::sync::{Notify, Semaphore};
 
@@ -64,9 +65,12 @@ pub struct SessionLink {
     /// Why the connection is dropped at once (slow consumer, failed catch-up), once it is;
     /// see [`SessionLink::kill`] and [`SessionLink::killed`].
     pub kill_reason: OnceLock<&'static str>,
-    /// Wakes whoever waits in `killed` (inline: a cancellation token would be one more
+    /// Wakes the writer in `killed` (inline: a cancellation token would be one more
     /// allocation per session).
     kill_notify: Notify,
+    /// Wakes the session in `poll_killed`: a waker slot here instead of a waiter node in
+    /// the future of every session, which waits for this for as long as it lives.
+    session_waker: AtomicWaker,
     /// One permit per request in flight; the hub returns it once the reply is queued.
     pub inflight: Semaphore,
     /// Pushes (deliveries, notices) waiting in the queue, and how many may
@@ -135,6 +139,7 @@ impl SessionLink {
             queue: Queue::parked(limits.queue),
             kill_reason: OnceLock::new(),
             kill_notify: Notify::new(),
+            session_waker: AtomicWaker::new(),
             inflight: Semaphore::new(limits.inflight),
             pushed: Default::default(),
             push_limit: limits.pushes,
@@ -216,13 +221,27 @@ impl SessionLink {
     pub fn kill(&self, reason: &'static str) {
         let _ = self.kill_reason.set(reason);
         self.kill_notify.notify_waiters();
+        self.session_waker.wake();
     }
 
     pub fn is_killed(&self) -> bool {
         self.kill_reason.get().is_some()
     }
 
-    /// Completes once the session is killed.
+    /// Ready once the session is killed: the session's own wait (one task polls this).
+    pub fn poll_killed(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.is_killed() {
+            return Poll::Ready(());
+        }
+        // Registered before the second check, so a kill between the two still wakes it.
+        self.session_waker.register(cx.waker());
+        match self.is_killed() {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+
+    /// Completes once the session is killed: the writer's wait.
     pub async fn killed(&self) {
         loop {
             // Registered before the check, so a kill between the two still wakes it.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -114,6 +114,7 @@ pub async fn serve(
         hub: hub.clone(),
         shutdown: shutdown.clone(),
         next_session: AtomicU64::new(1),
+        seats: Semaphore::new(config.max_connections),
         config,
     });
     let mut ports = vec![Port {
@@ -140,7 +141,6 @@ pub async fn serve(
         }
     }
     let tracker = TaskTracker::new();
-    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let mut loops = Vec::new();
     for port in ports {
         let protocol = match port.kind {
@@ -149,7 +149,7 @@ pub async fn serve(
             PortKind::Tls => "tls",
         };
         info!(addr = %port.listener.local_addr()?, protocol, "parley listening");
-        let task = accept_loop(port, shared.clone(), limit.clone(), tracker.clone());
+        let task = accept_loop(port, shared.clone(), tracker.clone());
         loops.push(tokio::spawn(task));
     }
     info!(data_dir = %shared.config.data_dir.display(), "parley started");
@@ -174,13 +174,13 @@ pub async fn serve(
 }
 
 /// Accepts connections on one port until shutdown, within the shared connection limit.
-async fn accept_loop(port: Port, shared: Arc<Shared>, limit: Arc<Semaphore>, tracker: TaskTracker) {
+async fn accept_loop(port: Port, shared: Arc<Shared>, tracker: TaskTracker) {
     let shutdown = shared.shutdown.clone();
     let mut backoff = Duration::from_millis(5);
     loop {
-        let permit = tokio::select! {
+        let mut seat = tokio::select! {
             _ = shutdown.cancelled() => break,
-            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
+            seat = Seat::take(&shared) => seat,
         };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -212,18 +212,17 @@ async fn accept_loop(port: Port, shared: Arc<Shared>, limit: Arc<Semaphore>, tra
                 warn!(%peer, error = %e, "cannot set TCP keepalive");
             }
         }
-        let Some(per_ip) = PerIp::admit(&shared, peer.ip()) else {
+        if !seat.admit(peer.ip()) {
             warn!(%peer, limit = shared.config.max_connections_per_ip, "too many connections from this address; closing");
             drop(stream);
             continue;
-        };
-        let held = (per_ip, permit);
+        }
         let first = connection(
             stream,
             peer,
             port.kind,
             shared.clone(),
-            held,
+            seat,
             tracker.clone(),
         );
         tracker.spawn(first);
@@ -234,15 +233,15 @@ async fn accept_loop(port: Port, shared: Arc<Shared>, limit: Arc<Semaphore>, tra
 /// session task of its own and ends. The session task so holds only the session's state,
 /// not the arguments and the sniffing this one needed (about 150 bytes per idle
 /// connection, and a smaller allocation class). Not an `async fn`, which would keep room
-/// for its arguments beside the locals they move into. `held` (the connection's place in
-/// the per-address count and its permit) goes with the session, or is dropped here.
+/// for its arguments beside the locals they move into. `seat` (the connection's place)
+/// goes with the session, or is dropped here.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     kind: PortKind,
     shared: Arc<Shared>,
-    held: (PerIp, OwnedSemaphorePermit),
+    seat: Seat,
     tracker: TaskTracker,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
@@ -263,7 +262,7 @@ fn connection(
                 // A JSON-only port speaks first: its seed-001 clients wait for that.
                 let greet = matches!(kind, PortKind::Fixed(Protocol::Json));
                 let (conn, initial) = (Conn::Tcp(stream), BytesMut::new());
-                let session = session::run(conn, peer, protocol, greet, shared, initial, held);
+                let session = session::run(conn, peer, protocol, greet, shared, initial, seat);
                 tracker.spawn(session);
                 return;
             }
@@ -277,7 +276,7 @@ fn connection(
             Ok(Sniffed::Closed) => {}
             Err(e) => warn!(%peer, error = %e, "connection failed before its first byte"),
         }
-        drop(held);
+        drop(seat);
     }
 }
 
@@ -326,38 +325,52 @@ async fn tls_session(
     }
 }
 
-/// A connection's place in its address's count; released when dropped.
-struct PerIp {
+/// A connection's place: one of `max_connections` and, once admitted, one of its address's
+/// `max_connections_per_ip`; both are given back when it is dropped. Every session's future
+/// holds one for as long as the connection lasts, so it is one `Arc` and the address.
+struct Seat {
     shared: Arc<Shared>,
-    ip: std::net::IpAddr,
+    ip: Option<std::net::IpAddr>,
 }
 
-impl PerIp {
-    /// Counts a new connection from `ip`, or refuses it past `max_connections_per_ip`.
-    fn admit(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<PerIp> {
-        let limit = shared.config.max_connections_per_ip;
-        let mut counts = shared.per_ip.lock().expect("per-ip counts poisoned");
+impl Seat {
+    /// Waits for one of the `max_connections` places.
+    async fn take(shared: &Arc<Shared>) -> Seat {
+        let permit = shared.seats.acquire().await.expect("never closed");
+        // Given back by `drop`, with no guard of its own to carry.
+        permit.forget();
+        Seat {
+            shared: shared.clone(),
+            ip: None,
+        }
+    }
+
+    /// Counts the connection from `ip`; false past `max_connections_per_ip`.
+    fn admit(&mut self, ip: std::net::IpAddr) -> bool {
+        let limit = self.shared.config.max_connections_per_ip;
+        let mut counts = self.shared.per_ip.lock().expect("per-ip counts poisoned");
         let count = counts.entry(ip).or_insert(0);
         if limit > 0 && *count >= limit {
-            return None;
+            return false;
         }
         *count += 1;
-        Some(PerIp {
-            shared: shared.clone(),
-            ip,
-        })
+        self.ip = Some(ip);
+        true
     }
 }
 
-impl Drop for PerIp {
+impl Drop for Seat {
     fn drop(&mut self) {
-        let mut counts = self.shared.per_ip.lock().expect("per-ip counts poisoned");
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
+        if let Some(ip) = self.ip {
+            let mut counts = self.shared.per_ip.lock().expect("per-ip counts poisoned");
+            if let Some(count) = counts.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&ip);
+                }
             }
         }
+        self.shared.seats.add_permits(1);
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Shared {
     pub reader: Reader,
     pub shutdown: CancellationToken,
     pub next_session: AtomicU64,
+    /// Places for connections (`max_connections`); see `server::Seat`.
+    pub seats: tokio::sync::Semaphore,
 }
 
 /// Whether the connection goes on after a request.
@@ -181,9 +183,11 @@ impl Session {
     /// one boxed timer serves both deadlines.
     async fn read_loop(&mut self, socket: &mut ReadHalf, buf: &mut BytesMut) -> String {
         let mut idle_deadline = self.idle.map(|d| Instant::now() + d);
-        let login_timeout = self.shared.config.login_timeout_ms;
-        let login_deadline = (self.link.protocol == Protocol::Binary && login_timeout > 0)
-            .then(|| Instant::now() + Duration::from_millis(login_timeout));
+        let login_deadline = match self.shared.config.login_timeout_ms {
+            0 => None,
+            ms => (self.link.protocol == Protocol::Binary)
+                .then(|| Instant::now() + Duration::from_millis(ms)),
+        };
         let mut timer = Deadline::default();
         loop {
             if !buf.is_empty() {
@@ -198,7 +202,7 @@ impl Session {
                 *buf = BytesMut::new();
                 tokio::select! {
                     biased;
-                    _ = self.link.killed() => return self.kill_reason(),
+                    _ = std::future::poll_fn(|cx| self.link.poll_killed(cx)) => return self.kill_reason(),
                     _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
                     _ = timer.fired() => match self.deadline_passed(idle_deadline, login_by) {
                         Some(why) => return why,
@@ -212,7 +216,7 @@ impl Session {
             buf.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
-                _ = self.link.killed() => return self.kill_reason(),
+                _ = std::future::poll_fn(|cx| self.link.poll_killed(cx)) => return self.kill_reason(),
                 _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
                 _ = timer.fired() => match self.deadline_passed(idle_deadline, login_by) {
                     Some(why) => return why,
