@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use crate::delivery::{Delivery, Kind};
 use crate::hub::{GoLive, Hub, Identity};
-use crate::outbound::{Outbound, SessionLink};
+use crate::outbound::{Kill, Outbound, SessionLink};
 use crate::queue::Refused;
 use crate::store::{ConvId, ConvPosition, Reader, Seq};
 
@@ -26,7 +26,7 @@ pub async fn run(reader: Reader, hub: Hub, link: Arc<SessionLink>, identity: Ide
         Ok(count) => debug!(session = link.id, replayed = count, "caught up"),
         Err(e) => {
             warn!(session = link.id, error = %format!("{e:#}"), "catch-up failed");
-            link.kill("catch-up failed");
+            link.kill(Kill::CatchupFailed);
         }
     }
 }
@@ -107,7 +107,7 @@ async fn replay(
                     // The permits keep room for the replay; a queue full all the same was
                     // filled by a client that does not read its answers.
                     Err(Refused::Full) => {
-                        link.kill("slow consumer: outbound queue full");
+                        link.kill(Kill::SlowConsumer);
                         return Ok(replayed);
                     }
                     Err(Refused::Closed) => return Ok(replayed),

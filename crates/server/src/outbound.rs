@@ -8,12 +8,12 @@
 //! runs only while there is something to do: the first push into an empty queue starts it,
 //! and after `LINGER` with nothing to write it parks its state in the link and ends.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -62,22 +62,30 @@ pub struct SessionLink {
     pub style: AtomicU8,
     /// What waits to be written; empty (and unallocated) while the session is idle.
     pub queue: Queue<Outbound>,
-    /// Why the connection is dropped at once (slow consumer, failed catch-up), once it is;
-    /// see [`SessionLink::kill`] and [`SessionLink::killed`].
-    pub kill_reason: OnceLock<&'static str>,
+    /// Why the connection is dropped at once, once it is (a [`Kill`] as u8, 0 before);
+    /// see [`SessionLink::kill`].
+    kill: AtomicU8,
     /// Wakes the writer in `killed` (inline: a cancellation token would be one more
     /// allocation per session).
     kill_notify: Notify,
-    /// Wakes the session in `poll_killed`: a waker slot here instead of a waiter node in
-    /// the future of every session, which waits for this for as long as it lives.
+    /// Wakes the session's task: in `poll_killed` (a waker slot here instead of a waiter
+    /// node in the future of every session, which waits for its kill for as long as it
+    /// lives) and in `close_writer`, when the writer has stopped.
     session_waker: AtomicWaker,
+    /// The writer has stopped for good.
+    writer_done: AtomicBool,
+    /// The device the session logged in on, 0 before (device 0 is the anonymous sender's,
+    /// never a logged-in session's): cursors are reported for it.
+    device: AtomicI64,
     /// One permit per request in flight; the hub returns it once the reply is queued.
     pub inflight: Semaphore,
     /// Pushes (deliveries, notices) waiting in the queue, and how many may
     /// (`outbound_queue`): the queue's other slots are for replies and catch-up, which have
     /// their own bounds.
     pub pushed: std::sync::atomic::AtomicUsize,
-    pub push_limit: usize,
+    /// A u32 like the other limits: the link is allocated for every connection, and these
+    /// pack beside its flags.
+    push_limit: u32,
     /// The client acks what it received (binary `EnableAcks`, JSON `SUBSCRIBE` with acks):
     /// its acks, not TCP's, move the device's cursor.
     pub acks: std::sync::atomic::AtomicBool,
@@ -86,12 +94,38 @@ pub struct SessionLink {
     pub replay: Semaphore,
     /// The writer's state while no writer task runs (see [`Writer`]).
     parked: Mutex<Option<Box<Output>>>,
-    /// Signalled once the writer has stopped for good.
-    stopped: Notify,
     /// Where writer tasks run (pushes come from the hub's thread too).
     runtime: tokio::runtime::Handle,
     me: Weak<SessionLink>,
-    flush_timeout: Duration,
+    flush_timeout_ms: u32,
+}
+
+/// Why a session is dropped at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kill {
+    /// Its queue passed its limit: it does not read what it is sent.
+    SlowConsumer = 1,
+    /// Reading what it missed from the store failed.
+    CatchupFailed = 2,
+}
+
+impl Kill {
+    fn from_u8(v: u8) -> Option<Kill> {
+        match v {
+            1 => Some(Kill::SlowConsumer),
+            2 => Some(Kill::CatchupFailed),
+            _ => None,
+        }
+    }
+
+    /// What the session's disconnect line says.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Kill::SlowConsumer => "slow consumer: outbound queue full",
+            Kill::CatchupFailed => "catch-up failed",
+        }
+    }
 }
 
 /// What a session's writer owns. It is parked in the session's link while there is nothing
@@ -103,8 +137,6 @@ pub struct Writer {
     /// The TCP socket underneath (for acknowledgement tracking).
     pub fd: RawFd,
     pub hub: Hub,
-    /// Set once the session has logged in; cursors are reported for this device.
-    pub device: Arc<OnceLock<DeviceId>>,
     /// Bound on the closing flush.
     pub flush_timeout: Duration,
 }
@@ -121,14 +153,13 @@ pub struct LinkLimits {
 impl SessionLink {
     /// The link of a new session, with its writer parked (call inside the runtime).
     pub fn new(id: u64, protocol: Protocol, limits: LinkLimits, writer: Writer) -> Arc<Self> {
-        let flush_timeout = writer.flush_timeout;
+        let flush_timeout_ms = u32::try_from(writer.flush_timeout.as_millis()).unwrap_or(u32::MAX);
         let output = Output {
             acks: AckTracker::new(writer.fd, !writer.socket.is_tls()),
             socket: writer.socket,
             hub: writer.hub,
-            device: writer.device,
             buf: BytesMut::new(),
-            progress: HashMap::new(),
+            progress: BTreeMap::new(),
             unreported: Vec::new(),
             reported_at: tokio::time::Instant::now(),
         };
@@ -137,19 +168,20 @@ impl SessionLink {
             protocol,
             style: AtomicU8::new(protocol.style() as u8),
             queue: Queue::parked(limits.queue),
-            kill_reason: OnceLock::new(),
+            kill: AtomicU8::new(0),
             kill_notify: Notify::new(),
             session_waker: AtomicWaker::new(),
+            writer_done: AtomicBool::new(false),
+            device: AtomicI64::new(0),
             inflight: Semaphore::new(limits.inflight),
             pushed: Default::default(),
-            push_limit: limits.pushes,
+            push_limit: u32::try_from(limits.pushes).unwrap_or(u32::MAX),
             acks: Default::default(),
             replay: Semaphore::new(limits.replay),
             parked: Mutex::new(Some(Box::new(output))),
-            stopped: Notify::new(),
             runtime: tokio::runtime::Handle::current(),
             me: me.clone(),
-            flush_timeout,
+            flush_timeout_ms,
         })
     }
 
@@ -160,11 +192,11 @@ impl SessionLink {
         // `max_inflight`) and for the slots catch-up may still claim: pushes may not use
         // either, so `outbound_queue` is the real limit on what waits for a slow reader.
         if !self.claim_pushes(usize::from(item.is_push())) {
-            return self.kill("slow consumer: outbound queue full");
+            return self.kill(Kill::SlowConsumer);
         }
         match self.enqueue(item) {
             Ok(()) => {}
-            Err(Refused::Full) => self.kill("slow consumer: outbound queue full"),
+            Err(Refused::Full) => self.kill(Kill::SlowConsumer),
             // The writer has stopped: the session is ending, and what it did not write
             // stays in the log for the device's next login.
             Err(Refused::Closed) => {}
@@ -178,12 +210,12 @@ impl SessionLink {
         // writer then writes none of them: the same as queueing none.
         if !self.claim_pushes(items.iter().filter(|i| i.is_push()).count()) {
             items.clear();
-            return self.kill("slow consumer: outbound queue full");
+            return self.kill(Kill::SlowConsumer);
         }
         match self.queue.push_all(items) {
             Ok(Pushed::Start) => self.start_writer(),
             Ok(Pushed::Queued) | Err(Refused::Closed) => {}
-            Err(Refused::Full) => self.kill("slow consumer: outbound queue full"),
+            Err(Refused::Full) => self.kill(Kill::SlowConsumer),
         }
     }
 
@@ -192,7 +224,7 @@ impl SessionLink {
         if n == 0 {
             return true;
         }
-        if self.pushed.load(Ordering::Relaxed) + n > self.push_limit {
+        if self.pushed.load(Ordering::Relaxed) + n > self.push_limit as usize {
             return false;
         }
         self.pushed.fetch_add(n, Ordering::Relaxed);
@@ -218,14 +250,34 @@ impl SessionLink {
 
     /// Drops the connection at once: its session stops reading and its writer stops
     /// writing. The first reason given is the one reported.
-    pub fn kill(&self, reason: &'static str) {
-        let _ = self.kill_reason.set(reason);
+    pub fn kill(&self, why: Kill) {
+        let _ = self
+            .kill
+            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
         self.kill_notify.notify_waiters();
         self.session_waker.wake();
     }
 
     pub fn is_killed(&self) -> bool {
-        self.kill_reason.get().is_some()
+        self.killed_for().is_some()
+    }
+
+    /// Why the session was killed, if it was.
+    pub fn killed_for(&self) -> Option<Kill> {
+        Kill::from_u8(self.kill.load(Ordering::Acquire))
+    }
+
+    /// Records the device the session logged in on.
+    pub fn set_device(&self, device: DeviceId) {
+        self.device.store(device, Ordering::Release);
+    }
+
+    fn device(&self) -> Option<DeviceId> {
+        Some(self.device.load(Ordering::Acquire)).filter(|d| *d != 0)
+    }
+
+    fn flush_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.flush_timeout_ms))
     }
 
     /// Ready once the session is killed: the session's own wait (one task polls this).
@@ -266,12 +318,22 @@ impl SessionLink {
             if let Some(mut output) = parked {
                 let mut items = Vec::new();
                 let flush = output.flush(self, &mut items);
-                let _ = tokio::time::timeout(self.flush_timeout, Box::pin(flush)).await;
+                let _ = tokio::time::timeout(self.flush_timeout(), Box::pin(flush)).await;
             }
             self.writer_stopped();
         } else {
-            let wait = self.flush_timeout + Duration::from_secs(1);
-            let _ = tokio::time::timeout(wait, self.stopped.notified()).await;
+            let wait = self.flush_timeout() + Duration::from_secs(1);
+            let stopped = std::future::poll_fn(|cx| {
+                if !self.writer_done.load(Ordering::Acquire) {
+                    // Registered before the second check, so a stop between them still wakes.
+                    self.session_waker.register(cx.waker());
+                }
+                match self.writer_done.load(Ordering::Acquire) {
+                    true => Poll::Ready(()),
+                    false => Poll::Pending,
+                }
+            });
+            let _ = tokio::time::timeout(wait, stopped).await;
         }
     }
 
@@ -279,7 +341,8 @@ impl SessionLink {
     fn writer_stopped(&self) {
         self.queue.close();
         drop(lock(&self.parked).take());
-        self.stopped.notify_one();
+        self.writer_done.store(true, Ordering::Release);
+        self.session_waker.wake();
     }
 }
 
@@ -344,14 +407,14 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
         let got = tokio::select! {
             biased;
             _ = link.killed() => {
-                out.report(true);
+                out.report(&link, true);
                 return link.writer_stopped();
             }
             // 0 once the session is closing (or the queue closed) and nothing is left.
             n = queue.take(&mut items, BATCH) => n,
             _ = async { timer.as_mut().expect("armed above").await } => {
                 if polling {
-                    out.report(true);
+                    out.report(&link, true);
                     continue;
                 }
                 // Nothing to do for a while: park, unless something arrived meanwhile. A
@@ -369,7 +432,7 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
             break;
         }
         if !out.write(&link, &mut items).await {
-            out.report(true);
+            out.report(&link, true);
             return link.writer_stopped();
         }
         last_write = tokio::time::Instant::now();
@@ -377,7 +440,7 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
     // Closing: write what is already queued, then give the peer a moment to acknowledge it,
     // all within the flush timeout (boxed: rarely run, and large).
     let flush = out.flush(&link, &mut items);
-    let _ = tokio::time::timeout(link.flush_timeout, Box::pin(flush)).await;
+    let _ = tokio::time::timeout(link.flush_timeout(), Box::pin(flush)).await;
     link.writer_stopped();
 }
 
@@ -385,11 +448,11 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
 struct Output {
     socket: WriteHalf,
     hub: Hub,
-    device: Arc<OnceLock<DeviceId>>,
     acks: AckTracker,
     buf: BytesMut,
-    /// The highest sequence confirmed per conversation.
-    progress: HashMap<ConvId, Seq>,
+    /// The highest sequence confirmed per conversation (a B-tree: 24 bytes inline against
+    /// a hash map's 48, and this state is parked in every idle connection's link).
+    progress: BTreeMap<ConvId, Seq>,
     /// Confirmed progress not yet sent to the hub.
     unreported: Vec<(ConvId, Seq)>,
     reported_at: tokio::time::Instant,
@@ -485,16 +548,16 @@ impl Output {
             let deadline = tokio::time::Instant::now() + ACK_GRACE;
             while self.acks.waiting() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(ACK_POLL).await;
-                self.report(false);
+                self.report(link, false);
             }
         }
-        self.report(true);
+        self.report(link, true);
         let _ = self.socket.shutdown().await;
     }
 
     /// Collects how far the peer acknowledged each conversation, and sends it to the hub
     /// (where it becomes the device's cursor) when `REPORT_EVERY` has passed or `now`.
-    fn report(&mut self, now: bool) {
+    fn report(&mut self, link: &SessionLink, now: bool) {
         for (conv, seq) in self.acks.confirmed() {
             let at = self.progress.entry(conv).or_insert(0);
             if seq > *at {
@@ -511,8 +574,8 @@ impl Output {
         }
         self.reported_at = tokio::time::Instant::now();
         let changed = std::mem::take(&mut self.unreported);
-        if let Some(device) = self.device.get() {
-            self.hub.cursors(*device, changed);
+        if let Some(device) = link.device() {
+            self.hub.cursors(device, changed);
         }
     }
 }

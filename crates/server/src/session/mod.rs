@@ -15,7 +15,7 @@ mod text;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -29,7 +29,7 @@ use crate::catchup;
 use crate::config::Config;
 use crate::conn::{Conn, ReadHalf};
 use crate::hub::{Actor, Auth, Hub, Identity};
-use crate::outbound::{LinkLimits, Outbound, SessionLink, Writer};
+use crate::outbound::{Kill, LinkLimits, Outbound, SessionLink, Writer};
 use crate::store::Reader;
 use crate::wire::{Protocol, Style};
 
@@ -102,7 +102,6 @@ struct Session {
     idle: Option<Duration>,
     bucket: Bucket,
     messages: MessageRate,
-    device: Arc<OnceLock<i64>>,
     login: Option<(Identity, Arc<str>)>,
     /// Cancels this session's catch-up (a handle to the task would keep its memory alive
     /// after it finished, for as long as the connection lasts).
@@ -128,12 +127,10 @@ impl Session {
         let tls = conn.is_tls();
         let (read, write) = conn.split();
         let config = &shared.config;
-        let device = Arc::new(OnceLock::new());
         let writer = Writer {
             socket: write,
             fd,
             hub: shared.hub.clone(),
-            device: device.clone(),
             flush_timeout: config.shutdown_timeout(),
         };
         let limits = LinkLimits {
@@ -159,7 +156,6 @@ impl Session {
             bucket: Bucket::new(config.commands_per_second, protocol),
             messages: MessageRate::new(config.messages_per_second, config.message_burst),
             link,
-            device,
             login: None,
             catchup: None,
             room: None,
@@ -284,10 +280,8 @@ impl Session {
 
     fn kill_reason(&self) -> String {
         self.link
-            .kill_reason
-            .get()
-            .copied()
-            .unwrap_or("killed")
+            .killed_for()
+            .map_or("killed", Kill::reason)
             .to_string()
     }
 
@@ -330,7 +324,7 @@ impl Session {
                 let peer = self.peer;
                 let protocol = self.link.protocol.name();
                 info!(session = self.link.id, user = %ok.name, device, %peer, protocol, "logged in");
-                let _ = self.device.set(ok.identity.device);
+                self.link.set_device(ok.identity.device);
                 self.login = Some((ok.identity, ok.name));
                 self.account = auth != Auth::None;
                 if self.link.protocol == Protocol::Json && self.subscribed {
