@@ -43,13 +43,12 @@ impl Conn {
 
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {
+            // TCP_NODELAY is set as the connection is accepted (`server::tcp_options`).
             Conn::Tcp(s) => {
-                let _ = s.set_nodelay(true);
                 let (r, w) = s.into_split();
                 (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
             }
             Conn::Tls(s) => {
-                let _ = s.get_ref().0.set_nodelay(true);
                 let (r, w) = tokio::io::split(*s);
                 (ReadHalf::Tls(r), WriteHalf::Tls(w))
             }
