@@ -49,6 +49,16 @@ impl Outbound {
     fn is_push(&self) -> bool {
         matches!(self, Outbound::Deliver(_) | Outbound::Notice(_))
     }
+
+    /// The bytes this takes in a write in `style`: exact for messages (encoded once per
+    /// style and shared) and rendered bytes, a guess for replies and notices.
+    fn encoded_len_hint(&self, style: Style) -> usize {
+        match self {
+            Outbound::Deliver(d) | Outbound::Replay(d) => d.encoded(style).len(),
+            Outbound::Bytes(bytes) => bytes.len(),
+            Outbound::Reply(..) | Outbound::Notice(_) => 64,
+        }
+    }
 }
 
 /// What the hub holds of a session: its queue, its kill switch, its in-flight budget, and
@@ -473,6 +483,9 @@ impl Output {
         let mut replayed = 0;
         let pushes = items.iter().filter(|i| i.is_push()).count();
         link.pushed.fetch_sub(pushes, Ordering::Relaxed);
+        // Room for the whole write at once: grown item by item, the buffer doubled half a
+        // dozen times per write of a fan-out (each a new allocation and a copy).
+        buf.reserve(items.iter().map(|i| i.encoded_len_hint(style)).sum());
         for item in items.drain(..) {
             let d = match item {
                 Outbound::Reply(tag, reply) => {
