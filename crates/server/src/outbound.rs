@@ -292,12 +292,21 @@ impl SessionLink {
 
     /// Ready once the session is killed: the session's own wait (one task polls this).
     pub fn poll_killed(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        if self.is_killed() {
-            return Poll::Ready(());
+        self.poll_session(cx, SessionLink::is_killed)
+    }
+
+    /// Ready once `done` holds, else the session's task is woken when it may: the waits of
+    /// the session's task on its link.
+    fn poll_session(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        done: impl Fn(&SessionLink) -> bool,
+    ) -> Poll<()> {
+        if !done(self) {
+            // Registered before the second check, so a change between the two still wakes it.
+            self.session_waker.register(cx.waker());
         }
-        // Registered before the second check, so a kill between the two still wakes it.
-        self.session_waker.register(cx.waker());
-        match self.is_killed() {
+        match done(self) {
             true => Poll::Ready(()),
             false => Poll::Pending,
         }
@@ -334,14 +343,7 @@ impl SessionLink {
         } else {
             let wait = self.flush_timeout() + Duration::from_secs(1);
             let stopped = std::future::poll_fn(|cx| {
-                if !self.writer_done.load(Ordering::Acquire) {
-                    // Registered before the second check, so a stop between them still wakes.
-                    self.session_waker.register(cx.waker());
-                }
-                match self.writer_done.load(Ordering::Acquire) {
-                    true => Poll::Ready(()),
-                    false => Poll::Pending,
-                }
+                self.poll_session(cx, |link| link.writer_done.load(Ordering::Acquire))
             });
             let _ = tokio::time::timeout(wait, stopped).await;
         }
