@@ -210,10 +210,12 @@ async fn accept_loop(port: Port, shared: Arc<Shared>, tracker: TaskTracker) {
     let shutdown = shared.shutdown.clone();
     let mut backoff = Duration::from_millis(5);
     loop {
-        let mut seat = tokio::select! {
+        // At the limit, new connections wait in the kernel's backlog. A loop waiting in
+        // `accept` holds no place: with several ports, each would keep one from the others.
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            seat = Seat::take(&shared) => seat,
-        };
+            _ = Seat::free(&shared) => {}
+        }
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = port.listener.accept() => accepted,
@@ -241,6 +243,15 @@ async fn accept_loop(port: Port, shared: Arc<Shared>, tracker: TaskTracker) {
                 warn!(%peer, error = %e, "cannot set TCP options");
             }
         }
+        // Another port may have taken the free place meanwhile: then this one connection
+        // (at most one per port) waits for the next.
+        let mut seat = match Seat::try_take(&shared) {
+            Some(seat) => seat,
+            None => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                seat = Seat::take(&shared) => seat,
+            },
+        };
         if !seat.admit(peer.ip()) {
             warn!(%peer, limit = shared.config.max_connections_per_ip, "too many connections from this address; closing");
             drop(stream);
@@ -363,9 +374,24 @@ struct Seat {
 }
 
 impl Seat {
+    /// Waits until one of the `max_connections` places is free, without taking it.
+    async fn free(shared: &Shared) {
+        drop(shared.seats.acquire().await.expect("never closed"));
+    }
+
+    /// Takes a free place, if there is one.
+    fn try_take(shared: &Arc<Shared>) -> Option<Seat> {
+        let permit = shared.seats.try_acquire().ok()?;
+        Some(Seat::taken(shared, permit))
+    }
+
     /// Waits for one of the `max_connections` places.
     async fn take(shared: &Arc<Shared>) -> Seat {
         let permit = shared.seats.acquire().await.expect("never closed");
+        Seat::taken(shared, permit)
+    }
+
+    fn taken(shared: &Arc<Shared>, permit: tokio::sync::SemaphorePermit<'_>) -> Seat {
         // Given back by `drop`, with no guard of its own to carry.
         permit.forget();
         Seat {

@@ -665,6 +665,34 @@ async fn a_place_freed_under_the_per_address_limit_is_given_to_a_new_connection(
     server.stop().await;
 }
 
+#[tokio::test]
+async fn past_max_connections_a_new_connection_waits_for_a_place() {
+    let server = TestServer::start_with(|c| c.max_connections = 2).await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = server.text().await;
+        assert_eq!(c.ask("PING").await.unwrap(), "PONG");
+        open.push(c);
+    }
+    // Connected by the kernel (the listen backlog), but not taken in while both places are.
+    let mut third = server.text().await;
+    third.send("PING").await.unwrap();
+    third.timeout = Duration::from_millis(300);
+    assert!(third.line_or_eof().await.is_err(), "not served while full");
+
+    quit(open.pop().unwrap()).await;
+    third.timeout = Duration::from_secs(5);
+    assert_eq!(
+        third.line_or_eof().await.unwrap().as_deref(),
+        Some("PONG"),
+        "served once a place is given back"
+    );
+    for c in &mut open {
+        assert_eq!(c.ask("PING").await.unwrap(), "PONG");
+    }
+    server.stop().await;
+}
+
 fn five_messages_a_second(c: &mut parley_server::Config) {
     c.messages_per_second = 5;
     c.message_burst = 5;
