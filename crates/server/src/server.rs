@@ -243,14 +243,11 @@ async fn accept_loop(port: Port, shared: Arc<Shared>, tracker: TaskTracker) {
                 warn!(%peer, error = %e, "cannot set TCP options");
             }
         }
-        // Another port may have taken the free place meanwhile: then this one connection
-        // (at most one per port) waits for the next.
-        let mut seat = match Seat::try_take(&shared) {
-            Some(seat) => seat,
-            None => tokio::select! {
-                _ = shutdown.cancelled() => break,
-                seat = Seat::take(&shared) => seat,
-            },
+        // At once, unless another port took the free place meanwhile: then this one
+        // connection (at most one per port) waits for the next.
+        let mut seat = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            seat = Seat::take(&shared) => seat,
         };
         if !seat.admit(peer.ip()) {
             warn!(%peer, limit = shared.config.max_connections_per_ip, "too many connections from this address; closing");
@@ -379,19 +376,9 @@ impl Seat {
         drop(shared.seats.acquire().await.expect("never closed"));
     }
 
-    /// Takes a free place, if there is one.
-    fn try_take(shared: &Arc<Shared>) -> Option<Seat> {
-        let permit = shared.seats.try_acquire().ok()?;
-        Some(Seat::taken(shared, permit))
-    }
-
-    /// Waits for one of the `max_connections` places.
+    /// Waits for one of the `max_connections` places and takes it.
     async fn take(shared: &Arc<Shared>) -> Seat {
         let permit = shared.seats.acquire().await.expect("never closed");
-        Seat::taken(shared, permit)
-    }
-
-    fn taken(shared: &Arc<Shared>, permit: tokio::sync::SemaphorePermit<'_>) -> Seat {
         // Given back by `drop`, with no guard of its own to carry.
         permit.forget();
         Seat {
