@@ -84,6 +84,33 @@ impl Delivery {
     }
 }
 
+/// A presence notice as it is pushed: the change, and its line per style, encoded by the
+/// first session of each style to write it (a join in a room of 1,000 reaches 999 sessions,
+/// and a room's reconnect storm a million: each line was formatted per recipient).
+#[derive(Debug)]
+pub struct SharedNotice {
+    pub notice: Notice,
+    encoded: [OnceLock<Bytes>; Style::COUNT],
+}
+
+impl SharedNotice {
+    pub fn new(notice: Notice) -> SharedNotice {
+        SharedNotice {
+            notice,
+            encoded: Default::default(),
+        }
+    }
+
+    /// The notice's bytes in `style` (empty where the style shows none), encoded on first use.
+    pub fn encoded(&self, style: Style) -> &Bytes {
+        self.encoded[style as usize].get_or_init(|| {
+            let mut buf = BytesMut::new();
+            style.encode_notice(&self.notice, &mut buf);
+            buf.freeze()
+        })
+    }
+}
+
 /// A presence change, pushed live to the sessions concerned and never stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {

@@ -23,7 +23,7 @@ use parley_proto::Reply;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::conn::WriteHalf;
-use crate::delivery::{Delivery, Notice};
+use crate::delivery::{Delivery, SharedNotice};
 use crate::hub::Hub;
 use crate::queue::{Pushed, Queue, Refused};
 use crate::store::{ConvId, DeviceId, Seq};
@@ -37,7 +37,7 @@ pub enum Outbound {
     /// Bytes the session rendered itself.
     Bytes(Bytes),
     /// A presence notice, written in the session's style.
-    Notice(Arc<Notice>),
+    Notice(Arc<SharedNotice>),
     /// A live push from the hub.
     Deliver(Arc<Delivery>),
     /// A message replayed from the log while catching up; holds one `replay` permit.
@@ -50,13 +50,14 @@ impl Outbound {
         matches!(self, Outbound::Deliver(_) | Outbound::Notice(_))
     }
 
-    /// The bytes this takes in a write in `style`: exact for messages (encoded once per
-    /// style and shared) and rendered bytes, a guess for replies and notices.
+    /// The bytes this takes in a write in `style`: exact for messages and notices (encoded
+    /// once per style and shared) and rendered bytes, a guess for replies.
     fn encoded_len_hint(&self, style: Style) -> usize {
         match self {
             Outbound::Deliver(d) | Outbound::Replay(d) => d.encoded(style).len(),
             Outbound::Bytes(bytes) => bytes.len(),
-            Outbound::Reply(..) | Outbound::Notice(_) => 64,
+            Outbound::Notice(notice) => notice.encoded(style).len(),
+            Outbound::Reply(..) => 64,
         }
     }
 }
@@ -499,7 +500,7 @@ impl Output {
                     continue;
                 }
                 Outbound::Notice(notice) => {
-                    style.encode_notice(&notice, buf);
+                    buf.extend_from_slice(notice.encoded(style));
                     continue;
                 }
                 Outbound::Deliver(d) => d,

@@ -10,7 +10,7 @@ use parley_proto::ErrorKind;
 
 use super::core::{internal, Audience, Core, Effect};
 use super::{ContactAction, Map};
-use crate::delivery::{ContactChange, Notice};
+use crate::delivery::{ContactChange, Notice, SharedNotice};
 use crate::store::{Batch, ContactState, UserId};
 
 impl Core {
@@ -86,7 +86,7 @@ impl Core {
             change,
         };
         effects.push(Effect::Notify {
-            notice: Arc::new(notice),
+            notice: Arc::new(SharedNotice::new(notice)),
             audience: Audience::User(other),
             except: 0,
         });

@@ -15,7 +15,7 @@ use super::{
     ANONYMOUS,
 };
 use crate::config::Config;
-use crate::delivery::{Delivery, Kind, Notice};
+use crate::delivery::{Delivery, Kind, Notice, SharedNotice};
 use crate::outbound::{Outbound, SessionLink};
 use crate::store::{
     now_ms, Batch, ContactState, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds,
@@ -163,7 +163,7 @@ pub(super) enum Effect {
         from: (DeviceId, u64),
     },
     Notify {
-        notice: Arc<Notice>,
+        notice: Arc<SharedNotice>,
         audience: Audience,
         /// The session the notice is about (it is not told).
         except: u64,
@@ -858,7 +858,7 @@ impl Core {
                 name: self.users[&identity.user].clone(),
             };
             effects.push(Effect::Notify {
-                notice: Arc::new(notice),
+                notice: Arc::new(SharedNotice::new(notice)),
                 audience: Audience::Everyone,
                 except: link_id,
             });
@@ -1009,12 +1009,12 @@ impl Core {
     /// never to a session whose welcome is not queued yet, nor to the user it is about.
     pub(super) fn notify(
         &self,
-        notice: &Arc<Notice>,
+        notice: &Arc<SharedNotice>,
         audience: &Audience,
         except: u64,
         out: &mut Outbox,
     ) {
-        let about = match &**notice {
+        let about = match &notice.notice {
             Notice::Disconnected { name } => self.names.get(name).copied(),
             _ => None,
         };

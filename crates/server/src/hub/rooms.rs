@@ -7,7 +7,7 @@ use parley_proto::ErrorKind;
 
 use super::core::{internal, Audience, Core, Effect, Room};
 use super::{Actor, RoomInfo, Set, ANONYMOUS};
-use crate::delivery::Notice;
+use crate::delivery::{Notice, SharedNotice};
 use crate::outbound::SessionLink;
 use crate::store::Batch;
 
@@ -62,7 +62,7 @@ impl Core {
             name: who,
         };
         effects.push(Effect::Notify {
-            notice: Arc::new(notice),
+            notice: Arc::new(SharedNotice::new(notice)),
             audience: Audience::Room(self.rooms[room].name.clone()),
             except: link.id,
         });
@@ -107,7 +107,7 @@ impl Core {
             name,
         };
         effects.push(Effect::Notify {
-            notice: Arc::new(notice),
+            notice: Arc::new(SharedNotice::new(notice)),
             audience: Audience::Room(room),
             except: link.id,
         });
@@ -130,7 +130,7 @@ impl Core {
                 name: Arc::from(ANONYMOUS),
             };
             effects.push(Effect::Notify {
-                notice: Arc::new(notice),
+                notice: Arc::new(SharedNotice::new(notice)),
                 audience: Audience::Room(room),
                 except: link_id,
             });
