@@ -616,15 +616,21 @@ async fn served(server: &TestServer) -> bool {
     matches!(c.line_or_eof().await, Ok(Some(line)) if line == "PONG")
 }
 
+/// `n` text connections, each of which answered a PING.
+async fn served_connections(server: &TestServer, n: usize) -> Vec<LineClient> {
+    let mut open = Vec::new();
+    for _ in 0..n {
+        let mut c = server.text().await;
+        assert_eq!(c.ask("PING").await.unwrap(), "PONG");
+        open.push(c);
+    }
+    open
+}
+
 #[tokio::test]
 async fn a_connection_past_the_per_address_limit_is_closed_at_once() {
     let server = TestServer::start_with(|c| c.max_connections_per_ip = 3).await;
-    let mut first = Vec::new();
-    for _ in 0..3 {
-        let mut c = server.text().await;
-        assert_eq!(c.ask("PING").await.unwrap(), "PONG");
-        first.push(c);
-    }
+    let mut first = served_connections(&server, 3).await;
 
     let mut fourth = server.text().await;
     fourth.timeout = Duration::from_secs(2);
@@ -639,12 +645,7 @@ async fn a_connection_past_the_per_address_limit_is_closed_at_once() {
 #[tokio::test]
 async fn a_place_freed_under_the_per_address_limit_is_given_to_a_new_connection() {
     let server = TestServer::start_with(|c| c.max_connections_per_ip = 3).await;
-    let mut open = Vec::new();
-    for _ in 0..3 {
-        let mut c = server.text().await;
-        assert_eq!(c.ask("PING").await.unwrap(), "PONG");
-        open.push(c);
-    }
+    let mut open = served_connections(&server, 3).await;
     assert!(!served(&server).await, "a fourth connection is refused");
 
     quit(open.pop().unwrap()).await;
@@ -668,12 +669,7 @@ async fn a_place_freed_under_the_per_address_limit_is_given_to_a_new_connection(
 #[tokio::test]
 async fn past_max_connections_a_new_connection_waits_for_a_place() {
     let server = TestServer::start_with(|c| c.max_connections = 2).await;
-    let mut open = Vec::new();
-    for _ in 0..2 {
-        let mut c = server.text().await;
-        assert_eq!(c.ask("PING").await.unwrap(), "PONG");
-        open.push(c);
-    }
+    let mut open = served_connections(&server, 2).await;
     // Connected by the kernel (the listen backlog), but not taken in while both places are.
     let mut third = server.text().await;
     third.send("PING").await.unwrap();
