@@ -41,7 +41,22 @@ pub struct Delivery {
     pub body: Bytes,
     /// The sender's timestamp, untouched (binary clients put Unix nanoseconds here).
     pub sent_at: u64,
-    encoded: [OnceLock<Bytes>; Style::COUNT],
+    encoded: ByStyle,
+}
+
+/// A value's bytes per style, each encoded by the first session of that style to write it
+/// and shared by the rest.
+#[derive(Debug, Default)]
+struct ByStyle([OnceLock<Bytes>; Style::COUNT]);
+
+impl ByStyle {
+    fn get(&self, style: Style, encode: impl FnOnce(&mut BytesMut)) -> &Bytes {
+        self.0[style as usize].get_or_init(|| {
+            let mut buf = BytesMut::new();
+            encode(&mut buf);
+            buf.freeze()
+        })
+    }
 }
 
 impl Delivery {
@@ -71,11 +86,8 @@ impl Delivery {
 
     /// This delivery's bytes in `style`, encoded on first use.
     pub fn encoded(&self, style: Style) -> &Bytes {
-        self.encoded[style as usize].get_or_init(|| {
-            let mut buf = BytesMut::new();
-            style.encode_delivery(self, &mut buf);
-            buf.freeze()
-        })
+        self.encoded
+            .get(style, |buf| style.encode_delivery(self, buf))
     }
 
     /// The body as text (lossy for bytes that are not UTF-8).
@@ -90,7 +102,7 @@ impl Delivery {
 #[derive(Debug)]
 pub struct SharedNotice {
     pub notice: Notice,
-    encoded: [OnceLock<Bytes>; Style::COUNT],
+    encoded: ByStyle,
 }
 
 impl SharedNotice {
@@ -103,11 +115,8 @@ impl SharedNotice {
 
     /// The notice's bytes in `style` (empty where the style shows none), encoded on first use.
     pub fn encoded(&self, style: Style) -> &Bytes {
-        self.encoded[style as usize].get_or_init(|| {
-            let mut buf = BytesMut::new();
-            style.encode_notice(&self.notice, &mut buf);
-            buf.freeze()
-        })
+        self.encoded
+            .get(style, |buf| style.encode_notice(&self.notice, buf))
     }
 }
 
