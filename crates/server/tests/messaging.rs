@@ -796,64 +796,105 @@ async fn sequences_and_ids_go_on_after_restarts() {
     server.stop().await;
 }
 
-/// Databases written before the messages table was kept in id order (ordered by
-/// conversation and sequence) are rewritten at start and read back the same.
-#[tokio::test]
-async fn a_database_of_the_first_message_layout_is_rewritten_and_reads_the_same() {
-    let mut server = TestServer::start().await;
-    for name in ["alice", "bob", "carol"] {
-        register(&server, name).await;
-    }
-    let mut alice = device(&server, "alice", "phone").await;
-    for i in 1..=5 {
-        dm(&mut alice, "alice", "bob", &format!("m{i}")).await;
-        dm(&mut alice, "alice", "carol", &format!("c{i}")).await;
-    }
-    close(alice).await;
-    server
-        .restart_after(|dir| {
-            let db = rusqlite::Connection::open(dir.join("parley.db")).unwrap();
-            db.execute_batch(
-                "CREATE TABLE first_layout (
-                     conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL,
-                     sender_id INTEGER NOT NULL, sender_device INTEGER NOT NULL,
-                     body BLOB NOT NULL, sent_at INTEGER NOT NULL, received_at INTEGER NOT NULL,
-                     PRIMARY KEY (conversation_id, seq)) WITHOUT ROWID;
-                 INSERT INTO first_layout SELECT conversation_id, seq, id, sender_id,
-                     sender_device, body, sent_at, received_at FROM messages;
-                 DROP TABLE messages;
-                 ALTER TABLE first_layout RENAME TO messages;",
-            )
-            .unwrap();
-        })
-        .await;
-    let mut bob = device(&server, "bob", "phone").await;
-    let caught_up = events(&mut bob, 5).await;
-    assert_eq!(texts(&caught_up), numbered(1..=5));
-    assert_eq!(seqs(&caught_up), (1..=5).collect::<Vec<u64>>());
-    let mut carol = device(&server, "carol", "phone").await;
-    let carols = events(&mut carol, 5).await;
-    let latest = history(&mut carol, "alice", page::LATEST, 0, 3).await;
-    assert_eq!(latest, carols[2..]);
-    let earlier = history(&mut carol, "alice", page::BEFORE_ID, carols[2].id, 10).await;
-    assert_eq!(earlier, carols[..2]);
-    let mut alice = device(&server, "alice", "phone").await;
-    dm(&mut alice, "alice", "bob", "m6").await;
-    let next = event(&mut bob).await;
-    assert_eq!(
-        (next.seq, texts(std::slice::from_ref(&next))),
-        (6, numbered(6..=6))
-    );
-    let db = rusqlite::Connection::open(server.dir.path().join("parley.db")).unwrap();
-    let layout: String = db
-        .query_row(
-            "SELECT sql FROM sqlite_master WHERE name = 'messages'",
-            [],
-            |r| r.get(0),
+/// The two layouts of a row per message that parley wrote before blocks: ordered by
+/// conversation and sequence, then by id.
+const ROW_LAYOUTS: [&str; 2] = [
+    "CREATE TABLE messages (
+         conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL,
+         sender_id INTEGER NOT NULL, sender_device INTEGER NOT NULL,
+         body BLOB NOT NULL, sent_at INTEGER NOT NULL, received_at INTEGER NOT NULL,
+         PRIMARY KEY (conversation_id, seq)) WITHOUT ROWID",
+    "CREATE TABLE messages (
+         id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL,
+         sender_id INTEGER NOT NULL, sender_device INTEGER NOT NULL,
+         body BLOB NOT NULL, sent_at INTEGER NOT NULL, received_at INTEGER NOT NULL)",
+];
+
+/// Puts in place of what the server stored a `messages` table of `layout` holding alice's
+/// m1..m5 to bob and c1..c5 to carol, as a server of that layout would have written them,
+/// and no saved index.
+fn write_row_layout(db: &rusqlite::Connection, layout: &str) {
+    let id = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let alice = id("SELECT id FROM users WHERE name = 'alice'");
+    let phone = id("SELECT id FROM devices WHERE name = 'phone'");
+    let with = |other: &str| {
+        id(&format!(
+            "SELECT c.id FROM conversations c JOIN users u ON u.id IN (c.user_a, c.user_b)
+             WHERE c.kind = 1 AND u.name = '{other}'"
+        ))
+    };
+    let (bob, carol) = (with("bob"), with("carol"));
+    db.execute_batch(
+        "DELETE FROM message_blocks; DELETE FROM message_index;
+         DELETE FROM counters WHERE name = 'message_index_up_to';",
+    )
+    .unwrap();
+    db.execute_batch(layout).unwrap();
+    let mut insert = db
+        .prepare(
+            "INSERT INTO messages (id, conversation_id, seq, sender_id, sender_device, body,
+                                   sent_at, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, 1767225600000)",
         )
         .unwrap();
-    assert!(!layout.contains("WITHOUT ROWID"), "{layout}");
-    server.stop().await;
+    for i in 1..=5i64 {
+        for (id, conv, text) in [(2 * i - 1, bob, "m"), (2 * i, carol, "c")] {
+            let body = format!("{text}{i}").into_bytes();
+            insert
+                .execute(rusqlite::params![id, conv, i, alice, phone, body])
+                .unwrap();
+        }
+    }
+}
+
+/// Databases of a row per message, in either earlier layout, are moved into blocks at
+/// start and read back the same: catch-up, history by id, and the next message after them.
+#[tokio::test]
+async fn a_database_of_a_row_per_message_is_moved_into_blocks_and_reads_the_same() {
+    for layout in ROW_LAYOUTS {
+        let mut server = TestServer::start().await;
+        for name in ["alice", "bob", "carol"] {
+            register(&server, name).await;
+        }
+        let mut alice = device(&server, "alice", "phone").await;
+        dm(&mut alice, "alice", "bob", "first").await;
+        dm(&mut alice, "alice", "carol", "first").await;
+        close(alice).await;
+        server
+            .restart_after(|dir| {
+                let db = rusqlite::Connection::open(dir.join("parley.db")).unwrap();
+                write_row_layout(&db, layout);
+            })
+            .await;
+        let mut bob = device(&server, "bob", "phone").await;
+        let caught_up = events(&mut bob, 5).await;
+        assert_eq!(texts(&caught_up), numbered(1..=5));
+        assert_eq!(seqs(&caught_up), (1..=5).collect::<Vec<u64>>());
+        let mut carol = device(&server, "carol", "phone").await;
+        let carols = events(&mut carol, 5).await;
+        assert_eq!(carols[0].message, b"c1"[..]);
+        let latest = history(&mut carol, "alice", page::LATEST, 0, 3).await;
+        assert_eq!(latest, carols[2..]);
+        let earlier = history(&mut carol, "alice", page::BEFORE_ID, carols[2].id, 10).await;
+        assert_eq!(earlier, carols[..2]);
+        let mut alice = device(&server, "alice", "phone").await;
+        dm(&mut alice, "alice", "bob", "m6").await;
+        let next = event(&mut bob).await;
+        assert_eq!(
+            (next.seq, texts(std::slice::from_ref(&next))),
+            (6, numbered(6..=6))
+        );
+        let db = rusqlite::Connection::open(server.dir.path().join("parley.db")).unwrap();
+        let tables: Vec<String> = db
+            .prepare("SELECT name FROM sqlite_master WHERE name LIKE 'message%' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(tables, ["message_blocks", "message_index"], "{layout}");
+        server.stop().await;
+    }
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use std::sync::RwLock;
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension};
 
-use super::{ConvId, NewMessage, Seq};
+use super::{varint, ConvId, NewMessage, Seq};
 
 /// Message ids per conversation. Entry `i` is the id of sequence `i + 1`. A sequence with no
 /// stored message (none is skipped today, but nothing here depends on it) repeats the id
@@ -43,13 +43,9 @@ impl MessageIndex {
                 convs.clear();
                 0
             });
-            let mut stmt =
-                conn.prepare("SELECT conversation_id, seq, id FROM messages WHERE id > ?1")?;
-            let mut rows = stmt.query([saved])?;
-            while let Some(row) = rows.next()? {
-                let list = convs.entry(row.get(0)?).or_default();
-                place(list, row.get(1)?, row.get(2)?);
-            }
+            super::blocks::each_after(conn, saved, |m| {
+                place(convs.entry(m.conv).or_default(), m.seq, m.id)
+            })?;
             for list in convs.values_mut() {
                 list.shrink_to_fit();
             }
@@ -185,48 +181,27 @@ fn read_saved(
 /// A conversation's ids as a count and the differences between neighbours (the list is
 /// sorted), each an unsigned LEB128 varint.
 fn encode(ids: &[i64], out: &mut Vec<u8>) {
-    put_varint(out, ids.len() as u64);
+    varint::put(out, ids.len() as u64);
     let mut last = 0;
     for &id in ids {
-        put_varint(out, (id - last) as u64);
+        varint::put(out, (id - last) as u64);
         last = id;
     }
 }
 
 fn decode(mut blob: &[u8]) -> anyhow::Result<Vec<i64>> {
-    let n = take_varint(&mut blob)?;
+    let n = varint::take(&mut blob)?;
     let n = usize::try_from(n)?;
     anyhow::ensure!(n <= blob.len(), "{n} ids in {} bytes", blob.len());
     let mut ids = Vec::with_capacity(n);
     let mut last: i64 = 0;
     for _ in 0..n {
-        let delta = i64::try_from(take_varint(&mut blob)?)?;
+        let delta = i64::try_from(varint::take(&mut blob)?)?;
         last = last.checked_add(delta).context("id out of range")?;
         ids.push(last);
     }
     anyhow::ensure!(blob.is_empty(), "{} bytes left over", blob.len());
     Ok(ids)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn take_varint(blob: &mut &[u8]) -> anyhow::Result<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&b, rest) = blob.split_first().context("varint cut short")?;
-        *blob = rest;
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    anyhow::bail!("varint too long")
 }
 
 /// Whether position `i` holds a message of its own (not a gap's copy of the one before).

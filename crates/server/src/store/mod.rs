@@ -5,9 +5,11 @@
 //! (PostgreSQL, for several nodes) has little to implement. Sessions read catch-up pages
 //! through a [`Reader`], which never blocks the writer (SQLite WAL).
 
+mod blocks;
 mod index;
 mod reader;
 mod sqlite;
+mod varint;
 
 use std::collections::HashMap;
 

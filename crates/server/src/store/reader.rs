@@ -3,12 +3,14 @@
 //! A small pool of SQLite connections; each call runs on tokio's blocking pool so a slow
 //! query never stalls a runtime thread, and WAL lets readers run beside the writer.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::blocks::Lookup;
 use super::{ConvId, DeviceId, MessageIndex, Seq, UserId};
 use crate::config::SyncMode;
 use crate::delivery::Kind;
@@ -457,23 +459,23 @@ fn position(seq: Seq) -> usize {
 
 /// The first position in `conv` whose message was not received `before` (a test on its
 /// receive time). The hub stamps receive times as it hands out sequences, so they grow
-/// with the sequence and a binary search finds the bound in a few row lookups.
+/// with the sequence and a binary search finds the bound in a few lookups.
 fn by_time(
     conn: &Connection,
     index: &MessageIndex,
     conv: ConvId,
     before: impl Fn(i64) -> bool,
 ) -> anyhow::Result<usize> {
-    let mut stmt = conn.prepare_cached("SELECT received_at FROM messages WHERE id = ?1")?;
+    let mut lookup = Lookup::new(conn)?;
     let (mut low, mut high) = (0, position(index.last_seq(conv)));
     while low < high {
         let mid = low + (high - low) / 2;
         let id = index.id_at(conv, mid);
         // Position 0 of a conversation whose first sequence is missing holds no id.
-        let at: Option<i64> = if id == 0 {
+        let at = if id == 0 {
             None
         } else {
-            stmt.query_row([id], |r| r.get(0)).optional()?
+            lookup.find(id)?.map(|m| m.received_at)
         };
         if at.is_none_or(&before) {
             low = mid + 1;
@@ -484,55 +486,51 @@ fn by_time(
     Ok(low)
 }
 
-macro_rules! select_messages {
-    () => {
-        "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at, m.received_at
-         FROM messages m JOIN users u ON u.id = m.sender_id"
-    };
-}
-
 /// The messages of `conv` with these ids (ascending, from the index), with their receive
-/// times. Close together (the offline case: one conversation written in a run) they are
-/// read as one range of the table, skipping the few other conversations' rows in between;
-/// spread out, one by one.
+/// times. A conversation written in a run (the offline case) fills whole blocks, so a page
+/// reads few of them; each block is read once however many of the page's ids it holds.
 fn fetch(
     conn: &Connection,
     conv: ConvId,
     ids: &[i64],
 ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
-    let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
-        return Ok(Vec::new());
-    };
-    let read = |r: &rusqlite::Row| -> rusqlite::Result<(StoredMessage, i64)> {
-        let name: String = r.get(2)?;
-        let body: Vec<u8> = r.get(4)?;
-        let sent_at: i64 = r.get(5)?;
-        Ok((
-            StoredMessage {
-                id: r.get(0)?,
-                conv,
-                seq: r.get(1)?,
-                sender: Arc::from(name),
-                sender_device: r.get(3)?,
-                body: Bytes::from(body),
-                sent_at: sent_at as u64,
-            },
-            r.get(6)?,
-        ))
-    };
-    let spread = usize::try_from(last - first).unwrap_or(usize::MAX);
-    if spread <= 4 * ids.len() {
-        let mut stmt = conn.prepare_cached(concat!(
-            select_messages!(),
-            " WHERE m.id BETWEEN ?1 AND ?2 AND m.conversation_id = ?3 ORDER BY m.id"
-        ))?;
-        let rows = stmt.query_map(params![first, last, conv], read)?;
-        return Ok(rows.collect::<Result<_, _>>()?);
-    }
-    let mut stmt = conn.prepare_cached(concat!(select_messages!(), " WHERE m.id = ?1"))?;
+    let mut lookup = Lookup::new(conn)?;
+    let mut names = conn.prepare_cached("SELECT name FROM users WHERE id = ?1")?;
+    let mut known: HashMap<UserId, Arc<str>> = HashMap::new();
     let mut out = Vec::with_capacity(ids.len());
     for &id in ids {
-        out.extend(stmt.query_row([id], read).optional()?);
+        let Some(m) = lookup.find(id)? else {
+            continue;
+        };
+        if m.conv != conv {
+            // Only an index out of step with the blocks gets here; the rows it names
+            // are not this conversation's to show.
+            continue;
+        }
+        let sender = match known.get(&m.sender) {
+            Some(name) => name.clone(),
+            None => {
+                let name: Option<String> = names.query_row([m.sender], |r| r.get(0)).optional()?;
+                // A sender that is not a user (which the store never writes) is skipped,
+                // as the join it replaces skipped it.
+                let Some(name) = name else { continue };
+                let name: Arc<str> = Arc::from(name);
+                known.insert(m.sender, name.clone());
+                name
+            }
+        };
+        out.push((
+            StoredMessage {
+                id,
+                conv,
+                seq: m.seq,
+                sender,
+                sender_device: m.sender_device,
+                body: Bytes::copy_from_slice(m.body),
+                sent_at: m.sent_at,
+            },
+            m.received_at,
+        ));
     }
     Ok(out)
 }

@@ -8,23 +8,12 @@ use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::index::MessageIndex;
+use super::{blocks, NewMessage};
 use super::{
     Batch, ContactState, ConvId, DeviceId, DirectConv, LogStore, Membership, NextIds, Revoke, Seq,
     StoredRoom, UserId, KIND_BROADCAST, KIND_ROOM,
 };
 use crate::config::SyncMode;
-
-/// In id order, which is the order of writing (see index.rs).
-const MESSAGES: &str = "CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    conversation_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    sender_id INTEGER NOT NULL,
-    sender_device INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    sent_at INTEGER NOT NULL,
-    received_at INTEGER NOT NULL
-)";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -162,34 +151,60 @@ fn migrate(conn: &Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Rewrites a `messages` table of the first layout, ordered by (conversation, sequence),
-/// in id order (see index.rs), in one transaction.
+/// Moves the messages of a database written before blocks (a `messages` table of a row
+/// per message, ordered by id or, in the first layout, by conversation and sequence) into
+/// blocks, in one transaction. Ids, sequences and the saved index stay as they were.
 fn migrate_messages(conn: &Connection) -> anyhow::Result<()> {
-    let sql: String = conn.query_row(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
+    let rows_table: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
         [],
         |r| r.get(0),
     )?;
-    if !sql.contains("WITHOUT ROWID") {
+    if !rows_table {
         return Ok(());
     }
     let started = std::time::Instant::now();
-    conn.execute_batch(&format!(
-        "BEGIN;
-         ALTER TABLE messages RENAME TO messages_by_conversation;
-         {MESSAGES};
-         INSERT INTO messages
-             (id, conversation_id, seq, sender_id, sender_device, body, sent_at, received_at)
-             SELECT id, conversation_id, seq, sender_id, sender_device, body, sent_at,
+    let tx = conn.unchecked_transaction()?;
+    let mut moved = 0;
+    {
+        let mut stmt = tx.prepare(
+            "SELECT id, conversation_id, seq, sender_id, sender_device, body, sent_at,
                     received_at
-             FROM messages_by_conversation ORDER BY id;
-         DROP TABLE messages_by_conversation;
-         COMMIT;"
-    ))
-    .context("rewriting the messages table in id order")?;
+             FROM messages ORDER BY id",
+        )?;
+        let mut rows = stmt.query([])?;
+        let (mut chunk, mut data) = (Vec::with_capacity(4096), Vec::new());
+        loop {
+            let row = rows.next()?;
+            if let Some(r) = row {
+                chunk.push(NewMessage {
+                    id: r.get(0)?,
+                    conv: r.get(1)?,
+                    seq: r.get(2)?,
+                    sender: r.get(3)?,
+                    sender_device: r.get(4)?,
+                    body: bytes::Bytes::from(r.get::<_, Vec<u8>>(5)?),
+                    sent_at: r.get::<_, i64>(6)? as u64,
+                    received_at: r.get(7)?,
+                });
+            }
+            let done = row.is_none();
+            if chunk.len() == chunk.capacity() || done {
+                blocks::insert(&tx, &chunk, &mut data)?;
+                moved += chunk.len();
+                chunk.clear();
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    tx.execute_batch("DROP TABLE messages")?;
+    tx.commit().context("moving the messages into blocks")?;
     tracing::info!(
+        messages = moved,
         elapsed_ms = started.elapsed().as_millis() as u64,
-        "messages table rewritten in id order"
+        "messages moved into blocks"
     );
     Ok(())
 }
@@ -250,40 +265,6 @@ fn spawn_checkpointer(
 /// restart continues from the mark, so ids may skip ahead but are never handed out twice.
 const ID_RESERVE: i64 = 100_000;
 
-/// Rows per multi-row message insert.
-const ROWS_PER_INSERT: usize = 64;
-
-/// `OR FAIL`: a multi-row statement that may abort half-way makes SQLite copy every page it
-/// touches into a statement journal first, to undo just that statement; a batch that fails
-/// is rolled back whole anyway, so that copy (a third of the time of an insert) buys nothing.
-fn insert_messages_sql(rows: usize) -> String {
-    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
-    format!(
-        "INSERT OR FAIL INTO messages
-         (conversation_id, seq, id, sender_id, sender_device, body, sent_at, received_at)
-         VALUES {values}"
-    )
-}
-
-/// Binds message `m` as row `row` of a statement from `insert_messages_sql`. Bound one by
-/// one, typed: a slice of `&dyn ToSql` cost three allocations per statement and a dynamic
-/// call per value. The time goes in as i64: the column stores the client's u64 bit for bit.
-fn bind_message(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    row: usize,
-    m: &super::NewMessage,
-) -> rusqlite::Result<()> {
-    let at = row * 8;
-    stmt.raw_bind_parameter(at + 1, m.conv)?;
-    stmt.raw_bind_parameter(at + 2, m.seq)?;
-    stmt.raw_bind_parameter(at + 3, m.id)?;
-    stmt.raw_bind_parameter(at + 4, m.sender)?;
-    stmt.raw_bind_parameter(at + 5, m.sender_device)?;
-    stmt.raw_bind_parameter(at + 6, &m.body[..])?;
-    stmt.raw_bind_parameter(at + 7, m.sent_at as i64)?;
-    stmt.raw_bind_parameter(at + 8, m.received_at)
-}
-
 /// The writer side of the SQLite store.
 pub struct SqliteStore {
     conn: Connection,
@@ -292,6 +273,8 @@ pub struct SqliteStore {
     /// Message ids below this are covered by the stored counter.
     ids_reserved: i64,
     checkpoints: Arc<Checkpoints>,
+    /// Where a block is encoded, kept from batch to batch.
+    block_data: Vec<u8>,
 }
 
 impl Drop for SqliteStore {
@@ -315,10 +298,10 @@ impl SqliteStore {
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let conn = open(&database_path(data_dir), sync)?;
         conn.execute_batch(SCHEMA).context("creating the schema")?;
-        conn.execute_batch(MESSAGES)
+        conn.execute_batch(blocks::TABLE)
             .context("creating the schema")?;
         migrate(&conn).context("migrating the schema")?;
-        migrate_messages(&conn)?;
+        migrate_messages(&conn).context("moving the messages into blocks")?;
         let started = std::time::Instant::now();
         let index = Arc::new(MessageIndex::load(&conn).context("indexing the messages")?);
         tracing::info!(
@@ -336,6 +319,7 @@ impl SqliteStore {
             index,
             checkpoints,
             ids_reserved: 0,
+            block_data: Vec::new(),
         };
         store.ids_reserved = store.next_ids()?.message;
         Ok(store)
@@ -497,13 +481,14 @@ impl LogStore for SqliteStore {
         // BEGIN and COMMIT as cached statements: `Connection::transaction` parses both
         // again for every batch.
         self.conn.prepare_cached("BEGIN")?.execute([])?;
-        let written = write_batch(&self.conn, batch, reserve).and_then(|()| {
-            self.conn
-                .prepare_cached("COMMIT")?
-                .execute([])
-                .context("committing a batch")?;
-            Ok(())
-        });
+        let written =
+            write_batch(&self.conn, batch, reserve, &mut self.block_data).and_then(|()| {
+                self.conn
+                    .prepare_cached("COMMIT")?
+                    .execute([])
+                    .context("committing a batch")?;
+                Ok(())
+            });
         match written {
             Ok(()) => {
                 self.index.append(&batch.messages);
@@ -547,7 +532,12 @@ impl SqliteStore {
 
 /// The rows of one batch, inside the transaction `write` opened; `reserve` is the new
 /// reserved mark of message ids, when the batch goes past the old one.
-fn write_batch(tx: &Connection, batch: &Batch, reserve: Option<i64>) -> anyhow::Result<()> {
+fn write_batch(
+    tx: &Connection,
+    batch: &Batch,
+    reserve: Option<i64>,
+    block_data: &mut Vec<u8>,
+) -> anyhow::Result<()> {
     let now = super::now_ms();
     let mut users = tx.prepare_cached(
         "INSERT INTO users (id, name, created_at, last_seen_at) VALUES (?1, ?2, ?3, ?3)",
@@ -595,23 +585,7 @@ fn write_batch(tx: &Connection, batch: &Batch, reserve: Option<i64>) -> anyhow::
     for (user, conv, seq) in &batch.joins {
         joins.execute(params![user, conv, seq])?;
     }
-    // Messages go in 64 rows per statement (one execution instead of 64), the rest
-    // one by one.
-    let mut chunks = batch.messages.chunks_exact(ROWS_PER_INSERT);
-    if batch.messages.len() >= ROWS_PER_INSERT {
-        let mut many = tx.prepare_cached(&insert_messages_sql(ROWS_PER_INSERT))?;
-        for chunk in &mut chunks {
-            for (row, m) in chunk.iter().enumerate() {
-                bind_message(&mut many, row, m)?;
-            }
-            many.raw_execute()?;
-        }
-    }
-    let mut one = tx.prepare_cached(&insert_messages_sql(1))?;
-    for m in chunks.remainder() {
-        bind_message(&mut one, 0, m)?;
-        one.raw_execute()?;
-    }
+    blocks::insert(tx, &batch.messages, block_data)?;
     let mut cursors = tx.prepare_cached(
         "INSERT INTO cursors (device_id, conversation_id, seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (device_id, conversation_id)
@@ -696,7 +670,6 @@ fn write_batch(tx: &Connection, batch: &Batch, reserve: Option<i64>) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewMessage;
 
     fn message(id: i64, conv: ConvId, seq: Seq) -> NewMessage {
         NewMessage {
@@ -712,7 +685,7 @@ mod tests {
     }
 
     /// The index saved at a clean stop is read back at the next start, and messages stored
-    /// after it (as after a crash, with no second save) come from the table; a damaged
+    /// after it (as after a crash, with no second save) come from the blocks; a damaged
     /// copy is ignored for a full read.
     #[test]
     fn the_saved_index_and_what_came_after_it_are_read_back() {
@@ -720,12 +693,15 @@ mod tests {
         // Message i goes to conversation 1 + i % 2, as its sequence (i + 1) / 2.
         let rows = |from: i64, to: i64| (from..=to).map(|i| message(i, 1 + i % 2, (i + 1) / 2));
         let mut store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
-        let batch = Batch {
-            messages: rows(1, 10).collect(),
-            next_message_id: 11,
-            ..Batch::default()
-        };
-        store.write(&batch).unwrap();
+        // Message 2 in a block of its own, to be taken out below.
+        for (from, to) in [(1, 1), (2, 2), (3, 10)] {
+            let batch = Batch {
+                messages: rows(from, to).collect(),
+                next_message_id: to + 1,
+                ..Batch::default()
+            };
+            store.write(&batch).unwrap();
+        }
         drop(store);
         let db = Connection::open(database_path(dir.path())).unwrap();
         let saved: i64 = db
@@ -736,15 +712,12 @@ mod tests {
             )
             .unwrap();
         assert_eq!(saved, 10);
-        let mut insert = db.prepare(&insert_messages_sql(1)).unwrap();
-        for m in rows(11, 14) {
-            insert
-                .execute(params![m.conv, m.seq, m.id, 1, 1, &m.body[..], 0, 0])
-                .unwrap();
-        }
-        // Taken out of the table behind the index's back: only the saved copy still has it,
-        // which shows that the copy is what was read.
-        db.execute("DELETE FROM messages WHERE id = 2", []).unwrap();
+        let later: Vec<NewMessage> = rows(11, 14).collect();
+        blocks::insert(&db, &later, &mut Vec::new()).unwrap();
+        // Taken out behind the index's back: only the saved copy still has it, which shows
+        // that the copy is what was read.
+        db.execute("DELETE FROM message_blocks WHERE last_id = 2", [])
+            .unwrap();
         let odd: Vec<i64> = (1..=13).step_by(2).collect();
         let even: Vec<i64> = (2..=14).step_by(2).collect();
         let index = SqliteStore::open(dir.path(), SyncMode::Normal)
