@@ -111,6 +111,9 @@ fn wait_for_lock(attempt: i32) -> bool {
     true
 }
 
+/// The writer connection's page cache (KiB); readers keep the 32 MB of `open`.
+const WRITER_CACHE_KIB: i64 = 4096;
+
 /// Opens a connection with the pragmas every parley connection uses.
 pub(super) fn open(path: &Path, sync: SyncMode) -> anyhow::Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -297,6 +300,12 @@ impl SqliteStore {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let conn = open(&database_path(data_dir), sync)?;
+        // The writer appends: what it reads again is the tables' upper pages and the
+        // latest leaves. A page cache of its size is allocated page by page (each a
+        // malloc and first-touch faults) until it is full, and only then reused: at
+        // 32 MB that took the first half million messages or so (a third of the hub
+        // thread's time in a 300,000-message run); at 4 MB it is reused after 60,000.
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         conn.execute_batch(SCHEMA).context("creating the schema")?;
         conn.execute_batch(blocks::TABLE)
             .context("creating the schema")?;
