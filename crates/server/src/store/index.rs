@@ -1,14 +1,14 @@
 //! Which message ids make up each conversation, in sequence order, held in memory.
 //!
-//! The `messages` table is ordered by id alone, the order the hub writes in, so a commit
-//! appends to the end of one B-tree: a few pages however many conversations the batch
+//! Messages are stored in id order alone, the order the hub writes in (blocks.rs), so a
+//! commit appends to the end of one B-tree: a few pages however many conversations the batch
 //! touches. Ordered by (conversation, sequence), as it was, every commit rewrote the last
 //! page of each conversation it touched — with 50 busy conversations, 50 pages for a few
 //! hundred small messages, and half the server's time per message. What that order gave
 //! (finding a conversation's messages) this index gives instead: the writer extends it
 //! after every commit, so a reader never sees an id that is not committed, saves it at a
-//! clean stop, and a start reads that copy and the messages stored after it (all of the
-//! table only when there is no usable copy).
+//! clean stop, and a start reads that copy and the messages stored after it (all of them
+//! only when there is no usable copy).
 //!
 //! Cost: 8 bytes per stored message (and up to as much again of spare capacity while a
 //! conversation grows).

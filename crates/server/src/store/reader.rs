@@ -109,7 +109,7 @@ pub struct Reader {
 
 struct Pool {
     path: PathBuf,
-    /// Which ids make up each conversation (the table is in id order).
+    /// Which ids make up each conversation (the blocks are in id order).
     index: Arc<MessageIndex>,
     idle: Mutex<Vec<Connection>>,
     /// At most this many reads at once: a burst of logins queues here instead of opening
