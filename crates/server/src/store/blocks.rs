@@ -2,11 +2,12 @@
 //!
 //! A row per message cost the hub thread about a microsecond each in SQLite (binding eight
 //! values, seeking the primary key, building the record, inserting it into a B-tree page):
-//! a quarter of the server's CPU per message at full load. A block is one row of up to
-//! [`BLOCK_MESSAGES`] messages, keyed by its last id, its messages encoded here, so a commit
-//! inserts a row per block instead. Readers get a conversation's ids from the index
-//! (index.rs) and find each by one seek (the first block whose last id is not below it) and
-//! a scan of that block; ids asked for in ascending order load each block once.
+//! a quarter of the server's CPU per message at full load. A block is one row of as many
+//! messages as fit in about a page ([`BLOCK_BYTES`]), keyed by its last id, its messages
+//! encoded here, so a commit inserts a row per block instead. Readers get a conversation's
+//! ids from the index (index.rs) and find each by one seek (the first block whose last id
+//! is not below it) and a scan of that block; ids asked for in ascending order load each
+//! block once.
 //!
 //! `data` is a version byte (1), then per message: varints (varint.rs) of the id less the
 //! previous one's in the block (the first: the id), the conversation, the sequence, the
@@ -26,11 +27,12 @@ pub(super) const TABLE: &str = "CREATE TABLE IF NOT EXISTS message_blocks (
 )";
 
 const VERSION: u8 = 1;
-/// Messages per block at most: enough that a row's cost vanishes per message, few enough
-/// that a reader after one message scans little.
-const BLOCK_MESSAGES: usize = 64;
-/// A block takes no further message once its bodies pass this many bytes.
-const BLOCK_BODY_BYTES: usize = 8 * 1024;
+/// A block takes messages while its encoding stays within this many bytes (a block holds
+/// at least one message, however large): with the row's other columns it still fits in
+/// one 4 KiB page, which SQLite fills to at most 4,061 bytes before it spills a row onto
+/// overflow pages. So a block is one page of the WAL and of the database, nearly full: 75
+/// of the benchmark's 32-byte messages.
+const BLOCK_BYTES: usize = 4_000;
 
 /// One message as a block holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,39 +61,38 @@ pub(super) fn insert(
         "INSERT INTO message_blocks (last_id, first_id, data) VALUES (?1, ?2, ?3)",
     )?;
     let mut rest = messages;
+    let mut below = 0;
     while let Some(first) = rest.first() {
-        let (block, after) = rest.split_at(block_len(rest));
-        encode(block, data)?;
+        anyhow::ensure!(
+            first.id > below,
+            "message {} stored after message {below}: ids must ascend",
+            first.id
+        );
+        let (block, after) = rest.split_at(encode(rest, data)?);
         let last = block.last().expect("a block holds a message");
         stmt.execute(params![last.id, first.id, &data[..]])
             .with_context(|| format!("storing messages {} to {}", first.id, last.id))?;
-        rest = after;
+        (rest, below) = (after, last.id);
     }
     Ok(())
 }
 
-/// How many of `messages` go into the next block.
-fn block_len(messages: &[NewMessage]) -> usize {
-    let mut bytes = 0;
-    for (i, m) in messages.iter().enumerate() {
-        if i == BLOCK_MESSAGES || (i > 0 && bytes + m.body.len() > BLOCK_BODY_BYTES) {
-            return i;
-        }
-        bytes += m.body.len();
-    }
-    messages.len()
-}
-
-fn encode(block: &[NewMessage], out: &mut Vec<u8>) -> anyhow::Result<()> {
+/// Encodes messages from the front of `messages` into `out` while the block stays within
+/// [`BLOCK_BYTES`], and at least one; returns how many it took.
+fn encode(messages: &[NewMessage], out: &mut Vec<u8>) -> anyhow::Result<usize> {
     out.clear();
     out.push(VERSION);
     let mut previous = 0;
-    for m in block {
+    for (taken, m) in messages.iter().enumerate() {
+        if taken > 0 && out.len() + m.body.len() > BLOCK_BYTES {
+            return Ok(taken);
+        }
         anyhow::ensure!(
             m.id > previous,
             "message {} stored after message {previous}: ids must ascend",
             m.id
         );
+        let start = out.len();
         varint::put(out, (m.id - previous) as u64);
         for v in [m.conv, m.seq, m.sender, m.sender_device] {
             varint::put(out, v as u64);
@@ -100,9 +101,13 @@ fn encode(block: &[NewMessage], out: &mut Vec<u8>) -> anyhow::Result<()> {
         varint::put(out, m.received_at as u64);
         varint::put(out, m.body.len() as u64);
         out.extend_from_slice(&m.body);
+        if taken > 0 && out.len() > BLOCK_BYTES {
+            out.truncate(start);
+            return Ok(taken);
+        }
         previous = m.id;
     }
-    Ok(())
+    Ok(messages.len())
 }
 
 /// The records of one block, in order, from a position inside it.
@@ -321,10 +326,39 @@ mod tests {
     }
 
     #[test]
+    fn small_messages_fill_blocks_of_one_page_each() {
+        let messages: Vec<NewMessage> = (1..=1_000).map(|id| message(id, 32)).collect();
+        let conn = stored(&messages);
+        let (blocks, largest, smallest_full): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), MAX(length(data)),
+                        (SELECT MIN(length(data)) FROM message_blocks
+                         WHERE last_id < (SELECT MAX(last_id) FROM message_blocks))
+                 FROM message_blocks",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert!(largest as usize <= BLOCK_BYTES, "{largest} bytes");
+        assert!(
+            smallest_full as usize > BLOCK_BYTES - 80,
+            "{smallest_full} bytes"
+        );
+        // No overflow pages: a page per block, and a few for the table's upper levels.
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        assert!(pages <= blocks + 4, "{pages} pages for {blocks} blocks");
+    }
+
+    #[test]
     fn ids_that_do_not_ascend_are_refused() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(TABLE).unwrap();
         let err = insert(&conn, &[message(5, 1), message(5, 1)], &mut Vec::new()).unwrap_err();
+        assert!(format!("{err:#}").contains("ids must ascend"), "{err:#}");
+        // Across blocks too: the second message is too large to share the first's block.
+        let err = insert(&conn, &[message(5, 1), message(4, 5_000)], &mut Vec::new()).unwrap_err();
         assert!(format!("{err:#}").contains("ids must ascend"), "{err:#}");
     }
 
