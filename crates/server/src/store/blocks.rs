@@ -380,4 +380,61 @@ mod tests {
             .unwrap();
         assert!(Lookup::new(&conn).unwrap().find(1).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the values, the body sizes and how the messages are split into
+        /// commits, every message reads back as written, asked for in any order, and
+        /// nothing else is found.
+        #[test]
+        fn any_messages_in_any_commits_read_back_as_written(
+            steps in proptest::collection::vec(
+                (1..4i64, proptest::prelude::any::<i64>(), proptest::prelude::any::<u64>(),
+                 0..6_000usize, proptest::bool::weighted(0.1)),
+                1..120,
+            ),
+            probes in proptest::collection::vec(0..130usize, 0..40),
+        ) {
+            let conn = Connection::open_in_memory().unwrap();
+            conn.execute_batch(TABLE).unwrap();
+            let (mut messages, mut id, mut batch) = (Vec::new(), 0, Vec::new());
+            let mut data = Vec::new();
+            for (step, value, sent_at, len, commit) in steps {
+                id += step;
+                let m = NewMessage {
+                    id,
+                    conv: value,
+                    seq: value.wrapping_mul(3),
+                    sender: value.rotate_left(7),
+                    sender_device: !value,
+                    body: Bytes::from(vec![(id % 251) as u8; len]),
+                    sent_at,
+                    received_at: value.wrapping_add(id),
+                };
+                batch.push(m.clone());
+                messages.push(m);
+                if commit {
+                    insert(&conn, &batch, &mut data).unwrap();
+                    batch.clear();
+                }
+            }
+            insert(&conn, &batch, &mut data).unwrap();
+            let mut lookup = Lookup::new(&conn).unwrap();
+            for m in &messages {
+                proptest::prop_assert_eq!(lookup.find(m.id).unwrap(), Some(record(m)));
+            }
+            for &p in &probes {
+                let Some(m) = messages.get(p) else { continue };
+                proptest::prop_assert_eq!(lookup.find(m.id).unwrap(), Some(record(m)));
+                let absent = m.id + 1;
+                if messages.iter().all(|o| o.id != absent) {
+                    proptest::prop_assert_eq!(lookup.find(absent).unwrap(), None);
+                }
+            }
+            let mut all = Vec::new();
+            each_after(&conn, 0, |r| all.push(r.id)).unwrap();
+            proptest::prop_assert_eq!(all, messages.iter().map(|m| m.id).collect::<Vec<_>>());
+        }
+    }
 }
