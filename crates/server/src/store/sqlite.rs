@@ -176,31 +176,28 @@ fn migrate_messages(conn: &Connection) -> anyhow::Result<()> {
              FROM messages ORDER BY id",
         )?;
         let mut rows = stmt.query([])?;
-        let (mut chunk, mut data) = (Vec::with_capacity(4096), Vec::new());
-        loop {
-            let row = rows.next()?;
-            if let Some(r) = row {
-                chunk.push(NewMessage {
-                    id: r.get(0)?,
-                    conv: r.get(1)?,
-                    seq: r.get(2)?,
-                    sender: r.get(3)?,
-                    sender_device: r.get(4)?,
-                    body: bytes::Bytes::from(r.get::<_, Vec<u8>>(5)?),
-                    sent_at: r.get::<_, i64>(6)? as u64,
-                    received_at: r.get(7)?,
-                });
-            }
-            let done = row.is_none();
-            if chunk.len() == chunk.capacity() || done {
+        // Read and written a few thousand at a time, so memory stays flat however many.
+        const CHUNK: usize = 4096;
+        let (mut chunk, mut data) = (Vec::with_capacity(CHUNK), Vec::new());
+        while let Some(r) = rows.next()? {
+            chunk.push(NewMessage {
+                id: r.get(0)?,
+                conv: r.get(1)?,
+                seq: r.get(2)?,
+                sender: r.get(3)?,
+                sender_device: r.get(4)?,
+                body: bytes::Bytes::from(r.get::<_, Vec<u8>>(5)?),
+                sent_at: r.get::<_, i64>(6)? as u64,
+                received_at: r.get(7)?,
+            });
+            if chunk.len() == CHUNK {
                 blocks::insert(&tx, &chunk, &mut data)?;
                 moved += chunk.len();
                 chunk.clear();
             }
-            if done {
-                break;
-            }
         }
+        blocks::insert(&tx, &chunk, &mut data)?;
+        moved += chunk.len();
     }
     tx.execute_batch("DROP TABLE messages")?;
     tx.commit().context("moving the messages into blocks")?;
@@ -747,6 +744,59 @@ mod tests {
             even[1..],
             "a full read, without message 2"
         );
+    }
+
+    /// A row-per-message table larger than one chunk of the move comes out whole: every
+    /// message in its conversation's index and readable with its fields.
+    #[test]
+    fn a_large_row_per_message_table_is_moved_into_blocks_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path(), SyncMode::Normal).unwrap());
+        let db = Connection::open(database_path(dir.path())).unwrap();
+        db.execute_batch(
+            "DELETE FROM message_index; DELETE FROM counters;
+             CREATE TABLE messages (
+                 id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL,
+                 seq INTEGER NOT NULL, sender_id INTEGER NOT NULL,
+                 sender_device INTEGER NOT NULL, body BLOB NOT NULL,
+                 sent_at INTEGER NOT NULL, received_at INTEGER NOT NULL)",
+        )
+        .unwrap();
+        let n = 10_000i64;
+        let mut insert = db
+            .prepare("INSERT INTO messages VALUES (?1, ?2, ?3, 1, 7, ?4, ?1, ?5)")
+            .unwrap();
+        for i in 1..=n {
+            let body = vec![(i % 256) as u8; (i % 50) as usize];
+            insert
+                .execute(params![i, 1 + i % 3, (i + 2) / 3, body, 1_000 + i])
+                .unwrap();
+        }
+        drop(insert);
+        let index = SqliteStore::open(dir.path(), SyncMode::Normal)
+            .unwrap()
+            .index();
+        for conv in 1..=3 {
+            let ids: Vec<i64> = (1..=n).filter(|i| 1 + i % 3 == conv).collect();
+            assert_eq!(index.from(conv, 0, usize::MAX), ids, "conversation {conv}");
+        }
+        let tables: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'messages'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0);
+        let mut lookup = blocks::Lookup::new(&db).unwrap();
+        for i in [1, 4_096, 4_097, 8_193, n] {
+            let m = lookup.find(i).unwrap().expect("moved");
+            assert_eq!(
+                (m.conv, m.seq, m.sender_device, m.sent_at, m.received_at),
+                (1 + i % 3, (i + 2) / 3, 7, i as u64, 1_000 + i)
+            );
+            assert_eq!(m.body, vec![(i % 256) as u8; (i % 50) as usize]);
+        }
     }
 
     /// Commits keep coming while the checkpoints run, yet the WAL starts over (and is cut
