@@ -473,6 +473,59 @@ async fn an_error_answer_keeps_its_place_among_pipelined_messages() {
 }
 
 #[tokio::test]
+async fn refusals_and_other_requests_keep_their_places_among_pipelined_messages() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
+    let mut carol = server.login("carol").await;
+    let mut out = message_bytes(1, "alice", "bob", b"one", 1);
+    out.extend_from_slice(&message_bytes(2, "alice", "nobody", b"lost", 2));
+    out.extend_from_slice(&message_bytes(3, "mallory", "bob", b"forged", 3));
+    out.extend_from_slice(&message_bytes(4, "alice", "carol", b"two", 4));
+    Frame::CorrelationTest { cid: 5 }.encode(&mut out).unwrap();
+    out.extend_from_slice(&message_bytes(6, "alice", "bad name", b"lost", 6));
+    out.extend_from_slice(&message_bytes(7, "alice", "bob", b"three", 7));
+    alice.send_raw(&out).await.unwrap();
+    let expected = [
+        (1, code::OK),
+        (2, code::USER_NOT_FOUND),
+        (3, code::FORBIDDEN),
+        (4, code::OK),
+        (5, code::OK),
+        (6, code::USER_NOT_FOUND),
+        (7, code::OK),
+    ];
+    for (cid, want) in expected {
+        assert_eq!(alice.expect_response(cid).await.unwrap(), want, "cid {cid}");
+    }
+    expect_message(&mut bob, "alice", b"one").await;
+    expect_message(&mut bob, "alice", b"three").await;
+    expect_message(&mut carol, "alice", b"two").await;
+    assert_alice_reaches_bob(&mut alice, &mut bob, "after").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_write_of_more_messages_than_may_be_in_flight_is_answered_and_delivered_in_order() {
+    // Four in flight: the session hands over what it has read each time it must wait for
+    // the hub to answer, instead of waiting with the messages still in hand.
+    let server = TestServer::start_with(|c| c.max_inflight = 4).await;
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
+    let mut out = BytesMut::new();
+    for i in 0..50u32 {
+        let body = format!("m{i}");
+        out.extend_from_slice(&message_bytes(100 + i, "alice", "bob", body.as_bytes(), 0));
+    }
+    alice.send_raw(&out).await.unwrap();
+    for i in 0..50u32 {
+        assert_eq!(alice.expect_response(100 + i).await.unwrap(), code::OK);
+    }
+    for i in 0..50 {
+        expect_message(&mut bob, "alice", format!("m{i}").as_bytes()).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_login_and_fifty_messages_in_one_write_are_all_answered() {
     let server = TestServer::start().await;
     let mut bob = server.login("bob").await;

@@ -21,7 +21,7 @@ use crate::store::{
     now_ms, Batch, ContactState, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds,
     Revoke, Seq, UserId,
 };
-use crate::wire::{Protocol, Style};
+use crate::wire::{Protocol, Style, Tag};
 
 /// Starts the hub thread over `store`.
 pub fn spawn(
@@ -306,35 +306,44 @@ impl Core {
                 tag,
                 attachment,
             } => {
-                let sent = match to {
+                let to = match &to {
                     Target::Users(names) => {
-                        self.send_many(&link, from, &names, body, sent_at, batch)
-                    }
-                    to => self
-                        .send(&link, from, to, body, sent_at, batch)
-                        .map(|d| vec![d]),
-                };
-                match sent {
-                    Ok(deliveries) => {
-                        if let Some(hash) = attachment {
-                            for d in &deliveries {
+                        let sent = self.send_many(&link, from, names, body, sent_at, batch);
+                        if let (Ok(deliveries), Some(hash)) = (&sent, attachment) {
+                            for d in deliveries {
                                 if let Effect::Deliver { delivery, .. } = d {
                                     batch.attachments.push((hash.clone(), delivery.conv));
                                 }
                             }
                         }
-                        effects.push(Effect::Reply {
-                            link,
-                            item: Outbound::Reply(tag, Reply::Ok),
-                            durable: true,
-                        });
-                        effects.extend(deliveries);
+                        return answer_sent(effects, link, tag, sent);
                     }
-                    Err(kind) => effects.push(Effect::Reply {
-                        link,
-                        item: Outbound::Reply(tag, Reply::Error(kind)),
-                        durable: false,
-                    }),
+                    Target::User(name) => To::User(name),
+                    Target::Room(name) => To::Room(name),
+                    Target::Everyone => To::Everyone,
+                };
+                let sent = self.send(&link, from, to, body, sent_at, batch);
+                if let (Ok(Effect::Deliver { delivery, .. }), Some(hash)) = (&sent, attachment) {
+                    batch.attachments.push((hash, delivery.conv));
+                }
+                answer_sent(effects, link, tag, sent.map(std::iter::once));
+            }
+            Op::Direct {
+                link,
+                sender,
+                messages,
+            } => {
+                for m in messages {
+                    // Checked by the session; a name that is not UTF-8 names nobody.
+                    let sent = match std::str::from_utf8(&m.to) {
+                        Ok(name) => {
+                            let from = Actor::Member(sender);
+                            self.send(&link, from, To::User(name), m.body, m.sent_at, batch)
+                        }
+                        Err(_) => Err(ErrorKind::UserNotFound),
+                    };
+                    let link = link.clone();
+                    answer_sent(effects, link, Tag::Cid(m.cid), sent.map(std::iter::once));
                 }
             }
             Op::Reply { link, item } => effects.push(Effect::Reply {
@@ -619,7 +628,7 @@ impl Core {
         &mut self,
         link: &SessionLink,
         from: Actor,
-        to: Target,
+        to: To<'_>,
         body: bytes::Bytes,
         sent_at: u64,
         batch: &mut Batch,
@@ -632,14 +641,11 @@ impl Core {
             },
         };
         let (conv, audience, kind, to_name) = match to {
-            Target::User(name) => {
+            To::User(name) => {
                 let Actor::Member(_) = from else {
                     return Err(ErrorKind::NotLoggedIn);
                 };
-                let recipient = *self
-                    .names
-                    .get(name.as_str())
-                    .ok_or(ErrorKind::UserNotFound)?;
+                let recipient = *self.names.get(name).ok_or(ErrorKind::UserNotFound)?;
                 if self.contacts_only_dms && recipient != sender.user {
                     let state = self
                         .contact_state(sender.user, recipient)
@@ -658,11 +664,8 @@ impl Core {
                     to,
                 )
             }
-            Target::Room(name) => {
-                let room = self
-                    .rooms
-                    .get(name.as_str())
-                    .ok_or(ErrorKind::RoomNotFound)?;
+            To::Room(name) => {
+                let room = self.rooms.get(name).ok_or(ErrorKind::RoomNotFound)?;
                 let member = match from {
                     Actor::Member(id) => room.members.contains(&id.user),
                     Actor::Guest => room.guests.iter().any(|g| g.id == link.id),
@@ -673,10 +676,9 @@ impl Core {
                 let audience = Audience::Room(room.name.clone());
                 (room.conv, audience, Kind::Room, room.name.clone())
             }
-            Target::Users(_) => return Err(ErrorKind::Malformed),
             // Anonymous sessions may speak to everyone (seed 001 allows MESSAGE before
             // REGISTER); the text protocol asks for a login first on its own.
-            Target::Everyone => (
+            To::Everyone => (
                 self.broadcast,
                 Audience::Everyone,
                 Kind::Broadcast,
@@ -727,10 +729,7 @@ impl Core {
         unique.dedup();
         unique
             .into_iter()
-            .map(|name| {
-                let to = Target::User(name.clone());
-                self.send(link, from, to, body.clone(), sent_at, batch)
-            })
+            .map(|name| self.send(link, from, To::User(name), body.clone(), sent_at, batch))
             .collect()
     }
 
@@ -1124,6 +1123,38 @@ fn answer(
         };
         let _ = done.send(result);
     })));
+}
+
+/// Where one message goes (`Core::send`): a borrowed `Target` with one recipient.
+#[derive(Clone, Copy)]
+enum To<'a> {
+    User(&'a str),
+    Room(&'a str),
+    Everyone,
+}
+
+/// Answers a send tagged `tag`: OK once committed, then its deliveries; or its error.
+fn answer_sent(
+    effects: &mut Vec<Effect>,
+    link: Arc<SessionLink>,
+    tag: Tag,
+    sent: Result<impl IntoIterator<Item = Effect>, ErrorKind>,
+) {
+    match sent {
+        Ok(deliveries) => {
+            effects.push(Effect::Reply {
+                link,
+                item: Outbound::Reply(tag, Reply::Ok),
+                durable: true,
+            });
+            effects.extend(deliveries);
+        }
+        Err(kind) => effects.push(Effect::Reply {
+            link,
+            item: Outbound::Reply(tag, Reply::Error(kind)),
+            durable: false,
+        }),
+    }
 }
 
 pub(super) fn internal(e: anyhow::Error) -> ErrorKind {

@@ -123,6 +123,16 @@ type Done<T> = oneshot::Sender<T>;
 /// A room's members, each with whether they are online.
 pub type MemberList = Vec<(Arc<str>, bool)>;
 
+/// One direct message of a binary session's run (`Hub::send_direct`).
+#[derive(Debug)]
+pub(crate) struct DirectMessage {
+    /// The recipient's name, already checked by `validate_name`.
+    pub to: Bytes,
+    pub body: Bytes,
+    pub sent_at: u64,
+    pub cid: u32,
+}
+
 pub(crate) enum Op {
     Login {
         link: Arc<SessionLink>,
@@ -160,6 +170,13 @@ pub(crate) enum Op {
         /// A stored file this message carries (its SHA-256): the conversation's members may
         /// download it from now on.
         attachment: Option<String>,
+    },
+    /// Direct messages a binary session read in one go, in order: one hand-over (and one
+    /// wake-up of the hub) for all of them instead of one each.
+    Direct {
+        link: Arc<SessionLink>,
+        sender: Identity,
+        messages: Vec<DirectMessage>,
     },
     /// A file was verified and stored.
     FileStored {
@@ -291,6 +308,29 @@ impl Hub {
         tag: Tag,
     ) {
         self.send_with(link, from, to, body, sent_at, tag, None)
+    }
+
+    /// Sends `messages` from `sender`, each answered by its own correlation id, as `send`
+    /// would one by one.
+    pub fn send_direct(
+        &self,
+        link: Arc<SessionLink>,
+        sender: Identity,
+        messages: Vec<DirectMessage>,
+    ) {
+        let op = Op::Direct {
+            link,
+            sender,
+            messages,
+        };
+        if let Err(op) = self.submit(op) {
+            if let Op::Direct { link, messages, .. } = *op {
+                for m in messages {
+                    let reply = Reply::Error(ErrorKind::ShuttingDown);
+                    finish(&link, Outbound::Reply(Tag::Cid(m.cid), reply));
+                }
+            }
+        }
     }
 
     /// `send`, with a stored file attached.

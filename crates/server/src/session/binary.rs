@@ -2,17 +2,31 @@
 
 use bytes::BytesMut;
 use parley_proto::binary::{self, Frame};
-use parley_proto::{validate_name, ErrorKind, Reply, Target};
+use parley_proto::{validate_name, ErrorKind, Reply};
 use tracing::warn;
 
 use super::{Flow, Session};
-use crate::hub::Actor;
+use crate::hub::DirectMessage;
 use crate::outbound::Outbound;
 use crate::wire::Tag;
 
 impl Session {
-    /// Handles every complete frame in `buf`.
+    /// Handles every complete frame in `buf`. The direct messages among them go to the hub
+    /// together, one hand-over for each run of them (the hub answers each by its own
+    /// correlation id, in order); any other request first hands over the run before it, so
+    /// the hub still sees everything in the order it was sent.
     pub(super) async fn drain_frames(&mut self, buf: &mut BytesMut) -> Flow {
+        let mut run = Vec::new();
+        let flow = self.drain_frames_into(buf, &mut run).await;
+        self.hand_over(&mut run);
+        flow
+    }
+
+    async fn drain_frames_into(
+        &mut self,
+        buf: &mut BytesMut,
+        run: &mut Vec<DirectMessage>,
+    ) -> Flow {
         loop {
             let frame = match binary::decode(buf, self.shared.config.max_frame_bytes) {
                 Ok(None) => return Flow::Continue,
@@ -20,6 +34,7 @@ impl Session {
                 Err(e) => match e.correlation_id() {
                     Some(cid) if !e.is_fatal() => {
                         warn!(session = self.link.id, error = %e, "bad frame");
+                        self.hand_over(run);
                         self.answer(cid, Reply::Error(e.kind())).await;
                         continue;
                     }
@@ -33,10 +48,13 @@ impl Session {
                 // The hot path, not boxed: a box as large as the biggest handler's state,
                 // allocated and freed for every message, costs more than the message's
                 // own work in the session.
-                frame @ Frame::Message { .. } => self.message(frame).await,
+                frame @ Frame::Message { .. } => self.message(frame, run).await,
                 // Boxed: an idle session's future stays small (the biggest handler's state
                 // would otherwise be part of every connection's footprint).
-                frame => Box::pin(self.frame(frame)).await,
+                frame => {
+                    self.hand_over(run);
+                    Box::pin(self.frame(frame)).await
+                }
             }
             if let Some(why) = self.quit {
                 return Flow::Close(why.into());
@@ -44,8 +62,19 @@ impl Session {
         }
     }
 
-    /// A direct message (key 0x02): checked here, stored and delivered by the hub.
-    async fn message(&mut self, frame: Frame) {
+    /// Gives the hub the direct messages read so far.
+    fn hand_over(&self, run: &mut Vec<DirectMessage>) {
+        if let (false, Some((identity, _))) = (run.is_empty(), &self.login) {
+            let run = std::mem::take(run);
+            self.shared
+                .hub
+                .send_direct(self.link.clone(), *identity, run);
+        }
+    }
+
+    /// A direct message (key 0x02): checked here, added to `run` for the hub to store and
+    /// deliver.
+    async fn message(&mut self, frame: Frame, run: &mut Vec<DirectMessage>) {
         let Frame::Message {
             cid,
             message,
@@ -56,32 +85,34 @@ impl Session {
         else {
             return;
         };
-        let Some((identity, name)) = &self.login else {
-            return self.refuse(cid, ErrorKind::NotLoggedIn).await;
+        let refused = match &self.login {
+            None => Some(ErrorKind::NotLoggedIn),
+            Some((_, name)) if from != name.as_bytes() => {
+                warn!(session = self.link.id, user = %name, "message with a forged sender refused");
+                Some(ErrorKind::Forbidden)
+            }
+            Some(_) if !self.messages.allow() => Some(ErrorKind::RateLimited),
+            // No name that breaks the rules can have logged in.
+            Some(_) => match validate_name(&to, self.shared.config.max_name_bytes) {
+                Ok(_) => None,
+                Err(_) => Some(ErrorKind::UserNotFound),
+            },
         };
-        if from != name.as_bytes() {
-            warn!(session = self.link.id, user = %name, "message with a forged sender refused");
-            return self.refuse(cid, ErrorKind::Forbidden).await;
+        if let Some(kind) = refused {
+            self.hand_over(run);
+            return self.refuse(cid, kind).await;
         }
-        let identity = *identity;
-        if !self.messages.allow() {
-            return self.refuse(cid, ErrorKind::RateLimited).await;
+        // The run waits for permits the hub gives back only once it has the run.
+        if !self.try_acquire_inflight() {
+            self.hand_over(run);
+            self.acquire_inflight().await;
         }
-        // No name that breaks the rules can have logged in.
-        let Ok(to) = validate_name(&to, self.shared.config.max_name_bytes) else {
-            return self.refuse(cid, ErrorKind::UserNotFound).await;
-        };
-        let to = Target::User(to.to_string());
-        self.acquire_inflight().await;
-        let hub = &self.shared.hub;
-        hub.send(
-            self.link.clone(),
-            Actor::Member(identity),
+        run.push(DirectMessage {
             to,
-            message,
-            time,
-            Tag::Cid(cid),
-        );
+            body: message,
+            sent_at: time,
+            cid,
+        });
     }
 
     /// Answers a refused request (boxed: rare, and `answer`'s state would grow the hot path).
@@ -110,7 +141,11 @@ impl Session {
                 };
                 self.answer(cid, reply).await;
             }
-            frame @ Frame::Message { .. } => self.message(frame).await,
+            frame @ Frame::Message { .. } => {
+                let mut run = Vec::new();
+                self.message(frame, &mut run).await;
+                self.hand_over(&mut run);
+            }
             Frame::Join { .. }
             | Frame::Leave { .. }
             | Frame::SendRoom { .. }
