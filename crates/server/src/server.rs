@@ -143,14 +143,14 @@ pub async fn serve(
     raise_fd_limit();
     let tls = listeners.certificate.clone();
     let store = SqliteStore::open(&config.data_dir, config.sync)?;
-    let index = store.index();
+    let (index, log) = (store.index(), store.log());
     let (hub, hub_thread) = crate::hub::spawn(Box::new(store), &config)?;
     let shared = Arc::new(Shared {
         throttle: crate::auth::Throttle::new(&config),
         per_ip: Default::default(),
         tls,
         files: crate::files::FileStore::new(&config.data_dir),
-        reader: Reader::new(&config.data_dir, index),
+        reader: Reader::new(&config.data_dir, index, log),
         hub: hub.clone(),
         shutdown: shutdown.clone(),
         next_session: AtomicU64::new(1),

@@ -796,9 +796,9 @@ async fn sequences_and_ids_go_on_after_restarts() {
     server.stop().await;
 }
 
-/// The two layouts of a row per message that parley wrote before blocks: ordered by
-/// conversation and sequence, then by id.
-const ROW_LAYOUTS: [&str; 2] = [
+/// The layouts parley stored messages in before the message log, in SQLite: a row per
+/// message ordered by conversation and sequence, then by id; then blocks of messages.
+const OLD_LAYOUTS: [&str; 3] = [
     "CREATE TABLE messages (
          conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL,
          sender_id INTEGER NOT NULL, sender_device INTEGER NOT NULL,
@@ -808,12 +808,27 @@ const ROW_LAYOUTS: [&str; 2] = [
          id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL,
          sender_id INTEGER NOT NULL, sender_device INTEGER NOT NULL,
          body BLOB NOT NULL, sent_at INTEGER NOT NULL, received_at INTEGER NOT NULL)",
+    "CREATE TABLE message_blocks (
+         last_id INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, data BLOB NOT NULL)",
 ];
 
-/// Puts in place of what the server stored a `messages` table of `layout` holding alice's
-/// m1..m5 to bob and c1..c5 to carol, as a server of that layout would have written them,
-/// and no saved index.
-fn write_row_layout(db: &rusqlite::Connection, layout: &str) {
+/// Unsigned LEB128, as blocks hold their integers.
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Puts in place of what the server stored (the message log and the saved index) a table
+/// of `layout` holding alice's m1..m5 to bob and c1..c5 to carol, as a server of that
+/// layout would have written them: rows, or blocks of three messages (version 1: per
+/// message varints of the id step, conversation, sequence, sender and device, the client's
+/// 8-byte timestamp, varints of the receive time and the body's length, the body).
+fn write_old_layout(dir: &std::path::Path, layout: &str) {
+    std::fs::remove_file(dir.join("messages.log")).unwrap();
+    let db = rusqlite::Connection::open(dir.join("parley.db")).unwrap();
     let id = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
     let alice = id("SELECT id FROM users WHERE name = 'alice'");
     let phone = id("SELECT id FROM devices WHERE name = 'phone'");
@@ -825,11 +840,36 @@ fn write_row_layout(db: &rusqlite::Connection, layout: &str) {
     };
     let (bob, carol) = (with("bob"), with("carol"));
     db.execute_batch(
-        "DELETE FROM message_blocks; DELETE FROM message_index;
+        "DELETE FROM message_spans; DELETE FROM message_index;
          DELETE FROM counters WHERE name = 'message_index_up_to';",
     )
     .unwrap();
     db.execute_batch(layout).unwrap();
+    let messages = (1..=5i64).flat_map(|i| [(2 * i - 1, bob, "m", i), (2 * i, carol, "c", i)]);
+    if layout.contains("message_blocks") {
+        let all: Vec<_> = messages.collect();
+        for block in all.chunks(3) {
+            let mut data = vec![1];
+            let mut previous = 0;
+            for &(id, conv, text, seq) in block {
+                let body = format!("{text}{seq}").into_bytes();
+                for v in [id - previous, conv, seq, alice, phone] {
+                    varint(&mut data, v as u64);
+                }
+                data.extend_from_slice(&1u64.to_le_bytes());
+                varint(&mut data, 1767225600000);
+                varint(&mut data, body.len() as u64);
+                data.extend_from_slice(&body);
+                previous = id;
+            }
+            db.execute(
+                "INSERT INTO message_blocks (last_id, first_id, data) VALUES (?1, ?2, ?3)",
+                rusqlite::params![previous, block[0].0, data],
+            )
+            .unwrap();
+        }
+        return;
+    }
     let mut insert = db
         .prepare(
             "INSERT INTO messages (id, conversation_id, seq, sender_id, sender_device, body,
@@ -837,21 +877,19 @@ fn write_row_layout(db: &rusqlite::Connection, layout: &str) {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, 1767225600000)",
         )
         .unwrap();
-    for i in 1..=5i64 {
-        for (id, conv, text) in [(2 * i - 1, bob, "m"), (2 * i, carol, "c")] {
-            let body = format!("{text}{i}").into_bytes();
-            insert
-                .execute(rusqlite::params![id, conv, i, alice, phone, body])
-                .unwrap();
-        }
+    for (id, conv, text, seq) in messages {
+        let body = format!("{text}{seq}").into_bytes();
+        insert
+            .execute(rusqlite::params![id, conv, seq, alice, phone, body])
+            .unwrap();
     }
 }
 
-/// Databases of a row per message, in either earlier layout, are moved into blocks at
-/// start and read back the same: catch-up, history by id, and the next message after them.
+/// Databases of every earlier layout are moved into the message log at start and read back
+/// the same: catch-up, history by id, and the next message after them.
 #[tokio::test]
-async fn a_database_of_a_row_per_message_is_moved_into_blocks_and_reads_the_same() {
-    for layout in ROW_LAYOUTS {
+async fn a_database_of_an_earlier_layout_is_moved_into_the_log_and_reads_the_same() {
+    for layout in OLD_LAYOUTS {
         let mut server = TestServer::start().await;
         for name in ["alice", "bob", "carol"] {
             register(&server, name).await;
@@ -861,10 +899,7 @@ async fn a_database_of_a_row_per_message_is_moved_into_blocks_and_reads_the_same
         dm(&mut alice, "alice", "carol", "first").await;
         close(alice).await;
         server
-            .restart_after(|dir| {
-                let db = rusqlite::Connection::open(dir.join("parley.db")).unwrap();
-                write_row_layout(&db, layout);
-            })
+            .restart_after(|dir| write_old_layout(dir, layout))
             .await;
         let mut bob = device(&server, "bob", "phone").await;
         let caught_up = events(&mut bob, 5).await;
@@ -892,7 +927,7 @@ async fn a_database_of_a_row_per_message_is_moved_into_blocks_and_reads_the_same
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(tables, ["message_blocks", "message_index"], "{layout}");
+        assert_eq!(tables, ["message_index", "message_spans"], "{layout}");
         server.stop().await;
     }
 }

@@ -1,14 +1,13 @@
 //! Which message ids make up each conversation, in sequence order, held in memory.
 //!
-//! Messages are stored in id order alone, the order the hub writes in (blocks.rs), so a
-//! commit appends to the end of one B-tree: a few pages however many conversations the batch
-//! touches. Ordered by (conversation, sequence), as it was, every commit rewrote the last
-//! page of each conversation it touched — with 50 busy conversations, 50 pages for a few
-//! hundred small messages, and half the server's time per message. What that order gave
-//! (finding a conversation's messages) this index gives instead: the writer extends it
-//! after every commit, so a reader never sees an id that is not committed, saves it at a
-//! clean stop, and a start reads that copy and the messages stored after it (all of them
-//! only when there is no usable copy).
+//! Messages are stored in id order alone, the order the hub writes in (log.rs), so a commit
+//! appends to the end of one file however many conversations the batch touches. (Stored by
+//! conversation and sequence, as in the first SQLite layout, every commit rewrote the last
+//! page of each conversation it touched: with 50 busy conversations, 50 pages for a few
+//! hundred small messages.) What that order gave (finding a conversation's messages) this
+//! index gives instead: the writer extends it after every commit, so a reader never sees an
+//! id that is not committed, saves it at a clean stop, and a start reads that copy and the
+//! messages stored after it (all of them only when there is no usable copy).
 //!
 //! Cost: 8 bytes per stored message (and up to as much again of spare capacity while a
 //! conversation grows).
@@ -19,7 +18,7 @@ use std::sync::RwLock;
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension};
 
-use super::{varint, ConvId, NewMessage, Seq};
+use super::{varint, ConvId, MessageLog, NewMessage, Seq};
 
 /// Message ids per conversation. Entry `i` is the id of sequence `i + 1`. A sequence with no
 /// stored message (none is skipped today, but nothing here depends on it) repeats the id
@@ -33,17 +32,24 @@ impl MessageIndex {
     /// Builds the index: from the copy saved at the last clean stop, if there is one, and
     /// the messages stored after it; else from every stored message. A stored message is
     /// never changed or removed, so a saved copy stays true of the ids it covers even after
-    /// a crash (only the part read from the table grows).
-    pub(super) fn load(conn: &Connection) -> anyhow::Result<Self> {
+    /// a crash (only the part read from the log grows); only a log that lost messages the
+    /// copy names (a power loss) makes it unusable.
+    pub(super) fn load(conn: &Connection, log: &MessageLog) -> anyhow::Result<Self> {
         let index = MessageIndex::default();
         {
             let mut convs = index.convs.write().expect("message index poisoned");
-            let saved = read_saved(conn, &mut convs).unwrap_or_else(|e| {
-                tracing::warn!(error = %format!("{e:#}"), "saved message index unusable; reading every message");
-                convs.clear();
-                0
-            });
-            super::blocks::each_after(conn, saved, |m| {
+            let saved = read_saved(conn, &mut convs)
+                .and_then(|saved| {
+                    let stored = log.last_id();
+                    anyhow::ensure!(saved <= stored, "it names message {saved}, the log ends at {stored}");
+                    Ok(saved)
+                })
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %format!("{e:#}"), "saved message index unusable; reading every message");
+                    convs.clear();
+                    0
+                });
+            log.each_after(saved, |m| {
                 place(convs.entry(m.conv).or_default(), m.seq, m.id)
             })?;
             for list in convs.values_mut() {
@@ -53,12 +59,12 @@ impl MessageIndex {
         Ok(index)
     }
 
-    /// Saves the index (at a clean stop) so that the next start reads it instead of every
-    /// message: per conversation its ids as varint deltas, about a byte or two a message.
-    pub(super) fn save(&self, conn: &Connection) -> anyhow::Result<()> {
+    /// Saves the index (at a clean stop, inside the caller's transaction) so that the next
+    /// start reads it instead of every message: per conversation its ids as varint deltas,
+    /// about a byte or two a message.
+    pub(super) fn save(&self, tx: &Connection) -> anyhow::Result<()> {
         let convs = self.convs.read().expect("message index poisoned");
         let covered = convs.values().filter_map(|ids| ids.last()).max().copied();
-        let tx = conn.unchecked_transaction()?;
         tx.execute("DELETE FROM message_index", [])?;
         {
             let mut insert =
@@ -75,7 +81,6 @@ impl MessageIndex {
              ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             rusqlite::params![SAVED_UP_TO, covered.unwrap_or(0)],
         )?;
-        tx.commit()?;
         Ok(())
     }
 

@@ -2,11 +2,14 @@
 //!
 //! The hub thread is the only writer. It assigns every id itself and hands the store one
 //! [`Batch`] per group commit, so the write interface is a single call and a second backend
-//! (PostgreSQL, for several nodes) has little to implement. Sessions read catch-up pages
-//! through a [`Reader`], which never blocks the writer (SQLite WAL).
+//! (PostgreSQL, for several nodes) has little to implement. Messages go to an append-only
+//! log of their own (log.rs), everything else to SQLite. Sessions read catch-up pages
+//! through a [`Reader`], which never blocks the writer (SQLite WAL, positional reads of the
+//! log).
 
 mod blocks;
 mod index;
+mod log;
 mod reader;
 mod sqlite;
 mod varint;
@@ -16,6 +19,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 pub use index::MessageIndex;
+pub use log::MessageLog;
 pub use reader::{ConvPosition, Page, Profile, Reader, Resolved};
 pub use sqlite::SqliteStore;
 
@@ -145,13 +149,17 @@ impl Batch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
+        self.messages.is_empty() && !self.has_rows()
+    }
+
+    /// Whether the batch writes anything but messages (which go to the message log).
+    pub fn has_rows(&self) -> bool {
+        !(self.users.is_empty()
             && self.devices.is_empty()
             && self.directs.is_empty()
             && self.rooms.is_empty()
             && self.joins.is_empty()
             && self.leaves.is_empty()
-            && self.messages.is_empty()
             && self.cursors.is_empty()
             && self.seen.is_empty()
             && self.passwords.is_empty()
@@ -160,7 +168,7 @@ impl Batch {
             && self.profiles.is_empty()
             && self.contacts.is_empty()
             && self.files.is_empty()
-            && self.attachments.is_empty()
+            && self.attachments.is_empty())
     }
 }
 
@@ -212,7 +220,8 @@ pub trait LogStore: Send {
     fn ensure_builtin(&mut self, anonymous: &str) -> anyhow::Result<(ConvId, UserId)>;
     /// A user's contacts with their state.
     fn contacts(&mut self, user: UserId) -> anyhow::Result<Vec<(UserId, ContactState)>>;
-    /// Writes the whole batch in one transaction, or nothing.
+    /// Writes the whole batch, or reports an error: its rows in one transaction, then its
+    /// messages. After an error its rows may be stored, but none of its messages.
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()>;
 }
 

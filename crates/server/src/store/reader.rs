@@ -1,7 +1,8 @@
 //! Read-only access for sessions: catch-up pages, off the async threads.
 //!
-//! A small pool of SQLite connections; each call runs on tokio's blocking pool so a slow
-//! query never stalls a runtime thread, and WAL lets readers run beside the writer.
+//! A small pool of SQLite connections and the message log; each call runs on tokio's
+//! blocking pool so a slow query never stalls a runtime thread. WAL lets readers run beside
+//! the writer, and the log is read with positional reads of what is already appended.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::blocks::Lookup;
-use super::{ConvId, DeviceId, MessageIndex, Seq, UserId};
+use super::log::Lookup;
+use super::{ConvId, DeviceId, MessageIndex, MessageLog, Seq, UserId};
 use crate::config::SyncMode;
 use crate::delivery::Kind;
 
@@ -109,8 +110,9 @@ pub struct Reader {
 
 struct Pool {
     path: PathBuf,
-    /// Which ids make up each conversation (the blocks are in id order).
+    /// Which ids make up each conversation (the log is in id order).
     index: Arc<MessageIndex>,
+    log: Arc<MessageLog>,
     idle: Mutex<Vec<Connection>>,
     /// At most this many reads at once: a burst of logins queues here instead of opening
     /// a connection (and a blocking thread) each.
@@ -121,11 +123,12 @@ struct Pool {
 const READERS: usize = 8;
 
 impl Reader {
-    pub fn new(data_dir: &std::path::Path, index: Arc<MessageIndex>) -> Self {
+    pub fn new(data_dir: &std::path::Path, index: Arc<MessageIndex>, log: Arc<MessageLog>) -> Self {
         Reader {
             inner: Arc::new(Pool {
                 path: super::sqlite::database_path(data_dir),
                 index,
+                log,
                 idle: Mutex::new(Vec::new()),
                 busy: tokio::sync::Semaphore::new(READERS),
             }),
@@ -136,7 +139,7 @@ impl Reader {
     async fn with<T, F>(&self, f: F) -> anyhow::Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &MessageIndex) -> anyhow::Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &Pool) -> anyhow::Result<T> + Send + 'static,
     {
         let pool = self.inner.clone();
         let _permit = pool.busy.acquire().await?;
@@ -150,7 +153,7 @@ impl Reader {
                     conn
                 }
             };
-            let result = f(&conn, &pool.index);
+            let result = f(&conn, &pool);
             let mut idle = pool.idle.lock().expect("reader pool poisoned");
             if idle.len() < READERS {
                 idle.push(conn);
@@ -169,7 +172,7 @@ impl Reader {
         user: UserId,
         device: DeviceId,
     ) -> anyhow::Result<Vec<ConvPosition>> {
-        self.with(move |conn, index| {
+        self.with(move |conn, pool| {
             // `c.last_seq` is a floor that databases written before the index still count.
             let mut stmt = conn.prepare_cached(
                 "SELECT c.id, ua.name, ub.name, MAX(COALESCE(cur.seq, (SELECT MAX(c2.seq) FROM cursors c2
@@ -201,7 +204,7 @@ impl Reader {
                         Arc::from(b.unwrap_or_default()),
                     ),
                     cursor: r.get(3)?,
-                    last_seq: index.last_seq(conv).max(r.get(4)?),
+                    last_seq: pool.index.last_seq(conv).max(r.get(4)?),
                     joined: r.get(7)?,
                 })
             })?;
@@ -413,7 +416,8 @@ impl Reader {
         page: Page,
         limit: usize,
     ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
-        self.with(move |conn, index| {
+        self.with(move |conn, pool| {
+            let index = &pool.index;
             // Positions in the index: position p holds sequence p + 1.
             let ids = match page {
                 Page::Latest => index.before(conv, usize::MAX, limit),
@@ -421,14 +425,10 @@ impl Reader {
                 Page::AfterSeq(seq) => index.from(conv, position(seq), limit),
                 Page::BeforeId(id) => index.before(conv, index.position(conv, |x| x < id), limit),
                 Page::AfterId(id) => index.from(conv, index.position(conv, |x| x <= id), limit),
-                Page::BeforeTime(ms) => {
-                    index.before(conv, by_time(conn, index, conv, |t| t < ms)?, limit)
-                }
-                Page::AfterTime(ms) => {
-                    index.from(conv, by_time(conn, index, conv, |t| t <= ms)?, limit)
-                }
+                Page::BeforeTime(ms) => index.before(conv, by_time(pool, conv, |t| t < ms)?, limit),
+                Page::AfterTime(ms) => index.from(conv, by_time(pool, conv, |t| t <= ms)?, limit),
             };
-            fetch(conn, conv, &ids)
+            fetch(conn, &pool.log, conv, &ids)
         })
         .await
     }
@@ -439,11 +439,11 @@ impl Reader {
         from: Vec<(ConvId, Seq)>,
         limit: usize,
     ) -> anyhow::Result<Vec<Vec<StoredMessage>>> {
-        self.with(move |conn, index| {
+        self.with(move |conn, pool| {
             let mut pages = Vec::with_capacity(from.len());
             for (conv, after) in from {
-                let ids = index.from(conv, position(after), limit);
-                let page = fetch(conn, conv, &ids)?;
+                let ids = pool.index.from(conv, position(after), limit);
+                let page = fetch(conn, &pool.log, conv, &ids)?;
                 pages.push(page.into_iter().map(|(m, _)| m).collect());
             }
             Ok(pages)
@@ -460,13 +460,9 @@ fn position(seq: Seq) -> usize {
 /// The first position in `conv` whose message was not received `before` (a test on its
 /// receive time). The hub stamps receive times as it hands out sequences, so they grow
 /// with the sequence and a binary search finds the bound in a few lookups.
-fn by_time(
-    conn: &Connection,
-    index: &MessageIndex,
-    conv: ConvId,
-    before: impl Fn(i64) -> bool,
-) -> anyhow::Result<usize> {
-    let mut lookup = Lookup::new(conn)?;
+fn by_time(pool: &Pool, conv: ConvId, before: impl Fn(i64) -> bool) -> anyhow::Result<usize> {
+    let index = &pool.index;
+    let mut lookup = Lookup::new(&pool.log);
     let (mut low, mut high) = (0, position(index.last_seq(conv)));
     while low < high {
         let mid = low + (high - low) / 2;
@@ -491,10 +487,11 @@ fn by_time(
 /// reads few of them; each block is read once however many of the page's ids it holds.
 fn fetch(
     conn: &Connection,
+    log: &MessageLog,
     conv: ConvId,
     ids: &[i64],
 ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
-    let mut lookup = Lookup::new(conn)?;
+    let mut lookup = Lookup::new(log);
     let mut names = conn.prepare_cached("SELECT name FROM users WHERE id = ?1")?;
     let mut known: HashMap<UserId, Arc<str>> = HashMap::new();
     let mut out = Vec::with_capacity(ids.len());
@@ -503,7 +500,7 @@ fn fetch(
             continue;
         };
         if m.conv != conv {
-            // Only an index out of step with the blocks gets here; the rows it names
+            // Only an index out of step with the log gets here; the rows it names
             // are not this conversation's to show.
             continue;
         }

@@ -1,4 +1,5 @@
-//! The embedded SQLite backend: WAL mode, one writer connection, prepared statements.
+//! The embedded SQLite backend: WAL mode, one writer connection, prepared statements; the
+//! messages themselves in the message log beside it (log.rs).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +9,8 @@ use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::index::MessageIndex;
-use super::{blocks, NewMessage};
+use super::log::{self, LogWriter, MessageLog};
+use super::NewMessage;
 use super::{
     Batch, ContactState, ConvId, DeviceId, DirectConv, LogStore, Membership, NextIds, Revoke, Seq,
     StoredRoom, UserId, KIND_BROADCAST, KIND_ROOM,
@@ -154,23 +156,27 @@ fn migrate(conn: &Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Moves the messages of a database written before blocks (a `messages` table of a row
-/// per message, ordered by id or, in the first layout, by conversation and sequence) into
-/// blocks, in one transaction. Ids, sequences and the saved index stay as they were.
-fn migrate_messages(conn: &Connection) -> anyhow::Result<()> {
-    let rows_table: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !rows_table {
+/// Moves the messages of a database written before the message log into it: a
+/// `message_blocks` table (blocks of messages a row) or, older, a `messages` table of a row
+/// per message (ordered by id or, in the first layout, by conversation and sequence). Ids,
+/// sequences and the saved index stay as they were. The log is made durable before the
+/// table is dropped; a move that did not finish (the table still there) starts over.
+fn migrate_messages(conn: &Connection, log: &mut LogWriter) -> anyhow::Result<()> {
+    let has_table = |name: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+    };
+    let (blocks, rows) = (has_table("message_blocks")?, has_table("messages")?);
+    if !blocks && !rows {
         return Ok(());
     }
     let started = std::time::Instant::now();
-    let tx = conn.unchecked_transaction()?;
-    let mut moved = 0;
-    {
-        let mut stmt = tx.prepare(
+    log.clear()?;
+    if rows {
+        let mut stmt = conn.prepare(
             "SELECT id, conversation_id, seq, sender_id, sender_device, body, sent_at,
                     received_at
              FROM messages ORDER BY id",
@@ -178,7 +184,7 @@ fn migrate_messages(conn: &Connection) -> anyhow::Result<()> {
         let mut rows = stmt.query([])?;
         // Read and written a few thousand at a time, so memory stays flat however many.
         const CHUNK: usize = 4096;
-        let (mut chunk, mut data) = (Vec::with_capacity(CHUNK), Vec::new());
+        let mut chunk = Vec::with_capacity(CHUNK);
         while let Some(r) = rows.next()? {
             chunk.push(NewMessage {
                 id: r.get(0)?,
@@ -191,21 +197,96 @@ fn migrate_messages(conn: &Connection) -> anyhow::Result<()> {
                 received_at: r.get(7)?,
             });
             if chunk.len() == CHUNK {
-                blocks::insert(&tx, &chunk, &mut data)?;
-                moved += chunk.len();
+                log.append(&chunk)?;
                 chunk.clear();
             }
         }
-        blocks::insert(&tx, &chunk, &mut data)?;
-        moved += chunk.len();
+        log.append(&chunk)?;
     }
-    tx.execute_batch("DROP TABLE messages")?;
-    tx.commit().context("moving the messages into blocks")?;
+    if blocks {
+        let mut stmt = conn.prepare("SELECT data FROM message_blocks ORDER BY last_id")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            log.append_block(row.get_ref(0)?.as_blob()?)
+                .context("moving a block of messages")?;
+        }
+    }
+    log.sync()?;
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch("DROP TABLE IF EXISTS messages; DROP TABLE IF EXISTS message_blocks")?;
+    tx.commit().context("moving the messages into the log")?;
     tracing::info!(
-        messages = moved,
+        up_to = log.last_id(),
         elapsed_ms = started.elapsed().as_millis() as u64,
-        "messages moved into blocks"
+        "messages moved into the message log"
     );
+    Ok(())
+}
+
+/// Records whether the server stopped cleanly (the index and spans were saved) and returns
+/// what the last stop was: set at a clean stop, cleared at every start.
+fn take_clean_stop(conn: &Connection) -> anyhow::Result<bool> {
+    let clean: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM counters WHERE name = 'clean_stop'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    set_clean_stop(conn, false)?;
+    Ok(clean == Some(1))
+}
+
+fn set_clean_stop(conn: &Connection, clean: bool) -> anyhow::Result<()> {
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES ('clean_stop', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        [i64::from(clean)],
+    )?;
+    Ok(())
+}
+
+/// After a stop that was not clean: moves cursors and join points that lie past the end of
+/// their conversation in the log back to it. A batch's rows commit before its messages are
+/// appended, so a crash between the two can leave a room joined after messages that were
+/// never stored; a power loss (with `sync = "normal"`) can take messages from the log that
+/// SQLite's cursors already count. Left there, the next messages would get sequences their
+/// members are taken to have seen. Reads the two tables once (a few hundred milliseconds
+/// per million rows).
+fn clamp_to_log(conn: &Connection, index: &MessageIndex) -> anyhow::Result<()> {
+    let mut moved = 0;
+    for (table, column) in [("cursors", "seq"), ("memberships", "joined_seq")] {
+        let mut past = Vec::new();
+        {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT t.conversation_id, MAX(t.{column}), c.last_seq FROM {table} t
+                 LEFT JOIN conversations c ON c.id = t.conversation_id
+                 GROUP BY t.conversation_id"
+            ))?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let (conv, highest): (ConvId, Seq) = (r.get(0)?, r.get(1)?);
+                let end = index
+                    .last_seq(conv)
+                    .max(r.get::<_, Option<Seq>>(2)?.unwrap_or(0));
+                if highest > end {
+                    past.push((conv, end));
+                }
+            }
+        }
+        let mut update = conn.prepare(&format!(
+            "UPDATE {table} SET {column} = ?2 WHERE conversation_id = ?1 AND {column} > ?2"
+        ))?;
+        for (conv, end) in past {
+            moved += update.execute(params![conv, end])?;
+        }
+    }
+    if moved > 0 {
+        tracing::warn!(
+            rows = moved,
+            "cursors and join points past the end of the message log moved back to it"
+        );
+    }
     Ok(())
 }
 
@@ -270,17 +351,26 @@ pub struct SqliteStore {
     conn: Connection,
     /// Shared with the readers; extended after every commit.
     index: Arc<MessageIndex>,
+    /// Where the messages go.
+    log: LogWriter,
     /// Message ids below this are covered by the stored counter.
     ids_reserved: i64,
     checkpoints: Arc<Checkpoints>,
-    /// Where a block is encoded, kept from batch to batch.
-    block_data: Vec<u8>,
 }
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         let started = std::time::Instant::now();
-        match self.index.save(&self.conn) {
+        // The log first: what the saved copies describe must be on disk before they are.
+        let saved = self.log.sync().and_then(|()| {
+            let tx = self.conn.unchecked_transaction()?;
+            self.index.save(&tx)?;
+            log::save_spans(&tx, &self.log.log().spans())?;
+            set_clean_stop(&tx, true)?;
+            tx.commit()?;
+            Ok(())
+        });
+        match saved {
             Ok(()) => tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "message index saved"
@@ -292,7 +382,7 @@ impl Drop for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database in `data_dir`.
+    /// Opens (creating if needed) the database and the message log in `data_dir`.
     pub fn open(data_dir: &Path, sync: SyncMode) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
@@ -304,14 +394,22 @@ impl SqliteStore {
         // thread's time in a 300,000-message run); at 4 MB it is reused after 60,000.
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         conn.execute_batch(SCHEMA).context("creating the schema")?;
-        conn.execute_batch(blocks::TABLE)
+        conn.execute_batch(log::TABLE)
             .context("creating the schema")?;
         migrate(&conn).context("migrating the schema")?;
-        migrate_messages(&conn).context("moving the messages into blocks")?;
         let started = std::time::Instant::now();
-        let index = Arc::new(MessageIndex::load(&conn).context("indexing the messages")?);
+        let full = sync == SyncMode::Full;
+        let (messages, mut log) = MessageLog::open(data_dir, full, log::saved_spans(&conn))
+            .context("opening the message log")?;
+        migrate_messages(&conn, &mut log).context("moving the messages into the log")?;
+        let index =
+            Arc::new(MessageIndex::load(&conn, &messages).context("indexing the messages")?);
+        if !take_clean_stop(&conn)? {
+            clamp_to_log(&conn, &index).context("checking cursors against the log")?;
+        }
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
+            up_to = messages.last_id(),
             "messages indexed"
         );
         // Checkpoints move the WAL into the database file. SQLite runs them inside the
@@ -323,12 +421,17 @@ impl SqliteStore {
         let mut store = SqliteStore {
             conn,
             index,
+            log,
             checkpoints,
             ids_reserved: 0,
-            block_data: Vec::new(),
         };
         store.ids_reserved = store.next_ids()?.message;
         Ok(store)
+    }
+
+    /// The log the messages are in, for the readers.
+    pub fn log(&self) -> Arc<MessageLog> {
+        self.log.log()
     }
 
     /// The index of the stored messages, for the readers.
@@ -372,7 +475,9 @@ impl LogStore for SqliteStore {
             user,
             device,
             conv,
-            message: message.unwrap_or(1),
+            // The counter is written ahead of the ids handed out; the log's end is a floor
+            // all the same.
+            message: message.unwrap_or(1).max(self.log.last_id() + 1),
         })
     }
 
@@ -484,41 +589,56 @@ impl LogStore for SqliteStore {
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()> {
         let reserve =
             (batch.next_message_id > self.ids_reserved).then(|| batch.next_message_id + ID_RESERVE);
-        // BEGIN and COMMIT as cached statements: `Connection::transaction` parses both
-        // again for every batch.
-        self.conn.prepare_cached("BEGIN")?.execute([])?;
-        let written =
-            write_batch(&self.conn, batch, reserve, &mut self.block_data).and_then(|()| {
-                self.conn
-                    .prepare_cached("COMMIT")?
-                    .execute([])
-                    .context("committing a batch")?;
-                Ok(())
-            });
-        match written {
-            Ok(()) => {
-                self.index.append(&batch.messages);
-                if let Some(mark) = reserve {
-                    self.ids_reserved = mark;
-                }
-                if self.checkpoints.restart.swap(false, Ordering::Relaxed) {
-                    self.restart_wal();
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if !self.conn.is_autocommit() {
-                    if let Err(undo) = self.conn.execute_batch("ROLLBACK") {
-                        tracing::error!(error = %undo, "rolling back a failed batch");
-                    }
-                }
-                Err(e)
-            }
+        // The rows first: none of them refers to a message of its own batch but a join
+        // point (see `clamp_to_log`), so a crash or a failure between the two leaves
+        // nothing that points at a message that is not stored.
+        if batch.has_rows() || reserve.is_some() {
+            self.write_rows(batch, reserve)?;
         }
+        if let Err(e) = self.log.append(&batch.messages) {
+            if !batch.joins.is_empty() {
+                if let Err(undo) = clamp_to_log(&self.conn, &self.index) {
+                    tracing::error!(error = %format!("{undo:#}"), "moving join points back");
+                }
+            }
+            return Err(e);
+        }
+        self.index.append(&batch.messages);
+        if self.checkpoints.restart.swap(false, Ordering::Relaxed) {
+            self.restart_wal();
+        }
+        Ok(())
     }
 }
 
 impl SqliteStore {
+    /// Writes the batch's rows (all but its messages) in one transaction; `reserve` is the
+    /// new reserved mark of message ids, when the batch goes past the old one.
+    fn write_rows(&mut self, batch: &Batch, reserve: Option<i64>) -> anyhow::Result<()> {
+        // BEGIN and COMMIT as cached statements: `Connection::transaction` parses both
+        // again for every batch.
+        self.conn.prepare_cached("BEGIN")?.execute([])?;
+        let written = write_batch(&self.conn, batch, reserve).and_then(|()| {
+            self.conn
+                .prepare_cached("COMMIT")?
+                .execute([])
+                .context("committing a batch")?;
+            Ok(())
+        });
+        if let Err(e) = written {
+            if !self.conn.is_autocommit() {
+                if let Err(undo) = self.conn.execute_batch("ROLLBACK") {
+                    tracing::error!(error = %undo, "rolling back a failed batch");
+                }
+            }
+            return Err(e);
+        }
+        if let Some(mark) = reserve {
+            self.ids_reserved = mark;
+        }
+        Ok(())
+    }
+
     /// Checkpoints what the checkpoint thread's last pass left, between two commits, so
     /// that the next commit finds everything copied and starts the WAL over (and
     /// `journal_size_limit` cuts the file back). Passive: a reader in the way is not waited
@@ -536,14 +656,8 @@ impl SqliteStore {
     }
 }
 
-/// The rows of one batch, inside the transaction `write` opened; `reserve` is the new
-/// reserved mark of message ids, when the batch goes past the old one.
-fn write_batch(
-    tx: &Connection,
-    batch: &Batch,
-    reserve: Option<i64>,
-    block_data: &mut Vec<u8>,
-) -> anyhow::Result<()> {
+/// The rows of one batch, inside the transaction `write_rows` opened.
+fn write_batch(tx: &Connection, batch: &Batch, reserve: Option<i64>) -> anyhow::Result<()> {
     let now = super::now_ms();
     let mut users = tx.prepare_cached(
         "INSERT INTO users (id, name, created_at, last_seen_at) VALUES (?1, ?2, ?3, ?3)",
@@ -591,7 +705,6 @@ fn write_batch(
     for (user, conv, seq) in &batch.joins {
         joins.execute(params![user, conv, seq])?;
     }
-    blocks::insert(tx, &batch.messages, block_data)?;
     let mut cursors = tx.prepare_cached(
         "INSERT INTO cursors (device_id, conversation_id, seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (device_id, conversation_id)
@@ -690,23 +803,31 @@ mod tests {
         }
     }
 
+    fn batch(messages: impl IntoIterator<Item = NewMessage>) -> Batch {
+        let messages: Vec<NewMessage> = messages.into_iter().collect();
+        Batch {
+            next_message_id: messages.last().map_or(1, |m| m.id + 1),
+            messages,
+            ..Batch::default()
+        }
+    }
+
+    /// Stops the store as a crash would: nothing saved.
+    fn crash(store: SqliteStore) {
+        std::mem::forget(store);
+    }
+
     /// The index saved at a clean stop is read back at the next start, and messages stored
-    /// after it (as after a crash, with no second save) come from the blocks; a damaged
-    /// copy is ignored for a full read.
+    /// after it (as after a crash, with no second save) come from the log; a damaged copy
+    /// is ignored for a full read.
     #[test]
     fn the_saved_index_and_what_came_after_it_are_read_back() {
         let dir = tempfile::tempdir().unwrap();
         // Message i goes to conversation 1 + i % 2, as its sequence (i + 1) / 2.
         let rows = |from: i64, to: i64| (from..=to).map(|i| message(i, 1 + i % 2, (i + 1) / 2));
         let mut store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
-        // Message 2 in a block of its own, to be taken out below.
         for (from, to) in [(1, 1), (2, 2), (3, 10)] {
-            let batch = Batch {
-                messages: rows(from, to).collect(),
-                next_message_id: to + 1,
-                ..Batch::default()
-            };
-            store.write(&batch).unwrap();
+            store.write(&batch(rows(from, to))).unwrap();
         }
         drop(store);
         let db = Connection::open(database_path(dir.path())).unwrap();
@@ -718,12 +839,21 @@ mod tests {
             )
             .unwrap();
         assert_eq!(saved, 10);
-        let later: Vec<NewMessage> = rows(11, 14).collect();
-        blocks::insert(&db, &later, &mut Vec::new()).unwrap();
-        // Taken out behind the index's back: only the saved copy still has it, which shows
-        // that the copy is what was read.
-        db.execute("DELETE FROM message_blocks WHERE last_id = 2", [])
-            .unwrap();
+        let mut store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
+        store.write(&batch(rows(11, 14))).unwrap();
+        crash(store);
+        // The saved copy of conversation 1 rewritten without its first message: the index
+        // read back lacks it too, which shows that the copy is what was read.
+        let mut blob = Vec::new();
+        super::super::varint::put(&mut blob, 4);
+        for id in [4, 2, 2, 2] {
+            super::super::varint::put(&mut blob, id);
+        }
+        db.execute(
+            "UPDATE message_index SET ids = ?1 WHERE conversation_id = 1",
+            [&blob],
+        )
+        .unwrap();
         let odd: Vec<i64> = (1..=13).step_by(2).collect();
         let even: Vec<i64> = (2..=14).step_by(2).collect();
         let index = SqliteStore::open(dir.path(), SyncMode::Normal)
@@ -731,7 +861,7 @@ mod tests {
             .index();
         assert_eq!((index.last_seq(1), index.last_seq(2)), (7, 7));
         assert_eq!(index.from(2, 0, 99), odd);
-        assert_eq!(index.from(1, 0, 99), even);
+        assert_eq!(index.from(1, 0, 99), even[1..], "from the saved copy");
 
         db.execute("UPDATE message_index SET ids = x'ff'", [])
             .unwrap();
@@ -739,22 +869,18 @@ mod tests {
             .unwrap()
             .index();
         assert_eq!(index.from(2, 0, 99), odd);
-        assert_eq!(
-            index.from(1, 0, 99),
-            even[1..],
-            "a full read, without message 2"
-        );
+        assert_eq!(index.from(1, 0, 99), even, "a full read");
     }
 
     /// A row-per-message table larger than one chunk of the move comes out whole: every
     /// message in its conversation's index and readable with its fields.
     #[test]
-    fn a_large_row_per_message_table_is_moved_into_blocks_whole() {
+    fn a_large_row_per_message_table_is_moved_into_the_log_whole() {
         let dir = tempfile::tempdir().unwrap();
         drop(SqliteStore::open(dir.path(), SyncMode::Normal).unwrap());
         let db = Connection::open(database_path(dir.path())).unwrap();
         db.execute_batch(
-            "DELETE FROM message_index; DELETE FROM counters;
+            "DELETE FROM message_index; DELETE FROM message_spans; DELETE FROM counters;
              CREATE TABLE messages (
                  id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL,
                  seq INTEGER NOT NULL, sender_id INTEGER NOT NULL,
@@ -773,9 +899,8 @@ mod tests {
                 .unwrap();
         }
         drop(insert);
-        let index = SqliteStore::open(dir.path(), SyncMode::Normal)
-            .unwrap()
-            .index();
+        let mut store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
+        let index = store.index();
         for conv in 1..=3 {
             let ids: Vec<i64> = (1..=n).filter(|i| 1 + i % 3 == conv).collect();
             assert_eq!(index.from(conv, 0, usize::MAX), ids, "conversation {conv}");
@@ -788,7 +913,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(tables, 0);
-        let mut lookup = blocks::Lookup::new(&db).unwrap();
+        let log = store.log();
+        let mut lookup = log::Lookup::new(&log);
         for i in [1, 4_096, 4_097, 8_193, n] {
             let m = lookup.find(i).unwrap().expect("moved");
             assert_eq!(
@@ -797,6 +923,93 @@ mod tests {
             );
             assert_eq!(m.body, vec![(i % 256) as u8; (i % 50) as usize]);
         }
+        assert_eq!(store.next_ids().unwrap().message, n + 1);
+    }
+
+    /// The previous layout, blocks of messages in a `message_blocks` table, is moved into
+    /// the log as it is; a move that stopped half way (the table still there, some of it
+    /// in the log) starts over.
+    #[test]
+    fn a_table_of_blocks_is_moved_into_the_log_and_a_move_cut_short_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let messages: Vec<NewMessage> = (1..=500)
+            .map(|i| message(i, 1 + i % 4, (i + 3) / 4))
+            .collect();
+        let mut store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
+        // What a move cut short would have left in the log.
+        store
+            .write(&batch(messages[..100].iter().cloned()))
+            .unwrap();
+        crash(store);
+        let db = Connection::open(database_path(dir.path())).unwrap();
+        db.execute_batch(
+            "DELETE FROM message_spans;
+             CREATE TABLE message_blocks (
+                 last_id INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, data BLOB NOT NULL)",
+        )
+        .unwrap();
+        super::super::blocks::each_block(&messages, &mut Vec::new(), |first, last, data| {
+            db.execute(
+                "INSERT INTO message_blocks (last_id, first_id, data) VALUES (?1, ?2, ?3)",
+                params![last, first, data],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
+        let log = store.log();
+        let mut all = Vec::new();
+        log.each_after(0, |r| all.push(r.id)).unwrap();
+        assert_eq!(all, (1..=500).collect::<Vec<_>>());
+        assert_eq!(store.index().from(2, 0, 3), [1, 5, 9]);
+        let tables: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'message_blocks'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0);
+    }
+
+    /// After a crash, a cursor or a join point past the end of its conversation in the log
+    /// (the rows of a batch committed, its messages not) is moved back to the end; after a
+    /// clean stop nothing is read or moved.
+    #[test]
+    fn cursors_and_join_points_past_the_log_are_moved_back_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
+        let mut first = batch((1..=3).map(|i| message(i, 7, i)));
+        first.cursors.insert((1, 7), 2);
+        first.joins.push((5, 7, 3));
+        store.write(&first).unwrap();
+        crash(store);
+        let db = Connection::open(database_path(dir.path())).unwrap();
+        db.execute_batch(
+            "UPDATE cursors SET seq = 9; UPDATE memberships SET joined_seq = 8;
+             INSERT INTO cursors (device_id, conversation_id, seq) VALUES (2, 7, 1)",
+        )
+        .unwrap();
+        let read = || -> (Vec<i64>, i64) {
+            let cursors = db
+                .prepare("SELECT seq FROM cursors ORDER BY device_id")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let joined = db
+                .query_row("SELECT joined_seq FROM memberships", [], |r| r.get(0))
+                .unwrap();
+            (cursors, joined)
+        };
+        drop(SqliteStore::open(dir.path(), SyncMode::Normal).unwrap());
+        assert_eq!(read(), (vec![3, 1], 3));
+        // A clean stop: the next start trusts the tables (and does not read them).
+        db.execute_batch("UPDATE cursors SET seq = 9 WHERE device_id = 1")
+            .unwrap();
+        drop(SqliteStore::open(dir.path(), SyncMode::Normal).unwrap());
+        assert_eq!(read(), (vec![9, 1], 3));
     }
 
     /// Commits keep coming while the checkpoints run, yet the WAL starts over (and is cut
@@ -814,13 +1027,9 @@ mod tests {
             && (commits < 6_000 || started.elapsed() < std::time::Duration::from_millis(1500))
         {
             commits += 1;
-            let batch = Batch {
-                messages: (0..4)
-                    .map(|c| message(commits * 4 + c, c, commits))
-                    .collect(),
-                next_message_id: commits * 4 + 4,
-                ..Batch::default()
-            };
+            let mut batch = batch((0..4).map(|c| message(commits * 4 + c, c, commits)));
+            // Rows: the messages themselves go to the log.
+            batch.cursors.extend((0..4).map(|c| ((c, c), commits)));
             store.write(&batch).unwrap();
             let now = std::fs::metadata(&wal).unwrap().len();
             if now < size {

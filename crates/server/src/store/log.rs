@@ -1,0 +1,768 @@
+//! The message log: every stored message, in id order, appended to one file.
+//!
+//! Messages were rows of a SQLite table (a row per message, then a block of them per row).
+//! Every page of that table went through the WAL (two `pwrite` calls a page) and was copied
+//! into the database file again by the checkpoint: half of the hub thread's time and most
+//! of the checkpoint thread's at full load. Messages are never changed or removed, so they
+//! need none of what SQLite adds: a group commit now appends its blocks (blocks.rs) to this
+//! file with one `pwrite`, and SQLite keeps the rest (users, rooms, cursors, ...).
+//!
+//! Layout: an 8-byte header (`PARLEYL1`), then records, one block each:
+//! `u32 LE payload length | u32 LE CRC-32 of the payload | payload`. Nothing is rewritten.
+//! A record that a crash cut short (or that was damaged) fails its length or CRC check at
+//! the next start, which ends the log there: the bytes from it on are moved to a side file
+//! (`messages.log.cut-<offset>`) and the log is cut back. Its messages were never
+//! acknowledged, since an OK follows the write.
+//!
+//! Readers find a message by its id through the spans: per record its first and last id
+//! and where it lies, in memory (32 bytes a record, under half a byte per small message),
+//! saved at a clean stop beside the message index so that a start reads only what came
+//! after them.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use rusqlite::Connection;
+
+use super::blocks::{self, Record, Records};
+use super::{varint, NewMessage};
+
+/// The log's file inside the data directory.
+pub(super) const FILE_NAME: &str = "messages.log";
+const MAGIC: &[u8; 8] = b"PARLEYL1";
+/// Where the first record starts.
+const START: u64 = MAGIC.len() as u64;
+/// A record's length and CRC.
+const RECORD_HEADER: u64 = 8;
+/// Saved spans per row of `message_spans`.
+const SPANS_PER_ROW: usize = 65_536;
+
+pub(super) const TABLE: &str = "CREATE TABLE IF NOT EXISTS message_spans (
+    chunk INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+)";
+
+/// Where one record lies, and the ids of its first and last message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Span {
+    first: i64,
+    last: i64,
+    /// Of the record's header.
+    offset: u64,
+    /// Of the payload.
+    len: u32,
+}
+
+impl Span {
+    fn end(&self) -> u64 {
+        self.offset + RECORD_HEADER + u64::from(self.len)
+    }
+}
+
+/// The log, shared by the writer (the hub thread) and the readers.
+pub struct MessageLog {
+    file: File,
+    path: PathBuf,
+    /// Every record's span, in id order (and file order).
+    spans: RwLock<Vec<Span>>,
+}
+
+/// The appending side, owned by the store's writer.
+pub(super) struct LogWriter {
+    log: Arc<MessageLog>,
+    /// Where the next record goes.
+    end: u64,
+    /// Every append is made durable before it returns (`sync = "full"`).
+    sync: bool,
+    /// One append's records, and scratch space for a block, kept between appends.
+    buf: Vec<u8>,
+    block: Vec<u8>,
+    pending: Vec<Span>,
+    /// Set when a failed append could not be cut back: nothing more is appended (the next
+    /// start cuts the log where its checks fail).
+    broken: bool,
+}
+
+impl MessageLog {
+    /// Opens the log in `data_dir`, creating it if needed. `saved` are the spans saved at
+    /// the last clean stop, used if they still describe the file; every record after them
+    /// is read and checked, and the first that fails ends the log (see the module doc).
+    pub(super) fn open(
+        data_dir: &Path,
+        sync: bool,
+        saved: Vec<Span>,
+    ) -> anyhow::Result<(Arc<MessageLog>, LogWriter)> {
+        let path = data_dir.join(FILE_NAME);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let len = file.metadata()?.len();
+        if len == 0 {
+            file.write_all_at(MAGIC, 0)?;
+            file.sync_all()?;
+        } else {
+            let mut magic = [0; MAGIC.len()];
+            let read = file.read_exact_at(&mut magic, 0);
+            anyhow::ensure!(
+                read.is_ok() && &magic == MAGIC,
+                "{} is not a parley message log",
+                path.display()
+            );
+        }
+        let len = file.metadata()?.len();
+        let mut spans = match spans_fit(&saved, len) {
+            true => saved,
+            false => {
+                if !saved.is_empty() {
+                    tracing::warn!("saved spans of the message log do not fit it; reading it all");
+                }
+                Vec::new()
+            }
+        };
+        let from = spans.last().map_or(START, Span::end);
+        let end = scan(&file, from, len, &mut spans)?;
+        if end < len {
+            cut(&file, &path, end, len)?;
+        }
+        let log = Arc::new(MessageLog {
+            file,
+            path,
+            spans: RwLock::new(spans),
+        });
+        let writer = LogWriter {
+            log: log.clone(),
+            end,
+            sync,
+            buf: Vec::new(),
+            block: Vec::new(),
+            pending: Vec::new(),
+            broken: false,
+        };
+        Ok((log, writer))
+    }
+
+    /// The id of the last stored message (0 for none).
+    pub(super) fn last_id(&self) -> i64 {
+        self.spans().last().map_or(0, |s| s.last)
+    }
+
+    /// Calls `f` with every stored message whose id is above `after`, in id order.
+    pub(super) fn each_after(
+        &self,
+        after: i64,
+        mut f: impl FnMut(&Record<'_>),
+    ) -> anyhow::Result<()> {
+        let spans: Vec<Span> = {
+            let spans = self.spans();
+            let from = spans.partition_point(|s| s.last <= after);
+            spans[from..].to_vec()
+        };
+        let mut data = Vec::new();
+        for span in &spans {
+            self.read(span, &mut data)?;
+            let mut records = Records::new(&data)?;
+            while let Some(r) = records.next()? {
+                if r.id > after {
+                    f(&r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable.
+    pub(super) fn sync(&self) -> anyhow::Result<()> {
+        self.file
+            .sync_data()
+            .with_context(|| format!("syncing {}", self.path.display()))
+    }
+
+    /// The spans, to save at a clean stop.
+    pub(super) fn spans(&self) -> std::sync::RwLockReadGuard<'_, Vec<Span>> {
+        self.spans.read().expect("message log spans poisoned")
+    }
+
+    /// The span of the first record whose last id is not below `id`.
+    fn span_of(&self, id: i64) -> Option<Span> {
+        let spans = self.spans();
+        spans.get(spans.partition_point(|s| s.last < id)).copied()
+    }
+
+    /// Reads the payload of the record at `span` into `data`, checking it.
+    fn read(&self, span: &Span, data: &mut Vec<u8>) -> anyhow::Result<()> {
+        data.resize(span.len as usize, 0);
+        let mut header = [0; RECORD_HEADER as usize];
+        let read = self
+            .file
+            .read_exact_at(&mut header, span.offset)
+            .and_then(|()| self.file.read_exact_at(data, span.offset + RECORD_HEADER));
+        read.with_context(|| {
+            format!(
+                "reading the block of messages {} to {}",
+                span.first, span.last
+            )
+        })?;
+        let (len, crc) = parse_header(&header);
+        anyhow::ensure!(
+            len == span.len && crc == crc32fast::hash(data),
+            "the block of messages {} to {} is damaged",
+            span.first,
+            span.last
+        );
+        Ok(())
+    }
+}
+
+impl LogWriter {
+    /// The log this writer appends to.
+    pub(super) fn log(&self) -> Arc<MessageLog> {
+        self.log.clone()
+    }
+
+    /// The id of the last stored message (0 for none).
+    pub(super) fn last_id(&self) -> i64 {
+        self.log.last_id()
+    }
+
+    /// Makes everything appended so far durable.
+    pub(super) fn sync(&self) -> anyhow::Result<()> {
+        self.log.sync()
+    }
+
+    /// Appends `messages` (ids ascending, above every stored one) with one write; they are
+    /// readable once this returns. On an error nothing of them is kept.
+    pub(super) fn append(&mut self, messages: &[NewMessage]) -> anyhow::Result<()> {
+        let Some(first) = messages.first() else {
+            return Ok(());
+        };
+        anyhow::ensure!(!self.broken, "the message log stopped after a failed write");
+        let below = self.log.last_id();
+        anyhow::ensure!(
+            first.id > below,
+            "message {} stored after message {below}: ids must ascend",
+            first.id
+        );
+        let (buf, pending) = (&mut self.buf, &mut self.pending);
+        buf.clear();
+        pending.clear();
+        let mut at = self.end;
+        blocks::each_block(messages, &mut self.block, |first, last, data| {
+            let len = u32::try_from(data.len()).context("a block over 4 GiB")?;
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+            buf.extend_from_slice(data);
+            let span = Span {
+                first,
+                last,
+                offset: at,
+                len,
+            };
+            at = span.end();
+            pending.push(span);
+            Ok(())
+        })?;
+        self.write(at)
+    }
+
+    /// Appends a block as it was stored before the log (the move of an older database),
+    /// after checking it.
+    pub(super) fn append_block(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        let mut records = Records::new(data)?;
+        let (mut first, mut last) = (None, 0);
+        while let Some(r) = records.next()? {
+            first.get_or_insert(r.id);
+            last = r.id;
+        }
+        let Some(first) = first else { return Ok(()) };
+        anyhow::ensure!(
+            first > self.log.last_id(),
+            "message {first} stored after message {}: ids must ascend",
+            self.log.last_id()
+        );
+        let len = u32::try_from(data.len()).context("a block over 4 GiB")?;
+        self.buf.clear();
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf
+            .extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        self.buf.extend_from_slice(data);
+        self.pending.clear();
+        let span = Span {
+            first,
+            last,
+            offset: self.end,
+            len,
+        };
+        self.pending.push(span);
+        self.write(span.end())
+    }
+
+    /// Cuts the log back to no records (a move of an older database that did not finish).
+    pub(super) fn clear(&mut self) -> anyhow::Result<()> {
+        self.log.file.set_len(START)?;
+        self.log.file.sync_all()?;
+        self.log.spans.write().expect("spans poisoned").clear();
+        self.end = START;
+        Ok(())
+    }
+
+    /// Writes `buf` at the end, then makes `pending` visible; `end` is the new end.
+    fn write(&mut self, end: u64) -> anyhow::Result<()> {
+        let file = &self.log.file;
+        let mut written = file.write_all_at(&self.buf, self.end);
+        if written.is_ok() && self.sync {
+            written = file.sync_data();
+        }
+        if let Err(e) = written {
+            // Part of it may be in the file: what is not acknowledged must not be found
+            // after a restart either.
+            if let Err(cut) = file.set_len(self.end) {
+                self.broken = true;
+                tracing::error!(error = %cut, "cutting back a failed append to the message log");
+            }
+            return Err(e).context("appending to the message log");
+        }
+        self.end = end;
+        let mut spans = self.log.spans.write().expect("spans poisoned");
+        spans.extend_from_slice(&self.pending);
+        Ok(())
+    }
+}
+
+/// Finds messages by id, keeping the last block it read: ids asked for in ascending order
+/// read each block once.
+pub(super) struct Lookup<'l> {
+    log: &'l MessageLog,
+    /// The block read last, and the ids it spans (none read yet: an empty span).
+    data: Vec<u8>,
+    span: (i64, i64),
+    /// Where the scan stopped in `data`, and the id of the record before that point.
+    at: usize,
+    previous: i64,
+}
+
+impl<'l> Lookup<'l> {
+    pub fn new(log: &'l MessageLog) -> Self {
+        Lookup {
+            log,
+            data: Vec::new(),
+            span: (1, 0),
+            at: 0,
+            previous: 0,
+        }
+    }
+
+    /// Message `id`, if stored.
+    pub fn find(&mut self, id: i64) -> anyhow::Result<Option<Record<'_>>> {
+        if !(self.span.0..=self.span.1).contains(&id) {
+            let Some(span) = self.log.span_of(id) else {
+                return Ok(None);
+            };
+            self.log.read(&span, &mut self.data)?;
+            self.span = (span.first, span.last);
+            (self.at, self.previous) = (0, 0);
+            if id < span.first {
+                return Ok(None);
+            }
+        }
+        let mut records = if self.at == 0 || id <= self.previous {
+            Records::new(&self.data)?
+        } else {
+            Records {
+                rest: &self.data[self.at..],
+                previous: self.previous,
+            }
+        };
+        let found = loop {
+            match records.next()? {
+                Some(r) if r.id < id => continue,
+                Some(r) if r.id == id => break Some(r),
+                Some(_) => break None,
+                None if records.previous < self.span.1 => {
+                    anyhow::bail!("the block of messages up to {} ends early", self.span.1)
+                }
+                None => break None,
+            }
+        };
+        (self.at, self.previous) = (self.data.len() - records.rest.len(), records.previous);
+        Ok(found)
+    }
+}
+
+fn parse_header(header: &[u8; RECORD_HEADER as usize]) -> (u32, u32) {
+    let (len, crc) = header.split_at(4);
+    let word = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("four bytes"));
+    (word(len), word(crc))
+}
+
+/// Whether `spans` (saved at a clean stop) lie end to end from the first record on, with
+/// ids ascending, within a file of `len` bytes.
+fn spans_fit(spans: &[Span], len: u64) -> bool {
+    let mut at = START;
+    let mut below = 0;
+    for s in spans {
+        if s.offset != at || s.first <= below || s.last < s.first {
+            return false;
+        }
+        (at, below) = (s.end(), s.last);
+    }
+    at <= len
+}
+
+/// Reads the records from `from` on, appending their spans; returns where the last good
+/// record ends.
+fn scan(file: &File, from: u64, len: u64, spans: &mut Vec<Span>) -> anyhow::Result<u64> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    reader.seek(SeekFrom::Start(from))?;
+    let mut at = from;
+    let mut below = spans.last().map_or(0, |s| s.last);
+    let mut data = Vec::new();
+    loop {
+        let mut header = [0; RECORD_HEADER as usize];
+        if len - at < RECORD_HEADER || reader.read_exact(&mut header).is_err() {
+            return Ok(at);
+        }
+        let (size, crc) = parse_header(&header);
+        if size == 0 || u64::from(size) > len - at - RECORD_HEADER {
+            return Ok(at);
+        }
+        data.resize(size as usize, 0);
+        if reader.read_exact(&mut data).is_err() || crc32fast::hash(&data) != crc {
+            return Ok(at);
+        }
+        let Some((first, last)) = ids_of(&data, below) else {
+            return Ok(at);
+        };
+        let span = Span {
+            first,
+            last,
+            offset: at,
+            len: size,
+        };
+        (at, below) = (span.end(), last);
+        spans.push(span);
+    }
+}
+
+/// The first and last id of a block whose ids all lie above `below`; `None` if it is not
+/// such a block.
+fn ids_of(data: &[u8], below: i64) -> Option<(i64, i64)> {
+    let mut records = Records::new(data).ok()?;
+    let mut first = None;
+    let mut last = below;
+    while let Some(r) = records.next().ok()? {
+        if r.id <= last {
+            return None;
+        }
+        first.get_or_insert(r.id);
+        last = r.id;
+    }
+    first.map(|first| (first, last))
+}
+
+/// Moves the bytes from `end` on to a side file and cuts the log back to `end`.
+fn cut(file: &File, path: &Path, end: u64, len: u64) -> anyhow::Result<()> {
+    let side = PathBuf::from(format!("{}.cut-{end}", path.display()));
+    let mut tail = Vec::new();
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(end))?;
+    reader.take(len - end).read_to_end(&mut tail)?;
+    std::fs::write(&side, &tail).with_context(|| format!("writing {}", side.display()))?;
+    file.set_len(end)?;
+    file.sync_all()?;
+    tracing::warn!(
+        bytes = len - end,
+        kept_in = %side.display(),
+        "the message log ended in a record that was cut short or damaged; cut it off"
+    );
+    Ok(())
+}
+
+/// Saves `spans` (at a clean stop, inside the caller's transaction).
+pub(super) fn save_spans(tx: &Connection, spans: &[Span]) -> anyhow::Result<()> {
+    tx.execute("DELETE FROM message_spans", [])?;
+    let mut insert = tx.prepare("INSERT INTO message_spans (chunk, data) VALUES (?1, ?2)")?;
+    let mut below = 0;
+    let mut blob = Vec::new();
+    for (chunk, part) in spans.chunks(SPANS_PER_ROW).enumerate() {
+        blob.clear();
+        varint::put(&mut blob, part.len() as u64);
+        for s in part {
+            // The offset follows from the spans before it: the records lie end to end.
+            varint::put(&mut blob, (s.first - below) as u64);
+            varint::put(&mut blob, (s.last - s.first) as u64);
+            varint::put(&mut blob, u64::from(s.len));
+            below = s.last;
+        }
+        insert.execute(rusqlite::params![chunk as i64, blob])?;
+    }
+    Ok(())
+}
+
+/// The spans saved at the last clean stop (none if there are none, or they are unreadable).
+pub(super) fn saved_spans(conn: &Connection) -> Vec<Span> {
+    let read = || -> anyhow::Result<Vec<Span>> {
+        let mut stmt = conn.prepare("SELECT data FROM message_spans ORDER BY chunk")?;
+        let mut rows = stmt.query([])?;
+        let (mut spans, mut below, mut at) = (Vec::new(), 0i64, START);
+        while let Some(row) = rows.next()? {
+            let mut blob = row.get_ref(0)?.as_blob()?;
+            let n = varint::take(&mut blob)?;
+            for _ in 0..n {
+                let first = below
+                    .checked_add(varint::take(&mut blob)? as i64)
+                    .context("id out of range")?;
+                let last = first
+                    .checked_add(varint::take(&mut blob)? as i64)
+                    .context("id out of range")?;
+                let len = u32::try_from(varint::take(&mut blob)?)?;
+                let span = Span {
+                    first,
+                    last,
+                    offset: at,
+                    len,
+                };
+                (at, below) = (span.end(), last);
+                spans.push(span);
+            }
+            anyhow::ensure!(blob.is_empty(), "{} bytes left over", blob.len());
+        }
+        Ok(spans)
+    };
+    read().unwrap_or_else(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "saved spans of the message log unusable");
+        Vec::new()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::blocks::tests::{message, record};
+
+    fn open(dir: &Path, saved: Vec<Span>) -> (Arc<MessageLog>, LogWriter) {
+        MessageLog::open(dir, false, saved).unwrap()
+    }
+
+    fn ids(log: &MessageLog, after: i64) -> Vec<i64> {
+        let mut ids = Vec::new();
+        log.each_after(after, |r| ids.push(r.id)).unwrap();
+        ids
+    }
+
+    #[test]
+    fn every_message_reads_back_bit_for_bit_in_any_order_of_asking() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut writer) = open(dir.path(), Vec::new());
+        // Ids with gaps, bodies from empty to larger than a block, over several appends.
+        let messages: Vec<NewMessage> = (1..400)
+            .filter(|id| id % 7 != 0)
+            .map(|id| message(id, [0, 1, 32, 300, 9_000][id as usize % 5]))
+            .collect();
+        for part in messages.chunks(50) {
+            writer.append(part).unwrap();
+        }
+        let mut lookup = Lookup::new(&log);
+        for m in messages.iter().chain(messages.iter().rev()) {
+            assert_eq!(lookup.find(m.id).unwrap(), Some(record(m)));
+        }
+        for missing in [0, 7, 14, 399, 1_000] {
+            assert_eq!(lookup.find(missing).unwrap(), None, "message {missing}");
+        }
+        let expected: Vec<i64> = messages
+            .iter()
+            .map(|m| m.id)
+            .filter(|&id| id > 200)
+            .collect();
+        assert_eq!(ids(&log, 200), expected);
+        assert_eq!(log.last_id(), 398);
+    }
+
+    #[test]
+    fn an_append_is_one_write_of_its_records_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut writer) = open(dir.path(), Vec::new());
+        let messages: Vec<NewMessage> = (1..=1_000).map(|id| message(id, 32)).collect();
+        writer.append(&messages).unwrap();
+        let spans = log.spans().clone();
+        assert!(spans.len() > 10, "{} records", spans.len());
+        assert!(spans_fit(&spans, writer.end));
+        let len = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+        assert_eq!(len, writer.end);
+        // About 4 KiB a record for small messages.
+        assert!(len / spans.len() as u64 > 3_800, "{len} bytes");
+    }
+
+    #[test]
+    fn ids_that_do_not_ascend_across_appends_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut writer) = open(dir.path(), Vec::new());
+        writer.append(&[message(5, 1)]).unwrap();
+        let err = writer.append(&[message(5, 1)]).unwrap_err();
+        assert!(format!("{err:#}").contains("ids must ascend"), "{err:#}");
+        assert_eq!(ids(&log, 0), [5]);
+    }
+
+    #[test]
+    fn a_reopened_log_reads_back_with_or_without_saved_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let messages: Vec<NewMessage> = (1..=500).map(|id| message(id, 40)).collect();
+        let saved = {
+            let (log, mut writer) = open(dir.path(), Vec::new());
+            writer.append(&messages[..300]).unwrap();
+            let saved = log.spans().clone();
+            writer.append(&messages[300..]).unwrap();
+            saved
+        };
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(TABLE).unwrap();
+        save_spans(&db, &saved).unwrap();
+        assert_eq!(saved_spans(&db), saved);
+        let path = dir.path().join(FILE_NAME);
+        let bytes = std::fs::read(&path).unwrap();
+        for spans in [saved, Vec::new()] {
+            std::fs::write(&path, &bytes).unwrap();
+            let (log, mut writer) = open(dir.path(), spans);
+            assert_eq!(ids(&log, 0), (1..=500).collect::<Vec<_>>());
+            writer.append(&[message(501, 1)]).unwrap();
+            assert_eq!(ids(&log, 499), [500, 501]);
+        }
+    }
+
+    #[test]
+    fn saved_spans_that_do_not_fit_the_file_are_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut writer) = open(dir.path(), Vec::new());
+        writer
+            .append(&(1..=200).map(|id| message(id, 40)).collect::<Vec<_>>())
+            .unwrap();
+        let mut spans = log.spans().clone();
+        drop((log, writer));
+        spans[1].len += 1;
+        let (log, _) = open(dir.path(), spans);
+        assert_eq!(ids(&log, 0), (1..=200).collect::<Vec<_>>());
+    }
+
+    /// A crash in the middle of an append leaves a record cut short, or bytes that are not
+    /// one: wherever the cut, the log ends at the last whole record, the rest is kept aside,
+    /// and appends go on from there.
+    #[test]
+    fn a_record_cut_short_or_damaged_ends_the_log_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let (_, mut writer) = open(dir.path(), Vec::new());
+        writer.append(&[message(1, 10), message(2, 10)]).unwrap();
+        let whole = writer.end;
+        writer.append(&[message(3, 100)]).unwrap();
+        let full = std::fs::read(&path).unwrap();
+        drop(writer);
+        let mut damaged = full.clone();
+        damaged[whole as usize + 20] ^= 1;
+        let mut cases: Vec<Vec<u8>> = (whole as usize..full.len())
+            .map(|cut| full[..cut].to_vec())
+            .collect();
+        cases.push(damaged);
+        for bytes in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            let (log, mut writer) = open(dir.path(), Vec::new());
+            assert_eq!(ids(&log, 0), [1, 2], "{} bytes", bytes.len());
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+            if bytes.len() as u64 > whole {
+                let side = dir.path().join(format!("{FILE_NAME}.cut-{whole}"));
+                assert_eq!(std::fs::read(&side).unwrap(), bytes[whole as usize..]);
+            }
+            writer.append(&[message(3, 100)]).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), full);
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), b"SQLite format 3\0").unwrap();
+        let err = MessageLog::open(dir.path(), false, Vec::new())
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("not a parley message log"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_block_is_an_error_when_read_not_a_wrong_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut writer) = open(dir.path(), Vec::new());
+        writer.append(&[message(1, 40)]).unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Lookup::new(&log).find(1).unwrap_err();
+        assert!(format!("{err:#}").contains("damaged"), "{err:#}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the values, the body sizes and how the messages are split into
+        /// appends, every message reads back as written, asked for in any order, after a
+        /// restart too, and nothing else is found.
+        #[test]
+        fn any_messages_in_any_appends_read_back_as_written(
+            steps in proptest::collection::vec(
+                (1..4i64, proptest::prelude::any::<i64>(), proptest::prelude::any::<u64>(),
+                 0..6_000usize, proptest::bool::weighted(0.1)),
+                1..120,
+            ),
+            probes in proptest::collection::vec(0..130usize, 0..40),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let (_, mut writer) = open(dir.path(), Vec::new());
+            let (mut messages, mut id, mut batch) = (Vec::new(), 0, Vec::new());
+            for (step, value, sent_at, len, commit) in steps {
+                id += step;
+                let m = NewMessage {
+                    id,
+                    conv: value,
+                    seq: value.wrapping_mul(3),
+                    sender: value.rotate_left(7),
+                    sender_device: !value,
+                    body: bytes::Bytes::from(vec![(id % 251) as u8; len]),
+                    sent_at,
+                    received_at: value.wrapping_add(id),
+                };
+                batch.push(m.clone());
+                messages.push(m);
+                if commit {
+                    writer.append(&batch).unwrap();
+                    batch.clear();
+                }
+            }
+            writer.append(&batch).unwrap();
+            drop(writer);
+            let (log, _) = open(dir.path(), Vec::new());
+            let mut lookup = Lookup::new(&log);
+            for m in &messages {
+                proptest::prop_assert_eq!(lookup.find(m.id).unwrap(), Some(record(m)));
+            }
+            for &p in &probes {
+                let Some(m) = messages.get(p) else { continue };
+                proptest::prop_assert_eq!(lookup.find(m.id).unwrap(), Some(record(m)));
+                let absent = m.id + 1;
+                if messages.iter().all(|o| o.id != absent) {
+                    proptest::prop_assert_eq!(lookup.find(absent).unwrap(), None);
+                }
+            }
+            proptest::prop_assert_eq!(ids(&log, 0), messages.iter().map(|m| m.id).collect::<Vec<_>>());
+        }
+    }
+}
