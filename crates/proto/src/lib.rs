@@ -14,4 +14,4 @@ pub mod text;
 
 pub use command::{Command, Target};
 pub use event::{ErrorKind, Reply};
-pub use names::{validate_name, NameError};
+pub use names::{check_name, validate_name, NameError};

@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 use parley_proto::binary::{self, Frame};
-use parley_proto::{validate_name, ErrorKind, Reply};
+use parley_proto::{check_name, validate_name, ErrorKind, Reply};
 use tracing::warn;
 
 use super::{Flow, Session};
@@ -28,6 +28,7 @@ impl Session {
         run: &mut Vec<DirectMessage>,
     ) -> Flow {
         loop {
+            let unread = buf.len();
             let frame = match binary::decode(buf, self.shared.config.max_frame_bytes) {
                 Ok(None) => return Flow::Continue,
                 Ok(Some(frame)) => frame,
@@ -45,10 +46,38 @@ impl Session {
                 },
             };
             match frame {
-                // The hot path, not boxed: a box as large as the biggest handler's state,
-                // allocated and freed for every message, costs more than the message's
-                // own work in the session.
-                frame @ Frame::Message { .. } => self.message(frame, run).await,
+                // The hot path, handled here rather than in a handler of its own: building
+                // a handler's future would copy the frame into it (and a boxed one would be
+                // allocated and freed for every message).
+                Frame::Message {
+                    cid,
+                    message,
+                    from,
+                    to,
+                    time,
+                } => {
+                    if let Err(kind) = self.check_message(&from, &to) {
+                        self.hand_over(run);
+                        self.refuse(cid, kind).await;
+                        continue;
+                    }
+                    // The permits come back only once the hub has the run.
+                    if !self.try_acquire_inflight() {
+                        self.hand_over(run);
+                        self.acquire_inflight().await;
+                    }
+                    if run.capacity() == 0 {
+                        // About as many as the frames left in `buf`, so it seldom grows.
+                        let frame_len = unread - buf.len();
+                        run.reserve(1 + buf.len() / frame_len);
+                    }
+                    run.push(DirectMessage {
+                        to,
+                        body: message,
+                        sent_at: time,
+                        cid,
+                    });
+                }
                 // Boxed: an idle session's future stays small (the biggest handler's state
                 // would otherwise be part of every connection's footprint).
                 frame => {
@@ -72,47 +101,21 @@ impl Session {
         }
     }
 
-    /// A direct message (key 0x02): checked here, added to `run` for the hub to store and
-    /// deliver.
-    async fn message(&mut self, frame: Frame, run: &mut Vec<DirectMessage>) {
-        let Frame::Message {
-            cid,
-            message,
-            from,
-            to,
-            time,
-        } = frame
-        else {
-            return;
+    /// Whether a direct message (key 0x02) from `from` to `to` may go to the hub, which
+    /// stores and delivers it.
+    fn check_message(&mut self, from: &[u8], to: &[u8]) -> Result<(), ErrorKind> {
+        let Some((_, name)) = &self.login else {
+            return Err(ErrorKind::NotLoggedIn);
         };
-        let refused = match &self.login {
-            None => Some(ErrorKind::NotLoggedIn),
-            Some((_, name)) if from != name.as_bytes() => {
-                warn!(session = self.link.id, user = %name, "message with a forged sender refused");
-                Some(ErrorKind::Forbidden)
-            }
-            Some(_) if !self.messages.allow() => Some(ErrorKind::RateLimited),
-            // No name that breaks the rules can have logged in.
-            Some(_) => match validate_name(&to, self.shared.config.max_name_bytes) {
-                Ok(_) => None,
-                Err(_) => Some(ErrorKind::UserNotFound),
-            },
-        };
-        if let Some(kind) = refused {
-            self.hand_over(run);
-            return self.refuse(cid, kind).await;
+        if from != name.as_bytes() {
+            warn!(session = self.link.id, user = %name, "message with a forged sender refused");
+            return Err(ErrorKind::Forbidden);
         }
-        // The run waits for permits the hub gives back only once it has the run.
-        if !self.try_acquire_inflight() {
-            self.hand_over(run);
-            self.acquire_inflight().await;
+        if !self.messages.allow() {
+            return Err(ErrorKind::RateLimited);
         }
-        run.push(DirectMessage {
-            to,
-            body: message,
-            sent_at: time,
-            cid,
-        });
+        // No name that breaks the rules can have logged in.
+        check_name(to, self.shared.config.max_name_bytes).map_err(|_| ErrorKind::UserNotFound)
     }
 
     /// Answers a refused request (boxed: rare, and `answer`'s state would grow the hot path).
@@ -140,11 +143,6 @@ impl Session {
                     }
                 };
                 self.answer(cid, reply).await;
-            }
-            frame @ Frame::Message { .. } => {
-                let mut run = Vec::new();
-                self.message(frame, &mut run).await;
-                self.hand_over(&mut run);
             }
             Frame::Join { .. }
             | Frame::Leave { .. }
@@ -178,6 +176,8 @@ impl Session {
                 self.answer(cid, Reply::Error(ErrorKind::UnknownCommand))
                     .await;
             }
+            // `drain_frames_into` handles messages itself and never passes one here.
+            Frame::Message { cid, .. } => self.answer(cid, Reply::Error(ErrorKind::Internal)).await,
             Frame::Response { cid, .. } | Frame::Token { cid, .. } | Frame::Profile { cid, .. } => {
                 warn!(session = self.link.id, "a client sent a server-only frame");
                 self.answer(cid, Reply::Error(ErrorKind::UnknownCommand))
