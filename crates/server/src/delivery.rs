@@ -57,6 +57,11 @@ impl ByStyle {
             buf.freeze()
         })
     }
+
+    /// The bytes in `style` if some session encoded them already.
+    fn cached(&self, style: Style) -> Option<&Bytes> {
+        self.0[style as usize].get()
+    }
 }
 
 impl Delivery {
@@ -88,6 +93,27 @@ impl Delivery {
     pub fn encoded(&self, style: Style) -> &Bytes {
         self.encoded
             .get(style, |buf| style.encode_delivery(self, buf))
+    }
+
+    /// Appends this delivery's bytes in `style` to `dst`. One that no other session holds
+    /// (a direct message to a single device, the usual case) is encoded straight into
+    /// `dst`: keeping its bytes for others would be an allocation, a copy and a free per
+    /// message for nobody.
+    pub fn write_to(self: &Arc<Self>, style: Style, dst: &mut BytesMut) {
+        match self.encoded.cached(style) {
+            Some(bytes) => dst.extend_from_slice(bytes),
+            // Nobody else holds it, so nobody can start to while it is written here.
+            None if Arc::strong_count(self) == 1 => style.encode_delivery(self, dst),
+            None => dst.extend_from_slice(self.encoded(style)),
+        }
+    }
+
+    /// About the bytes this takes in `style` (exact for binary), without encoding it.
+    pub fn encoded_len_hint(&self, style: Style) -> usize {
+        match self.encoded.cached(style) {
+            Some(bytes) => bytes.len(),
+            None => style.delivery_len_hint(self),
+        }
     }
 
     /// The body as text (lossy for bytes that are not UTF-8).

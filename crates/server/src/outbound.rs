@@ -54,7 +54,7 @@ impl Outbound {
     /// once per style and shared) and rendered bytes, a guess for replies.
     fn encoded_len_hint(&self, style: Style) -> usize {
         match self {
-            Outbound::Deliver(d) | Outbound::Replay(d) => d.encoded(style).len(),
+            Outbound::Deliver(d) | Outbound::Replay(d) => d.encoded_len_hint(style),
             Outbound::Bytes(bytes) => bytes.len(),
             Outbound::Notice(notice) => notice.encoded(style).len(),
             Outbound::Reply(..) => 64,
@@ -509,7 +509,7 @@ impl Output {
                     d
                 }
             };
-            buf.extend_from_slice(d.encoded(style));
+            d.write_to(style, buf);
             // Only a conversation's furthest sequence counts (the cursor moves to it), so a
             // run of one conversation's deliveries is one entry: a fan-out write carries
             // dozens of one room's messages.

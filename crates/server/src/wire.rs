@@ -72,6 +72,17 @@ impl Style {
         }
     }
 
+    /// About the bytes `encode_delivery` appends (exact for binary, where it is a frame of
+    /// fixed fields and three strings), for sizing a write before encoding it.
+    pub fn delivery_len_hint(self, d: &Delivery) -> usize {
+        let strings = d.body.len() + d.from.len() + d.to.len();
+        match self {
+            Style::Binary => 4 + 3 + 4 + 6 + strings + 8,
+            // Event frames carry ids and sequences too; lines and JSON a few words.
+            _ => strings + 64,
+        }
+    }
+
     /// Appends a pushed message.
     pub fn encode_delivery(self, d: &Delivery, dst: &mut BytesMut) {
         match self {
