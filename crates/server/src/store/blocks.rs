@@ -66,31 +66,41 @@ fn encode(messages: &[NewMessage], out: &mut Vec<u8>) -> anyhow::Result<usize> {
     out.push(VERSION);
     let mut previous = 0;
     for (taken, m) in messages.iter().enumerate() {
-        if taken > 0 && out.len() + m.body.len() > BLOCK_BYTES {
-            return Ok(taken);
-        }
         anyhow::ensure!(
             m.id > previous,
             "message {} stored after message {previous}: ids must ascend",
             m.id
         );
-        let start = out.len();
-        varint::put(out, (m.id - previous) as u64);
+        // The fixed part is put together on the stack and copied once: pushed byte by
+        // byte, each with its capacity check, it was most of the hub's cost of writing a
+        // message to the log.
+        let mut head = [0; HEAD_MAX];
+        let mut n = 0;
+        let mut put = |at: &mut usize, v: u64| {
+            let window = (&mut head[*at..*at + varint::MAX_LEN]).try_into();
+            *at += varint::put_into(window.expect("HEAD_MAX leaves room"), v);
+        };
+        put(&mut n, (m.id - previous) as u64);
         for v in [m.conv, m.seq, m.sender, m.sender_device] {
-            varint::put(out, v as u64);
+            put(&mut n, v as u64);
         }
-        out.extend_from_slice(&m.sent_at.to_le_bytes());
-        varint::put(out, m.received_at as u64);
-        varint::put(out, m.body.len() as u64);
-        out.extend_from_slice(&m.body);
-        if taken > 0 && out.len() > BLOCK_BYTES {
-            out.truncate(start);
+        let at = n;
+        n += 8;
+        put(&mut n, m.received_at as u64);
+        put(&mut n, m.body.len() as u64);
+        head[at..at + 8].copy_from_slice(&m.sent_at.to_le_bytes());
+        if taken > 0 && out.len() + n + m.body.len() > BLOCK_BYTES {
             return Ok(taken);
         }
+        out.extend_from_slice(&head[..n]);
+        out.extend_from_slice(&m.body);
         previous = m.id;
     }
     Ok(messages.len())
 }
+
+/// The most bytes of a message's fixed part: seven varints and the 8-byte timestamp.
+const HEAD_MAX: usize = 7 * varint::MAX_LEN + 8;
 
 /// The records of one block, in order, from a position inside it.
 pub(super) struct Records<'a> {

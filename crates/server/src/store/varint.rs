@@ -2,6 +2,23 @@
 
 use anyhow::Context;
 
+/// The most bytes a varint of 64 bits takes.
+pub(super) const MAX_LEN: usize = 10;
+
+/// Writes `v` at the start of `out`; returns how many bytes it took.
+pub(super) fn put_into(out: &mut [u8; MAX_LEN], mut v: u64) -> usize {
+    for (n, byte) in out.iter_mut().enumerate() {
+        if v < 0x80 {
+            *byte = v as u8;
+            return n + 1;
+        }
+        *byte = v as u8 | 0x80;
+        v >>= 7;
+    }
+    // Ten groups of seven bits hold any u64.
+    MAX_LEN
+}
+
 pub(super) fn put(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
@@ -31,6 +48,9 @@ mod tests {
         for v in [0, 1, 127, 128, 300, 1 << 35, u64::MAX] {
             let mut out = Vec::new();
             super::put(&mut out, v);
+            let mut fixed = [0; super::MAX_LEN];
+            let n = super::put_into(&mut fixed, v);
+            assert_eq!(fixed[..n], out[..]);
             let mut blob = &out[..];
             assert_eq!(super::take(&mut blob).unwrap(), v);
             assert!(blob.is_empty());
