@@ -56,7 +56,10 @@ impl Core {
         batch: &mut Batch,
         effects: &mut Vec<Effect>,
     ) -> Result<(), ErrorKind> {
-        let other = *self.names.get(other).ok_or(ErrorKind::UserNotFound)?;
+        let other = *self
+            .names
+            .get(other.as_bytes())
+            .ok_or(ErrorKind::UserNotFound)?;
         if other == user || other == self.anonymous {
             return Err(ErrorKind::UserNotFound);
         }

@@ -30,6 +30,24 @@ pub use self::core::spawn;
 pub(crate) type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 pub(crate) type Set<K> = std::collections::HashSet<K, ahash::RandomState>;
 
+/// A user name as the hub's name map holds it, looked up by its bytes: a binary client's
+/// recipient needs no second UTF-8 check in the hub (its session checked the name).
+/// Hashed and compared as its bytes, so a `&[u8]` finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NameKey(pub Arc<str>);
+
+impl std::hash::Hash for NameKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_bytes().hash(state)
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for NameKey {
+    fn borrow(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// The reserved name anonymous sessions (seed 004 before `/nick`, seed 001 before
 /// `REGISTER`) speak as. Nobody can log in with it.
 pub const ANONYMOUS: &str = "anonymous";

@@ -26,6 +26,10 @@ pub(super) struct Outbox {
     /// presence do not change while a batch's effects are performed, so the first message
     /// to a room looks its sessions up and the room's other messages reuse the list.
     rooms: HashMap<Arc<str>, Vec<Reach>, ahash::RandomState>,
+    /// The last two sessions given a slot (link id, slot): a run of direct messages
+    /// alternates between its sender's answers and its recipient's deliveries, and finds
+    /// both here without a lookup in `slots`.
+    recent: [Option<(u64, usize)>; 2],
 }
 
 /// A session a room's messages reach.
@@ -92,6 +96,7 @@ impl Outbox {
     pub fn flush(&mut self) {
         self.slots.clear();
         self.rooms.clear();
+        self.recent = Default::default();
         for mut staged in self.staged.drain(..) {
             if !staged.items.is_empty() {
                 staged.link.push_all(&mut staged.items);
@@ -109,13 +114,18 @@ impl Outbox {
     }
 
     fn slot(&mut self, link: &Arc<SessionLink>) -> usize {
-        *self.slots.entry(link.id).or_insert_with(|| {
+        if let Some((_, slot)) = self.recent.iter().flatten().find(|r| r.0 == link.id) {
+            return *slot;
+        }
+        let slot = *self.slots.entry(link.id).or_insert_with(|| {
             self.staged.push(Staged {
                 link: link.clone(),
                 items: self.spare.pop().unwrap_or_default(),
                 permits: 0,
             });
             self.staged.len() - 1
-        })
+        });
+        self.recent = [Some((link.id, slot)), self.recent[0]];
+        slot
     }
 }
