@@ -687,7 +687,12 @@ impl Core {
                 let Actor::Member(_) = from else {
                     return Err(ErrorKind::NotLoggedIn);
                 };
-                let recipient = *self.names.get(name).ok_or(ErrorKind::UserNotFound)?;
+                // The map's key is the recipient's shared name: no second lookup for it.
+                let (to, recipient) = self
+                    .names
+                    .get_key_value(name)
+                    .map(|(key, &user)| (key.0.clone(), user))
+                    .ok_or(ErrorKind::UserNotFound)?;
                 if self.contacts_only_dms && recipient != sender.user {
                     let state = self
                         .contact_state(sender.user, recipient)
@@ -698,7 +703,6 @@ impl Core {
                 }
                 let members = (sender.user.min(recipient), sender.user.max(recipient));
                 let conv = self.direct(members, batch).map_err(internal)?;
-                let to = self.users[&recipient].clone();
                 (
                     conv,
                     Audience::Direct(members.0, members.1),
@@ -727,8 +731,7 @@ impl Core {
                 Arc::from("*"),
             ),
         };
-        let seq = self.last_seq(conv).map_err(internal)? + 1;
-        self.last_seqs.insert(conv, seq);
+        let seq = self.next_seq(conv).map_err(internal)?;
         let id = self.next.message;
         self.next.message += 1;
         batch.messages.push(NewMessage {
@@ -829,6 +832,17 @@ impl Core {
         list.retain(|m| m.conv != conv);
         list.push(Membership { conv, joined_seq });
         Ok(())
+    }
+
+    /// Hands out `conv`'s next sequence (one lookup when it is cached, as it nearly always is).
+    fn next_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq> {
+        if let Some(seq) = self.last_seqs.get_mut(&conv) {
+            *seq += 1;
+            return Ok(*seq);
+        }
+        let seq = self.store.last_seq(conv)? + 1;
+        self.last_seqs.insert(conv, seq);
+        Ok(seq)
     }
 
     pub(super) fn last_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq> {
