@@ -361,7 +361,7 @@ impl Core {
                     Target::Room(name) => To::Room(name),
                     Target::Everyone => To::Everyone,
                 };
-                let sent = self.send(&link, from, to, body, sent_at, batch);
+                let sent = self.send(&link, from, to, body, sent_at, None, batch);
                 if let (Ok(Effect::Deliver { delivery, .. }), Some(hash)) = (&sent, attachment) {
                     batch.attachments.push((hash, delivery.conv));
                 }
@@ -374,12 +374,14 @@ impl Core {
             } => {
                 // An answer and a delivery each.
                 effects.reserve(messages.len() * 2);
+                let name = self.users[&sender.user].clone();
                 for m in messages {
                     // The name was checked by the session (and a name that breaks the rules
                     // names nobody).
                     let from = Actor::Member(sender);
                     let to = To::User(&m.to);
-                    let sent = self.send(&link, from, to, m.body, m.sent_at, batch);
+                    let name = Some(name.clone());
+                    let sent = self.send(&link, from, to, m.body, m.sent_at, name, batch);
                     let link = link.clone();
                     answer_sent(effects, link, Tag::Cid(m.cid), sent.map(std::iter::once));
                 }
@@ -666,6 +668,9 @@ impl Core {
     }
 
     /// Appends a message to its conversation; the effect delivers it once committed.
+    /// `from_name` is the sender's name when the caller has it at hand (a run of direct
+    /// messages looks it up once).
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &mut self,
         link: &SessionLink,
@@ -673,6 +678,7 @@ impl Core {
         to: To<'_>,
         body: bytes::Bytes,
         sent_at: u64,
+        from_name: Option<Arc<str>>,
         batch: &mut Batch,
     ) -> Result<Effect, ErrorKind> {
         let sender = match from {
@@ -744,7 +750,7 @@ impl Core {
             sent_at,
             received_at: self.batch_time,
         });
-        let from_name = self.users[&sender.user].clone();
+        let from_name = from_name.unwrap_or_else(|| self.users[&sender.user].clone());
         let delivery = Delivery::new(id, conv, seq, kind, from_name, to_name, body, sent_at);
         Ok(Effect::Deliver {
             delivery: Arc::new(delivery),
@@ -776,7 +782,7 @@ impl Core {
             .into_iter()
             .map(|name| {
                 let to = To::User(name.as_bytes());
-                self.send(link, from, to, body.clone(), sent_at, batch)
+                self.send(link, from, to, body.clone(), sent_at, None, batch)
             })
             .collect()
     }

@@ -90,8 +90,13 @@ impl MessageIndex {
             return;
         }
         let mut convs = self.convs.write().expect("message index poisoned");
-        for m in messages {
-            place(convs.entry(m.conv).or_default(), m.seq, m.id);
+        // A batch holds runs of one conversation (a session's messages to one peer): one
+        // lookup per run.
+        for run in messages.chunk_by(|a, b| a.conv == b.conv) {
+            let ids = convs.entry(run[0].conv).or_default();
+            for m in run {
+                place(ids, m.seq, m.id);
+            }
         }
     }
 
