@@ -1,7 +1,9 @@
 //! The seed-000 binary codec, exercised the way the server and the clients use it.
 
 use bytes::{Bytes, BytesMut};
-use parley_proto::binary::{self, code, decode, encode_response, error_code, Frame, FrameError};
+use parley_proto::binary::{
+    self, code, decode, encode_response, error_code, Decoded, Frame, FrameError,
+};
 use parley_proto::ErrorKind;
 use proptest::prelude::*;
 
@@ -580,6 +582,43 @@ proptest! {
         }
         prop_assert_eq!(decoded, Some(frame));
         prop_assert!(b.is_empty());
+    }
+
+    /// The server's way of reading frames takes exactly what `decode` takes, frame for
+    /// frame and error for error, a message's fields the same bytes.
+    #[test]
+    fn decode_view_reads_any_bytes_as_decode_does(
+        soup in byte_soup(),
+        max in prop_oneof![Just(MAX), 0usize..700],
+    ) {
+        let (mut a, mut b) = (buf(&soup), buf(&soup));
+        loop {
+            let plain = decode(&mut a, max);
+            let viewed = binary::decode_view(&mut b, max);
+            prop_assert_eq!(&a, &b);
+            match (plain, viewed) {
+                (Ok(None), Ok(None)) => break,
+                (Ok(Some(Frame::Message { cid, message, from, to, time })), Ok(Some(Decoded::Message(v)))) => {
+                    prop_assert_eq!((cid, &message[..], &from[..], &to[..], time),
+                                    (v.cid, v.message(), v.from(), v.to(), v.time));
+                    prop_assert_eq!(v.message_bytes(), message);
+                }
+                (Ok(Some(frame)), Ok(Some(Decoded::Frame(other)))) => {
+                    let is_message = matches!(frame, Frame::Message { .. });
+                    prop_assert!(!is_message, "a message decoded as a frame");
+                    prop_assert_eq!(frame, other);
+                }
+                (Err(e), Err(f)) => {
+                    prop_assert_eq!(&e, &f);
+                    if e.is_fatal() {
+                        break;
+                    }
+                }
+                (plain, viewed) => {
+                    prop_assert!(false, "decode {:?}, decode_view {:?}", plain, viewed)
+                }
+            }
+        }
     }
 
     #[test]

@@ -379,9 +379,10 @@ impl Core {
                     // The name was checked by the session (and a name that breaks the rules
                     // names nobody).
                     let from = Actor::Member(sender);
-                    let to = To::User(&m.to);
+                    let to = To::User(m.to());
                     let name = Some(name.clone());
-                    let sent = self.send(&link, from, to, m.body, m.sent_at, name, batch);
+                    let body = m.message_bytes();
+                    let sent = self.send(&link, from, to, body, m.time, name, batch);
                     let link = link.clone();
                     answer_sent(effects, link, Tag::Cid(m.cid), sent.map(std::iter::once));
                 }

@@ -141,15 +141,9 @@ type Done<T> = oneshot::Sender<T>;
 /// A room's members, each with whether they are online.
 pub type MemberList = Vec<(Arc<str>, bool)>;
 
-/// One direct message of a binary session's run (`Hub::send_direct`).
-#[derive(Debug)]
-pub(crate) struct DirectMessage {
-    /// The recipient's name, already checked by `validate_name`.
-    pub to: Bytes,
-    pub body: Bytes,
-    pub sent_at: u64,
-    pub cid: u32,
-}
+/// One direct message of a binary session's run (`Hub::send_direct`): the frame it came
+/// in, its sender and recipient already checked by the session.
+pub(crate) type DirectMessage = parley_proto::binary::MessageView;
 
 pub(crate) enum Op {
     Login {

@@ -1,7 +1,7 @@
 //! Requests of the seed-000 binary protocol.
 
 use bytes::BytesMut;
-use parley_proto::binary::{self, Frame};
+use parley_proto::binary::{self, Decoded, Frame};
 use parley_proto::{check_name, validate_name, ErrorKind, Reply};
 use tracing::warn;
 
@@ -29,7 +29,7 @@ impl Session {
     ) -> Flow {
         loop {
             let unread = buf.len();
-            let frame = match binary::decode(buf, self.shared.config.max_frame_bytes) {
+            let frame = match binary::decode_view(buf, self.shared.config.max_frame_bytes) {
                 Ok(None) => return Flow::Continue,
                 Ok(Some(frame)) => frame,
                 Err(e) => match e.correlation_id() {
@@ -49,16 +49,10 @@ impl Session {
                 // The hot path, handled here rather than in a handler of its own: building
                 // a handler's future would copy the frame into it (and a boxed one would be
                 // allocated and freed for every message).
-                Frame::Message {
-                    cid,
-                    message,
-                    from,
-                    to,
-                    time,
-                } => {
-                    if let Err(kind) = self.check_message(&from, &to) {
+                Decoded::Message(message) => {
+                    if let Err(kind) = self.check_message(message.from(), message.to()) {
                         self.hand_over(run);
-                        self.refuse(cid, kind).await;
+                        self.refuse(message.cid, kind).await;
                         continue;
                     }
                     // The permits come back only once the hub has the run.
@@ -71,16 +65,11 @@ impl Session {
                         let frame_len = unread - buf.len();
                         run.reserve(1 + buf.len() / frame_len);
                     }
-                    run.push(DirectMessage {
-                        to,
-                        body: message,
-                        sent_at: time,
-                        cid,
-                    });
+                    run.push(message);
                 }
                 // Boxed: an idle session's future stays small (the biggest handler's state
                 // would otherwise be part of every connection's footprint).
-                frame => {
+                Decoded::Frame(frame) => {
                     self.hand_over(run);
                     Box::pin(self.frame(frame)).await
                 }
