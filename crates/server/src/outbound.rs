@@ -395,6 +395,10 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
     // often the writer wakes meanwhile), else the linger before parking.
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut last_write = tokio::time::Instant::now();
+    // Made once: a wait made anew every turn puts a waiter on the kill switch's list and
+    // takes it off again (its lock twice), and a writer turns once a message at low rates.
+    let killed = link.killed();
+    tokio::pin!(killed);
     loop {
         if queue.is_empty() {
             // About to wait: what a burst grew is not kept by an idle session.
@@ -411,15 +415,16 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
             false => last_write + LINGER,
         };
         match &mut timer {
-            // An armed poll stays as it is; a linger follows the last write.
-            Some(t) if !t.is_elapsed() && polling && t.deadline() <= due => {}
-            Some(t) if !t.is_elapsed() && !polling && t.deadline() == due => {}
+            // A timer that fires no later than needed stays as it is: when it fires early,
+            // the turn finds what is due and aims it again. (Aimed anew after every write,
+            // a linger behind the last one took the timer wheel's lock once a message.)
+            Some(t) if !t.is_elapsed() && t.deadline() <= due => {}
             Some(t) => t.as_mut().reset(due),
             None => timer = Some(Box::pin(tokio::time::sleep_until(due))),
         }
         let got = tokio::select! {
             biased;
-            _ = link.killed() => {
+            _ = &mut killed => {
                 out.report(&link, true);
                 return link.writer_stopped();
             }
@@ -428,6 +433,10 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
             _ = async { timer.as_mut().expect("armed above").await } => {
                 if polling {
                     out.report(&link, true);
+                    continue;
+                }
+                if tokio::time::Instant::now() < last_write + LINGER {
+                    // Armed before the last write: linger from that one.
                     continue;
                 }
                 // Nothing to do for a while: park, unless something arrived meanwhile. A
