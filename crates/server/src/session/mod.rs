@@ -186,6 +186,13 @@ impl Session {
         };
         let mut timer = Deadline::default();
         loop {
+            // Checked here with an atomic load, and waited for below only after the socket
+            // had nothing: a wait for the shutdown token takes its lock (one lock for every
+            // session of the server) each time it is polled, and a busy session reads
+            // thousands of times a second.
+            if self.shared.shutdown.is_cancelled() {
+                return "server shutting down".into();
+            }
             if !buf.is_empty() {
                 if let Flow::Close(why) = self.drain(buf).await {
                     return why;
@@ -199,7 +206,6 @@ impl Session {
                 tokio::select! {
                     biased;
                     _ = std::future::poll_fn(|cx| self.link.poll_killed(cx)) => return self.kill_reason(),
-                    _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
                     _ = timer.fired() => match self.deadline_passed(idle_deadline, login_by) {
                         Some(why) => return why,
                         None => continue,
@@ -207,13 +213,13 @@ impl Session {
                     ready = socket.ready() => if let Err(e) = ready {
                         return format!("read error: {e}");
                     },
+                    _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
                 }
             }
             buf.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
                 _ = std::future::poll_fn(|cx| self.link.poll_killed(cx)) => return self.kill_reason(),
-                _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
                 _ = timer.fired() => match self.deadline_passed(idle_deadline, login_by) {
                     Some(why) => return why,
                     None => continue,
@@ -224,6 +230,7 @@ impl Session {
                     Ok(_) => idle_deadline = self.idle.map(|d| Instant::now() + d),
                     Err(e) => return format!("read error: {e}"),
                 },
+                _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
             }
         }
     }
