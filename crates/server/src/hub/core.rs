@@ -1035,12 +1035,17 @@ impl Core {
         match audience {
             Audience::Direct(a, b) => {
                 let to_self = a == b;
-                let users = if to_self { &[*a][..] } else { &[*a, *b][..] };
-                for online in users.iter().flat_map(|u| self.online.get(u)).flatten() {
-                    if online.live && online.push && (to_self || online.device != from.0) {
-                        push(&online.link);
-                    }
-                }
+                let sessions = || {
+                    let users = [*a, *b].into_iter().take(if to_self { 1 } else { 2 });
+                    let online = users.flat_map(|u| self.online.get(&u)).flatten();
+                    let live = online.filter(|o| o.live && o.push);
+                    live.map(|o| (&o.link, Some(o.device)))
+                };
+                // Not back to the sending device (unless it writes to itself).
+                let skip = |device: Option<DeviceId>, _| !to_self && device == Some(from.0);
+                out.push_direct((*a, *b), sessions, skip, || {
+                    Outbound::Deliver(delivery.clone())
+                });
             }
             Audience::Room(name) => {
                 let Some(room) = self.rooms.get(name) else {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::outbound::{Outbound, SessionLink};
-use crate::store::DeviceId;
+use crate::store::{DeviceId, UserId};
 
 /// Emptied lists kept for the next batch, and the most slots a kept one may have.
 const SPARE_LISTS: usize = 1024;
@@ -30,6 +30,10 @@ pub(super) struct Outbox {
     /// alternates between its sender's answers and its recipient's deliveries, and finds
     /// both here without a lookup in `slots`.
     recent: [Option<(u64, usize)>; 2],
+    /// The direct conversation named last (by its members), and the sessions it reaches
+    /// (their live devices): a run of direct messages names the same one again and again.
+    last_direct: Option<(UserId, UserId)>,
+    direct_reach: Vec<Reach>,
 }
 
 /// A session a room's messages reach.
@@ -90,6 +94,37 @@ impl Outbox {
         }
     }
 
+    /// Queues what `item` makes for every session of the direct conversation of `members`
+    /// that `skip` does not reject (by device and session id). `sessions` lists them when
+    /// the conversation is not the one named last.
+    pub fn push_direct<'a, I>(
+        &mut self,
+        members: (UserId, UserId),
+        sessions: impl FnOnce() -> I,
+        skip: impl Fn(Option<DeviceId>, u64) -> bool,
+        item: impl Fn() -> Outbound,
+    ) where
+        I: IntoIterator<Item = (&'a Arc<SessionLink>, Option<DeviceId>)>,
+    {
+        if self.last_direct != Some(members) {
+            self.direct_reach.clear();
+            for (link, device) in sessions() {
+                let slot = self.slot(link);
+                self.direct_reach.push(Reach {
+                    slot,
+                    device,
+                    link: link.id,
+                });
+            }
+            self.last_direct = Some(members);
+        }
+        for r in &self.direct_reach {
+            if !skip(r.device, r.link) {
+                self.staged[r.slot].items.push(item());
+            }
+        }
+    }
+
     /// Queues everything gathered so far. Called at the end of a batch, and before
     /// anything that lets a session go on (a login's or a request's answer), so that what
     /// was queued before that answer still is.
@@ -97,6 +132,7 @@ impl Outbox {
         self.slots.clear();
         self.rooms.clear();
         self.recent = Default::default();
+        self.last_direct = None;
         for mut staged in self.staged.drain(..) {
             if !staged.items.is_empty() {
                 staged.link.push_all(&mut staged.items);
