@@ -196,27 +196,27 @@ impl MessageLog {
         spans.get(spans.partition_point(|s| s.last < id)).copied()
     }
 
-    /// Reads the payload of the record at `span` into `data`, checking it.
+    /// Reads the payload of the record at `span` into `data`, checking it (one `pread` for
+    /// the header and the payload).
     fn read(&self, span: &Span, data: &mut Vec<u8>) -> anyhow::Result<()> {
-        data.resize(span.len as usize, 0);
-        let mut header = [0; RECORD_HEADER as usize];
-        let read = self
-            .file
-            .read_exact_at(&mut header, span.offset)
-            .and_then(|()| self.file.read_exact_at(data, span.offset + RECORD_HEADER));
-        read.with_context(|| {
-            format!(
-                "reading the block of messages {} to {}",
-                span.first, span.last
-            )
-        })?;
-        let (len, crc) = parse_header(&header);
+        let header = RECORD_HEADER as usize;
+        data.resize(header + span.len as usize, 0);
+        self.file
+            .read_exact_at(data, span.offset)
+            .with_context(|| {
+                format!(
+                    "reading the block of messages {} to {}",
+                    span.first, span.last
+                )
+            })?;
+        let (len, crc) = parse_header(data[..header].try_into().expect("a header's bytes"));
         anyhow::ensure!(
-            len == span.len && crc == crc32fast::hash(data),
+            len == span.len && crc == crc32fast::hash(&data[header..]),
             "the block of messages {} to {} is damaged",
             span.first,
             span.last
         );
+        data.drain(..header);
         Ok(())
     }
 }
@@ -250,23 +250,12 @@ impl LogWriter {
             "message {} stored after message {below}: ids must ascend",
             first.id
         );
+        self.buf.clear();
+        self.pending.clear();
         let (buf, pending) = (&mut self.buf, &mut self.pending);
-        buf.clear();
-        pending.clear();
         let mut at = self.end;
         blocks::each_block(messages, &mut self.block, |first, last, data| {
-            let len = u32::try_from(data.len()).context("a block over 4 GiB")?;
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-            buf.extend_from_slice(data);
-            let span = Span {
-                first,
-                last,
-                offset: at,
-                len,
-            };
-            at = span.end();
-            pending.push(span);
+            at = put_record(buf, pending, at, (first, last), data)?;
             Ok(())
         })?;
         self.write(at)
@@ -282,35 +271,21 @@ impl LogWriter {
             last = r.id;
         }
         let Some(first) = first else { return Ok(()) };
+        let below = self.log.last_id();
         anyhow::ensure!(
-            first > self.log.last_id(),
-            "message {first} stored after message {}: ids must ascend",
-            self.log.last_id()
+            first > below,
+            "message {first} stored after message {below}: ids must ascend"
         );
-        let len = u32::try_from(data.len()).context("a block over 4 GiB")?;
         self.buf.clear();
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf
-            .extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-        self.buf.extend_from_slice(data);
         self.pending.clear();
-        let span = Span {
-            first,
-            last,
-            offset: self.end,
-            len,
-        };
-        self.pending.push(span);
-        self.write(span.end())
-    }
-
-    /// Cuts the log back to no records (a move of an older database that did not finish).
-    pub(super) fn clear(&mut self) -> anyhow::Result<()> {
-        self.log.file.set_len(START)?;
-        self.log.file.sync_all()?;
-        self.log.spans.write().expect("spans poisoned").clear();
-        self.end = START;
-        Ok(())
+        let end = put_record(
+            &mut self.buf,
+            &mut self.pending,
+            self.end,
+            (first, last),
+            data,
+        )?;
+        self.write(end)
     }
 
     /// Writes `buf` at the end, then makes `pending` visible; `end` is the new end.
@@ -394,6 +369,29 @@ impl<'l> Lookup<'l> {
         (self.at, self.previous) = (self.data.len() - records.rest.len(), records.previous);
         Ok(found)
     }
+}
+
+/// Frames `data` (the block of messages `ids.0` to `ids.1`) as a record at `at` in `buf`,
+/// its span in `spans`; returns where the record ends.
+fn put_record(
+    buf: &mut Vec<u8>,
+    spans: &mut Vec<Span>,
+    at: u64,
+    ids: (i64, i64),
+    data: &[u8],
+) -> anyhow::Result<u64> {
+    let len = u32::try_from(data.len()).context("a block over 4 GiB")?;
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+    buf.extend_from_slice(data);
+    let span = Span {
+        first: ids.0,
+        last: ids.1,
+        offset: at,
+        len,
+    };
+    spans.push(span);
+    Ok(span.end())
 }
 
 fn parse_header(header: &[u8; RECORD_HEADER as usize]) -> (u32, u32) {
