@@ -160,7 +160,9 @@ fn migrate(conn: &Connection) -> anyhow::Result<()> {
 /// `message_blocks` table (blocks of messages a row) or, older, a `messages` table of a row
 /// per message (ordered by id or, in the first layout, by conversation and sequence). Ids,
 /// sequences and the saved index stay as they were. The log is made durable before the
-/// table is dropped; a move that did not finish (the table still there) starts over.
+/// table is dropped; a move that did not finish (the table still there) goes on from the
+/// log's last message, and so does one after a return to an older version (which wrote
+/// its messages to the table again, with ids past the log's).
 fn migrate_messages(conn: &Connection, log: &mut LogWriter) -> anyhow::Result<()> {
     let has_table = |name: &str| -> rusqlite::Result<bool> {
         conn.query_row(
@@ -174,14 +176,14 @@ fn migrate_messages(conn: &Connection, log: &mut LogWriter) -> anyhow::Result<()
         return Ok(());
     }
     let started = std::time::Instant::now();
-    log.clear()?;
+    let moved = log.last_id();
     if rows {
         let mut stmt = conn.prepare(
             "SELECT id, conversation_id, seq, sender_id, sender_device, body, sent_at,
                     received_at
-             FROM messages ORDER BY id",
+             FROM messages WHERE id > ?1 ORDER BY id",
         )?;
-        let mut rows = stmt.query([])?;
+        let mut rows = stmt.query([moved])?;
         // Read and written a few thousand at a time, so memory stays flat however many.
         const CHUNK: usize = 4096;
         let mut chunk = Vec::with_capacity(CHUNK);
@@ -204,8 +206,9 @@ fn migrate_messages(conn: &Connection, log: &mut LogWriter) -> anyhow::Result<()
         log.append(&chunk)?;
     }
     if blocks {
-        let mut stmt = conn.prepare("SELECT data FROM message_blocks ORDER BY last_id")?;
-        let mut rows = stmt.query([])?;
+        let mut stmt =
+            conn.prepare("SELECT data FROM message_blocks WHERE last_id > ?1 ORDER BY last_id")?;
+        let mut rows = stmt.query([moved])?;
         while let Some(row) = rows.next()? {
             log.append_block(row.get_ref(0)?.as_blob()?)
                 .context("moving a block of messages")?;
@@ -927,35 +930,39 @@ mod tests {
     }
 
     /// The previous layout, blocks of messages in a `message_blocks` table, is moved into
-    /// the log as it is; a move that stopped half way (the table still there, some of it
-    /// in the log) starts over.
+    /// the log as it is; a move that stopped half way (the table still there, its first
+    /// blocks in the log) goes on from where it stopped.
     #[test]
-    fn a_table_of_blocks_is_moved_into_the_log_and_a_move_cut_short_starts_over() {
+    fn a_table_of_blocks_is_moved_into_the_log_and_a_move_cut_short_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let messages: Vec<NewMessage> = (1..=500)
             .map(|i| message(i, 1 + i % 4, (i + 3) / 4))
             .collect();
-        let mut store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
-        // What a move cut short would have left in the log.
-        store
-            .write(&batch(messages[..100].iter().cloned()))
-            .unwrap();
-        crash(store);
+        drop(SqliteStore::open(dir.path(), SyncMode::Normal).unwrap());
         let db = Connection::open(database_path(dir.path())).unwrap();
         db.execute_batch(
-            "DELETE FROM message_spans;
+            "DELETE FROM message_spans; DELETE FROM message_index;
              CREATE TABLE message_blocks (
                  last_id INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, data BLOB NOT NULL)",
         )
         .unwrap();
+        let mut blocks = Vec::new();
         super::super::blocks::each_block(&messages, &mut Vec::new(), |first, last, data| {
             db.execute(
                 "INSERT INTO message_blocks (last_id, first_id, data) VALUES (?1, ?2, ?3)",
                 params![last, first, data],
             )?;
+            blocks.push(data.to_vec());
             Ok(())
         })
         .unwrap();
+        assert!(blocks.len() > 3, "{} blocks", blocks.len());
+        // What a move cut short left in the log: its first two blocks.
+        let (_, mut cut_short) = MessageLog::open(dir.path(), false, Vec::new()).unwrap();
+        for data in &blocks[..2] {
+            cut_short.append_block(data).unwrap();
+        }
+        drop(cut_short);
         let store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
         let log = store.log();
         let mut all = Vec::new();
