@@ -23,7 +23,7 @@ use parley_proto::Reply;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::conn::WriteHalf;
-use crate::delivery::{Delivery, SharedNotice};
+use crate::delivery::{Delivery, RoomRun, SharedNotice};
 use crate::hub::Hub;
 use crate::queue::{Pushed, Queue, Refused};
 use crate::store::{ConvId, DeviceId, Seq};
@@ -40,14 +40,20 @@ pub enum Outbound {
     Notice(Arc<SharedNotice>),
     /// A live push from the hub.
     Deliver(Arc<Delivery>),
+    /// Live pushes of a room: messages `start..end` of a batch's run.
+    Run(Arc<RoomRun>, u32, u32),
     /// A message replayed from the log while catching up; holds one `replay` permit.
     Replay(Arc<Delivery>),
 }
 
 impl Outbound {
-    /// Whether this counts against the session's push limit (`SessionLink::pushed`).
-    fn is_push(&self) -> bool {
-        matches!(self, Outbound::Deliver(_) | Outbound::Notice(_))
+    /// How many pushes this is, for the session's push limit (`SessionLink::pushed`).
+    fn pushes(&self) -> usize {
+        match self {
+            Outbound::Deliver(_) | Outbound::Notice(_) => 1,
+            Outbound::Run(_, start, end) => (end - start) as usize,
+            _ => 0,
+        }
     }
 
     /// The bytes this takes in a write in `style`: exact for messages and notices (encoded
@@ -55,6 +61,9 @@ impl Outbound {
     fn encoded_len_hint(&self, style: Style) -> usize {
         match self {
             Outbound::Deliver(d) | Outbound::Replay(d) => d.encoded_len_hint(style),
+            Outbound::Run(run, start, end) => {
+                run.encoded_len_hint(style, *start as usize..*end as usize)
+            }
             Outbound::Bytes(bytes) => bytes.len(),
             Outbound::Notice(notice) => notice.encoded(style).len(),
             Outbound::Reply(..) => 64,
@@ -202,7 +211,7 @@ impl SessionLink {
         // The queue also holds room for the replies to requests in flight (bounded by
         // `max_inflight`) and for the slots catch-up may still claim: pushes may not use
         // either, so `outbound_queue` is the real limit on what waits for a slow reader.
-        if !self.claim_pushes(usize::from(item.is_push())) {
+        if !self.claim_pushes(item.pushes()) {
             return self.kill(Kill::SlowConsumer);
         }
         match self.enqueue(item) {
@@ -219,7 +228,7 @@ impl SessionLink {
     pub fn push_all(&self, items: &mut Vec<Outbound>) {
         // Past the limit one by one would queue some and then kill the session, whose
         // writer then writes none of them: the same as queueing none.
-        if !self.claim_pushes(items.iter().filter(|i| i.is_push()).count()) {
+        if !self.claim_pushes(items.iter().map(Outbound::pushes).sum()) {
             items.clear();
             return self.kill(Kill::SlowConsumer);
         }
@@ -493,11 +502,18 @@ impl Output {
         let buf = &mut self.buf;
         let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
         let mut replayed = 0;
-        let pushes = items.iter().filter(|i| i.is_push()).count();
+        let pushes = items.iter().map(Outbound::pushes).sum();
         link.pushed.fetch_sub(pushes, Ordering::Relaxed);
         // Room for the whole write at once: grown item by item, the buffer doubled half a
         // dozen times per write of a fan-out (each a new allocation and a copy).
         buf.reserve(items.iter().map(|i| i.encoded_len_hint(style)).sum());
+        // Only a conversation's furthest sequence counts (the cursor moves to it), so a run
+        // of one conversation's deliveries is one entry: a fan-out write carries dozens of
+        // one room's messages.
+        let mut progress = |conv: ConvId, seq: Seq| match delivered.last_mut() {
+            Some(last) if last.0 == conv => last.1 = last.1.max(seq),
+            _ => delivered.push((conv, seq)),
+        };
         for item in items.drain(..) {
             let d = match item {
                 Outbound::Reply(tag, reply) => {
@@ -512,6 +528,14 @@ impl Output {
                     buf.extend_from_slice(notice.encoded(style));
                     continue;
                 }
+                Outbound::Run(run, start, end) => {
+                    let (start, end) = (start as usize, end as usize);
+                    run.write_to(style, start..end, buf);
+                    if let Some(seq) = end.checked_sub(1).and_then(|last| run.seq(last)) {
+                        progress(run.conv, seq);
+                    }
+                    continue;
+                }
                 Outbound::Deliver(d) => d,
                 Outbound::Replay(d) => {
                     replayed += 1;
@@ -519,13 +543,7 @@ impl Output {
                 }
             };
             d.write_to(style, buf);
-            // Only a conversation's furthest sequence counts (the cursor moves to it), so a
-            // run of one conversation's deliveries is one entry: a fan-out write carries
-            // dozens of one room's messages.
-            match delivered.last_mut() {
-                Some(last) if last.0 == d.conv => last.1 = last.1.max(d.seq),
-                _ => delivered.push((d.conv, d.seq)),
-            }
+            progress(d.conv, d.seq);
         }
         let written_bytes = buf.len();
         let written = {

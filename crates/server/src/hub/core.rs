@@ -1062,7 +1062,7 @@ impl Core {
                     Some(device) => device == from.0,
                     None => link == from.1,
                 };
-                out.push_room(name, sessions, skip, || Outbound::Deliver(delivery.clone()));
+                out.push_room(name, sessions, skip, delivery);
             }
             Audience::User(_) => {}
             Audience::Everyone => {

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::delivery::{Delivery, RoomRun};
 use crate::outbound::{Outbound, SessionLink};
 use crate::store::{DeviceId, UserId};
 
@@ -22,10 +23,11 @@ pub(super) struct Outbox {
     staged: Vec<Staged>,
     /// Emptied item lists, kept for the next batch.
     spare: Vec<Vec<Outbound>>,
-    /// The sessions each room named so far reaches, as slots in `staged`. Membership and
-    /// presence do not change while a batch's effects are performed, so the first message
-    /// to a room looks its sessions up and the room's other messages reuse the list.
-    rooms: HashMap<Arc<str>, Vec<Reach>, ahash::RandomState>,
+    /// Each room named so far: the sessions it reaches, as slots in `staged`, and its
+    /// messages. Membership and presence do not change while a batch's effects are
+    /// performed, so the first message to a room looks its sessions up and the room's
+    /// other messages reuse the list.
+    rooms: HashMap<Arc<str>, RoomBatch, ahash::RandomState>,
     /// The last two sessions given a slot (link id, slot): a run of direct messages
     /// alternates between its sender's answers and its recipient's deliveries, and finds
     /// both here without a lookup in `slots`.
@@ -34,6 +36,14 @@ pub(super) struct Outbox {
     /// (their live devices): a run of direct messages names the same one again and again.
     last_direct: Option<(UserId, UserId)>,
     direct_reach: Vec<Reach>,
+}
+
+/// A room's part of the batch being gathered.
+struct RoomBatch {
+    reach: Vec<Reach>,
+    /// What the sessions are given: stretches of it (complete once the batch is flushed).
+    run: Arc<RoomRun>,
+    deliveries: Vec<Arc<Delivery>>,
 }
 
 /// A session a room's messages reach.
@@ -64,15 +74,16 @@ impl Outbox {
         staged.permits += 1;
     }
 
-    /// Queues what `item` makes for every session of `room` that `skip` does not reject
-    /// (by device, `None` for a guest, and session id). `sessions` lists the room's sessions
-    /// the first time the room is named in a batch.
+    /// Queues `delivery` for every session of `room` that `skip` does not reject (by
+    /// device, `None` for a guest, and session id). `sessions` lists the room's sessions the
+    /// first time the room is named in a batch. A session whose last item is the stretch of
+    /// this room's messages just before this one has it lengthened instead of a new item.
     pub fn push_room<'a, I>(
         &mut self,
         room: &Arc<str>,
         sessions: impl FnOnce() -> I,
         skip: impl Fn(Option<DeviceId>, u64) -> bool,
-        item: impl Fn() -> Outbound,
+        delivery: &Arc<Delivery>,
     ) where
         I: IntoIterator<Item = (&'a Arc<SessionLink>, Option<DeviceId>)>,
     {
@@ -85,11 +96,30 @@ impl Outbox {
                     link: link.id,
                 })
                 .collect();
-            self.rooms.insert(room.clone(), reach);
+            let run = Arc::new(RoomRun::new(delivery.conv));
+            let deliveries = Vec::new();
+            let batch = RoomBatch {
+                reach,
+                run,
+                deliveries,
+            };
+            self.rooms.insert(room.clone(), batch);
         }
-        for r in &self.rooms[room] {
-            if !skip(r.device, r.link) {
-                self.staged[r.slot].items.push(item());
+        let batch = self.rooms.get_mut(room).expect("inserted above");
+        let index = u32::try_from(batch.deliveries.len()).expect("a batch under 4 G messages");
+        batch.deliveries.push(delivery.clone());
+        for r in &batch.reach {
+            if skip(r.device, r.link) {
+                continue;
+            }
+            let items = &mut self.staged[r.slot].items;
+            match items.last_mut() {
+                Some(Outbound::Run(run, _, end))
+                    if Arc::ptr_eq(run, &batch.run) && *end == index =>
+                {
+                    *end += 1
+                }
+                _ => items.push(Outbound::Run(batch.run.clone(), index, index + 1)),
             }
         }
     }
@@ -130,7 +160,10 @@ impl Outbox {
     /// was queued before that answer still is.
     pub fn flush(&mut self) {
         self.slots.clear();
-        self.rooms.clear();
+        // Complete before any session is given them.
+        for (_, room) in self.rooms.drain() {
+            room.run.complete(room.deliveries);
+        }
         self.recent = Default::default();
         self.last_direct = None;
         for mut staged in self.staged.drain(..) {
