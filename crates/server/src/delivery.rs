@@ -161,20 +161,29 @@ impl RoomRun {
         self.deliveries().get(i).map(|d| d.seq)
     }
 
-    /// Appends messages `range` of the run in `style`.
+    /// Appends messages `range` of the run in `style` (the part of it the run holds: the
+    /// outbox hands out only stretches of a completed run, and a writer must not panic on
+    /// one that is not).
     pub fn write_to(&self, style: Style, range: std::ops::Range<usize>, dst: &mut BytesMut) {
+        let Some(deliveries) = self.deliveries.get() else {
+            return;
+        };
         let (bytes, ends) = self.encoded[style as usize].get_or_init(|| {
             let mut buf = BytesMut::new();
-            let mut ends = Vec::with_capacity(self.deliveries().len());
-            for d in self.deliveries() {
+            let mut ends = Vec::with_capacity(deliveries.len());
+            for d in deliveries {
                 style.encode_delivery(d, &mut buf);
                 ends.push(buf.len());
             }
             (buf.freeze(), ends)
         });
-        let start = range.start.checked_sub(1).map_or(0, |i| ends[i]);
-        let end = range.end.checked_sub(1).map_or(0, |i| ends[i]);
-        dst.extend_from_slice(&bytes[start..end]);
+        // Where message `i` starts (past the last: the run's end).
+        let start_of = |i: usize| match i {
+            0 => 0,
+            i => ends.get(i - 1).copied().unwrap_or(bytes.len()),
+        };
+        let (start, end) = (start_of(range.start), start_of(range.end));
+        dst.extend_from_slice(bytes.get(start..end).unwrap_or_default());
     }
 
     /// About the bytes messages `range` take in `style`.
@@ -296,5 +305,14 @@ mod tests {
         let mut two = BytesMut::new();
         run.write_to(Style::Binary, 1..3, &mut two);
         assert_eq!(hint, two.len());
+        // Past the run's end, or of a run not completed: what it holds, no panic.
+        let mut past = BytesMut::new();
+        run.write_to(Style::Binary, 3..9, &mut past);
+        let mut last = BytesMut::new();
+        run.write_to(Style::Binary, 3..4, &mut last);
+        assert_eq!(past, last);
+        let mut none = BytesMut::new();
+        RoomRun::new(7).write_to(Style::Binary, 0..2, &mut none);
+        assert!(none.is_empty());
     }
 }
