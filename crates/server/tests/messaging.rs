@@ -1160,6 +1160,84 @@ async fn acks_survive_a_restart() {
     server.stop().await;
 }
 
+/// An embedder's runtime that ends under a running server (no graceful stop) still leaves
+/// what devices acknowledged written: the hub holds reading progress back for up to 100 ms.
+#[test]
+fn acks_survive_a_runtime_that_ends_without_a_stop() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let (dir, running, phone, bob) = first.block_on(async {
+        let server = TestServer::start().await;
+        register(&server, "alice").await;
+        let mut phone = device(&server, "alice", "phone").await;
+        let mut bob = server.login("bob").await;
+        for i in 1..=3 {
+            dm(&mut bob, "bob", "alice", &format!("m{i}")).await;
+        }
+        let got = events(&mut phone, 3).await;
+        ack(&mut phone, &got[2]).await;
+        // The phone's next request is answered after the hub took the ack; the phone
+        // stays connected (a session's end would write the progress with its own rows).
+        dm(&mut phone, "alice", "bob", "reply").await;
+        bob.expect_push().await.unwrap();
+        (server.dir, server.running, phone, bob)
+    });
+    drop(first);
+    drop((running, phone, bob));
+    runtime().block_on(async {
+        let server = TestServer::resume(dir).await;
+        let mut phone = device(&server, "alice", "phone").await;
+        nothing_more(&mut phone).await;
+        server.stop().await;
+    });
+}
+
+/// With `sync = "full"` on a runtime of several threads (the hub's commits and syncs go
+/// aside there), messages sent at once from many connections all arrive and are all stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synced_writes_from_many_senders_arrive_and_survive_a_restart() {
+    let mut server = TestServer::start_with(|c| c.sync = parley_server::SyncMode::Full).await;
+    register(&server, "alice").await;
+    let mut phone = device(&server, "alice", "phone").await;
+    let senders = (0..8).map(|s| {
+        let addr = server.addr;
+        tokio::spawn(async move {
+            let mut c = BinaryClient::connect(addr).await.unwrap();
+            let name = format!("s{s}");
+            assert_eq!(c.login(1, &name).await.unwrap(), code::OK);
+            for i in 1..=25 {
+                dm(&mut c, &name, "alice", &format!("{name}-{i}")).await;
+            }
+        })
+    });
+    for sender in senders.collect::<Vec<_>>() {
+        sender.await.unwrap();
+    }
+    let live = events(&mut phone, 200).await;
+    close(phone).await;
+    server.restart().await;
+    let mut phone = device(&server, "alice", "phone").await;
+    // Nothing was acked: catch-up replays all of it, as stored.
+    let replayed = events(&mut phone, 200).await;
+    assert_eq!(texts(&replayed), texts(&live));
+    for s in 0..8 {
+        let mine: Vec<String> = texts(&live)
+            .into_iter()
+            .filter(|t| t.starts_with(&format!("s{s}-")))
+            .collect();
+        let expected: Vec<String> = (1..=25).map(|i| format!("s{s}-{i}")).collect();
+        assert_eq!(mine, expected, "each sender's messages in order");
+    }
+    nothing_more(&mut phone).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_device_gets_what_it_did_not_ack_again_when_it_reconnects() {
     let server = TestServer::start().await;

@@ -1,12 +1,21 @@
-//! The hub thread: apply a batch of operations, commit once, then answer and deliver.
+//! The hub's loop: apply a batch of operations, commit once, then answer and deliver.
+//!
+//! It runs as a task of the runtime, beside the sessions that hand it operations and the
+//! writers it hands messages to: a session's hand-over wakes it on the session's own
+//! thread (tokio runs a task woken by the running one next there), and its pushes wake
+//! writers the same way, with no thread to wake in between. A dedicated thread cost a
+//! futex wake-up and a context switch for nearly every few messages (W = 1 in
+//! docs/PERFORMANCE.md). Its blocking work is short or moved aside: appending to the log is
+//! a write into the page cache, done in place; a SQLite commit or a sync to disk is done
+//! under `block_in_place`, so the thread's other tasks move to another while it waits.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parley_proto::{ErrorKind, Reply, Target};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use super::outbox::Outbox;
@@ -23,7 +32,7 @@ use crate::store::{
 };
 use crate::wire::{Protocol, Style, Tag};
 
-/// Starts the hub thread over `store`.
+/// Starts the hub over `store`, as a task of the current runtime.
 pub fn spawn(
     mut store: Box<dyn LogStore>,
     config: &Config,
@@ -58,13 +67,15 @@ pub fn spawn(
         cursors_wanted: false,
         outbox: Outbox::default(),
         batch_time: 0,
+        // `block_in_place` needs a runtime with other workers (a current-thread runtime,
+        // as in tests, just waits).
+        may_block_aside: tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread,
     };
     core.load()?;
-    let (ops, rx) = crossbeam_channel::unbounded();
-    let thread = std::thread::Builder::new()
-        .name("parley-hub".into())
-        .spawn(move || core.run(rx))?;
-    Ok((Hub { ops }, thread))
+    let (ops, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(core.run(rx));
+    Ok((Hub { ops }, task))
 }
 
 /// A device of a user with a session open.
@@ -147,6 +158,8 @@ pub(super) struct Core {
     /// Something in this batch reads the cursors back (a login's catch-up): the pending
     /// progress goes into it.
     cursors_wanted: bool,
+    /// Slow writes go under `block_in_place` (see the module doc).
+    may_block_aside: bool,
     /// What the batch being performed queues for sessions (kept for its spare lists).
     outbox: Outbox,
     /// When the batch being applied began (Unix ms): the receive time of all its messages
@@ -228,24 +241,24 @@ impl Core {
         Ok(())
     }
 
-    fn run(mut self, rx: Receiver<Op>) {
+    async fn run(mut self, mut rx: UnboundedReceiver<Op>) {
         let mut ops = Vec::with_capacity(self.batch_max);
         let mut stopping = false;
         while !stopping {
             let deadlines = self.waiting.iter().map(|w| w.deadline);
             let first = match deadlines.chain(self.cursors_due).min() {
-                Some(deadline) => rx.recv_deadline(deadline),
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(deadline) => tokio::time::timeout_at(deadline.into(), rx.recv()).await,
+                None => Ok(rx.recv().await),
             };
             match first {
-                Ok(op) => ops.push(op),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => stopping = true,
+                Ok(Some(op)) => ops.push(op),
+                Ok(None) => stopping = true,
+                Err(_elapsed) => {}
             }
             while ops.len() < self.batch_max {
                 match rx.try_recv() {
                     Ok(op) => ops.push(op),
-                    Err(_) => break,
+                    Err(_empty_or_closed) => break,
                 }
             }
             stopping |= self.process(&mut ops);
@@ -288,7 +301,12 @@ impl Core {
         }
         batch.next_message_id = self.next.message;
         let committed = batch.is_empty() || {
-            match self.store.write(&batch) {
+            let written = if !self.may_block_aside || self.store.writes_quickly(&batch) {
+                self.store.write(&batch)
+            } else {
+                tokio::task::block_in_place(|| self.store.write(&batch))
+            };
+            match written {
                 Ok(()) => true,
                 Err(e) => {
                     error!(error = %format!("{e:#}"), ops = effects.len(), "store commit failed");
@@ -1176,6 +1194,25 @@ impl Core {
                 self.next.conv = self.next.conv.max(next.conv);
             }
             Err(e) => error!(error = %format!("{e:#}"), "reloading ids after a failed commit"),
+        }
+    }
+}
+
+impl Drop for Core {
+    /// A hub dropped before its loop ended (its runtime shut down under it, with no
+    /// graceful stop) still writes the reading progress it holds back, so that nothing
+    /// read in its last 100 ms is delivered again.
+    fn drop(&mut self) {
+        if self.pending_cursors.is_empty() {
+            return;
+        }
+        let batch = Batch {
+            cursors: std::mem::take(&mut self.pending_cursors),
+            next_message_id: self.next.message,
+            ..Batch::default()
+        };
+        if let Err(e) = self.store.write(&batch) {
+            warn!(error = %format!("{e:#}"), "writing reading progress at a stop failed");
         }
     }
 }

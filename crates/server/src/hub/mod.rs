@@ -257,7 +257,7 @@ pub(crate) enum Op {
 /// A cloneable handle to the hub thread.
 #[derive(Clone)]
 pub struct Hub {
-    ops: crossbeam_channel::Sender<Op>,
+    ops: tokio::sync::mpsc::UnboundedSender<Op>,
 }
 
 impl Hub {

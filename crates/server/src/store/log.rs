@@ -63,7 +63,7 @@ impl Span {
     }
 }
 
-/// The log, shared by the writer (the hub thread) and the readers.
+/// The log, shared by the writer (the hub) and the readers.
 pub struct MessageLog {
     file: File,
     path: PathBuf,
@@ -235,6 +235,11 @@ impl LogWriter {
     /// Makes everything appended so far durable.
     pub(super) fn sync(&self) -> anyhow::Result<()> {
         self.log.sync()
+    }
+
+    /// Whether every append is synced to disk (`sync = "full"`).
+    pub(super) fn syncs(&self) -> bool {
+        self.sync
     }
 
     /// Appends `messages` (ids ascending, above every stored one) with one write; they are

@@ -223,6 +223,10 @@ pub trait LogStore: Send {
     /// Writes the whole batch, or reports an error: its rows in one transaction, then its
     /// messages. After an error its rows may be stored, but none of its messages.
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()>;
+    /// Whether writing `batch` is no more than a write into the page cache: no SQLite
+    /// commit, no sync to disk, no checkpoint. The hub writes such a batch in place on the
+    /// runtime's thread, and any other where the thread's other tasks can go on meanwhile.
+    fn writes_quickly(&self, batch: &Batch) -> bool;
 }
 
 /// Kinds of conversation, as stored in `conversations.kind`.

@@ -595,7 +595,8 @@ impl LogStore for SqliteStore {
         // The rows first: none of them refers to a message of its own batch but a join
         // point (see `clamp_to_log`), so a crash or a failure between the two leaves
         // nothing that points at a message that is not stored.
-        if batch.has_rows() || reserve.is_some() {
+        let commits = batch.has_rows() || reserve.is_some();
+        if commits {
             self.write_rows(batch, reserve)?;
         }
         if let Err(e) = self.log.append(&batch.messages) {
@@ -607,10 +608,16 @@ impl LogStore for SqliteStore {
             return Err(e);
         }
         self.index.append(&batch.messages);
-        if self.checkpoints.restart.swap(false, Ordering::Relaxed) {
+        // Only commits grow the WAL, so only a batch that commits finishes the job (and
+        // one that does not stays quick: see `writes_quickly`).
+        if commits && self.checkpoints.restart.swap(false, Ordering::Relaxed) {
             self.restart_wal();
         }
         Ok(())
+    }
+
+    fn writes_quickly(&self, batch: &Batch) -> bool {
+        !(batch.has_rows() || batch.next_message_id > self.ids_reserved || self.log.syncs())
     }
 }
 
