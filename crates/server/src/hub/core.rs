@@ -5,9 +5,10 @@
 //! thread (tokio runs a task woken by the running one next there), and its pushes wake
 //! writers the same way, with no thread to wake in between. A dedicated thread cost a
 //! futex wake-up and a context switch for nearly every few messages (W = 1 in
-//! docs/PERFORMANCE.md). Its blocking work is short or moved aside: appending to the log is
-//! a write into the page cache, done in place; a SQLite commit or a sync to disk is done
-//! under `block_in_place`, so the thread's other tasks move to another while it waits.
+//! docs/PERFORMANCE.md). What it does that blocks is short: appending to the log and a
+//! SQLite commit with `sync = "normal"` are writes into the page cache. The steps that wait
+//! on the disk (a sync with `sync = "full"`, a WAL checkpoint) go under `block_in_place`
+//! (`store::aside`), so the thread's other tasks move to another meanwhile.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,10 +68,6 @@ pub fn spawn(
         cursors_wanted: false,
         outbox: Outbox::default(),
         batch_time: 0,
-        // `block_in_place` needs a runtime with other workers (a current-thread runtime,
-        // as in tests, just waits).
-        may_block_aside: tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread,
     };
     core.load()?;
     let (ops, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -158,8 +155,6 @@ pub(super) struct Core {
     /// Something in this batch reads the cursors back (a login's catch-up): the pending
     /// progress goes into it.
     cursors_wanted: bool,
-    /// Slow writes go under `block_in_place` (see the module doc).
-    may_block_aside: bool,
     /// What the batch being performed queues for sessions (kept for its spare lists).
     outbox: Outbox,
     /// When the batch being applied began (Unix ms): the receive time of all its messages
@@ -301,12 +296,7 @@ impl Core {
         }
         batch.next_message_id = self.next.message;
         let committed = batch.is_empty() || {
-            let written = if !self.may_block_aside || self.store.writes_quickly(&batch) {
-                self.store.write(&batch)
-            } else {
-                tokio::task::block_in_place(|| self.store.write(&batch))
-            };
-            match written {
+            match self.store.write(&batch) {
                 Ok(()) => true,
                 Err(e) => {
                     error!(error = %format!("{e:#}"), ops = effects.len(), "store commit failed");

@@ -416,7 +416,7 @@ impl SqliteStore {
             "messages indexed"
         );
         // Checkpoints move the WAL into the database file. SQLite runs them inside the
-        // commit that crosses the threshold, on the hub thread; a thread of their own keeps
+        // commit that crosses the threshold, in the hub; a thread of their own keeps
         // them off the path of every message.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpoints = Arc::new(Checkpoints::default());
@@ -595,9 +595,13 @@ impl LogStore for SqliteStore {
         // The rows first: none of them refers to a message of its own batch but a join
         // point (see `clamp_to_log`), so a crash or a failure between the two leaves
         // nothing that points at a message that is not stored.
-        let commits = batch.has_rows() || reserve.is_some();
-        if commits {
-            self.write_rows(batch, reserve)?;
+        if batch.has_rows() || reserve.is_some() {
+            // With `sync = "full"` SQLite syncs the WAL at every commit.
+            if self.log.syncs() {
+                super::aside(|| self.write_rows(batch, reserve))?;
+            } else {
+                self.write_rows(batch, reserve)?;
+            }
         }
         if let Err(e) = self.log.append(&batch.messages) {
             if !batch.joins.is_empty() {
@@ -608,16 +612,10 @@ impl LogStore for SqliteStore {
             return Err(e);
         }
         self.index.append(&batch.messages);
-        // Only commits grow the WAL, so only a batch that commits finishes the job (and
-        // one that does not stays quick: see `writes_quickly`).
-        if commits && self.checkpoints.restart.swap(false, Ordering::Relaxed) {
-            self.restart_wal();
+        if self.checkpoints.restart.swap(false, Ordering::Relaxed) {
+            super::aside(|| self.restart_wal());
         }
         Ok(())
-    }
-
-    fn writes_quickly(&self, batch: &Batch) -> bool {
-        !(batch.has_rows() || batch.next_message_id > self.ids_reserved || self.log.syncs())
     }
 }
 
