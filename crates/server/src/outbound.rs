@@ -114,8 +114,7 @@ pub struct SessionLink {
     pub replay: Semaphore,
     /// The writer's state while no writer task runs (see [`Writer`]).
     parked: Mutex<Option<Box<Output>>>,
-    /// Where writer tasks run, so that a push never depends on the thread it comes from
-    /// being one of the runtime's.
+    /// Where writer tasks run (pushes come from the hub's thread too).
     runtime: tokio::runtime::Handle,
     me: Weak<SessionLink>,
     flush_timeout_ms: u32,

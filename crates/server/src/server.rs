@@ -198,9 +198,9 @@ pub async fn serve(
     hub.shutdown();
     drop(shared);
     drop(hub);
-    hub_thread
-        .await
-        .map_err(|_| anyhow::anyhow!("the hub task panicked"))?;
+    tokio::task::spawn_blocking(move || hub_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the hub thread panicked"))?;
     info!("shutdown complete");
     Ok(())
 }

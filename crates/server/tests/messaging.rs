@@ -1160,46 +1160,9 @@ async fn acks_survive_a_restart() {
     server.stop().await;
 }
 
-/// An embedder's runtime that ends under a running server (no graceful stop) still leaves
-/// what devices acknowledged written: the hub holds reading progress back for up to 100 ms.
-#[test]
-fn acks_survive_a_runtime_that_ends_without_a_stop() {
-    let runtime = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let first = runtime();
-    let (dir, running, phone, bob) = first.block_on(async {
-        let server = TestServer::start().await;
-        register(&server, "alice").await;
-        let mut phone = device(&server, "alice", "phone").await;
-        let mut bob = server.login("bob").await;
-        for i in 1..=3 {
-            dm(&mut bob, "bob", "alice", &format!("m{i}")).await;
-        }
-        let got = events(&mut phone, 3).await;
-        ack(&mut phone, &got[2]).await;
-        // The phone's next request is answered after the hub took the ack; the phone
-        // stays connected (a session's end would write the progress with its own rows).
-        dm(&mut phone, "alice", "bob", "reply").await;
-        bob.expect_push().await.unwrap();
-        (server.dir, server.running, phone, bob)
-    });
-    drop(first);
-    drop((running, phone, bob));
-    runtime().block_on(async {
-        let server = TestServer::resume(dir).await;
-        let mut phone = device(&server, "alice", "phone").await;
-        nothing_more(&mut phone).await;
-        server.stop().await;
-    });
-}
-
-/// With `sync = "full"` on a runtime of several threads (the hub's commits and syncs go
-/// aside there), messages sent at once from many connections all arrive and are all stored.
+/// With `sync = "full"` (a sync of the log and of SQLite at every commit) on a runtime of
+/// several threads, messages sent at once from many connections all arrive, each sender's in
+/// order, and all of them are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synced_writes_from_many_senders_arrive_and_survive_a_restart() {
     let mut server = TestServer::start_with(|c| c.sync = parley_server::SyncMode::Full).await;

@@ -1,22 +1,12 @@
-//! The hub's loop: apply a batch of operations, commit once, then answer and deliver.
-//!
-//! It runs as a task of the runtime, beside the sessions that hand it operations and the
-//! writers it hands messages to: a session's hand-over wakes it on the session's own
-//! thread (tokio runs a task woken by the running one next there), and its pushes wake
-//! writers the same way, with no thread to wake in between. A dedicated thread cost a
-//! futex wake-up and a context switch for nearly every few messages (W = 1 in
-//! docs/PERFORMANCE.md). What it does that blocks is short: appending to the log and a
-//! SQLite commit with `sync = "normal"` are writes into the page cache. The steps that wait
-//! on the disk (a sync with `sync = "full"`, a WAL checkpoint) go under `block_in_place`
-//! (`store::aside`), so the thread's other tasks move to another meanwhile.
+//! The hub thread: apply a batch of operations, commit once, then answer and deliver.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parley_proto::{ErrorKind, Reply, Target};
-use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use super::outbox::Outbox;
@@ -33,7 +23,7 @@ use crate::store::{
 };
 use crate::wire::{Protocol, Style, Tag};
 
-/// Starts the hub over `store`, as a task of the current runtime.
+/// Starts the hub thread over `store`.
 pub fn spawn(
     mut store: Box<dyn LogStore>,
     config: &Config,
@@ -70,9 +60,11 @@ pub fn spawn(
         batch_time: 0,
     };
     core.load()?;
-    let (ops, rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = tokio::spawn(core.run(rx));
-    Ok((Hub { ops }, task))
+    let (ops, rx) = crossbeam_channel::unbounded();
+    let thread = std::thread::Builder::new()
+        .name("parley-hub".into())
+        .spawn(move || core.run(rx))?;
+    Ok((Hub { ops }, thread))
 }
 
 /// A device of a user with a session open.
@@ -236,24 +228,24 @@ impl Core {
         Ok(())
     }
 
-    async fn run(mut self, mut rx: UnboundedReceiver<Op>) {
+    fn run(mut self, rx: Receiver<Op>) {
         let mut ops = Vec::with_capacity(self.batch_max);
         let mut stopping = false;
         while !stopping {
             let deadlines = self.waiting.iter().map(|w| w.deadline);
             let first = match deadlines.chain(self.cursors_due).min() {
-                Some(deadline) => tokio::time::timeout_at(deadline.into(), rx.recv()).await,
-                None => Ok(rx.recv().await),
+                Some(deadline) => rx.recv_deadline(deadline),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match first {
-                Ok(Some(op)) => ops.push(op),
-                Ok(None) => stopping = true,
-                Err(_elapsed) => {}
+                Ok(op) => ops.push(op),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => stopping = true,
             }
             while ops.len() < self.batch_max {
                 match rx.try_recv() {
                     Ok(op) => ops.push(op),
-                    Err(_empty_or_closed) => break,
+                    Err(_) => break,
                 }
             }
             stopping |= self.process(&mut ops);
@@ -1184,25 +1176,6 @@ impl Core {
                 self.next.conv = self.next.conv.max(next.conv);
             }
             Err(e) => error!(error = %format!("{e:#}"), "reloading ids after a failed commit"),
-        }
-    }
-}
-
-impl Drop for Core {
-    /// A hub dropped before its loop ended (its runtime shut down under it, with no
-    /// graceful stop) still writes the reading progress it holds back, so that nothing
-    /// read in its last 100 ms is delivered again.
-    fn drop(&mut self) {
-        if self.pending_cursors.is_empty() {
-            return;
-        }
-        let batch = Batch {
-            cursors: std::mem::take(&mut self.pending_cursors),
-            next_message_id: self.next.message,
-            ..Batch::default()
-        };
-        if let Err(e) = self.store.write(&batch) {
-            warn!(error = %format!("{e:#}"), "writing reading progress at a stop failed");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The hub: the one place that changes shared state.
 //!
-//! Sessions send it operations over a channel; a single task ([`core`]) takes whatever has
+//! Sessions send it operations over a channel; a single thread ([`core`]) takes whatever has
 //! queued up, applies it in order, writes it to the store in one transaction (group commit),
 //! and only then answers senders and pushes messages to online recipients. So an OK always
 //! follows the commit, delivery order is the log's order, and no lock is shared with the
@@ -254,10 +254,10 @@ pub(crate) enum Op {
     Shutdown,
 }
 
-/// A cloneable handle to the hub.
+/// A cloneable handle to the hub thread.
 #[derive(Clone)]
 pub struct Hub {
-    ops: tokio::sync::mpsc::UnboundedSender<Op>,
+    ops: crossbeam_channel::Sender<Op>,
 }
 
 impl Hub {
@@ -492,7 +492,7 @@ impl Hub {
         let _ = self.submit(Op::Gone { link_id, identity });
     }
 
-    /// Asks the hub to finish what is queued and stop.
+    /// Asks the hub thread to finish what is queued and stop.
     pub fn shutdown(&self) {
         let _ = self.submit(Op::Shutdown);
     }

@@ -2,7 +2,7 @@
 //!
 //! Messages were rows of a SQLite table (a row per message, then a block of them per row).
 //! Every page of that table went through the WAL (two `pwrite` calls a page) and was copied
-//! into the database file again by the checkpoint: half of the hub's time and most
+//! into the database file again by the checkpoint: half of the hub thread's time and most
 //! of the checkpoint thread's at full load. Messages are never changed or removed, so they
 //! need none of what SQLite adds: a group commit now appends its blocks (blocks.rs) to this
 //! file with one `pwrite`, and SQLite keeps the rest (users, rooms, cursors, ...).
@@ -63,7 +63,7 @@ impl Span {
     }
 }
 
-/// The log, shared by the writer (the hub) and the readers.
+/// The log, shared by the writer (the hub thread) and the readers.
 pub struct MessageLog {
     file: File,
     path: PathBuf,
@@ -237,11 +237,6 @@ impl LogWriter {
         self.log.sync()
     }
 
-    /// Whether every append is synced to disk (`sync = "full"`).
-    pub(super) fn syncs(&self) -> bool {
-        self.sync
-    }
-
     /// Appends `messages` (ids ascending, above every stored one) with one write; they are
     /// readable once this returns. On an error nothing of them is kept.
     pub(super) fn append(&mut self, messages: &[NewMessage]) -> anyhow::Result<()> {
@@ -298,7 +293,7 @@ impl LogWriter {
         let file = &self.log.file;
         let mut written = file.write_all_at(&self.buf, self.end);
         if written.is_ok() && self.sync {
-            written = super::aside(|| file.sync_data());
+            written = file.sync_data();
         }
         if let Err(e) = written {
             // Part of it may be in the file: what is not acknowledged must not be found

@@ -1,6 +1,6 @@
 //! Durable state: users, devices, conversations and their ordered message logs, cursors.
 //!
-//! The hub is the only writer. It assigns every id itself and hands the store one
+//! The hub thread is the only writer. It assigns every id itself and hands the store one
 //! [`Batch`] per group commit, so the write interface is a single call and a second backend
 //! (PostgreSQL, for several nodes) has little to implement. Messages go to an append-only
 //! log of their own (log.rs), everything else to SQLite. Sessions read catch-up pages
@@ -203,7 +203,7 @@ pub struct DirectConv {
     pub last_seq: Seq,
 }
 
-/// The write side of the store, owned by the hub.
+/// The write side of the store, owned by the hub thread.
 pub trait LogStore: Send {
     /// Every user (and whether it is an account with a password), for the hub's index.
     fn load_users(&mut self) -> anyhow::Result<Vec<(UserId, String, bool)>>;
@@ -223,24 +223,6 @@ pub trait LogStore: Send {
     /// Writes the whole batch, or reports an error: its rows in one transaction, then its
     /// messages. After an error its rows may be stored, but none of its messages.
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()>;
-}
-
-/// Runs `f`, a step that waits on the disk (a sync, a checkpoint), without holding up the
-/// other tasks of the runtime thread the hub runs on: under `block_in_place`, which hands
-/// them to another thread meanwhile. Anywhere else (a current-thread runtime, a thread of
-/// no runtime) it simply runs.
-///
-/// Only such steps: every call wakes or starts a thread to take the worker's place, and the
-/// threads it leaves stay for a while. Under a login storm, with every commit sent aside, the
-/// server held 18 more threads and 630 more bytes per connection.
-fn aside<T>(f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
 }
 
 /// Kinds of conversation, as stored in `conversations.kind`.

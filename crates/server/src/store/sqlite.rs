@@ -416,7 +416,7 @@ impl SqliteStore {
             "messages indexed"
         );
         // Checkpoints move the WAL into the database file. SQLite runs them inside the
-        // commit that crosses the threshold, in the hub; a thread of their own keeps
+        // commit that crosses the threshold, on the hub thread; a thread of their own keeps
         // them off the path of every message.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpoints = Arc::new(Checkpoints::default());
@@ -596,12 +596,7 @@ impl LogStore for SqliteStore {
         // point (see `clamp_to_log`), so a crash or a failure between the two leaves
         // nothing that points at a message that is not stored.
         if batch.has_rows() || reserve.is_some() {
-            // With `sync = "full"` SQLite syncs the WAL at every commit.
-            if self.log.syncs() {
-                super::aside(|| self.write_rows(batch, reserve))?;
-            } else {
-                self.write_rows(batch, reserve)?;
-            }
+            self.write_rows(batch, reserve)?;
         }
         if let Err(e) = self.log.append(&batch.messages) {
             if !batch.joins.is_empty() {
@@ -613,7 +608,7 @@ impl LogStore for SqliteStore {
         }
         self.index.append(&batch.messages);
         if self.checkpoints.restart.swap(false, Ordering::Relaxed) {
-            super::aside(|| self.restart_wal());
+            self.restart_wal();
         }
         Ok(())
     }

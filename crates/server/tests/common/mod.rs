@@ -51,19 +51,6 @@ impl TestServer {
         }
     }
 
-    /// Starts on a data directory an earlier server left (the test config).
-    pub async fn resume(dir: TempDir) -> TestServer {
-        init_logs();
-        let config = test_config(dir.path());
-        let running = parley_server::start(config).await.expect("server starts");
-        TestServer {
-            addr: running.addr,
-            json_addr: running.json_addr.expect("json port"),
-            running: Some(running),
-            dir,
-        }
-    }
-
     /// A text-protocol connection to the shared port (as `ncat` would be).
     pub async fn text(&self) -> LineClient {
         LineClient::connect(self.addr).await.expect("connect")
