@@ -4,14 +4,16 @@
 //! A bounded tokio channel allocates its slot blocks up front (about 1.7 KB per session,
 //! idle or not) and keeps them for as long as it lives. Most sessions are idle most of the
 //! time, so this queue is a `VecDeque` behind a mutex that grows with what is pushed and is
-//! released when the writer has taken everything: an idle session costs one empty deque
-//! and a `Notify`. Pushing is one uncontended lock; the writer takes everything pending in
-//! one lock too.
+//! released when the writer has taken everything: an idle session costs one empty deque.
+//! Pushing is one uncontended lock; the writer takes everything pending in one lock too,
+//! and leaves its waker under the same lock when there is nothing (a `Notify` beside the
+//! lock took a second lock to wait and a third when the wait was dropped, for every turn
+//! of a writer: at one message per turn, 800 instructions a message).
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::Mutex;
-
-use tokio::sync::Notify;
+use std::task::{Poll, Waker};
 
 /// A deque that grew past this many slots is released once the writer has emptied it.
 const KEEP_SLOTS: usize = 64;
@@ -37,8 +39,6 @@ pub enum Refused {
 #[derive(Debug)]
 pub struct Queue<T> {
     state: Mutex<State<T>>,
-    /// Woken when the queue goes from empty to not empty (and on close).
-    ready: Notify,
     capacity: usize,
 }
 
@@ -51,6 +51,26 @@ struct State<T> {
     /// No consumer may start any more: the one running, or whoever [`Queue::finish`]
     /// answered, consumes what is left.
     finishing: bool,
+    /// The consumer waiting in [`Queue::take`]: woken when the queue goes from empty to not
+    /// empty, and on close and finish. Left behind when its wait is dropped, it only makes
+    /// a spurious wake-up; a consumer that parks clears it (it holds the task's memory).
+    waiting: Option<Waker>,
+}
+
+impl<T> State<T> {
+    /// The waiting consumer, to wake once the lock is released.
+    fn wake(&mut self) -> Option<Waker> {
+        self.waiting.take()
+    }
+
+    fn take_into(&mut self, into: &mut Vec<T>, max: usize) -> usize {
+        let n = self.items.len().min(max);
+        into.extend(self.items.drain(..n));
+        if self.items.is_empty() && self.items.capacity() > KEEP_SLOTS {
+            self.items = VecDeque::new();
+        }
+        n
+    }
 }
 
 impl<T> Queue<T> {
@@ -72,15 +92,15 @@ impl<T> Queue<T> {
                 closed: false,
                 parked,
                 finishing: false,
+                waiting: None,
             }),
-            ready: Notify::new(),
             capacity,
         }
     }
 
     /// Queues `item` without waiting.
     pub fn push(&self, item: T) -> Result<Pushed, Refused> {
-        let was_empty = {
+        let waiting = {
             let mut state = self.lock();
             if state.closed {
                 return Err(Refused::Closed);
@@ -93,13 +113,17 @@ impl<T> Queue<T> {
                 state.parked = false;
                 return Ok(Pushed::Start);
             }
-            state.items.len() == 1
+            // The consumer takes everything when it wakes, so only the first item after
+            // it emptied the queue needs to wake it (a consumer about to wait finds the
+            // item under the lock it would leave its waker under).
+            if state.items.len() == 1 {
+                state.wake()
+            } else {
+                None
+            }
         };
-        // The consumer takes everything when it wakes, so only the first item after it
-        // emptied the queue needs to wake it (a stored permit covers a consumer that is
-        // about to wait).
-        if was_empty {
-            self.ready.notify_one();
+        if let Some(consumer) = waiting {
+            consumer.wake();
         }
         Ok(Pushed::Queued)
     }
@@ -108,7 +132,7 @@ impl<T> Queue<T> {
     /// most one wake-up for all of them. All or nothing: nothing is queued when they do not
     /// all fit.
     pub fn push_all(&self, items: &mut Vec<T>) -> Result<Pushed, Refused> {
-        let was_empty = {
+        let waiting = {
             let mut state = self.lock();
             if state.closed {
                 items.clear();
@@ -124,10 +148,14 @@ impl<T> Queue<T> {
                 state.parked = false;
                 return Ok(Pushed::Start);
             }
-            was_empty
+            if was_empty {
+                state.wake()
+            } else {
+                None
+            }
         };
-        if was_empty {
-            self.ready.notify_one();
+        if let Some(consumer) = waiting {
+            consumer.wake();
         }
         Ok(Pushed::Queued)
     }
@@ -138,6 +166,7 @@ impl<T> Queue<T> {
         let mut state = self.lock();
         if state.items.is_empty() && !state.finishing && !state.closed {
             state.parked = true;
+            state.waiting = None;
             // A parked queue is an idle session's: it keeps no slots (the first push
             // after a login left room for four, 160 bytes, in every idle session).
             state.items = VecDeque::new();
@@ -148,13 +177,15 @@ impl<T> Queue<T> {
     /// No consumer starts from now on. True when none was running: the caller is the
     /// consumer of what is left.
     pub fn finish(&self) -> bool {
-        let was_parked = {
+        let (was_parked, waiting) = {
             let mut state = self.lock();
             state.finishing = true;
-            std::mem::replace(&mut state.parked, false)
+            (std::mem::replace(&mut state.parked, false), state.wake())
         };
         // A consumer waiting in `take` returns once the queue is empty.
-        self.ready.notify_one();
+        if let Some(consumer) = waiting {
+            consumer.wake();
+        }
         was_parked
     }
 
@@ -162,41 +193,37 @@ impl<T> Queue<T> {
     /// many were moved: 0 only once the queue is empty and closed or finishing (the
     /// consumer then ends).
     pub async fn take(&self, into: &mut Vec<T>, max: usize) -> usize {
-        loop {
-            let moved = self.try_take(into, max);
-            if moved > 0 {
-                return moved;
+        poll_fn(|cx| {
+            let mut state = self.lock();
+            let moved = state.take_into(into, max);
+            if moved > 0 || state.closed || state.finishing {
+                return Poll::Ready(moved);
             }
-            {
-                let state = self.lock();
-                if state.closed || state.finishing {
-                    return 0;
-                }
+            match &mut state.waiting {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
             }
-            self.ready.notified().await;
-        }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Moves up to `max` items into `into` without waiting.
     pub fn try_take(&self, into: &mut Vec<T>, max: usize) -> usize {
-        let mut state = self.lock();
-        let n = state.items.len().min(max);
-        into.extend(state.items.drain(..n));
-        if state.items.is_empty() && state.items.capacity() > KEEP_SLOTS {
-            state.items = VecDeque::new();
-        }
-        n
+        self.lock().take_into(into, max)
     }
 
     /// Refuses every later push and drops what is queued (the writer has stopped).
     pub fn close(&self) {
-        let dropped = {
+        let (dropped, waiting) = {
             let mut state = self.lock();
             state.closed = true;
-            std::mem::take(&mut state.items)
+            (std::mem::take(&mut state.items), state.wake())
         };
         drop(dropped);
-        self.ready.notify_one();
+        if let Some(consumer) = waiting {
+            consumer.wake();
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -305,6 +332,87 @@ mod tests {
             .expect("the consumer ends once the queue is finishing and empty")
             .unwrap();
         assert_eq!(got, [1, 2]);
+    }
+
+    /// Pushes from another thread, one item or several at a time, each made while the
+    /// consumer waits: every one wakes it (it takes the items within a second), and every
+    /// item arrives once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_push_wakes_a_waiting_consumer_on_another_thread() {
+        const PUSHES: u32 = 2_000;
+        let q = Arc::new(Queue::new(16));
+        let consumer = tokio::spawn({
+            let q = q.clone();
+            async move {
+                let mut got = Vec::new();
+                while q.take(&mut got, 64).await > 0 {}
+                got
+            }
+        });
+        let producer = std::thread::spawn({
+            let q = q.clone();
+            move || {
+                let until = |done: &dyn Fn() -> bool| {
+                    let start = std::time::Instant::now();
+                    while !done() {
+                        assert!(start.elapsed() < Duration::from_secs(1), "a lost wake-up");
+                        std::thread::yield_now();
+                    }
+                };
+                let mut next = 0;
+                for i in 0..PUSHES {
+                    until(&|| q.lock().waiting.is_some());
+                    if i % 2 == 0 {
+                        q.push(next).unwrap();
+                        next += 1;
+                    } else {
+                        q.push_all(&mut vec![next, next + 1, next + 2]).unwrap();
+                        next += 3;
+                    }
+                    until(&|| q.is_empty());
+                }
+                q.finish();
+                next
+            }
+        });
+        let sent = producer.join().expect("no wake-up lost");
+        let got = tokio::time::timeout(Duration::from_secs(10), consumer)
+            .await
+            .expect("the consumer ends once finished")
+            .unwrap();
+        assert_eq!(got, (0..sent).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn closing_wakes_a_waiting_consumer() {
+        let q = Arc::new(Queue::<u32>::new(10));
+        let consumer = tokio::spawn({
+            let q = q.clone();
+            async move { q.take(&mut Vec::new(), 10).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(q.lock().waiting.is_some(), "the consumer waits");
+        q.close();
+        let moved = tokio::time::timeout(Duration::from_secs(5), consumer)
+            .await
+            .expect("woken by the close")
+            .unwrap();
+        assert_eq!(moved, 0);
+    }
+
+    /// A waker holds its task's memory: a consumer that parks must not leave one behind.
+    #[tokio::test]
+    async fn a_consumer_that_parks_leaves_no_waker() {
+        let q = Queue::<u32>::new(10);
+        let mut got = Vec::new();
+        let waited = tokio::time::timeout(Duration::from_millis(10), q.take(&mut got, 10)).await;
+        assert!(waited.is_err(), "nothing to take");
+        assert!(
+            q.lock().waiting.is_some(),
+            "the dropped wait left its waker"
+        );
+        assert!(q.park());
+        assert!(q.lock().waiting.is_none());
     }
 
     #[test]
