@@ -14,13 +14,13 @@ use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use parley_proto::Reply;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::conn::WriteHalf;
 use crate::delivery::{Delivery, RoomRun, SharedNotice};
@@ -85,9 +85,6 @@ pub struct SessionLink {
     /// Why the connection is dropped at once, once it is (a [`Kill`] as u8, 0 before);
     /// see [`SessionLink::kill`].
     kill: AtomicU8,
-    /// Wakes the writer in `killed` (inline: a cancellation token would be one more
-    /// allocation per session).
-    kill_notify: Notify,
     /// Wakes the session's task: in `poll_killed` (a waker slot here instead of a waiter
     /// node in the future of every session, which waits for its kill for as long as it
     /// lives) and in `close_writer`, when the writer has stopped.
@@ -189,7 +186,6 @@ impl SessionLink {
             style: AtomicU8::new(protocol.style() as u8),
             queue: Queue::parked(limits.queue),
             kill: AtomicU8::new(0),
-            kill_notify: Notify::new(),
             session_waker: AtomicWaker::new(),
             writer_done: AtomicBool::new(false),
             device: AtomicI64::new(0),
@@ -274,7 +270,8 @@ impl SessionLink {
         let _ = self
             .kill
             .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
-        self.kill_notify.notify_waiters();
+        // The writer (or a session flushing its own) waits with its waker in the queue.
+        self.queue.interrupt();
         self.session_waker.wake();
     }
 
@@ -301,17 +298,13 @@ impl SessionLink {
     }
 
     /// Ready once the session is killed: the session's own wait (one task polls this).
-    pub fn poll_killed(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    pub fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.poll_session(cx, SessionLink::is_killed)
     }
 
     /// Ready once `done` holds, else the session's task is woken when it may: the waits of
     /// the session's task on its link.
-    fn poll_session(
-        &self,
-        cx: &mut std::task::Context<'_>,
-        done: impl Fn(&SessionLink) -> bool,
-    ) -> Poll<()> {
+    fn poll_session(&self, cx: &mut Context<'_>, done: impl Fn(&SessionLink) -> bool) -> Poll<()> {
         if !done(self) {
             // Registered before the second check, so a change between the two still wakes it.
             self.session_waker.register(cx.waker());
@@ -322,16 +315,38 @@ impl SessionLink {
         }
     }
 
-    /// Completes once the session is killed: the writer's wait.
-    pub async fn killed(&self) {
-        loop {
-            // Registered before the check, so a kill between the two still wakes it.
-            let mut notified = std::pin::pin!(self.kill_notify.notified());
-            notified.as_mut().enable();
-            if self.is_killed() {
-                return;
-            }
-            notified.await;
+    /// The writer's wait for its next turn: up to `BATCH` items moved into `items` (0 once
+    /// the queue is finishing and empty), or `None` once the session is killed. A kill wakes
+    /// the writer through the waker it leaves in the queue, so a wait takes the queue's one
+    /// lock (a wait on a `Notify` took two more locks every turn, and polling it one more).
+    fn poll_turn(&self, cx: &mut Context<'_>, items: &mut Vec<Outbound>) -> Poll<Option<usize>> {
+        if self.is_killed() {
+            return Poll::Ready(None);
+        }
+        let turn = self.queue.poll_take(cx, items, BATCH);
+        // Checked again once the waker is left: a kill in between still wakes it.
+        if self.is_killed() {
+            return Poll::Ready(None);
+        }
+        turn.map(Some)
+    }
+
+    /// Waits on `write` (a write the socket did not take at once) unless the session is
+    /// killed meanwhile: false then, or if the write failed.
+    fn poll_write<F>(&self, cx: &mut Context<'_>, write: Pin<&mut F>) -> Poll<bool>
+    where
+        F: Future<Output = std::io::Result<()>>,
+    {
+        if self.is_killed() {
+            return Poll::Ready(false);
+        }
+        if let Poll::Ready(r) = write.poll(cx) {
+            return Poll::Ready(r.is_ok());
+        }
+        self.queue.watch(cx);
+        match self.is_killed() {
+            true => Poll::Ready(false),
+            false => Poll::Pending,
         }
     }
 
@@ -404,10 +419,6 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
     // often the writer wakes meanwhile), else the linger before parking.
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut last_write = tokio::time::Instant::now();
-    // Made once: a wait made anew every turn puts a waiter on the kill switch's list and
-    // takes it off again (its lock twice), and a writer turns once a message at low rates.
-    let killed = link.killed();
-    tokio::pin!(killed);
     loop {
         if queue.is_empty() {
             // About to wait: what a burst grew is not kept by an idle session.
@@ -433,12 +444,14 @@ async fn write(link: Arc<SessionLink>, mut out: Box<Output>) {
         }
         let got = tokio::select! {
             biased;
-            _ = &mut killed => {
-                out.report(&link, true);
-                return link.writer_stopped();
-            }
-            // 0 once the session is closing (or the queue closed) and nothing is left.
-            n = queue.take(&mut items, BATCH) => n,
+            turn = std::future::poll_fn(|cx| link.poll_turn(cx, &mut items)) => match turn {
+                // 0 once the session is closing (or the queue closed) and nothing is left.
+                Some(n) => n,
+                None => {
+                    out.report(&link, true);
+                    return link.writer_stopped();
+                }
+            },
             _ = async { timer.as_mut().expect("armed above").await } => {
                 if polling {
                     out.report(&link, true);
@@ -552,11 +565,9 @@ impl Output {
             let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
             match first {
                 Poll::Ready(r) => r.is_ok(),
-                Poll::Pending => tokio::select! {
-                    biased;
-                    _ = link.killed() => false,
-                    r = write => r.is_ok(),
-                },
+                Poll::Pending => {
+                    std::future::poll_fn(|cx| link.poll_write(cx, write.as_mut())).await
+                }
             }
         };
         link.replay.add_permits(replayed);
@@ -626,6 +637,64 @@ impl Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Protocol;
+
+    /// A link over a loopback connection whose peer (returned) never reads.
+    async fn link_to_a_stalled_peer() -> (Arc<SessionLink>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (peer, accepted) = tokio::join!(peer, listener.accept());
+        let socket = accepted.unwrap().0;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+        let (_read, write) = socket.into_split();
+        let writer = Writer {
+            socket: WriteHalf::Tcp(write),
+            fd,
+            hub: Hub::stopped(),
+            flush_timeout: Duration::from_secs(1),
+        };
+        let limits = LinkLimits {
+            queue: 8,
+            pushes: 8,
+            inflight: 8,
+            replay: 8,
+        };
+        (
+            SessionLink::new(1, Protocol::Binary, limits, writer),
+            peer.unwrap(),
+        )
+    }
+
+    /// The writer's two waits (for its next turn, and on a write the socket does not take)
+    /// end when the session is killed: the kill wakes them through the queue.
+    #[tokio::test]
+    async fn a_kill_ends_the_writers_waits() {
+        let (link, _peer) = link_to_a_stalled_peer().await;
+        let turn = tokio::spawn({
+            let link = link.clone();
+            async move { std::future::poll_fn(|cx| link.poll_turn(cx, &mut Vec::new())).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!turn.is_finished(), "nothing queued: the turn waits");
+        link.kill(Kill::SlowConsumer);
+        let turn = tokio::time::timeout(Duration::from_secs(5), turn).await;
+        assert_eq!(turn.expect("woken by the kill").unwrap(), None);
+
+        let (link, _peer) = link_to_a_stalled_peer().await;
+        let write = tokio::spawn({
+            let link = link.clone();
+            async move {
+                // A write the stalled peer never lets complete.
+                let mut write = std::pin::pin!(std::future::pending::<std::io::Result<()>>());
+                std::future::poll_fn(|cx| link.poll_write(cx, write.as_mut())).await
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!write.is_finished(), "the write waits");
+        link.kill(Kill::SlowConsumer);
+        let written = tokio::time::timeout(Duration::from_secs(5), write).await;
+        assert!(!written.expect("woken by the kill").unwrap());
+    }
 
     /// Every connection holds a link, and an idle one its parked writer state: each fits
     /// the jemalloc size class it was trimmed to (320 and 192 bytes; the `Arc` adds 16 bytes

@@ -11,9 +11,10 @@
 //! of a writer: at one message per turn, 800 instructions a message).
 
 use std::collections::VecDeque;
+#[cfg(test)]
 use std::future::poll_fn;
 use std::sync::Mutex;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 /// A deque that grew past this many slots is released once the writer has emptied it.
 const KEEP_SLOTS: usize = 64;
@@ -61,6 +62,13 @@ impl<T> State<T> {
     /// The waiting consumer, to wake once the lock is released.
     fn wake(&mut self) -> Option<Waker> {
         self.waiting.take()
+    }
+
+    fn wait(&mut self, cx: &mut Context<'_>) {
+        match &mut self.waiting {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
     }
 
     fn take_into(&mut self, into: &mut Vec<T>, max: usize) -> usize {
@@ -192,20 +200,36 @@ impl<T> Queue<T> {
     /// Moves up to `max` items into `into`; waits while the queue is empty. Returns how
     /// many were moved: 0 only once the queue is empty and closed or finishing (the
     /// consumer then ends).
+    #[cfg(test)]
     pub async fn take(&self, into: &mut Vec<T>, max: usize) -> usize {
-        poll_fn(|cx| {
-            let mut state = self.lock();
-            let moved = state.take_into(into, max);
-            if moved > 0 || state.closed || state.finishing {
-                return Poll::Ready(moved);
-            }
-            match &mut state.waiting {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.poll_take(cx, into, max)).await
+    }
+
+    /// [`Queue::take`] as a poll: when nothing can be moved, the consumer's waker is left
+    /// to be woken by the next push, close, finish or [`Queue::interrupt`].
+    pub fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<T>, max: usize) -> Poll<usize> {
+        let mut state = self.lock();
+        let moved = state.take_into(into, max);
+        if moved > 0 || state.closed || state.finishing {
+            return Poll::Ready(moved);
+        }
+        state.wait(cx);
+        Poll::Pending
+    }
+
+    /// Leaves the consumer's waker to be woken as in [`Queue::poll_take`], for a consumer
+    /// that waits on something else meanwhile (its socket) and must hear an interrupt.
+    pub fn watch(&self, cx: &mut Context<'_>) {
+        self.lock().wait(cx);
+    }
+
+    /// Wakes the waiting consumer, if any, without changing the queue: the caller changed
+    /// something the consumer checks after leaving its waker (the session's kill switch).
+    pub fn interrupt(&self) {
+        let waiting = self.lock().wake();
+        if let Some(consumer) = waiting {
+            consumer.wake();
+        }
     }
 
     /// Moves up to `max` items into `into` without waiting.

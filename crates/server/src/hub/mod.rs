@@ -261,6 +261,14 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// A handle to no hub (it has stopped): for tests of what holds one.
+    #[cfg(test)]
+    pub(crate) fn stopped() -> Hub {
+        Hub {
+            ops: crossbeam_channel::unbounded().0,
+        }
+    }
+
     /// Queues `op`; gives it back (boxed: ops are large) if the hub has stopped.
     fn submit(&self, op: Op) -> Result<(), Box<Op>> {
         self.ops.send(op).map_err(|e| Box::new(e.0))
