@@ -355,20 +355,29 @@ pub fn hex(bytes: &[u8], out: &mut Vec<u8>) {
 
 /// Decodes the first `PREFIX` bytes of a hex payload (the padding is not needed).
 pub fn unhex_prefix(text: &[u8]) -> Option<[u8; PREFIX]> {
-    fn digit(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
-    }
     let mut out = [0u8; PREFIX];
     let text = text.get(..PREFIX * 2)?;
     for (i, pair) in text.chunks_exact(2).enumerate() {
-        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+        let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+        if (hi | lo) > 15 {
+            return None;
+        }
+        out[i] = hi << 4 | lo;
     }
     Some(out)
 }
+
+/// Each byte's value as a lower-case hex digit, 0xff if it is none: a receiver decodes the
+/// prefix of every payload it gets, and a lookup costs no branch per digit.
+const HEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// A short tag unique to this run, prefixed to every name the bench uses, so that runs
 /// against a long-lived server (`--addr`) never meet each other's users, rooms or stored
@@ -408,6 +417,19 @@ mod tests {
         let back = unhex_prefix(&text).unwrap();
         assert_eq!(unstamp(&back), unstamp(&payload));
         assert_eq!(unstamp(&back).unwrap().0, 42);
+    }
+
+    #[test]
+    fn a_payload_that_is_not_lower_case_hex_is_unreadable() {
+        let mut text = Vec::new();
+        hex(&[0xab; PREFIX], &mut text);
+        assert_eq!(unhex_prefix(&text), Some([0xab; PREFIX]));
+        for bad in [b'A', b'g', b' ', b'/', b':', 0xff] {
+            let mut t = text.clone();
+            t[7] = bad;
+            assert_eq!(unhex_prefix(&t), None, "digit {bad:#x}");
+        }
+        assert_eq!(unhex_prefix(&text[..PREFIX * 2 - 1]), None, "too short");
     }
 
     #[test]
