@@ -20,7 +20,6 @@ use std::sync::Arc;
 use anyhow::ensure;
 use bytes::BytesMut;
 use parley_proto::binary::{self, code, Frame};
-use parley_proto::lines::LineDecoder;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -176,7 +175,6 @@ pub async fn receive(
     // Keep the write half: dropping it would shut the connection down for the server.
     let (mut read, _write) = stream.into_split();
     let mut tally = Tally::new(&[expected]);
-    let mut lines = LineDecoder::new(1 << 20);
     loop {
         let now = now_ns();
         let before = tally.received;
@@ -198,7 +196,7 @@ pub async fn receive(
                     }
                 }
             }
-            Proto::Text => each_line(&mut lines, &mut buf, |line| {
+            Proto::Text => each_line(&mut buf, |line| {
                 // DM <from> <hex>
                 if let Some(rest) = line.strip_prefix(b"DM ") {
                     let mut parts = rest.splitn(2, |&b| b == b' ');
@@ -206,7 +204,7 @@ pub async fn receive(
                     record(sender, parts.next().and_then(unhex_prefix));
                 }
             }),
-            Proto::Json => each_line(&mut lines, &mut buf, |line| {
+            Proto::Json => each_line(&mut buf, |line| {
                 if line.starts_with(br#"{"event":"message""#) {
                     match serde_json::from_slice::<Push>(line) {
                         Ok(push) => {
@@ -301,7 +299,6 @@ async fn send_json(
     let (mut read, mut write) = stream.into_split();
     let mut payload = vec![0u8; size];
     let mut out = Vec::new();
-    let mut lines = LineDecoder::new(1 << 20);
     let (mut seq, mut answered, mut errors) = (0u64, 0u64, 0u64);
     while answered < count {
         while seq < count && seq - answered < window {
@@ -325,7 +322,7 @@ async fn send_json(
         {
             break;
         }
-        each_line(&mut lines, &mut buf, |line| {
+        each_line(&mut buf, |line| {
             if line.starts_with(br#"{"success":"#) {
                 answered += 1;
                 errors += u64::from(!line.starts_with(br#"{"success":true"#));
@@ -353,9 +350,9 @@ async fn send_text(
     let errors = Arc::new(AtomicU64::new(0));
     let (errs, stop) = (errors.clone(), cancel.clone());
     let drain = tokio::spawn(async move {
-        let (mut buf, mut lines) = (BytesMut::new(), LineDecoder::new(1 << 20));
+        let mut buf = BytesMut::new();
         while read_more(&mut read, &mut buf, 4096, &stop).await.is_some() {
-            each_line(&mut lines, &mut buf, |line| {
+            each_line(&mut buf, |line| {
                 if line.starts_with(b"ERR") {
                     errs.fetch_add(1, Ordering::Relaxed);
                 }

@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use anyhow::{ensure, Context};
 use bytes::BytesMut;
-use parley_proto::lines::LineDecoder;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -197,10 +196,9 @@ impl Member {
     ) {
         let (stream, mut buf) = conn.into_parts();
         let (mut read, _write) = stream.into_split();
-        let mut lines = LineDecoder::new(1 << 20);
         loop {
             let now = now_ns();
-            each_line(&mut lines, &mut buf, |line| self.line(line, now, ready));
+            each_line(&mut buf, |line| self.line(line, now, ready));
             for (j, count) in self.counts.iter_mut().enumerate() {
                 if *count > 0 {
                     pubs[j].received.fetch_add(*count, Ordering::Relaxed);
