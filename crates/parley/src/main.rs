@@ -160,13 +160,16 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
 /// Log lines go to stderr from a thread of their own, which writes everything queued since
 /// its last write in one call: a storm of logins and disconnects (a line each) cost the
 /// sessions a `write` system call per line before. Lines are never dropped: a full queue
-/// (a stalled stderr) holds up the code that logs, as writing to stderr itself did.
+/// (a stalled stderr) holds up the code that logs, as writing to stderr itself did. The
+/// queue's slots are allocated up front (32 bytes each: the default 128,000 were 4 MB of
+/// every server's memory); 8,192 lines is seconds of a login storm.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARLEY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(8192)
         .thread_name("parley-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
