@@ -162,7 +162,8 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
 /// sessions a `write` system call per line before. Lines are never dropped: a full queue
 /// (a stalled stderr) holds up the code that logs, as writing to stderr itself did. The
 /// queue's slots are allocated up front (32 bytes each: the default 128,000 were 4 MB of
-/// every server's memory); 8,192 lines is seconds of a login storm.
+/// every server's memory); 8,192 lines is most of a second of a login storm's lines, and
+/// the thread empties the queue whenever it runs.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARLEY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -607,3 +607,36 @@ async fn sighup_reloads_the_certificate_and_keeps_the_old_one_if_the_new_is_brok
     drop(server.login("bob").await);
     server.stop_with(libc::SIGTERM);
 }
+
+/// Log lines are written by a thread of their own: none is dropped under a burst, and the
+/// last ones reach stderr before the process exits.
+#[tokio::test]
+async fn every_login_and_disconnect_is_logged_by_the_time_the_server_exits() {
+    const USERS: usize = 300;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(serve_in(dir.path()));
+    let mut clients = Vec::new();
+    for i in 0..USERS {
+        clients.push(server.login(&format!("burst{i}")).await);
+    }
+    // Half leave on their own; the shutdown ends the others' sessions.
+    clients.truncate(USERS / 2);
+    let Server { mut proc, .. } = server;
+    proc.signal(libc::SIGTERM);
+    let status = proc.wait_exit(STOP_TIMEOUT);
+    assert!(status.success(), "exit: {status}\n{}", proc.logs());
+    let logs = proc.logs();
+    let count = |event: &str| {
+        logs.lines()
+            .filter(|l| l.contains(event) && l.contains("user=burst"))
+            .count()
+    };
+    assert_eq!(count("logged in"), USERS, "{logs}");
+    assert_eq!(count("disconnected"), USERS, "{logs}");
+    assert!(logs
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .contains("shutdown complete"));
+    drop(clients);
+}
