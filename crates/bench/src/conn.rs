@@ -174,8 +174,9 @@ pub async fn read_more<R: AsyncReadExt + Unpin>(
 /// Calls `f` for every complete line in `buf` (without its line end) and leaves the
 /// incomplete rest. Lines are read where they lie: a fan-out member gets one every few
 /// hundred nanoseconds, and splitting each off the buffer (a shared allocation and two
-/// atomic counts) cost the generator more than finding it. A line that grows past
-/// `MAX_LINE` without ending is dropped (no server here sends one).
+/// atomic counts) cost the generator more than finding it. What was read of a line that
+/// grows past `MAX_LINE` without ending is dropped, and its rest reads as a line of its own
+/// (counted as unexpected by the receivers; no server here sends such a line).
 pub fn each_line(buf: &mut BytesMut, mut f: impl FnMut(&[u8])) {
     let mut start = 0;
     while let Some(len) = memchr::memchr(b'\n', &buf[start..]) {
