@@ -38,8 +38,10 @@ pub struct FanoutArgs {
     /// Messages in total over all publishers [default: 1,000,000 deliveries / members].
     #[arg(long)]
     pub messages: Option<u64>,
-    /// Messages per publisher not yet received by the members (on average).
-    #[arg(long, default_value_t = 64)]
+    /// Messages not yet received by the members (on average), over all publishers: each
+    /// keeps its share. One budget for the room, so that runs with 1 and 4 publishers
+    /// carry the same load in flight and differ in how many senders it comes from.
+    #[arg(long, default_value_t = 256)]
     pub window: u64,
     /// Payload bytes per message (at least 16), sent as hex.
     #[arg(long, default_value_t = 32)]
@@ -68,7 +70,10 @@ pub async fn run(addr: SocketAddr, args: FanoutArgs) -> anyhow::Result<Figures> 
         args.members > 0 && args.publishers > 0,
         "need members and publishers"
     );
-    ensure!(args.window > 0, "--window must be positive");
+    ensure!(
+        args.window >= args.publishers as u64,
+        "--window must give every publisher at least one message"
+    );
     ensure!(args.size >= PREFIX, "--size must be at least {PREFIX}");
     ensure!(
         args.total_messages().saturating_mul(args.members as u64) <= MAX_MESSAGES,
@@ -141,7 +146,8 @@ pub async fn run(addr: SocketAddr, args: FanoutArgs) -> anyhow::Result<Figures> 
     for (j, conn) in publishers.into_iter().enumerate() {
         let (pubs, done, cancel) = (pubs.clone(), done.clone(), cancel.clone());
         let line = format!("SAY {room} ");
-        let (count, window, size) = (per_pub[j], args.window, args.size);
+        let window = share(args.window, args.publishers, j);
+        let (count, size) = (per_pub[j], args.size);
         let pace = (window, n as u64);
         senders.spawn(async move {
             publish(conn, &line, count, pace, size, &pubs[j], &done, &cancel).await

@@ -107,18 +107,21 @@ async fn dm_through_the_relay() {
 async fn fanout_reaches_every_member() {
     let server = parley().await;
     let addr = server.running.addr;
-    let args = FanoutArgs {
+    // The room's window of 3 is shared 2 + 1 between the publishers.
+    let args = |window| FanoutArgs {
         common: Common::to(addr),
         members: 5,
         publishers: 2,
         messages: Some(20),
-        window: 4,
+        window,
         size: 32,
         concurrency: 4,
     };
-    let f = parley_bench::fanout::run(addr, args).await.unwrap();
+    let f = parley_bench::fanout::run(addr, args(3)).await.unwrap();
     assert_clean(&f, "deliveries", 5 * 20);
     assert_eq!(num(&f, "sent"), 20);
+    let refused = parley_bench::fanout::run(addr, args(1)).await.unwrap_err();
+    assert!(refused.to_string().contains("every publisher"), "{refused}");
     server.running.stop().await.unwrap();
 }
 
