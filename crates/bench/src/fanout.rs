@@ -230,8 +230,8 @@ impl Member {
             }
             return;
         };
-        // Found with memchr: a split by byte over the room's name was a tenth of the
-        // generator's time in a fan-out.
+        // Found with memchr: this function took 9 % of the generator's time in a fan-out
+        // when it split the line byte by byte and parsed the number through `str`.
         let fields = memchr::memchr(b' ', rest).and_then(|room| {
             let rest = &rest[room + 1..];
             let from = memchr::memchr(b' ', rest)?;
