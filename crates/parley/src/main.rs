@@ -84,6 +84,11 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen_binary: Option<SocketAddr>,
+    /// A port serving only HTTP: the web app, files and WebSocket (the shared port serves
+    /// them too).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_http: Option<SocketAddr>,
     /// A port serving only TLS (any protocol inside).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -35,6 +35,8 @@ pub struct Config {
     pub listen_text: Option<SocketAddr>,
     /// Optional port serving only the binary protocol.
     pub listen_binary: Option<SocketAddr>,
+    /// Optional port serving only HTTP (the web app, files, WebSocket), plain.
+    pub listen_http: Option<SocketAddr>,
     /// Directory holding the database (created if missing).
     pub data_dir: PathBuf,
     /// Largest binary frame accepted, in bytes (length prefix value).
@@ -123,6 +125,7 @@ impl Default for Config {
             listen_json: None,
             listen_text: None,
             listen_binary: None,
+            listen_http: None,
             data_dir: PathBuf::from("parley-data"),
             max_frame_bytes: 64 * 1024,
             max_name_bytes: 32,

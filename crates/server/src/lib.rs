@@ -11,6 +11,7 @@ mod config;
 mod conn;
 mod delivery;
 mod files;
+mod http;
 mod hub;
 mod outbound;
 mod queue;

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::session::{self, Shared};
-use crate::sniff::{protocol_of, sniff, Sniffed};
+use crate::sniff::{at_end, classify, sniff, Sniffed, DECIDING_BYTES};
 use crate::store::{Reader, SqliteStore};
 use crate::tls::Tls;
 use crate::wire::Protocol;
@@ -36,6 +36,7 @@ pub struct Listeners {
     pub json: Option<TcpListener>,
     pub text: Option<TcpListener>,
     pub binary: Option<TcpListener>,
+    pub http: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -73,6 +74,7 @@ impl Listeners {
             json: maybe(config.listen_json).await?,
             text: maybe(config.listen_text).await?,
             binary: maybe(config.listen_binary).await?,
+            http: maybe(config.listen_http).await?,
         })
     }
 }
@@ -131,6 +133,8 @@ enum PortKind {
     Fixed(Protocol),
     /// TLS only, any protocol inside.
     Tls,
+    /// HTTP only, plain (the web app, files, WebSocket).
+    Http,
 }
 
 /// Serves on `listeners` until `shutdown` is cancelled, then shuts down gracefully.
@@ -172,6 +176,9 @@ pub async fn serve(
             ports.push(Port::new(listener, PortKind::Fixed(protocol), keepalive));
         }
     }
+    if let Some(listener) = listeners.http {
+        ports.push(Port::new(listener, PortKind::Http, keepalive));
+    }
     let tracker = TaskTracker::new();
     let mut loops = Vec::new();
     for port in ports {
@@ -179,6 +186,7 @@ pub async fn serve(
             PortKind::Shared => "every protocol",
             PortKind::Fixed(protocol) => protocol.name(),
             PortKind::Tls => "tls",
+            PortKind::Http => "http",
         };
         info!(addr = %port.listener.local_addr()?, protocol, "parley listening");
         let task = accept_loop(port, shared.clone(), tracker.clone());
@@ -282,25 +290,36 @@ fn connection(
     tracker: TaskTracker,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
+        // What sniffing read (only when peeking could not decide).
+        let mut initial = BytesMut::new();
         let sniffed = match kind {
             PortKind::Fixed(protocol) => Ok(Sniffed::Protocol(protocol)),
             PortKind::Tls => Ok(Sniffed::Tls),
+            PortKind::Http => Ok(Sniffed::Http),
             // A connection that never says anything is not kept forever.
             PortKind::Shared => tokio::select! {
                 _ = shared.shutdown.cancelled() => return,
                 _ = first_byte_deadline(&shared) => {
                     return warn!(%peer, "nothing received in time; closing");
                 }
-                sniffed = sniff(&stream) => sniffed,
+                sniffed = sniff(&stream, &mut initial) => sniffed,
             },
         };
         match sniffed {
             Ok(Sniffed::Protocol(protocol)) => {
                 // A JSON-only port speaks first: its seed-001 clients wait for that.
                 let greet = matches!(kind, PortKind::Fixed(Protocol::Json));
-                let (conn, initial) = (Conn::Tcp(stream), BytesMut::new());
+                let conn = Conn::Tcp(stream);
                 let session = session::run(conn, peer, protocol, greet, shared, initial, seat);
                 tracker.spawn(session);
+                return;
+            }
+            Ok(Sniffed::Http) => {
+                let io = crate::http::HttpIo {
+                    initial,
+                    conn: Conn::Tcp(stream),
+                };
+                tracker.spawn(crate::http::serve(io, peer, shared, seat));
                 return;
             }
             Ok(Sniffed::Tls) => match &shared.tls {
@@ -351,14 +370,41 @@ async fn tls_session(
         }
         read = tokio::io::AsyncReadExt::read_buf(&mut tls, &mut initial) => read,
     };
-    match first {
-        Ok(n) if n > 0 => {
-            let protocol = protocol_of(initial[0]);
-            let conn = Conn::Tls(Box::new(tls));
+    if let Err(e) = first {
+        return warn!(%peer, error = %e, "TLS connection failed before its first byte");
+    }
+    // The bytes read so far decide, unless they are only the start of an HTTP method.
+    let sniffed = loop {
+        if let Some(sniffed) = classify(&initial) {
+            break sniffed;
+        }
+        if initial.is_empty() || initial.len() >= DECIDING_BYTES {
+            break at_end(&initial);
+        }
+        let more = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = first_byte_deadline(&shared) => {
+                return warn!(%peer, "an incomplete first line after the TLS handshake; closing");
+            }
+            read = tokio::io::AsyncReadExt::read_buf(&mut tls, &mut initial) => read,
+        };
+        match more {
+            Ok(0) => break at_end(&initial),
+            Ok(_) => {}
+            Err(e) => {
+                return warn!(%peer, error = %e, "TLS connection failed before its first line")
+            }
+        }
+    };
+    let conn = Conn::Tls(Box::new(tls));
+    match sniffed {
+        Sniffed::Protocol(protocol) => {
             session::run(conn, peer, protocol, false, shared, initial, ()).await
         }
-        Ok(_) => {}
-        Err(e) => warn!(%peer, error = %e, "TLS connection failed before its first byte"),
+        Sniffed::Http => {
+            crate::http::serve(crate::http::HttpIo { initial, conn }, peer, shared, ()).await
+        }
+        Sniffed::Tls | Sniffed::Closed => {}
     }
 }
 
@@ -450,6 +496,7 @@ pub struct Running {
     pub json_addr: Option<SocketAddr>,
     pub text_addr: Option<SocketAddr>,
     pub binary_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
     pub tls_addr: Option<SocketAddr>,
     certificate: Option<Arc<Tls>>,
     shutdown: CancellationToken,
@@ -483,6 +530,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         local(&listeners.binary),
         local(&listeners.tls),
     );
+    let http_addr = local(&listeners.http);
     let certificate = listeners.certificate.clone();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -498,6 +546,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         json_addr,
         text_addr,
         binary_addr,
+        http_addr,
         tls_addr,
         certificate,
         shutdown,

@@ -269,6 +269,37 @@ async fn json_over_tls_on_the_shared_port_is_answered_without_a_welcome() {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn https_on_both_tls_ports_even_with_the_method_split_across_records() {
+    let tls = TlsServer::start().await;
+    for mut c in [tls.shared().await, tls.dedicated().await] {
+        // "GE" alone could still be a text line: the rest of the request line decides.
+        c.send_raw(b"GE").await;
+        c.send_raw(b"T /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await;
+        assert_eq!(c.line().await, "HTTP/1.1 200 OK\r");
+        let mut head = Vec::new();
+        loop {
+            let line = c.line().await;
+            if line == "\r" {
+                break;
+            }
+            head.push(line.to_ascii_lowercase());
+        }
+        assert!(
+            head.iter()
+                .any(|h| h.starts_with("content-security-policy:")),
+            "{head:?}"
+        );
+        assert_eq!(c.line().await, "ok");
+    }
+    // A short text line inside TLS is not kept waiting for more.
+    let mut c = tls.shared().await;
+    c.send_raw(b"P").await;
+    assert_eq!(c.ask("ING").await, "PONG");
+    tls.stop().await;
+}
+
+#[tokio::test]
 async fn text_over_the_tls_port_answers_ping() {
     let server = TlsServer::start().await;
     let mut c = server.dedicated().await;

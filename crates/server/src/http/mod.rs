@@ -1,0 +1,117 @@
+//! HTTP/1.1 on the shared port (and on `listen_http`), served by hyper: the embedded web
+//! app, `/healthz`, and files over HTTP.
+//!
+//! A connection is HTTP when its first bytes are a request line (see `sniff`), inside TLS
+//! or not. Every response carries the security headers of `response::secure`.
+
+mod assets;
+mod files;
+mod io;
+mod response;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tracing::debug;
+
+pub use io::HttpIo;
+use response::Body;
+
+use crate::session::Shared;
+
+/// How long a client may take to send a request's headers, and may keep an idle
+/// connection open between requests.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (request line and headers) read.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Serves HTTP on one connection until the client closes it or the server shuts down
+/// (requests in progress are finished first). `keep` (the connection's place) is
+/// dropped when it ends.
+pub async fn serve(io: HttpIo, peer: SocketAddr, shared: Arc<Shared>, keep: impl Send + 'static) {
+    let handler = shared.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let shared = handler.clone();
+        async move { Ok::<_, Infallible>(handle(request, peer, &shared).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shared.shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let limit = shared.config.shutdown_timeout();
+            tokio::time::timeout(limit, connection).await.unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "HTTP connection ended");
+    }
+    drop(keep);
+}
+
+/// Answers one request, with the security headers.
+async fn handle(request: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Response<Body> {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let mut response = route(request, &path, peer, shared).await;
+    debug!(%peer, %method, %path, status = response.status().as_u16(), "HTTP");
+    response::secure(&mut response);
+    response
+}
+
+async fn route(
+    request: Request<Incoming>,
+    path: &str,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Response<Body> {
+    let method = request.method();
+    let read = method == Method::GET || method == Method::HEAD;
+    if let Some(hash) = files::hash_of(path) {
+        let hash = hash.to_string();
+        return match *method {
+            Method::GET | Method::HEAD => files::download(request, &hash, peer, shared).await,
+            Method::PUT => files::upload(request, &hash, peer, shared).await,
+            _ => not_allowed("GET, HEAD, PUT, OPTIONS", method),
+        };
+    }
+    if path == "/healthz" && read {
+        return match shared.shutdown.is_cancelled() {
+            false => response::text(StatusCode::OK, "ok"),
+            true => response::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        };
+    }
+    match assets::find(path) {
+        Some((index, asset)) if read => assets::serve(index, asset, request.headers()),
+        Some(_) => not_allowed("GET, HEAD, OPTIONS", method),
+        None => response::text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// `405`, or for `OPTIONS` a `204` that lists what the resource allows (no cross-origin
+/// use is offered: the app is served from the same origin it talks to).
+fn not_allowed(allow: &'static str, method: &Method) -> Response<Body> {
+    let mut response = match *method {
+        Method::OPTIONS => {
+            let mut r = Response::new(response::empty());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }
+        _ => response::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+    };
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}

@@ -1,0 +1,709 @@
+// The app: login, the session over the WebSocket, and what each control does.
+
+import { Connection } from './conn.js';
+import { State, PAGE } from './state.js';
+import * as view from './view.js';
+import { $, toast } from './dom.js';
+import { upload, download, save } from './files.js';
+import { toMs } from './format.js';
+
+const state = new State();
+let conn = null;
+let mode = 'login';
+let nextLocal = 1;
+const acks = new Map();
+let ackTimer = null;
+let usersTimer = null;
+let bannerTimer = null;
+const images = new Map();
+
+// ---------------------------------------------------------------- login
+
+function showLogin(error = '') {
+  $('app').hidden = true;
+  $('banner').hidden = true;
+  $('login').hidden = false;
+  $('login-error').textContent = error;
+  $('login-name').focus();
+}
+
+function setMode(m) {
+  mode = m;
+  $('tab-login').setAttribute('aria-selected', String(m === 'login'));
+  $('tab-register').setAttribute('aria-selected', String(m === 'register'));
+  $('login-submit').textContent = m === 'login' ? 'Log in' : 'Create account';
+  $('login-password').autocomplete = m === 'login' ? 'current-password' : 'new-password';
+}
+
+/** This browser's device name (a device of the account, with its own token and cursor). */
+function deviceName() {
+  let name = localStorage.getItem('parley.device');
+  if (!name) {
+    name = `web-${Math.random().toString(36).slice(2, 10)}`;
+    localStorage.setItem('parley.device', name);
+  }
+  return name;
+}
+
+async function submitLogin(e) {
+  e.preventDefault();
+  const name = $('login-name').value.trim();
+  const password = $('login-password').value;
+  $('login-error').textContent = '';
+  $('login-submit').disabled = true;
+  try {
+    const data = await Connection.once(async (c) => {
+      if (mode === 'register') await c.call('REGISTER', { data: name, password });
+      return c.call('LOGIN', { data: name, password, device: deviceName(), want_token: true });
+    });
+    localStorage.setItem('parley.session', JSON.stringify({ name, token: data.token }));
+    $('login-password').value = '';
+    startSession(name, data.token);
+  } catch (err) {
+    $('login-error').textContent = err.message;
+  } finally {
+    $('login-submit').disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- the session
+
+function startSession(name, token) {
+  state.me = name;
+  state.token = token;
+  state.loadRead();
+  $('login').hidden = true;
+  $('app').hidden = false;
+  $('me-name').textContent = name;
+  view.sidebar(state, open);
+  conn = new Connection({
+    onStatus: status,
+    onEvent: event,
+    onRefused: (why) => endSession(`${why}: please log in again.`),
+  });
+  conn.start(token);
+}
+
+function endSession(why = '') {
+  conn?.stop();
+  conn = null;
+  localStorage.removeItem('parley.session');
+  clearInterval(usersTimer);
+  location.hash = '';
+  state.conversations.clear();
+  state.current = null;
+  showLogin(why);
+}
+
+async function logout() {
+  $('menu').hidden = true;
+  try {
+    // Revokes this browser's token; the server then closes the socket.
+    await conn.request('LOGOUT');
+  } catch {
+    /* closed by the server */
+  }
+  endSession();
+}
+
+function status(s, detail) {
+  $('me-status').className = `dot${s === 'online' ? ' online' : ''}`;
+  $('me-status').title = s;
+  clearInterval(bannerTimer);
+  const banner = $('banner');
+  if (s === 'online') {
+    banner.hidden = true;
+    online();
+  } else if (s === 'offline') {
+    const show = () => {
+      const secs = Math.max(0, Math.round((detail.retryAt - Date.now()) / 1000));
+      banner.replaceChildren(`You are offline. Reconnecting in ${secs} s…`,
+        Object.assign(document.createElement('button'), { type: 'button', textContent: 'Retry now', onclick: () => conn.soon() }));
+    };
+    show();
+    banner.hidden = false;
+    bannerTimer = setInterval(show, 1000);
+  } else if (!banner.hidden) {
+    banner.textContent = 'Reconnecting…';
+  }
+}
+
+/** Connected and subscribed: what this device missed is arriving; refresh the lists. */
+async function online() {
+  try {
+    await Promise.all([conversations(), users(), contacts()]);
+  } catch (e) {
+    toast(e.message, 'error');
+  }
+  const c = current();
+  if (c && !c.loaded) load(c);
+  // Messages written while offline go now, in order.
+  for (const conv of state.conversations.values()) {
+    for (const p of [...conv.pending]) if (p.status === 'queued') deliver(conv, p);
+  }
+  clearInterval(usersTimer);
+  usersTimer = setInterval(() => users().catch(() => {}), 60000);
+}
+
+/** The conversations this user belongs to, with their last message. */
+async function conversations() {
+  const list = await conn.call('CONVERSATIONS');
+  const seen = new Set();
+  for (const item of list) {
+    const c = state.conversation(item.kind, item.name);
+    seen.add(c.key);
+    c.id = item.conversation;
+    c.member = true;
+    if (item.last_seq > c.lastSeq) c.lastSeq = item.last_seq;
+    // A browser that never read here starts where this device's cursor is.
+    if (c.readSeq === null) state.markRead(c, item.cursor);
+    if (item.last) {
+      const last = normalize(item.last);
+      if (!c.last || last.id > c.last.id) c.last = last;
+    }
+  }
+  for (const c of state.conversations.values()) {
+    if (c.kind === 'room' && !seen.has(c.key)) c.member = false;
+  }
+  if (!state.current && location.hash) {
+    const c = state.conversations.get(decodeURIComponent(location.hash.slice(1)));
+    if (c) open(c);
+  }
+  refresh();
+}
+
+async function users() {
+  const list = await conn.call('USERS');
+  state.users = new Map(list.map((u) => [u.name, u]));
+  refresh();
+}
+
+async function contacts() {
+  state.contacts = await conn.call('CONTACTS');
+  const asking = state.contacts.filter((c) => c.state === 'pending').length;
+  $('contacts-badge').hidden = asking === 0;
+  $('contacts-badge').textContent = String(asking);
+  if ($('contacts-dialog').open) renderContacts();
+}
+
+/** A message as the app keeps it, from a push or a history item. */
+function normalize(m) {
+  const received = m.received_at ? Date.parse(m.received_at) : Date.now();
+  return { id: m.id, seq: m.seq, conversation: m.conversation, from: m.from, text: m.text, ms: toMs(m.time, received) };
+}
+
+function event(e) {
+  switch (e.event) {
+    case 'message': return received(e);
+    case 'joined':
+    case 'left':
+      if (e.user === state.me) conversations().catch(() => {});
+      else if (current()?.name === e.room && !$('members').hidden) showMembers();
+      return;
+    case 'disconnected': {
+      const u = state.users.get(e.user);
+      if (u) Object.assign(u, { online: false, last_seen: Date.now() });
+      return refresh();
+    }
+    case 'contact_requested':
+      toast(`${e.user} wants to be your contact`);
+      return contacts().catch(() => {});
+    case 'contact_accepted':
+      toast(`${e.user} accepted your contact request`);
+      return contacts().catch(() => {});
+    case 'contact_declined':
+    case 'contact_removed':
+      return contacts().catch(() => {});
+    default:
+  }
+}
+
+function received(e) {
+  const c = state.conversationOf(e.kind, e.from, e.to);
+  c.id = e.conversation;
+  c.member = true;
+  const m = normalize(e);
+  const isNew = c.add([m]);
+  ack(e.conversation, e.seq);
+  if (!isNew) return;
+  const u = state.users.get(e.from);
+  if (u && !u.online) u.online = true;
+  const open = state.current === c.key;
+  if (e.from === state.me) {
+    if (c.readSeq !== null && c.readSeq >= e.seq - 1) state.markRead(c, e.seq);
+  } else if (open && !document.hidden && atBottom()) {
+    state.markRead(c, e.seq);
+  } else if (document.hidden || !open) {
+    notify(c, m);
+  }
+  if (open) renderMessages(c, true);
+  refresh();
+}
+
+/** Acks what was received, a few times a second: the device's cursor moves past it. */
+function ack(conversation, seq) {
+  if ((acks.get(conversation) ?? 0) < seq) acks.set(conversation, seq);
+  if (!ackTimer) {
+    ackTimer = setTimeout(() => {
+      ackTimer = null;
+      for (const [conversation, seq] of acks) conn?.send('ACK', { conversation, seq });
+      acks.clear();
+    }, 200);
+  }
+}
+
+function notify(c, m) {
+  if (!('Notification' in window) || Notification.permission !== 'granted' || !document.hidden) return;
+  const mention = m.text.includes(`@${state.me}`);
+  if (c.kind !== 'dm' && !mention) return;
+  const n = new Notification(c.kind === 'dm' ? m.from : `${m.from} in ${c.title}`, { body: m.text.slice(0, 200), tag: c.key });
+  n.onclick = () => {
+    window.focus();
+    open(c);
+    n.close();
+  };
+}
+
+// ---------------------------------------------------------------- conversations
+
+const current = () => (state.current ? state.conversations.get(state.current) : null);
+
+function refresh() {
+  view.sidebar(state, open);
+  const c = current();
+  view.header(state, c);
+  const n = state.totalUnread();
+  document.title = n ? `(${n}) parley` : 'parley';
+}
+
+function open(c) {
+  state.current = c.key;
+  history.replaceState(null, '', `#${encodeURIComponent(c.key)}`);
+  $('app').classList.add('show-conv');
+  $('app').classList.remove('show-members');
+  $('members').hidden = true;
+  $('toggle-members').setAttribute('aria-expanded', 'false');
+  refresh();
+  renderMessages(c);
+  scrollToBottom();
+  if (!c.loaded) load(c);
+  else state.markRead(c);
+  refresh();
+  if (window.matchMedia('(min-width: 721px)').matches) $('input').focus();
+}
+
+/** The latest page of `c`. */
+async function load(c) {
+  if (c.loading || !conn || conn.status !== 'online') return;
+  c.loading = true;
+  renderMessages(c);
+  try {
+    const items = await conn.call('HISTORY', { target: c.target, limit: PAGE });
+    c.add(items.map(normalize));
+    c.loaded = true;
+    c.complete = items.length < PAGE;
+  } catch (e) {
+    toast(e.message, 'error');
+  } finally {
+    c.loading = false;
+  }
+  if (state.current === c.key) {
+    renderMessages(c);
+    scrollToBottom();
+    state.markRead(c);
+    refresh();
+  }
+}
+
+/** The page before the oldest message shown, keeping the view where it was. */
+async function older(c) {
+  if (c.loading || c.complete || !c.loaded || conn?.status !== 'online') return;
+  c.loading = true;
+  const box = $('messages');
+  const before = box.scrollHeight - box.scrollTop;
+  try {
+    const items = await conn.call('HISTORY', { target: c.target, limit: PAGE, before: c.oldestId });
+    c.add(items.map(normalize));
+    c.complete = items.length < PAGE;
+  } catch (e) {
+    toast(e.message, 'error');
+  } finally {
+    c.loading = false;
+  }
+  if (state.current === c.key) {
+    renderMessages(c);
+    box.scrollTop = box.scrollHeight - before;
+  }
+}
+
+const atBottom = () => {
+  const box = $('messages');
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+};
+
+function scrollToBottom() {
+  const box = $('messages');
+  box.scrollTop = box.scrollHeight;
+}
+
+function renderMessages(c, follow = false) {
+  const stick = follow && atBottom();
+  view.messages(state, c, { retry, fetchImage, download: downloadFile });
+  if (stick) scrollToBottom();
+}
+
+// ---------------------------------------------------------------- sending
+
+function sendText() {
+  const c = current();
+  const input = $('input');
+  const text = input.value.trim();
+  if (!c || !text) return;
+  input.value = '';
+  grow();
+  const p = { local: nextLocal++, from: state.me, text, ms: Date.now(), status: 'sending' };
+  p.command = c.kind === 'room' ? ['SAY', { room: c.name, data: text }]
+    : c.kind === 'dm' ? ['DM', { to: c.name, data: text }] : ['MESSAGE', { data: text }];
+  c.pending.push(p);
+  deliver(c, p);
+}
+
+/** Sends a pending message; it shows as sending until the server has stored it. */
+async function deliver(c, p) {
+  if (!conn || conn.status !== 'online') {
+    p.status = 'queued';
+    return show(c);
+  }
+  p.status = 'sending';
+  show(c);
+  let answer;
+  try {
+    answer = await conn.request(...p.command);
+  } catch {
+    // Sent, but the connection dropped before the answer: it may or may not be stored.
+    Object.assign(p, { status: 'failed', error: 'the connection dropped before the server confirmed it', retry: true });
+    return show(c);
+  }
+  if (!answer.success) {
+    Object.assign(p, { status: 'failed', error: answer.message, retry: !/member|not found|contact/i.test(answer.message) });
+    return show(c);
+  }
+  c.pending = c.pending.filter((x) => x !== p);
+  const stored = answer.data && typeof answer.data === 'object' ? answer.data : null;
+  if (stored?.id) {
+    c.id = stored.conversation;
+    c.add([{ id: stored.id, seq: stored.seq, conversation: stored.conversation, from: state.me, text: p.text, ms: p.ms }]);
+    if (c.readSeq === null || c.readSeq >= stored.seq - 1) state.markRead(c, stored.seq);
+  }
+  c.member = true;
+  show(c);
+  refresh();
+}
+
+function show(c) {
+  if (state.current === c.key) {
+    renderMessages(c);
+    scrollToBottom();
+  }
+}
+
+function retry(p) {
+  const c = [...state.conversations.values()].find((x) => x.pending.includes(p));
+  if (c) deliver(c, p);
+}
+
+// ---------------------------------------------------------------- files
+
+async function sendFiles(files) {
+  const c = current();
+  if (!c || c.kind === 'broadcast') return;
+  for (const file of files) {
+    const row = view.uploadRow(file.name);
+    try {
+      const sha256 = await upload(state.token, file, row.progress);
+      row.done();
+      const type = file.type || 'application/octet-stream';
+      const text = `[file name="${file.name.replace(/"/g, "'")}" size=${file.size} type=${type} sha256=${sha256}]`;
+      const target = c.kind === 'room' ? { room: c.name } : { to: c.name };
+      const p = { local: nextLocal++, from: state.me, text, ms: Date.now(), status: 'sending' };
+      p.command = ['SEND_FILE', { ...target, sha256, name: file.name, type }];
+      c.pending.push(p);
+      await deliver(c, p);
+    } catch (e) {
+      row.failed(e.message);
+    }
+  }
+}
+
+function fetchImage(file, img) {
+  let url = images.get(file.sha256);
+  if (url) {
+    img.src = url;
+    return;
+  }
+  download(state.token, file).then((blob) => {
+    url = URL.createObjectURL(blob);
+    images.set(file.sha256, url);
+    img.src = url;
+  }).catch(() => { img.alt = `${file.name} (could not load)`; });
+}
+
+async function downloadFile(file, button) {
+  button.disabled = true;
+  try {
+    const blob = await download(state.token, file, (d, t) => {
+      button.textContent = `Downloading… ${Math.floor((100 * d) / (t || 1))} %`;
+    });
+    save(blob, file.name);
+    button.textContent = 'Downloaded ✓';
+  } catch (e) {
+    button.textContent = 'Download';
+    toast(e.message, 'error');
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- rooms, DMs, members, contacts
+
+async function openJoin() {
+  $('join-error').textContent = '';
+  $('join-name').value = '';
+  $('join-dialog').showModal();
+  $('join-name').focus();
+  try {
+    const rooms = await conn.call('ROOMS');
+    view.userList($('room-list'), rooms.map((r) => ({ name: r.name, online: r.online > 0, label: `${r.name} · ${r.members} members` })),
+      (r) => [['Join', () => join(r.name)]], 'No rooms yet: name one to create it.');
+  } catch {
+    /* offline: typing a name still works once back */
+  }
+}
+
+async function join(name) {
+  try {
+    await conn.call('JOIN', { room: name });
+    $('join-dialog').close();
+    const c = state.conversation('room', name);
+    c.member = true;
+    c.loaded = false;
+    await conversations();
+    open(c);
+  } catch (e) {
+    $('join-error').textContent = e.message;
+  }
+}
+
+async function leave() {
+  const c = current();
+  if (!c || c.kind !== 'room' || !confirm(`Leave ${c.name}?`)) return;
+  try {
+    await conn.call('LEAVE', { room: c.name });
+    c.member = false;
+    state.current = null;
+    history.replaceState(null, '', '#');
+    $('app').classList.remove('show-conv');
+    view.messages(state, { messages: [], pending: [], loading: false, complete: false, kind: 'room' }, {});
+    refresh();
+  } catch (e) {
+    toast(e.message, 'error');
+  }
+}
+
+async function search(input, list, buttons) {
+  const prefix = input.value.trim();
+  try {
+    const found = prefix ? await conn.call('SEARCH', { data: prefix, limit: 20 }) : [];
+    view.userList(list, found.filter((u) => u.name !== state.me), buttons, prefix ? 'Nobody by that name' : 'Type the start of a name');
+  } catch (e) {
+    toast(e.message, 'error');
+  }
+}
+
+function openDm() {
+  $('dm-search').value = '';
+  view.userList($('dm-results'), [], () => [], 'Type the start of a name');
+  $('dm-dialog').showModal();
+  $('dm-search').focus();
+}
+
+function startDm(name) {
+  $('dm-dialog').close();
+  const c = state.conversation('dm', name);
+  c.member = true;
+  open(c);
+}
+
+async function showMembers() {
+  const c = current();
+  if (!c || c.kind !== 'room') return;
+  try {
+    view.members(state, await conn.call('MEMBERS', { room: c.name }));
+  } catch (e) {
+    toast(e.message, 'error');
+  }
+}
+
+function toggleMembers() {
+  const hidden = !$('members').hidden;
+  $('members').hidden = hidden;
+  $('app').classList.toggle('show-members', !hidden);
+  $('toggle-members').setAttribute('aria-expanded', String(!hidden));
+  if (!hidden) showMembers();
+}
+
+function renderContacts() {
+  const by = (s) => state.contacts.filter((c) => c.state === s);
+  const act = (command, name) => async () => {
+    try {
+      await conn.call(command, { to: name });
+      await contacts();
+    } catch (e) {
+      toast(e.message, 'error');
+    }
+  };
+  const requests = [...by('pending').map((c) => ({ ...c, label: `${c.name} wants to be your contact` })),
+    ...by('requested').map((c) => ({ ...c, label: `${c.name} (asked, waiting)` }))];
+  view.userList($('contact-requests'), requests, (c) => (c.state === 'pending'
+    ? [['Accept', act('CONTACT_ACCEPT', c.name)], ['Decline', act('CONTACT_DECLINE', c.name)]]
+    : [['Cancel', act('CONTACT_REMOVE', c.name)]]), 'No open requests');
+  view.userList($('contact-list'), by('accepted'), (c) => [['Message', () => { $('contacts-dialog').close(); startDm(c.name); }],
+    ['Remove', act('CONTACT_REMOVE', c.name)]], 'No contacts yet');
+  const known = new Set(state.contacts.map((c) => c.name));
+  const addButtons = (u) => (known.has(u.name) ? [] : [['Add', act('CONTACT_REQUEST', u.name)]]);
+  search($('contact-search'), $('contact-results'), addButtons);
+}
+
+async function openContacts() {
+  $('contact-search').value = '';
+  $('contacts-dialog').showModal();
+  $('contact-search').focus();
+  try {
+    await contacts();
+  } catch {
+    /* offline */
+  }
+  renderContacts();
+}
+
+// ---------------------------------------------------------------- wiring
+
+function grow() {
+  const input = $('input');
+  input.style.height = 'auto';
+  input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+}
+
+function debounce(f, ms) {
+  let t;
+  return (...args) => {
+    clearTimeout(t);
+    t = setTimeout(() => f(...args), ms);
+  };
+}
+
+function wire() {
+  $('tab-login').onclick = () => setMode('login');
+  $('tab-register').onclick = () => setMode('register');
+  $('login-form').onsubmit = submitLogin;
+  $('composer').onsubmit = (e) => {
+    e.preventDefault();
+    sendText();
+  };
+  $('input').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      sendText();
+    }
+  });
+  $('input').addEventListener('input', grow);
+  $('attach').onclick = () => $('file-input').click();
+  $('file-input').onchange = () => {
+    sendFiles([...$('file-input').files]);
+    $('file-input').value = '';
+  };
+  const pane = $('conversation');
+  let depth = 0;
+  pane.addEventListener('dragenter', (e) => {
+    if (!current() || !e.dataTransfer?.types.includes('Files')) return;
+    depth++;
+    $('drop').hidden = false;
+  });
+  pane.addEventListener('dragleave', () => {
+    if (--depth <= 0) { depth = 0; $('drop').hidden = true; }
+  });
+  pane.addEventListener('dragover', (e) => e.preventDefault());
+  pane.addEventListener('drop', (e) => {
+    e.preventDefault();
+    depth = 0;
+    $('drop').hidden = true;
+    if (e.dataTransfer?.files.length) sendFiles([...e.dataTransfer.files]);
+  });
+  $('messages').addEventListener('scroll', () => {
+    const c = current();
+    if (!c) return;
+    if ($('messages').scrollTop < 120) older(c);
+    if (atBottom() && c.unread && !document.hidden) {
+      state.markRead(c);
+      refresh();
+    }
+  });
+  document.addEventListener('visibilitychange', () => {
+    const c = current();
+    if (!document.hidden && c && atBottom()) {
+      state.markRead(c);
+      refresh();
+    }
+  });
+  $('back').onclick = () => {
+    $('app').classList.remove('show-conv', 'show-members');
+    state.current = null;
+    refresh();
+  };
+  $('toggle-members').onclick = toggleMembers;
+  $('leave').onclick = leave;
+  $('open-join').onclick = openJoin;
+  $('join-form').onsubmit = (e) => {
+    if (e.submitter?.value !== 'join') return;
+    e.preventDefault();
+    join($('join-name').value.trim());
+  };
+  $('open-dm').onclick = openDm;
+  const dmButtons = (u) => [['Message', () => startDm(u.name)]];
+  $('dm-search').addEventListener('input', debounce(() => search($('dm-search'), $('dm-results'), dmButtons), 200));
+  $('open-contacts').onclick = openContacts;
+  $('contact-search').addEventListener('input', debounce(renderContacts, 200));
+  $('open-menu').onclick = () => {
+    const menu = $('menu');
+    menu.hidden = !menu.hidden;
+    $('open-menu').setAttribute('aria-expanded', String(!menu.hidden));
+    if (!menu.hidden) menu.querySelector('button').focus();
+  };
+  $('menu').addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') { $('menu').hidden = true; $('open-menu').focus(); }
+  });
+  $('logout').onclick = logout;
+  $('enable-notifications').onclick = async () => {
+    $('menu').hidden = true;
+    if (!('Notification' in window)) return toast('This browser has no notifications', 'error');
+    const answer = await Notification.requestPermission();
+    toast(answer === 'granted' ? 'Notifications on for direct messages and mentions' : 'Notifications are blocked');
+  };
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && !$('members').hidden) toggleMembers();
+  });
+}
+
+function boot() {
+  wire();
+  let saved = null;
+  try {
+    saved = JSON.parse(localStorage.getItem('parley.session') || 'null');
+  } catch {
+    saved = null;
+  }
+  if (saved?.token) startSession(saved.name, saved.token);
+  else showLogin();
+}
+
+boot();

@@ -1,0 +1,178 @@
+// Rendering: the sidebar, the conversation, members, dialogs. Text is always set as text.
+
+import { h, $, fill } from './dom.js';
+import { timeOf, fullTime, dayKey, dayLabel, ago, bytes, parseFile, isImage } from './format.js';
+
+/** The sidebar's lists. `open(c)` opens a conversation. */
+export function sidebar(state, open) {
+  const item = (c) => {
+    const current = state.current === c.key;
+    const unread = c.unread;
+    const user = c.kind === 'dm' ? state.users.get(c.name) : null;
+    const last = c.last ? `${c.last.from === state.me ? 'You' : c.last.from}: ${preview(c.last.text)}` : 'No messages yet';
+    const label = `${c.title}${unread ? `, ${unread} unread` : ''}`;
+    return h('li', {},
+      h('button', {
+        type: 'button', class: unread ? 'unread' : '', 'aria-current': current ? 'true' : 'false',
+        'aria-label': label, dataset: { key: c.key }, onclick: () => open(c),
+      },
+      h('span', { class: 'conv-icon', 'aria-hidden': 'true' }, initial(c),
+        user ? h('span', { class: `dot${user.online ? ' online' : ''}` }) : null),
+      h('span', { class: 'conv-name' }, c.title),
+      unread ? h('span', { class: 'badge', 'aria-hidden': 'true' }, String(unread)) : h('span'),
+      h('span', { class: 'conv-last' }, last)));
+  };
+  const rooms = state.sorted('room');
+  const dms = state.sorted('dm');
+  fill($('rooms'), rooms.length ? rooms.map(item) : h('li', { class: 'none' }, 'No rooms yet: join one with ＋'));
+  fill($('dms'), dms.length ? dms.map(item) : h('li', { class: 'none' }, 'No direct messages yet'));
+}
+
+function initial(c) {
+  if (c.kind === 'broadcast') return '*';
+  if (c.kind === 'room') return '#';
+  return [...c.name][0]?.toUpperCase() ?? '?';
+}
+
+function preview(text) {
+  const file = parseFile(text);
+  const t = file ? `📎 ${file.name}` : text;
+  return t.replace(/\s+/g, ' ').slice(0, 80);
+}
+
+/** The open conversation's header. */
+export function header(state, c) {
+  $('conv-name').textContent = c ? c.title : 'Welcome';
+  let detail = '';
+  if (c?.kind === 'dm') {
+    const u = state.users.get(c.name);
+    if (u?.online) detail = 'online';
+    else if (u?.last_seen) detail = `last seen ${ago(u.last_seen)}`;
+  } else if (c?.kind === 'room') {
+    detail = 'room';
+  } else if (c?.kind === 'broadcast') {
+    detail = 'everyone on this server';
+  }
+  $('conv-detail').textContent = detail;
+  $('toggle-members').hidden = c?.kind !== 'room';
+  $('leave').hidden = c?.kind !== 'room';
+  $('composer').hidden = !c;
+  $('attach').hidden = c?.kind === 'broadcast';
+}
+
+/**
+ * The messages of `c`: day separators, sender and local time, pending ones last.
+ * `actions` has retry(p), fetchImage(file, img), download(file, button).
+ */
+export function messages(state, c, actions) {
+  const box = $('messages');
+  const children = [];
+  if (c.loading) children.push(h('p', { class: 'older' }, 'Loading…'));
+  else if (c.complete && c.messages.length) children.push(h('p', { class: 'older' }, 'This is the beginning of the conversation.'));
+  let day = null;
+  let prev = null;
+  const all = [...c.messages, ...c.pending];
+  for (const m of all) {
+    const key = dayKey(m.ms);
+    if (key !== day) {
+      day = key;
+      prev = null;
+      children.push(h('div', { class: 'day', role: 'separator' }, dayLabel(m.ms)));
+    }
+    const grouped = prev && prev.from === m.from && m.ms - prev.ms < 5 * 60000;
+    children.push(message(state, m, grouped, actions));
+    prev = m;
+  }
+  if (!all.length && !c.loading) {
+    children.push(h('p', { class: 'empty' }, c.kind === 'dm' ? `This is the start of your conversation with ${c.name}.` : 'No messages yet. Say hello!'));
+  }
+  fill(box, children);
+}
+
+function message(state, m, grouped, actions) {
+  const mine = m.from === state.me;
+  const mention = !mine && state.me && m.text.includes(`@${state.me}`);
+  const classes = ['msg', mine && 'mine', mention && 'mention', m.status === 'failed' && 'failed',
+    m.status && m.status !== 'sent' && 'pending'].filter(Boolean).join(' ');
+  const file = parseFile(m.text);
+  const body = file ? fileBox(file, actions) : h('div', { class: 'text' }, m.text);
+  const status = m.status ? statusLine(m, actions) : null;
+  return h('article', { class: classes, dataset: { id: m.id ?? '' }, 'aria-label': `${m.from} at ${timeOf(m.ms)}` },
+    grouped ? null : h('div', { class: 'head' },
+      h('span', { class: 'from' }, m.from),
+      h('time', { class: 'time', datetime: new Date(m.ms).toISOString(), title: fullTime(m.ms) }, timeOf(m.ms))),
+    body,
+    file?.caption ? h('div', { class: 'text' }, file.caption) : null,
+    status);
+}
+
+function statusLine(m, actions) {
+  switch (m.status) {
+    case 'sending': return h('div', { class: 'status' }, 'sending…');
+    case 'queued': return h('div', { class: 'status' }, 'waiting for the connection…');
+    case 'failed':
+      return h('div', { class: 'status', role: 'alert' }, `not sent: ${m.error}`,
+        m.retry ? h('button', { type: 'button', onclick: () => actions.retry(m) }, 'Send again') : null);
+    default: return null;
+  }
+}
+
+function fileBox(file, actions) {
+  const button = h('button', { type: 'button', onclick: () => actions.download(file, button) }, 'Download');
+  const box = h('div', { class: 'file' },
+    h('span', { class: 'file-name' }, `📎 ${file.name}`),
+    h('span', { class: 'file-size' }, `${bytes(file.size)} · ${file.type}`),
+    button);
+  if (isImage(file.type) && file.size <= 10 * 1024 * 1024) {
+    const img = h('img', { alt: file.name, loading: 'lazy' });
+    box.insertBefore(img, button);
+    actions.fetchImage(file, img);
+  }
+  return box;
+}
+
+/** The member list of a room: online first, with last seen. */
+export function members(state, list) {
+  const sorted = [...list].sort((a, b) => (b.online - a.online) || a.name.localeCompare(b.name));
+  fill($('member-list'), sorted.map((m) => {
+    const u = state.users.get(m.name);
+    const seen = m.online ? 'online' : (u?.last_seen ? `seen ${ago(u.last_seen)}` : 'offline');
+    return h('li', {},
+      h('span', { class: `dot${m.online ? ' online' : ''}`, 'aria-hidden': 'true' }),
+      h('span', {}, m.name === state.me ? `${m.name} (you)` : m.name),
+      h('span', { class: 'seen' }, seen));
+  }));
+}
+
+/** A list of users with buttons: `buttons(user)` returns [label, handler] pairs. */
+export function userList(el, users, buttons, empty) {
+  if (!users.length) {
+    fill(el, h('li', { class: 'none' }, empty));
+    return;
+  }
+  fill(el, users.map((u) => h('li', {},
+    h('span', { class: `dot${u.online ? ' online' : ''}`, 'aria-hidden': 'true' }),
+    h('span', { class: 'grow' }, u.label ?? u.name),
+    buttons(u).map(([label, handler, aria]) => h('button', { type: 'button', onclick: handler, 'aria-label': aria ?? `${label} ${u.name}` }, label)))));
+}
+
+/** An upload's row, with its progress bar. */
+export function uploadRow(name) {
+  const bar = h('progress', { max: 1, value: 0, 'aria-label': `Uploading ${name}` });
+  const state = h('span', {}, 'hashing…');
+  const row = h('div', { class: 'upload' }, h('span', {}, name), state, bar);
+  $('uploads').append(row);
+  return {
+    progress(phase, done, total) {
+      bar.max = total || 1;
+      bar.value = done;
+      state.textContent = phase === 'hashing' ? 'checking…' : `${Math.floor((100 * done) / (total || 1))} %`;
+    },
+    done() { row.remove(); },
+    failed(why) {
+      state.textContent = `failed: ${why}`;
+      row.classList.add('failed');
+      setTimeout(() => row.remove(), 8000);
+    },
+  };
+}
