@@ -841,7 +841,8 @@ fn write_old_layout(dir: &std::path::Path, layout: &str) {
     let (bob, carol) = (with("bob"), with("carol"));
     db.execute_batch(
         "DELETE FROM message_spans; DELETE FROM message_index;
-         DELETE FROM counters WHERE name = 'message_index_up_to';",
+         DELETE FROM counters WHERE name = 'message_index_up_to';
+         PRAGMA user_version = 0;",
     )
     .unwrap();
     db.execute_batch(layout).unwrap();

@@ -41,11 +41,6 @@ const RECORD_HEADER: u64 = 8;
 /// Saved spans per row of `message_spans`.
 const SPANS_PER_ROW: usize = 65_536;
 
-pub(super) const TABLE: &str = "CREATE TABLE IF NOT EXISTS message_spans (
-    chunk INTEGER PRIMARY KEY,
-    data BLOB NOT NULL
-)";
-
 /// Where one record lies, and the ids of its first and last message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Span {
@@ -639,7 +634,8 @@ mod tests {
             saved
         };
         let db = Connection::open_in_memory().unwrap();
-        db.execute_batch(TABLE).unwrap();
+        db.execute_batch("CREATE TABLE message_spans (chunk INTEGER PRIMARY KEY, data BLOB)")
+            .unwrap();
         save_spans(&db, &saved).unwrap();
         assert_eq!(saved_spans(&db), saved);
         let path = dir.path().join(FILE_NAME);

@@ -1,0 +1,177 @@
+//! The store's queries: what the hub reads at start and while it runs, and its one write.
+
+use std::sync::atomic::Ordering;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{recovery, SqliteStore};
+use crate::store::Batch;
+use crate::store::{
+    ContactState, ConvId, DeviceId, DirectConv, LogStore, Membership, NextIds, Seq, StoredRoom,
+    UserId, KIND_BROADCAST,
+};
+
+impl LogStore for SqliteStore {
+    fn load_users(&mut self) -> anyhow::Result<Vec<(UserId, String, bool)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, name, password_hash IS NOT NULL FROM users")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn next_ids(&mut self) -> anyhow::Result<NextIds> {
+        let max = |sql: &str| -> anyhow::Result<i64> {
+            let v: Option<i64> = self.conn.query_row(sql, [], |r| r.get(0))?;
+            Ok(v.unwrap_or(0) + 1)
+        };
+        let user = max("SELECT MAX(id) FROM users")?;
+        let device = max("SELECT MAX(id) FROM devices")?;
+        let conv = max("SELECT MAX(id) FROM conversations")?;
+        let message: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'next_message_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(NextIds {
+            user,
+            device,
+            conv,
+            // The counter is written ahead of the ids handed out; the log's end is a floor
+            // all the same.
+            message: message.unwrap_or(1).max(self.log.last_id() + 1),
+        })
+    }
+
+    fn find_device(&mut self, user: UserId, name: &str) -> anyhow::Result<Option<DeviceId>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM devices WHERE user_id = ?1 AND name = ?2")?;
+        Ok(stmt
+            .query_row(params![user, name], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn find_direct(&mut self, a: UserId, b: UserId) -> anyhow::Result<Option<DirectConv>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, last_seq FROM conversations WHERE kind = 1 AND user_a = ?1 AND user_b = ?2",
+        )?;
+        let found: Option<(ConvId, Seq)> = stmt
+            .query_row(params![a, b], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(found.map(|(id, counted)| DirectConv {
+            id,
+            last_seq: self.last_seq_of(id, counted),
+        }))
+    }
+
+    fn memberships(&mut self, user: UserId) -> anyhow::Result<Vec<Membership>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT conversation_id, joined_seq FROM memberships WHERE user_id = ?1",
+        )?;
+        let rows = stmt.query_map([user], |r| {
+            Ok(Membership {
+                conv: r.get(0)?,
+                joined_seq: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn last_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")?;
+        let counted: Option<Seq> = stmt.query_row([conv], |r| r.get(0)).optional()?;
+        Ok(self.last_seq_of(conv, counted.unwrap_or(0)))
+    }
+
+    fn load_rooms(&mut self) -> anyhow::Result<Vec<StoredRoom>> {
+        let mut rooms: Vec<StoredRoom> = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.id, c.name, m.user_id FROM conversations c
+             LEFT JOIN memberships m ON m.conversation_id = c.id
+             WHERE c.kind = 2 ORDER BY c.id",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let conv: ConvId = row.get(0)?;
+            let member: Option<UserId> = row.get(2)?;
+            if rooms.last().map(|r| r.conv) != Some(conv) {
+                rooms.push(StoredRoom {
+                    conv,
+                    name: row.get(1)?,
+                    members: Vec::new(),
+                });
+            }
+            let room = rooms.last_mut().expect("pushed above");
+            room.members.extend(member);
+        }
+        Ok(rooms)
+    }
+
+    fn ensure_builtin(&mut self, anonymous: &str) -> anyhow::Result<(ConvId, UserId)> {
+        let now = crate::store::now_ms();
+        self.conn.execute(
+            "INSERT OR IGNORE INTO conversations (kind, name, created_at) VALUES (?1, '*', ?2)",
+            params![KIND_BROADCAST, now],
+        )?;
+        let conv = self.conn.query_row(
+            "SELECT id FROM conversations WHERE kind = ?1 AND name = '*'",
+            [KIND_BROADCAST],
+            |r| r.get(0),
+        )?;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO users (name, created_at) VALUES (?1, ?2)",
+            params![anonymous, now],
+        )?;
+        let user =
+            self.conn
+                .query_row("SELECT id FROM users WHERE name = ?1", [anonymous], |r| {
+                    r.get(0)
+                })?;
+        Ok((conv, user))
+    }
+
+    fn contacts(&mut self, user: UserId) -> anyhow::Result<Vec<(UserId, ContactState)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT contact_id, state FROM contacts WHERE user_id = ?1")?;
+        let rows = stmt.query_map([user], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (other, state) = row?;
+            if let Some(state) = ContactState::from_i64(state) {
+                out.push((other, state));
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&mut self, batch: &Batch) -> anyhow::Result<()> {
+        let reserve = (batch.next_message_id > self.ids_reserved)
+            .then(|| batch.next_message_id + super::ID_RESERVE);
+        // The rows first: none of them refers to a message of its own batch but a join
+        // point (see `clamp_to_log`), so a crash or a failure between the two leaves
+        // nothing that points at a message that is not stored.
+        if batch.has_rows() || reserve.is_some() {
+            self.write_rows(batch, reserve)?;
+        }
+        if let Err(e) = self.log.append(&batch.messages) {
+            if !batch.joins.is_empty() {
+                if let Err(undo) = recovery::clamp_to_log(&self.conn, &self.index) {
+                    tracing::error!(error = %format!("{undo:#}"), "moving join points back");
+                }
+            }
+            return Err(e);
+        }
+        self.index.append(&batch.messages);
+        if self.checkpoints.restart.swap(false, Ordering::Relaxed) {
+            self.restart_wal();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! The schema, one version at a time: what each migration (migrations.rs) adds.
+//!
+//! Version 1 is the schema as it stood before accounts, less the messages (which version 3
+//! moves out of SQLite). Its statements say `IF NOT EXISTS` because the
+//! databases written before the schema was versioned (`user_version` 0) already hold most
+//! of it: migrations.rs adopts them at the version they match.
+
+pub(super) const V1: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    last_seen_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_seen_at INTEGER,
+    UNIQUE (user_id, name)
+);
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    name TEXT,
+    user_a INTEGER,
+    user_b INTEGER,
+    -- No longer kept current: the last stored message's sequence is (see index.rs);
+    -- databases written while it was still count it as a floor.
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS conversations_direct
+    ON conversations (user_a, user_b) WHERE kind = 1;
+CREATE UNIQUE INDEX IF NOT EXISTS conversations_named
+    ON conversations (kind, name) WHERE kind <> 1;
+CREATE TABLE IF NOT EXISTS memberships (
+    user_id INTEGER NOT NULL,
+    conversation_id INTEGER NOT NULL,
+    joined_seq INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, conversation_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cursors (
+    device_id INTEGER NOT NULL,
+    conversation_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (device_id, conversation_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tokens (
+    hash BLOB PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    device_id INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tokens_user ON tokens (user_id, device_id);
+CREATE TABLE IF NOT EXISTS contacts (
+    user_id INTEGER NOT NULL,
+    contact_id INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, contact_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+    hash TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attachments (
+    hash TEXT NOT NULL,
+    conversation_id INTEGER NOT NULL,
+    PRIMARY KEY (hash, conversation_id)
+) WITHOUT ROWID;
+-- The message index as saved at the last clean stop (see index.rs).
+CREATE TABLE IF NOT EXISTS message_index (
+    conversation_id INTEGER PRIMARY KEY,
+    ids BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Version 2: accounts (passwords) and profiles.
+pub(super) const V2: &str = "
+ALTER TABLE users ADD COLUMN password_hash TEXT;
+ALTER TABLE users ADD COLUMN display_name TEXT;
+ALTER TABLE users ADD COLUMN avatar BLOB;
+";
+
+/// Version 3: the messages leave SQLite for the message log (log.rs); the spans of its
+/// records are saved here at a clean stop. The tables of the earlier layouts (`messages`,
+/// `message_blocks`) are dropped once their messages are in the log (migrations.rs).
+pub(super) const V3: &str = "
+CREATE TABLE IF NOT EXISTS message_spans (
+    chunk INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
+";
