@@ -11,6 +11,8 @@
 //! `fanout`, `conns`, `offline`), `relay.rs`, `spawn.rs` (servers as child processes),
 //! `conn.rs` (login and line/frame reading), `report.rs` (histograms and output).
 
+#![forbid(unsafe_code)]
+
 pub mod conn;
 pub mod conns;
 pub mod dm;

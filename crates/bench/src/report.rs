@@ -303,9 +303,8 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
     // The command name may contain spaces: the fields start after its closing parenthesis.
     let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (per_sec > 0).then(|| ticks * 1_000_000_000 / per_sec as u64)
+    let per_sec = rustix::param::clock_ticks_per_second();
+    (per_sec > 0).then(|| ticks * 1_000_000_000 / per_sec)
 }
 
 /// Server CPU time since `before` (a `cpu_ns` reading), per item, in µs with one decimal.

@@ -4,6 +4,9 @@
 //! an optional TOML file, then `PARLEY_*` environment variables, then flags) and runs the
 //! server until SIGINT or SIGTERM.
 
+// Unsafe only where allowed: jemalloc's options are a symbol it looks up by name.
+#![deny(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -30,6 +33,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// it they are purged only during later allocations, so an idle server kept them for good
 /// (about 270 bytes per connection after 10,000 logins; docs/PERFORMANCE.md).
 #[cfg(not(target_env = "msvc"))]
+#[allow(unsafe_code)]
 #[export_name = "_rjem_malloc_conf"]
 static MALLOC_CONF: &[u8; 42] = b"background_thread:true,dirty_decay_ms:200\0";
 

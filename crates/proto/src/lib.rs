@@ -4,6 +4,8 @@
 //! [`Command`]s and [`Reply`]s / deliveries back into bytes, so the server, the client, the
 //! benchmark and the fuzzers all share one implementation of each format.
 
+#![forbid(unsafe_code)]
+
 pub mod binary;
 mod command;
 mod event;

@@ -5,6 +5,9 @@
 //! → `hub` (apply, group-commit to `store`, then answer and deliver) → `outbound` (each
 //! session's queue and writer). `catchup` replays what a device missed before it goes live.
 
+// Unsafe code only where a module allows it (tcp_ack.rs).
+#![deny(unsafe_code)]
+
 mod auth;
 mod catchup;
 mod config;

@@ -464,28 +464,9 @@ impl Drop for Seat {
 
 /// Raises the soft limit on open files to the hard limit: every connection is one.
 fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        let soft = lim.rlim_cur;
-        if soft < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                lim.rlim_cur = soft;
-            }
-        }
-        info!(
-            soft_before = soft,
-            soft = lim.rlim_cur,
-            hard = lim.rlim_max,
-            "open-file limit"
-        );
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => info!(soft, "open-file limit"),
+        Err(e) => warn!(error = %e, "raising the open-file limit"),
     }
 }
 

@@ -13,6 +13,9 @@
 //! them is indistinguishable from one that read them: only protocol-level acks, which
 //! later protocol versions add, can tell.)
 
+// TCP_INFO and TIOCOUTQ have no safe wrapper in socket2 or rustix: the crate's only unsafe.
+#![allow(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
