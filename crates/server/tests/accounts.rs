@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{bytes, now_ms};
+use common::{bytes, close, now_ms, parse, quit, request, today, PASSWORD};
 
 use std::time::Duration;
 
@@ -15,26 +15,13 @@ use common::TestServer;
 use parley_client::{BinaryClient, LineClient};
 use parley_proto::binary::{code, flags, Frame};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
 /// How long a client listens to prove that nothing arrives.
 const QUIET: Duration = Duration::from_millis(200);
 
-const PASSWORD: &str = "correct-horse";
-
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// Creates the account `name` with `PASSWORD` from a connection of its own.
-async fn register(server: &TestServer, name: &str) {
-    let mut c = server.text().await;
-    assert_eq!(
-        c.ask(&format!("REGISTER {name} {PASSWORD}")).await.unwrap(),
-        "OK",
-        "REGISTER {name}"
-    );
-}
 
 /// A text connection logged in to the account `name` as `device`.
 async fn device(server: &TestServer, name: &str, device: &str) -> LineClient {
@@ -70,12 +57,6 @@ async fn resume(server: &TestServer, token: &str) -> (LineClient, String) {
     (c, answer)
 }
 
-/// `QUIT`, then waits for the server to close.
-async fn quit(mut c: LineClient) {
-    assert_eq!(c.ask("QUIT").await.unwrap(), "BYE");
-    expect_closed(&mut c).await;
-}
-
 /// The connection must be closed by the server.
 async fn expect_closed(c: &mut LineClient) {
     assert_eq!(
@@ -94,24 +75,8 @@ async fn expect_binary_closed(c: &mut BinaryClient) {
     );
 }
 
-/// Closes a binary connection and waits until the server has closed its side too.
-async fn close(mut c: BinaryClient) {
-    c.stream().shutdown().await.unwrap();
-    expect_binary_closed(&mut c).await;
-}
-
-/// Today's date in UTC as `YYYY-MM-DD`.
-fn today() -> String {
-    let d = time::OffsetDateTime::now_utc().date();
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
-}
-
 fn json_request(value: Value) -> String {
     value.to_string()
-}
-
-fn parse(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -129,7 +94,7 @@ async fn register_is_answered_ok() {
 #[tokio::test]
 async fn registering_a_taken_name_is_refused() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut c = server.text().await;
     assert_eq!(
         c.ask("REGISTER alice another-password").await.unwrap(),
@@ -161,7 +126,7 @@ async fn login_with_the_password_is_ok() {
 #[tokio::test]
 async fn a_wrong_password_is_invalid_credentials() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut c = server.text().await;
     assert_eq!(
         c.ask("LOGIN alice wrong-password").await.unwrap(),
@@ -173,7 +138,7 @@ async fn a_wrong_password_is_invalid_credentials() {
 #[tokio::test]
 async fn an_unknown_name_gets_the_same_error_as_a_wrong_password() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut c = server.text().await;
     let wrong_password = c.ask("LOGIN alice wrong-password").await.unwrap();
     let unknown_name = c.ask("LOGIN nobody wrong-password").await.unwrap();
@@ -185,7 +150,7 @@ async fn an_unknown_name_gets_the_same_error_as_a_wrong_password() {
 #[tokio::test]
 async fn a_password_less_text_login_of_an_account_is_refused() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut c = server.text().await;
     assert_eq!(c.ask("LOGIN alice").await.unwrap(), "ERR username-taken");
     server.stop().await;
@@ -194,7 +159,7 @@ async fn a_password_less_text_login_of_an_account_is_refused() {
 #[tokio::test]
 async fn a_password_less_binary_login_of_an_account_is_refused() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut c = server.client().await;
     assert_eq!(
         c.login(1, "alice").await.unwrap(),
@@ -206,7 +171,7 @@ async fn a_password_less_binary_login_of_an_account_is_refused() {
 #[tokio::test]
 async fn a_password_less_json_register_of_an_account_is_refused() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut c = server.json().await;
     let reply = c
         .ask(&json_request(
@@ -239,7 +204,7 @@ async fn with_require_accounts_a_password_less_login_of_a_new_name_is_refused() 
 #[tokio::test]
 async fn token_after_a_password_login_is_64_hex_digits_and_an_expiry() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut alice = device(&server, "alice", "phone").await;
 
     let line = alice.ask("TOKEN").await.unwrap();
@@ -273,7 +238,7 @@ async fn a_password_less_session_gets_no_token() {
 #[tokio::test]
 async fn resume_with_a_token_logs_in_on_a_new_connection() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut bob = server.text_login("bob").await;
     let mut alice = device(&server, "alice", "phone").await;
     let token = token(&mut alice).await;
@@ -291,7 +256,7 @@ async fn resume_with_a_token_logs_in_on_a_new_connection() {
 #[tokio::test]
 async fn a_resume_that_waits_for_the_old_session_is_answered_ok_first() {
     let server = TestServer::start_with(|c| c.login_grace_ms = 5_000).await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut old = device(&server, "alice", "phone").await;
     let token = token(&mut old).await;
     let mut new = server.text().await;
@@ -309,7 +274,7 @@ async fn a_resume_that_waits_for_the_old_session_is_answered_ok_first() {
 #[tokio::test]
 async fn an_expired_token_is_refused() {
     let server = TestServer::start_with(|c| c.token_ttl_secs = 1).await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut alice = device(&server, "alice", "phone").await;
     let token = token(&mut alice).await;
     quit(alice).await;
@@ -333,7 +298,7 @@ async fn an_unknown_token_is_refused() {
 #[tokio::test]
 async fn logout_answers_ok_and_closes() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut alice = device(&server, "alice", "phone").await;
 
     assert_eq!(alice.ask("LOGOUT").await.unwrap(), "OK");
@@ -344,7 +309,7 @@ async fn logout_answers_ok_and_closes() {
 #[tokio::test]
 async fn logout_revokes_the_token_of_this_device() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut alice = device(&server, "alice", "phone").await;
     let token = token(&mut alice).await;
 
@@ -359,7 +324,7 @@ async fn logout_revokes_the_token_of_this_device() {
 #[tokio::test]
 async fn logout_keeps_the_tokens_of_other_devices() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut bob = server.text_login("bob").await;
     let mut phone = device(&server, "alice", "phone").await;
     let phone_token = token(&mut phone).await;
@@ -379,7 +344,7 @@ async fn logout_keeps_the_tokens_of_other_devices() {
 #[tokio::test]
 async fn logout_all_revokes_the_tokens_of_every_device() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let phone_token = token(&mut phone).await;
     let mut laptop = device(&server, "alice", "laptop").await;
@@ -398,7 +363,7 @@ async fn logout_all_revokes_the_tokens_of_every_device() {
 #[tokio::test]
 async fn passwd_revokes_the_other_devices_tokens_but_not_this_ones() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let phone_token = token(&mut phone).await;
     let mut laptop = device(&server, "alice", "laptop").await;
@@ -418,7 +383,7 @@ async fn passwd_revokes_the_other_devices_tokens_but_not_this_ones() {
 #[tokio::test]
 async fn after_passwd_the_old_password_is_refused_and_the_new_one_accepted() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut alice = device(&server, "alice", "phone").await;
     let passwd = format!("PASSWD {PASSWORD} battery-staple");
     assert_eq!(alice.ask(&passwd).await.unwrap(), "OK");
@@ -435,7 +400,7 @@ async fn after_passwd_the_old_password_is_refused_and_the_new_one_accepted() {
 #[tokio::test]
 async fn passwd_with_a_wrong_old_password_is_refused() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut alice = device(&server, "alice", "phone").await;
     assert_eq!(
         alice
@@ -454,7 +419,7 @@ async fn passwd_with_a_wrong_old_password_is_refused() {
 #[tokio::test]
 async fn two_devices_of_one_account_are_online_at_once() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut laptop = device(&server, "alice", "laptop").await;
     assert_eq!(phone.ask("PING").await.unwrap(), "PONG");
@@ -465,7 +430,7 @@ async fn two_devices_of_one_account_are_online_at_once() {
 #[tokio::test]
 async fn the_same_device_twice_is_refused() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let _phone = device(&server, "alice", "phone").await;
     let mut again = server.text().await;
     assert_eq!(
@@ -505,7 +470,7 @@ async fn two_wrong_passwords(server: &TestServer, name: &str) {
 #[tokio::test]
 async fn after_the_free_failures_even_the_right_password_is_refused() {
     let server = TestServer::start_with(short_backoff).await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     two_wrong_passwords(&server, "alice").await;
 
     let mut c = server.text().await;
@@ -519,7 +484,7 @@ async fn after_the_free_failures_even_the_right_password_is_refused() {
 #[tokio::test]
 async fn after_the_back_off_the_right_password_works_again() {
     let server = TestServer::start_with(short_backoff).await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     two_wrong_passwords(&server, "alice").await;
 
     // The back-off after two failures is 300 ms.
@@ -542,7 +507,7 @@ async fn parallel_connections_during_the_back_off_are_all_refused() {
         c.login_backoff_max_ms = 10_000;
     })
     .await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut clients = Vec::new();
     for _ in 0..8 {
         clients.push(server.text().await);
@@ -569,7 +534,7 @@ async fn parallel_wrong_passwords_get_no_more_checks_than_the_free_failures() {
         c.login_backoff_max_ms = 10_000;
     })
     .await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut clients = Vec::new();
     for _ in 0..8 {
         clients.push(server.text().await);
@@ -818,13 +783,6 @@ fn login_frame(cid: u32, name: &str, password: &str, device: &str, flags: u8) ->
     }
 }
 
-/// Sends `frame` and returns the code of its response.
-async fn request(c: &mut BinaryClient, frame: Frame) -> u16 {
-    let cid = frame.cid();
-    c.send(&frame).await.unwrap();
-    c.expect_response(cid).await.unwrap()
-}
-
 /// A binary connection logged in to the account `name` (registered here) as `device`.
 async fn binary_account(server: &TestServer, name: &str, device: &str) -> BinaryClient {
     let mut c = server.client().await;
@@ -1035,7 +993,7 @@ async fn json_set_profile_with_a_base64_avatar_is_returned_by_profile() {
 #[tokio::test]
 async fn text_setname_shows_in_the_profile_line() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut alice = device(&server, "alice", "phone").await;
 
     assert_eq!(alice.ask("SETNAME Alice Liddell").await.unwrap(), "OK");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::bytes as b;
+use common::{bytes as b, parse, quit, request, PASSWORD};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,8 +23,6 @@ use sha2::{Digest, Sha256};
 /// How long a client listens to prove that nothing arrives.
 const QUIET: Duration = Duration::from_millis(200);
 
-const PASSWORD: &str = "correct-horse";
-
 /// The largest chunk the server takes in one request.
 const CHUNK: usize = 60 * 1024;
 
@@ -36,24 +34,6 @@ const MIB: u64 = 1024 * 1024;
 // ---------------------------------------------------------------------------------------
 // Helpers: connections
 // ---------------------------------------------------------------------------------------
-
-fn parse(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
-}
-
-/// Sends `frame` and returns the code of its response.
-async fn request(c: &mut BinaryClient, frame: Frame) -> u16 {
-    let cid = frame.cid();
-    c.send(&frame).await.unwrap();
-    c.expect_response(cid).await.unwrap()
-}
-
-/// Creates the account `name` with `PASSWORD` from a connection of its own (never online).
-async fn register(server: &TestServer, name: &str) {
-    let mut c = server.text().await;
-    let answer = c.ask(&format!("REGISTER {name} {PASSWORD}")).await.unwrap();
-    assert_eq!(answer, "OK", "REGISTER {name}");
-}
 
 /// A binary connection logged in to the account `name` as `device`.
 async fn device(server: &TestServer, name: &str, device: &str) -> BinaryClient {
@@ -85,12 +65,6 @@ async fn json_login(server: &TestServer, name: &str) -> LineClient {
     );
     assert_eq!(subscribe["success"], true, "{subscribe}");
     c
-}
-
-/// `QUIT`, then waits for the server to close.
-async fn quit(mut c: LineClient) {
-    assert_eq!(c.ask("QUIT").await.unwrap(), "BYE");
-    assert_eq!(c.line_or_eof().await.unwrap(), None, "closed after BYE");
 }
 
 /// Sends a multi-line command and returns its lines up to and including the final `OK`.
@@ -393,7 +367,7 @@ async fn text_search_lists_the_users_whose_names_start_with_the_prefix() {
     let server = TestServer::start().await;
     let mut alice = server.text_login("alice").await;
     let _albert = server.text_login("albert").await;
-    register(&server, "alfred").await;
+    server.register("alfred").await;
     let _bob = server.text_login("bob").await;
 
     assert_eq!(
@@ -413,7 +387,7 @@ async fn binary_search_answers_a_users_frame_before_the_ok() {
     let server = TestServer::start().await;
     let mut alice = server.login("alice").await;
     let _bob = server.login("bob").await;
-    register(&server, "bobby").await;
+    server.register("bobby").await;
 
     let search = Frame::Search {
         cid: 3,
@@ -439,7 +413,7 @@ async fn a_search_returns_at_most_max_search_results() {
     let server = TestServer::start_with(|c| c.max_search_results = 2).await;
     let mut alice = server.login("alice").await;
     for name in ["user1", "user2", "user3"] {
-        register(&server, name).await;
+        server.register(name).await;
     }
 
     let search = Frame::Search {
@@ -463,7 +437,7 @@ async fn a_search_returns_at_most_max_search_results() {
 async fn json_search_lists_names_with_presence() {
     let server = TestServer::start().await;
     let mut alice = json_login(&server, "alice").await;
-    register(&server, "carol").await;
+    server.register("carol").await;
 
     let found = parse(
         &alice
@@ -503,7 +477,7 @@ async fn a_contact_request_is_seen_live_by_the_other() {
 #[tokio::test]
 async fn a_request_to_an_offline_user_is_pending_in_their_contacts_at_next_login() {
     let server = TestServer::start().await;
-    register(&server, "bob").await;
+    server.register("bob").await;
     let mut alice = server.text_login("alice").await;
 
     assert_eq!(alice.ask("CONTACT ADD bob").await.unwrap(), "OK");
@@ -526,7 +500,7 @@ async fn a_request_to_an_offline_user_is_pending_in_their_contacts_at_next_login
 async fn contacts_lists_each_contact_with_its_state_and_presence() {
     let server = TestServer::start().await;
     let (mut alice, _bob) = contacts_alice_and_bob(&server).await;
-    register(&server, "carol").await;
+    server.register("carol").await;
     assert_eq!(alice.ask("CONTACT ADD carol").await.unwrap(), "OK");
     let mut dave = server.text_login("dave").await;
     assert_eq!(dave.ask("CONTACT ADD alice").await.unwrap(), "OK");
@@ -953,7 +927,7 @@ async fn a_text_recipient_gets_the_file_message_as_a_dm_line() {
 #[tokio::test]
 async fn the_senders_other_device_sees_the_file_message() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut laptop = device(&server, "alice", "laptop").await;
     let _bob = server.login("bob").await;

@@ -4,13 +4,15 @@
 
 mod common;
 
+use common::parse;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use common::TestServer;
 use parley_client::LineClient;
 use parley_proto::binary::{code, Frame};
-use serde_json::{json, Value};
+use serde_json::json;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -39,10 +41,6 @@ fn failed(message: &str) -> String {
 
 fn request(command: &str, data: &str) -> String {
     json!({"command": command, "data": data}).to_string()
-}
-
-fn parse(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
 }
 
 /// A JSON client on the JSON port, registered as `name`.

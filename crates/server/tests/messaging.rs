@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{bytes as b, now_ms};
+use common::{bytes as b, close, now_ms, parse, request, rfc3339_ms, PASSWORD};
 
 use std::time::Duration;
 
@@ -13,47 +13,16 @@ use common::TestServer;
 use parley_client::{BinaryClient, LineClient};
 use parley_proto::binary::{code, kind, page, Event, Frame, RoomEntry, UserEntry};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
 /// How long a client listens to prove that nothing arrives.
 const QUIET: Duration = Duration::from_millis(200);
-
-const PASSWORD: &str = "correct-horse";
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// Unix ms as the line protocols write times: `2024-05-01T12:00:00.000Z`.
-fn rfc3339_ms(ms: u64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 fn numbered(range: std::ops::RangeInclusive<usize>) -> Vec<String> {
     range.map(|i| format!("m{i}")).collect()
-}
-
-/// Creates the account `name` (binary `Register`) from a connection of its own.
-async fn register(server: &TestServer, name: &str) {
-    let mut c = server.client().await;
-    let frame = Frame::Register {
-        cid: 1,
-        username: b(name),
-        password: b(PASSWORD),
-    };
-    c.send(&frame).await.unwrap();
-    assert_eq!(c.expect_response(1).await.unwrap(), code::OK, "{name}");
 }
 
 /// A binary session of the account `name` on `device`. Acks are enabled before the login,
@@ -97,10 +66,6 @@ async fn subscribe(c: &mut LineClient) {
     assert_eq!(reply["message"], "Subscribed", "{reply}");
 }
 
-fn parse(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
-}
-
 /// The next line that is not a presence notice (`INFO ...`, a JSON `joined`/`left`/...).
 async fn next_message(c: &mut LineClient) -> String {
     loop {
@@ -116,12 +81,6 @@ async fn next_message(c: &mut LineClient) -> String {
 /// Reads lines until `line` arrives.
 async fn wait_for_line(c: &mut LineClient, line: &str) {
     while c.line().await.unwrap() != line {}
-}
-
-/// Closes a connection and waits until the server has closed its side too.
-async fn close(mut c: BinaryClient) {
-    c.stream().shutdown().await.unwrap();
-    while c.recv_or_eof().await.unwrap().is_some() {}
 }
 
 /// Sends a direct message over the seed's 0x02 frame and waits for its OK.
@@ -151,12 +110,6 @@ async fn send_pipelined(
             assert_eq!(c.expect_response(i).await.unwrap(), code::OK, "message {i}");
         }
     }
-}
-
-/// Sends `frame` and waits for its response code.
-async fn request(c: &mut BinaryClient, frame: Frame) -> u16 {
-    c.send(&frame).await.unwrap();
-    c.expect_response(frame.cid()).await.unwrap()
 }
 
 /// The next frame, which must be a pushed `Event`.
@@ -257,7 +210,7 @@ async fn text_history(c: &mut LineClient, command: &str) -> Vec<(u64, String, St
 #[tokio::test]
 async fn send_many_reaches_each_recipient_in_their_protocol() {
     let server = TestServer::start().await;
-    register(&server, "bob").await;
+    server.register("bob").await;
     let mut bob = device(&server, "bob", "phone").await;
     let mut carol = server.text_login("carol").await;
     let mut dave = json_user(&server, "dave").await;
@@ -318,7 +271,7 @@ async fn send_many_with_an_unknown_name_sends_to_nobody() {
 #[tokio::test]
 async fn a_name_repeated_in_send_many_gets_the_message_once() {
     let server = TestServer::start().await;
-    register(&server, "bob").await;
+    server.register("bob").await;
     let mut bob = device(&server, "bob", "phone").await;
     let mut alice = server.login("alice").await;
 
@@ -337,7 +290,7 @@ async fn a_name_repeated_in_send_many_gets_the_message_once() {
 #[tokio::test]
 async fn a_text_dm_to_several_names_reaches_each_of_them() {
     let server = TestServer::start().await;
-    register(&server, "bob").await;
+    server.register("bob").await;
     let mut bob = device(&server, "bob", "phone").await;
     let mut carol = json_user(&server, "carol").await;
     let mut alice = server.text_login("alice").await;
@@ -393,7 +346,7 @@ async fn a_json_dm_with_recipients_reaches_each_of_them() {
 #[tokio::test]
 async fn send_all_reaches_everyone_online_in_every_protocol_but_the_sending_session() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut laptop = device(&server, "alice", "laptop").await;
     let mut bob = server.text_login("bob").await;
@@ -443,7 +396,7 @@ async fn send_all_reaches_everyone_online_in_every_protocol_but_the_sending_sess
 #[tokio::test]
 async fn a_user_in_three_rooms_joined_over_three_protocols_gets_each_rooms_messages() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut laptop = text_device(&server, "alice", "laptop").await;
     assert_eq!(laptop.ask("JOIN green").await.unwrap(), "OK");
     assert_eq!(laptop.ask("QUIT").await.unwrap(), "BYE");
@@ -493,7 +446,7 @@ async fn a_user_in_three_rooms_joined_over_three_protocols_gets_each_rooms_messa
 #[tokio::test]
 async fn a_room_message_reaches_the_members_in_each_protocol() {
     let server = TestServer::start().await;
-    register(&server, "erin").await;
+    server.register("erin").await;
     let mut erin = device(&server, "erin", "phone").await;
     let mut carol = server.text_login("carol").await;
     let mut dave = json_user(&server, "dave").await;
@@ -544,7 +497,7 @@ async fn a_room_message_reaches_the_members_in_each_protocol() {
 #[tokio::test]
 async fn a_room_member_that_was_away_gets_the_rooms_messages_at_its_next_login() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let join = Frame::Join {
         cid: 3,
@@ -570,7 +523,7 @@ async fn a_room_member_that_was_away_gets_the_rooms_messages_at_its_next_login()
 #[tokio::test]
 async fn a_broadcast_is_not_replayed_to_a_device_that_was_offline() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     close(device(&server, "alice", "phone").await).await;
     let mut bob = server.text_login("bob").await;
     bob.send("MSG to whoever is here").await.unwrap();
@@ -731,8 +684,8 @@ async fn users_lists_everyone_with_presence_and_when_they_were_last_seen() {
 #[tokio::test]
 async fn history_pages_backwards_and_forwards_across_a_restart() {
     let mut server = TestServer::start().await;
-    register(&server, "alice").await;
-    register(&server, "bob").await;
+    server.register("alice").await;
+    server.register("bob").await;
     let mut alice = device(&server, "alice", "phone").await;
     for i in 1..=30 {
         dm(&mut alice, "alice", "bob", &format!("m{i}")).await;
@@ -771,8 +724,8 @@ async fn history_pages_backwards_and_forwards_across_a_restart() {
 #[tokio::test]
 async fn sequences_and_ids_go_on_after_restarts() {
     let mut server = TestServer::start().await;
-    register(&server, "alice").await;
-    register(&server, "bob").await;
+    server.register("alice").await;
+    server.register("bob").await;
     for round in 0..3 {
         let mut alice = device(&server, "alice", "phone").await;
         for i in 1..=4 {
@@ -893,7 +846,7 @@ async fn a_database_of_an_earlier_layout_is_moved_into_the_log_and_reads_the_sam
     for layout in OLD_LAYOUTS {
         let mut server = TestServer::start().await;
         for name in ["alice", "bob", "carol"] {
-            register(&server, name).await;
+            server.register(name).await;
         }
         let mut alice = device(&server, "alice", "phone").await;
         dm(&mut alice, "alice", "bob", "first").await;
@@ -1043,7 +996,7 @@ fn history_texts(page: &Value) -> Vec<String> {
 #[tokio::test]
 async fn every_online_device_of_an_account_gets_every_message() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut laptop = device(&server, "alice", "laptop").await;
     let mut bob = server.login("bob").await;
@@ -1066,7 +1019,7 @@ async fn every_online_device_of_an_account_gets_every_message() {
 #[tokio::test]
 async fn a_message_sent_from_one_device_reaches_the_accounts_other_devices() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut laptop = device(&server, "alice", "laptop").await;
     let mut tablet = device(&server, "alice", "tablet").await;
@@ -1096,7 +1049,7 @@ async fn a_message_sent_from_one_device_reaches_the_accounts_other_devices() {
 #[tokio::test]
 async fn a_device_that_was_away_gets_exactly_what_it_missed_in_order_before_anything_new() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut tablet = device(&server, "alice", "tablet").await;
     let mut bob = server.login("bob").await;
@@ -1124,7 +1077,7 @@ async fn a_device_that_was_away_gets_exactly_what_it_missed_in_order_before_anyt
 #[tokio::test]
 async fn after_an_ack_nothing_is_delivered_to_that_device_again() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut bob = server.login("bob").await;
     for i in 1..=3 {
@@ -1145,7 +1098,7 @@ async fn after_an_ack_nothing_is_delivered_to_that_device_again() {
 #[tokio::test]
 async fn acks_survive_a_restart() {
     let mut server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut bob = server.login("bob").await;
     for i in 1..=3 {
@@ -1167,7 +1120,7 @@ async fn acks_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synced_writes_from_many_senders_arrive_and_survive_a_restart() {
     let mut server = TestServer::start_with(|c| c.sync = parley_server::SyncMode::Full).await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let senders = (0..8).map(|s| {
         let addr = server.addr;
@@ -1205,7 +1158,7 @@ async fn synced_writes_from_many_senders_arrive_and_survive_a_restart() {
 #[tokio::test]
 async fn a_device_gets_what_it_did_not_ack_again_when_it_reconnects() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut bob = server.login("bob").await;
     for i in 1..=3 {
@@ -1225,7 +1178,7 @@ async fn a_device_gets_what_it_did_not_ack_again_when_it_reconnects() {
 #[tokio::test]
 async fn a_gap_left_by_the_devices_own_message_is_filled_from_history() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut bob = server.login("bob").await;
     dm(&mut bob, "bob", "alice", "one").await;
@@ -1261,7 +1214,7 @@ async fn a_gap_left_by_the_devices_own_message_is_filled_from_history() {
 #[tokio::test]
 async fn a_device_that_acked_past_a_message_it_lost_fills_the_gap_from_history() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut bob = server.login("bob").await;
     dm(&mut bob, "bob", "alice", "m1").await;
@@ -1283,7 +1236,7 @@ async fn a_device_that_acked_past_a_message_it_lost_fills_the_gap_from_history()
 #[tokio::test]
 async fn a_message_no_device_received_goes_to_the_first_device_that_logs_in() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut bob = server.login("bob").await;
     dm(&mut bob, "bob", "alice", "m1").await;
     dm(&mut bob, "bob", "alice", "m2").await;
@@ -1296,7 +1249,7 @@ async fn a_message_no_device_received_goes_to_the_first_device_that_logs_in() {
 
 /// Alice's device `a` received and acked m1..m5; m6..m8 were sent while she was offline.
 async fn five_acked_three_missed(server: &TestServer) {
-    register(server, "alice").await;
+    server.register("alice").await;
     let mut a = device(server, "alice", "a").await;
     let mut bob = server.login("bob").await;
     for i in 1..=5 {
@@ -1372,7 +1325,7 @@ async fn tablet_replaying_while_the_phone_acks(
     // message arrives and the phone acks it.
     let padding = "x".repeat(4_000);
     let server = TestServer::start_with(|c| c.messages_per_second = 0).await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut bob = server.login("bob").await;
     let before = usize::from(bob_wrote_before);
@@ -1410,7 +1363,7 @@ async fn tablet_replaying_while_the_phone_acks(
 #[tokio::test]
 async fn a_json_device_with_acks_gets_what_it_did_not_ack_again() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut bob = server.login("bob").await;
     let mut web = server.json().await;
     let login = json!({"command": "LOGIN", "data": "alice", "password": PASSWORD, "device": "web"});
@@ -1473,7 +1426,7 @@ async fn live_messages_sent_during_a_long_catch_up_arrive_after_it_none_missing(
     let padding = "x".repeat(2_000);
     let server = TestServer::start_with(|c| c.messages_per_second = 0).await;
     let run = async {
-        register(&server, "alice").await;
+        server.register("alice").await;
         let mut bob = server.login("bob").await;
         send_pipelined(&mut bob, "bob", "alice", BACKLOG, |i| {
             format!("{i} {padding}")
@@ -1514,7 +1467,7 @@ async fn live_messages_sent_during_a_long_catch_up_arrive_after_it_none_missing(
 #[tokio::test]
 async fn a_connection_dropped_without_a_close_gets_its_unacked_messages_again() {
     let server = TestServer::start().await;
-    register(&server, "alice").await;
+    server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut bob = server.login("bob").await;
     for i in 1..=3 {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::is_rfc3339_utc;
+
 use std::time::Duration;
 
 use common::TestServer;
@@ -83,33 +85,6 @@ fn history_entry(target: &str, seq: i64, from: &str, text: &str) -> Entry {
         from: from.into(),
         text: text.into(),
     }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`.
-fn is_rfc3339_utc(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return false;
-    }
-    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    let fraction_ok = match &b[19..b.len() - 1] {
-        [] => true,
-        [b'.', rest @ ..] => !rest.is_empty() && rest.iter().all(u8::is_ascii_digit),
-        _ => false,
-    };
-    digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10)
-        && b[10] == b'T'
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':'
-        && digits(17..19)
-        && fraction_ok
-        && b[b.len() - 1] == b'Z'
 }
 
 // ---------------------------------------------------------------------------------------

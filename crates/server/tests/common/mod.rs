@@ -5,8 +5,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use parley_client::{BinaryClient, LineClient};
+use parley_proto::binary::Frame;
 use parley_server::{Config, Running};
+use serde_json::Value;
 use tempfile::TempDir;
+use tokio::io::AsyncWriteExt;
+
+/// The password of every account the tests create.
+pub const PASSWORD: &str = "correct-horse";
 
 pub struct TestServer {
     pub running: Option<Running>,
@@ -73,6 +79,14 @@ impl TestServer {
             "{welcome}"
         );
         c
+    }
+
+    /// Creates the account `name` with [`PASSWORD`] from a connection of its own (which
+    /// never logs in).
+    pub async fn register(&self, name: &str) {
+        let mut c = self.text().await;
+        let answer = c.ask(&format!("REGISTER {name} {PASSWORD}")).await.unwrap();
+        assert_eq!(answer, "OK", "REGISTER {name}");
     }
 
     pub async fn client(&self) -> BinaryClient {
@@ -142,4 +156,59 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// Sends `frame` and returns the code of its response.
+pub async fn request(c: &mut BinaryClient, frame: Frame) -> u16 {
+    let cid = frame.cid();
+    c.send(&frame).await.unwrap();
+    c.expect_response(cid).await.unwrap()
+}
+
+/// A JSON line as a value.
+pub fn parse(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+}
+
+/// `QUIT`, then waits for the server to close.
+pub async fn quit(mut c: LineClient) {
+    assert_eq!(c.ask("QUIT").await.unwrap(), "BYE");
+    assert_eq!(c.line_or_eof().await.unwrap(), None, "closed after BYE");
+}
+
+/// Closes a binary connection and waits until the server has closed its side too (no frame
+/// may come before the close).
+pub async fn close(mut c: BinaryClient) {
+    c.stream().shutdown().await.unwrap();
+    assert_eq!(
+        c.recv_or_eof().await.unwrap(),
+        None,
+        "expected the server to close the connection"
+    );
+}
+
+/// Unix ms as the line protocols write times: `2024-05-01T12:00:00.000Z`.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap()
+        .format(&format)
+        .unwrap()
+}
+
+/// Whether `s` is an RFC 3339 time in UTC (`Z`).
+pub fn is_rfc3339_utc(s: &str) -> bool {
+    s.ends_with('Z')
+        && time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
+}
+
+/// Today's date in UTC as `YYYY-MM-DD`.
+pub fn today() -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::OffsetDateTime::now_utc()
+        .date()
+        .format(&format)
+        .unwrap()
 }
