@@ -5,20 +5,18 @@
 //! Every wait is bounded, and every child is killed (by its PID, through `std::process`)
 //! when its guard drops, also when a test fails.
 
+mod common;
+
 use std::collections::{BTreeSet, VecDeque};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{parley_command, Proc};
 use parley_client::BinaryClient;
 use parley_proto::binary::Frame;
 
-/// How long a start may take before the listening line must have been logged.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a graceful stop may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Response code OK.
@@ -28,155 +26,13 @@ const INVALID_NAME: u16 = 0x07;
 
 /// A `parley serve` command with a clean `PARLEY_*` environment and logs on a pipe.
 fn serve_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_parley"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PARLEY_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.arg("serve")
-        .args(args)
-        .env("PARLEY_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
+    parley_command(["serve"].iter().chain(args))
 }
 
 /// `serve` on 127.0.0.1 port 0 with its data in `dir`.
 fn serve_in(dir: &Path) -> Command {
     let dir = dir.to_str().expect("utf-8 temp path");
     serve_command(&["--listen", "127.0.0.1:0", "--data-dir", dir])
-}
-
-/// A child process of ours. Dropping it kills the child (if it still runs) and reaps it.
-struct Proc {
-    child: Child,
-    /// Every stderr line so far (drained by a background thread until the pipe closes).
-    log: Arc<Mutex<Vec<String>>>,
-    lines: Option<mpsc::Receiver<String>>,
-    drain: Option<JoinHandle<()>>,
-    status: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd.spawn().expect("spawn parley");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = log.clone();
-        let drain = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line.clone());
-                // Nobody listens any more once the address is known: keep draining.
-                let _ = tx.send(line);
-            }
-        });
-        Proc {
-            child,
-            log,
-            lines: Some(rx),
-            drain: Some(drain),
-            status: None,
-        }
-    }
-
-    fn pid(&self) -> libc::pid_t {
-        self.child.id() as libc::pid_t
-    }
-
-    /// Sends `signal` to the child, which must not have been reaped yet.
-    fn signal(&mut self, signal: libc::c_int) {
-        assert!(self.status.is_none(), "signalling a reaped child");
-        // SAFETY: kill(2) with the PID of our own child, not yet waited for, so the PID
-        // cannot have been reused.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
-    }
-
-    /// Reads stderr until the listening line; returns the address it reports.
-    fn wait_for_addr(&mut self) -> SocketAddr {
-        let rx = self.lines.take().expect("address already read");
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(addr) = line
-                        .contains("parley listening")
-                        .then(|| line.split_once("addr="))
-                        .flatten()
-                    {
-                        let addr = addr.1.split_whitespace().next().unwrap_or_default();
-                        return addr
-                            .parse()
-                            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "no listening line within {START_TIMEOUT:?}:\n{}",
-                        self.logs()
-                    )
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self.wait_exit(Duration::from_secs(5));
-                    panic!(
-                        "parley exited ({status}) before listening:\n{}",
-                        self.logs()
-                    )
-                }
-            }
-        }
-    }
-
-    /// Waits for the child to exit, at most `timeout` (panics past it).
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.status {
-                return status;
-            }
-            match self.child.try_wait().expect("try_wait") {
-                Some(status) => {
-                    self.status = Some(status);
-                    // The pipe is closed now: let the drain thread read the last lines.
-                    if let Some(drain) = self.drain.take() {
-                        let _ = drain.join();
-                    }
-                }
-                None if Instant::now() >= deadline => {
-                    panic!("parley still running after {timeout:?}:\n{}", self.logs())
-                }
-                None => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            if let Ok(None) = self.child.try_wait() {
-                // SIGKILL to our child's PID (it has not been reaped, so it is still ours).
-                let _ = self.child.kill();
-            }
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "--- parley (pid {}) stderr ---\n{}",
-                self.child.id(),
-                self.logs()
-            );
-        }
-    }
 }
 
 /// A running server: the process and the address it listens on.
@@ -188,7 +44,7 @@ struct Server {
 impl Server {
     fn start(cmd: Command) -> Server {
         let mut proc = Proc::spawn(cmd);
-        let addr = proc.wait_for_addr();
+        let addr = proc.wait_for_start()[0].addr;
         Server { proc, addr }
     }
 
@@ -567,19 +423,6 @@ async fn default_data_dir_is_created_on_first_start() {
     server.stop_with(libc::SIGTERM);
 }
 
-/// Waits (bounded) until the server's log has a line containing `needle`.
-fn wait_for_log(proc: &Proc, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !proc.logs().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {needle:?}:\n{}",
-            proc.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test]
 async fn sighup_reloads_the_certificate_and_keeps_the_old_one_if_the_new_is_broken() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -598,12 +441,12 @@ async fn sighup_reloads_the_certificate_and_keeps_the_old_one_if_the_new_is_brok
     let mut server = Server::start(cmd);
 
     server.proc.signal(libc::SIGHUP);
-    wait_for_log(&server.proc, "SIGHUP: TLS certificate reloaded");
+    server.proc.wait_for_log("SIGHUP: TLS certificate reloaded");
     drop(server.login("alice").await);
 
     std::fs::write(&key, "not a key").expect("break the key");
     server.proc.signal(libc::SIGHUP);
-    wait_for_log(&server.proc, "keeping the old certificate");
+    server.proc.wait_for_log("keeping the old certificate");
     drop(server.login("bob").await);
     server.stop_with(libc::SIGTERM);
 }
