@@ -483,3 +483,29 @@ async fn every_login_and_disconnect_is_logged_by_the_time_the_server_exits() {
         .contains("shutdown complete"));
     drop(clients);
 }
+
+/// The start-up line counts the users somebody created: none in a new data directory (the
+/// reserved `anonymous` user is not one), and each name that ever logged in after that.
+#[tokio::test]
+async fn the_start_up_log_counts_real_users() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(serve_in(dir.path()));
+    server.proc.wait_for_log("hub loaded state");
+    assert!(
+        server.proc.logs().contains("hub loaded state users=0 "),
+        "a new data directory has no users:\n{}",
+        server.proc.logs()
+    );
+    drop(server.login("alice").await);
+    drop(server.login("bob").await);
+    server.stop_with(libc::SIGTERM);
+
+    let server = Server::start(serve_in(dir.path()));
+    server.proc.wait_for_log("hub loaded state");
+    assert!(
+        server.proc.logs().contains("hub loaded state users=2 "),
+        "alice and bob:\n{}",
+        server.proc.logs()
+    );
+    server.stop_with(libc::SIGTERM);
+}

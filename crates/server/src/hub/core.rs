@@ -220,8 +220,11 @@ impl Core {
                 },
             );
         }
+        // The reserved `anonymous` user is not one anybody registered: a new data
+        // directory holds no users.
+        let reserved = usize::from(self.users.contains_key(&self.anonymous));
         info!(
-            users = self.users.len(),
+            users = self.users.len() - reserved,
             rooms = self.rooms.len(),
             "hub loaded state"
         );
