@@ -18,7 +18,7 @@ use parley_server::Config;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-/// jemalloc instead of the system allocator (measured in docs/PERFORMANCE.md: 15-20 % less
+/// jemalloc instead of the system allocator (docs/perf/2026-12-02-542fa34.md: 15-20 % less
 /// CPU per direct message and about 300 bytes less memory per idle connection than glibc's
 /// malloc): its size classes and per-thread caches suit a server whose buffers are often
 /// freed on another thread than the one that allocated them. (mimalloc was faster still on
@@ -31,7 +31,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// them). Pages freed by a burst (logins' buffers, a writer task that parked) are handed
 /// back to the system by jemalloc's own background thread once unused for 200 ms: without
 /// it they are purged only during later allocations, so an idle server kept them for good
-/// (about 270 bytes per connection after 10,000 logins; docs/PERFORMANCE.md).
+/// (about 270 bytes per connection after 10,000 logins; docs/perf/2026-12-02-be2c9a1.md).
 #[cfg(not(target_env = "msvc"))]
 #[allow(unsafe_code)]
 #[export_name = "_rjem_malloc_conf"]
