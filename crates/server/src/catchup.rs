@@ -11,17 +11,15 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use crate::delivery::{Delivery, Kind};
 use crate::hub::{GoLive, Hub, Identity};
-use crate::outbound::{Kill, Outbound, SessionLink};
-use crate::queue::Refused;
+use crate::outbound::{Delivery, Item, Kill, Kind, Link, Refused};
 use crate::store::{ConvId, ConvPosition, Reader, Seq};
 
 /// Messages read per conversation per round.
 const PAGE: usize = 512;
 
 /// Replays the backlog of `identity` into `link`'s queue, then goes live.
-pub async fn run(reader: Reader, hub: Hub, link: Arc<SessionLink>, identity: Identity) {
+pub async fn run(reader: Reader, hub: Hub, link: Arc<Link>, identity: Identity) {
     match replay(&reader, &hub, &link, identity).await {
         Ok(count) => debug!(session = link.id, replayed = count, "caught up"),
         Err(e) => {
@@ -31,12 +29,7 @@ pub async fn run(reader: Reader, hub: Hub, link: Arc<SessionLink>, identity: Ide
     }
 }
 
-async fn replay(
-    reader: &Reader,
-    hub: &Hub,
-    link: &SessionLink,
-    me: Identity,
-) -> anyhow::Result<usize> {
+async fn replay(reader: &Reader, hub: &Hub, link: &Link, me: Identity) -> anyhow::Result<usize> {
     let mut progress: HashMap<ConvId, Seq> = HashMap::new();
     let mut convs: HashMap<ConvId, ConvPosition> = HashMap::new();
     let mut replayed = 0;
@@ -102,7 +95,7 @@ async fn replay(
                     m.sent_at,
                 );
                 link.replay.acquire().await?.forget();
-                match link.enqueue(Outbound::Replay(Arc::new(d))) {
+                match link.enqueue(Item::Replay(Arc::new(d))) {
                     Ok(()) => {}
                     // The permits keep room for the replay; a queue full all the same was
                     // filled by a client that does not read its answers.

@@ -1,9 +1,10 @@
 //! The parley server: one port, many wire protocols, one ordered log per conversation.
 //!
 //! The modules follow the path of a message:
-//! `server` (accept) → `sniff` (pick a protocol) → `session` (decode requests, via `wire`)
+//! `server` (accept) → `sniff` (pick a protocol) → `session` (decode requests)
 //! → `hub` (apply, group-commit to `store`, then answer and deliver) → `outbound` (each
-//! session's queue and writer). `catchup` replays what a device missed before it goes live.
+//! session's queue and writer, and the bytes of every style). `catchup` replays what a
+//! device missed before it goes live.
 
 // Unsafe code only where a module allows it (tcp_ack.rs).
 #![deny(unsafe_code)]
@@ -12,19 +13,15 @@ mod auth;
 mod catchup;
 mod config;
 mod conn;
-mod delivery;
 mod files;
 mod http;
 mod hub;
 mod outbound;
-mod queue;
 mod server;
 mod session;
 mod sniff;
 mod store;
-mod tcp_ack;
 mod tls;
-mod wire;
 
 pub use config::{Config, SyncMode};
 pub use server::{serve, start, Listeners, Running};

@@ -20,11 +20,11 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::conn::Conn;
+use crate::outbound::Protocol;
 use crate::session::{self, Shared};
 use crate::sniff::{at_end, classify, sniff, Sniffed, DECIDING_BYTES};
 use crate::store::{Reader, SqliteStore};
 use crate::tls::Tls;
-use crate::wire::Protocol;
 
 /// The sockets a server listens on: the shared port, and optional single-protocol ports.
 pub struct Listeners {

@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use crate::wire::Protocol;
+use crate::outbound::Protocol;
 
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use parley_proto::ErrorKind;
 
 use super::core::{internal, Audience, Core, Effect};
 use super::{ContactAction, Map};
-use crate::delivery::{ContactChange, Notice, SharedNotice};
+use crate::outbound::{ContactChange, Notice, SharedNotice};
 use crate::store::{Batch, ContactState, UserId};
 
 impl Core {

@@ -9,19 +9,18 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parley_proto::{ErrorKind, Reply, Target};
 use tracing::{debug, error, info, warn};
 
-use super::outbox::Outbox;
 use super::{
     AccountChange, Actor, Auth, Done, GoLive, Hub, Identity, LoginOk, Map, NameKey, Op, Presence,
     Set, ANONYMOUS,
 };
 use crate::config::Config;
-use crate::delivery::{Delivery, Kind, Notice, SharedNotice};
-use crate::outbound::{Outbound, SessionLink};
+use crate::outbound::{
+    Delivery, Item, Kind, Link, Notice, Protocol, SharedNotice, Staging, Style, Tag,
+};
 use crate::store::{
     now_ms, Batch, ContactState, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds,
     Revoke, Seq, UserId,
 };
-use crate::wire::{Protocol, Style, Tag};
 
 /// Starts the hub thread over `store`.
 pub fn spawn(
@@ -56,7 +55,7 @@ pub fn spawn(
         pending_cursors: Default::default(),
         cursors_due: None,
         cursors_wanted: false,
-        outbox: Outbox::default(),
+        staging: Staging::default(),
         batch_time: 0,
     };
     core.load()?;
@@ -69,7 +68,7 @@ pub fn spawn(
 
 /// A device of a user with a session open.
 pub(super) struct Online {
-    pub link: Arc<SessionLink>,
+    pub link: Arc<Link>,
     pub device: DeviceId,
     /// False while the session replays what it missed from the store; it gets no pushes of
     /// its conversations until it has caught up (see `Op::GoLive`).
@@ -87,7 +86,7 @@ pub(super) struct Room {
     pub members: Set<UserId>,
     /// Anonymous sessions in the room (seed 004 before `/nick`); they leave with their
     /// connection.
-    pub guests: Vec<Arc<SessionLink>>,
+    pub guests: Vec<Arc<Link>>,
 }
 
 /// The most effects a kept effect list may hold (a batch of 4,096 requests of one message
@@ -134,7 +133,7 @@ pub(super) struct Core {
     /// only these, so a disconnect costs nothing per binary session online.
     listeners: Map<UserId, usize>,
     /// Anonymous sessions counted in presence, by session id.
-    pub guests: Map<u64, Arc<SessionLink>>,
+    pub guests: Map<u64, Arc<Link>>,
     waiting: Vec<Waiting>,
     /// The last batch's message list, emptied, for the next batch.
     spare_messages: Vec<NewMessage>,
@@ -148,7 +147,7 @@ pub(super) struct Core {
     /// progress goes into it.
     cursors_wanted: bool,
     /// What the batch being performed queues for sessions (kept for its spare lists).
-    outbox: Outbox,
+    staging: Staging,
     /// When the batch being applied began (Unix ms): the receive time of all its messages
     /// (one clock read per batch instead of one per message).
     batch_time: i64,
@@ -166,16 +165,16 @@ pub(super) enum Audience {
 /// What a batch does once its commit is known.
 pub(super) enum Effect {
     Reply {
-        link: Arc<SessionLink>,
-        item: Outbound,
+        link: Arc<Link>,
+        item: Item,
         /// The reply reports something written by this batch: if the commit fails it
         /// becomes an error.
         durable: bool,
     },
     Login {
-        link: Arc<SessionLink>,
+        link: Arc<Link>,
         result: Result<LoginOk, ErrorKind>,
-        welcome: Option<Outbound>,
+        welcome: Option<Item>,
         done: Done<Result<LoginOk, ErrorKind>>,
     },
     /// Completes a request once the commit is known.
@@ -303,12 +302,12 @@ impl Core {
         if !batch.messages.is_empty() {
             debug!(messages = batch.messages.len(), "committed batch");
         }
-        let mut outbox = std::mem::take(&mut self.outbox);
+        let mut staging = std::mem::take(&mut self.staging);
         for effect in effects.drain(..) {
-            self.perform(effect, committed, &mut outbox);
+            self.perform(effect, committed, &mut staging);
         }
-        outbox.flush();
-        self.outbox = outbox;
+        staging.flush();
+        self.staging = staging;
         batch.messages.clear();
         self.spare_messages = batch.messages;
         // A burst's list is not kept for good.
@@ -606,7 +605,7 @@ impl Core {
         existing: Option<UserId>,
         name: &str,
         device: &str,
-        link: &Arc<SessionLink>,
+        link: &Arc<Link>,
         batch: &mut Batch,
     ) -> Result<LoginOk, ErrorKind> {
         let user = match existing {
@@ -677,7 +676,7 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     fn send(
         &mut self,
-        link: &SessionLink,
+        link: &Link,
         from: Actor,
         to: To<'_>,
         body: bytes::Bytes,
@@ -766,7 +765,7 @@ impl Core {
     /// One message to each of `names` (all must exist, or nothing is sent).
     fn send_many(
         &mut self,
-        link: &SessionLink,
+        link: &Link,
         from: Actor,
         names: &[String],
         body: bytes::Bytes,
@@ -960,7 +959,7 @@ impl Core {
         }
     }
 
-    fn perform(&mut self, effect: Effect, committed: bool, out: &mut Outbox) {
+    fn perform(&mut self, effect: Effect, committed: bool, out: &mut Staging) {
         match effect {
             Effect::Reply {
                 link,
@@ -968,8 +967,8 @@ impl Core {
                 durable,
             } => {
                 let item = match item {
-                    Outbound::Reply(tag, Reply::Ok) if durable && !committed => {
-                        Outbound::Reply(tag, Reply::Error(ErrorKind::Internal))
+                    Item::Reply(tag, Reply::Ok) if durable && !committed => {
+                        Item::Reply(tag, Reply::Error(ErrorKind::Internal))
                     }
                     item => item,
                 };
@@ -1031,10 +1030,9 @@ impl Core {
         delivery: &Arc<Delivery>,
         audience: &Audience,
         from: (DeviceId, u64),
-        out: &mut Outbox,
+        out: &mut Staging,
     ) {
-        let mut push =
-            |link: &Arc<SessionLink>| out.push(link, Outbound::Deliver(delivery.clone()));
+        let mut push = |link: &Arc<Link>| out.push(link, Item::Deliver(delivery.clone()));
         match audience {
             Audience::Direct(a, b) => {
                 let to_self = a == b;
@@ -1046,9 +1044,7 @@ impl Core {
                 };
                 // Not back to the sending device (unless it writes to itself).
                 let skip = |device: Option<DeviceId>, _| !to_self && device == Some(from.0);
-                out.push_direct((*a, *b), sessions, skip, || {
-                    Outbound::Deliver(delivery.clone())
-                });
+                out.push_direct((*a, *b), sessions, skip, || Item::Deliver(delivery.clone()));
             }
             Audience::Room(name) => {
                 let Some(room) = self.rooms.get(name) else {
@@ -1085,17 +1081,17 @@ impl Core {
         notice: &Arc<SharedNotice>,
         audience: &Audience,
         except: u64,
-        out: &mut Outbox,
+        out: &mut Staging,
     ) {
         let about = match &notice.notice {
             Notice::Disconnected { name } => self.names.get(name.as_bytes()).copied(),
             _ => None,
         };
-        let mut send = |link: &Arc<SessionLink>| {
+        let mut send = |link: &Arc<Link>| {
             // Binary sessions have no frame for notices: nothing to queue.
             let style = Style::from_u8(link.style.load(std::sync::atomic::Ordering::Relaxed));
             if link.id != except && !matches!(style, Style::Binary | Style::Events) {
-                out.push(link, Outbound::Notice(notice.clone()));
+                out.push(link, Item::Notice(notice.clone()));
             }
         };
         let online = |user: &UserId| -> Vec<&Online> {
@@ -1158,7 +1154,7 @@ impl Core {
         self.last_seqs.clear();
         self.memberships.clear();
         self.contacts.clear();
-        let guests: Vec<(Arc<str>, Vec<Arc<SessionLink>>)> = self
+        let guests: Vec<(Arc<str>, Vec<Arc<Link>>)> = self
             .rooms
             .values_mut()
             .map(|r| (r.name.clone(), std::mem::take(&mut r.guests)))
@@ -1211,7 +1207,7 @@ enum To<'a> {
 /// Answers a send tagged `tag`: OK once committed, then its deliveries; or its error.
 fn answer_sent(
     effects: &mut Vec<Effect>,
-    link: Arc<SessionLink>,
+    link: Arc<Link>,
     tag: Tag,
     sent: Result<impl IntoIterator<Item = Effect>, ErrorKind>,
 ) {
@@ -1219,14 +1215,14 @@ fn answer_sent(
         Ok(deliveries) => {
             effects.push(Effect::Reply {
                 link,
-                item: Outbound::Reply(tag, Reply::Ok),
+                item: Item::Reply(tag, Reply::Ok),
                 durable: true,
             });
             effects.extend(deliveries);
         }
         Err(kind) => effects.push(Effect::Reply {
             link,
-            item: Outbound::Reply(tag, Reply::Error(kind)),
+            item: Item::Reply(tag, Reply::Error(kind)),
             durable: false,
         }),
     }

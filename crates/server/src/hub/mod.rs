@@ -8,7 +8,6 @@
 
 mod contacts;
 mod core;
-mod outbox;
 mod rooms;
 
 use std::collections::HashMap;
@@ -18,9 +17,8 @@ use bytes::Bytes;
 use parley_proto::{ErrorKind, Reply, Target};
 use tokio::sync::oneshot;
 
-use crate::outbound::{Outbound, SessionLink};
+use crate::outbound::{Item, Link, Tag};
 use crate::store::{ConvId, DeviceId, NewToken, ProfileChange, Revoke, Seq, UserId};
-use crate::wire::Tag;
 
 pub use self::core::spawn;
 
@@ -147,12 +145,12 @@ pub(crate) type DirectMessage = parley_proto::binary::MessageView;
 
 pub(crate) enum Op {
     Login {
-        link: Arc<SessionLink>,
+        link: Arc<Link>,
         name: String,
         device: String,
         auth: Auth,
         /// Queued on success before anything else can reach the session.
-        welcome: Option<Outbound>,
+        welcome: Option<Item>,
         done: Done<Result<LoginOk, ErrorKind>>,
     },
     /// Creates an account (or gives a password to a password-less name not online).
@@ -173,7 +171,7 @@ pub(crate) enum Op {
         done: Done<Result<(), ErrorKind>>,
     },
     Send {
-        link: Arc<SessionLink>,
+        link: Arc<Link>,
         from: Actor,
         to: Target,
         body: Bytes,
@@ -186,7 +184,7 @@ pub(crate) enum Op {
     /// Direct messages a binary session read in one go, in order: one hand-over (and one
     /// wake-up of the hub) for all of them instead of one each.
     Direct {
-        link: Arc<SessionLink>,
+        link: Arc<Link>,
         sender: Identity,
         messages: Vec<DirectMessage>,
     },
@@ -197,11 +195,11 @@ pub(crate) enum Op {
     },
     /// Output that must stay in order behind this session's earlier requests.
     Reply {
-        link: Arc<SessionLink>,
-        item: Outbound,
+        link: Arc<Link>,
+        item: Item,
     },
     Join {
-        link: Arc<SessionLink>,
+        link: Arc<Link>,
         actor: Actor,
         room: String,
         /// Leave this room first (seed 004: one room at a time).
@@ -209,7 +207,7 @@ pub(crate) enum Op {
         done: Done<Result<(), ErrorKind>>,
     },
     Leave {
-        link: Arc<SessionLink>,
+        link: Arc<Link>,
         actor: Actor,
         room: String,
         done: Done<Result<(), ErrorKind>>,
@@ -227,7 +225,7 @@ pub(crate) enum Op {
     },
     /// Count this anonymous session in presence listings.
     Guest {
-        link: Arc<SessionLink>,
+        link: Arc<Link>,
     },
     /// Start pushing to this device (JSON sessions push only once they ask).
     Subscribe {
@@ -286,11 +284,11 @@ impl Hub {
     /// Logs `link` in as `name` on `device`.
     pub async fn login(
         &self,
-        link: Arc<SessionLink>,
+        link: Arc<Link>,
         name: String,
         device: String,
         auth: Auth,
-        welcome: Option<Outbound>,
+        welcome: Option<Item>,
     ) -> Result<LoginOk, ErrorKind> {
         self.ask(
             |done| Op::Login {
@@ -320,7 +318,7 @@ impl Hub {
     /// must hold one in-flight permit of `link`, which the hub returns.
     pub fn send(
         &self,
-        link: Arc<SessionLink>,
+        link: Arc<Link>,
         from: Actor,
         to: Target,
         body: Bytes,
@@ -332,12 +330,7 @@ impl Hub {
 
     /// Sends `messages` from `sender`, each answered by its own correlation id, as `send`
     /// would one by one.
-    pub fn send_direct(
-        &self,
-        link: Arc<SessionLink>,
-        sender: Identity,
-        messages: Vec<DirectMessage>,
-    ) {
+    pub fn send_direct(&self, link: Arc<Link>, sender: Identity, messages: Vec<DirectMessage>) {
         let op = Op::Direct {
             link,
             sender,
@@ -347,7 +340,7 @@ impl Hub {
             if let Op::Direct { link, messages, .. } = *op {
                 for m in messages {
                     let reply = Reply::Error(ErrorKind::ShuttingDown);
-                    finish(&link, Outbound::Reply(Tag::Cid(m.cid), reply));
+                    finish(&link, Item::Reply(Tag::Cid(m.cid), reply));
                 }
             }
         }
@@ -357,7 +350,7 @@ impl Hub {
     #[allow(clippy::too_many_arguments)]
     pub fn send_with(
         &self,
-        link: Arc<SessionLink>,
+        link: Arc<Link>,
         from: Actor,
         to: Target,
         body: Bytes,
@@ -377,7 +370,7 @@ impl Hub {
         if let Err(op) = self.submit(op) {
             if let Op::Send { link, tag, .. } = *op {
                 let reply = Reply::Error(ErrorKind::ShuttingDown);
-                finish(&link, Outbound::Reply(tag, reply));
+                finish(&link, Item::Reply(tag, reply));
             }
         }
     }
@@ -389,7 +382,7 @@ impl Hub {
 
     /// Queues `item` behind this session's requests already in the hub. The caller must
     /// hold one in-flight permit of `link`, which the hub returns.
-    pub fn reply_in_order(&self, link: Arc<SessionLink>, item: Outbound) {
+    pub fn reply_in_order(&self, link: Arc<Link>, item: Item) {
         if let Err(op) = self.submit(Op::Reply { link, item }) {
             if let Op::Reply { link, item } = *op {
                 finish(&link, item);
@@ -399,7 +392,7 @@ impl Hub {
 
     pub async fn join(
         &self,
-        link: Arc<SessionLink>,
+        link: Arc<Link>,
         actor: Actor,
         room: String,
         leave: Option<String>,
@@ -419,7 +412,7 @@ impl Hub {
 
     pub async fn leave(
         &self,
-        link: Arc<SessionLink>,
+        link: Arc<Link>,
         actor: Actor,
         room: String,
     ) -> Result<(), ErrorKind> {
@@ -463,7 +456,7 @@ impl Hub {
         self.ask(|done| Op::Who { done }, Presence::default()).await
     }
 
-    pub fn guest(&self, link: Arc<SessionLink>) {
+    pub fn guest(&self, link: Arc<Link>) {
         let _ = self.submit(Op::Guest { link });
     }
 
@@ -507,7 +500,7 @@ impl Hub {
 }
 
 /// Queues a reply and returns the request's in-flight permit.
-fn finish(link: &SessionLink, item: Outbound) {
+fn finish(link: &Link, item: Item) {
     link.push(item);
     link.inflight.add_permits(1);
 }

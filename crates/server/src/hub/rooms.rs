@@ -7,15 +7,14 @@ use parley_proto::ErrorKind;
 
 use super::core::{internal, Audience, Core, Effect, Room};
 use super::{Actor, RoomInfo, Set, ANONYMOUS};
-use crate::delivery::{Notice, SharedNotice};
-use crate::outbound::SessionLink;
+use crate::outbound::{Link, Notice, SharedNotice};
 use crate::store::Batch;
 
 impl Core {
     /// Joins `room` (creating it). Members see `joined`.
     pub(super) fn join_room(
         &mut self,
-        link: &Arc<SessionLink>,
+        link: &Arc<Link>,
         actor: Actor,
         room: &str,
         batch: &mut Batch,
@@ -72,7 +71,7 @@ impl Core {
     /// Leaves `room`. Members that remain see `left`.
     pub(super) fn leave_room(
         &mut self,
-        link: &SessionLink,
+        link: &Link,
         actor: Actor,
         room: &str,
         batch: &mut Batch,

@@ -7,7 +7,7 @@ use tracing::{info, warn};
 use super::Session;
 use crate::auth::{self, PASSWORD_LEN};
 use crate::hub::{AccountChange, Auth};
-use crate::outbound::Outbound;
+use crate::outbound::Item;
 use crate::store::{now_ms, NewToken, Profile, ProfileChange, Revoke};
 
 impl Session {
@@ -40,7 +40,7 @@ impl Session {
         name: &str,
         password: &str,
         device: &str,
-        welcome: Option<Outbound>,
+        welcome: Option<Item>,
     ) -> Result<(), ErrorKind> {
         if self.login.is_some() {
             return Err(ErrorKind::AlreadyLoggedIn);
@@ -74,7 +74,7 @@ impl Session {
     pub(super) async fn token_login(
         &mut self,
         token: &str,
-        welcome: impl FnOnce(&str) -> Option<Outbound>,
+        welcome: impl FnOnce(&str) -> Option<Item>,
     ) -> Result<String, ErrorKind> {
         if self.login.is_some() {
             return Err(ErrorKind::AlreadyLoggedIn);

@@ -7,8 +7,7 @@ use tracing::warn;
 
 use super::{Flow, Session};
 use crate::hub::DirectMessage;
-use crate::outbound::Outbound;
-use crate::wire::Tag;
+use crate::outbound::{Item, Tag};
 
 impl Session {
     /// Handles every complete frame in `buf`. The direct messages among them go to the hub
@@ -120,7 +119,7 @@ impl Session {
                 let reply = match validate_name(&username, max_name) {
                     Ok(name) => {
                         let name = name.to_string();
-                        let welcome = Outbound::Reply(Tag::Cid(cid), Reply::Ok);
+                        let welcome = Item::Reply(Tag::Cid(cid), Reply::Ok);
                         match self.login(&name, Some(welcome)).await {
                             Ok(()) => return,
                             Err(kind) => Reply::Error(kind),
@@ -192,7 +191,7 @@ impl Session {
             } => {
                 // With a token asked for, the Token frame must come before the response.
                 let want_token = flags & binary::flags::WANT_TOKEN != 0;
-                let welcome = (!want_token).then(|| Outbound::Reply(Tag::Cid(cid), Reply::Ok));
+                let welcome = (!want_token).then(|| Item::Reply(Tag::Cid(cid), Reply::Ok));
                 let result = match (utf8(&username), utf8(&password), utf8(&device)) {
                     (Ok(name), Ok(password), Ok(device)) => {
                         self.password_login(name, password, device, welcome).await
@@ -218,7 +217,7 @@ impl Session {
                 self.answer(cid, reply(result)).await;
             }
             Frame::LoginToken { cid, token } => {
-                let welcome = |_: &str| Some(Outbound::Reply(Tag::Cid(cid), Reply::Ok));
+                let welcome = |_: &str| Some(Item::Reply(Tag::Cid(cid), Reply::Ok));
                 let result = match utf8(&token) {
                     Ok(token) => self.token_login(token, welcome).await.map(drop),
                     Err(kind) => Err(kind),
@@ -282,12 +281,12 @@ impl Session {
     pub(super) async fn send_frame(&mut self, frame: Frame) {
         let mut out = BytesMut::new();
         if frame.encode(&mut out).is_ok() {
-            self.say(Outbound::Bytes(out.freeze())).await;
+            self.say(Item::Bytes(out.freeze())).await;
         }
     }
 
     pub(super) async fn answer(&mut self, cid: u32, reply: Reply) {
-        self.say(Outbound::Reply(Tag::Cid(cid), reply)).await;
+        self.say(Item::Reply(Tag::Cid(cid), reply)).await;
     }
 }
 

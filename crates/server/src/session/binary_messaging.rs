@@ -11,8 +11,8 @@ use super::binary::{reply, utf8};
 use super::Session;
 use crate::files::Offer;
 use crate::hub::{Actor, ContactAction};
+use crate::outbound::{Style, Tag};
 use crate::store::{Page, Resolved};
-use crate::wire::{Style, Tag};
 
 impl Session {
     pub(super) async fn messaging_frame(&mut self, frame: Frame) {
@@ -296,7 +296,7 @@ impl Session {
     /// From now on this session's pushes are `Event` frames and its cursor moves on acks.
     pub(super) fn enable_acks(&mut self) -> Result<(), ErrorKind> {
         self.link.acks.store(true, Ordering::Relaxed);
-        if self.link.protocol == crate::wire::Protocol::Binary {
+        if self.link.protocol == crate::outbound::Protocol::Binary {
             self.set_style(Style::Events);
         }
         Ok(())

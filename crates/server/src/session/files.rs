@@ -7,7 +7,7 @@ use parley_proto::{validate_name, ErrorKind, Target};
 use super::Session;
 use crate::files::{Offer, Progress};
 use crate::hub::Actor;
-use crate::wire::Tag;
+use crate::outbound::Tag;
 
 /// Longest file name and media type accepted, in bytes.
 const MAX_META: usize = 255;

@@ -14,18 +14,17 @@ use serde::Serialize;
 
 use super::{Flow, Session};
 use crate::files::{Offer, Progress};
-use crate::outbound::Outbound;
+use crate::outbound::{json_error, Item, Tag};
 use crate::store::{Page, Resolved};
-use crate::wire::{json_error, Tag};
 
 /// Messages LIST_MESSAGES shows (as seed 001 does).
 const RECENT: usize = 20;
 
 /// One response line, ready to queue.
-fn json_line(success: bool, message: &str, data: Value, id: Option<Arc<Value>>) -> Outbound {
+fn json_line(success: bool, message: &str, data: Value, id: Option<Arc<Value>>) -> Item {
     let mut out = Vec::new();
     json::encode_response(success, message, &data, id.as_deref(), &mut out);
-    Outbound::Bytes(Bytes::from(out))
+    Item::Bytes(Bytes::from(out))
 }
 
 /// The line a seed-001 client waits for after connecting.
@@ -541,7 +540,7 @@ impl Session {
     ) {
         let mut out = Vec::new();
         json::encode_response(success, message, &data, id.as_deref(), &mut out);
-        self.say(Outbound::Bytes(Bytes::from(out))).await;
+        self.say(Item::Bytes(Bytes::from(out))).await;
     }
 
     async fn json_send(

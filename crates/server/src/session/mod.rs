@@ -29,9 +29,8 @@ use crate::catchup;
 use crate::config::Config;
 use crate::conn::{Conn, ReadHalf};
 use crate::hub::{Actor, Auth, Hub, Identity};
-use crate::outbound::{Kill, LinkLimits, Outbound, SessionLink, Writer};
+use crate::outbound::{Item, Kill, Link, LinkLimits, Protocol, Style, Writer};
 use crate::store::Reader;
-use crate::wire::{Protocol, Style};
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 8 * 1024;
@@ -97,7 +96,7 @@ struct Session {
     /// Logged in with a password or token (not password-less).
     account: bool,
     shared: Arc<Shared>,
-    link: Arc<SessionLink>,
+    link: Arc<Link>,
     lines: LineDecoder,
     idle: Option<Duration>,
     bucket: Bucket,
@@ -127,20 +126,16 @@ impl Session {
         let tls = conn.is_tls();
         let (read, write) = conn.split();
         let config = &shared.config;
-        let writer = Writer {
-            socket: write,
-            fd,
-            hub: shared.hub.clone(),
-            flush_timeout: config.shutdown_timeout(),
-        };
+        let writer = Writer::new(write, fd, shared.hub.clone());
         let limits = LinkLimits {
             queue: config.outbound_queue + REPLAY_WINDOW + config.max_inflight,
             pushes: config.outbound_queue,
             inflight: config.max_inflight,
             replay: REPLAY_WINDOW,
+            flush_timeout: config.shutdown_timeout(),
         };
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-        let link = SessionLink::new(id, protocol, limits, writer);
+        let link = Link::new(id, protocol, limits, writer);
         // Per-connection lines at info are the login and the disconnect (both with the peer).
         tracing::debug!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
         let idle = match protocol {
@@ -166,7 +161,7 @@ impl Session {
         if protocol == Protocol::Json {
             session.shared.hub.guest(session.link.clone());
             if greet {
-                session.link.push(Outbound::Bytes(json::welcome()));
+                session.link.push(Item::Bytes(json::welcome()));
             }
         }
         (session, read)
@@ -278,7 +273,7 @@ impl Session {
 
     fn idle_out(&self) -> String {
         if self.link.protocol == Protocol::Text {
-            self.link.push(Outbound::Bytes(Bytes::from_static(
+            self.link.push(Item::Bytes(Bytes::from_static(
                 b"INFO disconnected due to inactivity\n",
             )));
         }
@@ -304,7 +299,7 @@ impl Session {
     }
 
     /// Logs in as `name` without a password (seed 000, 002, 004, 001 logins).
-    async fn login(&mut self, name: &str, welcome: Option<Outbound>) -> Result<(), ErrorKind> {
+    async fn login(&mut self, name: &str, welcome: Option<Item>) -> Result<(), ErrorKind> {
         self.login_as(name, "", Auth::None, welcome).await
     }
 
@@ -316,7 +311,7 @@ impl Session {
         name: &str,
         device: &str,
         auth: Auth,
-        welcome: Option<Outbound>,
+        welcome: Option<Item>,
     ) -> Result<(), ErrorKind> {
         if self.login.is_some() {
             return Err(ErrorKind::AlreadyLoggedIn);
@@ -372,7 +367,7 @@ impl Session {
 
     /// Queues output the session produced itself, in order behind any request still with
     /// the hub.
-    async fn say(&mut self, item: Outbound) {
+    async fn say(&mut self, item: Item) {
         let all = self.shared.config.max_inflight;
         if self.link.inflight.available_permits() == all {
             self.link.push(item);
@@ -385,7 +380,7 @@ impl Session {
     async fn say_line(&mut self, line: String) {
         let mut line = line.into_bytes();
         line.push(b'\n');
-        self.say(Outbound::Bytes(Bytes::from(line))).await;
+        self.say(Item::Bytes(Bytes::from(line))).await;
     }
 
     /// Waits until every request this session already handed to the hub is answered, so
@@ -435,10 +430,10 @@ impl Session {
 }
 
 /// One line of output, with its newline.
-fn line(text: impl Into<String>) -> Outbound {
+fn line(text: impl Into<String>) -> Item {
     let mut text: String = text.into();
     text.push('\n');
-    Outbound::Bytes(Bytes::from(text))
+    Item::Bytes(Bytes::from(text))
 }
 
 /// A connection's one timer, boxed so that a connection without deadlines (a binary session

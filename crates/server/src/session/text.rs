@@ -6,9 +6,8 @@ use parley_proto::text::{self, TextCommand};
 use parley_proto::{validate_name, ErrorKind, Target};
 
 use super::{Flow, Session};
-use crate::outbound::Outbound;
+use crate::outbound::{slash_error, Item, Style, Tag};
 use crate::store::{Page, Resolved};
-use crate::wire::{slash_error, Style, Tag};
 
 /// Messages a `HISTORY` returns when no count is given.
 const DEFAULT_HISTORY: usize = 50;
@@ -83,7 +82,7 @@ impl Session {
                     out.push('\n');
                 }
                 out.push_str("OK\n");
-                self.say(Outbound::Bytes(Bytes::from(out))).await;
+                self.say(Item::Bytes(Bytes::from(out))).await;
             }
             TextCommand::Quit => {
                 self.say_line("BYE".into()).await;
@@ -134,7 +133,7 @@ impl Session {
                     out.push('\n');
                 }
                 if !out.is_empty() {
-                    self.say(Outbound::Bytes(Bytes::from(out))).await;
+                    self.say(Item::Bytes(Bytes::from(out))).await;
                 }
             }
             _ if !logged_in && !is_slash(&command) => {
@@ -230,7 +229,7 @@ impl Session {
                     ));
                 }
                 out.push_str("OK\n");
-                self.say(Outbound::Bytes(Bytes::from(out))).await;
+                self.say(Item::Bytes(Bytes::from(out))).await;
             }
             TextCommand::History {
                 target,
@@ -249,7 +248,7 @@ impl Session {
                     }
                     Err(kind) => format!("ERR {}\n", text::error_word(kind)),
                 };
-                self.say(Outbound::Bytes(Bytes::from(out))).await;
+                self.say(Item::Bytes(Bytes::from(out))).await;
             }
             TextCommand::Contact { action, name } => {
                 let result = match super::contacts::action(&action) {
@@ -274,7 +273,7 @@ impl Session {
                     }
                     Err(kind) => format!("ERR {}\n", text::error_word(kind)),
                 };
-                self.say(Outbound::Bytes(Bytes::from(out))).await;
+                self.say(Item::Bytes(Bytes::from(out))).await;
             }
             TextCommand::Users => {
                 let mut out = String::new();
@@ -293,7 +292,7 @@ impl Session {
                     }
                     Err(kind) => out = format!("ERR {}\n", text::error_word(kind)),
                 }
-                self.say(Outbound::Bytes(Bytes::from(out))).await;
+                self.say(Item::Bytes(Bytes::from(out))).await;
             }
             TextCommand::Members { room } => {
                 let out = match self.shared.hub.members(room).await {
@@ -307,7 +306,7 @@ impl Session {
                     }
                     Err(kind) => format!("ERR {}\n", text::error_word(kind)),
                 };
-                self.say(Outbound::Bytes(Bytes::from(out))).await;
+                self.say(Item::Bytes(Bytes::from(out))).await;
             }
             TextCommand::SlashNick { name } => {
                 let line = match (self.name_ok(&name), &self.login) {
@@ -404,7 +403,7 @@ impl Session {
     async fn send_text(&mut self, to: Target, text: String, tag: Tag) {
         if !self.messages.allow() {
             let reply = parley_proto::Reply::Error(ErrorKind::RateLimited);
-            return self.say(Outbound::Reply(tag, reply)).await;
+            return self.say(Item::Reply(tag, reply)).await;
         }
         self.acquire_inflight().await;
         let body = Bytes::from(text);
@@ -472,7 +471,7 @@ impl Session {
             Ok(Resolved::NotFound) => "ERR not-found\n".to_string(),
             Err(_) => "ERR internal-error\n".to_string(),
         };
-        self.say(Outbound::Bytes(Bytes::from(lines))).await;
+        self.say(Item::Bytes(Bytes::from(lines))).await;
     }
 }
 

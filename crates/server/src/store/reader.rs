@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::log::Lookup;
 use super::{ConvId, DeviceId, MessageIndex, MessageLog, Seq, UserId};
 use crate::config::SyncMode;
-use crate::delivery::Kind;
+use crate::outbound::Kind;
 
 /// Where a device stands in one conversation it belongs to.
 #[derive(Debug, Clone)]

@@ -1,4 +1,4 @@
-//! What one batch queues for sessions, gathered per session.
+//! What one hub batch queues for sessions, staged per session until the batch ends.
 //!
 //! Each push into a session's queue takes its lock and touches memory its writer (on
 //! another core) touched last: pushed one by one, a room message cost that for every
@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::delivery::{Delivery, RoomRun};
-use crate::outbound::{Outbound, SessionLink};
+use super::delivery::{Delivery, RoomRun};
+use super::link::Link;
+use super::Item;
 use crate::store::{DeviceId, UserId};
 
 /// Emptied lists kept for the next batch, and the most slots a kept one may have.
@@ -17,12 +18,12 @@ const SPARE_LISTS: usize = 1024;
 const SPARE_SLOTS: usize = 64;
 
 #[derive(Default)]
-pub(super) struct Outbox {
+pub struct Staging {
     /// Where each session's items are in `staged`, by link id.
     slots: HashMap<u64, usize, ahash::RandomState>,
     staged: Vec<Staged>,
     /// Emptied item lists, kept for the next batch.
-    spare: Vec<Vec<Outbound>>,
+    spare: Vec<Vec<Item>>,
     /// Each room named so far: the sessions it reaches, as slots in `staged`, and its
     /// messages. Membership and presence do not change while a batch's effects are
     /// performed, so the first message to a room looks its sessions up and the room's
@@ -55,20 +56,20 @@ struct Reach {
 }
 
 struct Staged {
-    link: Arc<SessionLink>,
-    items: Vec<Outbound>,
+    link: Arc<Link>,
+    items: Vec<Item>,
     /// In-flight permits to return once the replies are queued.
     permits: usize,
 }
 
-impl Outbox {
+impl Staging {
     /// Queues `item` for `link` when the batch is flushed.
-    pub fn push(&mut self, link: &Arc<SessionLink>, item: Outbound) {
+    pub fn push(&mut self, link: &Arc<Link>, item: Item) {
         self.staged(link).items.push(item);
     }
 
     /// Queues a reply to a request, returning its in-flight permit after it.
-    pub fn reply(&mut self, link: &Arc<SessionLink>, item: Outbound) {
+    pub fn reply(&mut self, link: &Arc<Link>, item: Item) {
         let staged = self.staged(link);
         staged.items.push(item);
         staged.permits += 1;
@@ -85,7 +86,7 @@ impl Outbox {
         skip: impl Fn(Option<DeviceId>, u64) -> bool,
         delivery: &Arc<Delivery>,
     ) where
-        I: IntoIterator<Item = (&'a Arc<SessionLink>, Option<DeviceId>)>,
+        I: IntoIterator<Item = (&'a Arc<Link>, Option<DeviceId>)>,
     {
         if !self.rooms.contains_key(room) {
             let reach = sessions()
@@ -114,12 +115,10 @@ impl Outbox {
             }
             let items = &mut self.staged[r.slot].items;
             match items.last_mut() {
-                Some(Outbound::Run(run, _, end))
-                    if Arc::ptr_eq(run, &batch.run) && *end == index =>
-                {
+                Some(Item::Run(run, _, end)) if Arc::ptr_eq(run, &batch.run) && *end == index => {
                     *end += 1
                 }
-                _ => items.push(Outbound::Run(batch.run.clone(), index, index + 1)),
+                _ => items.push(Item::Run(batch.run.clone(), index, index + 1)),
             }
         }
     }
@@ -132,9 +131,9 @@ impl Outbox {
         members: (UserId, UserId),
         sessions: impl FnOnce() -> I,
         skip: impl Fn(Option<DeviceId>, u64) -> bool,
-        item: impl Fn() -> Outbound,
+        item: impl Fn() -> Item,
     ) where
-        I: IntoIterator<Item = (&'a Arc<SessionLink>, Option<DeviceId>)>,
+        I: IntoIterator<Item = (&'a Arc<Link>, Option<DeviceId>)>,
     {
         if self.last_direct != Some(members) {
             self.direct_reach.clear();
@@ -177,12 +176,12 @@ impl Outbox {
         }
     }
 
-    fn staged(&mut self, link: &Arc<SessionLink>) -> &mut Staged {
+    fn staged(&mut self, link: &Arc<Link>) -> &mut Staged {
         let slot = self.slot(link);
         &mut self.staged[slot]
     }
 
-    fn slot(&mut self, link: &Arc<SessionLink>) -> usize {
+    fn slot(&mut self, link: &Arc<Link>) -> usize {
         if let Some((_, slot)) = self.recent.iter().flatten().find(|r| r.0 == link.id) {
             return *slot;
         }

@@ -5,8 +5,8 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 
+use super::encode::Style;
 use crate::store::{ConvId, Seq};
-use crate::wire::Style;
 
 /// The kind of conversation a message belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +125,7 @@ impl Delivery {
 }
 
 /// A room's messages of one batch, in order, shared by every member the batch reaches: a
-/// member gets one queue item for a stretch of them (`Outbound::Run`) instead of one per
+/// member gets one queue item for a stretch of them (`Item::Run`) instead of one per
 /// message, and the stretch's bytes are encoded once per style for all members, each member
 /// copying its stretch in one go. A batch of the benchmark's one publisher holds 15 messages
 /// on average for 1,000 members.
@@ -162,7 +162,7 @@ impl RoomRun {
     }
 
     /// Appends messages `range` of the run in `style` (the part of it the run holds: the
-    /// outbox hands out only stretches of a completed run, and a writer must not panic on
+    /// hub stages only stretches of a completed run, and a writer must not panic on
     /// one that is not).
     pub fn write_to(&self, style: Style, range: std::ops::Range<usize>, dst: &mut BytesMut) {
         let Some(deliveries) = self.deliveries.get() else {

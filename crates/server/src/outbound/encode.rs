@@ -12,7 +12,7 @@ use parley_proto::json::{self, Value};
 use parley_proto::{binary, text, ErrorKind, Reply};
 use serde::Serialize;
 
-use crate::delivery::{ContactChange, Delivery, Kind, Notice};
+use super::delivery::{ContactChange, Delivery, Kind, Notice};
 
 /// How a connection's bytes are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

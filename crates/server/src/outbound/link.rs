@@ -1,0 +1,400 @@
+//! A session's link: what the hub and the session hold of its output.
+//!
+//! The link owns the session's bounded queue, its kill switch, its in-flight budget, and the
+//! writer's state while no writer task runs (see `writer`): the first push into the empty
+//! queue starts a task from any thread, the hub's included.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use tokio::sync::Semaphore;
+
+use super::encode::Protocol;
+use super::queue::{Pushed, Queue, Refused};
+use super::writer::{self, Writer, BATCH};
+use super::Item;
+use crate::store::DeviceId;
+
+/// What the hub holds of a session: its queue, its kill switch, its in-flight budget, and
+/// its writer while no writer task runs.
+#[derive(Debug)]
+pub struct Link {
+    pub id: u64,
+    pub protocol: Protocol,
+    /// How pushes are written to this session (a `Style` as u8; the text protocol switches
+    /// between its two dialects).
+    pub style: AtomicU8,
+    /// What waits to be written; empty (and unallocated) while the session is idle.
+    pub(super) queue: Queue<Item>,
+    /// Why the connection is dropped at once, once it is (a [`Kill`] as u8, 0 before);
+    /// see [`Link::kill`].
+    kill: AtomicU8,
+    /// Wakes the session's task: in `poll_killed` (a waker slot here instead of a waiter
+    /// node in the future of every session, which waits for its kill for as long as it
+    /// lives) and in `close_writer`, when the writer has stopped.
+    session_waker: AtomicWaker,
+    /// The writer has stopped for good.
+    writer_done: AtomicBool,
+    /// The device the session logged in on, 0 before (device 0 is the anonymous sender's,
+    /// never a logged-in session's): cursors are reported for it.
+    device: AtomicI64,
+    /// One permit per request in flight; the hub returns it once the reply is queued.
+    pub inflight: Semaphore,
+    /// Pushes (deliveries, notices) waiting in the queue, and how many may
+    /// (`outbound_queue`): the queue's other slots are for replies and catch-up, which have
+    /// their own bounds.
+    pub(super) pushed: std::sync::atomic::AtomicUsize,
+    /// A u32 like the other limits: the link is allocated for every connection, and these
+    /// pack beside its flags.
+    push_limit: u32,
+    /// The client acks what it received (binary `EnableAcks`, JSON `SUBSCRIBE` with acks):
+    /// its acks, not TCP's, move the device's cursor.
+    pub acks: std::sync::atomic::AtomicBool,
+    /// Slots of the queue that catch-up may fill, so a long replay never leaves the hub
+    /// without room for replies and live pushes. The writer returns them.
+    pub replay: Semaphore,
+    /// The writer's state while no writer task runs.
+    parked: Mutex<Option<Box<Writer>>>,
+    /// Where writer tasks run (pushes come from the hub's thread too).
+    runtime: tokio::runtime::Handle,
+    me: Weak<Link>,
+    flush_timeout_ms: u32,
+}
+
+/// Why a session is dropped at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kill {
+    /// Its queue passed its limit: it does not read what it is sent.
+    SlowConsumer = 1,
+    /// Reading what it missed from the store failed.
+    CatchupFailed = 2,
+}
+
+impl Kill {
+    fn from_u8(v: u8) -> Option<Kill> {
+        match v {
+            1 => Some(Kill::SlowConsumer),
+            2 => Some(Kill::CatchupFailed),
+            _ => None,
+        }
+    }
+
+    /// What the session's disconnect line says.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Kill::SlowConsumer => "slow consumer: outbound queue full",
+            Kill::CatchupFailed => "catch-up failed",
+        }
+    }
+}
+
+/// A link's sizes.
+pub struct LinkLimits {
+    /// Every slot of the queue (pushes, replies in flight, replay window).
+    pub queue: usize,
+    pub pushes: usize,
+    pub inflight: usize,
+    pub replay: usize,
+    /// Bound on the closing flush.
+    pub flush_timeout: Duration,
+}
+
+impl Link {
+    /// The link of a new session, with its writer parked (call inside the runtime).
+    pub fn new(id: u64, protocol: Protocol, limits: LinkLimits, writer: Writer) -> Arc<Self> {
+        let flush_timeout_ms = u32::try_from(limits.flush_timeout.as_millis()).unwrap_or(u32::MAX);
+        Arc::new_cyclic(|me| Link {
+            id,
+            protocol,
+            style: AtomicU8::new(protocol.style() as u8),
+            queue: Queue::parked(limits.queue),
+            kill: AtomicU8::new(0),
+            session_waker: AtomicWaker::new(),
+            writer_done: AtomicBool::new(false),
+            device: AtomicI64::new(0),
+            inflight: Semaphore::new(limits.inflight),
+            pushed: Default::default(),
+            push_limit: u32::try_from(limits.pushes).unwrap_or(u32::MAX),
+            acks: Default::default(),
+            replay: Semaphore::new(limits.replay),
+            parked: Mutex::new(Some(Box::new(writer))),
+            runtime: tokio::runtime::Handle::current(),
+            me: me.clone(),
+            flush_timeout_ms,
+        })
+    }
+
+    /// Queues `item` without waiting. A full queue makes this session a slow consumer: it
+    /// is disconnected, and whatever it had not received stays in the log for next time.
+    pub fn push(&self, item: Item) {
+        // The queue also holds room for the replies to requests in flight (bounded by
+        // `max_inflight`) and for the slots catch-up may still claim: pushes may not use
+        // either, so `outbound_queue` is the real limit on what waits for a slow reader.
+        if !self.claim_pushes(item.pushes()) {
+            return self.kill(Kill::SlowConsumer);
+        }
+        match self.enqueue(item) {
+            Ok(()) => {}
+            Err(Refused::Full) => self.kill(Kill::SlowConsumer),
+            // The writer has stopped: the session is ending, and what it did not write
+            // stays in the log for the device's next login.
+            Err(Refused::Closed) => {}
+        }
+    }
+
+    /// Queues `items` (emptying it) in order, as `push` would one by one, with one lock and
+    /// one wake-up: the hub's way when a batch has several items for one session.
+    pub fn push_all(&self, items: &mut Vec<Item>) {
+        // Past the limit one by one would queue some and then kill the session, whose
+        // writer then writes none of them: the same as queueing none.
+        if !self.claim_pushes(items.iter().map(Item::pushes).sum()) {
+            items.clear();
+            return self.kill(Kill::SlowConsumer);
+        }
+        match self.queue.push_all(items) {
+            Ok(Pushed::Start) => self.start_writer(),
+            Ok(Pushed::Queued) | Err(Refused::Closed) => {}
+            Err(Refused::Full) => self.kill(Kill::SlowConsumer),
+        }
+    }
+
+    /// Counts `n` more pushes waiting in the queue, unless that would pass the limit.
+    fn claim_pushes(&self, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        if self.pushed.load(Ordering::Relaxed) + n > self.push_limit as usize {
+            return false;
+        }
+        self.pushed.fetch_add(n, Ordering::Relaxed);
+        true
+    }
+
+    /// Queues `item`, starting a writer task if none runs.
+    pub fn enqueue(&self, item: Item) -> Result<(), Refused> {
+        if self.queue.push(item)? == Pushed::Start {
+            self.start_writer();
+        }
+        Ok(())
+    }
+
+    fn start_writer(&self) {
+        let parked = lock(&self.parked).take();
+        match (parked, self.me.upgrade()) {
+            (Some(writer), Some(link)) => drop(self.runtime.spawn(writer::run(link, writer))),
+            // Only a writer that parked asks for a new one, and it parked its state first.
+            _ => debug_assert!(false, "a writer was asked for, with none parked"),
+        }
+    }
+
+    /// Drops the connection at once: its session stops reading and its writer stops
+    /// writing. The first reason given is the one reported.
+    pub fn kill(&self, why: Kill) {
+        let _ = self
+            .kill
+            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
+        // The writer (or a session flushing its own) waits with its waker in the queue.
+        self.queue.interrupt();
+        self.session_waker.wake();
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.killed_for().is_some()
+    }
+
+    /// Why the session was killed, if it was.
+    pub fn killed_for(&self) -> Option<Kill> {
+        Kill::from_u8(self.kill.load(Ordering::Acquire))
+    }
+
+    /// Records the device the session logged in on.
+    pub fn set_device(&self, device: DeviceId) {
+        self.device.store(device, Ordering::Release);
+    }
+
+    pub(super) fn device(&self) -> Option<DeviceId> {
+        Some(self.device.load(Ordering::Acquire)).filter(|d| *d != 0)
+    }
+
+    pub(super) fn flush_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.flush_timeout_ms))
+    }
+
+    /// Ready once the session is killed: the session's own wait (one task polls this).
+    pub fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_session(cx, Link::is_killed)
+    }
+
+    /// Ready once `done` holds, else the session's task is woken when it may: the waits of
+    /// the session's task on its link.
+    fn poll_session(&self, cx: &mut Context<'_>, done: impl Fn(&Link) -> bool) -> Poll<()> {
+        if !done(self) {
+            // Registered before the second check, so a change between the two still wakes it.
+            self.session_waker.register(cx.waker());
+        }
+        match done(self) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+
+    /// The writer's wait for its next turn: up to `BATCH` items moved into `items` (0 once
+    /// the queue is finishing and empty), or `None` once the session is killed. A kill wakes
+    /// the writer through the waker it leaves in the queue, so a wait takes the queue's one
+    /// lock (a wait on a `Notify` took two more locks every turn, and polling it one more).
+    pub(super) fn poll_turn(
+        &self,
+        cx: &mut Context<'_>,
+        items: &mut Vec<Item>,
+    ) -> Poll<Option<usize>> {
+        if self.is_killed() {
+            return Poll::Ready(None);
+        }
+        let turn = self.queue.poll_take(cx, items, BATCH);
+        // Checked again once the waker is left: a kill in between still wakes it.
+        if self.is_killed() {
+            return Poll::Ready(None);
+        }
+        turn.map(Some)
+    }
+
+    /// Waits on `write` (a write the socket did not take at once) unless the session is
+    /// killed meanwhile: false then, or if the write failed.
+    pub(super) fn poll_write<F>(&self, cx: &mut Context<'_>, write: Pin<&mut F>) -> Poll<bool>
+    where
+        F: Future<Output = std::io::Result<()>>,
+    {
+        if self.is_killed() {
+            return Poll::Ready(false);
+        }
+        if let Poll::Ready(r) = write.poll(cx) {
+            return Poll::Ready(r.is_ok());
+        }
+        self.queue.watch(cx);
+        match self.is_killed() {
+            true => Poll::Ready(false),
+            false => Poll::Pending,
+        }
+    }
+
+    /// Ends the writer: what is queued is written (unless the session was killed), the
+    /// peer gets a moment to acknowledge it, its progress is reported, and the socket is
+    /// shut down; bounded by the flush timeout. Returns once the writer has stopped.
+    pub async fn close_writer(&self) {
+        // A running writer's `take` returns 0 once the finishing queue is empty: it then
+        // flushes and stops.
+        if self.queue.finish() {
+            // No writer task runs: this session flushes its own.
+            let parked = lock(&self.parked).take();
+            if let Some(mut writer) = parked {
+                let mut items = Vec::new();
+                let flush = writer.flush(self, &mut items);
+                let _ = tokio::time::timeout(self.flush_timeout(), Box::pin(flush)).await;
+            }
+            self.writer_stopped();
+        } else {
+            let wait = self.flush_timeout() + Duration::from_secs(1);
+            let stopped = std::future::poll_fn(|cx| {
+                self.poll_session(cx, |link| link.writer_done.load(Ordering::Acquire))
+            });
+            let _ = tokio::time::timeout(wait, stopped).await;
+        }
+    }
+
+    /// Parks the writer's state in the link, unless items arrived meanwhile or the queue is
+    /// finishing: then it is given back and the writer goes on.
+    pub(super) fn park(&self, writer: Box<Writer>) -> Option<Box<Writer>> {
+        *lock(&self.parked) = Some(writer);
+        if self.queue.park() {
+            return None;
+        }
+        Some(lock(&self.parked).take().expect("parked just above"))
+    }
+
+    /// The writer is gone for good: later pushes are refused and nothing stays queued.
+    pub(super) fn writer_stopped(&self) {
+        self.queue.close();
+        drop(lock(&self.parked).take());
+        self.writer_done.store(true, Ordering::Release);
+        self.session_waker.wake();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::WriteHalf;
+    use crate::hub::Hub;
+
+    /// A link over a loopback connection whose peer (returned) never reads.
+    async fn link_to_a_stalled_peer() -> (Arc<Link>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (peer, accepted) = tokio::join!(peer, listener.accept());
+        let socket = accepted.unwrap().0;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+        let (_read, write) = socket.into_split();
+        let writer = Writer::new(WriteHalf::Tcp(write), fd, Hub::stopped());
+        let limits = LinkLimits {
+            queue: 8,
+            pushes: 8,
+            inflight: 8,
+            replay: 8,
+            flush_timeout: Duration::from_secs(1),
+        };
+        (
+            Link::new(1, Protocol::Binary, limits, writer),
+            peer.unwrap(),
+        )
+    }
+
+    /// The writer's two waits (for its next turn, and on a write the socket does not take)
+    /// end when the session is killed: the kill wakes them through the queue.
+    #[tokio::test]
+    async fn a_kill_ends_the_writers_waits() {
+        let (link, _peer) = link_to_a_stalled_peer().await;
+        let turn = tokio::spawn({
+            let link = link.clone();
+            async move { std::future::poll_fn(|cx| link.poll_turn(cx, &mut Vec::new())).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!turn.is_finished(), "nothing queued: the turn waits");
+        link.kill(Kill::SlowConsumer);
+        let turn = tokio::time::timeout(Duration::from_secs(5), turn).await;
+        assert_eq!(turn.expect("woken by the kill").unwrap(), None);
+
+        let (link, _peer) = link_to_a_stalled_peer().await;
+        let write = tokio::spawn({
+            let link = link.clone();
+            async move {
+                // A write the stalled peer never lets complete.
+                let mut write = std::pin::pin!(std::future::pending::<std::io::Result<()>>());
+                std::future::poll_fn(|cx| link.poll_write(cx, write.as_mut())).await
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!write.is_finished(), "the write waits");
+        link.kill(Kill::SlowConsumer);
+        let written = tokio::time::timeout(Duration::from_secs(5), write).await;
+        assert!(!written.expect("woken by the kill").unwrap());
+    }
+
+    /// Every connection holds a link, and an idle one its parked writer state: each fits
+    /// the jemalloc size class it was trimmed to (320 and 192 bytes; the `Arc` adds 16 bytes
+    /// of counts). A field more costs every connection the next class up.
+    #[test]
+    fn a_link_and_a_parked_writer_fit_their_allocation_classes() {
+        assert!(std::mem::size_of::<Link>() + 16 <= 320);
+        assert!(std::mem::size_of::<Writer>() <= 192);
+    }
+}

@@ -1,0 +1,82 @@
+//! The output path: everything written to a client, from the hub's hands to the socket.
+//!
+//! ```text
+//! hub batch ─► Staging (items gathered per session) ─► Link (bounded queue, kill switch)
+//!                                                        │ first push starts
+//!                                                        ▼
+//!           ProgressSink (the hub) ◄── Writer task (encode, one write call, TCP acks)
+//! ```
+//!
+//! The hub never waits on a socket: it pushes [`Item`]s into a session's [`Link`] without
+//! waiting and, when the queue is full, disconnects the session as a slow consumer (what it
+//! missed stays in the log). A [`Writer`] task takes everything queued, encodes it into one
+//! buffer (`encode`; a message shared by many sessions is encoded once per style,
+//! `delivery`) and writes it with one call. It reports how far each conversation got once
+//! the peer's TCP stack acknowledged the bytes (`tcp_ack`) to a [`ProgressSink`], which
+//! makes it the device's cursor. A writer task runs only while there is something to do: the
+//! first push into an empty queue starts it, and after a moment with nothing to write it
+//! parks its state in the link and ends.
+//!
+//! Dependencies point one way: the hub and sessions use this module; it knows neither (the
+//! progress sink is the one thing it calls back, through a trait).
+
+mod delivery;
+mod encode;
+mod link;
+mod queue;
+mod staging;
+mod tcp_ack;
+mod writer;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parley_proto::Reply;
+
+pub use delivery::{ContactChange, Delivery, Kind, Notice, RoomRun, SharedNotice};
+pub use encode::{json_error, slash_error, Protocol, Style, Tag};
+pub use link::{Kill, Link, LinkLimits};
+pub use queue::Refused;
+pub use staging::Staging;
+pub use writer::Writer;
+
+/// One thing to write to a client.
+#[derive(Debug)]
+pub enum Item {
+    Reply(Tag, Reply),
+    /// Bytes the session rendered itself.
+    Bytes(Bytes),
+    /// A presence notice, written in the session's style.
+    Notice(Arc<SharedNotice>),
+    /// A live push from the hub.
+    Deliver(Arc<Delivery>),
+    /// Live pushes of a room: messages `start..end` of a batch's run.
+    Run(Arc<RoomRun>, u32, u32),
+    /// A message replayed from the log while catching up; holds one `replay` permit.
+    Replay(Arc<Delivery>),
+}
+
+impl Item {
+    /// How many pushes this is, for the session's push limit (`Link::pushed`).
+    fn pushes(&self) -> usize {
+        match self {
+            Item::Deliver(_) | Item::Notice(_) => 1,
+            Item::Run(_, start, end) => (end - start) as usize,
+            _ => 0,
+        }
+    }
+
+    /// The bytes this takes in a write in `style`: exact for messages and notices (encoded
+    /// once per style and shared) and rendered bytes, a guess for replies.
+    fn encoded_len_hint(&self, style: Style) -> usize {
+        match self {
+            Item::Deliver(d) | Item::Replay(d) => d.encoded_len_hint(style),
+            Item::Run(run, start, end) => {
+                run.encoded_len_hint(style, *start as usize..*end as usize)
+            }
+            Item::Bytes(bytes) => bytes.len(),
+            Item::Notice(notice) => notice.encoded(style).len(),
+            Item::Reply(..) => 64,
+        }
+    }
+}

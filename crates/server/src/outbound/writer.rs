@@ -1,0 +1,289 @@
+//! The writer task: drains a session's queue into its socket.
+//!
+//! It takes everything queued (up to `BATCH` items), encodes it into one buffer sized for
+//! the whole write first, and writes it with one call. After each write it notes what the
+//! write delivered; once the peer's TCP stack acknowledged those bytes (`tcp_ack`), it
+//! reports how far each conversation got, which becomes the device's cursor.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use super::encode::{encode_reply, Style};
+use super::link::Link;
+use super::tcp_ack::AckTracker;
+use super::Item;
+use crate::conn::WriteHalf;
+use crate::hub::Hub;
+use crate::store::{ConvId, Seq};
+
+/// Largest number of queued items written in one go.
+pub(super) const BATCH: usize = 512;
+/// A write buffer that grew past this is released after use.
+const KEEP_BUFFER: usize = 64 * 1024;
+/// A write buffer or item list larger than these is released when the queue runs empty, so
+/// a session that had a burst does not keep its memory while idle (and a busy one keeps
+/// what it needs while the queue keeps filling).
+const KEEP_IDLE_BUFFER: usize = 4 * 1024;
+const KEEP_ITEMS: usize = 16;
+/// How often unacknowledged deliveries are checked again while a session closes.
+const ACK_POLL: Duration = Duration::from_millis(5);
+/// How long a closing session waits for the peer to acknowledge its last deliveries.
+const ACK_GRACE: Duration = Duration::from_millis(200);
+/// How often the peer's acknowledgements are checked and the progress they confirm is sent to
+/// the hub (and always at the end): each check is a system call and each report an operation
+/// and a row update, and a busy receiver writes many times a second.
+const REPORT_EVERY: Duration = Duration::from_millis(20);
+/// How long a writer task with nothing to do stays before it parks: a busy session does not
+/// start a task per write.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// A writer task: drains the queue into the socket until the session closes (then flushes),
+/// the socket fails or the session is killed, or it has had nothing to do for `LINGER`
+/// (then it parks its state in the link and ends).
+pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
+    let queue = &link.queue;
+    let mut items = Vec::new();
+    // One boxed timer: the acknowledgement poll while deliveries wait for the peer's
+    // acknowledgement or progress waits to be reported (at the reporting cadence however
+    // often the writer wakes meanwhile), else the linger before parking.
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut last_write = tokio::time::Instant::now();
+    loop {
+        if queue.is_empty() {
+            // About to wait: what a burst grew is not kept by an idle session.
+            if items.capacity() > KEEP_ITEMS {
+                items = Vec::new();
+            }
+            if out.buf.capacity() > KEEP_IDLE_BUFFER {
+                out.buf = BytesMut::new();
+            }
+        }
+        let polling = out.acks.waiting() || !out.unreported.is_empty();
+        let due = match polling {
+            true => tokio::time::Instant::now() + REPORT_EVERY,
+            false => last_write + LINGER,
+        };
+        match &mut timer {
+            // A timer that fires no later than needed stays as it is: when it fires early,
+            // the turn finds what is due and aims it again. (Aimed anew after every write,
+            // a linger behind the last one took the timer wheel's lock once a message.)
+            Some(t) if !t.is_elapsed() && t.deadline() <= due => {}
+            Some(t) => t.as_mut().reset(due),
+            None => timer = Some(Box::pin(tokio::time::sleep_until(due))),
+        }
+        let got = tokio::select! {
+            biased;
+            turn = std::future::poll_fn(|cx| link.poll_turn(cx, &mut items)) => match turn {
+                // 0 once the session is closing (or the queue closed) and nothing is left.
+                Some(n) => n,
+                None => {
+                    out.report(&link, true);
+                    return link.writer_stopped();
+                }
+            },
+            _ = async { timer.as_mut().expect("armed above").await } => {
+                if polling {
+                    out.report(&link, true);
+                    continue;
+                }
+                if tokio::time::Instant::now() < last_write + LINGER {
+                    // Armed before the last write: linger from that one.
+                    continue;
+                }
+                // Nothing to do for a while: park, unless something arrived meanwhile. A
+                // parked writer keeps no buffer.
+                out.buf = BytesMut::new();
+                match link.park(out) {
+                    None => return,
+                    Some(back) => out = back,
+                }
+                continue;
+            }
+        };
+        if got == 0 {
+            break;
+        }
+        if !out.write(&link, &mut items).await {
+            out.report(&link, true);
+            return link.writer_stopped();
+        }
+        last_write = tokio::time::Instant::now();
+    }
+    // Closing: write what is already queued, then give the peer a moment to acknowledge it,
+    // all within the flush timeout (boxed: rarely run, and large).
+    let flush = out.flush(&link, &mut items);
+    let _ = tokio::time::timeout(link.flush_timeout(), Box::pin(flush)).await;
+    link.writer_stopped();
+}
+
+/// What a session's writer owns: the write half, the write buffer, and what the peer has
+/// acknowledged. It is parked in the session's link while there is nothing to write; the
+/// first push into the empty queue starts a task that writes, waits for the peer's
+/// acknowledgements, lingers a moment, and parks again. An idle connection so holds no
+/// writer task (about a kilobyte less).
+pub struct Writer {
+    socket: WriteHalf,
+    hub: Hub,
+    acks: AckTracker,
+    buf: BytesMut,
+    /// The highest sequence confirmed per conversation (a B-tree: 24 bytes inline against
+    /// a hash map's 48, and this state is parked in every idle connection's link).
+    progress: BTreeMap<ConvId, Seq>,
+    /// Confirmed progress not yet sent to the hub.
+    unreported: Vec<(ConvId, Seq)>,
+    reported_at: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// The writer of a connection: `socket` is its write half and `fd` the TCP socket
+    /// underneath (for acknowledgement tracking, under TLS too).
+    pub fn new(socket: WriteHalf, fd: RawFd, hub: Hub) -> Writer {
+        Writer {
+            acks: AckTracker::new(fd, !socket.is_tls()),
+            socket,
+            hub,
+            buf: BytesMut::new(),
+            progress: BTreeMap::new(),
+            unreported: Vec::new(),
+            reported_at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Encodes and writes `items`. False when the socket failed.
+    async fn write(&mut self, link: &Link, items: &mut Vec<Item>) -> bool {
+        let style = Style::from_u8(link.style.load(Ordering::Relaxed));
+        let buf = &mut self.buf;
+        let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
+        let mut replayed = 0;
+        let pushes = items.iter().map(Item::pushes).sum();
+        link.pushed.fetch_sub(pushes, Ordering::Relaxed);
+        // Room for the whole write at once: grown item by item, the buffer doubled half a
+        // dozen times per write of a fan-out (each a new allocation and a copy).
+        buf.reserve(items.iter().map(|i| i.encoded_len_hint(style)).sum());
+        // Only a conversation's furthest sequence counts (the cursor moves to it), so a run
+        // of one conversation's deliveries is one entry: a fan-out write carries dozens of
+        // one room's messages.
+        let mut progress = |conv: ConvId, seq: Seq| match delivered.last_mut() {
+            Some(last) if last.0 == conv => last.1 = last.1.max(seq),
+            _ => delivered.push((conv, seq)),
+        };
+        for item in items.drain(..) {
+            let d = match item {
+                Item::Reply(tag, reply) => {
+                    encode_reply(&tag, &reply, buf);
+                    continue;
+                }
+                Item::Bytes(bytes) => {
+                    buf.extend_from_slice(&bytes);
+                    continue;
+                }
+                Item::Notice(notice) => {
+                    buf.extend_from_slice(notice.encoded(style));
+                    continue;
+                }
+                Item::Run(run, start, end) => {
+                    let (start, end) = (start as usize, end as usize);
+                    run.write_to(style, start..end, buf);
+                    if let Some(seq) = end.checked_sub(1).and_then(|last| run.seq(last)) {
+                        progress(run.conv, seq);
+                    }
+                    continue;
+                }
+                Item::Deliver(d) => d,
+                Item::Replay(d) => {
+                    replayed += 1;
+                    d
+                }
+            };
+            d.write_to(style, buf);
+            progress(d.conv, d.seq);
+        }
+        let written_bytes = buf.len();
+        let written = {
+            let mut write = std::pin::pin!(self.socket.write_all(buf));
+            // Most writes complete at once; the kill switch is watched only while one waits.
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            match first {
+                Poll::Ready(r) => r.is_ok(),
+                Poll::Pending => {
+                    std::future::poll_fn(|cx| link.poll_write(cx, write.as_mut())).await
+                }
+            }
+        };
+        link.replay.add_permits(replayed);
+        buf.clear();
+        if buf.capacity() > KEEP_BUFFER {
+            *buf = BytesMut::new();
+        }
+        if !written {
+            return false;
+        }
+        // Clients that ack move their cursors themselves; the bytes still count.
+        let client_acks = link.acks.load(Ordering::Relaxed);
+        if client_acks {
+            delivered.clear();
+        }
+        // Confirmed (and reported) by the writer's poll timer: the peer cannot have
+        // acknowledged these bytes yet.
+        self.acks.written(written_bytes, delivered);
+        true
+    }
+
+    /// The writer's end: writes what is queued, gives the peer a moment to acknowledge it,
+    /// reports, shuts the socket down. A killed session only reports.
+    pub(super) async fn flush(&mut self, link: &Link, items: &mut Vec<Item>) {
+        if !link.is_killed() {
+            loop {
+                link.queue.try_take(items, BATCH);
+                if items.is_empty() || !self.write(link, items).await {
+                    break;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + ACK_GRACE;
+            while self.acks.waiting() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(ACK_POLL).await;
+                self.report(link, false);
+            }
+        }
+        self.report(link, true);
+        let _ = self.socket.shutdown().await;
+    }
+
+    /// Collects how far the peer acknowledged each conversation, and sends it to the hub
+    /// (where it becomes the device's cursor) when `REPORT_EVERY` has passed or `now`.
+    fn report(&mut self, link: &Link, now: bool) {
+        for (conv, seq) in self.acks.confirmed() {
+            let at = self.progress.entry(conv).or_insert(0);
+            if seq > *at {
+                *at = seq;
+                match self.unreported.iter_mut().find(|c| c.0 == conv) {
+                    Some(c) => c.1 = seq,
+                    None => self.unreported.push((conv, seq)),
+                }
+            }
+        }
+        let due = now || self.reported_at.elapsed() >= REPORT_EVERY;
+        if self.unreported.is_empty() || !due {
+            return;
+        }
+        self.reported_at = tokio::time::Instant::now();
+        let changed = std::mem::take(&mut self.unreported);
+        if let Some(device) = link.device() {
+            self.hub.cursors(device, changed);
+        }
+    }
+}
