@@ -156,6 +156,7 @@ pub async fn serve(
         files: crate::files::FileStore::new(&config.data_dir),
         reader: Reader::new(&config.data_dir, index, log),
         hub: hub.clone(),
+        progress_sink: Arc::new(hub.clone()),
         shutdown: shutdown.clone(),
         next_session: AtomicU64::new(1),
         seats: Semaphore::new(config.max_connections),

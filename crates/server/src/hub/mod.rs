@@ -17,7 +17,7 @@ use bytes::Bytes;
 use parley_proto::{ErrorKind, Reply, Target};
 use tokio::sync::oneshot;
 
-use crate::outbound::{Item, Link, Tag};
+use crate::outbound::{Item, Link, ProgressSink, Tag};
 use crate::store::{ConvId, DeviceId, NewToken, ProfileChange, Revoke, Seq, UserId};
 
 pub use self::core::spawn;
@@ -259,14 +259,6 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A handle to no hub (it has stopped): for tests of what holds one.
-    #[cfg(test)]
-    pub(crate) fn stopped() -> Hub {
-        Hub {
-            ops: crossbeam_channel::unbounded().0,
-        }
-    }
-
     /// Queues `op`; gives it back (boxed: ops are large) if the hub has stopped.
     fn submit(&self, op: Op) -> Result<(), Box<Op>> {
         self.ops.send(op).map_err(|e| Box::new(e.0))
@@ -496,6 +488,13 @@ impl Hub {
     /// Asks the hub thread to finish what is queued and stop.
     pub fn shutdown(&self) {
         let _ = self.submit(Op::Shutdown);
+    }
+}
+
+/// Writers report what devices received here: it becomes their cursors.
+impl ProgressSink for Hub {
+    fn received(&self, device: DeviceId, progress: Vec<(ConvId, Seq)>) {
+        self.cursors(device, progress);
     }
 }
 

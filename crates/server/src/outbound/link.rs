@@ -334,7 +334,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::conn::WriteHalf;
-    use crate::hub::Hub;
+
+    /// A sink for writers whose progress nobody needs.
+    struct Nowhere;
+
+    impl super::super::ProgressSink for Nowhere {
+        fn received(&self, _: DeviceId, _: Vec<(crate::store::ConvId, crate::store::Seq)>) {}
+    }
 
     /// A link over a loopback connection whose peer (returned) never reads.
     async fn link_to_a_stalled_peer() -> (Arc<Link>, tokio::net::TcpStream) {
@@ -344,7 +350,7 @@ mod tests {
         let socket = accepted.unwrap().0;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
         let (_read, write) = socket.into_split();
-        let writer = Writer::new(WriteHalf::Tcp(write), fd, Hub::stopped());
+        let writer = Writer::new(WriteHalf::Tcp(write), fd, Arc::new(Nowhere));
         let limits = LinkLimits {
             queue: 8,
             pushes: 8,

@@ -38,7 +38,7 @@ pub use encode::{json_error, slash_error, Protocol, Style, Tag};
 pub use link::{Kill, Link, LinkLimits};
 pub use queue::Refused;
 pub use staging::Staging;
-pub use writer::Writer;
+pub use writer::{ProgressSink, Writer};
 
 /// One thing to write to a client.
 #[derive(Debug)]

@@ -21,8 +21,7 @@ use super::link::Link;
 use super::tcp_ack::AckTracker;
 use super::Item;
 use crate::conn::WriteHalf;
-use crate::hub::Hub;
-use crate::store::{ConvId, Seq};
+use crate::store::{ConvId, DeviceId, Seq};
 
 /// Largest number of queued items written in one go.
 pub(super) const BATCH: usize = 512;
@@ -37,8 +36,8 @@ const KEEP_ITEMS: usize = 16;
 const ACK_POLL: Duration = Duration::from_millis(5);
 /// How long a closing session waits for the peer to acknowledge its last deliveries.
 const ACK_GRACE: Duration = Duration::from_millis(200);
-/// How often the peer's acknowledgements are checked and the progress they confirm is sent to
-/// the hub (and always at the end): each check is a system call and each report an operation
+/// How often the peer's acknowledgements are checked and the progress they confirm is
+/// reported (and always at the end): each check is a system call and each report an operation
 /// and a row update, and a busy receiver writes many times a second.
 const REPORT_EVERY: Duration = Duration::from_millis(20);
 /// How long a writer task with nothing to do stays before it parks: a busy session does not
@@ -124,6 +123,15 @@ pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
     link.writer_stopped();
 }
 
+/// Where writers report what a device received: in the server, the hub, which makes it the
+/// device's cursor. A trait rather than the hub itself, so the output path depends on nothing
+/// that depends on it.
+pub trait ProgressSink: Send + Sync {
+    /// `device` received each conversation of `progress` up to its sequence (the peer's TCP
+    /// stack acknowledged the bytes).
+    fn received(&self, device: DeviceId, progress: Vec<(ConvId, Seq)>);
+}
+
 /// What a session's writer owns: the write half, the write buffer, and what the peer has
 /// acknowledged. It is parked in the session's link while there is nothing to write; the
 /// first push into the empty queue starts a task that writes, waits for the peer's
@@ -131,13 +139,13 @@ pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
 /// writer task (about a kilobyte less).
 pub struct Writer {
     socket: WriteHalf,
-    hub: Hub,
+    progress_sink: Arc<dyn ProgressSink>,
     acks: AckTracker,
     buf: BytesMut,
     /// The highest sequence confirmed per conversation (a B-tree: 24 bytes inline against
     /// a hash map's 48, and this state is parked in every idle connection's link).
     progress: BTreeMap<ConvId, Seq>,
-    /// Confirmed progress not yet sent to the hub.
+    /// Confirmed progress not yet reported.
     unreported: Vec<(ConvId, Seq)>,
     reported_at: tokio::time::Instant,
 }
@@ -151,11 +159,11 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     /// The writer of a connection: `socket` is its write half and `fd` the TCP socket
     /// underneath (for acknowledgement tracking, under TLS too).
-    pub fn new(socket: WriteHalf, fd: RawFd, hub: Hub) -> Writer {
+    pub fn new(socket: WriteHalf, fd: RawFd, progress_sink: Arc<dyn ProgressSink>) -> Writer {
         Writer {
             acks: AckTracker::new(fd, !socket.is_tls()),
             socket,
-            hub,
+            progress_sink,
             buf: BytesMut::new(),
             progress: BTreeMap::new(),
             unreported: Vec::new(),
@@ -263,7 +271,7 @@ impl Writer {
         let _ = self.socket.shutdown().await;
     }
 
-    /// Collects how far the peer acknowledged each conversation, and sends it to the hub
+    /// Collects how far the peer acknowledged each conversation, and reports it to the sink
     /// (where it becomes the device's cursor) when `REPORT_EVERY` has passed or `now`.
     fn report(&mut self, link: &Link, now: bool) {
         for (conv, seq) in self.acks.confirmed() {
@@ -283,7 +291,7 @@ impl Writer {
         self.reported_at = tokio::time::Instant::now();
         let changed = std::mem::take(&mut self.unreported);
         if let Some(device) = link.device() {
-            self.hub.cursors(device, changed);
+            self.progress_sink.received(device, changed);
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::catchup;
 use crate::config::Config;
 use crate::conn::{Conn, ReadHalf};
 use crate::hub::{Actor, Auth, Hub, Identity};
-use crate::outbound::{Item, Kill, Link, LinkLimits, Protocol, Style, Writer};
+use crate::outbound::{Item, Kill, Link, LinkLimits, ProgressSink, Protocol, Style, Writer};
 use crate::store::Reader;
 
 /// Bytes read from the socket at a time.
@@ -47,6 +47,8 @@ pub struct Shared {
     pub tls: Option<Arc<crate::tls::Tls>>,
     pub files: crate::files::FileStore,
     pub hub: Hub,
+    /// Where writers report what devices received (the hub).
+    pub progress_sink: Arc<dyn ProgressSink>,
     pub reader: Reader,
     pub shutdown: CancellationToken,
     pub next_session: AtomicU64,
@@ -126,7 +128,7 @@ impl Session {
         let tls = conn.is_tls();
         let (read, write) = conn.split();
         let config = &shared.config;
-        let writer = Writer::new(write, fd, shared.hub.clone());
+        let writer = Writer::new(write, fd, shared.progress_sink.clone());
         let limits = LinkLimits {
             queue: config.outbound_queue + REPLAY_WINDOW + config.max_inflight,
             pushes: config.outbound_queue,
