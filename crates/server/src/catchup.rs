@@ -9,10 +9,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use parley_proto::ConversationKind;
 use tracing::{debug, warn};
 
 use crate::hub::{GoLive, Hub, Identity};
-use crate::outbound::{Delivery, Item, Kill, Kind, Link, Refused};
+use crate::outbound::{Delivery, Item, Kill, Link, Refused};
 use crate::store::{ConvId, ConvPosition, Reader, Seq};
 
 /// Messages read per conversation per round.
@@ -78,7 +79,7 @@ async fn replay(reader: &Reader, hub: &Hub, link: &Link, me: Identity) -> anyhow
                 progress.insert(m.conv, m.seq);
                 let position = &convs[&m.conv];
                 let (a, b) = &position.members;
-                let to_self = position.kind == Kind::Direct && a == b;
+                let to_self = position.kind == ConversationKind::Direct && a == b;
                 // A device does not get back what it sent itself (other devices do).
                 if m.sender_device == me.device && !to_self {
                     continue;

@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use parley_proto::{ErrorKind, Reply, Target};
+use parley_proto::{ConversationKind, ErrorKind, Reply, Target};
 use tracing::{debug, error, info, warn};
 
 use super::{
@@ -14,9 +14,7 @@ use super::{
     Set, ANONYMOUS,
 };
 use crate::config::Config;
-use crate::outbound::{
-    Delivery, Item, Kind, Link, Notice, Protocol, SharedNotice, Staging, Style, Tag,
-};
+use crate::outbound::{Delivery, Item, Link, Notice, Protocol, SharedNotice, Staging, Style, Tag};
 use crate::store::{
     now_ms, Batch, ContactState, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds,
     Revoke, Seq, UserId,
@@ -715,7 +713,7 @@ impl Core {
                 (
                     conv,
                     Audience::Direct(members.0, members.1),
-                    Kind::Direct,
+                    ConversationKind::Direct,
                     to,
                 )
             }
@@ -729,14 +727,19 @@ impl Core {
                     return Err(ErrorKind::NotMember);
                 }
                 let audience = Audience::Room(room.name.clone());
-                (room.conv, audience, Kind::Room, room.name.clone())
+                (
+                    room.conv,
+                    audience,
+                    ConversationKind::Room,
+                    room.name.clone(),
+                )
             }
             // Anonymous sessions may speak to everyone (seed 001 allows MESSAGE before
             // REGISTER); the text protocol asks for a login first on its own.
             To::Everyone => (
                 self.broadcast,
                 Audience::Everyone,
-                Kind::Broadcast,
+                ConversationKind::Broadcast,
                 Arc::from("*"),
             ),
         };

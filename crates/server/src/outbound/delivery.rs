@@ -4,27 +4,10 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
+use parley_proto::ConversationKind;
 
 use super::encode::Style;
 use crate::store::{ConvId, Seq};
-
-/// The kind of conversation a message belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Direct,
-    Room,
-    Broadcast,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Direct => "dm",
-            Kind::Room => "room",
-            Kind::Broadcast => "broadcast",
-        }
-    }
-}
 
 /// One stored message as recipients see it. Fan-out shares one `Arc<Delivery>` among every
 /// recipient; the first session of each style to write it encodes it, the rest reuse the
@@ -34,7 +17,7 @@ pub struct Delivery {
     pub id: i64,
     pub conv: ConvId,
     pub seq: Seq,
-    pub kind: Kind,
+    pub kind: ConversationKind,
     pub from: Arc<str>,
     /// The recipient's name (direct), the room's name (room) or `*` (broadcast).
     pub to: Arc<str>,
@@ -72,7 +55,7 @@ impl Delivery {
         id: i64,
         conv: ConvId,
         seq: Seq,
-        kind: Kind,
+        kind: ConversationKind,
         from: Arc<str>,
         to: Arc<str>,
         body: Bytes,
@@ -266,7 +249,16 @@ mod tests {
     fn delivery(seq: Seq, body: &'static [u8]) -> Arc<Delivery> {
         let (from, to): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("#room"));
         let body = Bytes::from_static(body);
-        Arc::new(Delivery::new(seq, 7, seq, Kind::Room, from, to, body, 0))
+        Arc::new(Delivery::new(
+            seq,
+            7,
+            seq,
+            ConversationKind::Room,
+            from,
+            to,
+            body,
+            0,
+        ))
     }
 
     /// Any stretch of a run reads as its messages one after the other, in every style, and

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use parley_proto::json::{self, Value};
-use parley_proto::{binary, text, ErrorKind, Reply};
+use parley_proto::{binary, text, ConversationKind, ErrorKind, Reply};
 use serde::Serialize;
 
-use super::delivery::{ContactChange, Delivery, Kind, Notice};
+use super::delivery::{ContactChange, Delivery, Notice};
 
 /// How a connection's bytes are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,16 +95,11 @@ impl Style {
                 }
             }
             Style::Events => {
-                let kind = match d.kind {
-                    Kind::Direct => binary::kind::DIRECT,
-                    Kind::Room => binary::kind::ROOM,
-                    Kind::Broadcast => binary::kind::BROADCAST,
-                };
                 let event = binary::Event {
                     id: d.id as u64,
                     conversation: d.conv as u64,
                     seq: d.seq as u64,
-                    kind,
+                    kind: d.kind.code(),
                     from: bytes::Bytes::copy_from_slice(d.from.as_bytes()),
                     to: bytes::Bytes::copy_from_slice(d.to.as_bytes()),
                     time: d.sent_at,
@@ -118,10 +113,10 @@ impl Style {
                 let text = d.text();
                 let text = text::one_line(&text);
                 let line = match (d.kind, self) {
-                    (Kind::Direct, _) => format!("DM {} {}\n", d.from, text),
-                    (Kind::Broadcast, _) => format!("MSG {} {}\n", d.from, text),
-                    (Kind::Room, Style::Slash) => format!("> {}: {}\n", d.from, text),
-                    (Kind::Room, _) => format!("ROOM {} {} {}\n", d.to, d.from, text),
+                    (ConversationKind::Direct, _) => format!("DM {} {}\n", d.from, text),
+                    (ConversationKind::Broadcast, _) => format!("MSG {} {}\n", d.from, text),
+                    (ConversationKind::Room, Style::Slash) => format!("> {}: {}\n", d.from, text),
+                    (ConversationKind::Room, _) => format!("ROOM {} {} {}\n", d.to, d.from, text),
                 };
                 dst.put_slice(line.as_bytes());
             }

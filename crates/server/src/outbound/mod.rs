@@ -33,7 +33,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parley_proto::Reply;
 
-pub use delivery::{ContactChange, Delivery, Kind, Notice, RoomRun, SharedNotice};
+pub use delivery::{ContactChange, Delivery, Notice, RoomRun, SharedNotice};
 pub use encode::{json_error, slash_error, Protocol, Style, Tag};
 pub use link::{Kill, Link, LinkLimits};
 pub use queue::Refused;

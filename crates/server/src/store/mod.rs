@@ -17,6 +17,7 @@ mod varint;
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use parley_proto::ConversationKind;
 
 pub use index::MessageIndex;
 pub use log::MessageLog;
@@ -225,10 +226,10 @@ pub trait LogStore: Send {
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()>;
 }
 
-/// Kinds of conversation, as stored in `conversations.kind`.
-pub const KIND_DIRECT: i64 = 1;
-pub const KIND_ROOM: i64 = 2;
-pub const KIND_BROADCAST: i64 = 3;
+/// Kinds of conversation, as stored in `conversations.kind` (their codes).
+pub const KIND_DIRECT: i64 = ConversationKind::Direct as i64;
+pub const KIND_ROOM: i64 = ConversationKind::Room as i64;
+pub const KIND_BROADCAST: i64 = ConversationKind::Broadcast as i64;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -9,18 +9,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use parley_proto::ConversationKind;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::log::Lookup;
 use super::{ConvId, DeviceId, MessageIndex, MessageLog, Seq, UserId};
 use crate::config::SyncMode;
-use crate::outbound::Kind;
 
 /// Where a device stands in one conversation it belongs to.
 #[derive(Debug, Clone)]
 pub struct ConvPosition {
     pub conv: ConvId,
-    pub kind: Kind,
+    pub kind: ConversationKind,
     /// For a direct conversation, the two members' names (lower id first); for a room, its
     /// name twice.
     pub members: (Arc<str>, Arc<str>),
@@ -190,10 +190,10 @@ impl Reader {
             )?;
             let rows = stmt.query_map(params![user, device], |r| {
                 let kind: i64 = r.get(5)?;
-                let (kind, a, b): (Kind, Option<String>, Option<String>) = match kind {
-                    super::KIND_DIRECT => (Kind::Direct, r.get(1)?, r.get(2)?),
-                    super::KIND_ROOM => (Kind::Room, r.get(6)?, r.get(6)?),
-                    _ => (Kind::Broadcast, Some("*".into()), Some("*".into())),
+                let (kind, a, b): (ConversationKind, Option<String>, Option<String>) = match kind {
+                    super::KIND_DIRECT => (ConversationKind::Direct, r.get(1)?, r.get(2)?),
+                    super::KIND_ROOM => (ConversationKind::Room, r.get(6)?, r.get(6)?),
+                    _ => (ConversationKind::Broadcast, Some("*".into()), Some("*".into())),
                 };
                 let conv = r.get(0)?;
                 Ok(ConvPosition {
