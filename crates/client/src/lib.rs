@@ -7,10 +7,12 @@
 //!   pushes on a channel of their own.
 //! - `Link`: a logged-in device that outlives connections: reconnects with back-off, catches
 //!   up from the device's cursor, delivers each message once, sends each message once.
+//! - `chat`: `parley chat`, the terminal client built on `Link`.
 
 #![forbid(unsafe_code)]
 
 mod binary;
+pub mod chat;
 mod connection;
 mod error;
 mod files;

@@ -1,6 +1,6 @@
 //! `parley`: the chat server's command line.
 //!
-//! A thin shell over the library crates: `serve` reads the configuration (defaults, then
+//! A thin shell over the library crates: `chat` is `parley_client::chat`; `serve` reads the configuration (defaults, then
 //! an optional TOML file, then `PARLEY_*` environment variables, then flags) and runs the
 //! server until SIGINT or SIGTERM.
 
@@ -60,6 +60,8 @@ enum Command {
     },
     /// Measure a server (or run the minimal relay it is compared against).
     Bench(parley_bench::BenchArgs),
+    /// Chat from the terminal: a full-screen client (or --send / --tail for scripts).
+    Chat(parley_client::chat::ChatArgs),
 }
 
 #[derive(clap::Args, Serialize)]
@@ -128,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => parley_bench::run(args),
+        Command::Chat(args) => std::process::exit(i32::from(parley_client::chat::run(args))),
     }
 }
 
