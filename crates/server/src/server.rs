@@ -145,12 +145,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     config.validate()?;
     raise_fd_limit();
+    let passwords = crate::auth::Passwords::new(&config).await?;
     let tls = listeners.certificate.clone();
     let store = SqliteStore::open(&config.data_dir, config.sync)?;
     let (index, log) = (store.index(), store.log());
     let (hub, hub_thread) = crate::hub::spawn(Box::new(store), &config)?;
     let shared = Arc::new(Shared {
         throttle: crate::auth::Throttle::new(&config),
+        passwords,
         per_ip: Default::default(),
         tls,
         files: crate::files::FileStore::new(&config.data_dir),

@@ -22,13 +22,11 @@ impl Session {
         if !PASSWORD_LEN.contains(&password.len()) {
             return Err(ErrorKind::InvalidPassword);
         }
-        let config = &self.shared.config;
-        let hash = auth::hash_password(config, password.to_string())
-            .await
-            .map_err(|e| {
-                warn!(error = %format!("{e:#}"), "hashing a password");
-                ErrorKind::Internal
-            })?;
+        let passwords = &self.shared.passwords;
+        let hash = passwords.hash(password.to_string()).await.map_err(|e| {
+            warn!(error = %format!("{e:#}"), "hashing a password");
+            ErrorKind::Internal
+        })?;
         self.shared.hub.register(name.to_string(), hash).await?;
         info!(session = self.link.id, user = %name, "account registered");
         Ok(())
@@ -59,8 +57,8 @@ impl Session {
         let credentials = credentials.map_err(|_| ErrorKind::Internal)?;
         let user = credentials.as_ref().map(|c| c.user);
         let stored = credentials.and_then(|c| c.password_hash);
-        let config = &self.shared.config;
-        if !auth::verify_password(config, password.to_string(), stored).await {
+        let passwords = &self.shared.passwords;
+        if !passwords.verify(password.to_string(), stored).await {
             warn!(session = self.link.id, user = %name, %ip, "wrong name or password");
             return Err(ErrorKind::Unauthorized);
         }
@@ -127,15 +125,16 @@ impl Session {
         }
         let credentials = self.shared.reader.credentials(name.clone()).await;
         let stored = credentials.ok().flatten().and_then(|c| c.password_hash);
-        let config = &self.shared.config;
+        let passwords = &self.shared.passwords;
         if !self.shared.throttle.begin(&name, self.peer.ip()) {
             return Err(ErrorKind::TooManyAttempts);
         }
-        if !auth::verify_password(config, old.to_string(), stored).await {
+        if !passwords.verify(old.to_string(), stored).await {
             return Err(ErrorKind::Unauthorized);
         }
         self.shared.throttle.succeeded(&name, self.peer.ip());
-        let hash = auth::hash_password(config, new.to_string())
+        let hash = passwords
+            .hash(new.to_string())
             .await
             .map_err(|_| ErrorKind::Internal)?;
         let change = AccountChange::Password {
