@@ -1,15 +1,12 @@
-//! Passwords, device tokens and failed-login throttling.
+//! Passwords and device tokens (failed logins are the throttle's: `throttle.rs`).
 //!
 //! Passwords are hashed with Argon2id (PHC strings, so parameters can change without
 //! invalidating stored hashes) on the blocking pool: a hash costs tens of milliseconds of
 //! CPU and must never run on an async thread or the hub. Tokens are 256 random bits, given
 //! to the client once and stored only as their SHA-256.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -115,164 +112,9 @@ pub fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-/// Failed logins per name and per address, with exponential back-off.
-///
-/// After `free` failures, the next attempt is refused outright (without checking the
-/// password) until a delay has passed since the last failure: `base × 2^(failures - free)`,
-/// at most `max`. Refusing instead of sleeping means parallel connections gain nothing, so
-/// with the defaults (3 free, 1 s doubling to 60 s) 1,000 guesses at one name take about
-/// 16 hours. A success clears the name's count; idle entries are forgotten after an hour.
-pub struct Throttle {
-    free: u32,
-    base: Duration,
-    max: Duration,
-    entries: Mutex<HashMap<Key, Entry>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Name(String),
-    Ip(IpAddr),
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    failures: u32,
-    last: Instant,
-}
-
-const FORGET_AFTER: Duration = Duration::from_secs(3600);
-
-impl Throttle {
-    pub fn new(config: &Config) -> Self {
-        Throttle {
-            free: config.login_failures_free,
-            base: Duration::from_millis(config.login_backoff_base_ms),
-            max: Duration::from_millis(config.login_backoff_max_ms),
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn delay(&self, entry: &Entry) -> Duration {
-        if entry.failures < self.free {
-            return Duration::ZERO;
-        }
-        let doublings = (entry.failures - self.free).min(30);
-        self.base.saturating_mul(1 << doublings).min(self.max)
-    }
-
-    /// How long the caller must wait before it may try `name` from `ip` again (zero: now).
-    #[cfg(test)]
-    pub fn wait(&self, name: &str, ip: IpAddr) -> Duration {
-        let entries = self.entries.lock().expect("throttle poisoned");
-        self.wait_locked(&entries, name, ip)
-    }
-
-    fn wait_locked(&self, entries: &HashMap<Key, Entry>, name: &str, ip: IpAddr) -> Duration {
-        let now = Instant::now();
-        [Key::Name(name.to_string()), Key::Ip(ip)]
-            .iter()
-            .filter_map(|k| entries.get(k))
-            .map(|e| (e.last + self.delay(e)).saturating_duration_since(now))
-            .max()
-            .unwrap_or(Duration::ZERO)
-    }
-
-    /// Starts an attempt at `name` from `ip`: false if it must wait; otherwise the attempt
-    /// is counted as a failure at once (check and count under one lock, so parallel
-    /// attempts cannot all pass the check) until `succeeded` takes it back.
-    pub fn begin(&self, name: &str, ip: IpAddr) -> bool {
-        let mut entries = self.entries.lock().expect("throttle poisoned");
-        if !self.wait_locked(&entries, name, ip).is_zero() {
-            return false;
-        }
-        let now = Instant::now();
-        entries.retain(|_, e| now.duration_since(e.last) < FORGET_AFTER);
-        for key in [Key::Name(name.to_string()), Key::Ip(ip)] {
-            let e = entries.entry(key).or_insert(Entry {
-                failures: 0,
-                last: now,
-            });
-            e.failures += 1;
-            e.last = now;
-        }
-        true
-    }
-
-    /// The attempt begun for `name` from `ip` succeeded: the name's count is cleared and
-    /// the address's count takes the attempt back.
-    pub fn succeeded(&self, name: &str, ip: IpAddr) {
-        let mut entries = self.entries.lock().expect("throttle poisoned");
-        entries.remove(&Key::Name(name.to_string()));
-        if let Some(e) = entries.get_mut(&Key::Ip(ip)) {
-            e.failures = e.failures.saturating_sub(1);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn throttle() -> Throttle {
-        let config = Config {
-            login_failures_free: 2,
-            login_backoff_base_ms: 1000,
-            login_backoff_max_ms: 60_000,
-            ..Config::default()
-        };
-        Throttle::new(&config)
-    }
-
-    #[test]
-    fn a_few_attempts_are_free_then_attempts_are_refused_until_the_back_off_passes() {
-        let t = throttle();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(t.begin("bob", ip));
-        assert!(t.begin("bob", ip), "two free attempts");
-        assert!(!t.begin("bob", ip), "the third waits");
-        let wait = t.wait("bob", ip);
-        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
-    }
-
-    #[test]
-    fn the_back_off_doubles_up_to_the_cap() {
-        let t = throttle();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let now = Instant::now();
-        let mut entries = t.entries.lock().unwrap();
-        entries.insert(
-            Key::Name("bob".into()),
-            Entry {
-                failures: 4,
-                last: now,
-            },
-        );
-        drop(entries);
-        assert!(t.wait("bob", ip) > Duration::from_millis(3900), "2^(4-2) s");
-        t.entries.lock().unwrap().insert(
-            Key::Name("bob".into()),
-            Entry {
-                failures: 40,
-                last: now,
-            },
-        );
-        let wait = t.wait("bob", ip);
-        assert!(wait > Duration::from_secs(59) && wait <= Duration::from_secs(60));
-    }
-
-    #[test]
-    fn the_address_is_throttled_for_every_name_and_success_clears_the_name() {
-        let t = throttle();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let other: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(t.begin("a", ip));
-        assert!(t.begin("b", ip));
-        assert!(!t.begin("c", ip), "same address, any name");
-        assert!(t.begin("c", other));
-        t.succeeded("c", other);
-        assert_eq!(t.wait("c", other), Duration::ZERO);
-    }
 
     #[test]
     fn tokens_are_random_and_stored_hashed() {

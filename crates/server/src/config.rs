@@ -87,12 +87,22 @@ pub struct Config {
     pub max_file_bytes: u64,
     /// How long a device token stays valid, in seconds (default 30 days).
     pub token_ttl_secs: u64,
-    /// Failed logins (per name and per address) before back-off starts.
+    /// Failed logins of one name from one address before that pair backs off (see
+    /// `throttle.rs` for the whole policy).
     pub login_failures_free: u32,
-    /// The first back-off after the free failures, in ms; it doubles with each failure.
+    /// The pair's first back-off after the free failures, in ms; it doubles with each
+    /// failure.
     pub login_backoff_base_ms: u64,
     /// The longest back-off, in ms.
     pub login_backoff_max_ms: u64,
+    /// Failed logins from one address, over every name and token (one leaks away a
+    /// minute), before its attempts take turns.
+    pub login_address_failures_free: u32,
+    /// The time between two turns of such an address, in ms; an attempt more than ten
+    /// turns away is refused.
+    pub login_address_spacing_ms: u64,
+    /// The memory the login throttle may hold, in bytes.
+    pub login_throttle_bytes: usize,
     /// Most connections from one IP address (0: no limit).
     pub max_connections_per_ip: usize,
     /// Messages per second one session may send (bursts of `message_burst`); more are
@@ -151,7 +161,10 @@ impl Default for Config {
             token_ttl_secs: 30 * 86_400,
             login_failures_free: 3,
             login_backoff_base_ms: 1000,
-            login_backoff_max_ms: 60_000,
+            login_backoff_max_ms: 900_000,
+            login_address_failures_free: 20,
+            login_address_spacing_ms: 1000,
+            login_throttle_bytes: 8 << 20,
             max_connections_per_ip: 1000,
             messages_per_second: 500,
             message_burst: 5000,

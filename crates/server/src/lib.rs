@@ -21,6 +21,7 @@ mod server;
 mod session;
 mod sniff;
 mod store;
+mod throttle;
 mod tls;
 
 pub use config::{Config, SyncMode};

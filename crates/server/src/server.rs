@@ -151,7 +151,7 @@ pub async fn serve(
     let (index, log) = (store.index(), store.log());
     let (hub, hub_thread) = crate::hub::spawn(Box::new(store), &config)?;
     let shared = Arc::new(Shared {
-        throttle: crate::auth::Throttle::new(&config),
+        throttle: crate::throttle::Throttle::new(&config),
         passwords,
         per_ip: Default::default(),
         tls,

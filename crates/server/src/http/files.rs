@@ -48,20 +48,15 @@ pub async fn authenticate(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(unauthorized)?;
-    let ip = peer.ip();
-    if !shared.throttle.begin("", ip) {
-        let r = response::text(StatusCode::TOO_MANY_REQUESTS, "too many failed logins");
-        return Err(r);
-    }
+    // The login throttle's rule for tokens (`throttle.rs`): a valid token is never refused;
+    // a wrong one counts against its address, and its answer may wait for a turn.
     let row = shared.reader.token(auth::token_hash(token)).await;
     let row = row.map_err(|_| internal())?;
     match row.filter(|r| !r.revoked && r.expires_at > now_ms()) {
-        Some(row) => {
-            shared.throttle.succeeded("", ip);
-            Ok(row.user)
-        }
+        Some(row) => Ok(row.user),
         None => {
             warn!(%peer, "HTTP: invalid, expired or revoked token");
+            tokio::time::sleep(shared.throttle.token_failed(peer.ip())).await;
             Err(unauthorized())
         }
     }

@@ -32,7 +32,7 @@ impl Session {
         Ok(())
     }
 
-    /// Logs in with a password, throttled per name and per address.
+    /// Logs in with a password, under the login throttle (`throttle.rs`).
     pub(super) async fn password_login(
         &mut self,
         name: &str,
@@ -47,12 +47,7 @@ impl Session {
         let device = if device.is_empty() { "default" } else { device };
         self.valid_name(device)?;
         let ip = self.peer.ip();
-        // The attempt counts as a failure from now on, so parallel guesses see it at once;
-        // a success takes it back.
-        if !self.shared.throttle.begin(name, ip) {
-            warn!(session = self.link.id, user = %name, %ip, "login throttled");
-            return Err(ErrorKind::TooManyAttempts);
-        }
+        self.begin_attempt(name).await?;
         let credentials = self.shared.reader.credentials(name.to_string()).await;
         let credentials = credentials.map_err(|_| ErrorKind::Internal)?;
         let user = credentials.as_ref().map(|c| c.user);
@@ -78,22 +73,47 @@ impl Session {
             return Err(ErrorKind::AlreadyLoggedIn);
         }
         let ip = self.peer.ip();
-        // Tokens are unguessable; still, an address that keeps trying is slowed down.
-        if !self.shared.throttle.begin("", ip) {
-            return Err(ErrorKind::TooManyAttempts);
-        }
+        // Looked up by its SHA-256, which a guesser cannot steer towards a stored one:
+        // unknown, expired and revoked tokens take the same query and the same answer. A
+        // valid token is never refused because of failures; a wrong one counts against its
+        // address, and may wait for the address's turn.
         let row = self.shared.reader.token(auth::token_hash(token)).await;
         let row = row.map_err(|_| ErrorKind::Internal)?;
         let Some(row) = row.filter(|r| !r.revoked && r.expires_at > now_ms()) else {
             warn!(session = self.link.id, %ip, "invalid, expired or revoked token");
+            let wait = self.shared.throttle.token_failed(ip);
+            self.wait_turn(wait).await?;
             return Err(ErrorKind::Unauthorized);
         };
-        self.shared.throttle.succeeded("", ip);
         let auth = Auth::Token(row.user, row.device);
         let welcome = welcome(&row.name);
         self.login_as(&row.name, &row.device_name, auth, welcome)
             .await?;
         Ok(row.name)
+    }
+
+    /// Starts a password check of `name` under the login throttle (`throttle.rs`): refused,
+    /// or counted as a failure until it succeeds, after waiting for the address's turn.
+    async fn begin_attempt(&self, name: &str) -> Result<(), ErrorKind> {
+        let ip = self.peer.ip();
+        match self.shared.throttle.begin(name, ip) {
+            Ok(wait) => self.wait_turn(wait).await,
+            Err(refusal) => {
+                warn!(session = self.link.id, user = %name, %ip, ?refusal, "login throttled");
+                Err(ErrorKind::TooManyAttempts)
+            }
+        }
+    }
+
+    /// Waits `wait` (an address's turn), unless the server shuts down first.
+    async fn wait_turn(&self, wait: std::time::Duration) -> Result<(), ErrorKind> {
+        if wait.is_zero() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(()),
+            _ = self.shared.shutdown.cancelled() => Err(ErrorKind::ShuttingDown),
+        }
     }
 
     /// Issues a token for this device; returns it and its expiry (Unix ms).
@@ -123,12 +143,10 @@ impl Session {
         if !PASSWORD_LEN.contains(&new.len()) {
             return Err(ErrorKind::InvalidPassword);
         }
+        self.begin_attempt(&name).await?;
         let credentials = self.shared.reader.credentials(name.clone()).await;
         let stored = credentials.ok().flatten().and_then(|c| c.password_hash);
         let passwords = &self.shared.passwords;
-        if !self.shared.throttle.begin(&name, self.peer.ip()) {
-            return Err(ErrorKind::TooManyAttempts);
-        }
         if !passwords.verify(old.to_string(), stored).await {
             return Err(ErrorKind::Unauthorized);
         }

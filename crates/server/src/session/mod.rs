@@ -40,7 +40,7 @@ const REPLAY_WINDOW: usize = 1024;
 /// What every session shares.
 pub struct Shared {
     pub config: Config,
-    pub throttle: crate::auth::Throttle,
+    pub throttle: crate::throttle::Throttle,
     pub passwords: crate::auth::Passwords,
     /// Open connections per address (see `max_connections_per_ip`).
     pub per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
