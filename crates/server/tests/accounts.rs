@@ -412,6 +412,45 @@ async fn passwd_with_a_wrong_old_password_is_refused() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn passwd_ends_the_other_devices_sessions_and_tells_them_why() {
+    let server = TestServer::start().await;
+    server.register("alice").await;
+    let mut phone = device(&server, "alice", "phone").await;
+    let mut tablet = binary_login(&server, "alice", "tablet").await;
+    let mut web = server.json().await;
+    let login = json!({"command": "LOGIN", "data": "alice", "password": PASSWORD, "device": "web"});
+    assert!(web
+        .ask(&json_request(login))
+        .await
+        .unwrap()
+        .contains("Welcome"));
+    let subscribed = web
+        .ask(&json_request(json!({"command": "SUBSCRIBE"})))
+        .await;
+    assert!(subscribed.unwrap().contains("Subscribed"));
+    let mut laptop = device(&server, "alice", "laptop").await;
+
+    let passwd = format!("PASSWD {PASSWORD} battery-staple");
+    assert_eq!(laptop.ask(&passwd).await.unwrap(), "OK");
+
+    assert_eq!(
+        phone.line().await.unwrap(),
+        "INFO signed out: the password was changed"
+    );
+    expect_closed(&mut phone).await;
+    let event = parse(&web.line().await.unwrap());
+    assert_eq!(event["event"], "signed_out", "{event}");
+    assert_eq!(web.line_or_eof().await.unwrap(), None, "then closed");
+    expect_binary_closed(&mut tablet).await;
+    assert_eq!(
+        laptop.ask("PING").await.unwrap(),
+        "PONG",
+        "this device goes on"
+    );
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Devices
 // ---------------------------------------------------------------------------------------
@@ -781,6 +820,16 @@ fn login_frame(cid: u32, name: &str, password: &str, device: &str, flags: u8) ->
         device: bytes(device),
         flags,
     }
+}
+
+/// A binary connection logged in to the existing account `name` as `device`.
+async fn binary_login(server: &TestServer, name: &str, device: &str) -> BinaryClient {
+    let mut c = server.client().await;
+    assert_eq!(
+        request(&mut c, login_frame(1, name, PASSWORD, device, 0)).await,
+        code::OK
+    );
+    c
 }
 
 /// A binary connection logged in to the account `name` (registered here) as `device`.

@@ -14,7 +14,9 @@ use super::{
     Set, ANONYMOUS,
 };
 use crate::config::Config;
-use crate::outbound::{Delivery, Item, Link, Notice, Protocol, SharedNotice, Staging, Style, Tag};
+use crate::outbound::{
+    Delivery, Item, Kill, Link, Notice, Protocol, SharedNotice, Staging, Style, Tag,
+};
 use crate::store::{
     now_ms, Batch, ContactState, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds,
     Revoke, Seq, UserId,
@@ -333,8 +335,16 @@ impl Core {
                 answer(effects, done, result);
             }
             Op::Account { user, change, done } => {
-                self.account(user, change, batch);
+                let signed_out = self.account(user, change, batch);
                 answer(effects, done, Ok(()));
+                if !signed_out.is_empty() {
+                    // Once the new password is stored, the other devices' sessions end.
+                    effects.push(Effect::Answer(Box::new(move |committed| {
+                        for link in signed_out.iter().filter(|_| committed) {
+                            link.kill(Kill::SignedOut);
+                        }
+                    })));
+                }
             }
             Op::Send {
                 link,
@@ -584,17 +594,28 @@ impl Core {
         Ok(())
     }
 
-    fn account(&mut self, user: UserId, change: AccountChange, batch: &mut Batch) {
+    /// Applies `change`; returns the sessions it signs out (a new password ends every other
+    /// device's session, as it revokes their tokens).
+    fn account(
+        &mut self,
+        user: UserId,
+        change: AccountChange,
+        batch: &mut Batch,
+    ) -> Vec<Arc<Link>> {
         match change {
             AccountChange::Password { hash, keep } => {
                 batch.passwords.push((user, hash));
                 batch.revocations.push(Revoke::AllBut(user, keep));
                 self.accounts.insert(user);
+                let online = self.online.get(&user).into_iter().flatten();
+                let others = online.filter(|o| o.device != keep);
+                return others.map(|o| o.link.clone()).collect();
             }
             AccountChange::Token(token) => batch.tokens.push(token),
             AccountChange::Revoke(revoke) => batch.revocations.push(revoke),
             AccountChange::Profile(profile) => batch.profiles.push(profile),
         }
+        Vec::new()
     }
 
     /// Creates the user and device as needed and registers the session (catching up).

@@ -66,7 +66,7 @@ pub struct Link {
     flush_timeout_ms: u32,
 }
 
-/// Why a session is dropped at once.
+/// Why a session is ended by someone else: dropped at once (hard), or asked to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kill {
@@ -74,6 +74,9 @@ pub enum Kill {
     SlowConsumer = 1,
     /// Reading what it missed from the store failed.
     CatchupFailed = 2,
+    /// The account's password changed on another device: the session ends gracefully
+    /// (what is queued is written, and it is told why where the protocol can say so).
+    SignedOut = 3,
 }
 
 impl Kill {
@@ -81,8 +84,14 @@ impl Kill {
         match v {
             1 => Some(Kill::SlowConsumer),
             2 => Some(Kill::CatchupFailed),
+            3 => Some(Kill::SignedOut),
             _ => None,
         }
+    }
+
+    /// A hard kill drops the connection without writing what is queued.
+    fn is_hard(self) -> bool {
+        self != Kill::SignedOut
     }
 
     /// What the session's disconnect line says.
@@ -90,6 +99,7 @@ impl Kill {
         match self {
             Kill::SlowConsumer => "slow consumer: outbound queue full",
             Kill::CatchupFailed => "catch-up failed",
+            Kill::SignedOut => "signed out: the password was changed",
         }
     }
 }
@@ -196,16 +206,26 @@ impl Link {
     /// Drops the connection at once: its session stops reading and its writer stops
     /// writing. The first reason given is the one reported.
     pub fn kill(&self, why: Kill) {
-        let _ = self
-            .kill
-            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
+        // The first reason stays, except that a hard kill replaces a graceful end (a
+        // signed-out session that stops reading is still a slow consumer).
+        let _ =
+            self.kill.fetch_update(
+                Ordering::AcqRel,
+                Ordering::Acquire,
+                |now| match Kill::from_u8(now) {
+                    None => Some(why as u8),
+                    Some(end) if !end.is_hard() && why.is_hard() => Some(why as u8),
+                    Some(_) => None,
+                },
+            );
         // The writer (or a session flushing its own) waits with its waker in the queue.
         self.queue.interrupt();
         self.session_waker.wake();
     }
 
+    /// Killed hard: the writer stops without writing what is queued.
     pub fn is_killed(&self) -> bool {
-        self.killed_for().is_some()
+        self.killed_for().is_some_and(Kill::is_hard)
     }
 
     /// Why the session was killed, if it was.
@@ -228,7 +248,7 @@ impl Link {
 
     /// Ready once the session is killed: the session's own wait (one task polls this).
     pub fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.poll_session(cx, Link::is_killed)
+        self.poll_session(cx, |link| link.killed_for().is_some())
     }
 
     /// Ready once `done` holds, else the session's task is woken when it may: the waits of

@@ -1,13 +1,15 @@
 //! Accounts, the same for every protocol: registration, password and token logins, password
 //! changes, logout, profiles. The protocol files only parse and answer.
 
+use bytes::Bytes;
 use parley_proto::{validate_name, ErrorKind};
+use serde_json::json;
 use tracing::{info, warn};
 
 use super::Session;
 use crate::auth::{self, PASSWORD_LEN};
 use crate::hub::{AccountChange, Auth};
-use crate::outbound::Item;
+use crate::outbound::{Item, Protocol};
 use crate::store::{now_ms, NewToken, Profile, ProfileChange, Revoke};
 
 impl Session {
@@ -132,7 +134,8 @@ impl Session {
         Ok((token, expires_at))
     }
 
-    /// Changes the password (the old one must match); every other device's tokens die.
+    /// Changes the password (the old one must match); every other device's tokens die and
+    /// its session ends.
     pub(super) async fn change_password(&mut self, old: &str, new: &str) -> Result<(), ErrorKind> {
         let identity = self.account_identity()?;
         let name = self
@@ -160,7 +163,7 @@ impl Session {
             keep: identity.device,
         };
         self.shared.hub.account(identity.user, change).await?;
-        info!(session = self.link.id, user = %name, "password changed; other devices' tokens revoked");
+        info!(session = self.link.id, user = %name, "password changed; other devices signed out");
         Ok(())
     }
 
@@ -181,6 +184,21 @@ impl Session {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Tells a session whose device was signed out (`Kill::SignedOut`) why, where its
+    /// protocol can: a text line; a JSON event once subscribed (seed 001's clients pair every
+    /// line with a request); nothing in binary (no frame may answer no request).
+    pub(super) fn tell_signed_out(&self) {
+        let line = match self.link.protocol {
+            Protocol::Text => "INFO signed out: the password was changed".to_string(),
+            Protocol::Json if self.subscribed => {
+                let event = json!({"event": "signed_out", "reason": "the password was changed"});
+                event.to_string()
+            }
+            _ => return,
+        };
+        self.link.push(Item::Bytes(Bytes::from(line + "\n")));
     }
 
     pub(super) async fn set_profile(

@@ -284,10 +284,11 @@ impl Session {
     }
 
     fn kill_reason(&self) -> String {
-        self.link
-            .killed_for()
-            .map_or("killed", Kill::reason)
-            .to_string()
+        let kill = self.link.killed_for();
+        if kill == Some(Kill::SignedOut) {
+            self.tell_signed_out();
+        }
+        kill.map_or("killed", Kill::reason).to_string()
     }
 
     fn actor(&self) -> Actor {
