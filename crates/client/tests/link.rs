@@ -364,3 +364,35 @@ async fn an_upload_cut_midway_resumes_from_the_servers_copy() {
     bob.download(&info, &out, |_, _| {}).await.unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
 }
+
+#[tokio::test]
+async fn a_link_speaks_tls_trusting_the_servers_certificate_only_when_told() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = parley_server::write_self_signed(certs.path()).unwrap();
+    let server = Server::start_with(|c| {
+        c.tls_cert = Some(cert.clone());
+        c.tls_key = Some(key);
+    })
+    .await;
+    let mut options = server.options("alice", "laptop");
+    options.endpoint.tls = Some(parley_client::TlsOptions { ca: Some(cert) });
+    let (alice, events) = Link::spawn(options.clone());
+    Events(events).until_online().await;
+    let rooms = alice.retry(|c| async move { c.rooms().await }).await;
+    assert_eq!(rooms, Ok(vec![]));
+
+    // The system's roots do not know a self-signed certificate: refused, and why.
+    options.endpoint.tls = Some(parley_client::TlsOptions { ca: None });
+    options.max_attempts = Some(1);
+    let (_link, events) = Link::spawn(options);
+    let mut events = Events(events);
+    loop {
+        if let LinkEvent::Status(LinkStatus::Stopped(e)) = events.next().await {
+            assert!(
+                matches!(&e, Error::Connect(why) if why.contains("TLS") || why.contains("root")),
+                "{e}"
+            );
+            break;
+        }
+    }
+}

@@ -49,7 +49,9 @@ fn key_event(app: &mut App, key: KeyEvent) -> Vec<Action> {
     }
     let e = &mut app.editor;
     match key.code {
+        // Ctrl-J is a line feed: what Enter typed before raw mode began arrives as.
         KeyCode::Enter => return app.submit(),
+        KeyCode::Char('j' | 'm') if ctrl => return app.submit(),
         KeyCode::Char('c') if ctrl => {
             app.quit = true;
             return vec![Action::Quit];
@@ -79,7 +81,7 @@ fn key_event(app: &mut App, key: KeyEvent) -> Vec<Action> {
         KeyCode::Char('d') if alt => e.delete_word_forward(),
         KeyCode::Char('u') if ctrl => e.kill_to_start(),
         KeyCode::Char('k') if ctrl => e.kill_to_end(),
-        KeyCode::Char('l') if ctrl => {}
+        KeyCode::Char('l') if ctrl => app.redraw = true,
         KeyCode::Backspace if alt || ctrl => e.delete_word_back(),
         KeyCode::Backspace => e.backspace(),
         KeyCode::Delete => e.delete(),

@@ -42,7 +42,7 @@ pub mod exit {
     /// The server could not be reached.
     pub const UNREACHABLE: u8 = 3;
     /// The login was refused: wrong name or password, revoked token, throttled, or the
-    /// device in use elsewhere.
+    /// device in use elsewhere; or there was no password to log in with.
     pub const LOGIN: u8 = 4;
     /// The server refused the request (not a member, no such user, rate limited): nothing
     /// was stored.
@@ -57,7 +57,8 @@ wheel scroll (PageUp at the top loads older messages); Ctrl-N/Ctrl-P or Alt-1..9
 conversations; Ctrl-W, Ctrl-U, Ctrl-K delete; Ctrl-C quits. /help lists the commands:
 /join /leave /dm /close /who /rooms /contacts /accept /decline /send /get /history /quit.
 
-The password is read from PARLEY_PASSWORD if it is set, else asked for without echo. After
+The password is read from PARLEY_PASSWORD if it is set, else asked for without echo (when
+standard input is a terminal; scripts without a stored token need PARLEY_PASSWORD). After
 a password login the device's token is kept in $XDG_CONFIG_HOME/parley/tokens/ (default
 ~/.config/parley/tokens/, mode 0600) and used instead of the password next time.
 
@@ -69,7 +70,8 @@ Exit status (for --send, --tail and --logout; the full-screen client exits 0 on 
   1  a local failure (terminal, file)
   2  bad command line
   3  the server could not be reached
-  4  login refused (wrong name or password, revoked token, throttled, device in use)
+  4  login refused (wrong name or password, revoked token, throttled, device in use),
+     or no password to log in with
   5  the server refused the request (not a member, no such user, rate limited): not stored
   6  --timeout passed before the server confirmed: the message may or may not be stored";
 
@@ -202,6 +204,10 @@ fn password(args: &ChatArgs, confirm: bool) -> Result<String, String> {
     if let Ok(p) = std::env::var("PARLEY_PASSWORD") {
         return Ok(p);
     }
+    // A script (standard input not a terminal) is never stopped by a question.
+    if !std::io::stdin().is_terminal() {
+        return Err("no password: set PARLEY_PASSWORD (standard input is not a terminal)".into());
+    }
     let prompt = format!("password for {} at {}: ", args.user, args.server);
     let first = rpassword::prompt_password(prompt)
         .map_err(|e| format!("no password (set PARLEY_PASSWORD, or run in a terminal): {e}"))?;
@@ -229,6 +235,8 @@ pub(crate) enum Outcome {
     Online(Login),
     /// Not reachable yet; the link keeps trying.
     Unreachable(Login, String),
+    /// No password to log in with: none in the environment and no terminal to ask on.
+    NoPassword(String),
     Failed(Error),
 }
 
@@ -250,7 +258,7 @@ pub(crate) async fn login(args: &ChatArgs, device: &str, max_attempts: Option<u3
             Some(_) => None,
             None => match password(args, args.register && tries == 0) {
                 Ok(p) => Some(p),
-                Err(e) => return Outcome::Failed(Error::Local(e)),
+                Err(e) => return Outcome::NoPassword(e),
             },
         };
         let mut options = LinkOptions::new(endpoint(args), &args.user, device);
@@ -342,6 +350,10 @@ async fn interactive(args: &ChatArgs) -> u8 {
     let device = device_name(args, "");
     let login = match login(args, &device, None).await {
         Outcome::Online(login) | Outcome::Unreachable(login, _) => login,
+        Outcome::NoPassword(e) => {
+            eprintln!("parley chat: {e}");
+            return exit::LOGIN;
+        }
         Outcome::Failed(e) => {
             eprintln!("parley chat: {e}");
             return login_failure(&e);
@@ -394,6 +406,9 @@ async fn run_screen(args: &ChatArgs, device: &str, login: Login) -> std::io::Res
     };
     let mut quit_at: Option<tokio::time::Instant> = None;
     loop {
+        if std::mem::take(&mut app.redraw) {
+            screen.terminal.clear()?;
+        }
         screen
             .terminal
             .draw(|frame| render::draw(frame, &app, &theme))?;

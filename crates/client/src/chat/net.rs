@@ -161,6 +161,24 @@ async fn perform(link: Link, action: Action, updates: mpsc::Sender<Update>) {
                 Err(_) => return,
             }
         }
+        Action::Presence(user) => {
+            let u = user.clone();
+            let found = link
+                .retry(|c| {
+                    let u = u.clone();
+                    async move { c.search(&u, 1).await }
+                })
+                .await;
+            match found {
+                Ok(found) => Update::Users(
+                    found
+                        .into_iter()
+                        .filter(|f| *f.name == *user.as_bytes())
+                        .collect(),
+                ),
+                Err(_) => return,
+            }
+        }
         Action::Users => match link.retry(|c| async move { c.users().await }).await {
             Ok(users) => Update::Users(users),
             Err(_) => return,
@@ -259,6 +277,8 @@ async fn perform(link: Link, action: Action, updates: mpsc::Sender<Update>) {
                 .await
             {
                 Ok(found) if found.iter().any(|f| *f.name == *user.as_bytes()) => {
+                    let exact = found.into_iter().filter(|f| *f.name == *user.as_bytes());
+                    let _ = updates.send(Update::Users(exact.collect())).await;
                     Update::UserFound(user)
                 }
                 Ok(_) => note(

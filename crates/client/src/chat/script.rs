@@ -42,6 +42,10 @@ async fn script_login(args: &ChatArgs, suffix: &str) -> Result<Login, u8> {
                 None => return Err(exit::UNREACHABLE),
             }
         },
+        Outcome::NoPassword(e) => {
+            eprintln!("parley chat: {e}");
+            Err(exit::LOGIN)
+        }
         Outcome::Failed(e) => {
             eprintln!("parley chat: {e}");
             Err(login_failure(&e))
@@ -235,6 +239,10 @@ pub async fn logout(args: &ChatArgs) -> u8 {
             Outcome::Unreachable(_, reason) => {
                 eprintln!("parley chat: {reason}");
                 return exit::UNREACHABLE;
+            }
+            Outcome::NoPassword(e) => {
+                eprintln!("parley chat: {e}");
+                return exit::LOGIN;
             }
             Outcome::Failed(e) => {
                 eprintln!("parley chat: {e}");

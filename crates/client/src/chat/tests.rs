@@ -594,3 +594,32 @@ fn get_downloads_the_latest_file_message_to_a_free_name() {
     assert_eq!(dest, &dir.path().join("notes (1).txt"));
     assert!(type_line(&mut app, "/get other.pdf").is_empty());
 }
+
+#[test]
+fn a_line_feed_sends_like_enter() {
+    // What was typed before the terminal went raw arrives with \n, which reads as Ctrl-J.
+    let mut app = app(80, 24);
+    for c in "/join x".chars() {
+        input::handle(&mut app, key(KeyCode::Char(c)));
+    }
+    let ctrl_j = TermEvent::Key(KeyEvent::new(KeyCode::Char('j'), KeyModifiers::CONTROL));
+    assert_eq!(input::handle(&mut app, ctrl_j), [Action::Join("#x".into())]);
+    assert_eq!(app.editor.text(), "");
+}
+
+#[test]
+fn presence_is_asked_for_what_is_on_screen() {
+    let mut app = app(80, 24);
+    join(&mut app, "#r", &[("alice", true)]);
+    let actions = app.tick(NOW + 11_000);
+    assert!(actions.contains(&Action::Members("#r".into())), "{actions:?}");
+    assert!(!actions.contains(&Action::Users), "not every user on the server: {actions:?}");
+    // A direct conversation: its peer, who shows as online once they write.
+    app.apply(Update::Users(members(&[("bob", false)])));
+    app.apply(Update::Message(dm(1, "bob", "alice", "hi")));
+    let bob = app.find(&ConvKey::Direct("bob".into())).unwrap();
+    app.select(bob);
+    let actions = app.tick(NOW + 22_000);
+    assert!(actions.contains(&Action::Presence("bob".into())), "{actions:?}");
+    assert!(screen(&app)[0].contains("bob  ● online"), "{}", screen(&app)[0]);
+}

@@ -35,10 +35,15 @@ fn config(dir: &TempDir, listen: SocketAddr) -> Config {
 
 impl Server {
     pub async fn start() -> Server {
+        Server::start_with(|_| {}).await
+    }
+
+    /// Starts with the test config changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let running = parley_server::start(config(&dir, "127.0.0.1:0".parse().unwrap()))
-            .await
-            .expect("server starts");
+        let mut config = config(&dir, "127.0.0.1:0".parse().unwrap());
+        tweak(&mut config);
+        let running = parley_server::start(config).await.expect("server starts");
         Server {
             addr: running.addr,
             running: Some(running),

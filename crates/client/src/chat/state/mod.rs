@@ -26,8 +26,9 @@ pub use update::{Action, Update};
 pub const MAX_ENTRIES: usize = 5000;
 /// Messages one page of history asks for.
 pub const PAGE: u16 = 50;
-/// How often presence (members, users, contacts) is asked for again, in ms.
-const REFRESH_MS: u64 = 15_000;
+/// How often presence (members, contacts, the open conversation's peer) is asked for
+/// again, in ms: binary sessions get no presence notices, so the client asks.
+const REFRESH_MS: u64 = 10_000;
 
 /// The connection as the status line shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +87,8 @@ pub struct App {
     pub transfers: Vec<Transfer>,
     pub download_dir: PathBuf,
     pub quit: bool,
+    /// Ctrl-L: the whole screen is to be drawn again (something else wrote on it).
+    pub redraw: bool,
     /// The time of the last tick (Unix ms).
     pub now: u64,
     last_refresh: u64,
@@ -126,6 +129,7 @@ impl App {
             transfers: Vec::new(),
             download_dir,
             quit: false,
+            redraw: false,
             now,
             last_refresh: now,
             next_local: 1,
@@ -257,8 +261,10 @@ impl App {
                 limit: PAGE,
             });
         }
-        if let ConvKey::Room(room) = &conv.key {
-            actions.push(Action::Members(room.clone()));
+        match &conv.key {
+            ConvKey::Room(room) => actions.push(Action::Members(room.clone())),
+            ConvKey::Direct(user) => actions.push(Action::Presence(user.clone())),
+            _ => {}
         }
         actions
     }
@@ -295,9 +301,13 @@ impl App {
             return Vec::new();
         }
         self.last_refresh = now;
-        let mut actions = vec![Action::Users, Action::Contacts { show: false }];
-        if let ConvKey::Room(room) = &self.conv().key {
-            actions.push(Action::Members(room.clone()));
+        // What is on screen, not every user on the server: contacts, the room's members,
+        // or the other side of a direct conversation.
+        let mut actions = vec![Action::Contacts { show: false }];
+        match &self.conv().key {
+            ConvKey::Room(room) => actions.push(Action::Members(room.clone())),
+            ConvKey::Direct(user) => actions.push(Action::Presence(user.clone())),
+            _ => {}
         }
         actions
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use parley_proto::binary::{contact, ContactEntry, Event, RoomEntry, UserEntry};
 
+use super::super::text;
 use super::super::view::mentions;
 use super::{App, ConnState, ConvKey, Delivery, Entry, Member, Msg, NoteKind, Transfer};
 use crate::{FileInfo, LinkStatus};
@@ -87,7 +88,10 @@ pub enum Action {
         limit: u16,
     },
     Members(String),
+    /// Everyone, with presence (at login, and for `/who` outside a room).
     Users,
+    /// One user's presence (the other side of the open direct conversation).
+    Presence(String),
     Rooms,
     /// Rooms listed, for `/rooms` (shown as a note).
     ListRooms,
@@ -200,13 +204,11 @@ impl App {
                 }
             }
             Update::Users(users) => {
-                self.users = users
-                    .iter()
-                    .map(|u| {
-                        let name = String::from_utf8_lossy(&u.name).into_owned();
-                        (name, (u.online, u.last_seen))
-                    })
-                    .collect();
+                // A listing of everyone, or a search for a few: what it says is news.
+                for u in users {
+                    let name = String::from_utf8_lossy(&u.name).into_owned();
+                    self.users.insert(name, (u.online, u.last_seen));
+                }
             }
             Update::Contacts { list, show } => {
                 self.contacts(&list);
@@ -332,7 +334,11 @@ impl App {
             status: Delivery::Stored,
             local: None,
         };
-        self.users.entry(from.clone()).or_insert((true, 0));
+        // A sender of a message written in the last minute is online (catch-up can bring
+        // older ones); presence is polled, and this keeps it from lagging behind the talk.
+        let recent = text::unix_ms(event.time) + 60_000 > self.now;
+        let seen = self.users.entry(from.clone()).or_insert((recent, 0));
+        seen.0 |= recent;
         let index = self.open(key.clone());
         let me = self.me.clone();
         // Measured only when needed: wrapping a long conversation per message is slow.
