@@ -285,6 +285,19 @@ async fn two_users_chat_in_a_room_and_directly() {
 
     // The screen for the record (the closing note shows one).
     println!("--- bob's screen ---\n{}", bob.screen());
+
+    // Narrowed to 40 columns the sidebar goes; the conversation is laid out again.
+    let out = bob.tmux(&["resize-window", "-t", &bob.name, "-x", "40", "-y", "15"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let narrow = bob
+        .wait_for("the narrow layout", |s| s.starts_with("alice  ● online"))
+        .await;
+    assert!(narrow.lines().all(|l| l.chars().count() <= 40), "{narrow}");
+    assert!(narrow.contains("alice │ just between us"), "{narrow}");
     alice.type_line("/quit");
     alice.wait_text("[exited 0]").await;
 }

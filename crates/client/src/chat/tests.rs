@@ -612,14 +612,27 @@ fn presence_is_asked_for_what_is_on_screen() {
     let mut app = app(80, 24);
     join(&mut app, "#r", &[("alice", true)]);
     let actions = app.tick(NOW + 11_000);
-    assert!(actions.contains(&Action::Members("#r".into())), "{actions:?}");
-    assert!(!actions.contains(&Action::Users), "not every user on the server: {actions:?}");
+    assert!(
+        actions.contains(&Action::Members("#r".into())),
+        "{actions:?}"
+    );
+    assert!(
+        !actions.contains(&Action::Users),
+        "not every user on the server: {actions:?}"
+    );
     // A direct conversation: its peer, who shows as online once they write.
     app.apply(Update::Users(members(&[("bob", false)])));
     app.apply(Update::Message(dm(1, "bob", "alice", "hi")));
     let bob = app.find(&ConvKey::Direct("bob".into())).unwrap();
     app.select(bob);
     let actions = app.tick(NOW + 22_000);
-    assert!(actions.contains(&Action::Presence("bob".into())), "{actions:?}");
-    assert!(screen(&app)[0].contains("bob  ● online"), "{}", screen(&app)[0]);
+    assert!(
+        actions.contains(&Action::Presence("bob".into())),
+        "{actions:?}"
+    );
+    assert!(
+        screen(&app)[0].contains("bob  ● online"),
+        "{}",
+        screen(&app)[0]
+    );
 }

@@ -412,7 +412,7 @@ pub fn progress_text(t: &Transfer) -> String {
     let arrow = if t.upload { "↑" } else { "↓" };
     format!(
         "{arrow} {} {pct}% of {}",
-        text::truncate(&t.name, 20),
+        text::truncate(&text::clean(&t.name), 20),
         text::size(t.total)
     )
 }
