@@ -100,3 +100,10 @@ CREATE TABLE IF NOT EXISTS message_spans (
     data BLOB NOT NULL
 );
 ";
+
+/// Version 4: memberships by conversation. Loading the rooms joins every room to its
+/// members; with only the (user, conversation) key that was a scan of every membership per
+/// room, and a start with 90,000 rooms took 7 min 25 s.
+pub(super) const V4: &str = "
+CREATE INDEX IF NOT EXISTS memberships_conversation ON memberships (conversation_id, user_id);
+";
