@@ -77,6 +77,10 @@ async fn replay(reader: &Reader, hub: &Hub, link: &Link, me: Identity) -> anyhow
             rows.sort_unstable_by_key(|m| m.id);
             for m in rows {
                 progress.insert(m.conv, m.seq);
+                // Lost to damage in the message log (reported there): nothing to send.
+                if m.lost {
+                    continue;
+                }
                 let position = &convs[&m.conv];
                 let (a, b) = &position.members;
                 let to_self = position.kind == ConversationKind::Direct && a == b;

@@ -16,7 +16,7 @@ use anyhow::Context;
 
 use super::{varint, ConvId, DeviceId, NewMessage, Seq, UserId};
 
-const VERSION: u8 = 1;
+pub(super) const VERSION: u8 = 1;
 /// A block takes messages while its encoding stays within this many bytes (a block holds
 /// at least one message, however large): with the log record's 8-byte header, a block of
 /// small messages is about one 4 KiB page: 75 of the benchmark's 32-byte messages.

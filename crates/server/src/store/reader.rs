@@ -42,6 +42,24 @@ pub struct StoredMessage {
     pub sender_device: DeviceId,
     pub body: Bytes,
     pub sent_at: u64,
+    /// The message was stored but its block of the log is damaged (reported): only its id,
+    /// conversation and sequence are known, so a catch-up can go on past it.
+    pub lost: bool,
+}
+
+impl StoredMessage {
+    fn lost(id: i64, conv: ConvId, seq: Seq) -> Self {
+        StoredMessage {
+            id,
+            conv,
+            seq,
+            sender: Arc::from(""),
+            sender_device: 0,
+            body: Bytes::new(),
+            sent_at: 0,
+            lost: true,
+        }
+    }
 }
 
 /// A name's password hash, for checking a login.
@@ -428,7 +446,8 @@ impl Reader {
                 Page::BeforeTime(ms) => index.before(conv, by_time(pool, conv, |t| t < ms)?, limit),
                 Page::AfterTime(ms) => index.from(conv, by_time(pool, conv, |t| t <= ms)?, limit),
             };
-            fetch(conn, &pool.log, conv, &ids)
+            let page = fetch(conn, pool, conv, &ids)?;
+            Ok(page.into_iter().filter(|(m, _)| !m.lost).collect())
         })
         .await
     }
@@ -443,7 +462,7 @@ impl Reader {
             let mut pages = Vec::with_capacity(from.len());
             for (conv, after) in from {
                 let ids = pool.index.from(conv, position(after), limit);
-                let page = fetch(conn, &pool.log, conv, &ids)?;
+                let page = fetch(conn, pool, conv, &ids)?;
                 pages.push(page.into_iter().map(|(m, _)| m).collect());
             }
             Ok(pages)
@@ -483,20 +502,25 @@ fn by_time(pool: &Pool, conv: ConvId, before: impl Fn(i64) -> bool) -> anyhow::R
 }
 
 /// The messages of `conv` with these ids (ascending, from the index), with their receive
-/// times. A conversation written in a run (the offline case) fills whole blocks, so a page
-/// reads few of them; each block is read once however many of the page's ids it holds.
+/// times; those in a damaged block of the log as `lost`. A conversation written in a run
+/// (the offline case) fills whole blocks, so a page reads few of them; each block is read
+/// once however many of the page's ids it holds.
 fn fetch(
     conn: &Connection,
-    log: &MessageLog,
+    pool: &Pool,
     conv: ConvId,
     ids: &[i64],
 ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
-    let mut lookup = Lookup::new(log);
+    let mut lookup = Lookup::new(&pool.log);
     let mut names = conn.prepare_cached("SELECT name FROM users WHERE id = ?1")?;
     let mut known: HashMap<UserId, Arc<str>> = HashMap::new();
     let mut out = Vec::with_capacity(ids.len());
     for &id in ids {
         let Some(m) = lookup.find(id)? else {
+            if lookup.lost(id) {
+                let seq = pool.index.position(conv, |x| x < id) as Seq + 1;
+                out.push((StoredMessage::lost(id, conv, seq), 0));
+            }
             continue;
         };
         if m.conv != conv {
@@ -525,6 +549,7 @@ fn fetch(
                 sender_device: m.sender_device,
                 body: Bytes::copy_from_slice(m.body),
                 sent_at: m.sent_at,
+                lost: false,
             },
             m.received_at,
         ));

@@ -20,7 +20,7 @@ use crate::store::log::{self, MessageLog};
 use crate::store::NewMessage;
 
 /// The schema version this parley writes.
-pub(super) const LATEST: usize = 4;
+pub(super) const LATEST: usize = 5;
 
 /// The migrations, in order: version `n` is the `n`-th. `data_dir` is where the message
 /// log is, for the move of version 3.
@@ -33,6 +33,7 @@ fn migrations(data_dir: &Path, sync: bool) -> Migrations<'static> {
             move_messages(tx, &dir, sync).map_err(|e| HookError::Hook(format!("{e:#}")))
         }),
         M::up(schema::V4),
+        M::up(schema::V5),
     ])
 }
 

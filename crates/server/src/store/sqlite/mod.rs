@@ -124,8 +124,11 @@ impl SqliteStore {
         let index =
             Arc::new(MessageIndex::load(&conn, &messages).context("indexing the messages")?);
         if !recovery::take_clean_stop(&conn)? {
-            recovery::clamp_to_log(&conn, &index).context("checking cursors against the log")?;
+            tracing::info!("the last stop was not clean");
         }
+        // At every start: a log cut or damaged while the server was stopped lacks messages
+        // that the cursors of a clean stop count.
+        recovery::clamp_to_log(&conn, &index).context("checking cursors against the log")?;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             up_to = messages.last_id(),

@@ -1,7 +1,9 @@
-//! Crash recovery: what a start does after a stop that was not clean.
+//! Recovery at start: the rows that may point past the end of the message log.
 //!
 //! A clean stop saves the message index and the log's spans and sets `clean_stop`; every
-//! start clears it. After any other stop the rows that may point past the log are checked.
+//! start clears it. Every start, clean or not, checks the cursors and join points against
+//! the log: a crash, a power loss or a log cut while the server was stopped can each leave
+//! them past it.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -30,13 +32,13 @@ pub(super) fn set_clean_stop(conn: &Connection, clean: bool) -> anyhow::Result<(
     Ok(())
 }
 
-/// After a stop that was not clean: moves cursors and join points that lie past the end of
-/// their conversation in the log back to it. A batch's rows commit before its messages are
-/// appended, so a crash between the two can leave a room joined after messages that were
-/// never stored; a power loss (with `sync = "normal"`) can take messages from the log that
-/// SQLite's cursors already count. Left there, the next messages would get sequences their
-/// members are taken to have seen. Reads the two tables once (a few hundred milliseconds
-/// per million rows).
+/// Moves cursors and join points that lie past the end of their conversation in the log
+/// back to it. A batch's rows commit before its messages are appended, so a crash between
+/// the two can leave a room joined after messages that were never stored; a power loss
+/// (with `sync = "normal"`) can take messages from the log that SQLite's cursors already
+/// count; so can a log whose tail was cut after a clean stop. Left there, the next messages
+/// would get sequences their members are taken to have seen, and would never be delivered.
+/// Reads the two tables once (a few hundred milliseconds per million rows).
 pub(super) fn clamp_to_log(conn: &Connection, index: &MessageIndex) -> anyhow::Result<()> {
     let mut moved = 0;
     for (table, column) in [("cursors", "seq"), ("memberships", "joined_seq")] {
@@ -85,9 +87,9 @@ mod tests {
 
     /// After a crash, a cursor or a join point past the end of its conversation in the log
     /// (the rows of a batch committed, its messages not) is moved back to the end; after a
-    /// clean stop nothing is read or moved.
+    /// clean stop too (the log may have been cut while the server was stopped).
     #[test]
-    fn cursors_and_join_points_past_the_log_are_moved_back_after_a_crash() {
+    fn cursors_and_join_points_past_the_log_are_moved_back_at_every_start() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
         let mut first = batch((1..=3).map(|i| message(i, 7, i)));
@@ -116,10 +118,10 @@ mod tests {
         };
         drop(SqliteStore::open(dir.path(), SyncMode::Normal).unwrap());
         assert_eq!(read(), (vec![3, 1], 3));
-        // A clean stop: the next start trusts the tables (and does not read them).
+        // After a clean stop (the last open's) as well.
         db.execute_batch("UPDATE cursors SET seq = 9 WHERE device_id = 1")
             .unwrap();
         drop(SqliteStore::open(dir.path(), SyncMode::Normal).unwrap());
-        assert_eq!(read(), (vec![9, 1], 3));
+        assert_eq!(read(), (vec![3, 1], 3));
     }
 }

@@ -107,3 +107,8 @@ CREATE TABLE IF NOT EXISTS message_spans (
 pub(super) const V4: &str = "
 CREATE INDEX IF NOT EXISTS memberships_conversation ON memberships (conversation_id, user_id);
 ";
+
+/// Version 5: the saved spans of the message log say where damaged bytes lie between two
+/// records (log.rs); those saved in the earlier form are dropped (the next start reads the
+/// log instead, once).
+pub(super) const V5: &str = "DELETE FROM message_spans;";
