@@ -62,6 +62,13 @@ enum Command {
     Bench(parley_bench::BenchArgs),
     /// Chat from the terminal: a full-screen client (or --send / --tail for scripts).
     Chat(parley_client::chat::ChatArgs),
+    /// Verify a stopped server's data directory (database, message log, saved index,
+    /// files) and list what is unreadable; exits with 1 if anything is.
+    Check {
+        /// The data directory to check.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Serialize)]
@@ -131,6 +138,29 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => parley_bench::run(args),
         Command::Chat(args) => std::process::exit(i32::from(parley_client::chat::run(args))),
+        Command::Check { data_dir } => check(&data_dir),
+    }
+}
+
+/// `parley check`: what was found whole, then what was not; exit code 1 if anything.
+fn check(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let report = parley_server::check(data_dir)?;
+    for line in &report.checked {
+        println!("ok: {line}");
+    }
+    for line in &report.problems {
+        println!("DAMAGED: {line}");
+    }
+    if report.problems.is_empty() {
+        println!("{}: no damage found", data_dir.display());
+        Ok(())
+    } else {
+        println!(
+            "{}: {} problems found",
+            data_dir.display(),
+            report.problems.len()
+        );
+        std::process::exit(1);
     }
 }
 

@@ -26,4 +26,5 @@ mod tls;
 
 pub use config::{Config, SyncMode};
 pub use server::{serve, start, Listeners, Running};
+pub use store::{check, CheckReport};
 pub use tls::{write_self_signed, Tls};

@@ -159,7 +159,7 @@ const SAVED_UP_TO: &str = "message_index_up_to";
 
 /// Reads the saved index into `convs`; returns the highest message id it covers (0: none
 /// saved).
-fn read_saved(
+pub(super) fn read_saved(
     conn: &Connection,
     convs: &mut HashMap<ConvId, Vec<i64>, ahash::RandomState>,
 ) -> anyhow::Result<i64> {
@@ -220,7 +220,7 @@ fn stored(ids: &[i64], i: usize) -> bool {
 }
 
 /// Records that sequence `seq` of a conversation is message `id`.
-fn place(ids: &mut Vec<i64>, seq: Seq, id: i64) {
+pub(super) fn place(ids: &mut Vec<i64>, seq: Seq, id: i64) {
     let Ok(position) = usize::try_from(seq - 1) else {
         return;
     };

@@ -54,12 +54,12 @@ const SPANS_PER_ROW: usize = 65_536;
 /// Where one record lies, and the ids of its first and last message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Span {
-    first: i64,
-    last: i64,
+    pub first: i64,
+    pub last: i64,
     /// Of the record's header.
-    offset: u64,
+    pub offset: u64,
     /// Of the payload.
-    len: u32,
+    pub len: u32,
 }
 
 impl Span {
@@ -350,6 +350,55 @@ impl LogWriter {
         self.end = end;
         let mut spans = self.log.spans.write().expect("spans poisoned");
         spans.extend_from_slice(&self.pending);
+        Ok(())
+    }
+}
+
+/// The log of `data_dir` read as it is, for `parley check`: nothing is cut or written.
+pub(super) struct Examined {
+    pub path: PathBuf,
+    pub len: u64,
+    /// Every readable record.
+    pub spans: Vec<Span>,
+    pub scanned: Scanned,
+    file: File,
+}
+
+impl Examined {
+    /// Opens the log read-only and reads every record's header and CRC.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Examined> {
+        let path = data_dir.join(FILE_NAME);
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let len = file.metadata()?.len();
+        let mut magic = [0; MAGIC.len()];
+        anyhow::ensure!(
+            file.read_exact_at(&mut magic, 0).is_ok() && &magic == MAGIC,
+            "{} is not a parley message log",
+            path.display()
+        );
+        let mut spans = Vec::new();
+        let scanned = scan(&file, START, len, &mut spans)?;
+        Ok(Examined {
+            path,
+            len,
+            spans,
+            scanned,
+            file,
+        })
+    }
+
+    /// Calls `f` with every message of the readable records, in id order.
+    pub fn each(&self, mut f: impl FnMut(&Record<'_>)) -> anyhow::Result<()> {
+        let mut data = Vec::new();
+        for span in &self.spans {
+            data.resize(span.len as usize, 0);
+            self.file
+                .read_exact_at(&mut data, span.offset + RECORD_HEADER)?;
+            let mut records = Records::new(&data)?;
+            while let Some(r) = records.next()? {
+                f(&r);
+            }
+        }
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 //! log).
 
 mod blocks;
+mod check;
 mod index;
 mod log;
 mod reader;
@@ -19,6 +20,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use parley_proto::ConversationKind;
 
+pub use check::{check, Report as CheckReport};
 pub use index::MessageIndex;
 pub use log::MessageLog;
 pub use reader::{ConvPosition, Page, Profile, Reader, Resolved};

@@ -20,7 +20,7 @@ use crate::store::log::{self, MessageLog};
 use crate::store::NewMessage;
 
 /// The schema version this parley writes.
-pub(super) const LATEST: usize = 5;
+pub(in crate::store) const LATEST: usize = 5;
 
 /// The migrations, in order: version `n` is the `n`-th. `data_dir` is where the message
 /// log is, for the move of version 3.

@@ -20,6 +20,7 @@ use anyhow::Context;
 use rusqlite::Connection;
 
 use self::checkpoint::{Checkpoints, WAL_SIZE_LIMIT};
+pub(in crate::store) use self::migrations::LATEST as LATEST_SCHEMA;
 use super::index::MessageIndex;
 use super::log::{self, LogWriter, MessageLog};
 use super::{ConvId, LogStore, Seq};
