@@ -694,3 +694,89 @@ async fn a_flipped_byte_in_the_first_record_after_kill_9_costs_only_that_record(
     drop(bob);
     server.stop_with(libc::SIGTERM);
 }
+
+/// A binary client with acks enabled, logged in as `name`.
+async fn acking(server: &Server, name: &str) -> BinaryClient {
+    let mut c = server.client().await;
+    c.send(&Frame::EnableAcks { cid: 1 })
+        .await
+        .expect("enable acks");
+    assert_eq!(c.expect_response(1).await.expect("answer"), OK);
+    assert_eq!(c.login(2, name).await.expect("login"), OK);
+    c
+}
+
+/// After kill -9 with the recipient online, what he acknowledged but the server had not
+/// yet written as received comes again: fewer than `cursor_flush_messages` (here 100, the
+/// time bound out of the way). (Before, only the time bound held progress back: here all
+/// 1,050 came again.)
+#[tokio::test]
+async fn kill_9_with_the_recipient_online_redelivers_less_than_the_flush_window() {
+    const COUNT: usize = 1_050;
+    const WINDOW: usize = 100;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bounded = || {
+        let mut cmd = serve_in(dir.path());
+        cmd.env("PARLEY_CURSOR_FLUSH_MS", "600000")
+            .env("PARLEY_CURSOR_FLUSH_MESSAGES", WINDOW.to_string());
+        cmd
+    };
+    let mut server = Server::start(bounded());
+    let mut bob = acking(&server, "bob").await;
+    let mut alice = server.login("alice").await;
+    send_all_acknowledged(&mut alice, COUNT, 100).await;
+    for i in 0..COUNT {
+        let event = match bob.recv().await.expect("an event") {
+            Frame::Event { cid: 0, event } => event,
+            other => panic!("bob got {other:?}"),
+        };
+        assert_eq!(&event.message[..], body(i).as_bytes());
+        let ack = Frame::Ack {
+            cid: 0,
+            conversation: event.conversation,
+            seq: event.seq,
+        };
+        bob.send(&ack).await.expect("ack");
+    }
+    // A request through the hub after the acks: when it is answered, the hub has taken
+    // every ack (written or not).
+    let code = bob
+        .message(9, "bob", "alice", b"sync", 1)
+        .await
+        .expect("send");
+    assert_eq!(code, OK);
+    server.proc.signal(libc::SIGKILL);
+    let status = server.proc.wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "killed: {status}");
+    drop((alice, bob, server));
+
+    let server = Server::start(bounded());
+    let mut bob = acking(&server, "bob").await;
+    let mut again = Vec::new();
+    loop {
+        assert!(again.len() <= COUNT, "more than was sent");
+        match tokio::time::timeout(Duration::from_secs(2), bob.recv()).await {
+            Err(_) => break,
+            Ok(frame) => match frame.expect("a frame") {
+                Frame::Event { cid: 0, event } => {
+                    let text = std::str::from_utf8(&event.message).unwrap().to_string();
+                    again.push(text[1..].parse::<usize>().unwrap());
+                }
+                other => panic!("bob got {other:?}"),
+            },
+        }
+    }
+    eprintln!(
+        "kill -9 with the recipient online: {} of {COUNT} delivered again",
+        again.len()
+    );
+    let first = COUNT - again.len();
+    assert_eq!(again, (first..COUNT).collect::<Vec<_>>());
+    assert!(
+        again.len() < WINDOW,
+        "{} delivered again, the window is {WINDOW}",
+        again.len()
+    );
+    drop(bob);
+    server.stop_with(libc::SIGTERM);
+}

@@ -71,6 +71,12 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Most operations committed in one store transaction (group commit).
     pub batch_max: usize,
+    /// Delivery progress (cursors) reported by sessions is written at most this long after
+    /// it is reported (ms), or sooner once `cursor_flush_messages` messages' worth waits.
+    /// After a crash, what was delivered but not yet written is delivered again.
+    pub cursor_flush_ms: u64,
+    /// Progress of at most this many messages waits to be written (see `cursor_flush_ms`).
+    pub cursor_flush_messages: u64,
     /// Durability of each commit.
     pub sync: SyncMode,
     /// Argon2id cost: memory in KiB, iterations, lanes (OWASP's baseline by default).
@@ -150,6 +156,8 @@ impl Default for Config {
             login_grace_ms: 200,
             shutdown_timeout_ms: 10_000,
             batch_max: 4096,
+            cursor_flush_ms: 100,
+            cursor_flush_messages: 10_000,
             sync: SyncMode::Normal,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
@@ -199,6 +207,10 @@ impl Config {
         anyhow::ensure!(self.outbound_queue > 0, "outbound_queue must be positive");
         anyhow::ensure!(self.max_inflight > 0, "max_inflight must be positive");
         anyhow::ensure!(self.batch_max > 0, "batch_max must be positive");
+        anyhow::ensure!(
+            self.cursor_flush_messages > 0,
+            "cursor_flush_messages must be positive"
+        );
         anyhow::ensure!(
             self.tls_cert.is_some() == self.tls_key.is_some(),
             "tls_cert and tls_key go together"
