@@ -25,7 +25,7 @@ pub struct ConvPosition {
     /// name twice.
     pub members: (Arc<str>, Arc<str>),
     /// The last sequence this device received (or, for a device that never received
-    /// anything of it, where the account's furthest device is, or the join point).
+    /// anything of it, where it starts: see `Reader::positions`).
     pub cursor: Seq,
     /// Where the user's membership began.
     pub joined: Seq,
@@ -182,9 +182,14 @@ impl Reader {
     }
 
     /// Every conversation `user` belongs to, with `device`'s cursor in it. A device that
-    /// never received anything of a conversation starts where the account's furthest device
-    /// is: what some device of the account already received is not replayed to a new one,
-    /// and what none received goes to whichever device comes first.
+    /// never received anything of a conversation gets every message of it stored after the
+    /// device first existed, and also what no device of the account received yet: it
+    /// starts where the account's furthest device is or where its own life began, whichever
+    /// is earlier (never before the membership). So a new device is not sent again what
+    /// another device received, what none received goes to whichever device comes first,
+    /// and a device that was away gets the conversations that began meanwhile. (Devices
+    /// created before schema version 6 have no known beginning: the furthest device's
+    /// position alone.)
     pub async fn positions(
         &self,
         user: UserId,
@@ -192,12 +197,16 @@ impl Reader {
     ) -> anyhow::Result<Vec<ConvPosition>> {
         self.with(move |conn, pool| {
             // `c.last_seq` is a floor that databases written before the index still count.
+            let first_message: Option<i64> = conn
+                .prepare_cached("SELECT first_message_id FROM devices WHERE id = ?1")?
+                .query_row([device], |r| r.get(0))
+                .optional()?
+                .flatten();
             let mut stmt = conn.prepare_cached(
-                "SELECT c.id, ua.name, ub.name, MAX(COALESCE(cur.seq, (SELECT MAX(c2.seq) FROM cursors c2
-                                   JOIN devices d2 ON d2.id = c2.device_id
-                                   WHERE d2.user_id = ?1 AND c2.conversation_id = c.id), 0),
-                           m.joined_seq), c.last_seq,
-                        c.kind, c.name, m.joined_seq
+                "SELECT c.id, ua.name, ub.name, cur.seq, c.last_seq, c.kind, c.name, m.joined_seq,
+                        (SELECT MAX(c2.seq) FROM cursors c2
+                         JOIN devices d2 ON d2.id = c2.device_id
+                         WHERE d2.user_id = ?1 AND c2.conversation_id = c.id)
                  FROM memberships m
                  JOIN conversations c ON c.id = m.conversation_id
                  LEFT JOIN users ua ON ua.id = c.user_a
@@ -211,9 +220,24 @@ impl Reader {
                 let (kind, a, b): (ConversationKind, Option<String>, Option<String>) = match kind {
                     super::KIND_DIRECT => (ConversationKind::Direct, r.get(1)?, r.get(2)?),
                     super::KIND_ROOM => (ConversationKind::Room, r.get(6)?, r.get(6)?),
-                    _ => (ConversationKind::Broadcast, Some("*".into()), Some("*".into())),
+                    _ => (
+                        ConversationKind::Broadcast,
+                        Some("*".into()),
+                        Some("*".into()),
+                    ),
                 };
                 let conv = r.get(0)?;
+                let joined: Seq = r.get(7)?;
+                let cursor = match r.get::<_, Option<Seq>>(3)? {
+                    Some(seq) => seq,
+                    None => {
+                        let furthest = r.get::<_, Option<Seq>>(8)?.unwrap_or(0);
+                        // The messages stored before the device existed.
+                        let before = first_message
+                            .map(|first| pool.index.position(conv, |id| id < first) as Seq);
+                        before.map_or(furthest, |before| before.min(furthest))
+                    }
+                };
                 Ok(ConvPosition {
                     conv,
                     kind,
@@ -221,9 +245,9 @@ impl Reader {
                         Arc::from(a.unwrap_or_default()),
                         Arc::from(b.unwrap_or_default()),
                     ),
-                    cursor: r.get(3)?,
+                    cursor: cursor.max(joined),
                     last_seq: pool.index.last_seq(conv).max(r.get(4)?),
-                    joined: r.get(7)?,
+                    joined,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)

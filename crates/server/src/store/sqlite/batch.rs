@@ -46,11 +46,17 @@ fn write_batch(tx: &Connection, batch: &Batch, reserve: Option<i64>) -> anyhow::
         users.execute(params![id, name, now])?;
     }
     let mut devices = tx.prepare_cached(
-        "INSERT INTO devices (id, user_id, name, created_at, last_seen_at)
-                 VALUES (?1, ?2, ?3, ?4, ?4)",
+        "INSERT INTO devices (id, user_id, name, created_at, last_seen_at, first_message_id)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
     )?;
+    // Messages of this batch may have been handed out before the device's login: the
+    // batch's first id (a device may get a few more, never fewer).
+    let first_message = batch
+        .messages
+        .first()
+        .map_or(batch.next_message_id, |m| m.id);
     for (id, user, name) in &batch.devices {
-        devices.execute(params![id, user, name, now])?;
+        devices.execute(params![id, user, name, now, first_message])?;
     }
     let mut convs = tx.prepare_cached(
         "INSERT INTO conversations (id, kind, user_a, user_b, created_at)

@@ -20,7 +20,7 @@ use crate::store::log::{self, MessageLog};
 use crate::store::NewMessage;
 
 /// The schema version this parley writes.
-pub(in crate::store) const LATEST: usize = 5;
+pub(in crate::store) const LATEST: usize = 6;
 
 /// The migrations, in order: version `n` is the `n`-th. `data_dir` is where the message
 /// log is, for the move of version 3.
@@ -34,6 +34,7 @@ fn migrations(data_dir: &Path, sync: bool) -> Migrations<'static> {
         }),
         M::up(schema::V4),
         M::up(schema::V5),
+        M::up(schema::V6),
     ])
 }
 
@@ -163,7 +164,8 @@ mod tests {
         drop(SqliteStore::open(dir.path(), SyncMode::Normal).unwrap());
         let db = Connection::open(database_path(dir.path())).unwrap();
         db.execute_batch(
-            "PRAGMA user_version = 0;
+            "PRAGMA user_version = 0; ALTER TABLE devices DROP COLUMN first_message_id;
+             DROP INDEX memberships_conversation;
              DELETE FROM message_index; DELETE FROM message_spans; DELETE FROM counters;
              CREATE TABLE messages (
                  id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL,
@@ -222,7 +224,9 @@ mod tests {
         drop(SqliteStore::open(dir.path(), SyncMode::Normal).unwrap());
         let db = Connection::open(database_path(dir.path())).unwrap();
         db.execute_batch(
-            "PRAGMA user_version = 0; DELETE FROM message_spans; DELETE FROM message_index;
+            "PRAGMA user_version = 0; ALTER TABLE devices DROP COLUMN first_message_id;
+             DROP INDEX memberships_conversation;
+             DELETE FROM message_spans; DELETE FROM message_index;
              CREATE TABLE message_blocks (
                  last_id INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, data BLOB NOT NULL)",
         )

@@ -112,3 +112,8 @@ CREATE INDEX IF NOT EXISTS memberships_conversation ON memberships (conversation
 /// records (log.rs); those saved in the earlier form are dropped (the next start reads the
 /// log instead, once).
 pub(super) const V5: &str = "DELETE FROM message_spans;";
+
+/// Version 6: the first message id a device could have been sent (the next id when it was
+/// created), so that it gets every message stored after it first existed (reader.rs).
+/// Devices created before this version have none, and keep the older rule.
+pub(super) const V6: &str = "ALTER TABLE devices ADD COLUMN first_message_id INTEGER;";
