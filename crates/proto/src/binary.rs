@@ -165,6 +165,7 @@ pub mod code {
     pub const NOT_CONTACT: u16 = 0x13;
     pub const BAD_TRANSFER: u16 = 0x14;
     pub const CORRUPT: u16 = 0x15;
+    pub const TOO_MANY_ROOMS: u16 = 0x16;
 }
 
 /// The response code that reports `kind`.
@@ -190,6 +191,7 @@ pub fn error_code(kind: ErrorKind) -> u16 {
         ErrorKind::NotContact => code::NOT_CONTACT,
         ErrorKind::BadTransfer => code::BAD_TRANSFER,
         ErrorKind::Corrupt => code::CORRUPT,
+        ErrorKind::TooManyRooms => code::TOO_MANY_ROOMS,
     }
 }
 

@@ -51,4 +51,7 @@ pub enum ErrorKind {
     BadTransfer,
     /// The uploaded bytes do not have the announced SHA-256 (or size): rejected.
     Corrupt,
+    /// This user (or this address) has created as many rooms as the server allows
+    /// (`max_rooms_per_user`, `max_rooms_per_address`): joining existing rooms still works.
+    TooManyRooms,
 }

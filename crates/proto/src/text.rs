@@ -330,6 +330,7 @@ pub fn error_word(kind: ErrorKind) -> &'static str {
         ErrorKind::NotContact => "not-a-contact",
         ErrorKind::BadTransfer => "bad-transfer",
         ErrorKind::Corrupt => "corrupt",
+        ErrorKind::TooManyRooms => "too-many-rooms",
     }
 }
 

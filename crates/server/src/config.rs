@@ -77,6 +77,12 @@ pub struct Config {
     pub cursor_flush_ms: u64,
     /// Progress of at most this many messages waits to be written (see `cursor_flush_ms`).
     pub cursor_flush_messages: u64,
+    /// Rooms one user may create (counted over the server's life); joining existing rooms
+    /// is never limited.
+    pub max_rooms_per_user: u32,
+    /// Rooms the connections of one address may create since the server started (guests
+    /// and users alike).
+    pub max_rooms_per_address: u32,
     /// Durability of each commit.
     pub sync: SyncMode,
     /// Argon2id cost: memory in KiB, iterations, lanes (OWASP's baseline by default).
@@ -158,6 +164,8 @@ impl Default for Config {
             batch_max: 4096,
             cursor_flush_ms: 100,
             cursor_flush_messages: 10_000,
+            max_rooms_per_user: 1_000,
+            max_rooms_per_address: 10_000,
             sync: SyncMode::Normal,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,

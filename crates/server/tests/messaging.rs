@@ -796,9 +796,10 @@ fn write_old_layout(dir: &std::path::Path, layout: &str) {
         "DELETE FROM message_spans; DELETE FROM message_index;
          DELETE FROM counters WHERE name = 'message_index_up_to';
          PRAGMA user_version = 0;
-         -- What came after schema versions began (versions 4 and 6).
+         -- What came after schema versions began (versions 4, 6, 7).
          DROP INDEX memberships_conversation;
-         ALTER TABLE devices DROP COLUMN first_message_id;",
+         ALTER TABLE devices DROP COLUMN first_message_id;
+         ALTER TABLE conversations DROP COLUMN created_by;",
     )
     .unwrap();
     db.execute_batch(layout).unwrap();

@@ -61,6 +61,12 @@ pub fn spawn(
         cursors_wanted: false,
         staging: Staging::default(),
         batch_time: 0,
+        rooms_created: RoomsCreated {
+            by_user: Map::default(),
+            by_address: Map::default(),
+            per_user: config.max_rooms_per_user,
+            per_address: config.max_rooms_per_address,
+        },
     };
     core.load()?;
     let (ops, rx) = crossbeam_channel::unbounded();
@@ -168,6 +174,17 @@ pub(super) struct Core {
     /// When the batch being applied began (Unix ms): the receive time of all its messages
     /// (one clock read per batch instead of one per message).
     batch_time: i64,
+    /// Rooms created per user and per address, and how many each may (rooms.rs).
+    pub(super) rooms_created: RoomsCreated,
+}
+
+/// Rooms created per user (over the server's life: counted again at start) and per address
+/// (since the start), against `max_rooms_per_user` and `max_rooms_per_address`.
+pub(super) struct RoomsCreated {
+    pub by_user: Map<UserId, u32>,
+    pub by_address: Map<std::net::IpAddr, u32>,
+    pub per_user: u32,
+    pub per_address: u32,
 }
 
 /// Who a message goes to.
@@ -224,7 +241,11 @@ impl Core {
             self.users.insert(id, name);
         }
         self.rooms.clear();
+        self.rooms_created.by_user.clear();
         for room in self.store.load_rooms()? {
+            if let Some(user) = room.created_by {
+                *self.rooms_created.by_user.entry(user).or_default() += 1;
+            }
             let name: Arc<str> = Arc::from(room.name);
             self.rooms.insert(
                 name.clone(),

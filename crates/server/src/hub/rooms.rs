@@ -1,6 +1,7 @@
 //! Rooms in the hub: joining, leaving, listing; members are users (persistent, they get
 //! what they missed at their next login) or anonymous sessions (until they disconnect).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use parley_proto::ErrorKind;
@@ -8,7 +9,7 @@ use parley_proto::ErrorKind;
 use super::core::{internal, Audience, Core, Effect, Room};
 use super::{Actor, RoomInfo, Set, ANONYMOUS};
 use crate::outbound::{Link, Notice, SharedNotice};
-use crate::store::Batch;
+use crate::store::{Batch, UserId};
 
 impl Core {
     /// Joins `room` (creating it). Members see `joined`.
@@ -21,9 +22,14 @@ impl Core {
         effects: &mut Vec<Effect>,
     ) -> Result<(), ErrorKind> {
         if !self.rooms.contains_key(room) {
+            let creator = match &actor {
+                Actor::Member(identity) => Some(identity.user),
+                Actor::Guest => None,
+            };
+            self.count_new_room(creator, link.peer())?;
             let conv = self.new_conv_id();
             let name: Arc<str> = Arc::from(room);
-            batch.rooms.push((conv, room.to_string()));
+            batch.rooms.push((conv, room.to_string(), creator));
             let new = Room {
                 conv,
                 name: name.clone(),
@@ -154,5 +160,32 @@ impl Core {
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
+    }
+}
+
+impl Core {
+    /// Counts a room about to be created by `creator` (a user, or a guest) from `peer`, or
+    /// refuses it when either has created as many as the config allows.
+    fn count_new_room(
+        &mut self,
+        creator: Option<UserId>,
+        peer: Option<IpAddr>,
+    ) -> Result<(), ErrorKind> {
+        let by_user = creator.map_or(0, |u| {
+            self.rooms_created.by_user.get(&u).copied().unwrap_or(0)
+        });
+        let by_peer = peer.map_or(0, |ip| {
+            self.rooms_created.by_address.get(&ip).copied().unwrap_or(0)
+        });
+        if by_user >= self.rooms_created.per_user || by_peer >= self.rooms_created.per_address {
+            return Err(ErrorKind::TooManyRooms);
+        }
+        if let Some(user) = creator {
+            *self.rooms_created.by_user.entry(user).or_default() += 1;
+        }
+        if let Some(ip) = peer {
+            *self.rooms_created.by_address.entry(ip).or_default() += 1;
+        }
+        Ok(())
     }
 }

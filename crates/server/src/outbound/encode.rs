@@ -260,6 +260,7 @@ pub fn slash_error(kind: ErrorKind) -> &'static str {
         ErrorKind::NotContact => "not a contact: DMs need an accepted contact request",
         ErrorKind::Unauthorized => "invalid credentials",
         ErrorKind::TooManyAttempts => "too many failed logins, try again later",
+        ErrorKind::TooManyRooms => "you have created as many rooms as this server allows",
         _ => "internal error",
     }
 }
@@ -289,5 +290,8 @@ pub fn json_error(kind: ErrorKind) -> &'static str {
         }
         ErrorKind::BadTransfer => "Bad transfer: unknown upload, wrong offset or too large",
         ErrorKind::Corrupt => "Corrupt upload: the bytes do not match the announced SHA-256",
+        ErrorKind::TooManyRooms => {
+            "Too many rooms: you have created as many as this server allows (join existing ones)"
+        }
     }
 }

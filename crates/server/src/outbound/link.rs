@@ -64,6 +64,8 @@ pub struct Link {
     runtime: tokio::runtime::Handle,
     me: Weak<Link>,
     flush_timeout_ms: u32,
+    /// The peer's address (rooms created per address are counted by it).
+    peer: std::sync::OnceLock<std::net::IpAddr>,
 }
 
 /// Why a session is ended by someone else: dropped at once (hard), or asked to end.
@@ -137,7 +139,18 @@ impl Link {
             runtime: tokio::runtime::Handle::current(),
             me: me.clone(),
             flush_timeout_ms,
+            peer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Records the address of the connection's peer (once; later calls are ignored).
+    pub fn set_peer(&self, ip: std::net::IpAddr) {
+        let _ = self.peer.set(ip);
+    }
+
+    /// The address of the connection's peer, if the session recorded it.
+    pub fn peer(&self) -> Option<std::net::IpAddr> {
+        self.peer.get().copied()
     }
 
     /// Queues `item` without waiting. A full queue makes this session a slow consumer: it

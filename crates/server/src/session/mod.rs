@@ -139,6 +139,7 @@ impl Session {
         };
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         let link = Link::new(id, protocol, limits, writer);
+        link.set_peer(peer.ip());
         // Per-connection lines at info are the login and the disconnect (both with the peer).
         tracing::debug!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
         let idle = match protocol {

@@ -53,8 +53,8 @@ pub struct Batch {
     pub devices: Vec<(DeviceId, UserId, String)>,
     /// New direct conversations: (id, lower user id, higher user id).
     pub directs: Vec<(ConvId, UserId, UserId)>,
-    /// New rooms: (id, name).
-    pub rooms: Vec<(ConvId, String)>,
+    /// New rooms: (id, name, the user who created it; none for a guest).
+    pub rooms: Vec<(ConvId, String, Option<UserId>)>,
     /// Room memberships that begin: (user, room, the room's last sequence at the join).
     pub joins: Vec<(UserId, ConvId, Seq)>,
     /// Room memberships that end.
@@ -197,6 +197,8 @@ pub struct StoredRoom {
     pub conv: ConvId,
     pub name: String,
     pub members: Vec<UserId>,
+    /// Who created it (rooms created by guests, or before schema version 7: none).
+    pub created_by: Option<UserId>,
 }
 
 /// A direct conversation as the hub caches it.

@@ -118,7 +118,24 @@ impl TestServer {
             .await
             .expect("clean stop");
         change(self.dir.path());
-        let config = test_config(self.dir.path());
+        self.start_again(|_| {}).await;
+    }
+
+    /// Stops gracefully and starts again on the same data directory with the test config
+    /// changed by `tweak`.
+    pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut Config)) {
+        self.running
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+        self.start_again(tweak).await;
+    }
+
+    async fn start_again(&mut self, tweak: impl FnOnce(&mut Config)) {
+        let mut config = test_config(self.dir.path());
+        tweak(&mut config);
         let running = parley_server::start(config).await.expect("server restarts");
         self.addr = running.addr;
         self.json_addr = running.json_addr.expect("json port");

@@ -72,10 +72,11 @@ fn write_batch(tx: &Connection, batch: &Batch, reserve: Option<i64>) -> anyhow::
         members.execute(params![b, id])?;
     }
     let mut rooms = tx.prepare_cached(
-        "INSERT INTO conversations (id, kind, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO conversations (id, kind, name, created_at, created_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
-    for (id, name) in &batch.rooms {
-        rooms.execute(params![id, KIND_ROOM, name, now])?;
+    for (id, name, creator) in &batch.rooms {
+        rooms.execute(params![id, KIND_ROOM, name, now, creator])?;
     }
     let mut joins = tx.prepare_cached(
                 "INSERT INTO memberships (user_id, conversation_id, joined_seq) VALUES (?1, ?2, ?3)

@@ -20,7 +20,7 @@ use crate::store::log::{self, MessageLog};
 use crate::store::NewMessage;
 
 /// The schema version this parley writes.
-pub(in crate::store) const LATEST: usize = 6;
+pub(in crate::store) const LATEST: usize = 7;
 
 /// The migrations, in order: version `n` is the `n`-th. `data_dir` is where the message
 /// log is, for the move of version 3.
@@ -35,6 +35,7 @@ fn migrations(data_dir: &Path, sync: bool) -> Migrations<'static> {
         M::up(schema::V4),
         M::up(schema::V5),
         M::up(schema::V6),
+        M::up(schema::V7),
     ])
 }
 
@@ -165,6 +166,7 @@ mod tests {
         let db = Connection::open(database_path(dir.path())).unwrap();
         db.execute_batch(
             "PRAGMA user_version = 0; ALTER TABLE devices DROP COLUMN first_message_id;
+             ALTER TABLE conversations DROP COLUMN created_by;
              DROP INDEX memberships_conversation;
              DELETE FROM message_index; DELETE FROM message_spans; DELETE FROM counters;
              CREATE TABLE messages (
@@ -225,6 +227,7 @@ mod tests {
         let db = Connection::open(database_path(dir.path())).unwrap();
         db.execute_batch(
             "PRAGMA user_version = 0; ALTER TABLE devices DROP COLUMN first_message_id;
+             ALTER TABLE conversations DROP COLUMN created_by;
              DROP INDEX memberships_conversation;
              DELETE FROM message_spans; DELETE FROM message_index;
              CREATE TABLE message_blocks (

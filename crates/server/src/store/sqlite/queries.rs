@@ -13,7 +13,7 @@ use crate::store::{
 
 /// Every room with its members, one row per member (or one for a room without any), in room
 /// order. Each room's members are found through `memberships_conversation` (schema V4).
-const LOAD_ROOMS: &str = "SELECT c.id, c.name, m.user_id FROM conversations c
+const LOAD_ROOMS: &str = "SELECT c.id, c.name, m.user_id, c.created_by FROM conversations c
      LEFT JOIN memberships m ON m.conversation_id = c.id
      WHERE c.kind = 2 ORDER BY c.id";
 
@@ -107,6 +107,7 @@ impl LogStore for SqliteStore {
                     conv,
                     name: row.get(1)?,
                     members: Vec::new(),
+                    created_by: row.get(3)?,
                 });
             }
             let room = rooms.last_mut().expect("pushed above");

@@ -117,3 +117,7 @@ pub(super) const V5: &str = "DELETE FROM message_spans;";
 /// created), so that it gets every message stored after it first existed (reader.rs).
 /// Devices created before this version have none, and keep the older rule.
 pub(super) const V6: &str = "ALTER TABLE devices ADD COLUMN first_message_id INTEGER;";
+
+/// Version 7: who created each room, so that rooms created per user can be limited
+/// (`max_rooms_per_user`) across restarts.
+pub(super) const V7: &str = "ALTER TABLE conversations ADD COLUMN created_by INTEGER;";
