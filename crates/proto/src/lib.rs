@@ -16,6 +16,7 @@ pub mod json;
 pub mod lines;
 mod names;
 pub mod text;
+pub mod ws;
 
 pub use conversation::{ConversationKind, Target};
 pub use event::{ErrorKind, Reply};

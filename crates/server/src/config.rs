@@ -37,6 +37,9 @@ pub struct Config {
     pub listen_binary: Option<SocketAddr>,
     /// Optional port serving only HTTP (the web app, files, WebSocket), plain.
     pub listen_http: Option<SocketAddr>,
+    /// Origins whose pages may open the WebSocket at `/ws`, besides the server's own
+    /// (`*`: any), e.g. `["https://chat.example.org"]`.
+    pub web_origins: Vec<String>,
     /// Directory holding the database (created if missing).
     pub data_dir: PathBuf,
     /// Largest binary frame accepted, in bytes (length prefix value).
@@ -148,6 +151,7 @@ impl Default for Config {
             listen_text: None,
             listen_binary: None,
             listen_http: None,
+            web_origins: Vec::new(),
             data_dir: PathBuf::from("parley-data"),
             max_frame_bytes: 64 * 1024,
             max_name_bytes: 32,

@@ -1,5 +1,6 @@
 //! HTTP/1.1 on the shared port (and on `listen_http`), served by hyper: the embedded web
-//! app, `/healthz`, and files over HTTP.
+//! app, `/healthz`, files over HTTP, and the WebSocket at `/ws`, which becomes a session of
+//! its own once the handshake is done.
 //!
 //! A connection is HTTP when its first bytes are a request line (see `sniff`), inside TLS
 //! or not. Every response carries the security headers of `response::secure`.
@@ -8,6 +9,7 @@ mod assets;
 mod files;
 mod io;
 mod response;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tracing::debug;
+use tracing::{debug, warn};
 
 pub use io::HttpIo;
 use response::Body;
@@ -36,9 +38,19 @@ const MAX_HEAD: usize = 16 * 1024;
 /// dropped when it ends.
 pub async fn serve(io: HttpIo, peer: SocketAddr, shared: Arc<Shared>, keep: impl Send + 'static) {
     let handler = shared.clone();
+    let tls = io.conn.is_tls();
+    let slot = upgrade::Slot::default();
+    let upgrading = slot.clone();
     let service = hyper::service::service_fn(move |request| {
-        let shared = handler.clone();
-        async move { Ok::<_, Infallible>(handle(request, peer, &shared).await) }
+        let (shared, slot) = (handler.clone(), upgrading.clone());
+        async move {
+            let at = Place {
+                peer,
+                tls,
+                slot: &slot,
+            };
+            Ok::<_, Infallible>(handle(request, at, &shared).await)
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -58,13 +70,36 @@ pub async fn serve(io: HttpIo, peer: SocketAddr, shared: Arc<Shared>, keep: impl
     if let Err(e) = result {
         debug!(%peer, error = %e, "HTTP connection ended");
     }
+    // After a `101`, the connection is handed back whole (with what hyper read past the
+    // handshake) and a session takes it over.
+    let pending = slot.lock().expect("upgrade slot poisoned").take();
+    if let Some(pending) = pending {
+        match pending.await.map(|u| u.downcast::<TokioIo<HttpIo>>()) {
+            Ok(Ok(parts)) => {
+                let HttpIo { mut initial, conn } = parts.io.into_inner();
+                initial.extend_from_slice(&parts.read_buf);
+                crate::session::run_websocket(conn, peer, shared, initial, keep).await;
+                return;
+            }
+            Ok(Err(_)) => warn!(%peer, "an upgraded connection of an unexpected type"),
+            Err(e) => debug!(%peer, error = %e, "WebSocket upgrade failed"),
+        }
+    }
     drop(keep);
 }
 
+/// Where a request came from.
+struct Place<'a> {
+    peer: SocketAddr,
+    tls: bool,
+    slot: &'a upgrade::Slot,
+}
+
 /// Answers one request, with the security headers.
-async fn handle(request: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Response<Body> {
+async fn handle(request: Request<Incoming>, at: Place<'_>, shared: &Shared) -> Response<Body> {
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
-    let mut response = route(request, &path, peer, shared).await;
+    let peer = at.peer;
+    let mut response = route(request, &path, at, shared).await;
     debug!(%peer, %method, %path, status = response.status().as_u16(), "HTTP");
     response::secure(&mut response);
     response
@@ -73,10 +108,17 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, shared: &Shared) -
 async fn route(
     request: Request<Incoming>,
     path: &str,
-    peer: SocketAddr,
+    at: Place<'_>,
     shared: &Shared,
 ) -> Response<Body> {
+    let peer = at.peer;
     let method = request.method();
+    if path == "/ws" {
+        return match *method {
+            Method::GET => upgrade::handshake(request, at.tls, shared, at.slot),
+            _ => not_allowed("GET", method),
+        };
+    }
     let read = method == Method::GET || method == Method::HEAD;
     if let Some(hash) = files::hash_of(path) {
         let hash = hash.to_string();

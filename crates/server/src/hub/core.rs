@@ -1289,11 +1289,26 @@ fn answer_sent(
 ) {
     match sent {
         Ok(deliveries) => {
+            let mut deliveries = deliveries.into_iter();
+            let first = deliveries.next();
+            // A WebSocket client learns where its message was stored (it gets no copy of
+            // it), so it can place it among the ones it receives.
+            let tag = match (tag, &first) {
+                (Tag::Json { ok, id }, Some(Effect::Deliver { delivery, .. }))
+                    if link.style.load(std::sync::atomic::Ordering::Relaxed)
+                        == crate::outbound::Style::WebSocket as u8 =>
+                {
+                    let stored = [delivery.id, delivery.conv, delivery.seq];
+                    Tag::Stored { ok, id, stored }
+                }
+                (tag, _) => tag,
+            };
             effects.push(Effect::Reply {
                 link,
                 item: Item::Reply(tag, Reply::Ok),
                 durable: true,
             });
+            effects.extend(first);
             effects.extend(deliveries);
         }
         Err(kind) => effects.push(Effect::Reply {

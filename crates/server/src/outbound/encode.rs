@@ -56,11 +56,13 @@ pub enum Style {
     Json = 3,
     /// Binary `Event` frames (0x2E), with conversation and sequence, for sessions that ack.
     Events = 4,
+    /// JSON objects, each in a WebSocket text frame (the JSON protocol over `/ws`).
+    WebSocket = 5,
 }
 
 impl Style {
     /// Number of styles (size of per-style caches).
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
 
     pub fn from_u8(v: u8) -> Style {
         match v {
@@ -68,6 +70,7 @@ impl Style {
             1 => Style::Line,
             2 => Style::Slash,
             3 => Style::Json,
+            5 => Style::WebSocket,
             _ => Style::Events,
         }
     }
@@ -120,6 +123,7 @@ impl Style {
                 };
                 dst.put_slice(line.as_bytes());
             }
+            Style::WebSocket => frame_json(|out| Style::Json.encode_delivery(d, out), dst),
             Style::Json => {
                 let event = MessageEvent {
                     event: "message",
@@ -144,6 +148,9 @@ impl Style {
     pub fn encode_notice(self, notice: &Notice, dst: &mut BytesMut) {
         let line = match (self, notice) {
             (Style::Binary | Style::Events, _) => return,
+            (Style::WebSocket, notice) => {
+                return frame_json(|out| Style::Json.encode_notice(notice, out), dst);
+            }
             (Style::Line, Notice::Joined { room, name }) => format!("INFO {name} joined {room}\n"),
             (Style::Line, Notice::Left { room, name }) => format!("INFO {name} left {room}\n"),
             (Style::Line, Notice::Disconnected { name }) => format!("INFO {name} disconnected\n"),
@@ -177,6 +184,23 @@ impl Style {
         };
         dst.put_slice(line.as_bytes());
     }
+}
+
+/// Appends, as one WebSocket text frame, the JSON line that `encode` writes (without its
+/// newline).
+pub fn frame_json(encode: impl FnOnce(&mut BytesMut), dst: &mut BytesMut) {
+    let mut line = BytesMut::new();
+    encode(&mut line);
+    frame_line(&line, dst);
+}
+
+/// Appends a JSON line as one WebSocket text frame (without its newline).
+pub fn frame_line(line: &[u8], dst: &mut BytesMut) {
+    let json = line.strip_suffix(b"\n").unwrap_or(line);
+    if json.is_empty() {
+        return;
+    }
+    parley_proto::ws::encode(parley_proto::ws::Opcode::Text, json, None, dst);
 }
 
 #[derive(Serialize)]
@@ -214,6 +238,13 @@ pub enum Tag {
         ok: &'static str,
         id: Option<Arc<Value>>,
     },
+    /// A JSON request over WebSocket that stored a message: the answer's `data` says where
+    /// (`id`, `conversation`, `seq`).
+    Stored {
+        ok: &'static str,
+        id: Option<Arc<Value>>,
+        stored: [i64; 3],
+    },
 }
 
 /// Appends the answer to the request tagged `tag`.
@@ -237,6 +268,19 @@ pub fn encode_reply(tag: &Tag, reply: &Reply, dst: &mut BytesMut) {
             };
             let mut out = Vec::new();
             json::encode_response(success, message, &Value::from(""), id.as_deref(), &mut out);
+            dst.put_slice(&out);
+        }
+        (Tag::Stored { ok, id, stored }, reply) => {
+            let (success, message, data) = match reply {
+                Reply::Ok => {
+                    let [message, conversation, seq] = *stored;
+                    let data = serde_json::json!({"id": message, "conversation": conversation, "seq": seq});
+                    (true, *ok, data)
+                }
+                Reply::Error(kind) => (false, json_error(*kind), Value::from("")),
+            };
+            let mut out = Vec::new();
+            json::encode_response(success, message, &data, id.as_deref(), &mut out);
             dst.put_slice(&out);
         }
     }

@@ -54,6 +54,8 @@ pub enum Item {
     Run(Arc<RoomRun>, u32, u32),
     /// A message replayed from the log while catching up; holds one `replay` permit.
     Replay(Arc<Delivery>),
+    /// Bytes written as they are, whatever the style (a WebSocket control frame).
+    Raw(Bytes),
 }
 
 impl Item {
@@ -74,7 +76,8 @@ impl Item {
             Item::Run(run, start, end) => {
                 run.encoded_len_hint(style, *start as usize..*end as usize)
             }
-            Item::Bytes(bytes) => bytes.len(),
+            // A WebSocket frame's header is at most 10 bytes.
+            Item::Bytes(bytes) | Item::Raw(bytes) => bytes.len() + 10,
             Item::Notice(notice) => notice.encoded(style).len(),
             Item::Reply(..) => 64,
         }

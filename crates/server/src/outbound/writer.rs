@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::encode::{encode_reply, Style};
+use super::encode::{encode_reply, frame_line, Style};
 use super::link::Link;
 use super::tcp_ack::AckTracker;
 use super::Item;
@@ -191,11 +191,22 @@ impl Writer {
         };
         for item in items.drain(..) {
             let d = match item {
+                // A WebSocket's replies and rendered lines go in frames of their own.
+                Item::Reply(tag, reply) if style == Style::WebSocket => {
+                    let mut line = BytesMut::new();
+                    encode_reply(&tag, &reply, &mut line);
+                    frame_line(&line, buf);
+                    continue;
+                }
+                Item::Bytes(bytes) if style == Style::WebSocket => {
+                    frame_line(&bytes, buf);
+                    continue;
+                }
                 Item::Reply(tag, reply) => {
                     encode_reply(&tag, &reply, buf);
                     continue;
                 }
-                Item::Bytes(bytes) => {
+                Item::Bytes(bytes) | Item::Raw(bytes) => {
                     buf.extend_from_slice(&bytes);
                     continue;
                 }

@@ -510,6 +510,35 @@ impl Session {
                 }
                 (true, "Subscribed".into(), Value::from(""))
             }
+            "CONVERSATIONS" => match self.conversations().await {
+                Ok(list) => {
+                    let list: Vec<Value> = list
+                        .into_iter()
+                        .map(|c| {
+                            let last = c.last.map(|m| {
+                                serde_json::json!({
+                                    "id": m.id,
+                                    "seq": m.seq,
+                                    "from": &*m.from,
+                                    "text": String::from_utf8_lossy(&m.body),
+                                    "time": m.time,
+                                    "received_at": rfc3339_ms(m.received_at),
+                                })
+                            });
+                            serde_json::json!({
+                                "conversation": c.conv,
+                                "kind": c.kind.name(),
+                                "name": c.name,
+                                "last_seq": c.last_seq,
+                                "cursor": c.cursor,
+                                "last": last,
+                            })
+                        })
+                        .collect();
+                    (true, "Conversations".into(), Value::from(list))
+                }
+                Err(kind) => (false, json_error(kind).into(), Value::from("")),
+            },
             "HELP" => {
                 let help: Vec<&str> = HELP.to_vec();
                 (true, "Commands".into(), Value::from(help))
@@ -678,6 +707,7 @@ const HELP: &[&str] = &[
     "ROOMS",
     "WHO",
     "HISTORY target=room|user|* limit=n",
+    "CONVERSATIONS",
     "SUBSCRIBE",
     "PING",
     "HELP",

@@ -9,9 +9,13 @@ mod account;
 mod binary;
 mod binary_messaging;
 mod contacts;
+mod conversations;
 mod files;
 mod json;
 mod text;
+mod websocket;
+
+pub use websocket::run as run_websocket;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,6 +118,9 @@ struct Session {
     subscribed: bool,
     /// Set by a request after which the connection ends (e.g. a binary logout).
     quit: Option<&'static str>,
+    /// A JSON session over WebSocket (`/ws`): its frames, read here and written by its
+    /// style. Boxed: the other sessions carry a pointer's worth of it.
+    websocket: Option<Box<parley_proto::ws::Reader>>,
 }
 
 impl Session {
@@ -160,6 +167,7 @@ impl Session {
             room: None,
             subscribed: false,
             quit: None,
+            websocket: None,
             shared,
         };
         if protocol == Protocol::Json {
@@ -252,6 +260,9 @@ impl Session {
     /// Boxed per protocol, once per read: the box is no larger than that protocol needs,
     /// and a connection waiting for input holds none of it.
     async fn drain(&mut self, buf: &mut BytesMut) -> Flow {
+        if self.websocket.is_some() {
+            return Box::pin(self.drain_websocket(buf)).await;
+        }
         match self.link.protocol {
             Protocol::Binary => Box::pin(self.drain_frames(buf)).await,
             Protocol::Text | Protocol::Json => Box::pin(self.drain_lines(buf)).await,
@@ -421,6 +432,9 @@ impl Session {
         let timeout = self.shared.config.shutdown_timeout();
         let all = self.shared.config.max_inflight as u32;
         let _ = tokio::time::timeout(timeout, self.link.inflight.acquire_many(all)).await;
+        if self.websocket.is_some() {
+            self.close_websocket(&reason);
+        }
         self.link.close_writer().await;
         let identity = self.login.as_ref().map(|(identity, _)| *identity);
         self.shared.hub.gone(self.link.id, identity);
