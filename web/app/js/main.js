@@ -115,9 +115,11 @@ function status(s, detail) {
     banner.hidden = true;
     online();
   } else if (s === 'offline') {
+    const elsewhere = /taken/i.test(detail.why || '');
     const show = () => {
       const secs = Math.max(0, Math.round((detail.retryAt - Date.now()) / 1000));
-      banner.replaceChildren(`You are offline. Reconnecting in ${secs} s…`,
+      const what = elsewhere ? 'parley is open in another tab or window of this browser.' : 'You are offline.';
+      banner.replaceChildren(`${what} Reconnecting in ${secs} s…`,
         Object.assign(document.createElement('button'), { type: 'button', textContent: 'Retry now', onclick: () => conn.soon() }));
     };
     show();
@@ -222,21 +224,25 @@ function received(e) {
   const c = state.conversationOf(e.kind, e.from, e.to);
   c.id = e.conversation;
   c.member = true;
+  // A conversation new to this browser: everything before this message counts as read.
+  if (c.readSeq === null) state.markRead(c, e.seq - 1);
   const m = normalize(e);
-  const isNew = c.add([m]);
+  // A conversation whose history was never fetched keeps only its last message: the latest
+  // page will hold this one, and a page beside a stray newer message would leave a gap.
+  const isNew = c.loaded || c.loading ? c.add([m]) : c.touch(m);
   ack(e.conversation, e.seq);
   if (!isNew) return;
   const u = state.users.get(e.from);
   if (u && !u.online) u.online = true;
-  const open = state.current === c.key;
+  const isOpen = state.current === c.key;
   if (e.from === state.me) {
     if (c.readSeq !== null && c.readSeq >= e.seq - 1) state.markRead(c, e.seq);
-  } else if (open && !document.hidden && atBottom()) {
+  } else if (isOpen && !document.hidden && atBottom()) {
     state.markRead(c, e.seq);
-  } else if (document.hidden || !open) {
+  } else if (document.hidden || !isOpen) {
     notify(c, m);
   }
-  if (open) renderMessages(c, true);
+  if (isOpen) renderMessages(c, true);
   refresh();
 }
 

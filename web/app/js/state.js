@@ -56,6 +56,17 @@ export class Conversation {
     return added;
   }
 
+  /** Notes a message of a conversation whose history is not loaded (it will be in the
+   * latest page when it is): the sidebar's last message and count move, nothing else. */
+  touch(m) {
+    if (m.seq > this.lastSeq) this.lastSeq = m.seq;
+    if (!this.last || m.id > this.last.id) {
+      this.last = m;
+      return true;
+    }
+    return false;
+  }
+
   get oldestId() {
     return this.messages.length ? this.messages[0].id : null;
   }
