@@ -79,6 +79,20 @@ impl Conn {
                     .await
                     .with_context(|| format!("LOGIN {name}"))
             }
+            Proto::Ws => {
+                crate::ws::handshake(&mut self.stream, &mut self.buf).await?;
+                let login = format!(r#"{{"command":"LOGIN","data":"{name}"}}"#);
+                for request in [login.as_str(), r#"{"command":"SUBSCRIBE"}"#] {
+                    let mut out = BytesMut::new();
+                    crate::ws::frame(request.as_bytes(), &mut out);
+                    self.stream.write_all(&out).await?;
+                    let answer = self.ws_message().await?;
+                    if !answer.starts_with(br#"{"success":true"#) {
+                        bail!("{request}: {}", String::from_utf8_lossy(&answer));
+                    }
+                }
+                Ok(())
+            }
             Proto::Json => {
                 let login = format!(r#"{{"command":"LOGIN","data":"{name}"}}"#);
                 for request in [login.as_str(), r#"{"command":"SUBSCRIBE"}"#] {
@@ -121,6 +135,16 @@ impl Conn {
                     bail!("over-long line")
                 };
                 return Ok(line);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The payload of the next WebSocket text frame.
+    pub async fn ws_message(&mut self) -> anyhow::Result<Bytes> {
+        loop {
+            if let Some(frame) = parley_proto::ws::decode(&mut self.buf, 1 << 20, false)? {
+                return Ok(frame.payload);
             }
             self.fill().await?;
         }

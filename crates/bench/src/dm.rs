@@ -111,7 +111,9 @@ pub async fn run(addr: SocketAddr, args: DmArgs) -> anyhow::Result<Figures> {
             let (from, to) = (&names.0, &names.1);
             let sent = match proto {
                 Proto::Binary => send_binary(tx, from, to, count, window, size, &cancel).await,
-                Proto::Json => send_json(tx, to, count, window, size, &cancel).await,
+                Proto::Json | Proto::Ws => {
+                    send_json(proto, tx, to, count, window, size, &cancel).await
+                }
                 Proto::Text => {
                     let pace = (&*pair, &*done);
                     return send_text(tx, to, count, window, size, pace, &cancel).await;
@@ -204,16 +206,12 @@ pub async fn receive(
                     record(sender, parts.next().and_then(unhex_prefix));
                 }
             }),
-            Proto::Json => each_line(&mut buf, |line| {
-                if line.starts_with(br#"{"event":"message""#) {
-                    match serde_json::from_slice::<Push>(line) {
-                        Ok(push) => {
-                            record(push.from.as_bytes(), unhex_prefix(push.text.as_bytes()))
-                        }
-                        Err(_) => record(b"", None),
-                    }
+            Proto::Json => each_line(&mut buf, |line| json_push(line, &mut record)),
+            Proto::Ws => {
+                if !crate::ws::each_frame(&mut buf, |json| json_push(json, &mut record)) {
+                    return tally;
                 }
-            }),
+            }
         }
         let got = tally.received - before;
         if got > 0 {
@@ -230,6 +228,17 @@ pub async fn receive(
             .is_none()
         {
             return tally;
+        }
+    }
+}
+
+/// Records a pushed JSON message (`record(sender, payload prefix)`); other lines are not
+/// messages.
+fn json_push(line: &[u8], record: &mut impl FnMut(&[u8], Option<[u8; PREFIX]>)) {
+    if line.starts_with(br#"{"event":"message""#) {
+        match serde_json::from_slice::<Push>(line) {
+            Ok(push) => record(push.from.as_bytes(), unhex_prefix(push.text.as_bytes())),
+            Err(_) => record(b"", None),
         }
     }
 }
@@ -287,7 +296,9 @@ pub async fn send_binary(
 }
 
 /// The JSON twin of `send_binary`: `DM` requests with an `id`, one response line each.
+/// JSON `DM`s, as lines or (`Proto::Ws`) in WebSocket frames, with ids: one answer each.
 async fn send_json(
+    proto: Proto,
     conn: Conn,
     to: &str,
     count: u64,
@@ -299,15 +310,29 @@ async fn send_json(
     let (mut read, mut write) = stream.into_split();
     let mut payload = vec![0u8; size];
     let mut out = Vec::new();
+    let mut line = Vec::new();
+    let mut frames = bytes::BytesMut::new();
     let (mut seq, mut answered, mut errors) = (0u64, 0u64, 0u64);
     while answered < count {
         while seq < count && seq - answered < window {
             stamp(&mut payload, seq);
-            out.extend_from_slice(br#"{"command":"DM","to":""#);
-            out.extend_from_slice(to.as_bytes());
-            out.extend_from_slice(br#"","data":""#);
-            hex(&payload, &mut out);
-            out.extend_from_slice(format!("\",\"id\":{seq}}}\n").as_bytes());
+            line.clear();
+            line.extend_from_slice(br#"{"command":"DM","to":""#);
+            line.extend_from_slice(to.as_bytes());
+            line.extend_from_slice(br#"","data":""#);
+            hex(&payload, &mut line);
+            line.extend_from_slice(format!("\",\"id\":{seq}}}").as_bytes());
+            match proto {
+                Proto::Ws => {
+                    crate::ws::frame(&line, &mut frames);
+                    out.extend_from_slice(&frames);
+                    frames.clear();
+                }
+                _ => {
+                    out.extend_from_slice(&line);
+                    out.push(b'\n');
+                }
+            }
             seq += 1;
         }
         if !out.is_empty() {
@@ -322,12 +347,20 @@ async fn send_json(
         {
             break;
         }
-        each_line(&mut buf, |line| {
+        let mut answer = |line: &[u8]| {
             if line.starts_with(br#"{"success":"#) {
                 answered += 1;
                 errors += u64::from(!line.starts_with(br#"{"success":true"#));
             }
-        });
+        };
+        match proto {
+            Proto::Ws => {
+                if !crate::ws::each_frame(&mut buf, answer) {
+                    break;
+                }
+            }
+            _ => each_line(&mut buf, &mut answer),
+        }
     }
     Sent { sent: seq, errors }
 }

@@ -21,6 +21,7 @@ pub mod offline;
 pub mod relay;
 pub mod report;
 pub mod spawn;
+pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -69,6 +70,8 @@ pub enum Proto {
     Binary,
     Text,
     Json,
+    /// The JSON protocol over WebSocket (`/ws`), as the web app speaks it.
+    Ws,
 }
 
 impl Proto {
@@ -77,6 +80,7 @@ impl Proto {
             Proto::Binary => "binary",
             Proto::Text => "text",
             Proto::Json => "json",
+            Proto::Ws => "ws",
         }
     }
 }

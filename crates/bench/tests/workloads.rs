@@ -81,6 +81,7 @@ async fn dm_counts_every_message_on_every_protocol() {
         (Proto::Binary, 1),
         (Proto::Text, 16),
         (Proto::Json, 16),
+        (Proto::Ws, 16),
     ] {
         let f = parley_bench::dm::run(addr, dm(addr, proto, window))
             .await
@@ -132,6 +133,7 @@ async fn conns_log_in_on_parley_and_the_relay() {
     for (addr, proto) in [
         (server.running.addr, Proto::Binary),
         (server.running.addr, Proto::Text),
+        (server.running.addr, Proto::Ws),
         (relay, Proto::Binary),
     ] {
         let args = ConnsArgs {

@@ -40,3 +40,16 @@ export function toast(text, kind = 'info') {
   box.append(el);
   setTimeout(() => el.remove(), kind === 'error' ? 8000 : 4000);
 }
+
+/** An icon of the page's sprite (decorative: screen readers skip it). */
+export function icon(name) {
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('class', 'ic');
+  svg.setAttribute('aria-hidden', 'true');
+  svg.setAttribute('focusable', 'false');
+  const use = document.createElementNS(ns, 'use');
+  use.setAttribute('href', `#i-${name}`);
+  svg.append(use);
+  return svg;
+}

@@ -1,6 +1,6 @@
 // Rendering: the sidebar, the conversation, members, dialogs. Text is always set as text.
 
-import { h, $, fill } from './dom.js';
+import { h, $, fill, icon } from './dom.js';
 import { timeOf, fullTime, dayKey, dayLabel, ago, bytes, parseFile, isImage } from './format.js';
 
 /** The sidebar's lists. `open(c)` opens a conversation. */
@@ -24,7 +24,7 @@ export function sidebar(state, open) {
   };
   const rooms = state.sorted('room');
   const dms = state.sorted('dm');
-  fill($('rooms'), rooms.length ? rooms.map(item) : h('li', { class: 'none' }, 'No rooms yet: join one with ＋'));
+  fill($('rooms'), rooms.length ? rooms.map(item) : h('li', { class: 'none' }, 'No rooms yet: join or create one with +'));
   fill($('dms'), dms.length ? dms.map(item) : h('li', { class: 'none' }, 'No direct messages yet'));
 }
 
@@ -36,7 +36,7 @@ function initial(c) {
 
 function preview(text) {
   const file = parseFile(text);
-  const t = file ? `📎 ${file.name}` : text;
+  const t = file ? `File: ${file.name}` : text;
   return t.replace(/\s+/g, ' ').slice(0, 80);
 }
 
@@ -120,7 +120,7 @@ function statusLine(m, actions) {
 function fileBox(file, actions) {
   const button = h('button', { type: 'button', onclick: () => actions.download(file, button) }, 'Download');
   const box = h('div', { class: 'file' },
-    h('span', { class: 'file-name' }, `📎 ${file.name}`),
+    h('span', { class: 'file-name' }, icon('clip'), file.name),
     h('span', { class: 'file-size' }, `${bytes(file.size)} · ${file.type}`),
     button);
   if (isImage(file.type) && file.size <= 10 * 1024 * 1024) {

@@ -1,0 +1,240 @@
+// parley's web app in Debian's Chromium, against a real server, beside text and binary
+// users over real sockets. Screenshots of the main views go to target/web-artifacts/.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { Server, browser, page, register, TextUser, BinaryUser, shot, artifacts } from './harness.mjs';
+
+let server;
+let chrome;
+
+before(async () => {
+  server = await new Server().start();
+  chrome = await browser();
+});
+
+after(async () => {
+  await chrome?.close();
+  await server?.dispose();
+});
+
+/** The texts of the open conversation's messages, in order. */
+const texts = (p) => p.$$eval('#messages article .text', (els) => els.map((e) => e.textContent));
+
+/** Opens the sidebar entry named `name`. */
+async function openConversation(p, name) {
+  await p.click(`.convs button[aria-label^="${name}"]`);
+  await p.waitForFunction((n) => document.querySelector('#conv-name')?.textContent === n, name);
+}
+
+async function joinRoom(p, room) {
+  await p.click('#open-join');
+  await p.fill('#join-name', room);
+  await p.click('#join-submit');
+  await p.waitForFunction((n) => document.querySelector('#conv-name')?.textContent === n, room);
+}
+
+async function send(p, text) {
+  await p.fill('#input', text);
+  await p.press('#input', 'Enter');
+}
+
+/** Waits until the open conversation shows `text`. */
+const shows = (p, text) => p.waitForFunction(
+  (t) => [...document.querySelectorAll('#messages article .text')].some((e) => e.textContent === t), text);
+
+test('two browsers register and chat in a room, live', async () => {
+  const ann = await page(chrome);
+  const ben = await page(chrome);
+  await register(ann, server, 'ann');
+  await register(ben, server, 'ben');
+  await joinRoom(ann, '#general');
+  await joinRoom(ben, '#general');
+  await send(ann, 'hello from ann');
+  await shows(ben, 'hello from ann');
+  // Sent, then stored: the "sending…" mark goes once the server has it.
+  await ann.waitForFunction(() => !document.querySelector('#messages .msg.pending'));
+  await send(ben, 'hi ann, ben here\non two lines');
+  await shows(ann, 'hi ann, ben here\non two lines');
+  assert.deepEqual(await texts(ann), ['hello from ann', 'hi ann, ben here\non two lines']);
+  // Members, with presence.
+  await ann.click('#toggle-members');
+  await ann.waitForFunction(() => document.querySelectorAll('#member-list li').length === 2);
+  await shot(ann, 'desktop-room');
+  await ann.click('#toggle-members');
+  // Contacts: ann asks, ben accepts, live.
+  await ann.click('#open-contacts');
+  await ann.fill('#contact-search', 'be');
+  await ann.click('#contact-results button[aria-label="Add ben"]');
+  await ben.waitForSelector('#contacts-badge:not([hidden])');
+  await ben.click('#open-contacts');
+  await ben.click('#contact-requests button[aria-label="Accept ann"]');
+  await ann.waitForFunction(() => [...document.querySelectorAll('#contact-list li')].some((li) => li.textContent.includes('ben')));
+  await shot(ann, 'desktop-contacts');
+  await ann.keyboard.press('Escape');
+  await ben.keyboard.press('Escape');
+  assert.deepEqual([...ann.errors, ...ben.errors], []);
+  await ann.context().close();
+  await ben.context().close();
+});
+
+test('a DM reaches a text user and a binary user, and their replies appear', async () => {
+  const nick = await TextUser.connect(server.port, 'nick');
+  const bin = await BinaryUser.connect(server.port, 'bin');
+  const cat = await page(chrome);
+  await register(cat, server, 'cat');
+  for (const [name, reply] of [['nick', null], ['bin', null]]) {
+    await cat.click('#open-dm');
+    await cat.fill('#dm-search', name);
+    await cat.click(`#dm-results button[aria-label="Message ${name}"]`);
+    await cat.waitForFunction((n) => document.querySelector('#conv-name')?.textContent === n, name);
+    await send(cat, `hello ${name}`);
+    void reply;
+  }
+  assert.equal(await nick.lineMatching(/^DM /), 'DM cat hello nick');
+  const pushed = await bin.push();
+  assert.deepEqual(pushed, { text: 'hello bin', from: 'cat', to: 'bin' });
+  nick.send('DM cat hi cat, from a terminal');
+  assert.equal(await bin.message('cat', 'hi cat, from a binary client'), 1);
+  await shows(cat, 'hi cat, from a binary client');
+  await openConversation(cat, 'nick');
+  await shows(cat, 'hi cat, from a terminal');
+  assert.deepEqual(await texts(cat), ['hello nick', 'hi cat, from a terminal']);
+  nick.close();
+  bin.close();
+  await cat.context().close();
+});
+
+test('a reload keeps the session and the history; older pages load on scroll', async () => {
+  const dee = await page(chrome);
+  await register(dee, server, 'dee');
+  const feeder = await TextUser.connect(server.port, 'feeder');
+  for (let i = 1; i <= 120; i++) feeder.send(`DM dee message ${String(i).padStart(3, '0')}`);
+  feeder.send('PING');
+  await feeder.lineMatching(/^PONG$/);
+  await dee.waitForSelector('.convs button[aria-label^="feeder"]');
+  await dee.reload();
+  await dee.waitForFunction(() => document.querySelector('#me-status')?.classList.contains('online'));
+  await openConversation(dee, 'feeder');
+  await shows(dee, 'message 120');
+  const first = await texts(dee);
+  assert.equal(first.length, 50, 'the latest page');
+  assert.equal(first[0], 'message 071');
+  // Scrolling up brings the older pages, in order, until the beginning.
+  for (let i = 0; i < 10 && (await texts(dee)).length < 120; i++) {
+    await dee.$eval('#messages', (el) => { el.scrollTop = 0; el.dispatchEvent(new Event('scroll')); });
+    await dee.waitForTimeout(300);
+  }
+  const all = await texts(dee);
+  assert.equal(all.length, 120);
+  assert.deepEqual(all, Array.from({ length: 120 }, (_, i) => `message ${String(i + 1).padStart(3, '0')}`));
+  await dee.waitForSelector('text=This is the beginning of the conversation.');
+  await dee.$eval('#messages', (el) => { el.scrollTop = el.scrollHeight; });
+  await shot(dee, 'desktop-history');
+  feeder.close();
+  await dee.context().close();
+});
+
+test('after a server restart, what was sent meanwhile appears once each, in order', async () => {
+  const eve = await page(chrome);
+  await register(eve, server, 'eve');
+  const fred = await TextUser.connect(server.port, 'fred');
+  fred.send('DM eve before the restart');
+  await eve.waitForSelector('.convs button[aria-label^="fred"]');
+  await openConversation(eve, 'fred');
+  await shows(eve, 'before the restart');
+  fred.close();
+  await server.stop();
+  await eve.waitForSelector('#banner:not([hidden])');
+  assert.match(await eve.textContent('#banner'), /offline/i);
+  await shot(eve, 'desktop-offline');
+  await server.start();
+  const fred2 = await TextUser.connect(server.port, 'fred');
+  for (let i = 1; i <= 5; i++) fred2.send(`DM eve while away ${i}`);
+  fred2.send('PING');
+  await fred2.lineMatching(/^PONG$/);
+  await eve.click('#banner button');
+  await eve.waitForSelector('#banner', { state: 'hidden' });
+  await shows(eve, 'while away 5');
+  await eve.waitForTimeout(500);
+  assert.deepEqual(await texts(eve), ['before the restart', ...[1, 2, 3, 4, 5].map((i) => `while away ${i}`)]);
+  // And a reload shows them once each too.
+  await eve.reload();
+  await openConversation(eve, 'fred');
+  await shows(eve, 'while away 5');
+  assert.deepEqual(await texts(eve), ['before the restart', ...[1, 2, 3, 4, 5].map((i) => `while away ${i}`)]);
+  fred2.close();
+  await eve.context().close();
+});
+
+test('a file is uploaded and downloaded byte-identical, an image shows inline', async () => {
+  const gus = await page(chrome);
+  const hal = await page(chrome);
+  await register(gus, server, 'gus');
+  await register(hal, server, 'hal');
+  await joinRoom(gus, '#files');
+  await joinRoom(hal, '#files');
+  const data = randomBytes(3 * 1024 * 1024 + 123);
+  const file = path.join(artifacts, 'upload.bin');
+  writeFileSync(file, data);
+  // A 1×1 PNG.
+  const png = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==', 'base64');
+  const image = path.join(artifacts, 'pixel.png');
+  writeFileSync(image, png);
+  await gus.setInputFiles('#file-input', [file, image]);
+  await hal.waitForSelector('.file img[alt="pixel.png"]');
+  await hal.waitForFunction(() => document.querySelector('.file img[alt="pixel.png"]')?.naturalWidth === 1);
+  const [download] = await Promise.all([
+    hal.waitForEvent('download'),
+    hal.click('.file:has-text("upload.bin") button'),
+  ]);
+  const saved = path.join(artifacts, 'downloaded.bin');
+  await download.saveAs(saved);
+  const sha = (b) => createHash('sha256').update(b).digest('hex');
+  assert.equal(sha(readFileSync(saved)), sha(data));
+  assert.equal(download.suggestedFilename(), 'upload.bin');
+  await shot(hal, 'desktop-files');
+  assert.deepEqual([...gus.errors, ...hal.errors], []);
+  await gus.context().close();
+  await hal.context().close();
+});
+
+test('a hostile message renders as text, never as HTML', async () => {
+  const ivy = await page(chrome);
+  await register(ivy, server, 'ivy');
+  const mal = await TextUser.connect(server.port, 'mal');
+  const hostile = '<img src=x onerror=alert(1)>';
+  mal.send(`DM ivy ${hostile}`);
+  await ivy.waitForSelector('.convs button[aria-label^="mal"]');
+  await openConversation(ivy, 'mal');
+  await shows(ivy, hostile);
+  assert.equal(await ivy.$$eval('#messages img', (imgs) => imgs.length), 0);
+  assert.deepEqual(ivy.errors, [], 'no dialog, no script error');
+  mal.close();
+  await ivy.context().close();
+});
+
+test('the app works at 360 px', async () => {
+  const jo = await page(chrome, { width: 360, height: 740 });
+  await register(jo, server, 'jo');
+  await shot(jo, 'mobile-list');
+  await joinRoom(jo, '#general');
+  assert.equal(await jo.isVisible('#sidebar'), false, 'one pane at a time');
+  await send(jo, 'hello from a phone');
+  await shows(jo, 'hello from a phone');
+  const overflow = await jo.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+  assert.equal(overflow, false, 'nothing wider than the screen');
+  await shot(jo, 'mobile-room');
+  await jo.click('#back');
+  assert.equal(await jo.isVisible('#sidebar'), true);
+  // Log out revokes this browser's token: the login form comes back.
+  await jo.click('#open-menu');
+  await jo.click('#logout');
+  await jo.waitForSelector('#login:not([hidden])');
+  await jo.reload();
+  await jo.waitForSelector('#login:not([hidden])');
+  await jo.context().close();
+});
