@@ -322,7 +322,16 @@ fn connection(
                     initial,
                     conn: Conn::Tcp(stream),
                 };
-                tracker.spawn(crate::http::serve(io, peer, shared, seat));
+                // HTTP's task ends with the HTTP connection: a WebSocket's session gets a
+                // task of its own, without the HTTP server's state.
+                let http = tracker.clone();
+                http.spawn(async move {
+                    let served = Box::pin(crate::http::serve(io, peer, shared.clone())).await;
+                    if let Some((conn, initial)) = served {
+                        let session = session::run_websocket(conn, peer, shared, initial, seat);
+                        tracker.spawn(session);
+                    }
+                });
                 return;
             }
             Ok(Sniffed::Tls) => match &shared.tls {
@@ -405,7 +414,11 @@ async fn tls_session(
             session::run(conn, peer, protocol, false, shared, initial, ()).await
         }
         Sniffed::Http => {
-            crate::http::serve(crate::http::HttpIo { initial, conn }, peer, shared, ()).await
+            let io = crate::http::HttpIo { initial, conn };
+            let served = Box::pin(crate::http::serve(io, peer, shared.clone())).await;
+            if let Some((conn, initial)) = served {
+                session::run_websocket(conn, peer, shared, initial, ()).await
+            }
         }
         Sniffed::Tls | Sniffed::Closed => {}
     }

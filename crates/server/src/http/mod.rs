@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -25,6 +26,7 @@ use tracing::{debug, warn};
 pub use io::HttpIo;
 use response::Body;
 
+use crate::conn::Conn;
 use crate::session::Shared;
 
 /// How long a client may take to send a request's headers, and may keep an idle
@@ -34,9 +36,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEAD: usize = 16 * 1024;
 
 /// Serves HTTP on one connection until the client closes it or the server shuts down
-/// (requests in progress are finished first). `keep` (the connection's place) is
-/// dropped when it ends.
-pub async fn serve(io: HttpIo, peer: SocketAddr, shared: Arc<Shared>, keep: impl Send + 'static) {
+/// (requests in progress are finished first). After a WebSocket handshake, returns the
+/// connection, with what the client sent past the handshake, for a session to take over.
+pub async fn serve(io: HttpIo, peer: SocketAddr, shared: Arc<Shared>) -> Option<(Conn, BytesMut)> {
     let handler = shared.clone();
     let tls = io.conn.is_tls();
     let slot = upgrade::Slot::default();
@@ -70,22 +72,24 @@ pub async fn serve(io: HttpIo, peer: SocketAddr, shared: Arc<Shared>, keep: impl
     if let Err(e) = result {
         debug!(%peer, error = %e, "HTTP connection ended");
     }
-    // After a `101`, the connection is handed back whole (with what hyper read past the
-    // handshake) and a session takes it over.
-    let pending = slot.lock().expect("upgrade slot poisoned").take();
-    if let Some(pending) = pending {
-        match pending.await.map(|u| u.downcast::<TokioIo<HttpIo>>()) {
-            Ok(Ok(parts)) => {
-                let HttpIo { mut initial, conn } = parts.io.into_inner();
-                initial.extend_from_slice(&parts.read_buf);
-                crate::session::run_websocket(conn, peer, shared, initial, keep).await;
-                return;
-            }
-            Ok(Err(_)) => warn!(%peer, "an upgraded connection of an unexpected type"),
-            Err(e) => debug!(%peer, error = %e, "WebSocket upgrade failed"),
+    // After a `101`, hyper hands the connection back whole, with what it read past the
+    // handshake.
+    let pending = slot.lock().expect("upgrade slot poisoned").take()?;
+    match pending.await.map(|u| u.downcast::<TokioIo<HttpIo>>()) {
+        Ok(Ok(parts)) => {
+            let HttpIo { mut initial, conn } = parts.io.into_inner();
+            initial.extend_from_slice(&parts.read_buf);
+            Some((conn, initial))
+        }
+        Ok(Err(_)) => {
+            warn!(%peer, "an upgraded connection of an unexpected type");
+            None
+        }
+        Err(e) => {
+            debug!(%peer, error = %e, "WebSocket upgrade failed");
+            None
         }
     }
-    drop(keep);
 }
 
 /// Where a request came from.
