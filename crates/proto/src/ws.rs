@@ -162,6 +162,30 @@ pub fn encode_header(opcode: Opcode, len: usize, mask: Option<[u8; 4]>, dst: &mu
     }
 }
 
+/// The header of an unmasked final frame of `len` bytes: its bytes, and how many of them
+/// it takes (2, 4 or 10), for a writer that frames a payload already in place.
+pub fn header(opcode: Opcode, len: usize) -> ([u8; 10], usize) {
+    let mut out = [0u8; 10];
+    out[0] = 0x80 | opcode as u8;
+    let n = match len {
+        0..=125 => {
+            out[1] = len as u8;
+            2
+        }
+        126..=0xFFFF => {
+            out[1] = 126;
+            out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            out[1] = 127;
+            out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    };
+    (out, n)
+}
+
 /// The bytes a header of a `len`-byte unmasked frame takes.
 pub fn header_len(len: usize) -> usize {
     match len {
@@ -324,6 +348,16 @@ mod tests {
             }
             assert_eq!(got.unwrap().payload, &payload[..]);
             assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_header_in_place_is_the_encoders() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let mut encoded = BytesMut::new();
+            encode_header(Opcode::Text, len, None, &mut encoded);
+            let (bytes, n) = header(Opcode::Text, len);
+            assert_eq!((&bytes[..n], n), (&encoded[..], header_len(len)));
         }
     }
 

@@ -186,12 +186,33 @@ impl Style {
     }
 }
 
-/// Appends, as one WebSocket text frame, the JSON line that `encode` writes (without its
-/// newline).
+/// Appends, as one WebSocket text frame, the JSON line that `encode` appends (without its
+/// newline). The line is written in place after room for the usual 4-byte header (payloads
+/// of 126 to 65,535 bytes), which is moved when the payload turns out shorter or longer:
+/// no buffer of its own per frame.
 pub fn frame_json(encode: impl FnOnce(&mut BytesMut), dst: &mut BytesMut) {
-    let mut line = BytesMut::new();
-    encode(&mut line);
-    frame_line(&line, dst);
+    const ROOM: usize = 4;
+    let start = dst.len();
+    dst.put_slice(&[0; ROOM]);
+    encode(dst);
+    if dst.last() == Some(&b'\n') {
+        dst.truncate(dst.len() - 1);
+    }
+    let len = dst.len() - start - ROOM;
+    if len == 0 {
+        dst.truncate(start);
+        return;
+    }
+    let (header, n) = parley_proto::ws::header(parley_proto::ws::Opcode::Text, len);
+    let end = dst.len();
+    if n < ROOM {
+        dst.copy_within(start + ROOM..end, start + n);
+        dst.truncate(end - (ROOM - n));
+    } else if n > ROOM {
+        dst.put_slice(&[0; 10 - ROOM]);
+        dst.copy_within(start + ROOM..end, start + n);
+    }
+    dst[start..start + n].copy_from_slice(&header[..n]);
 }
 
 /// Appends a JSON line as one WebSocket text frame (without its newline).
@@ -201,6 +222,23 @@ pub fn frame_line(line: &[u8], dst: &mut BytesMut) {
         return;
     }
     parley_proto::ws::encode(parley_proto::ws::Opcode::Text, json, None, dst);
+}
+
+/// The answer to a stored message over WebSocket, keys as every JSON response has them.
+#[derive(Serialize)]
+struct StoredResponse<'a> {
+    success: bool,
+    message: &'a str,
+    data: StoredAt,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Value>,
+}
+
+#[derive(Serialize)]
+struct StoredAt {
+    id: i64,
+    conversation: i64,
+    seq: i64,
 }
 
 #[derive(Serialize)]
@@ -270,17 +308,26 @@ pub fn encode_reply(tag: &Tag, reply: &Reply, dst: &mut BytesMut) {
             json::encode_response(success, message, &Value::from(""), id.as_deref(), &mut out);
             dst.put_slice(&out);
         }
-        (Tag::Stored { ok, id, stored }, reply) => {
-            let (success, message, data) = match reply {
-                Reply::Ok => {
-                    let [message, conversation, seq] = *stored;
-                    let data = serde_json::json!({"id": message, "conversation": conversation, "seq": seq});
-                    (true, *ok, data)
-                }
-                Reply::Error(kind) => (false, json_error(*kind), Value::from("")),
+        (Tag::Stored { ok, id, stored }, Reply::Ok) => {
+            let [message, conversation, seq] = *stored;
+            let response = StoredResponse {
+                success: true,
+                message: ok,
+                data: StoredAt {
+                    id: message,
+                    conversation,
+                    seq,
+                },
+                id: id.as_deref(),
             };
+            let mut out = Vec::with_capacity(128);
+            json::encode_line(&response, &mut out);
+            dst.put_slice(&out);
+        }
+        (Tag::Stored { id, .. }, Reply::Error(kind)) => {
             let mut out = Vec::new();
-            json::encode_response(success, message, &data, id.as_deref(), &mut out);
+            let (message, data) = (json_error(*kind), Value::from(""));
+            json::encode_response(false, message, &data, id.as_deref(), &mut out);
             dst.put_slice(&out);
         }
     }
@@ -337,5 +384,37 @@ pub fn json_error(kind: ErrorKind) -> &'static str {
         ErrorKind::TooManyRooms => {
             "Too many rooms: you have created as many as this server allows (join existing ones)"
         }
+    }
+}
+
+#[cfg(test)]
+mod websocket_tests {
+    use super::*;
+
+    /// Whatever a line's length, its frame decodes to the line without its newline, also
+    /// behind bytes already in the buffer.
+    #[test]
+    fn a_line_framed_in_place_decodes_to_itself() {
+        for len in [1, 124, 125, 126, 127, 65_534, 65_535, 65_536, 70_000] {
+            let line: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut dst = BytesMut::from(&b"before"[..]);
+            frame_json(
+                |out| {
+                    out.put_slice(&line);
+                    out.put_u8(b'\n');
+                },
+                &mut dst,
+            );
+            assert_eq!(&dst[..6], b"before");
+            let mut rest = dst.split_off(6);
+            let frame = parley_proto::ws::decode(&mut rest, 1 << 20, false)
+                .unwrap()
+                .unwrap();
+            assert_eq!(frame.payload, &line[..], "{len}");
+            assert!(rest.is_empty(), "{len}");
+        }
+        let mut empty = BytesMut::new();
+        frame_json(|out| out.put_u8(b'\n'), &mut empty);
+        assert!(empty.is_empty(), "nothing to frame");
     }
 }

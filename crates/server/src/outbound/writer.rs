@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::encode::{encode_reply, frame_line, Style};
+use super::encode::{encode_reply, frame_json, frame_line, Style};
 use super::link::Link;
 use super::tcp_ack::AckTracker;
 use super::Item;
@@ -193,9 +193,7 @@ impl Writer {
             let d = match item {
                 // A WebSocket's replies and rendered lines go in frames of their own.
                 Item::Reply(tag, reply) if style == Style::WebSocket => {
-                    let mut line = BytesMut::new();
-                    encode_reply(&tag, &reply, &mut line);
-                    frame_line(&line, buf);
+                    frame_json(|out| encode_reply(&tag, &reply, out), buf);
                     continue;
                 }
                 Item::Bytes(bytes) if style == Style::WebSocket => {
