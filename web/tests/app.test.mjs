@@ -212,6 +212,11 @@ test('a hostile message renders as text, never as HTML', async () => {
   await openConversation(ivy, 'mal');
   await shows(ivy, hostile);
   assert.equal(await ivy.$$eval('#messages img', (imgs) => imgs.length), 0);
+  // Web addresses become links (built as elements); other schemes stay text.
+  mal.send('DM ivy see https://example.org/page?a=1. or javascript:alert(2)');
+  await shows(ivy, 'see https://example.org/page?a=1. or javascript:alert(2)');
+  const links = await ivy.$$eval('#messages a', (as) => as.map((a) => [a.getAttribute('href'), a.rel]));
+  assert.deepEqual(links, [['https://example.org/page?a=1', 'noopener noreferrer nofollow']]);
   assert.deepEqual(ivy.errors, [], 'no dialog, no script error');
   mal.close();
   await ivy.context().close();

@@ -27,8 +27,10 @@ export class Server {
 
   async start() {
     const listen = `127.0.0.1:${this.port}`;
+    // The server reads every PARLEY_* variable as a setting: pass on none but these.
+    const inherited = Object.entries(process.env).filter(([k]) => !k.startsWith('PARLEY_'));
     const env = {
-      ...process.env,
+      ...Object.fromEntries(inherited),
       PARLEY_ARGON2_MEMORY_KIB: '1024',
       PARLEY_ARGON2_ITERATIONS: '1',
       PARLEY_SHUTDOWN_TIMEOUT_MS: '3000',

@@ -282,7 +282,15 @@ function refresh() {
   document.title = n ? `(${n}) parley` : 'parley';
 }
 
+const drafts = new Map();
+
 function open(c) {
+  // What was typed stays with its conversation.
+  if (state.current && state.current !== c.key) drafts.set(state.current, $('input').value);
+  if (state.current !== c.key) {
+    $('input').value = drafts.get(c.key) ?? '';
+    grow();
+  }
   state.current = c.key;
   history.replaceState(null, '', `#${encodeURIComponent(c.key)}`);
   $('app').classList.add('show-conv');

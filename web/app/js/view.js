@@ -95,7 +95,7 @@ function message(state, m, grouped, actions) {
   const classes = ['msg', mine && 'mine', mention && 'mention', m.status === 'failed' && 'failed',
     m.status && m.status !== 'sent' && 'pending'].filter(Boolean).join(' ');
   const file = parseFile(m.text);
-  const body = file ? fileBox(file, actions) : h('div', { class: 'text' }, m.text);
+  const body = file ? fileBox(file, actions) : h('div', { class: 'text' }, linked(m.text));
   const status = m.status ? statusLine(m, actions) : null;
   return h('article', { class: classes, dataset: { id: m.id ?? '' }, 'aria-label': `${m.from} at ${timeOf(m.ms)}` },
     grouped ? null : h('div', { class: 'head' },
@@ -104,6 +104,30 @@ function message(state, m, grouped, actions) {
     body,
     file?.caption ? h('div', { class: 'text' }, file.caption) : null,
     status);
+}
+
+const URL_LIKE = /\bhttps?:\/\/[^\s<>"]+/g;
+
+/** The text as text nodes, with http(s) links as links (built as elements, never markup). */
+function linked(text) {
+  const parts = [];
+  let at = 0;
+  for (const match of text.matchAll(URL_LIKE)) {
+    let url = match[0].replace(/[.,;:!?)\]]+$/, '');
+    let href = null;
+    try {
+      const parsed = new URL(url);
+      if (parsed.protocol === 'http:' || parsed.protocol === 'https:') href = parsed.href;
+    } catch {
+      href = null;
+    }
+    if (!href) continue;
+    parts.push(text.slice(at, match.index));
+    parts.push(h('a', { href, target: '_blank', rel: 'noopener noreferrer nofollow' }, url));
+    at = match.index + url.length;
+  }
+  parts.push(text.slice(at));
+  return parts;
 }
 
 function statusLine(m, actions) {
