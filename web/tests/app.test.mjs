@@ -57,7 +57,11 @@ test('two browsers register and chat in a room, live', async () => {
   await shows(ben, 'hello from ann');
   // Sent, then stored: the "sending…" mark goes once the server has it.
   await ann.waitForFunction(() => !document.querySelector('#messages .msg.pending'));
-  await send(ben, 'hi ann, ben here\non two lines');
+  // Shift+Enter starts a new line, Enter sends.
+  await ben.fill('#input', 'hi ann, ben here');
+  await ben.press('#input', 'Shift+Enter');
+  await ben.type('#input', 'on two lines');
+  await ben.press('#input', 'Enter');
   await shows(ann, 'hi ann, ben here\non two lines');
   assert.deepEqual(await texts(ann), ['hello from ann', 'hi ann, ben here\non two lines']);
   // Members, with presence.
@@ -98,9 +102,13 @@ test('a DM reaches a text user and a binary user, and their replies appear', asy
   const pushed = await bin.push();
   assert.deepEqual(pushed, { text: 'hello bin', from: 'cat', to: 'bin' });
   nick.send('DM cat hi cat, from a terminal');
+  // Another conversation's message counts as unread in the sidebar.
+  await cat.waitForSelector('.convs button[aria-label="nick, 1 unread"]');
+  assert.equal(await cat.title(), '(1) parley');
   assert.equal(await bin.message('cat', 'hi cat, from a binary client'), 1);
   await shows(cat, 'hi cat, from a binary client');
   await openConversation(cat, 'nick');
+  await cat.waitForSelector('.convs button[aria-label="nick"]');
   await shows(cat, 'hi cat, from a terminal');
   assert.deepEqual(await texts(cat), ['hello nick', 'hi cat, from a terminal']);
   nick.close();
