@@ -396,3 +396,45 @@ async fn a_link_speaks_tls_trusting_the_servers_certificate_only_when_told() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_password_changed_on_another_device_stops_a_link_that_has_only_its_token() {
+    let server = Server::start().await;
+    let (first, events) = Link::spawn(server.options("alice", "laptop"));
+    let mut first_events = Events(events);
+    let token = loop {
+        if let LinkEvent::Token(t) = first_events.next().await {
+            break t.token;
+        }
+    };
+    first_events.until_online().await;
+    first.close();
+    let mut options = server.options("alice", "laptop");
+    options.password = None;
+    options.register = false;
+    options.token = Some(token);
+    let (_laptop, events) = Link::spawn(options);
+    let mut laptop = Events(events);
+    laptop.until_online().await;
+
+    let (phone, _p) = server.link("alice", "phone").await;
+    let conn = phone.connection().await.unwrap();
+    conn.request(|cid| parley_proto::binary::Frame::ChangePassword {
+        cid,
+        old: Bytes::from(PASSWORD),
+        new: Bytes::from("a new password"),
+    })
+    .await
+    .unwrap();
+    // The server ends the laptop's session; its token no longer logs in.
+    loop {
+        match laptop.next().await {
+            LinkEvent::Status(LinkStatus::Stopped(e)) => {
+                assert_eq!(e, Error::Refused(code::UNAUTHORIZED));
+                break;
+            }
+            LinkEvent::Status(LinkStatus::Online) => panic!("a revoked token logged in again"),
+            _ => {}
+        }
+    }
+}

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::state::{Action, ConvKey, NoteKind, Transfer, Update};
 use super::text;
 use super::tokens::TokenFile;
-use crate::{Link, LinkEvent, Page};
+use crate::{Link, LinkEvent, LinkStatus, Page};
 
 /// At most this many rooms are checked for membership at login.
 const MAX_ROOMS_CHECKED: usize = 500;
@@ -57,6 +57,13 @@ pub async fn run(
 /// A link event as the model's update; a new token is stored first.
 fn from_link(event: LinkEvent, token: &Option<TokenFile>) -> Update {
     match event {
+        LinkEvent::Status(LinkStatus::Stopped(e)) if e.is_auth() => {
+            // The token no longer logs in: forget it, so the next start asks for the password.
+            if let Some(file) = token {
+                let _ = file.remove();
+            }
+            Update::Link(LinkStatus::Stopped(e))
+        }
         LinkEvent::Status(status) => Update::Link(status),
         LinkEvent::Message(event) => Update::Message(event),
         LinkEvent::Token(t) => Update::TokenSaved(match token {

@@ -636,3 +636,24 @@ fn presence_is_asked_for_what_is_on_screen() {
         screen(&app)[0]
     );
 }
+
+#[test]
+fn a_refused_token_says_how_to_go_on_where_the_user_looks() {
+    let mut app = app(80, 24);
+    join(&mut app, "#r", &[("alice", true)]);
+    app.apply(Update::Link(LinkStatus::Stopped(crate::Error::Refused(
+        parley_proto::binary::code::UNAUTHORIZED,
+    ))));
+    let s = screen(&app);
+    assert!(s[find(&s, "offline: wrong name or password")].contains("!! │"));
+    assert!(
+        s.join("\n").contains("to log in with the password"),
+        "{}",
+        s.join("\n")
+    );
+    assert!(
+        s[23].starts_with(" offline: wrong name or password"),
+        "{}",
+        s[23]
+    );
+}

@@ -309,11 +309,18 @@ impl App {
             }
             LinkStatus::Stopped(e) => {
                 let text = e.to_string();
-                self.note(
-                    Some(&ConvKey::Server),
-                    format!("offline: {text}"),
-                    NoteKind::Error,
-                );
+                // A revoked token (a password changed elsewhere, a logout): the stored one is
+                // gone, the next start asks for the password.
+                let hint = if e.is_auth() {
+                    " — /quit and start parley chat again to log in with the password"
+                } else {
+                    ""
+                };
+                let note = format!("offline: {text}{hint}");
+                self.note(Some(&ConvKey::Server), note.clone(), NoteKind::Error);
+                if self.current != 0 {
+                    self.note(None, note, NoteKind::Error);
+                }
                 ConnState::Stopped(text)
             }
         };
