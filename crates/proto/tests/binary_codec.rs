@@ -2,7 +2,8 @@
 
 use bytes::{Bytes, BytesMut};
 use parley_proto::binary::{
-    self, code, decode, encode_response, error_code, Decoded, Frame, FrameError,
+    self, code, decode, encode_response, error_code, ContactEntry, Decoded, Event, Frame,
+    FrameError, RoomEntry, UserEntry,
 };
 use parley_proto::ErrorKind;
 use proptest::prelude::*;
@@ -512,7 +513,39 @@ fn any_string() -> impl Strategy<Value = Bytes> {
     prop::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from)
 }
 
-fn any_frame() -> impl Strategy<Value = Frame> {
+fn any_event() -> impl Strategy<Value = Event> {
+    (
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u8>()),
+        (any_string(), any_string(), any::<u64>(), any_string()),
+    )
+        .prop_map(
+            |((id, conversation, seq, kind), (from, to, time, message))| Event {
+                id,
+                conversation,
+                seq,
+                kind,
+                from,
+                to,
+                time,
+                message,
+            },
+        )
+}
+
+fn any_user() -> impl Strategy<Value = UserEntry> {
+    (any_string(), any::<bool>(), any::<u64>()).prop_map(|(name, online, last_seen)| UserEntry {
+        name,
+        online,
+        last_seen,
+    })
+}
+
+fn list<T: std::fmt::Debug>(item: impl Strategy<Value = T>) -> impl Strategy<Value = Vec<T>> {
+    prop::collection::vec(item, 0..6)
+}
+
+/// The seed's four frames: what the seed clients send and receive.
+fn seed_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u32>(), any_string()).prop_map(|(cid, username)| Frame::Login { cid, username }),
         (
@@ -534,6 +567,209 @@ fn any_frame() -> impl Strategy<Value = Frame> {
     ]
 }
 
+/// Accounts, devices and profiles (0x10–0x18).
+fn account_frame() -> impl Strategy<Value = Frame> {
+    let s = any_string;
+    prop_oneof![
+        (any::<u32>(), s(), s()).prop_map(|(cid, username, password)| Frame::Register {
+            cid,
+            username,
+            password
+        }),
+        (any::<u32>(), s(), s(), s(), any::<u8>()).prop_map(
+            |(cid, username, password, device, flags)| Frame::LoginPassword {
+                cid,
+                username,
+                password,
+                device,
+                flags
+            }
+        ),
+        (any::<u32>(), s()).prop_map(|(cid, token)| Frame::LoginToken { cid, token }),
+        (any::<u32>(), s(), any::<u64>()).prop_map(|(cid, token, expires_at)| Frame::Token {
+            cid,
+            token,
+            expires_at
+        }),
+        (any::<u32>(), any::<u8>()).prop_map(|(cid, scope)| Frame::Logout { cid, scope }),
+        (any::<u32>(), s(), s()).prop_map(|(cid, old, new)| Frame::ChangePassword {
+            cid,
+            old,
+            new
+        }),
+        (any::<u32>(), s(), s()).prop_map(|(cid, display_name, avatar)| Frame::SetProfile {
+            cid,
+            display_name,
+            avatar
+        }),
+        (any::<u32>(), s()).prop_map(|(cid, username)| Frame::GetProfile { cid, username }),
+        (any::<u32>(), s(), s(), s()).prop_map(|(cid, username, display_name, avatar)| {
+            Frame::Profile {
+                cid,
+                username,
+                display_name,
+                avatar,
+            }
+        }),
+    ]
+}
+
+/// Rooms, many recipients, lists, history and acks (0x20–0x2F).
+fn messaging_frame() -> impl Strategy<Value = Frame> {
+    let s = any_string;
+    let room =
+        (any_string(), any::<u32>(), any::<u32>()).prop_map(|(name, members, online)| RoomEntry {
+            name,
+            members,
+            online,
+        });
+    prop_oneof![
+        (any::<u32>(), s()).prop_map(|(cid, room)| Frame::Join { cid, room }),
+        (any::<u32>(), s()).prop_map(|(cid, room)| Frame::Leave { cid, room }),
+        (any::<u32>(), s(), s(), any::<u64>()).prop_map(|(cid, room, message, time)| {
+            Frame::SendRoom {
+                cid,
+                room,
+                message,
+                time,
+            }
+        }),
+        (any::<u32>(), list(s()), s(), any::<u64>()).prop_map(|(cid, to, message, time)| {
+            Frame::SendMany {
+                cid,
+                to,
+                message,
+                time,
+            }
+        }),
+        (any::<u32>(), s(), any::<u64>()).prop_map(|(cid, message, time)| Frame::SendAll {
+            cid,
+            message,
+            time
+        }),
+        any::<u32>().prop_map(|cid| Frame::ListRooms { cid }),
+        (any::<u32>(), list(room)).prop_map(|(cid, rooms)| Frame::Rooms { cid, rooms }),
+        (any::<u32>(), s()).prop_map(|(cid, room)| Frame::ListMembers { cid, room }),
+        (any::<u32>(), list(any_user())).prop_map(|(cid, members)| Frame::Members { cid, members }),
+        any::<u32>().prop_map(|cid| Frame::ListUsers { cid }),
+        (any::<u32>(), list(any_user())).prop_map(|(cid, users)| Frame::Users { cid, users }),
+        (any::<u32>(), s(), any::<u8>(), any::<u64>(), any::<u16>()).prop_map(
+            |(cid, target, mode, value, limit)| Frame::History {
+                cid,
+                target,
+                mode,
+                value,
+                limit
+            }
+        ),
+        (any::<u32>(), list(any_event()))
+            .prop_map(|(cid, events)| Frame::HistoryPage { cid, events }),
+        any::<u32>().prop_map(|cid| Frame::EnableAcks { cid }),
+        (any::<u32>(), any_event()).prop_map(|(cid, event)| Frame::Event { cid, event }),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(cid, conversation, seq)| {
+            Frame::Ack {
+                cid,
+                conversation,
+                seq,
+            }
+        }),
+    ]
+}
+
+/// Search and contacts (0x30–0x35).
+fn contacts_frame() -> impl Strategy<Value = Frame> {
+    let s = any_string;
+    let contact = (any_string(), any::<u8>(), any::<bool>(), any::<u64>()).prop_map(
+        |(name, state, online, last_seen)| ContactEntry {
+            name,
+            state,
+            online,
+            last_seen,
+        },
+    );
+    prop_oneof![
+        (any::<u32>(), s(), any::<u16>()).prop_map(|(cid, prefix, limit)| Frame::Search {
+            cid,
+            prefix,
+            limit
+        }),
+        (any::<u32>(), s()).prop_map(|(cid, name)| Frame::ContactRequest { cid, name }),
+        (any::<u32>(), s(), any::<u8>()).prop_map(|(cid, name, accept)| Frame::ContactAnswer {
+            cid,
+            name,
+            accept
+        }),
+        (any::<u32>(), s()).prop_map(|(cid, name)| Frame::ContactRemove { cid, name }),
+        any::<u32>().prop_map(|cid| Frame::ListContacts { cid }),
+        (any::<u32>(), list(contact)).prop_map(|(cid, contacts)| Frame::Contacts { cid, contacts }),
+    ]
+}
+
+/// Files (0x40–0x45).
+fn files_frame() -> impl Strategy<Value = Frame> {
+    let s = any_string;
+    prop_oneof![
+        (any::<u32>(), s(), any::<u64>()).prop_map(|(cid, sha256, size)| Frame::FileOffer {
+            cid,
+            sha256,
+            size
+        }),
+        (any::<u32>(), any::<u8>(), any::<u64>())
+            .prop_map(|(cid, have, offset)| { Frame::FileStatus { cid, have, offset } }),
+        (any::<u32>(), s(), any::<u64>(), any::<u64>(), s()).prop_map(
+            |(cid, sha256, size, offset, data)| Frame::FileChunk {
+                cid,
+                sha256,
+                size,
+                offset,
+                data
+            }
+        ),
+        (
+            (any::<u32>(), any::<u8>(), s(), s()),
+            (s(), s(), s(), any::<u64>())
+        )
+            .prop_map(
+                |((cid, target_kind, target, sha256), (name, mime, caption, time))| {
+                    Frame::SendFile {
+                        cid,
+                        target_kind,
+                        target,
+                        sha256,
+                        name,
+                        mime,
+                        caption,
+                        time,
+                    }
+                }
+            ),
+        (any::<u32>(), s(), any::<u64>(), any::<u32>()).prop_map(
+            |(cid, sha256, offset, length)| Frame::Download {
+                cid,
+                sha256,
+                offset,
+                length
+            }
+        ),
+        (any::<u32>(), any::<u64>(), s()).prop_map(|(cid, offset, data)| Frame::FileData {
+            cid,
+            offset,
+            data
+        }),
+    ]
+}
+
+/// Any of the 41 frames, the seed's four most often.
+fn any_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        4 => seed_frame(),
+        1 => account_frame(),
+        1 => messaging_frame(),
+        1 => contacts_frame(),
+        1 => files_frame(),
+    ]
+}
+
 /// Random bytes mixed with valid frames and frames of random version, key and body, so that
 /// the decoder gets past the first length prefix often enough to matter.
 fn byte_soup() -> impl Strategy<Value = Vec<u8>> {
@@ -542,7 +778,14 @@ fn byte_soup() -> impl Strategy<Value = Vec<u8>> {
         any_frame().prop_map(|f| encode(&f).to_vec()),
         (
             prop_oneof![Just(1u8), any::<u8>()],
-            prop_oneof![(0u16..12), any::<u16>()],
+            prop_oneof![
+                (0u16..12),
+                (0x10u16..0x19),
+                (0x20u16..0x30),
+                (0x30u16..0x36),
+                (0x40u16..0x46),
+                any::<u16>()
+            ],
             prop::collection::vec(any::<u8>(), 0..48),
         )
             .prop_map(|(version, key, body)| raw(version, key, &body)),
@@ -659,7 +902,6 @@ proptest! {
 
 #[test]
 fn a_list_longer_than_its_u16_count_is_cut_at_65535_and_stays_decodable() {
-    use parley_proto::binary::UserEntry;
     let users: Vec<UserEntry> = (0..70_000u32)
         .map(|_| UserEntry {
             name: Bytes::from_static(b"u"),
