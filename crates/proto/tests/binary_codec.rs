@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 use parley_proto::binary::{
-    self, code, decode, encode_response, error_code, ContactEntry, Decoded, Event, Frame,
+    self, code, decode, encode_response, error_code, key, ContactEntry, Decoded, Event, Frame,
     FrameError, RoomEntry, UserEntry,
 };
 use parley_proto::ErrorKind;
@@ -463,6 +463,76 @@ fn message_with_empty_body_is_malformed_without_cid() {
     assert!(!err.is_fatal());
     assert_eq!(err.correlation_id(), None);
     assert!(b.is_empty(), "the bad frame is consumed");
+}
+
+// ---------------------------------------------------------------- keys
+
+/// A frame of `key` with cid 7 and every other field zero, empty or an empty list: the
+/// shortest run of zero bytes after the cid that decodes. `None` if none up to 64 does.
+fn zero_frame(key: u16) -> Option<(Frame, Vec<u8>)> {
+    (0..=64).find_map(|zeros| {
+        let mut body = vec![0, 0, 0, 7];
+        body.resize(4 + zeros, 0);
+        let bytes = raw(1, key, &body);
+        let frame = decode(&mut buf(&bytes), MAX).ok()??;
+        Some((frame, bytes))
+    })
+}
+
+#[test]
+fn every_key_round_trips_through_its_frame() {
+    assert_eq!(key::ALL.len(), 41, "the frames documented in PROTOCOL.md");
+    for &k in key::ALL {
+        let (frame, bytes) = zero_frame(k).unwrap_or_else(|| panic!("key {k:#06x} decodes"));
+        assert_eq!(
+            frame.key(),
+            k,
+            "{frame:?} reports the key it was read under"
+        );
+        assert_eq!(frame.cid(), 7, "{frame:?}");
+        assert_eq!(&encode(&frame)[..], &bytes[..], "{frame:?} encodes back");
+    }
+}
+
+#[test]
+fn keys_are_distinct_and_in_their_ranges() {
+    let ranges = [
+        0x01..=0x09,
+        0x10..=0x18,
+        0x20..=0x2F,
+        0x30..=0x35,
+        0x40..=0x45,
+    ];
+    assert!(key::ALL.windows(2).all(|w| w[0] < w[1]), "{:x?}", key::ALL);
+    for &k in key::ALL {
+        assert!(ranges.iter().any(|r| r.contains(&k)), "key {k:#06x}");
+    }
+    assert_eq!(
+        (
+            key::LOGIN,
+            key::MESSAGE,
+            key::RESPONSE,
+            key::CORRELATION_TEST
+        ),
+        (0x01, 0x02, 0x03, 0x09),
+        "the seed's keys"
+    );
+}
+
+#[test]
+fn every_other_key_is_unknown() {
+    for k in 0..=u16::MAX {
+        if key::ALL.contains(&k) {
+            continue;
+        }
+        assert_eq!(
+            decode(&mut buf(&raw(1, k, &[0, 0, 0, 7, 0, 0])), MAX),
+            Err(FrameError::UnknownKey {
+                key: k,
+                cid: Some(7)
+            })
+        );
+    }
 }
 
 // ---------------------------------------------------------------- response codes
