@@ -449,6 +449,20 @@ fn login_with_trailing_bytes_is_malformed() {
 }
 
 #[test]
+fn message_with_trailing_bytes_is_malformed_read_either_way() {
+    let mut whole = BytesMut::new();
+    binary::encode_message(11, b"hi", b"a", b"b", 5, &mut whole).unwrap();
+    let bytes = raw(1, 0x02, &[&whole[7..], &[0xEE]].concat());
+    let refused = FrameError::Malformed {
+        key: 0x02,
+        cid: Some(11),
+        reason: "trailing bytes after the last field",
+    };
+    assert_eq!(decode(&mut buf(&bytes), MAX), Err(refused.clone()));
+    assert_eq!(binary::decode_view(&mut buf(&bytes), MAX), Err(refused));
+}
+
+#[test]
 fn message_with_empty_body_is_malformed_without_cid() {
     let mut b = buf(&raw(1, 0x02, &[]));
     let err = decode(&mut b, MAX).unwrap_err();
@@ -846,6 +860,11 @@ fn byte_soup() -> impl Strategy<Value = Vec<u8>> {
     let piece = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..16),
         any_frame().prop_map(|f| encode(&f).to_vec()),
+        // A whole frame with bytes after its last field, inside its length.
+        (any_frame(), prop::collection::vec(any::<u8>(), 1..4)).prop_map(|(f, extra)| {
+            let whole = encode(&f);
+            raw(whole[4], f.key(), &[&whole[7..], &extra[..]].concat())
+        }),
         (
             prop_oneof![Just(1u8), any::<u8>()],
             prop_oneof![

@@ -879,6 +879,22 @@ async fn trailing_bytes_after_a_login_are_malformed_and_do_not_log_in() {
 }
 
 #[tokio::test]
+async fn trailing_bytes_after_a_message_are_malformed_and_nothing_is_delivered() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
+    let whole = message_bytes(12, "alice", "bob", b"with a tail", 1);
+    let body = [&whole[7..], b"!"].concat();
+    alice
+        .send_raw(&raw_frame(1, key::MESSAGE, &body))
+        .await
+        .unwrap();
+    assert_answered_and_still_open(&mut alice, 12, code::MALFORMED).await;
+    // bob's next push is this one: the message with a tail was never delivered.
+    assert_alice_reaches_bob(&mut alice, &mut bob, "after the tail").await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_response_frame_sent_by_a_client_is_unknown_command() {
     let server = TestServer::start().await;
     let (mut alice, mut bob) = alice_and_bob(&server).await;

@@ -123,6 +123,9 @@ impl MessageView {
         };
         let (message, from, to) = (string()?, string()?, string()?);
         let time = u64::from_be_bytes(word(at, 8)?.try_into().ok()?);
+        if at + 8 != frame.len() {
+            return None; // bytes after the time: `parse` refuses the frame
+        }
         Some(MessageView {
             frame: Bytes::new(),
             cid,
