@@ -299,6 +299,35 @@ async fn https_on_both_tls_ports_even_with_the_method_split_across_records() {
     tls.stop().await;
 }
 
+/// `wss://`: the WebSocket handshake and a frame inside TLS, on the shared port.
+#[tokio::test]
+async fn a_websocket_inside_tls_speaks_the_json_protocol() {
+    use parley_proto::ws;
+    let tls = TlsServer::start().await;
+    let mut c = tls.shared().await;
+    let mut out = BytesMut::from(
+        &b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"[..],
+    );
+    ws::encode(
+        ws::Opcode::Text,
+        ECHO.as_bytes(),
+        Some([9, 8, 7, 6]),
+        &mut out,
+    );
+    c.send_raw(&out).await;
+    assert_eq!(c.line().await, "HTTP/1.1 101 Switching Protocols\r");
+    while c.line().await != "\r" {}
+    let frame = loop {
+        if let Some(frame) = ws::decode(&mut c.buf, 1 << 20, false).unwrap() {
+            break frame;
+        }
+        c.fill().await;
+    };
+    assert_eq!(frame.payload, ECHOED.as_bytes());
+    tls.stop().await;
+}
+
 #[tokio::test]
 async fn text_over_the_tls_port_answers_ping() {
     let server = TlsServer::start().await;

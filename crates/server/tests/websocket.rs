@@ -352,3 +352,70 @@ async fn a_handshake_without_upgrade_is_refused_over_plain_http() {
     );
     server.stop().await;
 }
+
+/// The handshake and the first frames in one write: what hyper read past the handshake
+/// reaches the session.
+#[tokio::test]
+async fn frames_sent_with_the_handshake_are_not_lost() {
+    use bytes::BytesMut;
+    use parley_proto::ws;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut out = BytesMut::from(
+        &b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"[..],
+    );
+    for (i, command) in ["PING", "TIME", "PING"].iter().enumerate() {
+        let request = json!({"command": command, "id": i}).to_string();
+        ws::encode(
+            ws::Opcode::Text,
+            request.as_bytes(),
+            Some([1, 2, 3, 4]),
+            &mut out,
+        );
+    }
+    stream.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let head = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break buf.split_to(end + 4);
+        }
+        let n = tokio::time::timeout(WAIT, stream.read_buf(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed during the handshake");
+    };
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    assert!(String::from_utf8_lossy(&head).contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    let mut answers = Vec::new();
+    while answers.len() < 3 {
+        match ws::decode(&mut buf, 1 << 20, false).unwrap() {
+            Some(frame) => {
+                let value: Value = serde_json::from_slice(&frame.payload).unwrap();
+                answers.push((value["id"].clone(), value["message"].clone()));
+            }
+            None => {
+                let n = tokio::time::timeout(WAIT, stream.read_buf(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(n > 0, "closed before the answers");
+            }
+        }
+    }
+    assert_eq!(
+        answers,
+        [
+            (json!(0), json!("PONG")),
+            (json!(1), json!("Server time")),
+            (json!(2), json!("PONG"))
+        ]
+    );
+    server.stop().await;
+}
