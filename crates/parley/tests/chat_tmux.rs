@@ -140,7 +140,9 @@ impl Chat {
     }
 
     fn tmux(&self, args: &[&str]) -> Output {
+        // -u: UTF-8 whatever the locale (a bare CI machine may have none set).
         Command::new("tmux")
+            .arg("-u")
             .arg("-L")
             .arg(&self.socket)
             .args(args)
