@@ -69,6 +69,16 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Move a stopped single node's data directory into PostgreSQL, to run it as a cluster
+    /// (`serve --cluster`); verified by counts and checksums, resumable if interrupted.
+    Migrate {
+        /// The PostgreSQL database to fill (empty, or a migration's that was interrupted).
+        #[arg(long, value_name = "URL")]
+        to_postgres: String,
+        /// The single node's data directory (the server must be stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Serialize)]
@@ -114,6 +124,22 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_key: Option<PathBuf>,
+    /// Run as one node of a cluster (with --postgres, --nats and --node-id).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cluster: bool,
+    /// The cluster's PostgreSQL URL.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres: Option<String>,
+    /// The cluster's NATS URL.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats: Option<String>,
+    /// This node's unique name in the cluster.
+    #[arg(long, value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_id: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "PARLEY_LOG_FORMAT")]
     #[serde(skip)]
@@ -139,7 +165,48 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => parley_bench::run(args),
         Command::Chat(args) => std::process::exit(i32::from(parley_client::chat::run(args))),
         Command::Check { data_dir } => check(&data_dir),
+        Command::Migrate {
+            to_postgres,
+            data_dir,
+        } => migrate(&data_dir, &to_postgres),
     }
+}
+
+/// `parley migrate`: progress on stderr, the verification on stdout.
+fn migrate(data_dir: &std::path::Path, url: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut shown = 0;
+    let report = runtime.block_on(parley_server::migrate_to_postgres(
+        data_dir,
+        url,
+        |done, total| {
+            // A line per 5 % (and the last).
+            if done == total || done >= shown + total.max(20) / 20 {
+                shown = done;
+                eprintln!("copied {done} of {total} messages");
+            }
+        },
+    ))?;
+    for (table, here, there) in &report.counts {
+        println!(
+            "{table}: {here} in {}, {there} in PostgreSQL",
+            data_dir.display()
+        );
+    }
+    println!(
+        "messages sha256: {} in {}, {} in PostgreSQL",
+        report.checksums.0,
+        data_dir.display(),
+        report.checksums.1
+    );
+    println!(
+        "migrated: {} messages copied by this run; counts and checksums agree",
+        report.copied
+    );
+    Ok(())
 }
 
 /// `parley check`: what was found whole, then what was not; exit code 1 if anything.

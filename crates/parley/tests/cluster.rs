@@ -1,12 +1,20 @@
-//! Several parley nodes on one PostgreSQL and one NATS: real processes on loopback ports.
+//! Several parley nodes on one PostgreSQL and one NATS: real processes on loopback ports,
+//! clients of every protocol on different nodes.
 
+mod common;
 mod services;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use parley_client::{Connection, Endpoint, LineClient, Link, LinkEvent, LinkOptions, Push, Target};
+use serde_json::Value;
+use services::cluster::Cluster;
 use services::{Nats, Postgres};
+
+const PASSWORD: &str = "correct-horse";
 
 /// Sends PING to a nats-server and reads up to its PONG.
 fn nats_ping(nats: &Nats) -> std::io::Result<()> {
@@ -49,4 +57,334 @@ fn services_start_restart_and_keep_their_data() {
     );
     nats.restart();
     nats_ping(&nats).unwrap();
+}
+
+/// A text session logged in as `name` on `addr`.
+async fn text(addr: std::net::SocketAddr, login: &str) -> LineClient {
+    let mut c = LineClient::connect(addr).await.expect("connect");
+    assert_eq!(
+        c.ask(&format!("LOGIN {login}")).await.unwrap(),
+        "OK",
+        "LOGIN {login}"
+    );
+    c
+}
+
+/// Reads lines until one satisfies `want` (other lines, such as presence notices, are
+/// skipped); fails after 10 s.
+async fn until(c: &mut LineClient, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no matching line in 10 s");
+        let line = c.line().await.expect("a line");
+        if want(&line) {
+            return line;
+        }
+    }
+}
+
+/// A JSON session on `addr` (the JSON-only port), logged in as `name` and subscribed.
+async fn json(addr: std::net::SocketAddr, name: &str) -> LineClient {
+    let mut c = LineClient::connect(addr).await.expect("connect");
+    let welcome = c.line().await.unwrap();
+    assert!(welcome.contains("Welcome"), "{welcome}");
+    let login = format!(r#"{{"command":"LOGIN","data":"{name}"}}"#);
+    let answer: Value = serde_json::from_str(&c.ask(&login).await.unwrap()).unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    let answer: Value =
+        serde_json::from_str(&c.ask(r#"{"command":"SUBSCRIBE"}"#).await.unwrap()).unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    c
+}
+
+/// Sends a JSON request and returns its response (events before it are skipped).
+async fn json_ask(c: &mut LineClient, request: &str) -> Value {
+    c.send(request).await.unwrap();
+    let line = until(c, |l| l.contains(r#""success""#)).await;
+    serde_json::from_str(&line).unwrap()
+}
+
+/// The next JSON line that is an event named `event`.
+async fn json_event(c: &mut LineClient, event: &str) -> Value {
+    let line = until(c, |l| l.contains(&format!(r#""event":"{event}""#))).await;
+    serde_json::from_str(&line).unwrap()
+}
+
+/// A binary connection with acks, logged in with a password as `device`.
+async fn binary(
+    addr: std::net::SocketAddr,
+    user: &str,
+    device: &str,
+) -> (Connection, tokio::sync::mpsc::Receiver<Push>) {
+    let (conn, pushes) = Connection::connect(&Endpoint::tcp(addr.to_string()))
+        .await
+        .expect("connect");
+    conn.login_password(user, PASSWORD, device, false)
+        .await
+        .expect("login");
+    conn.enable_acks().await.expect("acks");
+    (conn, pushes)
+}
+
+/// The next pushed message (acked), within 10 s.
+async fn pushed(
+    pushes: &mut tokio::sync::mpsc::Receiver<Push>,
+    conn: &Connection,
+) -> (String, String) {
+    let push = tokio::time::timeout(Duration::from_secs(10), pushes.recv())
+        .await
+        .expect("a push in 10 s")
+        .expect("connection open");
+    let Push::Event(event) = push else {
+        panic!("expected an event, got {push:?}")
+    };
+    conn.ack(event.conversation, event.seq);
+    (
+        String::from_utf8_lossy(&event.from).into_owned(),
+        String::from_utf8_lossy(&event.message).into_owned(),
+    )
+}
+
+/// Three nodes, each client on the node of its own: direct messages, rooms, broadcast,
+/// presence, offline delivery, history, the one-session-per-name rule, several devices of
+/// one account, contacts and a file all work across nodes as on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_every_protocol_as_one() {
+    if !services::available() {
+        return;
+    }
+    let cluster = Cluster::start(3);
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+
+    // Direct messages: text on A, text on B, JSON on C.
+    let mut alice = text(a.addr, "alice").await;
+    let mut bob = text(b.addr, "bob").await;
+    let mut carol = json(c.json, "carol").await;
+    alice.send("DM bob hello from a").await.unwrap();
+    assert_eq!(
+        until(&mut bob, |l| l.starts_with("DM ")).await,
+        "DM alice hello from a"
+    );
+    bob.send("DM carol hello from b").await.unwrap();
+    let event = json_event(&mut carol, "message").await;
+    assert_eq!(
+        (&event["from"], &event["text"]),
+        (&"bob".into(), &"hello from b".into())
+    );
+    let sent = json_ask(
+        &mut carol,
+        r#"{"command":"DM","to":"alice","data":"hello from c"}"#,
+    )
+    .await;
+    assert_eq!(sent["success"], true, "{sent}");
+    assert_eq!(
+        until(&mut alice, |l| l.starts_with("DM ")).await,
+        "DM carol hello from c"
+    );
+
+    // Presence is the cluster's, and one session per name holds across nodes.
+    alice.send("WHO").await.unwrap();
+    let mut who = Vec::new();
+    for _ in 0..3 {
+        who.push(until(&mut alice, |l| l.starts_with("USER ")).await);
+    }
+    assert_eq!(who, ["USER alice", "USER bob", "USER carol"]);
+    let mut second = LineClient::connect(c.addr).await.unwrap();
+    assert_eq!(second.ask("LOGIN bob").await.unwrap(), "ERR username-taken");
+
+    // A room with members on three nodes.
+    assert_eq!(alice.ask("JOIN #r").await.unwrap(), "OK");
+    bob.send("JOIN #r").await.unwrap();
+    assert_eq!(
+        until(&mut bob, |l| l == "OK" || l.starts_with("ERR")).await,
+        "OK"
+    );
+    assert_eq!(
+        until(&mut alice, |l| l.starts_with("INFO")).await,
+        "INFO bob joined #r"
+    );
+    let joined = json_ask(&mut carol, r##"{"command":"JOIN","room":"#r"}"##).await;
+    assert_eq!(joined["success"], true, "{joined}");
+    bob.send("SAY #r room hello").await.unwrap();
+    assert_eq!(
+        until(&mut alice, |l| l.starts_with("ROOM ")).await,
+        "ROOM #r bob room hello"
+    );
+    let event = json_event(&mut carol, "message").await;
+    assert_eq!(
+        (&event["to"], &event["text"]),
+        (&"#r".into(), &"room hello".into())
+    );
+    let members = json_ask(&mut carol, r##"{"command":"MEMBERS","room":"#r"}"##).await;
+    let names: Vec<&str> = members["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{members}"))
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob", "carol"]);
+
+    // Broadcast reaches every node.
+    alice.send("MSG to everyone").await.unwrap();
+    assert_eq!(
+        until(&mut bob, |l| l.starts_with("MSG ")).await,
+        "MSG alice to everyone"
+    );
+    let event = json_event(&mut carol, "message").await;
+    assert_eq!(event["kind"], "broadcast");
+
+    // Offline delivery: dave leaves A; what he is sent from B reaches him on C, in order.
+    let mut dave = text(a.addr, "dave").await;
+    assert_eq!(dave.ask("QUIT").await.unwrap(), "BYE");
+    drop(dave);
+    // Everyone hears that dave left, on every node; from then on he may log in anywhere.
+    until(&mut bob, |l| l == "INFO dave disconnected").await;
+    for i in 0..5 {
+        bob.send(&format!("DM dave offline {i}")).await.unwrap();
+    }
+    bob.send("PING").await.unwrap();
+    until(&mut bob, |l| l == "PONG").await;
+    let mut dave = text(c.addr, "dave").await;
+    for i in 0..5 {
+        assert_eq!(
+            until(&mut dave, |l| l.starts_with("DM ")).await,
+            format!("DM bob offline {i}")
+        );
+    }
+
+    // History written on A and B, read on C, a page at a time.
+    for i in 0..6 {
+        alice.send(&format!("SAY #r page {i}")).await.unwrap();
+    }
+    alice.send("PING").await.unwrap();
+    until(&mut alice, |l| l == "PONG").await;
+    let mut reader = text(c.addr, "erwin").await;
+    assert_eq!(reader.ask("JOIN #r").await.unwrap(), "OK");
+    reader.send("HISTORY #r 3").await.unwrap();
+    let mut page = Vec::new();
+    loop {
+        let line = reader.line().await.unwrap();
+        if line == "OK" {
+            break;
+        }
+        if line.starts_with("HISTORY ") {
+            page.push(line);
+        }
+    }
+    assert_eq!(page.len(), 3, "{page:?}");
+    assert!(page[2].ends_with("alice page 5"), "{page:?}");
+    let before: i64 = page[0].split(' ').nth(2).unwrap().parse().unwrap();
+    reader
+        .send(&format!("HISTORY #r 2 before {before}"))
+        .await
+        .unwrap();
+    let mut older = Vec::new();
+    loop {
+        let line = reader.line().await.unwrap();
+        if line == "OK" {
+            break;
+        }
+        if line.starts_with("HISTORY ") {
+            older.push(line);
+        }
+    }
+    assert!(older[1].ends_with("alice page 2"), "{older:?}");
+
+    // Two devices of one account on two nodes each get everything.
+    let mut reg = LineClient::connect(a.addr).await.unwrap();
+    for name in ["erin", "frank"] {
+        let answer = reg
+            .ask(&format!("REGISTER {name} {PASSWORD}"))
+            .await
+            .unwrap();
+        assert_eq!(answer, "OK", "REGISTER {name}");
+    }
+    let (phone, mut phone_pushes) = binary(a.addr, "erin", "phone").await;
+    let (laptop, mut laptop_pushes) = binary(b.addr, "erin", "laptop").await;
+    let (frank, mut frank_pushes) = binary(c.addr, "frank", "desk").await;
+    frank
+        .send(
+            "frank",
+            &Target::User("erin".into()),
+            Bytes::from_static(b"to both"),
+            1,
+        )
+        .await
+        .expect("frank sends");
+    assert_eq!(
+        pushed(&mut phone_pushes, &phone).await,
+        ("frank".into(), "to both".into())
+    );
+    assert_eq!(
+        pushed(&mut laptop_pushes, &laptop).await,
+        ("frank".into(), "to both".into())
+    );
+    phone
+        .send(
+            "erin",
+            &Target::User("frank".into()),
+            Bytes::from_static(b"from the phone"),
+            2,
+        )
+        .await
+        .expect("erin sends");
+    assert_eq!(
+        pushed(&mut frank_pushes, &frank).await,
+        ("erin".into(), "from the phone".into())
+    );
+    // The account's other device sees what the phone sent.
+    assert_eq!(
+        pushed(&mut laptop_pushes, &laptop).await,
+        ("erin".into(), "from the phone".into())
+    );
+
+    // Contacts: asked on A, answered on C, seen on B.
+    phone.contact_request("frank").await.expect("request");
+    frank.contact_answer("erin", true).await.expect("accept");
+    let contacts = laptop.contacts().await.expect("contacts");
+    assert_eq!(contacts.len(), 1, "{contacts:?}");
+    assert_eq!(&contacts[0].name[..], b"frank");
+
+    // A file uploaded through A downloads through B.
+    let files = tempfile::tempdir().unwrap();
+    let source = files.path().join("report.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&source, &data).unwrap();
+    let mut erin_link = link(a.addr, "erin", "tablet");
+    let info = erin_link
+        .0
+        .upload(&source, |_, _| {})
+        .await
+        .expect("upload");
+    erin_link
+        .0
+        .send_file(&Target::User("frank".into()), &info, "the report", 3)
+        .await
+        .expect("send file");
+    let mut frank_link = link(b.addr, "frank", "phone");
+    let dest = files.path().join("copy.bin");
+    frank_link
+        .0
+        .download(&info, &dest, |_, _| {})
+        .await
+        .expect("download");
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    drain(&mut erin_link.1);
+    drain(&mut frank_link.1);
+}
+
+/// A link (the client library's reconnecting device) logged in with a password.
+fn link(
+    addr: std::net::SocketAddr,
+    user: &str,
+    device: &str,
+) -> (Link, tokio::sync::mpsc::Receiver<LinkEvent>) {
+    let mut options = LinkOptions::new(Endpoint::tcp(addr.to_string()), user, device);
+    options.password = Some(PASSWORD.to_string());
+    options.max_attempts = Some(5);
+    Link::spawn(options)
+}
+
+fn drain(events: &mut tokio::sync::mpsc::Receiver<LinkEvent>) {
+    while events.try_recv().is_ok() {}
 }

@@ -141,6 +141,22 @@ pub struct Config {
     /// 10 s apart go unanswered, so a peer that vanished (no FIN) is noticed and its
     /// undelivered messages wait in the log for its return (s; 0: off).
     pub keepalive_secs: u64,
+    /// Run as one node of a cluster: PostgreSQL (`postgres`) is the store, NATS (`nats`)
+    /// carries live traffic between nodes; `data_dir` then only holds uploads in progress.
+    pub cluster: bool,
+    /// The cluster's PostgreSQL, e.g. `postgres://parley@db.internal/parley`.
+    pub postgres: Option<String>,
+    /// The cluster's NATS, e.g. `nats://nats.internal:4222`.
+    pub nats: Option<String>,
+    /// This node's name in the cluster (unique: a node restarted under its name takes its
+    /// own sessions back).
+    pub node_id: Option<String>,
+    /// A node's sessions count as online while its lease runs: it is renewed every fifth
+    /// of this (ms), and a node that stops renewing has its users offline after it.
+    pub cluster_lease_ms: u64,
+    /// How often a node compares what it delivered with PostgreSQL (ms): a message lost on
+    /// NATS with nothing after it is delivered at most this much later.
+    pub cluster_reconcile_ms: u64,
 }
 
 impl Default for Config {
@@ -195,6 +211,12 @@ impl Default for Config {
             tls_key: None,
             listen_tls: None,
             keepalive_secs: 30,
+            cluster: false,
+            postgres: None,
+            nats: None,
+            node_id: None,
+            cluster_lease_ms: 10_000,
+            cluster_reconcile_ms: 1_000,
         }
     }
 }
@@ -231,6 +253,25 @@ impl Config {
             self.listen_tls.is_none() || self.tls_cert.is_some(),
             "listen_tls needs tls_cert and tls_key"
         );
+        if self.cluster {
+            anyhow::ensure!(
+                self.postgres.is_some() && self.nats.is_some(),
+                "cluster mode needs postgres and nats (--postgres URL --nats URL)"
+            );
+            let node = self.node_id.as_deref().unwrap_or_default();
+            anyhow::ensure!(
+                !node.is_empty() && node.len() <= 64 && !node.chars().any(char::is_control),
+                "cluster mode needs a node id (--node-id ID, at most 64 bytes)"
+            );
+            anyhow::ensure!(
+                self.cluster_lease_ms >= 500,
+                "cluster_lease_ms must be at least 500"
+            );
+            anyhow::ensure!(
+                self.cluster_reconcile_ms >= 50,
+                "cluster_reconcile_ms must be at least 50"
+            );
+        }
         anyhow::ensure!(
             self.max_avatar_bytes <= 60_000,
             "max_avatar_bytes must fit a binary frame (at most 60000)"

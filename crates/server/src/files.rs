@@ -6,6 +6,10 @@
 //! got, so an upload interrupted by a dropped connection (or a restart) resumes there. When
 //! the last byte arrives the part file is hashed (streamed, 64 KiB at a time) and, if it is
 //! the announced SHA-256, renamed into the store; otherwise it is deleted and refused.
+//!
+//! In a cluster, complete files are stored in PostgreSQL instead (store/postgres/blobs.rs),
+//! so any node serves a file another node received; an upload in progress stays on the
+//! disk of the node it goes to (resumable there).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
@@ -15,6 +19,7 @@ use parley_proto::ErrorKind;
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
+use crate::store::postgres::PgBlobs;
 use crate::store::UserId;
 
 /// Largest chunk read or written in one request.
@@ -42,6 +47,8 @@ pub enum Progress {
 #[derive(Debug, Clone)]
 pub struct FileStore {
     root: PathBuf,
+    /// Where complete files are in a cluster.
+    shared: Option<PgBlobs>,
 }
 
 /// Whether `hash` is a SHA-256 in lower-case hex.
@@ -53,6 +60,25 @@ impl FileStore {
     pub fn new(data_dir: &std::path::Path) -> Self {
         FileStore {
             root: data_dir.to_path_buf(),
+            shared: None,
+        }
+    }
+
+    /// A cluster node's: uploads in progress in `data_dir`, complete files in `blobs`.
+    pub fn shared(data_dir: &std::path::Path, blobs: PgBlobs) -> Self {
+        FileStore {
+            root: data_dir.to_path_buf(),
+            shared: Some(blobs),
+        }
+    }
+
+    /// Whether the content is stored, wherever complete files are.
+    async fn stored(&self, hash: &str) -> Result<bool, ErrorKind> {
+        match &self.shared {
+            None => Ok(self.has(hash)),
+            Some(blobs) => {
+                Ok(valid_hash(hash) && blobs.size(hash).await.map_err(shared_error)?.is_some())
+            }
         }
     }
 
@@ -66,9 +92,13 @@ impl FileStore {
             .join(format!("{user}-{hash}.part"))
     }
 
-    /// Whether the content is stored (complete and verified).
+    /// Whether the content is stored (complete and verified). In a cluster this cannot be
+    /// known without a query: it says whether `hash` is a hash, and `size` says the rest.
     pub fn has(&self, hash: &str) -> bool {
-        valid_hash(hash) && self.content(hash).is_file()
+        match self.shared {
+            None => valid_hash(hash) && self.content(hash).is_file(),
+            Some(_) => valid_hash(hash),
+        }
     }
 
     /// Where an upload of `hash` by `user` would start.
@@ -76,7 +106,7 @@ impl FileStore {
         if !valid_hash(hash) {
             return Err(ErrorKind::Malformed);
         }
-        if self.has(hash) {
+        if self.stored(hash).await? {
             return Ok(Offer::Have);
         }
         let offset = tokio::fs::metadata(self.part(user, hash))
@@ -98,13 +128,15 @@ impl FileStore {
         if !valid_hash(hash) || data.len() > MAX_CHUNK {
             return Err(ErrorKind::BadTransfer);
         }
-        if self.has(hash) {
+        if self.stored(hash).await? {
             return Ok(Progress::Complete);
         }
         let part = self.part(user, hash);
         let content = self.content(hash);
-        let hash = hash.to_string();
-        tokio::task::spawn_blocking(move || -> Result<Progress, ErrorKind> {
+        let shared = self.shared.is_some();
+        let owned = hash.to_string();
+        let written = tokio::task::spawn_blocking(move || -> Result<Progress, ErrorKind> {
+            let hash = owned;
             let io = |e: std::io::Error| {
                 warn!(error = %e, "file store I/O");
                 ErrorKind::Internal
@@ -130,16 +162,33 @@ impl FileStore {
                 let _ = std::fs::remove_file(&part);
                 return Err(ErrorKind::Corrupt);
             }
+            if shared {
+                // Verified: the caller copies it into the shared store.
+                return Ok(Progress::Complete);
+            }
             std::fs::create_dir_all(content.parent().expect("has a parent")).map_err(io)?;
             std::fs::rename(&part, &content).map_err(io)?;
             Ok(Progress::Complete)
         })
         .await
-        .map_err(|_| ErrorKind::Internal)?
+        .map_err(|_| ErrorKind::Internal)??;
+        if let (Progress::Complete, Some(blobs)) = (written, &self.shared) {
+            let part = self.part(user, hash);
+            blobs.store(hash, &part).await.map_err(shared_error)?;
+            let _ = tokio::fs::remove_file(&part).await;
+        }
+        Ok(written)
     }
 
     /// The size of stored content.
     pub async fn size(&self, hash: &str) -> Result<u64, ErrorKind> {
+        if let Some(blobs) = &self.shared {
+            if !valid_hash(hash) {
+                return Err(ErrorKind::BadTransfer);
+            }
+            let size = blobs.size(hash).await.map_err(shared_error)?;
+            return size.ok_or(ErrorKind::BadTransfer);
+        }
         if !self.has(hash) {
             return Err(ErrorKind::BadTransfer);
         }
@@ -154,6 +203,13 @@ impl FileStore {
         offset: u64,
         len: usize,
     ) -> Result<Bytes, ErrorKind> {
+        if let Some(blobs) = &self.shared {
+            if !self.stored(hash).await? {
+                return Err(ErrorKind::BadTransfer);
+            }
+            let len = len.min(MAX_CHUNK);
+            return blobs.read(hash, offset, len).await.map_err(shared_error);
+        }
         if !self.has(hash) {
             return Err(ErrorKind::BadTransfer);
         }
@@ -170,6 +226,12 @@ impl FileStore {
         .map_err(|_| ErrorKind::Internal)?
         .map_err(|_| ErrorKind::Internal)
     }
+}
+
+/// A failure of the shared store, logged; the client gets an internal error.
+fn shared_error(e: anyhow::Error) -> ErrorKind {
+    warn!(error = %format!("{e:#}"), "shared file store");
+    ErrorKind::Internal
 }
 
 /// The SHA-256 of a file in lower-case hex, read 64 KiB at a time.

@@ -4,13 +4,15 @@
 //! `server` (accept) → `sniff` (pick a protocol) → `session` (decode requests)
 //! → `hub` (apply, group-commit to `store`, then answer and deliver) → `outbound` (each
 //! session's queue and writer, and the bytes of every style). `catchup` replays what a
-//! device missed before it goes live.
+//! device missed before it goes live. In cluster mode, `cluster` connects the node's hub to
+//! the other nodes' (NATS) and the store is PostgreSQL's (`store::postgres`).
 
 // Unsafe code only where a module allows it (tcp_ack.rs).
 #![deny(unsafe_code)]
 
 mod auth;
 mod catchup;
+mod cluster;
 mod config;
 mod conn;
 mod files;
@@ -26,5 +28,6 @@ mod tls;
 
 pub use config::{Config, SyncMode};
 pub use server::{serve, start, Listeners, Running};
+pub use store::postgres::{migrate as migrate_to_postgres, MigrationReport};
 pub use store::{check, CheckReport};
 pub use tls::{write_self_signed, Tls};

@@ -23,7 +23,8 @@ use crate::conn::Conn;
 use crate::outbound::Protocol;
 use crate::session::{self, Shared};
 use crate::sniff::{at_end, classify, sniff, Sniffed, DECIDING_BYTES};
-use crate::store::{Reader, SqliteStore};
+use crate::store::postgres::{PgBlobs, PgReader, PgStore};
+use crate::store::{Reader, SqliteReader, SqliteStore};
 use crate::tls::Tls;
 
 /// The sockets a server listens on: the shared port, and optional single-protocol ports.
@@ -147,16 +148,26 @@ pub async fn serve(
     raise_fd_limit();
     let passwords = crate::auth::Passwords::new(&config).await?;
     let tls = listeners.certificate.clone();
-    let store = SqliteStore::open(&config.data_dir, config.sync)?;
-    let (index, log) = (store.index(), store.log());
-    let (hub, hub_thread) = crate::hub::spawn(Box::new(store), &config)?;
+    // The cluster's tasks stop after the hub: what the last sessions' ends publish goes out.
+    let cluster_stop = CancellationToken::new();
+    let (hub, hub_thread, reader, files) = match config.cluster {
+        false => {
+            let store = SqliteStore::open(&config.data_dir, config.sync)?;
+            let (index, log) = (store.index(), store.log());
+            let (hub, thread) = crate::hub::spawn(Box::new(store), &config, None)?;
+            let reader = Reader::Local(SqliteReader::new(&config.data_dir, index, log));
+            let files = crate::files::FileStore::new(&config.data_dir);
+            (hub, thread, reader, files)
+        }
+        true => start_node(&config, cluster_stop.clone()).await?,
+    };
     let shared = Arc::new(Shared {
         throttle: crate::throttle::Throttle::new(&config),
         passwords,
         per_ip: Default::default(),
         tls,
-        files: crate::files::FileStore::new(&config.data_dir),
-        reader: Reader::new(&config.data_dir, index, log),
+        files,
+        reader,
         hub: hub.clone(),
         progress_sink: Arc::new(hub.clone()),
         shutdown: shutdown.clone(),
@@ -212,8 +223,40 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || hub_thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the hub thread panicked"))?;
+    cluster_stop.cancel();
     info!("shutdown complete");
     Ok(())
+}
+
+/// A cluster node's hub, reads and files: on PostgreSQL (its schema brought up to date
+/// first), with the node's NATS connection and tasks (cluster/).
+async fn start_node(
+    config: &Config,
+    stop: CancellationToken,
+) -> anyhow::Result<(
+    crate::hub::Hub,
+    std::thread::JoinHandle<()>,
+    Reader,
+    crate::files::FileStore,
+)> {
+    let url = config.postgres.as_deref().expect("validated");
+    let node = config.node_id.as_deref().expect("validated");
+    crate::store::postgres::open(url)
+        .await
+        .context("preparing the cluster's PostgreSQL")?;
+    let mut cluster = crate::cluster::connect(config).await?;
+    let store = PgStore::new(url, node, tokio::runtime::Handle::current());
+    // The hub's start reads PostgreSQL the way the hub does: blocking, off the runtime.
+    let (link, hub_config) = (cluster.link(), config.clone());
+    let (hub, thread) = tokio::task::spawn_blocking(move || {
+        crate::hub::spawn(Box::new(store), &hub_config, Some(link))
+    })
+    .await??;
+    cluster.run(config, hub.clone(), stop).await?;
+    let reader = PgReader::new(url);
+    let files = crate::files::FileStore::shared(&config.data_dir, PgBlobs::new(reader.clone()));
+    info!(node, "cluster node started");
+    Ok((hub, thread, Reader::Shared(reader), files))
 }
 
 /// Accepts connections on one port until shutdown, within the shared connection limit.

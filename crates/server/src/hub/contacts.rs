@@ -56,9 +56,8 @@ impl Core {
         batch: &mut Batch,
         effects: &mut Vec<Effect>,
     ) -> Result<(), ErrorKind> {
-        let other = *self
-            .names
-            .get(other.as_bytes())
+        let (_, other) = self
+            .find_name(other.as_bytes())
             .ok_or(ErrorKind::UserNotFound)?;
         if other == user || other == self.anonymous {
             return Err(ErrorKind::UserNotFound);
@@ -84,6 +83,9 @@ impl Core {
         self.set_contact(user, other, me, batch).map_err(internal)?;
         self.set_contact(other, user, them, batch)
             .map_err(internal)?;
+        if self.cluster.is_some() {
+            self.cluster_contact(user, other, change);
+        }
         let notice = Notice::Contact {
             name: self.users[&user].clone(),
             change,

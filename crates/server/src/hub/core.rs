@@ -22,10 +22,12 @@ use crate::store::{
     Revoke, Seq, UserId,
 };
 
-/// Starts the hub thread over `store`.
+/// Starts the hub thread over `store`; in cluster mode `cluster` is its end of the
+/// cluster (hub/cluster.rs).
 pub fn spawn(
     mut store: Box<dyn LogStore>,
     config: &Config,
+    cluster: Option<crate::cluster::Link>,
 ) -> anyhow::Result<(Hub, JoinHandle<()>)> {
     let (broadcast, anonymous) = store.ensure_builtin(ANONYMOUS)?;
     let mut core = Core {
@@ -67,8 +69,12 @@ pub fn spawn(
             per_user: config.max_rooms_per_user,
             per_address: config.max_rooms_per_address,
         },
+        cluster: cluster.map(super::cluster::State::new),
     };
     core.load()?;
+    if core.cluster.is_some() {
+        core.cluster_start(broadcast)?;
+    }
     let (ops, rx) = crossbeam_channel::unbounded();
     let thread = std::thread::Builder::new()
         .name("parley-hub".into())
@@ -124,7 +130,7 @@ struct Waiting {
 }
 
 pub(super) struct Core {
-    store: Box<dyn LogStore>,
+    pub(super) store: Box<dyn LogStore>,
     grace: Duration,
     batch_max: usize,
     pub next: NextIds,
@@ -133,7 +139,7 @@ pub(super) struct Core {
     pub names: Map<NameKey, UserId>,
     pub users: Map<UserId, Arc<str>>,
     /// Users with a password: password-less logins of these names are refused.
-    accounts: Set<UserId>,
+    pub(super) accounts: Set<UserId>,
     require_accounts: bool,
     /// Contacts per user, loaded on first use.
     pub contacts: Map<UserId, Map<UserId, ContactState>>,
@@ -176,6 +182,8 @@ pub(super) struct Core {
     batch_time: i64,
     /// Rooms created per user and per address, and how many each may (rooms.rs).
     pub(super) rooms_created: RoomsCreated,
+    /// Cluster mode's state (hub/cluster.rs); `None` on a single node.
+    pub(super) cluster: Option<Box<super::cluster::State>>,
 }
 
 /// Rooms created per user (over the server's life: counted again at start) and per address
@@ -333,8 +341,12 @@ impl Core {
         }
         batch.next_message_id = self.next.message;
         let committed = batch.is_empty() || {
-            match self.store.write(&batch) {
-                Ok(()) => true,
+            match self.store.commit(&batch) {
+                Ok(None) => true,
+                Ok(Some(assigned)) => {
+                    self.cluster_committed(&batch, &assigned, &mut effects);
+                    true
+                }
                 Err(e) => {
                     error!(error = %format!("{e:#}"), ops = effects.len(), "store commit failed");
                     self.forget_uncommitted();
@@ -346,6 +358,10 @@ impl Core {
             debug!(messages = batch.messages.len(), "committed batch");
         }
         let mut staging = std::mem::take(&mut self.staging);
+        if self.cluster.is_some() {
+            self.cluster_after(committed, &mut effects);
+            self.cluster_relay(&mut staging);
+        }
         for effect in effects.drain(..) {
             self.perform(effect, committed, &mut staging);
         }
@@ -467,6 +483,16 @@ impl Core {
                 let result = self.leave_room(&link, actor, &room, batch, effects);
                 answer(effects, done, result);
             }
+            // Presence is cluster-wide in a cluster: PostgreSQL's (hub/cluster.rs).
+            Op::Rooms { done } if self.cluster.is_some() => {
+                let _ = done.send(self.cluster_rooms());
+            }
+            Op::Members { room, done } if self.cluster.is_some() => {
+                let _ = done.send(self.cluster_members(&room));
+            }
+            Op::Who { done } if self.cluster.is_some() => {
+                let _ = done.send(self.cluster_who());
+            }
             Op::Rooms { done } => {
                 let _ = done.send(self.room_list());
             }
@@ -531,6 +557,7 @@ impl Core {
                     .get_or_insert_with(|| Instant::now() + flush);
             }
             Op::Gone { link_id, identity } => self.gone(link_id, identity, batch, effects),
+            Op::Cluster(incoming) => self.cluster_incoming(incoming, effects),
             Op::Shutdown => {}
         }
     }
@@ -549,7 +576,7 @@ impl Core {
         else {
             return;
         };
-        let existing = self.names.get(name.as_bytes()).copied();
+        let existing = self.find_name(name.as_bytes()).map(|(_, user)| user);
         if let Err(kind) = self.may_login(&name, existing, auth) {
             effects.push(Effect::Login {
                 link,
@@ -594,7 +621,18 @@ impl Core {
                 return;
             }
         }
-        let result = self.admit(existing, &name, &device, &link, batch);
+        if let (Some(user), Some(_)) = (existing, &self.cluster) {
+            self.cluster_refresh(user);
+        }
+        let mut result = self.admit(existing, &name, &device, &link, batch);
+        if let (Ok(ok), Some(_)) = (&result, &self.cluster) {
+            // Online on another node: refused as a second session here would be.
+            let identity = ok.identity;
+            if let Err(kind) = self.cluster_claim(link.id, identity, auth) {
+                self.drop_online(identity.user, link.id);
+                result = Err(kind);
+            }
+        }
         effects.push(Effect::Login {
             link,
             result,
@@ -625,6 +663,13 @@ impl Core {
     fn register(&mut self, name: &str, hash: String, batch: &mut Batch) -> Result<(), ErrorKind> {
         if name == ANONYMOUS {
             return Err(ErrorKind::AlreadyLoggedIn);
+        }
+        if self.cluster.is_some() {
+            let user = self.names.get(name.as_bytes()).copied();
+            if user.is_some_and(|u| self.online.contains_key(&u)) {
+                return Err(ErrorKind::AlreadyLoggedIn);
+            }
+            return self.cluster_register(name, &hash);
         }
         let user = match self.names.get(name.as_bytes()).copied() {
             Some(user) if self.accounts.contains(&user) || self.online.contains_key(&user) => {
@@ -659,6 +704,9 @@ impl Core {
                 batch.passwords.push((user, hash));
                 batch.revocations.push(Revoke::AllBut(user, keep));
                 self.accounts.insert(user);
+                if self.cluster.is_some() {
+                    self.cluster_signed_out(user, keep);
+                }
                 let online = self.online.get(&user).into_iter().flatten();
                 let others = online.filter(|o| o.device != keep);
                 return others.map(|o| o.link.clone()).collect();
@@ -681,6 +729,8 @@ impl Core {
     ) -> Result<LoginOk, ErrorKind> {
         let user = match existing {
             Some(user) => user,
+            // Another node may be creating the same name: PostgreSQL decides.
+            None if self.cluster.is_some() => self.cluster_user(name)?,
             None => {
                 let user = self.next.user;
                 self.next.user += 1;
@@ -695,6 +745,11 @@ impl Core {
         let key = (user, device.to_string());
         let device = match self.devices.get(&key) {
             Some(&id) => id,
+            None if self.cluster.is_some() => {
+                let id = self.cluster_device(user, device)?;
+                self.devices.insert(key, id);
+                id
+            }
             None => {
                 // A user created by this login has no devices to look up.
                 let found = match existing {
@@ -768,11 +823,7 @@ impl Core {
                     return Err(ErrorKind::NotLoggedIn);
                 };
                 // The map's key is the recipient's shared name: no second lookup for it.
-                let (to, recipient) = self
-                    .names
-                    .get_key_value(name)
-                    .map(|(key, &user)| (key.0.clone(), user))
-                    .ok_or(ErrorKind::UserNotFound)?;
+                let (to, recipient) = self.find_name(name).ok_or(ErrorKind::UserNotFound)?;
                 if self.contacts_only_dms && recipient != sender.user {
                     let state = self
                         .contact_state(sender.user, recipient)
@@ -791,6 +842,10 @@ impl Core {
                 )
             }
             To::Room(name) => {
+                if self.cluster.is_some() && !self.rooms.contains_key(name) {
+                    // Made on another node.
+                    self.cluster_room(name, None, false)?;
+                }
                 let room = self.rooms.get(name).ok_or(ErrorKind::RoomNotFound)?;
                 let member = match from {
                     Actor::Member(id) => room.members.contains(&id.user),
@@ -851,7 +906,7 @@ impl Core {
         if names.is_empty() {
             return Err(ErrorKind::Malformed);
         }
-        if names.iter().any(|n| !self.names.contains_key(n.as_bytes())) {
+        if names.iter().any(|n| self.find_name(n.as_bytes()).is_none()) {
             return Err(ErrorKind::UserNotFound);
         }
         let mut unique: Vec<&String> = names.iter().collect();
@@ -869,6 +924,11 @@ impl Core {
     /// The direct conversation of `members`, created (in this batch) if new.
     fn direct(&mut self, members: (UserId, UserId), batch: &mut Batch) -> anyhow::Result<ConvId> {
         if let Some(&conv) = self.directs.get(&members) {
+            return Ok(conv);
+        }
+        if self.cluster.is_some() {
+            let conv = self.cluster_direct(members)?;
+            self.directs.insert(members, conv);
             return Ok(conv);
         }
         let conv = match self.store.find_direct(members.0, members.1)? {
@@ -921,6 +981,10 @@ impl Core {
 
     /// Hands out `conv`'s next sequence (one lookup when it is cached, as it nearly always is).
     fn next_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq> {
+        if self.cluster.is_some() {
+            // PostgreSQL hands out the sequence at the commit (`LogStore::commit`).
+            return Ok(0);
+        }
         if let Some(seq) = self.last_seqs.get_mut(&conv) {
             *seq += 1;
             return Ok(*seq);
@@ -931,6 +995,9 @@ impl Core {
     }
 
     pub(super) fn last_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq> {
+        if self.cluster.is_some() {
+            return self.cluster_last_seq(conv);
+        }
         if let Some(&seq) = self.last_seqs.get(&conv) {
             return Ok(seq);
         }
@@ -956,22 +1023,28 @@ impl Core {
         if !is_online {
             return GoLive::Gone;
         }
-        let list = match self.memberships_of(user) {
-            Ok(list) => list.clone(),
-            Err(e) => {
-                warn!(error = %format!("{e:#}"), "loading memberships");
+        if self.cluster.is_some() {
+            if !self.cluster_go_live(user, progress).unwrap_or(false) {
                 return GoLive::Behind;
             }
-        };
-        for m in list {
-            let have = progress
-                .get(&m.conv)
-                .copied()
-                .unwrap_or(0)
-                .max(m.joined_seq);
-            match self.last_seq(m.conv) {
-                Ok(last) if last <= have => {}
-                _ => return GoLive::Behind,
+        } else {
+            let list = match self.memberships_of(user) {
+                Ok(list) => list.clone(),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "loading memberships");
+                    return GoLive::Behind;
+                }
+            };
+            for m in list {
+                let have = progress
+                    .get(&m.conv)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(m.joined_seq);
+                match self.last_seq(m.conv) {
+                    Ok(last) if last <= have => {}
+                    _ => return GoLive::Behind,
+                }
             }
         }
         for online in self.online.get_mut(&user).into_iter().flatten() {
@@ -996,7 +1069,12 @@ impl Core {
         let Some(identity) = identity else {
             return;
         };
-        if self.drop_online(identity.user, link_id) {
+        let last_here = self.drop_online(identity.user, link_id);
+        if self.cluster.is_some() {
+            // The user may be online on another node: whether this was their last session
+            // anywhere is known once its row is gone (`cluster_after`).
+            self.cluster_gone(link_id, identity.user);
+        } else if last_here {
             let notice = Notice::Disconnected {
                 name: self.users[&identity.user].clone(),
             };
@@ -1101,7 +1179,7 @@ impl Core {
     }
 
     /// Pushes a committed message to every online session that should see it now.
-    fn deliver(
+    pub(super) fn deliver(
         &self,
         delivery: &Arc<Delivery>,
         audience: &Audience,
@@ -1200,7 +1278,7 @@ impl Core {
     }
 
     /// Takes session `link_id` of `user` offline. True when that was the user's last one.
-    fn drop_online(&mut self, user: UserId, link_id: u64) -> bool {
+    pub(super) fn drop_online(&mut self, user: UserId, link_id: u64) -> bool {
         let Some(devices) = self.online.get_mut(&user) else {
             return false;
         };

@@ -4,8 +4,10 @@
 //! queued up, applies it in order, writes it to the store in one transaction (group commit),
 //! and only then answers senders and pushes messages to online recipients. So an OK always
 //! follows the commit, delivery order is the log's order, and no lock is shared with the
-//! sessions. A node-to-node router (NATS) would hang off the same delivery step.
+//! sessions. In a cluster (cluster.rs) the same steps run on every node, PostgreSQL decides
+//! ids and sequences at the commit, and NATS brings what the other nodes committed.
 
+mod cluster;
 mod contacts;
 mod core;
 mod rooms;
@@ -249,6 +251,8 @@ pub(crate) enum Op {
         link_id: u64,
         identity: Option<Identity>,
     },
+    /// What the cluster's tasks bring (cluster mode only).
+    Cluster(crate::cluster::Incoming),
     Shutdown,
 }
 
@@ -483,6 +487,11 @@ impl Hub {
     /// The session ended: takes it offline and out of its rooms as a guest.
     pub fn gone(&self, link_id: u64, identity: Option<Identity>) {
         let _ = self.submit(Op::Gone { link_id, identity });
+    }
+
+    /// Hands the hub what the cluster's tasks bring.
+    pub(crate) fn cluster(&self, incoming: crate::cluster::Incoming) {
+        let _ = self.submit(Op::Cluster(incoming));
     }
 
     /// Asks the hub thread to finish what is queued and stop.

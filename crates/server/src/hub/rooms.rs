@@ -21,6 +21,17 @@ impl Core {
         batch: &mut Batch,
         effects: &mut Vec<Effect>,
     ) -> Result<(), ErrorKind> {
+        if self.cluster.is_some() && !self.rooms.contains_key(room) {
+            // Another node may have made it; else it is made here, at once (hub/cluster.rs).
+            if let Err(ErrorKind::RoomNotFound) = self.cluster_room(room, None, false) {
+                let creator = match &actor {
+                    Actor::Member(identity) => Some(identity.user),
+                    Actor::Guest => None,
+                };
+                self.count_new_room(creator, link.peer())?;
+                self.cluster_room(room, creator, true)?;
+            }
+        }
         if !self.rooms.contains_key(room) {
             let creator = match &actor {
                 Actor::Member(identity) => Some(identity.user),
@@ -39,6 +50,15 @@ impl Core {
             self.rooms.insert(name, new);
         }
         let conv = self.rooms[room].conv;
+        // In a cluster the room is delivered here from now on (guests need it too).
+        let at = match self.cluster {
+            Some(_) => self.last_seq(conv).map_err(internal)?,
+            None => 0,
+        };
+        let user = match actor {
+            Actor::Member(identity) => identity.user,
+            Actor::Guest => self.anonymous,
+        };
         let who = match actor {
             Actor::Member(identity) => {
                 if self.rooms[room].members.contains(&identity.user) {
@@ -62,6 +82,9 @@ impl Core {
                 Arc::from(ANONYMOUS)
             }
         };
+        if self.cluster.is_some() {
+            self.cluster_room_event(conv, room, user, true, at);
+        }
         let notice = Notice::Joined {
             room: self.rooms[room].name.clone(),
             name: who,
@@ -106,6 +129,13 @@ impl Core {
                 self.users[&anonymous].clone()
             }
         };
+        if self.cluster.is_some() {
+            let (conv, user) = match actor {
+                Actor::Member(identity) => (self.rooms[room].conv, identity.user),
+                Actor::Guest => (self.rooms[room].conv, anonymous),
+            };
+            self.cluster_room_event(conv, room, user, false, 0);
+        }
         let room = self.rooms[room].name.clone();
         let notice = Notice::Left {
             room: room.clone(),

@@ -11,6 +11,8 @@ mod blocks;
 mod check;
 mod index;
 mod log;
+pub mod postgres;
+mod read;
 mod reader;
 mod sqlite;
 mod varint;
@@ -23,7 +25,8 @@ use parley_proto::ConversationKind;
 pub use check::{check, Report as CheckReport};
 pub use index::MessageIndex;
 pub use log::MessageLog;
-pub use reader::{ConvPosition, Page, Profile, Reader, Resolved};
+pub use read::Reader;
+pub use reader::{ConvPosition, Page, Profile, Resolved, SqliteReader};
 pub use sqlite::SqliteStore;
 
 pub type UserId = i64;
@@ -228,6 +231,21 @@ pub trait LogStore: Send {
     /// Writes the whole batch, or reports an error: its rows in one transaction, then its
     /// messages. After an error its rows may be stored, but none of its messages.
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()>;
+
+    /// Writes the batch, and says what the store decided in it: a store that hands out
+    /// message ids and sequences itself (PostgreSQL, where several nodes write a
+    /// conversation) gives each message's (id, sequence), in the batch's order; the hub's
+    /// are replaced before any reply or delivery is made. The embedded store keeps the
+    /// hub's.
+    fn commit(&mut self, batch: &Batch) -> anyhow::Result<Option<Vec<(i64, Seq)>>> {
+        self.write(batch).map(|()| None)
+    }
+
+    /// The shared store of a cluster, for what only it does (creates that nodes race,
+    /// gap reads, who is online where).
+    fn cluster(&mut self) -> Option<&mut postgres::PgStore> {
+        None
+    }
 }
 
 /// Kinds of conversation, as stored in `conversations.kind` (their codes).

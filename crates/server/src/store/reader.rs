@@ -122,7 +122,7 @@ pub enum Resolved {
 
 /// A cloneable handle to the read pool.
 #[derive(Clone)]
-pub struct Reader {
+pub struct SqliteReader {
     inner: Arc<Pool>,
 }
 
@@ -140,9 +140,9 @@ struct Pool {
 /// Connections in the pool, and reads at once.
 const READERS: usize = 8;
 
-impl Reader {
+impl SqliteReader {
     pub fn new(data_dir: &std::path::Path, index: Arc<MessageIndex>, log: Arc<MessageLog>) -> Self {
-        Reader {
+        SqliteReader {
             inner: Arc::new(Pool {
                 path: super::sqlite::database_path(data_dir),
                 index,

@@ -1,0 +1,219 @@
+//! Several nodes: what a node runs beside its hub in cluster mode (`parley serve
+//! --cluster`).
+//!
+//! Each node keeps its sessions, codecs and hub; PostgreSQL is the store every node writes
+//! (store/postgres/), and NATS carries what one node must tell the others at once:
+//! - the bus task (bus.rs) publishes what the hub commits, after the commit, and hands the
+//!   hub what other nodes committed: only what this node's sessions need, by the
+//!   [`Interest`] the hub keeps current, so the hub never sees the rest;
+//! - the cluster tasks (tasks.rs) renew this node's lease in PostgreSQL (its sessions are
+//!   online while it runs), take the sessions of nodes whose lease ran out offline, and
+//!   have the hub reconcile what it delivered with what PostgreSQL holds every
+//!   `cluster_reconcile_ms` and after every reconnection to NATS: a message NATS lost, with
+//!   nothing after it to show the gap, is delivered that much later, never lost.
+//!
+//! NATS is never the only copy of anything: the hub delivers each conversation in sequence
+//! order and reads a gap from PostgreSQL before it goes on (hub/cluster.rs).
+
+mod bus;
+mod tasks;
+pub mod wire;
+
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::hub::{Hub, Set};
+use crate::store::{ConvId, Seq, UserId};
+
+pub use self::wire::{Event, Wired};
+
+/// What the cluster's tasks hand the hub.
+#[derive(Debug)]
+pub enum Incoming {
+    /// Messages other nodes committed, in the order they published them.
+    Messages(Vec<Wired>),
+    Event(Event),
+    /// The last sequences PostgreSQL holds for conversations this node delivers.
+    Reconcile(Vec<(ConvId, Seq)>),
+    /// Time to stop delivering conversations nobody here needs any more.
+    Collect,
+}
+
+/// What the hub delivers: conversations it follows (and their last sequence dispatched is
+/// the hub's), and users with sessions here (a direct conversation new to both of them is
+/// not followed yet). The bus passes the hub only messages of these; the hub adds to it
+/// before it reads where a conversation stands, so nothing committed after that read can
+/// be filtered out.
+#[derive(Default)]
+pub struct Interest {
+    sets: Mutex<Sets>,
+}
+
+#[derive(Default)]
+struct Sets {
+    convs: Set<ConvId>,
+    users: Set<UserId>,
+}
+
+impl Interest {
+    pub fn follow(&self, conv: ConvId) {
+        self.sets
+            .lock()
+            .expect("interest poisoned")
+            .convs
+            .insert(conv);
+    }
+
+    /// Keeps only the conversations `keep` says yes to.
+    pub fn retain(&self, keep: impl Fn(ConvId) -> bool) {
+        let mut sets = self.sets.lock().expect("interest poisoned");
+        sets.convs.retain(|c| keep(*c));
+    }
+
+    pub fn user_online(&self, user: UserId, online: bool) {
+        let mut sets = self.sets.lock().expect("interest poisoned");
+        if online {
+            sets.users.insert(user);
+        } else {
+            sets.users.remove(&user);
+        }
+    }
+
+    /// The conversations followed now.
+    pub fn convs(&self) -> Vec<ConvId> {
+        let sets = self.sets.lock().expect("interest poisoned");
+        sets.convs.iter().copied().collect()
+    }
+
+    /// Drops from `messages` what this node does not deliver.
+    fn filter(&self, messages: &mut Vec<Wired>) {
+        let sets = self.sets.lock().expect("interest poisoned");
+        messages.retain(|m| {
+            sets.convs.contains(&m.conv) || sets.users.contains(&m.a) || sets.users.contains(&m.b)
+        });
+    }
+}
+
+/// Something for the bus to publish.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub subject: &'static str,
+    pub payload: Bytes,
+}
+
+/// How many publications may wait for NATS before new ones are dropped (counted and
+/// logged): while NATS is unreachable, the other nodes find what they miss in PostgreSQL.
+const OUTGOING: usize = 4096;
+
+/// The hub's end of the cluster.
+pub struct Link {
+    pub interest: Arc<Interest>,
+    pub outgoing: tokio::sync::mpsc::Sender<Outgoing>,
+    /// Anonymous sessions counted in presence here (published with the lease).
+    pub guests: Arc<AtomicI64>,
+    /// Publications dropped because the queue to NATS was full.
+    pub dropped: u64,
+}
+
+impl Link {
+    /// Queues a publication; never waits.
+    pub fn publish(&mut self, subject: &'static str, payload: Bytes) {
+        let sent = self.outgoing.try_send(Outgoing { subject, payload });
+        if sent.is_err() {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = self.dropped,
+                    "NATS is behind: publications dropped (PostgreSQL has them)"
+                );
+            }
+        }
+    }
+
+    pub fn event(&mut self, event: &Event) {
+        match serde_json::to_vec(event) {
+            Ok(json) => self.publish(wire::EVENTS, Bytes::from(json)),
+            Err(e) => tracing::error!(error = %e, "encoding a cluster event"),
+        }
+    }
+}
+
+/// The cluster's tasks, started before the hub (which needs the [`Link`]) and given the
+/// hub once it runs.
+pub struct Starting {
+    interest: Arc<Interest>,
+    guests: Arc<AtomicI64>,
+    to_bus: Option<tokio::sync::mpsc::Sender<Outgoing>>,
+    outgoing: tokio::sync::mpsc::Receiver<Outgoing>,
+    client: async_nats::Client,
+    reconnected: Arc<tokio::sync::Notify>,
+    node: String,
+}
+
+/// Connects to NATS (waiting for it if it is not up yet, as for a later reconnection) and
+/// makes this node known in PostgreSQL.
+pub async fn connect(config: &Config) -> anyhow::Result<Starting> {
+    let url = config
+        .nats
+        .as_deref()
+        .expect("validated: cluster mode has a NATS URL");
+    let node = config
+        .node_id
+        .clone()
+        .expect("validated: cluster mode has a node id");
+    let reconnected = Arc::new(tokio::sync::Notify::new());
+    let client = bus::connect(url, &node, reconnected.clone()).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(OUTGOING);
+    Ok(Starting {
+        interest: Arc::default(),
+        guests: Arc::default(),
+        to_bus: Some(tx),
+        outgoing: rx,
+        client,
+        reconnected,
+        node,
+    })
+}
+
+impl Starting {
+    /// The hub's end.
+    pub fn link(&mut self) -> Link {
+        Link {
+            interest: self.interest.clone(),
+            outgoing: self.to_bus.take().expect("one hub"),
+            guests: self.guests.clone(),
+            dropped: 0,
+        }
+    }
+
+    /// Starts the bus and the cluster tasks for `hub`; they stop with `shutdown`.
+    pub async fn run(
+        self,
+        config: &Config,
+        hub: Hub,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let bus = bus::Bus {
+            client: self.client.clone(),
+            hub: hub.clone(),
+            interest: self.interest.clone(),
+        };
+        bus.start(self.outgoing, shutdown.clone()).await?;
+        let tasks = tasks::Tasks {
+            url: config.postgres.clone().expect("validated"),
+            node: self.node,
+            lease: std::time::Duration::from_millis(config.cluster_lease_ms),
+            reconcile: std::time::Duration::from_millis(config.cluster_reconcile_ms),
+            hub,
+            interest: self.interest,
+            guests: self.guests,
+            client: self.client,
+            reconnected: self.reconnected,
+        };
+        tasks.start(shutdown).await
+    }
+}

@@ -1,0 +1,171 @@
+//! The node's periodic work against PostgreSQL, on a connection of its own:
+//! - its lease: every fifth of `cluster_lease_ms` the node's row in `nodes` is given a
+//!   new expiry; its sessions count as online while it runs;
+//! - the sessions of nodes whose lease ran out (they died, or lost PostgreSQL) are
+//!   deleted, and users online nowhere now are announced offline: a dead node's users go
+//!   offline within one lease and one renewal;
+//! - reconciliation: every `cluster_reconcile_ms`, and at once after NATS reconnects, the
+//!   last sequence of every conversation the hub follows goes to the hub, which reads
+//!   what it has not delivered yet. A message NATS lost with nothing after it is delivered
+//!   at most that much later.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::wire::{self, Event};
+use super::{Incoming, Interest};
+use crate::hub::Hub;
+use crate::store::postgres;
+use crate::store::UserId;
+
+/// How often the hub drops conversations nobody here needs.
+const COLLECT_EVERY: Duration = Duration::from_secs(30);
+
+pub struct Tasks {
+    pub url: String,
+    pub node: String,
+    pub lease: Duration,
+    pub reconcile: Duration,
+    pub hub: Hub,
+    pub interest: Arc<Interest>,
+    pub guests: Arc<AtomicI64>,
+    pub client: async_nats::Client,
+    pub reconnected: Arc<tokio::sync::Notify>,
+}
+
+impl Tasks {
+    /// Registers the node (its lease, no sessions left from an earlier run of it) and runs
+    /// the periodic work until `shutdown`; then gives the lease up.
+    pub async fn start(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut db = postgres::connect(&self.url).await?;
+        let gone = self.register(&db).await?;
+        self.announce_offline(&db, gone).await;
+        tokio::spawn(async move {
+            let mut renew = tokio::time::interval(self.lease / 5);
+            let mut reconcile = tokio::time::interval(self.reconcile);
+            let mut collect = tokio::time::interval(COLLECT_EVERY);
+            for timer in [&mut renew, &mut reconcile, &mut collect] {
+                timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
+            loop {
+                if db.is_closed() {
+                    match postgres::connect(&self.url).await {
+                        Ok(fresh) => db = fresh,
+                        Err(e) => warn!(error = %format!("{e:#}"), "cluster tasks: PostgreSQL"),
+                    }
+                }
+                let done = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = renew.tick() => self.renew(&db).await,
+                    _ = reconcile.tick() => self.reconcile(&db).await,
+                    _ = self.reconnected.notified() => self.reconcile(&db).await,
+                    _ = collect.tick() => {
+                        self.hub.cluster(Incoming::Collect);
+                        Ok(())
+                    }
+                };
+                if let Err(e) = done {
+                    warn!(error = %format!("{e:#}"), "cluster tasks");
+                }
+            }
+            // Other nodes see this node's sessions offline at once.
+            let left = db
+                .execute("DELETE FROM nodes WHERE node_id = $1", &[&self.node])
+                .await;
+            if let Err(e) = left {
+                warn!(error = %e, "giving up the lease");
+            }
+        });
+        Ok(())
+    }
+
+    /// Takes the lease and removes what an earlier run of this node left online; returns
+    /// the users that were.
+    async fn register(&self, db: &Client) -> anyhow::Result<Vec<UserId>> {
+        self.renew(db).await?;
+        let rows = db
+            .query(
+                "DELETE FROM online_sessions WHERE node_id = $1 RETURNING user_id",
+                &[&self.node],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Renews the lease, then takes the sessions of nodes whose lease ran out offline.
+    async fn renew(&self, db: &Client) -> anyhow::Result<()> {
+        let lease = self.lease.as_millis() as i64;
+        let guests = self.guests.load(Ordering::Relaxed);
+        db.execute(
+            "INSERT INTO nodes (node_id, expires_at, guests)
+             VALUES ($1, now() + $2::int8 * interval '1 millisecond', $3)
+             ON CONFLICT (node_id) DO UPDATE
+             SET expires_at = excluded.expires_at, guests = excluded.guests",
+            &[&self.node, &lease, &(guests as i32)],
+        )
+        .await?;
+        let rows = db
+            .query(
+                "DELETE FROM online_sessions o USING nodes n
+                 WHERE o.node_id = n.node_id AND n.expires_at < now() RETURNING o.user_id",
+                &[],
+            )
+            .await?;
+        let gone: Vec<UserId> = rows.iter().map(|r| r.get(0)).collect();
+        self.announce_offline(db, gone).await;
+        Ok(())
+    }
+
+    /// Tells every node (this one too) about those of `users` who are online nowhere.
+    async fn announce_offline(&self, db: &Client, users: Vec<UserId>) {
+        if users.is_empty() {
+            return;
+        }
+        let rows = db
+            .query(
+                "SELECT DISTINCT u.id, u.name FROM users u WHERE u.id = ANY($1) AND NOT EXISTS (
+                     SELECT 1 FROM online_sessions o JOIN nodes n ON n.node_id = o.node_id
+                     WHERE o.user_id = u.id AND n.expires_at > now())",
+                &[&users],
+            )
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => return warn!(error = %e, "finding users gone offline"),
+        };
+        for row in rows {
+            let event = Event::Offline {
+                user: row.get(0),
+                name: row.get(1),
+            };
+            if let Ok(json) = serde_json::to_vec(&event) {
+                if let Err(e) = self.client.publish(wire::EVENTS, json.into()).await {
+                    warn!(error = %e, "publishing to NATS");
+                }
+            }
+            self.hub.cluster(Incoming::Event(event));
+        }
+    }
+
+    /// Hands the hub the last sequences of the conversations it follows.
+    async fn reconcile(&self, db: &Client) -> anyhow::Result<()> {
+        let convs = self.interest.convs();
+        if convs.is_empty() {
+            return Ok(());
+        }
+        let rows = db
+            .query(
+                "SELECT id, last_seq FROM conversations WHERE id = ANY($1)",
+                &[&convs],
+            )
+            .await?;
+        let last = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        self.hub.cluster(Incoming::Reconcile(last));
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! What nodes tell each other over NATS, and its bytes.
+//!
+//! Committed messages go on [`MESSAGES`] as one NATS message per batch (a node's commit of a
+//! few thousand messages costs one publish, not thousands), each message with what a node
+//! needs to deliver it without reading anything: its ids, conversation, sequence, who it
+//! is between and the names to show. The layout, little-endian: a `u32` count, then per
+//! message `id i64, conv i64, seq i64, kind u8, sender_device i64, a i64, b i64, sent_at
+//! u64`, the sender's name and the recipient's (`u16` length, UTF-8), the body (`u32`
+//! length, bytes). Anything else a node has to say is an [`Event`] on [`EVENTS`], in JSON:
+//! they are rare, and readable with `nats sub` when debugging.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use parley_proto::ConversationKind;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ConvId, DeviceId, Seq, UserId};
+
+/// Committed messages, in batches.
+pub const MESSAGES: &str = "parley.messages";
+/// Everything else ([`Event`]).
+pub const EVENTS: &str = "parley.events";
+
+/// A committed message as it travels between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wired {
+    pub id: i64,
+    pub conv: ConvId,
+    pub seq: Seq,
+    pub kind: ConversationKind,
+    pub sender_device: DeviceId,
+    /// A direct message's two users (lower id first); 0 for rooms and broadcast.
+    pub a: UserId,
+    pub b: UserId,
+    pub sent_at: u64,
+    /// The sender's name.
+    pub from: Arc<str>,
+    /// The recipient's name (direct), the room's (room) or `*` (broadcast).
+    pub to: Arc<str>,
+    pub body: Bytes,
+}
+
+/// Bytes of a message's fixed part.
+const FIXED: usize = 8 * 3 + 1 + 8 * 4;
+
+/// Encodes a batch of messages.
+pub fn encode(messages: &[Wired]) -> Bytes {
+    let size: usize = messages
+        .iter()
+        .map(|m| FIXED + 2 + m.from.len() + 2 + m.to.len() + 4 + m.body.len())
+        .sum();
+    let mut buf = BytesMut::with_capacity(4 + size);
+    buf.put_u32_le(messages.len() as u32);
+    for m in messages {
+        buf.put_i64_le(m.id);
+        buf.put_i64_le(m.conv);
+        buf.put_i64_le(m.seq);
+        buf.put_u8(m.kind.code());
+        buf.put_i64_le(m.sender_device);
+        buf.put_i64_le(m.a);
+        buf.put_i64_le(m.b);
+        buf.put_u64_le(m.sent_at);
+        for name in [&m.from, &m.to] {
+            buf.put_u16_le(name.len() as u16);
+            buf.put_slice(name.as_bytes());
+        }
+        buf.put_u32_le(m.body.len() as u32);
+        buf.put_slice(&m.body);
+    }
+    buf.freeze()
+}
+
+/// Decodes a batch; the bodies share `data`'s bytes. Anything malformed is an error, not a
+/// wrong message.
+pub fn decode(mut data: Bytes) -> anyhow::Result<Vec<Wired>> {
+    anyhow::ensure!(data.remaining() >= 4, "a message batch cut short");
+    let count = data.get_u32_le() as usize;
+    // Each message takes at least its fixed part: a count that does not fit is a lie.
+    anyhow::ensure!(
+        count <= data.remaining() / FIXED,
+        "a message batch of {count} in {} bytes",
+        data.remaining()
+    );
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        anyhow::ensure!(data.remaining() >= FIXED, "a message cut short");
+        let id = data.get_i64_le();
+        let conv = data.get_i64_le();
+        let seq = data.get_i64_le();
+        let kind = ConversationKind::from_code(data.get_u8())
+            .ok_or_else(|| anyhow::anyhow!("a message of unknown kind"))?;
+        let sender_device = data.get_i64_le();
+        let a = data.get_i64_le();
+        let b = data.get_i64_le();
+        let sent_at = data.get_u64_le();
+        let mut name = || -> anyhow::Result<Arc<str>> {
+            anyhow::ensure!(data.remaining() >= 2, "a name cut short");
+            let len = data.get_u16_le() as usize;
+            anyhow::ensure!(data.remaining() >= len, "a name cut short");
+            let bytes = data.split_to(len);
+            Ok(Arc::from(std::str::from_utf8(&bytes)?))
+        };
+        let (from, to) = (name()?, name()?);
+        anyhow::ensure!(data.remaining() >= 4, "a body cut short");
+        let len = data.get_u32_le() as usize;
+        anyhow::ensure!(data.remaining() >= len, "a body cut short");
+        let body = data.split_to(len);
+        out.push(Wired {
+            id,
+            conv,
+            seq,
+            kind,
+            sender_device,
+            a,
+            b,
+            sent_at,
+            from,
+            to,
+            body,
+        });
+    }
+    anyhow::ensure!(!data.has_remaining(), "bytes after a message batch");
+    Ok(out)
+}
+
+/// Something a node did that other nodes must know of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// `user`'s last session anywhere ended (or its node's lease ran out).
+    Offline { user: UserId, name: String },
+    /// `user` joined or left `room` at `seq` (the anonymous user for a guest).
+    Room {
+        conv: ConvId,
+        room: String,
+        user: UserId,
+        name: String,
+        joined: bool,
+        seq: Seq,
+    },
+    /// `from` changed their contact with `to` (`change` as the JSON event names it).
+    Contact {
+        from: UserId,
+        from_name: String,
+        to: UserId,
+        change: String,
+    },
+    /// `user` has a password now (password-less logins of the name are refused).
+    Account { user: UserId, name: String },
+    /// `user` set a new password: every session of theirs but `keep`'s device ends.
+    SignedOut { user: UserId, keep: DeviceId },
+    /// A password attempt at `name` from `ip` began, or (`succeeded`) it succeeded: the
+    /// login throttle counts the cluster's attempts (throttle.rs).
+    Login {
+        name: String,
+        ip: std::net::IpAddr,
+        succeeded: bool,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: i64, body: &'static [u8]) -> Wired {
+        Wired {
+            id,
+            conv: id.wrapping_mul(7),
+            seq: id.wrapping_add(1),
+            kind: ConversationKind::Direct,
+            sender_device: -id,
+            a: 3,
+            b: 9,
+            sent_at: u64::MAX - id as u64,
+            from: Arc::from("alice"),
+            to: Arc::from("bob"),
+            body: Bytes::from_static(body),
+        }
+    }
+
+    #[test]
+    fn a_batch_reads_back_as_it_was_written() {
+        let batch = vec![
+            message(1, b""),
+            message(2, b"hello"),
+            message(i64::MAX, &[0; 300]),
+        ];
+        assert_eq!(decode(encode(&batch)).unwrap(), batch);
+        assert!(decode(encode(&[])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_batch_is_an_error_not_a_wrong_message() {
+        let bytes = encode(&[message(1, b"hello"), message(2, b"world")]);
+        for cut in 0..bytes.len() {
+            assert!(decode(bytes.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut longer = BytesMut::from(&bytes[..]);
+        longer.put_u8(0);
+        assert!(decode(longer.freeze()).is_err());
+        let mut lying = BytesMut::from(&bytes[..]);
+        lying[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(lying.freeze()).is_err());
+    }
+
+    #[test]
+    fn events_are_json_with_their_name() {
+        let event = Event::Offline {
+            user: 4,
+            name: "carol".into(),
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert_eq!(json, r#"{"event":"offline","user":4,"name":"carol"}"#);
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event);
+    }
+}

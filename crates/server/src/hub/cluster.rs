@@ -1,0 +1,922 @@
+//! The hub as one node of a cluster: the same apply → commit → perform, with PostgreSQL
+//! deciding what it alone can (ids, sequences, names taken) and NATS bringing what other
+//! nodes committed.
+//!
+//! What the hub adds in cluster mode, and where:
+//! - after a commit (`committed`), each message of the batch gets the id and sequence
+//!   PostgreSQL gave it before any reply or delivery is made, and the batch is published;
+//! - it *follows* the conversations its sessions need (`Followed`): for each, the last
+//!   sequence dispatched here. A message from another node (`remote`) with the next
+//!   sequence is delivered; one already dispatched (a redelivery) is dropped; one further
+//!   on means messages were missed, and they are read from PostgreSQL and delivered first
+//!   (`fill`). Its own commits follow the same rule: a node's sequences may come after
+//!   another node's not yet received. Reconciliation (cluster/tasks.rs) catches the last
+//!   message of a run lost on NATS;
+//! - a conversation is followed from where the sessions that need it stand: at a catch-up's
+//!   go-live, from what PostgreSQL holds then (the session read up to there); for a
+//!   conversation that begins while a device is live, from the membership's start;
+//! - presence: who is online is PostgreSQL's table (store/postgres/cluster.rs), a user's
+//!   last session anywhere ending is an event every node hears.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parley_proto::{ConversationKind, ErrorKind};
+use tracing::{debug, warn};
+
+use super::core::{internal, Audience, Core, Effect};
+use super::{Auth, Identity, Map, NameKey, Presence, RoomInfo, ANONYMOUS};
+use crate::cluster::{wire, Event, Incoming, Link, Wired};
+use crate::outbound::{ContactChange, Delivery, Kill, Notice, SharedNotice, Staging};
+use crate::store::postgres::{OnlineClaim, PgStore};
+use crate::store::{Batch, ConvId, DeviceId, Membership, Seq, UserId};
+
+/// Messages read from PostgreSQL at a time to fill a gap.
+const FILL_PAGE: i64 = 1000;
+
+/// The hub's cluster state.
+pub(crate) struct State {
+    link: Link,
+    /// Conversations delivered here, and where each stands.
+    followed: Map<ConvId, Followed>,
+    /// Each local session's row in the online table: session id → (user, device key);
+    /// and how many local sessions hold each row (a login waiting for a session of its
+    /// name to end takes the row over before the old session gives it up).
+    claims: Map<u64, (UserId, DeviceId)>,
+    held: Map<(UserId, DeviceId), u32>,
+    /// Rows to delete once this batch is done.
+    releasing: Vec<(UserId, DeviceId)>,
+    /// What to tell the other nodes once this batch's commit is known.
+    events: Vec<Event>,
+    /// Deliveries of messages committed elsewhere or read back, in order: performed
+    /// before the batch's own.
+    relays: Vec<Relay>,
+}
+
+impl State {
+    pub fn new(link: Link) -> Box<State> {
+        Box::new(State {
+            link,
+            followed: Map::default(),
+            claims: Map::default(),
+            held: Map::default(),
+            releasing: Vec::new(),
+            events: Vec::new(),
+            relays: Vec::new(),
+        })
+    }
+}
+
+/// A followed conversation.
+struct Followed {
+    /// The last sequence dispatched here.
+    last: Seq,
+    to: Dest,
+}
+
+/// Who a conversation's messages go to.
+#[derive(Clone)]
+enum Dest {
+    Direct(UserId, UserId),
+    Room(Arc<str>),
+    Everyone,
+}
+
+struct Relay {
+    delivery: Arc<Delivery>,
+    audience: Audience,
+    from: (DeviceId, u64),
+}
+
+impl Dest {
+    fn audience(&self) -> Audience {
+        match self {
+            Dest::Direct(a, b) => Audience::Direct(*a, *b),
+            Dest::Room(name) => Audience::Room(name.clone()),
+            Dest::Everyone => Audience::Everyone,
+        }
+    }
+}
+
+impl Core {
+    fn state(&mut self) -> &mut State {
+        self.cluster.as_mut().expect("cluster mode")
+    }
+
+    fn pg(&mut self) -> &mut PgStore {
+        self.store
+            .cluster()
+            .expect("cluster mode runs on PostgreSQL")
+    }
+
+    /// `user`'s name, read from PostgreSQL if this node has not met them yet.
+    pub(super) fn name_of(&mut self, user: UserId) -> Option<Arc<str>> {
+        if let Some(name) = self.users.get(&user) {
+            return Some(name.clone());
+        }
+        let (name, account) = match self.pg().user_by_id(user) {
+            Ok(found) => found?,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), user, "reading a user");
+                return None;
+            }
+        };
+        Some(self.learn_user(user, &name, account))
+    }
+
+    /// Caches a user met elsewhere.
+    fn learn_user(&mut self, user: UserId, name: &str, account: bool) -> Arc<str> {
+        let name: Arc<str> = Arc::from(name);
+        self.names.insert(NameKey(name.clone()), user);
+        self.users.insert(user, name.clone());
+        if account {
+            self.accounts.insert(user);
+        }
+        name
+    }
+
+    /// The user named `name`: from the cache, else (in a cluster) from PostgreSQL, where
+    /// another node may have created it.
+    pub(super) fn find_name(&mut self, name: &[u8]) -> Option<(Arc<str>, UserId)> {
+        if let Some((key, &user)) = self.names.get_key_value(name) {
+            return Some((key.0.clone(), user));
+        }
+        self.cluster.as_ref()?;
+        let name = std::str::from_utf8(name).ok()?;
+        match self.pg().find_user(name) {
+            Ok(Some((user, name, account))) => Some((self.learn_user(user, &name, account), user)),
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "reading a user");
+                None
+            }
+        }
+    }
+
+    /// A user created at once in PostgreSQL (another node may create it too).
+    pub(super) fn cluster_user(&mut self, name: &str) -> Result<UserId, ErrorKind> {
+        let (user, account) = self.pg().ensure_user(name).map_err(internal)?;
+        self.learn_user(user, name, account);
+        Ok(user)
+    }
+
+    pub(super) fn cluster_device(
+        &mut self,
+        user: UserId,
+        name: &str,
+    ) -> Result<DeviceId, ErrorKind> {
+        self.pg().ensure_device(user, name).map_err(internal)
+    }
+
+    /// Registers `name` in PostgreSQL (see `PgStore::register`).
+    pub(super) fn cluster_register(&mut self, name: &str, hash: &str) -> Result<(), ErrorKind> {
+        let user = self
+            .pg()
+            .register(name, hash)
+            .map_err(internal)?
+            .ok_or(ErrorKind::AlreadyLoggedIn)?;
+        self.learn_user(user, name, true);
+        self.state().events.push(Event::Account {
+            user,
+            name: name.to_string(),
+        });
+        Ok(())
+    }
+
+    /// The direct conversation of `members`, created in PostgreSQL if new, and followed
+    /// (it is a local sender's).
+    pub(super) fn cluster_direct(&mut self, members: (UserId, UserId)) -> anyhow::Result<ConvId> {
+        let (conv, last) = self.pg().ensure_direct(members.0, members.1)?;
+        for user in [members.0, members.1] {
+            if self.memberships.contains_key(&user) {
+                self.add_membership(user, conv, 0)?;
+            }
+        }
+        if !self.state().followed.contains_key(&conv) {
+            // New to this node: its live sessions have seen none of it (a conversation
+            // they had would be followed since their go-live).
+            let from =
+                if self.online.contains_key(&members.0) || self.online.contains_key(&members.1) {
+                    0
+                } else {
+                    last
+                };
+            self.follow(conv, Dest::Direct(members.0, members.1), from);
+        }
+        Ok(conv)
+    }
+
+    /// Makes sure the cache knows room `name` as PostgreSQL does (created by `creator` if
+    /// new); true if it was created now.
+    pub(super) fn cluster_room(
+        &mut self,
+        name: &str,
+        creator: Option<UserId>,
+        create: bool,
+    ) -> Result<bool, ErrorKind> {
+        let (room, created) = if create {
+            self.pg().ensure_room(name, creator).map_err(internal)?
+        } else {
+            match self.pg().find_room(name).map_err(internal)? {
+                Some(room) => (room, false),
+                None => return Err(ErrorKind::RoomNotFound),
+            }
+        };
+        let members = room
+            .members
+            .iter()
+            .map(|(id, member)| {
+                if !self.users.contains_key(id) {
+                    self.learn_user(*id, member, false);
+                }
+                *id
+            })
+            .collect();
+        let shared: Arc<str> = Arc::from(name);
+        let entry = self
+            .rooms
+            .entry(shared.clone())
+            .or_insert_with(|| super::core::Room {
+                conv: room.conv,
+                name: shared,
+                members: Default::default(),
+                guests: Vec::new(),
+            });
+        entry.members = members;
+        Ok(created)
+    }
+
+    /// A login in cluster mode, before the session is admitted: the user's memberships and
+    /// rooms as PostgreSQL has them now (other nodes may have changed them).
+    pub(super) fn cluster_refresh(&mut self, user: UserId) {
+        self.memberships.remove(&user);
+        let rooms = match self.pg().rooms_of(user) {
+            Ok(rooms) => rooms,
+            Err(e) => return warn!(error = %format!("{e:#}"), "reading a user's rooms"),
+        };
+        for (_, _, name) in rooms {
+            let known = self
+                .rooms
+                .get(name.as_str())
+                .is_some_and(|r| r.members.contains(&user));
+            if !known {
+                if let Err(kind) = self.cluster_room(&name, None, false) {
+                    debug!(?kind, room = %name, "refreshing a room");
+                }
+            }
+        }
+    }
+
+    /// Claims the admitted login's row in the online table: refused if the name (or the
+    /// device) is online on another node.
+    pub(super) fn cluster_claim(
+        &mut self,
+        link_id: u64,
+        identity: Identity,
+        auth: Auth,
+    ) -> Result<(), ErrorKind> {
+        let (device, name_rule) = match auth {
+            Auth::None => (0, true),
+            _ => (identity.device, false),
+        };
+        match self.pg().claim_online(identity.user, device, name_rule) {
+            Ok(OnlineClaim::Taken) => {
+                let state = self.state();
+                state.claims.insert(link_id, (identity.user, device));
+                *state.held.entry((identity.user, device)).or_default() += 1;
+                state.link.interest.user_online(identity.user, true);
+                Ok(())
+            }
+            Ok(OnlineClaim::Busy) => Err(ErrorKind::AlreadyLoggedIn),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    /// A session ended: its row goes once the batch is done; if it was the user's last
+    /// here, the bus stops passing their new conversations.
+    pub(super) fn cluster_gone(&mut self, link_id: u64, user: UserId) {
+        let online_here = self.online.contains_key(&user);
+        let state = self.state();
+        if let Some(claim) = state.claims.remove(&link_id) {
+            let held = state.held.entry(claim).or_default();
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                state.held.remove(&claim);
+                state.releasing.push(claim);
+            }
+        }
+        if !online_here {
+            state.link.interest.user_online(user, false);
+        }
+    }
+
+    /// A membership begins or ends here: other nodes update their rooms and tell their
+    /// sessions.
+    pub(super) fn cluster_room_event(
+        &mut self,
+        conv: ConvId,
+        room: &str,
+        user: UserId,
+        joined: bool,
+        seq: Seq,
+    ) {
+        let name = self
+            .users
+            .get(&user)
+            .map_or(ANONYMOUS.into(), |n| n.to_string());
+        if joined {
+            self.follow_room(conv, room, seq);
+        }
+        self.state().events.push(Event::Room {
+            conv,
+            room: room.to_string(),
+            user,
+            name,
+            joined,
+            seq,
+        });
+    }
+
+    /// A contact changed here: the other side may be online on another node.
+    pub(super) fn cluster_contact(&mut self, from: UserId, to: UserId, change: ContactChange) {
+        let from_name = self
+            .users
+            .get(&from)
+            .map_or(String::new(), |n| n.to_string());
+        self.state().events.push(Event::Contact {
+            from,
+            from_name,
+            to,
+            change: change.event().to_string(),
+        });
+    }
+
+    /// A new password here: the user's sessions on other nodes but `keep`'s end too.
+    pub(super) fn cluster_signed_out(&mut self, user: UserId, keep: DeviceId) {
+        self.state().events.push(Event::SignedOut { user, keep });
+    }
+
+    /// Starts delivering room `conv` here from `from` on, if it is not yet.
+    fn follow_room(&mut self, conv: ConvId, room: &str, from: Seq) {
+        if !self.state().followed.contains_key(&conv) {
+            self.follow(conv, Dest::Room(Arc::from(room)), from);
+        }
+    }
+
+    fn follow(&mut self, conv: ConvId, to: Dest, last: Seq) {
+        let state = self.state();
+        state.link.interest.follow(conv);
+        state.followed.insert(conv, Followed { last, to });
+    }
+
+    /// The last sequence of `conv` dispatched here; following it from where PostgreSQL
+    /// stands now if it is not followed yet. Joins take their start from it.
+    pub(super) fn cluster_last_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq> {
+        if let Some(f) = self.state().followed.get(&conv) {
+            return Ok(f.last);
+        }
+        self.follow_from_store(&[conv])?;
+        Ok(self.state().followed.get(&conv).map_or(0, |f| f.last))
+    }
+
+    /// Follows each of `convs` not followed yet from its last sequence in PostgreSQL, read
+    /// after the bus was told to pass them (so nothing committed after the read is missed).
+    fn follow_from_store(&mut self, convs: &[ConvId]) -> anyhow::Result<()> {
+        let state = self.state();
+        let new: Vec<ConvId> = convs
+            .iter()
+            .copied()
+            .filter(|c| !state.followed.contains_key(c))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        for &conv in &new {
+            state.link.interest.follow(conv);
+        }
+        for row in self.pg().conversations(&new)? {
+            let to = match row.kind {
+                ConversationKind::Direct => Dest::Direct(row.a, row.b),
+                ConversationKind::Room => Dest::Room(Arc::from(row.name.as_str())),
+                ConversationKind::Broadcast => Dest::Everyone,
+            };
+            let state = self.state();
+            state.followed.entry(row.id).or_insert(Followed {
+                last: row.last_seq,
+                to,
+            });
+        }
+        Ok(())
+    }
+
+    /// Follows the broadcast conversation from where it stands (at start).
+    pub(super) fn cluster_start(&mut self, broadcast: ConvId) -> anyhow::Result<()> {
+        self.follow_from_store(&[broadcast])
+    }
+
+    /// A catching-up session asks to go live (see `Core::go_live`): every conversation of
+    /// the user is followed, what the session read beyond what was dispatched here is read
+    /// and delivered now, and it goes live if it read everything dispatched.
+    pub(super) fn cluster_go_live(
+        &mut self,
+        user: UserId,
+        progress: &HashMap<ConvId, Seq>,
+    ) -> Result<bool, ErrorKind> {
+        let list: Vec<Membership> = self.memberships_of(user).map_err(internal)?.clone();
+        let convs: Vec<ConvId> = list.iter().map(|m| m.conv).collect();
+        self.follow_from_store(&convs).map_err(internal)?;
+        let mut behind = false;
+        for m in list {
+            let have = progress
+                .get(&m.conv)
+                .copied()
+                .unwrap_or(0)
+                .max(m.joined_seq);
+            let Some(last) = self.state().followed.get(&m.conv).map(|f| f.last) else {
+                continue;
+            };
+            if have > last {
+                self.fill(m.conv, have).map_err(internal)?;
+            }
+            let last = self.state().followed.get(&m.conv).map_or(0, |f| f.last);
+            behind |= last > have;
+        }
+        Ok(!behind)
+    }
+
+    /// Delivers `conv`'s messages after what was dispatched here up to `upto`, read from
+    /// PostgreSQL.
+    fn fill(&mut self, conv: ConvId, upto: Seq) -> anyhow::Result<()> {
+        loop {
+            let Some(f) = self.state().followed.get(&conv) else {
+                return Ok(());
+            };
+            let (last, to) = (f.last, f.to.clone());
+            if last >= upto {
+                return Ok(());
+            }
+            let page = self.pg().messages_after(conv, last, upto, FILL_PAGE)?;
+            if page.is_empty() {
+                anyhow::bail!("conversation {conv} has no message after {last} up to {upto}");
+            }
+            let kind = match &to {
+                Dest::Direct(..) => ConversationKind::Direct,
+                Dest::Room(_) => ConversationKind::Room,
+                Dest::Everyone => ConversationKind::Broadcast,
+            };
+            for m in page {
+                if m.seq != self.state().followed[&conv].last + 1 {
+                    anyhow::bail!("conversation {conv} lacks sequence {}", m.seq - 1);
+                }
+                let from: Arc<str> = Arc::from(m.sender_name.as_str());
+                let target = match &to {
+                    Dest::Direct(a, b) => {
+                        let other = if m.sender == *a { *b } else { *a };
+                        self.name_of(other).unwrap_or_else(|| Arc::from(""))
+                    }
+                    Dest::Room(name) => name.clone(),
+                    Dest::Everyone => Arc::from("*"),
+                };
+                let delivery = Delivery::new(
+                    m.id,
+                    conv,
+                    m.seq,
+                    kind,
+                    from,
+                    target,
+                    m.body.into(),
+                    m.sent_at,
+                );
+                let state = self.state();
+                state.relays.push(Relay {
+                    delivery: Arc::new(delivery),
+                    audience: to.audience(),
+                    from: (m.sender_device, 0),
+                });
+                state.followed.get_mut(&conv).expect("followed").last = m.seq;
+            }
+        }
+    }
+
+    /// What the cluster's tasks hand the hub.
+    pub(super) fn cluster_incoming(&mut self, incoming: Incoming, effects: &mut Vec<Effect>) {
+        match incoming {
+            Incoming::Messages(batch) => {
+                for m in batch {
+                    self.remote(m);
+                }
+            }
+            Incoming::Event(event) => self.event(event, effects),
+            Incoming::Reconcile(last) => {
+                for (conv, seq) in last {
+                    let behind = self
+                        .state()
+                        .followed
+                        .get(&conv)
+                        .is_some_and(|f| f.last < seq);
+                    if behind {
+                        debug!(conv, seq, "reconciling: reading what NATS did not bring");
+                        if let Err(e) = self.fill(conv, seq) {
+                            warn!(error = %format!("{e:#}"), conv, "filling a gap");
+                        }
+                    }
+                }
+            }
+            Incoming::Collect => self.collect(),
+        }
+    }
+
+    /// A message another node committed.
+    fn remote(&mut self, m: Wired) {
+        let followed = self.state().followed.get(&m.conv).map(|f| f.last);
+        let last = match followed {
+            Some(last) => last,
+            None => {
+                // A direct conversation new to a live user here is followed from its start;
+                // anything else waits for a go-live or a membership event to be followed.
+                let live_member = m.kind == ConversationKind::Direct
+                    && [m.a, m.b].iter().any(|u| {
+                        self.online
+                            .get(u)
+                            .is_some_and(|sessions| sessions.iter().any(|o| o.live))
+                    });
+                if !live_member {
+                    return;
+                }
+                for user in [m.a, m.b] {
+                    if self.memberships.contains_key(&user) {
+                        let _ = self.add_membership(user, m.conv, 0);
+                    }
+                }
+                self.follow(m.conv, Dest::Direct(m.a, m.b), 0);
+                0
+            }
+        };
+        if m.seq <= last {
+            return;
+        }
+        if m.seq > last + 1 {
+            if let Err(e) = self.fill(m.conv, m.seq - 1) {
+                // Not delivered out of order: reconciliation reads it with the rest.
+                return warn!(error = %format!("{e:#}"), conv = m.conv, "filling a gap");
+            }
+        }
+        let audience = match m.kind {
+            ConversationKind::Direct => Audience::Direct(m.a, m.b),
+            ConversationKind::Room => Audience::Room(m.to.clone()),
+            ConversationKind::Broadcast => Audience::Everyone,
+        };
+        let delivery = Delivery::new(m.id, m.conv, m.seq, m.kind, m.from, m.to, m.body, m.sent_at);
+        let state = self.state();
+        state.relays.push(Relay {
+            delivery: Arc::new(delivery),
+            audience,
+            from: (m.sender_device, 0),
+        });
+        if let Some(f) = state.followed.get_mut(&m.conv) {
+            f.last = m.seq;
+        }
+    }
+
+    fn event(&mut self, event: Event, effects: &mut Vec<Effect>) {
+        let notify = |effects: &mut Vec<Effect>, notice: Notice, audience: Audience| {
+            effects.push(Effect::Notify {
+                notice: Arc::new(SharedNotice::new(notice)),
+                audience,
+                except: 0,
+            })
+        };
+        match event {
+            Event::Offline { user, name } => {
+                if !self.online.contains_key(&user) {
+                    let name = self.learn_user(user, &name, self.accounts.contains(&user));
+                    notify(effects, Notice::Disconnected { name }, Audience::Everyone);
+                }
+            }
+            Event::Room {
+                conv,
+                room,
+                user,
+                name,
+                joined,
+                seq,
+            } => {
+                let room_name: Arc<str> = Arc::from(room.as_str());
+                let who: Arc<str> = if user == self.anonymous {
+                    Arc::from(ANONYMOUS)
+                } else {
+                    self.learn_user(user, &name, self.accounts.contains(&user))
+                };
+                let known = self.rooms.contains_key(room.as_str());
+                if !known {
+                    if let Err(kind) = self.cluster_room(&room, None, false) {
+                        return debug!(?kind, %room, "a room event for an unknown room");
+                    }
+                }
+                if user != self.anonymous {
+                    if let Some(entry) = self.rooms.get_mut(room.as_str()) {
+                        if joined {
+                            entry.members.insert(user);
+                        } else {
+                            entry.members.remove(&user);
+                        }
+                    }
+                    if self.online.contains_key(&user) {
+                        self.member_here(user, conv, &room, joined, seq);
+                    }
+                }
+                let notice = if joined {
+                    Notice::Joined {
+                        room: room_name.clone(),
+                        name: who,
+                    }
+                } else {
+                    Notice::Left {
+                        room: room_name.clone(),
+                        name: who,
+                    }
+                };
+                notify(effects, notice, Audience::Room(room_name));
+            }
+            Event::Contact {
+                from,
+                from_name,
+                to,
+                change,
+            } => {
+                self.contacts.remove(&from);
+                self.contacts.remove(&to);
+                let change = match change.as_str() {
+                    "contact_requested" => ContactChange::Requested,
+                    "contact_accepted" => ContactChange::Accepted,
+                    "contact_declined" => ContactChange::Declined,
+                    _ => ContactChange::Removed,
+                };
+                if self.online.contains_key(&to) {
+                    let name = self.learn_user(from, &from_name, self.accounts.contains(&from));
+                    notify(
+                        effects,
+                        Notice::Contact { name, change },
+                        Audience::User(to),
+                    );
+                }
+            }
+            Event::Account { user, name } => {
+                self.learn_user(user, &name, true);
+            }
+            Event::SignedOut { user, keep } => {
+                self.accounts.insert(user);
+                let online = self.online.get(&user).into_iter().flatten();
+                for o in online.filter(|o| o.device != keep) {
+                    o.link.kill(Kill::SignedOut);
+                }
+            }
+            Event::Login { .. } => {}
+        }
+    }
+
+    /// `user`, online here, joined or left room `conv` on another node.
+    fn member_here(&mut self, user: UserId, conv: ConvId, room: &str, joined: bool, seq: Seq) {
+        if !joined {
+            if let Some(list) = self.memberships.get_mut(&user) {
+                list.retain(|m| m.conv != conv);
+            }
+            return;
+        }
+        if self.add_membership(user, conv, seq).is_err() {
+            return;
+        }
+        let followed = self.state().followed.get(&conv).map(|f| f.last);
+        match followed {
+            None => self.follow(conv, Dest::Room(Arc::from(room)), seq),
+            // The room was delivered here past the join: this user's live sessions get
+            // what they missed of it.
+            Some(last) if last > seq => {
+                match self.pg().messages_after(conv, seq, last, FILL_PAGE) {
+                    Ok(page) => {
+                        for m in page {
+                            let delivery = Delivery::new(
+                                m.id,
+                                conv,
+                                m.seq,
+                                ConversationKind::Room,
+                                Arc::from(m.sender_name.as_str()),
+                                Arc::from(room),
+                                m.body.into(),
+                                m.sent_at,
+                            );
+                            self.state().relays.push(Relay {
+                                delivery: Arc::new(delivery),
+                                // Every session of this one user, as a message to oneself.
+                                audience: Audience::Direct(user, user),
+                                from: (m.sender_device, 0),
+                            });
+                        }
+                    }
+                    Err(e) => warn!(error = %format!("{e:#}"), "reading a room for a member"),
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Stops following conversations nobody here needs (none of their users online here).
+    fn collect(&mut self) {
+        let online = &self.online;
+        let rooms = &self.rooms;
+        let state = self.cluster.as_mut().expect("cluster mode");
+        state.followed.retain(|_, f| match &f.to {
+            Dest::Direct(a, b) => online.contains_key(a) || online.contains_key(b),
+            Dest::Room(name) => rooms.get(name).is_some_and(|r| {
+                !r.guests.is_empty() || r.members.iter().any(|u| online.contains_key(u))
+            }),
+            Dest::Everyone => true,
+        });
+        let followed = &state.followed;
+        state.link.interest.retain(|c| followed.contains_key(&c));
+    }
+
+    /// After the commit: each message takes the id and sequence PostgreSQL gave it, what
+    /// other nodes committed before it in its conversation is delivered first, and the
+    /// batch is published.
+    pub(super) fn cluster_committed(
+        &mut self,
+        batch: &Batch,
+        assigned: &[(i64, Seq)],
+        effects: &mut [Effect],
+    ) {
+        let Some(first) = batch.messages.first().map(|m| m.id) else {
+            return;
+        };
+        let mut wired = Vec::with_capacity(assigned.len());
+        for effect in effects.iter_mut() {
+            let Effect::Deliver {
+                delivery,
+                audience,
+                from,
+            } = effect
+            else {
+                continue;
+            };
+            let Some(&(id, seq)) = assigned.get((delivery.id - first) as usize) else {
+                continue;
+            };
+            let Some(d) = Arc::get_mut(delivery) else {
+                continue;
+            };
+            d.id = id;
+            d.seq = seq;
+            let conv = d.conv;
+            let last = self.state().followed.get(&conv).map(|f| f.last);
+            match last {
+                Some(last) if seq > last + 1 => {
+                    if let Err(e) = self.fill(conv, seq - 1) {
+                        warn!(error = %format!("{e:#}"), conv, "filling a gap before our own");
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    let to = match audience {
+                        Audience::Direct(a, b) => Dest::Direct(*a, *b),
+                        Audience::Room(name) => Dest::Room(name.clone()),
+                        _ => Dest::Everyone,
+                    };
+                    self.follow(conv, to, seq - 1);
+                }
+            }
+            if let Some(f) = self.state().followed.get_mut(&conv) {
+                f.last = f.last.max(seq);
+            }
+            let (a, b) = match audience {
+                Audience::Direct(a, b) => (*a, *b),
+                _ => (0, 0),
+            };
+            wired.push(Wired {
+                id,
+                conv,
+                seq,
+                kind: d.kind,
+                sender_device: from.0,
+                a,
+                b,
+                sent_at: d.sent_at,
+                from: d.from.clone(),
+                to: d.to.clone(),
+                body: d.body.clone(),
+            });
+        }
+        if !wired.is_empty() {
+            self.state()
+                .link
+                .publish(wire::MESSAGES, wire::encode(&wired));
+        }
+    }
+
+    /// Delivers what other nodes committed (and gaps read back), before the batch's own.
+    pub(super) fn cluster_relay(&mut self, out: &mut Staging) {
+        let relays = std::mem::take(&mut self.state().relays);
+        for r in &relays {
+            self.deliver(&r.delivery, &r.audience, r.from, out);
+        }
+    }
+
+    /// Once the batch is done: the ended sessions' rows go (and users online nowhere now
+    /// are announced), the events are published, the guests counted.
+    pub(super) fn cluster_after(&mut self, committed: bool, effects: &mut Vec<Effect>) {
+        let guests = self.guests.len() as i64;
+        let state = self.state();
+        state.link.guests.store(guests, Ordering::Relaxed);
+        let events = std::mem::take(&mut state.events);
+        if committed {
+            for event in &events {
+                state.link.event(event);
+            }
+        }
+        let releasing = std::mem::take(&mut state.releasing);
+        if releasing.is_empty() {
+            return;
+        }
+        let offline = match self.pg().release_online(&releasing) {
+            Ok(offline) => offline,
+            Err(e) => {
+                // Their node's rows go with its lease at the latest.
+                return warn!(error = %format!("{e:#}"), "taking sessions offline");
+            }
+        };
+        for user in offline {
+            if self.online.contains_key(&user) {
+                continue;
+            }
+            let Some(name) = self.name_of(user) else {
+                continue;
+            };
+            let event = Event::Offline {
+                user,
+                name: name.to_string(),
+            };
+            self.state().link.event(&event);
+            self.event(event, effects);
+        }
+    }
+
+    /// Who is online anywhere.
+    pub(super) fn cluster_who(&mut self) -> Presence {
+        let users = match self.pg().online_users() {
+            Ok(users) => users,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "reading who is online");
+                self.online.keys().copied().collect()
+            }
+        };
+        let mut names: Vec<Arc<str>> = users.into_iter().filter_map(|u| self.name_of(u)).collect();
+        names.sort();
+        let remote = self.pg().remote_guests().unwrap_or(0).max(0) as usize;
+        Presence {
+            users: names,
+            anonymous: self.guests.len() + remote,
+        }
+    }
+
+    /// Every room with its members and those online anywhere (guests: this node's).
+    pub(super) fn cluster_rooms(&mut self) -> Vec<RoomInfo> {
+        let list = match self.pg().room_list() {
+            Ok(list) => list,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "reading the rooms");
+                return self.room_list();
+            }
+        };
+        list.into_iter()
+            .map(|(name, members, online)| {
+                let guests = self.rooms.get(name.as_str()).map_or(0, |r| r.guests.len());
+                RoomInfo {
+                    name: Arc::from(name),
+                    members: members as usize + guests,
+                    online: online as usize + guests,
+                }
+            })
+            .collect()
+    }
+
+    /// A room's members, each with whether they are online anywhere.
+    pub(super) fn cluster_members(&mut self, room: &str) -> Result<super::MemberList, ErrorKind> {
+        if !self.rooms.contains_key(room) {
+            self.cluster_room(room, None, false)?;
+        }
+        let (conv, guests) = {
+            let r = &self.rooms[room];
+            (r.conv, r.guests.len())
+        };
+        let mut list: super::MemberList = self
+            .pg()
+            .room_members(conv)
+            .map_err(internal)?
+            .into_iter()
+            .map(|(name, online)| (Arc::from(name), online))
+            .collect();
+        list.extend((0..guests).map(|_| (Arc::from(ANONYMOUS), true)));
+        list.sort();
+        Ok(list)
+    }
+}

@@ -1,0 +1,190 @@
+//! The PostgreSQL schema, one version at a time, and the migrations between them.
+//!
+//! The version lives in `parley_schema`; a node that starts runs the versions the database
+//! lacks, in order, each in its own transaction, under an advisory lock so that nodes
+//! starting together migrate once. A database of a newer version than this parley knows
+//! is refused. (rusqlite_migration is SQLite's; a list of statements and a version row is
+//! all PostgreSQL needs here.)
+//!
+//! What differs from the SQLite schema, and why:
+//! - ids are `bigserial`: in a cluster, rows that can be created on two nodes at once
+//!   (users, devices, conversations) are inserted at once, on their own, and take their id
+//!   from PostgreSQL (`INSERT ... ON CONFLICT DO NOTHING RETURNING id`);
+//! - `conversations.last_seq` is kept current: a batch takes a conversation's next
+//!   sequences from it under the row's lock, which orders the nodes writing one
+//!   conversation;
+//! - message ids come from the sequence `message_ids` (cache 1) taken under those locks,
+//!   so that, as on one node, ids ascend with the sequence in every conversation;
+//! - the messages, file contents (`blobs`) and who is online where (`nodes`,
+//!   `online_sessions`) are tables.
+
+use anyhow::Context;
+use tokio_postgres::Client;
+
+/// The schema's versions: version `n` is the `n`-th.
+const VERSIONS: &[&str] = &[V1];
+
+const V1: &str = "
+CREATE TABLE users (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    password_hash TEXT,
+    display_name TEXT,
+    avatar BYTEA,
+    created_at BIGINT NOT NULL,
+    last_seen_at BIGINT
+);
+CREATE TABLE devices (
+    id BIGSERIAL PRIMARY KEY,
+    user_id BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_seen_at BIGINT,
+    -- Messages with lower ids were stored before the device existed (read.rs).
+    first_message_id BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (user_id, name)
+);
+CREATE TABLE conversations (
+    id BIGSERIAL PRIMARY KEY,
+    kind SMALLINT NOT NULL,
+    name TEXT,
+    user_a BIGINT,
+    user_b BIGINT,
+    last_seq BIGINT NOT NULL DEFAULT 0,
+    created_at BIGINT NOT NULL,
+    created_by BIGINT
+);
+CREATE UNIQUE INDEX conversations_direct ON conversations (user_a, user_b) WHERE kind = 1;
+CREATE UNIQUE INDEX conversations_named ON conversations (kind, name) WHERE kind <> 1;
+CREATE TABLE memberships (
+    user_id BIGINT NOT NULL,
+    conversation_id BIGINT NOT NULL,
+    joined_seq BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, conversation_id)
+);
+CREATE INDEX memberships_conversation ON memberships (conversation_id);
+CREATE SEQUENCE message_ids CACHE 1;
+CREATE TABLE messages (
+    conversation_id BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    id BIGINT NOT NULL,
+    sender_id BIGINT NOT NULL,
+    sender_device BIGINT NOT NULL,
+    -- The client's timestamp, its 64 bits as they came.
+    sent_at BIGINT NOT NULL,
+    received_at BIGINT NOT NULL,
+    body BYTEA NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+);
+CREATE INDEX messages_id ON messages (conversation_id, id);
+CREATE TABLE cursors (
+    device_id BIGINT NOT NULL,
+    conversation_id BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (device_id, conversation_id)
+);
+CREATE TABLE tokens (
+    hash BYTEA PRIMARY KEY,
+    user_id BIGINT NOT NULL,
+    device_id BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE INDEX tokens_user ON tokens (user_id, device_id);
+CREATE TABLE contacts (
+    user_id BIGINT NOT NULL,
+    contact_id BIGINT NOT NULL,
+    state SMALLINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (user_id, contact_id)
+);
+CREATE TABLE files (
+    hash TEXT PRIMARY KEY,
+    size BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+-- A stored file's content, in chunks of blobs.rs's CHUNK bytes; complete once `files`
+-- has its row.
+CREATE TABLE blobs (
+    hash TEXT NOT NULL,
+    chunk INT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (hash, chunk)
+);
+CREATE TABLE attachments (
+    hash TEXT NOT NULL,
+    conversation_id BIGINT NOT NULL,
+    PRIMARY KEY (hash, conversation_id)
+);
+-- The nodes of the cluster and their leases: a node whose lease ran out is gone, and so
+-- are its sessions.
+CREATE TABLE nodes (
+    node_id TEXT PRIMARY KEY,
+    expires_at TIMESTAMPTZ NOT NULL,
+    guests INT NOT NULL DEFAULT 0
+);
+-- Who is online, on which node: a password-less name as device 0 (one session per
+-- name), an account's devices as themselves.
+CREATE TABLE online_sessions (
+    user_id BIGINT NOT NULL,
+    device_id BIGINT NOT NULL,
+    node_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE INDEX online_sessions_node ON online_sessions (node_id);
+-- What `parley migrate` copied so far: it resumes from here.
+CREATE TABLE migration (
+    step TEXT PRIMARY KEY,
+    done BIGINT NOT NULL
+);
+";
+
+/// A number of our own for the advisory lock the migrations run under.
+const LOCK: i64 = 0x7061_726c_6579; // "parley"
+
+/// The schema version this parley writes.
+pub const LATEST: i64 = VERSIONS.len() as i64;
+
+/// Brings the database to [`LATEST`], or refuses one that is newer.
+pub async fn migrate(client: &mut Client) -> anyhow::Result<()> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
+        .await
+        .context("taking the migration lock")?;
+    let result = run(client).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
+        .await;
+    result?;
+    unlocked.context("releasing the migration lock")?;
+    Ok(())
+}
+
+async fn run(client: &mut Client) -> anyhow::Result<()> {
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS parley_schema (version BIGINT NOT NULL)")
+        .await?;
+    let row = client
+        .query_opt("SELECT version FROM parley_schema", &[])
+        .await?;
+    let version: i64 = row.map_or(0, |r| r.get(0));
+    anyhow::ensure!(
+        version <= LATEST,
+        "the database is of schema version {version}, written by a newer parley; this one \
+         reads versions up to {LATEST}"
+    );
+    for (at, sql) in VERSIONS.iter().enumerate().skip(version as usize) {
+        let next = at as i64 + 1;
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql)
+            .await
+            .with_context(|| format!("migrating to schema version {next}"))?;
+        tx.execute("DELETE FROM parley_schema", &[]).await?;
+        tx.execute("INSERT INTO parley_schema (version) VALUES ($1)", &[&next])
+            .await?;
+        tx.commit().await?;
+        tracing::info!(version = next, "PostgreSQL schema migrated");
+    }
+    Ok(())
+}

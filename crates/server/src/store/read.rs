@@ -1,0 +1,107 @@
+//! The read side sessions use, whichever store the node runs on: SQLite and the message
+//! log on one node (reader.rs), PostgreSQL in a cluster (postgres/read.rs). Both answer
+//! the same questions the same way; this only picks one.
+
+use super::postgres::PgReader;
+use super::reader::{Credentials, StoredMessage, TokenRow, UserRow};
+use super::{
+    ContactState, ConvId, ConvPosition, DeviceId, Page, Profile, Resolved, Seq, SqliteReader,
+    UserId,
+};
+
+/// A cloneable handle to the node's reads.
+#[derive(Clone)]
+pub enum Reader {
+    Local(SqliteReader),
+    Shared(PgReader),
+}
+
+/// Forwards a call to whichever reader this is.
+macro_rules! either {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match $self {
+            Reader::Local(r) => r.$method($($arg),*).await,
+            Reader::Shared(r) => r.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Reader {
+    /// Every conversation `user` belongs to, with `device`'s cursor in it (see
+    /// `SqliteReader::positions`).
+    pub async fn positions(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> anyhow::Result<Vec<ConvPosition>> {
+        either!(self.positions(user, device))
+    }
+
+    pub async fn credentials(&self, name: String) -> anyhow::Result<Option<Credentials>> {
+        either!(self.credentials(name))
+    }
+
+    pub async fn token(&self, hash: Vec<u8>) -> anyhow::Result<Option<TokenRow>> {
+        either!(self.token(hash))
+    }
+
+    pub async fn profile(&self, name: String) -> anyhow::Result<Option<Profile>> {
+        either!(self.profile(name))
+    }
+
+    /// The conversation a history request names, if `user` may read it.
+    pub async fn resolve(&self, user: UserId, target: String) -> anyhow::Result<Resolved> {
+        either!(self.resolve(user, target))
+    }
+
+    /// The last `limit` messages of `conv`, oldest first, with their receive times (ms).
+    pub async fn latest(
+        &self,
+        conv: ConvId,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
+        either!(self.latest(conv, limit))
+    }
+
+    /// Users whose names start with `prefix`, sorted, at most `limit`.
+    pub async fn search(&self, prefix: String, limit: usize) -> anyhow::Result<Vec<UserRow>> {
+        either!(self.search(prefix, limit))
+    }
+
+    /// `user`'s contacts: (name, state, last seen).
+    pub async fn contacts(
+        &self,
+        user: UserId,
+    ) -> anyhow::Result<Vec<(String, ContactState, Option<i64>)>> {
+        either!(self.contacts(user))
+    }
+
+    /// Whether `user` may download the file `hash`.
+    pub async fn may_download(&self, user: UserId, hash: String) -> anyhow::Result<bool> {
+        either!(self.may_download(user, hash))
+    }
+
+    /// Every user (but the reserved anonymous one), sorted by name.
+    pub async fn users(&self) -> anyhow::Result<Vec<UserRow>> {
+        either!(self.users())
+    }
+
+    /// A page of `conv`'s history, oldest first, with receive times (ms).
+    pub async fn page(
+        &self,
+        conv: ConvId,
+        page: Page,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
+        either!(self.page(conv, page, limit))
+    }
+
+    /// Up to `limit` messages of each conversation in `from`, after the given sequence.
+    pub async fn after(
+        &self,
+        from: Vec<(ConvId, Seq)>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Vec<StoredMessage>>> {
+        either!(self.after(from, limit))
+    }
+}
