@@ -40,6 +40,19 @@ impl Conn {
             }
         }
         .with_context(|| format!("connecting to {addr}"))?;
+        Conn::new(stream)
+    }
+
+    /// Connects `socket` (set up by the caller: its buffer sizes, say) to `addr`.
+    pub async fn on(socket: TcpSocket, addr: SocketAddr) -> anyhow::Result<Conn> {
+        let stream = socket
+            .connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        Conn::new(stream)
+    }
+
+    fn new(stream: TcpStream) -> anyhow::Result<Conn> {
         stream.set_nodelay(true)?;
         Ok(Conn {
             stream,

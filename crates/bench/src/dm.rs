@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::ensure;
+use anyhow::Context;
 use bytes::BytesMut;
 use parley_proto::binary::{self, code, Frame};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -294,6 +295,55 @@ pub async fn send_binary(
         }
     }
     Sent { sent: seq, errors }
+}
+
+/// Sends message `seq` (in the payload) to `names[i]` for each `(i, seq)` of `plan`, keeping
+/// at most `window` without an answer, and waits for every answer (set-up work: an error
+/// ends it).
+pub async fn send_to_many(
+    conn: Conn,
+    from: &str,
+    names: &[String],
+    mut plan: impl Iterator<Item = (usize, u64)>,
+    window: u64,
+    size: usize,
+) -> anyhow::Result<Sent> {
+    let (mut stream, mut buf) = conn.into_parts();
+    let mut payload = vec![b'.'; size];
+    let mut out = BytesMut::new();
+    let (mut sent, mut answered, mut errors) = (0u64, 0u64, 0u64);
+    let mut more = true;
+    loop {
+        while more && sent - answered < window {
+            let Some((i, seq)) = plan.next() else {
+                more = false;
+                break;
+            };
+            stamp(&mut payload, seq);
+            let cid = (sent as u32).wrapping_add(1);
+            let to = names[i].as_bytes();
+            binary::encode_message(cid, &payload, from.as_bytes(), to, 0, &mut out)?;
+            sent += 1;
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await.context("sending")?;
+            out.clear();
+        }
+        if !more && answered == sent {
+            return Ok(Sent { sent, errors });
+        }
+        buf.reserve(64 * 1024);
+        let read = tokio::time::timeout(crate::conn::SETUP_TIMEOUT, stream.read_buf(&mut buf))
+            .await
+            .context("no answer to a sender")??;
+        ensure!(read > 0, "the server closed a sender's connection");
+        while let Some(frame) = binary::decode(&mut buf, usize::MAX >> 1)? {
+            if let Frame::Response { code, .. } = frame {
+                answered += 1;
+                errors += u64::from(code != binary::code::OK);
+            }
+        }
+    }
 }
 
 /// The JSON twin of `send_binary`: `DM` requests with an `id`, one response line each.

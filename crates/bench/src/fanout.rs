@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conn::{each_line, read_more, Conn, SETUP_TIMEOUT};
 use crate::report::{cpu_ns, cpu_per, rate, Figures, Tally};
-use crate::{hex, now_ns, run_tag, share, stamp, unhex_prefix, unstamp, watch, Common, Ended};
+use crate::{
+    decimal, hex, now_ns, run_tag, share, stamp, unhex_prefix, unstamp, watch, Common, Ended,
+};
 use crate::{Proto, MAX_MESSAGES, PREFIX};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -254,16 +256,6 @@ impl Member {
             _ => self.tally.unexpected += 1,
         }
     }
-}
-
-/// A publisher's number as the bench writes it: decimal digits only.
-fn decimal(digits: &[u8]) -> Option<usize> {
-    if digits.is_empty() || digits.len() > 9 {
-        return None;
-    }
-    digits.iter().try_fold(0usize, |n, &d| {
-        d.is_ascii_digit().then(|| n * 10 + usize::from(d - b'0'))
-    })
 }
 
 /// Sends `count` room messages, keeping at most `window` of them not yet received by the

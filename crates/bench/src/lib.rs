@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bystander;
 pub mod conn;
 pub mod conns;
 pub mod dm;
@@ -21,6 +22,8 @@ pub mod offline;
 pub mod relay;
 pub mod report;
 pub mod spawn;
+pub mod stall;
+pub mod storm;
 pub mod ws;
 
 use std::future::Future;
@@ -51,6 +54,11 @@ pub enum Workload {
     Conns(conns::ConnsArgs),
     /// Q messages stored for an offline user: time from its login until all are delivered.
     Offline(offline::OfflineArgs),
+    /// C devices with M messages waiting each log in within a second: time until all are
+    /// delivered, login latency, peak server memory, a bystander's latency meanwhile.
+    Storm(storm::StormArgs),
+    /// N clients that never read, sent large DMs and asking for history: server memory.
+    Stall(stall::StallArgs),
     /// Run the minimal relay server (the ceiling the workloads are compared against).
     Relay(relay::RelayArgs),
 }
@@ -175,6 +183,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     a.proto = Proto::Binary;
                 }
                 conns::run(at.addr, a)
+            })
+        }
+        Workload::Storm(a) => {
+            let mut meta = report::Meta::new("storm", Some("binary"));
+            meta.param("devices", a.devices)
+                .param("messages", a.messages)
+                .param("senders", a.senders)
+                .param("spread_ms", a.spread_ms)
+                .param("size", a.size);
+            meta.note = Some("relay: n/a (no storage)".into());
+            drive(&a.common, meta, None, |at| {
+                let mut a = a.clone();
+                a.common.pid = a.common.pid.or(at.pid);
+                storm::run(at.addr, a)
+            })
+        }
+        Workload::Stall(a) => {
+            let mut meta = report::Meta::new("stall", Some("binary"));
+            meta.param("clients", a.clients)
+                .param("dms", a.dms)
+                .param("size", a.size)
+                .param("history", a.history);
+            meta.note = Some("relay: n/a (no history)".into());
+            drive(&a.common, meta, None, |at| {
+                let mut a = a.clone();
+                a.common.pid = a.common.pid.or(at.pid);
+                stall::run(at.addr, a)
             })
         }
         Workload::Offline(a) => {
@@ -419,6 +454,17 @@ pub fn run_tag() -> String {
 pub fn share(total: u64, parts: usize, i: usize) -> u64 {
     let parts = parts as u64;
     total / parts + u64::from((i as u64) < total % parts)
+}
+
+/// A number in a name as the bench writes it (a publisher's, a sender's): decimal digits
+/// only.
+pub fn decimal(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || digits.len() > 9 {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + usize::from(d - b'0'))
+    })
 }
 
 #[cfg(test)]

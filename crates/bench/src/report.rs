@@ -12,9 +12,10 @@ use serde_json::Value;
 use crate::spawn::Server;
 
 /// What one receiver saw: unique messages per source (a bitset each), duplicates, messages
-/// that arrived after a later one from the same source, and latency in µs.
+/// that arrived after a later one from the same source, and latency in µs (unless it only
+/// counts: see `counting`).
 pub struct Tally {
-    pub hist: Histogram<u64>,
+    hist: Option<Histogram<u64>>,
     seen: Vec<Seen>,
     /// Unique messages received.
     pub received: u64,
@@ -37,7 +38,16 @@ impl Tally {
     /// A tally for senders that send `expected[i]` messages each, numbered from 0.
     pub fn new(expected: &[u64]) -> Tally {
         Tally {
-            hist: histogram(),
+            hist: Some(histogram()),
+            ..Tally::counting(expected)
+        }
+    }
+
+    /// A tally that counts but keeps no latencies: a storm has 10,000 receivers, and a
+    /// histogram each would cost the generator 240 MB.
+    pub fn counting(expected: &[u64]) -> Tally {
+        Tally {
+            hist: None,
             seen: expected
                 .iter()
                 .map(|&expected| Seen {
@@ -72,13 +82,18 @@ impl Tally {
         seen.high = seen.high.max(seq + 1);
         self.received += 1;
         self.last_ns = self.last_ns.max(now_ns);
-        self.hist
-            .saturating_record(now_ns.saturating_sub(sent_ns) / 1_000);
+        if let Some(hist) = &mut self.hist {
+            hist.saturating_record(now_ns.saturating_sub(sent_ns) / 1_000);
+        }
     }
 
     /// Adds `other`'s counts and latencies (the bitsets are per receiver and stay apart).
     pub fn merge(&mut self, other: &Tally) {
-        self.hist.add(&other.hist).expect("same histogram bounds");
+        match (&mut self.hist, &other.hist) {
+            (Some(mine), Some(theirs)) => mine.add(theirs).expect("same histogram bounds"),
+            (None, Some(theirs)) => self.hist = Some(theirs.clone()),
+            _ => {}
+        }
         self.received += other.received;
         self.duplicated += other.duplicated;
         self.reordered += other.reordered;
@@ -88,13 +103,19 @@ impl Tally {
 
     /// The standard figures: latency percentiles and the error counts.
     pub fn figures(&self, expected: u64, figures: &mut Figures) {
-        let h = &self.hist;
-        figures
-            .put("p50_us", h.value_at_quantile(0.50))
-            .put("p99_us", h.value_at_quantile(0.99))
-            .put("p999_us", h.value_at_quantile(0.999))
-            .put("max_us", h.max());
+        if let Some(h) = &self.hist {
+            figures
+                .put("p50_us", h.value_at_quantile(0.50))
+                .put("p99_us", h.value_at_quantile(0.99))
+                .put("p999_us", h.value_at_quantile(0.999))
+                .put("max_us", h.max());
+        }
         self.counts(expected, figures);
+    }
+
+    /// The latency histogram, if this tally keeps one.
+    pub fn latencies(&self) -> Option<&Histogram<u64>> {
+        self.hist.as_ref()
     }
 
     /// Lost, duplicated, reordered and unexpected messages.
@@ -294,6 +315,41 @@ pub fn rss(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Peak resident memory of process `pid` since it started (`VmHWM`), in bytes.
+pub fn rss_hwm(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// How often `sample_rss` reads the server's memory.
+const RSS_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Samples the resident memory of `pid` every 10 ms until `cancel`: the peak (bytes), and
+/// one sample in MiB every `keep_ms` for a timeline.
+pub async fn sample_rss(
+    pid: u32,
+    keep_ms: u64,
+    cancel: tokio_util::sync::CancellationToken,
+) -> (Option<u64>, Vec<u64>) {
+    let (mut peak, mut timeline) = (None::<u64>, Vec::new());
+    let mut tick = tokio::time::interval(RSS_EVERY);
+    let keep_every = (keep_ms / RSS_EVERY.as_millis() as u64).max(1);
+    for n in 0u64.. {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => break,
+        }
+        let Some(now) = rss(pid) else { break };
+        peak = Some(peak.map_or(now, |p| p.max(now)));
+        if n % keep_every == 0 {
+            timeline.push(now >> 20);
+        }
+    }
+    (peak, timeline)
 }
 
 /// CPU time (user + system) process `pid` has used, in ns, from `/proc/<pid>/stat` (whose

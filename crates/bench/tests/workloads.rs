@@ -9,6 +9,8 @@ use parley_bench::dm::DmArgs;
 use parley_bench::fanout::FanoutArgs;
 use parley_bench::offline::OfflineArgs;
 use parley_bench::report::Figures;
+use parley_bench::stall::StallArgs;
+use parley_bench::storm::StormArgs;
 use parley_bench::{relay, Common, Proto};
 use parley_server::{Config, Running};
 use tempfile::TempDir;
@@ -170,5 +172,66 @@ async fn offline_delivers_everything_stored() {
     let f = parley_bench::offline::run(addr, args).await.unwrap();
     assert_clean(&f, "delivered", 500);
     assert_eq!(num(&f, "errors"), 0);
+    server.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_delivers_every_backlog_exactly_once() {
+    let server = parley().await;
+    let addr = server.running.addr;
+    let common = Common {
+        pid: Some(std::process::id()),
+        ..Common::to(addr)
+    };
+    let f = parley_bench::storm::run(addr, StormArgs::small(common, 40, 12, 3))
+        .await
+        .unwrap();
+    assert_clean(&f, "delivered", 40 * 12);
+    assert_eq!(num(&f, "logins"), 40, "{f:?}");
+    assert_eq!(num(&f, "login_failed"), 0, "{f:?}");
+    assert_eq!(num(&f, "errors"), 0, "{f:?}");
+    assert_eq!(num(&f, "bystander_lost"), 0, "{f:?}");
+    assert_eq!(num(&f, "bystander_bad"), 0, "{f:?}");
+    assert!(num(&f, "bystander_sent") > 0, "{f:?}");
+    for key in ["login_p99_us", "rss_peak_bytes", "rss_hwm_bytes", "seconds"] {
+        assert!(f.get(key).is_some(), "{key}: {f:?}");
+    }
+    server.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_measures_clients_that_never_read() {
+    let server = parley().await;
+    let addr = server.running.addr;
+    let common = Common {
+        pid: Some(std::process::id()),
+        ..Common::to(addr)
+    };
+    let (clients, dms, size) = (6, 3, 20_000);
+    let f = parley_bench::stall::run(addr, StallArgs::small(common, clients, dms, size))
+        .await
+        .unwrap();
+    assert_eq!(num(&f, "stored"), clients as u64 * dms, "{f:?}");
+    assert_eq!(num(&f, "errors"), 0, "{f:?}");
+    assert_eq!(num(&f, "history_asked"), clients as u64, "{f:?}");
+    assert_eq!(
+        num(&f, "cut_off") + num(&f, "kept"),
+        clients as u64,
+        "{f:?}"
+    );
+    // Nothing is cut off this small: every DM and every history page reached its client.
+    assert_eq!(num(&f, "kept"), clients as u64, "{f:?}");
+    let payload = (clients as u64) * (dms + dms) * size as u64;
+    assert!(num(&f, "received_bytes") > payload, "{f:?}");
+    assert_eq!(num(&f, "offered_bytes"), payload, "{f:?}");
+    for key in [
+        "rss_before_bytes",
+        "rss_peak_bytes",
+        "rss_end_bytes",
+        "rss_hwm_bytes",
+    ] {
+        assert!(num(&f, key) > 0, "{key}: {f:?}");
+    }
+    assert_eq!(num(&f, "bystander_lost"), 0, "{f:?}");
     server.running.stop().await.unwrap();
 }
