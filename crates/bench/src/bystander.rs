@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use parley_proto::binary::{self, code, Frame};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -21,10 +22,12 @@ use crate::{now_ns, stamp, unstamp, PREFIX};
 /// How long the bystanders wait for their last DMs once they stop sending.
 const DRAIN: Duration = Duration::from_secs(2);
 
-/// Two users sending each other a DM every few milliseconds until `stop`.
+/// Two users sending each other a DM every few milliseconds until `stop`. They run on a
+/// thread and a runtime of their own, as a client on another machine would: among the
+/// thousands of tasks of a storm, the bench's own scheduling would add to their latency.
 pub struct Bystanders {
     stop: CancellationToken,
-    sides: JoinSet<(Tally, Sent)>,
+    seen: oneshot::Receiver<Seen>,
 }
 
 /// What the bystanders saw.
@@ -42,50 +45,88 @@ impl Bystanders {
         every_ms: u64,
         timeout: u64,
     ) -> anyhow::Result<Bystanders> {
-        let mut conns = Vec::new();
-        for name in &both {
-            conns.push(Conn::login(addr, crate::Proto::Binary, name).await?);
-        }
-        // The most either side can send before `--timeout`; receivers keep a bit for each.
-        let most = timeout * 1000 / every_ms + 2;
+        let (ready, started) = oneshot::channel();
+        let (done, seen) = oneshot::channel();
         let stop = CancellationToken::new();
-        let counts: Arc<[AtomicU64; 2]> = Arc::default();
-        let finished: Arc<[AtomicBool; 2]> = Arc::default();
-        let mut sides = JoinSet::new();
-        for (me, conn) in conns.into_iter().enumerate() {
-            let names = both.clone();
-            let (stop, counts, finished) = (stop.clone(), counts.clone(), finished.clone());
-            sides.spawn(async move {
-                let side = Side {
-                    me,
-                    names,
-                    every: Duration::from_millis(every_ms),
-                    most,
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("bystanders".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let runtime = match runtime {
+                    Ok(runtime) => runtime,
+                    Err(e) => return drop(ready.send(Err(e.into()))),
                 };
-                side.run(conn, &counts, &finished, &stop).await
-            });
-        }
-        Ok(Bystanders { stop, sides })
+                runtime.block_on(async move {
+                    let mut conns = Vec::new();
+                    for name in &both {
+                        match Conn::login(addr, crate::Proto::Binary, name).await {
+                            Ok(conn) => conns.push(conn),
+                            Err(e) => return drop(ready.send(Err(e))),
+                        }
+                    }
+                    let _ = ready.send(Ok(()));
+                    let every = Duration::from_millis(every_ms);
+                    let _ = done.send(converse(conns, both, every, timeout, stopped).await);
+                });
+            })?;
+        started.await??;
+        Ok(Bystanders { stop, seen })
     }
 
     /// Stops sending and waits (bounded) for what is still on its way.
-    pub async fn stop(mut self) -> Seen {
+    pub async fn stop(self) -> Seen {
         self.stop.cancel();
-        let mut seen = Seen {
-            tally: Tally::new(&[]),
-            sent: Sent::default(),
-        };
-        let deadline = tokio::time::Instant::now() + DRAIN * 2;
-        while let Ok(Some(side)) = tokio::time::timeout_at(deadline, self.sides.join_next()).await {
-            if let Ok((tally, sent)) = side {
-                seen.tally.merge(&tally);
-                seen.sent.sent += sent.sent;
-                seen.sent.errors += sent.errors;
-            }
+        match tokio::time::timeout(DRAIN * 2, self.seen).await {
+            Ok(Ok(seen)) => seen,
+            _ => Seen {
+                tally: Tally::new(&[]),
+                sent: Sent::default(),
+            },
         }
-        self.sides.abort_all();
-        seen
     }
+}
+
+/// Runs both sides until `stop` and their drain.
+async fn converse(
+    conns: Vec<Conn>,
+    both: [String; 2],
+    every: Duration,
+    timeout: u64,
+    stop: CancellationToken,
+) -> Seen {
+    // The most either side can send before `--timeout`; receivers keep a bit for each.
+    let most = timeout * 1000 / (every.as_millis() as u64).max(1) + 2;
+    let counts: Arc<[AtomicU64; 2]> = Arc::default();
+    let finished: Arc<[AtomicBool; 2]> = Arc::default();
+    let mut sides = JoinSet::new();
+    for (me, conn) in conns.into_iter().enumerate() {
+        let names = both.clone();
+        let (stop, counts, finished) = (stop.clone(), counts.clone(), finished.clone());
+        sides.spawn(async move {
+            let side = Side {
+                me,
+                names,
+                every,
+                most,
+            };
+            side.run(conn, &counts, &finished, &stop).await
+        });
+    }
+    let mut seen = Seen {
+        tally: Tally::new(&[]),
+        sent: Sent::default(),
+    };
+    while let Some(side) = sides.join_next().await {
+        if let Ok((tally, sent)) = side {
+            seen.tally.merge(&tally);
+            seen.sent.sent += sent.sent;
+            seen.sent.errors += sent.errors;
+        }
+    }
+    seen
 }
 
 impl Seen {

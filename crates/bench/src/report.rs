@@ -352,6 +352,15 @@ pub async fn sample_rss(
     (peak, timeline)
 }
 
+/// The machine's load average over the last minute (`/proc/loadavg`; 0 if unknown): on a
+/// shared machine, how much else wanted the cores while a run was measured.
+pub fn load_1m() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// CPU time (user + system) process `pid` has used, in ns, from `/proc/<pid>/stat` (whose
 /// resolution is a clock tick, usually 10 ms: meaningful over runs of a second or so).
 pub fn cpu_ns(pid: u32) -> Option<u64> {

@@ -9,7 +9,9 @@
 //! sent, to find which the server cut off (its connection ended) and which it kept. A
 //! bystander pair exchanges DMs throughout. Whether memory stays bounded is the point: a
 //! server that keeps everything for a client that does not read holds about N × (D + H × D)
-//! × size bytes (`offered_bytes`). The relay has no history: this measures parley alone.
+//! × size bytes (`offered_bytes`); the kernel's socket buffers hold part of it
+//! (`tcp_mem_end_bytes`, machine-wide). The relay has no history: this measures parley
+//! alone.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -174,6 +176,7 @@ pub async fn run(addr: SocketAddr, args: StallArgs) -> anyhow::Result<Figures> {
     )
     .await;
     let rss_end = pid.and_then(rss);
+    let tcp_end = tcp_memory();
     sampling.cancel();
     let (rss_peak, timeline) = match sampler {
         Some(s) => s.await?,
@@ -202,7 +205,6 @@ pub async fn run(addr: SocketAddr, args: StallArgs) -> anyhow::Result<Figures> {
 
     let mut figures = Figures::default();
     figures
-        .put("clients", args.clients)
         .put("stored", stored.sent)
         .put("errors", stored.errors)
         .put("stored_seconds", round3(stored_at))
@@ -228,6 +230,9 @@ pub async fn run(addr: SocketAddr, args: StallArgs) -> anyhow::Result<Figures> {
     if !timeline.is_empty() {
         figures.put("rss_mb_every_500ms", timeline);
     }
+    if let Some(tcp) = tcp_end {
+        figures.put("tcp_mem_end_bytes", tcp);
+    }
     figures
         .put("cut_off", cut_off)
         .put("kept", kept)
@@ -235,7 +240,9 @@ pub async fn run(addr: SocketAddr, args: StallArgs) -> anyhow::Result<Figures> {
     if let Some(b) = bystanders {
         b.figures(&mut figures);
     }
-    figures.put("timed_out", tokio::time::Instant::now() >= deadline);
+    figures
+        .put("load_1m", crate::report::load_1m())
+        .put("timed_out", tokio::time::Instant::now() >= deadline);
     Ok(figures)
 }
 
@@ -272,6 +279,18 @@ async fn log_in_stalled(
         streams[i] = Some(stream);
     }
     Ok(streams.into_iter().flatten().collect())
+}
+
+/// Memory the kernel holds in TCP buffers, machine-wide (`mem` of `/proc/net/sockstat`, in
+/// pages): what the server has written to the stalled clients' sockets is there, not in its
+/// RSS. Other work on the machine counts too.
+fn tcp_memory() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mem")?;
+    let pages: u64 = words.next()?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
 }
 
 /// Reads everything a stalled client was sent: the bytes, and whether the server had ended

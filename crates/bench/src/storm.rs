@@ -131,6 +131,8 @@ pub async fn run(addr: SocketAddr, args: StormArgs) -> anyhow::Result<Figures> {
             .await
             .map_err(|_| anyhow::anyhow!("timed out setting up"))??;
     let setup_seconds = setup_at.elapsed().as_secs_f64();
+    // A mark for whoever watches the server (a profiler, say): the timed part begins.
+    eprintln!("storm: set up in {setup_seconds:.1} s; the storm begins");
 
     let bystanders = match args.bystander_ms {
         0 => None,
@@ -259,6 +261,7 @@ pub async fn run(addr: SocketAddr, args: StormArgs) -> anyhow::Result<Figures> {
         .put("setup_seconds", round3(setup_seconds))
         .put("stored_per_sec", rate(stored.sent, store_seconds))
         .put("errors", stored.errors)
+        .put("load_1m", crate::report::load_1m())
         .put("timed_out", ended == Ended::TimedOut);
     if let Some(e) = first_error {
         figures.put("first_error", e);
