@@ -20,4 +20,6 @@ pub mod ws;
 
 pub use conversation::{ConversationKind, Target};
 pub use event::{ErrorKind, Reply};
-pub use names::{check_name, validate_name, NameError};
+pub use names::{
+    check_display_name, check_name, check_new_name, skeleton, validate_name, NameError,
+};

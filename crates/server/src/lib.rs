@@ -18,6 +18,7 @@ mod conn;
 mod files;
 mod http;
 mod hub;
+mod lookalikes;
 mod outbound;
 mod server;
 mod session;

@@ -14,6 +14,7 @@ use super::{
     Set, ANONYMOUS,
 };
 use crate::config::Config;
+use crate::lookalikes::Lookalikes;
 use crate::outbound::{
     Delivery, Item, Kill, Link, Notice, Protocol, SharedNotice, Staging, Style, Tag,
 };
@@ -52,6 +53,8 @@ pub fn spawn(
         listeners: Map::default(),
         guests: Map::default(),
         waiting: Vec::new(),
+        user_lookalikes: Lookalikes::default(),
+        room_lookalikes: Lookalikes::default(),
         spare_messages: Vec::new(),
         spare_effects: Vec::new(),
         pending_cursors: Default::default(),
@@ -150,6 +153,9 @@ pub(super) struct Core {
     last_seqs: Map<ConvId, Seq>,
     pub memberships: Map<UserId, Vec<Membership>>,
     pub rooms: Map<Arc<str>, Room>,
+    /// How the users' and the rooms' names look: no new name may look like a taken one.
+    user_lookalikes: Lookalikes,
+    pub room_lookalikes: Lookalikes,
     pub online: Map<UserId, Vec<Online>>,
     /// Users online with sessions that show presence notices (text and JSON: binary has
     /// no frame for them), and how many such sessions each has. A notice to everyone visits
@@ -677,6 +683,7 @@ impl Core {
             }
             Some(user) => user,
             None => {
+                self.take_user_name(name)?;
                 let user = self.next.user;
                 self.next.user += 1;
                 let shared: Arc<str> = Arc::from(name);
@@ -688,6 +695,16 @@ impl Core {
         };
         batch.passwords.push((user, hash));
         self.accounts.insert(user);
+        Ok(())
+    }
+
+    /// Checks a name about to become a new user against the name profile and the names
+    /// taken (`lookalikes.rs`); one that looks like a taken name is taken.
+    fn take_user_name(&mut self, name: &str) -> Result<(), ErrorKind> {
+        let existing = || self.users.values().map(|name| &**name);
+        let taken = ErrorKind::AlreadyLoggedIn;
+        let unique = self.user_lookalikes.check(name, existing, taken)?;
+        self.user_lookalikes.take(unique);
         Ok(())
     }
 
@@ -732,6 +749,7 @@ impl Core {
             // Another node may be creating the same name: PostgreSQL decides.
             None if self.cluster.is_some() => self.cluster_user(name)?,
             None => {
+                self.take_user_name(name)?;
                 let user = self.next.user;
                 self.next.user += 1;
                 let shared: Arc<str> = Arc::from(name);

@@ -33,11 +33,17 @@ impl Core {
             }
         }
         if !self.rooms.contains_key(room) {
+            // A new room's name meets the name profile and looks like no other room's;
+            // it is taken once the creator's room count allows it.
+            let existing = || self.rooms.keys().map(|name| &**name);
+            let lookalike = ErrorKind::InvalidName;
+            let unique = self.room_lookalikes.check(room, existing, lookalike)?;
             let creator = match &actor {
                 Actor::Member(identity) => Some(identity.user),
                 Actor::Guest => None,
             };
             self.count_new_room(creator, link.peer())?;
+            self.room_lookalikes.take(unique);
             let conv = self.new_conv_id();
             let name: Arc<str> = Arc::from(room);
             batch.rooms.push((conv, room.to_string(), creator));

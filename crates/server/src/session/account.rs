@@ -2,7 +2,7 @@
 //! changes, logout, profiles. The protocol files only parse and answer.
 
 use bytes::Bytes;
-use parley_proto::{validate_name, ErrorKind};
+use parley_proto::{check_display_name, validate_name, ErrorKind};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -208,10 +208,9 @@ impl Session {
     ) -> Result<(), ErrorKind> {
         let identity = self.account_identity()?;
         let config = &self.shared.config;
-        if display_name.as_ref().is_some_and(|d| {
-            d.len() > config.max_display_name_bytes || d.chars().any(char::is_control)
-        }) {
-            return Err(ErrorKind::InvalidName);
+        let max = config.max_display_name_bytes;
+        if let Some(display_name) = &display_name {
+            check_display_name(display_name, max).map_err(|_| ErrorKind::InvalidName)?;
         }
         if avatar
             .as_ref()
