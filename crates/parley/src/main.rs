@@ -112,6 +112,11 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen_http: Option<SocketAddr>,
+    /// A private port serving only /metrics, /healthz and /readyz (then /metrics is not
+    /// served on the other ports).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_admin: Option<SocketAddr>,
     /// A port serving only TLS (any protocol inside).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -13,6 +13,7 @@ use parley_proto::ConversationKind;
 use tracing::{debug, warn};
 
 use crate::hub::{GoLive, Hub, Identity};
+use crate::monitor::Monitor;
 use crate::outbound::{Delivery, Item, Kill, Link, Refused};
 use crate::store::{ConvId, ConvPosition, Reader, Seq};
 
@@ -20,8 +21,15 @@ use crate::store::{ConvId, ConvPosition, Reader, Seq};
 const PAGE: usize = 512;
 
 /// Replays the backlog of `identity` into `link`'s queue, then goes live.
-pub async fn run(reader: Reader, hub: Hub, link: Arc<Link>, identity: Identity) {
-    match replay(&reader, &hub, &link, identity).await {
+pub async fn run(
+    reader: Reader,
+    hub: Hub,
+    link: Arc<Link>,
+    identity: Identity,
+    monitor: Arc<Monitor>,
+) {
+    let mut backlog = Backlog::new(&monitor);
+    match replay(&reader, &hub, &link, identity, &mut backlog).await {
         Ok(count) => debug!(session = link.id, replayed = count, "caught up"),
         Err(e) => {
             warn!(session = link.id, error = %format!("{e:#}"), "catch-up failed");
@@ -30,7 +38,45 @@ pub async fn run(reader: Reader, hub: Hub, link: Arc<Link>, identity: Identity) 
     }
 }
 
-async fn replay(reader: &Reader, hub: &Hub, link: &Link, me: Identity) -> anyhow::Result<usize> {
+/// This session's part of the catch-up metrics, given back when it ends however it ends
+/// (the catch-up task may be dropped mid-way when its session closes).
+struct Backlog<'m> {
+    monitor: &'m Monitor,
+    /// The messages this session is known to have still to read.
+    pending: u64,
+}
+
+impl<'m> Backlog<'m> {
+    fn new(monitor: &'m Monitor) -> Self {
+        monitor.metrics.catchup_sessions.increment(1.0);
+        Backlog {
+            monitor,
+            pending: 0,
+        }
+    }
+
+    /// The messages still to read are now `pending` (counted once per round of pages).
+    fn set(&mut self, pending: u64) {
+        let gauge = &self.monitor.metrics.catchup_backlog;
+        gauge.increment(pending as f64 - self.pending as f64);
+        self.pending = pending;
+    }
+}
+
+impl Drop for Backlog<'_> {
+    fn drop(&mut self) {
+        self.set(0);
+        self.monitor.metrics.catchup_sessions.decrement(1.0);
+    }
+}
+
+async fn replay(
+    reader: &Reader,
+    hub: &Hub,
+    link: &Link,
+    me: Identity,
+    backlog: &mut Backlog<'_>,
+) -> anyhow::Result<usize> {
     let mut progress: HashMap<ConvId, Seq> = HashMap::new();
     let mut convs: HashMap<ConvId, ConvPosition> = HashMap::new();
     let mut replayed = 0;
@@ -54,6 +100,8 @@ async fn replay(reader: &Reader, hub: &Hub, link: &Link, me: Identity) -> anyhow
                 .filter(|p| p.last_seq > progress[&p.conv])
                 .map(|p| (p.conv, progress[&p.conv]))
                 .collect();
+            let pending = behind.iter().map(|(conv, at)| convs[conv].last_seq - at);
+            backlog.set(pending.sum::<i64>().max(0) as u64);
             if behind.is_empty() {
                 break;
             }
@@ -74,6 +122,11 @@ async fn replay(reader: &Reader, hub: &Hub, link: &Link, me: Identity) -> anyhow
             if rows.is_empty() {
                 break;
             }
+            backlog
+                .monitor
+                .metrics
+                .replayed
+                .increment(rows.len() as u64);
             rows.sort_unstable_by_key(|m| m.id);
             for m in rows {
                 progress.insert(m.conv, m.seq);

@@ -40,6 +40,9 @@ pub struct Config {
     /// Origins whose pages may open the WebSocket at `/ws`, besides the server's own
     /// (`*`: any), e.g. `["https://chat.example.org"]`.
     pub web_origins: Vec<String>,
+    /// Optional private port serving only `/metrics`, `/healthz` and `/readyz` (plain
+    /// HTTP), from the server's first moment on. When set, `/metrics` is served there only.
+    pub listen_admin: Option<SocketAddr>,
     /// Directory holding the database (created if missing).
     pub data_dir: PathBuf,
     /// Largest binary frame accepted, in bytes (length prefix value).
@@ -168,6 +171,7 @@ impl Default for Config {
             listen_binary: None,
             listen_http: None,
             web_origins: Vec::new(),
+            listen_admin: None,
             data_dir: PathBuf::from("parley-data"),
             max_frame_bytes: 64 * 1024,
             max_name_bytes: 32,

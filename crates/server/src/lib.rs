@@ -19,6 +19,8 @@ mod files;
 mod http;
 mod hub;
 mod lookalikes;
+mod metrics;
+mod monitor;
 mod outbound;
 mod server;
 mod session;

@@ -20,11 +20,13 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::conn::Conn;
-use crate::outbound::Protocol;
+use crate::metrics::Metrics;
+use crate::monitor::{Monitor, Phase};
+use crate::outbound::{ProgressSink, Protocol};
 use crate::session::{self, Shared};
 use crate::sniff::{at_end, classify, sniff, Sniffed, DECIDING_BYTES};
 use crate::store::postgres::{PgBlobs, PgReader, PgStore};
-use crate::store::{Reader, SqliteReader, SqliteStore};
+use crate::store::{ConvId, DeviceId, Reader, Seq, SqliteReader, SqliteStore};
 use crate::tls::Tls;
 
 /// The sockets a server listens on: the shared port, and optional single-protocol ports.
@@ -38,6 +40,8 @@ pub struct Listeners {
     pub text: Option<TcpListener>,
     pub binary: Option<TcpListener>,
     pub http: Option<TcpListener>,
+    /// The private port of `/metrics` and the probes (`listen_admin`).
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -76,6 +80,7 @@ impl Listeners {
             text: maybe(config.listen_text).await?,
             binary: maybe(config.listen_binary).await?,
             http: maybe(config.listen_http).await?,
+            admin: maybe(config.listen_admin).await?,
         })
     }
 }
@@ -145,6 +150,17 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let monitor = Arc::new(Monitor::new(Metrics::new(&config.data_dir)));
+    // The admin port answers from now on (not ready while the store opens), until the
+    // very end.
+    let stopped = CancellationToken::new();
+    if let Some(listener) = listeners.admin {
+        info!(addr = %listener.local_addr()?, "admin port (metrics and probes) listening");
+        let task = crate::http::monitor::listen(listener, monitor.clone(), stopped.clone());
+        tokio::spawn(task);
+    }
+    let _stop_admin = stopped.clone().drop_guard();
+    tokio::spawn(watch(monitor.clone(), shutdown.clone(), stopped.clone()));
     raise_fd_limit();
     let passwords = crate::auth::Passwords::new(&config).await?;
     let tls = listeners.certificate.clone();
@@ -154,12 +170,12 @@ pub async fn serve(
         false => {
             let store = SqliteStore::open(&config.data_dir, config.sync)?;
             let (index, log) = (store.index(), store.log());
-            let (hub, thread) = crate::hub::spawn(Box::new(store), &config, None)?;
+            let (hub, thread) = crate::hub::spawn(Box::new(store), &config, None, monitor.clone())?;
             let reader = Reader::Local(SqliteReader::new(&config.data_dir, index, log));
             let files = crate::files::FileStore::new(&config.data_dir);
             (hub, thread, reader, files)
         }
-        true => start_node(&config, cluster_stop.clone()).await?,
+        true => start_node(&config, cluster_stop.clone(), monitor.clone()).await?,
     };
     let shared = Arc::new(Shared {
         throttle: crate::throttle::Throttle::new(&config),
@@ -169,7 +185,11 @@ pub async fn serve(
         files,
         reader,
         hub: hub.clone(),
-        progress_sink: Arc::new(hub.clone()),
+        progress_sink: Arc::new(Sink {
+            hub: hub.clone(),
+            monitor: monitor.clone(),
+        }),
+        monitor: monitor.clone(),
         shutdown: shutdown.clone(),
         next_session: AtomicU64::new(1),
         seats: Semaphore::new(config.max_connections),
@@ -207,10 +227,12 @@ pub async fn serve(
         loops.push(tokio::spawn(task));
     }
     info!(data_dir = %shared.config.data_dir.display(), "parley started");
+    monitor.advance(Phase::Ready);
     for task in loops {
         let _ = task.await;
     }
 
+    monitor.advance(Phase::Stopping);
     tracker.close();
     info!(sessions = tracker.len(), "shutting down: draining sessions");
     let timeout = shared.config.shutdown_timeout() + Duration::from_secs(2);
@@ -233,6 +255,7 @@ pub async fn serve(
 async fn start_node(
     config: &Config,
     stop: CancellationToken,
+    monitor: Arc<Monitor>,
 ) -> anyhow::Result<(
     crate::hub::Hub,
     std::thread::JoinHandle<()>,
@@ -249,7 +272,7 @@ async fn start_node(
     // The hub's start reads PostgreSQL the way the hub does: blocking, off the runtime.
     let (link, hub_config) = (cluster.link(), config.clone());
     let (hub, thread) = tokio::task::spawn_blocking(move || {
-        crate::hub::spawn(Box::new(store), &hub_config, Some(link))
+        crate::hub::spawn(Box::new(store), &hub_config, Some(link), monitor)
     })
     .await??;
     cluster.run(config, hub.clone(), stop).await?;
@@ -257,6 +280,37 @@ async fn start_node(
     let files = crate::files::FileStore::shared(&config.data_dir, PgBlobs::new(reader.clone()));
     info!(node, "cluster node started");
     Ok((hub, thread, Reader::Shared(reader), files))
+}
+
+/// Marks the server as stopping as soon as shutdown begins, and keeps the metrics'
+/// histograms folded meanwhile.
+async fn watch(monitor: Arc<Monitor>, shutdown: CancellationToken, stopped: CancellationToken) {
+    let mut upkeep = tokio::time::interval(crate::metrics::UPKEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return monitor.advance(Phase::Stopping),
+            _ = stopped.cancelled() => return,
+            _ = upkeep.tick() => monitor.metrics.upkeep(),
+        }
+    }
+}
+
+/// Where writers report: what devices received goes to the hub (their cursors), what was
+/// written to the metrics.
+struct Sink {
+    hub: crate::hub::Hub,
+    monitor: Arc<Monitor>,
+}
+
+impl ProgressSink for Sink {
+    fn received(&self, device: DeviceId, progress: Vec<(ConvId, Seq)>) {
+        self.hub.cursors(device, progress);
+    }
+
+    fn wrote(&self, protocol: Protocol, messages: usize, bytes: usize) {
+        let hot = &self.monitor.metrics.hot;
+        hot.wrote(protocol, messages as u64, bytes as u64);
+    }
 }
 
 /// Accepts connections on one port until shutdown, within the shared connection limit.
@@ -538,6 +592,7 @@ pub struct Running {
     pub binary_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub tls_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     certificate: Option<Arc<Tls>>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -571,6 +626,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         local(&listeners.tls),
     );
     let http_addr = local(&listeners.http);
+    let admin_addr = local(&listeners.admin);
     let certificate = listeners.certificate.clone();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -588,6 +644,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         binary_addr,
         http_addr,
         tls_addr,
+        admin_addr,
         certificate,
         shutdown,
         task,

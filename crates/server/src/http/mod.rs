@@ -1,6 +1,6 @@
 //! HTTP/1.1 on the shared port (and on `listen_http`), served by hyper: the embedded web
-//! app, `/healthz`, files over HTTP, and the WebSocket at `/ws`, which becomes a session of
-//! its own once the handshake is done.
+//! app, `/healthz`, `/readyz` and `/metrics` (`monitor.rs`), files over HTTP, and the
+//! WebSocket at `/ws`, which becomes a session of its own once the handshake is done.
 //!
 //! A connection is HTTP when its first bytes are a request line (see `sniff`), inside TLS
 //! or not. Every response carries the security headers of `response::secure`.
@@ -8,6 +8,7 @@
 mod assets;
 mod files;
 mod io;
+pub mod monitor;
 mod response;
 mod upgrade;
 
@@ -39,6 +40,7 @@ const MAX_HEAD: usize = 16 * 1024;
 /// (requests in progress are finished first). After a WebSocket handshake, returns the
 /// connection, with what the client sent past the handshake, for a session to take over.
 pub async fn serve(io: HttpIo, peer: SocketAddr, shared: Arc<Shared>) -> Option<(Conn, BytesMut)> {
+    let _counted = monitor::Counted::http(&shared.monitor);
     let handler = shared.clone();
     let tls = io.conn.is_tls();
     let slot = upgrade::Slot::default();
@@ -132,11 +134,9 @@ async fn route(
             _ => not_allowed("GET, HEAD, PUT, OPTIONS", method),
         };
     }
-    if path == "/healthz" && read {
-        return match shared.shutdown.is_cancelled() {
-            false => response::text(StatusCode::OK, "ok"),
-            true => response::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
-        };
+    let metrics = shared.config.listen_admin.is_none();
+    if let Some(response) = monitor::route(method, path, &shared.monitor, metrics).await {
+        return response;
     }
     match assets::find(path) {
         Some((index, asset)) if read => assets::serve(index, asset, request.headers()),

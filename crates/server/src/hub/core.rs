@@ -15,6 +15,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::lookalikes::Lookalikes;
+use crate::monitor::Monitor;
 use crate::outbound::{
     Delivery, Item, Kill, Link, Notice, Protocol, SharedNotice, Staging, Style, Tag,
 };
@@ -29,6 +30,7 @@ pub fn spawn(
     mut store: Box<dyn LogStore>,
     config: &Config,
     cluster: Option<crate::cluster::Link>,
+    monitor: Arc<Monitor>,
 ) -> anyhow::Result<(Hub, JoinHandle<()>)> {
     let (broadcast, anonymous) = store.ensure_builtin(ANONYMOUS)?;
     let mut core = Core {
@@ -73,6 +75,8 @@ pub fn spawn(
             per_address: config.max_rooms_per_address,
         },
         cluster: cluster.map(super::cluster::State::new),
+        monitor,
+        stored: [0; 3],
     };
     core.load()?;
     if core.cluster.is_some() {
@@ -190,6 +194,10 @@ pub(super) struct Core {
     pub(super) rooms_created: RoomsCreated,
     /// Cluster mode's state (hub/cluster.rs); `None` on a single node.
     pub(super) cluster: Option<Box<super::cluster::State>>,
+    /// The metrics, counted once per batch.
+    monitor: Arc<Monitor>,
+    /// The batch's messages by the sender's protocol (see `count_stored`).
+    stored: [u64; 3],
 }
 
 /// Rooms created per user (over the server's life: counted again at start) and per address
@@ -328,10 +336,19 @@ impl Core {
         let mut stop = false;
         self.batch_time = now_ms();
         self.expire_waiting(&mut effects);
+        if !ops.is_empty() {
+            self.monitor.metrics.batch_size.record(ops.len() as f64);
+        }
         for op in ops.drain(..) {
             match op {
                 Op::Shutdown => stop = true,
-                op => self.apply(op, &mut batch, &mut effects),
+                op => {
+                    let (protocol, before) = (op.protocol(), batch.messages.len());
+                    self.apply(op, &mut batch, &mut effects);
+                    if let Some(protocol) = protocol {
+                        self.stored[protocol as usize] += (batch.messages.len() - before) as u64;
+                    }
+                }
             }
         }
         let due = self.cursors_due.is_some_and(|at| at <= Instant::now());
@@ -347,7 +364,11 @@ impl Core {
         }
         batch.next_message_id = self.next.message;
         let committed = batch.is_empty() || {
-            match self.store.commit(&batch) {
+            let started = Instant::now();
+            let written = self.store.commit(&batch);
+            let metrics = &self.monitor.metrics;
+            metrics.commit_seconds.record(started.elapsed());
+            match written {
                 Ok(None) => true,
                 Ok(Some(assigned)) => {
                     self.cluster_committed(&batch, &assigned, &mut effects);
@@ -355,11 +376,13 @@ impl Core {
                 }
                 Err(e) => {
                     error!(error = %format!("{e:#}"), ops = effects.len(), "store commit failed");
+                    metrics.commit_failures.increment(1);
                     self.forget_uncommitted();
                     false
                 }
             }
         };
+        self.count_stored(committed);
         if !batch.messages.is_empty() {
             debug!(messages = batch.messages.len(), "committed batch");
         }
@@ -380,6 +403,21 @@ impl Core {
             self.spare_effects = effects;
         }
         stop
+    }
+
+    /// Adds the batch's stored messages to the metrics, by the sender's protocol: three
+    /// atomic adds per batch at most, whatever its size.
+    fn count_stored(&mut self, committed: bool) {
+        let stored = std::mem::take(&mut self.stored);
+        if !committed {
+            return;
+        }
+        for protocol in [Protocol::Binary, Protocol::Text, Protocol::Json] {
+            let n = stored[protocol as usize];
+            if n > 0 {
+                self.monitor.metrics.stored.of(protocol).increment(n);
+            }
+        }
     }
 
     fn apply(&mut self, op: Op, batch: &mut Batch, effects: &mut Vec<Effect>) {

@@ -256,6 +256,16 @@ pub(crate) enum Op {
     Shutdown,
 }
 
+impl Op {
+    /// The protocol of the session that sends messages with this operation, if it does.
+    pub(crate) fn protocol(&self) -> Option<crate::outbound::Protocol> {
+        match self {
+            Op::Send { link, .. } | Op::Direct { link, .. } => Some(link.protocol),
+            _ => None,
+        }
+    }
+}
+
 /// A cloneable handle to the hub thread.
 #[derive(Clone)]
 pub struct Hub {

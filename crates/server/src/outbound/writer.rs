@@ -130,6 +130,10 @@ pub trait ProgressSink: Send + Sync {
     /// `device` received each conversation of `progress` up to its sequence (the peer's TCP
     /// stack acknowledged the bytes).
     fn received(&self, device: DeviceId, progress: Vec<(ConvId, Seq)>);
+
+    /// A write of `bytes` carrying `messages` messages went to a session speaking
+    /// `protocol` (the metrics; one call per write, not per message).
+    fn wrote(&self, _protocol: super::Protocol, _messages: usize, _bytes: usize) {}
 }
 
 /// What a session's writer owns: the write half, the write buffer, and what the peer has
@@ -177,6 +181,7 @@ impl Writer {
         let buf = &mut self.buf;
         let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
         let mut replayed = 0;
+        let mut messages = 0;
         let pushes = items.iter().map(Item::pushes).sum();
         link.pushed.fetch_sub(pushes, Ordering::Relaxed);
         // Room for the whole write at once: grown item by item, the buffer doubled half a
@@ -215,6 +220,7 @@ impl Writer {
                 Item::Run(run, start, end) => {
                     let (start, end) = (start as usize, end as usize);
                     run.write_to(style, start..end, buf);
+                    messages += end - start;
                     if let Some(seq) = end.checked_sub(1).and_then(|last| run.seq(last)) {
                         progress(run.conv, seq);
                     }
@@ -227,6 +233,7 @@ impl Writer {
                 }
             };
             d.write_to(style, buf);
+            messages += 1;
             progress(d.conv, d.seq);
         }
         let written_bytes = buf.len();
@@ -249,6 +256,8 @@ impl Writer {
         if !written {
             return false;
         }
+        self.progress_sink
+            .wrote(link.protocol, messages, written_bytes);
         // Clients that ack move their cursors themselves; the bytes still count.
         let client_acks = link.acks.load(Ordering::Relaxed);
         if client_acks {

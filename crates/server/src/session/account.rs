@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use super::Session;
 use crate::auth::{self, PASSWORD_LEN};
 use crate::hub::{AccountChange, Auth};
+use crate::metrics::LoginFailure;
 use crate::outbound::{Item, Protocol};
 use crate::store::{now_ms, NewToken, Profile, ProfileChange, Revoke};
 
@@ -56,7 +57,11 @@ impl Session {
         let stored = credentials.and_then(|c| c.password_hash);
         let passwords = &self.shared.passwords;
         if !passwords.verify(password.to_string(), stored).await {
-            warn!(session = self.link.id, user = %name, %ip, "wrong name or password");
+            warn!(session = self.link.id, user = %name, peer = %self.peer, "wrong name or password");
+            self.shared
+                .monitor
+                .metrics
+                .login_failed(LoginFailure::Credentials);
             return Err(ErrorKind::Unauthorized);
         }
         self.shared.throttle.succeeded(name, ip);
@@ -82,7 +87,11 @@ impl Session {
         let row = self.shared.reader.token(auth::token_hash(token)).await;
         let row = row.map_err(|_| ErrorKind::Internal)?;
         let Some(row) = row.filter(|r| !r.revoked && r.expires_at > now_ms()) else {
-            warn!(session = self.link.id, %ip, "invalid, expired or revoked token");
+            warn!(session = self.link.id, peer = %self.peer, "invalid, expired or revoked token");
+            self.shared
+                .monitor
+                .metrics
+                .login_failed(LoginFailure::Credentials);
             let wait = self.shared.throttle.token_failed(ip);
             self.wait_turn(wait).await?;
             return Err(ErrorKind::Unauthorized);
@@ -101,7 +110,11 @@ impl Session {
         match self.shared.throttle.begin(name, ip) {
             Ok(wait) => self.wait_turn(wait).await,
             Err(refusal) => {
-                warn!(session = self.link.id, user = %name, %ip, ?refusal, "login throttled");
+                warn!(session = self.link.id, user = %name, peer = %self.peer, ?refusal, "login throttled");
+                self.shared
+                    .monitor
+                    .metrics
+                    .login_failed(LoginFailure::Throttled);
                 Err(ErrorKind::TooManyAttempts)
             }
         }

@@ -33,6 +33,7 @@ use crate::catchup;
 use crate::config::Config;
 use crate::conn::{Conn, ReadHalf};
 use crate::hub::{Actor, Auth, Hub, Identity};
+use crate::metrics::{Hot, LoginFailure};
 use crate::outbound::{Item, Kill, Link, LinkLimits, ProgressSink, Protocol, Style, Writer};
 use crate::store::Reader;
 
@@ -59,6 +60,8 @@ pub struct Shared {
     pub next_session: AtomicU64,
     /// Places for connections (`max_connections`); see `server::Seat`.
     pub seats: tokio::sync::Semaphore,
+    /// Metrics and the server's phase.
+    pub monitor: Arc<crate::monitor::Monitor>,
 }
 
 /// Whether the connection goes on after a request.
@@ -87,6 +90,8 @@ pub fn run(
     keep: impl Send + 'static,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let (mut session, mut socket) = Session::open(conn, peer, protocol, greet, shared);
+    let hot = &session.shared.monitor.metrics.hot;
+    hot.add(Hot::BytesIn, protocol, initial.len() as u64);
     let mut buf = initial;
     async move {
         let reason = session.read_loop(&mut socket, &mut buf).await;
@@ -147,6 +152,12 @@ impl Session {
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         let link = Link::new(id, protocol, limits, writer);
         link.set_peer(peer.ip());
+        shared
+            .monitor
+            .metrics
+            .connections
+            .of(protocol)
+            .increment(1.0);
         // Per-connection lines at info are the login and the disconnect (both with the peer).
         tracing::debug!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
         let idle = match protocol {
@@ -234,7 +245,11 @@ impl Session {
                 read = socket.read_buf(buf) => match read {
                     Ok(0) if buf.is_empty() && !self.lines.is_discarding() => return "closed by peer".into(),
                     Ok(0) => return format!("closed by peer in the middle of a request ({} bytes unread)", buf.len()),
-                    Ok(_) => idle_deadline = self.idle.map(|d| Instant::now() + d),
+                    Ok(n) => {
+                        idle_deadline = self.idle.map(|d| Instant::now() + d);
+                        let hot = &self.shared.monitor.metrics.hot;
+                        hot.add(Hot::BytesIn, self.link.protocol, n as u64);
+                    }
                     Err(e) => return format!("read error: {e}"),
                 },
                 _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
@@ -342,6 +357,12 @@ impl Session {
                 let peer = self.peer;
                 let protocol = self.link.protocol.name();
                 info!(session = self.link.id, user = %ok.name, device, %peer, protocol, "logged in");
+                self.shared
+                    .monitor
+                    .metrics
+                    .logins
+                    .of(self.link.protocol)
+                    .increment(1);
                 self.link.set_device(ok.identity.device);
                 self.login = Some((ok.identity, ok.name));
                 self.account = auth != Auth::None;
@@ -355,7 +376,12 @@ impl Session {
                 Ok(())
             }
             Err(kind) => {
-                info!(session = self.link.id, user = %name, error = ?kind, "login refused");
+                let peer = self.peer;
+                info!(session = self.link.id, user = %name, %peer, error = ?kind, "login refused");
+                self.shared
+                    .monitor
+                    .metrics
+                    .login_failed(LoginFailure::Refused);
                 Err(kind)
             }
         }
@@ -369,6 +395,7 @@ impl Session {
                 self.shared.hub.clone(),
                 self.link.clone(),
                 *identity,
+                self.shared.monitor.clone(),
             );
             let cancelled = stop.clone();
             tokio::spawn(async move {
@@ -438,6 +465,11 @@ impl Session {
         self.link.close_writer().await;
         let identity = self.login.as_ref().map(|(identity, _)| *identity);
         self.shared.hub.gone(self.link.id, identity);
+        let metrics = &self.shared.monitor.metrics;
+        metrics.connections.of(self.link.protocol).decrement(1.0);
+        if self.link.killed_for() == Some(Kill::SlowConsumer) {
+            metrics.slow_consumers.increment(1);
+        }
         let peer = self.peer;
         match &self.login {
             Some((_, name)) => {
