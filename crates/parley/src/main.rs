@@ -51,7 +51,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a self-signed development certificate (DIR/cert.pem) and key (DIR/key.pem).
     Cert {
         /// Directory to write them to.
@@ -161,7 +161,7 @@ enum LogFormat {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Cert { out } => {
             let (cert, key) = parley_server::write_self_signed(&out)?;
             println!("wrote {} and {}", cert.display(), key.display());
