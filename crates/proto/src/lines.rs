@@ -2,7 +2,8 @@
 //!
 //! Shared by the text and JSON protocols. A line ends with `\n`; a `\r` before it is
 //! dropped. A line longer than the limit is never buffered whole: its bytes are thrown away
-//! as they arrive and one [`Line::TooLong`] is reported when its end is reached.
+//! as they arrive (at most the limit and a `\r` are held) and one [`Line::TooLong`] is
+//! reported when its end is reached.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -45,7 +46,9 @@ impl LineDecoder {
                 Some(Line::Complete(line.freeze()))
             }
             None => {
-                if buf.len() > self.max {
+                // A line of `max` bytes may still be waiting for the `\n` after its `\r`:
+                // only more than that is sure to be too long, whatever the reads' sizes.
+                if buf.len() > self.max.saturating_add(1) {
                     self.discarding = true;
                     buf.advance(buf.len());
                 }
@@ -94,6 +97,26 @@ mod tests {
             d.decode(&mut buf),
             Some(Line::Complete(Bytes::from_static(b"ok")))
         );
+    }
+
+    /// Found by the `line_decoder` fuzzer: a line of exactly the limit whose `\r` and `\n`
+    /// arrived in different reads was refused as too long.
+    #[test]
+    fn a_line_at_the_limit_is_complete_however_its_crlf_arrives() {
+        for split in 0..=6 {
+            let mut d = LineDecoder::new(4);
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for part in [&b"abcd\r\n"[..split], &b"abcd\r\n"[split..]] {
+                buf.extend_from_slice(part);
+                got.extend(std::iter::from_fn(|| d.decode(&mut buf)));
+            }
+            assert_eq!(
+                got,
+                vec![Line::Complete(Bytes::from_static(b"abcd"))],
+                "split at {split}"
+            );
+        }
     }
 
     #[test]
