@@ -12,7 +12,7 @@ use super::Session;
 use crate::files::Offer;
 use crate::hub::{Actor, ContactAction};
 use crate::outbound::{Style, Tag};
-use crate::store::{Page, Resolved};
+use crate::store::Page;
 
 impl Session {
     pub(super) async fn messaging_frame(&mut self, frame: Frame) {
@@ -334,18 +334,15 @@ impl Session {
             .collect())
     }
 
-    /// A page of a conversation the session's user belongs to.
-    pub(super) async fn history_page(
+    /// A `History` request's page, as `Event`s.
+    async fn history_page(
         &self,
         target: &[u8],
         mode: u8,
         value: u64,
         limit: u16,
     ) -> Result<Vec<Event>, ErrorKind> {
-        let Some((identity, _)) = &self.login else {
-            return Err(ErrorKind::NotLoggedIn);
-        };
-        let target = utf8(target)?.to_string();
+        let target = utf8(target)?;
         let value = value.min(i64::MAX as u64) as i64;
         let page = match mode {
             binary::page::LATEST => Page::Latest,
@@ -355,57 +352,20 @@ impl Session {
             binary::page::AFTER_TIME => Page::AfterTime(value),
             _ => return Err(ErrorKind::Malformed),
         };
-        let limit = match limit {
-            0 => 50,
-            n => usize::from(n),
-        }
-        .min(self.shared.config.max_history);
-        self.settle().await;
-        let reader = &self.shared.reader;
-        let conv = match reader.resolve(identity.user, target.clone()).await {
-            Ok(Resolved::Conv(conv)) => conv,
-            Ok(Resolved::Empty) => return Ok(Vec::new()),
-            Ok(Resolved::NotMember) => return Err(ErrorKind::NotMember),
-            Ok(Resolved::NotFound) => return Err(ErrorKind::UserNotFound),
-            Err(_) => return Err(ErrorKind::Internal),
-        };
-        let rows = reader
-            .page(conv, page, limit)
-            .await
-            .map_err(|_| ErrorKind::Internal)?;
-        let me = self
-            .login
-            .as_ref()
-            .map(|(_, n)| n.to_string())
-            .unwrap_or_default();
-        let (kind, to_room) = if target == "*" {
-            (binary::kind::BROADCAST, Some("*".to_string()))
-        } else if self.shared.hub.members(target.clone()).await.is_ok() {
-            (binary::kind::ROOM, Some(target.clone()))
-        } else {
-            (binary::kind::DIRECT, None)
-        };
-        Ok(rows
+        // 0 asks for the default count.
+        let limit = (limit != 0).then_some(usize::from(limit));
+        let messages = self.history(target, page, limit).await?;
+        Ok(messages
             .into_iter()
-            .map(|(m, _)| {
-                // In a direct conversation, the recipient is whichever of the two did not send.
-                let to = to_room.clone().unwrap_or_else(|| {
-                    if *m.sender == *me {
-                        target.clone()
-                    } else {
-                        me.clone()
-                    }
-                });
-                Event {
-                    id: m.id as u64,
-                    conversation: m.conv as u64,
-                    seq: m.seq as u64,
-                    kind,
-                    from: Bytes::copy_from_slice(m.sender.as_bytes()),
-                    to: Bytes::from(to),
-                    time: m.sent_at,
-                    message: m.body,
-                }
+            .map(|m| Event {
+                id: m.id as u64,
+                conversation: m.conv as u64,
+                seq: m.seq as u64,
+                kind: m.kind.code(),
+                from: Bytes::copy_from_slice(m.from.as_bytes()),
+                to: Bytes::from(m.to),
+                time: m.sent_at,
+                message: m.body,
             })
             .collect())
     }

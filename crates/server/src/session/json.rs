@@ -12,10 +12,11 @@ use parley_proto::json::{self, Value};
 use parley_proto::{text, validate_name, ErrorKind, Target};
 use serde::Serialize;
 
+use super::history::HistoryMessage;
 use super::{Flow, Session};
 use crate::files::{Offer, Progress};
 use crate::outbound::{json_error, Item, Tag};
-use crate::store::{Page, Resolved};
+use crate::store::Page;
 
 /// Messages LIST_MESSAGES shows (as seed 001 does).
 const RECENT: usize = 20;
@@ -337,8 +338,8 @@ impl Session {
                     (_, _, _, Some(ms)) => Page::AfterTime(ms),
                     _ => Page::Latest,
                 };
-                match self.json_history(target, request.limit, page).await {
-                    Ok(items) => (true, "History".into(), items),
+                match self.history(&target, page, request.limit).await {
+                    Ok(messages) => (true, "History".into(), history_items(messages)),
                     Err(kind) => (false, json_error(kind).into(), Value::from("")),
                 }
             }
@@ -603,74 +604,47 @@ impl Session {
 
     /// The last messages sent to everyone, as seed 001 formats them.
     async fn recent(&self) -> String {
-        self.settle().await;
-        let reader = &self.shared.reader;
-        let user = self.login.as_ref().map_or(0, |(identity, _)| identity.user);
-        let messages = match reader.resolve(user, "*".into()).await {
-            Ok(Resolved::Conv(conv)) => reader.latest(conv, RECENT).await.unwrap_or_default(),
-            _ => Vec::new(),
-        };
+        let messages = self.latest_broadcasts(RECENT).await;
         if messages.is_empty() {
             return "No messages yet".into();
         }
         let lines: Vec<String> = messages
             .iter()
-            .map(|(m, received_at)| {
-                let secs = received_at.div_euclid(1000).rem_euclid(86_400);
+            .map(|m| {
+                let secs = m.received_at.div_euclid(1000).rem_euclid(86_400);
                 let body = String::from_utf8_lossy(&m.body);
                 format!(
                     "[{:02}:{:02}:{:02}] {}: {}",
                     secs / 3600,
                     secs / 60 % 60,
                     secs % 60,
-                    m.sender,
+                    m.from,
                     text::one_line(&body)
                 )
             })
             .collect();
         lines.join("\n")
     }
+}
 
-    async fn json_history(
-        &self,
-        target: String,
-        limit: Option<usize>,
-        page: Page,
-    ) -> Result<Value, ErrorKind> {
-        let Some((identity, _)) = &self.login else {
-            return Err(ErrorKind::NotLoggedIn);
-        };
-        let limit = limit.unwrap_or(50).clamp(1, self.shared.config.max_history);
-        self.settle().await;
-        let reader = &self.shared.reader;
-        let conv = match reader.resolve(identity.user, target).await {
-            Ok(Resolved::Conv(conv)) => conv,
-            Ok(Resolved::Empty) => return Ok(Value::from(Vec::<Value>::new())),
-            Ok(Resolved::NotMember) => return Err(ErrorKind::NotMember),
-            Ok(Resolved::NotFound) => return Err(ErrorKind::UserNotFound),
-            Err(_) => return Err(ErrorKind::Internal),
-        };
-        let messages = reader
-            .page(conv, page, limit)
-            .await
-            .map_err(|_| ErrorKind::Internal)?;
-        let items: Vec<Value> = messages
-            .into_iter()
-            .map(|(m, received_at)| {
-                serde_json::to_value(HistoryItem {
-                    id: m.id,
-                    conversation: m.conv,
-                    seq: m.seq,
-                    from: &m.sender,
-                    text: &String::from_utf8_lossy(&m.body),
-                    time: m.sent_at,
-                    received_at: rfc3339_ms(received_at),
-                })
-                .unwrap_or(Value::Null)
+/// A history page as `HISTORY` answers it.
+fn history_items(messages: Vec<HistoryMessage>) -> Value {
+    let items: Vec<Value> = messages
+        .into_iter()
+        .map(|m| {
+            serde_json::to_value(HistoryItem {
+                id: m.id,
+                conversation: m.conv,
+                seq: m.seq,
+                from: &m.from,
+                text: &String::from_utf8_lossy(&m.body),
+                time: m.sent_at,
+                received_at: rfc3339_ms(m.received_at),
             })
-            .collect();
-        Ok(Value::from(items))
-    }
+            .unwrap_or(Value::Null)
+        })
+        .collect();
+    Value::from(items)
 }
 
 #[derive(Serialize)]

@@ -11,6 +11,7 @@ mod binary_messaging;
 mod contacts;
 mod conversations;
 mod files;
+mod history;
 mod json;
 mod text;
 mod websocket;

@@ -7,10 +7,7 @@ use parley_proto::{validate_name, ErrorKind, Target};
 
 use super::{Flow, Session};
 use crate::outbound::{slash_error, Item, Style, Tag};
-use crate::store::{Page, Resolved};
-
-/// Messages a `HISTORY` returns when no count is given.
-const DEFAULT_HISTORY: usize = 50;
+use crate::store::Page;
 
 impl Session {
     pub(super) async fn text_line(&mut self, line: Bytes) -> Flow {
@@ -235,7 +232,34 @@ impl Session {
                 target,
                 limit,
                 around,
-            } => self.history(target, limit, around).await,
+            } => {
+                let page = match around {
+                    None => Page::Latest,
+                    Some((true, seq)) => Page::BeforeSeq(seq),
+                    Some((false, seq)) => Page::AfterSeq(seq),
+                };
+                let out = match self.history(&target, page, limit).await {
+                    Ok(messages) => {
+                        let mut out = String::new();
+                        for m in messages {
+                            let text = String::from_utf8_lossy(&m.body);
+                            out.push_str(&format!(
+                                "HISTORY {} {} {} {} {}\n",
+                                target,
+                                m.seq,
+                                super::json::rfc3339_ms(m.received_at),
+                                m.from,
+                                text::one_line(&text)
+                            ));
+                        }
+                        out + "OK\n"
+                    }
+                    // The text protocol's word for a target that names nothing.
+                    Err(ErrorKind::UserNotFound) => "ERR not-found\n".to_string(),
+                    Err(kind) => format!("ERR {}\n", text::error_word(kind)),
+                };
+                self.say(Item::Bytes(Bytes::from(out))).await;
+            }
             TextCommand::Search { prefix } => {
                 let out = match self.search_users(&prefix, usize::MAX).await {
                     Ok(found) => {
@@ -430,48 +454,6 @@ impl Session {
             .leave(self.link.clone(), crate::hub::Actor::Guest, room.clone())
             .await;
         let _ = hub.join(self.link.clone(), self.actor(), room, None).await;
-    }
-
-    async fn history(&mut self, target: String, limit: Option<usize>, around: Option<(bool, i64)>) {
-        let Some((identity, _)) = &self.login else {
-            return;
-        };
-        let limit = limit
-            .unwrap_or(DEFAULT_HISTORY)
-            .min(self.shared.config.max_history);
-        let page = match around {
-            None => Page::Latest,
-            Some((true, seq)) => Page::BeforeSeq(seq),
-            Some((false, seq)) => Page::AfterSeq(seq),
-        };
-        self.settle().await;
-        let reader = &self.shared.reader;
-        let lines = match reader.resolve(identity.user, target.clone()).await {
-            Ok(Resolved::Conv(conv)) => match reader.page(conv, page, limit).await {
-                Ok(messages) => {
-                    let mut out = String::new();
-                    for (m, received_at) in messages {
-                        let text = String::from_utf8_lossy(&m.body);
-                        out.push_str(&format!(
-                            "HISTORY {} {} {} {} {}\n",
-                            target,
-                            m.seq,
-                            super::json::rfc3339_ms(received_at),
-                            m.sender,
-                            text::one_line(&text)
-                        ));
-                    }
-                    out.push_str("OK\n");
-                    out
-                }
-                Err(_) => "ERR internal-error\n".to_string(),
-            },
-            Ok(Resolved::Empty) => "OK\n".to_string(),
-            Ok(Resolved::NotMember) => "ERR not-a-member\n".to_string(),
-            Ok(Resolved::NotFound) => "ERR not-found\n".to_string(),
-            Err(_) => "ERR internal-error\n".to_string(),
-        };
-        self.say(Item::Bytes(Bytes::from(lines))).await;
     }
 }
 

@@ -112,7 +112,7 @@ pub struct UserRow {
 /// What a history target names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
-    Conv(ConvId),
+    Conv(ConvId, ConversationKind),
     /// A room the asking user is not a member of.
     NotMember,
     /// A user the asking user never talked with.
@@ -331,7 +331,7 @@ impl SqliteReader {
                 .optional()?;
             if let Some((conv, member)) = room {
                 return Ok(if member.is_some() {
-                    Resolved::Conv(conv)
+                    Resolved::Conv(conv, ConversationKind::Room)
                 } else {
                     Resolved::NotMember
                 });
@@ -341,7 +341,8 @@ impl SqliteReader {
                     .prepare_cached("SELECT id FROM conversations WHERE kind = ?1")?
                     .query_row([super::KIND_BROADCAST], |r| r.get(0))
                     .optional()?;
-                return Ok(conv.map_or(Resolved::NotFound, Resolved::Conv));
+                let broadcast = |conv| Resolved::Conv(conv, ConversationKind::Broadcast);
+                return Ok(conv.map_or(Resolved::NotFound, broadcast));
             }
             let other: Option<UserId> = conn
                 .prepare_cached("SELECT id FROM users WHERE name = ?1")?
@@ -356,18 +357,10 @@ impl SqliteReader {
                 )?
                 .query_row(params![user.min(other), user.max(other)], |r| r.get(0))
                 .optional()?;
-            Ok(conv.map_or(Resolved::Empty, Resolved::Conv))
+            let direct = |conv| Resolved::Conv(conv, ConversationKind::Direct);
+            Ok(conv.map_or(Resolved::Empty, direct))
         })
         .await
-    }
-
-    /// The last `limit` messages of `conv`, oldest first, with their receive times (ms).
-    pub async fn latest(
-        &self,
-        conv: ConvId,
-        limit: usize,
-    ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
-        self.page(conv, Page::Latest, limit).await
     }
 
     /// Users whose names start with `prefix`, sorted, at most `limit`.
