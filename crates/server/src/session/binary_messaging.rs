@@ -8,7 +8,8 @@ use parley_proto::{validate_name, ErrorKind, Reply, Target};
 use std::sync::atomic::Ordering;
 
 use super::binary::{reply, utf8};
-use super::Session;
+use super::presence::UserStatus;
+use super::{Session, Who};
 use crate::files::Offer;
 use crate::hub::{Actor, ContactAction};
 use crate::outbound::{Style, Tag};
@@ -29,28 +30,20 @@ impl Session {
                 return;
             }
             Frame::EnableAcks { .. } => self.enable_acks(),
-            Frame::Join { room, .. } => match self.room_name(&room) {
-                Ok(room) => {
-                    let (link, actor) = (self.link.clone(), self.member());
-                    match actor {
-                        Ok(actor) => self.shared.hub.join(link, actor, room, None).await,
-                        Err(kind) => Err(kind),
-                    }
-                }
+            Frame::Join { room, .. } => match name(&room) {
+                Ok(room) => self.join(&[room], None, Who::Members).await,
                 Err(kind) => Err(kind),
             },
-            Frame::Leave { room, .. } => match (self.room_name(&room), self.member()) {
-                (Ok(room), Ok(actor)) => {
-                    self.shared.hub.leave(self.link.clone(), actor, room).await
-                }
-                (Err(kind), _) | (_, Err(kind)) => Err(kind),
+            Frame::Leave { room, .. } => match name(&room) {
+                Ok(room) => self.leave(&[room], Who::Members).await,
+                Err(kind) => Err(kind),
             },
             Frame::SendRoom {
                 room,
                 message,
                 time,
                 ..
-            } => match self.room_name(&room) {
+            } => match name(&room).and_then(|room| self.room_name(&room)) {
                 Ok(room) => {
                     return self
                         .send_binary(cid, Target::Room(room), message, time)
@@ -80,7 +73,7 @@ impl Session {
                 return self.send_binary(cid, Target::Everyone, message, time).await
             }
             Frame::ListRooms { .. } => {
-                let rooms = self.shared.hub.rooms().await;
+                let rooms = self.rooms().await;
                 let rooms = rooms
                     .into_iter()
                     .map(|r| RoomEntry {
@@ -93,7 +86,7 @@ impl Session {
                 Ok(())
             }
             Frame::ListMembers { room, .. } => match utf8(&room) {
-                Ok(room) => match self.shared.hub.members(room.to_string()).await {
+                Ok(room) => match self.members(room).await {
                     Ok(list) => {
                         let members = list
                             .into_iter()
@@ -110,8 +103,9 @@ impl Session {
                 },
                 Err(kind) => Err(kind),
             },
-            Frame::ListUsers { .. } => match self.users_with_presence().await {
+            Frame::ListUsers { .. } => match self.users().await {
                 Ok(users) => {
+                    let users = users.into_iter().map(user_entry).collect();
                     self.send_frame(Frame::Users { cid, users }).await;
                     Ok(())
                 }
@@ -226,14 +220,7 @@ impl Session {
             Frame::Search { prefix, limit, .. } => match utf8(&prefix) {
                 Ok(prefix) => match self.search_users(prefix, usize::from(limit)).await {
                     Ok(found) => {
-                        let users = found
-                            .into_iter()
-                            .map(|u| UserEntry {
-                                name: Bytes::from(u.name),
-                                online: u.online,
-                                last_seen: u.last_seen.max(0) as u64,
-                            })
-                            .collect();
+                        let users = found.into_iter().map(user_entry).collect();
                         self.send_frame(Frame::Users { cid, users }).await;
                         Ok(())
                     }
@@ -287,12 +274,6 @@ impl Session {
         }
     }
 
-    fn room_name(&self, room: &[u8]) -> Result<String, ErrorKind> {
-        validate_name(room, self.shared.config.max_name_bytes)
-            .map(str::to_string)
-            .map_err(|_| ErrorKind::InvalidName)
-    }
-
     /// From now on this session's pushes are `Event` frames and its cursor moves on acks.
     pub(super) fn enable_acks(&mut self) -> Result<(), ErrorKind> {
         self.link.acks.store(true, Ordering::Relaxed);
@@ -313,25 +294,6 @@ impl Session {
         self.acquire_inflight().await;
         let hub = &self.shared.hub;
         hub.send(self.link.clone(), actor, to, message, time, Tag::Cid(cid));
-    }
-
-    /// Every user with whether they are online and when they were last seen.
-    pub(super) async fn users_with_presence(&self) -> Result<Vec<UserEntry>, ErrorKind> {
-        let online = self.shared.hub.who().await.users;
-        let users = self
-            .shared
-            .reader
-            .users()
-            .await
-            .map_err(|_| ErrorKind::Internal)?;
-        Ok(users
-            .into_iter()
-            .map(|u| UserEntry {
-                online: online.iter().any(|o| **o == *u.name),
-                name: Bytes::from(u.name),
-                last_seen: u.last_seen.unwrap_or(0).max(0) as u64,
-            })
-            .collect())
     }
 
     /// A `History` request's page, as `Event`s.
@@ -369,4 +331,18 @@ impl Session {
             })
             .collect())
     }
+}
+
+/// A user as `Users` frames list them.
+fn user_entry(u: UserStatus) -> UserEntry {
+    UserEntry {
+        name: Bytes::from(u.name),
+        online: u.online,
+        last_seen: u.last_seen.max(0) as u64,
+    }
+}
+
+/// A name sent as bytes: one that is not UTF-8 breaks the name rules.
+fn name(bytes: &[u8]) -> Result<String, ErrorKind> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| ErrorKind::InvalidName)
 }

@@ -2,6 +2,7 @@
 
 use parley_proto::{validate_name, ErrorKind};
 
+use super::presence::UserStatus;
 use super::Session;
 use crate::hub::ContactAction;
 use crate::store::ContactState;
@@ -15,26 +16,19 @@ pub(super) struct Contact {
     pub last_seen: i64,
 }
 
-/// A user found by a search.
-pub(super) struct Found {
-    pub name: String,
-    pub online: bool,
-    pub last_seen: i64,
-}
-
 impl Session {
     pub(super) async fn search_users(
         &self,
         prefix: &str,
         limit: usize,
-    ) -> Result<Vec<Found>, ErrorKind> {
+    ) -> Result<Vec<UserStatus>, ErrorKind> {
         let limit = limit.clamp(1, self.shared.config.max_search_results);
         let found = self.shared.reader.search(prefix.to_string(), limit).await;
         let found = found.map_err(|_| ErrorKind::Internal)?;
-        let online = self.shared.hub.who().await.users;
+        let online = self.who().await.users;
         Ok(found
             .into_iter()
-            .map(|u| Found {
+            .map(|u| UserStatus {
                 online: online.iter().any(|o| **o == *u.name),
                 name: u.name,
                 last_seen: u.last_seen.unwrap_or(0),
@@ -66,7 +60,7 @@ impl Session {
         self.settle().await;
         let list = self.shared.reader.contacts(identity.user).await;
         let list = list.map_err(|_| ErrorKind::Internal)?;
-        let online = self.shared.hub.who().await.users;
+        let online = self.who().await.users;
         Ok(list
             .into_iter()
             .map(|(name, state, seen)| Contact {

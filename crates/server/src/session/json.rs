@@ -13,7 +13,7 @@ use parley_proto::{text, validate_name, ErrorKind, Target};
 use serde::Serialize;
 
 use super::history::HistoryMessage;
-use super::{Flow, Session};
+use super::{Flow, Session, Who};
 use crate::files::{Offer, Progress};
 use crate::outbound::{json_error, Item, Tag};
 use crate::store::Page;
@@ -259,7 +259,7 @@ impl Session {
             }
             // Room commands need a login: an anonymous JSON session must never be pushed
             // room traffic it did not subscribe to.
-            "SAY" | "JOIN" | "LEAVE" if self.login.is_none() => (
+            "SAY" if self.login.is_none() => (
                 false,
                 json_error(ErrorKind::NotLoggedIn).into(),
                 Value::from(""),
@@ -271,7 +271,7 @@ impl Session {
                 return Flow::Continue;
             }
             "LIST_USERS" | "WHO" => {
-                let presence = self.shared.hub.who().await;
+                let presence = self.who().await;
                 let mut names: Vec<String> = presence.users.iter().map(|u| u.to_string()).collect();
                 names.extend(std::iter::repeat_n(
                     crate::hub::ANONYMOUS.to_string(),
@@ -293,20 +293,12 @@ impl Session {
                     .rooms
                     .or(request.room.map(|r| vec![r]))
                     .unwrap_or_else(|| vec![request.data.clone()]);
-                let mut result = Ok(());
-                for room in rooms {
-                    let hub = &self.shared.hub;
-                    result = if !name_ok(&room) {
-                        Err(ErrorKind::InvalidName)
-                    } else if command == "JOIN" {
-                        hub.join(self.link.clone(), self.actor(), room, None).await
-                    } else {
-                        hub.leave(self.link.clone(), self.actor(), room).await
-                    };
-                    if result.is_err() {
-                        break;
-                    }
-                }
+                // Room commands need a login: an anonymous JSON session must never be
+                // pushed room traffic it did not subscribe to.
+                let result = match command.as_str() {
+                    "JOIN" => self.join(&rooms, None, Who::Members).await,
+                    _ => self.leave(&rooms, Who::Members).await,
+                };
                 match result {
                     Ok(()) if command == "JOIN" => (true, "Joined".into(), Value::from("")),
                     Ok(()) => (true, "Left".into(), Value::from("")),
@@ -315,8 +307,6 @@ impl Session {
             }
             "ROOMS" => {
                 let rooms: Vec<Value> = self
-                    .shared
-                    .hub
                     .rooms()
                     .await
                     .into_iter()
@@ -455,13 +445,13 @@ impl Session {
                 }
                 Err(kind) => (false, json_error(kind).into(), Value::from("")),
             },
-            "USERS" => match self.users_with_presence().await {
+            "USERS" => match self.users().await {
                 Ok(users) => {
                     let users: Vec<Value> = users
                         .into_iter()
                         .map(|u| {
                             serde_json::json!({
-                                "name": String::from_utf8_lossy(&u.name),
+                                "name": u.name,
                                 "online": u.online,
                                 "last_seen": (u.last_seen > 0).then_some(u.last_seen),
                             })
@@ -473,7 +463,7 @@ impl Session {
             },
             "MEMBERS" => {
                 let room = request.room.clone().unwrap_or(request.data.clone());
-                match self.shared.hub.members(room).await {
+                match self.members(&room).await {
                     Ok(members) => {
                         let members: Vec<Value> = members
                             .into_iter()

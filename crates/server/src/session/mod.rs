@@ -13,6 +13,8 @@ mod conversations;
 mod files;
 mod history;
 mod json;
+mod presence;
+mod rooms;
 mod text;
 mod websocket;
 
@@ -63,6 +65,15 @@ pub struct Shared {
     pub seats: tokio::sync::Semaphore,
     /// Metrics and the server's phase.
     pub monitor: Arc<crate::monitor::Monitor>,
+}
+
+/// Who may make a request: everyone, or only a logged-in session. Before any login, seed
+/// 004's slash commands and seed 001's `MESSAGE` act as the anonymous user; every other
+/// request needs a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Members,
+    Anyone,
 }
 
 /// Whether the connection goes on after a request.
@@ -323,6 +334,15 @@ impl Session {
         match &self.login {
             Some((identity, _)) => Actor::Member(*identity),
             None => Actor::Guest,
+        }
+    }
+
+    /// Who the session acts as for a request that `who` may make.
+    fn acting(&self, who: Who) -> Result<Actor, ErrorKind> {
+        match (&self.login, who) {
+            (Some((identity, _)), _) => Ok(Actor::Member(*identity)),
+            (None, Who::Anyone) => Ok(Actor::Guest),
+            (None, Who::Members) => Err(ErrorKind::NotLoggedIn),
         }
     }
 

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use parley_proto::text::{self, TextCommand};
 use parley_proto::{validate_name, ErrorKind, Target};
 
-use super::{Flow, Session};
+use super::{Flow, Session, Who};
 use crate::outbound::{slash_error, Item, Style, Tag};
 use crate::store::Page;
 
@@ -122,7 +122,7 @@ impl Session {
                 }
             }
             TextCommand::Who => {
-                let presence = self.shared.hub.who().await;
+                let presence = self.who().await;
                 let mut out = String::new();
                 for user in &presence.users {
                     out.push_str("USER ");
@@ -190,36 +190,16 @@ impl Session {
                 self.send_text(Target::Room(room), text, Tag::Line).await;
             }
             TextCommand::Join { rooms } => {
-                let mut result = Ok(());
-                for room in rooms {
-                    result = match self.name_ok(&room) {
-                        None => Err(ErrorKind::InvalidName),
-                        Some(room) => {
-                            let hub = &self.shared.hub;
-                            hub.join(self.link.clone(), self.actor(), room.into(), None)
-                                .await
-                        }
-                    };
-                    if result.is_err() {
-                        break;
-                    }
-                }
+                let result = self.join(&rooms, None, Who::Members).await;
                 self.say_result(result).await;
             }
             TextCommand::Leave { rooms } => {
-                let mut result = Ok(());
-                for room in rooms {
-                    let hub = &self.shared.hub;
-                    result = hub.leave(self.link.clone(), self.actor(), room).await;
-                    if result.is_err() {
-                        break;
-                    }
-                }
+                let result = self.leave(&rooms, Who::Members).await;
                 self.say_result(result).await;
             }
             TextCommand::Rooms => {
                 let mut out = String::new();
-                for room in self.shared.hub.rooms().await {
+                for room in self.rooms().await {
                     out.push_str(&format!(
                         "ROOM {} {} {}\n",
                         room.name, room.members, room.online
@@ -301,15 +281,15 @@ impl Session {
             }
             TextCommand::Users => {
                 let mut out = String::new();
-                match self.users_with_presence().await {
+                match self.users().await {
                     Ok(users) => {
                         for u in users {
                             let seen = match u.last_seen {
-                                0 => "-".to_string(),
-                                ms => super::json::rfc3339_ms(ms as i64),
+                                ..=0 => "-".to_string(),
+                                ms => super::json::rfc3339_ms(ms),
                             };
                             let state = if u.online { "online" } else { "offline" };
-                            let name = String::from_utf8_lossy(&u.name);
+                            let name = u.name;
                             out.push_str(&format!("PRESENCE {name} {state} {seen}\n"));
                         }
                         out.push_str("OK\n");
@@ -319,7 +299,7 @@ impl Session {
                 self.say(Item::Bytes(Bytes::from(out))).await;
             }
             TextCommand::Members { room } => {
-                let out = match self.shared.hub.members(room).await {
+                let out = match self.members(&room).await {
                     Ok(members) => {
                         let mut out = String::new();
                         for (name, online) in members {
@@ -345,7 +325,9 @@ impl Session {
                         let welcome = super::line(format!("> all right, I will call you {nick}"));
                         match self.login(nick, Some(welcome)).await {
                             Ok(()) => {
-                                self.become_member().await;
+                                if let Some(room) = self.room.clone() {
+                                    self.guest_becomes_member(room).await;
+                                }
                                 return Flow::Continue;
                             }
                             Err(kind) => format!("err: {}", slash_error(kind)),
@@ -355,29 +337,20 @@ impl Session {
                 self.say_line(line).await;
             }
             TextCommand::SlashJoin { room } => {
-                let line = match self.name_ok(&room) {
-                    None => format!("err: {}", slash_error(ErrorKind::InvalidName)),
-                    Some(room) => {
-                        let hub = &self.shared.hub;
-                        let leave = self.room.clone();
-                        match hub
-                            .join(self.link.clone(), self.actor(), room.into(), leave)
-                            .await
-                        {
-                            Ok(()) => {
-                                self.room = Some(room.to_string());
-                                format!("> welcome to {room}")
-                            }
-                            Err(kind) => format!("err: {}", slash_error(kind)),
-                        }
+                let rooms = std::slice::from_ref(&room);
+                let leave = self.room.clone();
+                let line = match self.join(rooms, leave, Who::Anyone).await {
+                    Ok(()) => {
+                        let line = format!("> welcome to {room}");
+                        self.room = Some(room);
+                        line
                     }
+                    Err(kind) => format!("err: {}", slash_error(kind)),
                 };
                 self.say_line(line).await;
             }
             TextCommand::SlashRooms => {
                 let names: Vec<String> = self
-                    .shared
-                    .hub
                     .rooms()
                     .await
                     .iter()
@@ -395,11 +368,7 @@ impl Session {
             },
             TextCommand::SlashQuit => {
                 if let Some(room) = self.room.take() {
-                    let _ = self
-                        .shared
-                        .hub
-                        .leave(self.link.clone(), self.actor(), room)
-                        .await;
+                    let _ = self.leave(&[room], Who::Anyone).await;
                 }
                 self.say_line("> sad to see you go =(".into()).await;
                 return Flow::Close("quit".into());
@@ -442,18 +411,6 @@ impl Session {
             Err(kind) => format!("ERR {}", text::error_word(kind)),
         };
         self.say_line(line).await;
-    }
-
-    /// After `/nick`, an anonymous user in a room becomes a member of it under the nick.
-    async fn become_member(&mut self) {
-        let Some(room) = self.room.clone() else {
-            return;
-        };
-        let hub = &self.shared.hub;
-        let _ = hub
-            .leave(self.link.clone(), crate::hub::Actor::Guest, room.clone())
-            .await;
-        let _ = hub.join(self.link.clone(), self.actor(), room, None).await;
     }
 }
 

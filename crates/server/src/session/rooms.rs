@@ -1,0 +1,64 @@
+//! Rooms, the same for every protocol: joining, leaving, listing rooms and their members.
+
+use parley_proto::{validate_name, ErrorKind};
+
+use super::{Session, Who};
+use crate::hub::{Actor, MemberList, RoomInfo};
+
+impl Session {
+    /// Joins each of `rooms` in turn (creating it), after leaving `leave` if given (seed
+    /// 004: one room at a time); stops at the first refusal.
+    pub(super) async fn join(
+        &mut self,
+        rooms: &[String],
+        mut leave: Option<String>,
+        who: Who,
+    ) -> Result<(), ErrorKind> {
+        let actor = self.acting(who)?;
+        for room in rooms {
+            let room = self.room_name(room)?;
+            let hub = &self.shared.hub;
+            hub.join(self.link.clone(), actor, room, leave.take())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Leaves each of `rooms` in turn; stops at the first refusal.
+    pub(super) async fn leave(&mut self, rooms: &[String], who: Who) -> Result<(), ErrorKind> {
+        let actor = self.acting(who)?;
+        for room in rooms {
+            let room = self.room_name(room)?;
+            let hub = &self.shared.hub;
+            hub.leave(self.link.clone(), actor, room).await?;
+        }
+        Ok(())
+    }
+
+    /// After `/nick`, an anonymous user in a room (seed 004) becomes a member of it under
+    /// the nick.
+    pub(super) async fn guest_becomes_member(&mut self, room: String) {
+        let hub = &self.shared.hub;
+        let _ = hub
+            .leave(self.link.clone(), Actor::Guest, room.clone())
+            .await;
+        let _ = hub.join(self.link.clone(), self.actor(), room, None).await;
+    }
+
+    /// Every room, sorted by name, with its member counts.
+    pub(super) async fn rooms(&self) -> Vec<RoomInfo> {
+        self.shared.hub.rooms().await
+    }
+
+    /// A room's members, sorted, each with whether they are online.
+    pub(super) async fn members(&self, room: &str) -> Result<MemberList, ErrorKind> {
+        self.shared.hub.members(room.to_string()).await
+    }
+
+    /// A room name that follows the name rules.
+    pub(super) fn room_name(&self, room: &str) -> Result<String, ErrorKind> {
+        validate_name(room.as_bytes(), self.shared.config.max_name_bytes)
+            .map(str::to_string)
+            .map_err(|_| ErrorKind::InvalidName)
+    }
+}
