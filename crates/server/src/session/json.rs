@@ -8,21 +8,29 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use bytes::Bytes;
-use parley_proto::json::{self, Value};
+use parley_proto::json::{self, Command, Value};
 use parley_proto::{text, validate_name, ErrorKind, Target};
 use serde::Serialize;
+use serde_json::json;
 
 use super::history::HistoryMessage;
 use super::{Flow, Session, Who};
 use crate::files::{Offer, Progress};
+use crate::hub::ContactAction;
 use crate::outbound::{json_error, Item, Tag};
 use crate::store::Page;
 
 /// Messages LIST_MESSAGES shows (as seed 001 does).
 const RECENT: usize = 20;
 
+/// A request's id, shared by its response and anything queued for it.
+type Id = Option<Arc<Value>>;
+
+/// What a request answers when it succeeds: the response's `message` and `data`.
+type Answer = Result<(String, Value), ErrorKind>;
+
 /// One response line, ready to queue.
-fn json_line(success: bool, message: &str, data: Value, id: Option<Arc<Value>>) -> Item {
+fn json_line(success: bool, message: &str, data: Value, id: Id) -> Item {
     let mut out = Vec::new();
     json::encode_response(success, message, &data, id.as_deref(), &mut out);
     Item::Bytes(Bytes::from(out))
@@ -33,6 +41,11 @@ pub(super) fn welcome() -> Bytes {
     let mut out = Vec::new();
     json::encode_response(true, json::WELCOME, &Value::from(""), None, &mut out);
     Bytes::from(out)
+}
+
+/// A success with an empty `data`.
+fn done(message: impl Into<String>) -> Answer {
+    Ok((message.into(), Value::from("")))
 }
 
 impl Session {
@@ -47,451 +60,263 @@ impl Session {
             Ok(request) => request,
             Err(_) => return self.json_error(None, ErrorKind::Malformed).await,
         };
-        let id = request.id.clone().map(Arc::new);
-        let command = request.command.to_ascii_uppercase();
+        let id = request.id.map(Arc::new);
         let logged_in = self.login.is_some();
         let max_name = self.shared.config.max_name_bytes;
-        match command.as_str() {
+        match request.command {
             // The hot paths, not boxed: a box as large as the biggest command's state,
             // allocated and freed for every message, costs more than the message's own
             // work in the session. The rest is boxed, so idle sessions stay small.
-            "MESSAGE" => {
-                self.json_send(Target::Everyone, request.data, "Message broadcasted", id)
+            Command::Message { data } => {
+                self.json_send(Target::Everyone, data, "Message broadcasted", id)
                     .await
             }
-            "DM" if logged_in
-                && request.recipients.is_none()
-                && request
-                    .to
-                    .as_deref()
-                    .is_some_and(|to| validate_name(to.as_bytes(), max_name).is_ok()) =>
-            {
-                let to = Target::User(request.to.unwrap_or_default());
-                self.json_send(to, request.data, "Message sent", id).await
+            Command::Dm {
+                to: Some(to),
+                recipients: None,
+                data,
+            } if logged_in && validate_name(to.as_bytes(), max_name).is_ok() => {
+                self.json_send(Target::User(to), data, "Message sent", id)
+                    .await
             }
-            "SAY" if logged_in => {
-                let room = Target::Room(request.room.unwrap_or_default());
-                self.json_send(room, request.data, "Message sent", id).await
+            Command::Say { room, data } if logged_in => {
+                let room = Target::Room(room.unwrap_or_default());
+                self.json_send(room, data, "Message sent", id).await
             }
-            _ => return Box::pin(self.json_request(request, command, id)).await,
+            command => return Box::pin(self.json_request(command, id)).await,
         }
         Flow::Continue
     }
 
     /// Every request but the hot paths of `json_line`.
-    async fn json_request(
-        &mut self,
-        request: json::Request,
-        command: String,
-        id: Option<Arc<Value>>,
-    ) -> Flow {
-        let max_name = self.shared.config.max_name_bytes;
-        let name_ok = |name: &str| validate_name(name.as_bytes(), max_name).is_ok();
-        let (success, message, data): (bool, String, Value) = match command.as_str() {
-            "ECHO" => (true, "Echo response".into(), Value::from(request.data)),
-            "TIME" => (true, "Server time".into(), Value::from(rfc3339_now())),
-            "PING" => (true, "PONG".into(), Value::from("")),
-            "QUIT" => {
+    async fn json_request(&mut self, command: Command, id: Id) -> Flow {
+        let answer: Answer = match command {
+            Command::Echo { data } => Ok(("Echo response".into(), Value::from(data))),
+            Command::Time => Ok(("Server time".into(), Value::from(rfc3339_now()))),
+            Command::Ping => done("PONG"),
+            Command::Help => Ok(("Commands".into(), Value::from(HELP.to_vec()))),
+            Command::Quit => {
                 self.json_reply(true, "Goodbye!", Value::from(""), id).await;
                 return Flow::Close("quit".into());
             }
-            "REGISTER" | "LOGIN" if request.password.is_some() => {
-                let name = request.data.trim().to_string();
-                let password = request.password.clone().unwrap_or_default();
-                if command == "REGISTER" {
-                    match self.register(&name, &password).await {
-                        Ok(()) => (true, format!("Account {name} created"), Value::from("")),
-                        Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                    }
-                } else {
-                    let device = request.device.clone().unwrap_or_default();
-                    let welcome = (!request.want_token).then(|| {
-                        json_line(
-                            true,
-                            &format!("Welcome, {name}!"),
-                            Value::from(""),
-                            id.clone(),
-                        )
-                    });
-                    match self
-                        .password_login(&name, &password, &device, welcome)
-                        .await
-                    {
-                        Ok(()) if !request.want_token => return Flow::Continue,
-                        Ok(()) if request.want_token => match self.issue_token().await {
-                            Ok((token, expires_at)) => (
-                                true,
-                                format!("Welcome, {name}!"),
-                                serde_json::json!({"token": token, "expires_at": expires_at}),
-                            ),
-                            Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                        },
-                        Ok(()) => (true, format!("Welcome, {name}!"), Value::from("")),
-                        Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                    }
+            Command::Register {
+                data,
+                password: Some(password),
+            } => {
+                let name = data.trim();
+                let created = self.register(name, &password).await;
+                created.map(|()| (format!("Account {name} created"), Value::from("")))
+            }
+            Command::Login {
+                data,
+                password: Some(password),
+                device,
+                want_token,
+            } => {
+                let name = data.trim();
+                let message = format!("Welcome, {name}!");
+                let device = device.unwrap_or_default();
+                // With a token asked for, the answer carries it: it comes after the login.
+                let welcome =
+                    (!want_token).then(|| json_line(true, &message, Value::from(""), id.clone()));
+                match self.password_login(name, &password, &device, welcome).await {
+                    Ok(()) if !want_token => return Flow::Continue,
+                    Ok(()) => self.issue_token().await.map(|(token, expires_at)| {
+                        (message, json!({"token": token, "expires_at": expires_at}))
+                    }),
+                    Err(kind) => Err(kind),
                 }
             }
-            "REGISTER" | "LOGIN" => {
-                let name = request.data.trim();
-                if !name_ok(name) {
-                    (
-                        false,
-                        json_error(ErrorKind::InvalidName).into(),
-                        Value::from(""),
-                    )
+            // Seed 001: a name for this connection, no password.
+            Command::Register { data, .. } | Command::Login { data, .. } => {
+                let name = data.trim();
+                let max_name = self.shared.config.max_name_bytes;
+                if validate_name(name.as_bytes(), max_name).is_err() {
+                    Err(ErrorKind::InvalidName)
                 } else if let Some((_, current)) = &self.login {
-                    (
-                        false,
-                        format!("Already registered as {current}"),
-                        Value::from(""),
-                    )
+                    let message = format!("Already registered as {current}");
+                    self.json_reply(false, &message, Value::from(""), id).await;
+                    return Flow::Continue;
                 } else {
                     let message = format!("Registration successful. Welcome, {name}!");
                     let welcome = json_line(true, &message, Value::from(""), id.clone());
                     match self.login(name, Some(welcome)).await {
                         Ok(()) => return Flow::Continue,
-                        Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                        Err(kind) => Err(kind),
                     }
                 }
             }
-            // STATE is seed 003's name for a token login.
-            "RESUME" | "STATE" => match self
-                .token_login(request.token.as_deref().unwrap_or(""), |name| {
+            Command::Resume { token } => {
+                let welcome = |name: &str| {
                     let message = format!("Welcome back, {name}!");
                     Some(json_line(true, &message, Value::from(name), id.clone()))
-                })
-                .await
-            {
-                Ok(_) => return Flow::Continue,
-                Err(kind) => (false, json_error(kind).into(), Value::from("")),
-            },
-            "TOKEN" => match self.issue_token().await {
-                Ok((token, expires_at)) => (
-                    true,
-                    "Token issued".into(),
-                    serde_json::json!({"token": token, "expires_at": expires_at}),
-                ),
-                Err(kind) => (false, json_error(kind).into(), Value::from("")),
-            },
-            "PASSWD" => {
-                let old = request.password.as_deref().unwrap_or("");
-                let new = request.new_password.as_deref().unwrap_or("");
-                match self.change_password(old, new).await {
-                    Ok(()) => (true, "Password changed".into(), Value::from("")),
-                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                };
+                match self
+                    .token_login(token.as_deref().unwrap_or(""), welcome)
+                    .await
+                {
+                    Ok(_) => return Flow::Continue,
+                    Err(kind) => Err(kind),
                 }
             }
-            "LOGOUT" => match self.logout(request.all).await {
+            Command::Token => self.issue_token().await.map(|(token, expires_at)| {
+                let data = json!({"token": token, "expires_at": expires_at});
+                ("Token issued".into(), data)
+            }),
+            Command::Passwd {
+                password,
+                new_password,
+            } => {
+                let (old, new) = (
+                    password.unwrap_or_default(),
+                    new_password.unwrap_or_default(),
+                );
+                let changed = self.change_password(&old, &new).await;
+                changed.and_then(|()| done("Password changed"))
+            }
+            Command::Logout { all } => match self.logout(all).await {
                 Ok(()) => {
                     self.json_reply(true, "Logged out", Value::from(""), id)
                         .await;
                     return Flow::Close("logged out".into());
                 }
-                Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                Err(kind) => Err(kind),
             },
-            "PROFILE" => {
-                let name = request.target.clone().unwrap_or(request.data.clone());
-                match self.get_profile(&name).await {
-                    Ok(p) => (
-                        true,
-                        "Profile".into(),
-                        serde_json::json!({
-                            "name": p.name,
-                            "display_name": p.display_name,
-                            "avatar": p.avatar.map(|a| BASE64.encode(a)),
-                        }),
-                    ),
-                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                }
+            Command::Profile { target, data } => {
+                let profile = self.get_profile(&target.unwrap_or(data)).await;
+                profile.map(|p| {
+                    let avatar = p.avatar.map(|a| BASE64.encode(a));
+                    let data = json!({
+                        "name": p.name,
+                        "display_name": p.display_name,
+                        "avatar": avatar,
+                    });
+                    ("Profile".into(), data)
+                })
             }
-            "SET_PROFILE" => {
-                let avatar = match request.avatar.as_deref().map(|a| BASE64.decode(a)) {
-                    Some(Ok(bytes)) => Ok(Some(bytes)),
-                    Some(Err(_)) => Err(ErrorKind::Malformed),
-                    None => Ok(None),
-                };
-                let result = match avatar {
-                    Ok(avatar) => self.set_profile(request.display_name.clone(), avatar).await,
-                    Err(kind) => Err(kind),
-                };
-                match result {
-                    Ok(()) => (true, "Profile saved".into(), Value::from("")),
-                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
+            Command::SetProfile {
+                display_name,
+                avatar,
+            } => match avatar.map(|a| BASE64.decode(a)).transpose() {
+                Ok(avatar) => {
+                    let saved = self.set_profile(display_name, avatar).await;
+                    saved.and_then(|()| done("Profile saved"))
                 }
-            }
-            "MESSAGE" => {
-                self.json_send(Target::Everyone, request.data, "Message broadcasted", id)
+                Err(_) => Err(ErrorKind::Malformed),
+            },
+            Command::Message { data } => {
+                self.json_send(Target::Everyone, data, "Message broadcasted", id)
                     .await;
                 return Flow::Continue;
             }
-            "DM" if request.recipients.is_some() && self.login.is_some() => {
-                let names = request.recipients.clone().unwrap_or_default();
-                if names.iter().all(|n| name_ok(n)) && !names.is_empty() {
-                    let to = Target::Users(names);
-                    self.json_send(to, request.data, "Message sent", id).await;
-                    return Flow::Continue;
-                }
-                (
-                    false,
-                    json_error(ErrorKind::UserNotFound).into(),
-                    Value::from(""),
-                )
-            }
-            "DM" => {
-                let to = request.to.unwrap_or_default();
-                if self.login.is_none() {
-                    (
-                        false,
-                        json_error(ErrorKind::NotLoggedIn).into(),
-                        Value::from(""),
-                    )
-                } else if !name_ok(&to) {
-                    (
-                        false,
-                        json_error(ErrorKind::UserNotFound).into(),
-                        Value::from(""),
-                    )
-                } else {
-                    self.json_send(Target::User(to), request.data, "Message sent", id)
-                        .await;
-                    return Flow::Continue;
+            Command::Dm {
+                to,
+                recipients,
+                data,
+            } => {
+                let max_name = self.shared.config.max_name_bytes;
+                let name_ok = |name: &String| validate_name(name.as_bytes(), max_name).is_ok();
+                let to = match (recipients, to) {
+                    _ if self.login.is_none() => Err(ErrorKind::NotLoggedIn),
+                    (Some(names), _) if !names.is_empty() && names.iter().all(name_ok) => {
+                        Ok(Target::Users(names))
+                    }
+                    (Some(_), _) => Err(ErrorKind::UserNotFound),
+                    (None, to) => match to.unwrap_or_default() {
+                        to if name_ok(&to) => Ok(Target::User(to)),
+                        _ => Err(ErrorKind::UserNotFound),
+                    },
+                };
+                match to {
+                    Ok(to) => {
+                        self.json_send(to, data, "Message sent", id).await;
+                        return Flow::Continue;
+                    }
+                    Err(kind) => Err(kind),
                 }
             }
             // Room commands need a login: an anonymous JSON session must never be pushed
             // room traffic it did not subscribe to.
-            "SAY" if self.login.is_none() => (
-                false,
-                json_error(ErrorKind::NotLoggedIn).into(),
-                Value::from(""),
-            ),
-            "SAY" => {
-                let room = request.room.unwrap_or_default();
-                self.json_send(Target::Room(room), request.data, "Message sent", id)
-                    .await;
+            Command::Say { .. } if self.login.is_none() => Err(ErrorKind::NotLoggedIn),
+            Command::Say { room, data } => {
+                let room = Target::Room(room.unwrap_or_default());
+                self.json_send(room, data, "Message sent", id).await;
                 return Flow::Continue;
             }
-            "LIST_USERS" | "WHO" => {
+            Command::Join { rooms, room, data } => {
+                let rooms = rooms.or(room.map(|r| vec![r])).unwrap_or(vec![data]);
+                let joined = self.join(&rooms, None, Who::Members).await;
+                joined.and_then(|()| done("Joined"))
+            }
+            Command::Leave { rooms, room, data } => {
+                let rooms = rooms.or(room.map(|r| vec![r])).unwrap_or(vec![data]);
+                let left = self.leave(&rooms, Who::Members).await;
+                left.and_then(|()| done("Left"))
+            }
+            Command::Rooms => {
+                let rooms: Vec<Value> = (self.rooms().await.into_iter())
+                    .map(|r| json!({"name": &*r.name, "members": r.members, "online": r.online}))
+                    .collect();
+                Ok(("Rooms".into(), Value::from(rooms)))
+            }
+            Command::Members { room, data } => {
+                let members = self.members(&room.unwrap_or(data)).await;
+                members.map(|members| {
+                    let members: Vec<Value> = (members.into_iter())
+                        .map(|(name, online)| json!({"name": &*name, "online": online}))
+                        .collect();
+                    ("Members".into(), Value::from(members))
+                })
+            }
+            Command::ListUsers | Command::Who => {
                 let presence = self.who().await;
                 let mut names: Vec<String> = presence.users.iter().map(|u| u.to_string()).collect();
                 names.extend(std::iter::repeat_n(
                     crate::hub::ANONYMOUS.to_string(),
                     presence.anonymous,
                 ));
-                if command == "WHO" {
-                    (true, "Online users".into(), Value::from(names))
-                } else {
-                    (true, "Online users".into(), Value::from(names.join(", ")))
-                }
-            }
-            "LIST_MESSAGES" => (
-                true,
-                "Recent messages".into(),
-                Value::from(self.recent().await),
-            ),
-            "JOIN" | "LEAVE" => {
-                let rooms = request
-                    .rooms
-                    .or(request.room.map(|r| vec![r]))
-                    .unwrap_or_else(|| vec![request.data.clone()]);
-                // Room commands need a login: an anonymous JSON session must never be
-                // pushed room traffic it did not subscribe to.
-                let result = match command.as_str() {
-                    "JOIN" => self.join(&rooms, None, Who::Members).await,
-                    _ => self.leave(&rooms, Who::Members).await,
+                let names = match command {
+                    Command::Who => Value::from(names),
+                    _ => Value::from(names.join(", ")),
                 };
-                match result {
-                    Ok(()) if command == "JOIN" => (true, "Joined".into(), Value::from("")),
-                    Ok(()) => (true, "Left".into(), Value::from("")),
-                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                }
+                Ok(("Online users".into(), names))
             }
-            "ROOMS" => {
-                let rooms: Vec<Value> = self
-                    .rooms()
-                    .await
-                    .into_iter()
-                    .map(|r| serde_json::json!({"name": &*r.name, "members": r.members, "online": r.online}))
+            Command::Users => self.users().await.map(|users| {
+                let users: Vec<Value> = (users.into_iter())
+                    .map(|u| {
+                        json!({
+                            "name": u.name,
+                            "online": u.online,
+                            "last_seen": (u.last_seen > 0).then_some(u.last_seen),
+                        })
+                    })
                     .collect();
-                (true, "Rooms".into(), Value::from(rooms))
+                ("Users".into(), Value::from(users))
+            }),
+            Command::ListMessages => {
+                Ok(("Recent messages".into(), Value::from(self.recent().await)))
             }
-            "HISTORY" => {
-                let target = request.target.unwrap_or(request.data);
-                let page = match (
-                    request.before,
-                    request.after,
-                    request.before_time,
-                    request.after_time,
-                ) {
+            Command::History {
+                target,
+                data,
+                limit,
+                before,
+                after,
+                before_time,
+                after_time,
+            } => {
+                let page = match (before, after, before_time, after_time) {
                     (Some(id), ..) => Page::BeforeId(id),
                     (_, Some(id), ..) => Page::AfterId(id),
                     (_, _, Some(ms), _) => Page::BeforeTime(ms),
                     (_, _, _, Some(ms)) => Page::AfterTime(ms),
                     _ => Page::Latest,
                 };
-                match self.history(&target, page, request.limit).await {
-                    Ok(messages) => (true, "History".into(), history_items(messages)),
-                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                }
+                let history = self.history(&target.unwrap_or(data), page, limit).await;
+                history.map(|messages| ("History".into(), history_items(messages)))
             }
-            "FILE_OFFER" => {
-                let hash = request.sha256.clone().unwrap_or_default();
-                match self.file_offer(&hash, request.size.unwrap_or(0)).await {
-                    Ok(Offer::Have) => (true, "Have".into(), serde_json::json!({"have": true})),
-                    Ok(Offer::Upload { offset }) => (
-                        true,
-                        "Upload".into(),
-                        serde_json::json!({"have": false, "offset": offset}),
-                    ),
-                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                }
-            }
-            "FILE_CHUNK" => {
-                let hash = request.sha256.clone().unwrap_or_default();
-                let (size, offset) = (request.size.unwrap_or(0), request.offset.unwrap_or(0));
-                let result = match BASE64.decode(request.data.as_bytes()) {
-                    Ok(data) => {
-                        self.file_chunk(&hash, size, offset, Bytes::from(data))
-                            .await
-                    }
-                    Err(_) => Err(ErrorKind::Malformed),
-                };
-                match result {
-                    Ok(Progress::Complete) => {
-                        (true, "Stored".into(), serde_json::json!({"complete": true}))
-                    }
-                    Ok(Progress::Partial { received }) => (
-                        true,
-                        "Received".into(),
-                        serde_json::json!({"complete": false, "received": received}),
-                    ),
-                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                }
-            }
-            "SEND_FILE" => {
-                let (kind, target) = match (&request.room, &request.to) {
-                    (Some(room), _) => (2, room.clone()),
-                    (None, Some(to)) => (1, to.clone()),
-                    _ => (0, String::new()),
-                };
-                let hash = request.sha256.clone().unwrap_or_default();
-                let name = request.name.clone().unwrap_or_default();
-                let mime = request.r#type.clone().unwrap_or_default();
-                let tag = Tag::Json {
-                    ok: "File sent",
-                    id: id.clone(),
-                };
-                let sent = match self.file_target(kind, &target) {
-                    Ok(to) => {
-                        let now = unix_nanos();
-                        self.send_file(to, &hash, &name, &mime, &request.data, now, tag)
-                            .await
-                    }
-                    Err(kind) => Err(kind),
-                };
-                match sent {
-                    Ok(()) => return Flow::Continue,
-                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                }
-            }
-            "DOWNLOAD" => {
-                let hash = request.sha256.clone().unwrap_or_default();
-                let (offset, length) =
-                    (request.offset.unwrap_or(0), request.length.unwrap_or(4096));
-                match self.download(&hash, offset, length).await {
-                    Ok(data) => (
-                        true,
-                        "Data".into(),
-                        serde_json::json!({"offset": offset, "data": BASE64.encode(&data)}),
-                    ),
-                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                }
-            }
-            "SEARCH" => {
-                let limit = request.limit.unwrap_or(usize::MAX);
-                match self.search_users(&request.data, limit).await {
-                    Ok(found) => {
-                        let found: Vec<Value> = found
-                            .into_iter()
-                            .map(|u| serde_json::json!({"name": u.name, "online": u.online}))
-                            .collect();
-                        (true, "Users found".into(), Value::from(found))
-                    }
-                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                }
-            }
-            "CONTACT_REQUEST" | "CONTACT_ACCEPT" | "CONTACT_DECLINE" | "CONTACT_REMOVE" => {
-                let word = command.trim_start_matches("CONTACT_").to_ascii_lowercase();
-                let name = request.to.clone().unwrap_or(request.data.clone());
-                let action = super::contacts::action(&word).expect("one of the four");
-                match self.contact_action(&name, action).await {
-                    Ok(()) => (true, "Done".into(), Value::from("")),
-                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                }
-            }
-            "CONTACTS" => match self.contact_list().await {
-                Ok(list) => {
-                    let list: Vec<Value> = list
-                        .into_iter()
-                        .map(|c| {
-                            serde_json::json!({
-                                "name": c.name,
-                                "state": c.state.name(),
-                                "online": c.online,
-                                "last_seen": (c.last_seen > 0).then_some(c.last_seen),
-                            })
-                        })
-                        .collect();
-                    (true, "Contacts".into(), Value::from(list))
-                }
-                Err(kind) => (false, json_error(kind).into(), Value::from("")),
-            },
-            "USERS" => match self.users().await {
-                Ok(users) => {
-                    let users: Vec<Value> = users
-                        .into_iter()
-                        .map(|u| {
-                            serde_json::json!({
-                                "name": u.name,
-                                "online": u.online,
-                                "last_seen": (u.last_seen > 0).then_some(u.last_seen),
-                            })
-                        })
-                        .collect();
-                    (true, "Users".into(), Value::from(users))
-                }
-                Err(kind) => (false, json_error(kind).into(), Value::from("")),
-            },
-            "MEMBERS" => {
-                let room = request.room.clone().unwrap_or(request.data.clone());
-                match self.members(&room).await {
-                    Ok(members) => {
-                        let members: Vec<Value> = members
-                            .into_iter()
-                            .map(|(name, online)| serde_json::json!({"name": &*name, "online": online}))
-                            .collect();
-                        (true, "Members".into(), Value::from(members))
-                    }
-                    Err(kind) => (false, json_error(kind).into(), Value::from("")),
-                }
-            }
-            "ACK" => match (&self.login, request.conversation, request.seq) {
-                (Some((identity, _)), Some(conv), Some(seq)) => {
-                    self.shared.hub.cursors(identity.device, vec![(conv, seq)]);
-                    (true, "Acked".into(), Value::from(""))
-                }
-                (None, ..) => (
-                    false,
-                    json_error(ErrorKind::NotLoggedIn).into(),
-                    Value::from(""),
-                ),
-                _ => (
-                    false,
-                    json_error(ErrorKind::Malformed).into(),
-                    Value::from(""),
-                ),
-            },
-            "SUBSCRIBE" => {
-                if request.acks {
+            Command::Subscribe { acks } => {
+                if acks {
                     let _ = self.enable_acks();
                 }
                 self.subscribed = true;
@@ -499,77 +324,185 @@ impl Session {
                     self.shared.hub.subscribe(self.link.id, identity.user);
                     self.start_catchup();
                 }
-                (true, "Subscribed".into(), Value::from(""))
+                done("Subscribed")
             }
-            "CONVERSATIONS" => match self.conversations().await {
-                Ok(list) => {
-                    let list: Vec<Value> = list
-                        .into_iter()
-                        .map(|c| {
-                            let last = c.last.map(|m| {
-                                serde_json::json!({
-                                    "id": m.id,
-                                    "seq": m.seq,
-                                    "from": &*m.from,
-                                    "text": String::from_utf8_lossy(&m.body),
-                                    "time": m.time,
-                                    "received_at": rfc3339_ms(m.received_at),
-                                })
-                            });
-                            serde_json::json!({
-                                "conversation": c.conv,
-                                "kind": c.kind.name(),
-                                "name": c.name,
-                                "last_seq": c.last_seq,
-                                "cursor": c.cursor,
-                                "last": last,
+            Command::Conversations => self.conversations().await.map(|list| {
+                let list: Vec<Value> = (list.into_iter())
+                    .map(|c| {
+                        let last = c.last.map(|m| {
+                            json!({
+                                "id": m.id,
+                                "seq": m.seq,
+                                "from": &*m.from,
+                                "text": String::from_utf8_lossy(&m.body),
+                                "time": m.time,
+                                "received_at": rfc3339_ms(m.received_at),
                             })
+                        });
+                        json!({
+                            "conversation": c.conv,
+                            "kind": c.kind.name(),
+                            "name": c.name,
+                            "last_seq": c.last_seq,
+                            "cursor": c.cursor,
+                            "last": last,
                         })
-                        .collect();
-                    (true, "Conversations".into(), Value::from(list))
+                    })
+                    .collect();
+                ("Conversations".into(), Value::from(list))
+            }),
+            Command::Ack { conversation, seq } => match (&self.login, conversation, seq) {
+                (Some((identity, _)), Some(conv), Some(seq)) => {
+                    self.shared.hub.cursors(identity.device, vec![(conv, seq)]);
+                    done("Acked")
                 }
-                Err(kind) => (false, json_error(kind).into(), Value::from("")),
+                (None, ..) => Err(ErrorKind::NotLoggedIn),
+                _ => Err(ErrorKind::Malformed),
             },
-            "HELP" => {
-                let help: Vec<&str> = HELP.to_vec();
-                (true, "Commands".into(), Value::from(help))
+            Command::Search { data, limit } => {
+                let found = self.search_users(&data, limit.unwrap_or(usize::MAX)).await;
+                found.map(|found| {
+                    let found: Vec<Value> = (found.into_iter())
+                        .map(|u| json!({"name": u.name, "online": u.online}))
+                        .collect();
+                    ("Users found".into(), Value::from(found))
+                })
             }
-            _ => (
-                false,
-                json_error(ErrorKind::UnknownCommand).into(),
-                Value::from(""),
-            ),
+            Command::ContactRequest { to, data } => {
+                self.json_contact(to.unwrap_or(data), ContactAction::Request)
+                    .await
+            }
+            Command::ContactAccept { to, data } => {
+                self.json_contact(to.unwrap_or(data), ContactAction::Accept)
+                    .await
+            }
+            Command::ContactDecline { to, data } => {
+                self.json_contact(to.unwrap_or(data), ContactAction::Decline)
+                    .await
+            }
+            Command::ContactRemove { to, data } => {
+                self.json_contact(to.unwrap_or(data), ContactAction::Remove)
+                    .await
+            }
+            Command::Contacts => self.contact_list().await.map(|list| {
+                let list: Vec<Value> = (list.into_iter())
+                    .map(|c| {
+                        json!({
+                            "name": c.name,
+                            "state": c.state.name(),
+                            "online": c.online,
+                            "last_seen": (c.last_seen > 0).then_some(c.last_seen),
+                        })
+                    })
+                    .collect();
+                ("Contacts".into(), Value::from(list))
+            }),
+            Command::FileOffer { sha256, size } => {
+                let hash = sha256.unwrap_or_default();
+                match self.file_offer(&hash, size.unwrap_or(0)).await {
+                    Ok(Offer::Have) => Ok(("Have".into(), json!({"have": true}))),
+                    Ok(Offer::Upload { offset }) => {
+                        Ok(("Upload".into(), json!({"have": false, "offset": offset})))
+                    }
+                    Err(kind) => Err(kind),
+                }
+            }
+            Command::FileChunk {
+                sha256,
+                size,
+                offset,
+                data,
+            } => {
+                let hash = sha256.unwrap_or_default();
+                let (size, offset) = (size.unwrap_or(0), offset.unwrap_or(0));
+                let stored = match BASE64.decode(data.as_bytes()) {
+                    Ok(data) => {
+                        self.file_chunk(&hash, size, offset, Bytes::from(data))
+                            .await
+                    }
+                    Err(_) => Err(ErrorKind::Malformed),
+                };
+                match stored {
+                    Ok(Progress::Complete) => Ok(("Stored".into(), json!({"complete": true}))),
+                    Ok(Progress::Partial { received }) => Ok((
+                        "Received".into(),
+                        json!({"complete": false, "received": received}),
+                    )),
+                    Err(kind) => Err(kind),
+                }
+            }
+            Command::SendFile {
+                room,
+                to,
+                sha256,
+                name,
+                mime,
+                data,
+            } => {
+                let (kind, target) = match (room, to) {
+                    (Some(room), _) => (2, room),
+                    (None, Some(to)) => (1, to),
+                    _ => (0, String::new()),
+                };
+                let (hash, name) = (sha256.unwrap_or_default(), name.unwrap_or_default());
+                let mime = mime.unwrap_or_default();
+                let tag = Tag::Json {
+                    ok: "File sent",
+                    id: id.clone(),
+                };
+                let sent = match self.file_target(kind, &target) {
+                    Ok(to) => {
+                        let now = unix_nanos();
+                        self.send_file(to, &hash, &name, &mime, &data, now, tag)
+                            .await
+                    }
+                    Err(kind) => Err(kind),
+                };
+                match sent {
+                    // The hub answers once the message is stored.
+                    Ok(()) => return Flow::Continue,
+                    Err(kind) => Err(kind),
+                }
+            }
+            Command::Download {
+                sha256,
+                offset,
+                length,
+            } => {
+                let hash = sha256.unwrap_or_default();
+                let (offset, length) = (offset.unwrap_or(0), length.unwrap_or(4096));
+                let data = self.download(&hash, offset, length).await;
+                data.map(|data| {
+                    let data = json!({"offset": offset, "data": BASE64.encode(&data)});
+                    ("Data".into(), data)
+                })
+            }
+            Command::Unknown => Err(ErrorKind::UnknownCommand),
         };
-        self.json_reply(success, &message, data, id).await;
+        match answer {
+            Ok((message, data)) => self.json_reply(true, &message, data, id).await,
+            Err(kind) => {
+                self.json_reply(false, json_error(kind), Value::from(""), id)
+                    .await
+            }
+        }
         Flow::Continue
     }
 
     /// Answers a line that could not be read.
-    pub(super) async fn json_error(&mut self, id: Option<Arc<Value>>, kind: ErrorKind) -> Flow {
+    pub(super) async fn json_error(&mut self, id: Id, kind: ErrorKind) -> Flow {
         self.json_reply(false, json_error(kind), Value::from(""), id)
             .await;
         Flow::Continue
     }
 
-    async fn json_reply(
-        &mut self,
-        success: bool,
-        message: &str,
-        data: Value,
-        id: Option<Arc<Value>>,
-    ) {
+    async fn json_reply(&mut self, success: bool, message: &str, data: Value, id: Id) {
         let mut out = Vec::new();
         json::encode_response(success, message, &data, id.as_deref(), &mut out);
         self.say(Item::Bytes(Bytes::from(out))).await;
     }
 
-    async fn json_send(
-        &mut self,
-        to: Target,
-        text: String,
-        ok: &'static str,
-        id: Option<Arc<Value>>,
-    ) {
+    async fn json_send(&mut self, to: Target, text: String, ok: &'static str, id: Id) {
         // The refusals are boxed: rare, and their state would grow every session's.
         if text.is_empty() {
             let message = "Message is empty";
@@ -590,6 +523,11 @@ impl Session {
             unix_nanos(),
             tag,
         );
+    }
+
+    async fn json_contact(&mut self, name: String, action: ContactAction) -> Answer {
+        let result = self.contact_action(&name, action).await;
+        result.and_then(|()| done("Done"))
     }
 
     /// The last messages sent to everyone, as seed 001 formats them.
