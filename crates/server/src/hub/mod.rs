@@ -320,20 +320,6 @@ impl Hub {
         self.ask(op, Err(ErrorKind::ShuttingDown)).await
     }
 
-    /// Sends a message; the reply reaches `link` once the message is stored. The caller
-    /// must hold one in-flight permit of `link`, which the hub returns.
-    pub fn send(
-        &self,
-        link: Arc<Link>,
-        from: Actor,
-        to: Target,
-        body: Bytes,
-        sent_at: u64,
-        tag: Tag,
-    ) {
-        self.send_with(link, from, to, body, sent_at, tag, None)
-    }
-
     /// Sends `messages` from `sender`, each answered by its own correlation id, as `send`
     /// would one by one.
     pub fn send_direct(&self, link: Arc<Link>, sender: Identity, messages: Vec<DirectMessage>) {
@@ -352,9 +338,11 @@ impl Hub {
         }
     }
 
-    /// `send`, with a stored file attached.
+    /// Sends a message; the reply reaches `link` once the message is stored. `attachment`
+    /// is a stored file the message carries (its SHA-256). The caller must hold one
+    /// in-flight permit of `link`, which the hub returns.
     #[allow(clippy::too_many_arguments)]
-    pub fn send_with(
+    pub fn send(
         &self,
         link: Arc<Link>,
         from: Actor,

@@ -51,7 +51,7 @@ impl Session {
                 Decoded::Message(message) => {
                     if let Err(kind) = self.check_message(message.from(), message.to()) {
                         self.hand_over(run);
-                        self.refuse(message.cid, kind).await;
+                        self.refuse(Tag::Cid(message.cid), kind).await;
                         continue;
                     }
                     // The permits come back only once the hub has the run.
@@ -104,11 +104,6 @@ impl Session {
         }
         // No name that breaks the rules can have logged in.
         check_name(to, self.shared.config.max_name_bytes).map_err(|_| ErrorKind::UserNotFound)
-    }
-
-    /// Answers a refused request (boxed: rare, and `answer`'s state would grow the hot path).
-    async fn refuse(&mut self, cid: u32, kind: ErrorKind) {
-        Box::pin(self.answer(cid, Reply::Error(kind))).await
     }
 
     async fn frame(&mut self, frame: Frame) {

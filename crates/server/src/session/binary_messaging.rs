@@ -4,14 +4,14 @@
 
 use bytes::Bytes;
 use parley_proto::binary::{self, ContactEntry, Event, Frame, RoomEntry, UserEntry};
-use parley_proto::{validate_name, ErrorKind, Reply, Target};
+use parley_proto::{validate_name, ErrorKind, Target};
 use std::sync::atomic::Ordering;
 
 use super::binary::{reply, utf8};
 use super::presence::UserStatus;
 use super::{Session, Who};
 use crate::files::Offer;
-use crate::hub::{Actor, ContactAction};
+use crate::hub::ContactAction;
 use crate::outbound::{Style, Tag};
 use crate::store::Page;
 
@@ -267,13 +267,6 @@ impl Session {
         self.answer(cid, reply(result)).await;
     }
 
-    fn member(&self) -> Result<Actor, ErrorKind> {
-        match &self.login {
-            Some((identity, _)) => Ok(Actor::Member(*identity)),
-            None => Err(ErrorKind::NotLoggedIn),
-        }
-    }
-
     /// From now on this session's pushes are `Event` frames and its cursor moves on acks.
     pub(super) fn enable_acks(&mut self) -> Result<(), ErrorKind> {
         self.link.acks.store(true, Ordering::Relaxed);
@@ -284,16 +277,8 @@ impl Session {
     }
 
     async fn send_binary(&mut self, cid: u32, to: Target, message: Bytes, time: u64) {
-        let actor = match self.member() {
-            Ok(actor) => actor,
-            Err(kind) => return self.answer(cid, Reply::Error(kind)).await,
-        };
-        if !self.messages.allow() {
-            return self.answer(cid, Reply::Error(ErrorKind::RateLimited)).await;
-        }
-        self.acquire_inflight().await;
-        let hub = &self.shared.hub;
-        hub.send(self.link.clone(), actor, to, message, time, Tag::Cid(cid));
+        self.send(to, message, time, Tag::Cid(cid), Who::Members)
+            .await
     }
 
     /// A `History` request's page, as `Event`s.

@@ -4,9 +4,8 @@
 use bytes::Bytes;
 use parley_proto::{validate_name, ErrorKind, Target};
 
-use super::Session;
+use super::{Session, Who};
 use crate::files::{Offer, Progress};
-use crate::hub::Actor;
 use crate::outbound::Tag;
 
 /// Longest file name and media type accepted, in bytes.
@@ -63,10 +62,8 @@ impl Session {
         sent_at: u64,
         tag: Tag,
     ) -> Result<(), ErrorKind> {
-        let Some((identity, _)) = &self.login else {
-            return Err(ErrorKind::NotLoggedIn);
-        };
-        let identity = *identity;
+        // Checked first: a session that is not logged in learns nothing about the file.
+        self.file_user()?;
         let bad = |s: &str| s.is_empty() || s.len() > MAX_META || s.chars().any(char::is_control);
         if bad(name) || bad(mime) || caption.chars().any(char::is_control) {
             return Err(ErrorKind::Malformed);
@@ -81,17 +78,8 @@ impl Session {
             text.push(' ');
             text.push_str(caption);
         }
-        if !self.messages.allow() {
-            return Err(ErrorKind::RateLimited);
-        }
-        self.acquire_inflight().await;
-        let hub = &self.shared.hub;
-        let (link, from, body) = (
-            self.link.clone(),
-            Actor::Member(identity),
-            Bytes::from(text),
-        );
-        hub.send_with(link, from, to, body, sent_at, tag, Some(hash.to_string()));
+        let (body, attachment) = (Bytes::from(text), Some(hash.to_string()));
+        (self.send_with(to, body, sent_at, tag, Who::Members, attachment)).await;
         Ok(())
     }
 

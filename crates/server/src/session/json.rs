@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::history::HistoryMessage;
+use super::messaging::unix_nanos;
 use super::{Flow, Session, Who};
 use crate::files::{Offer, Progress};
 use crate::hub::ContactAction;
@@ -503,26 +504,14 @@ impl Session {
     }
 
     async fn json_send(&mut self, to: Target, text: String, ok: &'static str, id: Id) {
-        // The refusals are boxed: rare, and their state would grow every session's.
         if text.is_empty() {
+            // Boxed: rare, and its state would grow every session's.
             let message = "Message is empty";
             return Box::pin(self.json_reply(false, message, Value::from(""), id)).await;
         }
-        if !self.messages.allow() {
-            Box::pin(self.json_error(id, ErrorKind::RateLimited)).await;
-            return;
-        }
-        self.acquire_inflight().await;
         let tag = Tag::Json { ok, id };
-        let hub = &self.shared.hub;
-        hub.send(
-            self.link.clone(),
-            self.actor(),
-            to,
-            Bytes::from(text),
-            unix_nanos(),
-            tag,
-        );
+        let (body, sent_at) = (Bytes::from(text), unix_nanos());
+        self.send(to, body, sent_at, tag, Who::Anyone).await
     }
 
     async fn json_contact(&mut self, name: String, action: ContactAction) -> Answer {
@@ -614,14 +603,6 @@ const HELP: &[&str] = &[
     "PING",
     "HELP",
 ];
-
-/// Now, in Unix nanoseconds: the timestamp of messages whose protocol carries none.
-pub(super) fn unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
 
 fn rfc3339_now() -> String {
     let now = time::OffsetDateTime::now_utc();

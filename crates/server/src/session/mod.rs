@@ -13,6 +13,7 @@ mod conversations;
 mod files;
 mod history;
 mod json;
+mod messaging;
 mod presence;
 mod rooms;
 mod text;

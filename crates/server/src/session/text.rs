@@ -5,6 +5,7 @@ use bytes::Bytes;
 use parley_proto::text::{self, TextCommand};
 use parley_proto::{validate_name, ErrorKind, Target};
 
+use super::messaging::unix_nanos;
 use super::{Flow, Session, Who};
 use crate::outbound::{slash_error, Item, Style, Tag};
 use crate::store::Page;
@@ -394,15 +395,8 @@ impl Session {
     }
 
     async fn send_text(&mut self, to: Target, text: String, tag: Tag) {
-        if !self.messages.allow() {
-            let reply = parley_proto::Reply::Error(ErrorKind::RateLimited);
-            return self.say(Item::Reply(tag, reply)).await;
-        }
-        self.acquire_inflight().await;
-        let body = Bytes::from(text);
-        let sent_at = super::json::unix_nanos();
-        let hub = &self.shared.hub;
-        hub.send(self.link.clone(), self.actor(), to, body, sent_at, tag);
+        let (body, sent_at) = (Bytes::from(text), unix_nanos());
+        self.send(to, body, sent_at, tag, Who::Anyone).await
     }
 
     async fn say_result(&mut self, result: Result<(), ErrorKind>) {
