@@ -99,7 +99,7 @@ impl Session {
             warn!(session = self.link.id, user = %name, "message with a forged sender refused");
             return Err(ErrorKind::Forbidden);
         }
-        if !self.messages.allow() {
+        if !self.messages.try_take() {
             return Err(ErrorKind::RateLimited);
         }
         // No name that breaks the rules can have logged in.

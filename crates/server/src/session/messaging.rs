@@ -30,7 +30,7 @@ impl Session {
             Ok(from) => from,
             Err(kind) => return self.refuse(tag, kind).await,
         };
-        if !self.messages.allow() {
+        if !self.messages.try_take() {
             return self.refuse(tag, ErrorKind::RateLimited).await;
         }
         self.acquire_inflight().await;

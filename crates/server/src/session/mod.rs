@@ -15,6 +15,7 @@ mod history;
 mod json;
 mod messaging;
 mod presence;
+mod rate;
 mod rooms;
 mod text;
 mod websocket;
@@ -33,6 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use self::rate::TokenBucket;
 use crate::catchup;
 use crate::config::Config;
 use crate::conn::{Conn, ReadHalf};
@@ -124,8 +126,12 @@ struct Session {
     link: Arc<Link>,
     lines: LineDecoder,
     idle: Option<Duration>,
-    bucket: Bucket,
-    messages: MessageRate,
+    /// Commands of the line protocols: a client that floods is slowed to the configured
+    /// rate (reading pauses), never dropped or answered out of order.
+    commands: TokenBucket,
+    /// Messages: past the rate, a message is refused with an error (the sender learns it
+    /// was not sent; nothing is dropped silently).
+    messages: TokenBucket,
     login: Option<(Identity, Arc<str>)>,
     /// Cancels this session's catch-up (a handle to the task would keep its memory alive
     /// after it finished, for as long as the connection lasts).
@@ -178,13 +184,18 @@ impl Session {
             Protocol::Text => config.idle_timeout_ms,
             Protocol::Json => config.json_idle_timeout_ms,
         };
+        // Binary clients pipeline by design: only the line protocols' commands are paced.
+        let commands_per_second = match protocol {
+            Protocol::Binary => 0,
+            Protocol::Text | Protocol::Json => config.commands_per_second,
+        };
         let session = Session {
             peer,
             account: false,
             lines: LineDecoder::new(config.max_line_bytes),
             idle: (idle > 0).then(|| Duration::from_millis(idle)),
-            bucket: Bucket::new(config.commands_per_second, protocol),
-            messages: MessageRate::new(config.messages_per_second, config.message_burst),
+            commands: TokenBucket::new(commands_per_second, commands_per_second.saturating_mul(2)),
+            messages: TokenBucket::new(config.messages_per_second, config.message_burst),
             link,
             login: None,
             catchup: None,
@@ -300,7 +311,7 @@ impl Session {
     /// Handles every complete line in `buf` (text and JSON).
     async fn drain_lines(&mut self, buf: &mut BytesMut) -> Flow {
         while let Some(line) = self.lines.decode(buf) {
-            self.bucket.take().await;
+            self.commands.take().await;
             let flow = match (self.link.protocol, line) {
                 (Protocol::Text, Line::Complete(line)) => self.text_line(line).await,
                 (Protocol::Text, Line::TooLong) => self.text_error(ErrorKind::TooLong).await,
@@ -542,88 +553,6 @@ impl Deadline {
                 self.spent = true;
             }
             _ => std::future::pending().await,
-        }
-    }
-}
-
-/// A token bucket on commands of the human protocols: a client that floods is slowed to
-/// the configured rate (reading pauses), never dropped or answered out of order.
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(per_second: u32, protocol: Protocol) -> Self {
-        let rate = match protocol {
-            Protocol::Binary => 0.0,
-            _ => f64::from(per_second),
-        };
-        Bucket {
-            rate,
-            tokens: rate * 2.0,
-            last: Instant::now(),
-        }
-    }
-
-    async fn take(&mut self) {
-        if self.rate <= 0.0 {
-            return;
-        }
-        let now = Instant::now();
-        let burst = self.rate * 2.0;
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(burst);
-        self.last = now;
-        if self.tokens < 1.0 {
-            let wait = (1.0 - self.tokens) / self.rate;
-            tracing::debug!(
-                wait_ms = (wait * 1000.0) as u64,
-                "command flood: throttling"
-            );
-            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-            self.tokens = 1.0;
-            self.last = Instant::now();
-        }
-        self.tokens -= 1.0;
-    }
-}
-
-/// A token bucket on messages: past the rate, a message is refused with an error (the
-/// sender learns it was not sent; nothing is dropped silently).
-struct MessageRate {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl MessageRate {
-    fn new(per_second: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(per_second).max(1));
-        MessageRate {
-            rate: f64::from(per_second),
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes a token if there is one.
-    fn allow(&mut self) -> bool {
-        if self.rate <= 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
         }
     }
 }

@@ -68,7 +68,7 @@ impl Session {
             };
             match message {
                 Message::Text(payload) => {
-                    self.bucket.take().await;
+                    self.commands.take().await;
                     if let Flow::Close(why) = self.json_line(payload).await {
                         return Flow::Close(why);
                     }
