@@ -2,8 +2,26 @@
 //!
 //! The session owns the read half and the protocol state (who is logged in, which room a
 //! slash-command user is in). A separate writer task owns the write half (see `outbound`),
-//! so a slow socket never blocks reading, and the hub never waits on either. The protocol
-//! files (`binary`, `text`, `json`) only turn requests into hub calls and replies.
+//! so a slow socket never blocks reading, and the hub never waits on either.
+//!
+//! Two kinds of file live here. The *operations* are the same for every protocol, each a
+//! `Session` method returning `Result<T, ErrorKind>` that holds its rule once: `account`
+//! (register, logins, tokens, passwords, profiles), `messaging` (send), `rooms`, `history`,
+//! `presence` (who, users), `contacts`, `files`. Where the seed protocols differ in a rule,
+//! it is a parameter (who may ask, [`Who`]), not a second implementation. The *codecs*
+//! (`text`, `json`, `binary` with `binary_messaging`) only decode a request with
+//! `parley_proto`, call operations, and format what they return.
+//!
+//! A new protocol plugs in as a codec:
+//! 1. its wire format in `parley_proto` (sans-IO: requests decoded, replies encoded);
+//! 2. a [`Protocol`] variant, the first bytes that pick it (`sniff`), and how its reads are
+//!    framed (`drain`: lines or frames);
+//! 3. a codec file here that turns each request into operation calls and their results
+//!    into bytes ([`Session::say`]);
+//! 4. for what the hub writes to it, a `Style` (how pushed messages and notices look) and
+//!    a `Tag` variant (how the answer to a message looks) in `outbound/encode.rs`.
+//!
+//! Nothing in the hub, the store or the operations changes.
 
 mod account;
 mod binary;
