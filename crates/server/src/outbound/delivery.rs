@@ -1,12 +1,13 @@
-//! What travels from the hub to sessions: stored messages (encoded at most once per
-//! style) and presence notices (not stored).
+//! What travels from the hub to sessions: stored messages, a room's run of them, and
+//! presence notices (not stored), each with room for its bytes per style (`encode` makes
+//! them, at most once per style).
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use parley_proto::ConversationKind;
 
-use super::encode::Style;
+use super::Style;
 use crate::store::{ConvId, Seq};
 
 /// One stored message as recipients see it. Fan-out shares one `Arc<Delivery>` among every
@@ -24,7 +25,7 @@ pub struct Delivery {
     pub body: Bytes,
     /// The sender's timestamp, untouched (binary clients put Unix nanoseconds here).
     pub sent_at: u64,
-    encoded: ByStyle,
+    pub(super) encoded: ByStyle,
 }
 
 /// A value's bytes per style, each encoded by the first session of that style to write it
@@ -32,10 +33,10 @@ pub struct Delivery {
 /// device never needs them (see `Delivery::write_to`), and inline they made every
 /// delivery 200 bytes larger to build, move and drop.
 #[derive(Debug, Default)]
-struct ByStyle(OnceLock<Box<[OnceLock<Bytes>; Style::COUNT]>>);
+pub(super) struct ByStyle(OnceLock<Box<[OnceLock<Bytes>; Style::COUNT]>>);
 
 impl ByStyle {
-    fn get(&self, style: Style, encode: impl FnOnce(&mut BytesMut)) -> &Bytes {
+    pub(super) fn get(&self, style: Style, encode: impl FnOnce(&mut BytesMut)) -> &Bytes {
         self.0.get_or_init(Default::default)[style as usize].get_or_init(|| {
             let mut buf = BytesMut::new();
             encode(&mut buf);
@@ -44,7 +45,7 @@ impl ByStyle {
     }
 
     /// The bytes in `style` if some session encoded them already.
-    fn cached(&self, style: Style) -> Option<&Bytes> {
+    pub(super) fn cached(&self, style: Style) -> Option<&Bytes> {
         self.0.get()?[style as usize].get()
     }
 }
@@ -74,33 +75,6 @@ impl Delivery {
         }
     }
 
-    /// This delivery's bytes in `style`, encoded on first use.
-    pub fn encoded(&self, style: Style) -> &Bytes {
-        self.encoded
-            .get(style, |buf| style.encode_delivery(self, buf))
-    }
-
-    /// Appends this delivery's bytes in `style` to `dst`. One that no other session holds
-    /// (a direct message to a single device, the usual case) is encoded straight into
-    /// `dst`: keeping its bytes for others would be an allocation, a copy and a free per
-    /// message for nobody.
-    pub fn write_to(self: &Arc<Self>, style: Style, dst: &mut BytesMut) {
-        match self.encoded.cached(style) {
-            Some(bytes) => dst.extend_from_slice(bytes),
-            // Nobody else holds it, so nobody can start to while it is written here.
-            None if Arc::strong_count(self) == 1 => style.encode_delivery(self, dst),
-            None => dst.extend_from_slice(self.encoded(style)),
-        }
-    }
-
-    /// About the bytes this takes in `style` (exact for binary), without encoding it.
-    pub fn encoded_len_hint(&self, style: Style) -> usize {
-        match self.encoded.cached(style) {
-            Some(bytes) => bytes.len(),
-            None => style.delivery_len_hint(self),
-        }
-    }
-
     /// The body as text (lossy for bytes that are not UTF-8).
     pub fn text(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(&self.body)
@@ -116,9 +90,9 @@ impl Delivery {
 pub struct RoomRun {
     pub conv: ConvId,
     /// Set once the batch is complete, before any session is given the run.
-    deliveries: OnceLock<Vec<Arc<Delivery>>>,
+    pub(super) deliveries: OnceLock<Vec<Arc<Delivery>>>,
     /// Per style: the messages' bytes one after the other, and where each ends.
-    encoded: [OnceLock<(Bytes, Vec<usize>)>; Style::COUNT],
+    pub(super) encoded: [OnceLock<(Bytes, Vec<usize>)>; Style::COUNT],
 }
 
 impl RoomRun {
@@ -135,44 +109,13 @@ impl RoomRun {
         let _ = self.deliveries.set(deliveries);
     }
 
-    fn deliveries(&self) -> &[Arc<Delivery>] {
+    pub(super) fn deliveries(&self) -> &[Arc<Delivery>] {
         self.deliveries.get().map_or(&[], Vec::as_slice)
     }
 
     /// The sequence of message `i` of the run.
     pub fn seq(&self, i: usize) -> Option<Seq> {
         self.deliveries().get(i).map(|d| d.seq)
-    }
-
-    /// Appends messages `range` of the run in `style` (the part of it the run holds: the
-    /// hub stages only stretches of a completed run, and a writer must not panic on
-    /// one that is not).
-    pub fn write_to(&self, style: Style, range: std::ops::Range<usize>, dst: &mut BytesMut) {
-        let Some(deliveries) = self.deliveries.get() else {
-            return;
-        };
-        let (bytes, ends) = self.encoded[style as usize].get_or_init(|| {
-            let mut buf = BytesMut::new();
-            let mut ends = Vec::with_capacity(deliveries.len());
-            for d in deliveries {
-                style.encode_delivery(d, &mut buf);
-                ends.push(buf.len());
-            }
-            (buf.freeze(), ends)
-        });
-        // Where message `i` starts (past the last: the run's end).
-        let start_of = |i: usize| match i {
-            0 => 0,
-            i => ends.get(i - 1).copied().unwrap_or(bytes.len()),
-        };
-        let (start, end) = (start_of(range.start), start_of(range.end));
-        dst.extend_from_slice(bytes.get(start..end).unwrap_or_default());
-    }
-
-    /// About the bytes messages `range` take in `style`.
-    pub fn encoded_len_hint(&self, style: Style, range: std::ops::Range<usize>) -> usize {
-        let messages = self.deliveries().get(range).unwrap_or_default();
-        messages.iter().map(|d| d.encoded_len_hint(style)).sum()
     }
 }
 
@@ -182,7 +125,7 @@ impl RoomRun {
 #[derive(Debug)]
 pub struct SharedNotice {
     pub notice: Notice,
-    encoded: ByStyle,
+    pub(super) encoded: ByStyle,
 }
 
 impl SharedNotice {
@@ -191,12 +134,6 @@ impl SharedNotice {
             notice,
             encoded: Default::default(),
         }
-    }
-
-    /// The notice's bytes in `style` (empty where the style shows none), encoded on first use.
-    pub fn encoded(&self, style: Style) -> &Bytes {
-        self.encoded
-            .get(style, |buf| style.encode_notice(&self.notice, buf))
     }
 }
 
@@ -239,72 +176,5 @@ impl ContactChange {
             ContactChange::Declined => "contact_declined",
             ContactChange::Removed => "contact_removed",
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn delivery(seq: Seq, body: &'static [u8]) -> Arc<Delivery> {
-        let (from, to): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("#room"));
-        let body = Bytes::from_static(body);
-        Arc::new(Delivery::new(
-            seq,
-            7,
-            seq,
-            ConversationKind::Room,
-            from,
-            to,
-            body,
-            0,
-        ))
-    }
-
-    /// Any stretch of a run reads as its messages one after the other, in every style, and
-    /// its length hint is that of its messages.
-    #[test]
-    fn a_stretch_of_a_run_is_its_messages_in_order() {
-        let deliveries: Vec<Arc<Delivery>> = [&b"one"[..], b"two", b"", b"four"]
-            .iter()
-            .zip(1..)
-            .map(|(body, seq)| delivery(seq, body))
-            .collect();
-        let run = RoomRun::new(7);
-        run.complete(deliveries.clone());
-        for style in [
-            Style::Binary,
-            Style::Line,
-            Style::Slash,
-            Style::Json,
-            Style::Events,
-        ] {
-            for start in 0..=deliveries.len() {
-                for end in start..=deliveries.len() {
-                    let mut expected = BytesMut::new();
-                    for d in &deliveries[start..end] {
-                        style.encode_delivery(d, &mut expected);
-                    }
-                    let mut got = BytesMut::new();
-                    run.write_to(style, start..end, &mut got);
-                    assert_eq!(got, expected, "{style:?} {start}..{end}");
-                }
-            }
-        }
-        assert_eq!(run.seq(3), Some(4));
-        assert_eq!(run.seq(4), None);
-        let hint = run.encoded_len_hint(Style::Binary, 1..3);
-        let mut two = BytesMut::new();
-        run.write_to(Style::Binary, 1..3, &mut two);
-        assert_eq!(hint, two.len());
-        // Past the run's end, or of a run not completed: what it holds, no panic.
-        let mut past = BytesMut::new();
-        run.write_to(Style::Binary, 3..9, &mut past);
-        let mut last = BytesMut::new();
-        run.write_to(Style::Binary, 3..4, &mut last);
-        assert_eq!(past, last);
-        let mut none = BytesMut::new();
-        RoomRun::new(7).write_to(Style::Binary, 0..2, &mut none);
-        assert!(none.is_empty());
     }
 }

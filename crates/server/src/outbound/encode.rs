@@ -1,80 +1,21 @@
-//! The protocols a session can speak, and how each turns replies, deliveries and notices
-//! into bytes.
+//! How each style turns replies, messages and notices into bytes. A message or notice
+//! pushed to many sessions is encoded at most once per style, by the first writer of that
+//! style, and its bytes are shared by the rest.
 //!
-//! Byte layouts live in `parley-proto`; this is the thin switch between them that sessions
-//! use, so the rest of the server never matches on a wire format. A *protocol* is how a
-//! session reads; a *style* is how it is written to (the text protocol has two dialects).
+//! Byte layouts live in `parley-proto`; this is the thin switch between them, so the rest of
+//! the server never matches on a wire format.
 
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use parley_proto::json::{self, Value};
 use parley_proto::{binary, text, ConversationKind, ErrorKind, Reply};
 use serde::Serialize;
 
-use super::delivery::{ContactChange, Delivery, Notice};
-
-/// How a connection's bytes are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    /// The seed-000 length-prefixed binary protocol.
-    Binary,
-    /// Lines a person types (seed 002 words and seed 004 slash commands).
-    Text,
-    /// JSON lines (seed 001 and parley's extensions).
-    Json,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Binary => "binary",
-            Protocol::Text => "text",
-            Protocol::Json => "json",
-        }
-    }
-
-    /// The style a session of this protocol starts with.
-    pub fn style(self) -> Style {
-        match self {
-            Protocol::Binary => Style::Binary,
-            Protocol::Text => Style::Line,
-            Protocol::Json => Style::Json,
-        }
-    }
-}
-
-/// How pushed messages and notices are written to a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Style {
-    Binary = 0,
-    /// Seed 002: `DM <from> <text>`, `MSG <from> <text>`, `INFO ...`.
-    Line = 1,
-    /// Seed 004: `> <nick>: <text>`, `> <nick> joined the room`.
-    Slash = 2,
-    Json = 3,
-    /// Binary `Event` frames (0x2E), with conversation and sequence, for sessions that ack.
-    Events = 4,
-    /// JSON objects, each in a WebSocket text frame (the JSON protocol over `/ws`).
-    WebSocket = 5,
-}
+use super::delivery::{ContactChange, Delivery, Notice, RoomRun, SharedNotice};
+use super::Style;
 
 impl Style {
-    /// Number of styles (size of per-style caches).
-    pub const COUNT: usize = 6;
-
-    pub fn from_u8(v: u8) -> Style {
-        match v {
-            0 => Style::Binary,
-            1 => Style::Line,
-            2 => Style::Slash,
-            3 => Style::Json,
-            5 => Style::WebSocket,
-            _ => Style::Events,
-        }
-    }
-
     /// About the bytes `encode_delivery` appends (exact for binary, where it is a frame of
     /// fixed fields and three strings), for sizing a write before encoding it.
     pub fn delivery_len_hint(self, d: &Delivery) -> usize {
@@ -239,6 +180,80 @@ struct StoredAt {
     id: i64,
     conversation: i64,
     seq: i64,
+}
+
+/// A message's bytes per style, encoded by the first session of each style to write it
+/// and shared by the rest.
+impl Delivery {
+    /// This delivery's bytes in `style`, encoded on first use.
+    pub fn encoded(&self, style: Style) -> &Bytes {
+        self.encoded
+            .get(style, |buf| style.encode_delivery(self, buf))
+    }
+
+    /// Appends this delivery's bytes in `style` to `dst`. One that no other session holds
+    /// (a direct message to a single device, the usual case) is encoded straight into
+    /// `dst`: keeping its bytes for others would be an allocation, a copy and a free per
+    /// message for nobody.
+    pub fn write_to(self: &Arc<Self>, style: Style, dst: &mut BytesMut) {
+        match self.encoded.cached(style) {
+            Some(bytes) => dst.extend_from_slice(bytes),
+            // Nobody else holds it, so nobody can start to while it is written here.
+            None if Arc::strong_count(self) == 1 => style.encode_delivery(self, dst),
+            None => dst.extend_from_slice(self.encoded(style)),
+        }
+    }
+
+    /// About the bytes this takes in `style` (exact for binary), without encoding it.
+    pub fn encoded_len_hint(&self, style: Style) -> usize {
+        match self.encoded.cached(style) {
+            Some(bytes) => bytes.len(),
+            None => style.delivery_len_hint(self),
+        }
+    }
+}
+
+/// A room run's bytes per style: the messages one after the other, encoded once for
+/// every member, each member copying its stretch.
+impl RoomRun {
+    /// Appends messages `range` of the run in `style` (the part of it the run holds: the
+    /// hub stages only stretches of a completed run, and a writer must not panic on
+    /// one that is not).
+    pub fn write_to(&self, style: Style, range: std::ops::Range<usize>, dst: &mut BytesMut) {
+        let Some(deliveries) = self.deliveries.get() else {
+            return;
+        };
+        let (bytes, ends) = self.encoded[style as usize].get_or_init(|| {
+            let mut buf = BytesMut::new();
+            let mut ends = Vec::with_capacity(deliveries.len());
+            for d in deliveries {
+                style.encode_delivery(d, &mut buf);
+                ends.push(buf.len());
+            }
+            (buf.freeze(), ends)
+        });
+        // Where message `i` starts (past the last: the run's end).
+        let start_of = |i: usize| match i {
+            0 => 0,
+            i => ends.get(i - 1).copied().unwrap_or(bytes.len()),
+        };
+        let (start, end) = (start_of(range.start), start_of(range.end));
+        dst.extend_from_slice(bytes.get(start..end).unwrap_or_default());
+    }
+
+    /// About the bytes messages `range` take in `style`.
+    pub fn encoded_len_hint(&self, style: Style, range: std::ops::Range<usize>) -> usize {
+        let messages = self.deliveries().get(range).unwrap_or_default();
+        messages.iter().map(|d| d.encoded_len_hint(style)).sum()
+    }
+}
+
+impl SharedNotice {
+    /// The notice's bytes in `style` (empty where the style shows none), encoded on first use.
+    pub fn encoded(&self, style: Style) -> &Bytes {
+        self.encoded
+            .get(style, |buf| style.encode_notice(&self.notice, buf))
+    }
 }
 
 #[derive(Serialize)]
@@ -416,5 +431,73 @@ mod websocket_tests {
         let mut empty = BytesMut::new();
         frame_json(|out| out.put_u8(b'\n'), &mut empty);
         assert!(empty.is_empty(), "nothing to frame");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Seq;
+
+    fn delivery(seq: Seq, body: &'static [u8]) -> Arc<Delivery> {
+        let (from, to): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("#room"));
+        let body = Bytes::from_static(body);
+        Arc::new(Delivery::new(
+            seq,
+            7,
+            seq,
+            ConversationKind::Room,
+            from,
+            to,
+            body,
+            0,
+        ))
+    }
+
+    /// Any stretch of a run reads as its messages one after the other, in every style, and
+    /// its length hint is that of its messages.
+    #[test]
+    fn a_stretch_of_a_run_is_its_messages_in_order() {
+        let deliveries: Vec<Arc<Delivery>> = [&b"one"[..], b"two", b"", b"four"]
+            .iter()
+            .zip(1..)
+            .map(|(body, seq)| delivery(seq, body))
+            .collect();
+        let run = RoomRun::new(7);
+        run.complete(deliveries.clone());
+        for style in [
+            Style::Binary,
+            Style::Line,
+            Style::Slash,
+            Style::Json,
+            Style::Events,
+        ] {
+            for start in 0..=deliveries.len() {
+                for end in start..=deliveries.len() {
+                    let mut expected = BytesMut::new();
+                    for d in &deliveries[start..end] {
+                        style.encode_delivery(d, &mut expected);
+                    }
+                    let mut got = BytesMut::new();
+                    run.write_to(style, start..end, &mut got);
+                    assert_eq!(got, expected, "{style:?} {start}..{end}");
+                }
+            }
+        }
+        assert_eq!(run.seq(3), Some(4));
+        assert_eq!(run.seq(4), None);
+        let hint = run.encoded_len_hint(Style::Binary, 1..3);
+        let mut two = BytesMut::new();
+        run.write_to(Style::Binary, 1..3, &mut two);
+        assert_eq!(hint, two.len());
+        // Past the run's end, or of a run not completed: what it holds, no panic.
+        let mut past = BytesMut::new();
+        run.write_to(Style::Binary, 3..9, &mut past);
+        let mut last = BytesMut::new();
+        run.write_to(Style::Binary, 3..4, &mut last);
+        assert_eq!(past, last);
+        let mut none = BytesMut::new();
+        RoomRun::new(7).write_to(Style::Binary, 0..2, &mut none);
+        assert!(none.is_empty());
     }
 }

@@ -14,10 +14,10 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Semaphore;
 
-use super::encode::Protocol;
 use super::queue::{Pushed, Queue, Refused};
 use super::writer::{self, Writer, BATCH};
 use super::Item;
+use super::Protocol;
 use crate::store::DeviceId;
 
 /// What the hub holds of a session: its queue, its kill switch, its in-flight budget, and

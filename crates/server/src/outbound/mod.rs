@@ -18,7 +18,14 @@
 //! parks its state in the link and ends.
 //!
 //! Dependencies point one way: the hub and sessions use this module; it knows neither (the
-//! progress sink is the one thing it calls back, through a trait).
+//! progress sink is the one thing it calls back, through a trait). Inside it too: `queue`,
+//! `tcp_ack` and `delivery` use nothing here but [`Style`]; `encode` uses `delivery`;
+//! `link` and `writer`, the two halves of a session's output (the link holds the parked
+//! writer, the writer drains the link), and `staging` use those.
+//!
+//! A *protocol* is how a session reads; a *style* is how it is written to (the text
+//! protocol has two dialects, a binary session that acks gets `Event` frames, and a JSON
+//! session over WebSocket gets its lines in WebSocket frames).
 
 mod delivery;
 mod encode;
@@ -34,11 +41,73 @@ use bytes::Bytes;
 use parley_proto::Reply;
 
 pub use delivery::{ContactChange, Delivery, Notice, RoomRun, SharedNotice};
-pub use encode::{json_error, slash_error, Protocol, Style, Tag};
+pub use encode::{json_error, slash_error, Tag};
 pub use link::{Kill, Link, LinkLimits};
 pub use queue::Refused;
 pub use staging::Staging;
 pub use writer::{ProgressSink, Writer};
+
+/// How a connection's bytes are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// The seed-000 length-prefixed binary protocol.
+    Binary,
+    /// Lines a person types (seed 002 words and seed 004 slash commands).
+    Text,
+    /// JSON lines (seed 001 and parley's extensions).
+    Json,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Binary => "binary",
+            Protocol::Text => "text",
+            Protocol::Json => "json",
+        }
+    }
+
+    /// The style a session of this protocol starts with.
+    pub fn style(self) -> Style {
+        match self {
+            Protocol::Binary => Style::Binary,
+            Protocol::Text => Style::Line,
+            Protocol::Json => Style::Json,
+        }
+    }
+}
+
+/// How pushed messages and notices are written to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Style {
+    Binary = 0,
+    /// Seed 002: `DM <from> <text>`, `MSG <from> <text>`, `INFO ...`.
+    Line = 1,
+    /// Seed 004: `> <nick>: <text>`, `> <nick> joined the room`.
+    Slash = 2,
+    Json = 3,
+    /// Binary `Event` frames (0x2E), with conversation and sequence, for sessions that ack.
+    Events = 4,
+    /// JSON objects, each in a WebSocket text frame (the JSON protocol over `/ws`).
+    WebSocket = 5,
+}
+
+impl Style {
+    /// Number of styles (size of per-style caches).
+    pub const COUNT: usize = 6;
+
+    pub fn from_u8(v: u8) -> Style {
+        match v {
+            0 => Style::Binary,
+            1 => Style::Line,
+            2 => Style::Slash,
+            3 => Style::Json,
+            5 => Style::WebSocket,
+            _ => Style::Events,
+        }
+    }
+}
 
 /// One thing to write to a client.
 #[derive(Debug)]

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::encode::{encode_reply, frame_json, frame_line, Style};
+use super::encode::{encode_reply, frame_json, frame_line};
 use super::link::Link;
 use super::tcp_ack::AckTracker;
-use super::Item;
+use super::{Item, Style};
 use crate::conn::WriteHalf;
 use crate::store::{ConvId, DeviceId, Seq};
 
