@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 use parley_proto::binary::{self, Decoded, Frame};
-use parley_proto::{check_name, validate_name, ErrorKind, Reply};
+use parley_proto::{validate_name, ErrorKind, Reply};
 use tracing::warn;
 
 use super::{Flow, Session};
@@ -102,8 +102,7 @@ impl Session {
         if !self.messages.try_take() {
             return Err(ErrorKind::RateLimited);
         }
-        // No name that breaks the rules can have logged in.
-        check_name(to, self.shared.config.max_name_bytes).map_err(|_| ErrorKind::UserNotFound)
+        self.recipient(to)
     }
 
     async fn frame(&mut self, frame: Frame) {

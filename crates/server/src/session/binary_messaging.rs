@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use parley_proto::binary::{self, ContactEntry, Event, Frame, RoomEntry, UserEntry};
-use parley_proto::{validate_name, ErrorKind, Target};
+use parley_proto::{ErrorKind, Target};
 use std::sync::atomic::Ordering;
 
 use super::binary::{reply, utf8};
@@ -54,10 +54,9 @@ impl Session {
             Frame::SendMany {
                 to, message, time, ..
             } => {
-                let max = self.shared.config.max_name_bytes;
                 let names: Option<Vec<String>> = to
                     .iter()
-                    .map(|n| validate_name(n, max).ok().map(str::to_string))
+                    .map(|n| self.recipient(n).ok().map(|()| lossless(n)))
                     .collect();
                 match names {
                     Some(names) if !names.is_empty() => {
@@ -330,4 +329,9 @@ fn user_entry(u: UserStatus) -> UserEntry {
 /// A name sent as bytes: one that is not UTF-8 breaks the name rules.
 fn name(bytes: &[u8]) -> Result<String, ErrorKind> {
     String::from_utf8(bytes.to_vec()).map_err(|_| ErrorKind::InvalidName)
+}
+
+/// Bytes that passed the name rules, as a `String` (they are UTF-8).
+fn lossless(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
 }

@@ -2,7 +2,7 @@
 //! resume), chunks, a message that carries a stored file, downloads from any offset.
 
 use bytes::Bytes;
-use parley_proto::{validate_name, ErrorKind, Target};
+use parley_proto::{ErrorKind, Target};
 
 use super::{Session, Who};
 use crate::files::{Offer, Progress};
@@ -106,11 +106,10 @@ impl Session {
 
     /// The target of a file message: a user (kind 1) or a room (kind 2).
     pub(super) fn file_target(&self, kind: u8, target: &str) -> Result<Target, ErrorKind> {
-        let max = self.shared.config.max_name_bytes;
-        let name = validate_name(target.as_bytes(), max).map_err(|_| ErrorKind::UserNotFound)?;
+        self.recipient(target.as_bytes())?;
         match kind {
-            1 => Ok(Target::User(name.to_string())),
-            2 => Ok(Target::Room(name.to_string())),
+            1 => Ok(Target::User(target.to_string())),
+            2 => Ok(Target::Room(target.to_string())),
             _ => Err(ErrorKind::Malformed),
         }
     }

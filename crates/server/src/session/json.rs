@@ -63,7 +63,6 @@ impl Session {
         };
         let id = request.id.map(Arc::new);
         let logged_in = self.login.is_some();
-        let max_name = self.shared.config.max_name_bytes;
         match request.command {
             // The hot paths, not boxed: a box as large as the biggest command's state,
             // allocated and freed for every message, costs more than the message's own
@@ -76,7 +75,7 @@ impl Session {
                 to: Some(to),
                 recipients: None,
                 data,
-            } if logged_in && validate_name(to.as_bytes(), max_name).is_ok() => {
+            } if logged_in && self.recipient(to.as_bytes()).is_ok() => {
                 self.json_send(Target::User(to), data, "Message sent", id)
                     .await
             }
@@ -215,8 +214,7 @@ impl Session {
                 recipients,
                 data,
             } => {
-                let max_name = self.shared.config.max_name_bytes;
-                let name_ok = |name: &String| validate_name(name.as_bytes(), max_name).is_ok();
+                let name_ok = |name: &String| self.recipient(name.as_bytes()).is_ok();
                 let to = match (recipients, to) {
                     _ if self.login.is_none() => Err(ErrorKind::NotLoggedIn),
                     (Some(names), _) if !names.is_empty() && names.iter().all(name_ok) => {

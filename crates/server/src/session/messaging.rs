@@ -2,7 +2,7 @@
 //! in-flight budget, then the hub, which stores the message and answers the request.
 
 use bytes::Bytes;
-use parley_proto::{ErrorKind, Reply, Target};
+use parley_proto::{check_name, ErrorKind, Reply, Target};
 
 use super::{Session, Who};
 use crate::outbound::{Item, Tag};
@@ -36,6 +36,13 @@ impl Session {
         self.acquire_inflight().await;
         let hub = &self.shared.hub;
         hub.send(self.link.clone(), from, to, body, sent_at, tag, attachment);
+    }
+
+    /// Checks the name of a message's recipient: a name that breaks the name rules names
+    /// nobody (no such name can have logged in).
+    pub(super) fn recipient(&self, name: &[u8]) -> Result<(), ErrorKind> {
+        let max = self.shared.config.max_name_bytes;
+        check_name(name, max).map_err(|_| ErrorKind::UserNotFound)
     }
 
     /// Answers a request refused before it reached the hub (boxed: rare, and its state

@@ -382,7 +382,7 @@ impl Session {
     async fn dm(&mut self, to: &str, text: String) {
         let names: Option<Vec<String>> = to
             .split(',')
-            .map(|n| self.name_ok(n).map(str::to_string))
+            .map(|n| self.recipient(n.as_bytes()).ok().map(|()| n.to_string()))
             .collect();
         match names {
             Some(mut names) if names.len() == 1 => {
