@@ -67,19 +67,19 @@ impl Session {
             // The hot paths, not boxed: a box as large as the biggest command's state,
             // allocated and freed for every message, costs more than the message's own
             // work in the session. The rest is boxed, so idle sessions stay small.
-            Command::Message { data } => {
+            Command::Message(json::Text { data }) => {
                 self.json_send(Target::Everyone, data, "Message broadcasted", id)
                     .await
             }
-            Command::Dm {
+            Command::Dm(json::Dm {
                 to: Some(to),
                 recipients: None,
                 data,
-            } if logged_in && self.recipient(to.as_bytes()).is_ok() => {
+            }) if logged_in && self.recipient(to.as_bytes()).is_ok() => {
                 self.json_send(Target::User(to), data, "Message sent", id)
                     .await
             }
-            Command::Say { room, data } if logged_in => {
+            Command::Say(json::InRoom { room, data }) if logged_in => {
                 let room = Target::Room(room.unwrap_or_default());
                 self.json_send(room, data, "Message sent", id).await
             }
@@ -91,7 +91,7 @@ impl Session {
     /// Every request but the hot paths of `json_line`.
     async fn json_request(&mut self, command: Command, id: Id) -> Flow {
         let answer: Answer = match command {
-            Command::Echo { data } => Ok(("Echo response".into(), Value::from(data))),
+            Command::Echo(json::Text { data }) => Ok(("Echo response".into(), Value::from(data))),
             Command::Time => Ok(("Server time".into(), Value::from(rfc3339_now()))),
             Command::Ping => done("PONG"),
             Command::Help => Ok(("Commands".into(), Value::from(HELP.to_vec()))),
@@ -99,20 +99,21 @@ impl Session {
                 self.json_reply(true, "Goodbye!", Value::from(""), id).await;
                 return Flow::Close("quit".into());
             }
-            Command::Register {
+            Command::Register(json::Credentials {
                 data,
                 password: Some(password),
-            } => {
+                ..
+            }) => {
                 let name = data.trim();
                 let created = self.register(name, &password).await;
                 created.map(|()| (format!("Account {name} created"), Value::from("")))
             }
-            Command::Login {
+            Command::Login(json::Credentials {
                 data,
                 password: Some(password),
                 device,
                 want_token,
-            } => {
+            }) => {
                 let name = data.trim();
                 let message = format!("Welcome, {name}!");
                 let device = device.unwrap_or_default();
@@ -128,7 +129,8 @@ impl Session {
                 }
             }
             // Seed 001: a name for this connection, no password.
-            Command::Register { data, .. } | Command::Login { data, .. } => {
+            Command::Register(json::Credentials { data, .. })
+            | Command::Login(json::Credentials { data, .. }) => {
                 let name = data.trim();
                 let max_name = self.shared.config.max_name_bytes;
                 if validate_name(name.as_bytes(), max_name).is_err() {
@@ -146,7 +148,7 @@ impl Session {
                     }
                 }
             }
-            Command::Resume { token } => {
+            Command::Resume(json::Resume { token }) => {
                 let welcome = |name: &str| {
                     let message = format!("Welcome back, {name}!");
                     Some(json_line(true, &message, Value::from(name), id.clone()))
@@ -163,10 +165,10 @@ impl Session {
                 let data = json!({"token": token, "expires_at": expires_at});
                 ("Token issued".into(), data)
             }),
-            Command::Passwd {
+            Command::Passwd(json::Passwords {
                 password,
                 new_password,
-            } => {
+            }) => {
                 let (old, new) = (
                     password.unwrap_or_default(),
                     new_password.unwrap_or_default(),
@@ -174,7 +176,7 @@ impl Session {
                 let changed = self.change_password(&old, &new).await;
                 changed.and_then(|()| done("Password changed"))
             }
-            Command::Logout { all } => match self.logout(all).await {
+            Command::Logout(json::Logout { all }) => match self.logout(all).await {
                 Ok(()) => {
                     self.json_reply(true, "Logged out", Value::from(""), id)
                         .await;
@@ -182,7 +184,7 @@ impl Session {
                 }
                 Err(kind) => Err(kind),
             },
-            Command::Profile { target, data } => {
+            Command::Profile(json::Profile { target, data }) => {
                 let profile = self.get_profile(&target.unwrap_or(data)).await;
                 profile.map(|p| {
                     let avatar = p.avatar.map(|a| BASE64.encode(a));
@@ -194,26 +196,26 @@ impl Session {
                     ("Profile".into(), data)
                 })
             }
-            Command::SetProfile {
+            Command::SetProfile(json::SetProfile {
                 display_name,
                 avatar,
-            } => match avatar.map(|a| BASE64.decode(a)).transpose() {
+            }) => match avatar.map(|a| BASE64.decode(a)).transpose() {
                 Ok(avatar) => {
                     let saved = self.set_profile(display_name, avatar).await;
                     saved.and_then(|()| done("Profile saved"))
                 }
                 Err(_) => Err(ErrorKind::Malformed),
             },
-            Command::Message { data } => {
+            Command::Message(json::Text { data }) => {
                 self.json_send(Target::Everyone, data, "Message broadcasted", id)
                     .await;
                 return Flow::Continue;
             }
-            Command::Dm {
+            Command::Dm(json::Dm {
                 to,
                 recipients,
                 data,
-            } => {
+            }) => {
                 let name_ok = |name: &String| self.recipient(name.as_bytes()).is_ok();
                 let to = match (recipients, to) {
                     _ if self.login.is_none() => Err(ErrorKind::NotLoggedIn),
@@ -236,18 +238,18 @@ impl Session {
             }
             // Room commands need a login: an anonymous JSON session must never be pushed
             // room traffic it did not subscribe to.
-            Command::Say { .. } if self.login.is_none() => Err(ErrorKind::NotLoggedIn),
-            Command::Say { room, data } => {
+            Command::Say(_) if self.login.is_none() => Err(ErrorKind::NotLoggedIn),
+            Command::Say(json::InRoom { room, data }) => {
                 let room = Target::Room(room.unwrap_or_default());
                 self.json_send(room, data, "Message sent", id).await;
                 return Flow::Continue;
             }
-            Command::Join { rooms, room, data } => {
+            Command::Join(json::Rooms { rooms, room, data }) => {
                 let rooms = rooms.or(room.map(|r| vec![r])).unwrap_or(vec![data]);
                 let joined = self.join(&rooms, None, Who::Members).await;
                 joined.and_then(|()| done("Joined"))
             }
-            Command::Leave { rooms, room, data } => {
+            Command::Leave(json::Rooms { rooms, room, data }) => {
                 let rooms = rooms.or(room.map(|r| vec![r])).unwrap_or(vec![data]);
                 let left = self.leave(&rooms, Who::Members).await;
                 left.and_then(|()| done("Left"))
@@ -258,7 +260,7 @@ impl Session {
                     .collect();
                 Ok(("Rooms".into(), Value::from(rooms)))
             }
-            Command::Members { room, data } => {
+            Command::Members(json::InRoom { room, data }) => {
                 let members = self.members(&room.unwrap_or(data)).await;
                 members.map(|members| {
                     let members: Vec<Value> = (members.into_iter())
@@ -295,7 +297,7 @@ impl Session {
             Command::ListMessages => {
                 Ok(("Recent messages".into(), Value::from(self.recent().await)))
             }
-            Command::History {
+            Command::History(json::History {
                 target,
                 data,
                 limit,
@@ -303,7 +305,7 @@ impl Session {
                 after,
                 before_time,
                 after_time,
-            } => {
+            }) => {
                 let page = match (before, after, before_time, after_time) {
                     (Some(id), ..) => Page::BeforeId(id),
                     (_, Some(id), ..) => Page::AfterId(id),
@@ -314,7 +316,7 @@ impl Session {
                 let history = self.history(&target.unwrap_or(data), page, limit).await;
                 history.map(|messages| ("History".into(), history_items(messages)))
             }
-            Command::Subscribe { acks } => {
+            Command::Subscribe(json::Subscribe { acks }) => {
                 if acks {
                     let _ = self.enable_acks();
                 }
@@ -350,7 +352,8 @@ impl Session {
                     .collect();
                 ("Conversations".into(), Value::from(list))
             }),
-            Command::Ack { conversation, seq } => match (&self.login, conversation, seq) {
+            Command::Ack(json::Ack { conversation, seq }) => match (&self.login, conversation, seq)
+            {
                 (Some((identity, _)), Some(conv), Some(seq)) => {
                     self.shared.hub.cursors(identity.device, vec![(conv, seq)]);
                     done("Acked")
@@ -358,7 +361,7 @@ impl Session {
                 (None, ..) => Err(ErrorKind::NotLoggedIn),
                 _ => Err(ErrorKind::Malformed),
             },
-            Command::Search { data, limit } => {
+            Command::Search(json::Search { data, limit }) => {
                 let found = self.search_users(&data, limit.unwrap_or(usize::MAX)).await;
                 found.map(|found| {
                     let found: Vec<Value> = (found.into_iter())
@@ -367,19 +370,19 @@ impl Session {
                     ("Users found".into(), Value::from(found))
                 })
             }
-            Command::ContactRequest { to, data } => {
+            Command::ContactRequest(json::Contact { to, data }) => {
                 self.json_contact(to.unwrap_or(data), ContactAction::Request)
                     .await
             }
-            Command::ContactAccept { to, data } => {
+            Command::ContactAccept(json::Contact { to, data }) => {
                 self.json_contact(to.unwrap_or(data), ContactAction::Accept)
                     .await
             }
-            Command::ContactDecline { to, data } => {
+            Command::ContactDecline(json::Contact { to, data }) => {
                 self.json_contact(to.unwrap_or(data), ContactAction::Decline)
                     .await
             }
-            Command::ContactRemove { to, data } => {
+            Command::ContactRemove(json::Contact { to, data }) => {
                 self.json_contact(to.unwrap_or(data), ContactAction::Remove)
                     .await
             }
@@ -396,7 +399,7 @@ impl Session {
                     .collect();
                 ("Contacts".into(), Value::from(list))
             }),
-            Command::FileOffer { sha256, size } => {
+            Command::FileOffer(json::FileOffer { sha256, size }) => {
                 let hash = sha256.unwrap_or_default();
                 match self.file_offer(&hash, size.unwrap_or(0)).await {
                     Ok(Offer::Have) => Ok(("Have".into(), json!({"have": true}))),
@@ -406,12 +409,12 @@ impl Session {
                     Err(kind) => Err(kind),
                 }
             }
-            Command::FileChunk {
+            Command::FileChunk(json::FileChunk {
                 sha256,
                 size,
                 offset,
                 data,
-            } => {
+            }) => {
                 let hash = sha256.unwrap_or_default();
                 let (size, offset) = (size.unwrap_or(0), offset.unwrap_or(0));
                 let stored = match BASE64.decode(data.as_bytes()) {
@@ -430,14 +433,14 @@ impl Session {
                     Err(kind) => Err(kind),
                 }
             }
-            Command::SendFile {
+            Command::SendFile(json::SendFile {
                 room,
                 to,
                 sha256,
                 name,
                 mime,
                 data,
-            } => {
+            }) => {
                 let (kind, target) = match (room, to) {
                     (Some(room), _) => (2, room),
                     (None, Some(to)) => (1, to),
@@ -463,11 +466,11 @@ impl Session {
                     Err(kind) => Err(kind),
                 }
             }
-            Command::Download {
+            Command::Download(json::Download {
                 sha256,
                 offset,
                 length,
-            } => {
+            }) => {
                 let hash = sha256.unwrap_or_default();
                 let (offset, length) = (offset.unwrap_or(0), length.unwrap_or(4096));
                 let data = self.download(&hash, offset, length).await;
