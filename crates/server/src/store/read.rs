@@ -54,15 +54,6 @@ impl Reader {
         either!(self.resolve(user, target))
     }
 
-    /// The last `limit` messages of `conv`, oldest first, with their receive times (ms).
-    pub async fn latest(
-        &self,
-        conv: ConvId,
-        limit: usize,
-    ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
-        either!(self.latest(conv, limit))
-    }
-
     /// Users whose names start with `prefix`, sorted, at most `limit`.
     pub async fn search(&self, prefix: String, limit: usize) -> anyhow::Result<Vec<UserRow>> {
         either!(self.search(prefix, limit))

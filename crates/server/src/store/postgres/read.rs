@@ -207,7 +207,7 @@ impl PgReader {
         if let Some(r) = rows.first() {
             let member: Option<UserId> = r.get(1);
             return Ok(match member {
-                Some(_) => Resolved::Conv(r.get(0)),
+                Some(_) => Resolved::Conv(r.get(0), ConversationKind::Room),
                 None => Resolved::NotMember,
             });
         }
@@ -219,9 +219,9 @@ impl PgReader {
                     &[&broadcast],
                 )
                 .await?;
-            return Ok(rows
-                .first()
-                .map_or(Resolved::NotFound, |r| Resolved::Conv(r.get(0))));
+            return Ok(rows.first().map_or(Resolved::NotFound, |r| {
+                Resolved::Conv(r.get(0), ConversationKind::Broadcast)
+            }));
         }
         let rows = self
             .query("SELECT id FROM users WHERE name = $1", &[&target])
@@ -236,9 +236,9 @@ impl PgReader {
                 &[&a, &b],
             )
             .await?;
-        Ok(rows
-            .first()
-            .map_or(Resolved::Empty, |r| Resolved::Conv(r.get(0))))
+        Ok(rows.first().map_or(Resolved::Empty, |r| {
+            Resolved::Conv(r.get(0), ConversationKind::Direct)
+        }))
     }
 
     /// Users whose names start with `prefix`, sorted, at most `limit`.
@@ -300,15 +300,6 @@ impl PgReader {
             )
             .await?;
         Ok(rows.iter().map(user_row).collect())
-    }
-
-    /// The last `limit` messages of `conv`, oldest first, with their receive times (ms).
-    pub async fn latest(
-        &self,
-        conv: ConvId,
-        limit: usize,
-    ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
-        self.page(conv, Page::Latest, limit).await
     }
 
     /// A page of `conv`'s history, oldest first, with receive times (ms).
