@@ -1,6 +1,6 @@
 //! Wire formats of parley and the protocol-neutral model they translate to.
 //!
-//! This crate is sans-IO: no sockets, no async runtime. Each codec (`binary`, `text`, `json`)
+//! This crate is sans-IO: no sockets, no async runtime. Each codec (`binary`, `text`, `json`, `simpletcp`)
 //! turns bytes into its protocol's requests, and replies and pushes back into bytes, so the
 //! server, the client, the benchmark and the fuzzers all share one implementation of each
 //! format. What every protocol shares is here too: where a message goes ([`Target`]), the
@@ -15,6 +15,7 @@ mod event;
 pub mod json;
 pub mod lines;
 mod names;
+pub mod simpletcp;
 pub mod text;
 pub mod ws;
 
