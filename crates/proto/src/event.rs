@@ -54,4 +54,7 @@ pub enum ErrorKind {
     /// This user (or this address) has created as many rooms as the server allows
     /// (`max_rooms_per_user`, `max_rooms_per_address`): joining existing rooms still works.
     TooManyRooms,
+    /// A password sent over plain TCP while `require_tls_for_passwords` is on: refused
+    /// unchecked (and the client should consider it exposed).
+    TlsRequired,
 }

@@ -331,6 +331,7 @@ pub fn error_word(kind: ErrorKind) -> &'static str {
         ErrorKind::BadTransfer => "bad-transfer",
         ErrorKind::Corrupt => "corrupt",
         ErrorKind::TooManyRooms => "too-many-rooms",
+        ErrorKind::TlsRequired => "tls-required",
     }
 }
 

@@ -97,6 +97,9 @@ pub struct Config {
     pub argon2_parallelism: u32,
     /// Refuse password-less logins of names that are not accounts too.
     pub require_accounts: bool,
+    /// Refuse requests that carry a password (register, password login, password change)
+    /// on connections without TLS. Off by default: the seeds' clients speak plain TCP.
+    pub require_tls_for_passwords: bool,
     /// Allow DMs only between users who accepted each other as contacts.
     pub contacts_only_dms: bool,
     /// Most users one name search returns.
@@ -195,6 +198,7 @@ impl Default for Config {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             require_accounts: false,
+            require_tls_for_passwords: false,
             contacts_only_dms: false,
             max_search_results: 50,
             max_file_bytes: 100 * 1024 * 1024,
@@ -276,6 +280,10 @@ impl Config {
                 "cluster_reconcile_ms must be at least 50"
             );
         }
+        anyhow::ensure!(
+            !self.require_tls_for_passwords || self.tls_cert.is_some(),
+            "require_tls_for_passwords needs tls_cert and tls_key"
+        );
         anyhow::ensure!(
             self.max_avatar_bytes <= 60_000,
             "max_avatar_bytes must fit a binary frame (at most 60000)"

@@ -143,6 +143,17 @@ enum PortKind {
     Http,
 }
 
+impl PortKind {
+    /// What a port of one protocol serves, whatever its first bytes (None: they choose).
+    fn serves(self) -> Option<Sniffed> {
+        match self {
+            PortKind::Fixed(protocol) => Some(Sniffed::Protocol(protocol)),
+            PortKind::Http => Some(Sniffed::Http),
+            PortKind::Shared | PortKind::Tls => None,
+        }
+    }
+}
+
 /// Serves on `listeners` until `shutdown` is cancelled, then shuts down gracefully.
 pub async fn serve(
     config: Config,
@@ -392,18 +403,27 @@ fn connection(
     async move {
         // What sniffing read (only when peeking could not decide).
         let mut initial = BytesMut::new();
-        let sniffed = match kind {
-            PortKind::Fixed(protocol) => Ok(Sniffed::Protocol(protocol)),
-            PortKind::Tls => Ok(Sniffed::Tls),
-            PortKind::Http => Ok(Sniffed::Http),
+        // A port of one protocol tells TLS apart when a certificate is configured (no
+        // binary frame, text line or HTTP request starts with 0x16), except the JSON port:
+        // its server speaks first, so it cannot wait to see a ClientHello.
+        let fixed = kind.serves();
+        let plain = shared.tls.is_none() || matches!(kind, PortKind::Fixed(Protocol::Json));
+        let sniffed = match (kind, fixed) {
+            (PortKind::Tls, _) => Ok(Sniffed::Tls),
+            (_, Some(fixed)) if plain => Ok(fixed),
             // A connection that never says anything is not kept forever.
-            PortKind::Shared => tokio::select! {
+            _ => tokio::select! {
                 _ = shared.shutdown.cancelled() => return,
                 _ = first_byte_deadline(&shared) => {
                     return warn!(%peer, "nothing received in time; closing");
                 }
                 sniffed = sniff(&stream, &mut initial) => sniffed,
             },
+        };
+        // On a port of one protocol, whatever is not TLS is that protocol.
+        let sniffed = match (sniffed, fixed) {
+            (Ok(Sniffed::Protocol(_) | Sniffed::Http), Some(fixed)) => Ok(fixed),
+            (sniffed, _) => sniffed,
         };
         match sniffed {
             Ok(Sniffed::Protocol(protocol)) => {
@@ -434,7 +454,8 @@ fn connection(
             Ok(Sniffed::Tls) => match &shared.tls {
                 // Boxed: the handshake's state is large, and plain connections need none of it.
                 Some(tls) => {
-                    Box::pin(tls_session(stream, peer, tls.acceptor(), shared.clone())).await
+                    let acceptor = tls.acceptor();
+                    Box::pin(tls_session(stream, peer, acceptor, shared.clone(), fixed)).await
                 }
                 None => warn!(%peer, "a TLS connection, but no certificate is configured; closing"),
             },
@@ -453,13 +474,14 @@ async fn first_byte_deadline(shared: &Shared) {
     }
 }
 
-/// Completes the TLS handshake, reads the first bytes inside it to choose the protocol,
-/// and serves the session.
+/// Completes the TLS handshake, reads the first bytes inside it to choose the protocol
+/// (unless the port serves one, `fixed`), and serves the session.
 async fn tls_session(
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared>,
+    fixed: Option<Sniffed>,
 ) {
     let limit = Duration::from_secs(10);
     let handshake = tokio::select! {
@@ -506,7 +528,7 @@ async fn tls_session(
         }
     };
     let conn = Conn::Tls(Box::new(tls));
-    match sniffed {
+    match fixed.unwrap_or(sniffed) {
         Sniffed::Protocol(protocol) => {
             session::run(conn, peer, protocol, false, shared, initial, ()).await
         }

@@ -35,15 +35,30 @@ struct TlsServer {
 
 impl TlsServer {
     async fn start() -> TlsServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the TLS test config changed by `tweak`.
+    async fn start_with(tweak: impl FnOnce(&mut parley_server::Config)) -> TlsServer {
         let certs = tempfile::tempdir().unwrap();
         let (cert, key) = parley_server::write_self_signed(certs.path()).unwrap();
         let server = TestServer::start_with(|c| {
             c.tls_cert = Some(cert);
             c.tls_key = Some(key);
             c.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+            tweak(c);
         })
         .await;
         TlsServer { server, certs }
+    }
+
+    /// A TLS connection to `addr` (one of the server's ports).
+    async fn to(&self, addr: Option<std::net::SocketAddr>) -> Tls {
+        Tls::connect(addr.expect("that port is configured"), &[self.cert()]).await
+    }
+
+    fn running(&self) -> &parley_server::Running {
+        self.server.running.as_ref().unwrap()
     }
 
     fn tls_addr(&self) -> std::net::SocketAddr {
@@ -430,5 +445,124 @@ async fn a_reload_with_a_broken_key_fails_and_keeps_the_old_certificate() {
     let mut c = server.dedicated().await;
     assert_eq!(c.peer_cert(), old);
     assert_eq!(c.ask("PING").await, "PONG");
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The single-protocol ports, and passwords only over TLS
+// ---------------------------------------------------------------------------------------
+
+/// TLS on the text, binary and HTTP ports too, and plain connections still served there.
+async fn single_protocol_ports() -> TlsServer {
+    TlsServer::start_with(|c| {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        c.listen_text = Some(any);
+        c.listen_binary = Some(any);
+        c.listen_http = Some(any);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_text_port_serves_tls_and_plain_text() {
+    let server = single_protocol_ports().await;
+    let mut secure = server.to(server.running().text_addr).await;
+    // A line that would read as HTTP on the shared port is text here, inside TLS or not.
+    assert_eq!(secure.ask("GET /").await, "ERR unknown-cmd");
+    assert_eq!(secure.ask("PING").await, "PONG");
+    let mut plain = LineClient::connect(server.running().text_addr.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(plain.ask("PING").await.unwrap(), "PONG");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_binary_port_serves_tls_and_plain_binary() {
+    let server = single_protocol_ports().await;
+    let mut secure = server.to(server.running().binary_addr).await;
+    secure.send_frame(&login(3, "alice")).await;
+    assert_eq!(secure.bytes(13).await, response(3, code::OK));
+    let mut plain = parley_client::BinaryClient::connect(server.running().binary_addr.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(plain.login(4, "bob").await.unwrap(), code::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_http_port_serves_tls() {
+    let server = single_protocol_ports().await;
+    let mut secure = server.to(server.running().http_addr).await;
+    secure
+        .send_raw(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    let status = secure.line().await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    server.stop().await;
+}
+
+fn require_tls(c: &mut parley_server::Config) {
+    c.require_tls_for_passwords = true;
+}
+
+#[tokio::test]
+async fn with_require_tls_for_passwords_plain_tcp_passwords_are_refused() {
+    let server = TlsServer::start_with(require_tls).await;
+    let mut secure = server.shared().await;
+    assert_eq!(secure.ask("REGISTER alice correct-horse").await, "OK");
+    let mut plain = server.server.text().await;
+
+    let register = plain.ask("REGISTER bob correct-horse").await.unwrap();
+    let login = plain.ask("LOGIN alice correct-horse").await.unwrap();
+
+    assert_eq!(register, "ERR tls-required");
+    assert_eq!(login, "ERR tls-required");
+    assert_eq!(secure.ask("LOGIN alice correct-horse").await, "OK");
+    assert_eq!(
+        secure.ask("PASSWD correct-horse battery-staple").await,
+        "OK"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_require_tls_for_passwords_binary_and_json_refuse_plain_passwords_too() {
+    let server = TlsServer::start_with(require_tls).await;
+    let mut binary = server.server.client().await;
+    let register = Frame::Register {
+        cid: 5,
+        username: Bytes::from_static(b"alice"),
+        password: Bytes::from_static(b"correct-horse"),
+    };
+    binary.send(&register).await.unwrap();
+    assert_eq!(binary.expect_response(5).await.unwrap(), code::TLS_REQUIRED);
+    let mut json = server.server.json().await;
+    let login = r#"{"command":"LOGIN","data":"alice","password":"correct-horse"}"#;
+    let answer = json.ask(login).await.unwrap();
+    assert!(
+        answer.contains("Passwords need a TLS connection"),
+        "{answer}"
+    );
+    // Password-less logins are the seeds' and stay as they are.
+    assert_eq!(
+        server
+            .server
+            .text_login("carol")
+            .await
+            .ask("PING")
+            .await
+            .unwrap(),
+        "PONG"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn require_tls_for_passwords_is_off_by_default() {
+    let server = TlsServer::start().await;
+    let mut plain = server.server.text().await;
+    let register = plain.ask("REGISTER alice correct-horse").await.unwrap();
+    assert_eq!(register, "OK");
     server.stop().await;
 }

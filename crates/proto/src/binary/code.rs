@@ -26,6 +26,7 @@ pub const NOT_CONTACT: u16 = 0x13;
 pub const BAD_TRANSFER: u16 = 0x14;
 pub const CORRUPT: u16 = 0x15;
 pub const TOO_MANY_ROOMS: u16 = 0x16;
+pub const TLS_REQUIRED: u16 = 0x17;
 
 /// The response code that reports `kind`.
 pub fn error_code(kind: ErrorKind) -> u16 {
@@ -51,5 +52,6 @@ pub fn error_code(kind: ErrorKind) -> u16 {
         ErrorKind::BadTransfer => BAD_TRANSFER,
         ErrorKind::Corrupt => CORRUPT,
         ErrorKind::TooManyRooms => TOO_MANY_ROOMS,
+        ErrorKind::TlsRequired => TLS_REQUIRED,
     }
 }

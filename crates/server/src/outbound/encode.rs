@@ -367,6 +367,7 @@ pub fn slash_error(kind: ErrorKind) -> &'static str {
         ErrorKind::Unauthorized => "invalid credentials",
         ErrorKind::TooManyAttempts => "too many failed logins, try again later",
         ErrorKind::TooManyRooms => "you have created as many rooms as this server allows",
+        ErrorKind::TlsRequired => "passwords need a TLS connection here",
         _ => "internal error",
     }
 }
@@ -399,6 +400,7 @@ pub fn json_error(kind: ErrorKind) -> &'static str {
         ErrorKind::TooManyRooms => {
             "Too many rooms: you have created as many as this server allows (join existing ones)"
         }
+        ErrorKind::TlsRequired => "Passwords need a TLS connection on this server",
     }
 }
 

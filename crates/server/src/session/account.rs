@@ -19,8 +19,20 @@ impl Session {
             .map_err(|_| ErrorKind::InvalidName)
     }
 
+    /// Refuses a request that carries a password over plain TCP when the server requires
+    /// TLS for them (`require_tls_for_passwords`). The password has crossed the network by
+    /// then; the refusal keeps clients from being set up that way.
+    fn password_over_tls(&self) -> Result<(), ErrorKind> {
+        if self.shared.config.require_tls_for_passwords && !self.tls {
+            warn!(session = self.link.id, peer = %self.peer, "a password over plain TCP: refused");
+            return Err(ErrorKind::TlsRequired);
+        }
+        Ok(())
+    }
+
     /// Creates an account.
     pub(super) async fn register(&mut self, name: &str, password: &str) -> Result<(), ErrorKind> {
+        self.password_over_tls()?;
         let name = self.valid_name(name)?;
         if !PASSWORD_LEN.contains(&password.len()) {
             return Err(ErrorKind::InvalidPassword);
@@ -46,6 +58,7 @@ impl Session {
         if self.login.is_some() {
             return Err(ErrorKind::AlreadyLoggedIn);
         }
+        self.password_over_tls()?;
         let name = self.valid_name(name)?;
         let device = if device.is_empty() { "default" } else { device };
         self.valid_name(device)?;
@@ -151,6 +164,7 @@ impl Session {
     /// its session ends.
     pub(super) async fn change_password(&mut self, old: &str, new: &str) -> Result<(), ErrorKind> {
         let identity = self.account_identity()?;
+        self.password_over_tls()?;
         let name = self
             .login
             .as_ref()

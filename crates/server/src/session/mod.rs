@@ -140,6 +140,8 @@ struct Session {
     peer: SocketAddr,
     /// Logged in with a password or token (not password-less).
     account: bool,
+    /// The connection is TLS (see `require_tls_for_passwords`).
+    tls: bool,
     shared: Arc<Shared>,
     link: Arc<Link>,
     lines: LineDecoder,
@@ -210,6 +212,7 @@ impl Session {
         let session = Session {
             peer,
             account: false,
+            tls,
             lines: LineDecoder::new(config.max_line_bytes),
             idle: (idle > 0).then(|| Duration::from_millis(idle)),
             commands: TokenBucket::new(commands_per_second, commands_per_second.saturating_mul(2)),
