@@ -14,11 +14,18 @@ use tracing::{debug, warn};
 
 use crate::hub::{GoLive, Hub, Identity};
 use crate::monitor::Monitor;
-use crate::outbound::{Delivery, Item, Kill, Link, Refused};
+use crate::outbound::{Delivery, Item, Kill, Link, Waiter, MESSAGE_OVERHEAD};
 use crate::store::{ConvId, ConvPosition, Reader, Seq};
 
-/// Messages read per conversation per round.
+/// Most messages read per conversation per round.
 const PAGE: usize = 512;
+/// About the most bytes one round reads, over every conversation: a device that missed
+/// large messages reads a few at a time, so its catch-up holds about this much besides
+/// what waits in its queue (which the queue's room bounds).
+const ROUND_BYTES: usize = 1 << 20;
+/// What a message is taken to weigh before any was read: the largest a frame can carry, so
+/// the first round is small.
+const FIRST_GUESS: usize = 64 * 1024;
 
 /// Replays the backlog of `identity` into `link`'s queue, then goes live.
 pub async fn run(
@@ -81,6 +88,8 @@ async fn replay(
     let mut convs: HashMap<ConvId, ConvPosition> = HashMap::new();
     let mut replayed = 0;
     let mut first = true;
+    // What a message of this replay weighs on average, as read so far.
+    let mut weight = FIRST_GUESS;
     loop {
         let before = replayed;
         for p in reader.positions(me.user, me.device).await? {
@@ -105,12 +114,19 @@ async fn replay(
             if behind.is_empty() {
                 break;
             }
-            let pages = reader.after(behind, PAGE).await?;
+            let page = (ROUND_BYTES / weight.saturating_mul(behind.len()).max(1)).clamp(1, PAGE);
+            let pages = reader.after(behind, page).await?;
+            let (read, bytes) = pages.iter().flatten().fold((0, 0), |(n, bytes), m| {
+                (n + 1, bytes + m.body.len() + MESSAGE_OVERHEAD)
+            });
+            if read > 0 {
+                weight = (bytes / read).max(1);
+            }
             // A full page may continue past its last id: nothing beyond the smallest such
             // id can be ordered yet, so it waits for the next round.
             let bound = pages
                 .iter()
-                .filter(|p| p.len() == PAGE)
+                .filter(|p| p.len() == page)
                 .filter_map(|p| p.last().map(|m| m.id))
                 .min()
                 .unwrap_or(i64::MAX);
@@ -152,16 +168,10 @@ async fn replay(
                     m.body,
                     m.sent_at,
                 );
-                link.replay.acquire().await?.forget();
-                match link.enqueue(Item::Replay(Arc::new(d))) {
-                    Ok(()) => {}
-                    // The permits keep room for the replay; a queue full all the same was
-                    // filled by a client that does not read its answers.
-                    Err(Refused::Full) => {
-                        link.kill(Kill::SlowConsumer);
-                        return Ok(replayed);
-                    }
-                    Err(Refused::Closed) => return Ok(replayed),
+                // The replay waits while the queue has no room (it holds what a slow reader
+                // has not taken yet), so it never holds more of it than the room's bytes.
+                if !link.push_in_room(Item::Replay(Arc::new(d)), Waiter::Replay).await {
+                    return Ok(replayed);
                 }
                 replayed += 1;
             }

@@ -67,6 +67,13 @@ pub struct Config {
     /// Frames a session may have queued for its socket before it counts as a slow consumer
     /// and is disconnected (its messages stay in the log for its next login).
     pub outbound_queue: usize,
+    /// Bytes a session may have queued for its socket (pushes, answers, catch-up together)
+    /// before it counts as a slow consumer; its own answers and its catch-up wait while it
+    /// holds half of this (the session reads no more requests meanwhile).
+    pub outbound_bytes: usize,
+    /// A client that takes nothing of what is written to it for this long is a slow
+    /// consumer and is disconnected (ms; 0: never).
+    pub write_timeout_ms: u64,
     /// Requests one session may have in flight (pipelined) before the server stops reading
     /// from it until some are answered.
     pub max_inflight: usize,
@@ -185,6 +192,8 @@ impl Default for Config {
             max_history: 1000,
             max_connections: 19_000,
             outbound_queue: 4096,
+            outbound_bytes: 4 << 20,
+            write_timeout_ms: 10_000,
             max_inflight: 256,
             login_grace_ms: 200,
             shutdown_timeout_ms: 10_000,
@@ -247,6 +256,10 @@ impl Config {
         anyhow::ensure!(self.max_history > 0, "max_history must be positive");
         anyhow::ensure!(self.max_connections > 0, "max_connections must be positive");
         anyhow::ensure!(self.outbound_queue > 0, "outbound_queue must be positive");
+        anyhow::ensure!(
+            self.outbound_bytes >= 64 * 1024,
+            "outbound_bytes must be at least 65536"
+        );
         anyhow::ensure!(self.max_inflight > 0, "max_inflight must be positive");
         anyhow::ensure!(self.batch_max > 0, "batch_max must be positive");
         anyhow::ensure!(
@@ -293,6 +306,10 @@ impl Config {
 
     pub(crate) fn login_grace(&self) -> Duration {
         Duration::from_millis(self.login_grace_ms)
+    }
+
+    pub(crate) fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 
     pub(crate) fn shutdown_timeout(&self) -> Duration {

@@ -147,13 +147,18 @@ impl WriteHalf {
         matches!(self, WriteHalf::Tls(_))
     }
 
-    pub async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    /// Writes some of `bytes` (TLS: into its buffer; see `flush`), how many.
+    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         match self {
-            WriteHalf::Tcp(w) => w.write_all(bytes).await,
-            WriteHalf::Tls(w) => {
-                w.write_all(bytes).await?;
-                w.flush().await
-            }
+            WriteHalf::Tcp(w) => w.write(bytes).await,
+            WriteHalf::Tls(w) => w.write(bytes).await,
+        }
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            WriteHalf::Tcp(w) => w.flush().await,
+            WriteHalf::Tls(w) => w.flush().await,
         }
     }
 

@@ -28,6 +28,10 @@ pub struct Delivery {
     pub(super) encoded: ByStyle,
 }
 
+/// What a message takes in a write besides its body and names, about (a binary frame's
+/// header and time, an event's ids, a line's keyword, a JSON object's keys).
+pub const MESSAGE_OVERHEAD: usize = 48;
+
 /// A value's bytes per style, each encoded by the first session of that style to write it
 /// and shared by the rest. The slots are allocated on first use: a direct message to one
 /// device never needs them (see `Delivery::write_to`), and inline they made every
@@ -75,6 +79,12 @@ impl Delivery {
         }
     }
 
+    /// About the bytes this takes in any style, for the queue's byte bound: the body, the
+    /// names and a few words.
+    pub fn weight(&self) -> usize {
+        self.body.len() + self.from.len() + self.to.len() + MESSAGE_OVERHEAD
+    }
+
     /// The body as text (lossy for bytes that are not UTF-8).
     pub fn text(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(&self.body)
@@ -91,6 +101,9 @@ pub struct RoomRun {
     pub conv: ConvId,
     /// Set once the batch is complete, before any session is given the run.
     pub(super) deliveries: OnceLock<Vec<Arc<Delivery>>>,
+    /// The weight of the run's first `i` messages at `i` (set with `deliveries`): a
+    /// stretch's weight in two reads, for every member it is queued for.
+    weights: OnceLock<Vec<usize>>,
     /// Per style: the messages' bytes one after the other, and where each ends.
     pub(super) encoded: [OnceLock<(Bytes, Vec<usize>)>; Style::COUNT],
 }
@@ -100,13 +113,29 @@ impl RoomRun {
         RoomRun {
             conv,
             deliveries: OnceLock::new(),
+            weights: OnceLock::new(),
             encoded: Default::default(),
         }
     }
 
     /// Completes the run (once, before it is handed to any session).
     pub fn complete(&self, deliveries: Vec<Arc<Delivery>>) {
+        let mut sum = 0;
+        let mut weights = Vec::with_capacity(deliveries.len() + 1);
+        weights.push(0);
+        weights.extend(deliveries.iter().map(|d| {
+            sum += d.weight();
+            sum
+        }));
+        let _ = self.weights.set(weights);
         let _ = self.deliveries.set(deliveries);
+    }
+
+    /// The weight of messages `range` (see `Delivery::weight`).
+    pub fn weight(&self, range: std::ops::Range<usize>) -> usize {
+        let weights = self.weights.get().map_or(&[][..], Vec::as_slice);
+        let at = |i: usize| weights.get(i).or(weights.last()).copied().unwrap_or(0);
+        at(range.end).saturating_sub(at(range.start))
     }
 
     pub(super) fn deliveries(&self) -> &[Arc<Delivery>] {

@@ -3,8 +3,17 @@
 //! The link owns the session's bounded queue, its kill switch, its in-flight budget, and the
 //! writer's state while no writer task runs (see `writer`): the first push into the empty
 //! queue starts a task from any thread, the hub's included.
+//!
+//! Two kinds of producer share the queue. The hub cannot wait: its pushes fill the queue up
+//! to `outbound_queue` pushes and `outbound_bytes` bytes, and past either the session is a
+//! slow consumer, disconnected (what it missed stays in the log). The session's own answers
+//! and its catch-up can wait: they push only while the queue has *room* (fewer than
+//! `ROOM_ITEMS` items and half the bytes), else they wait for the writer, and the session
+//! reads nothing meanwhile. So a client that does not read its answers is slowed down to
+//! the pace it reads, never cut off for asking; one that reads nothing at all is cut off
+//! by the write timeout.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -14,7 +23,7 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Semaphore;
 
-use super::queue::{Pushed, Queue, Refused};
+use super::queue::{Bounds, Pushed, Queue, Refused, Waiter};
 use super::writer::{self, Writer, BATCH};
 use super::Item;
 use super::Protocol;
@@ -52,12 +61,12 @@ pub struct Link {
     /// A u32 like the other limits: the link is allocated for every connection, and these
     /// pack beside its flags.
     push_limit: u32,
+    /// How long a write may wait with the client taking nothing before it is a slow
+    /// consumer (0: for ever).
+    write_timeout_ms: u32,
     /// The client acks what it received (binary `EnableAcks`, JSON `SUBSCRIBE` with acks):
     /// its acks, not TCP's, move the device's cursor.
     pub acks: std::sync::atomic::AtomicBool,
-    /// Slots of the queue that catch-up may fill, so a long replay never leaves the hub
-    /// without room for replies and live pushes. The writer returns them.
-    pub replay: Semaphore,
     /// The writer's state while no writer task runs.
     parked: Mutex<Option<Box<Writer>>>,
     /// Where writer tasks run (pushes come from the hub's thread too).
@@ -72,13 +81,15 @@ pub struct Link {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kill {
-    /// Its queue passed its limit: it does not read what it is sent.
+    /// Its queue passed its limit (items or bytes): it does not read what it is sent.
     SlowConsumer = 1,
     /// Reading what it missed from the store failed.
     CatchupFailed = 2,
     /// The account's password changed on another device: the session ends gracefully
     /// (what is queued is written, and it is told why where the protocol can say so).
     SignedOut = 3,
+    /// It took nothing of a write for the write timeout: it does not read.
+    Stalled = 4,
 }
 
 impl Kill {
@@ -87,6 +98,7 @@ impl Kill {
             1 => Some(Kill::SlowConsumer),
             2 => Some(Kill::CatchupFailed),
             3 => Some(Kill::SignedOut),
+            4 => Some(Kill::Stalled),
             _ => None,
         }
     }
@@ -100,6 +112,7 @@ impl Kill {
     pub fn reason(self) -> &'static str {
         match self {
             Kill::SlowConsumer => "slow consumer: outbound queue full",
+            Kill::Stalled => "slow consumer: read nothing within the write timeout",
             Kill::CatchupFailed => "catch-up failed",
             Kill::SignedOut => "signed out: the password was changed",
         }
@@ -108,24 +121,31 @@ impl Kill {
 
 /// A link's sizes.
 pub struct LinkLimits {
-    /// Every slot of the queue (pushes, replies in flight, replay window).
+    /// Every slot of the queue (pushes, replies in flight, room for the session's own).
     pub queue: usize,
+    /// The bytes the queue may hold (`outbound_bytes`); the session's own output and its
+    /// catch-up wait while it holds half of it.
+    pub bytes: usize,
+    /// Items of the session's own output and catch-up the queue may hold before they wait.
+    pub room: usize,
     pub pushes: usize,
     pub inflight: usize,
-    pub replay: usize,
     /// Bound on the closing flush.
     pub flush_timeout: Duration,
+    /// How long a write may take nothing (`write_timeout_ms`; zero: for ever).
+    pub write_timeout: Duration,
 }
 
 impl Link {
     /// The link of a new session, with its writer parked (call inside the runtime).
     pub fn new(id: u64, protocol: Protocol, limits: LinkLimits, writer: Writer) -> Arc<Self> {
-        let flush_timeout_ms = u32::try_from(limits.flush_timeout.as_millis()).unwrap_or(u32::MAX);
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let bounds = Bounds::new(limits.queue, limits.bytes, limits.room);
         Arc::new_cyclic(|me| Link {
             id,
             protocol,
             style: AtomicU8::new(protocol.style() as u8),
-            queue: Queue::parked(limits.queue),
+            queue: Queue::parked(bounds),
             kill: AtomicU8::new(0),
             session_waker: AtomicWaker::new(),
             writer_done: AtomicBool::new(false),
@@ -133,12 +153,12 @@ impl Link {
             inflight: Semaphore::new(limits.inflight),
             pushed: Default::default(),
             push_limit: u32::try_from(limits.pushes).unwrap_or(u32::MAX),
+            write_timeout_ms: ms(limits.write_timeout),
             acks: Default::default(),
-            replay: Semaphore::new(limits.replay),
             parked: Mutex::new(Some(Box::new(writer))),
             runtime: tokio::runtime::Handle::current(),
             me: me.clone(),
-            flush_timeout_ms,
+            flush_timeout_ms: ms(limits.flush_timeout),
             peer: std::sync::OnceLock::new(),
         })
     }
@@ -153,17 +173,20 @@ impl Link {
         self.peer.get().copied()
     }
 
-    /// Queues `item` without waiting. A full queue makes this session a slow consumer: it
-    /// is disconnected, and whatever it had not received stays in the log for next time.
+    /// Queues `item` without waiting. A full queue (in items or bytes) makes this session a
+    /// slow consumer: it is disconnected, and whatever it had not received stays in the log
+    /// for next time.
     pub fn push(&self, item: Item) {
         // The queue also holds room for the replies to requests in flight (bounded by
-        // `max_inflight`) and for the slots catch-up may still claim: pushes may not use
+        // `max_inflight`) and for the session's own output and catch-up: pushes may not use
         // either, so `outbound_queue` is the real limit on what waits for a slow reader.
         if !self.claim_pushes(item.pushes()) {
             return self.kill(Kill::SlowConsumer);
         }
-        match self.enqueue(item) {
-            Ok(()) => {}
+        let bytes = item.weight();
+        match self.queue.push(item, bytes) {
+            Ok(Pushed::Start) => self.start_writer(),
+            Ok(Pushed::Queued) => {}
             Err(Refused::Full) => self.kill(Kill::SlowConsumer),
             // The writer has stopped: the session is ending, and what it did not write
             // stays in the log for the device's next login.
@@ -174,17 +197,43 @@ impl Link {
     /// Queues `items` (emptying it) in order, as `push` would one by one, with one lock and
     /// one wake-up: the hub's way when a batch has several items for one session.
     pub fn push_all(&self, items: &mut Vec<Item>) {
+        let (mut pushes, mut bytes) = (0, 0);
+        for item in items.iter() {
+            pushes += item.pushes();
+            bytes += item.weight();
+        }
         // Past the limit one by one would queue some and then kill the session, whose
         // writer then writes none of them: the same as queueing none.
-        if !self.claim_pushes(items.iter().map(Item::pushes).sum()) {
+        if !self.claim_pushes(pushes) {
             items.clear();
             return self.kill(Kill::SlowConsumer);
         }
-        match self.queue.push_all(items) {
+        match self.queue.push_all(items, bytes) {
             Ok(Pushed::Start) => self.start_writer(),
             Ok(Pushed::Queued) | Err(Refused::Closed) => {}
             Err(Refused::Full) => self.kill(Kill::SlowConsumer),
         }
+    }
+
+    /// Queues `item` once the queue has room, waiting for the writer meanwhile: the way of
+    /// the session's own output (`waiter` [`Waiter::Session`]) and of its catch-up
+    /// ([`Waiter::Replay`]). False once the writer has stopped (nothing more is written).
+    pub async fn push_in_room(&self, item: Item, waiter: Waiter) -> bool {
+        let bytes = item.weight();
+        let mut item = Some(item);
+        let queue = &self.queue;
+        let pushed = poll_fn(|cx| queue.poll_push_in_room(cx, waiter, &mut item, bytes)).await;
+        if pushed == Some(Pushed::Start) {
+            self.start_writer();
+        }
+        pushed.is_some()
+    }
+
+    /// Ready once the queue has room for the session's own output (true), or the writer
+    /// has stopped (false): a session stops reading requests while its answers are not
+    /// being read.
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        self.queue.poll_room(cx, Waiter::Session)
     }
 
     /// Counts `n` more pushes waiting in the queue, unless that would pass the limit.
@@ -197,14 +246,6 @@ impl Link {
         }
         self.pushed.fetch_add(n, Ordering::Relaxed);
         true
-    }
-
-    /// Queues `item`, starting a writer task if none runs.
-    pub fn enqueue(&self, item: Item) -> Result<(), Refused> {
-        if self.queue.push(item)? == Pushed::Start {
-            self.start_writer();
-        }
-        Ok(())
     }
 
     fn start_writer(&self) {
@@ -259,6 +300,11 @@ impl Link {
         Duration::from_millis(u64::from(self.flush_timeout_ms))
     }
 
+    pub(super) fn write_timeout(&self) -> Option<Duration> {
+        let ms = u64::from(self.write_timeout_ms);
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     /// Ready once the session is killed: the session's own wait (one task polls this).
     pub fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.poll_session(cx, |link| link.killed_for().is_some())
@@ -278,18 +324,22 @@ impl Link {
     }
 
     /// The writer's wait for its next turn: up to `BATCH` items moved into `items` (0 once
-    /// the queue is finishing and empty), or `None` once the session is killed. A kill wakes
-    /// the writer through the waker it leaves in the queue, so a wait takes the queue's one
-    /// lock (a wait on a `Notify` took two more locks every turn, and polling it one more).
+    /// the queue is finishing and empty), or `None` once the session is killed; `written`
+    /// is the weight of what it wrote since its last turn. A kill wakes the writer through
+    /// the waker it leaves in the queue, so a wait takes the queue's one lock (a wait on a
+    /// `Notify` took two more locks every turn, and polling it one more).
     pub(super) fn poll_turn(
         &self,
         cx: &mut Context<'_>,
         items: &mut Vec<Item>,
+        written: &mut usize,
     ) -> Poll<Option<usize>> {
         if self.is_killed() {
             return Poll::Ready(None);
         }
-        let turn = self.queue.poll_take(cx, items, BATCH);
+        let turn = self
+            .queue
+            .poll_take(cx, items, BATCH, std::mem::take(written));
         // Checked again once the waker is left: a kill in between still wakes it.
         if self.is_killed() {
             return Poll::Ready(None);
@@ -298,20 +348,30 @@ impl Link {
     }
 
     /// Waits on `write` (a write the socket did not take at once) unless the session is
-    /// killed meanwhile: false then, or if the write failed.
-    pub(super) fn poll_write<F>(&self, cx: &mut Context<'_>, write: Pin<&mut F>) -> Poll<bool>
+    /// killed meanwhile, or `deadline` passes first (the session is then killed as
+    /// [`Kill::Stalled`]): `None` then, or if the write failed.
+    pub(super) fn poll_write<F, T>(
+        &self,
+        cx: &mut Context<'_>,
+        write: Pin<&mut F>,
+        deadline: Option<Pin<&mut tokio::time::Sleep>>,
+    ) -> Poll<Option<T>>
     where
-        F: Future<Output = std::io::Result<()>>,
+        F: Future<Output = std::io::Result<T>>,
     {
         if self.is_killed() {
-            return Poll::Ready(false);
+            return Poll::Ready(None);
         }
         if let Poll::Ready(r) = write.poll(cx) {
-            return Poll::Ready(r.is_ok());
+            return Poll::Ready(r.ok());
+        }
+        if deadline.is_some_and(|d| d.poll(cx).is_ready()) {
+            self.kill(Kill::Stalled);
+            return Poll::Ready(None);
         }
         self.queue.watch(cx);
         match self.is_killed() {
-            true => Poll::Ready(false),
+            true => Poll::Ready(None),
             false => Poll::Pending,
         }
     }
@@ -386,10 +446,12 @@ mod tests {
         let writer = Writer::new(WriteHalf::Tcp(write), fd, Arc::new(Nowhere));
         let limits = LinkLimits {
             queue: 8,
+            bytes: 1 << 20,
+            room: 8,
             pushes: 8,
             inflight: 8,
-            replay: 8,
             flush_timeout: Duration::from_secs(1),
+            write_timeout: Duration::ZERO,
         };
         (
             Link::new(1, Protocol::Binary, limits, writer),
@@ -404,7 +466,10 @@ mod tests {
         let (link, _peer) = link_to_a_stalled_peer().await;
         let turn = tokio::spawn({
             let link = link.clone();
-            async move { std::future::poll_fn(|cx| link.poll_turn(cx, &mut Vec::new())).await }
+            async move {
+                let (mut items, mut written) = (Vec::new(), 0);
+                poll_fn(|cx| link.poll_turn(cx, &mut items, &mut written)).await
+            }
         });
         tokio::task::yield_now().await;
         assert!(!turn.is_finished(), "nothing queued: the turn waits");
@@ -418,14 +483,27 @@ mod tests {
             async move {
                 // A write the stalled peer never lets complete.
                 let mut write = std::pin::pin!(std::future::pending::<std::io::Result<()>>());
-                std::future::poll_fn(|cx| link.poll_write(cx, write.as_mut())).await
+                poll_fn(|cx| link.poll_write(cx, write.as_mut(), None)).await
             }
         });
         tokio::task::yield_now().await;
         assert!(!write.is_finished(), "the write waits");
         link.kill(Kill::SlowConsumer);
         let written = tokio::time::timeout(Duration::from_secs(5), write).await;
-        assert!(!written.expect("woken by the kill").unwrap());
+        assert!(written.expect("woken by the kill").unwrap().is_none());
+    }
+
+    /// A write the peer takes nothing of until its deadline ends the session as stalled.
+    #[tokio::test]
+    async fn a_write_that_waits_past_its_deadline_stalls_the_session() {
+        let (link, _peer) = link_to_a_stalled_peer().await;
+        let mut write = std::pin::pin!(std::future::pending::<std::io::Result<()>>());
+        let mut deadline = std::pin::pin!(tokio::time::sleep(Duration::from_millis(20)));
+        let wait = poll_fn(|cx| link.poll_write(cx, write.as_mut(), Some(deadline.as_mut())));
+        let written = tokio::time::timeout(Duration::from_secs(5), wait).await;
+        assert!(written.expect("ends at its deadline").is_none());
+        assert_eq!(link.killed_for(), Some(Kill::Stalled));
+        assert!(link.is_killed(), "nothing more is written to it");
     }
 
     /// Every connection holds a link, and an idle one its parked writer state: each fits

@@ -40,12 +40,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parley_proto::Reply;
 
-pub use delivery::{ContactChange, Delivery, Notice, RoomRun, SharedNotice};
+pub use delivery::{ContactChange, Delivery, Notice, RoomRun, SharedNotice, MESSAGE_OVERHEAD};
 pub use encode::{json_error, slash_error, Tag};
 pub use link::{Kill, Link, LinkLimits};
-pub use queue::Refused;
+pub use queue::Waiter;
 pub use staging::Staging;
 pub use writer::{ProgressSink, Writer};
+
+/// The weight of an item with no body: a reply, a notice.
+const SMALL_ITEM: usize = 64;
 
 /// How a connection's bytes are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,6 +137,18 @@ impl Item {
             Item::Deliver(_) | Item::Notice(_) => 1,
             Item::Run(_, start, end) => (end - start) as usize,
             _ => 0,
+        }
+    }
+
+    /// About the memory this holds until it is written, the same whatever the style (the
+    /// queue counts it off as it counted it on): what it takes in a write, give or take a
+    /// few words per message. The queue's byte bound counts these.
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            Item::Deliver(d) | Item::Replay(d) => d.weight(),
+            Item::Run(run, start, end) => run.weight(*start as usize..*end as usize),
+            Item::Bytes(bytes) | Item::Raw(bytes) => bytes.len(),
+            Item::Notice(_) | Item::Reply(..) => SMALL_ITEM,
         }
     }
 

@@ -1,5 +1,5 @@
-//! A session's outbound queue: bounded, never blocking the hub, and holding no memory
-//! while it is empty.
+//! A session's outbound queue: bounded in items and in bytes, never blocking the hub, and
+//! holding no memory while it is empty.
 //!
 //! A bounded tokio channel allocates its slot blocks up front (about 1.7 KB per session,
 //! idle or not) and keeps them for as long as it lives. Most sessions are idle most of the
@@ -9,6 +9,14 @@
 //! and leaves its waker under the same lock when there is nothing (a `Notify` beside the
 //! lock took a second lock to wait and a third when the wait was dropped, for every turn
 //! of a writer: at one message per turn, about 750 instructions a message).
+//!
+//! Bytes are counted under the same lock, as each item is pushed (its weight, given by the
+//! caller, who has the item at hand). What the consumer took stays counted until it says it
+//! wrote it, at its next take: the bytes in its hands are memory too, and the report costs
+//! no lock of its own. Two bounds apply: the hub's pushes may fill the queue to its limits
+//! (past them a push is refused: the reader is not keeping up); producers that can wait (the
+//! session's own answers, the catch-up) wait for *room* instead, which stops at a fraction
+//! of the limits, so they never push the hub's items out.
 
 use std::collections::VecDeque;
 #[cfg(test)]
@@ -30,22 +38,63 @@ pub enum Pushed {
 /// Why an item was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// The queue holds `capacity` items: the reader is not keeping up.
+    /// The queue holds its most items or bytes: the reader is not keeping up.
     Full,
     /// The writer has stopped: nothing will be written any more.
     Closed,
+}
+
+/// A queue's bounds: what the hub may fill it to, and where room for waiting producers ends.
+/// u32s: every connection's link holds them.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Most items.
+    items: u32,
+    /// Most bytes (a first item is always taken, however large).
+    bytes: u32,
+    /// Producers that wait ([`Queue::poll_push_in_room`]) push only while the queue holds
+    /// fewer items and bytes than these.
+    room_items: u32,
+    room_bytes: u32,
+}
+
+impl Bounds {
+    /// At most `items` items and `bytes` bytes; room for waiting producers below
+    /// `room_items` items and half the bytes.
+    pub fn new(items: usize, bytes: usize, room_items: usize) -> Bounds {
+        let u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Bounds {
+            items: u32(items),
+            bytes: u32(bytes),
+            room_items: u32(room_items),
+            room_bytes: u32(bytes / 2),
+        }
+    }
+}
+
+/// Producers that may wait for room, each with a waker slot of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiter {
+    /// The session's task: its own answers, and its reads (it stops reading while there
+    /// is no room).
+    Session = 0,
+    /// The catch-up task.
+    Replay = 1,
 }
 
 /// A bounded multi-producer, single-consumer queue.
 #[derive(Debug)]
 pub struct Queue<T> {
     state: Mutex<State<T>>,
-    capacity: usize,
+    bounds: Bounds,
 }
 
 #[derive(Debug)]
 struct State<T> {
     items: VecDeque<T>,
+    /// The weight of what is queued, and of what the consumer took and has not yet
+    /// reported written.
+    bytes: usize,
     closed: bool,
     /// No consumer runs: the next push starts one.
     parked: bool,
@@ -56,6 +105,8 @@ struct State<T> {
     /// empty, and on close and finish. Left behind when its wait is dropped, it only makes
     /// a spurious wake-up; a consumer that parks clears it (it holds the task's memory).
     waiting: Option<Waker>,
+    /// Producers waiting for room, by [`Waiter`]: woken when a take makes room, on close.
+    room: [Option<Waker>; 2],
 }
 
 impl<T> State<T> {
@@ -71,7 +122,8 @@ impl<T> State<T> {
         }
     }
 
-    fn take_into(&mut self, into: &mut Vec<T>, max: usize) -> usize {
+    fn take_into(&mut self, into: &mut Vec<T>, max: usize, written: usize) -> usize {
+        self.bytes = self.bytes.saturating_sub(written);
         let n = self.items.len().min(max);
         into.extend(self.items.drain(..n));
         if self.items.is_empty() && self.items.capacity() > KEEP_SLOTS {
@@ -79,93 +131,173 @@ impl<T> State<T> {
         }
         n
     }
+
+    fn has_room(&self, bounds: &Bounds) -> bool {
+        self.items.len() < bounds.room_items as usize && self.bytes < bounds.room_bytes as usize
+    }
+
+    /// The producers waiting for room, once there is some (or the queue closed).
+    fn wake_room(&mut self, bounds: &Bounds) -> [Option<Waker>; 2] {
+        match self.room.iter().any(Option::is_some) && (self.closed || self.has_room(bounds)) {
+            true => std::mem::take(&mut self.room),
+            false => [None, None],
+        }
+    }
+
+    /// Queues `item` of `bytes` unless that passes the bounds.
+    fn admit(&mut self, item: T, bytes: usize, bounds: &Bounds) -> Result<(), Refused> {
+        if self.closed {
+            return Err(Refused::Closed);
+        }
+        if self.items.len() >= bounds.items as usize || self.over(bytes, bounds) {
+            return Err(Refused::Full);
+        }
+        self.items.push_back(item);
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Whether `bytes` more would pass the byte bound (never for the first item).
+    fn over(&self, bytes: usize, bounds: &Bounds) -> bool {
+        self.bytes > 0 && self.bytes + bytes > bounds.bytes as usize
+    }
+
+    /// What a push asks of the caller, and the consumer to wake: the first item after the
+    /// consumer emptied the queue wakes it (it takes everything when it wakes, and a
+    /// consumer about to wait finds the item under the lock it would leave its waker under).
+    fn pushed(&mut self, was_empty: bool) -> (Pushed, Option<Waker>) {
+        if self.parked && !self.finishing {
+            self.parked = false;
+            return (Pushed::Start, None);
+        }
+        match was_empty {
+            true => (Pushed::Queued, self.wake()),
+            false => (Pushed::Queued, None),
+        }
+    }
+}
+
+fn wake_all(wakers: impl IntoIterator<Item = Option<Waker>>) {
+    for waker in wakers.into_iter().flatten() {
+        waker.wake();
+    }
 }
 
 impl<T> Queue<T> {
     /// A queue whose consumer runs from the start.
     #[cfg(test)]
-    pub fn new(capacity: usize) -> Self {
-        Self::with_consumer(capacity, false)
+    pub fn new(bounds: Bounds) -> Self {
+        Self::with_consumer(bounds, false)
     }
 
     /// A queue with no consumer yet: the first push asks for one.
-    pub fn parked(capacity: usize) -> Self {
-        Self::with_consumer(capacity, true)
+    pub fn parked(bounds: Bounds) -> Self {
+        Self::with_consumer(bounds, true)
     }
 
-    fn with_consumer(capacity: usize, parked: bool) -> Self {
+    fn with_consumer(bounds: Bounds, parked: bool) -> Self {
         Queue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
+                bytes: 0,
                 closed: false,
                 parked,
                 finishing: false,
                 waiting: None,
+                room: [None, None],
             }),
-            capacity,
+            bounds,
         }
     }
 
-    /// Queues `item` without waiting.
-    pub fn push(&self, item: T) -> Result<Pushed, Refused> {
-        let waiting = {
+    /// Queues `item`, which weighs `bytes`, without waiting.
+    pub fn push(&self, item: T, bytes: usize) -> Result<Pushed, Refused> {
+        let (pushed, waiting) = {
             let mut state = self.lock();
-            if state.closed {
-                return Err(Refused::Closed);
-            }
-            if state.items.len() >= self.capacity {
-                return Err(Refused::Full);
-            }
-            state.items.push_back(item);
-            if state.parked && !state.finishing {
-                state.parked = false;
-                return Ok(Pushed::Start);
-            }
-            // The consumer takes everything when it wakes, so only the first item after
-            // it emptied the queue needs to wake it (a consumer about to wait finds the
-            // item under the lock it would leave its waker under).
-            if state.items.len() == 1 {
-                state.wake()
-            } else {
-                None
-            }
+            let was_empty = state.items.is_empty();
+            state.admit(item, bytes, &self.bounds)?;
+            state.pushed(was_empty)
         };
         if let Some(consumer) = waiting {
             consumer.wake();
         }
-        Ok(Pushed::Queued)
+        Ok(pushed)
     }
 
-    /// Queues every item of `items` (emptying it), in order, as one push: one lock and at
-    /// most one wake-up for all of them. All or nothing: nothing is queued when they do not
-    /// all fit.
-    pub fn push_all(&self, items: &mut Vec<T>) -> Result<Pushed, Refused> {
-        let waiting = {
+    /// Queues every item of `items` (emptying it; together they weigh `bytes`), in order,
+    /// as one push: one lock and at most one wake-up for all of them. All or nothing:
+    /// nothing is queued when they do not all fit.
+    pub fn push_all(&self, items: &mut Vec<T>, bytes: usize) -> Result<Pushed, Refused> {
+        let (pushed, waiting) = {
             let mut state = self.lock();
-            if state.closed {
+            let full = state.items.len() + items.len() > self.bounds.items as usize
+                || state.over(bytes, &self.bounds);
+            if state.closed || full {
                 items.clear();
-                return Err(Refused::Closed);
-            }
-            if state.items.len() + items.len() > self.capacity {
-                items.clear();
-                return Err(Refused::Full);
+                return Err(if state.closed {
+                    Refused::Closed
+                } else {
+                    Refused::Full
+                });
             }
             let was_empty = state.items.is_empty();
             state.items.extend(items.drain(..));
-            if state.parked && !state.finishing {
-                state.parked = false;
-                return Ok(Pushed::Start);
-            }
-            if was_empty {
-                state.wake()
-            } else {
-                None
-            }
+            state.bytes += bytes;
+            state.pushed(was_empty)
         };
         if let Some(consumer) = waiting {
             consumer.wake();
         }
-        Ok(Pushed::Queued)
+        Ok(pushed)
+    }
+
+    /// Queues the item in `item` (taking it) if there is room; else leaves `cx`'s waker as
+    /// `waiter`'s, to be woken once a take makes room. The way of producers that can wait:
+    /// they never fill the queue past its room, so the hub's pushes still fit. `None` once
+    /// the queue is closed.
+    pub fn poll_push_in_room(
+        &self,
+        cx: &mut Context<'_>,
+        waiter: Waiter,
+        item: &mut Option<T>,
+        bytes: usize,
+    ) -> Poll<Option<Pushed>> {
+        let (pushed, waiting) = {
+            let mut state = self.lock();
+            if state.closed {
+                *item = None;
+                return Poll::Ready(None);
+            }
+            if !state.has_room(&self.bounds) {
+                state.room[waiter as usize] = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let Some(item) = item.take() else {
+                return Poll::Ready(Some(Pushed::Queued));
+            };
+            let was_empty = state.items.is_empty();
+            state.items.push_back(item);
+            state.bytes += bytes;
+            state.pushed(was_empty)
+        };
+        if let Some(consumer) = waiting {
+            consumer.wake();
+        }
+        Poll::Ready(Some(pushed))
+    }
+
+    /// Ready once the queue has room (true), or is closed (false); else `cx`'s waker is
+    /// left as `waiter`'s.
+    pub fn poll_room(&self, cx: &mut Context<'_>, waiter: Waiter) -> Poll<bool> {
+        let mut state = self.lock();
+        if state.closed {
+            return Poll::Ready(false);
+        }
+        if state.has_room(&self.bounds) {
+            return Poll::Ready(true);
+        }
+        state.room[waiter as usize] = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// The consumer stops if there is nothing to take: true when it may go (the next push
@@ -202,19 +334,34 @@ impl<T> Queue<T> {
     /// consumer then ends).
     #[cfg(test)]
     pub async fn take(&self, into: &mut Vec<T>, max: usize) -> usize {
-        poll_fn(|cx| self.poll_take(cx, into, max)).await
+        let mut written = 0;
+        poll_fn(|cx| self.poll_take(cx, into, max, std::mem::take(&mut written))).await
     }
 
-    /// [`Queue::take`] as a poll: when nothing can be moved, the consumer's waker is left
-    /// to be woken by the next push, close, finish or [`Queue::interrupt`].
-    pub fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<T>, max: usize) -> Poll<usize> {
-        let mut state = self.lock();
-        let moved = state.take_into(into, max);
-        if moved > 0 || state.closed || state.finishing {
-            return Poll::Ready(moved);
-        }
-        state.wait(cx);
-        Poll::Pending
+    /// [`Queue::take`] as a poll, first counting off `written`, the weight of what the
+    /// consumer wrote since its last take: when nothing can be moved, the consumer's waker
+    /// is left to be woken by the next push, close, finish or [`Queue::interrupt`].
+    pub fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        into: &mut Vec<T>,
+        max: usize,
+        written: usize,
+    ) -> Poll<usize> {
+        let (moved, room) = {
+            let mut state = self.lock();
+            let moved = state.take_into(into, max, written);
+            let room = state.wake_room(&self.bounds);
+            if moved == 0 && !state.closed && !state.finishing {
+                state.wait(cx);
+                drop(state);
+                wake_all(room);
+                return Poll::Pending;
+            }
+            (moved, room)
+        };
+        wake_all(room);
+        Poll::Ready(moved)
     }
 
     /// Leaves the consumer's waker to be woken as in [`Queue::poll_take`], for a consumer
@@ -232,26 +379,42 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Moves up to `max` items into `into` without waiting.
-    pub fn try_take(&self, into: &mut Vec<T>, max: usize) -> usize {
-        self.lock().take_into(into, max)
+    /// Moves up to `max` items into `into` without waiting, first counting off `written`
+    /// (see [`Queue::poll_take`]).
+    pub fn try_take(&self, into: &mut Vec<T>, max: usize, written: usize) -> usize {
+        let (moved, room) = {
+            let mut state = self.lock();
+            let moved = state.take_into(into, max, written);
+            (moved, state.wake_room(&self.bounds))
+        };
+        wake_all(room);
+        moved
     }
 
     /// Refuses every later push and drops what is queued (the writer has stopped).
     pub fn close(&self) {
-        let (dropped, waiting) = {
+        let (dropped, waiting, room) = {
             let mut state = self.lock();
             state.closed = true;
-            (std::mem::take(&mut state.items), state.wake())
+            state.bytes = 0;
+            let room = std::mem::take(&mut state.room);
+            (std::mem::take(&mut state.items), state.wake(), room)
         };
         drop(dropped);
         if let Some(consumer) = waiting {
             consumer.wake();
         }
+        wake_all(room);
     }
 
     pub fn is_empty(&self) -> bool {
         self.lock().items.is_empty()
+    }
+
+    /// The weight of what is queued or in the consumer's hands.
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     #[cfg(test)]
@@ -271,68 +434,131 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    /// Bounds of `n` items, with no bound on bytes.
+    fn items(n: usize) -> Bounds {
+        Bounds::new(n, usize::MAX, n)
+    }
+
     #[test]
     fn bounded_and_in_order() {
-        let q = Queue::new(3);
+        let q = Queue::new(items(3));
         for i in 0..3 {
-            assert_eq!(q.push(i), Ok(Pushed::Queued));
+            assert_eq!(q.push(i, 1), Ok(Pushed::Queued));
         }
-        assert_eq!(q.push(3), Err(Refused::Full));
+        assert_eq!(q.push(3, 1), Err(Refused::Full));
         let mut out = Vec::new();
-        assert_eq!(q.try_take(&mut out, 2), 2);
-        assert_eq!(q.try_take(&mut out, 10), 1);
+        assert_eq!(q.try_take(&mut out, 2, 0), 2);
+        assert_eq!(q.try_take(&mut out, 10, 0), 1);
         assert_eq!(out, vec![0, 1, 2]);
-        q.push(4).unwrap();
+        q.push(4, 1).unwrap();
         assert_eq!(q.len(), 1);
+    }
+
+    /// The hub's pushes fill the queue to its byte bound (a first item always goes in);
+    /// what the consumer took counts until it reports it written at its next take.
+    #[test]
+    fn bounded_in_bytes_until_written() {
+        let q = Queue::new(Bounds::new(100, 1_000, 100));
+        assert_eq!(q.push(1, 5_000), Ok(Pushed::Queued), "a first item, however large");
+        assert_eq!(q.push(2, 1), Err(Refused::Full));
+        let mut out = Vec::new();
+        assert_eq!(q.try_take(&mut out, 10, 0), 1);
+        assert_eq!(q.bytes(), 5_000, "taken, not yet written");
+        assert_eq!(q.try_take(&mut out, 10, 5_000), 0);
+        assert_eq!(q.bytes(), 0);
+        assert_eq!(q.push_all(&mut vec![3, 4], 600), Ok(Pushed::Queued));
+        assert_eq!(q.push_all(&mut vec![5], 401), Err(Refused::Full));
+        assert_eq!(q.push(6, 400), Ok(Pushed::Queued));
+        assert_eq!(q.bytes(), 1_000);
+        q.close();
+        assert_eq!(q.bytes(), 0);
+    }
+
+    /// A producer that waits for room pushes below the room bound only, and is woken once a
+    /// take (with what was written) makes room again, or the queue closes.
+    #[tokio::test]
+    async fn waiting_producers_push_only_in_room() {
+        let q = Arc::new(Queue::new(Bounds::new(100, 1_000, 3)));
+        let push = |q: &Arc<Queue<u32>>, item: u32, bytes: usize| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut item = Some(item);
+                poll_fn(|cx| q.poll_push_in_room(cx, Waiter::Session, &mut item, bytes)).await
+            })
+        };
+        push(&q, 1, 600).await.unwrap().expect("room");
+        let waiting = push(&q, 2, 10);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "600 bytes are past the room");
+        assert_eq!(q.push(3, 300), Ok(Pushed::Queued), "the hub's pushes still fit");
+        let mut out = Vec::new();
+        q.try_take(&mut out, 10, 0);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "taken but not written: still counted");
+        q.try_take(&mut out, 10, 900);
+        let pushed = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(pushed.expect("woken by the take").unwrap(), Some(Pushed::Queued));
+        q.try_take(&mut out, 10, 0);
+        assert_eq!(out, [1, 3, 2]);
+
+        for i in 0..3 {
+            q.push(i, 1).unwrap();
+        }
+        let waiting = push(&q, 9, 1);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "three items are past the room");
+        q.close();
+        let refused = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(refused.expect("woken by the close").unwrap(), None);
     }
 
     #[test]
     fn several_items_go_in_at_once_in_order_or_not_at_all() {
-        let q = Queue::parked(5);
-        assert_eq!(q.push_all(&mut vec![1, 2]), Ok(Pushed::Start));
-        assert_eq!(q.push_all(&mut vec![3, 4]), Ok(Pushed::Queued));
+        let q = Queue::parked(items(5));
+        assert_eq!(q.push_all(&mut vec![1, 2], 0), Ok(Pushed::Start));
+        assert_eq!(q.push_all(&mut vec![3, 4], 0), Ok(Pushed::Queued));
         let mut three = vec![5, 6, 7];
-        assert_eq!(q.push_all(&mut three), Err(Refused::Full));
+        assert_eq!(q.push_all(&mut three, 0), Err(Refused::Full));
         assert!(three.is_empty());
         assert_eq!(q.len(), 4, "nothing of a refused list is queued");
         let mut out = Vec::new();
-        q.try_take(&mut out, 10);
+        q.try_take(&mut out, 10, 0);
         assert_eq!(out, vec![1, 2, 3, 4]);
         q.close();
-        assert_eq!(q.push_all(&mut vec![8]), Err(Refused::Closed));
+        assert_eq!(q.push_all(&mut vec![8], 0), Err(Refused::Closed));
     }
 
     #[test]
     fn a_parked_queue_asks_for_a_consumer_once() {
-        let q = Queue::parked(10);
-        assert_eq!(q.push(1), Ok(Pushed::Start));
-        assert_eq!(q.push(2), Ok(Pushed::Queued));
+        let q = Queue::parked(items(10));
+        assert_eq!(q.push(1, 1), Ok(Pushed::Start));
+        assert_eq!(q.push(2, 1), Ok(Pushed::Queued));
         assert!(!q.park(), "items are waiting: the consumer must go on");
         let mut out = Vec::new();
-        q.try_take(&mut out, 10);
+        q.try_take(&mut out, 10, 0);
         assert!(q.park());
-        assert_eq!(q.push(3), Ok(Pushed::Start));
+        assert_eq!(q.push(3, 1), Ok(Pushed::Start));
         assert!(!q.finish(), "a consumer runs");
-        q.try_take(&mut out, 10);
+        q.try_take(&mut out, 10, 0);
         assert!(!q.park(), "a finishing queue keeps its consumer");
         assert_eq!(out, vec![1, 2, 3]);
     }
 
     #[test]
     fn finishing_a_parked_queue_hands_it_to_the_caller() {
-        let q = Queue::parked(10);
+        let q = Queue::parked(items(10));
         assert!(q.finish());
-        assert_eq!(q.push(1), Ok(Pushed::Queued), "no consumer starts any more");
+        assert_eq!(q.push(1, 1), Ok(Pushed::Queued), "no consumer starts any more");
     }
 
     #[test]
     fn releases_memory_once_emptied() {
-        let q = Queue::new(10_000);
+        let q = Queue::new(items(10_000));
         for i in 0..1_000 {
-            q.push(i).unwrap();
+            q.push(i, 1).unwrap();
         }
         let mut out = Vec::new();
-        q.try_take(&mut out, 10_000);
+        q.try_take(&mut out, 10_000, 0);
         assert_eq!(q.lock().items.capacity(), 0);
     }
 
@@ -348,11 +574,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_consumer_gets_what_is_left_then_ends_when_finishing() {
-        let q = Arc::new(Queue::new(10));
+        let q = Arc::new(Queue::new(items(10)));
         let consumer = consumer(&q);
         tokio::task::yield_now().await;
-        q.push(1).unwrap();
-        q.push(2).unwrap();
+        q.push(1, 1).unwrap();
+        q.push(2, 1).unwrap();
         assert!(!q.finish(), "a consumer was running");
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), consumer)
             .await
@@ -367,7 +593,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_push_wakes_a_waiting_consumer_on_another_thread() {
         const PUSHES: u32 = 2_000;
-        let q = Arc::new(Queue::new(16));
+        let q = Arc::new(Queue::new(items(16)));
         let consumer = consumer(&q);
         let producer = std::thread::spawn({
             let q = q.clone();
@@ -383,10 +609,10 @@ mod tests {
                 for i in 0..PUSHES {
                     until(&|| q.lock().waiting.is_some());
                     if i % 2 == 0 {
-                        q.push(next).unwrap();
+                        q.push(next, 1).unwrap();
                         next += 1;
                     } else {
-                        q.push_all(&mut vec![next, next + 1, next + 2]).unwrap();
+                        q.push_all(&mut vec![next, next + 1, next + 2], 0).unwrap();
                         next += 3;
                     }
                     until(&|| q.is_empty());
@@ -405,7 +631,7 @@ mod tests {
 
     #[tokio::test]
     async fn closing_wakes_a_waiting_consumer() {
-        let q = Arc::new(Queue::<u32>::new(10));
+        let q = Arc::new(Queue::<u32>::new(items(10)));
         let consumer = tokio::spawn({
             let q = q.clone();
             async move { q.take(&mut Vec::new(), 10).await }
@@ -423,7 +649,7 @@ mod tests {
     /// A waker holds its task's memory: a consumer that parks must not leave one behind.
     #[tokio::test]
     async fn a_consumer_that_parks_leaves_no_waker() {
-        let q = Queue::<u32>::new(10);
+        let q = Queue::<u32>::new(items(10));
         let mut got = Vec::new();
         let waited = tokio::time::timeout(Duration::from_millis(10), q.take(&mut got, 10)).await;
         assert!(waited.is_err(), "nothing to take");
@@ -437,10 +663,10 @@ mod tests {
 
     #[test]
     fn a_parked_queue_holds_no_slots() {
-        let q = Queue::new(10);
-        q.push(1).unwrap();
+        let q = Queue::new(items(10));
+        q.push(1, 1).unwrap();
         let mut out = Vec::new();
-        q.try_take(&mut out, 10);
+        q.try_take(&mut out, 10, 0);
         assert!(
             q.lock().items.capacity() > 0,
             "a small deque is kept while in use"
@@ -451,21 +677,21 @@ mod tests {
 
     #[test]
     fn closed_refuses_and_drops() {
-        let q = Queue::new(10);
+        let q = Queue::new(items(10));
         let item = Arc::new(());
-        q.push(item.clone()).unwrap();
+        q.push(item.clone(), 1).unwrap();
         q.close();
         assert_eq!(
             Arc::strong_count(&item),
             1,
             "queued items are dropped on close"
         );
-        assert_eq!(q.push(item.clone()), Err(Refused::Closed));
+        assert_eq!(q.push(item.clone(), 1), Err(Refused::Closed));
     }
 
     #[tokio::test]
     async fn take_waits_for_a_push_and_ends_on_close() {
-        let q = Arc::new(Queue::new(10));
+        let q = Arc::new(Queue::new(items(10)));
         let consumer = {
             let q = q.clone();
             tokio::spawn(async move {
@@ -475,7 +701,7 @@ mod tests {
             })
         };
         for i in 0..5 {
-            q.push(i).unwrap();
+            q.push(i, 1).unwrap();
             // Let the consumer run (a current-thread runtime runs it on yield).
             for _ in 0..100 {
                 if q.is_empty() {

@@ -1,9 +1,12 @@
 //! The writer task: drains a session's queue into its socket.
 //!
 //! It takes everything queued (up to `BATCH` items), encodes it into one buffer sized for
-//! the whole write first, and writes it with one call. After each write it notes what the
-//! write delivered; once the peer's TCP stack acknowledged those bytes (`tcp_ack`), it
-//! reports how far each conversation got, which becomes the device's cursor.
+//! the whole write first, and writes it with one call (a turn with more than `WRITE_BYTES`
+//! to write writes that much at a time, so a writer holds at most about that much encoded).
+//! After each write it notes what the write delivered; once the peer's TCP stack
+//! acknowledged those bytes (`tcp_ack`), it reports how far each conversation got, which
+//! becomes the device's cursor. A write the peer takes nothing of for `write_timeout_ms`
+//! ends the session: a client that does not read is a slow consumer, whatever it holds.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,8 +26,11 @@ use super::{Item, Style};
 use crate::conn::WriteHalf;
 use crate::store::{ConvId, DeviceId, Seq};
 
-/// Largest number of queued items written in one go.
+/// Largest number of queued items taken in one go.
 pub(super) const BATCH: usize = 512;
+/// About the most bytes encoded for one write (at least one item's): what a writer whose
+/// client reads slowly holds besides its queue.
+const WRITE_BYTES: usize = 64 * 1024;
 /// A write buffer that grew past this is released after use.
 const KEEP_BUFFER: usize = 64 * 1024;
 /// A write buffer or item list larger than these is released when the queue runs empty, so
@@ -55,6 +61,8 @@ pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
     // often the writer wakes meanwhile), else the linger before parking.
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut last_write = tokio::time::Instant::now();
+    // The weight of what was written since the last take, counted off at the next.
+    let mut written = 0;
     loop {
         if queue.is_empty() {
             // About to wait: what a burst grew is not kept by an idle session.
@@ -80,7 +88,7 @@ pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
         }
         let got = tokio::select! {
             biased;
-            turn = std::future::poll_fn(|cx| link.poll_turn(cx, &mut items)) => match turn {
+            turn = std::future::poll_fn(|cx| link.poll_turn(cx, &mut items, &mut written)) => match turn {
                 // 0 once the session is closing (or the queue closed) and nothing is left.
                 Some(n) => n,
                 None => {
@@ -110,9 +118,12 @@ pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
         if got == 0 {
             break;
         }
-        if !out.write(&link, &mut items).await {
-            out.report(&link, true);
-            return link.writer_stopped();
+        match out.write(&link, &mut items).await {
+            Some(weight) => written = weight,
+            None => {
+                out.report(&link, true);
+                return link.writer_stopped();
+            }
         }
         last_write = tokio::time::Instant::now();
     }
@@ -175,18 +186,44 @@ impl Writer {
         }
     }
 
-    /// Encodes and writes `items`. False when the socket failed.
-    async fn write(&mut self, link: &Link, items: &mut Vec<Item>) -> bool {
+    /// Encodes and writes `items` (emptying it), `WRITE_BYTES` at most at a time. The
+    /// weight of what it wrote, or `None` when the socket failed or the session was killed.
+    async fn write(&mut self, link: &Link, items: &mut Vec<Item>) -> Option<usize> {
         let style = Style::from_u8(link.style.load(Ordering::Relaxed));
-        let buf = &mut self.buf;
-        let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
-        let mut replayed = 0;
-        let mut messages = 0;
         let pushes = items.iter().map(Item::pushes).sum();
         link.pushed.fetch_sub(pushes, Ordering::Relaxed);
-        // Room for the whole write at once: grown item by item, the buffer doubled half a
-        // dozen times per write of a fan-out (each a new allocation and a copy).
-        buf.reserve(items.iter().map(|i| i.encoded_len_hint(style)).sum());
+        let mut weight = 0;
+        while !items.is_empty() {
+            // As many items as fit one write (at least one), and room for all of them at
+            // once: grown item by item, the buffer doubled half a dozen times per write of
+            // a fan-out (each a new allocation and a copy).
+            let (mut n, mut hint) = (0, 0);
+            for item in items.iter() {
+                let len = item.encoded_len_hint(style);
+                if n > 0 && hint + len > WRITE_BYTES {
+                    break;
+                }
+                (n, hint) = (n + 1, hint + len);
+            }
+            self.buf.reserve(hint);
+            weight += self.write_some(link, style, items, n).await?;
+        }
+        Some(weight)
+    }
+
+    /// Encodes the first `n` of `items` into the buffer and writes it with one call. The
+    /// weight of what it wrote, or `None` when the socket failed or the session was killed.
+    async fn write_some(
+        &mut self,
+        link: &Link,
+        style: Style,
+        items: &mut Vec<Item>,
+        n: usize,
+    ) -> Option<usize> {
+        let buf = &mut self.buf;
+        let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
+        let mut messages = 0;
+        let mut weight = 0;
         // Only a conversation's furthest sequence counts (the cursor moves to it), so a run
         // of one conversation's deliveries is one entry: a fan-out write carries dozens of
         // one room's messages.
@@ -194,7 +231,8 @@ impl Writer {
             Some(last) if last.0 == conv => last.1 = last.1.max(seq),
             _ => delivered.push((conv, seq)),
         };
-        for item in items.drain(..) {
+        for item in items.drain(..n) {
+            weight += item.weight();
             let d = match item {
                 // A WebSocket's replies and rendered lines go in frames of their own.
                 Item::Reply(tag, reply) if style == Style::WebSocket => {
@@ -226,35 +264,20 @@ impl Writer {
                     }
                     continue;
                 }
-                Item::Deliver(d) => d,
-                Item::Replay(d) => {
-                    replayed += 1;
-                    d
-                }
+                Item::Deliver(d) | Item::Replay(d) => d,
             };
             d.write_to(style, buf);
             messages += 1;
             progress(d.conv, d.seq);
         }
         let written_bytes = buf.len();
-        let written = {
-            let mut write = std::pin::pin!(self.socket.write_all(buf));
-            // Most writes complete at once; the kill switch is watched only while one waits.
-            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-            match first {
-                Poll::Ready(r) => r.is_ok(),
-                Poll::Pending => {
-                    std::future::poll_fn(|cx| link.poll_write(cx, write.as_mut())).await
-                }
-            }
-        };
-        link.replay.add_permits(replayed);
+        let written = send(&mut self.socket, link, buf).await;
         buf.clear();
         if buf.capacity() > KEEP_BUFFER {
             *buf = BytesMut::new();
         }
         if !written {
-            return false;
+            return None;
         }
         self.progress_sink
             .wrote(link.protocol, messages, written_bytes);
@@ -266,17 +289,22 @@ impl Writer {
         // Confirmed (and reported) by the writer's poll timer: the peer cannot have
         // acknowledged these bytes yet.
         self.acks.written(written_bytes, delivered);
-        true
+        Some(weight)
     }
 
     /// The writer's end: writes what is queued, gives the peer a moment to acknowledge it,
     /// reports, shuts the socket down. A killed session only reports.
     pub(super) async fn flush(&mut self, link: &Link, items: &mut Vec<Item>) {
         if !link.is_killed() {
+            let mut written = 0;
             loop {
-                link.queue.try_take(items, BATCH);
-                if items.is_empty() || !self.write(link, items).await {
+                link.queue.try_take(items, BATCH, written);
+                if items.is_empty() {
                     break;
+                }
+                match self.write(link, items).await {
+                    Some(weight) => written = weight,
+                    None => break,
                 }
             }
             let deadline = tokio::time::Instant::now() + ACK_GRACE;
@@ -310,6 +338,38 @@ impl Writer {
         let changed = std::mem::take(&mut self.unreported);
         if let Some(device) = link.device() {
             self.progress_sink.received(device, changed);
+        }
+    }
+}
+
+/// Writes `buf` whole. Most writes complete at once; the kill switch is watched, and the
+/// write timeout runs, only while one waits, and the timeout starts again whenever the
+/// socket takes something (a client that reads slowly is not one that stopped). False when
+/// the socket failed or the session was killed (a write that timed out kills it).
+async fn send(socket: &mut WriteHalf, link: &Link, buf: &[u8]) -> bool {
+    let mut at = 0;
+    while at < buf.len() {
+        match wait(link, socket.write(&buf[at..])).await {
+            Some(0) | None => return false,
+            Some(n) => at += n,
+        }
+    }
+    // TLS holds what it encrypted until flushed; plain TCP has nothing to flush.
+    !socket.is_tls() || wait(link, socket.flush()).await.is_some()
+}
+
+/// Completes `op`, a socket operation, within the write timeout.
+async fn wait<T>(link: &Link, op: impl Future<Output = std::io::Result<T>>) -> Option<T> {
+    let mut op = std::pin::pin!(op);
+    let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(r) => r.ok(),
+        Poll::Pending => {
+            let mut deadline = link.write_timeout().map(|t| Box::pin(tokio::time::sleep(t)));
+            std::future::poll_fn(|cx| {
+                link.poll_write(cx, op.as_mut(), deadline.as_mut().map(|d| d.as_mut()))
+            })
+            .await
         }
     }
 }

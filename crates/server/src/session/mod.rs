@@ -63,8 +63,9 @@ use crate::store::Reader;
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 8 * 1024;
-/// Catch-up may fill this many queue slots on top of `outbound_queue`.
-const REPLAY_WINDOW: usize = 1024;
+/// Items of the session's own output and catch-up a queue may hold before they wait for
+/// the writer, on top of `outbound_queue` pushes and `max_inflight` replies.
+const ROOM_ITEMS: usize = 1024;
 
 /// What every session shares.
 pub struct Shared {
@@ -182,11 +183,13 @@ impl Session {
         let config = &shared.config;
         let writer = Writer::new(write, fd, shared.progress_sink.clone());
         let limits = LinkLimits {
-            queue: config.outbound_queue + REPLAY_WINDOW + config.max_inflight,
+            queue: config.outbound_queue + ROOM_ITEMS + config.max_inflight,
+            bytes: config.outbound_bytes,
+            room: ROOM_ITEMS,
             pushes: config.outbound_queue,
             inflight: config.max_inflight,
-            replay: REPLAY_WINDOW,
             flush_timeout: config.shutdown_timeout(),
+            write_timeout: config.write_timeout(),
         };
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         let link = Link::new(id, protocol, limits, writer);
