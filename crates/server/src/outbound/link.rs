@@ -229,11 +229,16 @@ impl Link {
         pushed.is_some()
     }
 
-    /// Ready once the queue has room for the session's own output (true), or the writer
-    /// has stopped (false): a session stops reading requests while its answers are not
-    /// being read.
-    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<bool> {
-        self.queue.poll_room(cx, Waiter::Session)
+    /// Whether the queue had room when it last changed (no lock; see `room`).
+    pub fn has_room(&self) -> bool {
+        self.queue.has_room()
+    }
+
+    /// Waits until the queue has room for the session's own output (true), or the writer
+    /// has stopped (false): a session handles no more requests while its answers are not
+    /// being read. Nearly always there is room, seen without the queue's lock.
+    pub async fn room(&self) -> bool {
+        self.queue.has_room() || poll_fn(|cx| self.queue.poll_room(cx, Waiter::Session)).await
     }
 
     /// Counts `n` more pushes waiting in the queue, unless that would pass the limit.

@@ -21,6 +21,7 @@
 use std::collections::VecDeque;
 #[cfg(test)]
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
@@ -87,6 +88,11 @@ pub enum Waiter {
 pub struct Queue<T> {
     state: Mutex<State<T>>,
     bounds: Bounds,
+    /// Set under the lock whenever the queue passes its room, cleared when it falls back
+    /// below: the session checks it before every request, and a lock there cost as much as
+    /// a quarter of a small request's handling. Read without the lock it may be a change
+    /// late, which lets one more request through: the room is a soft bound.
+    roomless: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -207,7 +213,22 @@ impl<T> Queue<T> {
                 room: [None, None],
             }),
             bounds,
+            roomless: AtomicBool::new(false),
         }
+    }
+
+    /// Records whether `state` has room, for [`Queue::has_room`] (under the lock).
+    fn note_room(&self, state: &State<T>) {
+        let roomless = !state.closed && !state.has_room(&self.bounds);
+        if self.roomless.load(Ordering::Relaxed) != roomless {
+            self.roomless.store(roomless, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the queue had room (or was closed) when it last changed: no lock, and a
+    /// change may be seen late (see [`Queue::poll_room`] for the exact wait).
+    pub fn has_room(&self) -> bool {
+        !self.roomless.load(Ordering::Relaxed)
     }
 
     /// Queues `item`, which weighs `bytes`, without waiting.
@@ -216,6 +237,7 @@ impl<T> Queue<T> {
             let mut state = self.lock();
             let was_empty = state.items.is_empty();
             state.admit(item, bytes, &self.bounds)?;
+            self.note_room(&state);
             state.pushed(was_empty)
         };
         if let Some(consumer) = waiting {
@@ -243,6 +265,7 @@ impl<T> Queue<T> {
             let was_empty = state.items.is_empty();
             state.items.extend(items.drain(..));
             state.bytes += bytes;
+            self.note_room(&state);
             state.pushed(was_empty)
         };
         if let Some(consumer) = waiting {
@@ -278,6 +301,7 @@ impl<T> Queue<T> {
             let was_empty = state.items.is_empty();
             state.items.push_back(item);
             state.bytes += bytes;
+            self.note_room(&state);
             state.pushed(was_empty)
         };
         if let Some(consumer) = waiting {
@@ -351,6 +375,7 @@ impl<T> Queue<T> {
         let (moved, room) = {
             let mut state = self.lock();
             let moved = state.take_into(into, max, written);
+            self.note_room(&state);
             let room = state.wake_room(&self.bounds);
             if moved == 0 && !state.closed && !state.finishing {
                 state.wait(cx);
@@ -385,6 +410,7 @@ impl<T> Queue<T> {
         let (moved, room) = {
             let mut state = self.lock();
             let moved = state.take_into(into, max, written);
+            self.note_room(&state);
             (moved, state.wake_room(&self.bounds))
         };
         wake_all(room);
@@ -397,6 +423,7 @@ impl<T> Queue<T> {
             let mut state = self.lock();
             state.closed = true;
             state.bytes = 0;
+            self.note_room(&state);
             let room = std::mem::take(&mut state.room);
             (std::mem::take(&mut state.items), state.wake(), room)
         };

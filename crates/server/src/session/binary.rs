@@ -27,6 +27,13 @@ impl Session {
         run: &mut Vec<DirectMessage>,
     ) -> Flow {
         loop {
+            if !self.link.has_room() {
+                // The run's answers come from the hub: hand it over before waiting.
+                self.hand_over(run);
+                if let Flow::Close(why) = self.room().await {
+                    return Flow::Close(why);
+                }
+            }
             let unread = buf.len();
             let frame = match binary::decode_view(buf, self.shared.config.max_frame_bytes) {
                 Ok(None) => return Flow::Continue,

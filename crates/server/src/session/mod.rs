@@ -58,7 +58,9 @@ use crate::config::Config;
 use crate::conn::{Conn, ReadHalf};
 use crate::hub::{Actor, Auth, Hub, Identity};
 use crate::metrics::{Hot, LoginFailure};
-use crate::outbound::{Item, Kill, Link, LinkLimits, ProgressSink, Protocol, Style, Writer};
+use crate::outbound::{
+    Item, Kill, Link, LinkLimits, ProgressSink, Protocol, Style, Waiter, Writer,
+};
 use crate::store::Reader;
 
 /// Bytes read from the socket at a time.
@@ -335,6 +337,9 @@ impl Session {
     /// Handles every complete line in `buf` (text and JSON).
     async fn drain_lines(&mut self, buf: &mut BytesMut) -> Flow {
         while let Some(line) = self.lines.decode(buf) {
+            if let Flow::Close(why) = self.room().await {
+                return Flow::Close(why);
+            }
             self.commands.take().await;
             let flow = match (self.link.protocol, line) {
                 (Protocol::Text, Line::Complete(line)) => self.text_line(line).await,
@@ -467,13 +472,28 @@ impl Session {
 
     /// Queues output the session produced itself, in order behind any request still with
     /// the hub.
+    ///
+    /// It waits while the queue has no room: a client that does not read its answers
+    /// slows the session down to the pace it reads (see `Session::room`).
     async fn say(&mut self, item: Item) {
         let all = self.shared.config.max_inflight;
         if self.link.inflight.available_permits() == all {
-            self.link.push(item);
+            // False once the writer has stopped: the session ends at its next read.
+            self.link.push_in_room(item, Waiter::Session).await;
         } else {
             self.acquire_inflight().await;
             self.shared.hub.reply_in_order(self.link.clone(), item);
+        }
+    }
+
+    /// Waits until the client has read enough of what it was sent for the queue to have
+    /// room again, before a request is handled: back-pressure on a client that asks faster
+    /// than it reads (it is slowed down, never cut off for asking; one that reads nothing
+    /// at all is cut off by the write timeout). Closes once the writer has stopped.
+    async fn room(&mut self) -> Flow {
+        match self.link.room().await {
+            true => Flow::Continue,
+            false => Flow::Close(self.kill_reason()),
         }
     }
 

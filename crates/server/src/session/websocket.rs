@@ -46,6 +46,9 @@ impl Session {
     /// pongs, a close with a close.
     pub(super) async fn drain_websocket(&mut self, buf: &mut BytesMut) -> Flow {
         loop {
+            if let Flow::Close(why) = self.room().await {
+                return Flow::Close(why);
+            }
             let Some(reader) = self.websocket.as_mut() else {
                 return Flow::Continue;
             };
