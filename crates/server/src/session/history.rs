@@ -1,16 +1,24 @@
 //! History, the same for every protocol: a page of a conversation the user belongs to, and
 //! the public log's latest messages for anyone (seed 001's `LIST_MESSAGES`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parley_proto::{ConversationKind, ErrorKind};
 
 use super::Session;
-use crate::store::{ConvId, Page, Resolved, Seq, UserId};
+use crate::outbound::MESSAGE_OVERHEAD;
+use crate::store::{ConvId, Page, Resolved, Seq, StoredMessage, UserId};
 
 /// Messages a page holds when the request names no count.
 const DEFAULT_PAGE: usize = 50;
+/// Most messages read from the store at a time for one page.
+const SLICE: usize = 64;
+/// A page's frame besides its messages (a binary page's header and count), with margin.
+/// A message takes its body and names and `MESSAGE_OVERHEAD` (a binary event's ids, kind,
+/// time and string lengths are 39 bytes).
+const PAGE_OVERHEAD: usize = 16;
 
 /// One stored message as a history shows it.
 pub(super) struct HistoryMessage {
@@ -77,8 +85,7 @@ impl Session {
             Ok(Resolved::NotFound) => return Err(ErrorKind::UserNotFound),
             Err(_) => return Err(ErrorKind::Internal),
         };
-        let rows = reader.page(conv, page, limit).await;
-        let rows = rows.map_err(|_| ErrorKind::Internal)?;
+        let rows = self.rows(conv, page, limit, target.len().max(me.len())).await?;
         Ok(rows
             .into_iter()
             .map(|(m, received_at)| {
@@ -102,4 +109,58 @@ impl Session {
             })
             .collect())
     }
+
+    /// Up to `limit` messages of `conv` from `page`, oldest first, no more than fit in one
+    /// frame (`max_frame_bytes`; at least one message): a page back keeps the newest,
+    /// a page forward the oldest, so the client's next page from the one it got goes on
+    /// where this one stopped. Read a slice at a time, so a page of large messages never
+    /// holds much more than a frame's worth. `to` is the longest a recipient's name is.
+    async fn rows(
+        &self,
+        conv: ConvId,
+        page: Page,
+        limit: usize,
+        to: usize,
+    ) -> Result<Vec<(StoredMessage, i64)>, ErrorKind> {
+        let budget = self.shared.config.max_frame_bytes.saturating_sub(PAGE_OVERHEAD);
+        let forward = matches!(page, Page::AfterId(_) | Page::AfterSeq(_) | Page::AfterTime(_));
+        // Nearest to the page's start first.
+        let mut rows: VecDeque<(StoredMessage, i64)> = VecDeque::new();
+        let (mut next, mut bytes) = (page, 0);
+        while rows.len() < limit {
+            let want = (limit - rows.len()).min(SLICE);
+            let mut slice = self.shared.reader.page(conv, next, want).await;
+            let slice = slice.as_mut().map_err(|_| ErrorKind::Internal)?;
+            let got = slice.len();
+            if !forward {
+                slice.reverse();
+            }
+            for row in slice.drain(..) {
+                let weight = row.0.body.len() + row.0.sender.len() + to + MESSAGE_OVERHEAD;
+                if !rows.is_empty() && bytes + weight > budget {
+                    return Ok(in_order(rows, forward));
+                }
+                bytes += weight;
+                rows.push_back(row);
+            }
+            let Some((last, _)) = rows.back() else { break };
+            if got < want {
+                break;
+            }
+            next = match forward {
+                true => Page::AfterId(last.id),
+                false => Page::BeforeId(last.id),
+            };
+        }
+        Ok(in_order(rows, forward))
+    }
+}
+
+/// `rows`, nearest to the page's start first, oldest first.
+fn in_order(rows: VecDeque<(StoredMessage, i64)>, forward: bool) -> Vec<(StoredMessage, i64)> {
+    let mut rows = Vec::from(rows);
+    if !forward {
+        rows.reverse();
+    }
+    rows
 }

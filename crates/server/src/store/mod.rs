@@ -26,7 +26,7 @@ pub use check::{check, Report as CheckReport};
 pub use index::MessageIndex;
 pub use log::MessageLog;
 pub use read::Reader;
-pub use reader::{ConvPosition, Page, Profile, Resolved, SqliteReader};
+pub use reader::{ConvPosition, Page, Profile, Resolved, SqliteReader, StoredMessage};
 pub use sqlite::SqliteStore;
 
 pub type UserId = i64;
