@@ -119,8 +119,8 @@ async fn replay(
             let (read, bytes) = pages.iter().flatten().fold((0, 0), |(n, bytes), m| {
                 (n + 1, bytes + m.body.len() + MESSAGE_OVERHEAD)
             });
-            if read > 0 {
-                weight = (bytes / read).max(1);
+            if let Some(average) = bytes.checked_div(read) {
+                weight = average.max(1);
             }
             // A full page may continue past its last id: nothing beyond the smallest such
             // id can be ordered yet, so it waits for the next round.
@@ -170,7 +170,10 @@ async fn replay(
                 );
                 // The replay waits while the queue has no room (it holds what a slow reader
                 // has not taken yet), so it never holds more of it than the room's bytes.
-                if !link.push_in_room(Item::Replay(Arc::new(d)), Waiter::Replay).await {
+                if !link
+                    .push_in_room(Item::Replay(Arc::new(d)), Waiter::Replay)
+                    .await
+                {
                     return Ok(replayed);
                 }
                 replayed += 1;

@@ -99,7 +99,10 @@ async fn log_in_and_expect(server: &TestServer, name: &str, count: u32, len: usi
         assert_eq!(index(&text), expected);
         assert_eq!(text.len(), len);
     }
-    client.send(&Frame::CorrelationTest { cid: 7 }).await.unwrap();
+    client
+        .send(&Frame::CorrelationTest { cid: 7 })
+        .await
+        .unwrap();
     assert!(matches!(
         client.recv().await.unwrap(),
         Frame::Response { cid: 7, .. }
@@ -243,7 +246,9 @@ async fn pipelined_requests_the_session_answers_are_slowed_down_not_cut_off() {
     let mut requests = BytesMut::new();
     for cid in 0..REQUESTS {
         match cid % 3 {
-            0 => Frame::CorrelationTest { cid }.encode(&mut requests).unwrap(),
+            0 => Frame::CorrelationTest { cid }
+                .encode(&mut requests)
+                .unwrap(),
             // A message before login: 0x05.
             1 => binary::encode_message(cid, b"hi", b"a", b"b", 0, &mut requests).unwrap(),
             // An unknown key: 0x09, and the next frame is read.
@@ -261,7 +266,10 @@ async fn pipelined_requests_the_session_answers_are_slowed_down_not_cut_off() {
     let mut buf = BytesMut::new();
     let mut answered = 0;
     while answered < REQUESTS {
-        assert!(started.elapsed() < Duration::from_secs(60), "answers stopped coming");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "answers stopped coming"
+        );
         let read = tokio::time::timeout(Duration::from_secs(10), read.read_buf(&mut buf)).await;
         let n = read.expect("an answer within 10 s").unwrap();
         assert!(n > 0, "cut off after {answered} answers");

@@ -486,7 +486,11 @@ mod tests {
     #[test]
     fn bounded_in_bytes_until_written() {
         let q = Queue::new(Bounds::new(100, 1_000, 100));
-        assert_eq!(q.push(1, 5_000), Ok(Pushed::Queued), "a first item, however large");
+        assert_eq!(
+            q.push(1, 5_000),
+            Ok(Pushed::Queued),
+            "a first item, however large"
+        );
         assert_eq!(q.push(2, 1), Err(Refused::Full));
         let mut out = Vec::new();
         assert_eq!(q.try_take(&mut out, 10, 0), 1);
@@ -517,14 +521,24 @@ mod tests {
         let waiting = push(&q, 2, 10);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "600 bytes are past the room");
-        assert_eq!(q.push(3, 300), Ok(Pushed::Queued), "the hub's pushes still fit");
+        assert_eq!(
+            q.push(3, 300),
+            Ok(Pushed::Queued),
+            "the hub's pushes still fit"
+        );
         let mut out = Vec::new();
         q.try_take(&mut out, 10, 0);
         tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "taken but not written: still counted");
+        assert!(
+            !waiting.is_finished(),
+            "taken but not written: still counted"
+        );
         q.try_take(&mut out, 10, 900);
         let pushed = tokio::time::timeout(Duration::from_secs(5), waiting).await;
-        assert_eq!(pushed.expect("woken by the take").unwrap(), Some(Pushed::Queued));
+        assert_eq!(
+            pushed.expect("woken by the take").unwrap(),
+            Some(Pushed::Queued)
+        );
         q.try_take(&mut out, 10, 0);
         assert_eq!(out, [1, 3, 2]);
 
@@ -575,7 +589,11 @@ mod tests {
     fn finishing_a_parked_queue_hands_it_to_the_caller() {
         let q = Queue::parked(items(10));
         assert!(q.finish());
-        assert_eq!(q.push(1, 1), Ok(Pushed::Queued), "no consumer starts any more");
+        assert_eq!(
+            q.push(1, 1),
+            Ok(Pushed::Queued),
+            "no consumer starts any more"
+        );
     }
 
     #[test]

@@ -365,7 +365,9 @@ async fn wait<T>(link: &Link, op: impl Future<Output = std::io::Result<T>>) -> O
     match first {
         Poll::Ready(r) => r.ok(),
         Poll::Pending => {
-            let mut deadline = link.write_timeout().map(|t| Box::pin(tokio::time::sleep(t)));
+            let mut deadline = link
+                .write_timeout()
+                .map(|t| Box::pin(tokio::time::sleep(t)));
             std::future::poll_fn(|cx| {
                 link.poll_write(cx, op.as_mut(), deadline.as_mut().map(|d| d.as_mut()))
             })

@@ -85,7 +85,9 @@ impl Session {
             Ok(Resolved::NotFound) => return Err(ErrorKind::UserNotFound),
             Err(_) => return Err(ErrorKind::Internal),
         };
-        let rows = self.rows(conv, page, limit, target.len().max(me.len())).await?;
+        let rows = self
+            .rows(conv, page, limit, target.len().max(me.len()))
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(m, received_at)| {
@@ -122,8 +124,15 @@ impl Session {
         limit: usize,
         to: usize,
     ) -> Result<Vec<(StoredMessage, i64)>, ErrorKind> {
-        let budget = self.shared.config.max_frame_bytes.saturating_sub(PAGE_OVERHEAD);
-        let forward = matches!(page, Page::AfterId(_) | Page::AfterSeq(_) | Page::AfterTime(_));
+        let budget = self
+            .shared
+            .config
+            .max_frame_bytes
+            .saturating_sub(PAGE_OVERHEAD);
+        let forward = matches!(
+            page,
+            Page::AfterId(_) | Page::AfterSeq(_) | Page::AfterTime(_)
+        );
         // Nearest to the page's start first.
         let mut rows: VecDeque<(StoredMessage, i64)> = VecDeque::new();
         let (mut next, mut bytes) = (page, 0);
