@@ -1353,7 +1353,12 @@ async fn tablet_replaying_while_the_phone_acks(
     // Big enough that the replay cannot all sit in buffers: it is under way while the
     // message arrives and the phone acks it.
     let padding = "x".repeat(4_000);
-    let server = TestServer::start_with(|c| c.messages_per_second = 0).await;
+    // The phone reads its 20 MB only once all is sent: more than a queue holds by default.
+    let server = TestServer::start_with(|c| {
+        c.messages_per_second = 0;
+        c.outbound_bytes = 64 << 20;
+    })
+    .await;
     server.register("alice").await;
     let mut phone = device(&server, "alice", "phone").await;
     let mut bob = server.login("bob").await;
