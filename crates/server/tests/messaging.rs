@@ -796,10 +796,13 @@ fn write_old_layout(dir: &std::path::Path, layout: &str) {
         "DELETE FROM message_spans; DELETE FROM message_index;
          DELETE FROM counters WHERE name = 'message_index_up_to';
          PRAGMA user_version = 0;
-         -- What came after schema versions began (versions 4, 6, 7).
+         -- What came after schema versions began (versions 4, 6, 7, 8).
          DROP INDEX memberships_conversation;
          ALTER TABLE devices DROP COLUMN first_message_id;
-         ALTER TABLE conversations DROP COLUMN created_by;",
+         ALTER TABLE conversations DROP COLUMN created_by;
+         ALTER TABLE conversations DROP COLUMN deleted_at;
+         ALTER TABLE users DROP COLUMN disabled_at;
+         ALTER TABLE users DROP COLUMN deleted_at;",
     )
     .unwrap();
     db.execute_batch(layout).unwrap();

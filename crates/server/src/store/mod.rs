@@ -83,6 +83,19 @@ pub struct Batch {
     pub files: Vec<(String, u64)>,
     /// Files attached to messages of a conversation: (sha256 hex, conversation).
     pub attachments: Vec<(String, ConvId)>,
+    /// Accounts an operator disabled, enabled or deleted (`parley admin`).
+    pub user_states: Vec<(UserId, UserState)>,
+    /// Rooms an operator deleted: their name is freed, their members and cursors go.
+    pub rooms_deleted: Vec<ConvId>,
+}
+
+/// What an operator made of an account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserState {
+    /// Its logins are refused.
+    pub disabled: bool,
+    /// Deleted: disabled for good, password removed; its row stays (see schema V8).
+    pub deleted: bool,
 }
 
 /// Where a contact stands, seen from one side.
@@ -174,7 +187,9 @@ impl Batch {
             && self.profiles.is_empty()
             && self.contacts.is_empty()
             && self.files.is_empty()
-            && self.attachments.is_empty())
+            && self.attachments.is_empty()
+            && self.user_states.is_empty()
+            && self.rooms_deleted.is_empty())
     }
 }
 
@@ -228,6 +243,10 @@ pub trait LogStore: Send {
     fn ensure_builtin(&mut self, anonymous: &str) -> anyhow::Result<(ConvId, UserId)>;
     /// A user's contacts with their state.
     fn contacts(&mut self, user: UserId) -> anyhow::Result<Vec<(UserId, ContactState)>>;
+    /// Accounts an operator disabled or deleted.
+    fn load_user_states(&mut self) -> anyhow::Result<Vec<(UserId, UserState)>> {
+        Ok(Vec::new())
+    }
     /// Writes the whole batch, or reports an error: its rows in one transaction, then its
     /// messages. After an error its rows may be stored, but none of its messages.
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()>;

@@ -27,6 +27,19 @@ macro_rules! either {
 }
 
 impl Reader {
+    /// Runs the operator's query `f` (`admin/queries.rs`, SQLite's SQL) on a read
+    /// connection; a cluster node's PostgreSQL has no such queries yet.
+    pub async fn query<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        match self {
+            Reader::Local(r) => r.query(f).await,
+            Reader::Shared(_) => anyhow::bail!("not available on a cluster node yet"),
+        }
+    }
+
     /// Every conversation `user` belongs to, with `device`'s cursor in it (see
     /// `SqliteReader::positions`).
     pub async fn positions(

@@ -181,6 +181,16 @@ impl SqliteReader {
         .await?
     }
 
+    /// Runs `f` with a read-only connection on the blocking pool: the operator's queries
+    /// (`admin/queries.rs`), rare enough to keep their SQL beside their commands.
+    pub async fn query<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        self.with(move |conn, _| f(conn)).await
+    }
+
     /// Every conversation `user` belongs to, with `device`'s cursor in it. A device that
     /// never received anything of a conversation gets every message of it stored after the
     /// device first existed, and also what no device of the account received yet: it

@@ -163,6 +163,29 @@ fn write_batch(tx: &Connection, batch: &Batch, reserve: Option<i64>) -> anyhow::
     for (hash, conv) in &batch.attachments {
         attach.execute(params![hash, conv])?;
     }
+    let mut user_state = tx.prepare_cached(
+        "UPDATE users SET
+             disabled_at = CASE WHEN ?2 THEN COALESCE(disabled_at, ?4) END,
+             deleted_at = CASE WHEN ?3 THEN COALESCE(deleted_at, ?4) END,
+             password_hash = CASE WHEN ?3 THEN NULL ELSE password_hash END
+         WHERE id = ?1",
+    )?;
+    for (user, state) in &batch.user_states {
+        user_state.execute(params![user, state.disabled, state.deleted, now])?;
+    }
+    let mut room_deleted = tx.prepare_cached(
+        "UPDATE conversations SET name = NULL, deleted_at = ?2 WHERE id = ?1 AND kind = ?3",
+    )?;
+    let mut room_members =
+        tx.prepare_cached("DELETE FROM memberships WHERE conversation_id = ?1")?;
+    let mut room_cursors = tx.prepare_cached("DELETE FROM cursors WHERE conversation_id = ?1")?;
+    let mut room_files = tx.prepare_cached("DELETE FROM attachments WHERE conversation_id = ?1")?;
+    for conv in &batch.rooms_deleted {
+        room_deleted.execute(params![conv, now, KIND_ROOM])?;
+        room_members.execute([conv])?;
+        room_cursors.execute([conv])?;
+        room_files.execute([conv])?;
+    }
     if let Some(mark) = reserve {
         tx.prepare_cached(
             "INSERT INTO counters (name, value) VALUES ('next_message_id', ?1)

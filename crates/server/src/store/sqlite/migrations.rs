@@ -20,7 +20,7 @@ use crate::store::log::{self, MessageLog};
 use crate::store::NewMessage;
 
 /// The schema version this parley writes.
-pub(in crate::store) const LATEST: usize = 7;
+pub(in crate::store) const LATEST: usize = 8;
 
 /// The migrations, in order: version `n` is the `n`-th. `data_dir` is where the message
 /// log is, for the move of version 3.
@@ -36,6 +36,7 @@ fn migrations(data_dir: &Path, sync: bool) -> Migrations<'static> {
         M::up(schema::V5),
         M::up(schema::V6),
         M::up(schema::V7),
+        M::up(schema::V8),
     ])
 }
 
@@ -167,6 +168,8 @@ mod tests {
         db.execute_batch(
             "PRAGMA user_version = 0; ALTER TABLE devices DROP COLUMN first_message_id;
              ALTER TABLE conversations DROP COLUMN created_by;
+             ALTER TABLE conversations DROP COLUMN deleted_at;
+             ALTER TABLE users DROP COLUMN disabled_at; ALTER TABLE users DROP COLUMN deleted_at;
              DROP INDEX memberships_conversation;
              DELETE FROM message_index; DELETE FROM message_spans; DELETE FROM counters;
              CREATE TABLE messages (
@@ -228,6 +231,8 @@ mod tests {
         db.execute_batch(
             "PRAGMA user_version = 0; ALTER TABLE devices DROP COLUMN first_message_id;
              ALTER TABLE conversations DROP COLUMN created_by;
+             ALTER TABLE conversations DROP COLUMN deleted_at;
+             ALTER TABLE users DROP COLUMN disabled_at; ALTER TABLE users DROP COLUMN deleted_at;
              DROP INDEX memberships_conversation;
              DELETE FROM message_spans; DELETE FROM message_index;
              CREATE TABLE message_blocks (

@@ -8,14 +8,14 @@ use super::{recovery, SqliteStore};
 use crate::store::Batch;
 use crate::store::{
     ContactState, ConvId, DeviceId, DirectConv, LogStore, Membership, NextIds, Seq, StoredRoom,
-    UserId, KIND_BROADCAST,
+    UserId, UserState, KIND_BROADCAST,
 };
 
 /// Every room with its members, one row per member (or one for a room without any), in room
 /// order. Each room's members are found through `memberships_conversation` (schema V4).
 const LOAD_ROOMS: &str = "SELECT c.id, c.name, m.user_id, c.created_by FROM conversations c
      LEFT JOIN memberships m ON m.conversation_id = c.id
-     WHERE c.kind = 2 ORDER BY c.id";
+     WHERE c.kind = 2 AND c.deleted_at IS NULL ORDER BY c.id";
 
 impl LogStore for SqliteStore {
     fn load_users(&mut self) -> anyhow::Result<Vec<(UserId, String, bool)>> {
@@ -23,6 +23,21 @@ impl LogStore for SqliteStore {
             .conn
             .prepare_cached("SELECT id, name, password_hash IS NOT NULL FROM users")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn load_user_states(&mut self) -> anyhow::Result<Vec<(UserId, UserState)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, disabled_at IS NOT NULL, deleted_at IS NOT NULL FROM users
+             WHERE disabled_at IS NOT NULL OR deleted_at IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let state = UserState {
+                disabled: r.get(1)?,
+                deleted: r.get(2)?,
+            };
+            Ok((r.get(0)?, state))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -121,3 +121,13 @@ pub(super) const V6: &str = "ALTER TABLE devices ADD COLUMN first_message_id INT
 /// Version 7: who created each room, so that rooms created per user can be limited
 /// (`max_rooms_per_user`) across restarts.
 pub(super) const V7: &str = "ALTER TABLE conversations ADD COLUMN created_by INTEGER;";
+
+/// Version 8: accounts an operator disabled or deleted (`parley admin`), and deleted rooms.
+/// A deleted user's row stays, so that its id still names the sender of its messages and
+/// nobody else can take the name; a deleted room loses its name (it may be created again,
+/// as a new conversation) and its members.
+pub(super) const V8: &str = "
+ALTER TABLE users ADD COLUMN disabled_at INTEGER;
+ALTER TABLE users ADD COLUMN deleted_at INTEGER;
+ALTER TABLE conversations ADD COLUMN deleted_at INTEGER;
+";
