@@ -10,6 +10,7 @@
 // Unsafe code only where a module allows it (tcp_ack.rs).
 #![deny(unsafe_code)]
 
+pub mod admin;
 mod auth;
 mod catchup;
 mod cluster;
@@ -30,7 +31,7 @@ mod throttle;
 mod tls;
 
 pub use config::{Config, SyncMode};
-pub use server::{serve, start, Listeners, Running};
+pub use server::{serve, serve_with, start, start_with, Listeners, Options, Running};
 pub use store::postgres::{migrate as migrate_to_postgres, MigrationReport};
 pub use store::{check, CheckReport};
 pub use tls::{write_self_signed, Tls};

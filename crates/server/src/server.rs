@@ -12,12 +12,14 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::admin::{self, Control, DataLock, ReloadConfig};
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::metrics::Metrics;
@@ -154,13 +156,37 @@ impl PortKind {
     }
 }
 
+/// What the `parley` binary adds to a server, which tests and embedders may leave out.
+#[derive(Default)]
+pub struct Options {
+    /// Reads the configuration again for a reload (`parley admin server reload`, SIGHUP).
+    pub reload_config: Option<ReloadConfig>,
+    /// Reload on SIGHUP (a process-wide signal: only for a server that owns its process).
+    pub reload_on_hangup: bool,
+}
+
 /// Serves on `listeners` until `shutdown` is cancelled, then shuts down gracefully.
 pub async fn serve(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with(config, listeners, shutdown, Options::default()).await
+}
+
+/// [`serve`], with the binary's [`Options`].
+pub async fn serve_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    options: Options,
+) -> anyhow::Result<()> {
     config.validate()?;
+    // Installed first: a SIGHUP that came before the handler would end the process.
+    let hangup = match options.reload_on_hangup {
+        true => Some(signal(SignalKind::hangup()).context("installing the SIGHUP handler")?),
+        false => None,
+    };
     let monitor = Arc::new(Monitor::new(Metrics::new(&config.data_dir)));
     // The admin port answers from now on (not ready while the store opens), until the
     // very end.
@@ -171,41 +197,23 @@ pub async fn serve(
         tokio::spawn(task);
     }
     let _stop_admin = stopped.clone().drop_guard();
+    // One server per data directory, for its whole life (`parley admin` takes it too).
+    let _lock = DataLock::take(&config.data_dir)?;
     tokio::spawn(watch(monitor.clone(), shutdown.clone(), stopped.clone()));
     raise_fd_limit();
-    let passwords = crate::auth::Passwords::new(&config).await?;
     let tls = listeners.certificate.clone();
-    // The cluster's tasks stop after the hub: what the last sessions' ends publish goes out.
-    let cluster_stop = CancellationToken::new();
-    let (hub, hub_thread, reader, files) = match config.cluster {
-        false => {
-            let store = SqliteStore::open(&config.data_dir, config.sync)?;
-            let (index, log) = (store.index(), store.log());
-            let (hub, thread) = crate::hub::spawn(Box::new(store), &config, None, monitor.clone())?;
-            let reader = Reader::Local(SqliteReader::new(&config.data_dir, index, log));
-            let files = crate::files::FileStore::new(&config.data_dir);
-            (hub, thread, reader, files)
-        }
-        true => start_node(&config, cluster_stop.clone(), monitor.clone()).await?,
-    };
-    let shared = Arc::new(Shared {
-        throttle: crate::throttle::Throttle::new(&config),
-        passwords,
-        per_ip: Default::default(),
-        tls,
-        files,
-        reader,
-        hub: hub.clone(),
-        progress_sink: Arc::new(Sink {
-            hub: hub.clone(),
-            monitor: monitor.clone(),
-        }),
-        monitor: monitor.clone(),
-        shutdown: shutdown.clone(),
-        next_session: AtomicU64::new(1),
-        seats: Semaphore::new(config.max_connections),
-        config,
+    let (shared, hub_thread, cluster_stop) =
+        open_core(config, monitor.clone(), shutdown.clone(), tls).await?;
+    let control = Arc::new(Control::new(shutdown.clone(), options.reload_config));
+    let admin = Arc::new(admin::Ctx {
+        shared: shared.clone(),
+        control: Some(control),
     });
+    let socket = admin::bind(&shared.config.data_dir)?;
+    tokio::spawn(admin::listen(socket, admin.clone(), stopped.clone()));
+    if let Some(hangup) = hangup {
+        tokio::spawn(reload_on_hangup(hangup, admin, stopped.clone()));
+    }
     let keepalive = shared.config.keepalive_secs;
     let mut ports = vec![Port::new(listeners.shared, PortKind::Shared, keepalive)];
     if let Some(listener) = listeners.tls {
@@ -242,6 +250,8 @@ pub async fn serve(
     for task in loops {
         let _ = task.await;
     }
+    // A drain stops accepting first and shuts down later.
+    shutdown.cancelled().await;
 
     monitor.advance(Phase::Stopping);
     tracker.close();
@@ -250,12 +260,7 @@ pub async fn serve(
     if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
         warn!("sessions did not finish in time");
     }
-    hub.shutdown();
-    drop(shared);
-    drop(hub);
-    tokio::task::spawn_blocking(move || hub_thread.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the hub thread panicked"))?;
+    close_core(shared, hub_thread).await?;
     cluster_stop.cancel();
     info!("shutdown complete");
     Ok(())
@@ -293,6 +298,78 @@ async fn start_node(
     Ok((hub, thread, Reader::Shared(reader), files))
 }
 
+/// The server without its listeners: the store opened, the hub started, and what every
+/// session shares (`parley admin` works on a stopped server's data through this too).
+pub(crate) async fn open_core(
+    config: Config,
+    monitor: Arc<Monitor>,
+    shutdown: CancellationToken,
+    tls: Option<Arc<Tls>>,
+) -> anyhow::Result<(Arc<Shared>, std::thread::JoinHandle<()>, CancellationToken)> {
+    let passwords = crate::auth::Passwords::new(&config).await?;
+    // The cluster's tasks stop after the hub: what the last sessions' ends publish goes out.
+    let cluster_stop = CancellationToken::new();
+    let (hub, hub_thread, reader, files) = match config.cluster {
+        false => {
+            let store = SqliteStore::open(&config.data_dir, config.sync)?;
+            let (index, log) = (store.index(), store.log());
+            let (hub, thread) = crate::hub::spawn(Box::new(store), &config, None, monitor.clone())?;
+            let reader = Reader::Local(SqliteReader::new(&config.data_dir, index, log));
+            let files = crate::files::FileStore::new(&config.data_dir);
+            (hub, thread, reader, files)
+        }
+        true => start_node(&config, cluster_stop.clone(), monitor.clone()).await?,
+    };
+    let shared = Arc::new(Shared {
+        throttle: crate::throttle::Throttle::new(&config),
+        passwords,
+        per_ip: Default::default(),
+        tls,
+        files,
+        reader,
+        hub: hub.clone(),
+        progress_sink: Arc::new(Sink {
+            hub,
+            monitor: monitor.clone(),
+        }),
+        monitor,
+        stop_accepting: shutdown.child_token(),
+        shutdown,
+        next_session: AtomicU64::new(1),
+        seats: Semaphore::new(config.max_connections),
+        live: admin::Live::new(&config),
+        config,
+    });
+    Ok((shared, hub_thread, cluster_stop))
+}
+
+/// Stops the hub (it commits what is left and saves the message index) and waits for it.
+pub(crate) async fn close_core(
+    shared: Arc<Shared>,
+    hub_thread: std::thread::JoinHandle<()>,
+) -> anyhow::Result<()> {
+    shared.hub.shutdown();
+    drop(shared);
+    tokio::task::spawn_blocking(move || hub_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the hub thread panicked"))
+}
+
+/// SIGHUP: the same reload as `parley admin server reload`.
+async fn reload_on_hangup(mut hup: Signal, admin: Arc<admin::Ctx>, stopped: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stopped.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        if let Some(control) = &admin.control {
+            if let Err(e) = control.reload(&admin.shared, "SIGHUP").await {
+                error!(error = %e.0, "SIGHUP: reload failed");
+            }
+        }
+    }
+}
+
 /// Marks the server as stopping as soon as shutdown begins, and keeps the metrics'
 /// histograms folded meanwhile.
 async fn watch(monitor: Arc<Monitor>, shutdown: CancellationToken, stopped: CancellationToken) {
@@ -326,7 +403,8 @@ impl ProgressSink for Sink {
 
 /// Accepts connections on one port until shutdown, within the shared connection limit.
 async fn accept_loop(port: Port, shared: Arc<Shared>, tracker: TaskTracker) {
-    let shutdown = shared.shutdown.clone();
+    // Draining stops accepting before shutdown (which stops it too).
+    let shutdown = shared.stop_accepting.clone();
     let mut backoff = Duration::from_millis(5);
     loop {
         // At the limit, new connections wait in the kernel's backlog. A loop waiting in
@@ -369,7 +447,7 @@ async fn accept_loop(port: Port, shared: Arc<Shared>, tracker: TaskTracker) {
             seat = Seat::take(&shared) => seat,
         };
         if !seat.admit(peer.ip()) {
-            warn!(%peer, limit = shared.config.max_connections_per_ip, "too many connections from this address; closing");
+            warn!(%peer, limit = shared.live.max_connections_per_ip(), "too many connections from this address; closing");
             drop(stream);
             continue;
         }
@@ -570,7 +648,7 @@ impl Seat {
 
     /// Counts the connection from `ip`; false past `max_connections_per_ip`.
     fn admit(&mut self, ip: std::net::IpAddr) -> bool {
-        let limit = self.shared.config.max_connections_per_ip;
+        let limit = self.shared.live.max_connections_per_ip();
         let mut counts = self.shared.per_ip.lock().expect("per-ip counts poisoned");
         let count = counts.entry(ip).or_insert(0);
         if limit > 0 && *count >= limit {
@@ -629,6 +707,13 @@ impl Running {
         }
     }
 
+    /// Waits until the server has stopped by itself (a drain, say), at most `limit`.
+    pub async fn stopped(self, limit: Duration) -> anyhow::Result<()> {
+        let done = tokio::time::timeout(limit, self.task).await;
+        done.context("the server did not stop in time")?
+            .context("server task")?
+    }
+
     /// Shuts the server down gracefully and waits for it.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
@@ -638,6 +723,11 @@ impl Running {
 
 /// Binds every configured port and serves in a background task.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with(config, Options::default()).await
+}
+
+/// [`start`], with [`Options`].
+pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Running> {
     let listeners = Listeners::bind(&config).await?;
     let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
     let addr = listeners.shared.local_addr()?;
@@ -653,7 +743,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        let result = serve(config, listeners, token).await;
+        let result = serve_with(config, listeners, token, options).await;
         if let Err(e) = &result {
             error!(error = %format!("{e:#}"), "server failed");
         }

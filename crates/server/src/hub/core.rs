@@ -21,7 +21,7 @@ use crate::outbound::{
 };
 use crate::store::{
     now_ms, Batch, ContactState, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds,
-    Revoke, Seq, UserId,
+    Revoke, Seq, UserId, UserState,
 };
 
 /// Starts the hub thread over `store`; in cluster mode `cluster` is its end of the
@@ -77,6 +77,8 @@ pub fn spawn(
         cluster: cluster.map(super::cluster::State::new),
         monitor,
         stored: [0; 3],
+        disabled: Set::default(),
+        deleted_names: Set::default(),
     };
     core.load()?;
     if core.cluster.is_some() {
@@ -100,6 +102,8 @@ pub(super) struct Online {
     pub push: bool,
     /// The login's success reply has been queued: nothing may reach the session before it.
     pub welcomed: bool,
+    /// When it logged in (Unix ms), for `parley admin sessions list`.
+    pub since: i64,
 }
 
 /// A room and who is in it now.
@@ -147,11 +151,11 @@ pub(super) struct Core {
     pub users: Map<UserId, Arc<str>>,
     /// Users with a password: password-less logins of these names are refused.
     pub(super) accounts: Set<UserId>,
-    require_accounts: bool,
+    pub(super) require_accounts: bool,
     /// Contacts per user, loaded on first use.
     pub contacts: Map<UserId, Map<UserId, ContactState>>,
     pub contacts_only_dms: bool,
-    devices: Map<(UserId, String), DeviceId>,
+    pub(super) devices: Map<(UserId, String), DeviceId>,
     /// Direct conversations by (lower, higher) user id.
     directs: Map<(UserId, UserId), ConvId>,
     last_seqs: Map<ConvId, Seq>,
@@ -194,6 +198,10 @@ pub(super) struct Core {
     pub(super) rooms_created: RoomsCreated,
     /// Cluster mode's state (hub/cluster.rs); `None` on a single node.
     pub(super) cluster: Option<Box<super::cluster::State>>,
+    /// Accounts an operator disabled, and the names of deleted ones (no longer in `names`,
+    /// so nothing reaches them, but taken: admin.rs).
+    pub(super) disabled: Set<UserId>,
+    pub(super) deleted_names: Set<Arc<str>>,
     /// The metrics, counted once per batch.
     monitor: Arc<Monitor>,
     /// The batch's messages by the sender's protocol (see `count_stored`).
@@ -262,6 +270,7 @@ impl Core {
             self.names.insert(NameKey(name.clone()), id);
             self.users.insert(id, name);
         }
+        self.load_user_states()?;
         self.rooms.clear();
         self.rooms_created.by_user.clear();
         for room in self.store.load_rooms()? {
@@ -500,6 +509,7 @@ impl Core {
                     answer_sent(effects, link, Tag::Cid(m.cid), sent.map(std::iter::once));
                 }
             }
+            Op::Admin { op, done } => self.admin(op, batch, effects, done),
             Op::Reply { link, item } => effects.push(Effect::Reply {
                 link,
                 item,
@@ -690,6 +700,9 @@ impl Core {
         if name == ANONYMOUS {
             return Err(ErrorKind::AlreadyLoggedIn);
         }
+        if let Some(refused) = self.refused_by_operator(name, existing, auth) {
+            return Err(refused);
+        }
         match auth {
             Auth::None if self.require_accounts => Err(ErrorKind::Unauthorized),
             // The protocols without passwords know only "name taken" for this.
@@ -705,7 +718,7 @@ impl Core {
     /// Creates an account, or gives a password to a name that never had one (and is not
     /// online: its messages go to whoever holds the password from now on).
     fn register(&mut self, name: &str, hash: String, batch: &mut Batch) -> Result<(), ErrorKind> {
-        if name == ANONYMOUS {
+        if name == ANONYMOUS || self.deleted_names.contains(name) {
             return Err(ErrorKind::AlreadyLoggedIn);
         }
         if self.cluster.is_some() {
@@ -716,7 +729,11 @@ impl Core {
             return self.cluster_register(name, &hash);
         }
         let user = match self.names.get(name.as_bytes()).copied() {
-            Some(user) if self.accounts.contains(&user) || self.online.contains_key(&user) => {
+            Some(user)
+                if self.accounts.contains(&user)
+                    || self.online.contains_key(&user)
+                    || self.disabled.contains(&user) =>
+            {
                 return Err(ErrorKind::AlreadyLoggedIn)
             }
             Some(user) => user,
@@ -844,6 +861,7 @@ impl Core {
             live,
             push,
             welcomed: false,
+            since: self.batch_time,
         });
         Ok(LoginOk {
             identity: Identity { user, device },
@@ -1005,6 +1023,10 @@ impl Core {
         };
         self.directs.insert(members, conv);
         Ok(conv)
+    }
+
+    pub(super) fn store_user_states(&mut self) -> anyhow::Result<Vec<(UserId, UserState)>> {
+        self.store.load_user_states()
     }
 
     pub(super) fn store_contacts(

@@ -7,6 +7,7 @@
 //! sessions. In a cluster (cluster.rs) the same steps run on every node, PostgreSQL decides
 //! ids and sequences at the commit, and NATS brings what the other nodes committed.
 
+mod admin;
 mod cluster;
 mod contacts;
 mod core;
@@ -22,6 +23,7 @@ use tokio::sync::oneshot;
 use crate::outbound::{Item, Link, ProgressSink, Tag};
 use crate::store::{ConvId, DeviceId, NewToken, ProfileChange, Revoke, Seq, UserId};
 
+pub use self::admin::{AdminAnswer, AdminOp, Whom};
 pub use self::core::spawn;
 
 /// The hub's maps, looked up for every operation, hashed with aHash: a fraction of the cost
@@ -253,6 +255,11 @@ pub(crate) enum Op {
     },
     /// What the cluster's tasks bring (cluster mode only).
     Cluster(crate::cluster::Incoming),
+    /// An operator's request (`parley admin`).
+    Admin {
+        op: AdminOp,
+        done: admin::AdminDone,
+    },
     Shutdown,
 }
 
@@ -490,6 +497,12 @@ impl Hub {
     /// Hands the hub what the cluster's tasks bring.
     pub(crate) fn cluster(&self, incoming: crate::cluster::Incoming) {
         let _ = self.submit(Op::Cluster(incoming));
+    }
+
+    /// Carries out an operator's request.
+    pub async fn admin(&self, op: AdminOp) -> Result<AdminAnswer, ErrorKind> {
+        let op = |done| Op::Admin { op, done };
+        self.ask(op, Err(ErrorKind::ShuttingDown)).await
     }
 
     /// Asks the hub thread to finish what is queued and stop.

@@ -90,6 +90,12 @@ pub enum Kill {
     SignedOut = 3,
     /// It took nothing of a write for the write timeout: it does not read.
     Stalled = 4,
+    /// An operator ended it (`parley admin sessions kick`); graceful.
+    Kicked = 5,
+    /// An operator disabled or deleted the account; graceful.
+    Disabled = 6,
+    /// The server is draining: the client should reconnect to another server; graceful.
+    Draining = 7,
 }
 
 impl Kill {
@@ -99,13 +105,19 @@ impl Kill {
             2 => Some(Kill::CatchupFailed),
             3 => Some(Kill::SignedOut),
             4 => Some(Kill::Stalled),
+            5 => Some(Kill::Kicked),
+            6 => Some(Kill::Disabled),
+            7 => Some(Kill::Draining),
             _ => None,
         }
     }
 
     /// A hard kill drops the connection without writing what is queued.
     fn is_hard(self) -> bool {
-        self != Kill::SignedOut
+        matches!(
+            self,
+            Kill::SlowConsumer | Kill::Stalled | Kill::CatchupFailed
+        )
     }
 
     /// What the session's disconnect line says.
@@ -115,6 +127,9 @@ impl Kill {
             Kill::Stalled => "slow consumer: read nothing within the write timeout",
             Kill::CatchupFailed => "catch-up failed",
             Kill::SignedOut => "signed out: the password was changed",
+            Kill::Kicked => "disconnected by an operator",
+            Kill::Disabled => "the account was disabled",
+            Kill::Draining => "server going away: reconnect elsewhere",
         }
     }
 }

@@ -10,7 +10,7 @@ use super::Session;
 use crate::auth::{self, PASSWORD_LEN};
 use crate::hub::{AccountChange, Auth};
 use crate::metrics::LoginFailure;
-use crate::outbound::{Item, Protocol};
+use crate::outbound::{Item, Kill, Protocol};
 use crate::store::{now_ms, NewToken, Profile, ProfileChange, Revoke};
 
 impl Session {
@@ -213,15 +213,25 @@ impl Session {
         Ok(())
     }
 
-    /// Tells a session whose device was signed out (`Kill::SignedOut`) why, where its
-    /// protocol can: a text line; a JSON event once subscribed (seed 001's clients pair every
-    /// line with a request); nothing in binary (no frame may answer no request).
-    pub(super) fn tell_signed_out(&self) {
+    /// Tells a session that is being ended gracefully (a [`Kill`] that is not hard) why,
+    /// where its protocol can: a text line; a JSON event once subscribed (seed 001's clients
+    /// pair every line with a request); nothing in binary (no frame may answer no request).
+    pub(super) fn tell_ended(&self, kill: Kill) {
+        let (text, event, reason) = match kill {
+            Kill::SignedOut => ("signed out", "signed_out", "the password was changed"),
+            Kill::Disabled => ("signed out", "signed_out", "the account was disabled"),
+            Kill::Kicked => ("disconnected", "closing", "disconnected by an operator"),
+            Kill::Draining => (
+                "reconnect",
+                "reconnect",
+                "server going away: reconnect elsewhere",
+            ),
+            Kill::SlowConsumer | Kill::Stalled | Kill::CatchupFailed => return,
+        };
         let line = match self.link.protocol {
-            Protocol::Text => "INFO signed out: the password was changed".to_string(),
+            Protocol::Text => format!("INFO {text}: {reason}"),
             Protocol::Json if self.subscribed => {
-                let event = json!({"event": "signed_out", "reason": "the password was changed"});
-                event.to_string()
+                json!({"event": event, "reason": reason}).to_string()
             }
             _ => return,
         };

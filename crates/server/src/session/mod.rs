@@ -89,6 +89,10 @@ pub struct Shared {
     pub seats: tokio::sync::Semaphore,
     /// Metrics and the server's phase.
     pub monitor: Arc<crate::monitor::Monitor>,
+    /// Cancelled when the server stops accepting: at shutdown, or first when it drains.
+    pub stop_accepting: CancellationToken,
+    /// The settings a reload changes outside the hub (`admin/control.rs`).
+    pub live: crate::admin::Live,
 }
 
 /// Who may make a request: everyone, or only a logged-in session. Before any login, seed
@@ -365,8 +369,8 @@ impl Session {
 
     fn kill_reason(&self) -> String {
         let kill = self.link.killed_for();
-        if kill == Some(Kill::SignedOut) {
-            self.tell_signed_out();
+        if let Some(kill) = kill {
+            self.tell_ended(kill);
         }
         kill.map_or("killed", Kill::reason).to_string()
     }

@@ -9,7 +9,7 @@ use parley_proto::ws::{self, close, Message, Opcode};
 
 use super::{Flow, Session, Shared};
 use crate::conn::Conn;
-use crate::outbound::{Item, Protocol, Style};
+use crate::outbound::{Item, Kill, Protocol, Style};
 
 /// Serves a connection whose WebSocket handshake is done; `initial` holds what the client
 /// sent after it. As `super::run`, set up before the future exists.
@@ -101,6 +101,7 @@ impl Session {
     pub(super) fn close_websocket(&self, reason: &str) {
         let code = match reason {
             "server shutting down" => close::GOING_AWAY,
+            r if r == Kill::Draining.reason() => close::GOING_AWAY,
             _ => close::NORMAL,
         };
         let payload = ws::close_payload(code, reason);

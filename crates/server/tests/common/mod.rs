@@ -57,6 +57,16 @@ impl TestServer {
         }
     }
 
+    /// A server started some other way (with options, say), on data in `dir`.
+    pub fn adopt(running: Running, dir: TempDir) -> TestServer {
+        TestServer {
+            addr: running.addr,
+            json_addr: running.json_addr.expect("json port"),
+            running: Some(running),
+            dir,
+        }
+    }
+
     /// A text-protocol connection to the shared port (as `ncat` would be).
     pub async fn text(&self) -> LineClient {
         LineClient::connect(self.addr).await.expect("connect")

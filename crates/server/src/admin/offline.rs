@@ -1,0 +1,41 @@
+//! `parley admin` with the server stopped: the same handlers, over the store and hub opened
+//! in this process as the server opens them (no listeners), under the data directory's
+//! lock. Opening reads the message log as a start does, so it takes as long as a start.
+
+use anyhow::Context;
+
+use super::{handle, Answer, Ctx, DataLock, Request};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::monitor::Monitor;
+
+/// Runs `request` on the data of `config` (whose server must be stopped).
+pub async fn run_offline(config: Config, request: Request) -> anyhow::Result<Answer> {
+    anyhow::ensure!(
+        request.works_offline(),
+        "this command needs a running server (no admin socket in {})",
+        config.data_dir.display()
+    );
+    anyhow::ensure!(
+        !config.cluster,
+        "a cluster node's data is in PostgreSQL: run parley admin against a running node"
+    );
+    let _lock = DataLock::try_take(&config.data_dir)?.with_context(|| {
+        format!(
+            "{} is locked by a server that is not answering on its admin socket yet \
+             (starting?); try again",
+            config.data_dir.display()
+        )
+    })?;
+    let monitor = std::sync::Arc::new(Monitor::new(Metrics::new(&config.data_dir)));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (shared, hub_thread, _cluster) =
+        crate::server::open_core(config, monitor, shutdown, None).await?;
+    let ctx = Ctx {
+        shared,
+        control: None,
+    };
+    let answer = handle(request, &ctx).await;
+    crate::server::close_core(ctx.shared, hub_thread).await?;
+    Ok(answer)
+}
