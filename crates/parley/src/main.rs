@@ -7,6 +7,8 @@
 // Unsafe only where allowed: jemalloc's options are a symbol it looks up by name.
 #![deny(unsafe_code)]
 
+mod admin;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -62,6 +64,9 @@ enum Command {
     Bench(parley_bench::BenchArgs),
     /// Chat from the terminal: a full-screen client (or --send / --tail for scripts).
     Chat(parley_client::chat::ChatArgs),
+    /// Administer a server: users, devices, rooms, sessions, reload, drain (over its admin
+    /// socket; on its data directory when it is stopped).
+    Admin(admin::AdminArgs),
     /// Verify a stopped server's data directory (database, message log, saved index,
     /// files) and list what is unreadable; exits with 1 if anything is.
     Check {
@@ -169,6 +174,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => parley_bench::run(args),
         Command::Chat(args) => std::process::exit(i32::from(parley_client::chat::run(args))),
+        Command::Admin(args) => admin::run(args),
         Command::Check { data_dir } => check(&data_dir),
         Command::Migrate {
             to_postgres,
@@ -248,10 +254,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listeners = parley_server::Listeners::bind(&config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        if let Some(tls) = listeners.certificate.clone() {
-            tokio::spawn(reload_on_hangup(tls));
-        }
-        parley_server::serve(config, listeners, shutdown).await
+        // SIGHUP and `parley admin server reload` read the same sources again.
+        let options = parley_server::Options {
+            reload_config: Some(Box::new(move || load_config(&args))),
+            reload_on_hangup: true,
+        };
+        parley_server::serve_with(config, listeners, shutdown, options).await
     })
 }
 
@@ -296,23 +304,6 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Json => builder.json().init(),
     }
     guard
-}
-
-/// SIGHUP: read the certificate and key again; connections already open are untouched.
-async fn reload_on_hangup(tls: std::sync::Arc<parley_server::Tls>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match tls.reload() {
-            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "SIGHUP: keeping the old certificate")
-            }
-        }
-    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {
