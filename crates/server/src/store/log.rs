@@ -220,7 +220,7 @@ impl MessageLog {
     }
 
     /// The span of the first record whose last id is not below `id`.
-    fn span_of(&self, id: i64) -> Option<Span> {
+    pub(super) fn span_of(&self, id: i64) -> Option<Span> {
         let spans = self.spans();
         spans.get(spans.partition_point(|s| s.last < id)).copied()
     }
@@ -228,7 +228,7 @@ impl MessageLog {
     /// Reads the payload of the record at `span` into `data`, checking it (one `pread` for
     /// the header and the payload). A record that fails its check is reported (once) and
     /// read as [`Block::Damaged`]; only a failed read is an error.
-    fn read(&self, span: &Span, data: &mut Vec<u8>) -> anyhow::Result<Block> {
+    pub(super) fn read(&self, span: &Span, data: &mut Vec<u8>) -> anyhow::Result<Block> {
         let header = RECORD_HEADER as usize;
         data.resize(header + span.len as usize, 0);
         self.file
@@ -404,7 +404,9 @@ impl Examined {
 }
 
 /// Finds messages by id, keeping the last block it read: ids asked for in ascending order
-/// read each block once.
+/// read each block once. The readers go through the shared cache of blocks
+/// (`block_cache.rs`); the tests read the log through this, without a cache.
+#[cfg(test)]
 pub(super) struct Lookup<'l> {
     log: &'l MessageLog,
     /// The block read last, and the ids it spans (none read yet: an empty span).
@@ -417,6 +419,7 @@ pub(super) struct Lookup<'l> {
     damaged: bool,
 }
 
+#[cfg(test)]
 impl<'l> Lookup<'l> {
     pub fn new(log: &'l MessageLog) -> Self {
         Lookup {

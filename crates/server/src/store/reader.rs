@@ -12,7 +12,7 @@ use bytes::Bytes;
 use parley_proto::ConversationKind;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::log::Lookup;
+use super::block_cache::{BlockCache, Finder};
 use super::{ConvId, DeviceId, MessageIndex, MessageLog, Seq, UserId};
 use crate::config::SyncMode;
 
@@ -130,7 +130,8 @@ struct Pool {
     path: PathBuf,
     /// Which ids make up each conversation (the log is in id order).
     index: Arc<MessageIndex>,
-    log: Arc<MessageLog>,
+    /// The message log's blocks read last, shared by every read.
+    blocks: BlockCache,
     idle: Mutex<Vec<Connection>>,
     /// At most this many reads at once: a burst of logins queues here instead of opening
     /// a connection (and a blocking thread) each.
@@ -146,7 +147,7 @@ impl SqliteReader {
             inner: Arc::new(Pool {
                 path: super::sqlite::database_path(data_dir),
                 index,
-                log,
+                blocks: BlockCache::new(log),
                 idle: Mutex::new(Vec::new()),
                 busy: tokio::sync::Semaphore::new(READERS),
             }),
@@ -508,7 +509,7 @@ fn position(seq: Seq) -> usize {
 /// with the sequence and a binary search finds the bound in a few lookups.
 fn by_time(pool: &Pool, conv: ConvId, before: impl Fn(i64) -> bool) -> anyhow::Result<usize> {
     let index = &pool.index;
-    let mut lookup = Lookup::new(&pool.log);
+    let mut lookup = Finder::new(&pool.blocks);
     let (mut low, mut high) = (0, position(index.last_seq(conv)));
     while low < high {
         let mid = low + (high - low) / 2;
@@ -531,14 +532,15 @@ fn by_time(pool: &Pool, conv: ConvId, before: impl Fn(i64) -> bool) -> anyhow::R
 /// The messages of `conv` with these ids (ascending, from the index), with their receive
 /// times; those in a damaged block of the log as `lost`. A conversation written in a run
 /// (the offline case) fills whole blocks, so a page reads few of them; each block is read
-/// once however many of the page's ids it holds.
+/// once however many of the page's ids it holds, and is shared with the reads of other
+/// pages while it stays in the cache (block_cache.rs).
 fn fetch(
     conn: &Connection,
     pool: &Pool,
     conv: ConvId,
     ids: &[i64],
 ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
-    let mut lookup = Lookup::new(&pool.log);
+    let mut lookup = Finder::new(&pool.blocks);
     let mut names = conn.prepare_cached("SELECT name FROM users WHERE id = ?1")?;
     let mut known: HashMap<UserId, Arc<str>> = HashMap::new();
     let mut out = Vec::with_capacity(ids.len());
