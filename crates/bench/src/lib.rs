@@ -28,6 +28,7 @@ pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -109,6 +110,11 @@ pub struct Common {
     /// this when the bench spawns the server).
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Spawn parley from this executable instead of the bench's own: two builds measured
+    /// under the same load generator (the generator changes between commits too). The
+    /// relay stays the bench's own.
+    #[arg(long, value_name = "PATH")]
+    pub parley_exe: Option<PathBuf>,
 }
 
 impl Common {
@@ -119,6 +125,7 @@ impl Common {
             target: Target::Parley,
             timeout: 60,
             pid: None,
+            parley_exe: None,
         }
     }
 
@@ -292,7 +299,7 @@ where
             None => {}
         }
     }
-    let server = spawn::Server::parley()?;
+    let server = spawn::Server::parley(common.parley_exe.as_deref())?;
     let figures = runtime.block_on(work(server.at(false)))?;
     let figures = figures.with_server_log(&server);
     drop(server);

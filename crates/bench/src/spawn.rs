@@ -8,6 +8,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -35,10 +36,15 @@ impl Server {
     /// be what is measured: no command rate limit for text and JSON (`commands_per_second`),
     /// no message rate limit per session (`messages_per_second`), no limit of connections
     /// per IP address (every bench connection comes from 127.0.0.1), and no idle timeout
-    /// (fanout members only listen). Logging stays at the default `info`.
-    pub fn parley() -> anyhow::Result<Server> {
+    /// (fanout members only listen). Logging stays at the default `info`. `exe` is another
+    /// parley executable to run instead of this one (`--parley-exe`).
+    pub fn parley(exe: Option<&Path>) -> anyhow::Result<Server> {
         let data = tempfile::tempdir().context("creating a data directory")?;
-        let mut cmd = Command::new(std::env::current_exe()?);
+        let exe = match exe {
+            Some(exe) => exe.to_path_buf(),
+            None => std::env::current_exe()?,
+        };
+        let mut cmd = Command::new(exe);
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
