@@ -57,6 +57,14 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// The same for JSON connections (ms; 0: never).
     pub json_idle_timeout_ms: u64,
+    /// The same for binary connections, silently: generous, since a binary client that
+    /// only listens sends nothing (ms; 0: never). Only complete requests count as activity
+    /// for every idle timeout, not bytes.
+    pub binary_idle_timeout_ms: u64,
+    /// A request (a line, a frame, a WebSocket message) must be complete within this many
+    /// ms of its first byte, however its bytes trickle in, or the connection is closed
+    /// (0: no limit).
+    pub request_timeout_ms: u64,
     /// Commands per second a text or JSON connection may send (twice that in a burst);
     /// faster ones are slowed down, not refused.
     pub commands_per_second: u32,
@@ -188,6 +196,8 @@ impl Default for Config {
             max_line_bytes: 8 * 1024,
             idle_timeout_ms: 60_000,
             json_idle_timeout_ms: 300_000,
+            binary_idle_timeout_ms: 3_600_000,
+            request_timeout_ms: 30_000,
             commands_per_second: 100,
             max_history: 1000,
             max_connections: 19_000,
@@ -218,7 +228,7 @@ impl Default for Config {
             login_address_failures_free: 20,
             login_address_spacing_ms: 1000,
             login_throttle_bytes: 8 << 20,
-            max_connections_per_ip: 1000,
+            max_connections_per_ip: 256,
             messages_per_second: 500,
             message_burst: 5000,
             login_timeout_ms: 30_000,

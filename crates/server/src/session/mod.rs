@@ -209,7 +209,7 @@ impl Session {
         // Per-connection lines at info are the login and the disconnect (both with the peer).
         tracing::debug!(session = link.id, %peer, protocol = protocol.name(), tls, "connected");
         let idle = match protocol {
-            Protocol::Binary => 0,
+            Protocol::Binary => config.binary_idle_timeout_ms,
             Protocol::Text => config.idle_timeout_ms,
             Protocol::Json => config.json_idle_timeout_ms,
         };
@@ -248,7 +248,7 @@ impl Session {
     ///
     /// Most connections spend most of their life waiting here, so the waiting state is kept
     /// small: request handling is boxed (it exists only while requests are handled), and
-    /// one boxed timer serves both deadlines.
+    /// one boxed timer serves every deadline (idle, login, request).
     async fn read_loop(&mut self, socket: &mut ReadHalf, buf: &mut BytesMut) -> String {
         let mut idle_deadline = self.idle.map(|d| Instant::now() + d);
         let login_deadline = match self.shared.config.login_timeout_ms {
@@ -256,6 +256,12 @@ impl Session {
             ms => (self.link.protocol == Protocol::Binary)
                 .then(|| Instant::now() + Duration::from_millis(ms)),
         };
+        let request_timeout = match self.shared.config.request_timeout_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
+        // When the request whose first bytes are buffered must be complete.
+        let mut request_by: Option<Instant> = None;
         let mut timer = Deadline::default();
         loop {
             // Checked here with an atomic load, and waited for below only after the socket
@@ -266,19 +272,35 @@ impl Session {
                 return "server shutting down".into();
             }
             if !buf.is_empty() {
+                let unread = buf.len();
                 if let Flow::Close(why) = self.drain(buf).await {
                     return why;
                 }
+                // A request completed if the decoder took bytes and is not discarding a
+                // line too long: only that is activity (a byte of a request is not), and
+                // the request begun after it has a deadline of its own.
+                let discarding = self.lines.is_discarding();
+                let completed = buf.len() < unread && !discarding;
+                let now = Instant::now();
+                if completed {
+                    idle_deadline = self.idle.map(|d| now + d);
+                }
+                request_by = match (buf.is_empty() && !discarding, completed) {
+                    (true, _) => None,
+                    (false, true) => request_timeout.map(|d| now + d),
+                    (false, false) => request_by.or_else(|| request_timeout.map(|d| now + d)),
+                };
             }
             let login_by = login_deadline.filter(|_| self.login.is_none());
-            timer.aim([idle_deadline, login_by].into_iter().flatten().min());
+            let deadlines = [idle_deadline, login_by, request_by];
+            timer.aim(deadlines.into_iter().flatten().min());
             if buf.is_empty() {
                 // Idle connections hold no read buffer: wait for data before allocating.
                 *buf = BytesMut::new();
                 tokio::select! {
                     biased;
                     _ = std::future::poll_fn(|cx| self.link.poll_killed(cx)) => return self.kill_reason(),
-                    _ = timer.fired() => match self.deadline_passed(idle_deadline, login_by) {
+                    _ = timer.fired() => match self.deadline_passed(deadlines) {
                         Some(why) => return why,
                         None => continue,
                     },
@@ -292,7 +314,7 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = std::future::poll_fn(|cx| self.link.poll_killed(cx)) => return self.kill_reason(),
-                _ = timer.fired() => match self.deadline_passed(idle_deadline, login_by) {
+                _ = timer.fired() => match self.deadline_passed(deadlines) {
                     Some(why) => return why,
                     None => continue,
                 },
@@ -300,7 +322,6 @@ impl Session {
                     Ok(0) if buf.is_empty() && !self.lines.is_discarding() => return "closed by peer".into(),
                     Ok(0) => return format!("closed by peer in the middle of a request ({} bytes unread)", buf.len()),
                     Ok(n) => {
-                        idle_deadline = self.idle.map(|d| Instant::now() + d);
                         let hot = &self.shared.monitor.metrics.hot;
                         hot.add(Hot::BytesIn, self.link.protocol, n as u64);
                     }
@@ -311,12 +332,19 @@ impl Session {
         }
     }
 
-    /// Why the connection ends now that its timer fired, if a deadline really passed (reads
-    /// move the idle deadline on without moving the timer).
-    fn deadline_passed(&self, idle: Option<Instant>, login_by: Option<Instant>) -> Option<String> {
+    /// Why the connection ends now that its timer fired, if one of the `[idle, login,
+    /// request]` deadlines really passed (requests move the idle deadline on without moving
+    /// the timer).
+    fn deadline_passed(
+        &self,
+        [idle, login_by, request_by]: [Option<Instant>; 3],
+    ) -> Option<String> {
         let now = Instant::now();
         if login_by.is_some_and(|at| at <= now) {
             return Some("no login in time".into());
+        }
+        if request_by.is_some_and(|at| at <= now) {
+            return Some("a request was not complete within request_timeout_ms".into());
         }
         if idle.is_some_and(|at| at <= now) {
             return Some(self.idle_out());
