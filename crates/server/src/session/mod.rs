@@ -256,10 +256,6 @@ impl Session {
             ms => (self.link.protocol == Protocol::Binary)
                 .then(|| Instant::now() + Duration::from_millis(ms)),
         };
-        let request_timeout = match self.shared.config.request_timeout_ms {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        };
         // When the request whose first bytes are buffered must be complete.
         let mut request_by: Option<Instant> = None;
         let mut timer = Deadline::default();
@@ -285,22 +281,27 @@ impl Session {
                 if completed {
                     idle_deadline = self.idle.map(|d| now + d);
                 }
+                let from_now = || self.request_timeout().map(|d| now + d);
                 request_by = match (buf.is_empty() && !discarding, completed) {
                     (true, _) => None,
-                    (false, true) => request_timeout.map(|d| now + d),
-                    (false, false) => request_by.or_else(|| request_timeout.map(|d| now + d)),
+                    (false, true) => from_now(),
+                    (false, false) => request_by.or_else(from_now),
                 };
             }
             let login_by = login_deadline.filter(|_| self.login.is_none());
-            let deadlines = [idle_deadline, login_by, request_by];
-            timer.aim(deadlines.into_iter().flatten().min());
+            timer.aim(
+                [idle_deadline, login_by, request_by]
+                    .into_iter()
+                    .flatten()
+                    .min(),
+            );
             if buf.is_empty() {
                 // Idle connections hold no read buffer: wait for data before allocating.
                 *buf = BytesMut::new();
                 tokio::select! {
                     biased;
                     _ = std::future::poll_fn(|cx| self.link.poll_killed(cx)) => return self.kill_reason(),
-                    _ = timer.fired() => match self.deadline_passed(deadlines) {
+                    _ = timer.fired() => match self.deadline_passed([idle_deadline, login_by, request_by]) {
                         Some(why) => return why,
                         None => continue,
                     },
@@ -314,7 +315,7 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = std::future::poll_fn(|cx| self.link.poll_killed(cx)) => return self.kill_reason(),
-                _ = timer.fired() => match self.deadline_passed(deadlines) {
+                _ = timer.fired() => match self.deadline_passed([idle_deadline, login_by, request_by]) {
                     Some(why) => return why,
                     None => continue,
                 },
@@ -329,6 +330,14 @@ impl Session {
                 },
                 _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
             }
+        }
+    }
+
+    /// How long a request may take from its first byte (`request_timeout_ms`).
+    fn request_timeout(&self) -> Option<Duration> {
+        match self.shared.config.request_timeout_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
         }
     }
 
