@@ -457,7 +457,10 @@ async fn sighup_reloads_the_certificate_and_keeps_the_old_one_if_the_new_is_brok
 async fn every_login_and_disconnect_is_logged_by_the_time_the_server_exits() {
     const USERS: usize = 300;
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(serve_in(dir.path()));
+    // 300 connections from one address: more than `max_connections_per_ip` (256) allows.
+    let mut serve = serve_in(dir.path());
+    serve.env("PARLEY_MAX_CONNECTIONS_PER_IP", USERS.to_string());
+    let server = Server::start(serve);
     let mut clients = Vec::new();
     for i in 0..USERS {
         clients.push(server.login(&format!("burst{i}")).await);
