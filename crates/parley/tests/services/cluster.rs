@@ -83,6 +83,10 @@ pub fn command(id: &str, postgres: &str, nats: &str, dir: &Path) -> std::process
         .env("PARLEY_SHUTDOWN_TIMEOUT_MS", "2000")
         .env("PARLEY_MESSAGES_PER_SECOND", "0")
         .env("PARLEY_COMMANDS_PER_SECOND", "0");
+    // More of the nodes' logs when a test is run to be looked into.
+    if let Ok(filter) = std::env::var("PARLEY_TEST_NODE_LOG") {
+        cmd.env("PARLEY_LOG", filter);
+    }
     cmd
 }
 

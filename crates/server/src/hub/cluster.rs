@@ -416,8 +416,10 @@ impl Core {
     }
 
     /// A catching-up session asks to go live (see `Core::go_live`): every conversation of
-    /// the user is followed, what the session read beyond what was dispatched here is read
-    /// and delivered now, and it goes live if it read everything dispatched.
+    /// the user is followed, and it goes live if it read exactly what was dispatched here.
+    /// If it read further (from PostgreSQL) than this node dispatched, the rest is read
+    /// and delivered to the sessions already live, and this one asks again: made live now,
+    /// it would get those messages twice.
     pub(super) fn cluster_go_live(
         &mut self,
         user: UserId,
@@ -438,9 +440,16 @@ impl Core {
             };
             if have > last {
                 self.fill(m.conv, have).map_err(internal)?;
+                behind = true;
             }
-            let last = self.state().followed.get(&m.conv).map_or(0, |f| f.last);
             behind |= last > have;
+        }
+        if !behind {
+            // What this batch gathered for the sessions already live goes to them now,
+            // before this one is live: its catch-up read those messages already.
+            let mut out = std::mem::take(&mut self.staging);
+            self.cluster_relay(&mut out);
+            self.staging = out;
         }
         Ok(!behind)
     }

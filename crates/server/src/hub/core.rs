@@ -190,7 +190,7 @@ pub(super) struct Core {
     /// progress goes into it.
     cursors_wanted: bool,
     /// What the batch being performed queues for sessions (kept for its spare lists).
-    staging: Staging,
+    pub(super) staging: Staging,
     /// When the batch being applied began (Unix ms): the receive time of all its messages
     /// (one clock read per batch instead of one per message).
     batch_time: i64,
@@ -1386,6 +1386,11 @@ impl Core {
         self.last_seqs.clear();
         self.memberships.clear();
         self.contacts.clear();
+        if self.cluster.is_some() {
+            // Users, devices, conversations and rooms are created at once in a cluster,
+            // never in a batch: nothing of them is uncommitted (and PostgreSQL may be away).
+            return;
+        }
         let guests: Vec<(Arc<str>, Vec<Arc<Link>>)> = self
             .rooms
             .values_mut()

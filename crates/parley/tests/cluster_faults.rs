@@ -1,0 +1,364 @@
+//! A cluster under load while things fail: a node killed, NATS restarted, PostgreSQL
+//! restarted, a node cut off from NATS and back. Clients reach the nodes through a load
+//! balancer (a TCP proxy) and reconnect through it when their node fails; an invariant
+//! checker then proves that every acknowledged message reached its recipient's device
+//! exactly once, in its conversation's order, with no gap.
+
+mod common;
+mod services;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parley_client::{Connection, Endpoint, Error, LineClient, Push, Target};
+use services::cluster::{Cluster, Node, Proxy, LEASE_MS};
+use tokio_util::sync::CancellationToken;
+
+const PASSWORD: &str = "correct-horse";
+/// Users; each sends to the next one (a ring), so every conversation has one sender.
+const USERS: usize = 6;
+/// Requests each sender keeps in flight.
+const WINDOW: usize = 8;
+
+/// What one device saw and what one sender was told.
+#[derive(Default)]
+struct Record {
+    /// Bodies accepted, in order, per conversation's sender.
+    accepted: Vec<String>,
+    /// Per conversation: the last sequence accepted.
+    last: HashMap<u64, u64>,
+    /// Messages delivered again after a reconnect (the cursor had not been written yet):
+    /// allowed, and dropped by the sequence check as every client must.
+    redelivered: u64,
+    /// Anything that breaks the invariants.
+    violations: Vec<String>,
+    /// Bodies this user sent that the server acknowledged, and those it refused.
+    acked: Vec<String>,
+    refused: u64,
+    /// Connections made (1 + reconnections).
+    connections: u64,
+}
+
+/// One user: connects through `lb`, logs in (again after every failure), receives and
+/// checks, and sends to `to` until `stop`.
+async fn user(
+    lb: SocketAddr,
+    me: String,
+    to: String,
+    record: Arc<Mutex<Record>>,
+    stop: CancellationToken,
+    sending: CancellationToken,
+) {
+    let mut next = 0u64;
+    while !stop.is_cancelled() {
+        let Some((conn, mut pushes)) = login(lb, &me).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        record.lock().unwrap().connections += 1;
+        // This connection's first message of each conversation may repeat what the last
+        // one received (its cursor was not written yet); after that, never.
+        let mut passed: BTreeSet<u64> = BTreeSet::new();
+        let receiver = {
+            let (record, conn) = (record.clone(), conn.clone());
+            async move {
+                while let Some(push) = pushes.recv().await {
+                    let Push::Event(e) = push else { continue };
+                    let mut r = record.lock().unwrap();
+                    let last = r.last.get(&e.conversation).copied().unwrap_or(0);
+                    let body = String::from_utf8_lossy(&e.message).into_owned();
+                    if e.seq == last + 1 {
+                        r.last.insert(e.conversation, e.seq);
+                        r.accepted.push(body);
+                        passed.insert(e.conversation);
+                    } else if e.seq <= last && !passed.contains(&e.conversation) {
+                        r.redelivered += 1;
+                    } else {
+                        let what = if e.seq <= last {
+                            "a duplicate"
+                        } else {
+                            "a gap"
+                        };
+                        r.violations.push(format!(
+                            "{what}: conversation {} seq {} after {last} ({body})",
+                            e.conversation, e.seq
+                        ));
+                    }
+                    drop(r);
+                    conn.ack(e.conversation, e.seq);
+                }
+            }
+        };
+        let sender = async {
+            let mut inflight = futures_util::stream::FuturesOrdered::new();
+            loop {
+                while inflight.len() < WINDOW && !sending.is_cancelled() {
+                    let body = format!("{me}:{next}");
+                    next += 1;
+                    let (conn, to, me) = (conn.clone(), to.clone(), me.clone());
+                    inflight.push_back(async move {
+                        let sent = conn
+                            .send(&me, &Target::User(to), Bytes::from(body.clone()), next)
+                            .await;
+                        (body, sent)
+                    });
+                }
+                let Some((body, sent)) = futures_util::StreamExt::next(&mut inflight).await else {
+                    // Not sending any more: stay online to receive.
+                    return sending.cancelled().await;
+                };
+                match sent {
+                    Ok(()) => record.lock().unwrap().acked.push(body),
+                    Err(Error::Refused(_)) => record.lock().unwrap().refused += 1,
+                    // The connection is gone: its requests' fates are unknown.
+                    Err(_) => return,
+                }
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = receiver => {}
+            _ = async { sender.await; conn.closed().await } => {}
+        }
+    }
+}
+
+/// Connects through the load balancer and logs in with acks; `None` if refused (the
+/// device may still count as online on a node that just died, for up to a lease).
+async fn login(
+    lb: SocketAddr,
+    me: &str,
+) -> Option<(Connection, tokio::sync::mpsc::Receiver<Push>)> {
+    let (conn, pushes) = Connection::connect(&Endpoint::tcp(lb.to_string()))
+        .await
+        .ok()?;
+    conn.enable_acks().await.ok()?;
+    conn.login_password(me, PASSWORD, "device", false)
+        .await
+        .ok()?;
+    Some((conn, pushes))
+}
+
+/// What a run measured, for its log line.
+struct Outcome {
+    acked: usize,
+    refused: u64,
+    redelivered: u64,
+    connections: u64,
+}
+
+/// Runs USERS users against `cluster` through a load balancer, calls `fault` once the load
+/// runs, then stops sending and checks every invariant once everything arrived.
+async fn under_load(
+    cluster: &mut Cluster,
+    fault: impl AsyncFnOnce(&mut Cluster, Arc<Proxy>),
+) -> Outcome {
+    let backends: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.addr).collect();
+    let lb = Arc::new(Proxy::start(backends).await);
+    let mut reg = LineClient::connect(cluster.nodes[0].addr).await.unwrap();
+    let names: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();
+    for name in &names {
+        assert_eq!(
+            reg.ask(&format!("REGISTER {name} {PASSWORD}"))
+                .await
+                .unwrap(),
+            "OK"
+        );
+    }
+    let stop = CancellationToken::new();
+    let sending = CancellationToken::new();
+    let records: Vec<Arc<Mutex<Record>>> = (0..USERS).map(|_| Arc::default()).collect();
+    let mut tasks = Vec::new();
+    for i in 0..USERS {
+        let to = names[(i + 1) % USERS].clone();
+        tasks.push(tokio::spawn(user(
+            lb.addr,
+            names[i].clone(),
+            to,
+            records[i].clone(),
+            stop.clone(),
+            sending.clone(),
+        )));
+    }
+    let acked = |records: &[Arc<Mutex<Record>>]| -> usize {
+        records.iter().map(|r| r.lock().unwrap().acked.len()).sum()
+    };
+    wait_until("load before the fault", Duration::from_secs(30), || {
+        acked(&records) >= 300
+    })
+    .await;
+    fault(cluster, lb.clone()).await;
+    let after = acked(&records);
+    wait_until("load after the fault", Duration::from_secs(60), || {
+        acked(&records) >= after + 300
+    })
+    .await;
+    sending.cancel();
+    // Everything acknowledged arrives (bounded): then nothing more may arrive.
+    let delivered = |records: &[Arc<Mutex<Record>>]| {
+        (0..USERS).all(|i| {
+            let acked: BTreeSet<String> =
+                records[i].lock().unwrap().acked.iter().cloned().collect();
+            let got: BTreeSet<String> = records[(i + 1) % USERS]
+                .lock()
+                .unwrap()
+                .accepted
+                .iter()
+                .cloned()
+                .collect();
+            acked.is_subset(&got)
+        })
+    };
+    let quiet = wait_until_soft(Duration::from_secs(60), || delivered(&records)).await;
+    stop.cancel();
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+    let mut outcome = Outcome {
+        acked: 0,
+        refused: 0,
+        redelivered: 0,
+        connections: 0,
+    };
+    for i in 0..USERS {
+        let sender = records[i].lock().unwrap();
+        let receiver = records[(i + 1) % USERS].lock().unwrap();
+        assert!(
+            receiver.violations.is_empty(),
+            "u{} ({} connections) saw {:?}",
+            (i + 1) % USERS,
+            receiver.connections,
+            &receiver.violations[..receiver.violations.len().min(10)]
+        );
+        let got: BTreeSet<&String> = receiver.accepted.iter().collect();
+        let lost: Vec<&String> = sender.acked.iter().filter(|b| !got.contains(b)).collect();
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged messages of u{i} never reached u{} (first {:?}); quiet: {quiet}",
+            lost.len(),
+            (i + 1) % USERS,
+            &lost[..lost.len().min(5)]
+        );
+        // In the order they were sent: each sender numbers its messages.
+        let numbers: Vec<u64> = receiver
+            .accepted
+            .iter()
+            .filter_map(|b| b.strip_prefix(&format!("u{i}:"))?.parse().ok())
+            .collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "u{i}'s messages out of order at u{}",
+            (i + 1) % USERS
+        );
+        outcome.acked += sender.acked.len();
+        outcome.refused += sender.refused;
+        outcome.redelivered += receiver.redelivered;
+        outcome.connections += receiver.connections;
+    }
+    eprintln!(
+        "acknowledged {}, refused {}, redelivered after reconnects {}, connections {}",
+        outcome.acked, outcome.refused, outcome.redelivered, outcome.connections
+    );
+    outcome
+}
+
+/// Polls `done` every 50 ms; fails the test after `limit`.
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `done` every 50 ms for at most `limit`; whether it came true.
+async fn wait_until_soft(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_loses_nothing_acknowledged() {
+    if !services::available() {
+        return;
+    }
+    let mut cluster = Cluster::start(3);
+    let outcome = under_load(
+        &mut cluster,
+        async |cluster: &mut Cluster, lb: Arc<Proxy>| {
+            let dead = cluster.nodes[0].addr;
+            cluster.nodes[0].kill();
+            lb.set_backends(cluster.nodes[1..].iter().map(|n| n.addr).collect());
+            assert!(
+                std::net::TcpStream::connect(dead).is_err(),
+                "the node is dead"
+            );
+        },
+    )
+    .await;
+    assert!(
+        outcome.connections > USERS as u64,
+        "clients reconnected elsewhere"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_under_load_loses_nothing() {
+    if !services::available() {
+        return;
+    }
+    let mut cluster = Cluster::start(3);
+    under_load(&mut cluster, async |cluster: &mut Cluster, _| {
+        cluster.nats.restart();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_load_never_acknowledges_falsely() {
+    if !services::available() {
+        return;
+    }
+    let mut cluster = Cluster::start(3);
+    under_load(&mut cluster, async |cluster: &mut Cluster, _| {
+        cluster.pg.restart();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_and_healed_loses_nothing() {
+    if !services::available() {
+        return;
+    }
+    let pg = services::Postgres::start();
+    let nats = services::Nats::start();
+    let nats_addr: SocketAddr = ([127, 0, 0, 1], nats.port).into();
+    // Node b reaches NATS through a link the test cuts.
+    let link = Arc::new(Proxy::start(vec![nats_addr]).await);
+    let nodes = vec![
+        Node::start("a", &pg.url(), &nats.url()),
+        Node::start("b", &pg.url(), &format!("nats://{}", link.addr)),
+        Node::start("c", &pg.url(), &nats.url()),
+    ];
+    let mut cluster = Cluster { nodes, pg, nats };
+    let cut = link.clone();
+    under_load(&mut cluster, async move |_: &mut Cluster, _| {
+        let link = cut;
+        link.cut();
+        // Longer than a lease: b's sessions must stay online (PostgreSQL, not NATS, holds
+        // the leases) and be served from PostgreSQL meanwhile.
+        tokio::time::sleep(Duration::from_millis(LEASE_MS + 1000)).await;
+        link.heal();
+    })
+    .await;
+}
