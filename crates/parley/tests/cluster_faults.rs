@@ -186,14 +186,25 @@ async fn under_load(
     let acked = |records: &[Arc<Mutex<Record>>]| -> usize {
         records.iter().map(|r| r.lock().unwrap().acked.len()).sum()
     };
+    // Every user is logged in and sending before the fault.
     wait_until("load before the fault", Duration::from_secs(30), || {
-        acked(&records) >= 300
+        acked(&records) >= 300 && records.iter().all(|r| !r.lock().unwrap().acked.is_empty())
     })
     .await;
     fault(cluster, lb.clone()).await;
     let after = acked(&records);
+    let each_after: Vec<usize> = records
+        .iter()
+        .map(|r| r.lock().unwrap().acked.len())
+        .collect();
+    // Service resumes for every user, also those whose node died: they may log in again
+    // elsewhere once its lease has run out.
     wait_until("load after the fault", Duration::from_secs(60), || {
         acked(&records) >= after + 300
+            && records
+                .iter()
+                .zip(&each_after)
+                .all(|(r, &before)| r.lock().unwrap().acked.len() > before)
     })
     .await;
     sending.cancel();
@@ -352,13 +363,37 @@ async fn a_node_cut_off_from_nats_and_healed_loses_nothing() {
     ];
     let mut cluster = Cluster { nodes, pg, nats };
     let cut = link.clone();
-    under_load(&mut cluster, async move |_: &mut Cluster, _| {
+    under_load(&mut cluster, async move |cluster: &mut Cluster, _| {
         let link = cut;
+        let mut xi = text_login(cluster.nodes[0].addr, "xi").await;
+        let mut yan = text_login(cluster.nodes[1].addr, "yan").await;
         link.cut();
+        // A conversation that begins while b cannot hear NATS, with nothing after it:
+        // no later message reveals it to b, which must find it in PostgreSQL.
+        xi.send("DM yan while you were away").await.unwrap();
+        assert_eq!(xi.ask("PING").await.unwrap(), "PONG");
         // Longer than a lease: b's sessions must stay online (PostgreSQL, not NATS, holds
         // the leases) and be served from PostgreSQL meanwhile.
         tokio::time::sleep(Duration::from_millis(LEASE_MS + 1000)).await;
         link.heal();
+        let heard = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let line = yan.line().await.expect("yan's session");
+                if line.starts_with("DM ") {
+                    return line;
+                }
+            }
+        })
+        .await
+        .expect("the conversation begun during the cut reached b within 30 s");
+        assert_eq!(heard, "DM xi while you were away");
     })
     .await;
+}
+
+/// A text session logged in as guest `name` on `addr`.
+async fn text_login(addr: SocketAddr, name: &str) -> LineClient {
+    let mut c = LineClient::connect(addr).await.expect("connect");
+    assert_eq!(c.ask(&format!("LOGIN {name}")).await.unwrap(), "OK");
+    c
 }

@@ -18,7 +18,8 @@ use super::{Incoming, Interest, Outgoing};
 use crate::hub::Hub;
 
 /// Connects to NATS as node `node`, retrying until it answers. Its own publications do not
-/// come back to it (`no_echo`); `reconnected` is notified at every reconnection.
+/// come back to it (`no_echo`); `reconnected` is notified at every reconnection and
+/// whenever the client dropped messages because this node read too slowly.
 pub async fn connect(
     url: &str,
     node: &str,
@@ -37,6 +38,15 @@ pub async fn connect(
                         reconnected.notify_one();
                     }
                     async_nats::Event::Disconnected => warn!("NATS disconnected"),
+                    // Messages were dropped: look for what they began, as after a
+                    // reconnection.
+                    async_nats::Event::SlowConsumer(sid) => {
+                        warn!(
+                            sid,
+                            "NATS: this node read too slowly, messages were dropped"
+                        );
+                        reconnected.notify_one();
+                    }
                     other => info!(event = %other, "NATS"),
                 }
             }

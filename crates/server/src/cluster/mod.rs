@@ -39,6 +39,10 @@ pub enum Incoming {
     Event(Event),
     /// The last sequences PostgreSQL holds for conversations this node delivers.
     Reconcile(Vec<(ConvId, Seq)>),
+    /// Direct conversations of users online here that this node does not follow, with
+    /// their last sequence and members: read after NATS was away (or dropped messages),
+    /// when the message that began one may have been lost with nothing after it.
+    Discovered(Vec<Discovered>),
     /// Time to stop delivering conversations nobody here needs any more.
     Collect,
 }
@@ -89,6 +93,12 @@ impl Interest {
         sets.convs.iter().copied().collect()
     }
 
+    /// The users with sessions here now.
+    pub fn users(&self) -> Vec<UserId> {
+        let sets = self.sets.lock().expect("interest poisoned");
+        sets.users.iter().copied().collect()
+    }
+
     /// Drops from `messages` what this node does not deliver.
     fn filter(&self, messages: &mut Vec<Wired>) {
         let sets = self.sets.lock().expect("interest poisoned");
@@ -96,6 +106,15 @@ impl Interest {
             sets.convs.contains(&m.conv) || sets.users.contains(&m.a) || sets.users.contains(&m.b)
         });
     }
+}
+
+/// A direct conversation found in PostgreSQL (see [`Incoming::Discovered`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Discovered {
+    pub conv: ConvId,
+    pub last_seq: Seq,
+    pub a: UserId,
+    pub b: UserId,
 }
 
 /// Something for the bus to publish.

@@ -7,18 +7,27 @@
 //! - reconciliation: every `cluster_reconcile_ms`, and at once after NATS reconnects, the
 //!   last sequence of every conversation the hub follows goes to the hub, which reads
 //!   what it has not delivered yet. A message NATS lost with nothing after it is delivered
-//!   at most that much later.
+//!   at most that much later;
+//! - discovery: a conversation this node does not follow yet begins with a message on
+//!   NATS; if NATS lost that one (it was away, or dropped messages this node read too
+//!   slowly), nothing would reveal the conversation. So after every reconnection (and
+//!   every drop), and at each reconciliation during one lease after it (the subscriptions
+//!   are renewed a little after the reconnection is reported), the direct conversations
+//!   of the users online here that the hub does not follow are read too. Not at every
+//!   reconciliation: it reads every conversation of every user online here.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::wire::{self, Event};
-use super::{Incoming, Interest};
+use super::{Discovered, Incoming, Interest};
 use crate::hub::Hub;
 use crate::store::postgres;
 use crate::store::UserId;
@@ -52,6 +61,8 @@ impl Tasks {
             for timer in [&mut renew, &mut reconcile, &mut collect] {
                 timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
+            // Until when reconciliations also discover conversations (see above).
+            let mut discover_until = Instant::now();
             loop {
                 if db.is_closed() {
                     match postgres::connect(&self.url).await {
@@ -62,8 +73,13 @@ impl Tasks {
                 let done = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = renew.tick() => self.renew(&db).await,
-                    _ = reconcile.tick() => self.reconcile(&db).await,
-                    _ = self.reconnected.notified() => self.reconcile(&db).await,
+                    _ = reconcile.tick() => {
+                        self.reconcile(&db, Instant::now() < discover_until).await
+                    }
+                    _ = self.reconnected.notified() => {
+                        discover_until = Instant::now() + self.lease;
+                        self.reconcile(&db, true).await
+                    }
                     _ = collect.tick() => {
                         self.hub.cluster(Incoming::Collect);
                         Ok(())
@@ -152,20 +168,46 @@ impl Tasks {
         }
     }
 
-    /// Hands the hub the last sequences of the conversations it follows.
-    async fn reconcile(&self, db: &Client) -> anyhow::Result<()> {
+    /// Hands the hub the last sequences of the conversations it follows, and with
+    /// `discover` the direct conversations with messages of users online here that it
+    /// does not follow.
+    async fn reconcile(&self, db: &Client, discover: bool) -> anyhow::Result<()> {
         let convs = self.interest.convs();
-        if convs.is_empty() {
+        if !convs.is_empty() {
+            let rows = db
+                .query(
+                    "SELECT id, last_seq FROM conversations WHERE id = ANY($1)",
+                    &[&convs],
+                )
+                .await?;
+            let last = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            self.hub.cluster(Incoming::Reconcile(last));
+        }
+        let users = self.interest.users();
+        if !discover || users.is_empty() {
             return Ok(());
         }
         let rows = db
             .query(
-                "SELECT id, last_seq FROM conversations WHERE id = ANY($1)",
-                &[&convs],
+                "SELECT DISTINCT c.id, c.last_seq, c.user_a, c.user_b
+                 FROM memberships m JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.user_id = ANY($1) AND c.kind = $2 AND c.last_seq > 0
+                   AND c.id <> ALL($3)",
+                &[&users, &(crate::store::KIND_DIRECT as i16), &convs],
             )
             .await?;
-        let last = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        self.hub.cluster(Incoming::Reconcile(last));
+        let found: Vec<Discovered> = rows
+            .iter()
+            .map(|r| Discovered {
+                conv: r.get(0),
+                last_seq: r.get(1),
+                a: r.get(2),
+                b: r.get(3),
+            })
+            .collect();
+        if !found.is_empty() {
+            self.hub.cluster(Incoming::Discovered(found));
+        }
         Ok(())
     }
 }

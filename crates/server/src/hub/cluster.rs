@@ -532,8 +532,39 @@ impl Core {
                     }
                 }
             }
+            Incoming::Discovered(found) => {
+                for d in found {
+                    let followed = self.state().followed.contains_key(&d.conv);
+                    if followed || self.adopt_direct(d.conv, d.a, d.b) {
+                        debug!(conv = d.conv, seq = d.last_seq, "discovered: reading it");
+                        if let Err(e) = self.fill(d.conv, d.last_seq) {
+                            warn!(error = %format!("{e:#}"), conv = d.conv, "filling a gap");
+                        }
+                    }
+                }
+            }
             Incoming::Collect => self.collect(),
         }
+    }
+
+    /// A direct conversation this node does not follow, new to a user live here (it began
+    /// after their go-live): followed from its start. False if no user of it is live here.
+    fn adopt_direct(&mut self, conv: ConvId, a: UserId, b: UserId) -> bool {
+        let live_member = [a, b].iter().any(|u| {
+            self.online
+                .get(u)
+                .is_some_and(|sessions| sessions.iter().any(|o| o.live))
+        });
+        if !live_member {
+            return false;
+        }
+        for user in [a, b] {
+            if self.memberships.contains_key(&user) {
+                let _ = self.add_membership(user, conv, 0);
+            }
+        }
+        self.follow(conv, Dest::Direct(a, b), 0);
+        true
     }
 
     /// A message another node committed.
@@ -541,26 +572,10 @@ impl Core {
         let followed = self.state().followed.get(&m.conv).map(|f| f.last);
         let last = match followed {
             Some(last) => last,
-            None => {
-                // A direct conversation new to a live user here is followed from its start;
-                // anything else waits for a go-live or a membership event to be followed.
-                let live_member = m.kind == ConversationKind::Direct
-                    && [m.a, m.b].iter().any(|u| {
-                        self.online
-                            .get(u)
-                            .is_some_and(|sessions| sessions.iter().any(|o| o.live))
-                    });
-                if !live_member {
-                    return;
-                }
-                for user in [m.a, m.b] {
-                    if self.memberships.contains_key(&user) {
-                        let _ = self.add_membership(user, m.conv, 0);
-                    }
-                }
-                self.follow(m.conv, Dest::Direct(m.a, m.b), 0);
-                0
-            }
+            // Anything but a direct conversation new to a live user here waits for a
+            // go-live or a membership event to be followed.
+            None if m.kind == ConversationKind::Direct && self.adopt_direct(m.conv, m.a, m.b) => 0,
+            None => return,
         };
         if m.seq <= last {
             return;
