@@ -9,10 +9,14 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use parley_client::{Connection, Endpoint, LineClient, Link, LinkEvent, LinkOptions, Push, Target};
 use serde_json::Value;
 use services::cluster::Cluster;
 use services::{Nats, Postgres};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 const PASSWORD: &str = "correct-horse";
 
@@ -182,13 +186,40 @@ async fn three_nodes_serve_every_protocol_as_one() {
         "DM carol hello from c"
     );
 
+    // WebSocket (the web app's JSON) on B: it hears C, and is told where PostgreSQL
+    // stored its answer, as C is when it is pushed.
+    let mut wendy = Ws::login(b.addr, "wendy").await;
+    let sent = json_ask(
+        &mut carol,
+        r#"{"command":"DM","to":"wendy","data":"to the web"}"#,
+    )
+    .await;
+    assert_eq!(sent["success"], true, "{sent}");
+    let heard = wendy.message().await;
+    assert_eq!(
+        (&heard["from"], &heard["text"]),
+        (&"carol".into(), &"to the web".into())
+    );
+    let said = wendy
+        .ask(serde_json::json!({"command": "DM", "to": "carol", "data": "from the web"}))
+        .await;
+    assert_eq!(said["success"], true, "{said}");
+    let event = json_event(&mut carol, "message").await;
+    assert_eq!(event["text"], "from the web");
+    let stored = &said["data"];
+    assert_eq!(
+        (&stored["id"], &stored["conversation"], &stored["seq"]),
+        (&event["id"], &event["conversation"], &event["seq"]),
+        "where the WebSocket sender was told its message is"
+    );
+
     // Presence is the cluster's, and one session per name holds across nodes.
     alice.send("WHO").await.unwrap();
     let mut who = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         who.push(until(&mut alice, |l| l.starts_with("USER ")).await);
     }
-    assert_eq!(who, ["USER alice", "USER bob", "USER carol"]);
+    assert_eq!(who, ["USER alice", "USER bob", "USER carol", "USER wendy"]);
     let mut second = LineClient::connect(c.addr).await.unwrap();
     assert_eq!(second.ask("LOGIN bob").await.unwrap(), "ERR username-taken");
 
@@ -371,6 +402,83 @@ async fn three_nodes_serve_every_protocol_as_one() {
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     drain(&mut erin_link.1);
     drain(&mut frank_link.1);
+}
+
+/// A WebSocket client of the JSON protocol at `/ws`: answers by id, pushes kept in order.
+struct Ws {
+    socket: WebSocketStream<tokio::net::TcpStream>,
+    events: std::collections::VecDeque<Value>,
+    next_id: u64,
+}
+
+impl Ws {
+    /// Connects as the server's own page would, logs in as guest `name` and subscribes.
+    async fn login(addr: std::net::SocketAddr, name: &str) -> Ws {
+        let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+        let origin = format!("http://{addr}").parse().unwrap();
+        request.headers_mut().insert("origin", origin);
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (socket, _) = tokio_tungstenite::client_async(request, stream)
+            .await
+            .expect("WebSocket handshake");
+        let mut ws = Ws {
+            socket,
+            events: Default::default(),
+            next_id: 1,
+        };
+        for request in [
+            serde_json::json!({"command": "LOGIN", "data": name}),
+            serde_json::json!({"command": "SUBSCRIBE"}),
+        ] {
+            let answer = ws.ask(request).await;
+            assert_eq!(answer["success"], true, "{answer}");
+        }
+        ws
+    }
+
+    async fn read(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
+                .await
+                .expect("a WebSocket message in 10 s")
+                .expect("the WebSocket is open")
+                .expect("a WebSocket message");
+            if let Message::Text(text) = message {
+                return serde_json::from_str(&text).unwrap();
+            }
+        }
+    }
+
+    /// Sends `request` with a fresh id; its answer (pushes read meanwhile are kept).
+    async fn ask(&mut self, mut request: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        request["id"] = id.into();
+        let text = request.to_string();
+        self.socket.send(Message::Text(text)).await.unwrap();
+        loop {
+            let value = self.read().await;
+            if value.get("event").is_some() {
+                self.events.push_back(value);
+            } else {
+                assert_eq!(value["id"], id, "answers come in order: {value}");
+                return value;
+            }
+        }
+    }
+
+    /// The next pushed message, skipping presence notices.
+    async fn message(&mut self) -> Value {
+        loop {
+            let event = match self.events.pop_front() {
+                Some(event) => event,
+                None => self.read().await,
+            };
+            if event["event"] == "message" {
+                return event;
+            }
+        }
+    }
 }
 
 /// A link (the client library's reconnecting device) logged in with a password.

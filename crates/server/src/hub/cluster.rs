@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 use super::core::{internal, Audience, Core, Effect};
 use super::{Auth, Identity, Map, NameKey, Presence, RoomInfo, ANONYMOUS};
 use crate::cluster::{wire, Event, Incoming, Link, Wired};
-use crate::outbound::{ContactChange, Delivery, Kill, Notice, SharedNotice, Staging};
+use crate::outbound::{ContactChange, Delivery, Item, Kill, Notice, SharedNotice, Staging, Tag};
 use crate::store::postgres::{OnlineClaim, PgStore};
 use crate::store::{Batch, ConvId, DeviceId, Membership, Seq, UserId};
 
@@ -775,6 +775,18 @@ impl Core {
         };
         let mut wired = Vec::with_capacity(assigned.len());
         for effect in effects.iter_mut() {
+            // A WebSocket sender is told where its message was stored: PostgreSQL's place.
+            if let Effect::Reply {
+                item: Item::Reply(Tag::Stored { stored, .. }, _),
+                ..
+            } = effect
+            {
+                if let Some(&(id, seq)) = assigned.get((stored[0] - first) as usize) {
+                    stored[0] = id;
+                    stored[2] = seq;
+                }
+                continue;
+            }
             let Effect::Deliver {
                 delivery,
                 audience,
@@ -793,10 +805,15 @@ impl Core {
             d.seq = seq;
             let conv = d.conv;
             let last = self.state().followed.get(&conv).map(|f| f.last);
+            // Whether this message waits to be delivered here: what came before it could
+            // not be read (PostgreSQL went away after the commit). Reconciliation reads it
+            // with them, in order; the sender's OK and the other nodes are not held up.
+            let mut wait = false;
             match last {
                 Some(last) if seq > last + 1 => {
                     if let Err(e) = self.fill(conv, seq - 1) {
                         warn!(error = %format!("{e:#}"), conv, "filling a gap before our own");
+                        wait = true;
                     }
                 }
                 Some(_) => {}
@@ -810,7 +827,9 @@ impl Core {
                 }
             }
             if let Some(f) = self.state().followed.get_mut(&conv) {
-                f.last = f.last.max(seq);
+                if !wait {
+                    f.last = f.last.max(seq);
+                }
             }
             let (a, b) = match audience {
                 Audience::Direct(a, b) => (*a, *b),
@@ -829,6 +848,9 @@ impl Core {
                 to: d.to.clone(),
                 body: d.body.clone(),
             });
+            if wait {
+                *effect = Effect::Answer(Box::new(|_| {}));
+            }
         }
         if !wired.is_empty() {
             self.state()
