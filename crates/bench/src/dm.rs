@@ -1,7 +1,8 @@
 //! `dm`: P sender/receiver pairs, M messages in all, at most W unanswered per sender.
 //!
 //! Receivers `r0..` log in first, then senders `s0..`; sender i sends its share of M to
-//! receiver i. Each payload starts with the sender's sequence number and its send time, so
+//! receiver i. Given several `--addr` (a cluster's nodes), receiver i is on node i and its
+//! sender on the next node (both modulo the nodes): every message crosses nodes. Each payload starts with the sender's sequence number and its send time, so
 //! receivers measure end-to-end latency and find lost, duplicated and reordered messages.
 //! The rate is counted where it matters, at the receivers: delivered / (last receipt − first
 //! send).
@@ -81,13 +82,16 @@ pub async fn run(addr: SocketAddr, args: DmArgs) -> anyhow::Result<Figures> {
     let deadline = args.common.deadline();
     let tag = run_tag();
     let proto = args.proto;
+    let nodes = args.common.nodes(addr);
     let mut receivers = Vec::new();
     for i in 0..args.pairs {
-        receivers.push(Conn::login(addr, proto, &format!("{tag}r{i}")).await?);
+        let node = nodes[i % nodes.len()];
+        receivers.push(Conn::login(node, proto, &format!("{tag}r{i}")).await?);
     }
     let mut senders = Vec::new();
     for i in 0..args.pairs {
-        senders.push(Conn::login(addr, proto, &format!("{tag}s{i}")).await?);
+        let node = nodes[(i + 1) % nodes.len()];
+        senders.push(Conn::login(node, proto, &format!("{tag}s{i}")).await?);
     }
 
     let total = Arc::new(AtomicU64::new(0));

@@ -7,7 +7,8 @@
 //! have not received yet, on average over the members. Publishers receive each other's
 //! messages too; those are drained but not counted (only the N members are).
 //!
-//! The relay has no rooms: fanout measures parley alone.
+//! The relay has no rooms: fanout measures parley alone. Given several `--addr` (a
+//! cluster's nodes), members are spread over them in turn, and publisher j is on node j + 1.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -96,10 +97,12 @@ pub async fn run(addr: SocketAddr, args: FanoutArgs) -> anyhow::Result<Figures> 
     // Members: log in, join, and start listening at once (the join notices of later members
     // must be read as they come).
     let limit = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let nodes = args.common.nodes(addr);
     let mut setup = JoinSet::new();
     let mut members = JoinSet::new();
     for i in 0..n {
         let (limit, room) = (limit.clone(), room.clone());
+        let addr = nodes[i % nodes.len()];
         let name = format!("{tag}m{i}");
         setup.spawn(async move {
             let _permit = limit.acquire().await?;
@@ -127,7 +130,8 @@ pub async fn run(addr: SocketAddr, args: FanoutArgs) -> anyhow::Result<Figures> 
     }
     let mut publishers = Vec::new();
     for j in 0..s {
-        let mut conn = Conn::login(addr, Proto::Text, &format!("{tag}p{j}")).await?;
+        let node = nodes[(j + 1) % nodes.len()];
+        let mut conn = Conn::login(node, Proto::Text, &format!("{tag}p{j}")).await?;
         conn.send_line(&format!("JOIN {room}")).await?;
         conn.text_ok().await.context("JOIN")?;
         publishers.push(conn);

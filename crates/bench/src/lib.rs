@@ -97,9 +97,11 @@ impl Proto {
 /// Options every workload takes.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Common {
-    /// Measure this already-running server instead of spawning servers.
+    /// Measure this already-running server instead of spawning servers. Given several
+    /// times (the nodes of a cluster), `dm` and `fanout` spread their clients over them:
+    /// each receiver on another node than its sender.
     #[arg(long)]
-    pub addr: Option<SocketAddr>,
+    pub addr: Vec<SocketAddr>,
     /// Which servers to spawn (ignored with --addr).
     #[arg(long, value_enum, default_value = "both")]
     pub target: Target,
@@ -121,7 +123,7 @@ impl Common {
     /// Defaults, for callers that build arguments in code (tests).
     pub fn to(addr: SocketAddr) -> Common {
         Common {
-            addr: Some(addr),
+            addr: vec![addr],
             target: Target::Parley,
             timeout: 60,
             pid: None,
@@ -131,6 +133,16 @@ impl Common {
 
     pub fn deadline(&self) -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_secs(self.timeout)
+    }
+
+    /// The servers a workload's clients connect to: every `--addr` given, else `addr`
+    /// (the one server it runs against).
+    pub fn nodes(&self, addr: SocketAddr) -> Vec<SocketAddr> {
+        if self.addr.len() > 1 {
+            self.addr.clone()
+        } else {
+            vec![addr]
+        }
     }
 }
 
@@ -261,16 +273,20 @@ where
         .enable_all()
         .build()?;
     conns::raise_fd_limit();
-    if common.addr.is_some() || common.target == Target::Parley {
+    if !common.addr.is_empty() || common.target == Target::Parley {
         meta.note = None; // the notes are about the relay
     }
-    if let Some(addr) = common.addr {
+    if let Some(&addr) = common.addr.first() {
         let figures = runtime.block_on(work(At {
             addr,
             pid: None,
             relay: false,
         }))?;
-        report::print_one(&meta, "external", &figures);
+        let target = match common.addr.len() {
+            1 => "external".to_string(),
+            n => format!("{n} nodes"),
+        };
+        report::print_one(&meta, &target, &figures);
         return Ok(());
     }
     let want_relay = matches!(common.target, Target::Relay | Target::Both);
