@@ -402,6 +402,23 @@ async fn three_nodes_serve_every_protocol_as_one() {
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     drain(&mut erin_link.1);
     drain(&mut frank_link.1);
+
+    // Login back-off is the cluster's: failures on A make B refuse the name too.
+    for _ in 0..3 {
+        let mut guess = LineClient::connect(a.addr).await.unwrap();
+        let answer = guess.ask("LOGIN erin not-her-password").await.unwrap();
+        assert_eq!(answer, "ERR invalid-credentials");
+    }
+    // A barrier: an event A publishes after those attempts' reaches B after them too.
+    let mut hal = text(a.addr, "hal").await;
+    assert_eq!(hal.ask("QUIT").await.unwrap(), "BYE");
+    until(&mut bob, |l| l == "INFO hal disconnected").await;
+    let mut elsewhere = LineClient::connect(b.addr).await.unwrap();
+    let answer = elsewhere
+        .ask(&format!("LOGIN erin {PASSWORD} desk"))
+        .await
+        .unwrap();
+    assert_eq!(answer, "ERR too-many-attempts", "B counted A's failures");
 }
 
 /// A WebSocket client of the JSON protocol at `/ws`: answers by id, pushes kept in order.

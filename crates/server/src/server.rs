@@ -272,6 +272,7 @@ async fn start_node(
     config: &Config,
     stop: CancellationToken,
     monitor: Arc<Monitor>,
+    throttle: Arc<crate::throttle::Throttle>,
 ) -> anyhow::Result<(
     crate::hub::Hub,
     std::thread::JoinHandle<()>,
@@ -284,6 +285,7 @@ async fn start_node(
         .await
         .context("preparing the cluster's PostgreSQL")?;
     let mut cluster = crate::cluster::connect(config).await?;
+    throttle.announce_to(cluster.announcer());
     let store = PgStore::new(url, node, tokio::runtime::Handle::current());
     // The hub's start reads PostgreSQL the way the hub does: blocking, off the runtime.
     let (link, hub_config) = (cluster.link(), config.clone());
@@ -291,7 +293,7 @@ async fn start_node(
         crate::hub::spawn(Box::new(store), &hub_config, Some(link), monitor)
     })
     .await??;
-    cluster.run(config, hub.clone(), stop).await?;
+    cluster.run(config, hub.clone(), stop, throttle).await?;
     let reader = PgReader::new(url);
     let files = crate::files::FileStore::shared(&config.data_dir, PgBlobs::new(reader.clone()));
     info!(node, "cluster node started");
@@ -309,6 +311,7 @@ pub(crate) async fn open_core(
     let passwords = crate::auth::Passwords::new(&config).await?;
     // The cluster's tasks stop after the hub: what the last sessions' ends publish goes out.
     let cluster_stop = CancellationToken::new();
+    let throttle = Arc::new(crate::throttle::Throttle::new(&config));
     let (hub, hub_thread, reader, files) = match config.cluster {
         false => {
             let store = SqliteStore::open(&config.data_dir, config.sync)?;
@@ -318,10 +321,13 @@ pub(crate) async fn open_core(
             let files = crate::files::FileStore::new(&config.data_dir);
             (hub, thread, reader, files)
         }
-        true => start_node(&config, cluster_stop.clone(), monitor.clone()).await?,
+        true => {
+            let (stop, throttle) = (cluster_stop.clone(), throttle.clone());
+            start_node(&config, stop, monitor.clone(), throttle).await?
+        }
     };
     let shared = Arc::new(Shared {
-        throttle: crate::throttle::Throttle::new(&config),
+        throttle,
         passwords,
         per_ip: Default::default(),
         tls,

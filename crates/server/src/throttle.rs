@@ -19,6 +19,11 @@
 //!   wrong one counts as a failure of its address, and past the free failures its answer
 //!   waits for a turn.
 //! - An address is an IPv4 address or an IPv6 /64 (one host usually holds a whole /64).
+//! - **In a cluster** every node counts every node's attempts: each password attempt's
+//!   start and success go to the other nodes (over NATS, cluster/), which count them as
+//!   their own (`remote`). Attempts made on two nodes at the same moment may both be
+//!   checked (the count reaches the other node a moment later): a guesser gains at most
+//!   one attempt per node at each step of its back-off.
 //! - **Memory** is bounded in bytes (`login_throttle_bytes`, half for each table). A full
 //!   table drops what has expired, then the eighth with the fewest failures (the oldest
 //!   first): spraying new names or addresses evicts other sprayed entries, not the long
@@ -26,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -146,7 +151,13 @@ pub struct Throttle {
     /// Keys the names' hashes: randomly, so names cannot be chosen to collide.
     names: ahash::RandomState,
     tables: Mutex<Tables>,
+    /// In a cluster: tells the other nodes of an attempt (name, address, succeeded).
+    announce: OnceLock<Announce>,
 }
+
+/// How a cluster node tells the others of a password attempt: `(name, address,
+/// succeeded)`, never waiting.
+pub type Announce = Box<dyn Fn(&str, IpAddr, bool) + Send + Sync>;
 
 /// The most entries of `(K, V)` a table may hold within `bytes`. A hashbrown table has a
 /// power-of-two number of buckets, each holding one entry and one control byte, at most 7/8
@@ -175,6 +186,18 @@ impl Throttle {
                 addresses: Map::default(),
                 next_sweep: Instant::now() + SWEEP_EVERY,
             }),
+            announce: OnceLock::new(),
+        }
+    }
+
+    /// In a cluster: from now on every attempt here is announced with `announce`.
+    pub fn announce_to(&self, announce: Announce) {
+        let _ = self.announce.set(announce);
+    }
+
+    fn announce(&self, name: &str, ip: IpAddr, succeeded: bool) {
+        if let Some(announce) = self.announce.get() {
+            announce(name, ip, succeeded);
         }
     }
 
@@ -209,6 +232,28 @@ impl Throttle {
             }
         }
         let wait = self.take_turn(&mut tables, key.source, now, true)?;
+        self.count_failure(&mut tables, key, now);
+        drop(tables);
+        self.announce(name, ip, false);
+        Ok(wait)
+    }
+
+    /// A password attempt another node of the cluster began (`succeeded`: that one
+    /// succeeded), counted as if it were made here.
+    pub fn remote(&self, name: &str, ip: IpAddr, succeeded: bool) {
+        if succeeded {
+            return self.clear(name, ip);
+        }
+        let key = self.key(name, ip);
+        let now = Instant::now();
+        let mut tables = self.tables.lock().expect("throttle poisoned");
+        self.sweep_if_due(&mut tables, now);
+        let _ = self.take_turn(&mut tables, key.source, now, false);
+        self.count_failure(&mut tables, key, now);
+    }
+
+    /// One more failure of the pair `key` (an attempt counts as one until it succeeds).
+    fn count_failure(&self, tables: &mut Tables, key: PairKey, now: Instant) {
         if !tables.pairs.contains_key(&key) && tables.pairs.len() >= self.max_pairs {
             evict(&mut tables.pairs, self.max_pairs, |p| {
                 (!self.pair_expired(p, now)).then_some((p.failures, p.last))
@@ -220,12 +265,16 @@ impl Throttle {
         });
         pair.failures = pair.failures.saturating_add(1);
         pair.last = now;
-        Ok(wait)
     }
 
     /// The attempt begun for `name` from `ip` succeeded: the pair is cleared and its
     /// address takes the failure back.
     pub fn succeeded(&self, name: &str, ip: IpAddr) {
+        self.clear(name, ip);
+        self.announce(name, ip, true);
+    }
+
+    fn clear(&self, name: &str, ip: IpAddr) {
         let key = self.key(name, ip);
         let mut tables = self.tables.lock().expect("throttle poisoned");
         tables.pairs.remove(&key);

@@ -82,7 +82,9 @@ pub fn command(id: &str, postgres: &str, nats: &str, dir: &Path) -> std::process
         .env("PARLEY_CLUSTER_RECONCILE_MS", "300")
         .env("PARLEY_SHUTDOWN_TIMEOUT_MS", "2000")
         .env("PARLEY_MESSAGES_PER_SECOND", "0")
-        .env("PARLEY_COMMANDS_PER_SECOND", "0");
+        .env("PARLEY_COMMANDS_PER_SECOND", "0")
+        // A back-off that outlasts a busy machine's delays (tests check that it holds).
+        .env("PARLEY_LOGIN_BACKOFF_BASE_MS", "60000");
     // More of the nodes' logs when a test is run to be looked into.
     if let Ok(filter) = std::env::var("PARLEY_TEST_NODE_LOG") {
         cmd.env("PARLEY_LOG", filter);

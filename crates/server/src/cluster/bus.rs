@@ -60,6 +60,8 @@ pub struct Bus {
     pub client: async_nats::Client,
     pub hub: Hub,
     pub interest: Arc<Interest>,
+    /// Other nodes' password attempts are counted here (throttle.rs), not by the hub.
+    pub throttle: Arc<crate::throttle::Throttle>,
 }
 
 impl Bus {
@@ -87,7 +89,7 @@ impl Bus {
                 }
             }
         });
-        let (hub, interest) = (self.hub, self.interest);
+        let (hub, interest, throttle) = (self.hub, self.interest, self.throttle);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -107,6 +109,9 @@ impl Bus {
                     event = events.next() => {
                         let Some(event) = event else { break };
                         match serde_json::from_slice::<Event>(&event.payload) {
+                            Ok(Event::Login { name, ip, succeeded }) => {
+                                throttle.remote(&name, ip, succeeded);
+                            }
                             Ok(event) => hub.cluster(Incoming::Event(event)),
                             Err(e) => warn!(error = %e, "a bad event from NATS"),
                         }

@@ -199,6 +199,28 @@ pub async fn connect(config: &Config) -> anyhow::Result<Starting> {
 }
 
 impl Starting {
+    /// How the login throttle tells the other nodes of this node's password attempts.
+    pub fn announcer(&self) -> crate::throttle::Announce {
+        let outgoing = self.to_bus.clone().expect("before the hub takes its end");
+        Box::new(move |name, ip, succeeded| {
+            let event = Event::Login {
+                name: name.to_string(),
+                ip,
+                succeeded,
+            };
+            match serde_json::to_vec(&event) {
+                // Full: NATS is behind, and this attempt counts on this node only.
+                Ok(json) => {
+                    let _ = outgoing.try_send(Outgoing {
+                        subject: wire::EVENTS,
+                        payload: Bytes::from(json),
+                    });
+                }
+                Err(e) => tracing::error!(error = %e, "encoding a cluster event"),
+            }
+        })
+    }
+
     /// The hub's end.
     pub fn link(&mut self) -> Link {
         Link {
@@ -215,11 +237,13 @@ impl Starting {
         config: &Config,
         hub: Hub,
         shutdown: CancellationToken,
+        throttle: Arc<crate::throttle::Throttle>,
     ) -> anyhow::Result<()> {
         let bus = bus::Bus {
             client: self.client.clone(),
             hub: hub.clone(),
             interest: self.interest.clone(),
+            throttle,
         };
         bus.start(self.outgoing, shutdown.clone()).await?;
         let tasks = tasks::Tasks {

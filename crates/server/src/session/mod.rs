@@ -72,7 +72,7 @@ const ROOM_ITEMS: usize = 1024;
 /// What every session shares.
 pub struct Shared {
     pub config: Config,
-    pub throttle: crate::throttle::Throttle,
+    pub throttle: Arc<crate::throttle::Throttle>,
     pub passwords: crate::auth::Passwords,
     /// Open connections per address (see `max_connections_per_ip`).
     pub per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
