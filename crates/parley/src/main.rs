@@ -117,6 +117,11 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen_http: Option<SocketAddr>,
+    /// A port serving seed 003's framed JSON (Simple-TCP-Server's clients; that seed used
+    /// port 20706).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_simpletcp: Option<SocketAddr>,
     /// A private port serving only /metrics, /healthz and /readyz (then /metrics is not
     /// served on the other ports).
     #[arg(long)]

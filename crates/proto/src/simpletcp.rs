@@ -55,6 +55,11 @@ impl Decoder {
         }
     }
 
+    /// The largest payload accepted.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
     /// The next whole frame at the front of `buf` (taken out of it), or `None` until
     /// more bytes arrive. A bad header is an error before its JSON or payload is awaited,
     /// so no more than a frame's bound is ever buffered.
@@ -64,7 +69,6 @@ impl Decoder {
         };
         let total = HEADER + json_len + payload_len;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
             return Ok(None);
         }
         buf.advance(HEADER);

@@ -37,6 +37,10 @@ pub struct Config {
     pub listen_binary: Option<SocketAddr>,
     /// Optional port serving only HTTP (the web app, files, WebSocket), plain.
     pub listen_http: Option<SocketAddr>,
+    /// Optional port serving seed 003's framed JSON (Simple-TCP-Server's clients; the
+    /// seed's own port is 20706). Never sniffed on the shared port: its first bytes are a
+    /// binary length that can look like anything.
+    pub listen_simpletcp: Option<SocketAddr>,
     /// Origins whose pages may open the WebSocket at `/ws`, besides the server's own
     /// (`*`: any), e.g. `["https://chat.example.org"]`.
     pub web_origins: Vec<String>,
@@ -188,6 +192,7 @@ impl Default for Config {
             listen_text: None,
             listen_binary: None,
             listen_http: None,
+            listen_simpletcp: None,
             web_origins: Vec::new(),
             listen_admin: None,
             data_dir: PathBuf::from("parley-data"),

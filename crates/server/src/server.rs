@@ -42,6 +42,8 @@ pub struct Listeners {
     pub text: Option<TcpListener>,
     pub binary: Option<TcpListener>,
     pub http: Option<TcpListener>,
+    /// Seed 003's framed JSON (`listen_simpletcp`).
+    pub simpletcp: Option<TcpListener>,
     /// The private port of `/metrics` and the probes (`listen_admin`).
     pub admin: Option<TcpListener>,
 }
@@ -82,6 +84,7 @@ impl Listeners {
             text: maybe(config.listen_text).await?,
             binary: maybe(config.listen_binary).await?,
             http: maybe(config.listen_http).await?,
+            simpletcp: maybe(config.listen_simpletcp).await?,
             admin: maybe(config.listen_admin).await?,
         })
     }
@@ -143,6 +146,8 @@ enum PortKind {
     Tls,
     /// HTTP only, plain (the web app, files, WebSocket).
     Http,
+    /// Seed 003's framed JSON only, plain.
+    SimpleTcp,
 }
 
 impl PortKind {
@@ -151,7 +156,7 @@ impl PortKind {
         match self {
             PortKind::Fixed(protocol) => Some(Sniffed::Protocol(protocol)),
             PortKind::Http => Some(Sniffed::Http),
-            PortKind::Shared | PortKind::Tls => None,
+            PortKind::Shared | PortKind::Tls | PortKind::SimpleTcp => None,
         }
     }
 }
@@ -229,6 +234,9 @@ pub async fn serve_with(
             ports.push(Port::new(listener, PortKind::Fixed(protocol), keepalive));
         }
     }
+    if let Some(listener) = listeners.simpletcp {
+        ports.push(Port::new(listener, PortKind::SimpleTcp, keepalive));
+    }
     if let Some(listener) = listeners.http {
         ports.push(Port::new(listener, PortKind::Http, keepalive));
     }
@@ -240,6 +248,7 @@ pub async fn serve_with(
             PortKind::Fixed(protocol) => protocol.name(),
             PortKind::Tls => "tls",
             PortKind::Http => "http",
+            PortKind::SimpleTcp => "simpletcp",
         };
         info!(addr = %port.listener.local_addr()?, protocol, "parley listening");
         let task = accept_loop(port, shared.clone(), tracker.clone());
@@ -344,6 +353,7 @@ pub(crate) async fn open_core(
         next_session: AtomicU64::new(1),
         seats: Semaphore::new(config.max_connections),
         live: admin::Live::new(&config),
+        simpletcp: Default::default(),
         config,
     });
     Ok((shared, hub_thread, cluster_stop))
@@ -485,6 +495,12 @@ fn connection(
     tracker: TaskTracker,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
+        if let PortKind::SimpleTcp = kind {
+            // Plain only: its first bytes are a length, so nothing is sniffed.
+            let session = session::run_simpletcp(Conn::Tcp(stream), peer, shared, seat);
+            tracker.spawn(session);
+            return;
+        }
         // What sniffing read (only when peeking could not decide).
         let mut initial = BytesMut::new();
         // A port of one protocol tells TLS apart when a certificate is configured (no
@@ -697,6 +713,8 @@ pub struct Running {
     pub text_addr: Option<SocketAddr>,
     pub binary_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
+    /// Seed 003's framed JSON (`listen_simpletcp`).
+    pub simpletcp_addr: Option<SocketAddr>,
     pub tls_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     certificate: Option<Arc<Tls>>,
@@ -744,6 +762,7 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
         local(&listeners.tls),
     );
     let http_addr = local(&listeners.http);
+    let simpletcp_addr = local(&listeners.simpletcp);
     let admin_addr = local(&listeners.admin);
     let certificate = listeners.certificate.clone();
     let shutdown = CancellationToken::new();
@@ -761,6 +780,7 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
         text_addr,
         binary_addr,
         http_addr,
+        simpletcp_addr,
         tls_addr,
         admin_addr,
         certificate,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parley_proto::json::{self, Value};
-use parley_proto::{binary, text, ConversationKind, ErrorKind, Reply};
+use parley_proto::{binary, simpletcp, text, ConversationKind, ErrorKind, Reply};
 use serde::Serialize;
 
 use super::delivery::{ContactChange, Delivery, Notice, RoomRun, SharedNotice};
@@ -65,6 +65,7 @@ impl Style {
                 dst.put_slice(line.as_bytes());
             }
             Style::WebSocket => frame_json(|out| Style::Json.encode_delivery(d, out), dst),
+            Style::SimpleTcp => crate::session::simpletcp::forward(d, dst),
             Style::Json => {
                 let event = MessageEvent {
                     event: "message",
@@ -88,7 +89,7 @@ impl Style {
     /// Appends a presence notice (nothing for styles that cannot carry one).
     pub fn encode_notice(self, notice: &Notice, dst: &mut BytesMut) {
         let line = match (self, notice) {
-            (Style::Binary | Style::Events, _) => return,
+            (Style::Binary | Style::Events | Style::SimpleTcp, _) => return,
             (Style::WebSocket, notice) => {
                 return frame_json(|out| Style::Json.encode_notice(notice, out), dst);
             }
@@ -291,6 +292,8 @@ pub enum Tag {
         ok: &'static str,
         id: Option<Arc<Value>>,
     },
+    /// A seed-003 `SENDMSG`: its reply carries the client's id of the message.
+    SimpleTcp { md5encoded: Arc<str> },
     /// A JSON request over WebSocket that stored a message: the answer's `data` says where
     /// (`id`, `conversation`, `seq`).
     Stored {
@@ -338,6 +341,14 @@ pub fn encode_reply(tag: &Tag, reply: &Reply, dst: &mut BytesMut) {
             let mut out = Vec::with_capacity(128);
             json::encode_line(&response, &mut out);
             dst.put_slice(&out);
+        }
+        (Tag::SimpleTcp { md5encoded }, Reply::Ok) => {
+            let body = serde_json::json!({ "md5encoded": &**md5encoded });
+            simpletcp::encode_ok("SENDMSG", Some(&body), b"", dst);
+        }
+        (Tag::SimpleTcp { .. }, Reply::Error(kind)) => {
+            let info = format!("Exception: {}", json_error(*kind));
+            simpletcp::encode_err("SENDMSG", &info, dst);
         }
         (Tag::Stored { id, .. }, Reply::Error(kind)) => {
             let mut out = Vec::new();

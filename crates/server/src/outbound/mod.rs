@@ -94,11 +94,13 @@ pub enum Style {
     Events = 4,
     /// JSON objects, each in a WebSocket text frame (the JSON protocol over `/ws`).
     WebSocket = 5,
+    /// Seed 003's framed JSON: direct messages as `FORWARDMSG` frames, nothing else.
+    SimpleTcp = 6,
 }
 
 impl Style {
     /// Number of styles (size of per-style caches).
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
 
     pub fn from_u8(v: u8) -> Style {
         match v {
@@ -107,6 +109,7 @@ impl Style {
             2 => Style::Slash,
             3 => Style::Json,
             5 => Style::WebSocket,
+            6 => Style::SimpleTcp,
             _ => Style::Events,
         }
     }

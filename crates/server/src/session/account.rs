@@ -134,7 +134,7 @@ impl Session {
     }
 
     /// Waits `wait` (an address's turn), unless the server shuts down first.
-    async fn wait_turn(&self, wait: std::time::Duration) -> Result<(), ErrorKind> {
+    pub(super) async fn wait_turn(&self, wait: std::time::Duration) -> Result<(), ErrorKind> {
         if wait.is_zero() {
             return Ok(());
         }

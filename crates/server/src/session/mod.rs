@@ -35,9 +35,11 @@ mod messaging;
 mod presence;
 mod rate;
 mod rooms;
+pub(crate) mod simpletcp;
 mod text;
 mod websocket;
 
+pub use simpletcp::run as run_simpletcp;
 pub use websocket::run as run_websocket;
 
 use std::net::SocketAddr;
@@ -93,6 +95,8 @@ pub struct Shared {
     pub stop_accepting: CancellationToken,
     /// The settings a reload changes outside the hub (`admin/control.rs`).
     pub live: crate::admin::Live,
+    /// Seed 003's device tokens and id table.
+    pub simpletcp: simpletcp::State,
 }
 
 /// Who may make a request: everyone, or only a logged-in session. Before any login, seed
@@ -172,6 +176,8 @@ struct Session {
     /// A JSON session over WebSocket (`/ws`): its frames, read here and written by its
     /// style. Boxed: the other sessions carry a pointer's worth of it.
     websocket: Option<Box<parley_proto::ws::Reader>>,
+    /// A seed-003 session (`listen_simpletcp`): its framing and token.
+    simpletcp: Option<Box<simpletcp::Conn003>>,
 }
 
 impl Session {
@@ -233,6 +239,7 @@ impl Session {
             subscribed: false,
             quit: None,
             websocket: None,
+            simpletcp: None,
             shared,
         };
         if protocol == Protocol::Json {
@@ -368,6 +375,9 @@ impl Session {
     async fn drain(&mut self, buf: &mut BytesMut) -> Flow {
         if self.websocket.is_some() {
             return Box::pin(self.drain_websocket(buf)).await;
+        }
+        if self.simpletcp.is_some() {
+            return Box::pin(self.drain_simpletcp(buf)).await;
         }
         match self.link.protocol {
             Protocol::Binary => Box::pin(self.drain_frames(buf)).await,
@@ -570,7 +580,7 @@ impl Session {
     }
 
     /// Ends the session: answers what is in flight, flushes the writer, goes offline.
-    async fn finish(self, reason: String) {
+    async fn finish(mut self, reason: String) {
         if let Some(catchup) = &self.catchup {
             catchup.cancel();
         }
@@ -583,6 +593,7 @@ impl Session {
         self.link.close_writer().await;
         let identity = self.login.as_ref().map(|(identity, _)| *identity);
         self.shared.hub.gone(self.link.id, identity);
+        self.release_simpletcp();
         let metrics = &self.shared.monitor.metrics;
         metrics.connections.of(self.link.protocol).decrement(1.0);
         if self.link.killed_for() == Some(Kill::SlowConsumer) {

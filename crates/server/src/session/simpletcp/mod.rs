@@ -1,0 +1,649 @@
+//! Seed 003's framed JSON (Linloir's Simple-TCP-Server), on its own port
+//! (`listen_simpletcp`): the seed's requests mapped onto the neutral session functions,
+//! so its users, messages, contacts and files are everyone's.
+//!
+//! A token (an integer the client keeps) stands for a signed-in device: the first request
+//! without a valid one gets a `TOKEN` reply first, `REGISTER` and `LOGIN` bind it to a
+//! user, `LOGOUT` unbinds it. Every connection that sends a request with a bound token is
+//! logged in to the hub as a device of its own (`simpletcp-<token>-<slot>`), so it gets
+//! the user's direct messages pushed as `FORWARDMSG`; the client's short extra connections
+//! (file uploads and downloads) are such connections too.
+
+mod model;
+mod state;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parley_proto::simpletcp::{
+    self, ContentType, Decoder, FileMd5, Frame, Kind, Message, MsgMd5, Request, Timestamp,
+    UserIdentity, UserInfo, UserName, Value,
+};
+use parley_proto::{ErrorKind, Target};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info};
+
+use super::{Flow, Session, Shared};
+use crate::conn::Conn;
+use crate::files::{Offer, MAX_CHUNK};
+use crate::hub::{Auth, Identity};
+use crate::outbound::{json_error, Item, Protocol, Style, Tag};
+use crate::store::ContactState;
+
+pub use model::forward;
+pub use state::State;
+
+/// Longest message body a seed-003 client may send, in bytes: what every other protocol
+/// can carry (a binary frame's strings hold at most 65,535 bytes).
+const MAX_BODY: usize = 60_000;
+/// Largest payload (a file) held in memory, whatever `max_file_bytes` allows.
+const MAX_PAYLOAD: u64 = 64 * 1024 * 1024;
+
+/// This connection's seed-003 state.
+pub(super) struct Conn003 {
+    decoder: Decoder,
+    /// The token this connection handed out (reused for later requests without a valid
+    /// one, as the seed does).
+    issued: Option<i64>,
+    /// The token and slot this connection is logged in to the hub with.
+    slot: Option<(i64, u32)>,
+}
+
+/// What a request answers: a body (`Value::Null` for null) and a payload, or nothing
+/// (`ACKFETCH`, and `SENDMSG`, which the hub answers once the message is stored).
+type Answer = Result<Option<(Value, Bytes)>, String>;
+
+fn ok(body: Value) -> Answer {
+    Ok(Some((body, Bytes::new())))
+}
+
+fn not_logged_in() -> String {
+    "Exception: User not logged in".into()
+}
+
+/// The seed's way of saying why: `Exception: <text>`.
+fn exception(kind: ErrorKind) -> String {
+    format!("Exception: {}", json_error(kind))
+}
+
+/// Serves a connection of `listen_simpletcp`. As `super::run`, set up before the future
+/// exists.
+pub fn run(
+    conn: Conn,
+    peer: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    keep: impl Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (mut session, mut socket) = Session::open(conn, peer, Protocol::Json, false, shared);
+    // The client keeps its connection open without sending anything while the user reads
+    // (pushes come unasked): TCP keepalive finds peers that vanished.
+    session.idle = None;
+    let config = &session.shared.config;
+    let max_json = 4 * MAX_BODY + 2 * config.max_avatar_bytes + 4096;
+    let max_payload = config.max_file_bytes.min(MAX_PAYLOAD) as usize;
+    session.simpletcp = Some(Box::new(Conn003 {
+        decoder: Decoder::new(max_json, max_payload),
+        issued: None,
+        slot: None,
+    }));
+    session.set_style(Style::SimpleTcp);
+    let mut buf = BytesMut::new();
+    async move {
+        let reason = session.read_loop(&mut socket, &mut buf).await;
+        drop((socket, buf));
+        Box::pin(session.finish(reason)).await;
+        drop(keep);
+    }
+}
+
+impl Session {
+    fn st(&mut self) -> &mut Conn003 {
+        self.simpletcp.as_mut().expect("a seed-003 session")
+    }
+
+    fn tokens(&self) -> &State {
+        &self.shared.simpletcp
+    }
+
+    /// Handles every whole frame in `buf`. A frame whose lengths are out of bounds ends
+    /// the connection (what follows it cannot be found), after an ERR saying why.
+    pub(super) async fn drain_simpletcp(&mut self, buf: &mut BytesMut) -> Flow {
+        loop {
+            let Some(st) = self.simpletcp.as_ref() else {
+                return Flow::Continue;
+            };
+            match st.decoder.decode(buf) {
+                Ok(None) => return Flow::Continue,
+                Ok(Some(frame)) => {
+                    self.commands.take().await;
+                    self.simpletcp_frame(frame).await;
+                }
+                Err(e) => {
+                    self.st_err("UNKNOWN", format!("Exception: {e}")).await;
+                    buf.clear();
+                    return Flow::Close(format!("seed 003: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Gives back this connection's token slot (the session is ending).
+    pub(super) fn release_simpletcp(&mut self) {
+        if let Some((token, slot)) = self.simpletcp.as_mut().and_then(|st| st.slot.take()) {
+            self.shared.simpletcp.free_slot(token, slot);
+        }
+    }
+
+    async fn st_say(&mut self, frame: BytesMut) {
+        self.say(Item::Bytes(frame.freeze())).await;
+    }
+
+    async fn st_err(&mut self, response: &str, info: String) {
+        let mut out = BytesMut::new();
+        simpletcp::encode_err(response, &info, &mut out);
+        self.st_say(out).await;
+    }
+
+    async fn simpletcp_frame(&mut self, frame: Frame) {
+        let request = match simpletcp::parse_request(&frame.json) {
+            Ok(request) => request,
+            Err(e) => {
+                debug!(session = self.link.id, error = %e, "seed 003: bad request");
+                return self.st_err("UNKNOWN", format!("Exception: {e}")).await;
+            }
+        };
+        let Some(token) = self.st_token(request.tokenid).await else {
+            return;
+        };
+        self.st_align(token).await;
+        let Some(kind) = request.kind else {
+            return self.st_err("UNKNOWN", "Unkown request".into()).await;
+        };
+        let answer = self.st_handle(kind, token, &request, frame.payload).await;
+        match answer {
+            Ok(None) => {}
+            Ok(Some((body, payload))) => {
+                let mut out = BytesMut::new();
+                simpletcp::encode_ok(kind.word(), Some(&body), &payload, &mut out);
+                self.st_say(out).await;
+            }
+            Err(info) => self.st_err(kind.word(), info).await,
+        }
+        if kind == Kind::AddContact {
+            // The seed's server follows an added contact with the new lists, unasked.
+            let answer = self.st_contacts().await;
+            if let Ok(Some((body, _))) = answer {
+                let mut out = BytesMut::new();
+                simpletcp::encode_ok(Kind::FetchContact.word(), Some(&body), b"", &mut out);
+                self.st_say(out).await;
+            }
+        }
+    }
+
+    /// The request's token if it is valid; otherwise this connection's own (new the first
+    /// time), announced with a `TOKEN` reply. A wrong token counts against the address as
+    /// a wrong device token does (`throttle.rs`); `None` if the server shuts down meanwhile.
+    async fn st_token(&mut self, tokenid: Option<i64>) -> Option<i64> {
+        if let Some(token) = tokenid {
+            if self.tokens().exists(token) {
+                return Some(token);
+            }
+            info!(session = self.link.id, peer = %self.peer, "seed 003: unknown token");
+            let wait = self.shared.throttle.token_failed(self.peer.ip());
+            self.wait_turn(wait).await.ok()?;
+        }
+        let issued = self.st().issued;
+        let token = match issued {
+            Some(token) if self.tokens().exists(token) => token,
+            _ => {
+                let token = self.tokens().issue();
+                self.st().issued = Some(token);
+                token
+            }
+        };
+        let mut out = BytesMut::new();
+        simpletcp::encode_ok("TOKEN", Some(&json!({ "tokenid": token })), b"", &mut out);
+        self.st_say(out).await;
+        Some(token)
+    }
+
+    /// Makes this connection's login follow its token's: logged in to the hub as the
+    /// token's user, or not at all.
+    async fn st_align(&mut self, token: i64) {
+        let bound = self.tokens().user(token);
+        let current = self.login.as_ref().map(|(identity, _)| identity.user);
+        match bound {
+            Some((user, _)) if current == Some(user) => {}
+            Some((user, name)) => {
+                self.st_leave();
+                if let Err(kind) = self.st_enter(token, user, &name).await {
+                    debug!(session = self.link.id, error = ?kind, "seed 003: no push login");
+                }
+            }
+            None if current.is_some() => self.st_leave(),
+            None => {}
+        }
+    }
+
+    /// Logs in to the hub as `user`, on a device of its own for this connection.
+    async fn st_enter(&mut self, token: i64, user: i64, name: &str) -> Result<(), ErrorKind> {
+        let slot = self
+            .tokens()
+            .take_slot(token)
+            .ok_or(ErrorKind::AlreadyLoggedIn)?;
+        let device = format!("simpletcp-{token}-{slot}");
+        self.subscribed = true;
+        match self
+            .login_as(name, &device, Auth::Password(user), None)
+            .await
+        {
+            Ok(()) => {
+                self.st().slot = Some((token, slot));
+                Ok(())
+            }
+            Err(kind) => {
+                self.tokens().free_slot(token, slot);
+                Err(kind)
+            }
+        }
+    }
+
+    /// Logs this connection out of the hub (not the token: see `LOGOUT`).
+    fn st_leave(&mut self) {
+        if let Some(catchup) = self.catchup.take() {
+            catchup.cancel();
+        }
+        if let Some((identity, _)) = self.login.take() {
+            self.shared.hub.gone(self.link.id, Some(identity));
+            self.shared.hub.guest(self.link.clone());
+        }
+        self.account = false;
+        self.subscribed = false;
+        self.release_simpletcp();
+    }
+
+    fn st_me(&self) -> Result<(Identity, Arc<str>), String> {
+        self.login.clone().ok_or_else(not_logged_in)
+    }
+
+    async fn st_handle(
+        &mut self,
+        kind: Kind,
+        token: i64,
+        request: &Request,
+        payload: Bytes,
+    ) -> Answer {
+        let bad = |e: simpletcp::BadRequest| format!("Exception: {e}");
+        match kind {
+            Kind::State => match self.tokens().user(token) {
+                Some((_, name)) => ok(self.st_user_info(&name).await?),
+                None => Err(not_logged_in()),
+            },
+            Kind::Register => {
+                let identity: UserIdentity = request.body().map_err(bad)?;
+                let name = decode_name(&identity.username)?;
+                self.st_leave();
+                self.tokens().unbind(token);
+                self.register(&name, &identity.passwd)
+                    .await
+                    .map_err(|kind| match kind {
+                        ErrorKind::AlreadyLoggedIn => "Exception: Username already exists".into(),
+                        kind => exception(kind),
+                    })?;
+                ok(self.st_login(token, &name, &identity.passwd).await?)
+            }
+            Kind::Login => {
+                let identity: UserIdentity = request.body().map_err(bad)?;
+                let name = decode_name(&identity.username)?;
+                self.st_leave();
+                self.tokens().unbind(token);
+                ok(self.st_login(token, &name, &identity.passwd).await?)
+            }
+            Kind::Logout => {
+                self.tokens().unbind(token);
+                self.st_leave();
+                ok(Value::Null)
+            }
+            Kind::Profile => {
+                let who: simpletcp::UserId = request.body().map_err(bad)?;
+                let name = self.st_name(who.userid).await?;
+                ok(self.st_user_info(&name).await?)
+            }
+            Kind::ModifyPasswd => {
+                self.st_me()?;
+                let identity: UserIdentity = request.body().map_err(bad)?;
+                let new = identity
+                    .new_passwd
+                    .ok_or("Exception: newPasswd is missing")?;
+                self.change_password(&identity.passwd, &new)
+                    .await
+                    .map_err(|kind| match kind {
+                        ErrorKind::Unauthorized => "Exception: Invalid password".into(),
+                        kind => exception(kind),
+                    })?;
+                ok(Value::Null)
+            }
+            Kind::ModifyProfile => {
+                let (_, me) = self.st_me()?;
+                let info: UserInfo = request.body().map_err(bad)?;
+                if let Some(avatar) = &info.avatar {
+                    let bytes =
+                        simpletcp::unb64(avatar).ok_or("Exception: avatar is not base64")?;
+                    self.set_profile(None, Some(bytes))
+                        .await
+                        .map_err(exception)?;
+                }
+                ok(self.st_user_info(&me).await?)
+            }
+            Kind::SendMsg => {
+                let message: Message = request.body().map_err(bad)?;
+                self.st_send(token, message, payload).await
+            }
+            Kind::AckFetch => {
+                let at: Timestamp = request.body().map_err(bad)?;
+                self.tokens().set_mark(token, at.timestamp);
+                Ok(None)
+            }
+            Kind::FetchMsg => {
+                let mark = self.tokens().mark(token);
+                let mut messages: Vec<Message> = self
+                    .st_history()
+                    .await?
+                    .into_iter()
+                    .map(|(m, _)| m)
+                    .filter(|m| m.timestamp > mark)
+                    .collect();
+                messages.sort_by_key(|m| std::cmp::Reverse(m.timestamp));
+                ok(json!({ "messages": messages }))
+            }
+            Kind::FindFile => {
+                let file: FileMd5 = request.body().map_err(bad)?;
+                let stored = self.tokens().file(&file.filemd5);
+                match stored.filter(|sha| self.shared.files.has(sha)) {
+                    Some(_) => ok(Value::Null),
+                    None => Err("File not found".into()),
+                }
+            }
+            Kind::FetchFile => {
+                let which: MsgMd5 = request.body().map_err(bad)?;
+                let payload = self.st_fetch_file(&which.msgmd5).await?;
+                Ok(Some((Value::Null, payload)))
+            }
+            Kind::SearchUsr => {
+                let who: UserName = request.body().map_err(bad)?;
+                let name = decode_name(&who.username)?;
+                ok(self.st_user_info(&name).await?)
+            }
+            Kind::AddContact => {
+                self.st_me()?;
+                let who: simpletcp::UserId = request.body().map_err(bad)?;
+                let name = self.st_name(who.userid).await?;
+                let action = crate::hub::ContactAction::Request;
+                self.contact_action(&name, action)
+                    .await
+                    .map_err(exception)?;
+                ok(Value::Null)
+            }
+            Kind::FetchContact => self.st_contacts().await,
+        }
+    }
+
+    /// Logs in with a password (the client's MD5 of it) and binds `token` to the user.
+    async fn st_login(&mut self, token: i64, name: &str, passwd: &str) -> Result<Value, String> {
+        let slot = self
+            .tokens()
+            .take_slot(token)
+            .ok_or_else(|| exception(ErrorKind::AlreadyLoggedIn))?;
+        let device = format!("simpletcp-{token}-{slot}");
+        self.subscribed = true;
+        match self.password_login(name, passwd, &device, None).await {
+            Ok(()) => {
+                self.st().slot = Some((token, slot));
+                let (identity, name) = self.st_me()?;
+                self.tokens().bind(token, identity.user, name.clone());
+                self.st_user_info(&name).await
+            }
+            Err(kind) => {
+                self.tokens().free_slot(token, slot);
+                self.subscribed = false;
+                Err(match kind {
+                    ErrorKind::Unauthorized | ErrorKind::InvalidName => {
+                        let known = self.shared.reader.credentials(name.to_string()).await;
+                        match known {
+                            Ok(Some(_)) => "Exception: Invalid password".into(),
+                            _ => "Exception: User not found".into(),
+                        }
+                    }
+                    kind => exception(kind),
+                })
+            }
+        }
+    }
+
+    /// `name`'s profile as the seed's `UserInfo`.
+    async fn st_user_info(&self, name: &str) -> Result<Value, String> {
+        let profile = self
+            .get_profile(name)
+            .await
+            .map_err(|_| "Exception: User not found".to_string())?;
+        let userid = model::user_id(&profile.name);
+        self.tokens()
+            .learn(userid, Arc::from(profile.name.as_str()));
+        let info = UserInfo {
+            userid,
+            username: simpletcp::b64(profile.name.as_bytes()),
+            avatar: profile.avatar.map(|a| simpletcp::b64(&a)),
+        };
+        Ok(serde_json::to_value(info).expect("plain data"))
+    }
+
+    /// The name behind a seed-003 user id.
+    async fn st_name(&self, id: i64) -> Result<Arc<str>, String> {
+        let missing = || "Exception: User not found".to_string();
+        // An id not seen yet is looked for among every user, which one scan a second at
+        // most does for the whole server: a lookup waits for its turn (at most a second).
+        for _ in 0..20 {
+            if let Some(name) = self.tokens().name(id) {
+                return Ok(name);
+            }
+            if self.tokens().may_scan() {
+                let users = self.shared.reader.users().await.map_err(|_| missing())?;
+                for user in users {
+                    self.tokens()
+                        .learn(model::user_id(&user.name), Arc::from(user.name));
+                }
+                return self.tokens().name(id).ok_or_else(missing);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Err(missing())
+    }
+
+    /// Sends a message as the logged-in user; the hub answers once it is stored.
+    async fn st_send(&mut self, token: i64, message: Message, payload: Bytes) -> Answer {
+        let (identity, me) = self.st_me()?;
+        if message.userid != model::user_id(&me) {
+            return Err(exception(ErrorKind::Forbidden));
+        }
+        let to = self.st_name(message.targetid).await?;
+        let text = simpletcp::unb64(&message.content)
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or("Exception: content is not base64 of UTF-8")?;
+        let sent_at = model::nanos(message.timestamp);
+        let tag = Tag::SimpleTcp {
+            md5encoded: Arc::from(message.md5encoded.as_str()),
+        };
+        // The seed moves the sending token's fetch mark to what it sends.
+        self.tokens().set_mark(token, message.timestamp);
+        let body = match message.contenttype {
+            ContentType::Plaintext => text,
+            ContentType::Image => {
+                if simpletcp::unb64(&text).is_none() {
+                    return Err("Exception: an image's content is base64 of base64".into());
+                }
+                format!("{}{text}", model::IMAGE)
+            }
+            ContentType::File => {
+                let md5 = message
+                    .filemd5
+                    .filter(|m| simpletcp::is_md5(m))
+                    .ok_or("Exception: filemd5 is missing")?;
+                let sha256 = self.st_store_file(&md5, payload).await?;
+                let mime = format!("application/octet-stream;md5={md5}");
+                let target = Target::User(to.to_string());
+                let _ = identity;
+                self.send_file(target, &sha256, &text, &mime, "", sent_at, tag)
+                    .await
+                    .map_err(exception)?;
+                return Ok(None);
+            }
+        };
+        if body.is_empty() {
+            return Err("Exception: Message is empty".into());
+        }
+        if body.len() > MAX_BODY {
+            return Err(exception(ErrorKind::TooLong));
+        }
+        let target = Target::User(to.to_string());
+        self.send(target, Bytes::from(body), sent_at, tag, super::Who::Members)
+            .await;
+        Ok(None)
+    }
+
+    /// Stores a file sent as a payload after checking it against its MD5; returns its
+    /// SHA-256. Without a payload, a file this server already has under that MD5.
+    async fn st_store_file(&mut self, md5: &str, payload: Bytes) -> Result<String, String> {
+        if payload.is_empty() {
+            let known = self.tokens().file(md5);
+            return known
+                .filter(|sha| self.shared.files.has(sha))
+                .ok_or_else(|| "Exception: File not found".into());
+        }
+        if simpletcp::md5_hex(&payload) != md5 {
+            return Err("Exception: the file does not match its filemd5".into());
+        }
+        let sha256: String = Sha256::digest(&payload)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let size = payload.len() as u64;
+        let mut offset = match self.file_offer(&sha256, size).await.map_err(exception)? {
+            Offer::Have => size,
+            Offer::Upload { offset } => offset.min(size),
+        };
+        while offset < size {
+            let end = (offset as usize + MAX_CHUNK).min(payload.len());
+            let chunk = payload.slice(offset as usize..end);
+            self.file_chunk(&sha256, size, offset, chunk)
+                .await
+                .map_err(exception)?;
+            offset = end as u64;
+        }
+        self.tokens().remember_file(md5, &sha256);
+        Ok(sha256)
+    }
+
+    /// The exact bytes of the file a message (named by its `md5encoded`) carries.
+    async fn st_fetch_file(&mut self, msgmd5: &str) -> Result<Bytes, String> {
+        let missing = || "Exception: File not found".to_string();
+        let history = self.st_history().await?;
+        let (_, sha256) = history
+            .into_iter()
+            .find(|(m, sha)| m.md5encoded == msgmd5 && sha.is_some())
+            .ok_or_else(missing)?;
+        let sha256 = sha256.ok_or_else(missing)?;
+        let size = self
+            .shared
+            .files
+            .size(&sha256)
+            .await
+            .map_err(|_| missing())?;
+        let max = self
+            .simpletcp
+            .as_ref()
+            .map_or(0, |st| st.decoder_max_payload());
+        if size > max as u64 {
+            return Err(exception(ErrorKind::TooLong));
+        }
+        // The first read checks the user may read it (a member of a conversation it was
+        // sent to); the rest read on.
+        let mut out = BytesMut::with_capacity(size as usize);
+        let first = self
+            .download(&sha256, 0, MAX_CHUNK)
+            .await
+            .map_err(exception)?;
+        out.extend_from_slice(&first);
+        while (out.len() as u64) < size {
+            let chunk = self
+                .shared
+                .files
+                .read_chunk(&sha256, out.len() as u64, MAX_CHUNK)
+                .await
+                .map_err(exception)?;
+            if chunk.is_empty() {
+                return Err(exception(ErrorKind::Internal));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+
+    /// The user's direct messages (seed 003 has no rooms), each with the SHA-256 of the
+    /// file it carries: the last `max_history` of each conversation.
+    async fn st_history(&self) -> Result<Vec<(Message, Option<String>)>, String> {
+        let (identity, me) = self.st_me()?;
+        self.settle().await;
+        let reader = &self.shared.reader;
+        let internal = |_| exception(ErrorKind::Internal);
+        let positions = reader.positions(identity.user, identity.device).await;
+        let mut out = Vec::new();
+        for p in positions.map_err(internal)? {
+            if p.kind != parley_proto::ConversationKind::Direct {
+                continue;
+            }
+            let (a, b) = &p.members;
+            let other = if **a == *me { b.clone() } else { a.clone() };
+            self.tokens().learn(model::user_id(&other), other.clone());
+            let limit = self.shared.config.max_history;
+            let page = reader.page(p.conv, crate::store::Page::Latest, limit).await;
+            for (m, _) in page.map_err(internal)? {
+                let to = if *m.sender == *me { &other } else { &me };
+                let sha256 = model::content(&m.body).sha256;
+                out.push((model::message(&m.sender, to, &m.body, m.sent_at), sha256));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The three contact lists: mutual, asked by me, asking me.
+    async fn st_contacts(&mut self) -> Answer {
+        self.st_me()?;
+        let list = self.contact_list().await.map_err(exception)?;
+        let (mut contacts, mut pending, mut requesting) = (Vec::new(), Vec::new(), Vec::new());
+        for contact in list {
+            let Ok(info) = self.st_user_info(&contact.name).await else {
+                continue;
+            };
+            match contact.state {
+                ContactState::Accepted => contacts.push(info),
+                ContactState::Requested => pending.push(info),
+                ContactState::Pending => requesting.push(info),
+            }
+        }
+        ok(json!({ "contacts": contacts, "pending": pending, "requesting": requesting }))
+    }
+}
+
+impl Conn003 {
+    fn decoder_max_payload(&self) -> usize {
+        self.decoder.max_payload()
+    }
+}
+
+/// A user name as the client sends it: padded base64 of UTF-8.
+fn decode_name(username: &str) -> Result<String, String> {
+    simpletcp::unb64(username)
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| "Exception: username is not base64 of UTF-8".into())
+}

@@ -1,0 +1,217 @@
+//! What seed-003 sessions share: device tokens, the names behind user ids, and the MD5s
+//! of files they uploaded.
+//!
+//! Tokens live in memory: a restart signs seed-003 clients out (their next request gets a
+//! new token, and the client shows its login page), which the client handles as it
+//! handles an expired token. Each table is bounded in entries.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::store::UserId;
+
+/// Most tokens kept; past it, the ones with no connection go, unbound ones first.
+const MAX_TOKENS: usize = 100_000;
+/// Most file MD5s remembered.
+const MAX_FILES: usize = 100_000;
+/// Most names remembered by id.
+const MAX_NAMES: usize = 1_000_000;
+/// An unknown id rescans the users at most this often.
+const RESCAN: Duration = Duration::from_secs(1);
+/// Connections of one token at once (each is a device of its own in the hub).
+pub const MAX_SLOTS: u32 = 16;
+
+#[derive(Default)]
+pub struct State {
+    tokens: Mutex<HashMap<i64, Token>>,
+    names: Mutex<Names>,
+    files: Mutex<HashMap<String, String>>,
+}
+
+#[derive(Default)]
+struct Names {
+    by_id: HashMap<i64, Arc<str>>,
+    scanned: Option<Instant>,
+}
+
+/// A token: whom it is logged in as, how far it fetched, which connections use it.
+#[derive(Default)]
+struct Token {
+    user: Option<(UserId, Arc<str>)>,
+    /// The client's time of the newest message it acknowledged (ms).
+    mark: i64,
+    /// Bit `i`: slot `i` (device `simpletcp-<token>-<i>`) has a connection.
+    slots: u32,
+}
+
+impl State {
+    /// A new, unbound token: random, unguessable, below 2^53 (exact in a JSON number).
+    pub fn issue(&self) -> i64 {
+        let mut tokens = self.tokens.lock().expect("tokens poisoned");
+        if tokens.len() >= MAX_TOKENS {
+            evict(&mut tokens);
+        }
+        loop {
+            let mut bytes = [0u8; 8];
+            getrandom::getrandom(&mut bytes).expect("the OS random source");
+            let id = (u64::from_le_bytes(bytes) & ((1 << 53) - 1)) as i64;
+            if id != 0 && !tokens.contains_key(&id) {
+                tokens.insert(id, Token::default());
+                return id;
+            }
+        }
+    }
+
+    pub fn exists(&self, token: i64) -> bool {
+        self.tokens
+            .lock()
+            .expect("tokens poisoned")
+            .contains_key(&token)
+    }
+
+    /// Whom `token` is logged in as.
+    pub fn user(&self, token: i64) -> Option<(UserId, Arc<str>)> {
+        let tokens = self.tokens.lock().expect("tokens poisoned");
+        tokens.get(&token).and_then(|t| t.user.clone())
+    }
+
+    pub fn bind(&self, token: i64, user: UserId, name: Arc<str>) {
+        let mut tokens = self.tokens.lock().expect("tokens poisoned");
+        let token = tokens.entry(token).or_default();
+        if token.user.as_ref().map(|(u, _)| *u) != Some(user) {
+            token.mark = 0;
+        }
+        token.user = Some((user, name));
+    }
+
+    pub fn unbind(&self, token: i64) {
+        if let Some(t) = self.tokens.lock().expect("tokens poisoned").get_mut(&token) {
+            t.user = None;
+            t.mark = 0;
+        }
+    }
+
+    pub fn mark(&self, token: i64) -> i64 {
+        let tokens = self.tokens.lock().expect("tokens poisoned");
+        tokens.get(&token).map_or(0, |t| t.mark)
+    }
+
+    pub fn set_mark(&self, token: i64, mark: i64) {
+        if let Some(t) = self.tokens.lock().expect("tokens poisoned").get_mut(&token) {
+            t.mark = mark;
+        }
+    }
+
+    /// A free connection slot of `token`, taken.
+    pub fn take_slot(&self, token: i64) -> Option<u32> {
+        let mut tokens = self.tokens.lock().expect("tokens poisoned");
+        let t = tokens.get_mut(&token)?;
+        let slot = (0..MAX_SLOTS).find(|i| t.slots & (1 << i) == 0)?;
+        t.slots |= 1 << slot;
+        Some(slot)
+    }
+
+    pub fn free_slot(&self, token: i64, slot: u32) {
+        if let Some(t) = self.tokens.lock().expect("tokens poisoned").get_mut(&token) {
+            t.slots &= !(1 << slot);
+        }
+    }
+
+    /// Remembers the name behind an id.
+    pub fn learn(&self, id: i64, name: Arc<str>) {
+        let mut names = self.names.lock().expect("names poisoned");
+        if names.by_id.len() >= MAX_NAMES {
+            names.by_id.clear();
+        }
+        names.by_id.insert(id, name);
+    }
+
+    /// The name behind `id`, if known.
+    pub fn name(&self, id: i64) -> Option<Arc<str>> {
+        self.names
+            .lock()
+            .expect("names poisoned")
+            .by_id
+            .get(&id)
+            .cloned()
+    }
+
+    /// Whether the users may be scanned for an unknown id now (at most once per
+    /// `RESCAN`, so unknown ids cannot make the server read every user again and again).
+    pub fn may_scan(&self) -> bool {
+        let mut names = self.names.lock().expect("names poisoned");
+        let now = Instant::now();
+        if names
+            .scanned
+            .is_some_and(|at| now.duration_since(at) < RESCAN)
+        {
+            return false;
+        }
+        names.scanned = Some(now);
+        true
+    }
+
+    /// Remembers that the file with MD5 `md5` is stored as `sha256`.
+    pub fn remember_file(&self, md5: &str, sha256: &str) {
+        let mut files = self.files.lock().expect("files poisoned");
+        if files.len() >= MAX_FILES {
+            files.clear();
+        }
+        files.insert(md5.to_string(), sha256.to_string());
+    }
+
+    pub fn file(&self, md5: &str) -> Option<String> {
+        self.files.lock().expect("files poisoned").get(md5).cloned()
+    }
+}
+
+/// Makes room for a token: drops tokens no connection uses, unbound ones first.
+fn evict(tokens: &mut HashMap<i64, Token>) {
+    let excess = tokens.len() + 1 - MAX_TOKENS;
+    let mut idle: Vec<(bool, i64)> = tokens
+        .iter()
+        .filter(|(_, t)| t.slots == 0)
+        .map(|(id, t)| (t.user.is_some(), *id))
+        .collect();
+    idle.sort_unstable();
+    for (_, id) in idle.into_iter().take(excess.max(MAX_TOKENS / 10)) {
+        tokens.remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_below_2_53_and_bind_and_unbind() {
+        let state = State::default();
+        let (a, b) = (state.issue(), state.issue());
+        assert_ne!(a, b);
+        assert!(a > 0 && a < 1 << 53 && b > 0 && b < 1 << 53);
+        assert!(state.user(a).is_none());
+        state.bind(a, 7, Arc::from("alice"));
+        state.set_mark(a, 99);
+        assert_eq!(state.user(a).map(|(u, _)| u), Some(7));
+        assert_eq!(state.mark(a), 99);
+        state.unbind(a);
+        assert!(state.user(a).is_none());
+        assert_eq!(state.mark(a), 0);
+        assert!(!state.exists(12345) || a == 12345 || b == 12345);
+    }
+
+    #[test]
+    fn slots_are_handed_out_once_until_freed() {
+        let state = State::default();
+        let t = state.issue();
+        let (s0, s1) = (state.take_slot(t), state.take_slot(t));
+        assert_eq!((s0, s1), (Some(0), Some(1)));
+        state.free_slot(t, 0);
+        assert_eq!(state.take_slot(t), Some(0));
+        for _ in 2..MAX_SLOTS {
+            assert!(state.take_slot(t).is_some());
+        }
+        assert_eq!(state.take_slot(t), None);
+    }
+}

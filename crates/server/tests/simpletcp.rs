@@ -1,0 +1,472 @@
+//! Seed 003's framed JSON (Simple-TCP-Server's protocol) on `listen_simpletcp`, spoken
+//! byte for byte as its Flutter client speaks it: `i32 LE json_len | i64 LE payload_len |
+//! JSON | payload`, a token from a first short STATE connection, then a main connection
+//! and short extra ones for files.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use common::TestServer;
+use parley_proto::simpletcp::{md5_hex, message_md5};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One frame, laid out by hand (not by the server's codec).
+fn frame(json: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(json.len() as i32).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as i64).to_le_bytes());
+    out.extend_from_slice(json);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn request(kind: &str, body: Value, token: Option<i64>) -> Vec<u8> {
+    let json = json!({"request": kind, "body": body, "tokenid": token});
+    frame(json.to_string().as_bytes(), b"")
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
+}
+
+/// The client's password field: the MD5 of what the user typed.
+fn passwd(typed: &str) -> String {
+    md5_hex(typed.as_bytes())
+}
+
+/// A seed-003 client connection.
+struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// FORWARDMSG pushes read while waiting for a reply.
+    pushes: Vec<Value>,
+    token: Option<i64>,
+}
+
+/// A frame as read: its JSON and payload.
+struct Reply {
+    json: Value,
+    payload: Vec<u8>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        Client {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: BytesMut::new(),
+            pushes: Vec::new(),
+            token: None,
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    async fn send(&mut self, kind: &str, body: Value) {
+        let bytes = request(kind, body, self.token);
+        self.write(&bytes).await;
+    }
+
+    /// The next frame, checked byte for byte: ASCII JSON, the seed's four keys in order.
+    async fn frame(&mut self) -> Option<Reply> {
+        loop {
+            if self.buf.len() >= 12 {
+                let json_len = i32::from_le_bytes(self.buf[..4].try_into().unwrap()) as usize;
+                let payload_len = i64::from_le_bytes(self.buf[4..12].try_into().unwrap());
+                let total = 12 + json_len + payload_len as usize;
+                if self.buf.len() >= total {
+                    self.buf.advance(12);
+                    let json = self.buf.split_to(json_len);
+                    let payload = self.buf.split_to(payload_len as usize).to_vec();
+                    assert!(json.is_ascii(), "{:?}", String::from_utf8_lossy(&json));
+                    let text = std::str::from_utf8(&json).unwrap();
+                    assert!(text.starts_with(r#"{"response":""#), "{text}");
+                    let value: Value = serde_json::from_str(text).unwrap();
+                    let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+                    assert_eq!(keys.len(), 4, "{text}");
+                    let order = ["\"status\":", "\"info\":", "\"body\":"];
+                    let at: Vec<usize> = order.iter().map(|k| text.find(k).unwrap()).collect();
+                    assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+                    return Some(Reply {
+                        json: value,
+                        payload,
+                    });
+                }
+            }
+            let read = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf)).await;
+            match read.expect("a frame in time").expect("read") {
+                0 => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next reply that is not a push (pushes are kept for `push`); it must answer
+    /// `kind`.
+    async fn reply(&mut self, kind: &str) -> Reply {
+        loop {
+            let reply = self.frame().await.expect("a reply, not the end");
+            if reply.json["response"] == "FORWARDMSG" {
+                self.pushes.push(reply.json);
+                continue;
+            }
+            assert_eq!(reply.json["response"], kind, "{}", reply.json);
+            return reply;
+        }
+    }
+
+    /// Sends a request and reads its reply (taking a TOKEN reply first, when one comes).
+    async fn ask(&mut self, kind: &str, body: Value) -> Value {
+        self.send(kind, body).await;
+        let mut reply = self.frame_not_push().await;
+        if reply.json["response"] == "TOKEN" && kind != "TOKEN" {
+            self.token = Some(reply.json["body"]["tokenid"].as_i64().unwrap());
+            reply = self.frame_not_push().await;
+        }
+        assert_eq!(reply.json["response"], kind, "{}", reply.json);
+        reply.json
+    }
+
+    async fn frame_not_push(&mut self) -> Reply {
+        loop {
+            let reply = self.frame().await.expect("a reply, not the end");
+            if reply.json["response"] != "FORWARDMSG" {
+                return reply;
+            }
+            self.pushes.push(reply.json);
+        }
+    }
+
+    /// The next FORWARDMSG push's message.
+    async fn push(&mut self) -> Value {
+        if !self.pushes.is_empty() {
+            return self.pushes.remove(0)["body"].clone();
+        }
+        let reply = self.frame().await.expect("a push");
+        assert_eq!(reply.json["response"], "FORWARDMSG", "{}", reply.json);
+        assert_eq!(reply.json["status"], "OK");
+        assert!(reply.payload.is_empty());
+        reply.json["body"].clone()
+    }
+}
+
+/// What the client does at start-up: a short STATE connection that gets a token.
+async fn first_token(addr: SocketAddr) -> i64 {
+    let mut c = Client::connect(addr).await;
+    let state = c.ask("STATE", json!({})).await;
+    assert_eq!(state["status"], "ERR");
+    assert_eq!(state["info"], "Exception: User not logged in");
+    assert_eq!(state["body"], Value::Null);
+    c.token.expect("a TOKEN reply came first")
+}
+
+/// A registered user's main connection, and their id.
+async fn account(server: &TestServer, name: &str) -> (Client, i64) {
+    let addr = simpletcp_addr(server);
+    let token = first_token(addr).await;
+    let mut c = Client::connect(addr).await;
+    c.token = Some(token);
+    let identity = json!({"username": b64(name), "passwd": passwd_of(name), "newPasswd": null});
+    let reply = c.ask("REGISTER", identity).await;
+    assert_eq!(reply["status"], "OK", "{reply}");
+    assert_eq!(reply["info"], Value::Null);
+    assert_eq!(reply["body"]["username"], b64(name));
+    let id = reply["body"]["userid"].as_i64().unwrap();
+    (c, id)
+}
+
+fn passwd_of(name: &str) -> String {
+    passwd(&("pw-of-".to_string() + name))
+}
+
+fn simpletcp_addr(server: &TestServer) -> SocketAddr {
+    server.running.as_ref().unwrap().simpletcp_addr.unwrap()
+}
+
+async fn start() -> TestServer {
+    TestServer::start_with(|c| c.listen_simpletcp = Some("127.0.0.1:0".parse().unwrap())).await
+}
+
+/// A text message as the client makes it.
+fn text_message(from: i64, to: i64, text: &str, timestamp: i64) -> Value {
+    json!({
+        "userid": from, "targetid": to, "contenttype": "plaintext", "content": b64(text),
+        "timestamp": timestamp, "md5encoded": message_md5(text.as_bytes(), from, to, timestamp),
+        "filemd5": null,
+    })
+}
+
+#[tokio::test]
+async fn lengths_split_across_reads_and_requests_sharing_a_write_are_all_answered() {
+    let server = start().await;
+    let mut c = Client::connect(simpletcp_addr(&server)).await;
+    // One byte per write: every header split every way.
+    for byte in request("STATE", json!({}), None) {
+        c.write(&[byte]).await;
+    }
+    let token = c.frame().await.unwrap().json;
+    assert_eq!(token["response"], "TOKEN");
+    assert_eq!(token["status"], "OK");
+    let token = token["body"]["tokenid"].as_i64().unwrap();
+    assert!(token > 0 && token < 1 << 53);
+    assert_eq!(c.reply("STATE").await.json["status"], "ERR");
+
+    // Three requests in one write, answered in order.
+    let mut write = Vec::new();
+    let identity = json!({"username": b64("ann"), "passwd": passwd("x"), "newPasswd": null});
+    write.extend(request("REGISTER", identity, Some(token)));
+    write.extend(request("STATE", json!({}), Some(token)));
+    write.extend(request("FETCHCONTACT", Value::Null, Some(token)));
+    c.write(&write).await;
+    assert_eq!(c.reply("REGISTER").await.json["status"], "OK");
+    let state = c.reply("STATE").await.json;
+    assert_eq!(state["body"]["username"], b64("ann"));
+    let contacts = c.reply("FETCHCONTACT").await.json;
+    assert_eq!(
+        contacts["body"],
+        json!({"contacts": [], "pending": [], "requesting": []})
+    );
+}
+
+#[tokio::test]
+async fn the_seed_clients_whole_session() {
+    let server = start().await;
+    let addr = simpletcp_addr(&server);
+    let (mut alice, alice_id) = account(&server, "alice").await;
+    let (mut bob, bob_id) = account(&server, "bøb").await;
+    assert_ne!(alice_id, bob_id);
+
+    // A restart of the app: STATE on a short connection with the stored token.
+    let mut again = Client::connect(addr).await;
+    again.token = alice.token;
+    let state = again.ask("STATE", json!({})).await;
+    assert_eq!(state["body"]["userid"], alice_id);
+    drop(again);
+
+    // Contacts: alice asks, the server follows with the new lists; bob asks back.
+    let found = alice
+        .ask("SEARCHUSR", json!({"username": b64("bøb")}))
+        .await;
+    assert_eq!(found["body"]["userid"], bob_id);
+    let added = alice.ask("ADDCONTACT", json!({"userid": bob_id})).await;
+    assert_eq!(
+        (&added["status"], &added["body"]),
+        (&json!("OK"), &Value::Null)
+    );
+    let lists = alice.reply("FETCHCONTACT").await.json;
+    assert_eq!(lists["body"]["pending"][0]["userid"], bob_id);
+    let lists = bob.ask("FETCHCONTACT", json!({})).await;
+    assert_eq!(lists["body"]["requesting"][0]["userid"], alice_id);
+    bob.ask("ADDCONTACT", json!({"userid": alice_id})).await;
+    let lists = bob.reply("FETCHCONTACT").await.json;
+    assert_eq!(lists["body"]["contacts"][0]["username"], b64("alice"));
+    let profile = bob.ask("PROFILE", json!({"userid": alice_id})).await;
+    assert_eq!(profile["body"]["username"], b64("alice"));
+
+    // A text message: OK with its id to the sender, pushed to the receiver as sent.
+    let first = text_message(alice_id, bob_id, "hello bøb", 1_700_000_000_000);
+    let sent = alice.ask("SENDMSG", first.clone()).await;
+    assert_eq!(sent["status"], "OK", "{sent}");
+    assert_eq!(sent["body"], json!({"md5encoded": first["md5encoded"]}));
+    assert_eq!(bob.push().await, first);
+    let second = text_message(bob_id, alice_id, "hi alice", 1_700_000_000_500);
+    bob.ask("SENDMSG", second.clone()).await;
+    assert_eq!(alice.push().await, second);
+
+    // FETCHMSG: newest first, since this token's mark. A token's first fetch is the whole
+    // history; a SENDMSG moves the sender's mark to what it sent (as the seed does), and
+    // ACKFETCH to what the client acknowledges.
+    let token = first_token(addr).await;
+    let mut phone = Client::connect(addr).await;
+    phone.token = Some(token);
+    let login = json!({"username": b64("bøb"), "passwd": passwd_of("bøb"), "newPasswd": null});
+    assert_eq!(phone.ask("LOGIN", login).await["body"]["userid"], bob_id);
+    let fetched = phone.ask("FETCHMSG", json!({})).await;
+    assert_eq!(fetched["body"]["messages"], json!([second, first]));
+    let fetched = bob.ask("FETCHMSG", json!({})).await;
+    assert_eq!(fetched["body"]["messages"], json!([]));
+    let third = text_message(alice_id, bob_id, "still there?", 1_700_000_000_900);
+    alice.ask("SENDMSG", third.clone()).await;
+    assert_eq!(bob.push().await, third);
+    // Every device of bob's; a device new to the server may first be sent again what it
+    // missed before (pushes carry the same ids as FETCHMSG, so the client keeps one copy).
+    let mut on_phone = Vec::new();
+    while on_phone.last() != Some(&third) && on_phone.len() < 3 {
+        on_phone.push(phone.push().await);
+    }
+    assert_eq!(on_phone.last(), Some(&third), "{on_phone:?}");
+    let fetched = bob.ask("FETCHMSG", json!({})).await;
+    assert_eq!(fetched["body"]["messages"], json!([third]));
+    bob.send("ACKFETCH", json!({"timestamp": 1_700_000_000_900_i64}))
+        .await;
+    let fetched = bob.ask("FETCHMSG", json!({})).await;
+    assert_eq!(
+        fetched["body"]["messages"],
+        json!([]),
+        "no reply to ACKFETCH"
+    );
+
+    // A 10 MiB file, sent on an extra connection with the same token, as the client does.
+    let data: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let file_md5 = md5_hex(&data);
+    let ts = 1_700_000_001_000_i64;
+    let file = json!({
+        "userid": alice_id, "targetid": bob_id, "contenttype": "file", "content": b64("report.pdf"),
+        "timestamp": ts, "md5encoded": message_md5(b"report.pdf", alice_id, bob_id, ts),
+        "filemd5": file_md5,
+    });
+    let mut upload = Client::connect(addr).await;
+    upload.token = alice.token;
+    let json = json!({"request": "SENDMSG", "body": file, "tokenid": alice.token});
+    upload
+        .write(&frame(json.to_string().as_bytes(), &data))
+        .await;
+    let sent = upload.reply("SENDMSG").await.json;
+    assert_eq!(sent["status"], "OK", "{sent}");
+    drop(upload);
+    let pushed = bob.push().await;
+    assert_eq!(pushed, file);
+    let found = alice.ask("FINDFILE", json!({"filemd5": file_md5})).await;
+    assert_eq!(found["status"], "OK");
+    // bob downloads it on an extra connection: the exact bytes as the payload.
+    let mut download = Client::connect(addr).await;
+    download.token = bob.token;
+    download
+        .send("FETCHFILE", json!({"msgmd5": file["md5encoded"]}))
+        .await;
+    let fetched = download.reply("FETCHFILE").await;
+    assert_eq!(fetched.json["status"], "OK");
+    assert_eq!(fetched.json["body"], Value::Null);
+    assert!(fetched.payload == data, "the file's bytes, exactly");
+
+    // LOGOUT unbinds the token: STATE then says so.
+    let out = alice.ask("LOGOUT", json!({})).await;
+    assert_eq!((&out["status"], &out["body"]), (&json!("OK"), &Value::Null));
+    assert_eq!(alice.ask("STATE", json!({})).await["status"], "ERR");
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_seeds_err_replies_and_nothing_else_breaks() {
+    let server = start().await;
+    let (mut alice, alice_id) = account(&server, "alice").await;
+    let (_bob, bob_id) = account(&server, "bob").await;
+
+    // Not JSON, wrong types, an unknown type: ERR, the connection goes on.
+    alice.write(&frame(b"{nope", b"")).await;
+    let reply = alice.reply("UNKNOWN").await.json;
+    assert_eq!(reply["status"], "ERR");
+    assert!(reply["info"].as_str().unwrap().starts_with("Exception: "));
+    let wrong = json!({"request": "PROFILE", "body": {"userid": "7"}, "tokenid": alice.token});
+    alice.write(&frame(wrong.to_string().as_bytes(), b"")).await;
+    let reply = alice.reply("PROFILE").await.json;
+    assert_eq!(
+        (&reply["status"], &reply["body"]),
+        (&json!("ERR"), &Value::Null)
+    );
+    alice.send("DANCE", json!({})).await;
+    let reply = alice.reply("UNKNOWN").await.json;
+    assert_eq!(reply["info"], "Unkown request");
+
+    // SENDMSG only as oneself.
+    let forged = text_message(bob_id, alice_id, "I am bob", 1);
+    let reply = alice.ask("SENDMSG", forged).await;
+    assert_eq!(reply["status"], "ERR");
+    // A file whose bytes do not have the announced MD5 is refused.
+    let ts = 5;
+    let file = json!({
+        "userid": alice_id, "targetid": bob_id, "contenttype": "file", "content": b64("a.txt"),
+        "timestamp": ts, "md5encoded": message_md5(b"a.txt", alice_id, bob_id, ts),
+        "filemd5": md5_hex(b"other bytes"),
+    });
+    let json = json!({"request": "SENDMSG", "body": file, "tokenid": alice.token});
+    alice
+        .write(&frame(json.to_string().as_bytes(), b"these bytes"))
+        .await;
+    let reply = alice.reply("SENDMSG").await.json;
+    assert_eq!(reply["status"], "ERR", "{reply}");
+    let fetched = alice.ask("FETCHMSG", json!({})).await;
+    assert_eq!(fetched["body"]["messages"], json!([]), "nothing was stored");
+
+    // A wrong token: a new one, as for a first request.
+    let mut stranger = Client::connect(simpletcp_addr(&server)).await;
+    stranger.token = Some(alice.token.unwrap() ^ 1);
+    let reply = stranger.ask("STATE", json!({})).await;
+    assert_eq!(reply["status"], "ERR");
+    assert_ne!(stranger.token, alice.token);
+
+    // A payload length over the bound: an ERR, then the connection ends.
+    let mut huge = Vec::new();
+    huge.extend_from_slice(&2i32.to_le_bytes());
+    huge.extend_from_slice(&(1i64 << 40).to_le_bytes());
+    stranger.write(&huge).await;
+    let reply = stranger.reply("UNKNOWN").await.json;
+    assert_eq!(reply["status"], "ERR");
+    assert!(stranger.frame().await.is_none(), "closed");
+
+    // alice's connection is unaffected.
+    assert_eq!(
+        alice.ask("STATE", json!({})).await["body"]["userid"],
+        alice_id
+    );
+}
+
+#[tokio::test]
+async fn seed_003_users_and_text_and_json_users_exchange_direct_messages() {
+    let server = start().await;
+    let (mut alice, alice_id) = account(&server, "alice").await;
+    let mut carol = server.text_login("carol").await;
+    server.register("dave").await;
+    let mut dave = server.json().await;
+    let login = json!({"command": "LOGIN", "data": "dave", "password": common::PASSWORD});
+    let answer: Value = serde_json::from_str(&dave.ask(&login.to_string()).await.unwrap()).unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    let subscribed = dave.ask(r#"{"command":"SUBSCRIBE"}"#).await.unwrap();
+    assert!(subscribed.contains("true"), "{subscribed}");
+
+    // A text user writes: a FORWARDMSG with the text user's id, the text as base64.
+    carol.send("DM alice hi from ncat").await.unwrap();
+    let pushed = alice.push().await;
+    let carol_id = pushed["userid"].as_i64().unwrap();
+    assert_eq!(pushed["targetid"], alice_id);
+    assert_eq!(pushed["contenttype"], "plaintext");
+    assert_eq!(pushed["content"], b64("hi from ncat"));
+    let ts = pushed["timestamp"].as_i64().unwrap();
+    assert_eq!(
+        pushed["md5encoded"],
+        message_md5(b"hi from ncat", carol_id, alice_id, ts)
+    );
+    // And alice answers by that id.
+    let reply = text_message(alice_id, carol_id, "hi carol", 1_700_000_000_000);
+    assert_eq!(alice.ask("SENDMSG", reply).await["status"], "OK");
+    assert_eq!(carol.line().await.unwrap(), "DM alice hi carol");
+
+    // A JSON user, found by name.
+    let found = alice
+        .ask("SEARCHUSR", json!({"username": b64("dave")}))
+        .await;
+    let dave_id = found["body"]["userid"].as_i64().unwrap();
+    let message = text_message(alice_id, dave_id, "hi dave", 1_700_000_000_100);
+    assert_eq!(alice.ask("SENDMSG", message).await["status"], "OK");
+    let event: Value = serde_json::from_str(&dave.line().await.unwrap()).unwrap();
+    assert_eq!(
+        (&event["from"], &event["text"]),
+        (&json!("alice"), &json!("hi dave"))
+    );
+    dave.send(r#"{"command":"DM","to":"alice","data":"hi alice"}"#)
+        .await
+        .unwrap();
+    let pushed = alice.push().await;
+    assert_eq!(
+        (&pushed["userid"], &pushed["content"]),
+        (&json!(dave_id), &json!(b64("hi alice")))
+    );
+}
