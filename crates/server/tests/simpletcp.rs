@@ -470,3 +470,70 @@ async fn seed_003_users_and_text_and_json_users_exchange_direct_messages() {
         (&json!(dave_id), &json!(b64("hi alice")))
     );
 }
+
+#[tokio::test]
+async fn a_binary_user_and_a_seed_003_user_exchange_direct_messages() {
+    let server = start().await;
+    let (mut alice, alice_id) = account(&server, "alice").await;
+    let mut erin = server.login("erin").await;
+    // A binary client's time is its own (Unix ns here): seed 003 sees it in ms.
+    let time = 1_700_000_000_123_456_789;
+    let code = erin
+        .message(2, "erin", "alice", b"hi from binary", time)
+        .await;
+    assert_eq!(code.unwrap(), parley_proto::binary::code::OK);
+    let pushed = alice.push().await;
+    assert_eq!(pushed["content"], b64("hi from binary"));
+    assert_eq!(pushed["timestamp"], 1_700_000_000_123_i64);
+    let erin_id = pushed["userid"].as_i64().unwrap();
+    let reply = text_message(alice_id, erin_id, "hi erin", 1_700_000_000_200);
+    assert_eq!(alice.ask("SENDMSG", reply).await["status"], "OK");
+    let (body, from, to, time) = erin.expect_push().await.unwrap();
+    assert_eq!(
+        (&body[..], from.as_str(), to.as_str()),
+        (&b"hi erin"[..], "alice", "erin")
+    );
+    assert_eq!(time, 1_700_000_000_200_000_000, "parley keeps Unix ns");
+}
+
+#[tokio::test]
+async fn profiles_and_password_changes() {
+    let server = start().await;
+    let addr = simpletcp_addr(&server);
+    let (mut alice, alice_id) = account(&server, "alice").await;
+    let avatar = b64("not really a png");
+    let info = json!({"userid": alice_id, "username": b64("alice"), "avatar": avatar});
+    let changed = alice.ask("MODIFYPROFILE", info).await;
+    assert_eq!(changed["body"]["avatar"], avatar);
+    let profile = alice.ask("PROFILE", json!({"userid": alice_id})).await;
+    assert_eq!(profile["body"]["avatar"], avatar);
+
+    let wrong =
+        json!({"username": b64("alice"), "passwd": passwd("nope"), "newPasswd": passwd("new")});
+    let refused = alice.ask("MODIFYPASSWD", wrong).await;
+    assert_eq!(refused["info"], "Exception: Invalid password");
+    let change =
+        json!({"username": b64("alice"), "passwd": passwd_of("alice"), "newPasswd": passwd("new")});
+    assert_eq!(alice.ask("MODIFYPASSWD", change).await["status"], "OK");
+
+    // Another device logs in with the new password only; the name shows as sent.
+    let mut phone = Client::connect(addr).await;
+    phone.token = Some(first_token(addr).await);
+    let old = json!({"username": b64("alice"), "passwd": passwd_of("alice"), "newPasswd": null});
+    assert_eq!(
+        phone.ask("LOGIN", old).await["info"],
+        "Exception: Invalid password"
+    );
+    let nobody = json!({"username": b64("nobody"), "passwd": passwd("x"), "newPasswd": null});
+    assert_eq!(
+        phone.ask("LOGIN", nobody).await["info"],
+        "Exception: User not found"
+    );
+    let new = json!({"username": b64("alice"), "passwd": passwd("new"), "newPasswd": null});
+    let login = phone.ask("LOGIN", new).await;
+    assert_eq!(login["body"]["userid"], alice_id);
+    let taken = json!({"username": b64("alice"), "passwd": passwd("x"), "newPasswd": null});
+    let mut other = Client::connect(addr).await;
+    let refused = other.ask("REGISTER", taken).await;
+    assert_eq!(refused["info"], "Exception: Username already exists");
+}
