@@ -266,6 +266,9 @@ async fn the_seed_clients_whole_session() {
     assert_eq!(lists["body"]["pending"][0]["userid"], bob_id);
     let lists = bob.ask("FETCHCONTACT", json!({})).await;
     assert_eq!(lists["body"]["requesting"][0]["userid"], alice_id);
+    // An unknown id: an ERR, and no lists after it.
+    let unknown = bob.ask("ADDCONTACT", json!({"userid": 12345})).await;
+    assert_eq!(unknown["info"], "Exception: User not found");
     bob.ask("ADDCONTACT", json!({"userid": alice_id})).await;
     let lists = bob.reply("FETCHCONTACT").await.json;
     assert_eq!(lists["body"]["contacts"][0]["username"], b64("alice"));

@@ -161,6 +161,7 @@ impl Session {
             return self.st_err("UNKNOWN", "Unkown request".into()).await;
         };
         let answer = self.st_handle(kind, token, &request, frame.payload).await;
+        let added = kind == Kind::AddContact && answer.is_ok();
         match answer {
             Ok(None) => {}
             Ok(Some((body, payload))) => {
@@ -170,7 +171,7 @@ impl Session {
             }
             Err(info) => self.st_err(kind.word(), info).await,
         }
-        if kind == Kind::AddContact {
+        if added {
             // The seed's server follows an added contact with the new lists, unasked.
             let answer = self.st_contacts().await;
             if let Ok(Some((body, _))) = answer {
