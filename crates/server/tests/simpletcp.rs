@@ -346,6 +346,10 @@ async fn the_seed_clients_whole_session() {
     download
         .send("FETCHFILE", json!({"msgmd5": file["md5encoded"]}))
         .await;
+    // A message to bob while the download waits to be read (pushes do not break it).
+    let during = text_message(alice_id, bob_id, "did you get it?", ts + 1);
+    assert_eq!(alice.ask("SENDMSG", during.clone()).await["status"], "OK");
+    assert_eq!(bob.push().await, during);
     let fetched = download.reply("FETCHFILE").await;
     assert_eq!(fetched.json["status"], "OK");
     assert_eq!(fetched.json["body"], Value::Null);

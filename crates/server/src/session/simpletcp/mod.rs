@@ -369,7 +369,8 @@ impl Session {
             Kind::FetchFile => {
                 let which: MsgMd5 = request.body().map_err(bad)?;
                 let payload = self.st_fetch_file(&which.msgmd5).await?;
-                Ok(Some((Value::Null, payload)))
+                self.st_send_file(payload).await;
+                Ok(None)
             }
             Kind::SearchUsr => {
                 let who: UserName = request.body().map_err(bad)?;
@@ -543,6 +544,34 @@ impl Session {
         }
         self.tokens().remember_file(md5, &sha256);
         Ok(sha256)
+    }
+
+    /// Answers `FETCHFILE` with `payload`, in pieces of `MAX_CHUNK`: a file may be larger
+    /// than the outbound queue's byte bound, which a push queued behind it would then
+    /// pass (a slow consumer). So the connection first stops taking pushes (the client
+    /// downloads on a connection of its own; its next request logs it in again), and the
+    /// pieces wait for room one by one with nothing between them.
+    async fn st_send_file(&mut self, payload: Bytes) {
+        if let Some((identity, _)) = &self.login {
+            let user = identity.user;
+            self.st_leave();
+            // Answered after what the hub decided before the leave has been queued here.
+            let hub = &self.shared.hub;
+            let _ = hub.go_live(self.link.id, user, Default::default()).await;
+        }
+        // Every answer in flight is in: what follows goes straight to the queue, in order.
+        self.settle().await;
+        let mut head = BytesMut::new();
+        simpletcp::encode_ok::<Value>("FETCHFILE", None, b"", &mut head);
+        // The header says how much payload follows.
+        head[4..12].copy_from_slice(&(payload.len() as i64).to_le_bytes());
+        self.st_say(head).await;
+        let mut at = 0;
+        while at < payload.len() {
+            let end = (at + MAX_CHUNK).min(payload.len());
+            self.say(Item::Bytes(payload.slice(at..end))).await;
+            at = end;
+        }
     }
 
     /// The exact bytes of the file a message (named by its `md5encoded`) carries.
