@@ -116,6 +116,10 @@ impl Session {
             match st.decoder.decode(buf) {
                 Ok(None) => return Flow::Continue,
                 Ok(Some(frame)) => {
+                    // A client that does not read its answers is not read either.
+                    if let Flow::Close(why) = self.room().await {
+                        return Flow::Close(why);
+                    }
                     self.commands.take().await;
                     self.simpletcp_frame(frame).await;
                 }
