@@ -338,6 +338,11 @@ async fn the_seed_clients_whole_session() {
     drop(upload);
     let pushed = bob.push().await;
     assert_eq!(pushed, file);
+    assert_eq!(
+        alice.push().await,
+        file,
+        "the sender's other connections too"
+    );
     let found = alice.ask("FINDFILE", json!({"filemd5": file_md5})).await;
     assert_eq!(found["status"], "OK");
     // bob downloads it on an extra connection: the exact bytes as the payload.
