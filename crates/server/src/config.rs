@@ -49,7 +49,10 @@ pub struct Config {
     pub listen_admin: Option<SocketAddr>,
     /// Directory holding the database (created if missing).
     pub data_dir: PathBuf,
-    /// Largest binary frame accepted, in bytes (length prefix value).
+    /// Largest binary frame accepted, in bytes (length prefix value). The default is the
+    /// largest legal seed-000 frame (a message of three 65,535-byte strings, 196,626
+    /// bytes): every frame a seed client may send is read. A connection's read buffer
+    /// grows to the frame it is reading, so this bounds each connection's input memory.
     pub max_frame_bytes: usize,
     /// Longest user or room name, in bytes.
     pub max_name_bytes: usize,
@@ -196,7 +199,7 @@ impl Default for Config {
             web_origins: Vec::new(),
             listen_admin: None,
             data_dir: PathBuf::from("parley-data"),
-            max_frame_bytes: 64 * 1024,
+            max_frame_bytes: parley_proto::binary::MAX_MESSAGE_FRAME,
             max_name_bytes: 32,
             max_line_bytes: 8 * 1024,
             idle_timeout_ms: 60_000,

@@ -785,7 +785,7 @@ async fn a_length_above_max_frame_bytes_closes_the_connection_without_a_response
     let server = TestServer::start().await;
     let (mut alice, mut bob) = alice_and_bob(&server).await;
     let mut bad = server.client().await;
-    bad.send_raw(&[0x00, 0x01, 0x00, 0x01]).await.unwrap(); // length 65537
+    bad.send_raw(&[0x00, 0x03, 0x00, 0x13]).await.unwrap(); // length 196627
     assert_closed_without_response(&mut bad).await;
     assert_alice_reaches_bob(&mut alice, &mut bob, "unaffected").await;
     server.stop().await;

@@ -47,6 +47,10 @@ pub const VERSION: u8 = 1;
 pub const LENGTH_PREFIX: usize = 4;
 /// Bytes of version + key, the smallest possible frame body.
 pub const HEADER: usize = 3;
+/// The length (prefix value) of the largest legal seed-000 frame: a message (key 0x02)
+/// whose three strings have 65,535 bytes each — version and key, cid, three length-prefixed
+/// strings and the time. A server must read a frame this long to answer it.
+pub const MAX_MESSAGE_FRAME: usize = HEADER + 4 + 3 * (2 + u16::MAX as usize) + 8;
 
 // `Frame`, `key`, and every frame's decoding and encoding: each range's table adds its
 // entries and hands the list to the next, `define_frames!` last (see `table.rs`).
