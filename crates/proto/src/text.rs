@@ -4,7 +4,9 @@
 //! `WHO`, `PING`, answered `OK` / `ERR <reason>`) and seed 004's slash commands (`/nick`,
 //! `/join`, `/rooms`, `/msg`, `/quit`, answered with `> ` lines, errors with `err: `).
 //! parley's own commands (`JOIN`, `LEAVE`, `ROOMS`, `SAY`, `HISTORY`, `HELP`, `QUIT`) follow
-//! seed 002's style. Command words are case-insensitive.
+//! seed 002's style. Command words are case-insensitive. As in seed 002, the white space
+//! around a message's text (after `MSG`, after `DM`'s or `SAY`'s target) is not part of it;
+//! the spaces inside it are.
 
 use crate::ErrorKind;
 
@@ -175,7 +177,7 @@ pub fn parse(line: &str) -> TextCommand {
         },
         "setname" => TextCommand::Usage("ERR usage: SETNAME <display name>"),
         "msg" if !rest.trim().is_empty() => TextCommand::Broadcast {
-            text: rest.to_string(),
+            text: rest.trim().to_string(),
         },
         "msg" => TextCommand::Usage("ERR usage: MSG <text>"),
         "dm" => {
@@ -185,7 +187,7 @@ pub fn parse(line: &str) -> TextCommand {
             } else {
                 TextCommand::Dm {
                     to: to.to_string(),
-                    text: text.to_string(),
+                    text: text.trim().to_string(),
                 }
             }
         }
@@ -208,7 +210,7 @@ pub fn parse(line: &str) -> TextCommand {
             } else {
                 TextCommand::Say {
                     room: room.to_string(),
-                    text: text.to_string(),
+                    text: text.trim().to_string(),
                 }
             }
         }
@@ -402,6 +404,30 @@ mod tests {
             TextCommand::Dm {
                 to: "Yudi".into(),
                 text: "hey this is private!".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_white_space_around_a_text_is_not_part_of_it() {
+        assert_eq!(
+            parse("DM bob   spaced   reply \t"),
+            TextCommand::Dm {
+                to: "bob".into(),
+                text: "spaced   reply".into()
+            }
+        );
+        assert_eq!(
+            parse("MSG   hi  all "),
+            TextCommand::Broadcast {
+                text: "hi  all".into()
+            }
+        );
+        assert_eq!(
+            parse("SAY #r  x y"),
+            TextCommand::Say {
+                room: "#r".into(),
+                text: "x y".into()
             }
         );
     }

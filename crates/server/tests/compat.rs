@@ -68,3 +68,29 @@ async fn seed000_a_frame_of_three_longest_strings_is_answered_not_closed() {
     assert_eq!(&bob.expect_push().await.unwrap().0[..], b"still here");
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Seed 002: text lines (SocketChat-Go)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn seed002_spaces_around_a_dm_text_are_not_part_of_it() {
+    let server = TestServer::start().await;
+    let mut alice = server.text_login("alice").await;
+    let mut bob = server.text_login("bob").await;
+    alice.send("DM bob   spaced   reply  ").await.unwrap();
+    assert_eq!(bob.line().await.unwrap(), "DM alice spaced   reply");
+    alice.send("DM bob \tafter a tab").await.unwrap();
+    assert_eq!(bob.line().await.unwrap(), "DM alice after a tab");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seed002_spaces_around_a_msg_text_are_not_part_of_it() {
+    let server = TestServer::start().await;
+    let mut alice = server.text_login("alice").await;
+    let mut bob = server.text_login("bob").await;
+    alice.send("MSG    hello   all  ").await.unwrap();
+    assert_eq!(bob.line().await.unwrap(), "MSG alice hello   all");
+    server.stop().await;
+}
