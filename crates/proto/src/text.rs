@@ -250,6 +250,20 @@ pub fn parse(line: &str) -> TextCommand {
     }
 }
 
+/// Parses one line of a session that speaks seed 004's dialect (it has used a slash
+/// command): as in gochat, a line that is not a slash command is an unknown command,
+/// named by its first word (`err: unknown command: <word>`).
+pub fn parse_slash_only(line: &str) -> TextCommand {
+    let line = line.trim_start();
+    if line.starts_with('/') || line.trim().is_empty() {
+        return parse(line);
+    }
+    TextCommand::Unknown {
+        word: split_word(line).0.to_string(),
+        slash: true,
+    }
+}
+
 /// `HISTORY <target> [<count>] [before|after <seq>]`.
 fn parse_history(words: &[&str]) -> TextCommand {
     const USAGE: &str = "ERR usage: HISTORY <room|user|*> [<count>] [before|after <seq>]";
@@ -465,6 +479,29 @@ mod tests {
             }
         );
         assert_eq!(parse("   "), TextCommand::Empty);
+    }
+
+    #[test]
+    fn a_slash_session_knows_only_slash_commands() {
+        assert_eq!(
+            parse_slash_only("hello there"),
+            TextCommand::Unknown {
+                word: "hello".into(),
+                slash: true
+            }
+        );
+        assert_eq!(
+            parse_slash_only("  LOGIN bob"),
+            TextCommand::Unknown {
+                word: "LOGIN".into(),
+                slash: true
+            }
+        );
+        assert_eq!(
+            parse_slash_only("/msg hi"),
+            TextCommand::SlashMsg { text: "hi".into() }
+        );
+        assert_eq!(parse_slash_only(" "), TextCommand::Empty);
     }
 
     #[test]

@@ -4,8 +4,14 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::TestServer;
+use parley_client::LineClient;
 use parley_proto::binary::{self, code};
+
+/// How long a client listens to prove that nothing arrives.
+const QUIET: Duration = Duration::from_millis(200);
 
 // ---------------------------------------------------------------------------------------
 // Seed 000: the binary protocol
@@ -92,5 +98,176 @@ async fn seed002_spaces_around_a_msg_text_are_not_part_of_it() {
     let mut bob = server.text_login("bob").await;
     alice.send("MSG    hello   all  ").await.unwrap();
     assert_eq!(bob.line().await.unwrap(), "MSG alice hello   all");
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Seed 004: slash commands (gochat)
+// ---------------------------------------------------------------------------------------
+
+/// A gochat connection that took the nick `name` and is in `room` (replies consumed).
+async fn gochat(server: &TestServer, name: &str, room: &str) -> LineClient {
+    let mut c = server.text().await;
+    let nick = c.ask(&format!("/nick {name}")).await.unwrap();
+    assert_eq!(nick, format!("> all right, I will call you {name}"));
+    let join = c.ask(&format!("/join {room}")).await.unwrap();
+    assert_eq!(join, format!("> welcome to {room}"));
+    c
+}
+
+#[tokio::test]
+async fn seed004_nick_again_renames_the_session() {
+    let server = TestServer::start().await;
+    let mut amy = gochat(&server, "amy", "#g").await;
+    let mut john = gochat(&server, "john", "#g").await;
+    assert_eq!(amy.line().await.unwrap(), "> john joined the room");
+
+    let renamed = john.ask("/nick johnny").await.unwrap();
+    assert_eq!(renamed, "> all right, I will call you johnny");
+    // The room sees john go and johnny come; later messages carry the new nick.
+    assert_eq!(amy.line().await.unwrap(), "> john has left the room");
+    assert_eq!(amy.line().await.unwrap(), "> johnny joined the room");
+    john.send("/msg hi, new name").await.unwrap();
+    assert_eq!(amy.line().await.unwrap(), "> johnny: hi, new name");
+    amy.send("/msg welcome").await.unwrap();
+    assert_eq!(john.line().await.unwrap(), "> amy: welcome");
+    // The old nick is free again, and the new one is taken.
+    let mut other = server.text().await;
+    let taken = other.ask("/nick johnny").await.unwrap();
+    assert_eq!(taken, "err: that nick is taken");
+    let free = other.ask("/nick john").await.unwrap();
+    assert_eq!(free, "> all right, I will call you john");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seed004_nick_again_outside_a_room_renames_for_everyone() {
+    let server = TestServer::start().await;
+    let mut c = server.text().await;
+    assert_eq!(
+        c.ask("/nick first").await.unwrap(),
+        "> all right, I will call you first"
+    );
+    assert_eq!(
+        c.ask("/nick second").await.unwrap(),
+        "> all right, I will call you second"
+    );
+    assert_eq!(
+        c.ask("/nick second").await.unwrap(),
+        "> all right, I will call you second"
+    );
+    // The others see the new name online and the old one gone.
+    let mut seer = server.text_login("seer").await;
+    seer.send("WHO").await.unwrap();
+    assert_eq!(seer.line().await.unwrap(), "USER second");
+    assert_eq!(seer.line().await.unwrap(), "USER seer");
+    seer.no_line_within(QUIET).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seed004_the_nick_of_a_registered_account_is_refused_with_a_clear_line() {
+    let server = TestServer::start().await;
+    server.register("alice").await;
+    let refusal = "> alice is a registered account, choose another nick. usage: /nick NAME";
+    let mut c = server.text().await;
+    assert_eq!(c.ask("/nick alice").await.unwrap(), refusal);
+    // Also as a new name for a session that has one: it keeps its nick.
+    let mut amy = gochat(&server, "amy", "#g").await;
+    let mut bob = gochat(&server, "bob", "#g").await;
+    assert_eq!(amy.line().await.unwrap(), "> bob joined the room");
+    assert_eq!(bob.ask("/nick alice").await.unwrap(), refusal);
+    bob.send("/msg still bob").await.unwrap();
+    assert_eq!(amy.line().await.unwrap(), "> bob: still bob");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seed004_a_client_that_vanishes_is_announced_as_having_left() {
+    let server = TestServer::start().await;
+    let mut amy = gochat(&server, "amy", "#g").await;
+    let john = gochat(&server, "john", "#g").await;
+    assert_eq!(amy.line().await.unwrap(), "> john joined the room");
+    let anon = {
+        let mut c = server.text().await;
+        assert_eq!(c.ask("/join #g").await.unwrap(), "> welcome to #g");
+        c
+    };
+    assert_eq!(amy.line().await.unwrap(), "> anonymous joined the room");
+
+    drop(john); // no /quit: the socket just closes
+    assert_eq!(amy.line().await.unwrap(), "> john has left the room");
+    drop(anon);
+    assert_eq!(amy.line().await.unwrap(), "> anonymous has left the room");
+    amy.no_line_within(QUIET).await.unwrap();
+    // john is out of the room: the room lists amy alone.
+    let mut seer = server.text_login("seer").await;
+    seer.send("MEMBERS #g").await.unwrap();
+    assert_eq!(seer.line().await.unwrap(), "MEMBER amy online");
+    assert_eq!(seer.line().await.unwrap(), "OK");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seed004_a_line_without_a_slash_is_an_unknown_command() {
+    let server = TestServer::start().await;
+    let mut c = server.text().await;
+    assert_eq!(
+        c.ask("/nick john").await.unwrap(),
+        "> all right, I will call you john"
+    );
+    for (line, word) in [
+        ("hello there", "hello"),
+        ("LOGIN bob", "LOGIN"),
+        ("PING", "PING"),
+        ("  WHO", "WHO"),
+        ("DM", "DM"),
+    ] {
+        let answer = c.ask(line).await.unwrap();
+        assert_eq!(answer, format!("err: unknown command: {word}"), "{line:?}");
+    }
+    assert_eq!(c.ask("/rooms").await.unwrap(), "> available rooms: ");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seed004_a_slash_session_hears_only_gochat_lines() {
+    let server = TestServer::start().await;
+    let mut john = gochat(&server, "john", "#g").await;
+    let mut dave = server.text_login("dave").await;
+    assert_eq!(dave.ask("JOIN #g").await.unwrap(), "OK");
+    assert_eq!(john.line().await.unwrap(), "> dave joined the room");
+    dave.send("DM john psst").await.unwrap();
+    assert_eq!(john.line().await.unwrap(), "> dave (to you): psst");
+    dave.send("MSG hello all").await.unwrap();
+    assert_eq!(
+        john.line().await.unwrap(),
+        "> dave (to everyone): hello all"
+    );
+    assert_eq!(dave.ask("LEAVE #g").await.unwrap(), "OK");
+    assert_eq!(john.line().await.unwrap(), "> dave has left the room");
+    // dave's disconnect is not a room event: nothing in seed 002's style reaches john.
+    dave.send("QUIT").await.unwrap();
+    assert_eq!(dave.line().await.unwrap(), "BYE");
+    john.no_line_within(QUIET).await.unwrap();
+    // A text session still hears its own style.
+    let mut erin = server.text_login("erin").await;
+    let amy = gochat(&server, "amy", "#h").await;
+    drop(amy);
+    assert_eq!(erin.line().await.unwrap(), "INFO amy disconnected");
+    john.no_line_within(QUIET).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seed004_an_idle_slash_session_is_told_in_its_style() {
+    let server = TestServer::start_with(|c| c.idle_timeout_ms = 300).await;
+    let mut c = server.text().await;
+    assert_eq!(
+        c.ask("/nick john").await.unwrap(),
+        "> all right, I will call you john"
+    );
+    assert_eq!(c.line().await.unwrap(), "> disconnected due to inactivity");
+    assert_eq!(c.line_or_eof().await.unwrap(), None, "closed");
     server.stop().await;
 }

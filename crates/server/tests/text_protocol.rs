@@ -477,9 +477,13 @@ async fn a_nick_online_elsewhere_is_taken() {
 }
 
 #[tokio::test]
-async fn a_second_different_nick_is_refused() {
+async fn a_session_logged_in_to_an_account_keeps_its_name() {
+    // A password-less nick can change at any time (compat.rs, seed 004); an account cannot.
     let server = TestServer::start().await;
-    let mut john = nick(&server, "john").await;
+    server.register("john").await;
+    let mut john = server.text().await;
+    let login = format!("LOGIN john {}", common::PASSWORD);
+    assert_eq!(john.ask(&login).await.unwrap(), "OK");
     assert_eq!(
         john.ask("/nick jack").await.unwrap(),
         "err: you are already called john"

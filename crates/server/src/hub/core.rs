@@ -625,13 +625,26 @@ impl Core {
             device,
             auth,
             welcome,
+            replacing,
             done,
         } = op
         else {
             return;
         };
         let existing = self.find_name(name.as_bytes()).map(|(_, user)| user);
-        if let Err(kind) = self.may_login(&name, existing, auth) {
+        let allowed = self.may_login(&name, existing, auth).and_then(|()| {
+            // A rename takes a new name only if it looks like no taken one (the check
+            // `admit` makes), so that the old name is never given up for nothing.
+            match (replacing, existing, &self.cluster) {
+                (Some(_), None, None) => {
+                    let taken = || self.users.values().map(|name| &**name);
+                    let refused = ErrorKind::AlreadyLoggedIn;
+                    self.user_lookalikes.check(&name, taken, refused).map(drop)
+                }
+                _ => Ok(()),
+            }
+        });
+        if let Err(kind) = allowed {
             effects.push(Effect::Login {
                 link,
                 result: Err(kind),
@@ -668,6 +681,7 @@ impl Core {
                         device,
                         auth,
                         welcome,
+                        replacing,
                         done,
                     };
                     self.waiting.push(Waiting { deadline, op });
@@ -678,6 +692,11 @@ impl Core {
         if let (Some(user), Some(_)) = (existing, &self.cluster) {
             self.cluster_refresh(user);
         }
+        if let Some(old) = replacing {
+            // The new name may be taken: the old one goes offline as if its session had
+            // ended.
+            self.sign_off(link.id, old, batch, effects);
+        }
         let mut result = self.admit(existing, &name, &device, &link, batch);
         if let (Ok(ok), Some(_)) = (&result, &self.cluster) {
             // Online on another node: refused as a second session here would be.
@@ -686,6 +705,11 @@ impl Core {
                 self.drop_online(identity.user, link.id);
                 result = Err(kind);
             }
+        }
+        if replacing.is_some() && result.is_err() {
+            // Refused after the old name was given up (a store error; in a cluster, another
+            // node's claim): the session has no name now, which is what it is told.
+            result = Err(ErrorKind::NotLoggedIn);
         }
         effects.push(Effect::Login {
             link,
@@ -1144,9 +1168,21 @@ impl Core {
     ) {
         self.guests.remove(&link_id);
         self.drop_guest_from_rooms(link_id, effects);
-        let Some(identity) = identity else {
-            return;
-        };
+        if let Some(identity) = identity {
+            self.sign_off(link_id, identity, batch, effects);
+        }
+    }
+
+    /// Session `link_id` is no longer `identity`: out of presence (the others are told
+    /// when it was the user's last session), and the waiting logins of its name get
+    /// their turn.
+    fn sign_off(
+        &mut self,
+        link_id: u64,
+        identity: Identity,
+        batch: &mut Batch,
+        effects: &mut Vec<Effect>,
+    ) {
         let last_here = self.drop_online(identity.user, link_id);
         if self.cluster.is_some() {
             // The user may be online on another node: whether this was their last session

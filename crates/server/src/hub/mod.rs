@@ -155,6 +155,9 @@ pub(crate) enum Op {
         auth: Auth,
         /// Queued on success before anything else can reach the session.
         welcome: Option<Item>,
+        /// The session's current password-less name, given up for this one (a rename:
+        /// seed 001's second `REGISTER`, seed 004's second `/nick`).
+        replacing: Option<Identity>,
         done: Done<Result<LoginOk, ErrorKind>>,
     },
     /// Creates an account (or gives a password to a password-less name not online).
@@ -294,7 +297,8 @@ impl Hub {
         answer.await.unwrap_or(fallback)
     }
 
-    /// Logs `link` in as `name` on `device`.
+    /// Logs `link` in as `name` on `device`; with `replacing`, in place of that identity,
+    /// which goes offline once `name` has passed the login's checks (see `Core::login`).
     pub async fn login(
         &self,
         link: Arc<Link>,
@@ -302,6 +306,7 @@ impl Hub {
         device: String,
         auth: Auth,
         welcome: Option<Item>,
+        replacing: Option<Identity>,
     ) -> Result<LoginOk, ErrorKind> {
         self.ask(
             |done| Op::Login {
@@ -310,6 +315,7 @@ impl Hub {
                 device,
                 auth,
                 welcome,
+                replacing,
                 done,
             },
             Err(ErrorKind::ShuttingDown),

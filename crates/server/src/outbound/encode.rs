@@ -56,10 +56,17 @@ impl Style {
             Style::Line | Style::Slash => {
                 let text = d.text();
                 let text = text::one_line(&text);
+                // A slash session hears only gochat's `> ` lines, whatever reaches it.
                 let line = match (d.kind, self) {
+                    (ConversationKind::Room, Style::Slash) => format!("> {}: {}\n", d.from, text),
+                    (ConversationKind::Direct, Style::Slash) => {
+                        format!("> {} (to you): {}\n", d.from, text)
+                    }
+                    (ConversationKind::Broadcast, Style::Slash) => {
+                        format!("> {} (to everyone): {}\n", d.from, text)
+                    }
                     (ConversationKind::Direct, _) => format!("DM {} {}\n", d.from, text),
                     (ConversationKind::Broadcast, _) => format!("MSG {} {}\n", d.from, text),
-                    (ConversationKind::Room, Style::Slash) => format!("> {}: {}\n", d.from, text),
                     (ConversationKind::Room, _) => format!("ROOM {} {} {}\n", d.to, d.from, text),
                 };
                 dst.put_slice(line.as_bytes());

@@ -30,6 +30,12 @@ impl Session {
         Ok(())
     }
 
+    /// Whether `name` belongs to an account (has a password).
+    pub(super) async fn is_account(&self, name: &str) -> bool {
+        let credentials = self.shared.reader.credentials(name.to_string()).await;
+        matches!(credentials, Ok(Some(c)) if c.password_hash.is_some())
+    }
+
     /// Creates an account.
     pub(super) async fn register(&mut self, name: &str, password: &str) -> Result<(), ErrorKind> {
         self.password_over_tls()?;

@@ -407,9 +407,12 @@ impl Session {
 
     fn idle_out(&self) -> String {
         if self.link.protocol == Protocol::Text {
-            self.link.push(Item::Bytes(Bytes::from_static(
-                b"INFO disconnected due to inactivity\n",
-            )));
+            let style = Style::from_u8(self.link.style.load(Ordering::Relaxed));
+            let line: &[u8] = match style {
+                Style::Slash => b"> disconnected due to inactivity\n",
+                _ => b"INFO disconnected due to inactivity\n",
+            };
+            self.link.push(Item::Bytes(Bytes::from_static(line)));
         }
         "idle timeout".into()
     }
@@ -447,6 +450,39 @@ impl Session {
         self.login_as(name, "", Auth::None, welcome).await
     }
 
+    /// Takes the password-less name `name` in place of the session's (seed 001's second
+    /// `REGISTER`, seed 004's second `/nick`), or logs in as it. The hub checks `name` as
+    /// for any login and only then signs the old name off, as if its connection had ended
+    /// (the others hear it disconnect), in the same step: a refused name leaves the session
+    /// as it was. A session logged in to an account keeps it (`AlreadyLoggedIn`).
+    async fn rename(&mut self, name: &str, welcome: Option<Item>) -> Result<(), ErrorKind> {
+        let Some((old, _)) = &self.login else {
+            return self.login(name, welcome).await;
+        };
+        if self.account {
+            return Err(ErrorKind::AlreadyLoggedIn);
+        }
+        let old = *old;
+        // The old name's catch-up is replaced by the new one's once the hub says yes.
+        let (login, catchup) = (self.login.take(), self.catchup.take());
+        let result = self.admit(name, "", Auth::None, welcome, Some(old)).await;
+        match result {
+            // Refused, the old name kept.
+            Err(kind) if kind != ErrorKind::NotLoggedIn => {
+                self.login = login;
+                self.catchup = catchup;
+            }
+            // Taken, or refused after the old name was given up (a store error, or in a
+            // cluster another node's claim): the session has no name now.
+            _ => {
+                if let Some(catchup) = catchup {
+                    catchup.cancel();
+                }
+            }
+        }
+        result
+    }
+
     /// Logs in as `name` on `device`; on success starts the catch-up unless the session
     /// only speaks when spoken to. `welcome` is the success reply: the hub queues it before
     /// anything else can reach the new session (a presence notice, say).
@@ -460,10 +496,23 @@ impl Session {
         if self.login.is_some() {
             return Err(ErrorKind::AlreadyLoggedIn);
         }
+        self.admit(name, device, auth, welcome, None).await
+    }
+
+    /// Asks the hub to log the session in (in place of `replacing`), and takes the result.
+    async fn admit(
+        &mut self,
+        name: &str,
+        device: &str,
+        auth: Auth,
+        welcome: Option<Item>,
+        replacing: Option<Identity>,
+    ) -> Result<(), ErrorKind> {
         let hub = &self.shared.hub;
         let link = self.link.clone();
+        let (new_name, device_name) = (name.to_string(), device.to_string());
         match hub
-            .login(link, name.to_string(), device.to_string(), auth, welcome)
+            .login(link, new_name, device_name, auth, welcome, replacing)
             .await
         {
             Ok(ok) => {
@@ -583,6 +632,11 @@ impl Session {
     async fn finish(mut self, reason: String) {
         if let Some(catchup) = &self.catchup {
             catchup.cancel();
+        }
+        if let Some(room) = self.room.take() {
+            // A slash user (seed 004) is in its room while connected: vanished without
+            // `/quit`, it leaves it, and the room hears `> <nick> has left the room`.
+            let _ = self.leave(&[room], Who::Anyone).await;
         }
         let timeout = self.shared.config.shutdown_timeout();
         let all = self.shared.config.max_inflight as u32;

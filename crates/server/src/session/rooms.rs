@@ -35,13 +35,11 @@ impl Session {
         Ok(())
     }
 
-    /// After `/nick`, an anonymous user in a room (seed 004) becomes a member of it under
-    /// the nick.
-    pub(super) async fn guest_becomes_member(&mut self, room: String) {
+    /// After `/nick`, a user in a room (seed 004) stays in it under the new name: it
+    /// leaves as who it `was` (the anonymous user, or its old nick) and joins as who it is.
+    pub(super) async fn renamed_in_room(&mut self, was: Actor, room: String) {
         let hub = &self.shared.hub;
-        let _ = hub
-            .leave(self.link.clone(), Actor::Guest, room.clone())
-            .await;
+        let _ = hub.leave(self.link.clone(), was, room.clone()).await;
         let _ = hub.join(self.link.clone(), self.actor(), room, None).await;
     }
 

@@ -15,15 +15,19 @@ impl Session {
         let Ok(line) = std::str::from_utf8(&line) else {
             return self.text_error(ErrorKind::InvalidUtf8).await;
         };
-        let command = text::parse(line);
+        // A session that speaks seed 004's dialect hears only gochat's style (see `Style`).
+        let command = match self.style() {
+            Style::Slash => text::parse_slash_only(line),
+            _ => text::parse(line),
+        };
         match &command {
             TextCommand::SlashNick { .. }
             | TextCommand::SlashJoin { .. }
             | TextCommand::SlashRooms
             | TextCommand::SlashMsg { .. }
-            | TextCommand::SlashQuit
-            | TextCommand::Unknown { slash: true, .. } => self.set_style(Style::Slash),
-            TextCommand::Empty | TextCommand::Usage(_) => {}
+            | TextCommand::SlashQuit => self.set_style(Style::Slash),
+            // A mistyped slash command does not make a seed-002 session a gochat one.
+            TextCommand::Empty | TextCommand::Usage(_) | TextCommand::Unknown { .. } => {}
             _ => self.set_style(Style::Line),
         }
         let logged_in = self.login.is_some();
@@ -67,7 +71,7 @@ impl Session {
             TextCommand::Usage(line) => self.say_line(line.to_string()).await,
             TextCommand::Unknown { word, slash } => {
                 let line = match slash {
-                    true => format!("err: unknown command: {word}"),
+                    true => format!("err: unknown command: {}", text::one_line(&word)),
                     false => "ERR unknown-cmd".to_string(),
                 };
                 self.say_line(line).await;
@@ -319,21 +323,14 @@ impl Session {
                     (Some(_), Some((_, current))) if **current == *name => {
                         format!("> all right, I will call you {name}")
                     }
-                    (Some(_), Some((_, current))) => {
+                    // An account keeps its name (it logged in with its password).
+                    (Some(_), Some((_, current))) if self.account => {
                         format!("err: you are already called {current}")
                     }
-                    (Some(nick), None) => {
-                        let welcome = super::line(format!("> all right, I will call you {nick}"));
-                        match self.login(nick, Some(welcome)).await {
-                            Ok(()) => {
-                                if let Some(room) = self.room.clone() {
-                                    self.guest_becomes_member(room).await;
-                                }
-                                return Flow::Continue;
-                            }
-                            Err(kind) => format!("err: {}", slash_error(kind)),
-                        }
-                    }
+                    (Some(nick), _) => match self.nick(nick).await {
+                        Some(line) => line,
+                        None => return Flow::Continue,
+                    },
                 };
                 self.say_line(line).await;
             }
@@ -376,6 +373,26 @@ impl Session {
             }
         }
         Flow::Continue
+    }
+
+    /// `/nick` for a session without an account: takes the name (again at any time, as in
+    /// gochat), and in a room stays in it under the new name. The refusal line, if any.
+    async fn nick(&mut self, nick: &str) -> Option<String> {
+        let was = self.actor();
+        let welcome = super::line(format!("> all right, I will call you {nick}"));
+        let result = self.rename(nick, Some(welcome)).await;
+        if matches!(result, Ok(()) | Err(ErrorKind::NotLoggedIn)) {
+            if let Some(room) = self.room.clone() {
+                self.renamed_in_room(was, room).await;
+            }
+        }
+        match result {
+            Ok(()) => None,
+            Err(ErrorKind::AlreadyLoggedIn) if self.is_account(nick).await => Some(format!(
+                "> {nick} is a registered account, choose another nick. usage: /nick NAME"
+            )),
+            Err(kind) => Some(format!("err: {}", slash_error(kind))),
+        }
     }
 
     /// `DM a text` or `DM a,b text`.
