@@ -1,9 +1,11 @@
 //! JSON lines: seed 001's `{"command","data"}` → `{"success","message","data"}`, and
 //! parley's extensions of it.
 //!
-//! A request is one object; its `command` (case-insensitive) picks a [`Command`] variant,
-//! whose fields are the ones that command reads. Other fields are ignored (seed 001
-//! clients send `from`), so a field's type is checked only by the commands that read it.
+//! A request is one object; its `command` picks a [`Command`] variant, whose fields are the
+//! ones that command reads. Other fields are ignored (seed 001 clients send `from`), so a
+//! field's type is checked only by the commands that read it. As in seed 001, command names
+//! are case-sensitive, and a line that cannot be read is answered the seed's way
+//! ([`Invalid`], [`Command::missing_data`]).
 //!
 //! Responses are compact, one per line, keys in the order `success`, `message`, `data`
 //! (then `id` when the request had one), with `<`, `>`, `&` escaped as `\u003c`, `\u003e`,
@@ -88,13 +90,13 @@ pub enum Command {
     FileChunk(FileChunk),
     SendFile(SendFile),
     Download(Download),
-    /// Any other command name.
-    Unknown,
+    /// Any other command name (names are case-sensitive), or an empty one.
+    Unknown(String),
 }
 
 impl Command {
-    /// The command `name` (upper case), with its fields read from `fields` (an object; the
-    /// fields a command does not read, `command` and `id` among them, are skipped).
+    /// The command `name`, with its fields read from `fields` (an object; the fields a
+    /// command does not read, `command` and `id` among them, are skipped).
     fn read<'de, D: Deserializer<'de>>(name: &str, fields: D) -> Result<Command, D::Error> {
         /// A command that reads no field.
         fn bare<'de, D: Deserializer<'de>>(
@@ -147,8 +149,20 @@ impl Command {
             "FILE_CHUNK" => Command::FileChunk(own(fields)?),
             "SEND_FILE" => Command::SendFile(own(fields)?),
             "DOWNLOAD" => Command::Download(own(fields)?),
-            _ => bare(fields, Command::Unknown)?,
+            _ => bare(fields, Command::Unknown(name.to_string()))?,
         })
+    }
+
+    /// Seed 001's name of a command that needs a `data` and has none (an empty one, or
+    /// one that is not a string, which Go's decoder leaves empty): the seed answers
+    /// `Validation error: command <NAME> requires data`.
+    pub fn missing_data(&self) -> Option<&'static str> {
+        match self {
+            Command::Echo(Text { data }) if data.is_empty() => Some("ECHO"),
+            Command::Message(Text { data }) if data.is_empty() => Some("MESSAGE"),
+            Command::Register(Credentials { data, .. }) if data.is_empty() => Some("REGISTER"),
+            _ => None,
+        }
     }
 }
 
@@ -156,7 +170,17 @@ impl Command {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Text {
+    #[serde(deserialize_with = "string_or_empty")]
     pub data: String,
+}
+
+/// A string field of seed 001's requests: a value of another type reads as empty, as Go's
+/// decoder leaves it (the seed then says the data is missing).
+fn string_or_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => s,
+        _ => String::new(),
+    })
 }
 
 /// `REGISTER`, `LOGIN`: the name in `data`; with a password, an account (`LOGIN` also
@@ -164,6 +188,7 @@ pub struct Text {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Credentials {
+    #[serde(deserialize_with = "string_or_empty")]
     pub data: String,
     pub password: Option<String>,
     pub device: Option<String>,
@@ -322,12 +347,41 @@ pub struct Download {
     pub length: Option<usize>,
 }
 
+/// Why a request line could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// The line is not JSON, not an object, or has no `command` string. Seed 001's server
+    /// answers all of these `Validation error: command cannot be empty` (its handler
+    /// ignores the decoder's error and validates the empty request it is left with).
+    NoCommand,
+    /// A known command with a field of the wrong type (parley's commands).
+    Fields,
+}
+
 /// Parses a request line.
-pub fn parse(line: &[u8]) -> Result<Request, serde_json::Error> {
+pub fn parse(line: &[u8]) -> Result<Request, Invalid> {
     // serde reads a struct from an array too (fields in order): a request is an object.
     if line.trim_ascii_start().first() != Some(&b'{') {
-        return Err(serde::de::Error::custom("a request is a JSON object"));
+        return Err(Invalid::NoCommand);
     }
+    read(line).map_err(|_| why_invalid(line))
+}
+
+/// What is wrong with a line `read` refused (only refusals pay for this second look).
+fn why_invalid(line: &[u8]) -> Invalid {
+    #[derive(Deserialize)]
+    struct Head {
+        command: Value,
+    }
+    match serde_json::from_slice::<Head>(line) {
+        Ok(Head {
+            command: Value::String(name),
+        }) if !name.is_empty() => Invalid::Fields,
+        _ => Invalid::NoCommand,
+    }
+}
+
+fn read(line: &[u8]) -> Result<Request, serde_json::Error> {
     let mut json = serde_json::Deserializer::from_slice(line);
     if let Some(request) = json.deserialize_map(CommandFirst)? {
         json.end()?;
@@ -343,20 +397,12 @@ pub fn parse(line: &[u8]) -> Result<Request, serde_json::Error> {
     }
     let head: Head = serde_json::from_slice(line)?;
     let mut json = serde_json::Deserializer::from_slice(line);
-    let command = Command::read(&upper_case(&head.command), &mut json)?;
+    let command = Command::read(&head.command, &mut json)?;
     json.end()?;
     Ok(Request {
         id: head.id,
         command,
     })
-}
-
-/// A command name in upper case (names are case-insensitive), copied only if it must be.
-fn upper_case(name: &str) -> Cow<'_, str> {
-    match name.bytes().any(|b| b.is_ascii_lowercase()) {
-        true => Cow::Owned(name.to_ascii_uppercase()),
-        false => Cow::Borrowed(name),
-    }
 }
 
 /// Reads a request in one pass when its `command` comes first (after `id`, if any), as
@@ -383,7 +429,7 @@ impl<'de> Visitor<'de> for CommandFirst {
                 "command" => {
                     let Key(name) = map.next_value()?;
                     let rest = MapAccessDeserializer::new(Rest { map, id: &mut id });
-                    let command = Command::read(&upper_case(&name), rest)?;
+                    let command = Command::read(&name, rest)?;
                     return Ok(Some(Request { id, command }));
                 }
                 _ => {
@@ -565,7 +611,7 @@ mod tests {
         let lines: [&[u8]; 3] = [
             br#"{"id":3,"command":"ECHO","data":"x"}"#,
             br#"{"command":"ECHO","id":3,"data":"x"}"#,
-            br#"{"data":"x","id":3,"command":"echo"}"#,
+            br#"{"data":"x","id":3,"command":"ECHO"}"#,
         ];
         for line in lines {
             let r = parse(line).unwrap();
@@ -579,30 +625,57 @@ mod tests {
         );
     }
 
-    /// Command names are case-insensitive; `STATE` is `RESUME`; any other name is
-    /// `Unknown` and keeps its id (it is answered); a field of the wrong type for its
-    /// command, or a line that is not an object with a `command`, is an error.
+    /// Command names are case-sensitive, as seed 001's are; `STATE` is `RESUME`; any other
+    /// name is `Unknown` and keeps its id (it is answered).
     #[test]
-    fn names_are_case_insensitive_and_unknown_ones_are_kept() {
-        let dm = parse(br#"{"command":"dM","to":"bob","data":"hi"}"#).unwrap();
-        let expected = Dm {
-            to: Some("bob".into()),
-            recipients: None,
-            data: "hi".into(),
-        };
-        assert_eq!(dm.command, Command::Dm(expected));
-        let state = parse(br#"{"command":"state","token":"t"}"#).unwrap();
+    fn names_are_case_sensitive_and_unknown_ones_are_kept() {
+        let state = parse(br#"{"command":"STATE","token":"t"}"#).unwrap();
         let resume = Resume {
             token: Some("t".into()),
         };
         assert_eq!(state.command, Command::Resume(resume));
         let unknown = parse(br#"{"command":"FLY","id":"a"}"#).unwrap();
         let id = Some(Value::from("a"));
-        assert_eq!((unknown.command, unknown.id), (Command::Unknown, id));
-        assert!(parse(br#"{"command":"HISTORY","limit":"five"}"#).is_err());
-        assert!(parse(br#"{"data":"no command"}"#).is_err());
-        assert!(parse(br#"["ECHO","hi"]"#).is_err());
+        let fly = Command::Unknown("FLY".into());
+        assert_eq!((unknown.command, unknown.id), (fly, id));
+        let lower = parse(br#"{"command":"dM","to":"bob","data":"hi"}"#).unwrap();
+        assert_eq!(lower.command, Command::Unknown("dM".into()));
         assert!(parse(br#" {"command":"PING"}"#).is_ok());
-        assert!(parse(br#"{"command":"ECHO","data":"cut"#).is_err());
+    }
+
+    /// A line that is not an object with a `command` string is `NoCommand` (seed 001:
+    /// "command cannot be empty"), a known command's field of the wrong type `Fields`.
+    #[test]
+    fn unreadable_lines_say_what_is_wrong() {
+        for line in [
+            &br#"{"data":"no command"}"#[..],
+            br#"["ECHO","hi"]"#,
+            br#"{"command":"ECHO","data":"cut"#,
+            br#"{"command":5,"data":"x"}"#,
+            br#"{"command":null}"#,
+            b"not json",
+            b"{",
+        ] {
+            assert_eq!(parse(line), Err(Invalid::NoCommand), "{line:?}");
+        }
+        let fields = parse(br#"{"command":"HISTORY","limit":"five"}"#);
+        assert_eq!(fields, Err(Invalid::Fields));
+    }
+
+    /// ECHO, MESSAGE and REGISTER need a `data`; one that is not a string counts as none,
+    /// as Go's decoder leaves it empty.
+    #[test]
+    fn seed_commands_say_when_their_data_is_missing() {
+        let missing = |line: &[u8]| parse(line).unwrap().command.missing_data();
+        assert_eq!(missing(br#"{"command":"ECHO"}"#), Some("ECHO"));
+        assert_eq!(missing(br#"{"command":"ECHO","data":""}"#), Some("ECHO"));
+        assert_eq!(
+            missing(br#"{"command":"MESSAGE","data":5}"#),
+            Some("MESSAGE")
+        );
+        let register = br#"{"command":"REGISTER","data":{"a":1}}"#;
+        assert_eq!(missing(register), Some("REGISTER"));
+        assert_eq!(missing(br#"{"command":"ECHO","data":"x"}"#), None);
+        assert_eq!(missing(br#"{"command":"TIME"}"#), None);
     }
 }

@@ -271,3 +271,125 @@ async fn seed004_an_idle_slash_session_is_told_in_its_style() {
     assert_eq!(c.line_or_eof().await.unwrap(), None, "closed");
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Seed 001: JSON lines (the educational server)
+// ---------------------------------------------------------------------------------------
+
+/// A request line as the seed's Go client writes it (with its `from`).
+fn edu(command: &str, data: &str) -> String {
+    serde_json::json!({"command": command, "data": data, "from": "client"}).to_string()
+}
+
+/// A response line, byte for byte.
+fn reply(success: bool, message: &str, data: &str) -> String {
+    let data = serde_json::Value::from(data);
+    format!(r#"{{"success":{success},"message":"{message}","data":{data}}}"#)
+}
+
+/// A seed-001 client registered as `name` (on the JSON port, welcome consumed).
+async fn edu_client(server: &TestServer, name: &str) -> LineClient {
+    let mut c = server.json().await;
+    let welcome = format!("Registration successful. Welcome, {name}!");
+    let answer = c.ask(&edu("REGISTER", name)).await.unwrap();
+    assert_eq!(answer, reply(true, &welcome, ""));
+    c
+}
+
+#[tokio::test]
+async fn seed001_register_again_changes_the_name() {
+    let server = TestServer::start().await;
+    let mut c = edu_client(&server, "alice").await;
+    let answer = c.ask(&edu("REGISTER", "alicia")).await.unwrap();
+    assert_eq!(
+        answer,
+        reply(true, "Registration successful. Welcome, alicia!", "")
+    );
+    let answer = c.ask(&edu("REGISTER", "alicia")).await.unwrap();
+    assert_eq!(
+        answer,
+        reply(true, "Registration successful. Welcome, alicia!", "")
+    );
+    let users = c.ask(&edu("LIST_USERS", "")).await.unwrap();
+    assert_eq!(users, reply(true, "Online users", "alicia"));
+    // Later messages carry the new name.
+    let sent = c.ask(&edu("MESSAGE", "hi")).await.unwrap();
+    assert_eq!(sent, reply(true, "Message broadcasted", ""));
+    let list = common::parse(&c.ask(&edu("LIST_MESSAGES", "")).await.unwrap());
+    let list = list["data"].as_str().unwrap().to_string();
+    assert!(list.ends_with("] alicia: hi"), "{list:?}");
+    // The old name is free for anyone.
+    let _other = edu_client(&server, "alice").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seed001_a_taken_name_leaves_the_client_as_it_was() {
+    let server = TestServer::start().await;
+    let _alice = edu_client(&server, "alice").await;
+    let mut bob = edu_client(&server, "bob").await;
+    let answer = bob.ask(&edu("REGISTER", "alice")).await.unwrap();
+    assert_eq!(answer, reply(false, "Username already taken", ""));
+    let users = bob.ask(&edu("LIST_USERS", "")).await.unwrap();
+    assert_eq!(users, reply(true, "Online users", "alice, bob"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seed001_commands_are_case_sensitive() {
+    let server = TestServer::start().await;
+    let mut c = server.json().await;
+    for command in ["echo", "Echo", "register", "time", "list_users", "quit"] {
+        let answer = c.ask(&edu(command, "x")).await.unwrap();
+        let refusal = format!("Validation error: unknown command: {command}");
+        assert_eq!(answer, reply(false, &refusal, ""), "{command}");
+    }
+    let answer = c.ask(&edu("ECHO", "x")).await.unwrap();
+    assert_eq!(answer, reply(true, "Echo response", "x"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seed001_a_command_without_its_data_is_an_error() {
+    let server = TestServer::start().await;
+    let mut c = server.json().await;
+    for command in ["ECHO", "REGISTER", "MESSAGE"] {
+        let refusal = format!("Validation error: command {command} requires data");
+        let refusal = reply(false, &refusal, "");
+        assert_eq!(c.ask(&edu(command, "")).await.unwrap(), refusal);
+        let no_data = format!(r#"{{"command":"{command}"}}"#);
+        assert_eq!(c.ask(&no_data).await.unwrap(), refusal);
+        // Go's decoder leaves a `data` that is not a string empty.
+        let number = format!(r#"{{"command":"{command}","data":5}}"#);
+        assert_eq!(c.ask(&number).await.unwrap(), refusal);
+    }
+    // Nothing was sent, and the commands without data need none.
+    let list = c.ask(&edu("LIST_MESSAGES", "")).await.unwrap();
+    assert_eq!(list, reply(true, "Recent messages", "No messages yet"));
+    let time = common::parse(&c.ask(r#"{"command":"TIME"}"#).await.unwrap());
+    assert_eq!(time["message"], "Server time");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seed001_error_replies_are_the_seeds_own() {
+    let server = TestServer::start().await;
+    let mut c = server.json().await;
+    let no_command = reply(false, "Validation error: command cannot be empty", "");
+    for line in [
+        r#"{"data":"x","from":"client"}"#,
+        r#"{"command":"","data":"x"}"#,
+        r#"{"command":5,"data":"x"}"#,
+        r#"{"command":"ECHO","data":"#,
+        r#"["ECHO","x"]"#,
+        "hello",
+    ] {
+        assert_eq!(c.ask(line).await.unwrap(), no_command, "{line}");
+    }
+    let unknown = reply(false, "Validation error: unknown command: DANCE", "");
+    assert_eq!(c.ask(&edu("DANCE", "x")).await.unwrap(), unknown);
+    // Each got one line, and the connection goes on.
+    let answer = c.ask(&edu("ECHO", "still here")).await.unwrap();
+    assert_eq!(answer, reply(true, "Echo response", "still here"));
+    server.stop().await;
+}

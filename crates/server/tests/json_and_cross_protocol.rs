@@ -291,17 +291,17 @@ async fn an_unknown_command_is_refused() {
     let reply = client.ask(&request("DANCE", "")).await.unwrap();
     assert_eq!(
         reply,
-        r#"{"success":false,"message":"Unknown command","data":""}"#
+        r#"{"success":false,"message":"Validation error: unknown command: DANCE","data":""}"#
     );
     server.stop().await;
 }
 
 #[tokio::test]
-async fn malformed_json_is_an_invalid_message_format() {
+async fn malformed_json_is_answered_as_seed_001_does() {
     let server = TestServer::start().await;
     let mut client = server.json().await;
     let reply = client.ask(r#"{"command":"ECHO","data":"#).await.unwrap();
-    assert_eq!(reply, failed("Invalid message format"));
+    assert_eq!(reply, failed("Validation error: command cannot be empty"));
     let reply = client.ask(&request("ECHO", "still here")).await.unwrap();
     assert_eq!(reply, ok_with("Echo response", "still here"));
     server.stop().await;

@@ -24,6 +24,9 @@ use crate::store::Page;
 /// Messages LIST_MESSAGES shows (as seed 001 does).
 const RECENT: usize = 20;
 
+/// Seed 001's answer to a line without a command, or that is not a JSON object at all.
+const NO_COMMAND: &str = "Validation error: command cannot be empty";
+
 /// A request's id, shared by its response and anything queued for it.
 type Id = Option<Arc<Value>>;
 
@@ -59,9 +62,14 @@ impl Session {
         }
         let request = match json::parse(&line) {
             Ok(request) => request,
-            Err(_) => return self.json_error(None, ErrorKind::Malformed).await,
+            Err(json::Invalid::NoCommand) => return self.json_invalid(NO_COMMAND, None).await,
+            Err(json::Invalid::Fields) => return self.json_error(None, ErrorKind::Malformed).await,
         };
         let id = request.id.map(Arc::new);
+        if let Some(name) = request.command.missing_data() {
+            let message = format!("Validation error: command {name} requires data");
+            return self.json_invalid(&message, id).await;
+        }
         let logged_in = self.login.is_some();
         match request.command {
             // The hot paths, not boxed: a box as large as the biggest command's state,
@@ -128,23 +136,29 @@ impl Session {
                     Err(kind) => Err(kind),
                 }
             }
-            // Seed 001: a name for this connection, no password.
+            // Seed 001: a name for this connection, no password; again, a new name.
             Command::Register(json::Credentials { data, .. })
             | Command::Login(json::Credentials { data, .. }) => {
                 let name = data.trim();
                 let max_name = self.shared.config.max_name_bytes;
-                if validate_name(name.as_bytes(), max_name).is_err() {
-                    Err(ErrorKind::InvalidName)
-                } else if let Some((_, current)) = &self.login {
-                    let message = format!("Already registered as {current}");
-                    self.json_reply(false, &message, Value::from(""), id).await;
-                    return Flow::Continue;
-                } else {
-                    let message = format!("Registration successful. Welcome, {name}!");
-                    let welcome = json_line(true, &message, Value::from(""), id.clone());
-                    match self.login(name, Some(welcome)).await {
-                        Ok(()) => return Flow::Continue,
-                        Err(kind) => Err(kind),
+                let message = format!("Registration successful. Welcome, {name}!");
+                match &self.login {
+                    _ if validate_name(name.as_bytes(), max_name).is_err() => {
+                        Err(ErrorKind::InvalidName)
+                    }
+                    Some((_, current)) if **current == *name => done(message),
+                    // An account keeps its name (it logged in with its password).
+                    Some((_, current)) if self.account => {
+                        let message = format!("Already registered as {current}");
+                        self.json_reply(false, &message, Value::from(""), id).await;
+                        return Flow::Continue;
+                    }
+                    _ => {
+                        let welcome = json_line(true, &message, Value::from(""), id.clone());
+                        match self.rename(name, Some(welcome)).await {
+                            Ok(()) => return Flow::Continue,
+                            Err(kind) => Err(kind),
+                        }
                     }
                 }
             }
@@ -479,7 +493,13 @@ impl Session {
                     ("Data".into(), data)
                 })
             }
-            Command::Unknown => Err(ErrorKind::UnknownCommand),
+            Command::Unknown(name) if name.is_empty() => {
+                return self.json_invalid(NO_COMMAND, id).await;
+            }
+            Command::Unknown(name) => {
+                let message = format!("Validation error: unknown command: {name}");
+                return self.json_invalid(&message, id).await;
+            }
         };
         match answer {
             Ok((message, data)) => self.json_reply(true, &message, data, id).await,
@@ -488,6 +508,13 @@ impl Session {
                     .await
             }
         }
+        Flow::Continue
+    }
+
+    /// Answers a request seed 001's validation refuses, in the seed's words.
+    async fn json_invalid(&mut self, message: &str, id: Id) -> Flow {
+        // Boxed: rare, and its state would grow every session's.
+        Box::pin(self.json_reply(false, message, Value::from(""), id)).await;
         Flow::Continue
     }
 
