@@ -75,6 +75,56 @@ async fn seed000_a_frame_of_three_longest_strings_is_answered_not_closed() {
     server.stop().await;
 }
 
+/// Reads as the seed's Python client does: the length with one `recv`, the rest of the
+/// frame with one more; each must return all it asked for.
+async fn read_like_the_python_client(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let within = Duration::from_secs(10);
+    let mut head = [0u8; 4];
+    let n = tokio::time::timeout(within, stream.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 4, "the length in one read");
+    let len = u32::from_be_bytes(head) as usize;
+    let mut body = vec![0u8; len];
+    let n = tokio::time::timeout(within, stream.read(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, len, "the rest of the frame in one more read");
+    [&head[..], &body[..]].concat()
+}
+
+#[tokio::test]
+async fn seed000_a_response_is_thirteen_bytes_and_each_frame_arrives_in_one_write() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let mut bob = server.login("bob").await;
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Login (cid 0x0A0B0C0D) as "al", written as a seed client writes it.
+    let login = [
+        0, 0, 0, 0x0B, 1, 0, 1, 0x0A, 0x0B, 0x0C, 0x0D, 0, 2, b'a', b'l',
+    ];
+    raw.write_all(&login).await.unwrap();
+    let ok = read_like_the_python_client(&mut raw).await;
+    assert_eq!(ok, [0, 0, 0, 9, 1, 0, 3, 0x0A, 0x0B, 0x0C, 0x0D, 0, 1]);
+    // The correlation-id test: a bare cid (length 7).
+    raw.write_all(&[0, 0, 0, 7, 1, 0, 9, 0, 0, 0, 42])
+        .await
+        .unwrap();
+    let ok = read_like_the_python_client(&mut raw).await;
+    assert_eq!(ok, [0, 0, 0, 9, 1, 0, 3, 0, 0, 0, 42, 0, 1]);
+    // A push: one frame, cid 0, `from` and `time` as sent.
+    let sent = bob.message(7, "bob", "al", b"hi al", 99).await.unwrap();
+    assert_eq!(sent, code::OK);
+    let push = read_like_the_python_client(&mut raw).await;
+    let mut expected = bytes::BytesMut::new();
+    binary::encode_message(0, b"hi al", b"bob", b"al", 99, &mut expected).unwrap();
+    assert_eq!(push, &expected[..]);
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Seed 002: text lines (SocketChat-Go)
 // ---------------------------------------------------------------------------------------
