@@ -310,6 +310,24 @@ async fn seed004_a_slash_session_hears_only_gochat_lines() {
 }
 
 #[tokio::test]
+async fn seed004_an_account_session_in_a_gochat_room_is_signed_out_in_its_style() {
+    let server = TestServer::start().await;
+    server.register("alice").await;
+    let login = |device: &str| format!("LOGIN alice {} {device}", common::PASSWORD);
+    let mut phone = server.text().await;
+    assert_eq!(phone.ask(&login("phone")).await.unwrap(), "OK");
+    assert_eq!(phone.ask("/join #g").await.unwrap(), "> welcome to #g");
+    let mut laptop = server.text().await;
+    assert_eq!(laptop.ask(&login("laptop")).await.unwrap(), "OK");
+    let passwd = format!("PASSWD {} battery-staple", common::PASSWORD);
+    assert_eq!(laptop.ask(&passwd).await.unwrap(), "OK");
+    let told = phone.line().await.unwrap();
+    assert_eq!(told, "> signed out: the password was changed");
+    assert_eq!(phone.line_or_eof().await.unwrap(), None, "then closed");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn seed004_an_idle_slash_session_is_told_in_its_style() {
     let server = TestServer::start_with(|c| c.idle_timeout_ms = 300).await;
     let mut c = server.text().await;

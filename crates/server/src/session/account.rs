@@ -1,6 +1,8 @@
 //! Accounts, the same for every protocol: registration, password and token logins, password
 //! changes, logout, profiles. The protocol files only parse and answer.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use parley_proto::{check_display_name, validate_name, ErrorKind};
 use serde_json::json;
@@ -10,7 +12,7 @@ use super::Session;
 use crate::auth::{self, PASSWORD_LEN};
 use crate::hub::{AccountChange, Auth};
 use crate::metrics::LoginFailure;
-use crate::outbound::{Item, Kill, Protocol};
+use crate::outbound::{Item, Kill, Protocol, Style};
 use crate::store::{now_ms, NewToken, Profile, ProfileChange, Revoke};
 
 impl Session {
@@ -234,7 +236,10 @@ impl Session {
             ),
             Kill::SlowConsumer | Kill::Stalled | Kill::CatchupFailed => return,
         };
+        // A session speaking gochat's dialect hears only `> ` lines.
+        let style = Style::from_u8(self.link.style.load(Ordering::Relaxed));
         let line = match self.link.protocol {
+            Protocol::Text if style == Style::Slash => format!("> {text}: {reason}"),
             Protocol::Text => format!("INFO {text}: {reason}"),
             Protocol::Json if self.subscribed => {
                 json!({"event": event, "reason": reason}).to_string()
