@@ -16,8 +16,9 @@ use parley_server::admin::{Failure, Request};
 use parley_server::Config;
 use serde_json::Value;
 
+/// Which server: its configuration, or its data directory.
 #[derive(Args)]
-pub struct AdminArgs {
+pub struct Target {
     /// The server's configuration file (for its data directory, and, with the server
     /// stopped, its settings).
     #[arg(long, env = "PARLEY_CONFIG")]
@@ -25,11 +26,39 @@ pub struct AdminArgs {
     /// The server's data directory (default: the configuration's).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    target: Target,
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
     #[command(subcommand)]
     command: Group,
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The new directory to write the backup into (absent or empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The backup's directory (as `parley backup --out` wrote it).
+    #[arg(long)]
+    from: PathBuf,
+    /// The data directory to fill (absent or empty; default: the configuration's).
+    #[command(flatten)]
+    target: Target,
 }
 
 #[derive(Subcommand)]
@@ -141,18 +170,59 @@ enum Server {
 
 /// Runs `parley admin`; the exit code is 1 when the command failed.
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let config = load_config(&args)?;
+    let config = load_config(&args.target)?;
     let request = request(args.command)?;
+    answer(config, request, args.json, "parley admin")
+}
+
+/// `parley backup`: the running server copies its data directory (over the admin socket),
+/// or, with none running, this process copies it.
+pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.target)?;
+    // The server resolves the path: relative to this shell's directory, not the server's.
+    let out = std::path::absolute(&args.out).context("the backup directory")?;
+    let request = Request::ServerBackup {
+        out: out.to_string_lossy().into_owned(),
+    };
+    answer(config, request, args.json, "parley backup")
+}
+
+/// `parley restore`: fills an empty data directory from a backup, checking every file
+/// against the manifest, then checks the result as `parley check` does (exit 1 on a
+/// problem).
+pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.target)?;
+    let (manifest, report) = parley_server::backup::restore(&args.from, &config.data_dir)?;
+    println!(
+        "restored {} messages (up to id {}), {} users, {} rooms, {} files into {}",
+        manifest.messages,
+        manifest.last_message_id,
+        manifest.users,
+        manifest.rooms,
+        manifest.files.len(),
+        config.data_dir.display()
+    );
+    for line in &report.problems {
+        println!("DAMAGED: {line}");
+    }
+    if !report.problems.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Runs `request` and prints its answer; a failure exits with 1.
+fn answer(config: Config, request: Request, json: bool, who: &str) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let answer = runtime.block_on(ask(config, request))?;
     match answer {
-        Ok(data) if args.json => println!("{}", serde_json::to_string_pretty(&data)?),
+        Ok(data) if json => println!("{}", serde_json::to_string_pretty(&data)?),
         Ok(data) => print(&data),
         Err(Failure(error)) => {
-            eprintln!("parley admin: {error}");
+            eprintln!("{who}: {error}");
             std::process::exit(1);
         }
     }
@@ -246,7 +316,7 @@ fn password(from_stdin: bool) -> anyhow::Result<String> {
 }
 
 /// The server's configuration as `parley serve` would read it, with `--data-dir` on top.
-fn load_config(args: &AdminArgs) -> anyhow::Result<Config> {
+fn load_config(args: &Target) -> anyhow::Result<Config> {
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = &args.config {
         anyhow::ensure!(path.exists(), "config file {} not found", path.display());

@@ -67,6 +67,11 @@ enum Command {
     /// Administer a server: users, devices, rooms, sessions, reload, drain (over its admin
     /// socket; on its data directory when it is stopped).
     Admin(admin::AdminArgs),
+    /// Back a server's data directory up while it runs (a consistent copy of the database
+    /// and the message log, with a manifest of counts and checksums).
+    Backup(admin::BackupArgs),
+    /// Fill an empty data directory from a backup, checking it against its manifest.
+    Restore(admin::RestoreArgs),
     /// Verify a stopped server's data directory (database, message log, saved index,
     /// files) and list what is unreadable; exits with 1 if anything is.
     Check {
@@ -180,6 +185,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => parley_bench::run(args),
         Command::Chat(args) => std::process::exit(i32::from(parley_client::chat::run(args))),
         Command::Admin(args) => admin::run(args),
+        Command::Backup(args) => admin::backup(args),
+        Command::Restore(args) => admin::restore(args),
         Command::Check { data_dir } => check(&data_dir),
         Command::Migrate {
             to_postgres,

@@ -33,5 +33,5 @@ mod tls;
 pub use config::{Config, SyncMode};
 pub use server::{serve, serve_with, start, start_with, Listeners, Options, Running};
 pub use store::postgres::{migrate as migrate_to_postgres, MigrationReport};
-pub use store::{check, CheckReport};
+pub use store::{backup, check, CheckReport};
 pub use tls::{write_self_signed, Tls};

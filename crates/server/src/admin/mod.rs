@@ -9,13 +9,14 @@
 //! JSON: a request `{"command":"users.list", ...arguments}` is answered by
 //! `{"ok":true,"data":...}` or `{"ok":false,"error":"..."}`, in order; a connection may send
 //! any number of requests. Each command is one variant of [`Request`] and one handler
-//! (`users.rs`, `devices.rs`, `rooms.rs`, `sessions.rs`, `control.rs`).
+//! (`users.rs`, `devices.rs`, `rooms.rs`, `sessions.rs`, `control.rs`, `backup.rs`).
 //!
 //! With the server stopped, `parley admin` runs the same handlers in its own process over
 //! the data directory (`offline.rs`): the store and the hub as the server would open them,
 //! without listeners, under the data directory's lock (`lock.rs`) that a running server
 //! holds, so the two never write at once. Sessions, reload and drain need a running server.
 
+mod backup;
 mod control;
 mod devices;
 mod lock;
@@ -100,6 +101,10 @@ pub enum Request {
     /// they are gone or after `timeout_secs`.
     #[serde(rename = "server.drain")]
     ServerDrain { timeout_secs: u64 },
+    /// A consistent copy of the data directory into the new directory `out` (an absolute
+    /// path, written by the server's process): see `store::backup`.
+    #[serde(rename = "server.backup")]
+    ServerBackup { out: String },
 }
 
 impl Request {
@@ -161,6 +166,7 @@ pub async fn handle(request: Request, ctx: &Ctx) -> Answer {
         Request::ServerStats => control::stats(ctx).await,
         Request::ServerReload => control::reload(ctx).await,
         Request::ServerDrain { timeout_secs } => control::drain_command(ctx, timeout_secs).await,
+        Request::ServerBackup { out } => backup::online(ctx, out).await,
     }
 }
 

@@ -1,10 +1,11 @@
 //! `parley admin` with the server stopped: the same handlers, over the store and hub opened
 //! in this process as the server opens them (no listeners), under the data directory's
 //! lock. Opening reads the message log as a start does, so it takes as long as a start.
+//! A backup only copies files (`store::backup`), without opening the store.
 
 use anyhow::Context;
 
-use super::{handle, Answer, Ctx, DataLock, Request};
+use super::{handle, Answer, Ctx, DataLock, Failure, Request};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::monitor::Monitor;
@@ -27,6 +28,18 @@ pub async fn run_offline(config: Config, request: Request) -> anyhow::Result<Ans
             config.data_dir.display()
         )
     })?;
+    if let Request::ServerBackup { out } = request {
+        // Files only: the store is not opened (nothing of the directory is written).
+        let dir = config.data_dir.clone();
+        let out = std::path::PathBuf::from(out);
+        let copied =
+            tokio::task::spawn_blocking(move || crate::store::backup::backup(&dir, &out, None))
+                .await?;
+        return Ok(match copied {
+            Ok(manifest) => Ok(serde_json::to_value(manifest)?),
+            Err(e) => Err(Failure(format!("{e:#}"))),
+        });
+    }
     let monitor = std::sync::Arc::new(Monitor::new(Metrics::new(&config.data_dir)));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (shared, hub_thread, _cluster) =

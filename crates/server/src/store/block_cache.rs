@@ -102,6 +102,11 @@ impl BlockCache {
         }
     }
 
+    /// The log these blocks are read from.
+    pub(super) fn log(&self) -> &MessageLog {
+        &self.log
+    }
+
     /// The block whose span holds `id` (read and cached if it is not), if any.
     fn block_of(&self, id: i64) -> anyhow::Result<Option<Arc<Cached>>> {
         let Some(span) = self.log.span_of(id) else {

@@ -207,6 +207,12 @@ impl MessageLog {
         Ok(())
     }
 
+    /// Where the last complete record ends: everything before it is acknowledged or
+    /// about to be (a backup copies the log up to here).
+    pub fn end(&self) -> u64 {
+        self.spans().last().map_or(START, Span::end)
+    }
+
     /// Makes everything appended so far durable.
     pub(super) fn sync(&self) -> anyhow::Result<()> {
         self.file

@@ -27,6 +27,15 @@ macro_rules! either {
 }
 
 impl Reader {
+    /// Where the message log's last complete record ends (`None` on a cluster node: its
+    /// messages are in PostgreSQL). A backup copies the log up to here.
+    pub fn log_end(&self) -> Option<u64> {
+        match self {
+            Reader::Local(r) => Some(r.log_end()),
+            Reader::Shared(_) => None,
+        }
+    }
+
     /// Runs the operator's query `f` (`admin/queries.rs`, SQLite's SQL) on a read
     /// connection; a cluster node's PostgreSQL has no such queries yet.
     pub async fn query<T, F>(&self, f: F) -> anyhow::Result<T>

@@ -182,6 +182,11 @@ impl SqliteReader {
         .await?
     }
 
+    /// Where the message log's last complete record ends.
+    pub fn log_end(&self) -> u64 {
+        self.inner.blocks.log().end()
+    }
+
     /// Runs `f` with a read-only connection on the blocking pool: the operator's queries
     /// (`admin/queries.rs`), rare enough to keep their SQL beside their commands.
     pub async fn query<T, F>(&self, f: F) -> anyhow::Result<T>
