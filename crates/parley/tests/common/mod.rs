@@ -160,7 +160,16 @@ impl Proc {
 }
 
 /// The port in a `parley listening addr=127.0.0.1:5555 protocol="every protocol"` line.
+/// (Or the same line in `--log-format json`.)
 fn listening(line: &str) -> Option<Listening> {
+    if line.starts_with('{') {
+        let line: serde_json::Value = serde_json::from_str(line).ok()?;
+        let fields = &line["fields"];
+        return Some(Listening {
+            protocol: fields["protocol"].as_str()?.to_string(),
+            addr: fields["addr"].as_str()?.parse().ok()?,
+        });
+    }
     let addr = line.split_once("addr=")?.1.split_whitespace().next()?;
     let protocol = line.split_once("protocol=")?.1.trim().trim_matches('"');
     Some(Listening {

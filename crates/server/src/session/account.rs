@@ -47,11 +47,12 @@ impl Session {
         }
         let passwords = &self.shared.passwords;
         let hash = passwords.hash(password.to_string()).await.map_err(|e| {
-            warn!(error = %format!("{e:#}"), "hashing a password");
+            let (session, peer) = (self.link.id, self.peer);
+            warn!(session, %peer, user = %name, error = %format!("{e:#}"), "hashing a password");
             ErrorKind::Internal
         })?;
         self.shared.hub.register(name.to_string(), hash).await?;
-        info!(session = self.link.id, user = %name, "account registered");
+        info!(session = self.link.id, peer = %self.peer, user = %name, "account registered");
         Ok(())
     }
 
@@ -198,7 +199,8 @@ impl Session {
             keep: identity.device,
         };
         self.shared.hub.account(identity.user, change).await?;
-        info!(session = self.link.id, user = %name, "password changed; other devices signed out");
+        let (session, peer) = (self.link.id, self.peer);
+        info!(session, %peer, user = %name, "password changed; other devices signed out");
         Ok(())
     }
 

@@ -40,13 +40,13 @@ impl Session {
                 Ok(Some(frame)) => frame,
                 Err(e) => match e.correlation_id() {
                     Some(cid) if !e.is_fatal() => {
-                        warn!(session = self.link.id, error = %e, "bad frame");
+                        warn!(session = self.link.id, peer = %self.peer, user = self.user(), error = %e, "bad frame");
                         self.hand_over(run);
                         self.answer(cid, Reply::Error(e.kind())).await;
                         continue;
                     }
                     _ => {
-                        warn!(session = self.link.id, error = %e, "bad frame, closing");
+                        warn!(session = self.link.id, peer = %self.peer, user = self.user(), error = %e, "bad frame, closing");
                         return Flow::Close(format!("bad input: {e}"));
                     }
                 },
@@ -103,7 +103,7 @@ impl Session {
             return Err(ErrorKind::NotLoggedIn);
         };
         if from != name.as_bytes() {
-            warn!(session = self.link.id, user = %name, "message with a forged sender refused");
+            warn!(session = self.link.id, peer = %self.peer, user = %name, "message with a forged sender refused");
             return Err(ErrorKind::Forbidden);
         }
         if !self.messages.try_take() {
@@ -127,7 +127,7 @@ impl Session {
                         }
                     }
                     Err(e) => {
-                        warn!(session = self.link.id, error = %e, "bad login name");
+                        warn!(session = self.link.id, peer = %self.peer, user = self.user(), error = %e, "bad login name");
                         Reply::Error(ErrorKind::InvalidName)
                     }
                 };
@@ -161,14 +161,14 @@ impl Session {
             | Frame::Users { cid, .. }
             | Frame::HistoryPage { cid, .. }
             | Frame::Event { cid, .. } => {
-                warn!(session = self.link.id, "a client sent a server-only frame");
+                warn!(session = self.link.id, peer = %self.peer, user = self.user(), "a client sent a server-only frame");
                 self.answer(cid, Reply::Error(ErrorKind::UnknownCommand))
                     .await;
             }
             // `drain_frames_into` handles messages itself and never passes one here.
             Frame::Message { cid, .. } => self.answer(cid, Reply::Error(ErrorKind::Internal)).await,
             Frame::Response { cid, .. } | Frame::Token { cid, .. } | Frame::Profile { cid, .. } => {
-                warn!(session = self.link.id, "a client sent a server-only frame");
+                warn!(session = self.link.id, peer = %self.peer, user = self.user(), "a client sent a server-only frame");
                 self.answer(cid, Reply::Error(ErrorKind::UnknownCommand))
                     .await;
             }

@@ -417,6 +417,12 @@ impl Session {
         "idle timeout".into()
     }
 
+    /// The name this session logged in as, for its log lines (every line about a session
+    /// carries its id, peer and user).
+    fn user(&self) -> Option<&str> {
+        self.login.as_ref().map(|(_, name)| &**name)
+    }
+
     fn kill_reason(&self) -> String {
         let kill = self.link.killed_for();
         if let Some(kill) = kill {
