@@ -436,8 +436,18 @@ async fn a_drain_empties_the_server_and_stops_it() {
     let subscribe = json.ask(r#"{"command":"SUBSCRIBE"}"#).await.unwrap();
     assert!(subscribe.contains(r#""success":true"#), "{subscribe}");
 
-    let drain = ok(&server, Request::ServerDrain { timeout_secs: 5 }).await;
+    // Two sessions, ended in slices a second apart (a tenth of half the timeout).
+    let drain = ok(&server, Request::ServerDrain { timeout_secs: 20 }).await;
     assert_eq!(drain["draining"], 2);
+    let running = server.running.as_ref().unwrap();
+    let admin_port = running.admin_addr.unwrap();
+    assert_eq!(http_status(admin_port, "/readyz").await, Some(503));
+    // New connections are refused (the listener is closed) while the sessions end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "still accepting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         until_closed(&mut bob).await,
         ["INFO reconnect: server going away: reconnect elsewhere"]
@@ -445,10 +455,6 @@ async fn a_drain_empties_the_server_and_stops_it() {
     let last = until_closed(&mut json).await;
     let event = common::parse(last.last().unwrap());
     assert_eq!(event["event"], "reconnect", "{last:?}");
-    let running = server.running.as_ref().unwrap();
-    let admin_port = running.admin_addr.unwrap();
-    let readyz = http_status(admin_port, "/readyz").await;
-    assert!(matches!(readyz, Some(503) | None), "{readyz:?}");
     let TestServer { running, .. } = server;
     running
         .unwrap()
