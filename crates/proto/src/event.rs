@@ -57,4 +57,18 @@ pub enum ErrorKind {
     /// A password sent over plain TCP while `require_tls_for_passwords` is on: refused
     /// unchecked (and the client should consider it exposed).
     TlsRequired,
+    /// Only the room's operators (or its owner, or a server operator) may do that, or the
+    /// user acted on ranks as high as the one acting; deleting another's message too.
+    NotOperator,
+    /// The user is banned from that room.
+    Banned,
+    /// The user is muted in that room: their message was not sent.
+    Muted,
+    /// The room is invite-only and the user was not invited.
+    InviteOnly,
+    /// The recipient blocks the sender: no DMs or contact requests from them.
+    Blocked,
+    /// No message has that place in that conversation (or it is not one a user can
+    /// delete).
+    MessageNotFound,
 }

@@ -348,6 +348,12 @@ pub fn error_word(kind: ErrorKind) -> &'static str {
         ErrorKind::Corrupt => "corrupt",
         ErrorKind::TooManyRooms => "too-many-rooms",
         ErrorKind::TlsRequired => "tls-required",
+        ErrorKind::NotOperator => "not-operator",
+        ErrorKind::Banned => "banned",
+        ErrorKind::Muted => "muted",
+        ErrorKind::InviteOnly => "invite-only",
+        ErrorKind::Blocked => "blocked",
+        ErrorKind::MessageNotFound => "message-not-found",
     }
 }
 

@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use parley_proto::binary::{
     self, code, decode, encode_response, error_code, key, ContactEntry, Decoded, Event, Frame,
-    FrameError, RoomEntry, UserEntry,
+    FrameError, RoomEntry, RoomInfoEntry, UserEntry,
 };
 use parley_proto::ErrorKind;
 use proptest::prelude::*;
@@ -495,7 +495,7 @@ fn zero_frame(key: u16) -> Option<(Frame, Vec<u8>)> {
 
 #[test]
 fn every_key_round_trips_through_its_frame() {
-    assert_eq!(key::ALL.len(), 41, "the frames documented in PROTOCOL.md");
+    assert_eq!(key::ALL.len(), 54, "the frames documented in PROTOCOL.md");
     for &k in key::ALL {
         let (frame, bytes) = zero_frame(k).unwrap_or_else(|| panic!("key {k:#06x} decodes"));
         assert_eq!(
@@ -516,6 +516,7 @@ fn keys_are_distinct_and_in_their_ranges() {
         0x20..=0x2F,
         0x30..=0x35,
         0x40..=0x45,
+        0x50..=0x5C,
     ];
     assert!(key::ALL.windows(2).all(|w| w[0] < w[1]), "{:x?}", key::ALL);
     for &k in key::ALL {
@@ -563,6 +564,12 @@ fn error_codes_are_distinct_and_match_the_seed() {
         ErrorKind::Malformed,
         ErrorKind::UnknownCommand,
         ErrorKind::ShuttingDown,
+        ErrorKind::NotOperator,
+        ErrorKind::Banned,
+        ErrorKind::Muted,
+        ErrorKind::InviteOnly,
+        ErrorKind::Blocked,
+        ErrorKind::MessageNotFound,
     ];
     let mut codes: Vec<u16> = kinds.iter().map(|k| error_code(*k)).collect();
     codes.push(code::OK);
@@ -589,6 +596,12 @@ fn error_codes_follow_the_documented_table() {
     assert_eq!(error_code(ErrorKind::Malformed), 0x08);
     assert_eq!(error_code(ErrorKind::UnknownCommand), 0x09);
     assert_eq!(error_code(ErrorKind::ShuttingDown), 0x0A);
+    assert_eq!(error_code(ErrorKind::NotOperator), 0x18);
+    assert_eq!(error_code(ErrorKind::Banned), 0x19);
+    assert_eq!(error_code(ErrorKind::Muted), 0x1A);
+    assert_eq!(error_code(ErrorKind::InviteOnly), 0x1B);
+    assert_eq!(error_code(ErrorKind::Blocked), 0x1C);
+    assert_eq!(error_code(ErrorKind::MessageNotFound), 0x1D);
 }
 
 // ---------------------------------------------------------------- properties
@@ -843,7 +856,78 @@ fn files_frame() -> impl Strategy<Value = Frame> {
     ]
 }
 
-/// Any of the 41 frames, the seed's four most often.
+/// Moderation and presence (0x50–0x5C).
+fn moderation_frame() -> impl Strategy<Value = Frame> {
+    let s = any_string;
+    let info = (
+        (s(), s(), any::<bool>(), s(), any::<u8>()),
+        (any::<bool>(), list(s()), list(s()), list(s())),
+    )
+        .prop_map(
+            |((room, topic, invite_only, owner, rank), (member, operators, banned, muted))| {
+                RoomInfoEntry {
+                    room,
+                    topic,
+                    invite_only,
+                    owner,
+                    rank,
+                    member,
+                    operators,
+                    banned,
+                    muted,
+                }
+            },
+        );
+    prop_oneof![
+        (any::<u32>(), s(), s()).prop_map(|(cid, room, topic)| Frame::SetTopic { cid, room, topic }),
+        (any::<u32>(), s(), any::<bool>())
+            .prop_map(|(cid, room, on)| Frame::SetInviteOnly { cid, room, on }),
+        (any::<u32>(), s(), any::<u8>(), s()).prop_map(|(cid, room, action, user)| {
+            Frame::Moderate {
+                cid,
+                room,
+                action,
+                user,
+            }
+        }),
+        (any::<u32>(), s()).prop_map(|(cid, room)| Frame::GetRoomInfo { cid, room }),
+        (any::<u32>(), info).prop_map(|(cid, info)| Frame::RoomInfo { cid, info }),
+        (any::<u32>(), s(), any::<u64>())
+            .prop_map(|(cid, target, seq)| Frame::DeleteMessage { cid, target, seq }),
+        (any::<u32>(), s(), any::<bool>()).prop_map(|(cid, user, on)| Frame::Block { cid, user, on }),
+        any::<u32>().prop_map(|cid| Frame::ListBlocks { cid }),
+        (any::<u32>(), list(s())).prop_map(|(cid, users)| Frame::Blocks { cid, users }),
+        (any::<u32>(), list(s())).prop_map(|(cid, users)| Frame::Watch { cid, users }),
+        (any::<u32>(), s(), any::<bool>(), any::<u64>()).prop_map(
+            |(cid, user, online, last_seen)| Frame::Presence {
+                cid,
+                user,
+                online,
+                last_seen
+            }
+        ),
+        (any::<u32>(), any_event(), any::<u64>(), any::<u64>()).prop_map(
+            |(cid, event, message_id, message_seq)| Frame::Deleted {
+                cid,
+                event,
+                message_id,
+                message_seq
+            }
+        ),
+        (any::<u32>(), s(), any::<u8>(), s(), s(), s()).prop_map(
+            |(cid, room, change, user, by, text)| Frame::Notice {
+                cid,
+                room,
+                change,
+                user,
+                by,
+                text
+            }
+        ),
+    ]
+}
+
+/// Any of the 54 frames, the seed's four most often.
 fn any_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         4 => seed_frame(),
@@ -851,6 +935,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
         1 => messaging_frame(),
         1 => contacts_frame(),
         1 => files_frame(),
+        1 => moderation_frame(),
     ]
 }
 

@@ -27,6 +27,12 @@ pub const BAD_TRANSFER: u16 = 0x14;
 pub const CORRUPT: u16 = 0x15;
 pub const TOO_MANY_ROOMS: u16 = 0x16;
 pub const TLS_REQUIRED: u16 = 0x17;
+pub const NOT_OPERATOR: u16 = 0x18;
+pub const BANNED: u16 = 0x19;
+pub const MUTED: u16 = 0x1A;
+pub const INVITE_ONLY: u16 = 0x1B;
+pub const BLOCKED: u16 = 0x1C;
+pub const MESSAGE_NOT_FOUND: u16 = 0x1D;
 
 /// The response code that reports `kind`.
 pub fn error_code(kind: ErrorKind) -> u16 {
@@ -53,5 +59,11 @@ pub fn error_code(kind: ErrorKind) -> u16 {
         ErrorKind::Corrupt => CORRUPT,
         ErrorKind::TooManyRooms => TOO_MANY_ROOMS,
         ErrorKind::TlsRequired => TLS_REQUIRED,
+        ErrorKind::NotOperator => NOT_OPERATOR,
+        ErrorKind::Banned => BANNED,
+        ErrorKind::Muted => MUTED,
+        ErrorKind::InviteOnly => INVITE_ONLY,
+        ErrorKind::Blocked => BLOCKED,
+        ErrorKind::MessageNotFound => MESSAGE_NOT_FOUND,
     }
 }

@@ -47,6 +47,9 @@ pub mod kind {
     pub const DIRECT: u8 = 1;
     pub const ROOM: u8 = 2;
     pub const BROADCAST: u8 = 3;
+    /// Added to the kind of a message in a `HistoryPage` that was deleted (its `message`
+    /// is empty).
+    pub const DELETED: u8 = 0x80;
 }
 
 /// Which part of a history a `History` request wants.

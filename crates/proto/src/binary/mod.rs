@@ -10,7 +10,7 @@
 //!
 //! The frames are stated once each, in a table per key range: `seed.rs` (0x01–0x09, the
 //! seed's own), `account.rs` (0x10–0x18), `messaging.rs` (0x20–0x2F), `contacts.rs`
-//! (0x30–0x35) and `files.rs` (0x40–0x45). `table.rs` makes [`Frame`], [`key`] and each
+//! (0x30–0x35), `files.rs` (0x40–0x45) and `moderation.rs` (0x50–0x5C). `table.rs` makes [`Frame`], [`key`] and each
 //! frame's decoding and encoding from them.
 
 mod account;
@@ -20,6 +20,7 @@ mod decode;
 mod field;
 mod files;
 mod messaging;
+mod moderation;
 mod seed;
 mod table;
 
@@ -30,6 +31,7 @@ use contacts::contacts_frames;
 use field::{Field, Reader};
 use files::files_frames;
 use messaging::messaging_frames;
+use moderation::moderation_frames;
 use seed::seed_frames;
 use table::define_frames;
 
@@ -39,6 +41,7 @@ pub use contacts::{contact, ContactEntry};
 pub use decode::{decode, decode_view, Decoded, FrameError};
 pub use field::StringTooLong;
 pub use messaging::{encode_event, kind, page, Event, RoomEntry, UserEntry};
+pub use moderation::{action, change, rank, RoomInfoEntry};
 pub use seed::{encode_message, encode_response, MessageView};
 
 /// The only protocol version there is.
@@ -54,4 +57,4 @@ pub const MAX_MESSAGE_FRAME: usize = HEADER + 4 + 3 * (2 + u16::MAX as usize) + 
 
 // `Frame`, `key`, and every frame's decoding and encoding: each range's table adds its
 // entries and hands the list to the next, `define_frames!` last (see `table.rs`).
-seed_frames! { [account_frames messaging_frames contacts_frames files_frames define_frames] }
+seed_frames! { [account_frames messaging_frames contacts_frames files_frames moderation_frames define_frames] }
