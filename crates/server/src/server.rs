@@ -324,9 +324,9 @@ pub(crate) async fn open_core(
     let (hub, hub_thread, reader, files) = match config.cluster {
         false => {
             let store = SqliteStore::open(&config.data_dir, config.sync)?;
-            let (index, log) = (store.index(), store.log());
+            let (index, log, deletions) = (store.index(), store.log(), store.deletions());
             let (hub, thread) = crate::hub::spawn(Box::new(store), &config, None, monitor.clone())?;
-            let reader = Reader::Local(SqliteReader::new(&config.data_dir, index, log));
+            let reader = Reader::Local(SqliteReader::new(&config.data_dir, index, log, deletions));
             let files = crate::files::FileStore::new(&config.data_dir);
             (hub, thread, reader, files)
         }

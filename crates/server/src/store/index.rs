@@ -107,6 +107,17 @@ impl MessageIndex {
 
     /// Up to `limit` ids, ascending, of the messages from position `start` on.
     pub(super) fn from(&self, conv: ConvId, start: usize, limit: usize) -> Vec<i64> {
+        self.from_where(conv, start, limit, |_| true)
+    }
+
+    /// `from`, counting only the ids `keep` accepts (a history page leaves tombstones out).
+    pub(super) fn from_where(
+        &self,
+        conv: ConvId,
+        start: usize,
+        limit: usize,
+        keep: impl Fn(i64) -> bool,
+    ) -> Vec<i64> {
         self.with(conv, |ids| {
             let mut out = Vec::new();
             let start = start.min(ids.len());
@@ -114,7 +125,7 @@ impl MessageIndex {
                 if out.len() == limit {
                     break;
                 }
-                if stored(ids, i) {
+                if stored(ids, i) && keep(id) {
                     out.push(id);
                 }
             }
@@ -123,12 +134,24 @@ impl MessageIndex {
     }
 
     /// The last `limit` ids, ascending, of the messages before position `end`.
+    #[cfg(test)]
     pub(super) fn before(&self, conv: ConvId, end: usize, limit: usize) -> Vec<i64> {
+        self.before_where(conv, end, limit, |_| true)
+    }
+
+    /// `before`, counting only the ids `keep` accepts.
+    pub(super) fn before_where(
+        &self,
+        conv: ConvId,
+        end: usize,
+        limit: usize,
+        keep: impl Fn(i64) -> bool,
+    ) -> Vec<i64> {
         self.with(conv, |ids| {
             let end = end.min(ids.len());
             let mut out: Vec<i64> = (0..end)
                 .rev()
-                .filter(|&i| stored(ids, i))
+                .filter(|&i| stored(ids, i) && keep(ids[i]))
                 .take(limit)
                 .map(|i| ids[i])
                 .collect();

@@ -11,6 +11,7 @@ pub mod backup;
 mod block_cache;
 mod blocks;
 mod check;
+mod deletions;
 mod index;
 mod log;
 pub mod postgres;
@@ -25,6 +26,7 @@ use bytes::Bytes;
 use parley_proto::ConversationKind;
 
 pub use check::{check, Report as CheckReport};
+pub use deletions::{Deletions, Kind as MessageKind};
 pub use index::MessageIndex;
 pub use log::MessageLog;
 pub use read::Reader;
@@ -89,6 +91,17 @@ pub struct Batch {
     pub user_states: Vec<(UserId, UserState)>,
     /// Rooms an operator deleted: their name is freed, their members and cursors go.
     pub rooms_deleted: Vec<ConvId>,
+    /// Room settings changed (topic, invite-only).
+    pub room_settings: Vec<(ConvId, RoomSetting)>,
+    /// Per-user marks of rooms set or cleared (operator, banned, muted, invited).
+    pub room_marks: Vec<MarkChange>,
+    /// Blocks begun (`true`) or ended: (user, the user they block).
+    pub blocks: Vec<(UserId, UserId, bool)>,
+    /// Messages deleted by this batch, each announced by a tombstone among its messages.
+    pub deletions: Vec<Deletion>,
+    /// Rooms deleted: their rows, members, cursors and marks go; their messages stay in the
+    /// log, unreachable.
+    pub dropped_rooms: Vec<ConvId>,
 }
 
 /// What an operator made of an account.
@@ -98,6 +111,66 @@ pub struct UserState {
     pub disabled: bool,
     /// Deleted: disabled for good, password removed; its row stays (see schema V8).
     pub deleted: bool,
+}
+
+/// A room setting, as `conversations` stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomSetting {
+    /// The topic; `None` clears it.
+    Topic(Option<String>),
+    /// Only invited users (and operators) may join.
+    InviteOnly(bool),
+}
+
+/// What a user is in a room beyond a member, one `room_marks` row each. The owner is the
+/// room's creator (`conversations.created_by`), not a mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mark {
+    Operator = 1,
+    Banned = 2,
+    Muted = 3,
+    /// May join an invite-only room (once: joining uses the invitation up).
+    Invited = 4,
+}
+
+impl Mark {
+    pub fn from_i64(v: i64) -> Option<Mark> {
+        match v {
+            1 => Some(Mark::Operator),
+            2 => Some(Mark::Banned),
+            3 => Some(Mark::Muted),
+            4 => Some(Mark::Invited),
+            _ => None,
+        }
+    }
+}
+
+/// A mark of a room set or cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkChange {
+    pub conv: ConvId,
+    pub user: UserId,
+    pub mark: Mark,
+    pub set: bool,
+    /// Who set it.
+    pub by: UserId,
+}
+
+/// A deleted message. The message stays in the log as it was; so does the tombstone, a
+/// message of the same conversation (its own sequence, an empty body, sent by whoever
+/// deleted) that devices receive as the deletion's event. This row is what makes the one
+/// read as deleted and the other as its tombstone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deletion {
+    pub message: i64,
+    pub conv: ConvId,
+    /// The deleted message's sequence.
+    pub seq: Seq,
+    /// The id of the tombstone (a message of the same batch).
+    pub tombstone: i64,
+    pub by: UserId,
+    /// Unix ms.
+    pub at: i64,
 }
 
 /// Where a contact stands, seen from one side.
@@ -191,7 +264,12 @@ impl Batch {
             && self.files.is_empty()
             && self.attachments.is_empty()
             && self.user_states.is_empty()
-            && self.rooms_deleted.is_empty())
+            && self.rooms_deleted.is_empty()
+            && self.room_settings.is_empty()
+            && self.room_marks.is_empty()
+            && self.blocks.is_empty()
+            && self.deletions.is_empty()
+            && self.dropped_rooms.is_empty())
     }
 }
 
@@ -217,8 +295,13 @@ pub struct StoredRoom {
     pub conv: ConvId,
     pub name: String,
     pub members: Vec<UserId>,
-    /// Who created it (rooms created by guests, or before schema version 7: none).
+    /// Who created it (rooms created by guests, or before schema version 7: none): its
+    /// owner.
     pub created_by: Option<UserId>,
+    pub topic: Option<String>,
+    pub invite_only: bool,
+    /// Its operators, bans, mutes and invitations.
+    pub marks: Vec<(UserId, Mark)>,
 }
 
 /// A direct conversation as the hub caches it.
@@ -248,6 +331,16 @@ pub trait LogStore: Send {
     /// Accounts an operator disabled or deleted.
     fn load_user_states(&mut self) -> anyhow::Result<Vec<(UserId, UserState)>> {
         Ok(Vec::new())
+    }
+    /// Every block: (user, the user they block). Few, so the hub holds them all. (A store
+    /// that keeps none, PostgreSQL so far, has none to load.)
+    fn load_blocks(&mut self) -> anyhow::Result<Vec<(UserId, UserId)>> {
+        Ok(Vec::new())
+    }
+    /// Whether message `id` is deleted.
+    fn is_deleted(&mut self, id: i64) -> anyhow::Result<bool> {
+        let _ = id;
+        Ok(false)
     }
     /// Writes the whole batch, or reports an error: its rows in one transaction, then its
     /// messages. After an error its rows may be stored, but none of its messages.

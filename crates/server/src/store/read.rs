@@ -109,6 +109,12 @@ impl Reader {
         either!(self.page(conv, page, limit))
     }
 
+    /// The message of `conv` at `seq`, if it is one (not a tombstone, not lost).
+    pub async fn message_at(&self, conv: ConvId, seq: Seq) -> anyhow::Result<Option<StoredMessage>> {
+        let page = self.page(conv, Page::AfterSeq(seq - 1), 1).await?;
+        Ok(page.into_iter().map(|(m, _)| m).find(|m| m.seq == seq))
+    }
+
     /// Up to `limit` messages of each conversation in `from`, after the given sequence.
     pub async fn after(
         &self,

@@ -13,6 +13,7 @@ use parley_proto::ConversationKind;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::block_cache::{BlockCache, Finder};
+use super::deletions::{Deletions, Kind as MessageKind};
 use super::{ConvId, DeviceId, MessageIndex, MessageLog, Seq, UserId};
 use crate::config::SyncMode;
 
@@ -45,6 +46,8 @@ pub struct StoredMessage {
     /// The message was stored but its block of the log is damaged (reported): only its id,
     /// conversation and sequence are known, so a catch-up can go on past it.
     pub lost: bool,
+    /// A message, a deleted one (its body empty), or the tombstone of a deletion.
+    pub kind: MessageKind,
 }
 
 impl StoredMessage {
@@ -58,6 +61,7 @@ impl StoredMessage {
             body: Bytes::new(),
             sent_at: 0,
             lost: true,
+            kind: MessageKind::Message,
         }
     }
 }
@@ -132,6 +136,8 @@ struct Pool {
     index: Arc<MessageIndex>,
     /// The message log's blocks read last, shared by every read.
     blocks: BlockCache,
+    /// Which messages are deleted and which are tombstones (store/deletions.rs).
+    deletions: Arc<Deletions>,
     idle: Mutex<Vec<Connection>>,
     /// At most this many reads at once: a burst of logins queues here instead of opening
     /// a connection (and a blocking thread) each.
@@ -142,12 +148,18 @@ struct Pool {
 const READERS: usize = 8;
 
 impl SqliteReader {
-    pub fn new(data_dir: &std::path::Path, index: Arc<MessageIndex>, log: Arc<MessageLog>) -> Self {
+    pub fn new(
+        data_dir: &std::path::Path,
+        index: Arc<MessageIndex>,
+        log: Arc<MessageLog>,
+        deletions: Arc<Deletions>,
+    ) -> Self {
         SqliteReader {
             inner: Arc::new(Pool {
                 path: super::sqlite::database_path(data_dir),
                 index,
                 blocks: BlockCache::new(log),
+                deletions,
                 idle: Mutex::new(Vec::new()),
                 busy: tokio::sync::Semaphore::new(READERS),
             }),
@@ -469,15 +481,19 @@ impl SqliteReader {
     ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
         self.with(move |conn, pool| {
             let index = &pool.index;
+            // A history shows messages (deleted ones as such), never the tombstones.
+            let keep = |id| !matches!(pool.deletions.kind(id), MessageKind::Tombstone(..));
+            let before = |end| index.before_where(conv, end, limit, keep);
+            let from = |start| index.from_where(conv, start, limit, keep);
             // Positions in the index: position p holds sequence p + 1.
             let ids = match page {
-                Page::Latest => index.before(conv, usize::MAX, limit),
-                Page::BeforeSeq(seq) => index.before(conv, position(seq.saturating_sub(1)), limit),
-                Page::AfterSeq(seq) => index.from(conv, position(seq), limit),
-                Page::BeforeId(id) => index.before(conv, index.position(conv, |x| x < id), limit),
-                Page::AfterId(id) => index.from(conv, index.position(conv, |x| x <= id), limit),
-                Page::BeforeTime(ms) => index.before(conv, by_time(pool, conv, |t| t < ms)?, limit),
-                Page::AfterTime(ms) => index.from(conv, by_time(pool, conv, |t| t <= ms)?, limit),
+                Page::Latest => before(usize::MAX),
+                Page::BeforeSeq(seq) => before(position(seq.saturating_sub(1))),
+                Page::AfterSeq(seq) => from(position(seq)),
+                Page::BeforeId(id) => before(index.position(conv, |x| x < id)),
+                Page::AfterId(id) => from(index.position(conv, |x| x <= id)),
+                Page::BeforeTime(ms) => before(by_time(pool, conv, |t| t < ms)?),
+                Page::AfterTime(ms) => from(by_time(pool, conv, |t| t <= ms)?),
             };
             let page = fetch(conn, pool, conv, &ids)?;
             Ok(page.into_iter().filter(|(m, _)| !m.lost).collect())
@@ -574,6 +590,12 @@ fn fetch(
                 name
             }
         };
+        let kind = pool.deletions.kind(id);
+        // A deleted message's words are never read out again.
+        let body = match kind {
+            MessageKind::Message => Bytes::copy_from_slice(m.body),
+            MessageKind::Deleted | MessageKind::Tombstone(..) => Bytes::new(),
+        };
         out.push((
             StoredMessage {
                 id,
@@ -581,9 +603,10 @@ fn fetch(
                 seq: m.seq,
                 sender,
                 sender_device: m.sender_device,
-                body: Bytes::copy_from_slice(m.body),
+                body,
                 sent_at: m.sent_at,
                 lost: false,
+                kind,
             },
             m.received_at,
         ));

@@ -255,6 +255,10 @@ impl LogStore for PgStore {
                     name: row.get(1),
                     members: Vec::new(),
                     created_by: row.get(3),
+                    // Moderation is not kept in PostgreSQL yet.
+                    topic: None,
+                    invite_only: false,
+                    marks: Vec::new(),
                 });
             }
             let room = rooms.last_mut().expect("pushed above");

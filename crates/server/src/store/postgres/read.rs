@@ -408,6 +408,8 @@ fn message(conv: ConvId, r: &Row) -> StoredMessage {
         body: Bytes::copy_from_slice(r.get::<_, &[u8]>(4)),
         sent_at: r.get::<_, i64>(5) as u64,
         lost: false,
+        // Deletions are not kept in PostgreSQL yet.
+        kind: crate::store::MessageKind::Message,
     }
 }
 

@@ -5,7 +5,7 @@ use anyhow::Context;
 use rusqlite::{params, Connection};
 
 use super::SqliteStore;
-use crate::store::{Batch, Revoke, KIND_ROOM};
+use crate::store::{Batch, Revoke, RoomSetting, KIND_ROOM};
 
 impl SqliteStore {
     /// Writes the batch's rows (all but its messages) in one transaction; `reserve` is the
@@ -186,12 +186,72 @@ fn write_batch(tx: &Connection, batch: &Batch, reserve: Option<i64>) -> anyhow::
         room_cursors.execute([conv])?;
         room_files.execute([conv])?;
     }
+    write_moderation(tx, batch, now)?;
     if let Some(mark) = reserve {
         tx.prepare_cached(
             "INSERT INTO counters (name, value) VALUES ('next_message_id', ?1)
                      ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         )?
         .execute([mark])?;
+    }
+    Ok(())
+}
+
+/// The moderation rows of a batch: room settings and marks, blocks, deletions, and rooms
+/// deleted. Rare, so each statement is prepared only when the batch has rows for it.
+fn write_moderation(tx: &Connection, batch: &Batch, now: i64) -> anyhow::Result<()> {
+    for (conv, setting) in &batch.room_settings {
+        match setting {
+            RoomSetting::Topic(topic) => tx
+                .prepare_cached("UPDATE conversations SET topic = ?2 WHERE id = ?1")?
+                .execute(params![conv, topic])?,
+            RoomSetting::InviteOnly(on) => tx
+                .prepare_cached("UPDATE conversations SET invite_only = ?2 WHERE id = ?1")?
+                .execute(params![conv, i64::from(*on)])?,
+        };
+    }
+    for m in &batch.room_marks {
+        if m.set {
+            tx.prepare_cached(
+                "INSERT INTO room_marks (conversation_id, user_id, mark, set_by, set_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![m.conv, m.user, m.mark as i64, m.by, now])?;
+        } else {
+            tx.prepare_cached(
+                "DELETE FROM room_marks WHERE conversation_id = ?1 AND user_id = ?2 AND mark = ?3",
+            )?
+            .execute(params![m.conv, m.user, m.mark as i64])?;
+        }
+    }
+    for (user, other, on) in &batch.blocks {
+        if *on {
+            tx.prepare_cached(
+                "INSERT INTO blocks (user_id, blocked_id, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![user, other, now])?;
+        } else {
+            tx.prepare_cached("DELETE FROM blocks WHERE user_id = ?1 AND blocked_id = ?2")?
+                .execute(params![user, other])?;
+        }
+    }
+    for d in &batch.deletions {
+        tx.prepare_cached(
+            "INSERT INTO deletions (message_id, conversation_id, seq, tombstone_id, deleted_by,
+                                    deleted_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![d.message, d.conv, d.seq, d.tombstone, d.by, d.at])?;
+    }
+    for conv in &batch.dropped_rooms {
+        for sql in [
+            "DELETE FROM memberships WHERE conversation_id = ?1",
+            "DELETE FROM cursors WHERE conversation_id = ?1",
+            "DELETE FROM room_marks WHERE conversation_id = ?1",
+            "DELETE FROM conversations WHERE id = ?1 AND kind = 2",
+        ] {
+            tx.prepare_cached(sql)?.execute([conv])?;
+        }
     }
     Ok(())
 }

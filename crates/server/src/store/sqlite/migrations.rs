@@ -20,7 +20,7 @@ use crate::store::log::{self, MessageLog};
 use crate::store::NewMessage;
 
 /// The schema version this parley writes.
-pub(in crate::store) const LATEST: usize = 8;
+pub(in crate::store) const LATEST: usize = 9;
 
 /// The migrations, in order: version `n` is the `n`-th. `data_dir` is where the message
 /// log is, for the move of version 3.
@@ -37,6 +37,7 @@ fn migrations(data_dir: &Path, sync: bool) -> Migrations<'static> {
         M::up(schema::V6),
         M::up(schema::V7),
         M::up(schema::V8),
+        M::up(schema::V9),
     ])
 }
 
@@ -170,6 +171,9 @@ mod tests {
              ALTER TABLE conversations DROP COLUMN created_by;
              ALTER TABLE conversations DROP COLUMN deleted_at;
              ALTER TABLE users DROP COLUMN disabled_at; ALTER TABLE users DROP COLUMN deleted_at;
+             ALTER TABLE conversations DROP COLUMN topic;
+             ALTER TABLE conversations DROP COLUMN invite_only;
+             DROP TABLE room_marks; DROP TABLE blocks; DROP TABLE deletions;
              DROP INDEX memberships_conversation;
              DELETE FROM message_index; DELETE FROM message_spans; DELETE FROM counters;
              CREATE TABLE messages (
@@ -233,6 +237,9 @@ mod tests {
              ALTER TABLE conversations DROP COLUMN created_by;
              ALTER TABLE conversations DROP COLUMN deleted_at;
              ALTER TABLE users DROP COLUMN disabled_at; ALTER TABLE users DROP COLUMN deleted_at;
+             ALTER TABLE conversations DROP COLUMN topic;
+             ALTER TABLE conversations DROP COLUMN invite_only;
+             DROP TABLE room_marks; DROP TABLE blocks; DROP TABLE deletions;
              DROP INDEX memberships_conversation;
              DELETE FROM message_spans; DELETE FROM message_index;
              CREATE TABLE message_blocks (

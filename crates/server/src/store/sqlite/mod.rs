@@ -21,6 +21,7 @@ use rusqlite::Connection;
 
 use self::checkpoint::{Checkpoints, WAL_SIZE_LIMIT};
 pub(in crate::store) use self::migrations::LATEST as LATEST_SCHEMA;
+use super::deletions::Deletions;
 use super::index::MessageIndex;
 use super::log::{self, LogWriter, MessageLog};
 use super::{ConvId, LogStore, Seq};
@@ -77,6 +78,8 @@ pub struct SqliteStore {
     index: Arc<MessageIndex>,
     /// Where the messages go.
     log: LogWriter,
+    /// Which messages are deleted and which are tombstones; shared with the readers.
+    deletions: Arc<Deletions>,
     /// Message ids below this are covered by the stored counter.
     ids_reserved: i64,
     checkpoints: Arc<Checkpoints>,
@@ -124,6 +127,9 @@ impl SqliteStore {
             .context("opening the message log")?;
         let index =
             Arc::new(MessageIndex::load(&conn, &messages).context("indexing the messages")?);
+        let deletions = Arc::new(
+            Deletions::load(&conn, messages.last_id()).context("reading the deletions")?,
+        );
         if !recovery::take_clean_stop(&conn)? {
             tracing::info!("the last stop was not clean");
         }
@@ -145,6 +151,7 @@ impl SqliteStore {
             conn,
             index,
             log,
+            deletions,
             checkpoints,
             ids_reserved: 0,
         };
@@ -160,6 +167,11 @@ impl SqliteStore {
     /// The index of the stored messages, for the readers.
     pub fn index(&self) -> Arc<MessageIndex> {
         self.index.clone()
+    }
+
+    /// Which messages are deleted, for the readers.
+    pub fn deletions(&self) -> Arc<Deletions> {
+        self.deletions.clone()
     }
 
     /// `conv`'s last sequence: its last stored message's, or what a database written

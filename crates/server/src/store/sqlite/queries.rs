@@ -7,13 +7,14 @@ use rusqlite::{params, OptionalExtension};
 use super::{recovery, SqliteStore};
 use crate::store::Batch;
 use crate::store::{
-    ContactState, ConvId, DeviceId, DirectConv, LogStore, Membership, NextIds, Seq, StoredRoom,
-    UserId, UserState, KIND_BROADCAST,
+    ContactState, ConvId, DeviceId, DirectConv, LogStore, Mark, Membership, NextIds, Seq,
+    StoredRoom, UserId, UserState, KIND_BROADCAST,
 };
 
 /// Every room with its members, one row per member (or one for a room without any), in room
 /// order. Each room's members are found through `memberships_conversation` (schema V4).
-const LOAD_ROOMS: &str = "SELECT c.id, c.name, m.user_id, c.created_by FROM conversations c
+const LOAD_ROOMS: &str = "SELECT c.id, c.name, m.user_id, c.created_by, c.topic, c.invite_only
+     FROM conversations c
      LEFT JOIN memberships m ON m.conversation_id = c.id
      WHERE c.kind = 2 AND c.deleted_at IS NULL ORDER BY c.id";
 
@@ -123,12 +124,39 @@ impl LogStore for SqliteStore {
                     name: row.get(1)?,
                     members: Vec::new(),
                     created_by: row.get(3)?,
+                    topic: row.get(4)?,
+                    invite_only: row.get::<_, i64>(5)? != 0,
+                    marks: Vec::new(),
                 });
             }
             let room = rooms.last_mut().expect("pushed above");
             room.members.extend(member);
         }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT conversation_id, user_id, mark FROM room_marks")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (conv, user, mark): (ConvId, UserId, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            // Rooms are in id order.
+            let at = rooms.binary_search_by_key(&conv, |r| r.conv);
+            if let (Ok(at), Some(mark)) = (at, Mark::from_i64(mark)) {
+                rooms[at].marks.push((user, mark));
+            }
+        }
         Ok(rooms)
+    }
+
+    fn load_blocks(&mut self) -> anyhow::Result<Vec<(UserId, UserId)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT user_id, blocked_id FROM blocks")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn is_deleted(&mut self, id: i64) -> anyhow::Result<bool> {
+        Ok(self.deletions.is_deleted(id))
     }
 
     fn ensure_builtin(&mut self, anonymous: &str) -> anyhow::Result<(ConvId, UserId)> {
@@ -184,8 +212,19 @@ impl LogStore for SqliteStore {
                     tracing::error!(error = %format!("{undo:#}"), "moving join points back");
                 }
             }
+            // A deletion stands only with its tombstone in the log.
+            for d in &batch.deletions {
+                let undo = self
+                    .conn
+                    .execute("DELETE FROM deletions WHERE message_id = ?1", [d.message]);
+                if let Err(undo) = undo {
+                    tracing::error!(error = %undo, "undoing a deletion");
+                }
+            }
             return Err(e);
         }
+        // Before the index shows the tombstones, so no reader takes one for a message.
+        self.deletions.record(&batch.deletions);
         self.index.append(&batch.messages);
         if self.checkpoints.restart.swap(false, Ordering::Relaxed) {
             self.restart_wal();

@@ -131,3 +131,34 @@ ALTER TABLE users ADD COLUMN disabled_at INTEGER;
 ALTER TABLE users ADD COLUMN deleted_at INTEGER;
 ALTER TABLE conversations ADD COLUMN deleted_at INTEGER;
 ";
+
+/// Version 9: moderation. A room's topic and invite-only mode; per user of a room a mark
+/// (`room_marks.mark`: 1 operator, 2 banned, 3 muted, 4 invited; the owner is the creator,
+/// `created_by`); blocks between users; and deleted messages, each with the tombstone that
+/// announces it in the log (store/deletions.rs: the log itself is never rewritten).
+pub(super) const V9: &str = "
+ALTER TABLE conversations ADD COLUMN topic TEXT;
+ALTER TABLE conversations ADD COLUMN invite_only INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE room_marks (
+    conversation_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    mark INTEGER NOT NULL,
+    set_by INTEGER,
+    set_at INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, user_id, mark)
+) WITHOUT ROWID;
+CREATE TABLE blocks (
+    user_id INTEGER NOT NULL,
+    blocked_id INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, blocked_id)
+) WITHOUT ROWID;
+CREATE TABLE deletions (
+    message_id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    tombstone_id INTEGER NOT NULL UNIQUE,
+    deleted_by INTEGER NOT NULL,
+    deleted_at INTEGER NOT NULL
+);
+";
