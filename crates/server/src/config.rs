@@ -124,6 +124,13 @@ pub struct Config {
     pub require_tls_for_passwords: bool,
     /// Allow DMs only between users who accepted each other as contacts.
     pub contacts_only_dms: bool,
+    /// The server's operators: accounts (never password-less names) that may moderate
+    /// every room, above each room's owner, e.g. `["alice"]`.
+    pub operators: Vec<String>,
+    /// Longest room topic, in bytes.
+    pub max_topic_bytes: usize,
+    /// Most users one session may watch for presence pushes (`WATCH`).
+    pub max_watched_users: usize,
     /// Most users one name search returns.
     pub max_search_results: usize,
     /// Largest file accepted for upload, in bytes.
@@ -227,6 +234,9 @@ impl Default for Config {
             require_accounts: false,
             require_tls_for_passwords: false,
             contacts_only_dms: false,
+            operators: Vec::new(),
+            max_topic_bytes: 512,
+            max_watched_users: 256,
             max_search_results: 50,
             max_file_bytes: 100 * 1024 * 1024,
             token_ttl_secs: 30 * 86_400,

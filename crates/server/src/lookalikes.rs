@@ -53,6 +53,13 @@ impl Lookalikes {
         }
     }
 
+    /// Frees `name` (a deleted room's) for the taking.
+    pub fn release(&mut self, name: &str) {
+        if let Some(skeletons) = &mut self.skeletons {
+            skeletons.remove(&self.keys.hash_one(skeleton(name)));
+        }
+    }
+
     /// Marks a checked name as taken.
     pub fn take(&mut self, name: Unique) {
         if let Some(skeletons) = &mut self.skeletons {

@@ -242,6 +242,7 @@ impl Core {
                 name: shared,
                 members: Default::default(),
                 guests: Vec::new(),
+                rules: Default::default(),
             });
         entry.members = members;
         Ok(created)

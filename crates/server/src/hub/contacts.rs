@@ -62,6 +62,12 @@ impl Core {
         if other == user || other == self.anonymous {
             return Err(ErrorKind::UserNotFound);
         }
+        // A blocked user's requests (and their acceptance of one) are refused.
+        if matches!(action, ContactAction::Request | ContactAction::Accept)
+            && self.blocks(other, user)
+        {
+            return Err(ErrorKind::Blocked);
+        }
         let mine = self.contact_state(user, other).map_err(internal)?;
         use ContactState::*;
         let (me, them, change) = match (action, mine) {

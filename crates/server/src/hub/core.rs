@@ -13,6 +13,8 @@ use super::{
     AccountChange, Actor, Auth, Done, GoLive, Hub, Identity, LoginOk, Map, NameKey, Op, Presence,
     Set, ANONYMOUS,
 };
+use super::moderation::{Blocked, RoomRules};
+use super::presence::Watches;
 use crate::config::Config;
 use crate::lookalikes::Lookalikes;
 use crate::monitor::Monitor;
@@ -46,6 +48,9 @@ pub fn spawn(
         require_accounts: config.require_accounts,
         contacts: Map::default(),
         contacts_only_dms: config.contacts_only_dms,
+        blocked: Blocked::default(),
+        watches: Watches::default(),
+        server_operators: config.operators.iter().cloned().collect(),
         devices: Map::default(),
         directs: Map::default(),
         last_seqs: Map::default(),
@@ -104,6 +109,12 @@ pub(super) struct Online {
     pub welcomed: bool,
     /// When it logged in (Unix ms), for `parley admin sessions list`.
     pub since: i64,
+    /// A text or JSON session that watches nobody: it hears of every user's last session
+    /// ending (`listeners`). One that watches hears of its watched users only.
+    pub listens: bool,
+    /// The user's first session: its watchers are told once its login is known to be
+    /// committed.
+    pub announce: bool,
 }
 
 /// A room and who is in it now.
@@ -114,6 +125,8 @@ pub(super) struct Room {
     /// Anonymous sessions in the room (seed 004 before `/nick`); they leave with their
     /// connection.
     pub guests: Vec<Arc<Link>>,
+    /// Its owner, topic, mode, operators, bans, mutes and invitations (moderation.rs).
+    pub rules: RoomRules,
 }
 
 /// The most effects a kept effect list may hold (a batch of 4,096 requests of one message
@@ -155,6 +168,12 @@ pub(super) struct Core {
     /// Contacts per user, loaded on first use.
     pub contacts: Map<UserId, Map<UserId, ContactState>>,
     pub contacts_only_dms: bool,
+    /// Who blocks whom (moderation.rs).
+    pub(super) blocked: Blocked,
+    /// Who watches whom for presence (presence.rs).
+    pub(super) watches: Watches,
+    /// The names of the server's operators (`operators`; only accounts count).
+    pub(super) server_operators: std::collections::HashSet<String>,
     pub(super) devices: Map<(UserId, String), DeviceId>,
     /// Direct conversations by (lower, higher) user id.
     directs: Map<(UserId, UserId), ConvId>,
@@ -193,7 +212,7 @@ pub(super) struct Core {
     pub(super) staging: Staging,
     /// When the batch being applied began (Unix ms): the receive time of all its messages
     /// (one clock read per batch instead of one per message).
-    batch_time: i64,
+    pub(super) batch_time: i64,
     /// Rooms created per user and per address, and how many each may (rooms.rs).
     pub(super) rooms_created: RoomsCreated,
     /// Cluster mode's state (hub/cluster.rs); `None` on a single node.
@@ -224,6 +243,8 @@ pub(super) enum Audience {
     User(UserId),
     Room(Arc<str>),
     Everyone,
+    /// The sessions watching a user (presence notices only).
+    Watchers(UserId),
 }
 
 /// What a batch does once its commit is known.
@@ -285,9 +306,16 @@ impl Core {
                     name,
                     members: room.members.into_iter().collect(),
                     guests: Vec::new(),
+                    rules: RoomRules::stored(
+                        room.created_by,
+                        room.topic,
+                        room.invite_only,
+                        &room.marks,
+                    ),
                 },
             );
         }
+        self.load_blocks()?;
         // The reserved `anonymous` user is not one anybody registered: a new data
         // directory holds no users.
         let reserved = usize::from(self.users.contains_key(&self.anonymous));
@@ -611,6 +639,57 @@ impl Core {
                     .get_or_insert_with(|| Instant::now() + flush);
             }
             Op::Gone { link_id, identity } => self.gone(link_id, identity, batch, effects),
+            Op::Moderate {
+                link,
+                actor,
+                room,
+                action,
+                done,
+            } => {
+                let link = link.as_deref();
+                let result = self.moderate(link, actor, &room, action, batch, effects);
+                answer(effects, done, result);
+            }
+            Op::RoomDetails { room, user, done } => {
+                let _ = done.send(self.room_details(&room, user));
+            }
+            Op::Block {
+                user,
+                other,
+                on,
+                done,
+            } => {
+                let result = self.block(user, &other, on, batch);
+                answer(effects, done, result);
+            }
+            Op::Blocks { user, done } => {
+                let _ = done.send(self.blocked_by(user));
+            }
+            Op::Watch {
+                link,
+                user,
+                names,
+                render,
+            } => {
+                let item = render(&self.watch(&link, user, &names));
+                effects.push(Effect::Reply {
+                    link,
+                    item,
+                    durable: false,
+                });
+            }
+            Op::DeleteMessage {
+                link,
+                actor,
+                doomed,
+                done,
+            } => match self.delete_message(&link, actor, doomed, batch) {
+                Ok(delivery) => {
+                    answer(effects, done, Ok(()));
+                    effects.extend(delivery);
+                }
+                Err(kind) => answer(effects, done, Err(kind)),
+            },
             Op::Cluster(incoming) => self.cluster_incoming(incoming, effects),
             Op::Shutdown => {}
         }
@@ -879,6 +958,8 @@ impl Core {
             .online
             .entry(user)
             .or_insert_with(|| Vec::with_capacity(1));
+        let listens = link.protocol != Protocol::Binary;
+        let announce = devices.is_empty();
         devices.push(Online {
             link: link.clone(),
             device,
@@ -886,6 +967,8 @@ impl Core {
             push,
             welcomed: false,
             since: self.batch_time,
+            listens,
+            announce,
         });
         Ok(LoginOk {
             identity: Identity { user, device },
@@ -922,6 +1005,9 @@ impl Core {
                 };
                 // The map's key is the recipient's shared name: no second lookup for it.
                 let (to, recipient) = self.find_name(name).ok_or(ErrorKind::UserNotFound)?;
+                if !self.blocked.is_empty() && self.blocks(recipient, sender.user) {
+                    return Err(ErrorKind::Blocked);
+                }
                 if self.contacts_only_dms && recipient != sender.user {
                     let state = self
                         .contact_state(sender.user, recipient)
@@ -951,6 +1037,9 @@ impl Core {
                 };
                 if !member {
                     return Err(ErrorKind::NotMember);
+                }
+                if let Actor::Member(id) = from {
+                    self.may_speak(id.user, room)?;
                 }
                 let audience = Audience::Room(room.name.clone());
                 (
@@ -1053,6 +1142,14 @@ impl Core {
         self.store.load_user_states()
     }
 
+    pub(super) fn store_blocks(&mut self) -> anyhow::Result<Vec<(UserId, UserId)>> {
+        self.store.load_blocks()
+    }
+
+    pub(super) fn store_is_deleted(&mut self, id: i64) -> anyhow::Result<bool> {
+        self.store.is_deleted(id)
+    }
+
     pub(super) fn store_contacts(
         &mut self,
         user: UserId,
@@ -1082,7 +1179,7 @@ impl Core {
     }
 
     /// Hands out `conv`'s next sequence (one lookup when it is cached, as it nearly always is).
-    fn next_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq> {
+    pub(super) fn next_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq> {
         if self.cluster.is_some() {
             // PostgreSQL hands out the sequence at the commit (`LogStore::commit`).
             return Ok(0);
@@ -1168,6 +1265,7 @@ impl Core {
     ) {
         self.guests.remove(&link_id);
         self.drop_guest_from_rooms(link_id, effects);
+        self.unwatch(link_id);
         if let Some(identity) = identity {
             self.sign_off(link_id, identity, batch, effects);
         }
@@ -1184,6 +1282,7 @@ impl Core {
         effects: &mut Vec<Effect>,
     ) {
         let last_here = self.drop_online(identity.user, link_id);
+        let now = now_ms();
         if self.cluster.is_some() {
             // The user may be online on another node: whether this was their last session
             // anywhere is known once its row is gone (`cluster_after`).
@@ -1197,8 +1296,9 @@ impl Core {
                 audience: Audience::Everyone,
                 except: link_id,
             });
+            self.announce(identity.user, Some(now), link_id, effects);
         }
-        batch.seen.push((identity.user, identity.device, now_ms()));
+        batch.seen.push((identity.user, identity.device, now));
         let user = identity.user;
         let (ready, rest): (Vec<_>, Vec<_>) = self.waiting.drain(..).partition(|w| {
             matches!(&w.op, Op::Login { name, .. } if self.names.get(name.as_bytes()) == Some(&user))
@@ -1261,9 +1361,19 @@ impl Core {
                         link.push(welcome);
                     }
                     let user = ok.identity.user;
+                    let mut first = false;
                     for online in self.online.get_mut(&user).into_iter().flatten() {
                         if online.link.id == link.id {
                             online.welcomed = true;
+                            first = std::mem::take(&mut online.announce);
+                        }
+                    }
+                    if first {
+                        // Committed: the user's watchers may be told.
+                        let mut told = Vec::new();
+                        self.announce(user, None, link.id, &mut told);
+                        for effect in told {
+                            self.perform(effect, true, out);
                         }
                     }
                 }
@@ -1331,7 +1441,7 @@ impl Core {
                 };
                 out.push_room(name, sessions, skip, delivery);
             }
-            Audience::User(_) => {}
+            Audience::User(_) | Audience::Watchers(_) => {}
             Audience::Everyone => {
                 for online in self.online.values().flatten() {
                     if online.push && online.welcomed && online.link.id != from.1 {
@@ -1356,9 +1466,10 @@ impl Core {
             _ => None,
         };
         let mut send = |link: &Arc<Link>| {
-            // Binary sessions have no frame for notices: nothing to queue.
+            // A style with no words for this notice (seed 000's binary has none for any)
+            // gets nothing queued.
             let style = Style::from_u8(link.style.load(std::sync::atomic::Ordering::Relaxed));
-            if link.id != except && !matches!(style, Style::Binary | Style::Events) {
+            if link.id != except && !notice.encoded(style).is_empty() {
                 out.push(link, Item::Notice(notice.clone()));
             }
         };
@@ -1384,9 +1495,29 @@ impl Core {
                 }
             }
             Audience::Everyone | Audience::Direct(..) => {
-                for o in self.listeners.keys().flat_map(online) {
+                let listening = self.listeners.keys().flat_map(online);
+                for o in listening.filter(|o| o.listens) {
                     send(&o.link);
                 }
+            }
+            Audience::Watchers(user) => self.watchers_of(*user).for_each(&mut send),
+        }
+    }
+
+    /// Session `link_id` of `user` stops hearing of every user's last session ending (it
+    /// watches instead).
+    pub(super) fn stop_listening(&mut self, user: UserId, link_id: u64) {
+        let devices = self.online.get_mut(&user).into_iter().flatten();
+        let Some(online) = devices.into_iter().find(|o| o.link.id == link_id) else {
+            return;
+        };
+        if !std::mem::take(&mut online.listens) {
+            return;
+        }
+        if let Some(n) = self.listeners.get_mut(&user) {
+            *n -= 1;
+            if *n == 0 {
+                self.listeners.remove(&user);
             }
         }
     }
@@ -1400,7 +1531,7 @@ impl Core {
             return false;
         };
         let gone = devices.swap_remove(at);
-        if gone.link.protocol != Protocol::Binary {
+        if gone.listens {
             if let Some(n) = self.listeners.get_mut(&user) {
                 *n -= 1;
                 if *n == 0 {

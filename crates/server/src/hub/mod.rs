@@ -11,6 +11,8 @@ mod admin;
 mod cluster;
 mod contacts;
 mod core;
+mod moderation;
+mod presence;
 mod rooms;
 
 use std::collections::HashMap;
@@ -25,6 +27,8 @@ use crate::store::{ConvId, DeviceId, NewToken, ProfileChange, Revoke, Seq, UserI
 
 pub use self::admin::{AdminAnswer, AdminOp, Whom};
 pub use self::core::spawn;
+pub use self::moderation::{Doomed, Rank};
+pub use self::presence::{RenderWatch, Watched};
 
 /// The hub's maps, looked up for every operation, hashed with aHash: a fraction of the cost
 /// of std's SipHash, and randomly keyed like it, so names chosen by clients cannot be made
@@ -108,6 +112,43 @@ pub enum AccountChange {
 pub enum Actor {
     Member(Identity),
     Guest,
+}
+
+/// What a room's owner or operators (or the server's administrator) do in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomAction {
+    /// Sets the topic (`None` or empty: none).
+    Topic(Option<String>),
+    InviteOnly(bool),
+    Invite(String),
+    /// Out of the room (the user may join again, unless banned).
+    Kick(String),
+    /// Out of the room, and kept out until unbanned.
+    Ban(String),
+    Unban(String),
+    /// Stays in the room, but their messages to it are refused.
+    Mute(String),
+    Unmute(String),
+    /// Makes an operator (the owner only).
+    Op(String),
+    Deop(String),
+    /// Deletes the room (the owner only): members, marks and cursors go, the name is free.
+    Delete,
+}
+
+/// A room's settings, owner and marks, and where the asking user stands in it.
+#[derive(Debug, Clone)]
+pub struct RoomDetails {
+    pub name: Arc<str>,
+    pub topic: Option<Arc<str>>,
+    pub invite_only: bool,
+    pub owner: Option<Arc<str>>,
+    pub operators: Vec<Arc<str>>,
+    pub banned: Vec<Arc<str>>,
+    pub muted: Vec<Arc<str>>,
+    /// The asking user's rank in the room.
+    pub rank: Rank,
+    pub member: bool,
 }
 
 /// A room in a listing.
@@ -262,6 +303,44 @@ pub(crate) enum Op {
     Admin {
         op: AdminOp,
         done: admin::AdminDone,
+    },
+    /// A room's owner or operator (or, without `actor`, the administrator) acts.
+    Moderate {
+        link: Option<Arc<Link>>,
+        actor: Option<Identity>,
+        room: String,
+        action: RoomAction,
+        done: Done<Result<(), ErrorKind>>,
+    },
+    RoomDetails {
+        room: String,
+        user: Option<UserId>,
+        done: Done<Result<RoomDetails, ErrorKind>>,
+    },
+    Block {
+        user: UserId,
+        other: String,
+        on: bool,
+        done: Done<Result<(), ErrorKind>>,
+    },
+    Blocks {
+        user: UserId,
+        done: Done<Vec<Arc<str>>>,
+    },
+    /// Replaces the watch list of a session; its answer is rendered by `render` and queued
+    /// in order with the pushes that follow.
+    Watch {
+        link: Arc<Link>,
+        user: UserId,
+        names: Vec<String>,
+        render: RenderWatch,
+    },
+    /// Deletes a stored message with a tombstone; answered once it is stored.
+    DeleteMessage {
+        link: Arc<Link>,
+        actor: Identity,
+        doomed: Doomed,
+        done: Done<Result<(), ErrorKind>>,
     },
     Shutdown,
 }
@@ -508,6 +587,95 @@ impl Hub {
     /// Carries out an operator's request.
     pub async fn admin(&self, op: AdminOp) -> Result<AdminAnswer, ErrorKind> {
         let op = |done| Op::Admin { op, done };
+        self.ask(op, Err(ErrorKind::ShuttingDown)).await
+    }
+
+    /// Does `action` in `room` as `actor` (`None`: the server's administrator, allowed
+    /// everything), from the session of `link` (which is not told its own notice).
+    pub async fn moderate(
+        &self,
+        link: Option<Arc<Link>>,
+        actor: Option<Identity>,
+        room: String,
+        action: RoomAction,
+    ) -> Result<(), ErrorKind> {
+        let op = |done| Op::Moderate {
+            link,
+            actor,
+            room,
+            action,
+            done,
+        };
+        self.ask(op, Err(ErrorKind::ShuttingDown)).await
+    }
+
+    /// Kicks `user` out of `room` as the administrator (the admin socket's kick).
+    pub async fn kick(&self, room: String, user: String) -> Result<(), ErrorKind> {
+        self.moderate(None, None, room, RoomAction::Kick(user)).await
+    }
+
+    /// Deletes `room` as the administrator.
+    pub async fn delete_room(&self, room: String) -> Result<(), ErrorKind> {
+        self.moderate(None, None, room, RoomAction::Delete).await
+    }
+
+    /// `room`'s settings and marks, and `user`'s rank in it.
+    pub async fn room_details(
+        &self,
+        room: String,
+        user: Option<UserId>,
+    ) -> Result<RoomDetails, ErrorKind> {
+        let op = |done| Op::RoomDetails { room, user, done };
+        self.ask(op, Err(ErrorKind::ShuttingDown)).await
+    }
+
+    /// `user` starts (`on`) or stops blocking `other`.
+    pub async fn block(&self, user: UserId, other: String, on: bool) -> Result<(), ErrorKind> {
+        let op = |done| Op::Block {
+            user,
+            other,
+            on,
+            done,
+        };
+        self.ask(op, Err(ErrorKind::ShuttingDown)).await
+    }
+
+    /// The users `user` blocks, sorted.
+    pub async fn blocks(&self, user: UserId) -> Vec<Arc<str>> {
+        self.ask(|done| Op::Blocks { user, done }, Vec::new()).await
+    }
+
+    /// Makes `names` the watch list of `link` (a session of `user`): their presence is
+    /// pushed to it from now on. The answer, `render`ed from the watched users that exist,
+    /// is queued in order with those pushes. The caller must hold one in-flight permit of
+    /// `link`, which the hub returns.
+    pub fn watch(&self, link: Arc<Link>, user: UserId, names: Vec<String>, render: RenderWatch) {
+        let op = Op::Watch {
+            link,
+            user,
+            names,
+            render,
+        };
+        if let Err(op) = self.submit(op) {
+            if let Op::Watch { link, render, .. } = *op {
+                finish(&link, render(&[]));
+            }
+        }
+    }
+
+    /// Deletes the message `doomed` as `actor`; answered once the tombstone is stored.
+    pub async fn delete_message(
+        &self,
+        link: Arc<Link>,
+        actor: Identity,
+        doomed: Doomed,
+    ) -> Result<(), ErrorKind> {
+        let op = |done| Op::DeleteMessage {
+            link,
+            actor,
+            doomed,
+            done,
+        };
         self.ask(op, Err(ErrorKind::ShuttingDown)).await
     }
 

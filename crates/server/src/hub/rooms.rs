@@ -7,6 +7,7 @@ use std::sync::Arc;
 use parley_proto::ErrorKind;
 
 use super::core::{internal, Audience, Core, Effect, Room};
+use super::moderation::RoomRules;
 use super::{Actor, RoomInfo, Set, ANONYMOUS};
 use crate::outbound::{Link, Notice, SharedNotice};
 use crate::store::{Batch, UserId};
@@ -52,6 +53,10 @@ impl Core {
                 name: name.clone(),
                 members: Set::default(),
                 guests: Vec::new(),
+                rules: RoomRules {
+                    owner: creator,
+                    ..RoomRules::default()
+                },
             };
             self.rooms.insert(name, new);
         }
@@ -65,6 +70,15 @@ impl Core {
             Actor::Member(identity) => identity.user,
             Actor::Guest => self.anonymous,
         };
+        let entry = &self.rooms[room];
+        let inside = match actor {
+            Actor::Member(identity) => entry.members.contains(&identity.user),
+            Actor::Guest => entry.guests.iter().any(|g| g.id == link.id),
+        };
+        if !inside {
+            let member = matches!(actor, Actor::Member(_)).then_some(user);
+            self.may_join(member, room, batch)?;
+        }
         let who = match actor {
             Actor::Member(identity) => {
                 if self.rooms[room].members.contains(&identity.user) {

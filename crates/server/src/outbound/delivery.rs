@@ -25,6 +25,8 @@ pub struct Delivery {
     pub body: Bytes,
     /// The sender's timestamp, untouched (binary clients put Unix nanoseconds here).
     pub sent_at: u64,
+    /// A deletion (a tombstone: `from` deleted), of the message with this (id, sequence).
+    pub deletes: Option<(i64, Seq)>,
     pub(super) encoded: ByStyle,
 }
 
@@ -75,6 +77,7 @@ impl Delivery {
             to,
             body,
             sent_at,
+            deletes: None,
             encoded: Default::default(),
         }
     }
@@ -83,6 +86,12 @@ impl Delivery {
     /// names and a few words.
     pub fn weight(&self) -> usize {
         self.body.len() + self.from.len() + self.to.len() + MESSAGE_OVERHEAD
+    }
+
+    /// This delivery as the deletion of the message `id` at `seq` (see store/deletions.rs).
+    pub fn deleting(mut self, id: i64, seq: Seq) -> Self {
+        self.deletes = Some((id, seq));
+        self
     }
 
     /// The body as text (lossy for bytes that are not UTF-8).
@@ -186,6 +195,79 @@ pub enum Notice {
         name: Arc<str>,
         change: ContactChange,
     },
+    /// An operator (`by`) changed something in `room`, to `user` or to the room itself.
+    Moderation {
+        room: Arc<str>,
+        user: Option<Arc<str>>,
+        by: Arc<str>,
+        change: ModerationChange,
+    },
+    /// A watched user's first session began.
+    Online {
+        name: Arc<str>,
+    },
+    /// A watched user's last session ended, at `last_seen` (Unix ms).
+    Offline {
+        name: Arc<str>,
+        last_seen: i64,
+    },
+}
+
+/// What an operator changed in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModerationChange {
+    Invited,
+    Kicked,
+    Banned,
+    Unbanned,
+    Muted,
+    Unmuted,
+    Opped,
+    Deopped,
+    /// The room itself was deleted.
+    Deleted,
+    /// The new topic (empty: none).
+    Topic(Arc<str>),
+    InviteOnly(bool),
+}
+
+impl ModerationChange {
+    /// The JSON `change` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModerationChange::Invited => "invited",
+            ModerationChange::Kicked => "kicked",
+            ModerationChange::Banned => "banned",
+            ModerationChange::Unbanned => "unbanned",
+            ModerationChange::Muted => "muted",
+            ModerationChange::Unmuted => "unmuted",
+            ModerationChange::Opped => "opped",
+            ModerationChange::Deopped => "deopped",
+            ModerationChange::Deleted => "deleted",
+            ModerationChange::Topic(_) => "topic",
+            ModerationChange::InviteOnly(true) => "invite_only",
+            ModerationChange::InviteOnly(false) => "open",
+        }
+    }
+
+    /// The binary `Notice` frame's `change` code (`binary::change`).
+    pub fn code(&self) -> u8 {
+        use parley_proto::binary::change;
+        match self {
+            ModerationChange::Invited => change::INVITED,
+            ModerationChange::Kicked => change::KICKED,
+            ModerationChange::Banned => change::BANNED,
+            ModerationChange::Unbanned => change::UNBANNED,
+            ModerationChange::Muted => change::MUTED,
+            ModerationChange::Unmuted => change::UNMUTED,
+            ModerationChange::Opped => change::OPPED,
+            ModerationChange::Deopped => change::DEOPPED,
+            ModerationChange::Deleted => change::DELETED,
+            ModerationChange::Topic(_) => change::TOPIC,
+            ModerationChange::InviteOnly(true) => change::INVITE_ONLY,
+            ModerationChange::InviteOnly(false) => change::OPEN,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,7 +40,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parley_proto::Reply;
 
-pub use delivery::{ContactChange, Delivery, Notice, RoomRun, SharedNotice, MESSAGE_OVERHEAD};
+pub use delivery::{
+    ContactChange, Delivery, ModerationChange, Notice, RoomRun, SharedNotice, MESSAGE_OVERHEAD,
+};
 pub use encode::{json_error, slash_error, Tag};
 pub use link::{Kill, Link, LinkLimits};
 pub use queue::Waiter;
