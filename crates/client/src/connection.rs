@@ -39,6 +39,27 @@ pub enum Push {
         message: bytes::Bytes,
         time: u64,
     },
+    /// A message was deleted: `event` is the deletion's own place in its conversation (ack
+    /// it like a message), `message_seq` the deleted message's.
+    Deleted {
+        event: Event,
+        message_id: u64,
+        message_seq: u64,
+    },
+    /// A watched user came online or went offline.
+    Presence {
+        user: bytes::Bytes,
+        online: bool,
+        last_seen: u64,
+    },
+    /// Something happened in a room (`binary::change`).
+    Notice {
+        room: bytes::Bytes,
+        change: u8,
+        user: bytes::Bytes,
+        by: bytes::Bytes,
+        text: bytes::Bytes,
+    },
 }
 
 /// The data frames that came before an OK response, in order.
@@ -244,6 +265,49 @@ async fn route(
                 to,
                 message,
                 time,
+            };
+            pushes.send(push).await.map_err(drop)?;
+        }
+        Frame::Deleted {
+            cid: 0,
+            event,
+            message_id,
+            message_seq,
+        } => {
+            let push = Push::Deleted {
+                event,
+                message_id,
+                message_seq,
+            };
+            pushes.send(push).await.map_err(drop)?;
+        }
+        Frame::Presence {
+            cid: 0,
+            user,
+            online,
+            last_seen,
+        } => {
+            let push = Push::Presence {
+                user,
+                online,
+                last_seen,
+            };
+            pushes.send(push).await.map_err(drop)?;
+        }
+        Frame::Notice {
+            cid: 0,
+            room,
+            change,
+            user,
+            by,
+            text,
+        } => {
+            let push = Push::Notice {
+                room,
+                change,
+                user,
+                by,
+                text,
             };
             pushes.send(push).await.map_err(drop)?;
         }

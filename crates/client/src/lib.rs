@@ -18,6 +18,7 @@ mod error;
 mod files;
 mod lines;
 mod link;
+mod moderation;
 mod requests;
 mod transport;
 

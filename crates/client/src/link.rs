@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use parley_proto::binary::{code, kind, Event};
+use parley_proto::binary::{code, kind, Event, UserEntry};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -74,6 +74,30 @@ pub enum LinkEvent {
     Message(Event),
     /// A new device token: store it for the next start.
     Token(Token),
+    /// A message was deleted (each deletion once, in order with the messages): `event` is
+    /// the deletion's own place in the conversation, `message_seq` the deleted message's.
+    Deleted {
+        event: Event,
+        message_id: u64,
+        message_seq: u64,
+    },
+    /// A watched user's presence: pushed when it changes, and as each (re)connection's
+    /// watch finds it.
+    Presence {
+        user: String,
+        online: bool,
+        /// Unix ms of the end of their last session (0: unknown).
+        last_seen: u64,
+    },
+    /// Something happened in a room (`binary::change`), to `user` (empty: the room), by
+    /// `by`; `text` is the topic.
+    Notice {
+        room: String,
+        change: u8,
+        user: String,
+        by: String,
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +130,11 @@ pub struct Link {
     stop: CancellationToken,
     user: Arc<str>,
     clock: Arc<AtomicU64>,
+    /// The users watched for presence, watched again on every new connection.
+    watching: Watching,
 }
+
+type Watching = Arc<std::sync::Mutex<Vec<String>>>;
 
 /// How long a heartbeat's round trip may take before the connection counts as dead.
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,14 +150,27 @@ impl Link {
         let (state_tx, state) = watch::channel(State::Offline);
         let (events_tx, events) = mpsc::channel(1024);
         let stop = CancellationToken::new();
+        let watching = Watching::default();
         let link = Link {
             state,
             stop: stop.clone(),
             user: Arc::from(options.user.as_str()),
             clock: Arc::new(AtomicU64::new(0)),
+            watching: watching.clone(),
         };
-        tokio::spawn(run(options, state_tx, events_tx, stop));
+        tokio::spawn(run(options, state_tx, events_tx, stop, watching));
         (link, events)
+    }
+
+    /// Watches `users` for presence (replacing the list), now and on every connection to
+    /// come: their presence arrives as `LinkEvent::Presence`, first as it is now.
+    pub async fn watch(&self, users: Vec<String>) -> Result<Vec<UserEntry>, Error> {
+        *self.watching.lock().expect("watch list poisoned") = users.clone();
+        self.retry(|c| {
+            let users = users.clone();
+            async move { c.watch(&users).await }
+        })
+        .await
     }
 
     /// The logged-in user.
@@ -263,6 +304,7 @@ async fn run(
     state: watch::Sender<State>,
     events: mpsc::Sender<LinkEvent>,
     stop: CancellationToken,
+    watching: Watching,
 ) {
     let emit = |status: LinkStatus| {
         let events = events.clone();
@@ -285,6 +327,7 @@ async fn run(
                 ever_online = true;
                 let _ = state.send(State::Online(conn.clone()));
                 emit(LinkStatus::Online).await;
+                rewatch(&conn, &watching, &events).await;
                 pump(&conn, pushes, &mut seen, &events, options.heartbeat, &stop).await;
                 conn.close();
                 let _ = state.send(State::Offline);
@@ -323,6 +366,27 @@ async fn run(
     }
     let _ = state.send(State::Stopped(Error::Closed));
     emit(LinkStatus::Stopped(Error::Closed)).await;
+}
+
+/// Watches again on a new connection what was watched on the last, and reports what it
+/// finds (the server forgets a session's watch list with the session).
+async fn rewatch(conn: &Connection, watching: &Watching, events: &mpsc::Sender<LinkEvent>) {
+    let users = watching.lock().expect("watch list poisoned").clone();
+    if users.is_empty() {
+        return;
+    }
+    // A failure here is the connection's: the next one watches again.
+    let Ok(found) = conn.watch(&users).await else {
+        return;
+    };
+    for u in found {
+        let event = LinkEvent::Presence {
+            user: String::from_utf8_lossy(&u.name).into_owned(),
+            online: u.online,
+            last_seen: u.last_seen,
+        };
+        let _ = events.send(event).await;
+    }
 }
 
 /// Errors that trying again cannot fix: refused credentials, or (before the first success)
@@ -458,6 +522,51 @@ async fn deliver(
 ) -> Result<(), ()> {
     let event = match push {
         Push::Event(event) => event,
+        Push::Deleted {
+            event,
+            message_id,
+            message_seq,
+        } => {
+            if !fresh(&event, seen, acks) {
+                return Ok(());
+            }
+            let deleted = LinkEvent::Deleted {
+                event,
+                message_id,
+                message_seq,
+            };
+            return events.send(deleted).await.map_err(drop);
+        }
+        Push::Presence {
+            user,
+            online,
+            last_seen,
+        } => {
+            let user = String::from_utf8_lossy(&user).into_owned();
+            let presence = LinkEvent::Presence {
+                user,
+                online,
+                last_seen,
+            };
+            return events.send(presence).await.map_err(drop);
+        }
+        Push::Notice {
+            room,
+            change,
+            user,
+            by,
+            text,
+        } => {
+            let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let notice = LinkEvent::Notice {
+                room: s(&room),
+                change,
+                user: s(&user),
+                by: s(&by),
+                text: s(&text),
+            };
+            return events.send(notice).await.map_err(drop);
+        }
         // Only before acks are enabled, which the link does first; shown all the same.
         Push::Message {
             from,
@@ -479,16 +588,26 @@ async fn deliver(
             message,
         },
     };
-    if event.seq > 0 {
-        let last = seen.entry(event.conversation).or_insert(0);
-        let ack = acks.entry(event.conversation).or_insert(0);
-        *ack = (*ack).max(event.seq);
-        if event.seq <= *last {
-            return Ok(());
-        }
-        *last = event.seq;
+    if !fresh(&event, seen, acks) {
+        return Ok(());
     }
     events.send(LinkEvent::Message(event)).await.map_err(drop)
+}
+
+/// Notes `event` for its ack; false if it was delivered before (a replay whose ack was
+/// lost).
+fn fresh(event: &Event, seen: &mut HashMap<u64, u64>, acks: &mut HashMap<u64, u64>) -> bool {
+    if event.seq == 0 {
+        return true;
+    }
+    let last = seen.entry(event.conversation).or_insert(0);
+    let ack = acks.entry(event.conversation).or_insert(0);
+    *ack = (*ack).max(event.seq);
+    if event.seq <= *last {
+        return false;
+    }
+    *last = event.seq;
+    true
 }
 
 #[cfg(test)]
@@ -522,6 +641,7 @@ mod tests {
             stop: CancellationToken::new(),
             user: Arc::from("u"),
             clock: Arc::new(AtomicU64::new(0)),
+            watching: Watching::default(),
         };
         let times: Vec<u64> = (0..1000).map(|_| link.fresh_time()).collect();
         assert!(times.windows(2).all(|w| w[0] < w[1]));

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parley_proto::binary::UserEntry;
 use tokio::sync::mpsc;
 
 use super::state::{Action, ConvKey, NoteKind, Transfer, Update};
@@ -66,6 +67,31 @@ fn from_link(event: LinkEvent, token: &Option<TokenFile>) -> Update {
         }
         LinkEvent::Status(status) => Update::Link(status),
         LinkEvent::Message(event) => Update::Message(event),
+        LinkEvent::Deleted {
+            event, message_seq, ..
+        } => Update::Deleted { event, message_seq },
+        LinkEvent::Presence {
+            user,
+            online,
+            last_seen,
+        } => Update::Users(vec![UserEntry {
+            name: Bytes::from(user),
+            online,
+            last_seen,
+        }]),
+        LinkEvent::Notice {
+            room,
+            change,
+            user,
+            by,
+            text,
+        } => Update::Notice {
+            room,
+            change,
+            user,
+            by,
+            text,
+        },
         LinkEvent::Token(t) => Update::TokenSaved(match token {
             Some(file) => file
                 .save(&t.token, t.expires_at)
@@ -168,24 +194,10 @@ async fn perform(link: Link, action: Action, updates: mpsc::Sender<Update>) {
                 Err(_) => return,
             }
         }
-        Action::Presence(user) => {
-            let u = user.clone();
-            let found = link
-                .retry(|c| {
-                    let u = u.clone();
-                    async move { c.search(&u, 1).await }
-                })
-                .await;
-            match found {
-                Ok(found) => Update::Users(
-                    found
-                        .into_iter()
-                        .filter(|f| *f.name == *user.as_bytes())
-                        .collect(),
-                ),
-                Err(_) => return,
-            }
-        }
+        Action::Watch(users) => match link.watch(users).await {
+            Ok(found) => Update::Users(found),
+            Err(_) => return,
+        },
         Action::Users => match link.retry(|c| async move { c.users().await }).await {
             Ok(users) => Update::Users(users),
             Err(_) => return,

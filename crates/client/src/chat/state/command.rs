@@ -97,8 +97,6 @@ impl App {
                     None => {
                         let index = self.open(ConvKey::Direct(user.clone()));
                         let mut actions = self.select(index);
-                        // Finding the user also tells whether they are online.
-                        actions.retain(|a| !matches!(a, Action::Presence(_)));
                         actions.push(Action::FindUser(user.clone()));
                         actions
                     }

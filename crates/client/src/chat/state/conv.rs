@@ -49,7 +49,7 @@ impl ConvKey {
     /// The conversation an event belongs to, seen by `me`.
     pub fn of(event: &Event, me: &str) -> ConvKey {
         let to = String::from_utf8_lossy(&event.to).into_owned();
-        match event.kind {
+        match event.kind & !kind::DELETED {
             kind::ROOM => ConvKey::Room(to),
             kind::BROADCAST => ConvKey::Everyone,
             _ if *event.from == *me.as_bytes() => ConvKey::Direct(to),
@@ -57,6 +57,9 @@ impl ConvKey {
         }
     }
 }
+
+/// What a deleted message shows instead of its words.
+pub const DELETED: &str = "(message deleted)";
 
 /// What became of a message this client sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +219,21 @@ impl Conv {
         });
         if self.entries.len() > MAX_ENTRIES {
             self.entries.remove(0);
+        }
+    }
+
+    /// Shows the message at `seq` as deleted; true if it is here.
+    pub(super) fn delete(&mut self, seq: u64) -> bool {
+        let found = self.entries.iter_mut().find_map(|e| match e {
+            Entry::Msg(m) if m.seq == Some(seq) => Some(m),
+            _ => None,
+        });
+        match found {
+            Some(m) => {
+                m.text = DELETED.to_string();
+                true
+            }
+            None => false,
         }
     }
 

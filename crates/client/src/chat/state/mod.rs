@@ -26,9 +26,9 @@ pub use update::{Action, Update};
 pub const MAX_ENTRIES: usize = 5000;
 /// Messages one page of history asks for.
 pub const PAGE: u16 = 50;
-/// How often presence (members, contacts, the open conversation's peer) is asked for
-/// again, in ms: binary sessions get no presence notices, so the client asks.
-const REFRESH_MS: u64 = 10_000;
+/// Most users watched for presence: the direct conversations' peers and contacts first,
+/// then the open room's members (the server allows 256 by default).
+const MAX_WATCHED: usize = 256;
 
 /// The connection as the status line shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +91,8 @@ pub struct App {
     pub redraw: bool,
     /// The time of the last tick (Unix ms).
     pub now: u64,
-    last_refresh: u64,
+    /// The users whose presence the server pushes (the last `Action::Watch`).
+    watched: Vec<String>,
     next_local: u64,
     last_time: u64,
     /// Whether a reconnect happened: the next message of each conversation gets a marker.
@@ -131,7 +132,7 @@ impl App {
             quit: false,
             redraw: false,
             now,
-            last_refresh: now,
+            watched: Vec::new(),
             next_local: 1,
             last_time: 0,
             reconnected: BTreeSet::new(),
@@ -261,12 +262,41 @@ impl App {
                 limit: PAGE,
             });
         }
-        match &conv.key {
-            ConvKey::Room(room) => actions.push(Action::Members(room.clone())),
-            ConvKey::Direct(user) => actions.push(Action::Presence(user.clone())),
-            _ => {}
+        if let ConvKey::Room(room) = &conv.key {
+            actions.push(Action::Members(room.clone()));
         }
+        actions.extend(self.watch());
         actions
+    }
+
+    /// The watch for what is on screen, if it changed: the peers of the direct
+    /// conversations, the contacts who ask, then the open room's members.
+    fn watch(&mut self) -> Option<Action> {
+        if self.conn != ConnState::Online {
+            return None;
+        }
+        let mut list: BTreeSet<String> = self
+            .convs
+            .iter()
+            .filter_map(|c| match &c.key {
+                ConvKey::Direct(user) => Some(user.clone()),
+                _ => None,
+            })
+            .chain(self.pending.iter().cloned())
+            .collect();
+        for m in &self.conv().members {
+            if list.len() >= MAX_WATCHED {
+                break;
+            }
+            list.insert(m.name.clone());
+        }
+        list.remove(&self.me);
+        let list: Vec<String> = list.into_iter().take(MAX_WATCHED).collect();
+        if list == self.watched {
+            return None;
+        }
+        self.watched = list.clone();
+        Some(Action::Watch(list))
     }
 
     pub fn next_conv(&mut self, step: isize) -> Vec<Action> {
@@ -294,22 +324,11 @@ impl App {
     // Time
     // ---------------------------------------------------------------------------------
 
-    /// The clock moved to `now` (Unix ms): presence is asked for again now and then.
+    /// The clock moved to `now` (Unix ms). (Presence is pushed for what is watched: nothing
+    /// to ask for again.)
     pub fn tick(&mut self, now: u64) -> Vec<Action> {
         self.now = now;
-        if self.conn != ConnState::Online || now < self.last_refresh + REFRESH_MS {
-            return Vec::new();
-        }
-        self.last_refresh = now;
-        // What is on screen, not every user on the server: contacts, the room's members,
-        // or the other side of a direct conversation.
-        let mut actions = vec![Action::Contacts { show: false }];
-        match &self.conv().key {
-            ConvKey::Room(room) => actions.push(Action::Members(room.clone())),
-            ConvKey::Direct(user) => actions.push(Action::Presence(user.clone())),
-            _ => {}
-        }
-        actions
+        Vec::new()
     }
 
     // ---------------------------------------------------------------------------------

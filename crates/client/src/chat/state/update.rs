@@ -3,10 +3,11 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use parley_proto::binary::{contact, ContactEntry, Event, RoomEntry, UserEntry};
+use parley_proto::binary::{change, contact, kind, ContactEntry, Event, RoomEntry, UserEntry};
 
 use super::super::text;
 use super::super::view::mentions;
+use super::conv::DELETED;
 use super::{App, ConnState, ConvKey, Delivery, Entry, Member, Msg, NoteKind, Transfer};
 use crate::{FileInfo, LinkStatus};
 
@@ -16,6 +17,20 @@ pub enum Update {
     Link(LinkStatus),
     /// A pushed message (live, or catch-up after a login).
     Message(Event),
+    /// A message was deleted: `event` is the deletion (its conversation), `message_seq`
+    /// the deleted message's place.
+    Deleted {
+        event: Event,
+        message_seq: u64,
+    },
+    /// Something happened in a room, or to a contact (`binary::change`).
+    Notice {
+        room: String,
+        change: u8,
+        user: String,
+        by: String,
+        text: String,
+    },
     /// A page of history for `conv`; `asked` is how many were asked for.
     History {
         conv: ConvKey,
@@ -90,8 +105,9 @@ pub enum Action {
     Members(String),
     /// Everyone, with presence (at login, and for `/who` outside a room).
     Users,
-    /// One user's presence (the other side of the open direct conversation).
-    Presence(String),
+    /// Watch these users' presence (what is on screen: direct conversations, contacts,
+    /// the open room's members); changes are pushed from then on.
+    Watch(Vec<String>),
     Rooms,
     /// Rooms listed, for `/rooms` (shown as a note).
     ListRooms,
@@ -131,6 +147,19 @@ impl App {
         match update {
             Update::Link(status) => return self.link(status),
             Update::Message(event) => return self.message(event),
+            Update::Deleted { event, message_seq } => {
+                let key = ConvKey::of(&event, &self.me);
+                if let Some(i) = self.find(&key) {
+                    self.convs[i].delete(message_seq);
+                }
+            }
+            Update::Notice {
+                room,
+                change,
+                user,
+                by,
+                text,
+            } => return self.notice(room, change, user, by, text),
             Update::History {
                 conv,
                 events,
@@ -202,11 +231,18 @@ impl App {
                     list.sort_by(|a, b| b.online.cmp(&a.online).then(a.name.cmp(&b.name)));
                     self.convs[i].members = list;
                 }
+                return self.watch().into_iter().collect();
             }
             Update::Users(users) => {
-                // A listing of everyone, or a search for a few: what it says is news.
+                // A listing of everyone, a search for a few, or a watched user's change:
+                // what it says is news, for the member lists too.
                 for u in users {
                     let name = String::from_utf8_lossy(&u.name).into_owned();
+                    for conv in &mut self.convs {
+                        if let Some(m) = conv.members.iter_mut().find(|m| m.name == name) {
+                            m.online = u.online;
+                        }
+                    }
                     self.users.insert(name, (u.online, u.last_seen));
                 }
             }
@@ -215,6 +251,7 @@ impl App {
                 if show {
                     self.show_contacts(&list);
                 }
+                return self.watch().into_iter().collect();
             }
             Update::FileSent { conv, text, time } => {
                 let local = self.local();
@@ -280,7 +317,6 @@ impl App {
                     self.reconnected = self.convs.iter().map(|c| c.key.clone()).collect();
                     self.note(Some(&ConvKey::Server), "connected again", NoteKind::Info);
                 }
-                self.last_refresh = self.now;
                 let mut actions = vec![
                     Action::Rooms,
                     Action::Users,
@@ -403,11 +439,15 @@ impl App {
             conv.more_before = false;
         }
         for event in events {
+            let text = match event.kind & kind::DELETED {
+                0 => String::from_utf8_lossy(&event.message).into_owned(),
+                _ => DELETED.to_string(),
+            };
             let msg = Msg {
                 id: Some(event.id),
                 seq: Some(event.seq),
                 from: String::from_utf8_lossy(&event.from).into_owned(),
-                text: String::from_utf8_lossy(&event.message).into_owned(),
+                text,
                 time: event.time,
                 status: Delivery::Stored,
                 local: None,
@@ -465,6 +505,86 @@ impl App {
             };
             self.info(format!("{name}  {presence}  {state}"));
         }
+    }
+}
+
+impl App {
+    /// A room notice (or a contact's change) as lines and member-list changes.
+    fn notice(
+        &mut self,
+        room: String,
+        change: u8,
+        user: String,
+        by: String,
+        text: String,
+    ) -> Vec<Action> {
+        let key = ConvKey::Room(room.clone());
+        let me = user == self.me;
+        let who = if me { "you".to_string() } else { user.clone() };
+        let line = match change {
+            change::JOINED | change::LEFT => {
+                if let Some(i) = self.find(&key) {
+                    let members = &mut self.convs[i].members;
+                    members.retain(|m| m.name != user);
+                    if change == change::JOINED {
+                        members.push(Member {
+                            name: user.clone(),
+                            online: true,
+                        });
+                        members.sort_by(|a, b| b.online.cmp(&a.online).then(a.name.cmp(&b.name)));
+                    }
+                }
+                let what = if change == change::JOINED { "joined" } else { "left" };
+                self.note(Some(&key), format!("{user} {what}"), NoteKind::Info);
+                return self.watch().into_iter().collect();
+            }
+            change::CONTACT_REQUESTED
+            | change::CONTACT_ACCEPTED
+            | change::CONTACT_DECLINED
+            | change::CONTACT_REMOVED => {
+                // The list says what changed (a new request is announced from it).
+                return vec![Action::Contacts { show: false }];
+            }
+            change::KICKED | change::BANNED | change::DELETED if me || change == change::DELETED => {
+                let what = match change {
+                    change::KICKED => format!("{by} kicked you from {room}"),
+                    change::BANNED => format!("{by} banned you from {room}"),
+                    _ => format!("{room} was deleted"),
+                };
+                if let Some(i) = self.find(&key) {
+                    self.close(i);
+                }
+                self.note(Some(&ConvKey::Server), what.clone(), NoteKind::Error);
+                if self.current != 0 {
+                    self.error(what);
+                }
+                return self.watch().into_iter().collect();
+            }
+            change::KICKED | change::BANNED => {
+                if let Some(i) = self.find(&key) {
+                    self.convs[i].members.retain(|m| m.name != user);
+                }
+                let what = if change == change::KICKED { "kicked" } else { "banned" };
+                format!("{by} {what} {user}")
+            }
+            change::INVITED => {
+                let what = format!("{by} invited you to {room}: /join {room}");
+                self.note(Some(&ConvKey::Server), what, NoteKind::Info);
+                return Vec::new();
+            }
+            change::UNBANNED => format!("{by} lifted the ban on {who}"),
+            change::MUTED => format!("{by} muted {who}"),
+            change::UNMUTED => format!("{by} unmuted {who}"),
+            change::OPPED => format!("{by} made {who} an operator"),
+            change::DEOPPED => format!("{by} took operator from {who}"),
+            change::TOPIC if text.is_empty() => format!("{by} cleared the topic"),
+            change::TOPIC => format!("{by} set the topic: {text}"),
+            change::INVITE_ONLY => format!("{by} made the room invite-only"),
+            change::OPEN => format!("{by} opened the room to everyone"),
+            _ => return Vec::new(),
+        };
+        self.note(Some(&key), line, NoteKind::Info);
+        Vec::new()
     }
 }
 
