@@ -251,3 +251,75 @@ test('the app works at 360 px', async () => {
   await jo.waitForSelector('#login:not([hidden])');
   await jo.context().close();
 });
+
+test('a room owner moderates from the web app; deletions and presence arrive live', async () => {
+  const kim = await page(chrome);
+  const lee = await page(chrome);
+  await register(kim, server, 'kim');
+  await register(lee, server, 'lee');
+  await joinRoom(kim, '#mod');
+  await joinRoom(lee, '#mod');
+  // The owner sets the topic; the other member sees it, and may not edit it.
+  await kim.click('#edit-topic');
+  await kim.fill('#topic-input', 'be kind');
+  await kim.click('#topic-submit');
+  await kim.waitForFunction(() => document.querySelector('#conv-detail')?.textContent === 'be kind');
+  await lee.waitForFunction(() => document.querySelector('#conv-detail')?.textContent === 'be kind');
+  assert.equal(await lee.isVisible('#edit-topic'), false, 'members do not edit the topic');
+
+  // lee's message, deleted by the owner: both show it deleted, live, without its words.
+  await send(lee, 'something regrettable');
+  await shows(kim, 'something regrettable');
+  const regrettable = '#messages article:has-text("something regrettable")';
+  await kim.hover(regrettable);
+  await kim.click(`${regrettable} button.delete`);
+  await kim.waitForSelector('#messages .text.deleted');
+  await lee.waitForSelector('#messages .text.deleted');
+  assert.equal(await lee.textContent('#messages .text.deleted'), 'message deleted');
+  assert.equal(await lee.$$eval('#messages .text', (els) => els.some((e) => e.textContent.includes('regrettable'))), false);
+  // A member deletes their own messages only: no button on the owner's.
+  await send(kim, 'owner speaking');
+  await shows(lee, 'owner speaking');
+  assert.equal(await lee.$$eval('#messages article:has-text("owner speaking") button.delete', (b) => b.length), 0);
+
+  // The member menu: a muted member's message is refused, and says why.
+  await kim.click('#toggle-members');
+  await kim.waitForFunction(() => document.querySelectorAll('#member-list li').length === 2);
+  await kim.click('#member-list summary[aria-label="Actions for lee"]');
+  await kim.click('#member-list .menu button:has-text("Mute")');
+  await kim.waitForSelector('#member-list li:has-text("lee") .role:has-text("muted")');
+  await shot(kim, 'desktop-moderation');
+  await send(lee, 'can I still talk?');
+  await lee.waitForSelector('#messages .msg.failed');
+  assert.match(await lee.textContent('#messages .msg.failed .status'), /muted/i);
+
+  // Presence without polling: kim's direct conversation with lee shows lee online, then
+  // gone as soon as lee's browser is.
+  await kim.click('#open-dm');
+  await kim.fill('#dm-search', 'lee');
+  await kim.click('#dm-results button[aria-label="Message lee"]');
+  await kim.waitForFunction(() => document.querySelector('#conv-detail')?.textContent === 'online');
+  await send(kim, 'hello lee');
+  await lee.waitForSelector('.convs button[aria-label^="kim"]');
+
+  // A block: lee blocks kim from their direct conversation; kim's next DM is refused.
+  await openConversation(lee, 'kim');
+  await lee.click('#block');
+  await lee.waitForFunction(() => document.querySelector('#block')?.textContent === 'Unblock');
+  await send(kim, 'are you there?');
+  await kim.waitForSelector('#messages .msg.failed');
+  assert.match(await kim.textContent('#messages .msg.failed .status'), /blocked/i);
+
+  // The owner kicks lee: the room leaves lee's sidebar.
+  await openConversation(kim, '#mod');
+  await kim.click('#toggle-members');
+  await kim.click('#member-list summary[aria-label="Actions for lee"]');
+  await kim.click('#member-list .menu button:has-text("Kick")');
+  await lee.waitForFunction(() => !document.querySelector('.convs button[aria-label^="#mod"]'));
+
+  await openConversation(kim, 'lee');
+  assert.deepEqual([...kim.errors, ...lee.errors], []);
+  await lee.context().close();
+  await kim.waitForFunction(() => /^last seen/.test(document.querySelector('#conv-detail')?.textContent ?? ''));
+  await kim.context().close();
+});

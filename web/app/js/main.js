@@ -13,8 +13,8 @@ let mode = 'login';
 let nextLocal = 1;
 const acks = new Map();
 let ackTimer = null;
-let usersTimer = null;
 let bannerTimer = null;
+let members = []; // the open room's members, as the panel shows them
 const images = new Map();
 
 // ---------------------------------------------------------------- login
@@ -88,7 +88,7 @@ function endSession(why = '') {
   conn?.stop();
   conn = null;
   localStorage.removeItem('parley.session');
-  clearInterval(usersTimer);
+  state.watched = '';
   location.hash = '';
   state.conversations.clear();
   state.current = null;
@@ -132,19 +132,66 @@ function status(s, detail) {
 
 /** Connected and subscribed: what this device missed is arriving; refresh the lists. */
 async function online() {
+  // A new session watches nothing yet: what is on screen is watched again below.
+  state.watched = '';
   try {
-    await Promise.all([conversations(), users(), contacts()]);
+    await Promise.all([conversations(), contacts(), blocks()]);
   } catch (e) {
     toast(e.message, 'error');
   }
   const c = current();
   if (c && !c.loaded) load(c);
+  if (c?.kind === 'room') roomInfo(c);
   // Messages written while offline go now, in order.
   for (const conv of state.conversations.values()) {
     for (const p of [...conv.pending]) if (p.status === 'queued') deliver(conv, p);
   }
-  clearInterval(usersTimer);
-  usersTimer = setInterval(() => users().catch(() => {}), 60000);
+}
+
+/**
+ * Watches the presence of what the app shows (the people of the direct conversations and
+ * the contacts, then the open room's members): the server pushes when each comes and
+ * goes, so nothing is polled. Sent again only when the list changes.
+ */
+async function watch() {
+  if (!conn || conn.status !== 'online') return;
+  const names = new Set([...state.conversations.values()].filter((c) => c.kind === 'dm').map((c) => c.name));
+  for (const c of state.contacts) names.add(c.name);
+  if (!$('members').hidden) for (const m of members) if (names.size < WATCHED) names.add(m.name);
+  names.delete(state.me);
+  const list = [...names].sort().slice(0, WATCHED);
+  const key = list.join('\n');
+  if (key === state.watched) return;
+  state.watched = key;
+  try {
+    for (const u of await conn.call('WATCH', { users: list })) {
+      state.users.set(u.name, { online: u.online, last_seen: u.last_seen });
+    }
+  } catch {
+    state.watched = '';
+  }
+  refresh();
+}
+
+/** Most users watched (the server's default `max_watched_users`). */
+const WATCHED = 256;
+
+async function blocks() {
+  state.blocked = new Set(await conn.call('BLOCKS'));
+}
+
+/** The room's topic, owner, operators and this user's role in it. */
+async function roomInfo(c) {
+  try {
+    state.rooms.set(c.name, await conn.call('ROOM_INFO', { room: c.name }));
+  } catch {
+    return;
+  }
+  if (current() === c) {
+    refresh();
+    renderMessages(c);
+    if (!$('members').hidden) renderMembers();
+  }
 }
 
 /** The conversations this user belongs to, with their last message. */
@@ -172,16 +219,13 @@ async function conversations() {
     if (c) open(c);
   }
   refresh();
-}
-
-async function users() {
-  const list = await conn.call('USERS');
-  state.users = new Map(list.map((u) => [u.name, u]));
-  refresh();
+  watch();
 }
 
 async function contacts() {
   state.contacts = await conn.call('CONTACTS');
+  for (const c of state.contacts) state.users.set(c.name, { online: c.online, last_seen: c.last_seen });
+  watch();
   const asking = state.contacts.filter((c) => c.state === 'pending').length;
   $('contacts-badge').hidden = asking === 0;
   $('contacts-badge').textContent = String(asking);
@@ -191,7 +235,7 @@ async function contacts() {
 /** A message as the app keeps it, from a push or a history item. */
 function normalize(m) {
   const received = m.received_at ? Date.parse(m.received_at) : Date.now();
-  return { id: m.id, seq: m.seq, conversation: m.conversation, from: m.from, text: m.text, ms: toMs(m.time, received) };
+  return { id: m.id, seq: m.seq, conversation: m.conversation, from: m.from, text: m.text, ms: toMs(m.time, received), deleted: Boolean(m.deleted) };
 }
 
 function event(e) {
@@ -207,6 +251,14 @@ function event(e) {
       if (u) Object.assign(u, { online: false, last_seen: Date.now() });
       return refresh();
     }
+    case 'online':
+    case 'offline':
+      state.users.set(e.user, { online: e.event === 'online', last_seen: e.last_seen ?? null });
+      refresh();
+      if (!$('members').hidden) renderMembers();
+      return;
+    case 'deleted': return deletedMessage(e);
+    case 'moderation': return moderation(e);
     case 'contact_requested':
       toast(`${e.user} wants to be your contact`);
       return contacts().catch(() => {});
@@ -229,8 +281,10 @@ function received(e) {
   const m = normalize(e);
   // A conversation whose history was never fetched keeps only its last message: the latest
   // page will hold this one, and a page beside a stray newer message would leave a gap.
+  const known = c.id !== null || c.lastSeq > 0;
   const isNew = c.loaded || c.loading ? c.add([m]) : c.touch(m);
   ack(e.conversation, e.seq);
+  if (!known && c.kind === 'dm') watch();
   if (!isNew) return;
   const u = state.users.get(e.from);
   if (u && !u.online) u.online = true;
@@ -244,6 +298,37 @@ function received(e) {
   }
   if (isOpen) renderMessages(c, true);
   refresh();
+}
+
+/** A message was deleted: it shows as deleted wherever it is. */
+function deletedMessage(e) {
+  const c = state.conversationOf(e.kind, e.from, e.to);
+  c.deleted(e.deleted.seq);
+  // The deletion has a place of its own in the conversation: nothing to read there.
+  const caughtUp = c.readSeq !== null && c.readSeq >= e.seq - 1;
+  if (e.seq > c.lastSeq) c.lastSeq = e.seq;
+  if (caughtUp) state.markRead(c, e.seq);
+  ack(e.conversation, e.seq);
+  if (state.current === c.key) renderMessages(c);
+  refresh();
+}
+
+/** Something an operator did in a room (or to this user in one). */
+function moderation(e) {
+  const c = state.conversation('room', e.room);
+  const me = e.user === state.me;
+  if (e.change === 'invited') return toast(`${e.by} invited you to ${e.room}`);
+  if (e.change === 'deleted' || (me && (e.change === 'kicked' || e.change === 'banned'))) {
+    const what = e.change === 'deleted' ? `${e.room} was deleted` : `${e.by} ${e.change} you from ${e.room}`;
+    toast(what, 'error');
+    c.member = false;
+    state.rooms.delete(e.room);
+    if (state.current === c.key) closeConversation();
+    return refresh();
+  }
+  if (e.change === 'topic' && state.current === c.key && e.topic) toast(`Topic: ${e.topic}`);
+  if (c.member) roomInfo(c);
+  if (state.current === c.key && !$('members').hidden) showMembers();
 }
 
 /** Acks what was received, a few times a second: the device's cursor moves past it. */
@@ -302,6 +387,7 @@ function open(c) {
   scrollToBottom();
   if (!c.loaded) load(c);
   else state.markRead(c);
+  if (c.kind === 'room') roomInfo(c);
   refresh();
   if (window.matchMedia('(min-width: 721px)').matches) $('input').focus();
 }
@@ -362,8 +448,27 @@ function scrollToBottom() {
 
 function renderMessages(c, follow = false) {
   const stick = follow && atBottom();
-  view.messages(state, c, { retry, fetchImage, download: downloadFile });
+  const role = c.kind === 'room' ? state.rooms.get(c.name)?.role : null;
+  const canDelete = (m) => m.from === state.me || (c.kind === 'room' && view.moderates(role));
+  const reveal = (m) => {
+    m.revealed = true;
+    renderMessages(c);
+  };
+  const remove = (m) => deleteMessage(c, m);
+  view.messages(state, c, { retry, fetchImage, download: downloadFile, canDelete, reveal, remove });
   if (stick) scrollToBottom();
+}
+
+/** Deletes a message: the server keeps a tombstone, every device shows it deleted. */
+async function deleteMessage(c, m) {
+  try {
+    await conn.call('DELETE', { target: c.target, seq: m.seq });
+    c.deleted(m.seq);
+    if (state.current === c.key) renderMessages(c);
+    refresh();
+  } catch (e) {
+    toast(e.message, 'error');
+  }
 }
 
 // ---------------------------------------------------------------- sending
@@ -514,14 +619,20 @@ async function leave() {
   try {
     await conn.call('LEAVE', { room: c.name });
     c.member = false;
-    state.current = null;
-    history.replaceState(null, '', '#');
-    $('app').classList.remove('show-conv');
-    view.messages(state, { messages: [], pending: [], loading: false, complete: false, kind: 'room' }, {});
+    closeConversation();
     refresh();
   } catch (e) {
     toast(e.message, 'error');
   }
+}
+
+/** No conversation open any more (left, kicked, or the room deleted). */
+function closeConversation() {
+  state.current = null;
+  history.replaceState(null, '', '#');
+  $('app').classList.remove('show-conv', 'show-members');
+  $('members').hidden = true;
+  view.messages(state, { messages: [], pending: [], loading: false, complete: false, kind: 'room' }, {});
 }
 
 async function search(input, list, buttons) {
@@ -546,15 +657,91 @@ function startDm(name) {
   const c = state.conversation('dm', name);
   c.member = true;
   open(c);
+  watch();
 }
 
 async function showMembers() {
   const c = current();
   if (!c || c.kind !== 'room') return;
   try {
-    view.members(state, await conn.call('MEMBERS', { room: c.name }));
+    members = await conn.call('MEMBERS', { room: c.name });
   } catch (e) {
-    toast(e.message, 'error');
+    return toast(e.message, 'error');
+  }
+  renderMembers();
+  watch();
+}
+
+/** The open room's members, each with the menu of what this user may do to them. */
+function renderMembers() {
+  const c = current();
+  if (!c || c.kind !== 'room') return;
+  const info = state.rooms.get(c.name);
+  const rank = (name) => {
+    if (name === info?.owner) return 2;
+    return info?.operators?.includes(name) ? 1 : 0;
+  };
+  const mine = { member: 0, operator: 1, owner: 2, 'server-operator': 3 }[info?.role] ?? 0;
+  const act = (command, user) => async () => {
+    try {
+      await conn.call(command, { room: c.name, user });
+      await roomInfo(c);
+      showMembers();
+    } catch (e) {
+      toast(e.message, 'error');
+    }
+  };
+  const menu = (m) => {
+    if (m.name === state.me || m.name === 'anonymous') return [];
+    const items = [];
+    if (mine >= 1 && rank(m.name) < mine) {
+      const muted = info?.muted?.includes(m.name);
+      items.push(['Kick', act('KICK', m.name)], ['Ban', act('BAN', m.name)],
+        [muted ? 'Unmute' : 'Mute', act(muted ? 'UNMUTE' : 'MUTE', m.name)]);
+      if (mine >= 2) items.push(rank(m.name) === 1 ? ['Remove operator', act('DEOP', m.name)] : ['Make operator', act('OP', m.name)]);
+    }
+    const blocked = state.blocked.has(m.name);
+    items.push([blocked ? 'Unblock' : 'Block', () => block(m.name, !blocked)]);
+    return items;
+  };
+  view.members(state, members, c.name, menu);
+}
+
+/** Blocks (or unblocks) a user: no DMs or contact requests from them; their room messages
+ * are folded away here. */
+async function block(name, on) {
+  try {
+    await conn.call(on ? 'BLOCK' : 'UNBLOCK', { user: name });
+    if (on) state.blocked.add(name);
+    else state.blocked.delete(name);
+    toast(on ? `${name} is blocked` : `${name} is no longer blocked`);
+  } catch (e) {
+    return toast(e.message, 'error');
+  }
+  const c = current();
+  refresh();
+  if (c) renderMessages(c);
+  if (!$('members').hidden) renderMembers();
+}
+
+function openTopic() {
+  const c = current();
+  if (!c || c.kind !== 'room') return;
+  $('topic-error').textContent = '';
+  $('topic-input').value = state.rooms.get(c.name)?.topic ?? '';
+  $('topic-dialog').showModal();
+  $('topic-input').focus();
+}
+
+async function saveTopic() {
+  const c = current();
+  if (!c) return;
+  try {
+    await conn.call('TOPIC', { room: c.name, topic: $('topic-input').value.trim() });
+    $('topic-dialog').close();
+    await roomInfo(c);
+  } catch (e) {
+    $('topic-error').textContent = e.message;
   }
 }
 
@@ -564,6 +751,7 @@ function toggleMembers() {
   $('app').classList.toggle('show-members', !hidden);
   $('toggle-members').setAttribute('aria-expanded', String(!hidden));
   if (!hidden) showMembers();
+  else watch();
 }
 
 function renderContacts() {
@@ -675,6 +863,16 @@ function wire() {
     refresh();
   };
   $('toggle-members').onclick = toggleMembers;
+  $('edit-topic').onclick = openTopic;
+  $('topic-form').onsubmit = (e) => {
+    if (e.submitter?.value !== 'save') return;
+    e.preventDefault();
+    saveTopic();
+  };
+  $('block').onclick = () => {
+    const c = current();
+    if (c?.kind === 'dm') block(c.name, !state.blocked.has(c.name));
+  };
   $('leave').onclick = leave;
   $('open-join').onclick = openJoin;
   $('join-form').onsubmit = (e) => {

@@ -67,6 +67,14 @@ export class Conversation {
     return false;
   }
 
+  /** Shows the message at `seq` as deleted (its words gone); true if it is here. */
+  deleted(seq) {
+    const m = this.messages.find((x) => x.seq === seq);
+    if (m) Object.assign(m, { deleted: true, text: '' });
+    if (this.last?.seq === seq) Object.assign(this.last, { deleted: true, text: '' });
+    return Boolean(m);
+  }
+
   get oldestId() {
     return this.messages.length ? this.messages[0].id : null;
   }
@@ -80,6 +88,9 @@ export class State {
     this.current = null; // key of the open conversation
     this.users = new Map(); // name -> {online, last_seen}
     this.contacts = [];
+    this.blocked = new Set(); // the users this user blocks
+    this.rooms = new Map(); // room -> its details (topic, role, ...), as ROOM_INFO says
+    this.watched = ''; // the users whose presence the server pushes, joined
     this.read = {};
   }
 

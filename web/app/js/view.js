@@ -49,11 +49,15 @@ export function header(state, c) {
     if (u?.online) detail = 'online';
     else if (u?.last_seen) detail = `last seen ${ago(u.last_seen)}`;
   } else if (c?.kind === 'room') {
-    detail = 'room';
+    detail = state.rooms.get(c.name)?.topic || 'room';
   } else if (c?.kind === 'broadcast') {
     detail = 'everyone on this server';
   }
   $('conv-detail').textContent = detail;
+  const role = c?.kind === 'room' ? state.rooms.get(c.name)?.role : null;
+  $('edit-topic').hidden = !moderates(role);
+  $('block').hidden = c?.kind !== 'dm';
+  if (c?.kind === 'dm') $('block').textContent = state.blocked.has(c.name) ? 'Unblock' : 'Block';
   $('toggle-members').hidden = c?.kind !== 'room';
   $('leave').hidden = c?.kind !== 'room';
   $('composer').hidden = !c;
@@ -89,18 +93,33 @@ export function messages(state, c, actions) {
   fill(box, children);
 }
 
+/** Whether a room role may moderate (set the topic, delete others' messages, kick...). */
+export function moderates(role) {
+  return role === 'operator' || role === 'owner' || role === 'server-operator';
+}
+
 function message(state, m, grouped, actions) {
   const mine = m.from === state.me;
   const mention = !mine && state.me && m.text.includes(`@${state.me}`);
   const classes = ['msg', mine && 'mine', mention && 'mention', m.status === 'failed' && 'failed',
     m.status && m.status !== 'sent' && 'pending'].filter(Boolean).join(' ');
-  const file = parseFile(m.text);
-  const body = file ? fileBox(file, actions) : h('div', { class: 'text' }, linked(m.text));
+  const hidden = !mine && !m.deleted && !m.revealed && state.blocked.has(m.from);
+  const file = m.deleted || hidden ? null : parseFile(m.text);
+  let body;
+  if (m.deleted) body = h('div', { class: 'text deleted' }, 'message deleted');
+  else if (hidden) {
+    body = h('div', { class: 'text blocked' }, 'Message from a blocked user',
+      h('button', { type: 'button', onclick: () => actions.reveal(m) }, 'Show'));
+  } else body = file ? fileBox(file, actions) : h('div', { class: 'text' }, linked(m.text));
+  const remove = !m.deleted && m.seq && actions.canDelete?.(m)
+    ? h('button', { type: 'button', class: 'delete', 'aria-label': `Delete message from ${m.from}`, onclick: () => actions.remove(m) }, 'Delete')
+    : null;
   const status = m.status ? statusLine(m, actions) : null;
   return h('article', { class: classes, dataset: { id: m.id ?? '' }, 'aria-label': `${m.from} at ${timeOf(m.ms)}` },
     grouped ? null : h('div', { class: 'head' },
       h('span', { class: 'from' }, m.from),
       h('time', { class: 'time', datetime: new Date(m.ms).toISOString(), title: fullTime(m.ms) }, timeOf(m.ms))),
+    remove,
     body,
     file?.caption ? h('div', { class: 'text' }, file.caption) : null,
     status);
@@ -155,16 +174,34 @@ function fileBox(file, actions) {
   return box;
 }
 
-/** The member list of a room: online first, with last seen. */
-export function members(state, list) {
+/**
+ * The member list of a room: online first, with last seen and role; `menu(m)` gives the
+ * [label, handler] actions of a member's menu (none: no menu).
+ */
+export function members(state, list, room, menu = () => []) {
+  const info = state.rooms.get(room);
+  const role = (name) => {
+    if (info?.owner === name) return 'owner';
+    if (info?.operators?.includes(name)) return 'operator';
+    if (info?.muted?.includes(name)) return 'muted';
+    return null;
+  };
   const sorted = [...list].sort((a, b) => (b.online - a.online) || a.name.localeCompare(b.name));
   fill($('member-list'), sorted.map((m) => {
     const u = state.users.get(m.name);
-    const seen = m.online ? 'online' : (u?.last_seen ? `seen ${ago(u.last_seen)}` : 'offline');
+    const online = u ? u.online : m.online;
+    const seen = online ? 'online' : (u?.last_seen ? `seen ${ago(u.last_seen)}` : 'offline');
+    const items = menu(m);
     return h('li', {},
-      h('span', { class: `dot${m.online ? ' online' : ''}`, 'aria-hidden': 'true' }),
+      h('span', { class: `dot${online ? ' online' : ''}`, 'aria-hidden': 'true' }),
       h('span', {}, m.name === state.me ? `${m.name} (you)` : m.name),
-      h('span', { class: 'seen' }, seen));
+      role(m.name) ? h('span', { class: 'role' }, role(m.name)) : null,
+      h('span', { class: 'seen' }, seen),
+      items.length ? h('details', {},
+        h('summary', { 'aria-label': `Actions for ${m.name}`, role: 'button' }, '⋯'),
+        h('div', { class: 'menu', role: 'menu' }, items.map(([label, handler]) => h('button', {
+          type: 'button', role: 'menuitem', onclick: (e) => { e.target.closest('details').open = false; handler(); },
+        }, label)))) : null);
   }));
 }
 
