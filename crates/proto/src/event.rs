@@ -71,4 +71,7 @@ pub enum ErrorKind {
     /// No message has that place in that conversation (or it is not one a user can
     /// delete).
     MessageNotFound,
+    /// This server cannot do that in its configuration (moderation in cluster mode, whose
+    /// PostgreSQL store does not keep it yet): refused rather than forgotten.
+    Unsupported,
 }

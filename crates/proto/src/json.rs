@@ -90,6 +90,23 @@ pub enum Command {
     FileChunk(FileChunk),
     SendFile(SendFile),
     Download(Download),
+    /// Sets (or, empty or absent, clears) a room's topic.
+    Topic(Topic),
+    InviteOnly(InviteOnly),
+    /// `INVITE`, `KICK`, `BAN`, `UNBAN`, `MUTE`, `UNMUTE`, `OP`, `DEOP`: the upper-case
+    /// name, and the room and user it acts on.
+    Moderate(ModerationAction, RoomUser),
+    /// Deletes a room (its owner).
+    DeleteRoom(InRoom),
+    /// A room's topic, mode, owner, operators, bans and mutes, and the asker's role.
+    RoomInfo(InRoom),
+    /// Deletes the message at `seq` of `target`.
+    Delete(Delete),
+    Block(UserName),
+    Unblock(UserName),
+    Blocks,
+    /// Watches these users' presence (replacing the list).
+    Watch(Watch),
     /// Any other command name (names are case-sensitive), or an empty one.
     Unknown(String),
 }
@@ -149,6 +166,23 @@ impl Command {
             "FILE_CHUNK" => Command::FileChunk(own(fields)?),
             "SEND_FILE" => Command::SendFile(own(fields)?),
             "DOWNLOAD" => Command::Download(own(fields)?),
+            "TOPIC" => Command::Topic(own(fields)?),
+            "INVITE_ONLY" => Command::InviteOnly(own(fields)?),
+            "INVITE" => Command::Moderate(ModerationAction::Invite, own(fields)?),
+            "KICK" => Command::Moderate(ModerationAction::Kick, own(fields)?),
+            "BAN" => Command::Moderate(ModerationAction::Ban, own(fields)?),
+            "UNBAN" => Command::Moderate(ModerationAction::Unban, own(fields)?),
+            "MUTE" => Command::Moderate(ModerationAction::Mute, own(fields)?),
+            "UNMUTE" => Command::Moderate(ModerationAction::Unmute, own(fields)?),
+            "OP" => Command::Moderate(ModerationAction::Op, own(fields)?),
+            "DEOP" => Command::Moderate(ModerationAction::Deop, own(fields)?),
+            "DELETE_ROOM" => Command::DeleteRoom(own(fields)?),
+            "ROOM_INFO" => Command::RoomInfo(own(fields)?),
+            "DELETE" => Command::Delete(own(fields)?),
+            "BLOCK" => Command::Block(own(fields)?),
+            "UNBLOCK" => Command::Unblock(own(fields)?),
+            "BLOCKS" => bare(fields, Command::Blocks)?,
+            "WATCH" => Command::Watch(own(fields)?),
             _ => bare(fields, Command::Unknown(name.to_string()))?,
         })
     }
@@ -345,6 +379,65 @@ pub struct Download {
     pub sha256: Option<String>,
     pub offset: Option<u64>,
     pub length: Option<usize>,
+}
+
+/// `TOPIC`: the room and its new topic (empty or absent: none).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Topic {
+    pub room: Option<String>,
+    pub topic: Option<String>,
+}
+
+/// `INVITE_ONLY`: whether only invited users may join `room`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct InviteOnly {
+    pub room: Option<String>,
+    pub on: bool,
+}
+
+/// What an operator's command does to a user of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModerationAction {
+    Invite,
+    Kick,
+    Ban,
+    Unban,
+    Mute,
+    Unmute,
+    Op,
+    Deop,
+}
+
+/// A room and a user in it (the moderation commands).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RoomUser {
+    pub room: Option<String>,
+    pub user: Option<String>,
+}
+
+/// `DELETE`: the message at `seq` of `target` (a room, a user, or `*`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Delete {
+    pub target: Option<String>,
+    pub seq: Option<i64>,
+}
+
+/// `BLOCK`, `UNBLOCK`: the user.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct UserName {
+    pub user: Option<String>,
+}
+
+/// `WATCH`: the users whose presence is pushed from now on.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Watch {
+    pub users: Vec<String>,
 }
 
 /// Why a request line could not be read.
@@ -602,6 +695,40 @@ mod tests {
         };
         let (to, mime) = (file.to.as_deref(), file.mime.as_deref());
         assert_eq!((to, mime), (Some("bob"), Some("image/png")));
+    }
+
+    /// The moderation commands read their room, user, topic, sequence or list.
+    #[test]
+    fn moderation_commands_read_their_fields() {
+        let kick = parse(br##"{"command":"KICK","room":"#r","user":"bob"}"##).unwrap();
+        let room_user = RoomUser {
+            room: Some("#r".into()),
+            user: Some("bob".into()),
+        };
+        assert_eq!(
+            kick.command,
+            Command::Moderate(ModerationAction::Kick, room_user)
+        );
+        let delete = parse(br#"{"command":"DELETE","target":"*","seq":7}"#).unwrap();
+        let expected = Delete {
+            target: Some("*".into()),
+            seq: Some(7),
+        };
+        assert_eq!(delete.command, Command::Delete(expected));
+        let watch = parse(br#"{"command":"WATCH","users":["a","b"]}"#).unwrap();
+        let users = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(watch.command, Command::Watch(Watch { users }));
+        let topic = parse(br##"{"command":"TOPIC","room":"#r"}"##).unwrap();
+        let cleared = Topic {
+            room: Some("#r".into()),
+            topic: None,
+        };
+        assert_eq!(topic.command, Command::Topic(cleared));
+        assert!(parse(br#"{"command":"WATCH","users":"bob"}"#).is_err());
+        assert_eq!(
+            parse(br#"{"command":"BLOCKS"}"#).unwrap().command,
+            Command::Blocks
+        );
     }
 
     /// The id is kept wherever it is: before the command, after it, or with the command

@@ -86,6 +86,42 @@ pub enum TextCommand {
     Members {
         room: String,
     },
+    /// `TOPIC <room> [<text>]`: sets (or, without text, clears) a room's topic.
+    Topic {
+        room: String,
+        topic: String,
+    },
+    /// `INVITEONLY <room> on|off`.
+    InviteOnly {
+        room: String,
+        on: bool,
+    },
+    /// `INVITE|KICK|BAN|UNBAN|MUTE|UNMUTE|OP|DEOP <room> <user>`: `action` is the word in
+    /// lower case.
+    Moderate {
+        action: String,
+        room: String,
+        user: String,
+    },
+    /// `DESTROY <room>`: deletes the room (its owner).
+    Destroy {
+        room: String,
+    },
+    /// `ROOMINFO <room>`: topic, mode, owner, operators, bans, mutes, the asker's rank.
+    RoomInfo {
+        room: String,
+    },
+    /// `DELETE <room|user|*> <seq>`: deletes a message.
+    Delete {
+        target: String,
+        seq: i64,
+    },
+    /// `BLOCK <user>` (`on`) or `UNBLOCK <user>`.
+    Block {
+        user: String,
+        on: bool,
+    },
+    Blocks,
     Help,
     Quit,
     SlashNick {
@@ -241,6 +277,67 @@ pub fn parse(line: &str) -> TextCommand {
             },
             _ => TextCommand::Usage("ERR usage: MEMBERS <room>"),
         },
+        "topic" => {
+            let (room, topic) = split_word(rest.trim_start());
+            match room.is_empty() {
+                true => TextCommand::Usage("ERR usage: TOPIC <room> [<text>]"),
+                false => TextCommand::Topic {
+                    room: room.to_string(),
+                    topic: topic.trim().to_string(),
+                },
+            }
+        }
+        "inviteonly" => match words(rest).as_slice() {
+            [room, on] if on.eq_ignore_ascii_case("on") || on.eq_ignore_ascii_case("off") => {
+                TextCommand::InviteOnly {
+                    room: room.to_string(),
+                    on: on.eq_ignore_ascii_case("on"),
+                }
+            }
+            _ => TextCommand::Usage("ERR usage: INVITEONLY <room> on|off"),
+        },
+        "invite" | "kick" | "ban" | "unban" | "mute" | "unmute" | "op" | "deop" => {
+            match words(rest).as_slice() {
+                [room, user] => TextCommand::Moderate {
+                    action: word.to_ascii_lowercase(),
+                    room: room.to_string(),
+                    user: user.to_string(),
+                },
+                _ => TextCommand::Usage(
+                    "ERR usage: INVITE|KICK|BAN|UNBAN|MUTE|UNMUTE|OP|DEOP <room> <user>",
+                ),
+            }
+        }
+        "destroy" => match words(rest).as_slice() {
+            [room] => TextCommand::Destroy {
+                room: room.to_string(),
+            },
+            _ => TextCommand::Usage("ERR usage: DESTROY <room>"),
+        },
+        "roominfo" => match words(rest).as_slice() {
+            [room] => TextCommand::RoomInfo {
+                room: room.to_string(),
+            },
+            _ => TextCommand::Usage("ERR usage: ROOMINFO <room>"),
+        },
+        "delete" => match words(rest).as_slice() {
+            [target, seq] => match seq.parse::<i64>() {
+                Ok(seq) if seq > 0 => TextCommand::Delete {
+                    target: target.to_string(),
+                    seq,
+                },
+                _ => TextCommand::Usage("ERR usage: DELETE <room|user|*> <seq>"),
+            },
+            _ => TextCommand::Usage("ERR usage: DELETE <room|user|*> <seq>"),
+        },
+        "block" | "unblock" => match words(rest).as_slice() {
+            [user] => TextCommand::Block {
+                user: user.to_string(),
+                on: lower == "block",
+            },
+            _ => TextCommand::Usage("ERR usage: BLOCK|UNBLOCK <user>"),
+        },
+        "blocks" => TextCommand::Blocks,
         "help" => TextCommand::Help,
         "quit" => TextCommand::Quit,
         _ => TextCommand::Unknown {
@@ -354,6 +451,7 @@ pub fn error_word(kind: ErrorKind) -> &'static str {
         ErrorKind::InviteOnly => "invite-only",
         ErrorKind::Blocked => "blocked",
         ErrorKind::MessageNotFound => "message-not-found",
+        ErrorKind::Unsupported => "unsupported",
     }
 }
 
@@ -396,6 +494,15 @@ pub const HELP: &[&str] = &[
     "CONTACT ADD|ACCEPT|DECLINE|REMOVE <name>   ask, answer, or end a contact",
     "CONTACTS                     your contacts: requested, pending or accepted, with presence",
     "DM <a>,<b>,... <text>        one message to several users",
+    "TOPIC <room> [<text>]        set (or clear) a room's topic (operators)",
+    "INVITEONLY <room> on|off     only invited users may join (operators)",
+    "INVITE|KICK|BAN|UNBAN|MUTE|UNMUTE <room> <user>   moderate a room (operators)",
+    "OP|DEOP <room> <user>        make or unmake an operator (the owner)",
+    "DESTROY <room>               delete a room (the owner)",
+    "ROOMINFO <room>              a room's topic, mode, owner, operators, bans and mutes",
+    "DELETE <room|user|*> <seq>   delete a message (yours; operators: anyone's in their room)",
+    "BLOCK|UNBLOCK <user>         no DMs or contact requests from that user",
+    "BLOCKS                       the users you block",
     "HELP                         this list",
     "QUIT                         close the connection",
     "/nick NAME  /join ROOM  /rooms  /msg TEXT  /quit   the gochat commands (one room at a time)",
@@ -450,6 +557,41 @@ mod tests {
                 text: "x y".into()
             }
         );
+    }
+
+    #[test]
+    fn moderation_commands_parse_their_words() {
+        let kick = TextCommand::Moderate {
+            action: "kick".into(),
+            room: "#r".into(),
+            user: "bob".into(),
+        };
+        assert_eq!(parse("Kick #r bob"), kick);
+        let topic = TextCommand::Topic {
+            room: "#r".into(),
+            topic: "release on Friday".into(),
+        };
+        assert_eq!(parse("TOPIC #r release on Friday "), topic);
+        let cleared = TextCommand::Topic {
+            room: "#r".into(),
+            topic: String::new(),
+        };
+        assert_eq!(parse("TOPIC #r"), cleared);
+        let delete = TextCommand::Delete {
+            target: "*".into(),
+            seq: 3,
+        };
+        assert_eq!(parse("DELETE * 3"), delete);
+        assert!(matches!(parse("DELETE #r 0"), TextCommand::Usage(_)));
+        assert!(matches!(
+            parse("INVITEONLY #r maybe"),
+            TextCommand::Usage(_)
+        ));
+        let unblock = TextCommand::Block {
+            user: "bob".into(),
+            on: false,
+        };
+        assert_eq!(parse("unblock bob"), unblock);
     }
 
     #[test]

@@ -570,6 +570,7 @@ fn error_codes_are_distinct_and_match_the_seed() {
         ErrorKind::InviteOnly,
         ErrorKind::Blocked,
         ErrorKind::MessageNotFound,
+        ErrorKind::Unsupported,
     ];
     let mut codes: Vec<u16> = kinds.iter().map(|k| error_code(*k)).collect();
     codes.push(code::OK);
@@ -602,6 +603,7 @@ fn error_codes_follow_the_documented_table() {
     assert_eq!(error_code(ErrorKind::InviteOnly), 0x1B);
     assert_eq!(error_code(ErrorKind::Blocked), 0x1C);
     assert_eq!(error_code(ErrorKind::MessageNotFound), 0x1D);
+    assert_eq!(error_code(ErrorKind::Unsupported), 0x1E);
 }
 
 // ---------------------------------------------------------------- properties
@@ -879,9 +881,16 @@ fn moderation_frame() -> impl Strategy<Value = Frame> {
             },
         );
     prop_oneof![
-        (any::<u32>(), s(), s()).prop_map(|(cid, room, topic)| Frame::SetTopic { cid, room, topic }),
-        (any::<u32>(), s(), any::<bool>())
-            .prop_map(|(cid, room, on)| Frame::SetInviteOnly { cid, room, on }),
+        (any::<u32>(), s(), s()).prop_map(|(cid, room, topic)| Frame::SetTopic {
+            cid,
+            room,
+            topic
+        }),
+        (any::<u32>(), s(), any::<bool>()).prop_map(|(cid, room, on)| Frame::SetInviteOnly {
+            cid,
+            room,
+            on
+        }),
         (any::<u32>(), s(), any::<u8>(), s()).prop_map(|(cid, room, action, user)| {
             Frame::Moderate {
                 cid,
@@ -892,9 +901,16 @@ fn moderation_frame() -> impl Strategy<Value = Frame> {
         }),
         (any::<u32>(), s()).prop_map(|(cid, room)| Frame::GetRoomInfo { cid, room }),
         (any::<u32>(), info).prop_map(|(cid, info)| Frame::RoomInfo { cid, info }),
-        (any::<u32>(), s(), any::<u64>())
-            .prop_map(|(cid, target, seq)| Frame::DeleteMessage { cid, target, seq }),
-        (any::<u32>(), s(), any::<bool>()).prop_map(|(cid, user, on)| Frame::Block { cid, user, on }),
+        (any::<u32>(), s(), any::<u64>()).prop_map(|(cid, target, seq)| Frame::DeleteMessage {
+            cid,
+            target,
+            seq
+        }),
+        (any::<u32>(), s(), any::<bool>()).prop_map(|(cid, user, on)| Frame::Block {
+            cid,
+            user,
+            on
+        }),
         any::<u32>().prop_map(|cid| Frame::ListBlocks { cid }),
         (any::<u32>(), list(s())).prop_map(|(cid, users)| Frame::Blocks { cid, users }),
         (any::<u32>(), list(s())).prop_map(|(cid, users)| Frame::Watch { cid, users }),

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use crate::hub::{GoLive, Hub, Identity};
 use crate::monitor::Monitor;
 use crate::outbound::{Delivery, Item, Kill, Link, Waiter, MESSAGE_OVERHEAD};
-use crate::store::{ConvId, ConvPosition, Reader, Seq};
+use crate::store::{ConvId, ConvPosition, MessageKind, Reader, Seq};
 
 /// Most messages read per conversation per round.
 const PAGE: usize = 512;
@@ -146,8 +146,9 @@ async fn replay(
             rows.sort_unstable_by_key(|m| m.id);
             for m in rows {
                 progress.insert(m.conv, m.seq);
-                // Lost to damage in the message log (reported there): nothing to send.
-                if m.lost {
+                // Lost to damage in the message log (reported there), or deleted before
+                // this device had it (its words are never sent again): nothing to send.
+                if m.lost || m.kind == MessageKind::Deleted {
                     continue;
                 }
                 let position = &convs[&m.conv];
@@ -168,6 +169,11 @@ async fn replay(
                     m.body,
                     m.sent_at,
                 );
+                // A deletion reaches the device in its place, like a message.
+                let d = match m.kind {
+                    MessageKind::Tombstone(id, seq) => d.deleting(id, seq),
+                    _ => d,
+                };
                 // The replay waits while the queue has no room (it holds what a slow reader
                 // has not taken yet), so it never holds more of it than the room's bytes.
                 if !link

@@ -551,7 +551,7 @@ fn commands_ask_the_network() {
     );
     let actions = type_line(&mut app, "/dm bob hi");
     assert!(
-        matches!(&actions[..], [Action::History { .. }, Action::FindUser(u), Action::Send { text, .. }] if u == "bob" && text == "hi"),
+        matches!(&actions[..], [Action::History { .. }, Action::Watch(w), Action::FindUser(u), Action::Send { text, .. }] if *w == ["bob"] && u == "bob" && text == "hi"),
         "{actions:?}"
     );
     assert_eq!(app.conv().key, ConvKey::Direct("bob".into()));
@@ -608,33 +608,62 @@ fn a_line_feed_sends_like_enter() {
 }
 
 #[test]
-fn presence_is_asked_for_what_is_on_screen() {
+fn presence_is_watched_for_what_is_on_screen_and_pushed() {
     let mut app = app(80, 24);
-    join(&mut app, "#r", &[("alice", true)]);
-    let actions = app.tick(NOW + 11_000);
+    app.apply(Update::Joined("#r".into()));
+    // The room's members are watched (not polled), the user themself left out.
+    let actions = app.apply(Update::Members {
+        room: "#r".into(),
+        members: members(&[("alice", true), ("bob", false)]),
+    });
+    assert_eq!(actions, [Action::Watch(vec!["bob".into()])]);
+    // Nothing is asked for as time goes by.
+    assert!(app.tick(NOW + 60_000).is_empty());
+    // The same list again is no new watch.
+    let again = app.apply(Update::Members {
+        room: "#r".into(),
+        members: members(&[("alice", true), ("bob", false)]),
+    });
+    assert!(again.is_empty(), "{again:?}");
+    // A push says bob came online: the member list shows it.
+    let online = |on| {
+        Update::Users(vec![UserEntry {
+            name: b("bob"),
+            online: on,
+            last_seen: if on { 0 } else { NOW },
+        }])
+    };
+    app.apply(online(true));
+    let conv = app.find(&ConvKey::Room("#r".into())).unwrap();
+    assert!(app.convs[conv]
+        .members
+        .iter()
+        .any(|m| m.name == "bob" && m.online));
+    // Another conversation open: its peer is watched (what is on screen), and shows as
+    // online from the push.
+    app.apply(Update::Message(dm(1, "carol", "alice", "hi")));
+    let carol = app.find(&ConvKey::Direct("carol".into())).unwrap();
+    let actions = app.select(carol);
     assert!(
-        actions.contains(&Action::Members("#r".into())),
+        actions.contains(&Action::Watch(vec!["carol".into()])),
         "{actions:?}"
     );
+    app.apply(Update::Users(vec![UserEntry {
+        name: b("carol"),
+        online: true,
+        last_seen: 0,
+    }]));
     assert!(
-        !actions.contains(&Action::Users),
-        "not every user on the server: {actions:?}"
-    );
-    // A direct conversation: its peer, who shows as online once they write.
-    app.apply(Update::Users(members(&[("bob", false)])));
-    app.apply(Update::Message(dm(1, "bob", "alice", "hi")));
-    let bob = app.find(&ConvKey::Direct("bob".into())).unwrap();
-    app.select(bob);
-    let actions = app.tick(NOW + 22_000);
-    assert!(
-        actions.contains(&Action::Presence("bob".into())),
-        "{actions:?}"
-    );
-    assert!(
-        screen(&app)[0].contains("bob  ● online"),
+        screen(&app)[0].contains("carol  ● online"),
         "{}",
         screen(&app)[0]
     );
+    // bob goes: the room's list says so at once.
+    app.apply(online(false));
+    assert!(app.convs[conv]
+        .members
+        .iter()
+        .any(|m| m.name == "bob" && !m.online));
 }
 
 #[test]

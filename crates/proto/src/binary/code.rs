@@ -33,6 +33,7 @@ pub const MUTED: u16 = 0x1A;
 pub const INVITE_ONLY: u16 = 0x1B;
 pub const BLOCKED: u16 = 0x1C;
 pub const MESSAGE_NOT_FOUND: u16 = 0x1D;
+pub const UNSUPPORTED: u16 = 0x1E;
 
 /// The response code that reports `kind`.
 pub fn error_code(kind: ErrorKind) -> u16 {
@@ -65,5 +66,6 @@ pub fn error_code(kind: ErrorKind) -> u16 {
         ErrorKind::InviteOnly => INVITE_ONLY,
         ErrorKind::Blocked => BLOCKED,
         ErrorKind::MessageNotFound => MESSAGE_NOT_FOUND,
+        ErrorKind::Unsupported => UNSUPPORTED,
     }
 }

@@ -9,12 +9,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parley_proto::{ConversationKind, ErrorKind, Reply, Target};
 use tracing::{debug, error, info, warn};
 
+use super::moderation::{Blocked, RoomRules};
+use super::presence::Watches;
 use super::{
     AccountChange, Actor, Auth, Done, GoLive, Hub, Identity, LoginOk, Map, NameKey, Op, Presence,
     Set, ANONYMOUS,
 };
-use super::moderation::{Blocked, RoomRules};
-use super::presence::Watches;
 use crate::config::Config;
 use crate::lookalikes::Lookalikes;
 use crate::monitor::Monitor;
@@ -1096,6 +1096,17 @@ impl Core {
         if names.iter().any(|n| self.find_name(n.as_bytes()).is_none()) {
             return Err(ErrorKind::UserNotFound);
         }
+        // One recipient who blocks the sender refuses the whole send, before any part of
+        // it is stored.
+        if let (Actor::Member(sender), false) = (from, self.blocked.is_empty()) {
+            let blocks = |n: &String| {
+                let found = self.names.get(n.as_bytes());
+                found.is_some_and(|&recipient| self.blocks(recipient, sender.user))
+            };
+            if names.iter().any(blocks) {
+                return Err(ErrorKind::Blocked);
+            }
+        }
         let mut unique: Vec<&String> = names.iter().collect();
         unique.sort();
         unique.dedup();
@@ -1469,7 +1480,7 @@ impl Core {
             // A style with no words for this notice (seed 000's binary has none for any)
             // gets nothing queued.
             let style = Style::from_u8(link.style.load(std::sync::atomic::Ordering::Relaxed));
-            if link.id != except && !notice.encoded(style).is_empty() {
+            if link.id != except && style.shows(&notice.notice) {
                 out.push(link, Item::Notice(notice.clone()));
             }
         };

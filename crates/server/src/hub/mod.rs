@@ -28,7 +28,7 @@ use crate::store::{ConvId, DeviceId, NewToken, ProfileChange, Revoke, Seq, UserI
 pub use self::admin::{AdminAnswer, AdminOp, Whom};
 pub use self::core::spawn;
 pub use self::moderation::{Doomed, Rank};
-pub use self::presence::{RenderWatch, Watched};
+pub use self::presence::RenderWatch;
 
 /// The hub's maps, looked up for every operation, hashed with aHash: a fraction of the cost
 /// of std's SipHash, and randomly keyed like it, so names chosen by clients cannot be made
@@ -607,16 +607,6 @@ impl Hub {
             done,
         };
         self.ask(op, Err(ErrorKind::ShuttingDown)).await
-    }
-
-    /// Kicks `user` out of `room` as the administrator (the admin socket's kick).
-    pub async fn kick(&self, room: String, user: String) -> Result<(), ErrorKind> {
-        self.moderate(None, None, room, RoomAction::Kick(user)).await
-    }
-
-    /// Deletes `room` as the administrator.
-    pub async fn delete_room(&self, room: String) -> Result<(), ErrorKind> {
-        self.moderate(None, None, room, RoomAction::Delete).await
     }
 
     /// `room`'s settings and marks, and `user`'s rank in it.

@@ -125,7 +125,9 @@ impl Core {
 
     /// Whether `blocker` blocks `user`.
     pub(super) fn blocks(&self, blocker: UserId, user: UserId) -> bool {
-        self.blocked.get(&blocker).is_some_and(|b| b.contains(&user))
+        self.blocked
+            .get(&blocker)
+            .is_some_and(|b| b.contains(&user))
     }
 
     /// Loads every block (at start).
@@ -189,8 +191,9 @@ impl Core {
         effects: &mut Vec<Effect>,
     ) -> Result<(), ErrorKind> {
         if self.cluster.is_some() {
-            // Not kept in PostgreSQL yet: refused rather than forgotten.
-            return Err(ErrorKind::UnknownCommand);
+            // Not kept in PostgreSQL yet: refused rather than forgotten (it would be lost
+            // at the next start, and other nodes would not enforce it).
+            return Err(ErrorKind::Unsupported);
         }
         let entry = self.rooms.get(room).ok_or(ErrorKind::RoomNotFound)?;
         let (conv, name) = (entry.conv, entry.name.clone());
@@ -219,12 +222,14 @@ impl Core {
                 ModerationChange::Topic(topic.unwrap_or_else(|| Arc::from("")))
             }
             RoomAction::InviteOnly(on) => {
-                batch.room_settings.push((conv, RoomSetting::InviteOnly(on)));
+                batch
+                    .room_settings
+                    .push((conv, RoomSetting::InviteOnly(on)));
                 self.room_mut(room).rules.invite_only = on;
                 ModerationChange::InviteOnly(on)
             }
             RoomAction::Delete => {
-                self.drop_room(room, by, batch, effects);
+                self.drop_room(room, by, except, batch, effects);
                 return Ok(());
             }
             RoomAction::Invite(ref target)
@@ -395,6 +400,7 @@ impl Core {
         &mut self,
         room: &str,
         by: Arc<str>,
+        except: u64,
         batch: &mut Batch,
         effects: &mut Vec<Effect>,
     ) {
@@ -415,7 +421,7 @@ impl Core {
             effects.push(Effect::Notify {
                 notice: notice.clone(),
                 audience: Audience::User(*user),
-                except: 0,
+                except,
             });
         }
         let entry = self.rooms.remove(room).expect("found above");
@@ -469,7 +475,7 @@ impl Core {
         batch: &mut Batch,
     ) -> Result<(), ErrorKind> {
         if self.cluster.is_some() {
-            return Err(ErrorKind::UnknownCommand);
+            return Err(ErrorKind::Unsupported);
         }
         let other = self.user_named(other)?;
         if other == user {
@@ -512,7 +518,7 @@ impl Core {
         batch: &mut Batch,
     ) -> Result<Option<Effect>, ErrorKind> {
         if self.cluster.is_some() {
-            return Err(ErrorKind::UnknownCommand);
+            return Err(ErrorKind::Unsupported);
         }
         let me = self.users[&actor.user].clone();
         let audience = match doomed.kind {

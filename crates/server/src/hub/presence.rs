@@ -34,7 +34,12 @@ pub(super) struct Watches {
 impl Core {
     /// Replaces the watch list of `link` (a session of `user`) with the users of `names`
     /// that exist; returns them with their presence now.
-    pub(super) fn watch(&mut self, link: &Arc<Link>, user: UserId, names: &[String]) -> Vec<Watched> {
+    pub(super) fn watch(
+        &mut self,
+        link: &Arc<Link>,
+        user: UserId,
+        names: &[String],
+    ) -> Vec<Watched> {
         self.unwatch(link.id);
         let mut found: Vec<(UserId, Arc<str>)> = names
             .iter()
@@ -54,6 +59,8 @@ impl Core {
         }
         // A session that watches is told of its users' comings and goings, not everyone's.
         self.stop_listening(user, link.id);
+        // Answered by name, as every listing is.
+        found.sort_by(|a, b| a.1.cmp(&b.1));
         found
             .into_iter()
             .map(|(id, name)| Watched {
@@ -93,7 +100,10 @@ impl Core {
         let name = self.users[&user].clone();
         let notice = match last_seen {
             None => Notice::Online { name },
-            Some(at) => Notice::Offline { name, last_seen: at },
+            Some(at) => Notice::Offline {
+                name,
+                last_seen: at,
+            },
         };
         effects.push(Effect::Notify {
             notice: Arc::new(SharedNotice::new(notice)),

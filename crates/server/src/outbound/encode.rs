@@ -12,7 +12,7 @@ use parley_proto::json::{self, Value};
 use parley_proto::{binary, simpletcp, text, ConversationKind, ErrorKind, Reply};
 use serde::Serialize;
 
-use super::delivery::{ContactChange, Delivery, Notice, RoomRun, SharedNotice};
+use super::delivery::{ContactChange, Delivery, ModerationChange, Notice, RoomRun, SharedNotice};
 use super::Style;
 
 impl Style {
@@ -29,6 +29,9 @@ impl Style {
 
     /// Appends a pushed message.
     pub fn encode_delivery(self, d: &Delivery, dst: &mut BytesMut) {
+        if let Some((id, seq)) = d.deletes {
+            return self.encode_deletion(d, id, seq, dst);
+        }
         match self {
             Style::Binary => {
                 // Bodies are bounded by the frame and line limits on the way in, so this
@@ -39,16 +42,7 @@ impl Style {
                 }
             }
             Style::Events => {
-                let event = binary::Event {
-                    id: d.id as u64,
-                    conversation: d.conv as u64,
-                    seq: d.seq as u64,
-                    kind: d.kind.code(),
-                    from: bytes::Bytes::copy_from_slice(d.from.as_bytes()),
-                    to: bytes::Bytes::copy_from_slice(d.to.as_bytes()),
-                    time: d.sent_at,
-                    message: d.body.clone(),
-                };
+                let event = event_of(d);
                 if let Err(e) = binary::encode_event(&event, dst) {
                     tracing::error!(error = %e, id = d.id, "cannot encode a delivery");
                 }
@@ -93,10 +87,85 @@ impl Style {
         }
     }
 
-    /// Appends a presence notice (nothing for styles that cannot carry one).
+    /// Appends the deletion `d` (a tombstone) of message `id` at `seq`: a frame or line of
+    /// its own where the style has one, nothing where it has none (seed 000's binary; the
+    /// text protocol outside rooms, whose seed-002 clients expect no such line).
+    fn encode_deletion(self, d: &Delivery, id: i64, seq: i64, dst: &mut BytesMut) {
+        match self {
+            // Seed 003's protocol has no word for a deletion either.
+            Style::Binary | Style::SimpleTcp => {}
+            Style::Events => {
+                let frame = binary::Frame::Deleted {
+                    cid: 0,
+                    event: event_of(d),
+                    message_id: id as u64,
+                    message_seq: seq as u64,
+                };
+                if let Err(e) = frame.encode(dst) {
+                    tracing::error!(error = %e, id = d.id, "cannot encode a deletion");
+                }
+            }
+            Style::Line | Style::Slash => {
+                let line = match (d.kind, self) {
+                    (ConversationKind::Room, Style::Slash) => {
+                        format!("> {} deleted a message\n", d.from)
+                    }
+                    (ConversationKind::Room, _) => format!("DELETED {} {seq} {}\n", d.to, d.from),
+                    _ => return,
+                };
+                dst.put_slice(line.as_bytes());
+            }
+            Style::WebSocket => frame_json(|out| Style::Json.encode_delivery(d, out), dst),
+            Style::Json => {
+                let event = DeletedEvent {
+                    event: "deleted",
+                    kind: d.kind.name(),
+                    id: d.id,
+                    conversation: d.conv,
+                    seq: d.seq,
+                    from: &d.from,
+                    to: &d.to,
+                    deleted: DeletedRef { id, seq },
+                };
+                let mut out = Vec::with_capacity(192);
+                json::encode_line(&event, &mut out);
+                dst.put_slice(&out);
+            }
+        }
+    }
+
+    /// Whether this style shows `notice` at all: the hub queues it only for sessions whose
+    /// style does (without encoding it on its own thread).
+    pub fn shows(self, notice: &Notice) -> bool {
+        !matches!(
+            (self, notice),
+            (Style::Binary | Style::SimpleTcp, _)
+                | (Style::Events | Style::Slash, Notice::Disconnected { .. })
+                | (
+                    Style::Line | Style::Slash,
+                    Notice::Online { .. } | Notice::Offline { .. }
+                )
+        )
+    }
+
+    /// Appends a notice (nothing for styles that cannot carry one: see `shows`).
     pub fn encode_notice(self, notice: &Notice, dst: &mut BytesMut) {
+        if !self.shows(notice) {
+            return;
+        }
         let line = match (self, notice) {
-            (Style::Binary | Style::Events | Style::SimpleTcp, _) => return,
+            (Style::Binary | Style::SimpleTcp, _) => return,
+            (Style::Events, notice) => return encode_notice_frame(notice, dst),
+            (Style::Line | Style::Slash, Notice::Online { .. } | Notice::Offline { .. }) => return,
+            (
+                Style::Line | Style::Slash,
+                Notice::Moderation {
+                    room,
+                    user,
+                    by,
+                    change,
+                },
+            ) => moderation_line(self, room, user.as_deref().unwrap_or(""), by, change),
             (Style::WebSocket, notice) => {
                 return frame_json(|out| Style::Json.encode_notice(notice, out), dst);
             }
@@ -118,12 +187,53 @@ impl Style {
                     _ => format!("INFO {name} {what}\n"),
                 }
             }
+            (
+                Style::Json,
+                Notice::Moderation {
+                    room,
+                    user,
+                    by,
+                    change,
+                },
+            ) => {
+                let topic = match change {
+                    ModerationChange::Topic(topic) => Some(&**topic),
+                    _ => None,
+                };
+                let event = ModerationEvent {
+                    event: "moderation",
+                    room,
+                    change: change.name(),
+                    user: user.as_deref(),
+                    topic,
+                    by,
+                };
+                let mut out = Vec::new();
+                json::encode_line(&event, &mut out);
+                dst.put_slice(&out);
+                return;
+            }
+            (Style::Json, Notice::Offline { name, last_seen }) => {
+                let event = OfflineEvent {
+                    event: "offline",
+                    user: name,
+                    last_seen: *last_seen,
+                };
+                let mut out = Vec::new();
+                json::encode_line(&event, &mut out);
+                dst.put_slice(&out);
+                return;
+            }
             (Style::Json, notice) => {
                 let (event, room, user) = match notice {
                     Notice::Joined { room, name } => ("joined", Some(&**room), name),
                     Notice::Left { room, name } => ("left", Some(&**room), name),
                     Notice::Disconnected { name } => ("disconnected", None, name),
                     Notice::Contact { name, change } => (change.event(), None, name),
+                    Notice::Online { name } => ("online", None, name),
+                    Notice::Moderation { .. } | Notice::Offline { .. } => {
+                        unreachable!("handled above")
+                    }
                 };
                 let mut out = Vec::new();
                 json::encode_line(&NoticeEvent { event, room, user }, &mut out);
@@ -132,6 +242,124 @@ impl Style {
             }
         };
         dst.put_slice(line.as_bytes());
+    }
+}
+
+/// A binary push (a session that enabled acks) of `notice`: a `Presence` frame for a
+/// watched user's change, a `Notice` frame for the rest.
+fn encode_notice_frame(notice: &Notice, dst: &mut BytesMut) {
+    let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+    let none = Bytes::new();
+    let frame = match notice {
+        Notice::Online { name } => binary::Frame::Presence {
+            cid: 0,
+            user: b(name),
+            online: true,
+            last_seen: 0,
+        },
+        Notice::Offline { name, last_seen } => binary::Frame::Presence {
+            cid: 0,
+            user: b(name),
+            online: false,
+            last_seen: (*last_seen).max(0) as u64,
+        },
+        Notice::Disconnected { .. } => return,
+        Notice::Joined { room, name } | Notice::Left { room, name } => binary::Frame::Notice {
+            cid: 0,
+            room: b(room),
+            change: match notice {
+                Notice::Joined { .. } => binary::change::JOINED,
+                _ => binary::change::LEFT,
+            },
+            user: b(name),
+            by: b(name),
+            text: none,
+        },
+        Notice::Contact { name, change } => binary::Frame::Notice {
+            cid: 0,
+            room: none.clone(),
+            change: match change {
+                ContactChange::Requested => binary::change::CONTACT_REQUESTED,
+                ContactChange::Accepted => binary::change::CONTACT_ACCEPTED,
+                ContactChange::Declined => binary::change::CONTACT_DECLINED,
+                ContactChange::Removed => binary::change::CONTACT_REMOVED,
+            },
+            user: b(name),
+            by: b(name),
+            text: none,
+        },
+        Notice::Moderation {
+            room,
+            user,
+            by,
+            change,
+        } => binary::Frame::Notice {
+            cid: 0,
+            room: b(room),
+            change: change.code(),
+            user: user.as_deref().map_or(none.clone(), b),
+            by: b(by),
+            text: match change {
+                ModerationChange::Topic(topic) => b(topic),
+                _ => none,
+            },
+        },
+    };
+    if let Err(e) = frame.encode(dst) {
+        tracing::error!(error = %e, "cannot encode a notice");
+    }
+}
+
+/// A moderation notice as a text line: seed 002's `INFO` style, or seed 004's `> `.
+fn moderation_line(
+    style: Style,
+    room: &str,
+    user: &str,
+    by: &str,
+    change: &ModerationChange,
+) -> String {
+    use ModerationChange::*;
+    if style == Style::Slash {
+        return match change {
+            Invited => format!("> {by} invited you to {room}\n"),
+            Topic(t) if t.is_empty() => format!("> {by} cleared the topic\n"),
+            Topic(t) => format!("> {by} set the topic: {}\n", text::one_line(t)),
+            InviteOnly(true) => format!("> {by} made the room invite-only\n"),
+            InviteOnly(false) => format!("> {by} opened the room\n"),
+            Deleted => format!("> {by} deleted the room\n"),
+            Opped => format!("> {user} was made an operator by {by}\n"),
+            Deopped => format!("> {user} is no longer an operator (by {by})\n"),
+            change => format!("> {user} was {} by {by}\n", change.name()),
+        };
+    }
+    match change {
+        Topic(t) if t.is_empty() => format!("INFO {by} cleared the topic of {room}\n"),
+        Topic(t) => format!("INFO {by} set the topic of {room}: {}\n", text::one_line(t)),
+        InviteOnly(true) => format!("INFO {by} made {room} invite-only\n"),
+        InviteOnly(false) => format!("INFO {by} opened {room}\n"),
+        Invited => format!("INFO {by} invited you to {room}\n"),
+        Kicked => format!("INFO {by} kicked {user} from {room}\n"),
+        Banned => format!("INFO {by} banned {user} from {room}\n"),
+        Unbanned => format!("INFO {by} lifted the ban on {user} in {room}\n"),
+        Muted => format!("INFO {by} muted {user} in {room}\n"),
+        Unmuted => format!("INFO {by} unmuted {user} in {room}\n"),
+        Opped => format!("INFO {by} made {user} an operator of {room}\n"),
+        Deopped => format!("INFO {by} took operator of {room} from {user}\n"),
+        Deleted => format!("INFO {by} deleted {room}\n"),
+    }
+}
+
+/// A delivery as the binary `Event` it is pushed as.
+fn event_of(d: &Delivery) -> binary::Event {
+    binary::Event {
+        id: d.id as u64,
+        conversation: d.conv as u64,
+        seq: d.seq as u64,
+        kind: d.kind.code(),
+        from: Bytes::copy_from_slice(d.from.as_bytes()),
+        to: Bytes::copy_from_slice(d.to.as_bytes()),
+        time: d.sent_at,
+        message: d.body.clone(),
     }
 }
 
@@ -278,6 +506,43 @@ struct MessageEvent<'a> {
 }
 
 #[derive(Serialize)]
+struct DeletedEvent<'a> {
+    event: &'static str,
+    kind: &'static str,
+    id: i64,
+    conversation: i64,
+    seq: i64,
+    from: &'a str,
+    to: &'a str,
+    deleted: DeletedRef,
+}
+
+#[derive(Serialize)]
+struct DeletedRef {
+    id: i64,
+    seq: i64,
+}
+
+#[derive(Serialize)]
+struct ModerationEvent<'a> {
+    event: &'static str,
+    room: &'a str,
+    change: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    by: &'a str,
+}
+
+#[derive(Serialize)]
+struct OfflineEvent<'a> {
+    event: &'static str,
+    user: &'a str,
+    last_seen: i64,
+}
+
+#[derive(Serialize)]
 struct NoticeEvent<'a> {
     event: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -386,6 +651,12 @@ pub fn slash_error(kind: ErrorKind) -> &'static str {
         ErrorKind::TooManyAttempts => "too many failed logins, try again later",
         ErrorKind::TooManyRooms => "you have created as many rooms as this server allows",
         ErrorKind::TlsRequired => "passwords need a TLS connection here",
+        ErrorKind::NotOperator => "you are not an operator of that room",
+        ErrorKind::Banned => "you are banned from that room",
+        ErrorKind::Muted => "you are muted in that room",
+        ErrorKind::InviteOnly => "that room is invite-only",
+        ErrorKind::Blocked => "that user does not accept your messages",
+        ErrorKind::Unsupported => "not supported by this server",
         _ => "internal error",
     }
 }
@@ -419,6 +690,15 @@ pub fn json_error(kind: ErrorKind) -> &'static str {
             "Too many rooms: you have created as many as this server allows (join existing ones)"
         }
         ErrorKind::TlsRequired => "Passwords need a TLS connection on this server",
+        ErrorKind::NotOperator => "Not allowed: you are not an operator of that room",
+        ErrorKind::Banned => "Banned from that room",
+        ErrorKind::Muted => "Muted in that room: the message was not sent",
+        ErrorKind::InviteOnly => "Invite-only: you were not invited",
+        ErrorKind::Blocked => "Blocked: that user does not accept your messages",
+        ErrorKind::MessageNotFound => "Message not found",
+        ErrorKind::Unsupported => {
+            "Not supported by this server: moderation is not available in cluster mode yet"
+        }
     }
 }
 

@@ -153,7 +153,20 @@ impl Session {
             | Frame::FileChunk { .. }
             | Frame::SendFile { .. }
             | Frame::Download { .. } => self.files_frame(frame).await,
-            Frame::FileStatus { cid, .. }
+            Frame::SetTopic { .. }
+            | Frame::SetInviteOnly { .. }
+            | Frame::Moderate { .. }
+            | Frame::GetRoomInfo { .. }
+            | Frame::DeleteMessage { .. }
+            | Frame::Block { .. }
+            | Frame::ListBlocks { .. }
+            | Frame::Watch { .. } => self.moderation_frame(frame).await,
+            Frame::RoomInfo { cid, .. }
+            | Frame::Blocks { cid, .. }
+            | Frame::Presence { cid, .. }
+            | Frame::Deleted { cid, .. }
+            | Frame::Notice { cid, .. }
+            | Frame::FileStatus { cid, .. }
             | Frame::FileData { cid, .. }
             | Frame::Contacts { cid, .. }
             | Frame::Rooms { cid, .. }

@@ -307,7 +307,10 @@ impl Session {
                 id: m.id as u64,
                 conversation: m.conv as u64,
                 seq: m.seq as u64,
-                kind: m.kind.code(),
+                kind: match m.deleted {
+                    true => m.kind.code() | binary::kind::DELETED,
+                    false => m.kind.code(),
+                },
                 from: Bytes::copy_from_slice(m.from.as_bytes()),
                 to: Bytes::from(m.to),
                 time: m.sent_at,

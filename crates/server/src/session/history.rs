@@ -9,7 +9,10 @@ use parley_proto::{ConversationKind, ErrorKind};
 
 use super::Session;
 use crate::outbound::MESSAGE_OVERHEAD;
-use crate::store::{ConvId, Page, Resolved, Seq, StoredMessage, UserId};
+use crate::store::{ConvId, MessageKind, Page, Resolved, Seq, StoredMessage, UserId};
+
+/// What the line protocols show in place of a deleted message's words.
+pub(super) const DELETED: &str = "[message deleted]";
 
 /// Messages a page holds when the request names no count.
 const DEFAULT_PAGE: usize = 50;
@@ -34,6 +37,8 @@ pub(super) struct HistoryMessage {
     pub sent_at: u64,
     /// When the server received it, Unix ms.
     pub received_at: i64,
+    /// Deleted (store/deletions.rs): its body is empty, and it shows as deleted.
+    pub deleted: bool,
 }
 
 impl Session {
@@ -81,7 +86,7 @@ impl Session {
         let (conv, kind) = match reader.resolve(user, target.to_string()).await {
             Ok(Resolved::Conv(conv, kind)) => (conv, kind),
             Ok(Resolved::Empty) => return Ok(Vec::new()),
-            Ok(Resolved::NotMember) => return Err(ErrorKind::NotMember),
+            Ok(Resolved::NotMember(_)) => return Err(ErrorKind::NotMember),
             Ok(Resolved::NotFound) => return Err(ErrorKind::UserNotFound),
             Err(_) => return Err(ErrorKind::Internal),
         };
@@ -107,6 +112,7 @@ impl Session {
                     body: m.body,
                     sent_at: m.sent_at,
                     received_at,
+                    deleted: m.kind == MessageKind::Deleted,
                 }
             })
             .collect())

@@ -17,7 +17,7 @@ use super::history::HistoryMessage;
 use super::messaging::unix_nanos;
 use super::{Flow, Session, Who};
 use crate::files::{Offer, Progress};
-use crate::hub::ContactAction;
+use crate::hub::{ContactAction, RoomAction};
 use crate::outbound::{json_error, Item, Tag};
 use crate::store::Page;
 
@@ -493,6 +493,92 @@ impl Session {
                     ("Data".into(), data)
                 })
             }
+            Command::Topic(json::Topic { room, topic }) => {
+                let room = room.unwrap_or_default();
+                let topic = topic.filter(|t| !t.is_empty());
+                let set = self.moderate(&room, RoomAction::Topic(topic)).await;
+                set.and_then(|()| done("Topic set"))
+            }
+            Command::InviteOnly(json::InviteOnly { room, on }) => {
+                let room = room.unwrap_or_default();
+                let set = self.moderate(&room, RoomAction::InviteOnly(on)).await;
+                set.and_then(|()| done("Done"))
+            }
+            Command::Moderate(action, json::RoomUser { room, user }) => {
+                let (room, user) = (room.unwrap_or_default(), user.unwrap_or_default());
+                let action = super::moderation::action(moderation_word(action), user);
+                match action {
+                    Some(action) => {
+                        let done_ = self.moderate(&room, action).await;
+                        done_.and_then(|()| done("Done"))
+                    }
+                    None => Err(ErrorKind::Malformed),
+                }
+            }
+            Command::DeleteRoom(json::InRoom { room, data }) => {
+                let deleted = self
+                    .moderate(&room.unwrap_or(data), RoomAction::Delete)
+                    .await;
+                deleted.and_then(|()| done("Room deleted"))
+            }
+            Command::RoomInfo(json::InRoom { room, data }) => {
+                let details = self.room_details(&room.unwrap_or(data)).await;
+                details.map(|d| {
+                    let names = |list: &[Arc<str>]| -> Vec<String> {
+                        list.iter().map(|n| n.to_string()).collect()
+                    };
+                    let data = json!({
+                        "name": &*d.name,
+                        "topic": d.topic.as_deref(),
+                        "invite_only": d.invite_only,
+                        "owner": d.owner.as_deref(),
+                        "operators": names(&d.operators),
+                        "banned": names(&d.banned),
+                        "muted": names(&d.muted),
+                        "role": d.rank.name(),
+                        "member": d.member,
+                    });
+                    ("Room".into(), data)
+                })
+            }
+            Command::Delete(json::Delete { target, seq }) => match seq {
+                Some(seq) => {
+                    let target = target.unwrap_or_default();
+                    let deleted = self.delete_message(&target, seq).await;
+                    deleted.and_then(|()| done("Message deleted"))
+                }
+                None => Err(ErrorKind::Malformed),
+            },
+            Command::Block(json::UserName { user }) => {
+                let blocked = self.block(&user.unwrap_or_default(), true).await;
+                blocked.and_then(|()| done("Done"))
+            }
+            Command::Unblock(json::UserName { user }) => {
+                let unblocked = self.block(&user.unwrap_or_default(), false).await;
+                unblocked.and_then(|()| done("Done"))
+            }
+            Command::Blocks => self.blocks().await.map(|list| {
+                let list: Vec<&str> = list.iter().map(|n| &**n).collect();
+                ("Blocked users".into(), Value::from(list))
+            }),
+            Command::Watch(json::Watch { users }) => {
+                let reply_id = id.clone();
+                let render = move |found: Vec<super::moderation::WatchedUser>| {
+                    let list: Vec<Value> = found
+                        .iter()
+                        .map(|u| {
+                            let seen = (u.last_seen > 0).then_some(u.last_seen);
+                            json!({"name": &*u.name, "online": u.online, "last_seen": seen})
+                        })
+                        .collect();
+                    json_line(true, "Watching", Value::from(list), reply_id)
+                };
+                match self.watch(users, render).await {
+                    // The hub queues the answer, in order with the pushes that follow.
+                    Ok(()) => return Flow::Continue,
+                    Err(kind) => Err(kind),
+                }
+            }
             Command::Unknown(name) if name.is_empty() => {
                 return self.json_invalid(NO_COMMAND, id).await;
             }
@@ -557,7 +643,10 @@ impl Session {
             .iter()
             .map(|m| {
                 let secs = m.received_at.div_euclid(1000).rem_euclid(86_400);
-                let body = String::from_utf8_lossy(&m.body);
+                let body = match m.deleted {
+                    true => super::history::DELETED.into(),
+                    false => String::from_utf8_lossy(&m.body),
+                };
                 format!(
                     "[{:02}:{:02}:{:02}] {}: {}",
                     secs / 3600,
@@ -585,6 +674,7 @@ fn history_items(messages: Vec<HistoryMessage>) -> Value {
                 text: &String::from_utf8_lossy(&m.body),
                 time: m.sent_at,
                 received_at: rfc3339_ms(m.received_at),
+                deleted: m.deleted,
             })
             .unwrap_or(Value::Null)
         })
@@ -601,6 +691,24 @@ struct HistoryItem<'a> {
     text: &'a str,
     time: u64,
     received_at: String,
+    /// Only on a deleted message (its `text` is empty).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+}
+
+/// The word of a JSON moderation command, as the text protocol spells it.
+fn moderation_word(action: json::ModerationAction) -> &'static str {
+    use json::ModerationAction::*;
+    match action {
+        Invite => "invite",
+        Kick => "kick",
+        Ban => "ban",
+        Unban => "unban",
+        Mute => "mute",
+        Unmute => "unmute",
+        Op => "op",
+        Deop => "deop",
+    }
 }
 
 const HELP: &[&str] = &[
@@ -630,6 +738,15 @@ const HELP: &[&str] = &[
     "SUBSCRIBE",
     "PING",
     "HELP",
+    "TOPIC room topic (operators)",
+    "INVITE_ONLY room on=true|false (operators)",
+    "INVITE|KICK|BAN|UNBAN|MUTE|UNMUTE|OP|DEOP room user",
+    "DELETE_ROOM room (the owner)",
+    "ROOM_INFO room",
+    "DELETE target=room|user|* seq=n",
+    "BLOCK|UNBLOCK user",
+    "BLOCKS",
+    "WATCH users=[...]",
 ];
 
 fn rfc3339_now() -> String {

@@ -26,12 +26,14 @@
 mod account;
 mod binary;
 mod binary_messaging;
+mod binary_moderation;
 mod contacts;
 mod conversations;
 mod files;
 mod history;
 mod json;
 mod messaging;
+mod moderation;
 mod presence;
 mod rate;
 mod rooms;

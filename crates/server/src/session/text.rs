@@ -5,8 +5,10 @@ use bytes::Bytes;
 use parley_proto::text::{self, TextCommand};
 use parley_proto::{validate_name, ErrorKind, Target};
 
+use super::history::DELETED;
 use super::messaging::unix_nanos;
 use super::{Flow, Session, Who};
+use crate::hub::RoomAction;
 use crate::outbound::{slash_error, Item, Style, Tag};
 use crate::store::Page;
 
@@ -227,7 +229,10 @@ impl Session {
                     Ok(messages) => {
                         let mut out = String::new();
                         for m in messages {
-                            let text = String::from_utf8_lossy(&m.body);
+                            let text = match m.deleted {
+                                true => DELETED.into(),
+                                false => String::from_utf8_lossy(&m.body),
+                            };
                             out.push_str(&format!(
                                 "HISTORY {} {} {} {} {}\n",
                                 target,
@@ -310,6 +315,72 @@ impl Session {
                         for (name, online) in members {
                             let state = if online { "online" } else { "offline" };
                             out.push_str(&format!("MEMBER {name} {state}\n"));
+                        }
+                        out + "OK\n"
+                    }
+                    Err(kind) => format!("ERR {}\n", text::error_word(kind)),
+                };
+                self.say(Item::Bytes(Bytes::from(out))).await;
+            }
+            TextCommand::Topic { room, topic } => {
+                let topic = (!topic.is_empty()).then_some(topic);
+                let result = self.moderate(&room, RoomAction::Topic(topic)).await;
+                self.say_result(result).await;
+            }
+            TextCommand::InviteOnly { room, on } => {
+                let result = self.moderate(&room, RoomAction::InviteOnly(on)).await;
+                self.say_result(result).await;
+            }
+            TextCommand::Moderate { action, room, user } => {
+                let result = match super::moderation::action(&action, user) {
+                    Some(action) => self.moderate(&room, action).await,
+                    None => Err(ErrorKind::Malformed),
+                };
+                self.say_result(result).await;
+            }
+            TextCommand::Destroy { room } => {
+                let result = self.moderate(&room, RoomAction::Delete).await;
+                self.say_result(result).await;
+            }
+            TextCommand::RoomInfo { room } => {
+                let out = match self.room_details(&room).await {
+                    Ok(d) => {
+                        let room = &d.name;
+                        let topic = d.topic.as_deref().map_or("-".into(), text::one_line);
+                        let mode = if d.invite_only { "invite-only" } else { "open" };
+                        let owner = d.owner.as_deref().unwrap_or("-");
+                        let mut out = format!(
+                            "TOPIC {room} {topic}\nMODE {room} {mode}\nOWNER {room} {owner}\n"
+                        );
+                        for (word, list) in [
+                            ("OPERATOR", &d.operators),
+                            ("BANNED", &d.banned),
+                            ("MUTED", &d.muted),
+                        ] {
+                            for name in list {
+                                out.push_str(&format!("{word} {room} {name}\n"));
+                            }
+                        }
+                        out + &format!("RANK {room} {}\nOK\n", d.rank.name())
+                    }
+                    Err(kind) => format!("ERR {}\n", text::error_word(kind)),
+                };
+                self.say(Item::Bytes(Bytes::from(out))).await;
+            }
+            TextCommand::Delete { target, seq } => {
+                let result = self.delete_message(&target, seq).await;
+                self.say_result(result).await;
+            }
+            TextCommand::Block { user, on } => {
+                let result = self.block(&user, on).await;
+                self.say_result(result).await;
+            }
+            TextCommand::Blocks => {
+                let out = match self.blocks().await {
+                    Ok(list) => {
+                        let mut out = String::new();
+                        for name in list {
+                            out.push_str(&format!("BLOCKED {name}\n"));
                         }
                         out + "OK\n"
                     }

@@ -107,11 +107,11 @@ impl MessageIndex {
 
     /// Up to `limit` ids, ascending, of the messages from position `start` on.
     pub(super) fn from(&self, conv: ConvId, start: usize, limit: usize) -> Vec<i64> {
-        self.from_where(conv, start, limit, |_| true)
+        self.starting_where(conv, start, limit, |_| true)
     }
 
     /// `from`, counting only the ids `keep` accepts (a history page leaves tombstones out).
-    pub(super) fn from_where(
+    pub(super) fn starting_where(
         &self,
         conv: ConvId,
         start: usize,

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use parley_proto::ConversationKind;
 
 pub use check::{check, Report as CheckReport};
-pub use deletions::{Deletions, Kind as MessageKind};
+pub use deletions::Kind as MessageKind;
 pub use index::MessageIndex;
 pub use log::MessageLog;
 pub use read::Reader;

@@ -76,6 +76,22 @@ impl Reader {
         either!(self.resolve(user, target))
     }
 
+    /// When each of `names` that is a user was last seen (Unix ms; 0 if never): one
+    /// indexed lookup a name (a watch list is at most `max_watched_users` long).
+    pub async fn last_seen(
+        &self,
+        names: &[String],
+    ) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+        let mut seen = std::collections::HashMap::with_capacity(names.len());
+        for name in names {
+            let found = self.search(name.clone(), 1).await?;
+            if let Some(row) = found.into_iter().find(|r| r.name == *name) {
+                seen.insert(row.name, row.last_seen.unwrap_or(0));
+            }
+        }
+        Ok(seen)
+    }
+
     /// Users whose names start with `prefix`, sorted, at most `limit`.
     pub async fn search(&self, prefix: String, limit: usize) -> anyhow::Result<Vec<UserRow>> {
         either!(self.search(prefix, limit))
@@ -110,7 +126,11 @@ impl Reader {
     }
 
     /// The message of `conv` at `seq`, if it is one (not a tombstone, not lost).
-    pub async fn message_at(&self, conv: ConvId, seq: Seq) -> anyhow::Result<Option<StoredMessage>> {
+    pub async fn message_at(
+        &self,
+        conv: ConvId,
+        seq: Seq,
+    ) -> anyhow::Result<Option<StoredMessage>> {
         let page = self.page(conv, Page::AfterSeq(seq - 1), 1).await?;
         Ok(page.into_iter().map(|(m, _)| m).find(|m| m.seq == seq))
     }

@@ -117,8 +117,8 @@ pub struct UserRow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
     Conv(ConvId, ConversationKind),
-    /// A room the asking user is not a member of.
-    NotMember,
+    /// A room the asking user is not a member of (a server operator may still act in it).
+    NotMember(ConvId),
     /// A user the asking user never talked with.
     Empty,
     NotFound,
@@ -361,7 +361,7 @@ impl SqliteReader {
                 return Ok(if member.is_some() {
                     Resolved::Conv(conv, ConversationKind::Room)
                 } else {
-                    Resolved::NotMember
+                    Resolved::NotMember(conv)
                 });
             }
             if target == "*" {
@@ -484,7 +484,7 @@ impl SqliteReader {
             // A history shows messages (deleted ones as such), never the tombstones.
             let keep = |id| !matches!(pool.deletions.kind(id), MessageKind::Tombstone(..));
             let before = |end| index.before_where(conv, end, limit, keep);
-            let from = |start| index.from_where(conv, start, limit, keep);
+            let from = |start| index.starting_where(conv, start, limit, keep);
             // Positions in the index: position p holds sequence p + 1.
             let ids = match page {
                 Page::Latest => before(usize::MAX),

@@ -534,7 +534,11 @@ impl App {
                         members.sort_by(|a, b| b.online.cmp(&a.online).then(a.name.cmp(&b.name)));
                     }
                 }
-                let what = if change == change::JOINED { "joined" } else { "left" };
+                let what = if change == change::JOINED {
+                    "joined"
+                } else {
+                    "left"
+                };
                 self.note(Some(&key), format!("{user} {what}"), NoteKind::Info);
                 return self.watch().into_iter().collect();
             }
@@ -545,7 +549,9 @@ impl App {
                 // The list says what changed (a new request is announced from it).
                 return vec![Action::Contacts { show: false }];
             }
-            change::KICKED | change::BANNED | change::DELETED if me || change == change::DELETED => {
+            change::KICKED | change::BANNED | change::DELETED
+                if me || change == change::DELETED =>
+            {
                 let what = match change {
                     change::KICKED => format!("{by} kicked you from {room}"),
                     change::BANNED => format!("{by} banned you from {room}"),
@@ -564,7 +570,11 @@ impl App {
                 if let Some(i) = self.find(&key) {
                     self.convs[i].members.retain(|m| m.name != user);
                 }
-                let what = if change == change::KICKED { "kicked" } else { "banned" };
+                let what = if change == change::KICKED {
+                    "kicked"
+                } else {
+                    "banned"
+                };
                 format!("{by} {what} {user}")
             }
             change::INVITED => {

@@ -72,7 +72,12 @@ pub async fn migrate(
     }
 
     let mut store = SqliteStore::open(data_dir, SyncMode::Normal)?;
-    let reader = Reader::Local(SqliteReader::new(data_dir, store.index(), store.log(), store.deletions()));
+    let reader = Reader::Local(SqliteReader::new(
+        data_dir,
+        store.index(),
+        store.log(),
+        store.deletions(),
+    ));
     let sqlite = crate::store::sqlite::open(
         &crate::store::sqlite::database_path(data_dir),
         SyncMode::Normal,

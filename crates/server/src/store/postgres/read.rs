@@ -208,7 +208,7 @@ impl PgReader {
             let member: Option<UserId> = r.get(1);
             return Ok(match member {
                 Some(_) => Resolved::Conv(r.get(0), ConversationKind::Room),
-                None => Resolved::NotMember,
+                None => Resolved::NotMember(r.get(0)),
             });
         }
         if target == "*" {

@@ -244,6 +244,13 @@ fn write_moderation(tx: &Connection, batch: &Batch, now: i64) -> anyhow::Result<
         .execute(params![d.message, d.conv, d.seq, d.tombstone, d.by, d.at])?;
     }
     for conv in &batch.dropped_rooms {
+        // A deleted room's id is never handed out again (its messages stay in the log
+        // under it): the highest id may no longer be in `conversations`.
+        tx.prepare_cached(
+            "INSERT INTO counters (name, value) VALUES ('next_conversation_id', ?1)
+             ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value)",
+        )?
+        .execute([conv + 1])?;
         for sql in [
             "DELETE FROM memberships WHERE conversation_id = ?1",
             "DELETE FROM cursors WHERE conversation_id = ?1",

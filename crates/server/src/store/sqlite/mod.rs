@@ -127,9 +127,8 @@ impl SqliteStore {
             .context("opening the message log")?;
         let index =
             Arc::new(MessageIndex::load(&conn, &messages).context("indexing the messages")?);
-        let deletions = Arc::new(
-            Deletions::load(&conn, messages.last_id()).context("reading the deletions")?,
-        );
+        let deletions =
+            Arc::new(Deletions::load(&conn, messages.last_id()).context("reading the deletions")?);
         if !recovery::take_clean_stop(&conn)? {
             tracing::info!("the last stop was not clean");
         }

@@ -49,7 +49,10 @@ impl LogStore for SqliteStore {
         };
         let user = max("SELECT MAX(id) FROM users")?;
         let device = max("SELECT MAX(id) FROM devices")?;
-        let conv = max("SELECT MAX(id) FROM conversations")?;
+        // Past deleted rooms' ids too (`next_conversation_id`, batch.rs).
+        let conv = max("SELECT MAX(id) FROM conversations")?.max(max(
+            "SELECT MAX(value) - 1 FROM counters WHERE name = 'next_conversation_id'",
+        )?);
         let message: Option<i64> = self
             .conn
             .query_row(
