@@ -438,3 +438,105 @@ async fn a_password_changed_on_another_device_stops_a_link_that_has_only_its_tok
         }
     }
 }
+
+/// The next presence push, skipping statuses and tokens.
+async fn presence(events: &mut Events) -> (String, bool, u64) {
+    loop {
+        match events.next().await {
+            LinkEvent::Presence {
+                user,
+                online,
+                last_seen,
+            } => return (user, online, last_seen),
+            LinkEvent::Message(m) => panic!("a message before presence: {m:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// What `parley chat` shows as online comes from pushes: a watched user's first session
+/// and last session each push a change (never a poll), and a watch survives the link's
+/// reconnection (the server forgets it with the session; the link watches again).
+#[tokio::test]
+async fn watched_users_presence_is_pushed_and_rewatched_after_a_reconnect() {
+    let mut server = Server::start().await;
+    let (_carol, _c) = server.link("carol", "laptop").await;
+    let (bob, _b) = server.link("bob", "phone").await;
+    bob.close();
+    let (alice, mut a) = server.link("alice", "laptop").await;
+    // bob's first link is gone once the server says so (a bounded number of asks).
+    let mut now = Vec::new();
+    for _ in 0..200 {
+        let found = alice
+            .watch(vec!["bob".into(), "carol".into(), "nobody".into()])
+            .await
+            .unwrap();
+        now = found.iter().map(|u| (u.name.to_vec(), u.online)).collect();
+        if now.iter().any(|(name, online)| name == b"bob" && !online) {
+            break;
+        }
+    }
+    assert_eq!(now, [(b"bob".to_vec(), false), (b"carol".to_vec(), true)]);
+
+    let (bob, _b) = server.link("bob", "phone").await;
+    // (An earlier ask may have seen bob's first link end: that push comes first then.)
+    let came = loop {
+        let p = presence(&mut a).await;
+        if p.1 {
+            break p;
+        }
+    };
+    assert_eq!(came, ("bob".into(), true, 0));
+    bob.close();
+    let (user, online, last_seen) = presence(&mut a).await;
+    assert_eq!((user.as_str(), online), ("bob", false));
+    assert!(last_seen > 0);
+
+    // The server restarts: the link reconnects and watches again, and says where each
+    // watched user stands (carol's link came back too, or is on its way).
+    server.stop().await;
+    server.start_again().await;
+    let mut seen = std::collections::HashMap::new();
+    while seen.get("bob") != Some(&false) || !seen.contains_key("carol") {
+        let (user, online, _) = presence(&mut a).await;
+        seen.insert(user, online);
+    }
+    let (_bob, _b) = server.link("bob", "tablet").await;
+    loop {
+        if presence(&mut a).await == ("bob".into(), true, 0) {
+            break;
+        }
+    }
+}
+
+/// A message deleted by its author reaches the other side's link as a deletion of that
+/// message, in order with the messages.
+#[tokio::test]
+async fn a_deletion_reaches_the_other_link_in_order() {
+    let server = Server::start().await;
+    let (alice, _a) = server.link("alice", "laptop").await;
+    let (_bob, mut b) = server.link("bob", "phone").await;
+    send(&alice, &dm("bob"), "oops").await;
+    let oops = b.message().await;
+    alice
+        .retry(|c| async move { c.delete_message("bob", 1).await })
+        .await
+        .unwrap();
+    send(&alice, &dm("bob"), "sorry").await;
+    loop {
+        match b.next().await {
+            LinkEvent::Deleted {
+                event,
+                message_id,
+                message_seq,
+            } => {
+                assert_eq!((message_id, message_seq), (oops.id, oops.seq));
+                assert_eq!((event.seq, &event.from[..]), (2, &b"alice"[..]));
+                break;
+            }
+            LinkEvent::Message(m) => panic!("the deletion comes first: {m:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(text(&b.message().await), "sorry");
+}

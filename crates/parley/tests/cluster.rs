@@ -321,6 +321,19 @@ async fn three_nodes_serve_every_protocol_as_one() {
     }
     assert!(older[1].ends_with("alice page 2"), "{older:?}");
 
+    // Moderation is not kept in PostgreSQL yet: refused with a clear error, never
+    // accepted and then forgotten.
+    for command in [
+        "KICK #r erwin",
+        "TOPIC #r hello",
+        "DELETE #r 1",
+        "BLOCK bob",
+    ] {
+        alice.send(command).await.unwrap();
+        let answer = until(&mut alice, |l| l == "OK" || l.starts_with("ERR")).await;
+        assert_eq!(answer, "ERR unsupported", "{command}");
+    }
+
     // Two devices of one account on two nodes each get everything.
     let mut reg = LineClient::connect(a.addr).await.unwrap();
     for name in ["erin", "frank"] {

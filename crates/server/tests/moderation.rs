@@ -110,7 +110,10 @@ async fn binary_user(server: &TestServer, name: &str, acks: bool) -> BinaryClien
 async fn binary_again(server: &TestServer, name: &str, acks: bool) -> BinaryClient {
     let mut c = server.client().await;
     if acks {
-        assert_eq!(request(&mut c, Frame::EnableAcks { cid: 1 }).await, code::OK);
+        assert_eq!(
+            request(&mut c, Frame::EnableAcks { cid: 1 }).await,
+            code::OK
+        );
     }
     let login = Frame::LoginPassword {
         cid: 2,
@@ -131,11 +134,6 @@ async fn binary_quiet(c: &mut BinaryClient) {
         Frame::Response { cid: 99, code } => assert_eq!(code, code::OK),
         other => panic!("a frame came first: {other:?}"),
     }
-}
-
-/// Proves that nothing was pushed to a text session: PING's PONG comes next.
-async fn text_quiet(c: &mut LineClient) {
-    assert_eq!(c.ask("PING").await.unwrap(), "PONG");
 }
 
 fn moderate(cid: u32, room: &str, action: u8, user: &str) -> Frame {
@@ -175,7 +173,18 @@ async fn only_operators_kick_and_nobody_kicks_the_owner() {
     let mut bob = text_user(&server, "bob").await;
     assert_eq!(bob.ask("JOIN #r").await.unwrap(), "OK");
     let mut carol = binary_user(&server, "carol", false).await;
-    assert_eq!(request(&mut carol, Frame::Join { cid: 3, room: b("#r") }).await, code::OK);
+    assert_eq!(
+        request(
+            &mut carol,
+            Frame::Join {
+                cid: 3,
+                room: b("#r")
+            }
+        )
+        .await,
+        code::OK
+    );
+    assert_eq!(bob.line().await.unwrap(), "INFO carol joined #r");
 
     // Members may not.
     assert_eq!(bob.ask("KICK #r carol").await.unwrap(), "ERR not-operator");
@@ -183,8 +192,16 @@ async fn only_operators_kick_and_nobody_kicks_the_owner() {
     assert_eq!(request(&mut carol, kick).await, code::NOT_OPERATOR);
 
     // The owner makes bob an operator: he may kick carol now.
-    alice.ok(json!({"command": "OP", "room": "#r", "user": "bob"})).await;
-    let info = alice.ok(json!({"command": "ROOM_INFO", "room": "#r"})).await;
+    alice
+        .ok(json!({"command": "OP", "room": "#r", "user": "bob"}))
+        .await;
+    assert_eq!(
+        bob.line().await.unwrap(),
+        "INFO alice made bob an operator of #r"
+    );
+    let info = alice
+        .ok(json!({"command": "ROOM_INFO", "room": "#r"}))
+        .await;
     assert_eq!(info["data"]["owner"], "alice", "{info}");
     assert_eq!(info["data"]["operators"], json!(["bob"]), "{info}");
     assert_eq!(info["data"]["role"], "owner", "{info}");
@@ -196,8 +213,18 @@ async fn only_operators_kick_and_nobody_kicks_the_owner() {
         }
     };
     assert_eq!(
-        (&kicked["change"], &kicked["user"], &kicked["by"], &kicked["room"]),
-        (&json!("kicked"), &json!("carol"), &json!("bob"), &json!("#r")),
+        (
+            &kicked["change"],
+            &kicked["user"],
+            &kicked["by"],
+            &kicked["room"]
+        ),
+        (
+            &json!("kicked"),
+            &json!("carol"),
+            &json!("bob"),
+            &json!("#r")
+        ),
         "{kicked}"
     );
     // carol is out: her message to the room is refused. A seed-000 style session (no acks)
@@ -211,20 +238,49 @@ async fn only_operators_kick_and_nobody_kicks_the_owner() {
     };
     assert_eq!(request(&mut carol, say).await, code::NOT_MEMBER);
     // A kick is not a ban.
-    assert_eq!(request(&mut carol, Frame::Join { cid: 6, room: b("#r") }).await, code::OK);
+    assert_eq!(
+        request(
+            &mut carol,
+            Frame::Join {
+                cid: 6,
+                room: b("#r")
+            }
+        )
+        .await,
+        code::OK
+    );
+    assert_eq!(bob.line().await.unwrap(), "INFO carol joined #r");
 
     // An operator kicks neither the owner nor another operator, and makes no operators.
     assert_eq!(bob.ask("KICK #r alice").await.unwrap(), "ERR not-operator");
     assert_eq!(bob.ask("OP #r carol").await.unwrap(), "ERR not-operator");
-    alice.ok(json!({"command": "OP", "room": "#r", "user": "carol"})).await;
+    alice
+        .ok(json!({"command": "OP", "room": "#r", "user": "carol"}))
+        .await;
+    assert_eq!(
+        bob.line().await.unwrap(),
+        "INFO alice made carol an operator of #r"
+    );
     assert_eq!(bob.ask("KICK #r carol").await.unwrap(), "ERR not-operator");
     // The owner takes it back.
-    alice.ok(json!({"command": "DEOP", "room": "#r", "user": "bob"})).await;
+    alice
+        .ok(json!({"command": "DEOP", "room": "#r", "user": "bob"}))
+        .await;
+    assert_eq!(
+        bob.line().await.unwrap(),
+        "INFO alice took operator of #r from bob"
+    );
     assert_eq!(bob.ask("KICK #r carol").await.unwrap(), "ERR not-operator");
     // Unknown room, unknown user.
-    assert_eq!(bob.ask("KICK #nope carol").await.unwrap(), "ERR room-not-found");
+    assert_eq!(
+        bob.ask("KICK #nope carol").await.unwrap(),
+        "ERR room-not-found"
+    );
     alice
-        .refused(json!({"command": "KICK", "room": "#r", "user": "nobody"}), "User not found")
+        .refused(
+            json!({"command": "KICK", "room": "#r", "user": "nobody"}),
+            "User not found",
+        )
         .await;
     server.stop().await;
 }
@@ -241,20 +297,33 @@ async fn a_banned_user_cannot_rejoin_even_after_a_restart() {
     assert_eq!(alice.ask("JOIN #r").await.unwrap(), "OK");
     let mut bob = json_user(&server, "bob").await;
     bob.ok(json!({"command": "JOIN", "room": "#r"})).await;
-    let joined = bob.event().await;
-    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(alice.line().await.unwrap(), "INFO bob joined #r");
 
     assert_eq!(alice.ask("BAN #r bob").await.unwrap(), "OK");
     // bob is told, and is out.
     let banned = bob.event().await;
     assert_eq!(
-        (&banned["event"], &banned["change"], &banned["user"], &banned["by"]),
-        (&json!("moderation"), &json!("banned"), &json!("bob"), &json!("alice")),
+        (
+            &banned["event"],
+            &banned["change"],
+            &banned["user"],
+            &banned["by"]
+        ),
+        (
+            &json!("moderation"),
+            &json!("banned"),
+            &json!("bob"),
+            &json!("alice")
+        ),
         "{banned}"
     );
-    bob.refused(json!({"command": "JOIN", "room": "#r"}), "Banned").await;
-    bob.refused(json!({"command": "SAY", "room": "#r", "data": "hi"}), "Not a member")
+    bob.refused(json!({"command": "JOIN", "room": "#r"}), "Banned")
         .await;
+    bob.refused(
+        json!({"command": "SAY", "room": "#r", "data": "hi"}),
+        "Not a member",
+    )
+    .await;
     let lines = listing(&mut alice, "ROOMINFO #r").await;
     assert!(lines.contains(&"BANNED #r bob".to_string()), "{lines:?}");
     drop(bob);
@@ -262,7 +331,14 @@ async fn a_banned_user_cannot_rejoin_even_after_a_restart() {
     server.restart().await;
     let mut bob = binary_again(&server, "bob", false).await;
     assert_eq!(
-        request(&mut bob, Frame::Join { cid: 3, room: b("#r") }).await,
+        request(
+            &mut bob,
+            Frame::Join {
+                cid: 3,
+                room: b("#r")
+            }
+        )
+        .await,
         code::BANNED
     );
     let mut bob_text = text_again(&server, "bob").await;
@@ -272,7 +348,14 @@ async fn a_banned_user_cannot_rejoin_even_after_a_restart() {
     assert_eq!(alice.ask("INVITE #r bob").await.unwrap(), "ERR banned");
     assert_eq!(alice.ask("UNBAN #r bob").await.unwrap(), "OK");
     assert_eq!(
-        request(&mut bob, Frame::Join { cid: 4, room: b("#r") }).await,
+        request(
+            &mut bob,
+            Frame::Join {
+                cid: 4,
+                room: b("#r")
+            }
+        )
+        .await,
         code::OK
     );
     server.stop().await;
@@ -292,15 +375,39 @@ async fn a_muted_members_message_is_refused_with_an_error() {
     let mut bob = text_user(&server, "bob").await;
     assert_eq!(bob.ask("JOIN #r").await.unwrap(), "OK");
     let mut carol = binary_user(&server, "carol", false).await;
-    assert_eq!(request(&mut carol, Frame::Join { cid: 3, room: b("#r") }).await, code::OK);
+    assert_eq!(
+        request(
+            &mut carol,
+            Frame::Join {
+                cid: 3,
+                room: b("#r")
+            }
+        )
+        .await,
+        code::OK
+    );
     let mut dave = json_user(&server, "dave").await;
     dave.ok(json!({"command": "JOIN", "room": "#r"})).await;
-    alice.events.clear();
+    for who in ["bob", "carol", "dave"] {
+        assert_eq!(
+            alice.event().await,
+            json!({"event": "joined", "room": "#r", "user": who})
+        );
+    }
+    for who in ["carol", "dave"] {
+        assert_eq!(bob.line().await.unwrap(), format!("INFO {who} joined #r"));
+    }
 
     for user in ["bob", "carol", "dave"] {
-        alice.ok(json!({"command": "MUTE", "room": "#r", "user": user})).await;
+        alice
+            .ok(json!({"command": "MUTE", "room": "#r", "user": user}))
+            .await;
+        // Every member hears of it, the muted one too (but not the one who muted).
+        assert_eq!(
+            bob.line().await.unwrap(),
+            format!("INFO alice muted {user} in #r")
+        );
     }
-    assert_eq!(bob.line().await.unwrap(), "INFO alice muted bob in #r");
     assert_eq!(bob.ask("SAY #r psst").await.unwrap(), "ERR muted");
     let say = Frame::SendRoom {
         cid: 4,
@@ -309,17 +416,21 @@ async fn a_muted_members_message_is_refused_with_an_error() {
         time: 1,
     };
     assert_eq!(request(&mut carol, say).await, code::MUTED);
-    dave.refused(json!({"command": "SAY", "room": "#r", "data": "psst"}), "Muted")
-        .await;
+    dave.refused(
+        json!({"command": "SAY", "room": "#r", "data": "psst"}),
+        "Muted",
+    )
+    .await;
     // Nothing reached alice.
-    alice.events.retain(|e| e["event"] != "moderation");
     alice.quiet().await;
     let history = alice
         .ok(json!({"command": "HISTORY", "target": "#r"}))
         .await;
     assert_eq!(history["data"], json!([]), "{history}");
 
-    alice.ok(json!({"command": "UNMUTE", "room": "#r", "user": "bob"})).await;
+    alice
+        .ok(json!({"command": "UNMUTE", "room": "#r", "user": "bob"}))
+        .await;
     assert_eq!(bob.line().await.unwrap(), "INFO alice unmuted bob in #r");
     bob.send("SAY #r free again").await.unwrap();
     let message = loop {
@@ -330,9 +441,14 @@ async fn a_muted_members_message_is_refused_with_an_error() {
     };
     assert_eq!(message["text"], "free again", "{message}");
     // The owner cannot be muted by an operator.
-    alice.ok(json!({"command": "OP", "room": "#r", "user": "dave"})).await;
-    dave.refused(json!({"command": "MUTE", "room": "#r", "user": "alice"}), "Not allowed")
+    alice
+        .ok(json!({"command": "OP", "room": "#r", "user": "dave"}))
         .await;
+    dave.refused(
+        json!({"command": "MUTE", "room": "#r", "user": "alice"}),
+        "Not allowed",
+    )
+    .await;
     server.stop().await;
 }
 
@@ -366,8 +482,18 @@ async fn an_invite_only_room_refuses_the_uninvited() {
     assert_eq!(alice.ask("INVITE #club bob").await.unwrap(), "OK");
     let invited = bob.event().await;
     assert_eq!(
-        (&invited["event"], &invited["change"], &invited["room"], &invited["by"]),
-        (&json!("moderation"), &json!("invited"), &json!("#club"), &json!("alice")),
+        (
+            &invited["event"],
+            &invited["change"],
+            &invited["room"],
+            &invited["by"]
+        ),
+        (
+            &json!("moderation"),
+            &json!("invited"),
+            &json!("#club"),
+            &json!("alice")
+        ),
         "{invited}"
     );
     bob.ok(json!({"command": "JOIN", "room": "#club"})).await;
@@ -375,6 +501,8 @@ async fn an_invite_only_room_refuses_the_uninvited() {
     bob.ok(json!({"command": "LEAVE", "room": "#club"})).await;
     bob.refused(json!({"command": "JOIN", "room": "#club"}), "Invite-only")
         .await;
+    assert_eq!(alice.line().await.unwrap(), "INFO bob joined #club");
+    assert_eq!(alice.line().await.unwrap(), "INFO bob left #club");
     // Open again: everyone may join.
     assert_eq!(alice.ask("INVITEONLY #club off").await.unwrap(), "OK");
     assert_eq!(request(&mut carol, join(4)).await, code::OK);
@@ -391,11 +519,26 @@ async fn an_invite_only_room_refuses_the_uninvited() {
 async fn operators_set_the_topic_and_members_see_it() {
     let mut server = TestServer::start().await;
     let mut alice = binary_user(&server, "alice", true).await;
-    assert_eq!(request(&mut alice, Frame::Join { cid: 3, room: b("#r") }).await, code::OK);
+    assert_eq!(
+        request(
+            &mut alice,
+            Frame::Join {
+                cid: 3,
+                room: b("#r")
+            }
+        )
+        .await,
+        code::OK
+    );
     let mut bob = json_user(&server, "bob").await;
     bob.ok(json!({"command": "JOIN", "room": "#r"})).await;
     let mut carol = text_user(&server, "carol").await;
     assert_eq!(carol.ask("JOIN #r").await.unwrap(), "OK");
+    let joined = bob.event().await;
+    assert_eq!(
+        joined,
+        json!({"event": "joined", "room": "#r", "user": "carol"})
+    );
     // alice (acks on) hears of the joins.
     for who in ["bob", "carol"] {
         match alice.recv().await.unwrap() {
@@ -405,7 +548,10 @@ async fn operators_set_the_topic_and_members_see_it() {
                 change: c,
                 user,
                 ..
-            } => assert_eq!((&room[..], c, &user[..]), (&b"#r"[..], change::JOINED, who.as_bytes())),
+            } => assert_eq!(
+                (&room[..], c, &user[..]),
+                (&b"#r"[..], change::JOINED, who.as_bytes())
+            ),
             other => panic!("{other:?}"),
         }
     }
@@ -424,7 +570,11 @@ async fn operators_set_the_topic_and_members_see_it() {
     let told = bob.event().await;
     assert_eq!(
         (&told["change"], &told["topic"], &told["by"]),
-        (&json!("topic"), &json!("release on Friday"), &json!("alice")),
+        (
+            &json!("topic"),
+            &json!("release on Friday"),
+            &json!("alice")
+        ),
         "{told}"
     );
     assert_eq!(
@@ -481,9 +631,29 @@ async fn a_deleted_message_shows_as_deleted_in_every_protocols_history() {
     let mut bob = text_user(&server, "bob").await;
     assert_eq!(bob.ask("JOIN #r").await.unwrap(), "OK");
     let mut carol = binary_user(&server, "carol", true).await;
-    assert_eq!(request(&mut carol, Frame::Join { cid: 3, room: b("#r") }).await, code::OK);
+    assert_eq!(
+        request(
+            &mut carol,
+            Frame::Join {
+                cid: 3,
+                room: b("#r")
+            }
+        )
+        .await,
+        code::OK
+    );
     let mut dave = binary_user(&server, "dave", false).await;
-    assert_eq!(request(&mut dave, Frame::Join { cid: 3, room: b("#r") }).await, code::OK);
+    assert_eq!(
+        request(
+            &mut dave,
+            Frame::Join {
+                cid: 3,
+                room: b("#r")
+            }
+        )
+        .await,
+        code::OK
+    );
     // erin acks what she receives, so her cursor says exactly what she had.
     server.register("erin").await;
     let mut erin = Json {
@@ -498,15 +668,33 @@ async fn a_deleted_message_shows_as_deleted_in_every_protocols_history() {
         assert_eq!(bob.line().await.unwrap(), format!("INFO {who} joined #r"));
     }
     for _ in ["dave", "erin"] {
-        assert!(matches!(carol.recv().await.unwrap(), Frame::Notice { change: change::JOINED, .. }));
+        assert!(matches!(
+            carol.recv().await.unwrap(),
+            Frame::Notice {
+                change: change::JOINED,
+                ..
+            }
+        ));
     }
-    alice.events.clear();
+    for who in ["bob", "carol", "dave", "erin"] {
+        assert_eq!(
+            alice.event().await,
+            json!({"event": "joined", "room": "#r", "user": who})
+        );
+    }
 
     // Two messages, which everyone in the room receives.
     bob.send("SAY #r the secret is 42").await.unwrap();
     let first = alice.event().await;
-    assert_eq!((&first["text"], &first["seq"]), (&json!("the secret is 42"), &json!(1)));
+    assert_eq!(
+        (&first["text"], &first["seq"]),
+        (&json!("the secret is 42"), &json!(1))
+    );
     let conv = first["conversation"].as_i64().unwrap();
+    match carol.recv().await.unwrap() {
+        Frame::Event { event, .. } => assert_eq!(event.seq, 1),
+        other => panic!("{other:?}"),
+    }
     let say = Frame::SendRoom {
         cid: 4,
         room: b("#r"),
@@ -517,18 +705,23 @@ async fn a_deleted_message_shows_as_deleted_in_every_protocols_history() {
     for seq in [1, 2] {
         let e = erin.event().await;
         assert_eq!(e["seq"], seq, "{e}");
-        erin.ok(json!({"command": "ACK", "conversation": conv, "seq": seq})).await;
-    }
-    match carol.recv().await.unwrap() {
-        Frame::Event { event, .. } => assert_eq!(event.seq, 1),
-        other => panic!("{other:?}"),
+        erin.ok(json!({"command": "ACK", "conversation": conv, "seq": seq}))
+            .await;
     }
     for _ in 0..2 {
-        assert!(matches!(dave.recv().await.unwrap(), Frame::Message { cid: 0, .. }));
+        assert!(matches!(
+            dave.recv().await.unwrap(),
+            Frame::Message { cid: 0, .. }
+        ));
     }
     assert_eq!(alice.event().await["text"], "me too");
     assert_eq!(bob.line().await.unwrap(), "ROOM #r carol me too");
     drop(erin);
+    assert_eq!(bob.line().await.unwrap(), "INFO erin disconnected");
+    assert_eq!(
+        alice.event().await,
+        json!({"event": "disconnected", "user": "erin"})
+    );
 
     // Neither a member nor another's author may delete.
     let delete = |cid, seq| Frame::DeleteMessage {
@@ -539,7 +732,9 @@ async fn a_deleted_message_shows_as_deleted_in_every_protocols_history() {
     assert_eq!(request(&mut dave, delete(5, 1)).await, code::NOT_OPERATOR);
     assert_eq!(bob.ask("DELETE #r 2").await.unwrap(), "ERR not-operator");
     // The owner deletes bob's message; carol deletes her own.
-    alice.ok(json!({"command": "DELETE", "target": "#r", "seq": 1})).await;
+    alice
+        .ok(json!({"command": "DELETE", "target": "#r", "seq": 1}))
+        .await;
     assert_eq!(bob.line().await.unwrap(), "DELETED #r 1 alice");
     match carol.recv().await.unwrap() {
         Frame::Deleted {
@@ -549,7 +744,10 @@ async fn a_deleted_message_shows_as_deleted_in_every_protocols_history() {
             ..
         } => {
             assert_eq!((event.seq, event.kind, message_seq), (3, kind::ROOM, 1));
-            assert_eq!((&event.from[..], &event.to[..]), (&b"alice"[..], &b"#r"[..]));
+            assert_eq!(
+                (&event.from[..], &event.to[..]),
+                (&b"alice"[..], &b"#r"[..])
+            );
             assert!(event.message.is_empty());
         }
         other => panic!("{other:?}"),
@@ -557,17 +755,30 @@ async fn a_deleted_message_shows_as_deleted_in_every_protocols_history() {
     assert_eq!(request(&mut carol, delete(6, 2)).await, code::OK);
     let deleted = alice.event().await;
     assert_eq!(
-        (&deleted["event"], &deleted["seq"], &deleted["from"], &deleted["deleted"]["seq"]),
+        (
+            &deleted["event"],
+            &deleted["seq"],
+            &deleted["from"],
+            &deleted["deleted"]["seq"]
+        ),
         (&json!("deleted"), &json!(4), &json!("carol"), &json!(2)),
         "{deleted}"
     );
     assert_eq!(bob.line().await.unwrap(), "DELETED #r 2 carol");
     // Again: nothing more to announce. Past the end, or a tombstone: not a message.
-    alice.ok(json!({"command": "DELETE", "target": "#r", "seq": 1})).await;
     alice
-        .refused(json!({"command": "DELETE", "target": "#r", "seq": 3}), "Message not found")
+        .ok(json!({"command": "DELETE", "target": "#r", "seq": 1}))
         .await;
-    assert_eq!(bob.ask("DELETE #r 99").await.unwrap(), "ERR message-not-found");
+    alice
+        .refused(
+            json!({"command": "DELETE", "target": "#r", "seq": 3}),
+            "Message not found",
+        )
+        .await;
+    assert_eq!(
+        bob.ask("DELETE #r 99").await.unwrap(),
+        "ERR message-not-found"
+    );
     alice.quiet().await;
     // The seed-000 style session was sent nothing.
     binary_quiet(&mut dave).await;
@@ -575,12 +786,20 @@ async fn a_deleted_message_shows_as_deleted_in_every_protocols_history() {
     // Every protocol's history: deleted, in place, without the words or the tombstones.
     let check_text = |lines: &[String]| {
         assert_eq!(lines.len(), 3, "{lines:?}");
-        assert!(lines[0].starts_with("HISTORY #r 1 ") && lines[0].ends_with(" bob [message deleted]"), "{lines:?}");
-        assert!(lines[1].starts_with("HISTORY #r 2 ") && lines[1].ends_with(" carol [message deleted]"), "{lines:?}");
+        assert!(
+            lines[0].starts_with("HISTORY #r 1 ") && lines[0].ends_with(" bob [message deleted]"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("HISTORY #r 2 ") && lines[1].ends_with(" carol [message deleted]"),
+            "{lines:?}"
+        );
         assert!(!lines.join("\n").contains("secret"));
     };
     check_text(&listing(&mut bob, "HISTORY #r").await);
-    let history = alice.ok(json!({"command": "HISTORY", "target": "#r"})).await;
+    let history = alice
+        .ok(json!({"command": "HISTORY", "target": "#r"}))
+        .await;
     let items = history["data"].as_array().unwrap();
     assert_eq!(items.len(), 2, "{history}");
     for (item, (seq, from)) in items.iter().zip([(1, "bob"), (2, "carol")]) {
@@ -662,6 +881,17 @@ async fn a_blocked_users_dms_and_contact_requests_are_refused() {
 
     assert_eq!(carol.ask("DM bob hello?").await.unwrap(), "ERR blocked");
     assert_eq!(carol.ask("CONTACT ADD bob").await.unwrap(), "ERR blocked");
+    // One blocking recipient refuses the whole multi-recipient send: dave gets none of it.
+    server.register("dave").await;
+    assert_eq!(
+        carol.ask("DM dave,bob hi both").await.unwrap(),
+        "ERR blocked"
+    );
+    let mut dave = json_again(&server, "dave").await;
+    let history = dave
+        .ok(json!({"command": "HISTORY", "target": "carol"}))
+        .await;
+    assert_eq!(history["data"], json!([]), "{history}");
     let dm = Frame::Message {
         cid: 5,
         message: b("hello?"),
@@ -672,7 +902,10 @@ async fn a_blocked_users_dms_and_contact_requests_are_refused() {
     assert_eq!(request(&mut carol_bin, dm).await, code::BLOCKED);
     let mut carol_json = json_again(&server, "carol").await;
     carol_json
-        .refused(json!({"command": "DM", "to": "bob", "data": "hi"}), "Blocked")
+        .refused(
+            json!({"command": "DM", "to": "bob", "data": "hi"}),
+            "Blocked",
+        )
         .await;
     // Nothing reached bob.
     bob.quiet().await;
@@ -702,8 +935,11 @@ async fn a_blocked_users_dms_and_contact_requests_are_refused() {
         }
     };
     assert_eq!((&dm["kind"], &dm["text"]), (&json!("dm"), &json!("thanks")));
-    bob.refused(json!({"command": "BLOCK", "user": "nobody"}), "User not found")
-        .await;
+    bob.refused(
+        json!({"command": "BLOCK", "user": "nobody"}),
+        "User not found",
+    )
+    .await;
     server.stop().await;
 }
 
@@ -716,7 +952,8 @@ async fn a_blocked_users_dms_and_contact_requests_are_refused() {
 /// nobody's operator.
 #[tokio::test]
 async fn a_server_operator_can_act_in_any_room() {
-    let server = TestServer::start_with(|c| c.operators = vec!["root".into(), "ghost".into()]).await;
+    let server =
+        TestServer::start_with(|c| c.operators = vec!["root".into(), "ghost".into()]).await;
     let mut alice = text_user(&server, "alice").await;
     assert_eq!(alice.ask("JOIN #r").await.unwrap(), "OK");
     assert_eq!(alice.ask("INVITEONLY #r on").await.unwrap(), "OK");
@@ -730,20 +967,34 @@ async fn a_server_operator_can_act_in_any_room() {
 
     let mut root = json_user(&server, "root").await;
     let info = root.ok(json!({"command": "ROOM_INFO", "room": "#r"})).await;
-    assert_eq!((&info["data"]["role"], &info["data"]["member"]), (&json!("server-operator"), &json!(false)));
+    assert_eq!(
+        (&info["data"]["role"], &info["data"]["member"]),
+        (&json!("server-operator"), &json!(false))
+    );
     // Not a member, yet: deletes, mutes, kicks, sets the topic, and outranks the owner.
-    root.ok(json!({"command": "DELETE", "target": "#r", "seq": 1})).await;
+    root.ok(json!({"command": "DELETE", "target": "#r", "seq": 1}))
+        .await;
     assert_eq!(alice.line().await.unwrap(), "DELETED #r 1 root");
-    root.ok(json!({"command": "KICK", "room": "#r", "user": "bob"})).await;
+    assert_eq!(bob.line().await.unwrap(), "DELETED #r 1 root");
+    root.ok(json!({"command": "KICK", "room": "#r", "user": "bob"}))
+        .await;
     assert_eq!(alice.line().await.unwrap(), "INFO root kicked bob from #r");
     assert_eq!(bob.line().await.unwrap(), "INFO root kicked bob from #r");
-    root.ok(json!({"command": "TOPIC", "room": "#r", "topic": "be nice"})).await;
-    root.ok(json!({"command": "MUTE", "room": "#r", "user": "alice"})).await;
-    assert_eq!(alice.line().await.unwrap(), "INFO root set the topic of #r: be nice");
+    root.ok(json!({"command": "TOPIC", "room": "#r", "topic": "be nice"}))
+        .await;
+    root.ok(json!({"command": "MUTE", "room": "#r", "user": "alice"}))
+        .await;
+    assert_eq!(
+        alice.line().await.unwrap(),
+        "INFO root set the topic of #r: be nice"
+    );
     assert_eq!(alice.line().await.unwrap(), "INFO root muted alice in #r");
     assert_eq!(alice.ask("SAY #r hey").await.unwrap(), "ERR muted");
     // The owner cannot undo it, nor act on a server operator.
-    assert_eq!(alice.ask("UNMUTE #r alice").await.unwrap(), "ERR not-operator");
+    assert_eq!(
+        alice.ask("UNMUTE #r alice").await.unwrap(),
+        "ERR not-operator"
+    );
     // Invite-only rooms let a server operator in without an invitation.
     root.ok(json!({"command": "JOIN", "room": "#r"})).await;
     assert_eq!(alice.line().await.unwrap(), "INFO root joined #r");
@@ -751,7 +1002,10 @@ async fn a_server_operator_can_act_in_any_room() {
 
     // "ghost" is configured but is no account: a password-less login of it is no operator.
     let mut ghost = server.text_login("ghost").await;
-    assert_eq!(ghost.ask("KICK #r alice").await.unwrap(), "ERR not-operator");
+    assert_eq!(
+        ghost.ask("KICK #r alice").await.unwrap(),
+        "ERR not-operator"
+    );
     assert_eq!(ghost.ask("JOIN #r").await.unwrap(), "ERR invite-only");
     server.stop().await;
 }
@@ -773,8 +1027,11 @@ async fn the_owner_deletes_a_room_and_its_name_is_free() {
     assert_eq!(alice.line().await.unwrap(), "INFO bob joined #old");
     alice.send("SAY #old history").await.unwrap();
     assert_eq!(alice.ask("OP #old bob").await.unwrap(), "OK");
-    bob.refused(json!({"command": "DELETE_ROOM", "room": "#old"}), "Not allowed")
-        .await;
+    bob.refused(
+        json!({"command": "DELETE_ROOM", "room": "#old"}),
+        "Not allowed",
+    )
+    .await;
     assert_eq!(alice.ask("DESTROY #old").await.unwrap(), "OK");
     let gone = loop {
         let e = bob.event().await;
@@ -782,7 +1039,11 @@ async fn the_owner_deletes_a_room_and_its_name_is_free() {
             break e;
         }
     };
-    assert_eq!((&gone["room"], &gone["by"]), (&json!("#old"), &json!("alice")), "{gone}");
+    assert_eq!(
+        (&gone["room"], &gone["by"]),
+        (&json!("#old"), &json!("alice")),
+        "{gone}"
+    );
     let rooms = bob.ok(json!({"command": "ROOMS"})).await;
     assert_eq!(rooms["data"], json!([]), "{rooms}");
     let conversations = bob.ok(json!({"command": "CONVERSATIONS"})).await;
@@ -792,9 +1053,13 @@ async fn the_owner_deletes_a_room_and_its_name_is_free() {
     server.restart().await;
     let mut bob = json_again(&server, "bob").await;
     bob.ok(json!({"command": "JOIN", "room": "#old"})).await;
-    let info = bob.ok(json!({"command": "ROOM_INFO", "room": "#old"})).await;
+    let info = bob
+        .ok(json!({"command": "ROOM_INFO", "room": "#old"}))
+        .await;
     assert_eq!(info["data"]["owner"], "bob", "{info}");
-    let history = bob.ok(json!({"command": "HISTORY", "target": "#old"})).await;
+    let history = bob
+        .ok(json!({"command": "HISTORY", "target": "#old"}))
+        .await;
     assert_eq!(history["data"], json!([]), "a new room: {history}");
     server.stop().await;
 }

@@ -64,19 +64,28 @@ async fn a_json_session_is_told_when_a_watched_user_comes_and_goes() {
     .await;
     let list = watch["data"].as_array().unwrap();
     assert_eq!(list.len(), 1, "unknown names are left out: {watch}");
-    assert_eq!((&list[0]["name"], &list[0]["online"]), (&json!("bob"), &json!(false)));
+    assert_eq!(
+        (&list[0]["name"], &list[0]["online"]),
+        (&json!("bob"), &json!(false))
+    );
 
     let mut bob = server.text().await;
     let login = format!("LOGIN bob {PASSWORD} laptop");
     assert_eq!(bob.ask(&login).await.unwrap(), "OK");
-    assert_eq!(next(&mut alice).await, json!({"event": "online", "user": "bob"}));
+    assert_eq!(
+        next(&mut alice).await,
+        json!({"event": "online", "user": "bob"})
+    );
     // A second device of bob: he was online already.
     let mut bob2 = server.text().await;
     let login2 = format!("LOGIN bob {PASSWORD} phone");
     assert_eq!(bob2.ask(&login2).await.unwrap(), "OK");
     // carol is not watched.
     let mut carol = server.text().await;
-    assert_eq!(carol.ask(&format!("LOGIN carol {PASSWORD}")).await.unwrap(), "OK");
+    assert_eq!(
+        carol.ask(&format!("LOGIN carol {PASSWORD}")).await.unwrap(),
+        "OK"
+    );
     drop(carol);
     json_quiet(&mut alice).await;
 
@@ -84,7 +93,10 @@ async fn a_json_session_is_told_when_a_watched_user_comes_and_goes() {
     let before = now_ms() as i64;
     drop(bob);
     let offline = next(&mut alice).await;
-    assert_eq!((&offline["event"], &offline["user"]), (&json!("offline"), &json!("bob")));
+    assert_eq!(
+        (&offline["event"], &offline["user"]),
+        (&json!("offline"), &json!("bob"))
+    );
     let seen = offline["last_seen"].as_i64().unwrap();
     assert!(seen >= before && seen <= now_ms() as i64 + 1, "{offline}");
     // A watching session is not sent everyone's disconnects (carol's among them).
@@ -103,9 +115,16 @@ async fn sessions_that_watch_nothing_keep_the_old_notices() {
     let mut text = server.text_login("ted").await;
     let mut bob = server.text_login("bob").await;
     json_quiet(&mut old).await;
-    assert_eq!(text.ask("PING").await.unwrap(), "PONG", "no line for bob's login");
+    assert_eq!(
+        text.ask("PING").await.unwrap(),
+        "PONG",
+        "no line for bob's login"
+    );
     assert_eq!(bob.ask("QUIT").await.unwrap(), "BYE");
-    assert_eq!(next(&mut old).await, json!({"event": "disconnected", "user": "bob"}));
+    assert_eq!(
+        next(&mut old).await,
+        json!({"event": "disconnected", "user": "bob"})
+    );
     assert_eq!(text.line().await.unwrap(), "INFO bob disconnected");
     server.stop().await;
 }
@@ -118,7 +137,10 @@ async fn a_binary_session_with_acks_gets_presence_frames() {
     server.register("alice").await;
     server.register("bob").await;
     let mut alice = server.client().await;
-    assert_eq!(request(&mut alice, Frame::EnableAcks { cid: 1 }).await, code::OK);
+    assert_eq!(
+        request(&mut alice, Frame::EnableAcks { cid: 1 }).await,
+        code::OK
+    );
     let login = Frame::LoginPassword {
         cid: 2,
         username: b("alice"),
