@@ -113,6 +113,79 @@ fn protocol_md_message_example_round_trips() {
     assert_eq!(&encode(&frame)[..], &bytes[..]);
 }
 
+/// The moderation examples of docs/PROTOCOL.md ("Moderation and presence"), as written
+/// there, are the codec's bytes.
+#[test]
+fn protocol_md_moderation_examples_are_the_codecs_bytes() {
+    let hex = |s: &str| -> Vec<u8> {
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    };
+    let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+    let examples = [
+        (
+            "00 00 00 11 01 00 52 00 00 00 0c 00 02 23 72 02 00 03 62 6f 62",
+            Frame::Moderate {
+                cid: 12,
+                room: b("#r"),
+                action: binary::action::KICK,
+                user: b("bob"),
+            },
+        ),
+        (
+            "00 00 00 13 01 00 55 00 00 00 0d 00 02 23 72 00 00 00 00 00 00 00 07",
+            Frame::DeleteMessage {
+                cid: 13,
+                target: b("#r"),
+                seq: 7,
+            },
+        ),
+        (
+            "00 00 00 0e 01 00 59 00 00 00 0e 00 01 00 03 62 6f 62",
+            Frame::Watch {
+                cid: 14,
+                users: vec![b("bob")],
+            },
+        ),
+        (
+            "00 00 00 15 01 00 5a 00 00 00 00 00 03 62 6f 62 01 00 00 00 00 00 00 00 00",
+            Frame::Presence {
+                cid: 0,
+                user: b("bob"),
+                online: true,
+                last_seen: 0,
+            },
+        ),
+        (
+            "00 00 00 45 01 00 5b 00 00 00 00
+             00 00 00 00 00 00 00 33   00 00 00 00 00 00 00 03   00 00 00 00 00 00 00 09   02
+             00 05 61 6c 69 63 65   00 02 23 72   00 00 00 00 00 00 00 01   00 00
+             00 00 00 00 00 00 00 2a   00 00 00 00 00 00 00 07",
+            Frame::Deleted {
+                cid: 0,
+                event: Event {
+                    id: 51,
+                    conversation: 3,
+                    seq: 9,
+                    kind: binary::kind::ROOM,
+                    from: b("alice"),
+                    to: b("#r"),
+                    time: 1,
+                    message: Bytes::new(),
+                },
+                message_id: 42,
+                message_seq: 7,
+            },
+        ),
+    ];
+    for (text, frame) in examples {
+        let bytes = hex(text);
+        assert_eq!(&encode(&frame)[..], &bytes[..], "{frame:?}");
+        assert_eq!(decode(&mut buf(&bytes), MAX), Ok(Some(frame)));
+    }
+}
+
 // ---------------------------------------------------------------- correlation test 0x09
 
 #[test]
