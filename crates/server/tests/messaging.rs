@@ -806,7 +806,6 @@ fn write_old_layout(dir: &std::path::Path, layout: &str) {
          ALTER TABLE conversations DROP COLUMN deleted_at;
          ALTER TABLE users DROP COLUMN disabled_at;
          ALTER TABLE users DROP COLUMN deleted_at;
-
          ALTER TABLE conversations DROP COLUMN topic;
          ALTER TABLE conversations DROP COLUMN invite_only;
          DROP TABLE room_marks; DROP TABLE blocks; DROP TABLE deletions;",

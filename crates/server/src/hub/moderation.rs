@@ -434,7 +434,8 @@ impl Core {
             self.guests.remove(&guest.id);
         }
         self.room_lookalikes.release(&name);
-        batch.dropped_rooms.push(entry.conv);
+        // Its row stays, nameless (schema 8), so its id is never handed out again.
+        batch.rooms_deleted.push(entry.conv);
     }
 
     /// `room` as `user` (if logged in) sees it.

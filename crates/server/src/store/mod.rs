@@ -99,9 +99,6 @@ pub struct Batch {
     pub blocks: Vec<(UserId, UserId, bool)>,
     /// Messages deleted by this batch, each announced by a tombstone among its messages.
     pub deletions: Vec<Deletion>,
-    /// Rooms deleted: their rows, members, cursors and marks go; their messages stay in the
-    /// log, unreachable.
-    pub dropped_rooms: Vec<ConvId>,
 }
 
 /// What an operator made of an account.
@@ -268,8 +265,7 @@ impl Batch {
             && self.room_settings.is_empty()
             && self.room_marks.is_empty()
             && self.blocks.is_empty()
-            && self.deletions.is_empty()
-            && self.dropped_rooms.is_empty())
+            && self.deletions.is_empty())
     }
 }
 

@@ -197,8 +197,8 @@ fn write_batch(tx: &Connection, batch: &Batch, reserve: Option<i64>) -> anyhow::
     Ok(())
 }
 
-/// The moderation rows of a batch: room settings and marks, blocks, deletions, and rooms
-/// deleted. Rare, so each statement is prepared only when the batch has rows for it.
+/// The moderation rows of a batch: room settings and marks, blocks, deletions, and the marks
+/// of rooms deleted. Rare, so each statement is prepared only when the batch has rows for it.
 fn write_moderation(tx: &Connection, batch: &Batch, now: i64) -> anyhow::Result<()> {
     for (conv, setting) in &batch.room_settings {
         match setting {
@@ -243,22 +243,10 @@ fn write_moderation(tx: &Connection, batch: &Batch, now: i64) -> anyhow::Result<
         )?
         .execute(params![d.message, d.conv, d.seq, d.tombstone, d.by, d.at])?;
     }
-    for conv in &batch.dropped_rooms {
-        // A deleted room's id is never handed out again (its messages stay in the log
-        // under it): the highest id may no longer be in `conversations`.
-        tx.prepare_cached(
-            "INSERT INTO counters (name, value) VALUES ('next_conversation_id', ?1)
-             ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value)",
-        )?
-        .execute([conv + 1])?;
-        for sql in [
-            "DELETE FROM memberships WHERE conversation_id = ?1",
-            "DELETE FROM cursors WHERE conversation_id = ?1",
-            "DELETE FROM room_marks WHERE conversation_id = ?1",
-            "DELETE FROM conversations WHERE id = ?1 AND kind = 2",
-        ] {
-            tx.prepare_cached(sql)?.execute([conv])?;
-        }
+    // A deleted room's marks go with its members (`rooms_deleted`, written above).
+    for conv in &batch.rooms_deleted {
+        tx.prepare_cached("DELETE FROM room_marks WHERE conversation_id = ?1")?
+            .execute([conv])?;
     }
     Ok(())
 }

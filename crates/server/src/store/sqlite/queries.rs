@@ -49,10 +49,7 @@ impl LogStore for SqliteStore {
         };
         let user = max("SELECT MAX(id) FROM users")?;
         let device = max("SELECT MAX(id) FROM devices")?;
-        // Past deleted rooms' ids too (`next_conversation_id`, batch.rs).
-        let conv = max("SELECT MAX(id) FROM conversations")?.max(max(
-            "SELECT MAX(value) - 1 FROM counters WHERE name = 'next_conversation_id'",
-        )?);
+        let conv = max("SELECT MAX(id) FROM conversations")?;
         let message: Option<i64> = self
             .conn
             .query_row(
