@@ -49,9 +49,9 @@ for _ in $(seq 1 100); do
   "$(pgbin pg_isready)" -q -h 127.0.0.1 -p "$pg_port" && break
   sleep 0.1
 done
-psql() { "$(pgbin psql)" -h 127.0.0.1 -p "$pg_port" -U postgres -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
-psql -d postgres -c "CREATE DATABASE parley"
-psql -d parley -c "CREATE EXTENSION pg_stat_statements"
+sql() { "$(pgbin psql)" -h 127.0.0.1 -p "$pg_port" -U postgres -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
+sql -d postgres -c "CREATE DATABASE parley"
+sql -d parley -c "CREATE EXTENSION pg_stat_statements"
 url="postgres://postgres@127.0.0.1:$pg_port/parley"
 
 nats_port=$(port)
@@ -92,7 +92,7 @@ cpu() {
 }
 hz=$(getconf CLK_TCK)
 stats() {
-  psql -d parley -F ' ' -c "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted,
+  sql -d parley -F ' ' -c "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted,
       pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint,
       (SELECT coalesce(sum(calls), 0) FROM pg_stat_statements)
     FROM pg_stat_database WHERE datname = 'parley'"
