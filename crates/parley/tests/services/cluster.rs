@@ -32,8 +32,15 @@ pub struct Node {
 impl Node {
     /// Starts node `id` on `postgres` and `nats`, on fresh loopback ports.
     pub fn start(id: &str, postgres: &str, nats: &str) -> Node {
+        Node::start_with(id, postgres, nats, &[])
+    }
+
+    /// Starts node `id` with `env` set for it too.
+    pub fn start_with(id: &str, postgres: &str, nats: &str, env: &[(&str, &str)]) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut proc = Proc::spawn(command(id, postgres, nats, dir.path()));
+        let mut cmd = command(id, postgres, nats, dir.path());
+        cmd.envs(env.iter().copied());
+        let mut proc = Proc::spawn(cmd);
         let ports = proc.wait_for_start();
         let port = |protocol: &str| {
             ports
@@ -82,9 +89,7 @@ pub fn command(id: &str, postgres: &str, nats: &str, dir: &Path) -> std::process
         .env("PARLEY_CLUSTER_RECONCILE_MS", "300")
         .env("PARLEY_SHUTDOWN_TIMEOUT_MS", "2000")
         .env("PARLEY_MESSAGES_PER_SECOND", "0")
-        .env("PARLEY_COMMANDS_PER_SECOND", "0")
-        // A back-off that outlasts a busy machine's delays (tests check that it holds).
-        .env("PARLEY_LOGIN_BACKOFF_BASE_MS", "60000");
+        .env("PARLEY_COMMANDS_PER_SECOND", "0");
     // More of the nodes' logs when a test is run to be looked into.
     if let Ok(filter) = std::env::var("PARLEY_TEST_NODE_LOG") {
         cmd.env("PARLEY_LOG", filter);
@@ -102,12 +107,17 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// `n` nodes with `env` set for each.
+    pub fn start_with(n: usize, env: &[(&str, &str)]) -> Cluster {
         let pg = Postgres::start();
         let nats = Nats::start();
         let nodes = (0..n)
             .map(|i| {
                 let id = ((b'a' + i as u8) as char).to_string();
-                Node::start(&id, &pg.url(), &nats.url())
+                Node::start_with(&id, &pg.url(), &nats.url(), env)
             })
             .collect();
         Cluster { nodes, pg, nats }
