@@ -11,6 +11,10 @@ impl Session {
     /// Sends `body` to `to`. The hub answers `tag` once the message is stored (or says why
     /// it refused it); a refusal here (`who` may not send, or past the message rate) is
     /// answered through `tag` too. Waits while too many requests are in flight.
+    ///
+    /// The message rate counts stored messages: a send to several users stores one message
+    /// for each, so it takes one token per recipient (all or none: past the rate nothing
+    /// is sent). A room or everyone is one message, whatever the number of readers.
     pub(super) async fn send(&mut self, to: Target, body: Bytes, sent_at: u64, tag: Tag, who: Who) {
         self.send_with(to, body, sent_at, tag, who, None).await
     }
@@ -30,7 +34,11 @@ impl Session {
             Ok(from) => from,
             Err(kind) => return self.refuse(tag, kind).await,
         };
-        if !self.messages.try_take() {
+        let deliveries = match &to {
+            Target::Users(names) => names.len(),
+            Target::User(_) | Target::Room(_) | Target::Everyone => 1,
+        };
+        if !self.messages.try_take_n(deliveries) {
             return self.refuse(tag, ErrorKind::RateLimited).await;
         }
         self.acquire_inflight().await;

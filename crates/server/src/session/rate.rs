@@ -31,12 +31,19 @@ impl TokenBucket {
 
     /// Takes a token if there is one.
     pub fn try_take(&mut self) -> bool {
+        self.try_take_n(1)
+    }
+
+    /// Takes `n` tokens if there are as many, else none (so more than the burst at once
+    /// is never allowed).
+    pub fn try_take_n(&mut self, n: usize) -> bool {
         if self.rate <= 0.0 {
             return true;
         }
         self.refill();
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = n as f64;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
@@ -83,8 +90,21 @@ mod tests {
         );
         let mut none = TokenBucket::new(0, 0);
         assert!((0..10_000).all(|_| none.try_take()));
+        assert!(none.try_take_n(1_000_000));
         // The burst is at least one second's worth.
         assert_eq!(TokenBucket::new(50, 2).burst, 50.0);
+    }
+
+    /// `n` tokens are taken all or none: a refusal takes nothing.
+    #[test]
+    fn several_tokens_are_taken_all_or_none() {
+        let mut hourly = TokenBucket::new(1, 5);
+        hourly.rate = 1.0 / 3600.0;
+        assert!(hourly.try_take_n(3));
+        assert!(!hourly.try_take_n(3), "2 left");
+        assert!(hourly.try_take_n(2), "the refusal took none");
+        assert!(!hourly.try_take());
+        assert!(!TokenBucket::new(1, 5).try_take_n(6), "more than the burst");
     }
 
     /// Past its burst, `take` waits for the next token instead of refusing.
