@@ -2,7 +2,9 @@
 //! keys 0x10-0x45): accounts, messages, rooms, listings, history pages, contacts.
 
 use bytes::Bytes;
-use parley_proto::binary::{flags, page, ContactEntry, Event, Frame, RoomEntry, UserEntry};
+use parley_proto::binary::{
+    flags, page, ContactEntry, Event, Frame, ListPage, RoomEntry, UserEntry,
+};
 
 use crate::{Connection, Error};
 
@@ -169,12 +171,19 @@ impl Connection {
             .map(drop)
     }
 
-    /// Every room, with its member and online counts.
+    /// Every room, with its member and online counts (page after page: the server sends
+    /// at most `max_list_page` at a time).
     pub async fn rooms(&self) -> Result<Vec<RoomEntry>, Error> {
-        let reply = self.request(|cid| Frame::ListRooms { cid }).await?;
-        match reply.into_iter().next() {
-            Some(Frame::Rooms { rooms, .. }) => Ok(rooms),
-            other => Err(unexpected("Rooms", other.as_slice())),
+        let mut all: Vec<RoomEntry> = Vec::new();
+        loop {
+            let after = all.last().map(|r| r.name.clone()).unwrap_or_default();
+            let page = Some(ListPage { after, limit: 0 });
+            let reply = self.request(|cid| Frame::ListRooms { cid, page }).await?;
+            match reply.into_iter().next() {
+                Some(Frame::Rooms { rooms, .. }) if rooms.is_empty() => return Ok(all),
+                Some(Frame::Rooms { rooms, .. }) => all.extend(rooms),
+                other => return Err(unexpected("Rooms", other.as_slice())),
+            }
         }
     }
 
@@ -189,12 +198,19 @@ impl Connection {
         }
     }
 
-    /// Every user, online or not, with when they were last seen.
+    /// Every user, online or not, with when they were last seen (page after page, as
+    /// `rooms`).
     pub async fn users(&self) -> Result<Vec<UserEntry>, Error> {
-        let reply = self.request(|cid| Frame::ListUsers { cid }).await?;
-        match reply.into_iter().next() {
-            Some(Frame::Users { users, .. }) => Ok(users),
-            other => Err(unexpected("Users", other.as_slice())),
+        let mut all: Vec<UserEntry> = Vec::new();
+        loop {
+            let after = all.last().map(|u| u.name.clone()).unwrap_or_default();
+            let page = Some(ListPage { after, limit: 0 });
+            let reply = self.request(|cid| Frame::ListUsers { cid, page }).await?;
+            match reply.into_iter().next() {
+                Some(Frame::Users { users, .. }) if users.is_empty() => return Ok(all),
+                Some(Frame::Users { users, .. }) => all.extend(users),
+                other => return Err(unexpected("Users", other.as_slice())),
+            }
         }
     }
 

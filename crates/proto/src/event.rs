@@ -15,8 +15,11 @@ pub enum ErrorKind {
     Internal,
     /// The named recipient has never logged in.
     UserNotFound,
-    /// The name is online already, or this connection is already logged in.
+    /// The name is online already (elsewhere).
     AlreadyLoggedIn,
+    /// This connection is logged in already: a second login on it is refused, whatever
+    /// the name (binary says so with the seed's 0x04, as for `AlreadyLoggedIn`).
+    LoggedInHere,
     /// The request needs a logged-in session.
     NotLoggedIn,
     /// The request claims to come from a user other than the session's.

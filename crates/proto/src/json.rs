@@ -64,15 +64,16 @@ pub enum Command {
     Say(InRoom),
     Join(Rooms),
     Leave(Rooms),
-    Rooms,
+    /// A page of the rooms.
+    Rooms(Listing),
     /// The members of `room` (or of the room named in `data`).
     Members(InRoom),
     /// Seed 001: who is online, as one string.
     ListUsers,
     /// Who is online, as a list.
     Who,
-    /// Every user, with presence.
-    Users,
+    /// A page of the users, with presence.
+    Users(Listing),
     /// Seed 001: the last messages to everyone, as one string.
     ListMessages,
     /// The user's conversations, each with this device's cursor and its last message.
@@ -146,11 +147,11 @@ impl Command {
             "SAY" => Command::Say(own(fields)?),
             "JOIN" => Command::Join(own(fields)?),
             "LEAVE" => Command::Leave(own(fields)?),
-            "ROOMS" => bare(fields, Command::Rooms)?,
+            "ROOMS" => Command::Rooms(own(fields)?),
             "MEMBERS" => Command::Members(own(fields)?),
             "LIST_USERS" => bare(fields, Command::ListUsers)?,
             "WHO" => bare(fields, Command::Who)?,
-            "USERS" => bare(fields, Command::Users)?,
+            "USERS" => Command::Users(own(fields)?),
             "LIST_MESSAGES" => bare(fields, Command::ListMessages)?,
             "CONVERSATIONS" => bare(fields, Command::Conversations)?,
             "HISTORY" => Command::History(own(fields)?),
@@ -306,6 +307,15 @@ pub struct History {
     pub after: Option<i64>,
     pub before_time: Option<i64>,
     pub after_time: Option<i64>,
+}
+
+/// `USERS`, `ROOMS`: the page after the name `after` (the last one of the page before;
+/// empty: the first page), at most `limit` entries (and the server's page size).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Listing {
+    pub after: String,
+    pub limit: Option<usize>,
 }
 
 /// `SUBSCRIBE`: pushes from now on (`{"event":...}` lines); with `acks`, the device's
@@ -496,6 +506,17 @@ fn read(line: &[u8]) -> Result<Request, serde_json::Error> {
         id: head.id,
         command,
     })
+}
+
+/// The `id` of a line that is a JSON object, whatever else is wrong with it (a field of
+/// the wrong type, a missing or unknown `command`): its error answer carries the id, so a
+/// pipelining client knows which request failed. Only for lines [`parse`] refused: this
+/// reads the line again, into a tree.
+pub fn request_id(line: &[u8]) -> Option<Value> {
+    match serde_json::from_slice::<Value>(line).ok()? {
+        Value::Object(mut fields) => fields.remove("id"),
+        _ => None,
+    }
 }
 
 /// Reads a request in one pass when its `command` comes first (after `id`, if any), as
@@ -804,5 +825,17 @@ mod tests {
         assert_eq!(missing(register), Some("REGISTER"));
         assert_eq!(missing(br#"{"command":"ECHO","data":"x"}"#), None);
         assert_eq!(missing(br#"{"command":"TIME"}"#), None);
+    }
+
+    /// A refused line's id is found whenever the line is an object.
+    #[test]
+    fn a_refused_object_still_has_its_id() {
+        let wrong_type = br#"{"command":"HISTORY","limit":"abc","id":9}"#;
+        assert!(parse(wrong_type).is_err());
+        assert_eq!(request_id(wrong_type), Some(Value::from(9)));
+        let no_command = br#"{"id":"x","data":1}"#;
+        assert_eq!(request_id(no_command), Some(Value::from("x")));
+        assert_eq!(request_id(br#"["id",1]"#), None);
+        assert_eq!(request_id(br#"{"id":1,"#), None, "not JSON: no id");
     }
 }

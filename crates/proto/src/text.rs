@@ -61,7 +61,10 @@ pub enum TextCommand {
     Leave {
         rooms: Vec<String>,
     },
-    Rooms,
+    /// A page of the rooms: those after `after` (the last name of the page before).
+    Rooms {
+        after: Option<String>,
+    },
     Say {
         room: String,
         text: String,
@@ -72,8 +75,10 @@ pub enum TextCommand {
         /// Only messages before (`true`) or after (`false`) this sequence number.
         around: Option<(bool, i64)>,
     },
-    /// Every user with presence.
-    Users,
+    /// A page of the users with presence: those after `after`.
+    Users {
+        after: Option<String>,
+    },
     Search {
         prefix: String,
     },
@@ -238,7 +243,13 @@ pub fn parse(line: &str) -> TextCommand {
                 (_, false) => TextCommand::Leave { rooms },
             }
         }
-        "rooms" => TextCommand::Rooms,
+        "rooms" => match words(rest).as_slice() {
+            [] => TextCommand::Rooms { after: None },
+            [after] => TextCommand::Rooms {
+                after: Some(after.to_string()),
+            },
+            _ => TextCommand::Usage("ERR usage: ROOMS [<after room>]"),
+        },
         "say" => {
             let (room, text) = split_word(rest.trim_start());
             if room.is_empty() || text.trim().is_empty() {
@@ -251,7 +262,13 @@ pub fn parse(line: &str) -> TextCommand {
             }
         }
         "history" => parse_history(&words(rest)),
-        "users" => TextCommand::Users,
+        "users" => match words(rest).as_slice() {
+            [] => TextCommand::Users { after: None },
+            [after] => TextCommand::Users {
+                after: Some(after.to_string()),
+            },
+            _ => TextCommand::Usage("ERR usage: USERS [<after user>]"),
+        },
         "search" => match words(rest).as_slice() {
             [prefix] => TextCommand::Search {
                 prefix: prefix.to_string(),
@@ -426,6 +443,7 @@ pub fn error_word(kind: ErrorKind) -> &'static str {
         ErrorKind::Internal => "internal-error",
         ErrorKind::UserNotFound => "user-not-found",
         ErrorKind::AlreadyLoggedIn => "username-taken",
+        ErrorKind::LoggedInHere => "already-logged-in",
         ErrorKind::NotLoggedIn => "login-required",
         ErrorKind::Forbidden => "forbidden",
         ErrorKind::InvalidName => "invalid-username",

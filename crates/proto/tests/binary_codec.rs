@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use parley_proto::binary::{
     self, code, decode, encode_response, error_code, key, ContactEntry, Decoded, Event, Frame,
-    FrameError, RoomEntry, RoomInfoEntry, UserEntry,
+    FrameError, ListPage, RoomEntry, RoomInfoEntry, UserEntry,
 };
 use parley_proto::ErrorKind;
 use proptest::prelude::*;
@@ -712,6 +712,13 @@ fn any_user() -> impl Strategy<Value = UserEntry> {
     })
 }
 
+/// A listing's optional page: absent (the first page) or named.
+fn list_page() -> impl Strategy<Value = Option<ListPage>> {
+    prop::option::of(
+        (any_string(), any::<u16>()).prop_map(|(after, limit)| ListPage { after, limit }),
+    )
+}
+
 fn list<T: std::fmt::Debug>(item: impl Strategy<Value = T>) -> impl Strategy<Value = Vec<T>> {
     prop::collection::vec(item, 0..6)
 }
@@ -819,11 +826,11 @@ fn messaging_frame() -> impl Strategy<Value = Frame> {
             message,
             time
         }),
-        any::<u32>().prop_map(|cid| Frame::ListRooms { cid }),
+        (any::<u32>(), list_page()).prop_map(|(cid, page)| Frame::ListRooms { cid, page }),
         (any::<u32>(), list(room)).prop_map(|(cid, rooms)| Frame::Rooms { cid, rooms }),
         (any::<u32>(), s()).prop_map(|(cid, room)| Frame::ListMembers { cid, room }),
         (any::<u32>(), list(any_user())).prop_map(|(cid, members)| Frame::Members { cid, members }),
-        any::<u32>().prop_map(|cid| Frame::ListUsers { cid }),
+        (any::<u32>(), list_page()).prop_map(|(cid, page)| Frame::ListUsers { cid, page }),
         (any::<u32>(), list(any_user())).prop_map(|(cid, users)| Frame::Users { cid, users }),
         (any::<u32>(), s(), any::<u8>(), any::<u64>(), any::<u16>()).prop_map(
             |(cid, target, mode, value, limit)| Frame::History {

@@ -133,6 +133,9 @@ pub struct Config {
     pub max_watched_users: usize,
     /// Most users one name search returns.
     pub max_search_results: usize,
+    /// Most entries one page of a listing (users, rooms) holds; a client asks for the
+    /// next page by the last name of the one before.
+    pub max_list_page: usize,
     /// Largest file accepted for upload, in bytes.
     pub max_file_bytes: u64,
     /// How long a device token stays valid, in seconds (default 30 days).
@@ -238,6 +241,7 @@ impl Default for Config {
             max_topic_bytes: 512,
             max_watched_users: 256,
             max_search_results: 50,
+            max_list_page: 1000,
             max_file_bytes: 100 * 1024 * 1024,
             token_ttl_secs: 30 * 86_400,
             login_failures_free: 3,

@@ -553,7 +553,9 @@ async fn rooms_lists_every_room_with_its_member_and_online_counts() {
     assert_eq!(carol.ask("QUIT").await.unwrap(), "BYE");
     wait_for_line(&mut alice, "INFO carol disconnected").await;
 
-    bob.send(&Frame::ListRooms { cid: 3 }).await.unwrap();
+    bob.send(&Frame::ListRooms { cid: 3, page: None })
+        .await
+        .unwrap();
     let Frame::Rooms { cid: 3, rooms } = bob.recv().await.unwrap() else {
         panic!("expected a room list");
     };
@@ -641,7 +643,10 @@ async fn users_lists_everyone_with_presence_and_when_they_were_last_seen() {
     let after = now_ms();
     let mut carol = server.login("carol").await;
 
-    carol.send(&Frame::ListUsers { cid: 2 }).await.unwrap();
+    carol
+        .send(&Frame::ListUsers { cid: 2, page: None })
+        .await
+        .unwrap();
     let Frame::Users { cid: 2, users } = carol.recv().await.unwrap() else {
         panic!("expected a user list");
     };

@@ -40,7 +40,7 @@ pub fn error_code(kind: ErrorKind) -> u16 {
     match kind {
         ErrorKind::Internal => ERROR,
         ErrorKind::UserNotFound => USER_NOT_FOUND,
-        ErrorKind::AlreadyLoggedIn => USER_ALREADY_LOGGED,
+        ErrorKind::AlreadyLoggedIn | ErrorKind::LoggedInHere => USER_ALREADY_LOGGED,
         ErrorKind::NotLoggedIn => NOT_LOGGED_IN,
         ErrorKind::Forbidden => FORBIDDEN,
         ErrorKind::InvalidName => INVALID_NAME,

@@ -83,6 +83,25 @@ impl Field for Bytes {
     }
 }
 
+/// An optional field, which can only be a frame's last: absent when the body ends before
+/// it (as clients that predate the field send it), present otherwise.
+impl<T: Field> Field for Option<T> {
+    fn read(r: &mut Reader) -> Option<Self> {
+        if !r.has_remaining() {
+            return Some(None);
+        }
+        T::read(r).map(Some)
+    }
+    fn wire_len(&self) -> Result<usize, StringTooLong> {
+        self.as_ref().map_or(Ok(0), Field::wire_len)
+    }
+    fn write(&self, dst: &mut BytesMut) {
+        if let Some(value) = self {
+            value.write(dst);
+        }
+    }
+}
+
 /// A list: `u16 count | entries`. The count caps a list at 65,535 entries; a longer one is
 /// cut there rather than sent with a wrong count.
 impl<T: Field> Field for Vec<T> {

@@ -16,11 +16,13 @@ macro_rules! messaging_frames {
         SendMany = SEND_MANY 0x23 { to: Vec<Bytes>, message: Bytes, time: u64 },
         /// One message to everyone online.
         SendAll = SEND_ALL 0x24 { message: Bytes, time: u64 },
-        ListRooms = LIST_ROOMS 0x25 {},
+        /// The first page of the rooms; with `page`, the one it names.
+        ListRooms = LIST_ROOMS 0x25 { page: Option<ListPage> },
         Rooms = ROOMS 0x26 { rooms: Vec<RoomEntry> },
         ListMembers = LIST_MEMBERS 0x27 { room: Bytes },
         Members = MEMBERS 0x28 { members: Vec<UserEntry> },
-        ListUsers = LIST_USERS 0x29 {},
+        /// The first page of the users; with `page`, the one it names.
+        ListUsers = LIST_USERS 0x29 { page: Option<ListPage> },
         Users = USERS 0x2A { users: Vec<UserEntry> },
         History = HISTORY 0x2B {
             /// A room, a user (the direct conversation with them) or `*`.
@@ -88,6 +90,17 @@ struct_field!(Event {
     time,
     message
 });
+
+/// Which page of a listing a request wants: the names after `after` (the last one of the
+/// page before; empty: from the first), at most `limit` of them (0: as many as the server
+/// puts in a page). Sent after the cid, or not at all for the first page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub after: Bytes,
+    pub limit: u16,
+}
+
+struct_field!(ListPage { after, limit });
 
 /// A room in a `Rooms` list.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,7 +40,7 @@ pub use code::error_code;
 pub use contacts::{contact, ContactEntry};
 pub use decode::{decode, decode_view, Decoded, FrameError};
 pub use field::StringTooLong;
-pub use messaging::{encode_event, kind, page, Event, RoomEntry, UserEntry};
+pub use messaging::{encode_event, kind, page, Event, ListPage, RoomEntry, UserEntry};
 pub use moderation::{action, change, rank, RoomInfoEntry};
 pub use seed::{encode_message, encode_response, MessageView};
 

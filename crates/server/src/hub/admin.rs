@@ -253,6 +253,7 @@ impl Core {
     /// the log, reachable by no one.
     fn delete_room(&mut self, name: &str, batch: &mut Batch) -> Result<AdminAnswer, ErrorKind> {
         let room = self.rooms.remove(name).ok_or(ErrorKind::RoomNotFound)?;
+        self.room_order.remove(name);
         for user in &room.members {
             if let Some(list) = self.memberships.get_mut(user) {
                 list.retain(|m| m.conv != room.conv);

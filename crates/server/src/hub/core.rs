@@ -56,6 +56,7 @@ pub fn spawn(
         last_seqs: Map::default(),
         memberships: Map::default(),
         rooms: Map::default(),
+        room_order: Default::default(),
         online: Map::default(),
         listeners: Map::default(),
         guests: Map::default(),
@@ -180,6 +181,8 @@ pub(super) struct Core {
     last_seqs: Map<ConvId, Seq>,
     pub memberships: Map<UserId, Vec<Membership>>,
     pub rooms: Map<Arc<str>, Room>,
+    /// The rooms' names in order, for listing a page of them.
+    pub room_order: std::collections::BTreeSet<Arc<str>>,
     /// How the users' and the rooms' names look: no new name may look like a taken one.
     user_lookalikes: Lookalikes,
     pub room_lookalikes: Lookalikes,
@@ -293,12 +296,14 @@ impl Core {
         }
         self.load_user_states()?;
         self.rooms.clear();
+        self.room_order.clear();
         self.rooms_created.by_user.clear();
         for room in self.store.load_rooms()? {
             if let Some(user) = room.created_by {
                 *self.rooms_created.by_user.entry(user).or_default() += 1;
             }
             let name: Arc<str> = Arc::from(room.name);
+            self.room_order.insert(name.clone());
             self.rooms.insert(
                 name.clone(),
                 Room {
@@ -457,6 +462,23 @@ impl Core {
         }
     }
 
+    /// Whether each of `names` is online: a lookup each. In a cluster, against who is
+    /// online anywhere (one read of PostgreSQL's list).
+    fn online_among(&mut self, names: &[String]) -> Vec<bool> {
+        if self.cluster.is_some() {
+            let anywhere: Set<Arc<str>> = self.cluster_who().users.into_iter().collect();
+            return names
+                .iter()
+                .map(|n| anywhere.contains(n.as_str()))
+                .collect();
+        }
+        let online = |name: &String| {
+            let user = self.names.get(name.as_bytes());
+            user.is_some_and(|u| self.online.contains_key(u))
+        };
+        names.iter().map(online).collect()
+    }
+
     fn apply(&mut self, op: Op, batch: &mut Batch, effects: &mut Vec<Effect>) {
         match op {
             Op::Login { .. } => self.login(op, batch, effects),
@@ -566,8 +588,11 @@ impl Core {
                 answer(effects, done, result);
             }
             // Presence is cluster-wide in a cluster: PostgreSQL's (hub/cluster.rs).
-            Op::Rooms { done } if self.cluster.is_some() => {
-                let _ = done.send(self.cluster_rooms());
+            Op::Rooms { after, limit, done } if self.cluster.is_some() => {
+                // PostgreSQL's list, whole (a cluster's listing costs the rooms there are).
+                let page = self.cluster_rooms().into_iter();
+                let page = page.filter(|r| *r.name > *after).take(limit);
+                let _ = done.send(page.collect());
             }
             Op::Members { room, done } if self.cluster.is_some() => {
                 let _ = done.send(self.cluster_members(&room));
@@ -575,8 +600,11 @@ impl Core {
             Op::Who { done } if self.cluster.is_some() => {
                 let _ = done.send(self.cluster_who());
             }
-            Op::Rooms { done } => {
-                let _ = done.send(self.room_list());
+            Op::Rooms { after, limit, done } => {
+                let _ = done.send(self.room_page(&after, limit));
+            }
+            Op::Online { names, done } => {
+                let _ = done.send(self.online_among(&names));
             }
             Op::Members { room, done } => {
                 let members = self.rooms.get(room.as_str()).map(|r| {

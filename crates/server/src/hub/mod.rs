@@ -260,11 +260,20 @@ pub(crate) enum Op {
         room: String,
         done: Done<Result<(), ErrorKind>>,
     },
+    /// A page of the rooms, sorted by name: those after `after`, at most `limit`.
     Rooms {
+        after: String,
+        limit: usize,
         done: Done<Vec<RoomInfo>>,
     },
     Who {
         done: Done<Presence>,
+    },
+    /// Whether each of these users is online (a lookup each: a listing's page costs what
+    /// it shows, not what is online).
+    Online {
+        names: Vec<String>,
+        done: Done<Vec<bool>>,
     },
     /// A room's members (users and anonymous sessions), with whether each is online.
     Members {
@@ -514,8 +523,16 @@ impl Hub {
         .await
     }
 
-    pub async fn rooms(&self) -> Vec<RoomInfo> {
-        self.ask(|done| Op::Rooms { done }, Vec::new()).await
+    /// The rooms after `after` ("": from the first), sorted by name, at most `limit`.
+    pub async fn rooms(&self, after: String, limit: usize) -> Vec<RoomInfo> {
+        let op = |done| Op::Rooms { after, limit, done };
+        self.ask(op, Vec::new()).await
+    }
+
+    /// Whether each of `names` is online (`false` for a name nobody has).
+    pub async fn online(&self, names: Vec<String>) -> Vec<bool> {
+        self.ask(|done| Op::Online { names, done }, Vec::new())
+            .await
     }
 
     pub async fn contact(

@@ -58,6 +58,7 @@ impl Core {
                     ..RoomRules::default()
                 },
             };
+            self.room_order.insert(name.clone());
             self.rooms.insert(name, new);
         }
         let conv = self.rooms[room].conv;
@@ -192,24 +193,32 @@ impl Core {
         }
     }
 
+    /// The rooms after `after`, sorted by name, at most `limit`, with member counts: what
+    /// it shows is all it visits.
+    pub(super) fn room_page(&self, after: &str, limit: usize) -> Vec<RoomInfo> {
+        use std::ops::Bound;
+        let from: (Bound<&str>, Bound<&str>) = (Bound::Excluded(after), Bound::Unbounded);
+        let names = self.room_order.range::<str, _>(from).take(limit);
+        let rooms = names.filter_map(|name| self.rooms.get(name));
+        rooms.map(|room| self.room_info(room)).collect()
+    }
+
+    fn room_info(&self, room: &Room) -> RoomInfo {
+        RoomInfo {
+            name: room.name.clone(),
+            members: room.members.len() + room.guests.len(),
+            online: room
+                .members
+                .iter()
+                .filter(|u| self.online.contains_key(*u))
+                .count()
+                + room.guests.len(),
+        }
+    }
+
     /// Every room, sorted by name, with member counts.
     pub(super) fn room_list(&self) -> Vec<RoomInfo> {
-        let mut list: Vec<RoomInfo> = self
-            .rooms
-            .values()
-            .map(|room| RoomInfo {
-                name: room.name.clone(),
-                members: room.members.len() + room.guests.len(),
-                online: room
-                    .members
-                    .iter()
-                    .filter(|u| self.online.contains_key(*u))
-                    .count()
-                    + room.guests.len(),
-            })
-            .collect();
-        list.sort_by(|a, b| a.name.cmp(&b.name));
-        list
+        self.room_page("", usize::MAX)
     }
 }
 

@@ -94,6 +94,14 @@ impl Delivery {
         self
     }
 
+    /// Whether this is a direct message that `user` sent to someone else (seen on another
+    /// of their devices).
+    pub fn sent_by(&self, user: Option<&String>) -> bool {
+        self.kind == ConversationKind::Direct
+            && user.is_some_and(|name| **name == *self.from)
+            && self.from != self.to
+    }
+
     /// The body as text (lossy for bytes that are not UTF-8).
     pub fn text(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(&self.body)

@@ -363,6 +363,15 @@ fn event_of(d: &Delivery) -> binary::Event {
     }
 }
 
+/// Appends, in the text dialects, a direct message the session's own user sent from
+/// another device: `SENT <to> <text>` (a `DM <self> <text>` would read as a message to
+/// oneself). Rare, so never shared between sessions.
+pub fn encode_sent(d: &Delivery, dst: &mut BytesMut) {
+    let text = d.text();
+    let line = format!("SENT {} {}\n", d.to, text::one_line(&text));
+    dst.put_slice(line.as_bytes());
+}
+
 /// Appends, as one WebSocket text frame, the JSON line that `encode` appends (without its
 /// newline). The line is written in place after room for the usual 4-byte header (payloads
 /// of 126 to 65,535 bytes), which is moved when the payload turns out shorter or longer:
@@ -638,6 +647,7 @@ pub fn slash_error(kind: ErrorKind) -> &'static str {
             "you are not in a room. usage: /join ROOM_NAME"
         }
         ErrorKind::AlreadyLoggedIn => "that nick is taken",
+        ErrorKind::LoggedInHere => "you are logged in already",
         ErrorKind::InvalidName => {
             "invalid name (no spaces or control characters, at most 32 bytes)"
         }
@@ -667,6 +677,7 @@ pub fn json_error(kind: ErrorKind) -> &'static str {
         ErrorKind::Internal => "Internal error",
         ErrorKind::UserNotFound => "User not found",
         ErrorKind::AlreadyLoggedIn => "Username already taken",
+        ErrorKind::LoggedInHere => "Already logged in",
         ErrorKind::NotLoggedIn => "Register first",
         ErrorKind::Forbidden => "Forbidden",
         ErrorKind::InvalidName => "Invalid username",

@@ -104,6 +104,11 @@ impl Style {
     /// Number of styles (size of per-style caches).
     pub const COUNT: usize = 7;
 
+    /// The text protocol's dialects (seed 002's lines and seed 004's slash commands).
+    pub fn is_text(self) -> bool {
+        matches!(self, Style::Line | Style::Slash)
+    }
+
     pub fn from_u8(v: u8) -> Style {
         match v {
             0 => Style::Binary,
@@ -133,6 +138,11 @@ pub enum Item {
     Replay(Arc<Delivery>),
     /// Bytes written as they are, whatever the style (a WebSocket control frame).
     Raw(Bytes),
+    /// Nothing to write: from now on the session is logged in as this name, so a direct
+    /// message from it (sent on another device) is written showing its recipient. Queued
+    /// before the login, so it precedes every message the login brings. (The writer keeps
+    /// it: the link is at its allocation class.)
+    Me(Arc<String>),
 }
 
 impl Item {
@@ -153,7 +163,7 @@ impl Item {
             Item::Deliver(d) | Item::Replay(d) => d.weight(),
             Item::Run(run, start, end) => run.weight(*start as usize..*end as usize),
             Item::Bytes(bytes) | Item::Raw(bytes) => bytes.len(),
-            Item::Notice(_) | Item::Reply(..) => SMALL_ITEM,
+            Item::Notice(_) | Item::Reply(..) | Item::Me(_) => SMALL_ITEM,
         }
     }
 
@@ -169,6 +179,7 @@ impl Item {
             Item::Bytes(bytes) | Item::Raw(bytes) => bytes.len() + 10,
             Item::Notice(notice) => notice.encoded(style).len(),
             Item::Reply(..) => 64,
+            Item::Me(_) => 0,
         }
     }
 }

@@ -163,6 +163,8 @@ pub struct Writer {
     /// Confirmed progress not yet reported.
     unreported: Vec<(ConvId, Seq)>,
     reported_at: tokio::time::Instant,
+    /// The name the session is logged in as (`Item::Me`).
+    me: Option<Arc<String>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -183,6 +185,7 @@ impl Writer {
             progress: BTreeMap::new(),
             unreported: Vec::new(),
             reported_at: tokio::time::Instant::now(),
+            me: None,
         }
     }
 
@@ -247,6 +250,10 @@ impl Writer {
                     encode_reply(&tag, &reply, buf);
                     continue;
                 }
+                Item::Me(name) => {
+                    self.me = Some(name);
+                    continue;
+                }
                 Item::Bytes(bytes) | Item::Raw(bytes) => {
                     buf.extend_from_slice(&bytes);
                     continue;
@@ -266,7 +273,13 @@ impl Writer {
                 }
                 Item::Deliver(d) | Item::Replay(d) => d,
             };
-            d.write_to(style, buf);
+            if style.is_text() && d.sent_by(self.me.as_deref()) {
+                // The user's own message, from another of their devices: it shows whom
+                // it went to, not who sent it.
+                super::encode::encode_sent(&d, buf);
+            } else {
+                d.write_to(style, buf);
+            }
             messages += 1;
             progress(d.conv, d.seq);
         }

@@ -8,7 +8,7 @@ use parley_proto::{check_display_name, validate_name, ErrorKind};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::Session;
+use super::{Session, Who};
 use crate::auth::{self, PASSWORD_LEN};
 use crate::hub::{AccountChange, Auth};
 use crate::metrics::LoginFailure;
@@ -65,7 +65,7 @@ impl Session {
         welcome: Option<Item>,
     ) -> Result<(), ErrorKind> {
         if self.login.is_some() {
-            return Err(ErrorKind::AlreadyLoggedIn);
+            return Err(ErrorKind::LoggedInHere);
         }
         self.password_over_tls()?;
         let name = self.valid_name(name)?;
@@ -99,7 +99,7 @@ impl Session {
         welcome: impl FnOnce(&str) -> Option<Item>,
     ) -> Result<String, ErrorKind> {
         if self.login.is_some() {
-            return Err(ErrorKind::AlreadyLoggedIn);
+            return Err(ErrorKind::LoggedInHere);
         }
         let ip = self.peer.ip();
         // Looked up by its SHA-256, which a guesser cannot steer towards a stored one:
@@ -276,7 +276,9 @@ impl Session {
         self.shared.hub.account(identity.user, change).await
     }
 
-    pub(super) async fn get_profile(&self, name: &str) -> Result<Profile, ErrorKind> {
+    /// `name`'s profile, if `who` may ask (parley's protocols: logged-in users only).
+    pub(super) async fn get_profile(&self, name: &str, who: Who) -> Result<Profile, ErrorKind> {
+        self.acting(who)?;
         let profile = self.shared.reader.profile(name.to_string()).await;
         profile
             .map_err(|_| ErrorKind::Internal)?

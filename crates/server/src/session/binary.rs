@@ -5,7 +5,7 @@ use parley_proto::binary::{self, Decoded, Frame};
 use parley_proto::{validate_name, ErrorKind, Reply};
 use tracing::warn;
 
-use super::{Flow, Session};
+use super::{Flow, Session, Who};
 use crate::hub::DirectMessage;
 use crate::outbound::{Item, Tag};
 
@@ -271,7 +271,7 @@ impl Session {
             }
             Frame::GetProfile { cid, username } => {
                 let result = match utf8(&username) {
-                    Ok(name) => self.get_profile(name).await,
+                    Ok(name) => self.get_profile(name, Who::Members).await,
                     Err(kind) => Err(kind),
                 };
                 match result {

@@ -3,7 +3,7 @@
 //! are acknowledged by the client.
 
 use bytes::Bytes;
-use parley_proto::binary::{self, ContactEntry, Event, Frame, RoomEntry, UserEntry};
+use parley_proto::binary::{self, ContactEntry, Event, Frame, ListPage, RoomEntry, UserEntry};
 use parley_proto::{ErrorKind, Target};
 use std::sync::atomic::Ordering;
 
@@ -71,18 +71,23 @@ impl Session {
             Frame::SendAll { message, time, .. } => {
                 return self.send_binary(cid, Target::Everyone, message, time).await
             }
-            Frame::ListRooms { .. } => {
-                let rooms = self.rooms().await;
-                let rooms = rooms
-                    .into_iter()
-                    .map(|r| RoomEntry {
-                        name: Bytes::copy_from_slice(r.name.as_bytes()),
-                        members: r.members as u32,
-                        online: r.online as u32,
-                    })
-                    .collect();
-                self.send_frame(Frame::Rooms { cid, rooms }).await;
-                Ok(())
+            Frame::ListRooms { page, .. } => {
+                let (after, limit) = list_page(page);
+                match self.rooms(&after, limit, Who::Members).await {
+                    Ok(rooms) => {
+                        let rooms = rooms
+                            .into_iter()
+                            .map(|r| RoomEntry {
+                                name: Bytes::copy_from_slice(r.name.as_bytes()),
+                                members: r.members as u32,
+                                online: r.online as u32,
+                            })
+                            .collect();
+                        self.send_frame(Frame::Rooms { cid, rooms }).await;
+                        Ok(())
+                    }
+                    Err(kind) => Err(kind),
+                }
             }
             Frame::ListMembers { room, .. } => match utf8(&room) {
                 Ok(room) => match self.members(room).await {
@@ -102,7 +107,7 @@ impl Session {
                 },
                 Err(kind) => Err(kind),
             },
-            Frame::ListUsers { .. } => match self.users().await {
+            Frame::ListUsers { page, .. } => match self.users_page(page).await {
                 Ok(users) => {
                     let users = users.into_iter().map(user_entry).collect();
                     self.send_frame(Frame::Users { cid, users }).await;
@@ -280,6 +285,12 @@ impl Session {
             .await
     }
 
+    /// A `ListUsers` request's page.
+    async fn users_page(&self, page: Option<ListPage>) -> Result<Vec<UserStatus>, ErrorKind> {
+        let (after, limit) = list_page(page);
+        self.users(&after, limit).await
+    }
+
     /// A `History` request's page, as `Event`s.
     async fn history_page(
         &self,
@@ -320,13 +331,21 @@ impl Session {
     }
 }
 
-/// A user as `Users` frames list them.
+/// A user as `Users` frames list them (`last_seen` 0: never).
 fn user_entry(u: UserStatus) -> UserEntry {
     UserEntry {
         name: Bytes::from(u.name),
         online: u.online,
-        last_seen: u.last_seen.max(0) as u64,
+        last_seen: u.last_seen.unwrap_or(0).max(0) as u64,
     }
+}
+
+/// The page a listing asks for: after which name (lossy: a name that is not UTF-8 sorts
+/// where its replacement does), and how many (0: a full page).
+fn list_page(page: Option<ListPage>) -> (String, usize) {
+    let page = page.unwrap_or_default();
+    let after = String::from_utf8_lossy(&page.after).into_owned();
+    (after, usize::from(page.limit))
 }
 
 /// A name sent as bytes: one that is not UTF-8 breaks the name rules.

@@ -3,7 +3,7 @@
 use parley_proto::{validate_name, ErrorKind};
 
 use super::presence::UserStatus;
-use super::Session;
+use super::{Session, Who};
 use crate::hub::ContactAction;
 use crate::store::ContactState;
 
@@ -17,23 +17,18 @@ pub(super) struct Contact {
 }
 
 impl Session {
+    /// Users whose names start with `prefix`, at most `limit` (and `max_search_results`):
+    /// like every listing, for logged-in users only, costing what it shows.
     pub(super) async fn search_users(
         &self,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<UserStatus>, ErrorKind> {
+        self.acting(Who::Members)?;
         let limit = limit.clamp(1, self.shared.config.max_search_results);
         let found = self.shared.reader.search(prefix.to_string(), limit).await;
         let found = found.map_err(|_| ErrorKind::Internal)?;
-        let online = self.who().await.users;
-        Ok(found
-            .into_iter()
-            .map(|u| UserStatus {
-                online: online.iter().any(|o| **o == *u.name),
-                name: u.name,
-                last_seen: u.last_seen.unwrap_or(0),
-            })
-            .collect())
+        Ok(self.with_presence(found).await)
     }
 
     pub(super) async fn contact_action(
@@ -60,11 +55,13 @@ impl Session {
         self.settle().await;
         let list = self.shared.reader.contacts(identity.user).await;
         let list = list.map_err(|_| ErrorKind::Internal)?;
-        let online = self.who().await.users;
+        let names = list.iter().map(|(name, ..)| name.clone()).collect();
+        let online = self.shared.hub.online(names).await;
         Ok(list
             .into_iter()
-            .map(|(name, state, seen)| Contact {
-                online: online.iter().any(|o| **o == *name),
+            .enumerate()
+            .map(|(i, (name, state, seen))| Contact {
+                online: online.get(i).copied().unwrap_or(false),
                 name,
                 state,
                 last_seen: seen.unwrap_or(0),

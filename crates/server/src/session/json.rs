@@ -62,8 +62,16 @@ impl Session {
         }
         let request = match json::parse(&line) {
             Ok(request) => request,
-            Err(json::Invalid::NoCommand) => return self.json_invalid(NO_COMMAND, None).await,
-            Err(json::Invalid::Fields) => return self.json_error(None, ErrorKind::Malformed).await,
+            Err(invalid) => {
+                // A JSON object keeps its id, whatever is wrong with it (boxed: rare).
+                let id = json::request_id(&line).map(Arc::new);
+                return match invalid {
+                    json::Invalid::NoCommand => self.json_invalid(NO_COMMAND, id).await,
+                    json::Invalid::Fields => {
+                        Box::pin(self.json_error(id, ErrorKind::Malformed)).await
+                    }
+                };
+            }
         };
         let id = request.id.map(Arc::new);
         if let Some(name) = request.command.missing_data() {
@@ -199,7 +207,8 @@ impl Session {
                 Err(kind) => Err(kind),
             },
             Command::Profile(json::Profile { target, data }) => {
-                let profile = self.get_profile(&target.unwrap_or(data)).await;
+                let name = target.unwrap_or(data);
+                let profile = self.get_profile(&name, Who::Members).await;
                 profile.map(|p| {
                     let avatar = p.avatar.map(|a| BASE64.encode(a));
                     let data = json!({
@@ -268,11 +277,16 @@ impl Session {
                 let left = self.leave(&rooms, Who::Members).await;
                 left.and_then(|()| done("Left"))
             }
-            Command::Rooms => {
-                let rooms: Vec<Value> = (self.rooms().await.into_iter())
-                    .map(|r| json!({"name": &*r.name, "members": r.members, "online": r.online}))
-                    .collect();
-                Ok(("Rooms".into(), Value::from(rooms)))
+            Command::Rooms(json::Listing { after, limit }) => {
+                let rooms = self.rooms(&after, limit.unwrap_or(0), Who::Members).await;
+                rooms.map(|rooms| {
+                    let rooms: Vec<Value> = (rooms.into_iter())
+                        .map(
+                            |r| json!({"name": &*r.name, "members": r.members, "online": r.online}),
+                        )
+                        .collect();
+                    ("Rooms".into(), Value::from(rooms))
+                })
             }
             Command::Members(json::InRoom { room, data }) => {
                 let members = self.members(&room.unwrap_or(data)).await;
@@ -296,18 +310,21 @@ impl Session {
                 };
                 Ok(("Online users".into(), names))
             }
-            Command::Users => self.users().await.map(|users| {
-                let users: Vec<Value> = (users.into_iter())
-                    .map(|u| {
-                        json!({
-                            "name": u.name,
-                            "online": u.online,
-                            "last_seen": (u.last_seen > 0).then_some(u.last_seen),
+            Command::Users(json::Listing { after, limit }) => {
+                let users = self.users(&after, limit.unwrap_or(0)).await;
+                users.map(|users| {
+                    let users: Vec<Value> = (users.into_iter())
+                        .map(|u| {
+                            json!({
+                                "name": u.name,
+                                "online": u.online,
+                                "last_seen": u.last_seen,
+                            })
                         })
-                    })
-                    .collect();
-                ("Users".into(), Value::from(users))
-            }),
+                        .collect();
+                    ("Users".into(), Value::from(users))
+                })
+            }
             Command::ListMessages => {
                 Ok(("Recent messages".into(), Value::from(self.recent().await)))
             }
@@ -711,31 +728,47 @@ fn moderation_word(action: json::ModerationAction) -> &'static str {
     }
 }
 
+/// Every command (docs/PROTOCOL.md lists them; a test checks that this list has each).
 const HELP: &[&str] = &[
+    "REGISTER data=name (seed 001: a name for this connection, no password)",
     "REGISTER data=name password=... (an account)",
+    "LOGIN data=name (as REGISTER without a password)",
     "LOGIN data=name password=... device=... want_token=true",
     "RESUME token=...",
+    "STATE token=... (as RESUME)",
     "TOKEN",
     "PASSWD password=old new_password=new",
     "LOGOUT all=false",
     "PROFILE target=name",
     "SET_PROFILE display_name=... avatar=base64",
-    "ECHO data",
-    "REGISTER data=name",
+    "ECHO data=text",
     "MESSAGE data=text (to everyone)",
     "LIST_USERS",
     "LIST_MESSAGES",
     "TIME",
     "QUIT",
-    "DM to=user data=text",
-    "JOIN room|rooms",
-    "LEAVE room|rooms",
-    "SAY room data=text",
-    "ROOMS",
+    "DM to=user data=text (or recipients=[user, ...])",
+    "JOIN room=name (or rooms=[name, ...])",
+    "LEAVE room=name (or rooms=[name, ...])",
+    "SAY room=name data=text",
+    "ROOMS after=name limit=n (a page)",
+    "MEMBERS room=name",
     "WHO",
-    "HISTORY target=room|user|* limit=n",
+    "USERS after=name limit=n (a page)",
+    "HISTORY target=room|user|* limit=n before|after=id before_time|after_time=ms",
     "CONVERSATIONS",
-    "SUBSCRIBE",
+    "SUBSCRIBE acks=false",
+    "ACK conversation=id seq=n",
+    "SEARCH data=prefix limit=n",
+    "CONTACT_REQUEST to=user",
+    "CONTACT_ACCEPT to=user",
+    "CONTACT_DECLINE to=user",
+    "CONTACT_REMOVE to=user",
+    "CONTACTS",
+    "FILE_OFFER sha256=hex size=n",
+    "FILE_CHUNK sha256=hex size=n offset=n data=base64",
+    "SEND_FILE to=user|room=name sha256=hex name=... type=... data=caption",
+    "DOWNLOAD sha256=hex offset=n length=n",
     "PING",
     "HELP",
     "TOPIC room topic (operators)",

@@ -502,7 +502,11 @@ impl Session {
         welcome: Option<Item>,
     ) -> Result<(), ErrorKind> {
         if self.login.is_some() {
-            return Err(ErrorKind::AlreadyLoggedIn);
+            return Err(ErrorKind::LoggedInHere);
+        }
+        if self.link.protocol == Protocol::Text {
+            // Before the login: everything it brings comes after (see `Item::Me`).
+            self.link.push(Item::Me(Arc::new(name.to_string())));
         }
         self.admit(name, device, auth, welcome, None).await
     }

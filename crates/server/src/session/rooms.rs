@@ -43,9 +43,18 @@ impl Session {
         let _ = hub.join(self.link.clone(), self.actor(), room, None).await;
     }
 
-    /// Every room, sorted by name, with its member counts.
-    pub(super) async fn rooms(&self) -> Vec<RoomInfo> {
-        self.shared.hub.rooms().await
+    /// A page of the rooms, sorted by name, with their member counts: those after `after`
+    /// ("": from the first), at most `limit` (see `presence` for pages). `who` may ask:
+    /// seed 004's `/rooms` works before `/nick`; everyone else lists rooms once logged in.
+    pub(super) async fn rooms(
+        &self,
+        after: &str,
+        limit: usize,
+        who: Who,
+    ) -> Result<Vec<RoomInfo>, ErrorKind> {
+        self.acting(who)?;
+        let limit = self.page_size(limit);
+        Ok(self.shared.hub.rooms(after.to_string(), limit).await)
     }
 
     /// A room's members, sorted, each with whether they are online.

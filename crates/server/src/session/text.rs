@@ -95,7 +95,6 @@ impl Session {
             TextCommand::Login { name } => {
                 let line = match self.name_ok(&name) {
                     None => "ERR invalid-username".to_string(),
-                    Some(_) if logged_in => "ERR already-logged-in".to_string(),
                     Some(name) => match self.login(name, Some(super::line("OK"))).await {
                         Ok(()) => return Flow::Continue,
                         Err(kind) => format!("ERR {}", text::error_word(kind)),
@@ -174,7 +173,7 @@ impl Session {
                         .map(|(_, n)| n.to_string())
                         .unwrap_or_default(),
                 };
-                let lines = match self.get_profile(&name).await {
+                let lines = match self.get_profile(&name, Who::Members).await {
                     Ok(p) => format!(
                         "PROFILE {} {} {}\nOK",
                         p.name,
@@ -204,15 +203,21 @@ impl Session {
                 let result = self.leave(&rooms, Who::Members).await;
                 self.say_result(result).await;
             }
-            TextCommand::Rooms => {
-                let mut out = String::new();
-                for room in self.rooms().await {
-                    out.push_str(&format!(
-                        "ROOM {} {} {}\n",
-                        room.name, room.members, room.online
-                    ));
-                }
-                out.push_str("OK\n");
+            TextCommand::Rooms { after } => {
+                let after = after.unwrap_or_default();
+                let out = match self.rooms(&after, 0, Who::Members).await {
+                    Ok(rooms) => {
+                        let mut out = String::new();
+                        for room in rooms {
+                            out.push_str(&format!(
+                                "ROOM {} {} {}\n",
+                                room.name, room.members, room.online
+                            ));
+                        }
+                        out + "OK\n"
+                    }
+                    Err(kind) => format!("ERR {}\n", text::error_word(kind)),
+                };
                 self.say(Item::Bytes(Bytes::from(out))).await;
             }
             TextCommand::History {
@@ -289,14 +294,14 @@ impl Session {
                 };
                 self.say(Item::Bytes(Bytes::from(out))).await;
             }
-            TextCommand::Users => {
+            TextCommand::Users { after } => {
                 let mut out = String::new();
-                match self.users().await {
+                match self.users(&after.unwrap_or_default(), 0).await {
                     Ok(users) => {
                         for u in users {
                             let seen = match u.last_seen {
-                                ..=0 => "-".to_string(),
-                                ms => super::json::rfc3339_ms(ms),
+                                None => "never".to_string(),
+                                Some(ms) => super::json::rfc3339_ms(ms),
                             };
                             let state = if u.online { "online" } else { "offline" };
                             let name = u.name;
@@ -419,12 +424,9 @@ impl Session {
                 self.say_line(line).await;
             }
             TextCommand::SlashRooms => {
-                let names: Vec<String> = self
-                    .rooms()
-                    .await
-                    .iter()
-                    .map(|r| r.name.to_string())
-                    .collect();
+                // Seed 004 lists rooms before `/nick` too: the first page.
+                let rooms = self.rooms("", 0, Who::Anyone).await.unwrap_or_default();
+                let names: Vec<String> = rooms.iter().map(|r| r.name.to_string()).collect();
                 self.say_line(format!("> available rooms: {}", names.join(", ")))
                     .await;
             }

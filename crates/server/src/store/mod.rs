@@ -30,7 +30,7 @@ pub use deletions::Kind as MessageKind;
 pub use index::MessageIndex;
 pub use log::MessageLog;
 pub use read::Reader;
-pub use reader::{ConvPosition, Page, Profile, Resolved, SqliteReader, StoredMessage};
+pub use reader::{ConvPosition, Page, Profile, Resolved, SqliteReader, StoredMessage, UserRow};
 pub use sqlite::SqliteStore;
 
 pub type UserId = i64;

@@ -110,9 +110,10 @@ impl Reader {
         either!(self.may_download(user, hash))
     }
 
-    /// Every user (but the reserved anonymous one), sorted by name.
-    pub async fn users(&self) -> anyhow::Result<Vec<UserRow>> {
-        either!(self.users())
+    /// A page of the users (but the reserved anonymous one), sorted by name: those after
+    /// `after` ("": from the first), at most `limit`.
+    pub async fn users(&self, after: String, limit: usize) -> anyhow::Result<Vec<UserRow>> {
+        either!(self.users(after, limit))
     }
 
     /// A page of `conv`'s history, oldest first, with receive times (ms).

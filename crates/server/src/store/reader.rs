@@ -455,13 +455,16 @@ impl SqliteReader {
         .await
     }
 
-    /// Every user (but the reserved anonymous one), sorted by name.
-    pub async fn users(&self) -> anyhow::Result<Vec<UserRow>> {
+    /// A page of the users (but the reserved anonymous one), sorted by name: those after
+    /// `after`, at most `limit` (a range of the name index).
+    pub async fn users(&self, after: String, limit: usize) -> anyhow::Result<Vec<UserRow>> {
         self.with(move |conn, _| {
             let mut stmt = conn.prepare_cached(
-                "SELECT name, last_seen_at FROM users WHERE name <> 'anonymous' ORDER BY name",
+                "SELECT name, last_seen_at FROM users WHERE name > ?1 AND name <> 'anonymous'
+                 ORDER BY name LIMIT ?2",
             )?;
-            let rows = stmt.query_map([], |r| {
+            let limit = limit.min(i64::MAX as usize) as i64;
+            let rows = stmt.query_map(params![after, limit], |r| {
                 Ok(UserRow {
                     name: r.get(0)?,
                     last_seen: r.get(1)?,

@@ -24,7 +24,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
-use super::{Flow, Session, Shared};
+use super::{Flow, Session, Shared, Who};
 use crate::conn::Conn;
 use crate::files::{Offer, MAX_CHUNK};
 use crate::hub::{Auth, Identity};
@@ -430,7 +430,7 @@ impl Session {
     /// `name`'s profile as the seed's `UserInfo`.
     async fn st_user_info(&self, name: &str) -> Result<Value, String> {
         let profile = self
-            .get_profile(name)
+            .get_profile(name, Who::Anyone)
             .await
             .map_err(|_| "Exception: User not found".to_string())?;
         let userid = model::user_id(&profile.name);
@@ -454,7 +454,8 @@ impl Session {
                 return Ok(name);
             }
             if self.tokens().may_scan() {
-                let users = self.shared.reader.users().await.map_err(|_| missing())?;
+                let every = self.shared.reader.users(String::new(), usize::MAX);
+                let users = every.await.map_err(|_| missing())?;
                 for user in users {
                     self.tokens()
                         .learn(model::user_id(&user.name), Arc::from(user.name));

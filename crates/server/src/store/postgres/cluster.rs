@@ -63,7 +63,7 @@ impl PgStore {
         let owned = name.to_string();
         let made = rows!(
             self,
-            "INSERT INTO users (name, created_at, last_seen_at) VALUES ($1, $2, $2)
+            "INSERT INTO users (name, created_at, last_seen_at) VALUES ($1, $2, NULL)
              ON CONFLICT (name) DO NOTHING RETURNING id",
             owned,
             now
@@ -106,7 +106,7 @@ impl PgStore {
         let rows = rows!(
             self,
             "INSERT INTO users (name, password_hash, created_at, last_seen_at)
-             VALUES ($1, $2, $3, $3)
+             VALUES ($1, $2, $3, NULL)
              ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash
              WHERE users.password_hash IS NULL AND NOT EXISTS (
                  SELECT 1 FROM online_sessions o JOIN nodes n ON n.node_id = o.node_id

@@ -291,12 +291,15 @@ impl PgReader {
         Ok(!rows.is_empty())
     }
 
-    /// Every user (but the reserved anonymous one), sorted by name.
-    pub async fn users(&self) -> anyhow::Result<Vec<UserRow>> {
+    /// A page of the users (but the reserved anonymous one), sorted by name: those after
+    /// `after`, at most `limit` (a range of the name index).
+    pub async fn users(&self, after: String, limit: usize) -> anyhow::Result<Vec<UserRow>> {
+        let limit = limit.min(i64::MAX as usize) as i64;
         let rows = self
             .query(
-                "SELECT name, last_seen_at FROM users WHERE name <> 'anonymous' ORDER BY name",
-                &[],
+                "SELECT name, last_seen_at FROM users WHERE name > $1 AND name <> 'anonymous'
+                 ORDER BY name LIMIT $2",
+                &[&after, &limit],
             )
             .await?;
         Ok(rows.iter().map(user_row).collect())

@@ -39,8 +39,9 @@ impl SqliteStore {
 /// The rows of one batch, inside the transaction `write_rows` opened.
 fn write_batch(tx: &Connection, batch: &Batch, reserve: Option<i64>) -> anyhow::Result<()> {
     let now = crate::store::now_ms();
+    // Last seen is when a session of the user last ended: none yet ("never").
     let mut users = tx.prepare_cached(
-        "INSERT INTO users (id, name, created_at, last_seen_at) VALUES (?1, ?2, ?3, ?3)",
+        "INSERT INTO users (id, name, created_at, last_seen_at) VALUES (?1, ?2, ?3, NULL)",
     )?;
     for (id, name) in &batch.users {
         users.execute(params![id, name, now])?;
