@@ -19,6 +19,7 @@ mod conn;
 mod files;
 mod http;
 mod hub;
+mod log_limit;
 mod lookalikes;
 mod metrics;
 mod monitor;

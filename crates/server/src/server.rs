@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::log_limit::limited;
 use anyhow::Context;
 use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
@@ -337,6 +338,7 @@ pub(crate) async fn open_core(
     };
     let shared = Arc::new(Shared {
         throttle,
+        logs: Default::default(),
         passwords,
         per_ip: Default::default(),
         tls,
@@ -453,7 +455,7 @@ async fn accept_loop(port: Port, shared: Arc<Shared>, tracker: TaskTracker) {
         if !port.options_inherited {
             let socket = socket2::SockRef::from(&stream);
             if let Err(e) = tcp_options(socket, shared.config.keepalive_secs) {
-                warn!(%peer, error = %e, "cannot set TCP options");
+                limited!(shared.logs, warn, "cannot set TCP options", %peer, error = %e);
             }
         }
         // At once, unless another port took the free place meanwhile: then this one
@@ -463,7 +465,8 @@ async fn accept_loop(port: Port, shared: Arc<Shared>, tracker: TaskTracker) {
             seat = Seat::take(&shared) => seat,
         };
         if !seat.admit(peer.ip()) {
-            warn!(%peer, limit = shared.live.max_connections_per_ip(), "too many connections from this address; closing");
+            let limit = shared.live.max_connections_per_ip();
+            limited!(shared.logs, warn, "too many connections from this address; closing", %peer, limit);
             drop(stream);
             continue;
         }
@@ -515,7 +518,7 @@ fn connection(
             _ => tokio::select! {
                 _ = shared.shutdown.cancelled() => return,
                 _ = first_byte_deadline(&shared) => {
-                    return warn!(%peer, "nothing received in time; closing");
+                    return limited!(shared.logs, warn, "nothing received in time; closing", %peer);
                 }
                 sniffed = sniff(&stream, &mut initial) => sniffed,
             },
@@ -557,10 +560,14 @@ fn connection(
                     let acceptor = tls.acceptor();
                     Box::pin(tls_session(stream, peer, acceptor, shared.clone(), fixed)).await
                 }
-                None => warn!(%peer, "a TLS connection, but no certificate is configured; closing"),
+                None => {
+                    limited!(shared.logs, warn, "a TLS connection, but no certificate is configured; closing", %peer)
+                }
             },
             Ok(Sniffed::Closed) => {}
-            Err(e) => warn!(%peer, error = %e, "connection failed before its first byte"),
+            Err(e) => {
+                limited!(shared.logs, warn, "connection failed before its first byte", %peer, error = %e)
+            }
         }
         drop(seat);
     }
@@ -590,19 +597,19 @@ async fn tls_session(
     };
     let mut tls = match handshake {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return warn!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => return warn!(%peer, "TLS handshake timed out"),
+        Ok(Err(e)) => return limited!(shared.logs, warn, "TLS handshake failed", %peer, error = %e),
+        Err(_) => return limited!(shared.logs, warn, "TLS handshake timed out", %peer),
     };
     let mut initial = BytesMut::with_capacity(4096);
     let first = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
         _ = first_byte_deadline(&shared) => {
-            return warn!(%peer, "nothing received in time after the TLS handshake; closing");
+            return limited!(shared.logs, warn, "nothing received in time after the TLS handshake; closing", %peer);
         }
         read = tokio::io::AsyncReadExt::read_buf(&mut tls, &mut initial) => read,
     };
     if let Err(e) = first {
-        return warn!(%peer, error = %e, "TLS connection failed before its first byte");
+        return limited!(shared.logs, warn, "TLS connection failed before its first byte", %peer, error = %e);
     }
     // The bytes read so far decide, unless they are only the start of an HTTP method.
     let sniffed = loop {
@@ -615,7 +622,7 @@ async fn tls_session(
         let more = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = first_byte_deadline(&shared) => {
-                return warn!(%peer, "an incomplete first line after the TLS handshake; closing");
+                return limited!(shared.logs, warn, "an incomplete first line after the TLS handshake; closing", %peer);
             }
             read = tokio::io::AsyncReadExt::read_buf(&mut tls, &mut initial) => read,
         };
@@ -623,7 +630,7 @@ async fn tls_session(
             Ok(0) => break at_end(&initial),
             Ok(_) => {}
             Err(e) => {
-                return warn!(%peer, error = %e, "TLS connection failed before its first line")
+                return limited!(shared.logs, warn, "TLS connection failed before its first line", %peer, error = %e)
             }
         }
     };

@@ -473,3 +473,122 @@ async fn a_dm_from_another_device_of_the_account_shows_its_recipient() {
     phone.no_line_within(QUIET).await.unwrap();
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 19: clients are told the server is going away; nothing acknowledged is lost
+// ---------------------------------------------------------------------------------------
+
+/// Reads lines until `last`, allowing only lines for which `before` holds ahead of it, then
+/// the end of the connection.
+async fn told_then_closed(c: &mut LineClient, last: &str, before: impl Fn(&str) -> bool) {
+    loop {
+        match c.line_or_eof().await.unwrap() {
+            Some(line) if line == last => break,
+            Some(line) if before(&line) => {}
+            other => panic!("expected {last:?}, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        c.line_or_eof().await.unwrap(),
+        None,
+        "closed after {last:?}"
+    );
+}
+
+#[tokio::test]
+async fn clients_are_told_of_a_shutdown_and_nothing_acknowledged_is_lost() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let mut server = TestServer::start().await;
+    let mut text = server.text_login("tom").await;
+    let mut slash = server.text().await;
+    assert_eq!(
+        slash.ask("/nick sam").await.unwrap(),
+        "> all right, I will call you sam"
+    );
+    let mut subscribed = json_login(&server, "jo").await;
+    let reply = ask_json(&mut subscribed, json!({"command": "SUBSCRIBE"})).await;
+    assert_eq!(reply["message"], "Subscribed");
+    let mut seed001 = json_login(&server, "ann").await;
+    let request = format!("ws://{}/ws", server.addr)
+        .into_client_request()
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    let login = json!({"command": "LOGIN", "data": "wes", "id": 1}).to_string();
+    ws.send(Message::Text(login)).await.unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+    // A sender with messages in flight as the server stops.
+    common::close(server.login("bob").await).await;
+    let mut alice = server.login("alice").await;
+    const SENT: u32 = 300;
+    let flood: Vec<u8> = (1..=SENT)
+        .flat_map(|cid| {
+            let mut frame = bytes::BytesMut::new();
+            let body = format!("m{cid}");
+            parley_proto::binary::encode_message(
+                cid,
+                body.as_bytes(),
+                b"alice",
+                b"bob",
+                0,
+                &mut frame,
+            )
+            .unwrap();
+            frame.to_vec()
+        })
+        .collect();
+    alice.send_raw(&flood).await.unwrap();
+
+    server.restart().await;
+
+    let notice = |line: &str| line.starts_with("INFO ");
+    told_then_closed(&mut text, "INFO server shutting down", notice).await;
+    let slash_notice = |line: &str| line.starts_with("> ");
+    told_then_closed(&mut slash, "> server shutting down", slash_notice).await;
+    let event = json!({"event": "shutdown", "reason": "server shutting down"}).to_string();
+    let other_event = |line: &str| line.starts_with(r#"{"event":"#);
+    told_then_closed(&mut subscribed, &event, other_event).await;
+    assert_eq!(
+        seed001.line_or_eof().await.unwrap(),
+        None,
+        "an unsubscribed JSON client gets no unsolicited line"
+    );
+    let close = loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close code"),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(
+        (close.code, close.reason.to_string()),
+        (CloseCode::Away, "server shutting down".to_string())
+    );
+
+    let mut acknowledged = Vec::new();
+    while let Some(frame) = alice.recv_or_eof().await.unwrap() {
+        match frame {
+            Frame::Response {
+                cid,
+                code: code::OK,
+            } => acknowledged.push(format!("m{cid}")),
+            other => panic!("only answers, got {other:?}"),
+        }
+    }
+    let mut bob = server.login("bob").await;
+    let mut received = Vec::new();
+    for _ in 0..acknowledged.len() {
+        let (body, ..) = bob.expect_push().await.unwrap();
+        received.push(String::from_utf8(body.to_vec()).unwrap());
+    }
+    assert_eq!(
+        received, acknowledged,
+        "every acknowledged message, in order"
+    );
+    server.stop().await;
+}

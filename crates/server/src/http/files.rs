@@ -55,7 +55,7 @@ pub async fn authenticate(
     match row.filter(|r| !r.revoked && r.expires_at > now_ms()) {
         Some(row) => Ok(row.user),
         None => {
-            warn!(%peer, "HTTP: invalid, expired or revoked token");
+            crate::log_limit::limited!(shared.logs, warn, "HTTP: invalid, expired or revoked token", %peer);
             tokio::time::sleep(shared.throttle.token_failed(peer.ip())).await;
             Err(unauthorized())
         }

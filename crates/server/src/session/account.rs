@@ -8,7 +8,7 @@ use parley_proto::{check_display_name, validate_name, ErrorKind};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Session, Who};
+use super::{limited, Session, Who};
 use crate::auth::{self, PASSWORD_LEN};
 use crate::hub::{AccountChange, Auth};
 use crate::metrics::LoginFailure;
@@ -79,7 +79,7 @@ impl Session {
         let stored = credentials.and_then(|c| c.password_hash);
         let passwords = &self.shared.passwords;
         if !passwords.verify(password.to_string(), stored).await {
-            warn!(session = self.link.id, user = %name, peer = %self.peer, "wrong name or password");
+            limited!(self, warn, "wrong name or password", user = %name, peer = %self.peer);
             self.shared
                 .monitor
                 .metrics
@@ -109,7 +109,7 @@ impl Session {
         let row = self.shared.reader.token(auth::token_hash(token)).await;
         let row = row.map_err(|_| ErrorKind::Internal)?;
         let Some(row) = row.filter(|r| !r.revoked && r.expires_at > now_ms()) else {
-            warn!(session = self.link.id, peer = %self.peer, "invalid, expired or revoked token");
+            limited!(self, warn, "invalid, expired or revoked token", peer = %self.peer);
             self.shared
                 .monitor
                 .metrics
@@ -132,7 +132,7 @@ impl Session {
         match self.shared.throttle.begin(name, ip) {
             Ok(wait) => self.wait_turn(wait).await,
             Err(refusal) => {
-                warn!(session = self.link.id, user = %name, peer = %self.peer, ?refusal, "login throttled");
+                limited!(self, warn, "login throttled", user = %name, peer = %self.peer, ?refusal);
                 self.shared
                     .monitor
                     .metrics
@@ -245,6 +245,24 @@ impl Session {
             Protocol::Text => format!("INFO {text}: {reason}"),
             Protocol::Json if self.subscribed => {
                 json!({"event": event, "reason": reason}).to_string()
+            }
+            _ => return,
+        };
+        self.link.push(Item::Bytes(Bytes::from(line + "\n")));
+    }
+
+    /// Tells a session that the server is stopping, after the answers to its requests (so
+    /// what was acknowledged stays acknowledged), where its protocol can: a text line, a
+    /// JSON event once subscribed, and over WebSocket the close code 1001 (going away; see
+    /// `close_websocket`). Its client can reconnect elsewhere at once instead of waiting
+    /// for a timeout. Nothing in binary: no frame may answer no request.
+    pub(super) fn tell_shutdown(&self) {
+        let line = match (self.link.protocol, self.style()) {
+            (Protocol::Text, Style::Slash) => "> server shutting down".to_string(),
+            (Protocol::Text, _) => "INFO server shutting down".to_string(),
+            (Protocol::Json, _) if self.subscribed => {
+                let event = json!({"event": "shutdown", "reason": "server shutting down"});
+                event.to_string()
             }
             _ => return,
         };

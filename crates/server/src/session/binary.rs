@@ -3,9 +3,8 @@
 use bytes::BytesMut;
 use parley_proto::binary::{self, Decoded, Frame};
 use parley_proto::{validate_name, ErrorKind, Reply};
-use tracing::warn;
 
-use super::{Flow, Session, Who};
+use super::{limited, Flow, Session, Who};
 use crate::hub::DirectMessage;
 use crate::outbound::{Item, Tag};
 
@@ -40,13 +39,13 @@ impl Session {
                 Ok(Some(frame)) => frame,
                 Err(e) => match e.correlation_id() {
                     Some(cid) if !e.is_fatal() => {
-                        warn!(session = self.link.id, peer = %self.peer, user = self.user(), error = %e, "bad frame");
+                        limited!(self, warn, "bad frame", peer = %self.peer, user = self.user(), error = %e);
                         self.hand_over(run);
                         self.answer(cid, Reply::Error(e.kind())).await;
                         continue;
                     }
                     _ => {
-                        warn!(session = self.link.id, peer = %self.peer, user = self.user(), error = %e, "bad frame, closing");
+                        limited!(self, warn, "bad frame, closing", peer = %self.peer, user = self.user(), error = %e);
                         return Flow::Close(format!("bad input: {e}"));
                     }
                 },
@@ -103,7 +102,7 @@ impl Session {
             return Err(ErrorKind::NotLoggedIn);
         };
         if from != name.as_bytes() {
-            warn!(session = self.link.id, peer = %self.peer, user = %name, "message with a forged sender refused");
+            limited!(self, warn, "message with a forged sender refused", peer = %self.peer, user = %name);
             return Err(ErrorKind::Forbidden);
         }
         if !self.messages.try_take() {
@@ -127,7 +126,7 @@ impl Session {
                         }
                     }
                     Err(e) => {
-                        warn!(session = self.link.id, peer = %self.peer, user = self.user(), error = %e, "bad login name");
+                        limited!(self, warn, "bad login name", peer = %self.peer, user = self.user(), error = %e);
                         Reply::Error(ErrorKind::InvalidName)
                     }
                 };
@@ -174,14 +173,14 @@ impl Session {
             | Frame::Users { cid, .. }
             | Frame::HistoryPage { cid, .. }
             | Frame::Event { cid, .. } => {
-                warn!(session = self.link.id, peer = %self.peer, user = self.user(), "a client sent a server-only frame");
+                limited!(self, warn, "a client sent a server-only frame");
                 self.answer(cid, Reply::Error(ErrorKind::UnknownCommand))
                     .await;
             }
             // `drain_frames_into` handles messages itself and never passes one here.
             Frame::Message { cid, .. } => self.answer(cid, Reply::Error(ErrorKind::Internal)).await,
             Frame::Response { cid, .. } | Frame::Token { cid, .. } | Frame::Profile { cid, .. } => {
-                warn!(session = self.link.id, peer = %self.peer, user = self.user(), "a client sent a server-only frame");
+                limited!(self, warn, "a client sent a server-only frame");
                 self.answer(cid, Reply::Error(ErrorKind::UnknownCommand))
                     .await;
             }

@@ -67,6 +67,9 @@ use crate::outbound::{
 };
 use crate::store::Reader;
 
+/// Why a session ends when the server stops (its clients are told, see `tell_shutdown`).
+const SHUTTING_DOWN: &str = "server shutting down";
+
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 8 * 1024;
 /// Items of the session's own output and catch-up a queue may hold before they wait for
@@ -77,6 +80,8 @@ const ROOM_ITEMS: usize = 1024;
 pub struct Shared {
     pub config: Config,
     pub throttle: Arc<crate::throttle::Throttle>,
+    /// Repeated log lines, limited over every connection (`log_limit`).
+    pub logs: crate::log_limit::ServerWide,
     pub passwords: crate::auth::Passwords,
     /// Open connections per address (see `max_connections_per_ip`).
     pub per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
@@ -180,6 +185,8 @@ struct Session {
     websocket: Option<Box<parley_proto::ws::Reader>>,
     /// A seed-003 session (`listen_simpletcp`): its framing and token.
     simpletcp: Option<Box<simpletcp::Conn003>>,
+    /// This connection's repeated log lines, limited (`log_limit`).
+    logs: crate::log_limit::PerConnection,
 }
 
 impl Session {
@@ -242,6 +249,7 @@ impl Session {
             quit: None,
             websocket: None,
             simpletcp: None,
+            logs: Default::default(),
             shared,
         };
         if protocol == Protocol::Json {
@@ -274,7 +282,7 @@ impl Session {
             // session of the server) each time it is polled, and a busy session reads
             // thousands of times a second.
             if self.shared.shutdown.is_cancelled() {
-                return "server shutting down".into();
+                return SHUTTING_DOWN.into();
             }
             if !buf.is_empty() {
                 let unread = buf.len();
@@ -317,7 +325,7 @@ impl Session {
                     ready = socket.ready() => if let Err(e) = ready {
                         return format!("read error: {e}");
                     },
-                    _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
+                    _ = self.shared.shutdown.cancelled() => return SHUTTING_DOWN.into(),
                 }
             }
             buf.reserve(READ_CHUNK);
@@ -337,7 +345,7 @@ impl Session {
                     }
                     Err(e) => return format!("read error: {e}"),
                 },
-                _ = self.shared.shutdown.cancelled() => return "server shutting down".into(),
+                _ = self.shared.shutdown.cancelled() => return SHUTTING_DOWN.into(),
             }
         }
     }
@@ -551,7 +559,7 @@ impl Session {
             }
             Err(kind) => {
                 let peer = self.peer;
-                info!(session = self.link.id, user = %name, %peer, error = ?kind, "login refused");
+                limited!(self, info, "login refused", user = %name, %peer, error = ?kind);
                 self.shared
                     .monitor
                     .metrics
@@ -653,6 +661,9 @@ impl Session {
         let timeout = self.shared.config.shutdown_timeout();
         let all = self.shared.config.max_inflight as u32;
         let _ = tokio::time::timeout(timeout, self.link.inflight.acquire_many(all)).await;
+        if reason == SHUTTING_DOWN {
+            self.tell_shutdown();
+        }
         if self.websocket.is_some() {
             self.close_websocket(&reason);
         }
@@ -665,12 +676,60 @@ impl Session {
         if self.link.killed_for() == Some(Kill::SlowConsumer) {
             metrics.slow_consumers.increment(1);
         }
+        self.log_suppressed();
         let peer = self.peer;
         match &self.login {
             Some((_, name)) => {
                 info!(session = self.link.id, user = %name, %peer, %reason, "disconnected")
             }
             None => info!(session = self.link.id, %peer, %reason, "disconnected"),
+        }
+    }
+}
+
+/// Logs `$cause` at `$level` with the session's id and the given fields, unless lines of
+/// that cause are over their limit, this connection's or the server's (`log_limit`); a
+/// line written after some were left out says how many.
+macro_rules! limited {
+    ($session:expr, $level:ident, $cause:literal $(, $($field:tt)+)?) => {
+        if let Some(suppressed) = $session.log_allowed($cause) {
+            let session = $session.link.id;
+            $crate::log_limit::write_line!($level, suppressed, $cause, session $(, $($field)+)?);
+        }
+    };
+}
+use limited;
+
+impl Session {
+    /// Whether a log line of `cause` may be written now: under this connection's limit,
+    /// then the server's. Gives how many lines of it were left out since the last one.
+    fn log_allowed(&self, cause: &'static str) -> Option<u64> {
+        let mine = self.logs.allow(cause)?;
+        match self.shared.logs.allow(cause) {
+            Some(theirs) => Some(mine + theirs),
+            None => {
+                // Left out after all: the server's count keeps this connection's.
+                self.shared.logs.suppress(cause, mine);
+                None
+            }
+        }
+    }
+
+    /// Reports the lines this connection left out and never reported (at its end), one
+    /// line per cause, itself under the server's limit: past it, the server's count of the
+    /// cause keeps them for its next line.
+    fn log_suppressed(&self) {
+        for (cause, suppressed) in self.logs.take_suppressed() {
+            if self.shared.logs.allow("similar lines suppressed").is_none() {
+                self.shared.logs.suppress(cause, suppressed);
+                continue;
+            }
+            let session = self.link.id;
+            tracing::warn!(
+                session,
+                suppressed,
+                "{cause}: {suppressed} similar lines suppressed"
+            );
         }
     }
 }

@@ -58,7 +58,7 @@ impl Session {
         Flow::Continue
     }
 
-    fn style(&self) -> Style {
+    pub(super) fn style(&self) -> Style {
         Style::from_u8(self.link.style.load(std::sync::atomic::Ordering::Relaxed))
     }
 

@@ -100,7 +100,7 @@ impl Session {
     /// Says goodbye with a close frame, unless one was already sent.
     pub(super) fn close_websocket(&self, reason: &str) {
         let code = match reason {
-            "server shutting down" => close::GOING_AWAY,
+            super::SHUTTING_DOWN => close::GOING_AWAY,
             r if r == Kill::Draining.reason() => close::GOING_AWAY,
             _ => close::NORMAL,
         };
