@@ -68,6 +68,31 @@ fn seed_login_example_decodes() {
     assert!(b.is_empty());
 }
 
+/// A listing's page is an optional last field: PROTOCOL.md's example, and the body of a
+/// client that predates it (the cid alone) as the first page; a page cut short is refused.
+#[test]
+fn a_listing_page_is_optional() {
+    let example = [
+        0x00, 0x00, 0x00, 0x0e, 0x01, 0x00, 0x29, 0x00, 0x00, 0x00, 0x0e, 0x00, 0x03, b'b', b'o',
+        b'b', 0x00, 0x64,
+    ];
+    let page = Some(ListPage {
+        after: Bytes::from_static(b"bob"),
+        limit: 100,
+    });
+    let frame = Frame::ListUsers { cid: 14, page };
+    assert_eq!(&encode(&frame)[..], &example[..]);
+    assert_eq!(decode(&mut buf(&example), MAX).unwrap(), Some(frame));
+    let bare = raw(1, key::LIST_USERS, &14u32.to_be_bytes());
+    let first = Frame::ListUsers {
+        cid: 14,
+        page: None,
+    };
+    assert_eq!(decode(&mut buf(&bare), MAX).unwrap(), Some(first));
+    let cut = raw(1, key::LIST_ROOMS, &[0, 0, 0, 14, 0, 3, b'b']);
+    assert!(matches!(decode_err(&cut), FrameError::Malformed { .. }));
+}
+
 #[test]
 fn seed_login_example_encodes_to_identical_bytes() {
     let frame = Frame::Login {
