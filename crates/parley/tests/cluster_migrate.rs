@@ -68,8 +68,10 @@ async fn fill(addr: std::net::SocketAddr) {
                 sent.unwrap();
             }
             let mut read = 0;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
             while read < READ_BY_BOB {
-                let Some(Push::Event(e)) = bob_pushes.recv().await else {
+                let push = tokio::time::timeout_at(deadline, bob_pushes.recv()).await;
+                let Some(Push::Event(e)) = push.expect("bob reads his messages within 60 s") else {
                     panic!("bob's pushes ended")
                 };
                 if e.kind == parley_proto::binary::kind::DIRECT {

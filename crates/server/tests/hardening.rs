@@ -521,7 +521,8 @@ async fn clients_are_told_of_a_shutdown_and_nothing_acknowledged_is_lost() {
         .unwrap();
     let login = json!({"command": "LOGIN", "data": "wes", "id": 1}).to_string();
     ws.send(Message::Text(login)).await.unwrap();
-    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+    let answer = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+    assert!(matches!(answer, Ok(Some(Ok(Message::Text(_))))));
     // A sender with messages in flight as the server stops.
     common::close(server.login("bob").await).await;
     let mut alice = server.login("alice").await;
@@ -559,7 +560,8 @@ async fn clients_are_told_of_a_shutdown_and_nothing_acknowledged_is_lost() {
         "an unsubscribed JSON client gets no unsolicited line"
     );
     let close = loop {
-        match ws.next().await {
+        let next = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        match next.expect("a WebSocket frame within 10 s") {
             Some(Ok(Message::Close(frame))) => break frame.expect("a close code"),
             Some(Ok(_)) => {}
             other => panic!("expected a close frame, got {other:?}"),
