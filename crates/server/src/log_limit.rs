@@ -9,7 +9,8 @@
 //! `bad frame (1234 similar suppressed)`, with a `suppressed=1234` field. The limit holds
 //! per connection ([`PerConnection`], which reports what it still holds when the session
 //! ends) and server-wide ([`ServerWide`], for causes that many connections share), so
-//! neither one connection nor many flood the log. Lines that happen once per connection
+//! neither one connection nor many flood the log; counts that no later line carried are
+//! written every few seconds ([`ServerWide::report`]). Lines that happen once per connection
 //! (logged in, disconnected) are not limited: operators count on them.
 
 use std::sync::Mutex;
@@ -139,7 +140,23 @@ impl ServerWide {
         let mut causes = self.0.lock().unwrap_or_else(|e| e.into_inner());
         causes.suppress(cause, lines, SERVER_WIDE, Instant::now());
     }
+
+    /// Writes, for each cause, how many lines were left out and not reported yet. A burst
+    /// that ends before its cause's budget refills has no later line to carry its count,
+    /// so the server calls this every [`REPORT_EVERY`] and once at its end.
+    pub fn report(&self) {
+        let held = {
+            let mut causes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            causes.take_suppressed()
+        };
+        for (cause, suppressed) in held {
+            tracing::warn!(suppressed, "{cause} ({suppressed} similar suppressed)");
+        }
+    }
 }
+
+/// How often the server writes the counts of lines left out that no later line reported.
+pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Logs `$cause` at `$level` with the given fields, unless lines of that cause are over
 /// the server-wide limit `$limit` ([`ServerWide`]); a line written after some were left out

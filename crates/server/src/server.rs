@@ -210,6 +210,7 @@ pub async fn serve_with(
     let tls = listeners.certificate.clone();
     let (shared, hub_thread, cluster_stop) =
         open_core(config, monitor.clone(), shutdown.clone(), tls).await?;
+    tokio::spawn(report_suppressed(Arc::downgrade(&shared), stopped.clone()));
     let control = Arc::new(Control::new(shutdown.clone(), options.reload_config));
     let admin = Arc::new(admin::Ctx {
         shared: shared.clone(),
@@ -367,6 +368,7 @@ pub(crate) async fn close_core(
     hub_thread: std::thread::JoinHandle<()>,
 ) -> anyhow::Result<()> {
     shared.hub.shutdown();
+    shared.logs.report();
     drop(shared);
     tokio::task::spawn_blocking(move || hub_thread.join())
         .await?
@@ -397,6 +399,22 @@ async fn watch(monitor: Arc<Monitor>, shutdown: CancellationToken, stopped: Canc
             _ = shutdown.cancelled() => return monitor.advance(Phase::Stopping),
             _ = stopped.cancelled() => return,
             _ = upkeep.tick() => monitor.metrics.upkeep(),
+        }
+    }
+}
+
+/// Writes the counts of log lines left out that no later line of their cause reported
+/// (`log_limit`), every few seconds (and `close_core` once at the end).
+async fn report_suppressed(shared: std::sync::Weak<Shared>, stopped: CancellationToken) {
+    let mut every = tokio::time::interval(crate::log_limit::REPORT_EVERY);
+    loop {
+        tokio::select! {
+            _ = stopped.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match shared.upgrade() {
+            Some(shared) => shared.logs.report(),
+            None => return,
         }
     }
 }
