@@ -319,54 +319,69 @@ async fn accounts_are_created_and_reset() {
 }
 
 /// Rooms are listed with their counts and members; a deleted room is gone for its members,
-/// and its name starts a new room without the old one's history.
+/// who are told, and its name starts a new room without the old one's history. Anonymous
+/// sessions in it stay connected and counted.
 #[tokio::test]
 async fn a_deleted_room_starts_again_empty() {
     let mut server = TestServer::start().await;
     let mut bob = server.text_login("bob").await;
     let _carol = server.text_login("carol").await;
-    assert_eq!(bob.ask("JOIN lobby").await.unwrap(), "OK");
-    bob.send("SAY lobby old news").await.unwrap();
+    assert_eq!(bob.ask("JOIN #lobby").await.unwrap(), "OK");
+    let mut guest = server.text().await;
+    assert_eq!(
+        guest.ask("/join #lobby").await.unwrap(),
+        "> welcome to #lobby"
+    );
+    assert_eq!(bob.line().await.unwrap(), "INFO anonymous joined #lobby");
+    bob.send("SAY #lobby old news").await.unwrap();
+    assert_eq!(guest.line().await.unwrap(), "> bob: old news");
     let rooms = ok(&server, Request::RoomsList).await;
     assert_eq!(
         rooms,
-        serde_json::json!([{"name": "lobby", "members": 1, "online": 1}])
+        serde_json::json!([{"name": "#lobby", "members": 2, "online": 2}])
     );
     let members = ok(
         &server,
         Request::RoomsMembers {
-            room: "lobby".into(),
+            room: "#lobby".into(),
         },
     )
     .await;
     assert_eq!(
         members,
-        serde_json::json!([{"name": "bob", "online": true}])
+        serde_json::json!([
+            {"name": "anonymous", "online": true},
+            {"name": "bob", "online": true}
+        ])
     );
 
     ok(
         &server,
         Request::RoomsDelete {
-            room: "lobby".into(),
+            room: "#lobby".into(),
         },
     )
     .await;
+    assert_eq!(bob.line().await.unwrap(), "INFO server deleted #lobby");
+    assert_eq!(guest.line().await.unwrap(), "> server deleted the room");
     assert_eq!(ok(&server, Request::RoomsList).await, serde_json::json!([]));
     assert_eq!(
-        bob.ask("SAY lobby anyone").await.unwrap(),
+        bob.ask("SAY #lobby anyone").await.unwrap(),
         "ERR room-not-found"
     );
+    let stats = ok(&server, Request::ServerStats).await;
+    assert_eq!(stats["hub"]["anonymous_sessions"], 1, "{stats}");
     let missing = Request::RoomsDelete {
-        room: "lobby".into(),
+        room: "#lobby".into(),
     };
     assert_eq!(try_ask(&server, missing).await.unwrap_err(), "no such room");
 
     server.restart().await;
     let mut bob = server.text_login("bob").await;
     assert_eq!(bob.ask("ROOMS").await.unwrap(), "OK");
-    assert_eq!(bob.ask("JOIN lobby").await.unwrap(), "OK");
+    assert_eq!(bob.ask("JOIN #lobby").await.unwrap(), "OK");
     assert_eq!(
-        bob.ask("HISTORY lobby").await.unwrap(),
+        bob.ask("HISTORY #lobby").await.unwrap(),
         "OK",
         "no old messages"
     );

@@ -104,7 +104,7 @@ impl Core {
                 self.set_disabled(&name, disabled, batch, effects)
             }
             AdminOp::DeleteUser { name } => self.delete_user(&name, batch, effects),
-            AdminOp::DeleteRoom { name } => self.delete_room(&name, batch),
+            AdminOp::DeleteRoom { name } => self.delete_room(&name, batch, effects),
             AdminOp::Rules {
                 require_accounts,
                 contacts_only_dms,
@@ -248,18 +248,19 @@ impl Core {
         Ok(AdminAnswer::Done)
     }
 
-    /// Deletes a room: its members leave it (without notices), anonymous sessions in it
-    /// stay connected outside it, and its name is free for a new room. Its messages stay in
-    /// the log, reachable by no one.
-    fn delete_room(&mut self, name: &str, batch: &mut Batch) -> Result<AdminAnswer, ErrorKind> {
-        let room = self.rooms.remove(name).ok_or(ErrorKind::RoomNotFound)?;
-        self.room_order.remove(name);
-        for user in &room.members {
-            if let Some(list) = self.memberships.get_mut(user) {
-                list.retain(|m| m.conv != room.conv);
-            }
+    /// Deletes a room the way its owner would (`drop_room`): its members are told, anonymous
+    /// sessions in it stay connected outside it, and its name is free for a new room. Its
+    /// messages stay in the log, reachable by no one.
+    fn delete_room(
+        &mut self,
+        name: &str,
+        batch: &mut Batch,
+        effects: &mut Vec<Effect>,
+    ) -> Result<AdminAnswer, ErrorKind> {
+        if !self.rooms.contains_key(name) {
+            return Err(ErrorKind::RoomNotFound);
         }
-        batch.rooms_deleted.push(room.conv);
+        self.drop_room(name, Arc::from("server"), 0, batch, effects);
         Ok(AdminAnswer::Done)
     }
 

@@ -9,6 +9,7 @@
 //! password-less login of the same name is never one) rank above every owner, in every
 //! room. Everything is decided here, by the one writer, and stored with the batch.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use parley_proto::{ConversationKind, ErrorKind};
 
 use super::core::{internal, Audience, Core, Effect, Room};
 use super::{Identity, Map, RoomAction, RoomDetails, Set};
-use crate::outbound::{Delivery, Link, ModerationChange, Notice, SharedNotice};
+use crate::outbound::{Delivery, Item, Link, ModerationChange, Notice, SharedNotice, Style};
 use crate::store::{Batch, ConvId, Deletion, Mark, MarkChange, NewMessage, RoomSetting, UserId};
 
 /// What a room holds beyond its members: its owner, settings and marks.
@@ -396,7 +397,7 @@ impl Core {
 
     /// Deletes `room`: its members are told, its rows go, its messages stay in the log
     /// where nobody reaches them. Its name may be taken again.
-    fn drop_room(
+    pub(super) fn drop_room(
         &mut self,
         room: &str,
         by: Arc<str>,
@@ -425,14 +426,24 @@ impl Core {
             });
         }
         let entry = self.rooms.remove(room).expect("found above");
+        // Anonymous sessions in it are told by their link: the room is gone when the
+        // notice goes out. They stay connected (and counted) outside it.
+        for guest in &entry.guests {
+            let style = Style::from_u8(guest.style.load(Ordering::Relaxed));
+            if guest.id != except && style.shows(&notice.notice) {
+                effects.push(Effect::Reply {
+                    link: guest.clone(),
+                    item: Item::Notice(notice.clone()),
+                    durable: true,
+                });
+            }
+        }
         for user in members {
             if let Some(list) = self.memberships.get_mut(&user) {
                 list.retain(|m| m.conv != entry.conv);
             }
         }
-        for guest in &entry.guests {
-            self.guests.remove(&guest.id);
-        }
+        self.room_order.remove(&name);
         self.room_lookalikes.release(&name);
         // Its row stays, nameless (schema 8), so its id is never handed out again.
         batch.rooms_deleted.push(entry.conv);
