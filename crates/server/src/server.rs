@@ -304,7 +304,9 @@ async fn start_node(
         crate::hub::spawn(Box::new(store), &hub_config, Some(link), monitor)
     })
     .await??;
-    cluster.run(config, hub.clone(), stop, throttle).await?;
+    cluster
+        .run(config, Arc::new(hub.clone()), stop, throttle)
+        .await?;
     let reader = PgReader::new(url);
     let files = crate::files::FileStore::shared(&config.data_dir, PgBlobs::new(reader.clone()));
     info!(node, "cluster node started");

@@ -14,8 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::wire::{self, Event};
-use super::{Incoming, Interest, Outgoing};
-use crate::hub::Hub;
+use super::{Incoming, IncomingSink, Interest, Outgoing};
 
 /// Connects to NATS as node `node`, retrying until it answers. Its own publications do not
 /// come back to it (`no_echo`); `reconnected` is notified at every reconnection and
@@ -58,7 +57,7 @@ pub async fn connect(
 
 pub struct Bus {
     pub client: async_nats::Client,
-    pub hub: Hub,
+    pub hub: Arc<dyn IncomingSink>,
     pub interest: Arc<Interest>,
     /// Other nodes' password attempts are counted here (throttle.rs), not by the hub.
     pub throttle: Arc<crate::throttle::Throttle>,
@@ -100,7 +99,7 @@ impl Bus {
                             Ok(mut batch) => {
                                 interest.filter(&mut batch);
                                 if !batch.is_empty() {
-                                    hub.cluster(Incoming::Messages(batch));
+                                    hub.incoming(Incoming::Messages(batch));
                                 }
                             }
                             Err(e) => warn!(error = %format!("{e:#}"), "a bad message batch from NATS"),
@@ -112,7 +111,7 @@ impl Bus {
                             Ok(Event::Login { name, ip, succeeded }) => {
                                 throttle.remote(&name, ip, succeeded);
                             }
-                            Ok(event) => hub.cluster(Incoming::Event(event)),
+                            Ok(event) => hub.incoming(Incoming::Event(event)),
                             Err(e) => warn!(error = %e, "a bad event from NATS"),
                         }
                     }

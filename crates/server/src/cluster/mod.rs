@@ -26,10 +26,19 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::hub::{Hub, Set};
 use crate::store::{ConvId, Seq, UserId};
 
 pub use self::wire::{Event, Wired};
+
+type Set<K> = std::collections::HashSet<K, ahash::RandomState>;
+
+/// Where the bus and the cluster tasks hand what they hear: in the server, the hub, which
+/// delivers it. A trait rather than the hub itself, so the cluster depends on nothing that
+/// depends on it (the hub → cluster, as the output path's `ProgressSink`).
+pub trait IncomingSink: Send + Sync {
+    /// Takes `incoming` in; never waits.
+    fn incoming(&self, incoming: Incoming);
+}
 
 /// What the cluster's tasks hand the hub.
 #[derive(Debug)]
@@ -231,11 +240,12 @@ impl Starting {
         }
     }
 
-    /// Starts the bus and the cluster tasks for `hub`; they stop with `shutdown`.
+    /// Starts the bus and the cluster tasks, which hand what they hear to `hub`; they stop
+    /// with `shutdown`.
     pub async fn run(
         self,
         config: &Config,
-        hub: Hub,
+        hub: Arc<dyn IncomingSink>,
         shutdown: CancellationToken,
         throttle: Arc<crate::throttle::Throttle>,
     ) -> anyhow::Result<()> {

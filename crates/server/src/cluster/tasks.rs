@@ -27,8 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::wire::{self, Event};
-use super::{Discovered, Incoming, Interest};
-use crate::hub::Hub;
+use super::{Discovered, Incoming, IncomingSink, Interest};
 use crate::store::postgres;
 use crate::store::UserId;
 
@@ -40,7 +39,7 @@ pub struct Tasks {
     pub node: String,
     pub lease: Duration,
     pub reconcile: Duration,
-    pub hub: Hub,
+    pub hub: Arc<dyn IncomingSink>,
     pub interest: Arc<Interest>,
     pub guests: Arc<AtomicI64>,
     pub client: async_nats::Client,
@@ -81,7 +80,7 @@ impl Tasks {
                         self.reconcile(&db, true).await
                     }
                     _ = collect.tick() => {
-                        self.hub.cluster(Incoming::Collect);
+                        self.hub.incoming(Incoming::Collect);
                         Ok(())
                     }
                 };
@@ -164,7 +163,7 @@ impl Tasks {
                     warn!(error = %e, "publishing to NATS");
                 }
             }
-            self.hub.cluster(Incoming::Event(event));
+            self.hub.incoming(Incoming::Event(event));
         }
     }
 
@@ -181,7 +180,7 @@ impl Tasks {
                 )
                 .await?;
             let last = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            self.hub.cluster(Incoming::Reconcile(last));
+            self.hub.incoming(Incoming::Reconcile(last));
         }
         let users = self.interest.users();
         if !discover || users.is_empty() {
@@ -206,7 +205,7 @@ impl Tasks {
             })
             .collect();
         if !found.is_empty() {
-            self.hub.cluster(Incoming::Discovered(found));
+            self.hub.incoming(Incoming::Discovered(found));
         }
         Ok(())
     }

@@ -596,11 +596,6 @@ impl Hub {
         let _ = self.submit(Op::Gone { link_id, identity });
     }
 
-    /// Hands the hub what the cluster's tasks bring.
-    pub(crate) fn cluster(&self, incoming: crate::cluster::Incoming) {
-        let _ = self.submit(Op::Cluster(incoming));
-    }
-
     /// Carries out an operator's request.
     pub async fn admin(&self, op: AdminOp) -> Result<AdminAnswer, ErrorKind> {
         let op = |done| Op::Admin { op, done };
@@ -696,6 +691,13 @@ impl Hub {
 impl ProgressSink for Hub {
     fn received(&self, device: DeviceId, progress: Vec<(ConvId, Seq)>) {
         self.cursors(device, progress);
+    }
+}
+
+/// The cluster's bus and tasks hand what they hear here (hub/cluster.rs applies it).
+impl crate::cluster::IncomingSink for Hub {
+    fn incoming(&self, incoming: crate::cluster::Incoming) {
+        let _ = self.submit(Op::Cluster(incoming));
     }
 }
 
