@@ -54,9 +54,8 @@ impl std::borrow::Borrow<[u8]> for NameKey {
     }
 }
 
-/// The reserved name anonymous sessions (seed 004 before `/nick`, seed 001 before
-/// `REGISTER`) speak as. Nobody can log in with it.
-pub const ANONYMOUS: &str = "anonymous";
+/// The reserved name anonymous sessions speak as (the store keeps it as a user row).
+pub use crate::store::ANONYMOUS;
 
 /// A logged-in session as the hub knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,8 +32,7 @@ use sha2::{Digest, Sha256};
 
 use super::log::{Examined, FILE_NAME as LOG_FILE};
 use super::sqlite::database_path;
-use super::{now_ms, KIND_ROOM};
-use crate::hub::ANONYMOUS;
+use super::{now_ms, ANONYMOUS, KIND_ROOM};
 
 /// The manifest's file name in a backup.
 pub const MANIFEST: &str = "manifest.json";

@@ -358,6 +358,10 @@ pub trait LogStore: Send {
     }
 }
 
+/// The reserved name anonymous sessions (seed 004 before `/nick`, seed 001 before
+/// `REGISTER`) speak as: a user row like any other, but nobody can log in with it.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// Kinds of conversation, as stored in `conversations.kind` (their codes).
 pub const KIND_DIRECT: i64 = ConversationKind::Direct as i64;
 pub const KIND_ROOM: i64 = ConversationKind::Room as i64;
