@@ -196,6 +196,19 @@ async fn start() -> TestServer {
     TestServer::start_with(|c| c.listen_simpletcp = Some("127.0.0.1:0".parse().unwrap())).await
 }
 
+/// What the client does with a FETCHMSG reply: it keeps the messages and acknowledges the
+/// first (newest) one's timestamp.
+async fn fetch_and_ack(c: &mut Client) -> Vec<Value> {
+    let fetched = c.ask("FETCHMSG", json!({})).await;
+    assert_eq!(fetched["status"], "OK", "{fetched}");
+    let messages = fetched["body"]["messages"].as_array().unwrap().clone();
+    if let Some(newest) = messages.first() {
+        c.send("ACKFETCH", json!({"timestamp": newest["timestamp"]}))
+            .await;
+    }
+    messages
+}
+
 /// A text message as the client makes it.
 fn text_message(from: i64, to: i64, text: &str, timestamp: i64) -> Value {
     json!({
@@ -285,9 +298,8 @@ async fn the_seed_clients_whole_session() {
     bob.ask("SENDMSG", second.clone()).await;
     assert_eq!(alice.push().await, second);
 
-    // FETCHMSG: newest first, since this token's mark. A token's first fetch is the whole
-    // history; a SENDMSG moves the sender's mark to what it sent (as the seed does), and
-    // ACKFETCH to what the client acknowledges.
+    // FETCHMSG: newest first, since what this token acknowledged. A token's first fetch is
+    // the whole history; ACKFETCH acknowledges what the last reply held.
     let token = first_token(addr).await;
     let mut phone = Client::connect(addr).await;
     phone.token = Some(token);
@@ -296,7 +308,9 @@ async fn the_seed_clients_whole_session() {
     let fetched = phone.ask("FETCHMSG", json!({})).await;
     assert_eq!(fetched["body"]["messages"], json!([second, first]));
     let fetched = bob.ask("FETCHMSG", json!({})).await;
-    assert_eq!(fetched["body"]["messages"], json!([]));
+    assert_eq!(fetched["body"]["messages"], json!([second, first]));
+    bob.send("ACKFETCH", json!({"timestamp": second["timestamp"]}))
+        .await;
     let third = text_message(alice_id, bob_id, "still there?", 1_700_000_000_900);
     alice.ask("SENDMSG", third.clone()).await;
     assert_eq!(bob.push().await, third);
@@ -548,4 +562,48 @@ async fn profiles_and_password_changes() {
     let mut other = Client::connect(addr).await;
     let refused = other.ask("REGISTER", taken).await;
     assert_eq!(refused["info"], "Exception: Username already exists");
+}
+
+#[tokio::test]
+async fn no_clock_hides_a_stored_message_from_fetchmsg() {
+    let server = start().await;
+    let addr = simpletcp_addr(&server);
+    let (mut alice, alice_id) = account(&server, "alice").await;
+    let (mut bob, bob_id) = account(&server, "bob").await;
+
+    // alice's clock is far ahead, bob's far behind; both messages are stored.
+    let ahead = text_message(alice_id, bob_id, "from the future", 4_000_000_000_000);
+    assert_eq!(alice.ask("SENDMSG", ahead.clone()).await["status"], "OK");
+    assert_eq!(bob.push().await, ahead);
+    let behind = text_message(bob_id, alice_id, "from the past", 1_000);
+    assert_eq!(bob.ask("SENDMSG", behind.clone()).await["status"], "OK");
+    assert_eq!(alice.push().await, behind);
+    // A send refused after its body was read moves nothing either.
+    let mut bad = text_message(alice_id, bob_id, "x", 5_000_000_000_000);
+    bad["contenttype"] = json!("image");
+    assert_eq!(alice.ask("SENDMSG", bad).await["status"], "ERR");
+
+    // alice's app starts again with her token: what bob sent is there (her own message,
+    // whose send succeeded, is not sent back).
+    let mut again = Client::connect(addr).await;
+    again.token = alice.token;
+    assert_eq!(fetch_and_ack(&mut again).await, vec![behind.clone()]);
+    assert_eq!(fetch_and_ack(&mut again).await, Vec::<Value>::new());
+
+    // Two more in the very millisecond alice acknowledged, and one before it: all come.
+    let same = text_message(bob_id, alice_id, "same millisecond", 1_000);
+    let earlier = text_message(bob_id, alice_id, "even earlier", 999);
+    for m in [&same, &earlier] {
+        assert_eq!(bob.ask("SENDMSG", m.clone()).await["status"], "OK");
+    }
+    assert_eq!(fetch_and_ack(&mut again).await, vec![same, earlier]);
+    assert_eq!(fetch_and_ack(&mut again).await, Vec::<Value>::new());
+
+    // An acknowledgement older than a message of the reply keeps that one to come again.
+    let late = text_message(bob_id, alice_id, "late", 2_000);
+    assert_eq!(bob.ask("SENDMSG", late.clone()).await["status"], "OK");
+    let fetched = again.ask("FETCHMSG", json!({})).await;
+    assert_eq!(fetched["body"]["messages"], json!([late]));
+    again.send("ACKFETCH", json!({"timestamp": 1_999})).await;
+    assert_eq!(fetch_and_ack(&mut again).await, vec![late]);
 }

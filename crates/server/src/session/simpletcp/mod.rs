@@ -33,6 +33,7 @@ use crate::store::ContactState;
 
 pub use model::forward;
 pub use state::State;
+use state::{Marks, Offered};
 
 /// Longest message body a seed-003 client may send, in bytes: what every other protocol
 /// can carry (a binary frame's strings hold at most 65,535 bytes).
@@ -245,6 +246,9 @@ impl Session {
         {
             Ok(()) => {
                 self.st().slot = Some((token, slot));
+                if let Some((identity, _)) = &self.login {
+                    self.tokens().add_device(token, identity.device);
+                }
                 Ok(())
             }
             Err(kind) => {
@@ -343,25 +347,14 @@ impl Session {
             }
             Kind::SendMsg => {
                 let message: Message = request.body().map_err(bad)?;
-                self.st_send(token, message, payload).await
+                self.st_send(message, payload).await
             }
             Kind::AckFetch => {
                 let at: Timestamp = request.body().map_err(bad)?;
-                self.tokens().set_mark(token, at.timestamp);
+                self.tokens().ack(token, at.timestamp);
                 Ok(None)
             }
-            Kind::FetchMsg => {
-                let mark = self.tokens().mark(token);
-                let mut messages: Vec<Message> = self
-                    .st_history()
-                    .await?
-                    .into_iter()
-                    .map(|(m, _)| m)
-                    .filter(|m| m.timestamp > mark)
-                    .collect();
-                messages.sort_by_key(|m| std::cmp::Reverse(m.timestamp));
-                ok(json!({ "messages": messages }))
-            }
+            Kind::FetchMsg => self.st_fetch(token).await,
             Kind::FindFile => {
                 let file: FileMd5 = request.body().map_err(bad)?;
                 let stored = self.tokens().file(&file.filemd5);
@@ -408,6 +401,7 @@ impl Session {
                 self.st().slot = Some((token, slot));
                 let (identity, name) = self.st_me()?;
                 self.tokens().bind(token, identity.user, name.clone());
+                self.tokens().add_device(token, identity.device);
                 self.st_user_info(&name).await
             }
             Err(kind) => {
@@ -468,7 +462,7 @@ impl Session {
     }
 
     /// Sends a message as the logged-in user; the hub answers once it is stored.
-    async fn st_send(&mut self, token: i64, message: Message, payload: Bytes) -> Answer {
+    async fn st_send(&mut self, message: Message, payload: Bytes) -> Answer {
         let (identity, me) = self.st_me()?;
         if message.userid != model::user_id(&me) {
             return Err(exception(ErrorKind::Forbidden));
@@ -481,8 +475,6 @@ impl Session {
         let tag = Tag::SimpleTcp {
             md5encoded: Arc::from(message.md5encoded.as_str()),
         };
-        // The seed moves the sending token's fetch mark to what it sends.
-        self.tokens().set_mark(token, message.timestamp);
         let body = match message.contenttype {
             ContentType::Plaintext => text,
             ContentType::Image => {
@@ -622,6 +614,65 @@ impl Session {
             out.extend_from_slice(&chunk);
         }
         Ok(out.freeze())
+    }
+
+    /// `FETCHMSG`: the user's direct messages (seed 003 has no rooms) stored after the
+    /// token's marks, newest first. The marks are positions in the server's order (see
+    /// `State::ack`), so a sender's clock cannot hide a message. A conversation's messages
+    /// right after the mark that this token sent itself (stored, so their sends
+    /// succeeded) are not sent back: the mark moves over them, as the seed moves it on a
+    /// send, but never over a message of someone else's the client has not acknowledged.
+    async fn st_fetch(&mut self, token: i64) -> Answer {
+        let (identity, me) = self.st_me()?;
+        self.settle().await;
+        let Marks { marks, devices } = self.tokens().marks(token);
+        let reader = &self.shared.reader;
+        let internal = |_| exception(ErrorKind::Internal);
+        let positions = reader.positions(identity.user, identity.device).await;
+        let limit = self.shared.config.max_history;
+        let mut found = Vec::new();
+        for p in positions.map_err(internal)? {
+            if p.kind != parley_proto::ConversationKind::Direct {
+                continue;
+            }
+            let from = marks.get(&p.conv).copied().unwrap_or(0).max(p.joined);
+            if from >= p.last_seq {
+                continue;
+            }
+            let (a, b) = &p.members;
+            let other = if **a == *me { b.clone() } else { a.clone() };
+            self.tokens().learn(model::user_id(&other), other.clone());
+            let page = reader.page(p.conv, crate::store::Page::AfterSeq(from), limit);
+            // The run of this token's own messages right after the mark, if any.
+            let (mut own, mut leading) = (None, true);
+            for (m, _) in page.await.map_err(internal)? {
+                leading = leading && devices.contains(&m.sender_device);
+                if leading {
+                    own = Some(m.seq);
+                    continue;
+                }
+                let to = if *m.sender == *me { &other } else { &me };
+                let message = model::message(&m.sender, to, &m.body, m.sent_at);
+                found.push((m.conv, m.seq, message));
+            }
+            if let Some(seq) = own {
+                self.tokens().advance(token, p.conv, seq);
+            }
+        }
+        // Newest first by the senders' clocks, as the client shows them (ties in the
+        // server's order).
+        found.sort_by_key(|(conv, seq, m)| std::cmp::Reverse((m.timestamp, *conv, *seq)));
+        let offered = found
+            .iter()
+            .map(|(conv, seq, m)| Offered {
+                conv: *conv,
+                seq: *seq,
+                timestamp: m.timestamp,
+            })
+            .collect();
+        self.tokens().offer(token, offered);
+        let messages: Vec<Message> = found.into_iter().map(|(_, _, m)| m).collect();
+        ok(json!({ "messages": messages }))
     }
 
     /// The user's direct messages (seed 003 has no rooms), each with the SHA-256 of the

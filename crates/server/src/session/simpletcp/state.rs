@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::store::UserId;
+use crate::store::{ConvId, DeviceId, Seq, UserId};
 
 /// Most tokens kept; past it, the ones with no connection go, unbound ones first.
 const MAX_TOKENS: usize = 100_000;
@@ -39,10 +39,41 @@ struct Names {
 #[derive(Default)]
 struct Token {
     user: Option<(UserId, Arc<str>)>,
-    /// The client's time of the newest message it acknowledged (ms).
-    mark: i64,
+    /// How far the client has what `FETCHMSG` returns, in the server's order: per
+    /// conversation, the last sequence it acknowledged (or sent itself). Client clocks
+    /// never move it: see [`State::ack`].
+    marks: HashMap<ConvId, Seq>,
+    /// What the last `FETCHMSG` reply held, until `ACKFETCH` acknowledges it.
+    offered: Vec<Offered>,
+    /// The hub devices this token's connections logged in as (what it sent itself).
+    devices: Vec<DeviceId>,
     /// Bit `i`: slot `i` (device `simpletcp-<token>-<i>`) has a connection.
     slots: u32,
+}
+
+/// A message a `FETCHMSG` reply held: where it is stored, and the `timestamp` the client
+/// saw (what its `ACKFETCH` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offered {
+    pub conv: ConvId,
+    pub seq: Seq,
+    pub timestamp: i64,
+}
+
+/// Where a token's `FETCHMSG` starts.
+#[derive(Debug, Clone, Default)]
+pub struct Marks {
+    pub marks: HashMap<ConvId, Seq>,
+    pub devices: Vec<DeviceId>,
+}
+
+impl Token {
+    /// Forgets what the token fetched: it now stands for another user, or none.
+    fn reset(&mut self) {
+        self.marks.clear();
+        self.offered.clear();
+        self.devices.clear();
+    }
 }
 
 impl State {
@@ -80,7 +111,7 @@ impl State {
         let mut tokens = self.tokens.lock().expect("tokens poisoned");
         let token = tokens.entry(token).or_default();
         if token.user.as_ref().map(|(u, _)| *u) != Some(user) {
-            token.mark = 0;
+            token.reset();
         }
         token.user = Some((user, name));
     }
@@ -88,18 +119,71 @@ impl State {
     pub fn unbind(&self, token: i64) {
         if let Some(t) = self.tokens.lock().expect("tokens poisoned").get_mut(&token) {
             t.user = None;
-            t.mark = 0;
+            t.reset();
         }
     }
 
-    pub fn mark(&self, token: i64) -> i64 {
-        let tokens = self.tokens.lock().expect("tokens poisoned");
-        tokens.get(&token).map_or(0, |t| t.mark)
+    /// Remembers that a connection of `token` logged in to the hub as `device`, so what it
+    /// sends counts as the token's own.
+    pub fn add_device(&self, token: i64, device: DeviceId) {
+        if let Some(t) = self.tokens.lock().expect("tokens poisoned").get_mut(&token) {
+            if !t.devices.contains(&device) {
+                if t.devices.len() >= MAX_SLOTS as usize {
+                    t.devices.remove(0);
+                }
+                t.devices.push(device);
+            }
+        }
     }
 
-    pub fn set_mark(&self, token: i64, mark: i64) {
+    /// Where `token`'s next `FETCHMSG` starts.
+    pub fn marks(&self, token: i64) -> Marks {
+        let tokens = self.tokens.lock().expect("tokens poisoned");
+        tokens.get(&token).map_or_else(Marks::default, |t| Marks {
+            marks: t.marks.clone(),
+            devices: t.devices.clone(),
+        })
+    }
+
+    /// Moves `token`'s mark in `conv` to `seq`, never back.
+    pub fn advance(&self, token: i64, conv: ConvId, seq: Seq) {
         if let Some(t) = self.tokens.lock().expect("tokens poisoned").get_mut(&token) {
-            t.mark = mark;
+            let mark = t.marks.entry(conv).or_default();
+            *mark = (*mark).max(seq);
+        }
+    }
+
+    /// Remembers what a `FETCHMSG` reply to `token` held (replacing an earlier reply's).
+    pub fn offer(&self, token: i64, offered: Vec<Offered>) {
+        if let Some(t) = self.tokens.lock().expect("tokens poisoned").get_mut(&token) {
+            t.offered = offered;
+        }
+    }
+
+    /// `ACKFETCH`: the client has the last reply's messages up to `timestamp` (its newest
+    /// message's, as the client sends it). In each conversation the mark moves over the
+    /// reply's messages in the server's order while their timestamps are at most that,
+    /// and stops at the first that is later: a message the client may not have is never
+    /// passed, whatever the senders' clocks said. Nothing else moves it (but the token's
+    /// own messages: `advance`), so a message stored after the reply comes with the next.
+    pub fn ack(&self, token: i64, timestamp: i64) {
+        let mut tokens = self.tokens.lock().expect("tokens poisoned");
+        let Some(t) = tokens.get_mut(&token) else {
+            return;
+        };
+        let mut offered = std::mem::take(&mut t.offered);
+        offered.sort_unstable_by_key(|o| (o.conv, o.seq));
+        let mut stopped: Option<ConvId> = None;
+        for o in offered {
+            if stopped == Some(o.conv) {
+                continue;
+            }
+            if o.timestamp > timestamp {
+                stopped = Some(o.conv);
+                continue;
+            }
+            let mark = t.marks.entry(o.conv).or_default();
+            *mark = (*mark).max(o.seq);
         }
     }
 
@@ -192,13 +276,37 @@ mod tests {
         assert!(a > 0 && a < 1 << 53 && b > 0 && b < 1 << 53);
         assert!(state.user(a).is_none());
         state.bind(a, 7, Arc::from("alice"));
-        state.set_mark(a, 99);
+        state.advance(a, 3, 99);
         assert_eq!(state.user(a).map(|(u, _)| u), Some(7));
-        assert_eq!(state.mark(a), 99);
+        assert_eq!(state.marks(a).marks.get(&3), Some(&99));
         state.unbind(a);
         assert!(state.user(a).is_none());
-        assert_eq!(state.mark(a), 0);
+        assert!(state.marks(a).marks.is_empty());
         assert!(!state.exists(12345) || a == 12345 || b == 12345);
+    }
+
+    #[test]
+    fn an_ack_passes_what_the_reply_held_in_server_order_up_to_a_later_timestamp() {
+        let state = State::default();
+        let t = state.issue();
+        state.bind(t, 7, Arc::from("alice"));
+        let at = |conv, seq, timestamp| Offered {
+            conv,
+            seq,
+            timestamp,
+        };
+        // Conversation 1: seq 2 has a clock far ahead, seq 3 one behind.
+        state.offer(
+            t,
+            vec![at(1, 1, 100), at(1, 2, 900), at(1, 3, 50), at(2, 5, 100)],
+        );
+        state.ack(t, 100);
+        let marks = state.marks(t).marks;
+        assert_eq!((marks.get(&1), marks.get(&2)), (Some(&1), Some(&5)));
+        // An ack without a reply moves nothing; marks never go back.
+        state.ack(t, i64::MAX);
+        state.advance(t, 2, 4);
+        assert_eq!(state.marks(t).marks.get(&2), Some(&5));
     }
 
     #[test]
