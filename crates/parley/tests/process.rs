@@ -531,6 +531,34 @@ fn log_records(dir: &Path) -> Vec<(usize, usize)> {
     records
 }
 
+/// `/metrics` of the server at `addr` (the shared port serves it without an admin port).
+async fn metrics(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.expect("send");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read");
+        String::from_utf8(raw).expect("utf-8")
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .expect("/metrics answered in time");
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    raw
+}
+
+/// The value of `parley_store_damaged_records_total` on the server at `addr`.
+async fn damaged_records(addr: SocketAddr) -> u64 {
+    let page = metrics(addr).await;
+    page.lines()
+        .find_map(|l| l.strip_prefix("parley_store_damaged_records_total "))
+        .unwrap_or_else(|| panic!("no damaged-records counter:\n{page}"))
+        .parse()
+        .expect("a count")
+}
+
 /// Flips one byte of the message log in `dir`, at `offset`.
 fn flip_log_byte(dir: &Path, offset: usize) {
     let path = dir.join("messages.log");
@@ -656,9 +684,16 @@ async fn a_flipped_byte_in_the_middle_of_the_log_costs_only_its_record() {
     );
 
     let server = Server::start(serve_in(dir.path()));
+    // The spans saved at the clean stop are trusted: the damage is found when read.
+    assert_eq!(damaged_records(server.addr).await, 0, "nothing read yet");
     let mut bob = server.login("bob").await;
     let expected: Vec<usize> = (0..30).filter(|&i| i != 10).collect();
     assert_eq!(receive(&mut bob, 29).await, expected);
+    assert_eq!(
+        damaged_records(server.addr).await,
+        1,
+        "found by the catch-up"
+    );
     drop(bob);
     server.stop_with(libc::SIGTERM);
     assert!(
@@ -694,6 +729,34 @@ async fn a_flipped_byte_in_the_first_record_after_kill_9_costs_only_that_record(
     let server = Server::start(serve_in(dir.path()));
     let mut bob = server.login("bob").await;
     assert_eq!(receive(&mut bob, 29).await, (1..30).collect::<Vec<_>>());
+    drop(bob);
+    server.stop_with(libc::SIGTERM);
+}
+
+/// A record damaged in the middle of the log while the server was down (after a kill -9,
+/// so the start reads every record) shows in `/metrics` as soon as the server has started,
+/// before anyone reads it, and counts once however often it is read.
+#[tokio::test]
+async fn damaged_records_found_at_start_show_in_the_metrics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server::start(serve_in(dir.path()));
+    assert_eq!(damaged_records(server.addr).await, 0, "a fresh log");
+    server.create_offline_user("bob").await;
+    let mut alice = server.login("alice").await;
+    send_one_by_one(&mut alice, 0..20).await;
+    server.proc.signal(libc::SIGKILL);
+    let status = server.proc.wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "killed: {status}");
+    drop((alice, server));
+
+    let (at, len) = log_records(dir.path())[7];
+    flip_log_byte(dir.path(), at + 8 + len / 2);
+    let server = Server::start(serve_in(dir.path()));
+    assert_eq!(damaged_records(server.addr).await, 1, "found by the start");
+    let mut bob = server.login("bob").await;
+    let expected: Vec<usize> = (0..20).filter(|&i| i != 7).collect();
+    assert_eq!(receive(&mut bob, 19).await, expected);
+    assert_eq!(damaged_records(server.addr).await, 1, "counted once");
     drop(bob);
     server.stop_with(libc::SIGTERM);
 }

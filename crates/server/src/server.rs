@@ -329,6 +329,7 @@ pub(crate) async fn open_core(
         false => {
             let store = SqliteStore::open(&config.data_dir, config.sync)?;
             let (index, log, deletions) = (store.index(), store.log(), store.deletions());
+            monitor.metrics.watch_log(log.clone());
             let (hub, thread) = crate::hub::spawn(Box::new(store), &config, None, monitor.clone())?;
             let reader = Reader::Local(SqliteReader::new(&config.data_dir, index, log, deletions));
             let files = crate::files::FileStore::new(&config.data_dir);

@@ -15,10 +15,12 @@
 //!   call, each in a slot of its thread's (`shards.rs`), summed when scraped;
 //! - connections, logins, slow consumers and catch-ups are counted once per event.
 //!
-//! What is cheaper to measure when asked (the store's size, the process's CPU time, memory
-//! and open files) is read when `/metrics` is scraped.
+//! What is cheaper to measure when asked (the store's size, damaged records found in the
+//! message log, the process's CPU time, memory and open files) is read when `/metrics` is
+//! scraped.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Recorder, SharedString, Unit};
@@ -27,6 +29,7 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::outbound::Protocol;
+use crate::store::MessageLog;
 
 mod shards;
 
@@ -89,6 +92,9 @@ pub struct Metrics {
     pub replayed: Counter,
     store_bytes: [(&'static str, Gauge); 3],
     files_bytes: Gauge,
+    /// The message log once opened (none on a cluster node), and its damaged stretches.
+    log: OnceLock<Arc<MessageLog>>,
+    store_damaged: Counter,
     ready: Gauge,
 }
 
@@ -202,6 +208,12 @@ impl Metrics {
             Some(Unit::Bytes),
         );
         r.describe(
+            "parley_store_damaged_records_total",
+            "Damaged stretches of the message log found since the start (skipped at start, or \
+             failing their check when read): their messages are lost; parley check lists them.",
+            None,
+        );
+        r.describe(
             "parley_ready",
             "1 once the server accepts connections, 0 while it starts or shuts down.",
             None,
@@ -236,6 +248,8 @@ impl Metrics {
             replayed: r.counter("parley_catchup_read_total", &[]),
             store_bytes,
             files_bytes: r.gauge("parley_store_bytes", &[("file", "files")]),
+            log: OnceLock::new(),
+            store_damaged: r.counter("parley_store_damaged_records_total", &[]),
             ready: r.gauge("parley_ready", &[]),
             recorder,
         };
@@ -245,6 +259,12 @@ impl Metrics {
 
     pub fn login_failed(&self, why: LoginFailure) {
         self.login_failures[why as usize].increment(1);
+    }
+
+    /// Watches the message log for damage from now on (the metrics exist before the store
+    /// is opened).
+    pub fn watch_log(&self, log: Arc<MessageLog>) {
+        let _ = self.log.set(log);
     }
 
     /// Records whether the server is ready (`/readyz`).
@@ -268,6 +288,9 @@ impl Metrics {
         }
         self.files_bytes
             .set(dir_size(&self.data_dir.join("files"), 3) as f64);
+        if let Some(log) = self.log.get() {
+            self.store_damaged.absolute(log.damaged_found());
+        }
         metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.render()
     }

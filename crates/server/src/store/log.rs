@@ -33,6 +33,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
@@ -77,6 +78,8 @@ pub struct MessageLog {
     spans: RwLock<Vec<Span>>,
     /// Offsets of the records found damaged when read, each reported once.
     damaged: Mutex<BTreeSet<u64>>,
+    /// Damaged stretches found so far: at start, and when read later (`/metrics`).
+    damaged_found: AtomicU64,
 }
 
 /// What a read of one record found.
@@ -163,6 +166,7 @@ impl MessageLog {
             path,
             spans: RwLock::new(spans),
             damaged: Mutex::new(BTreeSet::new()),
+            damaged_found: AtomicU64::new(scanned.damaged.len() as u64),
         });
         let writer = LogWriter {
             log: log.clone(),
@@ -205,6 +209,13 @@ impl MessageLog {
             }
         }
         Ok(())
+    }
+
+    /// How many damaged stretches of the log have been found since it was opened: each
+    /// run of damaged bytes the start skipped, and each record that failed its check when
+    /// read later (each counted once). Their messages are lost; `parley check` lists them.
+    pub fn damaged_found(&self) -> u64 {
+        self.damaged_found.load(Ordering::Relaxed)
     }
 
     /// Where the last complete record ends: everything before it is acknowledged or
@@ -253,6 +264,7 @@ impl MessageLog {
                 .expect("damaged records poisoned")
                 .insert(span.offset);
             if new {
+                self.damaged_found.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     first = span.first,
                     last = span.last,
@@ -971,6 +983,7 @@ mod tests {
                 [1, 2, 4, 5, 6],
                 "a flipped byte in the {what}"
             );
+            assert_eq!(log.damaged_found(), 1, "{what}: counted");
             assert_eq!(std::fs::read(&path).unwrap(), bytes, "{what}: nothing cut");
             writer.append(&[message(7, 10)]).unwrap();
             let saved = log.spans().clone();
@@ -1019,12 +1032,14 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[START as usize + 20] ^= 0x55;
         std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(log.damaged_found(), 0, "not read yet");
         let mut lookup = Lookup::new(&log);
         assert_eq!(lookup.find(1).unwrap(), None);
         assert!(lookup.lost(1));
         assert_eq!(lookup.find(2).unwrap().map(|r| r.id), Some(2));
         assert!(!lookup.lost(2));
         assert_eq!(ids(&log, 0), [2]);
+        assert_eq!(log.damaged_found(), 1, "counted once, however often read");
     }
 
     proptest::proptest! {
