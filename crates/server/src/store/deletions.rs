@@ -14,6 +14,7 @@
 //! index always knows it for one.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 use rusqlite::Connection;
@@ -22,6 +23,10 @@ use super::{Deletion, Seq};
 
 #[derive(Default)]
 pub struct Deletions {
+    /// Whether any message was ever deleted: most servers never delete one, and every
+    /// message a reader returns asks, so the common answer costs one load, not a lock
+    /// shared by every reader thread.
+    any: AtomicBool,
     inner: RwLock<Inner>,
 }
 
@@ -65,6 +70,7 @@ impl Deletions {
             inner.tombstones.insert(tombstone, (message, seq));
         }
         Ok(Deletions {
+            any: AtomicBool::new(!inner.deleted.is_empty()),
             inner: RwLock::new(inner),
         })
     }
@@ -79,14 +85,15 @@ impl Deletions {
             inner.deleted.insert(d.message, d.tombstone);
             inner.tombstones.insert(d.tombstone, (d.message, d.seq));
         }
+        self.any.store(true, Ordering::Release);
     }
 
     /// What message `id` is.
     pub fn kind(&self, id: i64) -> Kind {
-        let inner = self.inner.read().expect("deletions poisoned");
-        if inner.deleted.is_empty() {
+        if !self.any.load(Ordering::Acquire) {
             return Kind::Message;
         }
+        let inner = self.inner.read().expect("deletions poisoned");
         if inner.deleted.contains_key(&id) {
             return Kind::Deleted;
         }
