@@ -70,7 +70,8 @@ pub struct Config {
     pub binary_idle_timeout_ms: u64,
     /// A request (a line, a frame, a WebSocket message) must be complete within this many
     /// ms of its first byte, however its bytes trickle in, or the connection is closed
-    /// (0: no limit).
+    /// (0: no limit). An HTTP upload's body may take longer, while no gap between its
+    /// bytes is this long.
     pub request_timeout_ms: u64,
     /// Commands per second a text or JSON connection may send (twice that in a burst);
     /// faster ones are slowed down, not refused.

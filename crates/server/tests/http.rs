@@ -408,3 +408,55 @@ async fn files_go_over_http_in_pieces_and_only_to_members() {
     assert_eq!(get(server.addr, &path, "").await.status, 401);
     server.stop().await;
 }
+
+/// An upload whose body stops arriving ends with `408` after `request_timeout_ms` of
+/// silence, keeping what arrived: the client resumes from there. A connection is not held
+/// by a client that went quiet.
+#[tokio::test]
+async fn an_upload_that_goes_quiet_ends_and_keeps_what_arrived() {
+    let server = TestServer::start_with(|c| c.request_timeout_ms = 500).await;
+    let (_alice, token) = account(&server, "alice").await;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let path = format!("/files/{}", sha256_hex(&data));
+    let put = |range: &str| {
+        format!("PUT {path} HTTP/1.1\r\nAuthorization: Bearer {token}\r\nContent-Range: {range}")
+    };
+
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "{}\r\nContent-Length: 100000\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        put("bytes 0-99999/100000")
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&data[..40_000]).await.unwrap();
+    // Nothing more is sent, and the socket stays open: the server ends the request.
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("answered and closed in time")
+        .unwrap();
+    let answer = parse(&raw);
+    assert_eq!(
+        (answer.status, answer.json()),
+        (
+            408,
+            serde_json::json!({"complete": false, "received": 40_000})
+        )
+    );
+
+    let asked = request(server.addr, &put("bytes */100000"), b"").await;
+    assert_eq!(
+        asked.json(),
+        serde_json::json!({"complete": false, "received": 40_000})
+    );
+    let head = format!(
+        "{}\r\nContent-Length: 60000",
+        put("bytes 40000-99999/100000")
+    );
+    let rest = request(server.addr, &head, &data[40_000..]).await;
+    assert_eq!(
+        (rest.status, rest.json()),
+        (200, serde_json::json!({"complete": true}))
+    );
+    server.stop().await;
+}

@@ -22,7 +22,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use parley_proto::ErrorKind;
 use serde_json::json;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::response::{self, Body, FILE_CSP};
 use crate::auth;
@@ -144,14 +144,30 @@ pub async fn upload(
     let mut offset = start;
     let mut pending = BytesMut::new();
     let limit = end + 1;
+    // A body that stops arriving ends the request (what arrived is kept): the connection
+    // is not held for a client that went quiet, however slowly a live one sends.
+    let quiet = match shared.config.request_timeout_ms {
+        0 => None,
+        ms => Some(std::time::Duration::from_millis(ms)),
+    };
+    let mut stalled = false;
     loop {
-        let frame = match body.frame().await {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => {
+        let next = match quiet {
+            Some(limit) => tokio::time::timeout(limit, body.frame()).await,
+            None => Ok(body.frame().await),
+        };
+        let frame = match next {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => {
                 warn!(%peer, error = %e, "HTTP upload cut");
                 break;
             }
-            None => break,
+            Ok(None) => break,
+            Err(_) => {
+                debug!(%peer, "HTTP upload stalled");
+                stalled = true;
+                break;
+            }
         };
         let Ok(data) = frame.into_data() else {
             continue;
@@ -179,10 +195,11 @@ pub async fn upload(
     if offset == total {
         return response::json(StatusCode::OK, &json!({"complete": true}));
     }
-    response::json(
-        StatusCode::OK,
-        &json!({"complete": false, "received": offset}),
-    )
+    let status = match stalled {
+        true => StatusCode::REQUEST_TIMEOUT,
+        false => StatusCode::OK,
+    };
+    response::json(status, &json!({"complete": false, "received": offset}))
 }
 
 /// Writes one chunk; the offset after it, or the answer that refuses it.
