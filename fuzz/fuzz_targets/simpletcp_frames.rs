@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
 fn check(json: &[u8], payload: &[u8]) {
     assert!(json.len() <= MAX_JSON && payload.len() <= MAX_PAYLOAD);
     let mut again = BytesMut::new();
-    simpletcp::encode_frame(json, payload, &mut again);
+    simpletcp::encode_frame(json, payload, &mut again).expect("JSON within bounds");
     let frame = Decoder::new(MAX_JSON, MAX_PAYLOAD)
         .decode(&mut again)
         .expect("a frame within bounds")

@@ -96,13 +96,32 @@ impl Decoder {
     }
 }
 
-/// Appends one frame.
-pub fn encode_frame(json: &[u8], payload: &[u8], dst: &mut BytesMut) {
-    dst.reserve(HEADER + json.len() + payload.len());
-    dst.put_i32_le(i32::try_from(json.len()).expect("JSON under 2 GiB"));
-    dst.put_i64_le(payload.len() as i64);
-    dst.put_slice(json);
+/// Most bytes of JSON a frame can hold: its length is a signed 32-bit number.
+pub const MAX_JSON: usize = i32::MAX as usize;
+
+/// JSON longer than a frame can say ([`MAX_JSON`]): nothing was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} bytes of JSON do not fit a frame")]
+pub struct TooLarge(pub usize);
+
+/// Appends one frame; JSON over [`MAX_JSON`] bytes is refused, with nothing written.
+pub fn encode_frame(json: &[u8], payload: &[u8], dst: &mut BytesMut) -> Result<(), TooLarge> {
+    encode_head(json, payload.len() as u64, dst)?;
     dst.put_slice(payload);
+    Ok(())
+}
+
+/// Appends a frame's header and JSON, for a payload of `payload_len` bytes that the caller
+/// writes after it (a file sent in pieces).
+pub fn encode_head(json: &[u8], payload_len: u64, dst: &mut BytesMut) -> Result<(), TooLarge> {
+    let json_len = i32::try_from(json.len()).map_err(|_| TooLarge(json.len()))?;
+    // A payload is a slice or a file: far below 2^63 bytes.
+    let payload_len = i64::try_from(payload_len).unwrap_or(i64::MAX);
+    dst.reserve(HEADER + json.len());
+    dst.put_i32_le(json_len);
+    dst.put_i64_le(payload_len);
+    dst.put_slice(json);
+    Ok(())
 }
 
 /// The request types of the seed, and `None` for any other string.
@@ -317,7 +336,8 @@ struct Reply<'a, T: Serialize> {
 }
 
 /// Appends an OK reply (or push) of type `response` with `body` (`None`: null) and
-/// `payload`.
+/// `payload`. A reply whose JSON would not fit a frame is written as an ERR saying so
+/// (callers bound what they send; this keeps every input from panicking).
 pub fn encode_ok<T: Serialize>(
     response: &str,
     body: Option<&T>,
@@ -330,18 +350,60 @@ pub fn encode_ok<T: Serialize>(
         info: None,
         body,
     };
-    encode_frame(&ascii_json(&reply), payload, dst);
+    if encode_frame(&ascii_json(&reply), payload, dst).is_err() {
+        encode_err(response, "Exception: reply too large", dst);
+    }
 }
 
-/// Appends an ERR reply of type `response`: `info` says why, the body is null.
+/// The bytes an OK reply of type `response` adds around its body's JSON.
+pub fn ok_overhead(response: &str) -> usize {
+    HEADER + ok_prefix(response).len() + 1
+}
+
+fn ok_prefix(response: &str) -> Vec<u8> {
+    let mut prefix = br#"{"response":"#.to_vec();
+    prefix.extend_from_slice(&ascii_json(&response));
+    prefix.extend_from_slice(br#","status":"OK","info":null,"body":"#);
+    prefix
+}
+
+/// Appends an OK reply of type `response` whose body is `body`, JSON already written (ASCII,
+/// as [`ascii_json`] writes it): a long reply is assembled from its pieces once, without
+/// a copy of them as a value. Too large for a frame, it is an ERR as in [`encode_ok`].
+pub fn encode_ok_json(response: &str, body: &[u8], dst: &mut BytesMut) {
+    let mut json = ok_prefix(response);
+    json.reserve(body.len() + 1);
+    json.extend_from_slice(body);
+    json.push(b'}');
+    if encode_frame(&json, b"", dst).is_err() {
+        encode_err(response, "Exception: reply too large", dst);
+    }
+}
+
+/// Appends an ERR reply of type `response`: `info` says why, the body is null. An `info`
+/// too long for a frame is cut (at a character boundary).
 pub fn encode_err(response: &str, info: &str, dst: &mut BytesMut) {
+    let mut info = info;
+    if info.len() > 4096 {
+        let mut end = 4096;
+        while !info.is_char_boundary(end) {
+            end -= 1;
+        }
+        info = &info[..end];
+    }
+    let response = if response.len() > 64 {
+        "UNKNOWN"
+    } else {
+        response
+    };
     let reply: Reply<'_, ()> = Reply {
         response,
         status: "ERR",
         info: Some(info),
         body: None,
     };
-    encode_frame(&ascii_json(&reply), &[], dst);
+    // At most 6 bytes per character escaped, of under 5,000: far below `MAX_JSON`.
+    let _ = encode_frame(&ascii_json(&reply), &[], dst);
 }
 
 /// Compact JSON with every character outside ASCII written as a `\uXXXX` escape (UTF-16
@@ -408,7 +470,7 @@ mod tests {
 
     fn frame(json: &[u8], payload: &[u8]) -> BytesMut {
         let mut out = BytesMut::new();
-        encode_frame(json, payload, &mut out);
+        encode_frame(json, payload, &mut out).unwrap();
         out
     }
 
@@ -484,6 +546,29 @@ mod tests {
         assert_eq!(escaped, br#""\u00e9\ud83d\ude00""#);
         let back: String = serde_json::from_slice(&escaped).unwrap();
         assert_eq!(back, "é😀");
+    }
+
+    #[test]
+    fn a_reply_assembled_from_json_pieces_is_the_same_as_a_serialised_one() {
+        let body = serde_json::json!({"messages": [{"a": 1}, {"b": "é"}]});
+        let (mut whole, mut pieces) = (BytesMut::new(), BytesMut::new());
+        encode_ok("FETCHMSG", Some(&body), b"", &mut whole);
+        encode_ok_json("FETCHMSG", &ascii_json(&body), &mut pieces);
+        assert_eq!(whole, pieces);
+        assert_eq!(
+            whole.len(),
+            ok_overhead("FETCHMSG") + ascii_json(&body).len()
+        );
+    }
+
+    #[test]
+    fn a_head_announces_a_payload_written_after_it_and_errors_stay_small() {
+        let mut head = BytesMut::new();
+        encode_head(b"{}", 5, &mut head).unwrap();
+        assert_eq!(&head[..], b"\x02\0\0\0\x05\0\0\0\0\0\0\0{}");
+        let mut err = BytesMut::new();
+        encode_err("X", &"é".repeat(10_000), &mut err);
+        assert!(err.len() < 6 * 4096, "an ERR stays small: {}", err.len());
     }
 
     #[test]

@@ -54,6 +54,8 @@ struct Client {
 /// A frame as read: its JSON and payload.
 struct Reply {
     json: Value,
+    /// Bytes of JSON the frame said it held.
+    json_len: usize,
     payload: Vec<u8>,
 }
 
@@ -98,6 +100,7 @@ impl Client {
                     assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
                     return Some(Reply {
                         json: value,
+                        json_len,
                         payload,
                     });
                 }
@@ -606,4 +609,59 @@ async fn no_clock_hides_a_stored_message_from_fetchmsg() {
     assert_eq!(fetched["body"]["messages"], json!([late]));
     again.send("ACKFETCH", json!({"timestamp": 1_999})).await;
     assert_eq!(fetch_and_ack(&mut again).await, vec![late]);
+}
+
+#[tokio::test]
+async fn a_backlog_larger_than_a_frame_comes_a_bounded_reply_at_a_time_none_skipped() {
+    const MAX_FRAME: usize = 2_000;
+    let server = TestServer::start_with(|c| {
+        c.listen_simpletcp = Some("127.0.0.1:0".parse().unwrap());
+        c.max_frame_bytes = MAX_FRAME;
+    })
+    .await;
+    let addr = simpletcp_addr(&server);
+    let (mut alice, alice_id) = account(&server, "alice").await;
+    let (bob, bob_id) = account(&server, "bob").await;
+    // 40 messages of about 250 bytes of JSON each, from a clock that runs backwards.
+    let mut sent = Vec::new();
+    for i in 0..40_i64 {
+        let text = format!("message {i:02} {}", "x".repeat(100));
+        let m = text_message(alice_id, bob_id, &text, 1_700_000_000_000 - i);
+        assert_eq!(alice.ask("SENDMSG", m.clone()).await["status"], "OK");
+        sent.push(m);
+    }
+
+    // bob's app starts: one FETCHMSG, then it acknowledges each reply as it comes; the
+    // replies after the first come unasked until the backlog is through.
+    let mut phone = Client::connect(addr).await;
+    phone.token = bob.token;
+    phone.send("FETCHMSG", json!({})).await;
+    let mut got: Vec<Value> = Vec::new();
+    let mut replies = 0;
+    while got.len() < sent.len() && replies < sent.len() {
+        let reply = phone.frame_not_push().await;
+        assert_eq!(reply.json["response"], "FETCHMSG", "{}", reply.json);
+        assert!(reply.json_len <= MAX_FRAME, "{} bytes", reply.json_len);
+        let messages = reply.json["body"]["messages"].as_array().unwrap().clone();
+        assert!(!messages.is_empty());
+        let stamps: Vec<i64> = messages
+            .iter()
+            .map(|m| m["timestamp"].as_i64().unwrap())
+            .collect();
+        assert!(
+            stamps.windows(2).all(|w| w[0] >= w[1]),
+            "newest first: {stamps:?}"
+        );
+        phone
+            .send("ACKFETCH", json!({"timestamp": messages[0]["timestamp"]}))
+            .await;
+        got.extend(messages);
+        replies += 1;
+    }
+    assert!(replies > 1, "the backlog did not fit one reply");
+    got.sort_by_key(|m| std::cmp::Reverse(m["timestamp"].as_i64().unwrap()));
+    assert_eq!(got, sent, "every message once");
+    // Through: the last acknowledgement brings nothing more.
+    let fetched = phone.ask("FETCHMSG", json!({})).await;
+    assert_eq!(fetched["body"]["messages"], json!([]));
 }

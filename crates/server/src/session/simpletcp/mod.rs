@@ -40,6 +40,12 @@ use state::{Marks, Offered};
 const MAX_BODY: usize = 60_000;
 /// Largest payload (a file) held in memory, whatever `max_file_bytes` allows.
 const MAX_PAYLOAD: u64 = 64 * 1024 * 1024;
+/// A `FETCHMSG` reply's body without messages.
+const EMPTY_MESSAGES: &str = r#"{"messages":[]}"#;
+/// Fewest bytes of JSON a message takes in a `FETCHMSG` reply (its keys, two ids, an MD5).
+const MIN_MESSAGE_JSON: usize = 120;
+/// Rounds of a `FETCHMSG` that found only the token's own messages.
+const OWN_ROUNDS: usize = 4;
 
 /// This connection's seed-003 state.
 pub(super) struct Conn003 {
@@ -351,10 +357,13 @@ impl Session {
             }
             Kind::AckFetch => {
                 let at: Timestamp = request.body().map_err(bad)?;
-                self.tokens().ack(token, at.timestamp);
+                self.st_ack(token, at.timestamp).await
+            }
+            Kind::FetchMsg => {
+                let reply = self.st_fetch(token).await?;
+                self.st_say(reply).await;
                 Ok(None)
             }
-            Kind::FetchMsg => self.st_fetch(token).await,
             Kind::FindFile => {
                 let file: FileMd5 = request.body().map_err(bad)?;
                 let stored = self.tokens().file(&file.filemd5);
@@ -559,9 +568,9 @@ impl Session {
         // Every answer in flight is in: what follows goes straight to the queue, in order.
         self.settle().await;
         let mut head = BytesMut::new();
-        simpletcp::encode_ok::<Value>("FETCHFILE", None, b"", &mut head);
+        let json = br#"{"response":"FETCHFILE","status":"OK","info":null,"body":null}"#;
         // The header says how much payload follows.
-        head[4..12].copy_from_slice(&(payload.len() as i64).to_le_bytes());
+        let _ = simpletcp::encode_head(json, payload.len() as u64, &mut head);
         self.st_say(head).await;
         let mut at = 0;
         while at < payload.len() {
@@ -622,57 +631,118 @@ impl Session {
     /// right after the mark that this token sent itself (stored, so their sends
     /// succeeded) are not sent back: the mark moves over them, as the seed moves it on a
     /// send, but never over a message of someone else's the client has not acknowledged.
-    async fn st_fetch(&mut self, token: i64) -> Answer {
+    ///
+    /// The reply's JSON is at most `max_frame_bytes` (or one message, should one be
+    /// larger): the messages first stored, in the server's order, that fit. Whatever is
+    /// left comes next: the client acknowledges each reply (`ACKFETCH` of its newest), and
+    /// an acknowledgement of a reply that left messages out is followed by the next reply,
+    /// unasked (`st_ack`), so the client takes in the whole backlog a reply at a time.
+    async fn st_fetch(&mut self, token: i64) -> Result<BytesMut, String> {
         let (identity, me) = self.st_me()?;
         self.settle().await;
-        let Marks { marks, devices } = self.tokens().marks(token);
-        let reader = &self.shared.reader;
+        let config = &self.shared.config;
+        let envelope = simpletcp::ok_overhead(Kind::FetchMsg.word()) + EMPTY_MESSAGES.len();
+        let budget = config
+            .max_frame_bytes
+            .min(simpletcp::MAX_JSON)
+            .saturating_sub(envelope);
+        // More than this many messages cannot fit the budget.
+        let limit = config.max_history.min(budget / MIN_MESSAGE_JSON + 1);
+        let reader = self.shared.reader.clone();
         let internal = |_| exception(ErrorKind::Internal);
         let positions = reader.positions(identity.user, identity.device).await;
-        let limit = self.shared.config.max_history;
+        let positions: Vec<_> = positions
+            .map_err(internal)?
+            .into_iter()
+            .filter(|p| p.kind == parley_proto::ConversationKind::Direct)
+            .collect();
         let mut found = Vec::new();
-        for p in positions.map_err(internal)? {
-            if p.kind != parley_proto::ConversationKind::Direct {
-                continue;
-            }
-            let from = marks.get(&p.conv).copied().unwrap_or(0).max(p.joined);
-            if from >= p.last_seq {
-                continue;
-            }
-            let (a, b) = &p.members;
-            let other = if **a == *me { b.clone() } else { a.clone() };
-            self.tokens().learn(model::user_id(&other), other.clone());
-            let page = reader.page(p.conv, crate::store::Page::AfterSeq(from), limit);
-            // The run of this token's own messages right after the mark, if any.
-            let (mut own, mut leading) = (None, true);
-            for (m, _) in page.await.map_err(internal)? {
-                leading = leading && devices.contains(&m.sender_device);
-                if leading {
-                    own = Some(m.seq);
+        let mut more = false;
+        // A page of nothing but the token's own messages moves the marks on and reads again
+        // (a few rounds at most; what is left is there for the next request).
+        for _ in 0..OWN_ROUNDS {
+            let Marks { marks, devices } = self.tokens().marks(token);
+            more = false;
+            for p in &positions {
+                let from = marks.get(&p.conv).copied().unwrap_or(0).max(p.joined);
+                if from >= p.last_seq {
                     continue;
                 }
-                let to = if *m.sender == *me { &other } else { &me };
-                let message = model::message(&m.sender, to, &m.body, m.sent_at);
-                found.push((m.conv, m.seq, message));
+                let (a, b) = &p.members;
+                let other = if **a == *me { b.clone() } else { a.clone() };
+                self.tokens().learn(model::user_id(&other), other.clone());
+                let page = reader.page(p.conv, crate::store::Page::AfterSeq(from), limit);
+                let page = page.await.map_err(internal)?;
+                more |= page.len() >= limit;
+                // The run of this token's own messages right after the mark, if any.
+                let (mut own, mut leading) = (None, true);
+                for (m, _) in page {
+                    leading = leading && devices.contains(&m.sender_device);
+                    if leading {
+                        own = Some(m.seq);
+                        continue;
+                    }
+                    let to = if *m.sender == *me { &other } else { &me };
+                    let message = model::message(&m.sender, to, &m.body, m.sent_at);
+                    let json = simpletcp::ascii_json(&message);
+                    found.push((m.id, m.conv, m.seq, message.timestamp, json));
+                }
+                if let Some(seq) = own {
+                    self.tokens().advance(token, p.conv, seq);
+                }
             }
-            if let Some(seq) = own {
-                self.tokens().advance(token, p.conv, seq);
+            if !found.is_empty() || !more {
+                break;
             }
         }
+        // The first stored, in the server's order, as many as fit (one at least).
+        found.sort_unstable_by_key(|(id, ..)| *id);
+        let mut size = 0;
+        let fit = found
+            .iter()
+            .position(|(.., json)| {
+                size += json.len() + 1;
+                size > budget + 1
+            })
+            .unwrap_or(found.len())
+            .max(1)
+            .min(found.len());
+        more |= fit < found.len();
+        found.truncate(fit);
         // Newest first by the senders' clocks, as the client shows them (ties in the
         // server's order).
-        found.sort_by_key(|(conv, seq, m)| std::cmp::Reverse((m.timestamp, *conv, *seq)));
+        found.sort_unstable_by_key(|(id, _, _, timestamp, _)| std::cmp::Reverse((*timestamp, *id)));
         let offered = found
             .iter()
-            .map(|(conv, seq, m)| Offered {
+            .map(|(_, conv, seq, timestamp, _)| Offered {
                 conv: *conv,
                 seq: *seq,
-                timestamp: m.timestamp,
+                timestamp: *timestamp,
             })
             .collect();
-        self.tokens().offer(token, offered);
-        let messages: Vec<Message> = found.into_iter().map(|(_, _, m)| m).collect();
-        ok(json!({ "messages": messages }))
+        self.tokens().offer(token, offered, more);
+        let mut body = Vec::with_capacity(size + EMPTY_MESSAGES.len());
+        body.extend_from_slice(&EMPTY_MESSAGES.as_bytes()[..EMPTY_MESSAGES.len() - 2]);
+        for (i, (.., json)) in found.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(json);
+        }
+        body.extend_from_slice(b"]}");
+        let mut out = BytesMut::new();
+        simpletcp::encode_ok_json(Kind::FetchMsg.word(), &body, &mut out);
+        Ok(out)
+    }
+
+    /// `ACKFETCH`: no reply, but the next part of a backlog when the acknowledged reply
+    /// left some out (see `st_fetch`).
+    async fn st_ack(&mut self, token: i64, timestamp: i64) -> Answer {
+        if self.tokens().ack(token, timestamp) {
+            let next = self.st_fetch(token).await?;
+            self.st_say(next).await;
+        }
+        Ok(None)
     }
 
     /// The user's direct messages (seed 003 has no rooms), each with the SHA-256 of the

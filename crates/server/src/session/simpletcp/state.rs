@@ -45,6 +45,8 @@ struct Token {
     marks: HashMap<ConvId, Seq>,
     /// What the last `FETCHMSG` reply held, until `ACKFETCH` acknowledges it.
     offered: Vec<Offered>,
+    /// That reply left messages out (they come after its acknowledgement).
+    more: bool,
     /// The hub devices this token's connections logged in as (what it sent itself).
     devices: Vec<DeviceId>,
     /// Bit `i`: slot `i` (device `simpletcp-<token>-<i>`) has a connection.
@@ -72,6 +74,7 @@ impl Token {
     fn reset(&mut self) {
         self.marks.clear();
         self.offered.clear();
+        self.more = false;
         self.devices.clear();
     }
 }
@@ -153,10 +156,12 @@ impl State {
         }
     }
 
-    /// Remembers what a `FETCHMSG` reply to `token` held (replacing an earlier reply's).
-    pub fn offer(&self, token: i64, offered: Vec<Offered>) {
+    /// Remembers what a `FETCHMSG` reply to `token` held (replacing an earlier reply's),
+    /// and whether it left messages out.
+    pub fn offer(&self, token: i64, offered: Vec<Offered>, more: bool) {
         if let Some(t) = self.tokens.lock().expect("tokens poisoned").get_mut(&token) {
             t.offered = offered;
+            t.more = more;
         }
     }
 
@@ -166,11 +171,15 @@ impl State {
     /// and stops at the first that is later: a message the client may not have is never
     /// passed, whatever the senders' clocks said. Nothing else moves it (but the token's
     /// own messages: `advance`), so a message stored after the reply comes with the next.
-    pub fn ack(&self, token: i64, timestamp: i64) {
+    ///
+    /// True if the reply left messages out and this moved a mark: the next part is due.
+    pub fn ack(&self, token: i64, timestamp: i64) -> bool {
         let mut tokens = self.tokens.lock().expect("tokens poisoned");
         let Some(t) = tokens.get_mut(&token) else {
-            return;
+            return false;
         };
+        let more = std::mem::take(&mut t.more);
+        let mut moved = false;
         let mut offered = std::mem::take(&mut t.offered);
         offered.sort_unstable_by_key(|o| (o.conv, o.seq));
         let mut stopped: Option<ConvId> = None;
@@ -183,8 +192,10 @@ impl State {
                 continue;
             }
             let mark = t.marks.entry(o.conv).or_default();
+            moved |= o.seq > *mark;
             *mark = (*mark).max(o.seq);
         }
+        more && moved
     }
 
     /// A free connection slot of `token`, taken.
@@ -296,15 +307,13 @@ mod tests {
             timestamp,
         };
         // Conversation 1: seq 2 has a clock far ahead, seq 3 one behind.
-        state.offer(
-            t,
-            vec![at(1, 1, 100), at(1, 2, 900), at(1, 3, 50), at(2, 5, 100)],
-        );
-        state.ack(t, 100);
+        let reply = vec![at(1, 1, 100), at(1, 2, 900), at(1, 3, 50), at(2, 5, 100)];
+        state.offer(t, reply, true);
+        assert!(state.ack(t, 100), "the rest is due");
         let marks = state.marks(t).marks;
         assert_eq!((marks.get(&1), marks.get(&2)), (Some(&1), Some(&5)));
         // An ack without a reply moves nothing; marks never go back.
-        state.ack(t, i64::MAX);
+        assert!(!state.ack(t, i64::MAX));
         state.advance(t, 2, 4);
         assert_eq!(state.marks(t).marks.get(&2), Some(&5));
     }
