@@ -277,6 +277,41 @@ async fn a_reconnecting_device_gets_what_it_did_not_ack_once_in_order() {
     server.stop().await;
 }
 
+/// A second tab of one browser is the same device: its login is refused in words of its
+/// own (the web app offers to take the session over), and once the first tab's socket is
+/// closed the same token logs in and catches up from the device's cursor.
+#[tokio::test]
+async fn a_second_session_of_one_device_is_told_the_device_is_connected() {
+    let server = TestServer::start().await;
+    let (mut first, token) = Ws::account(server.addr, "alice").await;
+    let mut second = Ws::connect(server.addr).await;
+    let busy =
+        json!({"success": false, "message": "Device already connected", "data": "", "id": 1});
+    let answer = second
+        .ask(json!({"command": "RESUME", "token": token}))
+        .await;
+    assert_eq!(answer, busy);
+    let login = json!({"command": "LOGIN", "data": "alice", "password": "correct horse", "device": "browser"});
+    let answer = second.ask(login).await;
+    assert_eq!(answer["message"], "Device already connected", "{answer}");
+    // Another device of the account is welcome.
+    let phone = json!({"command": "LOGIN", "data": "alice", "password": "correct horse", "device": "phone"});
+    assert_eq!(
+        Ws::connect(server.addr).await.ask(phone).await["success"],
+        true
+    );
+    let mut bob = server.text_login("bob").await;
+    bob.send("DM alice while handing over").await.unwrap();
+    assert_eq!(bob.ask("PING").await.unwrap(), "PONG");
+
+    // The first tab lets go: the second takes the device over and gets what it missed.
+    first.socket.close(None).await.unwrap();
+    while first.read().await.is_some() {}
+    let mut taken = Ws::resume(server.addr, &token).await;
+    assert_eq!(taken.message().await["text"], "while handing over");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn pages_of_other_origins_are_refused_unless_allowed() {
     let server =

@@ -27,6 +27,11 @@ const RECENT: usize = 20;
 /// Seed 001's answer to a line without a command, or that is not a JSON object at all.
 const NO_COMMAND: &str = "Validation error: command cannot be empty";
 
+/// The answer to a password or token login whose device has a session open already (as a
+/// second tab of one browser has): not "Username already taken", which would blame another
+/// user, so that the web app can tell it apart and offer to take the session over.
+const DEVICE_BUSY: &str = "Device already connected";
+
 /// A request's id, shared by its response and anything queued for it.
 type Id = Option<Arc<Value>>;
 
@@ -141,6 +146,9 @@ impl Session {
                     Ok(()) => self.issue_token().await.map(|(token, expires_at)| {
                         (message, json!({"token": token, "expires_at": expires_at}))
                     }),
+                    Err(ErrorKind::AlreadyLoggedIn) => {
+                        return self.json_invalid(DEVICE_BUSY, id).await
+                    }
                     Err(kind) => Err(kind),
                 }
             }
@@ -180,6 +188,9 @@ impl Session {
                     .await
                 {
                     Ok(_) => return Flow::Continue,
+                    Err(ErrorKind::AlreadyLoggedIn) => {
+                        return self.json_invalid(DEVICE_BUSY, id).await
+                    }
                     Err(kind) => Err(kind),
                 }
             }
@@ -614,7 +625,7 @@ impl Session {
         Flow::Continue
     }
 
-    /// Answers a request seed 001's validation refuses, in the seed's words.
+    /// Refuses a request in words of its own: seed 001's validation's, or `DEVICE_BUSY`.
     async fn json_invalid(&mut self, message: &str, id: Id) -> Flow {
         // Boxed: rare, and its state would grow every session's.
         Box::pin(self.json_reply(false, message, Value::from(""), id)).await;
