@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { Server, browser, page, register, TextUser, BinaryUser, shot, artifacts } from './harness.mjs';
+import { Server, browser, page, tab, register, TextUser, BinaryUser, shot, artifacts } from './harness.mjs';
 
 let server;
 let chrome;
@@ -322,4 +322,112 @@ test('a room owner moderates from the web app; deletions and presence arrive liv
   await lee.context().close();
   await kim.waitForFunction(() => /^last seen/.test(document.querySelector('#conv-detail')?.textContent ?? ''));
   await kim.context().close();
+});
+
+/** Whether the app is connected and subscribed. */
+const online = (p) => p.waitForFunction(() => document.querySelector('#me-status')?.classList.contains('online'));
+
+/** The WebSockets `p` opens from now on, to check which are still open. */
+function sockets(p) {
+  const list = [];
+  p.on('websocket', (ws) => list.push(ws));
+  return list;
+}
+
+test('a second tab says the session is open elsewhere; "Use here" moves it, and back', async () => {
+  const one = await page(chrome);
+  const oneSockets = sockets(one);
+  await register(one, server, 'pat');
+  const sam = await TextUser.connect(server.port, 'sam');
+  sam.send('DM pat for the first tab');
+  await openConversation(one, 'sam');
+  await shows(one, 'for the first tab');
+
+  // The same browser's second tab: no second session, a banner and a button instead.
+  const two = await tab(one.context());
+  const twoSockets = sockets(two);
+  await two.goto(server.url);
+  await two.waitForSelector('#elsewhere:not([hidden])');
+  assert.match(await two.textContent('#elsewhere'), /open in another tab/);
+  assert.equal(await two.isVisible('#app'), false);
+  assert.equal(twoSockets.length, 0, 'the second tab does not connect');
+  await shot(two, 'desktop-other-tab');
+
+  // "Use here": the first tab closes its socket and shows the banner; the second connects.
+  await two.click('#use-here');
+  await online(two);
+  await one.waitForSelector('#elsewhere:not([hidden])');
+  assert.ok(oneSockets.every((ws) => ws.isClosed()), 'the first tab closed its socket');
+  sam.send('DM pat for the second tab');
+  await openConversation(two, 'sam');
+  await shows(two, 'for the second tab');
+  assert.deepEqual(await texts(two), ['for the first tab', 'for the second tab']);
+  assert.ok(oneSockets.every((ws) => ws.isClosed()), 'nothing reached the first tab');
+
+  // And back: the first tab takes over again and shows what it missed, once each.
+  await one.click('#use-here');
+  await online(one);
+  await two.waitForSelector('#elsewhere:not([hidden])');
+  assert.ok(twoSockets.every((ws) => ws.isClosed()), 'the second tab closed its socket');
+  sam.send('DM pat back in the first tab');
+  await shows(one, 'back in the first tab');
+  assert.deepEqual(await texts(one), ['for the first tab', 'for the second tab', 'back in the first tab']);
+  assert.deepEqual([...one.errors, ...two.errors], []);
+  sam.close();
+  await one.context().close();
+});
+
+/** A page whose notifications are recorded (`window.raised`) and whose visibility the test
+ * sets (`window.setHidden`), as a tab in the background would be. */
+function notificationStub() {
+  window.raised = [];
+  window.Notification = class {
+    static permission = 'granted';
+
+    static requestPermission() {
+      return Promise.resolve('granted');
+    }
+
+    constructor(title, options = {}) {
+      window.raised.push({ title, body: options.body });
+    }
+
+    close() {}
+  };
+  let hidden = false;
+  Object.defineProperty(document, 'hidden', { configurable: true, get: () => hidden });
+  Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (hidden ? 'hidden' : 'visible') });
+  window.setHidden = (h) => {
+    hidden = h;
+    document.dispatchEvent(new Event('visibilitychange'));
+  };
+}
+
+test('a DM or a mention raises a notification while the tab is hidden, none while shown', async () => {
+  const nia = await page(chrome, undefined, notificationStub);
+  await register(nia, server, 'nia');
+  await joinRoom(nia, '#notes');
+  const ola = await TextUser.connect(server.port, 'ola');
+  ola.send('JOIN #notes');
+  assert.equal(await ola.line(), 'OK');
+  // Shown: nothing is raised, whatever arrives.
+  ola.send('DM nia seen while shown');
+  ola.send('SAY #notes @nia seen while shown too');
+  await nia.waitForSelector('.convs button[aria-label^="ola"]');
+  await shows(nia, '@nia seen while shown too');
+  // Hidden: a DM and a mention are raised; a room message without a mention is not.
+  await nia.evaluate(() => window.setHidden(true));
+  ola.send('DM nia are you there?');
+  ola.send('SAY #notes just chatting');
+  ola.send('SAY #notes @nia have a look');
+  ola.send('DM nia last one');
+  await nia.waitForFunction(() => window.raised.length >= 3);
+  assert.deepEqual(await nia.evaluate(() => window.raised), [
+    { title: 'ola', body: 'are you there?' },
+    { title: 'ola in #notes', body: '@nia have a look' },
+    { title: 'ola', body: 'last one' },
+  ]);
+  assert.deepEqual(nia.errors, []);
+  ola.close();
+  await nia.context().close();
 });

@@ -90,9 +90,16 @@ export async function browser() {
   return chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args, timeout: 60000 });
 }
 
-/** A new page of a fresh context (its own storage: another browser, as far as the app knows). */
-export async function page(b, viewport = { width: 1200, height: 800 }) {
+/** A new page of a fresh context (its own storage: another browser, as far as the app
+ * knows); `init` runs in the page before its scripts (stubs, see Playwright's addInitScript). */
+export async function page(b, viewport = { width: 1200, height: 800 }, init = null) {
   const context = await b.newContext({ viewport, acceptDownloads: true });
+  if (init) await context.addInitScript(init);
+  return tab(context);
+}
+
+/** Another page (tab) of `context`: the same browser as its other pages. */
+export async function tab(context) {
   const p = await context.newPage();
   p.setDefaultTimeout(20000);
   p.errors = [];

@@ -7,10 +7,14 @@ const PING_EVERY = 25000;
 const PING_TIMEOUT = 10000;
 const REQUEST_TIMEOUT = 30000;
 
+/** The server's answer to a login of a device that has a session open (another tab). */
+export const DEVICE_BUSY = 'Device already connected';
+
 export class Connection {
   /**
    * @param {object} handlers onStatus(status, detail), onEvent(event), onLogin(name) (after
-   *   every successful login, before pushes), onRefused(message) (the token no longer works)
+   *   every successful login, before pushes), onRefused(message) (the token no longer works),
+   *   onBusy() (the device has a session elsewhere: true to stop, false to try again later)
    */
   constructor(handlers) {
     this.handlers = handlers;
@@ -76,6 +80,28 @@ export class Connection {
     this.stopped = true;
     clearTimeout(this.timer);
     this.close();
+    this.setStatus('stopped');
+  }
+
+  /**
+   * Ends the session cleanly for another tab to take it: waits for the answers in flight
+   * (a message being sent gets its OK), closes the socket and waits for the server's close,
+   * so that the device is free when this resolves. Each wait is bounded by `ms`.
+   */
+  async release(ms = 1000) {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    const ws = this.ws;
+    const pause = () => new Promise((resolve) => { setTimeout(resolve, ms); });
+    if (ws && this.pending.size) {
+      await Promise.race([Promise.all([...this.pending.values()].map((w) => w.settled)), pause()]);
+    }
+    const closed = ws && ws.readyState !== WebSocket.CLOSED
+      ? new Promise((resolve) => { ws.addEventListener('close', resolve, { once: true }); })
+      : null;
+    this.close();
+    if (closed) await Promise.race([closed, pause()]);
+    this.setStatus('stopped');
   }
 
   close() {
@@ -102,6 +128,10 @@ export class Connection {
         if (/credentials/i.test(answer.message)) {
           this.stop();
           this.handlers.onRefused?.(answer.message);
+          return;
+        }
+        if (answer.message === DEVICE_BUSY && this.handlers.onBusy?.()) {
+          this.stop();
           return;
         }
         throw new Error(answer.message);
@@ -190,14 +220,18 @@ export class Connection {
       return Promise.reject(new Error('offline'));
     }
     const id = this.nextId++;
-    return new Promise((resolve, reject) => {
+    const waiter = {};
+    const answer = new Promise((resolve, reject) => {
       const timeout = setTimeout(() => {
         this.pending.delete(id);
         reject(new Error('no answer from the server'));
       }, REQUEST_TIMEOUT);
-      this.pending.set(id, { resolve, reject, timeout });
+      Object.assign(waiter, { resolve, reject, timeout });
+      this.pending.set(id, waiter);
       ws.send(JSON.stringify({ command, data: '', ...fields, id }));
     });
+    waiter.settled = answer.then(() => {}, () => {});
+    return answer;
   }
 
   /** Like `request`, but a refusal throws with the server's message. */

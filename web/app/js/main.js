@@ -1,11 +1,12 @@
 // The app: login, the session over the WebSocket, and what each control does.
 
-import { Connection } from './conn.js';
+import { Connection, DEVICE_BUSY } from './conn.js';
 import { State, PAGE } from './state.js';
 import * as view from './view.js';
 import { $, toast } from './dom.js';
 import { upload, download, save } from './files.js';
 import { toMs } from './format.js';
+import { Tabs } from './tabs.js';
 
 const state = new State();
 let conn = null;
@@ -16,11 +17,13 @@ let ackTimer = null;
 let bannerTimer = null;
 let members = []; // the open room's members, as the panel shows them
 const images = new Map();
+let tabs = null; // which tab of this browser holds the session (tabs.js)
 
 // ---------------------------------------------------------------- login
 
 function showLogin(error = '') {
   $('app').hidden = true;
+  $('elsewhere').hidden = true;
   $('banner').hidden = true;
   $('login').hidden = false;
   $('login-error').textContent = error;
@@ -59,6 +62,7 @@ async function submitLogin(e) {
     localStorage.setItem('parley.session', JSON.stringify({ name, token: data.token }));
     $('login-password').value = '';
     startSession(name, data.token);
+    tabs.say({ type: 'session' });
   } catch (err) {
     $('login-error').textContent = err.message;
   } finally {
@@ -80,11 +84,56 @@ function startSession(name, token) {
     onStatus: status,
     onEvent: event,
     onRefused: (why) => endSession(`${why}: please log in again.`),
+    onBusy: () => tabs.busy(),
   });
-  conn.start(token);
+  tabs.start();
+}
+
+// ---------------------------------------------------------------- one tab at a time
+
+/** This tab holds the session (tabs.js): show the app and connect. */
+function useHere() {
+  if (!conn) return;
+  $('elsewhere').hidden = true;
+  $('app').hidden = false;
+  // Another tab may have read and written meanwhile: what it read is read here too.
+  state.loadRead();
+  for (const c of state.conversations.values()) {
+    const read = state.read[c.key];
+    if (read !== undefined && (c.readSeq === null || read > c.readSeq)) c.readSeq = read;
+  }
+  refresh();
+  conn.start(state.token);
+}
+
+/** Another tab takes the session: send the acks, close the socket cleanly. */
+async function letGo() {
+  flushAcks();
+  await conn?.release();
+}
+
+/** Another tab holds the session: say so, with a button that takes it over. */
+function elsewhere() {
+  if (!conn) return;
+  conn.stop();
+  // What this tab shows is stale from now on: it loads again when the session is back.
+  for (const c of state.conversations.values()) c.forget();
+  const c = current();
+  if (c) renderMessages(c);
+  $('app').hidden = true;
+  $('banner').hidden = true;
+  $('elsewhere').hidden = false;
+  $('use-here').focus();
+}
+
+/** What another tab of this browser says: it logged in, or out. */
+function heard(message) {
+  if (message?.type === 'logout' && conn) endSession('You logged out in another tab.');
+  if (message?.type === 'session' && !conn) resumeSaved();
 }
 
 function endSession(why = '') {
+  tabs.stop();
   conn?.stop();
   conn = null;
   localStorage.removeItem('parley.session');
@@ -104,6 +153,7 @@ async function logout() {
     /* closed by the server */
   }
   endSession();
+  tabs.say({ type: 'logout' });
 }
 
 function status(s, detail) {
@@ -114,11 +164,13 @@ function status(s, detail) {
   if (s === 'online') {
     banner.hidden = true;
     online();
+  } else if (s === 'stopped') {
+    banner.hidden = true;
   } else if (s === 'offline') {
-    const elsewhere = /taken/i.test(detail.why || '');
+    const closing = detail.why === DEVICE_BUSY;
     const show = () => {
       const secs = Math.max(0, Math.round((detail.retryAt - Date.now()) / 1000));
-      const what = elsewhere ? 'parley is open in another tab or window of this browser.' : 'You are offline.';
+      const what = closing ? 'This browser\'s previous session is still closing.' : 'You are offline.';
       banner.replaceChildren(`${what} Reconnecting in ${secs} s…`,
         Object.assign(document.createElement('button'), { type: 'button', textContent: 'Retry now', onclick: () => conn.soon() }));
     };
@@ -334,13 +386,14 @@ function moderation(e) {
 /** Acks what was received, a few times a second: the device's cursor moves past it. */
 function ack(conversation, seq) {
   if ((acks.get(conversation) ?? 0) < seq) acks.set(conversation, seq);
-  if (!ackTimer) {
-    ackTimer = setTimeout(() => {
-      ackTimer = null;
-      for (const [conversation, seq] of acks) conn?.send('ACK', { conversation, seq });
-      acks.clear();
-    }, 200);
-  }
+  if (!ackTimer) ackTimer = setTimeout(flushAcks, 200);
+}
+
+function flushAcks() {
+  clearTimeout(ackTimer);
+  ackTimer = null;
+  for (const [conversation, seq] of acks) conn?.send('ACK', { conversation, seq });
+  acks.clear();
 }
 
 function notify(c, m) {
@@ -895,6 +948,7 @@ function wire() {
     if (e.key === 'Escape') { $('menu').hidden = true; $('open-menu').focus(); }
   });
   $('logout').onclick = logout;
+  $('use-here').onclick = () => tabs.takeOver();
   $('enable-notifications').onclick = async () => {
     $('menu').hidden = true;
     if (!('Notification' in window)) return toast('This browser has no notifications', 'error');
@@ -906,16 +960,23 @@ function wire() {
   });
 }
 
-function boot() {
-  wire();
+/** Starts the session this browser keeps; false if there is none. */
+function resumeSaved() {
   let saved = null;
   try {
     saved = JSON.parse(localStorage.getItem('parley.session') || 'null');
   } catch {
     saved = null;
   }
-  if (saved?.token) startSession(saved.name, saved.token);
-  else showLogin();
+  if (!saved?.token) return false;
+  startSession(saved.name, saved.token);
+  return true;
+}
+
+function boot() {
+  wire();
+  tabs = new Tabs(deviceName(), { use: useHere, letGo, elsewhere, heard });
+  if (!resumeSaved()) showLogin();
 }
 
 boot();

@@ -75,6 +75,15 @@ export class Conversation {
     return Boolean(m);
   }
 
+  /** Forgets the messages shown (another tab held the session meanwhile): the latest page
+   * loads again when the conversation is shown. What waits to be sent stays. */
+  forget() {
+    this.messages = [];
+    this.ids.clear();
+    this.loaded = false;
+    this.complete = false;
+  }
+
   get oldestId() {
     return this.messages.length ? this.messages[0].id : null;
   }

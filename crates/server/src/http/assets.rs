@@ -48,6 +48,7 @@ pub static ASSETS: &[Asset] = &[
     asset!("js/files.js", JS),
     asset!("js/sha256.js", JS),
     asset!("js/format.js", JS),
+    asset!("js/tabs.js", JS),
 ];
 
 /// The asset at `path` (`/` is the app's page).
