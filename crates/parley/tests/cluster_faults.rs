@@ -391,6 +391,59 @@ async fn a_node_cut_off_from_nats_and_healed_loses_nothing() {
     .await;
 }
 
+/// Logins that fail only because PostgreSQL is down count toward no back-off, on any node:
+/// once it is back, the right password logs in at once (with a 60 s back-off, a counted
+/// outage would lock the name out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_during_a_postgres_outage_do_not_count_toward_back_off() {
+    if !services::available() {
+        return;
+    }
+    let mut cluster = Cluster::start_with(2, &[("PARLEY_LOGIN_BACKOFF_BASE_MS", "60000")]);
+    let (a, b) = (cluster.nodes[0].addr, cluster.nodes[1].addr);
+    let mut reg = LineClient::connect(a).await.unwrap();
+    let register = format!("REGISTER erin {PASSWORD}");
+    assert_eq!(reg.ask(&register).await.unwrap(), "OK");
+    drop(reg);
+    let login = format!("LOGIN erin {PASSWORD} desk");
+    cluster.pg.stop();
+    for _ in 0..6 {
+        let mut c = LineClient::connect(a).await.unwrap();
+        let answer = c.ask(&login).await.unwrap();
+        assert!(answer.starts_with("ERR "), "no login without PostgreSQL");
+        assert_ne!(
+            answer, "ERR too-many-attempts",
+            "an outage is not a guesser"
+        );
+    }
+    cluster.pg.start_again();
+    // A barrier: an event A publishes after those attempts reaches B after them too.
+    let mut watcher = text_login(b, "watcher").await;
+    let mut hal = text_login(a, "hal").await;
+    assert_eq!(hal.ask("QUIT").await.unwrap(), "BYE");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while watcher.line().await.expect("watcher's session") != "INFO hal disconnected" {}
+    })
+    .await
+    .expect("B heard of hal within 30 s");
+    // Both nodes let erin in: A, where the attempts were made, and B, which heard of them
+    // (the first tries after the restart may still fail while the nodes reconnect).
+    for (node, device) in [(b, "desk"), (a, "phone")] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let login = format!("LOGIN erin {PASSWORD} {device}");
+        loop {
+            let mut c = LineClient::connect(node).await.unwrap();
+            let answer = c.ask(&login).await.unwrap();
+            assert_ne!(answer, "ERR too-many-attempts", "the outage counted");
+            if answer == "OK" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no login within 30 s: {answer}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// A text session logged in as guest `name` on `addr`.
 async fn text_login(addr: SocketAddr, name: &str) -> LineClient {
     let mut c = LineClient::connect(addr).await.expect("connect");

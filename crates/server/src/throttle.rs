@@ -151,13 +151,23 @@ pub struct Throttle {
     /// Keys the names' hashes: randomly, so names cannot be chosen to collide.
     names: ahash::RandomState,
     tables: Mutex<Tables>,
-    /// In a cluster: tells the other nodes of an attempt (name, address, succeeded).
+    /// In a cluster: tells the other nodes of an attempt (name, address, what became of it).
     announce: OnceLock<Announce>,
 }
 
-/// How a cluster node tells the others of a password attempt: `(name, address,
-/// succeeded)`, never waiting.
-pub type Announce = Box<dyn Fn(&str, IpAddr, bool) + Send + Sync>;
+/// What became of a password attempt, as one node tells the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Begun: a failure until it succeeds.
+    Begun,
+    Succeeded,
+    /// The password could not be checked (the store failed): it counts for nothing.
+    Unchecked,
+}
+
+/// How a cluster node tells the others of a password attempt: `(name, address, what became
+/// of it)`, never waiting.
+pub type Announce = Box<dyn Fn(&str, IpAddr, Attempt) + Send + Sync>;
 
 /// The most entries of `(K, V)` a table may hold within `bytes`. A hashbrown table has a
 /// power-of-two number of buckets, each holding one entry and one control byte, at most 7/8
@@ -195,9 +205,9 @@ impl Throttle {
         let _ = self.announce.set(announce);
     }
 
-    fn announce(&self, name: &str, ip: IpAddr, succeeded: bool) {
+    fn announce(&self, name: &str, ip: IpAddr, attempt: Attempt) {
         if let Some(announce) = self.announce.get() {
-            announce(name, ip, succeeded);
+            announce(name, ip, attempt);
         }
     }
 
@@ -234,15 +244,17 @@ impl Throttle {
         let wait = self.take_turn(&mut tables, key.source, now, true)?;
         self.count_failure(&mut tables, key, now);
         drop(tables);
-        self.announce(name, ip, false);
+        self.announce(name, ip, Attempt::Begun);
         Ok(wait)
     }
 
-    /// A password attempt another node of the cluster began (`succeeded`: that one
-    /// succeeded), counted as if it were made here.
-    pub fn remote(&self, name: &str, ip: IpAddr, succeeded: bool) {
-        if succeeded {
-            return self.clear(name, ip);
+    /// A password attempt another node of the cluster made, counted as if it were made
+    /// here.
+    pub fn remote(&self, name: &str, ip: IpAddr, attempt: Attempt) {
+        match attempt {
+            Attempt::Begun => {}
+            Attempt::Succeeded => return self.clear(name, ip),
+            Attempt::Unchecked => return self.take_back(name, ip),
         }
         let key = self.key(name, ip);
         let now = Instant::now();
@@ -271,7 +283,29 @@ impl Throttle {
     /// address takes the failure back.
     pub fn succeeded(&self, name: &str, ip: IpAddr) {
         self.clear(name, ip);
-        self.announce(name, ip, true);
+        self.announce(name, ip, Attempt::Succeeded);
+    }
+
+    /// The attempt begun for `name` from `ip` could not check the password (the store
+    /// failed, as while PostgreSQL restarts): the failure it counted is taken back, so an
+    /// outage does not lock anyone out. Earlier failures stay.
+    pub fn unchecked(&self, name: &str, ip: IpAddr) {
+        self.take_back(name, ip);
+        self.announce(name, ip, Attempt::Unchecked);
+    }
+
+    fn take_back(&self, name: &str, ip: IpAddr) {
+        let key = self.key(name, ip);
+        let mut tables = self.tables.lock().expect("throttle poisoned");
+        if let Some(pair) = tables.pairs.get_mut(&key) {
+            pair.failures = pair.failures.saturating_sub(1);
+            if pair.failures == 0 {
+                tables.pairs.remove(&key);
+            }
+        }
+        if let Some(address) = tables.addresses.get_mut(&key.source) {
+            address.failures = address.failures.saturating_sub(1);
+        }
     }
 
     fn clear(&self, name: &str, ip: IpAddr) {
@@ -425,6 +459,28 @@ mod tests {
             Ok(Duration::ZERO),
             "elsewhere"
         );
+    }
+
+    #[test]
+    fn an_attempt_the_store_could_not_check_counts_for_nothing() {
+        let t = throttle(|_| {});
+        let home = ip("10.0.0.1");
+        // An outage: many attempts, none of which could check the password.
+        for _ in 0..10 {
+            assert_eq!(t.begin("bob", home), Ok(Duration::ZERO));
+            t.unchecked("bob", home);
+        }
+        // Still two free failures (the address's too), then the back-off.
+        t.begin("bob", home).unwrap();
+        assert_eq!(t.begin("bob", home), Ok(Duration::ZERO));
+        assert_eq!(t.begin("bob", home), Err(Refusal::Account));
+        // A node that heard of them counts them the same.
+        let other = throttle(|_| {});
+        for _ in 0..10 {
+            other.remote("bob", home, Attempt::Begun);
+            other.remote("bob", home, Attempt::Unchecked);
+        }
+        assert_eq!(other.begin("bob", home), Ok(Duration::ZERO));
     }
 
     #[test]

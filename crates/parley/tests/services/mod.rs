@@ -275,6 +275,11 @@ impl Postgres {
         }
     }
 
+    /// Starts it again after `stop`, on the same port and data.
+    pub fn start_again(&mut self) {
+        self.launch();
+    }
+
     /// Starts it again on the same port and data.
     pub fn restart(&mut self) {
         self.stop();

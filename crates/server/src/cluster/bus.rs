@@ -108,8 +108,13 @@ impl Bus {
                     event = events.next() => {
                         let Some(event) = event else { break };
                         match serde_json::from_slice::<Event>(&event.payload) {
-                            Ok(Event::Login { name, ip, succeeded }) => {
-                                throttle.remote(&name, ip, succeeded);
+                            Ok(Event::Login { name, ip, succeeded, unchecked }) => {
+                                let attempt = match (succeeded, unchecked) {
+                                    (true, _) => crate::throttle::Attempt::Succeeded,
+                                    (_, true) => crate::throttle::Attempt::Unchecked,
+                                    _ => crate::throttle::Attempt::Begun,
+                                };
+                                throttle.remote(&name, ip, attempt);
                             }
                             Ok(event) => hub.incoming(Incoming::Event(event)),
                             Err(e) => warn!(error = %e, "a bad event from NATS"),

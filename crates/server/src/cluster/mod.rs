@@ -211,11 +211,12 @@ impl Starting {
     /// How the login throttle tells the other nodes of this node's password attempts.
     pub fn announcer(&self) -> crate::throttle::Announce {
         let outgoing = self.to_bus.clone().expect("before the hub takes its end");
-        Box::new(move |name, ip, succeeded| {
+        Box::new(move |name, ip, attempt| {
             let event = Event::Login {
                 name: name.to_string(),
                 ip,
-                succeeded,
+                succeeded: attempt == crate::throttle::Attempt::Succeeded,
+                unchecked: attempt == crate::throttle::Attempt::Unchecked,
             };
             match serde_json::to_vec(&event) {
                 // Full: NATS is behind, and this attempt counts on this node only.

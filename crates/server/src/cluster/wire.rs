@@ -150,12 +150,16 @@ pub enum Event {
     Account { user: UserId, name: String },
     /// `user` set a new password: every session of theirs but `keep`'s device ends.
     SignedOut { user: UserId, keep: DeviceId },
-    /// A password attempt at `name` from `ip` began, or (`succeeded`) it succeeded: the
-    /// login throttle counts the cluster's attempts (throttle.rs).
+    /// A password attempt at `name` from `ip` began, or (`succeeded`) it succeeded, or
+    /// (`unchecked`) the password could not be checked: the login throttle counts the
+    /// cluster's attempts (throttle.rs).
     Login {
         name: String,
         ip: std::net::IpAddr,
         succeeded: bool,
+        /// Absent from nodes that predate it.
+        #[serde(default)]
+        unchecked: bool,
     },
 }
 

@@ -74,7 +74,10 @@ impl Session {
         let ip = self.peer.ip();
         self.begin_attempt(name).await?;
         let credentials = self.shared.reader.credentials(name.to_string()).await;
-        let credentials = credentials.map_err(|_| ErrorKind::Internal)?;
+        let credentials = credentials.map_err(|_| {
+            self.shared.throttle.unchecked(name, ip);
+            ErrorKind::Internal
+        })?;
         let user = credentials.as_ref().map(|c| c.user);
         let stored = credentials.and_then(|c| c.password_hash);
         let passwords = &self.shared.passwords;
@@ -184,7 +187,11 @@ impl Session {
         }
         self.begin_attempt(&name).await?;
         let credentials = self.shared.reader.credentials(name.clone()).await;
-        let stored = credentials.ok().flatten().and_then(|c| c.password_hash);
+        let credentials = credentials.map_err(|_| {
+            self.shared.throttle.unchecked(&name, self.peer.ip());
+            ErrorKind::Internal
+        })?;
+        let stored = credentials.and_then(|c| c.password_hash);
         let passwords = &self.shared.passwords;
         if !passwords.verify(old.to_string(), stored).await {
             return Err(ErrorKind::Unauthorized);
