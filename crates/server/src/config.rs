@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -347,5 +348,36 @@ impl Config {
 
     pub(crate) fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// The settings a reload (admin/control.rs) changes that are read outside the hub, where
+/// they are read.
+#[derive(Debug)]
+pub struct Live {
+    max_connections_per_ip: AtomicUsize,
+}
+
+impl Live {
+    pub fn new(config: &Config) -> Live {
+        Live {
+            max_connections_per_ip: AtomicUsize::new(config.max_connections_per_ip),
+        }
+    }
+
+    /// Most connections from one address (0: no limit), as last configured.
+    pub fn max_connections_per_ip(&self) -> usize {
+        self.max_connections_per_ip.load(Ordering::Relaxed)
+    }
+
+    /// Takes the live settings of `config`; returns the names of those it applies.
+    pub(crate) fn apply(&self, config: &Config) -> Vec<&'static str> {
+        let limit = config.max_connections_per_ip;
+        self.max_connections_per_ip.store(limit, Ordering::Relaxed);
+        vec![
+            "max_connections_per_ip",
+            "require_accounts",
+            "contacts_only_dms",
+        ]
     }
 }

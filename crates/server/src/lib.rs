@@ -23,6 +23,7 @@ mod log_limit;
 mod lookalikes;
 mod metrics;
 mod monitor;
+mod node;
 mod outbound;
 mod server;
 mod session;

@@ -15,7 +15,7 @@
 //! WebSocket: close code 1001; binary: the connection closes). Once no session is left, or
 //! at the timeout, it shuts down as on SIGTERM.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,36 +41,6 @@ pub struct Control {
     reload_config: Option<ReloadConfig>,
     started: Instant,
     draining: AtomicBool,
-}
-
-/// The settings a reload changes that are read outside the hub, where they are read.
-#[derive(Debug)]
-pub struct Live {
-    max_connections_per_ip: AtomicUsize,
-}
-
-impl Live {
-    pub fn new(config: &Config) -> Live {
-        Live {
-            max_connections_per_ip: AtomicUsize::new(config.max_connections_per_ip),
-        }
-    }
-
-    /// Most connections from one address (0: no limit), as last configured.
-    pub fn max_connections_per_ip(&self) -> usize {
-        self.max_connections_per_ip.load(Ordering::Relaxed)
-    }
-
-    /// Takes the live settings of `config`; returns the names of those it applies.
-    fn apply(&self, config: &Config) -> Vec<&'static str> {
-        let limit = config.max_connections_per_ip;
-        self.max_connections_per_ip.store(limit, Ordering::Relaxed);
-        vec![
-            "max_connections_per_ip",
-            "require_accounts",
-            "contacts_only_dms",
-        ]
-    }
 }
 
 /// Settings a reload changes live; the others need a restart.

@@ -37,7 +37,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use control::{Control, Live, ReloadConfig};
+pub use control::{Control, ReloadConfig};
 pub use lock::DataLock;
 pub use offline::run_offline;
 

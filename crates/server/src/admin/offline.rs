@@ -43,12 +43,12 @@ pub async fn run_offline(config: Config, request: Request) -> anyhow::Result<Ans
     let monitor = std::sync::Arc::new(Monitor::new(Metrics::new(&config.data_dir)));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (shared, hub_thread, _cluster) =
-        crate::server::open_core(config, monitor, shutdown, None).await?;
+        crate::node::open_core(config, monitor, shutdown, None).await?;
     let ctx = Ctx {
         shared,
         control: None,
     };
     let answer = handle(request, &ctx).await;
-    crate::server::close_core(ctx.shared, hub_thread).await?;
+    crate::node::close_core(ctx.shared, hub_thread).await?;
     Ok(answer)
 }

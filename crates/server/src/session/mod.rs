@@ -101,7 +101,7 @@ pub struct Shared {
     /// Cancelled when the server stops accepting: at shutdown, or first when it drains.
     pub stop_accepting: CancellationToken,
     /// The settings a reload changes outside the hub (`admin/control.rs`).
-    pub live: crate::admin::Live,
+    pub live: crate::config::Live,
     /// Seed 003's device tokens and id table.
     pub simpletcp: simpletcp::State,
 }
