@@ -12,8 +12,19 @@
 //!   `cluster_reconcile_ms` and after every reconnection to NATS: a message NATS lost, with
 //!   nothing after it to show the gap, is delivered that much later, never lost.
 //!
-//! NATS is never the only copy of anything: the hub delivers each conversation in sequence
-//! order and reads a gap from PostgreSQL before it goes on (hub/cluster.rs).
+//! ```text
+//! client ─► node A: session ─► hub ─batch tx─► PostgreSQL ◄─ catch-up, history, logins
+//!           publish after commit │  ▲ gap fill, reconciliation (every second)
+//!                                ▼  │
+//!                               NATS ─► node B: bus (only what B needs) ─► hub ─► sessions
+//! ```
+//!
+//! A batch is one PostgreSQL transaction that locks its conversations' rows in id order and
+//! takes their next sequences there (store/postgres/): an OK means committed, and two nodes
+//! never fork a conversation's order. NATS is never the only copy of anything: the hub
+//! delivers each conversation in sequence order and reads a gap from PostgreSQL before it
+//! goes on (hub/cluster.rs). Online sessions are rows under their node's lease
+//! (`cluster_lease_ms`, 10 s); files are chunks in PostgreSQL, so nodes share no disk.
 
 mod bus;
 mod tasks;

@@ -2,8 +2,15 @@
 //! app, `/healthz`, `/readyz` and `/metrics` (`monitor.rs`), files over HTTP, and the
 //! WebSocket at `/ws`, which becomes a session of its own once the handshake is done.
 //!
-//! A connection is HTTP when its first bytes are a request line (see `sniff`), inside TLS
-//! or not. Every response carries the security headers of `response::secure`.
+//! A connection is HTTP when its first bytes are a request line (see `sniff`, which reads
+//! at most 8 bytes when the first could start a method), inside TLS or not. Every response
+//! carries the security headers of `response::secure`. Files (`files.rs`) use the same
+//! store and membership rule as every protocol, with a device token in `Authorization`.
+//!
+//! After a `101`, hyper hands the connection back whole (`upgrade.rs`) and it becomes an
+//! ordinary JSON session framed by the sans-IO `parley_proto::ws` (`Style::WebSocket`: one
+//! text frame per answer or push): catch-up, acks, limits and shutdown are the JSON
+//! session's.
 
 mod assets;
 mod files;
