@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{text, Events, Proxy, Rule, Server, PASSWORD};
+use common::{text, Events, Proxy, Rule, Server, PASSWORD, WAIT};
 use parley_client::{Endpoint, Error, FileInfo, Link, LinkEvent, LinkStatus, Page, Target};
 use parley_proto::binary::{code, key, kind};
 
@@ -77,13 +77,12 @@ async fn a_restarted_server_delivers_what_was_sent_meanwhile_exactly_once() {
 
     server.stop().await;
     // Bob's link notices and waits to try again.
-    loop {
-        match b.next().await {
-            LinkEvent::Status(LinkStatus::Offline { .. }) => break,
-            LinkEvent::Message(m) => panic!("unexpected {m:?}"),
-            _ => {}
-        }
-    }
+    b.until("bob offline", |event| match event {
+        LinkEvent::Status(LinkStatus::Offline { .. }) => Some(()),
+        LinkEvent::Message(m) => panic!("unexpected {m:?}"),
+        _ => None,
+    })
+    .await;
     server.start_again().await;
     // Alice's sends wait for her link to be back, then go once each.
     let sender = alice.clone();
@@ -196,13 +195,13 @@ async fn a_token_logs_the_device_in_until_it_is_revoked() {
     let server = Server::start().await;
     let (alice, events) = Link::spawn(server.options("alice", "laptop"));
     let mut a = Events(events);
-    let token = loop {
-        match a.next().await {
-            LinkEvent::Token(token) => break token,
+    let token = a
+        .until("a token", |event| match event {
+            LinkEvent::Token(token) => Some(token),
             LinkEvent::Status(LinkStatus::Stopped(e)) => panic!("{e}"),
-            _ => {}
-        }
-    };
+            _ => None,
+        })
+        .await;
     assert_eq!(token.token.len(), 64);
     a.until_online().await;
     alice.close();
@@ -220,16 +219,8 @@ async fn a_token_logs_the_device_in_until_it_is_revoked() {
 
     let (_again, events) = Link::spawn(options);
     let mut again = Events(events);
-    loop {
-        match again.next().await {
-            LinkEvent::Status(LinkStatus::Stopped(e)) => {
-                assert_eq!(e, Error::Refused(code::UNAUTHORIZED));
-                break;
-            }
-            LinkEvent::Status(LinkStatus::Online) => panic!("a revoked token logged in"),
-            _ => {}
-        }
-    }
+    // (Online would be a revoked token logging in.)
+    assert_eq!(again.stopped().await, Error::Refused(code::UNAUTHORIZED));
 }
 
 #[tokio::test]
@@ -239,13 +230,8 @@ async fn a_wrong_password_stops_the_link_with_the_reason() {
     let mut options = server.options("alice", "other");
     options.password = Some(format!("{PASSWORD}!"));
     let (_link, events) = Link::spawn(options);
-    let mut events = Events(events);
-    loop {
-        if let LinkEvent::Status(LinkStatus::Stopped(e)) = events.next().await {
-            assert!(e.is_auth(), "{e}");
-            return;
-        }
-    }
+    let e = Events(events).stopped().await;
+    assert!(e.is_auth(), "{e}");
 }
 
 /// Content the size of a few chunks and a bit, so the window and the short last chunk count.
@@ -385,16 +371,11 @@ async fn a_link_speaks_tls_trusting_the_servers_certificate_only_when_told() {
     options.endpoint.tls = Some(parley_client::TlsOptions { ca: None });
     options.max_attempts = Some(1);
     let (_link, events) = Link::spawn(options);
-    let mut events = Events(events);
-    loop {
-        if let LinkEvent::Status(LinkStatus::Stopped(e)) = events.next().await {
-            assert!(
-                matches!(&e, Error::Connect(why) if why.contains("TLS") || why.contains("root")),
-                "{e}"
-            );
-            break;
-        }
-    }
+    let e = Events(events).stopped().await;
+    assert!(
+        matches!(&e, Error::Connect(why) if why.contains("TLS") || why.contains("root")),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -402,11 +383,12 @@ async fn a_password_changed_on_another_device_stops_a_link_that_has_only_its_tok
     let server = Server::start().await;
     let (first, events) = Link::spawn(server.options("alice", "laptop"));
     let mut first_events = Events(events);
-    let token = loop {
-        if let LinkEvent::Token(t) = first_events.next().await {
-            break t.token;
-        }
-    };
+    let token = first_events
+        .until("a token", |event| match event {
+            LinkEvent::Token(t) => Some(t.token),
+            _ => None,
+        })
+        .await;
     first_events.until_online().await;
     first.close();
     let mut options = server.options("alice", "laptop");
@@ -426,32 +408,31 @@ async fn a_password_changed_on_another_device_stops_a_link_that_has_only_its_tok
     })
     .await
     .unwrap();
-    // The server ends the laptop's session; its token no longer logs in.
-    loop {
-        match laptop.next().await {
-            LinkEvent::Status(LinkStatus::Stopped(e)) => {
-                assert_eq!(e, Error::Refused(code::UNAUTHORIZED));
-                break;
-            }
-            LinkEvent::Status(LinkStatus::Online) => panic!("a revoked token logged in again"),
-            _ => {}
-        }
-    }
+    // The server ends the laptop's session; its token no longer logs in (online again
+    // would fail).
+    assert_eq!(laptop.stopped().await, Error::Refused(code::UNAUTHORIZED));
 }
 
 /// The next presence push, skipping statuses and tokens.
 async fn presence(events: &mut Events) -> (String, bool, u64) {
-    loop {
-        match events.next().await {
+    events
+        .until("a presence push", |event| match event {
             LinkEvent::Presence {
                 user,
                 online,
                 last_seen,
-            } => return (user, online, last_seen),
+            } => Some((user, online, last_seen)),
             LinkEvent::Message(m) => panic!("a message before presence: {m:?}"),
-            _ => {}
-        }
-    }
+            _ => None,
+        })
+        .await
+}
+
+/// Presence pushes until `done` says so, within `WAIT` in all.
+async fn presence_until(events: &mut Events, mut done: impl FnMut(&(String, bool, u64)) -> bool) {
+    tokio::time::timeout(WAIT, async { while !done(&presence(events).await) {} })
+        .await
+        .expect("the presence pushes waited for");
 }
 
 /// What `parley chat` shows as online comes from pushes: a watched user's first session
@@ -480,13 +461,13 @@ async fn watched_users_presence_is_pushed_and_rewatched_after_a_reconnect() {
 
     let (bob, _b) = server.link("bob", "phone").await;
     // (An earlier ask may have seen bob's first link end: that push comes first then.)
-    let came = loop {
-        let p = presence(&mut a).await;
-        if p.1 {
-            break p;
-        }
-    };
-    assert_eq!(came, ("bob".into(), true, 0));
+    let mut came = None;
+    presence_until(&mut a, |p| {
+        came = Some(p.clone());
+        p.1
+    })
+    .await;
+    assert_eq!(came, Some(("bob".into(), true, 0)));
     bob.close();
     let (user, online, last_seen) = presence(&mut a).await;
     assert_eq!((user.as_str(), online), ("bob", false));
@@ -497,16 +478,13 @@ async fn watched_users_presence_is_pushed_and_rewatched_after_a_reconnect() {
     server.stop().await;
     server.start_again().await;
     let mut seen = std::collections::HashMap::new();
-    while seen.get("bob") != Some(&false) || !seen.contains_key("carol") {
-        let (user, online, _) = presence(&mut a).await;
-        seen.insert(user, online);
-    }
+    presence_until(&mut a, |(user, online, _)| {
+        seen.insert(user.clone(), *online);
+        seen.get("bob") == Some(&false) && seen.contains_key("carol")
+    })
+    .await;
     let (_bob, _b) = server.link("bob", "tablet").await;
-    loop {
-        if presence(&mut a).await == ("bob".into(), true, 0) {
-            break;
-        }
-    }
+    presence_until(&mut a, |p| *p == ("bob".into(), true, 0)).await;
 }
 
 /// A message deleted by its author reaches the other side's link as a deletion of that
@@ -523,20 +501,18 @@ async fn a_deletion_reaches_the_other_link_in_order() {
         .await
         .unwrap();
     send(&alice, &dm("bob"), "sorry").await;
-    loop {
-        match b.next().await {
+    let (event, message_id, message_seq) = b
+        .until("the deletion", |event| match event {
             LinkEvent::Deleted {
                 event,
                 message_id,
                 message_seq,
-            } => {
-                assert_eq!((message_id, message_seq), (oops.id, oops.seq));
-                assert_eq!((event.seq, &event.from[..]), (2, &b"alice"[..]));
-                break;
-            }
+            } => Some((event, message_id, message_seq)),
             LinkEvent::Message(m) => panic!("the deletion comes first: {m:?}"),
-            _ => {}
-        }
-    }
+            _ => None,
+        })
+        .await;
+    assert_eq!((message_id, message_seq), (oops.id, oops.seq));
+    assert_eq!((event.seq, &event.from[..]), (2, &b"alice"[..]));
     assert_eq!(text(&b.message().await), "sorry");
 }

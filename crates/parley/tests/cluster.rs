@@ -87,6 +87,23 @@ async fn until(c: &mut LineClient, want: impl Fn(&str) -> bool) -> String {
     }
 }
 
+/// The `HISTORY` lines `command` answers, up to its `OK`; fails after 10 s.
+async fn history(c: &mut LineClient, command: &str) -> Vec<String> {
+    c.send(command).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut page = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "{command}: no OK in 10 s");
+        let line = c.line().await.expect("a line");
+        if line == "OK" {
+            return page;
+        }
+        if line.starts_with("HISTORY ") {
+            page.push(line);
+        }
+    }
+}
+
 /// A JSON session on `addr` (the JSON-only port), logged in as `name` and subscribed.
 async fn json(addr: std::net::SocketAddr, name: &str) -> LineClient {
     let mut c = LineClient::connect(addr).await.expect("connect");
@@ -292,34 +309,11 @@ async fn three_nodes_serve_every_protocol_as_one() {
     until(&mut alice, |l| l == "PONG").await;
     let mut reader = text(c.addr, "erwin").await;
     assert_eq!(reader.ask("JOIN #r").await.unwrap(), "OK");
-    reader.send("HISTORY #r 3").await.unwrap();
-    let mut page = Vec::new();
-    loop {
-        let line = reader.line().await.unwrap();
-        if line == "OK" {
-            break;
-        }
-        if line.starts_with("HISTORY ") {
-            page.push(line);
-        }
-    }
+    let page = history(&mut reader, "HISTORY #r 3").await;
     assert_eq!(page.len(), 3, "{page:?}");
     assert!(page[2].ends_with("alice page 5"), "{page:?}");
     let before: i64 = page[0].split(' ').nth(2).unwrap().parse().unwrap();
-    reader
-        .send(&format!("HISTORY #r 2 before {before}"))
-        .await
-        .unwrap();
-    let mut older = Vec::new();
-    loop {
-        let line = reader.line().await.unwrap();
-        if line == "OK" {
-            break;
-        }
-        if line.starts_with("HISTORY ") {
-            older.push(line);
-        }
-    }
+    let older = history(&mut reader, &format!("HISTORY #r 2 before {before}")).await;
     assert!(older[1].ends_with("alice page 2"), "{older:?}");
 
     // Moderation is not kept in PostgreSQL yet: refused with a clear error, never
@@ -468,10 +462,11 @@ impl Ws {
     }
 
     async fn read(&mut self) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
-                .expect("a WebSocket message in 10 s")
+                .expect("a WebSocket text message in 10 s")
                 .expect("the WebSocket is open")
                 .expect("a WebSocket message");
             if let Message::Text(text) = message {
@@ -487,7 +482,9 @@ impl Ws {
         request["id"] = id.into();
         let text = request.to_string();
         self.socket.send(Message::Text(text)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            assert!(Instant::now() < deadline, "no answer to {id} in 10 s");
             let value = self.read().await;
             if value.get("event").is_some() {
                 self.events.push_back(value);
@@ -500,7 +497,9 @@ impl Ws {
 
     /// The next pushed message, skipping presence notices.
     async fn message(&mut self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            assert!(Instant::now() < deadline, "no message in 10 s");
             let event = match self.events.pop_front() {
                 Some(event) => event,
                 None => self.read().await,

@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use common::{bytes as b, parse, request, TestServer, PASSWORD};
 use parley_client::{BinaryClient, LineClient};
@@ -16,6 +17,17 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
+
+/// How long a wait that reads past other lines may take in all (each read has its own
+/// timeout; this bounds the lines skipped).
+const WAIT: Duration = Duration::from_secs(10);
+
+/// `work`, which must finish within `WAIT`.
+async fn within<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, work)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {WAIT:?}"))
+}
 
 /// A JSON session that keeps the pushes it reads while waiting for an answer.
 struct Json {
@@ -27,14 +39,17 @@ impl Json {
     /// Sends `request` and returns its answer; pushes read meanwhile are kept for `event`.
     async fn call(&mut self, request: Value) -> Value {
         self.c.send(&request.to_string()).await.unwrap();
-        loop {
-            let line = parse(&self.c.line().await.unwrap());
-            if line.get("event").is_some() {
-                self.events.push_back(line);
-            } else {
-                return line;
+        within("an answer", async {
+            loop {
+                let line = parse(&self.c.line().await.unwrap());
+                if line.get("event").is_some() {
+                    self.events.push_back(line);
+                } else {
+                    return line;
+                }
             }
-        }
+        })
+        .await
     }
 
     /// `call`, which must succeed.
@@ -58,6 +73,19 @@ impl Json {
             Some(event) => event,
             None => parse(&self.c.line().await.unwrap()),
         }
+    }
+
+    /// The next push `want` takes, skipping the others.
+    async fn event_where(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+        within("the push waited for", async {
+            loop {
+                let event = self.event().await;
+                if want(&event) {
+                    return event;
+                }
+            }
+        })
+        .await
     }
 
     /// Proves that no push is waiting: a PING's answer comes next.
@@ -149,14 +177,17 @@ fn moderate(cid: u32, room: &str, action: u8, user: &str) -> Frame {
 async fn listing(c: &mut LineClient, command: &str) -> Vec<String> {
     c.send(command).await.unwrap();
     let mut lines = Vec::new();
-    loop {
-        let line = c.line().await.unwrap();
-        let done = line == "OK" || line.starts_with("ERR");
-        lines.push(line);
-        if done {
-            return lines;
+    within(command, async move {
+        loop {
+            let line = c.line().await.unwrap();
+            let done = line == "OK" || line.starts_with("ERR");
+            lines.push(line);
+            if done {
+                return lines;
+            }
         }
-    }
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -206,12 +237,7 @@ async fn only_operators_kick_and_nobody_kicks_the_owner() {
     assert_eq!(info["data"]["operators"], json!(["bob"]), "{info}");
     assert_eq!(info["data"]["role"], "owner", "{info}");
     assert_eq!(bob.ask("KICK #r carol").await.unwrap(), "OK");
-    let kicked = loop {
-        let e = alice.event().await;
-        if e["event"] == "moderation" {
-            break e;
-        }
-    };
+    let kicked = alice.event_where(|e| e["event"] == "moderation").await;
     assert_eq!(
         (
             &kicked["change"],
@@ -433,12 +459,7 @@ async fn a_muted_members_message_is_refused_with_an_error() {
         .await;
     assert_eq!(bob.line().await.unwrap(), "INFO alice unmuted bob in #r");
     bob.send("SAY #r free again").await.unwrap();
-    let message = loop {
-        let e = alice.event().await;
-        if e["event"] == "message" {
-            break e;
-        }
-    };
+    let message = alice.event_where(|e| e["event"] == "message").await;
     assert_eq!(message["text"], "free again", "{message}");
     // The owner cannot be muted by an operator.
     alice
@@ -918,22 +939,12 @@ async fn a_blocked_users_dms_and_contact_requests_are_refused() {
     bob.ok(json!({"command": "JOIN", "room": "#r"})).await;
     assert_eq!(carol.ask("JOIN #r").await.unwrap(), "OK");
     carol.send("SAY #r hello room").await.unwrap();
-    let message = loop {
-        let e = bob.event().await;
-        if e["event"] == "message" {
-            break e;
-        }
-    };
+    let message = bob.event_where(|e| e["event"] == "message").await;
     assert_eq!(message["text"], "hello room");
 
     bob.ok(json!({"command": "UNBLOCK", "user": "carol"})).await;
     carol.send("DM bob thanks").await.unwrap();
-    let dm = loop {
-        let e = bob.event().await;
-        if e["event"] == "message" {
-            break e;
-        }
-    };
+    let dm = bob.event_where(|e| e["event"] == "message").await;
     assert_eq!((&dm["kind"], &dm["text"]), (&json!("dm"), &json!("thanks")));
     bob.refused(
         json!({"command": "BLOCK", "user": "nobody"}),
@@ -1033,12 +1044,7 @@ async fn the_owner_deletes_a_room_and_its_name_is_free() {
     )
     .await;
     assert_eq!(alice.ask("DESTROY #old").await.unwrap(), "OK");
-    let gone = loop {
-        let e = bob.event().await;
-        if e["change"] == "deleted" {
-            break e;
-        }
-    };
+    let gone = bob.event_where(|e| e["change"] == "deleted").await;
     assert_eq!(
         (&gone["room"], &gone["by"]),
         (&json!("#old"), &json!("alice")),

@@ -98,25 +98,54 @@ impl Events {
             .expect("the link is running")
     }
 
-    /// Skips statuses (and tokens) until the link is online.
-    pub async fn until_online(&mut self) {
+    /// The first event `pick` maps to something, skipping the others: `what` must come
+    /// within `WAIT` in all (a link that keeps reporting other events fails the test
+    /// instead of keeping it waiting).
+    pub async fn until<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(LinkEvent) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match self.next().await {
-                LinkEvent::Status(LinkStatus::Online) => return,
-                LinkEvent::Status(LinkStatus::Stopped(e)) => panic!("link stopped: {e}"),
-                LinkEvent::Message(m) => panic!("a message before online: {m:?}"),
-                _ => {}
+            let event = tokio::time::timeout_at(deadline, self.0.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: not within {WAIT:?}"))
+                .expect("the link is running");
+            if let Some(found) = pick(event) {
+                return found;
             }
         }
     }
 
+    /// Skips statuses (and tokens) until the link is online.
+    pub async fn until_online(&mut self) {
+        self.until("online", |event| match event {
+            LinkEvent::Status(LinkStatus::Online) => Some(()),
+            LinkEvent::Status(LinkStatus::Stopped(e)) => panic!("link stopped: {e}"),
+            LinkEvent::Message(m) => panic!("a message before online: {m:?}"),
+            _ => None,
+        })
+        .await
+    }
+
     /// The next message, skipping statuses.
     pub async fn message(&mut self) -> Event {
-        loop {
-            if let LinkEvent::Message(event) = self.next().await {
-                return event;
-            }
-        }
+        self.until("a message", |event| match event {
+            LinkEvent::Message(event) => Some(event),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The error that stopped the link, skipping other events; fails if it comes online.
+    pub async fn stopped(&mut self) -> parley_client::Error {
+        self.until("the link stopped", |event| match event {
+            LinkEvent::Status(LinkStatus::Stopped(e)) => Some(e),
+            LinkEvent::Status(LinkStatus::Online) => panic!("the link came online"),
+            _ => None,
+        })
+        .await
     }
 
     /// Fails if a message arrives within `wait`.
