@@ -351,8 +351,9 @@ async fn after_a_server_restart_the_client_shows_what_arrived_meanwhile_once() {
         .retry(|c| async move { c.join("#news").await })
         .await
         .unwrap();
-    // Bob waits 3 s before reconnecting: the messages below arrive while he is away.
-    let bob = Chat::start(server.addr, "bob", &["--reconnect-ms", "3000"], 90, 24);
+    // Bob waits 5 s (at least 3.75 with the jitter) before reconnecting: the messages
+    // below are stored while he is away, which the server confirms after they are.
+    let bob = Chat::start(server.addr, "bob", &["--reconnect-ms", "5000"], 90, 24);
     bob.wait_text(" online │").await;
     bob.type_line("/join news");
     bob.wait_text("joined #news").await;
@@ -372,6 +373,18 @@ async fn after_a_server_restart_the_client_shows_what_arrived_meanwhile_once() {
             .await
             .unwrap();
     }
+    // All three are stored (their OKs came) and bob has no session yet: they can only
+    // reach him as the catch-up of his next login, not as live pushes.
+    let watched = alice.watch(vec!["bob".into()]).await.unwrap();
+    let online: Vec<_> = watched
+        .iter()
+        .map(|u| (u.name.to_vec(), u.online))
+        .collect();
+    assert_eq!(
+        online,
+        [(b"bob".to_vec(), false)],
+        "bob came back before the three were stored: raise --reconnect-ms"
+    );
     let screen = bob
         .wait_for("the three messages after reconnecting", |s| {
             s.contains("meanwhile 3") && s.contains(" online │")
