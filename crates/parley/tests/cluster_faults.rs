@@ -391,6 +391,104 @@ async fn a_node_cut_off_from_nats_and_healed_loses_nothing() {
     .await;
 }
 
+/// A session that goes live while another node's messages to it stream in gets every one
+/// of them, login after login: its catch-up meets the live stream without a gap. (A node
+/// once queued, in the batch that let a session go live, the rest of that batch's messages
+/// from other nodes only to the sessions live before it: a gap of a few messages.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_going_live_amid_another_nodes_stream_miss_nothing() {
+    if !services::available() {
+        return;
+    }
+    const ROUNDS: usize = 80;
+    /// Messages sam keeps in flight: many, so that B hears several of A's batches at a
+    /// time, some before rae's go-live and some after it.
+    const IN_FLIGHT: usize = 64;
+    let cluster = Cluster::start(2);
+    let (a, b) = (cluster.nodes[0].addr, cluster.nodes[1].addr);
+    let mut reg = LineClient::connect(a).await.unwrap();
+    for name in ["sam", "rae", "bo", "al"] {
+        let register = format!("REGISTER {name} {PASSWORD}");
+        assert_eq!(reg.ask(&register).await.unwrap(), "OK");
+    }
+    // Sam, on A, keeps IN_FLIGHT messages to rae in flight until the test ends; bo, on B,
+    // writes to al, so that B's hub is often in a commit while A's batches arrive.
+    let stop = CancellationToken::new();
+    let stream = |node: SocketAddr, from: &'static str, to: &'static str| {
+        let stop = stop.clone();
+        // How many of its messages were acknowledged (sam's are rae's sequences).
+        let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = acked.clone();
+        let task = tokio::spawn(async move {
+            let (conn, _pushes) = login(node, from).await.expect("the sender logs in");
+            let mut inflight = futures_util::stream::FuturesOrdered::new();
+            let mut next = 0u64;
+            while !stop.is_cancelled() {
+                while inflight.len() < IN_FLIGHT {
+                    next += 1;
+                    let (conn, body) = (conn.clone(), Bytes::from(format!("m{next}")));
+                    inflight.push_back(async move {
+                        conn.send(from, &Target::User(to.into()), body, next).await
+                    });
+                }
+                let sent = futures_util::StreamExt::next(&mut inflight).await;
+                assert!(matches!(sent, Some(Ok(()))), "{from}'s send: {sent:?}");
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        (task, acked)
+    };
+    let (sam, sent_to_rae) = stream(a, "sam", "rae");
+    let (bo, _) = stream(b, "bo", "al");
+    // Rae logs in on B again and again, each time reading in order up to past what sam
+    // had sent when the round began: its catch-up, its go-live and live messages.
+    let mut last = 0u64;
+    for round in 0..ROUNDS {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (conn, mut pushes) = loop {
+            // The last round's session may still be ending on B.
+            if let Some(session) = login(b, "rae").await {
+                break session;
+            }
+            assert!(Instant::now() < deadline, "rae logs in again within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let target = sent_to_rae.load(std::sync::atomic::Ordering::Relaxed) + 2 * IN_FLIGHT as u64;
+        let mut passed = false;
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            while last < target {
+                let Some(push) = pushes.recv().await else {
+                    panic!("rae's session {round} ended");
+                };
+                let Push::Event(e) = push else { continue };
+                if e.seq == last + 1 {
+                    last = e.seq;
+                    passed = true;
+                } else {
+                    // Only what the last session received and had not acknowledged
+                    // yet may come again, and only first.
+                    assert!(
+                        e.seq <= last && !passed,
+                        "round {round}: seq {} after {last}",
+                        e.seq
+                    );
+                }
+                conn.ack(e.conversation, e.seq);
+            }
+        })
+        .await;
+        assert!(
+            read.is_ok(),
+            "round {round}: up to {target} within 10 s (at {last})"
+        );
+        drop(conn);
+    }
+    stop.cancel();
+    for sender in [sam, bo] {
+        let _ = tokio::time::timeout(Duration::from_secs(10), sender).await;
+    }
+}
+
 /// Logins that fail only because PostgreSQL is down count toward no back-off, on any node:
 /// once it is back, the right password logs in at once (with a 60 s back-off, a counted
 /// outage would lock the name out).

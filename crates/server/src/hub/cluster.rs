@@ -447,9 +447,12 @@ impl Core {
         }
         if !behind {
             // What this batch gathered for the sessions already live goes to them now,
-            // before this one is live: its catch-up read those messages already.
+            // before this one is live: its catch-up read those messages already. Queued
+            // at once: the staging remembers which sessions a conversation reached, and
+            // later deliveries of this batch must reach this session too.
             let mut out = std::mem::take(&mut self.staging);
             self.cluster_relay(&mut out);
+            out.flush();
             self.staging = out;
         }
         Ok(!behind)
