@@ -5,12 +5,14 @@ mod common;
 mod services;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use parley_client::{Connection, Endpoint, LineClient, Link, LinkEvent, LinkOptions, Push, Target};
+use parley_client::{
+    Connection, Endpoint, Error, LineClient, Link, LinkEvent, LinkOptions, Push, Target,
+};
 use serde_json::Value;
 use services::cluster::Cluster;
 use services::{Nats, Postgres};
@@ -525,4 +527,136 @@ fn link(
 
 fn drain(events: &mut tokio::sync::mpsc::Receiver<LinkEvent>) {
     while events.try_recv().is_ok() {}
+}
+
+/// A seed-001 request line as its Go client writes it (with its `from`).
+fn edu(command: &str, data: &str) -> String {
+    serde_json::json!({"command": command, "data": data, "from": "client"}).to_string()
+}
+
+/// A seed-001 response line, byte for byte.
+fn edu_reply(success: bool, message: &str, data: &str) -> String {
+    let data = Value::from(data);
+    format!(r#"{{"success":{success},"message":"{message}","data":{data}}}"#)
+}
+
+/// The line dialects of seed 004 (gochat's slash commands) and seed 001 (the educational
+/// server's JSON lines) on different nodes: a room across nodes, broadcast both ways, the
+/// stored messages and who is online, cluster-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slash_and_seed_001_sessions_span_nodes() {
+    if !services::available() {
+        return;
+    }
+    let cluster = Cluster::start(2);
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+
+    // Seed 004 on both nodes, one room.
+    let mut gochat = Vec::new();
+    for (node, nick) in [(a, "amy"), (b, "john")] {
+        let mut c = LineClient::connect(node.addr).await.unwrap();
+        let answer = c.ask(&format!("/nick {nick}")).await.unwrap();
+        assert_eq!(answer, format!("> all right, I will call you {nick}"));
+        assert_eq!(c.ask("/join #g").await.unwrap(), "> welcome to #g");
+        gochat.push(c);
+    }
+    let [amy, john] = &mut gochat[..] else {
+        unreachable!()
+    };
+    let joined = until(amy, |l| l.contains("joined")).await;
+    assert_eq!(joined, "> john joined the room");
+    john.send("/msg hello from b").await.unwrap();
+    let said = until(amy, |l| l.starts_with("> john:")).await;
+    assert_eq!(said, "> john: hello from b");
+
+    // Seed 001 on B's JSON port (the server speaks first), a text session on A.
+    let mut edna = LineClient::connect(b.json).await.unwrap();
+    let welcome = edna.line().await.unwrap();
+    assert!(
+        welcome.contains("Welcome to TCP/IP Educational Server!"),
+        "{welcome}"
+    );
+    let answer = edna.ask(&edu("REGISTER", "edna")).await.unwrap();
+    let welcomed = edu_reply(true, "Registration successful. Welcome, edna!", "");
+    assert_eq!(answer, welcomed);
+    let mut tex = text(a.addr, "tex").await;
+    let answer = edna.ask(&edu("MESSAGE", "hi from b")).await.unwrap();
+    assert_eq!(answer, edu_reply(true, "Message broadcasted", ""));
+    let heard = until(&mut tex, |l| l.starts_with("MSG ")).await;
+    assert_eq!(heard, "MSG edna hi from b");
+    tex.send("MSG hello from a").await.unwrap();
+    // Stored on A, listed on B (a request of its own each time: seed 001 has no pushes).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let answer = edna.ask(&edu("LIST_MESSAGES", "")).await.unwrap();
+        let list: Value = serde_json::from_str(&answer).unwrap();
+        let list = list["data"].as_str().unwrap().to_string();
+        if list.contains("] tex: hello from a") {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A's broadcast listed on B: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(listed.contains("] edna: hi from b"), "{listed:?}");
+    let users = edna.ask(&edu("LIST_USERS", "")).await.unwrap();
+    assert_eq!(
+        users,
+        edu_reply(true, "Online users", "amy, edna, john, tex")
+    );
+}
+
+/// A device's tokens revoked on one node (its logout) are refused on every other, as an
+/// unknown token is, while the account's other tokens still log in there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_one_node_is_refused_on_the_others() {
+    if !services::available() {
+        return;
+    }
+    let cluster = Cluster::start(2);
+    let (a, b) = (cluster.nodes[0].addr, cluster.nodes[1].addr);
+    let mut reg = LineClient::connect(a).await.unwrap();
+    let register = format!("REGISTER ivy {PASSWORD}");
+    assert_eq!(reg.ask(&register).await.unwrap(), "OK");
+    let connect = |addr: SocketAddr| async move {
+        Connection::connect(&Endpoint::tcp(addr.to_string())).await
+    };
+    let mut tokens = Vec::new();
+    for device in ["tablet", "phone"] {
+        let (conn, _pushes) = connect(a).await.unwrap();
+        let token = conn.login_password("ivy", PASSWORD, device, true).await;
+        tokens.push((conn, token.unwrap().expect("a token").token));
+    }
+    let (on_b, _pushes) = connect(b).await.unwrap();
+    let Err(Error::Refused(unknown)) = on_b.login_token("no-such-token").await else {
+        panic!("an unknown token is refused");
+    };
+    // The tablet logs out on A: its tokens are revoked (answered once committed).
+    let (tablet, tablet_token) = tokens.remove(0);
+    tablet.logout(false).await.expect("logout");
+    let (on_b, _pushes) = connect(b).await.unwrap();
+    let refused = on_b.login_token(&tablet_token).await;
+    assert!(
+        matches!(refused, Err(Error::Refused(code)) if code == unknown),
+        "the revoked token on B: {refused:?}"
+    );
+    // The phone's token logs in on B once its session on A has ended.
+    let (phone, phone_token) = tokens.remove(0);
+    drop(phone);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (on_b, _pushes) = connect(b).await.unwrap();
+        match on_b.login_token(&phone_token).await {
+            Ok(()) => break,
+            Err(Error::Refused(code)) => assert_ne!(code, unknown, "the phone's token refused"),
+            Err(e) => panic!("the phone's token on B: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the phone logs in on B within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
