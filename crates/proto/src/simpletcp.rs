@@ -77,7 +77,12 @@ impl Decoder {
         Ok(Some(Frame { json, payload }))
     }
 
-    /// The checked lengths of the frame at the front of `buf`, once its header is there.
+    /// The checked lengths (JSON, payload) of the frame at the front of `buf`, once its
+    /// header is there.
+    pub fn lengths(&self, buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
+        self.header(buf)
+    }
+
     fn header(&self, buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
         if buf.len() < HEADER {
             return Ok(None);
@@ -242,13 +247,15 @@ pub fn parse_request(json: &[u8]) -> Result<Request, BadRequest> {
 }
 
 impl Request {
-    /// The body as `T` (a missing or null body reads as `{}`).
+    /// The body as `T` (a missing or null body reads as `{}`), read from the parsed value
+    /// in place (no copy of it).
     pub fn body<T: DeserializeOwned>(&self) -> Result<T, BadRequest> {
+        static EMPTY: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
         let body = match &self.body {
-            Value::Null => Value::Object(Default::default()),
-            other => other.clone(),
+            Value::Null => EMPTY.get_or_init(|| Value::Object(Default::default())),
+            other => other,
         };
-        serde_json::from_value(body).map_err(|e| BadRequest::Body {
+        T::deserialize(body).map_err(|e| BadRequest::Body {
             kind: self.kind.unwrap_or(Kind::State),
             reason: e.to_string(),
         })

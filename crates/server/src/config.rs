@@ -69,6 +69,10 @@ pub struct Config {
     /// only listens sends nothing (ms; 0: never). Only complete requests count as activity
     /// for every idle timeout, not bytes.
     pub binary_idle_timeout_ms: u64,
+    /// The same for seed-003 (`listen_simpletcp`) connections, silently: long, since the
+    /// seed's client keeps its connection open without a request while its user reads,
+    /// and does not connect again after the server closes it (ms; 0: never).
+    pub simpletcp_idle_timeout_ms: u64,
     /// A request (a line, a frame, a WebSocket message) must be complete within this many
     /// ms of its first byte, however its bytes trickle in, or the connection is closed
     /// (0: no limit). An HTTP upload's body may take longer, while no gap between its
@@ -217,6 +221,7 @@ impl Default for Config {
             idle_timeout_ms: 60_000,
             json_idle_timeout_ms: 300_000,
             binary_idle_timeout_ms: 3_600_000,
+            simpletcp_idle_timeout_ms: 86_400_000,
             request_timeout_ms: 30_000,
             commands_per_second: 100,
             max_history: 1000,

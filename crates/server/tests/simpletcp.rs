@@ -665,3 +665,138 @@ async fn a_backlog_larger_than_a_frame_comes_a_bounded_reply_at_a_time_none_skip
     let fetched = phone.ask("FETCHMSG", json!({})).await;
     assert_eq!(fetched["body"]["messages"], json!([]));
 }
+
+#[tokio::test]
+async fn a_logged_in_token_outlives_a_restart_and_a_logged_out_one_does_not() {
+    let mut server = start().await;
+    let (alice, alice_id) = account(&server, "alice").await;
+    let (bob, bob_id) = account(&server, "bob").await;
+    let (alice_token, bob_token) = (alice.token, bob.token);
+    drop((alice, bob));
+    let simpletcp =
+        |c: &mut parley_server::Config| c.listen_simpletcp = Some("127.0.0.1:0".parse().unwrap());
+    server.restart_with(simpletcp).await;
+
+    // The app starts again with the token it kept: no new token, still alice.
+    let mut c = Client::connect(simpletcp_addr(&server)).await;
+    c.token = alice_token;
+    let state = c.ask("STATE", json!({})).await;
+    assert_eq!(state["body"]["userid"], alice_id, "{state}");
+    assert_eq!(c.token, alice_token, "no TOKEN reply");
+    // It works as before: a message to bob is sent.
+    let m = text_message(alice_id, bob_id, "after the restart", 1_700_000_000_000);
+    assert_eq!(c.ask("SENDMSG", m).await["status"], "OK");
+    let out = c.ask("LOGOUT", json!({})).await;
+    assert_eq!(out["status"], "OK");
+    drop(c);
+
+    server.restart_with(simpletcp).await;
+    // alice logged out: her token is gone. bob's still holds, and sees the message.
+    let mut c = Client::connect(simpletcp_addr(&server)).await;
+    c.token = alice_token;
+    let state = c.ask("STATE", json!({})).await;
+    assert_eq!(state["info"], "Exception: User not logged in");
+    assert_ne!(c.token, alice_token, "a new token");
+    let mut b = Client::connect(simpletcp_addr(&server)).await;
+    b.token = bob_token;
+    let fetched = b.ask("FETCHMSG", json!({})).await;
+    assert_eq!(b.token, bob_token);
+    let messages = fetched["body"]["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["content"], b64("after the restart"));
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_simpletcp_idle_timeout_ms() {
+    let server = TestServer::start_with(|c| {
+        c.listen_simpletcp = Some("127.0.0.1:0".parse().unwrap());
+        c.simpletcp_idle_timeout_ms = 300;
+    })
+    .await;
+    let mut c = Client::connect(simpletcp_addr(&server)).await;
+    assert_eq!(c.ask("STATE", json!({})).await["status"], "ERR");
+    // Nothing more is sent: the server closes the connection (silently).
+    assert!(c.frame().await.is_none(), "closed");
+}
+
+/// A file SENDMSG frame whose payload is `data`, from `from` to `to`.
+fn file_frame(token: Option<i64>, from: i64, to: i64, data: &[u8]) -> Vec<u8> {
+    let ts = 1_700_000_002_000_i64;
+    let file = json!({
+        "userid": from, "targetid": to, "contenttype": "file", "content": b64("slow.bin"),
+        "timestamp": ts, "md5encoded": message_md5(b"slow.bin", from, to, ts),
+        "filemd5": md5_hex(data),
+    });
+    let json = json!({"request": "SENDMSG", "body": file, "tokenid": token});
+    frame(json.to_string().as_bytes(), data)
+}
+
+#[tokio::test]
+async fn a_payload_on_a_slow_link_is_read_while_it_progresses_and_cut_once_it_stalls() {
+    // Each 64 KiB of payload restarts the request deadline (here 1 s).
+    let server = TestServer::start_with(|c| {
+        c.listen_simpletcp = Some("127.0.0.1:0".parse().unwrap());
+        c.request_timeout_ms = 1_000;
+    })
+    .await;
+    let addr = simpletcp_addr(&server);
+    let (alice, alice_id) = account(&server, "alice").await;
+    let (_bob, bob_id) = account(&server, "bob").await;
+    let data: Vec<u8> = (0..512 * 1024).map(|i| (i * 13 % 256) as u8).collect();
+    let bytes = file_frame(alice.token, alice_id, bob_id, &data);
+    let (head, payload) = bytes.split_at(bytes.len() - data.len());
+
+    // A slow link: 64 KiB every 400 ms, 3.2 s for the whole frame (the link's pace, not a
+    // wait for the server).
+    let mut upload = Client::connect(addr).await;
+    upload.write(head).await;
+    for piece in payload.chunks(64 * 1024) {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        upload.write(piece).await;
+    }
+    let sent = upload.reply("SENDMSG").await.json;
+    assert_eq!(sent["status"], "OK", "{sent}");
+
+    // A payload that stops coming is cut once the deadline passes.
+    let mut stalled = Client::connect(addr).await;
+    stalled.write(head).await;
+    stalled.write(&payload[..100 * 1024]).await;
+    assert!(stalled.frame().await.is_none(), "closed");
+}
+
+#[tokio::test]
+async fn fetchfile_finds_a_file_message_older_than_max_history_by_its_index() {
+    let server = TestServer::start_with(|c| {
+        c.listen_simpletcp = Some("127.0.0.1:0".parse().unwrap());
+        c.max_history = 5;
+    })
+    .await;
+    let addr = simpletcp_addr(&server);
+    let (mut alice, alice_id) = account(&server, "alice").await;
+    let (bob, bob_id) = account(&server, "bob").await;
+    let data: Vec<u8> = (0..300 * 1024).map(|i| (i * 31 % 256) as u8).collect();
+    let mut upload = Client::connect(addr).await;
+    upload.token = alice.token;
+    upload
+        .write(&file_frame(alice.token, alice_id, bob_id, &data))
+        .await;
+    assert_eq!(upload.reply("SENDMSG").await.json["status"], "OK");
+    drop(upload);
+    // More than `max_history` messages after it: the file message is not among the last.
+    for i in 0..8 {
+        let m = text_message(
+            alice_id,
+            bob_id,
+            &format!("after {i}"),
+            1_700_000_003_000 + i,
+        );
+        assert_eq!(alice.ask("SENDMSG", m).await["status"], "OK");
+    }
+    let ts = 1_700_000_002_000_i64;
+    let msgmd5 = message_md5(b"slow.bin", alice_id, bob_id, ts);
+    let mut download = Client::connect(addr).await;
+    download.token = bob.token;
+    download.send("FETCHFILE", json!({"msgmd5": msgmd5})).await;
+    let fetched = download.reply("FETCHFILE").await;
+    assert_eq!(fetched.json["status"], "OK", "{}", fetched.json);
+    assert!(fetched.payload == data, "the file's bytes, exactly");
+}

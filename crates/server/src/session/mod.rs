@@ -298,8 +298,10 @@ impl Session {
                 if completed {
                     idle_deadline = self.idle.map(|d| now + d);
                 }
+                // A seed-003 file payload is given more time as its bytes arrive.
+                let progressed = self.simpletcp_progress(buf);
                 let from_now = || self.request_timeout().map(|d| now + d);
-                request_by = match (buf.is_empty() && !discarding, completed) {
+                request_by = match (buf.is_empty() && !discarding, completed || progressed) {
                     (true, _) => None,
                     (false, true) => from_now(),
                     (false, false) => request_by.or_else(from_now),

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use parley_proto::simpletcp::{
-    self, ContentType, Decoder, FileMd5, Frame, Kind, Message, MsgMd5, Request, Timestamp,
-    UserIdentity, UserInfo, UserName, Value,
+    self, message_md5, ContentType, Decoder, FileMd5, Frame, Kind, Message, MsgMd5, Request,
+    Timestamp, UserIdentity, UserInfo, UserName, Value,
 };
 use parley_proto::{ErrorKind, Target};
 use serde_json::json;
@@ -27,9 +27,9 @@ use tracing::{debug, info};
 use super::{Flow, Session, Shared, Who};
 use crate::conn::Conn;
 use crate::files::{Offer, MAX_CHUNK};
-use crate::hub::{Auth, Identity};
+use crate::hub::{AccountChange, Auth, Identity};
 use crate::outbound::{json_error, Item, Protocol, Style, Tag};
-use crate::store::ContactState;
+use crate::store::{ContactState, NewToken, Revoke};
 
 pub use model::forward;
 pub use state::State;
@@ -40,6 +40,9 @@ use state::{Marks, Offered};
 const MAX_BODY: usize = 60_000;
 /// Largest payload (a file) held in memory, whatever `max_file_bytes` allows.
 const MAX_PAYLOAD: u64 = 64 * 1024 * 1024;
+/// Bytes of a file payload that earn it another `request_timeout_ms` (about 2 KiB/s at
+/// the default 30 s).
+const PAYLOAD_PROGRESS: usize = 64 * 1024;
 /// A `FETCHMSG` reply's body without messages.
 const EMPTY_MESSAGES: &str = r#"{"messages":[]}"#;
 /// Fewest bytes of JSON a message takes in a `FETCHMSG` reply (its keys, two ids, an MD5).
@@ -53,6 +56,11 @@ pub(super) struct Conn003 {
     /// The token this connection handed out (reused for later requests without a valid
     /// one, as the seed does).
     issued: Option<i64>,
+    /// Bytes of the frame being read when it was last given more time (see
+    /// `simpletcp_progress`).
+    granted: usize,
+    /// Why the connection must end (a reply that could not be finished).
+    broken: Option<&'static str>,
     /// The token and slot this connection is logged in to the hub with.
     slot: Option<(i64, u32)>,
 }
@@ -83,15 +91,21 @@ pub fn run(
     keep: impl Send + 'static,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let (mut session, mut socket) = Session::open(conn, peer, Protocol::Json, false, shared);
-    // The client keeps its connection open without sending anything while the user reads
-    // (pushes come unasked): TCP keepalive finds peers that vanished.
-    session.idle = None;
     let config = &session.shared.config;
+    // The client keeps its connection open without sending anything while the user reads
+    // (pushes come unasked), and does not come back once closed: a long timeout of its
+    // own (TCP keepalive finds peers that vanished sooner).
+    session.idle = match config.simpletcp_idle_timeout_ms {
+        0 => None,
+        ms => Some(std::time::Duration::from_millis(ms)),
+    };
     let max_json = 4 * MAX_BODY + 2 * config.max_avatar_bytes + 4096;
     let max_payload = config.max_file_bytes.min(MAX_PAYLOAD) as usize;
     session.simpletcp = Some(Box::new(Conn003 {
         decoder: Decoder::new(max_json, max_payload),
         issued: None,
+        granted: 0,
+        broken: None,
         slot: None,
     }));
     session.set_style(Style::SimpleTcp);
@@ -123,12 +137,18 @@ impl Session {
             match st.decoder.decode(buf) {
                 Ok(None) => return Flow::Continue,
                 Ok(Some(frame)) => {
+                    if let Some(st) = self.simpletcp.as_mut() {
+                        st.granted = 0;
+                    }
                     // A client that does not read its answers is not read either.
                     if let Flow::Close(why) = self.room().await {
                         return Flow::Close(why);
                     }
                     self.commands.take().await;
                     self.simpletcp_frame(frame).await;
+                    if let Some(why) = self.simpletcp.as_ref().and_then(|st| st.broken) {
+                        return Flow::Close(why.into());
+                    }
                 }
                 Err(e) => {
                     self.st_err("UNKNOWN", format!("Exception: {e}")).await;
@@ -137,6 +157,26 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Whether the frame at the front of `buf` earned more time: its header and JSON came
+    /// within the request deadline like any request's, but a file payload may take longer
+    /// on a slow link, as long as it keeps coming. Each further `PAYLOAD_PROGRESS` bytes
+    /// of it restart the deadline (`request_timeout_ms`); a payload slower than that per
+    /// deadline, or stalled, is cut.
+    pub(super) fn simpletcp_progress(&mut self, buf: &BytesMut) -> bool {
+        let Some(st) = self.simpletcp.as_mut() else {
+            return false;
+        };
+        let Ok(Some((json_len, _))) = st.decoder.lengths(buf) else {
+            return false;
+        };
+        let in_payload = buf.len() > simpletcp::HEADER + json_len;
+        if in_payload && buf.len() >= st.granted + PAYLOAD_PROGRESS {
+            st.granted = buf.len();
+            return true;
+        }
+        false
     }
 
     /// Gives back this connection's token slot (the session is ending).
@@ -198,7 +238,7 @@ impl Session {
     /// a wrong device token does (`throttle.rs`); `None` if the server shuts down meanwhile.
     async fn st_token(&mut self, tokenid: Option<i64>) -> Option<i64> {
         if let Some(token) = tokenid {
-            if self.tokens().exists(token) {
+            if self.tokens().exists(token) || self.st_restore(token).await {
                 return Some(token);
             }
             info!(session = self.link.id, peer = %self.peer, "seed 003: unknown token");
@@ -218,6 +258,49 @@ impl Session {
         simpletcp::encode_ok("TOKEN", Some(&json!({ "tokenid": token })), b"", &mut out);
         self.st_say(out).await;
         Some(token)
+    }
+
+    /// Takes back `token` from the store if it keeps it, valid (a restart forgot it here).
+    async fn st_restore(&self, token: i64) -> bool {
+        let row = self.shared.reader.token(state::stored_hash(token)).await;
+        let Ok(Some(row)) = row else {
+            return false;
+        };
+        if row.revoked || row.expires_at <= crate::store::now_ms() {
+            return false;
+        }
+        let name = Arc::from(row.name.as_str());
+        self.tokens().restore(token, row.user, name, row.device);
+        true
+    }
+
+    /// Keeps `token`, now bound to this connection's user, in the store (hashed, as a
+    /// device token of this connection's device), so it outlives a restart.
+    async fn st_store_token(&self, token: i64) -> Result<(), ErrorKind> {
+        let (identity, _) = self.login.clone().ok_or(ErrorKind::NotLoggedIn)?;
+        let ttl_ms = self.shared.config.token_ttl_secs.saturating_mul(1000);
+        let expires_at = crate::store::now_ms().saturating_add(ttl_ms.min(i64::MAX as u64) as i64);
+        let change = AccountChange::Token(NewToken {
+            hash: state::stored_hash(token),
+            user: identity.user,
+            device: identity.device,
+            expires_at,
+        });
+        self.shared.hub.account(identity.user, change).await?;
+        self.tokens().stored(token, identity.device);
+        Ok(())
+    }
+
+    /// Unbinds `token` here and in the store.
+    async fn st_unbind(&self, token: i64) {
+        let user = self.tokens().user(token).map(|(user, _)| user);
+        let device = self.tokens().unbind(token);
+        if let (Some(user), Some(device)) = (user, device) {
+            let revoke = AccountChange::Revoke(Revoke::Device(user, device));
+            if let Err(kind) = self.shared.hub.account(user, revoke).await {
+                debug!(session = self.link.id, error = ?kind, "seed 003: token not revoked");
+            }
+        }
     }
 
     /// Makes this connection's login follow its token's: logged in to the hub as the
@@ -299,7 +382,7 @@ impl Session {
                 let identity: UserIdentity = request.body().map_err(bad)?;
                 let name = decode_name(&identity.username)?;
                 self.st_leave();
-                self.tokens().unbind(token);
+                self.st_unbind(token).await;
                 self.register(&name, &identity.passwd)
                     .await
                     .map_err(|kind| match kind {
@@ -312,11 +395,11 @@ impl Session {
                 let identity: UserIdentity = request.body().map_err(bad)?;
                 let name = decode_name(&identity.username)?;
                 self.st_leave();
-                self.tokens().unbind(token);
+                self.st_unbind(token).await;
                 ok(self.st_login(token, &name, &identity.passwd).await?)
             }
             Kind::Logout => {
-                self.tokens().unbind(token);
+                self.st_unbind(token).await;
                 self.st_leave();
                 ok(Value::Null)
             }
@@ -337,6 +420,9 @@ impl Session {
                         ErrorKind::Unauthorized => "Exception: Invalid password".into(),
                         kind => exception(kind),
                     })?;
+                if let Some((user, _)) = self.tokens().user(token) {
+                    self.tokens().unbind_others(user, token);
+                }
                 ok(Value::Null)
             }
             Kind::ModifyProfile => {
@@ -374,8 +460,8 @@ impl Session {
             }
             Kind::FetchFile => {
                 let which: MsgMd5 = request.body().map_err(bad)?;
-                let payload = self.st_fetch_file(&which.msgmd5).await?;
-                self.st_send_file(payload).await;
+                let (sha256, size, first) = self.st_fetch_file(&which.msgmd5).await?;
+                self.st_send_file(&sha256, size, first).await;
                 Ok(None)
             }
             Kind::SearchUsr => {
@@ -411,6 +497,7 @@ impl Session {
                 let (identity, name) = self.st_me()?;
                 self.tokens().bind(token, identity.user, name.clone());
                 self.tokens().add_device(token, identity.device);
+                self.st_store_token(token).await.map_err(exception)?;
                 self.st_user_info(&name).await
             }
             Err(kind) => {
@@ -504,6 +591,15 @@ impl Session {
                 self.send_file(target, &sha256, &text, &mime, "", sent_at, tag)
                     .await
                     .map_err(exception)?;
+                // Indexed by the id the server gives it back under (the client's, unless
+                // the client computed it otherwise: then not taken on trust).
+                let id = message_md5(
+                    text.as_bytes(),
+                    message.userid,
+                    message.targetid,
+                    message.timestamp,
+                );
+                self.tokens().remember_message_file(&id, &sha256);
                 return Ok(None);
             }
         };
@@ -552,12 +648,15 @@ impl Session {
         Ok(sha256)
     }
 
-    /// Answers `FETCHFILE` with `payload`, in pieces of `MAX_CHUNK`: a file may be larger
-    /// than the outbound queue's byte bound, which a push queued behind it would then
-    /// pass (a slow consumer). So the connection first stops taking pushes (the client
+    /// Answers `FETCHFILE` with the file `sha256` of `size` bytes (`first`: its first
+    /// piece, read already), streamed from the file store in pieces of `MAX_CHUNK`, each
+    /// read once the connection has room for it: a file is never held whole. A file may
+    /// be larger than the outbound queue's byte bound, which a push queued behind it would
+    /// then pass (a slow consumer). So the connection first stops taking pushes (the client
     /// downloads on a connection of its own; its next request logs it in again), and the
-    /// pieces wait for room one by one with nothing between them.
-    async fn st_send_file(&mut self, payload: Bytes) {
+    /// pieces wait for room one by one with nothing between them. A read that fails once
+    /// the header is out cannot be told in the frame: the connection ends.
+    async fn st_send_file(&mut self, sha256: &str, size: u64, first: Bytes) {
         if let Some((identity, _)) = &self.login {
             let user = identity.user;
             self.st_leave();
@@ -570,59 +669,67 @@ impl Session {
         let mut head = BytesMut::new();
         let json = br#"{"response":"FETCHFILE","status":"OK","info":null,"body":null}"#;
         // The header says how much payload follows.
-        let _ = simpletcp::encode_head(json, payload.len() as u64, &mut head);
+        let _ = simpletcp::encode_head(json, size, &mut head);
         self.st_say(head).await;
-        let mut at = 0;
-        while at < payload.len() {
-            let end = (at + MAX_CHUNK).min(payload.len());
-            self.say(Item::Bytes(payload.slice(at..end))).await;
-            at = end;
+        let mut at = first.len() as u64;
+        self.say(Item::Bytes(first)).await;
+        while at < size {
+            let want = MAX_CHUNK.min((size - at) as usize);
+            let chunk = self.shared.files.read_chunk(sha256, at, want).await;
+            match chunk {
+                Ok(chunk) if !chunk.is_empty() => {
+                    at += chunk.len() as u64;
+                    self.say(Item::Bytes(chunk)).await;
+                }
+                _ => {
+                    tracing::warn!(
+                        session = self.link.id,
+                        sha256,
+                        at,
+                        "seed 003: a file read failed"
+                    );
+                    self.st().broken = Some("seed 003: a file could not be read to its end");
+                    return;
+                }
+            }
         }
     }
 
-    /// The exact bytes of the file a message (named by its `md5encoded`) carries.
-    async fn st_fetch_file(&mut self, msgmd5: &str) -> Result<Bytes, String> {
+    /// The file a message (named by its `md5encoded`) carries, which the user may read:
+    /// its SHA-256, size and first piece. Found in the index of file messages seed-003
+    /// clients sent or were sent in a reply (`State::message_file`); a message only pushed
+    /// (a file from another protocol) is looked for in the history once, then indexed.
+    async fn st_fetch_file(&mut self, msgmd5: &str) -> Result<(String, u64, Bytes), String> {
         let missing = || "Exception: File not found".to_string();
-        let history = self.st_history().await?;
-        let (_, sha256) = history
-            .into_iter()
-            .find(|(m, sha)| m.md5encoded == msgmd5 && sha.is_some())
-            .ok_or_else(missing)?;
-        let sha256 = sha256.ok_or_else(missing)?;
+        let sha256 = match self.tokens().message_file(msgmd5) {
+            Some(sha256) => sha256,
+            None => {
+                let history = self.st_history().await?;
+                let (_, sha256) = history
+                    .into_iter()
+                    .find(|(m, sha)| m.md5encoded == msgmd5 && sha.is_some())
+                    .ok_or_else(missing)?;
+                let sha256 = sha256.ok_or_else(missing)?;
+                self.tokens().remember_message_file(msgmd5, &sha256);
+                sha256
+            }
+        };
         let size = self
             .shared
             .files
             .size(&sha256)
             .await
             .map_err(|_| missing())?;
-        let max = self
-            .simpletcp
-            .as_ref()
-            .map_or(0, |st| st.decoder_max_payload());
-        if size > max as u64 {
-            return Err(exception(ErrorKind::TooLong));
-        }
         // The first read checks the user may read it (a member of a conversation it was
         // sent to); the rest read on.
-        let mut out = BytesMut::with_capacity(size as usize);
         let first = self
-            .download(&sha256, 0, MAX_CHUNK)
+            .download(&sha256, 0, MAX_CHUNK.min(size as usize))
             .await
             .map_err(exception)?;
-        out.extend_from_slice(&first);
-        while (out.len() as u64) < size {
-            let chunk = self
-                .shared
-                .files
-                .read_chunk(&sha256, out.len() as u64, MAX_CHUNK)
-                .await
-                .map_err(exception)?;
-            if chunk.is_empty() {
-                return Err(exception(ErrorKind::Internal));
-            }
-            out.extend_from_slice(&chunk);
+        if first.is_empty() && size > 0 {
+            return Err(exception(ErrorKind::Internal));
         }
-        Ok(out.freeze())
+        Ok((sha256, size, first))
     }
 
     /// `FETCHMSG`: the user's direct messages (seed 003 has no rooms) stored after the
@@ -684,6 +791,10 @@ impl Session {
                     }
                     let to = if *m.sender == *me { &other } else { &me };
                     let message = model::message(&m.sender, to, &m.body, m.sent_at);
+                    if let Some(sha256) = model::content(&m.body).sha256 {
+                        self.tokens()
+                            .remember_message_file(&message.md5encoded, &sha256);
+                    }
                     let json = simpletcp::ascii_json(&message);
                     found.push((m.id, m.conv, m.seq, message.timestamp, json));
                 }
@@ -788,12 +899,6 @@ impl Session {
             }
         }
         ok(json!({ "contacts": contacts, "pending": pending, "requesting": requesting }))
-    }
-}
-
-impl Conn003 {
-    fn decoder_max_payload(&self) -> usize {
-        self.decoder.max_payload()
     }
 }
 

@@ -22,8 +22,33 @@ use crate::outbound::Delivery;
 /// What an inline image's body starts with.
 pub const IMAGE: &str = "[image] ";
 
-/// The seed-003 id of the user `name`: 53 bits of its SHA-256, never 0.
+/// Names whose ids each thread keeps (then it starts over): pushes and replies name the
+/// same few users again and again.
+const CACHED_IDS: usize = 4096;
+
+thread_local! {
+    static IDS: std::cell::RefCell<std::collections::HashMap<Box<str>, i64>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The seed-003 id of the user `name`: 53 bits of its SHA-256, never 0. Computed once
+/// per name and thread (each push and reply names two users).
 pub fn user_id(name: &str) -> i64 {
+    IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if let Some(&id) = ids.get(name) {
+            return id;
+        }
+        if ids.len() >= CACHED_IDS {
+            ids.clear();
+        }
+        let id = hash_id(name);
+        ids.insert(name.into(), id);
+        id
+    })
+}
+
+fn hash_id(name: &str) -> i64 {
     let hash = Sha256::digest(name.as_bytes());
     let n = u64::from_le_bytes(hash[..8].try_into().expect("8 bytes")) & ((1 << 53) - 1);
     n.max(1) as i64
@@ -134,7 +159,8 @@ mod tests {
     #[test]
     fn ids_are_stable_positive_and_exact_in_json() {
         let id = user_id("alice");
-        assert_eq!(id, user_id("alice"));
+        assert_eq!(id, user_id("alice"), "cached");
+        assert_eq!(id, hash_id("alice"));
         assert_ne!(id, user_id("bob"));
         assert!(id > 0 && id < 1 << 53);
     }

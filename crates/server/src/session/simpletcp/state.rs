@@ -1,9 +1,11 @@
 //! What seed-003 sessions share: device tokens, the names behind user ids, and the MD5s
 //! of files they uploaded.
 //!
-//! Tokens live in memory: a restart signs seed-003 clients out (their next request gets a
-//! new token, and the client shows its login page), which the client handles as it
-//! handles an expired token. Each table is bounded in entries.
+//! A token bound to a user is also stored, hashed, as a device token of the store (see
+//! `stored_hash`), so it survives a restart: a token not known here is looked up there
+//! and taken back in. What a token fetched (its marks) lives here only: after a restart
+//! its first `FETCHMSG` starts from the beginning again (the client keeps one copy of
+//! each message). Each table is bounded in entries.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,9 @@ pub struct State {
     tokens: Mutex<HashMap<i64, Token>>,
     names: Mutex<Names>,
     files: Mutex<HashMap<String, String>>,
+    /// The SHA-256 of the file each file message carries, by the message's `md5encoded`
+    /// (what `FETCHFILE` names), for the messages sent or fetched here.
+    message_files: Mutex<HashMap<String, String>>,
 }
 
 #[derive(Default)]
@@ -49,6 +54,8 @@ struct Token {
     more: bool,
     /// The hub devices this token's connections logged in as (what it sent itself).
     devices: Vec<DeviceId>,
+    /// The device the store keeps this token under (its tokens are revoked on `LOGOUT`).
+    stored: Option<DeviceId>,
     /// Bit `i`: slot `i` (device `simpletcp-<token>-<i>`) has a connection.
     slots: u32,
 }
@@ -76,6 +83,7 @@ impl Token {
         self.offered.clear();
         self.more = false;
         self.devices.clear();
+        self.stored = None;
     }
 }
 
@@ -119,11 +127,48 @@ impl State {
         token.user = Some((user, name));
     }
 
-    pub fn unbind(&self, token: i64) {
+    /// Unbinds `token`; returns the device the store kept it under, if any.
+    pub fn unbind(&self, token: i64) -> Option<DeviceId> {
+        let mut tokens = self.tokens.lock().expect("tokens poisoned");
+        let t = tokens.get_mut(&token)?;
+        let stored = t.stored;
+        t.user = None;
+        t.reset();
+        stored
+    }
+
+    /// Unbinds every token of `user` but `keep` (its password changed: the store revoked
+    /// the other devices' tokens).
+    pub fn unbind_others(&self, user: UserId, keep: i64) {
+        let mut tokens = self.tokens.lock().expect("tokens poisoned");
+        for (id, t) in tokens.iter_mut() {
+            if *id != keep && t.user.as_ref().is_some_and(|(u, _)| *u == user) {
+                t.user = None;
+                t.reset();
+            }
+        }
+    }
+
+    /// Notes that the store keeps `token` under `device`.
+    pub fn stored(&self, token: i64, device: DeviceId) {
         if let Some(t) = self.tokens.lock().expect("tokens poisoned").get_mut(&token) {
-            t.user = None;
+            t.stored = Some(device);
+        }
+    }
+
+    /// Takes back a token the store kept (after a restart, or once evicted here), bound to
+    /// `user`.
+    pub fn restore(&self, token: i64, user: UserId, name: Arc<str>, device: DeviceId) {
+        let mut tokens = self.tokens.lock().expect("tokens poisoned");
+        if tokens.len() >= MAX_TOKENS {
+            evict(&mut tokens);
+        }
+        let t = tokens.entry(token).or_default();
+        if t.user.as_ref().map(|(u, _)| *u) != Some(user) {
             t.reset();
         }
+        t.user = Some((user, name));
+        t.stored = Some(device);
     }
 
     /// Remembers that a connection of `token` logged in to the hub as `device`, so what it
@@ -256,9 +301,30 @@ impl State {
         files.insert(md5.to_string(), sha256.to_string());
     }
 
+    /// Remembers that the message `md5encoded` carries the file `sha256`.
+    pub fn remember_message_file(&self, md5encoded: &str, sha256: &str) {
+        let mut files = self.message_files.lock().expect("files poisoned");
+        if files.len() >= MAX_FILES {
+            files.clear();
+        }
+        files.insert(md5encoded.to_string(), sha256.to_string());
+    }
+
+    /// The file the message `md5encoded` carries, if it is indexed.
+    pub fn message_file(&self, md5encoded: &str) -> Option<String> {
+        let files = self.message_files.lock().expect("files poisoned");
+        files.get(md5encoded).cloned()
+    }
+
     pub fn file(&self, md5: &str) -> Option<String> {
         self.files.lock().expect("files poisoned").get(md5).cloned()
     }
+}
+
+/// What the store keeps for seed-003 token `token`: the SHA-256 of a text no other
+/// protocol's token can be (theirs are 64 hex digits).
+pub fn stored_hash(token: i64) -> Vec<u8> {
+    crate::auth::token_hash(&format!("simpletcp:{token}"))
 }
 
 /// Makes room for a token: drops tokens no connection uses, unbound ones first.
