@@ -334,13 +334,18 @@ function sockets(p) {
   return list;
 }
 
-test('a second tab says the session is open elsewhere; "Use here" moves it, and back', async () => {
-  const one = await page(chrome);
+/** Waits until every socket of `list` is closed. */
+const allClosed = (list) => Promise.all(list.filter((ws) => !ws.isClosed()).map((ws) => ws.waitForEvent('close', { timeout: 10000 })));
+
+/** Two tabs of one browser: the second says the session is open in the first, "Use here"
+ * moves it there (a message then reaches only the second), and back. */
+async function handOver(name, init) {
+  const one = await page(chrome, undefined, init);
   const oneSockets = sockets(one);
-  await register(one, server, 'pat');
-  const sam = await TextUser.connect(server.port, 'sam');
-  sam.send('DM pat for the first tab');
-  await openConversation(one, 'sam');
+  await register(one, server, name);
+  const sam = await TextUser.connect(server.port, `${name}-friend`);
+  sam.send(`DM ${name} for the first tab`);
+  await openConversation(one, `${name}-friend`);
   await shows(one, 'for the first tab');
 
   // The same browser's second tab: no second session, a banner and a button instead.
@@ -350,16 +355,16 @@ test('a second tab says the session is open elsewhere; "Use here" moves it, and 
   await two.waitForSelector('#elsewhere:not([hidden])');
   assert.match(await two.textContent('#elsewhere'), /open in another tab/);
   assert.equal(await two.isVisible('#app'), false);
-  assert.equal(twoSockets.length, 0, 'the second tab does not connect');
-  await shot(two, 'desktop-other-tab');
+  await allClosed(twoSockets);
+  const waited = twoSockets.length;
 
   // "Use here": the first tab closes its socket and shows the banner; the second connects.
   await two.click('#use-here');
   await online(two);
   await one.waitForSelector('#elsewhere:not([hidden])');
-  assert.ok(oneSockets.every((ws) => ws.isClosed()), 'the first tab closed its socket');
-  sam.send('DM pat for the second tab');
-  await openConversation(two, 'sam');
+  await allClosed(oneSockets);
+  sam.send(`DM ${name} for the second tab`);
+  await openConversation(two, `${name}-friend`);
   await shows(two, 'for the second tab');
   assert.deepEqual(await texts(two), ['for the first tab', 'for the second tab']);
   assert.ok(oneSockets.every((ws) => ws.isClosed()), 'nothing reached the first tab');
@@ -368,13 +373,52 @@ test('a second tab says the session is open elsewhere; "Use here" moves it, and 
   await one.click('#use-here');
   await online(one);
   await two.waitForSelector('#elsewhere:not([hidden])');
-  assert.ok(twoSockets.every((ws) => ws.isClosed()), 'the second tab closed its socket');
-  sam.send('DM pat back in the first tab');
+  await allClosed(twoSockets);
+  sam.send(`DM ${name} back in the first tab`);
   await shows(one, 'back in the first tab');
   assert.deepEqual(await texts(one), ['for the first tab', 'for the second tab', 'back in the first tab']);
   assert.deepEqual([...one.errors, ...two.errors], []);
   sam.close();
+  return { one, two, waited };
+}
+
+test('a second tab says the session is open elsewhere; "Use here" moves it, and back', async () => {
+  const { one, two, waited } = await handOver('pat');
+  // With Web Locks the tab that waits opens no socket of its own.
+  assert.equal(waited, 0, 'the second tab did not connect before "Use here"');
+  await shot(two, 'desktop-other-tab');
   await one.context().close();
+});
+
+test('without Web Locks (plain http from another host), the server decides which tab holds it', async () => {
+  const noLocks = () => Object.defineProperty(Navigator.prototype, 'locks', { configurable: true, get: () => undefined });
+  const { one } = await handOver('quin', noLocks);
+  assert.equal(await one.evaluate(() => navigator.locks), undefined);
+  await one.context().close();
+});
+
+test('a tab that does not let go loses the session after a few seconds', async () => {
+  const rae = await page(chrome);
+  await register(rae, server, 'rae');
+  // Another page of this origin takes the lock and never answers (as a frozen tab would).
+  const stuck = await tab(rae.context());
+  await stuck.goto(`${server.url}manifest.json`);
+  const held = stuck.evaluate(() => new Promise((resolve) => {
+    const name = `parley.session.${localStorage.getItem('parley.device')}`;
+    navigator.locks.request(name, { steal: true }, () => {
+      resolve('held');
+      return new Promise(() => {});
+    }).catch((e) => { window.lost = e.name; });
+  }));
+  assert.equal(await held, 'held');
+  // Its lock taken, the app lets go at once.
+  await rae.waitForSelector('#elsewhere:not([hidden])');
+  // "Use here" asks; nobody answers; after a few seconds the lock is taken back.
+  await rae.click('#use-here');
+  await online(rae);
+  await stuck.waitForFunction(() => window.lost === 'AbortError');
+  assert.deepEqual(rae.errors, []);
+  await rae.context().close();
 });
 
 /** A page whose notifications are recorded (`window.raised`) and whose visibility the test

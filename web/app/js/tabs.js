@@ -36,11 +36,13 @@ export class Tabs {
     this.session = 0; // counts sessions: a lock granted to an ended one is given back
     this.waiting = null; // aborts this tab's wait for the lock
     this.letGoDone = null;
+    this.patience = 0; // "Device already connected" answers taken for a session just closing
   }
 
   /** A session begins in this tab: it holds the session unless another tab does. */
   start() {
     const session = ++this.session;
+    this.patience = 0;
     if (!this.locks) return this.use();
     this.lock(session, { ifAvailable: true });
   }
@@ -71,21 +73,25 @@ export class Tabs {
     if (this.locks) {
       granted = await this.lock(session, { signal: waiting.signal });
     } else {
-      // The holder says when its socket is closed; the server turns down a second session.
+      // The holder says when its socket is closed (a holder that does not is not waited for:
+      // the server turns down a second session).
       granted = await new Promise((resolve) => {
         this.letGoDone = () => resolve(true);
         waiting.signal.addEventListener('abort', () => resolve(waiting.signal.reason === 'timeout'));
       });
       this.letGoDone = null;
+      // The holder's session may take a moment to end on the server: a few refusals are
+      // answered by trying again (with the connection's back-off), then this tab gives up.
+      this.patience = 3;
       if (granted && session === this.session) this.use();
     }
     clearTimeout(timer);
     if (this.waiting === waiting) this.waiting = null;
-    // Another tab asked meanwhile (the last to ask wins), or the session ended: nothing here.
-    if (granted || waiting.signal.reason !== 'timeout' || session !== this.session) return;
-    // The holder did not let go in time.
-    if (this.locks) await this.lock(session, { steal: true });
-    else this.use();
+    // The holder did not let go in time (a frozen tab): the lock is taken from it. Not if
+    // another tab asked meanwhile (the last to ask wins) or the session ended.
+    if (!granted && waiting.signal.reason === 'timeout' && session === this.session) {
+      await this.lock(session, { steal: true });
+    }
   }
 
   /** Asks for the lock; resolves with whether it was granted (then this tab holds it). */
@@ -155,9 +161,11 @@ export class Tabs {
 
   /** The server turned this tab's login down: the device is connected in another tab.
    * True if this tab should stop and wait (without Web Locks); with them, the holder of
-   * the lock is this tab, so the other session is one just closing: try again. */
+   * the lock is this tab, so the other session is one just closing: try again (as also
+   * just after "Use here" without them). */
   busy() {
     if (this.locks) return false;
+    if (this.patience-- > 0) return false;
     this.elsewhere();
     return true;
   }
