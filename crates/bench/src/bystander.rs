@@ -34,7 +34,12 @@ pub struct Bystanders {
 pub struct Seen {
     tally: Tally,
     sent: Sent,
+    /// The longest latency (µs) of the DMs received in each `WINDOW` since the start.
+    worst: Vec<u64>,
 }
+
+/// The bystanders' latency over time: the worst of each window.
+const WINDOW_NS: u64 = 250_000_000;
 
 impl Bystanders {
     /// Logs `both` in (binary) and starts their DMs, one every `every_ms` each way, for at
@@ -84,6 +89,7 @@ impl Bystanders {
             _ => Seen {
                 tally: Tally::new(&[]),
                 sent: Sent::default(),
+                worst: Vec::new(),
             },
         }
     }
@@ -101,6 +107,7 @@ async fn converse(
     let most = timeout * 1000 / (every.as_millis() as u64).max(1) + 2;
     let counts: Arc<[AtomicU64; 2]> = Arc::default();
     let finished: Arc<[AtomicBool; 2]> = Arc::default();
+    let began = now_ns();
     let mut sides = JoinSet::new();
     for (me, conn) in conns.into_iter().enumerate() {
         let names = both.clone();
@@ -111,6 +118,7 @@ async fn converse(
                 names,
                 every,
                 most,
+                began,
             };
             side.run(conn, &counts, &finished, &stop).await
         });
@@ -118,12 +126,19 @@ async fn converse(
     let mut seen = Seen {
         tally: Tally::new(&[]),
         sent: Sent::default(),
+        worst: Vec::new(),
     };
     while let Some(side) = sides.join_next().await {
-        if let Ok((tally, sent)) = side {
+        if let Ok((tally, sent, worst)) = side {
             seen.tally.merge(&tally);
             seen.sent.sent += sent.sent;
             seen.sent.errors += sent.errors;
+            if seen.worst.len() < worst.len() {
+                seen.worst.resize(worst.len(), 0);
+            }
+            for (all, w) in seen.worst.iter_mut().zip(worst) {
+                *all = (*all).max(w);
+            }
         }
     }
     seen
@@ -146,6 +161,8 @@ impl Seen {
             .put("bystander_max_us", h.max());
         let bad = self.tally.duplicated + self.tally.reordered + self.tally.unexpected;
         figures.put("bystander_bad", bad);
+        let worst: Vec<u64> = self.worst.iter().map(|us| us / 1000).collect();
+        figures.put("bystander_worst_ms_every_250ms", worst);
     }
 }
 
@@ -156,6 +173,8 @@ struct Side {
     every: Duration,
     /// Most DMs this side may send.
     most: u64,
+    /// When the bystanders began (ns, the bench's clock).
+    began: u64,
 }
 
 impl Side {
@@ -167,7 +186,7 @@ impl Side {
         counts: &[AtomicU64; 2],
         finished: &[AtomicBool; 2],
         stop: &CancellationToken,
-    ) -> (Tally, Sent) {
+    ) -> (Tally, Sent, Vec<u64>) {
         let (me, other) = (self.me, 1 - self.me);
         let (from, to) = (&self.names[me], &self.names[other]);
         let (mut stream, mut buf) = conn.into_parts();
@@ -179,6 +198,7 @@ impl Side {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let never = CancellationToken::new();
         let mut drain_by = None;
+        let mut worst: Vec<u64> = Vec::new();
         loop {
             if drain_by.is_none() && stop.is_cancelled() {
                 finished[me].store(true, Ordering::Release);
@@ -188,7 +208,7 @@ impl Side {
                 let done = finished[other].load(Ordering::Acquire)
                     && tally.received >= counts[other].load(Ordering::Acquire);
                 if done || tokio::time::Instant::now() >= by {
-                    return (tally, sent);
+                    return (tally, sent, worst);
                 }
             }
             let wait = drain_by.unwrap_or_else(|| tokio::time::Instant::now() + self.every * 4);
@@ -198,7 +218,7 @@ impl Side {
                     let cid = (sent.sent as u32).wrapping_add(1);
                     let _ = binary::encode_message(cid, &payload, from.as_bytes(), to.as_bytes(), 0, &mut out);
                     if stream.write_all(&out).await.is_err() {
-                        return (tally, sent);
+                        return (tally, sent, worst);
                     }
                     out.clear();
                     sent.sent += 1;
@@ -206,13 +226,20 @@ impl Side {
                 }
                 read = read_more(&mut stream, &mut buf, 4096, &never) => {
                     if read.is_none() {
-                        return (tally, sent);
+                        return (tally, sent, worst);
                     }
                     let now = now_ns();
                     while let Ok(Some(frame)) = binary::decode(&mut buf, usize::MAX >> 1) {
                         match frame {
                             Frame::Message { message, .. } => match message.get(..PREFIX).and_then(unstamp) {
-                                Some((seq, at)) => tally.record(0, seq, at, now),
+                                Some((seq, at)) => {
+                                    tally.record(0, seq, at, now);
+                                    let window = (at.saturating_sub(self.began) / WINDOW_NS) as usize;
+                                    if worst.len() <= window {
+                                        worst.resize(window + 1, 0);
+                                    }
+                                    worst[window] = worst[window].max(now.saturating_sub(at) / 1000);
+                                }
                                 None => tally.unexpected += 1,
                             },
                             Frame::Response { code, .. } => sent.errors += u64::from(code != code::OK),
