@@ -5,11 +5,19 @@
 //! it has read everything, it asks the hub to go live; the hub, being the only writer,
 //! agrees only if nothing was appended since, so the replay and the live stream meet
 //! exactly: nothing missed, nothing twice, old before new.
+//!
+//! Only a few catch-ups replay at once ([`Gate`]); the others wait their turn, idle. When
+//! every device of a crowd comes back at once (the reconnect storm), replaying all of them
+//! at once made each take its turns at the read pool, the hub and its writer among ten
+//! thousand others, for the whole storm: every runnable task queued behind them, a live
+//! message's included (tokio has no priorities). A few at a time, each catch-up is over in
+//! a few turns and the runtime's queues stay short.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parley_proto::ConversationKind;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{debug, warn};
 
 use crate::hub::{GoLive, Hub, Identity};
@@ -27,8 +35,49 @@ const ROUND_BYTES: usize = 1 << 20;
 /// the first round is small.
 const FIRST_GUESS: usize = 64 * 1024;
 
+/// Catch-ups replaying at once per core, unless `catchups_at_once` says otherwise. Two
+/// per core keep the cores busy while one waits for a read or the hub; in the storm (10,000
+/// devices x 100 messages on two cores) 4 at once gave the bystander's DMs a p50 of
+/// 0.6-1.6 ms against 3.2-11.6 ms with every catch-up at once, 8 gave 1.6-2.5 ms and 32
+/// 4-7 ms (docs/perf/2026-12-06-storm3.md).
+const AT_ONCE_PER_CORE: usize = 2;
+/// Messages a catch-up replays before it lets a waiting one have its place: a device with a
+/// large backlog (and a client that keeps up) takes turns with the others instead of
+/// making them wait for all of it. A storm's devices (100 messages each) never yield.
+const TURN_MESSAGES: usize = 4096;
+
+/// The bound on catch-ups replaying at once, shared by a server's sessions. A catch-up holds
+/// its place while it reads and queues; it gives it up while its client does not read (a
+/// client that never reads holds no place of the others'), and after `TURN_MESSAGES`
+/// when others wait.
+pub struct Gate(Semaphore);
+
+impl Gate {
+    /// `at_once` catch-ups at a time; 0: two per core.
+    pub fn new(at_once: usize) -> Gate {
+        let at_once = match at_once {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                AT_ONCE_PER_CORE * cores
+            }
+            n => n,
+        };
+        Gate(Semaphore::new(at_once))
+    }
+
+    async fn enter(&self) -> anyhow::Result<SemaphorePermit<'_>> {
+        Ok(self.0.acquire().await?)
+    }
+
+    /// Whether a catch-up waits for a place.
+    fn contended(&self) -> bool {
+        self.0.available_permits() == 0
+    }
+}
+
 /// Replays the backlog of `identity` into `link`'s queue, then goes live.
 pub async fn run(
+    gate: Arc<Gate>,
     reader: Reader,
     hub: Hub,
     link: Arc<Link>,
@@ -36,7 +85,7 @@ pub async fn run(
     monitor: Arc<Monitor>,
 ) {
     let mut backlog = Backlog::new(&monitor);
-    match replay(&reader, &hub, &link, identity, &mut backlog).await {
+    match replay(&gate, &reader, &hub, &link, identity, &mut backlog).await {
         Ok(count) => debug!(session = link.id, replayed = count, "caught up"),
         Err(e) => {
             warn!(session = link.id, error = %format!("{e:#}"), "catch-up failed");
@@ -78,6 +127,7 @@ impl Drop for Backlog<'_> {
 }
 
 async fn replay(
+    gate: &Gate,
     reader: &Reader,
     hub: &Hub,
     link: &Link,
@@ -90,6 +140,9 @@ async fn replay(
     let mut first = true;
     // What a message of this replay weighs on average, as read so far.
     let mut weight = FIRST_GUESS;
+    let mut place = Some(gate.enter().await?);
+    // Messages replayed since this catch-up took its place.
+    let mut turn = 0;
     loop {
         let before = replayed;
         for p in reader.positions(me.user, me.device).await? {
@@ -175,7 +228,22 @@ async fn replay(
                     _ => d,
                 };
                 // The replay waits while the queue has no room (it holds what a slow reader
-                // has not taken yet), so it never holds more of it than the room's bytes.
+                // has not taken yet), so it never holds more of it than the room's bytes;
+                // it waits without its place among the catch-ups at once.
+                if !link.has_room() {
+                    place = None;
+                    if !link.room_for(Waiter::Replay).await {
+                        return Ok(replayed);
+                    }
+                }
+                if turn >= TURN_MESSAGES && gate.contended() {
+                    place = None;
+                }
+                if place.is_none() {
+                    place = Some(gate.enter().await?);
+                    turn = 0;
+                }
+                turn += 1;
                 if !link
                     .push_in_room(Item::Replay(Arc::new(d)), Waiter::Replay)
                     .await

@@ -98,6 +98,9 @@ pub struct Config {
     /// Requests one session may have in flight (pipelined) before the server stops reading
     /// from it until some are answered.
     pub max_inflight: usize,
+    /// Devices replaying what they missed at once; the others wait their turn (0: two per
+    /// core). See `catchup::Gate`.
+    pub catchups_at_once: usize,
     /// How long a login of a name that is online elsewhere waits for that other connection
     /// to finish closing before it is refused, in milliseconds.
     pub login_grace_ms: u64,
@@ -230,6 +233,7 @@ impl Default for Config {
             outbound_bytes: 4 << 20,
             write_timeout_ms: 10_000,
             max_inflight: 256,
+            catchups_at_once: 0,
             login_grace_ms: 200,
             shutdown_timeout_ms: 10_000,
             batch_max: 4096,

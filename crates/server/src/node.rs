@@ -100,6 +100,7 @@ pub(crate) async fn open_core(
         shutdown,
         next_session: AtomicU64::new(1),
         seats: Semaphore::new(config.max_connections),
+        catchups: Arc::new(crate::catchup::Gate::new(config.catchups_at_once)),
         live: crate::config::Live::new(&config),
         simpletcp: Default::default(),
         config,

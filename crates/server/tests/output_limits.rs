@@ -185,6 +185,50 @@ async fn a_replay_to_a_client_that_does_not_read_is_bounded_too() {
     server.stop().await;
 }
 
+/// Only `catchups_at_once` devices replay at a time, and a catch-up whose client reads
+/// nothing gives its turn up while it waits: with one at a time, bob's replay of 6 MB to a
+/// client that reads none of it (and is never cut off) does not keep carol, who logs in
+/// next, from getting what she missed. (Before: she waited for bob's client to read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_is_not_read_holds_no_turn_of_the_others() {
+    let server = TestServer::start_with(|c| {
+        c.catchups_at_once = 1;
+        c.outbound_bytes = 256 * 1024;
+        c.write_timeout_ms = 0;
+        c.messages_per_second = 0;
+    })
+    .await;
+    drop(server.login("bob").await);
+    drop(server.login("carol").await);
+    let mut alice = server.login("alice").await;
+    send_dms(&mut alice, "alice", "bob", 100, BIG).await;
+    send_dms(&mut alice, "alice", "carol", 3, 100).await;
+    // bob's replay has begun once some of his first message is here; then he reads no more.
+    let mut stalled = stalled_reader(&server, "bob").await;
+    let mut got = vec![0; 1024];
+    let mut read = 0;
+    while read < got.len() {
+        let n = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut got[read..]))
+            .await
+            .expect("bob's login answer and replay begin")
+            .unwrap();
+        assert!(n > 0, "bob's connection closed");
+        read += n;
+    }
+    let mut carol = BinaryClient::connect(server.addr).await.unwrap();
+    carol.timeout = Duration::from_secs(10);
+    assert_eq!(carol.login(1, "carol").await.unwrap(), code::OK);
+    for i in 0..3 {
+        let (text, ..) = carol
+            .expect_push()
+            .await
+            .expect("carol's catch-up, beside bob's");
+        assert_eq!(index(&text), i);
+    }
+    drop(stalled);
+    server.stop().await;
+}
+
 /// A history page holds as many messages as fit in a frame (`max_frame_bytes`), never more:
 /// three 60 KB messages come in three pages, and paging back finds them all, in order.
 #[tokio::test]

@@ -253,7 +253,13 @@ impl Link {
     /// has stopped (false): a session handles no more requests while its answers are not
     /// being read. Nearly always there is room, seen without the queue's lock.
     pub async fn room(&self) -> bool {
-        self.queue.has_room() || poll_fn(|cx| self.queue.poll_room(cx, Waiter::Session)).await
+        self.room_for(Waiter::Session).await
+    }
+
+    /// [`Link::room`] for `waiter` (the catch-up waits for room without holding a place
+    /// among the catch-ups that replay at once).
+    pub async fn room_for(&self, waiter: Waiter) -> bool {
+        self.queue.has_room() || poll_fn(|cx| self.queue.poll_room(cx, waiter)).await
     }
 
     /// Counts `n` more pushes waiting in the queue, unless that would pass the limit.

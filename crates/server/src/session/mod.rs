@@ -96,6 +96,8 @@ pub struct Shared {
     pub next_session: AtomicU64,
     /// Places for connections (`max_connections`); see `server::Seat`.
     pub seats: tokio::sync::Semaphore,
+    /// Catch-ups that replay at once (`catchup::Gate`).
+    pub catchups: Arc<catchup::Gate>,
     /// Metrics and the server's phase.
     pub monitor: Arc<crate::monitor::Monitor>,
     /// Cancelled when the server stops accepting: at shutdown, or first when it drains.
@@ -575,6 +577,7 @@ impl Session {
         if let (Some((identity, _)), None) = (&self.login, &self.catchup) {
             let stop = CancellationToken::new();
             let replay = catchup::run(
+                self.shared.catchups.clone(),
                 self.shared.reader.clone(),
                 self.shared.hub.clone(),
                 self.link.clone(),
