@@ -365,12 +365,28 @@ async fn a_node_cut_off_from_nats_and_healed_loses_nothing() {
     let cut = link.clone();
     under_load(&mut cluster, async move |cluster: &mut Cluster, _| {
         let link = cut;
-        let mut xi = text_login(cluster.nodes[0].addr, "xi").await;
-        let mut yan = text_login(cluster.nodes[1].addr, "yan").await;
+        let (a, b) = (cluster.nodes[0].addr, cluster.nodes[1].addr);
+        let mut xi = text_login(a, "xi").await;
+        let mut yan = text_login(b, "yan").await;
+        let mut reg = LineClient::connect(a).await.unwrap();
+        let register = format!("REGISTER zed {PASSWORD}");
+        assert_eq!(reg.ask(&register).await.unwrap(), "OK");
+        let mut zed_on_b = LineClient::connect(b).await.unwrap();
+        let login = format!("LOGIN zed {PASSWORD} desk");
+        assert_eq!(zed_on_b.ask(&login).await.unwrap(), "OK");
         link.cut();
         // A conversation that begins while b cannot hear NATS, with nothing after it:
         // no later message reveals it to b, which must find it in PostgreSQL.
         xi.send("DM yan while you were away").await.unwrap();
+        assert_eq!(xi.ask("PING").await.unwrap(), "PONG");
+        // So must a room that zed, online on b, joins from another device on a, and what
+        // is said there: the join's event went out on NATS only.
+        let mut zed_on_a = LineClient::connect(a).await.unwrap();
+        let login = format!("LOGIN zed {PASSWORD} phone");
+        assert_eq!(zed_on_a.ask(&login).await.unwrap(), "OK");
+        assert_eq!(zed_on_a.ask("JOIN #cut").await.unwrap(), "OK");
+        assert_eq!(xi.ask("JOIN #cut").await.unwrap(), "OK");
+        xi.send("SAY #cut said while b was away").await.unwrap();
         assert_eq!(xi.ask("PING").await.unwrap(), "PONG");
         // Longer than a lease: b's sessions must stay online (PostgreSQL, not NATS, holds
         // the leases) and be served from PostgreSQL meanwhile.
@@ -387,6 +403,17 @@ async fn a_node_cut_off_from_nats_and_healed_loses_nothing() {
         .await
         .expect("the conversation begun during the cut reached b within 30 s");
         assert_eq!(heard, "DM xi while you were away");
+        let heard = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let line = zed_on_b.line().await.expect("zed's session on b");
+                if line.starts_with("ROOM ") {
+                    return line;
+                }
+            }
+        })
+        .await
+        .expect("the room joined during the cut reached b within 30 s");
+        assert_eq!(heard, "ROOM #cut xi said while b was away");
     })
     .await;
 }

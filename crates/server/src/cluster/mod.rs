@@ -63,6 +63,10 @@ pub enum Incoming {
     /// their last sequence and members: read after NATS was away (or dropped messages),
     /// when the message that began one may have been lost with nothing after it.
     Discovered(Vec<Discovered>),
+    /// The rooms users online here are members of, with where they joined and where each
+    /// room stands: read with `Discovered`, as a join made on another node while NATS was
+    /// away reached this node by nothing else.
+    Memberships(Vec<RoomMembership>),
     /// Time to stop delivering conversations nobody here needs any more.
     Collect,
 }
@@ -135,6 +139,16 @@ pub struct Discovered {
     pub last_seq: Seq,
     pub a: UserId,
     pub b: UserId,
+}
+
+/// A room membership found in PostgreSQL (see [`Incoming::Memberships`]).
+#[derive(Debug, Clone)]
+pub struct RoomMembership {
+    pub user: UserId,
+    pub conv: ConvId,
+    pub room: String,
+    pub joined_seq: Seq,
+    pub last_seq: Seq,
 }
 
 /// Something for the bus to publish.

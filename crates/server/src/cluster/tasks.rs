@@ -13,7 +13,8 @@
 //!   slowly), nothing would reveal the conversation. So after every reconnection (and
 //!   every drop), and at each reconciliation during one lease after it (the subscriptions
 //!   are renewed a little after the reconnection is reported), the direct conversations
-//!   of the users online here that the hub does not follow are read too. Not at every
+//!   of the users online here that the hub does not follow are read too, and their rooms
+//!   (a join made on another node meanwhile was announced only on NATS). Not at every
 //!   reconciliation: it reads every conversation of every user online here.
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::wire::{self, Event};
-use super::{Discovered, Incoming, IncomingSink, Interest};
+use super::{Discovered, Incoming, IncomingSink, Interest, RoomMembership};
 use crate::store::postgres;
 use crate::store::UserId;
 
@@ -206,6 +207,27 @@ impl Tasks {
             .collect();
         if !found.is_empty() {
             self.hub.incoming(Incoming::Discovered(found));
+        }
+        let rows = db
+            .query(
+                "SELECT m.user_id, c.id, c.name, m.joined_seq, c.last_seq
+                 FROM memberships m JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.user_id = ANY($1) AND c.kind = $2",
+                &[&users, &(crate::store::KIND_ROOM as i16)],
+            )
+            .await?;
+        let rooms: Vec<RoomMembership> = rows
+            .iter()
+            .map(|r| RoomMembership {
+                user: r.get(0),
+                conv: r.get(1),
+                room: r.get::<_, Option<String>>(2).unwrap_or_default(),
+                joined_seq: r.get(3),
+                last_seq: r.get(4),
+            })
+            .collect();
+        if !rooms.is_empty() {
+            self.hub.incoming(Incoming::Memberships(rooms));
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use super::core::{internal, Audience, Core, Effect};
 use super::{Auth, Identity, Map, NameKey, Presence, RoomInfo, ANONYMOUS};
-use crate::cluster::{wire, Event, Incoming, Link, Wired};
+use crate::cluster::{wire, Event, Incoming, Link, RoomMembership, Wired};
 use crate::outbound::{ContactChange, Delivery, Item, Kill, Notice, SharedNotice, Staging, Tag};
 use crate::store::postgres::{OnlineClaim, PgStore};
 use crate::store::{Batch, ConvId, DeviceId, Membership, Seq, UserId};
@@ -547,7 +547,53 @@ impl Core {
                     }
                 }
             }
+            Incoming::Memberships(found) => {
+                for m in found {
+                    self.membership_found(m, effects);
+                }
+            }
             Incoming::Collect => self.collect(),
+        }
+    }
+
+    /// A room membership of a user online here, as PostgreSQL has it: if this node does
+    /// not know of it (the join was made on another node while NATS was away), it is
+    /// taken as that join's event would have been, and what the room said since is read.
+    fn membership_found(&mut self, m: RoomMembership, effects: &mut Vec<Effect>) {
+        if !self.online.contains_key(&m.user) {
+            return;
+        }
+        let member = self
+            .rooms
+            .get(m.room.as_str())
+            .is_some_and(|r| r.members.contains(&m.user));
+        let listed = self
+            .memberships
+            .get(&m.user)
+            .is_none_or(|list| list.iter().any(|l| l.conv == m.conv));
+        let followed = self.state().followed.contains_key(&m.conv);
+        if member && listed && followed {
+            return;
+        }
+        let Some(name) = self.name_of(m.user) else {
+            return;
+        };
+        debug!(
+            conv = m.conv,
+            user = m.user,
+            "discovered: a room joined elsewhere"
+        );
+        let event = Event::Room {
+            conv: m.conv,
+            room: m.room,
+            user: m.user,
+            name: name.to_string(),
+            joined: true,
+            seq: m.joined_seq,
+        };
+        self.event(event, effects);
+        if let Err(e) = self.fill(m.conv, m.last_seq) {
+            warn!(error = %format!("{e:#}"), conv = m.conv, "filling a gap");
         }
     }
 
