@@ -66,7 +66,7 @@ impl Style {
                 dst.put_slice(line.as_bytes());
             }
             Style::WebSocket => frame_json(|out| Style::Json.encode_delivery(d, out), dst),
-            Style::SimpleTcp => crate::session::simpletcp::forward(d, dst),
+            Style::SimpleTcp => super::simpletcp::forward(d, dst),
             Style::Json => {
                 let event = MessageEvent {
                     event: "message",

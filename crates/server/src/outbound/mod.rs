@@ -31,6 +31,7 @@ mod delivery;
 mod encode;
 mod link;
 mod queue;
+pub mod simpletcp;
 mod staging;
 mod tcp_ack;
 mod writer;

@@ -9,7 +9,6 @@
 //! the user's direct messages pushed as `FORWARDMSG`; the client's short extra connections
 //! (file uploads and downloads) are such connections too.
 
-mod model;
 mod state;
 
 use std::sync::Arc;
@@ -28,10 +27,10 @@ use super::{Flow, Session, Shared, Who};
 use crate::conn::Conn;
 use crate::files::{Offer, MAX_CHUNK};
 use crate::hub::{AccountChange, Auth, Identity};
+use crate::outbound::simpletcp as model;
 use crate::outbound::{json_error, Item, Protocol, Style, Tag};
 use crate::store::{ContactState, NewToken, Revoke};
 
-pub use model::forward;
 pub use state::State;
 use state::{Marks, Offered};
 

@@ -1,4 +1,5 @@
-//! parley's model as seed 003's client sees it: user ids, times, and messages.
+//! parley's model as seed 003's client sees it: user ids, times, and messages (its
+//! session's replies and the output path's `FORWARDMSG` pushes both read it).
 //!
 //! The seed's client names users by integer ids and carries messages as typed records;
 //! parley stores names and text. The mapping is pure, so a message stored by any protocol
@@ -17,7 +18,7 @@ use parley_proto::simpletcp::{self, ContentType, Message};
 use parley_proto::ConversationKind;
 use sha2::{Digest, Sha256};
 
-use crate::outbound::Delivery;
+use super::Delivery;
 
 /// What an inline image's body starts with.
 pub const IMAGE: &str = "[image] ";
