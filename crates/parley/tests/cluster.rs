@@ -660,3 +660,46 @@ async fn a_token_revoked_on_one_node_is_refused_on_the_others() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Wrong device tokens count against their address on every node: past the address's free
+/// failures on A, a wrong token on B waits for a turn B booked when it heard of A's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tokens_on_one_node_make_the_address_wait_on_the_others() {
+    if !services::available() {
+        return;
+    }
+    const SPACING: Duration = Duration::from_millis(2000);
+    let cluster = Cluster::start_with(
+        2,
+        &[
+            ("PARLEY_LOGIN_ADDRESS_FAILURES_FREE", "2"),
+            ("PARLEY_LOGIN_ADDRESS_SPACING_MS", "2000"),
+        ],
+    );
+    let (a, b) = (cluster.nodes[0].addr, cluster.nodes[1].addr);
+    let mut bob = text(b, "bob").await;
+    let wrong_token = |addr: SocketAddr| async move {
+        let (conn, _pushes) = Connection::connect(&Endpoint::tcp(addr.to_string()))
+            .await
+            .unwrap();
+        let refused = conn.login_token("no-such-token").await;
+        assert!(matches!(refused, Err(Error::Refused(_))), "{refused:?}");
+    };
+    // Two free failures on A, then a third: A books the address's next turn a spacing
+    // later, and so does B on hearing of it (after this moment).
+    wrong_token(a).await;
+    wrong_token(a).await;
+    let third = Instant::now();
+    wrong_token(a).await;
+    // A barrier: an event A publishes after those failures' reaches B after them too.
+    let mut hal = text(a, "hal").await;
+    assert_eq!(hal.ask("QUIT").await.unwrap(), "BYE");
+    until(&mut bob, |l| l == "INFO hal disconnected").await;
+    // B's first wrong token from this address waits for that turn.
+    wrong_token(b).await;
+    let waited = third.elapsed();
+    assert!(
+        waited >= SPACING,
+        "B answered {waited:?} after A's third wrong token: B did not count A's"
+    );
+}

@@ -20,10 +20,10 @@
 //!   waits for a turn.
 //! - An address is an IPv4 address or an IPv6 /64 (one host usually holds a whole /64).
 //! - **In a cluster** every node counts every node's attempts: each password attempt's
-//!   start and success go to the other nodes (over NATS, cluster/), which count them as
-//!   their own (`remote`). Attempts made on two nodes at the same moment may both be
-//!   checked (the count reaches the other node a moment later): a guesser gains at most
-//!   one attempt per node at each step of its back-off.
+//!   start and success, and each wrong token, go to the other nodes (over NATS, cluster/),
+//!   which count them as their own (`remote`). Attempts made on two nodes at the same
+//!   moment may both be checked (the count reaches the other node a moment later): a
+//!   guesser gains at most one attempt per node at each step of its back-off.
 //! - **Memory** is bounded in bytes (`login_throttle_bytes`, half for each table). A full
 //!   table drops what has expired, then the eighth with the fewest failures (the oldest
 //!   first): spraying new names or addresses evicts other sprayed entries, not the long
@@ -163,10 +163,12 @@ pub enum Attempt {
     Succeeded,
     /// The password could not be checked (the store failed): it counts for nothing.
     Unchecked,
+    /// A wrong device token (no name): a failure of its address, as `token_failed` counts.
+    TokenFailed,
 }
 
-/// How a cluster node tells the others of a password attempt: `(name, address, what became
-/// of it)`, never waiting.
+/// How a cluster node tells the others of a login attempt: `(name, address, what became of
+/// it)`, never waiting. A wrong token has no name (`""`).
 pub type Announce = Box<dyn Fn(&str, IpAddr, Attempt) + Send + Sync>;
 
 /// The most entries of `(K, V)` a table may hold within `bytes`. A hashbrown table has a
@@ -255,6 +257,10 @@ impl Throttle {
             Attempt::Begun => {}
             Attempt::Succeeded => return self.clear(name, ip),
             Attempt::Unchecked => return self.take_back(name, ip),
+            Attempt::TokenFailed => {
+                self.count_token_failure(ip);
+                return;
+            }
         }
         let key = self.key(name, ip);
         let now = Instant::now();
@@ -320,6 +326,14 @@ impl Throttle {
     /// A wrong token from `ip`: counted against the address; returns how long its answer
     /// waits (zero while the address is within its free failures).
     pub fn token_failed(&self, ip: IpAddr) -> Duration {
+        let wait = self.count_token_failure(ip);
+        self.announce("", ip, Attempt::TokenFailed);
+        wait
+    }
+
+    /// Counts a wrong token from `ip` (made here or on another node) against its address:
+    /// it books a turn, never a refusal.
+    fn count_token_failure(&self, ip: IpAddr) -> Duration {
         let now = Instant::now();
         let mut tables = self.tables.lock().expect("throttle poisoned");
         self.sweep_if_due(&mut tables, now);
@@ -539,6 +553,25 @@ mod tests {
         let waits: Vec<_> = (0..20).map(|_| t.token_failed(nat)).collect();
         assert!(waits.iter().all(|w| *w <= Duration::from_secs(10)));
         assert_eq!(waits[19], Duration::from_secs(10), "capped at ten turns");
+    }
+
+    #[test]
+    fn another_nodes_wrong_tokens_count_against_the_address_here() {
+        let t = throttle(|_| {});
+        let nat = ip("10.0.0.1");
+        for _ in 0..6 {
+            t.remote("", nat, Attempt::TokenFailed);
+        }
+        let wait = t.token_failed(nat);
+        assert!(
+            wait > Duration::from_millis(900),
+            "waits for a turn: {wait:?}"
+        );
+        assert_eq!(
+            t.begin("bob", ip("10.0.0.2")),
+            Ok(Duration::ZERO),
+            "elsewhere"
+        );
     }
 
     #[test]

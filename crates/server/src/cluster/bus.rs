@@ -59,7 +59,7 @@ pub struct Bus {
     pub client: async_nats::Client,
     pub hub: Arc<dyn IncomingSink>,
     pub interest: Arc<Interest>,
-    /// Other nodes' password attempts are counted here (throttle.rs), not by the hub.
+    /// Other nodes' password attempts and wrong tokens are counted here (throttle.rs), not by the hub.
     pub throttle: Arc<crate::throttle::Throttle>,
 }
 
@@ -108,10 +108,11 @@ impl Bus {
                     event = events.next() => {
                         let Some(event) = event else { break };
                         match serde_json::from_slice::<Event>(&event.payload) {
-                            Ok(Event::Login { name, ip, succeeded, unchecked }) => {
-                                let attempt = match (succeeded, unchecked) {
-                                    (true, _) => crate::throttle::Attempt::Succeeded,
-                                    (_, true) => crate::throttle::Attempt::Unchecked,
+                            Ok(Event::Login { name, ip, succeeded, unchecked, token }) => {
+                                let attempt = match (succeeded, unchecked, token) {
+                                    (true, _, _) => crate::throttle::Attempt::Succeeded,
+                                    (_, true, _) => crate::throttle::Attempt::Unchecked,
+                                    (_, _, true) => crate::throttle::Attempt::TokenFailed,
                                     _ => crate::throttle::Attempt::Begun,
                                 };
                                 throttle.remote(&name, ip, attempt);

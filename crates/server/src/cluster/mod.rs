@@ -233,7 +233,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<Starting> {
 }
 
 impl Starting {
-    /// How the login throttle tells the other nodes of this node's password attempts.
+    /// How the login throttle tells the other nodes of this node's password attempts and
+    /// wrong tokens.
     pub fn announcer(&self) -> crate::throttle::Announce {
         let outgoing = self.to_bus.clone().expect("before the hub takes its end");
         Box::new(move |name, ip, attempt| {
@@ -242,6 +243,7 @@ impl Starting {
                 ip,
                 succeeded: attempt == crate::throttle::Attempt::Succeeded,
                 unchecked: attempt == crate::throttle::Attempt::Unchecked,
+                token: attempt == crate::throttle::Attempt::TokenFailed,
             };
             match serde_json::to_vec(&event) {
                 // Full: NATS is behind, and this attempt counts on this node only.

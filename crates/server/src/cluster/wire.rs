@@ -151,8 +151,9 @@ pub enum Event {
     /// `user` set a new password: every session of theirs but `keep`'s device ends.
     SignedOut { user: UserId, keep: DeviceId },
     /// A password attempt at `name` from `ip` began, or (`succeeded`) it succeeded, or
-    /// (`unchecked`) the password could not be checked: the login throttle counts the
-    /// cluster's attempts (throttle.rs).
+    /// (`unchecked`) the password could not be checked, or (`token`, `name` empty) a wrong
+    /// device token came from `ip`: the login throttle counts the cluster's attempts
+    /// (throttle.rs).
     Login {
         name: String,
         ip: std::net::IpAddr,
@@ -160,6 +161,10 @@ pub enum Event {
         /// Absent from nodes that predate it.
         #[serde(default)]
         unchecked: bool,
+        /// Absent from nodes that predate it; such a node counts a wrong token as a failed
+        /// password attempt of the empty name (no account's), so against `ip` just the same.
+        #[serde(default)]
+        token: bool,
     },
 }
 
@@ -217,5 +222,19 @@ mod tests {
         let json = serde_json::to_string(&event).unwrap();
         assert_eq!(json, r#"{"event":"offline","user":4,"name":"carol"}"#);
         assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event);
+    }
+
+    #[test]
+    fn a_login_event_from_an_older_node_reads_as_a_password_attempt() {
+        let old = r#"{"event":"login","name":"bob","ip":"10.0.0.1","succeeded":false}"#;
+        let event = serde_json::from_str::<Event>(old).unwrap();
+        let expected = Event::Login {
+            name: "bob".into(),
+            ip: "10.0.0.1".parse().unwrap(),
+            succeeded: false,
+            unchecked: false,
+            token: false,
+        };
+        assert_eq!(event, expected);
     }
 }
