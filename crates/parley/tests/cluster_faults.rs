@@ -40,6 +40,9 @@ struct Record {
     refused: u64,
     /// Connections made (1 + reconnections).
     connections: u64,
+    /// Set once sending has stopped and no request of this user is in flight: `acked`
+    /// grows no more.
+    settled: bool,
 }
 
 /// One user: connects through `lb`, logs in (again after every failure), receives and
@@ -107,7 +110,9 @@ async fn user(
                     });
                 }
                 let Some((body, sent)) = futures_util::StreamExt::next(&mut inflight).await else {
-                    // Not sending any more: stay online to receive.
+                    // Not sending any more, and every request answered: stay online to
+                    // receive.
+                    record.lock().unwrap().settled = true;
                     return sending.cancelled().await;
                 };
                 match sent {
@@ -208,6 +213,15 @@ async fn under_load(
     })
     .await;
     sending.cancel();
+    // Requests still in flight may yet be acknowledged: what must arrive is known once
+    // every sender has its answers (a connection lost meanwhile leaves its requests' fates
+    // unknown; the user logs in again and has nothing in flight).
+    wait_until(
+        "every request answered after sending stopped",
+        Duration::from_secs(60),
+        || records.iter().all(|r| r.lock().unwrap().settled),
+    )
+    .await;
     // Everything acknowledged arrives (bounded): then nothing more may arrive.
     let delivered = |records: &[Arc<Mutex<Record>>]| {
         (0..USERS).all(|i| {
