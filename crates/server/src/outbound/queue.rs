@@ -131,7 +131,17 @@ impl<T> State<T> {
     fn take_into(&mut self, into: &mut Vec<T>, max: usize, written: usize) -> usize {
         self.bytes = self.bytes.saturating_sub(written);
         let n = self.items.len().min(max);
-        into.extend(self.items.drain(..n));
+        if n > 0 && n == self.items.len() && into.is_empty() && into.capacity() > 0 {
+            // All of it into an empty list that has room of its own (the deque keeps slots
+            // while in use): the two swap buffers (each conversion keeps its allocation, and
+            // a deque a writer emptied starts at its buffer's front, so neither moves an
+            // item), where a drain moved the items one by one (about 370 instructions a
+            // message at W = 1, callgrind).
+            let spare = VecDeque::from(std::mem::take(into));
+            *into = Vec::from(std::mem::replace(&mut self.items, spare));
+        } else if n > 0 {
+            into.extend(self.items.drain(..n));
+        }
         if self.items.is_empty() && self.items.capacity() > KEEP_SLOTS {
             self.items = VecDeque::new();
         }
@@ -183,8 +193,13 @@ impl<T> State<T> {
     }
 }
 
-fn wake_all(wakers: impl IntoIterator<Item = Option<Waker>>) {
-    for waker in wakers.into_iter().flatten() {
+/// Wakes the producers `wakers` holds. Usually none: plain `if let`s, where iterating the
+/// array (a `Flatten` built and dropped at every take) cost about 90 instructions a message.
+fn wake_all([session, replay]: [Option<Waker>; 2]) {
+    if let Some(waker) = session {
+        waker.wake();
+    }
+    if let Some(waker) = replay {
         waker.wake();
     }
 }

@@ -21,11 +21,22 @@ use std::os::fd::RawFd;
 
 use crate::store::{ConvId, Seq};
 
-/// What one write delivered, waiting for the peer's acknowledgement.
+/// One conversation's furthest sequence in one write, waiting for the peer's
+/// acknowledgement of the write's end. Flat (an entry per conversation, not a list per
+/// write): a write and a report allocate nothing, where a list per write was an allocation
+/// per write and another per report (about 200 instructions a message at W = 1, callgrind).
 struct Pending {
+    /// The stream's offset the peer must acknowledge; `OPEN` while the write is encoded.
     end: u64,
-    delivered: Vec<(ConvId, Seq)>,
+    conv: ConvId,
+    seq: Seq,
 }
+
+/// The end of a write still being encoded: never confirmed.
+const OPEN: u64 = u64::MAX;
+/// A pending list that grew past this many entries is released once empty: a parked
+/// writer keeps its tracker.
+const KEEP_PENDING: usize = 16;
 
 /// Per-connection bookkeeping of unacknowledged deliveries.
 pub struct AckTracker {
@@ -57,55 +68,92 @@ impl AckTracker {
         }
     }
 
-    /// Records a write of `bytes` that carried `delivered` (call right after every write
-    /// completed, with or without deliveries).
-    pub fn written(&mut self, bytes: usize, delivered: Vec<(ConvId, Seq)>) {
+    /// Notes that the write being encoded carries `conv` up to `seq` (a run of one
+    /// conversation's deliveries is one entry: only its furthest sequence counts).
+    pub fn carries(&mut self, conv: ConvId, seq: Seq) {
+        match self.pending.back_mut() {
+            Some(last) if last.end == OPEN && last.conv == conv => last.seq = last.seq.max(seq),
+            _ => self.pending.push_back(Pending {
+                end: OPEN,
+                conv,
+                seq,
+            }),
+        }
+    }
+
+    /// Records that the write being encoded, `bytes` long, completed (call right after
+    /// every write completed, with or without deliveries). `count`: its deliveries wait for
+    /// the peer's acknowledgement (false for a client that acks them itself).
+    pub fn written(&mut self, bytes: usize, count: bool) {
         if let Some(sent) = &mut self.sent {
             // The peer acknowledges exactly the stream's bytes (`tcpi_bytes_acked`), and a
             // peer that reset never acknowledges what came after: no kernel call needed.
             *sent += bytes as u64;
-            if !delivered.is_empty() && !self.dead {
-                let end = *sent;
-                self.pending.push_back(Pending { end, delivered });
-            }
-            return;
+            let end = *sent;
+            return self.close(count && !self.dead, end);
         }
-        if delivered.is_empty() || self.dead {
-            return;
+        if !self.has_open() || !count || self.dead {
+            return self.close(false, 0);
         }
         match (info(self.fd), queued(self.fd)) {
-            (Some(info), Some(_)) if info.reset => self.dead = true,
+            (Some(info), Some(_)) if info.reset => {
+                self.dead = true;
+                self.close(false, 0);
+            }
             // The stream's end so far: what the peer acknowledged plus what is still queued
             // (unsent or unacknowledged). A reset purges the queue, hence the check above.
-            (Some(info), Some(queued)) => self.pending.push_back(Pending {
-                end: info.acked + queued,
-                delivered,
-            }),
+            (Some(info), Some(queued)) => self.close(true, info.acked + queued),
             // No way to ask (not Linux, or the socket is gone): trust the write.
-            _ => self.pending.push_back(Pending { end: 0, delivered }),
+            _ => self.close(true, 0),
         }
     }
 
-    /// Deliveries the peer has acknowledged since the last call.
-    pub fn confirmed(&mut self) -> Vec<(ConvId, Seq)> {
+    /// The write being encoded failed: what it carried is never confirmed.
+    pub fn failed(&mut self) {
+        self.close(false, 0);
+    }
+
+    fn has_open(&self) -> bool {
+        self.pending.back().is_some_and(|p| p.end == OPEN)
+    }
+
+    /// Gives the open write's entries their `end` (`keep`), or drops them.
+    fn close(&mut self, keep: bool, end: u64) {
+        if !keep {
+            while self.has_open() {
+                self.pending.pop_back();
+            }
+            return;
+        }
+        let open = self.pending.iter_mut().rev().take_while(|p| p.end == OPEN);
+        open.for_each(|p| p.end = end);
+    }
+
+    /// Hands each delivery the peer has acknowledged since the last call to `each`.
+    pub fn confirmed(&mut self, mut each: impl FnMut(ConvId, Seq)) {
         if self.pending.is_empty() {
-            return Vec::new();
+            return;
         }
         let (acked, reset) = match info(self.fd) {
             Some(info) => (info.acked, info.reset),
-            None if self.dead => return Vec::new(),
-            None => (u64::MAX, false),
+            None if self.dead => return,
+            None => (u64::MAX - 1, false),
         };
-        let mut out = Vec::new();
-        while self.pending.front().is_some_and(|p| p.end <= acked) {
-            out.extend(self.pending.pop_front().expect("checked").delivered);
+        while let Some(p) = self.pending.front() {
+            if p.end > acked {
+                break;
+            }
+            each(p.conv, p.seq);
+            self.pending.pop_front();
         }
         if reset {
             // The rest will never be acknowledged: stop waiting for it.
             self.dead = true;
             self.pending.clear();
         }
-        out
+        if self.pending.is_empty() && self.pending.capacity() > KEEP_PENDING {
+            self.pending = VecDeque::new();
+        }
     }
 
     /// Whether some written deliveries still wait for an acknowledgement.

@@ -224,16 +224,13 @@ impl Writer {
         n: usize,
     ) -> Option<usize> {
         let buf = &mut self.buf;
-        let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
         let mut messages = 0;
         let mut weight = 0;
-        // Only a conversation's furthest sequence counts (the cursor moves to it), so a run
-        // of one conversation's deliveries is one entry: a fan-out write carries dozens of
-        // one room's messages.
-        let mut progress = |conv: ConvId, seq: Seq| match delivered.last_mut() {
-            Some(last) if last.0 == conv => last.1 = last.1.max(seq),
-            _ => delivered.push((conv, seq)),
-        };
+        // What the write carries goes straight to the acknowledgement tracker (no list per
+        // write), as one entry per run of a conversation: only a conversation's furthest
+        // sequence counts, and a fan-out write carries dozens of one room's messages.
+        let acks = &mut self.acks;
+        let mut progress = |conv: ConvId, seq: Seq| acks.carries(conv, seq);
         for item in items.drain(..n) {
             weight += item.weight();
             let d = match item {
@@ -290,18 +287,16 @@ impl Writer {
             *buf = BytesMut::new();
         }
         if !written {
+            self.acks.failed();
             return None;
         }
         self.progress_sink
             .wrote(link.protocol, messages, written_bytes);
         // Clients that ack move their cursors themselves; the bytes still count.
         let client_acks = link.acks.load(Ordering::Relaxed);
-        if client_acks {
-            delivered.clear();
-        }
         // Confirmed (and reported) by the writer's poll timer: the peer cannot have
         // acknowledged these bytes yet.
-        self.acks.written(written_bytes, delivered);
+        self.acks.written(written_bytes, !client_acks);
         Some(weight)
     }
 
@@ -333,16 +328,17 @@ impl Writer {
     /// Collects how far the peer acknowledged each conversation, and reports it to the sink
     /// (where it becomes the device's cursor) when `REPORT_EVERY` has passed or `now`.
     fn report(&mut self, link: &Link, now: bool) {
-        for (conv, seq) in self.acks.confirmed() {
-            let at = self.progress.entry(conv).or_insert(0);
+        let (progress, unreported) = (&mut self.progress, &mut self.unreported);
+        self.acks.confirmed(|conv, seq| {
+            let at = progress.entry(conv).or_insert(0);
             if seq > *at {
                 *at = seq;
-                match self.unreported.iter_mut().find(|c| c.0 == conv) {
+                match unreported.iter_mut().find(|c| c.0 == conv) {
                     Some(c) => c.1 = seq,
-                    None => self.unreported.push((conv, seq)),
+                    None => unreported.push((conv, seq)),
                 }
             }
-        }
+        });
         let due = now || self.reported_at.elapsed() >= REPORT_EVERY;
         if self.unreported.is_empty() || !due {
             return;
