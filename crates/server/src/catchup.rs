@@ -230,16 +230,22 @@ async fn replay(
                 // The replay waits while the queue has no room (it holds what a slow reader
                 // has not taken yet), so it never holds more of it than the room's bytes;
                 // it waits without its place among the catch-ups at once.
-                if !link.has_room() {
-                    place = None;
-                    if !link.room_for(Waiter::Replay).await {
-                        return Ok(replayed);
+                // Room is looked at again after a wait for a place (which can be long in a
+                // storm): a client that stopped reading meanwhile must not hold a place
+                // while the push waits for it.
+                loop {
+                    if !link.has_room() {
+                        place = None;
+                        if !link.room_for(Waiter::Replay).await {
+                            return Ok(replayed);
+                        }
                     }
-                }
-                if turn >= TURN_MESSAGES && gate.contended() {
-                    place = None;
-                }
-                if place.is_none() {
+                    if turn >= TURN_MESSAGES && gate.contended() {
+                        place = None;
+                    }
+                    if place.is_some() {
+                        break;
+                    }
                     place = Some(gate.enter().await?);
                     turn = 0;
                 }
@@ -258,6 +264,7 @@ async fn replay(
             // Behind with nothing new read means the hub saw a write the read pool did
             // not yet: give it a moment rather than spin.
             GoLive::Behind if replayed == before => {
+                place = None;
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await
             }
             GoLive::Behind => {}
