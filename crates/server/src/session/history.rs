@@ -123,7 +123,7 @@ impl Session {
     /// a page forward the oldest, so the client's next page from the one it got goes on
     /// where this one stopped. Read a slice at a time, so a page of large messages never
     /// holds much more than a frame's worth. `to` is the longest a recipient's name is.
-    async fn rows(
+    pub(super) async fn rows(
         &self,
         conv: ConvId,
         page: Page,

@@ -777,9 +777,14 @@ impl Session {
                 let (a, b) = &p.members;
                 let other = if **a == *me { b.clone() } else { a.clone() };
                 self.tokens().learn(model::user_id(&other), other.clone());
-                let page = reader.page(p.conv, crate::store::Page::AfterSeq(from), limit);
-                let page = page.await.map_err(internal)?;
-                more |= page.len() >= limit;
+                // Read as history pages are, a frame's worth at most (`rows`): a backlog
+                // of large messages is never read or encoded whole to send a frame of it.
+                let after = crate::store::Page::AfterSeq(from);
+                let page = self
+                    .rows(p.conv, after, limit, other.len().max(me.len()))
+                    .await;
+                let page = page.map_err(exception)?;
+                more |= page.last().is_some_and(|(m, _)| m.seq < p.last_seq);
                 // The run of this token's own messages right after the mark, if any.
                 let (mut own, mut leading) = (None, true);
                 for (m, _) in page {
