@@ -800,3 +800,61 @@ async fn fetchfile_finds_a_file_message_older_than_max_history_by_its_index() {
     assert_eq!(fetched.json["status"], "OK", "{}", fetched.json);
     assert!(fetched.payload == data, "the file's bytes, exactly");
 }
+
+#[tokio::test]
+async fn an_ackfetch_covers_only_the_reply_written_on_its_own_connection() {
+    let server = start().await;
+    let addr = simpletcp_addr(&server);
+    let (mut alice, alice_id) = account(&server, "alice").await;
+    let (bob, bob_id) = account(&server, "bob").await;
+    let sent: Vec<Value> = (0..2)
+        .map(|i| text_message(alice_id, bob_id, &format!("m{i}"), 1_700_000_000_000 + i))
+        .collect();
+    for m in &sent {
+        assert_eq!(alice.ask("SENDMSG", m.clone()).await["status"], "OK");
+    }
+
+    // One connection of bob's token is offered the messages and goes without
+    // acknowledging them (its app was closed while the reply was on its way).
+    let mut gone = Client::connect(addr).await;
+    gone.token = bob.token;
+    let fetched = gone.ask("FETCHMSG", json!({})).await;
+    assert_eq!(fetched["body"]["messages"].as_array().unwrap().len(), 2);
+    drop(gone);
+
+    // An acknowledgement on another connection of the token covers nothing it was not
+    // written: the messages come to it whole.
+    let mut other = Client::connect(addr).await;
+    other.token = bob.token;
+    other
+        .send("ACKFETCH", json!({"timestamp": i64::MAX / 2}))
+        .await;
+    let mut newest_first = sent.clone();
+    newest_first.reverse();
+    assert_eq!(fetch_and_ack(&mut other).await, newest_first);
+    assert_eq!(fetch_and_ack(&mut other).await, Vec::<Value>::new());
+}
+
+#[tokio::test]
+async fn fetchfile_of_unknown_messages_searches_the_history_at_most_once_a_second() {
+    let server = start().await;
+    let (mut alice, alice_id) = account(&server, "alice").await;
+    let (_bob, bob_id) = account(&server, "bob").await;
+    let m = text_message(alice_id, bob_id, "hello", 1_700_000_000_000);
+    assert_eq!(alice.ask("SENDMSG", m).await["status"], "OK");
+
+    // Each miss is answered as one (never a false answer), but a connection asking for
+    // messages it does not have again and again is slowed to one search a second.
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        let msgmd5 = md5_hex(format!("no such message {i}").as_bytes());
+        let reply = alice.ask("FETCHFILE", json!({"msgmd5": msgmd5})).await;
+        assert_eq!(reply["status"], "ERR", "{reply}");
+        assert_eq!(reply["info"], "Exception: File not found");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "three searches in {:?}",
+        started.elapsed()
+    );
+}

@@ -12,6 +12,7 @@
 mod state;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use parley_proto::simpletcp::{
@@ -32,7 +33,7 @@ use crate::outbound::{json_error, Item, Protocol, Style, Tag};
 use crate::store::{ContactState, NewToken, Revoke};
 
 pub use state::State;
-use state::{Marks, Offered};
+use state::{Marks, Offered, Reply};
 
 /// Longest message body a seed-003 client may send, in bytes: what every other protocol
 /// can carry (a binary frame's strings hold at most 65,535 bytes).
@@ -48,6 +49,9 @@ const EMPTY_MESSAGES: &str = r#"{"messages":[]}"#;
 const MIN_MESSAGE_JSON: usize = 120;
 /// Rounds of a `FETCHMSG` that found only the token's own messages.
 const OWN_ROUNDS: usize = 4;
+/// A connection's `FETCHFILE`s of messages not indexed search the history at most this
+/// often; a request sooner waits its turn (the answer is never a false "not found").
+const SEARCH_EVERY: Duration = Duration::from_secs(1);
 
 /// This connection's seed-003 state.
 pub(super) struct Conn003 {
@@ -62,6 +66,10 @@ pub(super) struct Conn003 {
     broken: Option<&'static str>,
     /// The token and slot this connection is logged in to the hub with.
     slot: Option<(i64, u32)>,
+    /// The last `FETCHMSG` reply written here, until its `ACKFETCH`.
+    reply: Option<Reply>,
+    /// When a `FETCHFILE` last searched the history for a message not indexed.
+    searched: Option<Instant>,
 }
 
 /// What a request answers: a body (`Value::Null` for null) and a payload, or nothing
@@ -106,6 +114,8 @@ pub fn run(
         granted: 0,
         broken: None,
         slot: None,
+        reply: None,
+        searched: None,
     }));
     session.set_style(Style::SimpleTcp);
     let mut buf = BytesMut::new();
@@ -697,18 +707,13 @@ impl Session {
     /// The file a message (named by its `md5encoded`) carries, which the user may read:
     /// its SHA-256, size and first piece. Found in the index of file messages seed-003
     /// clients sent or were sent in a reply (`State::message_file`); a message only pushed
-    /// (a file from another protocol) is looked for in the history once, then indexed.
+    /// (a file from another protocol) is searched for in the history, then indexed.
     async fn st_fetch_file(&mut self, msgmd5: &str) -> Result<(String, u64, Bytes), String> {
         let missing = || "Exception: File not found".to_string();
         let sha256 = match self.tokens().message_file(msgmd5) {
             Some(sha256) => sha256,
             None => {
-                let history = self.st_history().await?;
-                let (_, sha256) = history
-                    .into_iter()
-                    .find(|(m, sha)| m.md5encoded == msgmd5 && sha.is_some())
-                    .ok_or_else(missing)?;
-                let sha256 = sha256.ok_or_else(missing)?;
+                let sha256 = self.st_search_file(msgmd5).await?.ok_or_else(missing)?;
                 self.tokens().remember_message_file(msgmd5, &sha256);
                 sha256
             }
@@ -835,7 +840,12 @@ impl Session {
                 timestamp: *timestamp,
             })
             .collect();
-        self.tokens().offer(token, offered, more);
+        self.st().reply = Some(Reply {
+            token,
+            user: identity.user,
+            offered,
+            more,
+        });
         let mut body = Vec::with_capacity(size + EMPTY_MESSAGES.len());
         body.extend_from_slice(&EMPTY_MESSAGES.as_bytes()[..EMPTY_MESSAGES.len() - 2]);
         for (i, (.., json)) in found.iter().enumerate() {
@@ -853,22 +863,29 @@ impl Session {
     /// `ACKFETCH`: no reply, but the next part of a backlog when the acknowledged reply
     /// left some out (see `st_fetch`).
     async fn st_ack(&mut self, token: i64, timestamp: i64) -> Answer {
-        if self.tokens().ack(token, timestamp) {
+        let reply = self.st().reply.take().filter(|r| r.token == token);
+        if reply.is_some_and(|reply| self.tokens().ack(reply, timestamp)) {
             let next = self.st_fetch(token).await?;
             self.st_say(next).await;
         }
         Ok(None)
     }
 
-    /// The user's direct messages (seed 003 has no rooms), each with the SHA-256 of the
-    /// file it carries: the last `max_history` of each conversation.
-    async fn st_history(&self) -> Result<Vec<(Message, Option<String>)>, String> {
+    /// The SHA-256 of the file the message `msgmd5` carries, searched for in the last
+    /// `max_history` messages of each of the user's direct conversations (seed 003 has no
+    /// rooms), a page at a time, stopping at the first match. At most one search per
+    /// `SEARCH_EVERY` on a connection: one asking for unknown messages again and again
+    /// waits rather than making the server read its history in a loop.
+    async fn st_search_file(&mut self, msgmd5: &str) -> Result<Option<String>, String> {
         let (identity, me) = self.st_me()?;
+        if let Some(at) = self.st().searched {
+            tokio::time::sleep_until((at + SEARCH_EVERY).into()).await;
+        }
+        self.st().searched = Some(Instant::now());
         self.settle().await;
-        let reader = &self.shared.reader;
+        let reader = self.shared.reader.clone();
         let internal = |_| exception(ErrorKind::Internal);
         let positions = reader.positions(identity.user, identity.device).await;
-        let mut out = Vec::new();
         for p in positions.map_err(internal)? {
             if p.kind != parley_proto::ConversationKind::Direct {
                 continue;
@@ -879,12 +896,16 @@ impl Session {
             let limit = self.shared.config.max_history;
             let page = reader.page(p.conv, crate::store::Page::Latest, limit).await;
             for (m, _) in page.map_err(internal)? {
+                let Some(sha256) = model::content(&m.body).sha256 else {
+                    continue;
+                };
                 let to = if *m.sender == *me { &other } else { &me };
-                let sha256 = model::content(&m.body).sha256;
-                out.push((model::message(&m.sender, to, &m.body, m.sent_at), sha256));
+                if model::message(&m.sender, to, &m.body, m.sent_at).md5encoded == msgmd5 {
+                    return Ok(Some(sha256));
+                }
             }
         }
-        Ok(out)
+        Ok(None)
     }
 
     /// The three contact lists: mutual, asked by me, asking me.

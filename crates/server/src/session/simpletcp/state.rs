@@ -48,10 +48,6 @@ struct Token {
     /// conversation, the last sequence it acknowledged (or sent itself). Client clocks
     /// never move it: see [`State::ack`].
     marks: HashMap<ConvId, Seq>,
-    /// What the last `FETCHMSG` reply held, until `ACKFETCH` acknowledges it.
-    offered: Vec<Offered>,
-    /// That reply left messages out (they come after its acknowledgement).
-    more: bool,
     /// The hub devices this token's connections logged in as (what it sent itself).
     devices: Vec<DeviceId>,
     /// The device the store keeps this token under (its tokens are revoked on `LOGOUT`).
@@ -69,6 +65,21 @@ pub struct Offered {
     pub timestamp: i64,
 }
 
+/// The last `FETCHMSG` reply a connection wrote, until its `ACKFETCH`. Kept per
+/// connection, not per token: an acknowledgement covers only what was written on the
+/// connection it comes on, never a reply another connection of the token was writing
+/// when it closed.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub token: i64,
+    /// Whom the token was logged in as: an acknowledgement after a login as someone else
+    /// moves nothing.
+    pub user: UserId,
+    pub offered: Vec<Offered>,
+    /// The reply left messages out (they come after its acknowledgement).
+    pub more: bool,
+}
+
 /// Where a token's `FETCHMSG` starts.
 #[derive(Debug, Clone, Default)]
 pub struct Marks {
@@ -80,8 +91,6 @@ impl Token {
     /// Forgets what the token fetched: it now stands for another user, or none.
     fn reset(&mut self) {
         self.marks.clear();
-        self.offered.clear();
-        self.more = false;
         self.devices.clear();
         self.stored = None;
     }
@@ -201,16 +210,7 @@ impl State {
         }
     }
 
-    /// Remembers what a `FETCHMSG` reply to `token` held (replacing an earlier reply's),
-    /// and whether it left messages out.
-    pub fn offer(&self, token: i64, offered: Vec<Offered>, more: bool) {
-        if let Some(t) = self.tokens.lock().expect("tokens poisoned").get_mut(&token) {
-            t.offered = offered;
-            t.more = more;
-        }
-    }
-
-    /// `ACKFETCH`: the client has the last reply's messages up to `timestamp` (its newest
+    /// `ACKFETCH`: the client has `reply`'s messages up to `timestamp` (its newest
     /// message's, as the client sends it). In each conversation the mark moves over the
     /// reply's messages in the server's order while their timestamps are at most that,
     /// and stops at the first that is later: a message the client may not have is never
@@ -218,14 +218,18 @@ impl State {
     /// own messages: `advance`), so a message stored after the reply comes with the next.
     ///
     /// True if the reply left messages out and this moved a mark: the next part is due.
-    pub fn ack(&self, token: i64, timestamp: i64) -> bool {
+    pub fn ack(&self, reply: Reply, timestamp: i64) -> bool {
         let mut tokens = self.tokens.lock().expect("tokens poisoned");
-        let Some(t) = tokens.get_mut(&token) else {
+        let Some(t) = tokens.get_mut(&reply.token) else {
             return false;
         };
-        let more = std::mem::take(&mut t.more);
+        if t.user.as_ref().map(|(user, _)| *user) != Some(reply.user) {
+            return false;
+        }
         let mut moved = false;
-        let mut offered = std::mem::take(&mut t.offered);
+        let Reply {
+            mut offered, more, ..
+        } = reply;
         offered.sort_unstable_by_key(|o| (o.conv, o.seq));
         let mut stopped: Option<ConvId> = None;
         for o in offered {
@@ -373,15 +377,43 @@ mod tests {
             timestamp,
         };
         // Conversation 1: seq 2 has a clock far ahead, seq 3 one behind.
-        let reply = vec![at(1, 1, 100), at(1, 2, 900), at(1, 3, 50), at(2, 5, 100)];
-        state.offer(t, reply, true);
-        assert!(state.ack(t, 100), "the rest is due");
+        let offered = vec![at(1, 1, 100), at(1, 2, 900), at(1, 3, 50), at(2, 5, 100)];
+        let reply = |user, more| Reply {
+            token: t,
+            user,
+            offered: offered.clone(),
+            more,
+        };
+        assert!(state.ack(reply(7, true), 100), "the rest is due");
         let marks = state.marks(t).marks;
         assert_eq!((marks.get(&1), marks.get(&2)), (Some(&1), Some(&5)));
-        // An ack without a reply moves nothing; marks never go back.
-        assert!(!state.ack(t, i64::MAX));
+        // A reply that left nothing out asks for nothing more; marks never go back.
+        assert!(!state.ack(reply(7, false), i64::MAX));
         state.advance(t, 2, 4);
         assert_eq!(state.marks(t).marks.get(&2), Some(&5));
+    }
+
+    #[test]
+    fn an_ack_of_a_reply_to_someone_else_moves_nothing() {
+        let state = State::default();
+        let t = state.issue();
+        state.bind(t, 7, Arc::from("alice"));
+        let offered = vec![Offered {
+            conv: 1,
+            seq: 3,
+            timestamp: 10,
+        }];
+        // The reply went to alice; the token is bob's by the time its ack comes.
+        state.unbind(t);
+        state.bind(t, 8, Arc::from("bob"));
+        let reply = Reply {
+            token: t,
+            user: 7,
+            offered,
+            more: true,
+        };
+        assert!(!state.ack(reply, i64::MAX));
+        assert!(state.marks(t).marks.is_empty());
     }
 
     #[test]
