@@ -230,9 +230,21 @@ test('a hostile message renders as text, never as HTML', async () => {
   await ivy.context().close();
 });
 
+/** How many `type` listeners `target` (an expression: `window`) has, as DevTools sees them. */
+async function listeners(p, target, type) {
+  const cdp = await p.context().newCDPSession(p);
+  const { result } = await cdp.send('Runtime.evaluate', { expression: target });
+  const { listeners: all } = await cdp.send('DOMDebugger.getEventListeners', { objectId: result.objectId });
+  await cdp.detach();
+  return all.filter((l) => l.type === type).length;
+}
+
 test('the app works at 360 px', async () => {
   const jo = await page(chrome, { width: 360, height: 740 });
   await register(jo, server, 'jo');
+  // One set of reconnect listeners while logged in (registering opened other sockets,
+  // which keep none).
+  assert.equal(await listeners(jo, 'window', 'online'), 1);
   await shot(jo, 'mobile-list');
   await joinRoom(jo, '#general');
   assert.equal(await jo.isVisible('#sidebar'), false, 'one pane at a time');
@@ -247,6 +259,7 @@ test('the app works at 360 px', async () => {
   await jo.click('#open-menu');
   await jo.click('#logout');
   await jo.waitForSelector('#login:not([hidden])');
+  assert.equal(await listeners(jo, 'window', 'online'), 0, 'a stopped connection keeps none');
   await jo.reload();
   await jo.waitForSelector('#login:not([hidden])');
   await jo.context().close();

@@ -27,10 +27,8 @@ export class Connection {
     this.pinger = null;
     this.stopped = true;
     this.status = 'offline';
-    window.addEventListener('online', () => this.soon());
-    document.addEventListener('visibilitychange', () => {
-      if (!document.hidden) this.soon();
-    });
+    /** Removes the page listeners `start` added (a stopped connection keeps none). */
+    this.unlisten = null;
   }
 
   /** The URL of the socket: the page's own origin. */
@@ -73,11 +71,25 @@ export class Connection {
     this.token = token;
     this.stopped = false;
     this.retries = 0;
+    this.listen();
     this.connect();
+  }
+
+  /** Reconnects at once when the network comes back or the tab is shown again. */
+  listen() {
+    this.unlisten?.();
+    const signal = new AbortController();
+    window.addEventListener('online', () => this.soon(), { signal: signal.signal });
+    document.addEventListener('visibilitychange', () => {
+      if (!document.hidden) this.soon();
+    }, { signal: signal.signal });
+    this.unlisten = () => signal.abort();
   }
 
   stop() {
     this.stopped = true;
+    this.unlisten?.();
+    this.unlisten = null;
     clearTimeout(this.timer);
     this.close();
     this.setStatus('stopped');
@@ -90,6 +102,8 @@ export class Connection {
    */
   async release(ms = 1000) {
     this.stopped = true;
+    this.unlisten?.();
+    this.unlisten = null;
     clearTimeout(this.timer);
     const ws = this.ws;
     const pause = () => new Promise((resolve) => { setTimeout(resolve, ms); });
