@@ -595,3 +595,83 @@ async fn text_login(addr: SocketAddr, name: &str) -> LineClient {
     assert_eq!(c.ask(&format!("LOGIN {name}")).await.unwrap(), "OK");
     c
 }
+
+/// Reads `c`'s lines until one starts with `prefix` (presence notices and the like are
+/// skipped); fails after 30 s.
+async fn line_starting(c: &mut LineClient, prefix: &str, what: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let line = c.line().await.expect(what);
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: no {prefix:?} line within 30 s"))
+}
+
+/// Sends `command` and reads up to its answer, which must be `answer` (notices between
+/// are skipped; an error is not).
+async fn answered(c: &mut LineClient, command: &str, answer: &str) {
+    c.send(command).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let line = c.line().await.expect("a session");
+            if line == answer || line.starts_with("ERR") {
+                return line;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{command}: no answer within 30 s"));
+    assert_eq!(got, answer, "{command}");
+}
+
+/// A member gets a room's messages from its join on, on every node: a message committed
+/// on A before erwin's join on C, which C hears of only after that join (its NATS link is
+/// cut meanwhile), reaches the members C had, never erwin. (C once started erwin's
+/// membership at the last message it had delivered, and handed him the late one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_committed_before_a_join_elsewhere_never_reaches_the_joiner() {
+    if !services::available() {
+        return;
+    }
+    let pg = services::Postgres::start();
+    let nats = services::Nats::start();
+    let nats_addr: SocketAddr = ([127, 0, 0, 1], nats.port).into();
+    let link = Proxy::start(vec![nats_addr]).await;
+    // C reconciles only after a reconnection: what it hears of A's messages comes then.
+    let a = Node::start("a", &pg.url(), &nats.url());
+    let c = Node::start_with(
+        "c",
+        &pg.url(),
+        &format!("nats://{}", link.addr),
+        &[("PARLEY_CLUSTER_RECONCILE_MS", "600000")],
+    );
+    let mut alice = text_login(a.addr, "alice").await;
+    let mut bob = text_login(c.addr, "bob").await;
+    answered(&mut alice, "JOIN #r", "OK").await;
+    answered(&mut bob, "JOIN #r", "OK").await;
+    // C delivers the room (bob is in it) and hears A.
+    alice.send("SAY #r hello").await.unwrap();
+    let heard = line_starting(&mut bob, "ROOM ", "bob's session").await;
+    assert_eq!(heard, "ROOM #r alice hello");
+
+    link.cut();
+    alice.send("SAY #r before erwin").await.unwrap();
+    answered(&mut alice, "PING", "PONG").await;
+    let mut erwin = text_login(c.addr, "erwin").await;
+    answered(&mut erwin, "JOIN #r", "OK").await;
+    link.heal();
+    let heard = line_starting(&mut bob, "ROOM ", "bob's session").await;
+    assert_eq!(heard, "ROOM #r alice before erwin");
+    alice.send("SAY #r after erwin").await.unwrap();
+    let heard = line_starting(&mut erwin, "ROOM ", "erwin's session").await;
+    assert_eq!(
+        heard, "ROOM #r alice after erwin",
+        "erwin's first room message"
+    );
+    let heard = line_starting(&mut bob, "ROOM ", "bob's session").await;
+    assert_eq!(heard, "ROOM #r alice after erwin");
+}

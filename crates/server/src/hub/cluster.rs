@@ -72,6 +72,9 @@ impl State {
 struct Followed {
     /// The last sequence dispatched here.
     last: Seq,
+    /// The latest start of a membership of a user online here (a room's sequence at their
+    /// join): a message up to it may be one that member must not get (see `relay_room`).
+    joins: Seq,
     to: Dest,
 }
 
@@ -326,8 +329,18 @@ impl Core {
             .users
             .get(&user)
             .map_or(ANONYMOUS.into(), |n| n.to_string());
+        // A member's join starts where its membership does (read after `seq`, it may be
+        // later): every node filters by that.
+        let seq = match self.memberships.get(&user) {
+            Some(list) if joined => list
+                .iter()
+                .find(|m| m.conv == conv)
+                .map_or(seq, |m| m.joined_seq.max(seq)),
+            _ => seq,
+        };
         if joined {
             self.follow_room(conv, room, seq);
+            self.joined_here(conv, seq);
         }
         self.state().events.push(Event::Room {
             conv,
@@ -368,17 +381,29 @@ impl Core {
     fn follow(&mut self, conv: ConvId, to: Dest, last: Seq) {
         let state = self.state();
         state.link.interest.follow(conv);
-        state.followed.insert(conv, Followed { last, to });
+        state.followed.insert(conv, Followed { last, joins: 0, to });
     }
 
-    /// The last sequence of `conv` dispatched here; following it from where PostgreSQL
-    /// stands now if it is not followed yet. Joins take their start from it.
+    /// Where `conv` stands for a join made now: its last sequence in PostgreSQL (read
+    /// now, and followed from there if it is not followed yet). Not the last one
+    /// dispatched here: a message another node committed before the join may not have
+    /// reached this node yet, and it comes before the membership's start as it would on
+    /// one node. Joins are rare: one round trip each.
     pub(super) fn cluster_last_seq(&mut self, conv: ConvId) -> anyhow::Result<Seq> {
-        if let Some(f) = self.state().followed.get(&conv) {
-            return Ok(f.last);
+        if let Some(last) = self.state().followed.get(&conv).map(|f| f.last) {
+            use crate::store::LogStore;
+            return Ok(self.pg().last_seq(conv)?.max(last));
         }
         self.follow_from_store(&[conv])?;
         Ok(self.state().followed.get(&conv).map_or(0, |f| f.last))
+    }
+
+    /// A membership of a user online here starts at `joined` in `conv`: what is relayed
+    /// here up to there does not reach them.
+    fn joined_here(&mut self, conv: ConvId, joined: Seq) {
+        if let Some(f) = self.state().followed.get_mut(&conv) {
+            f.joins = f.joins.max(joined);
+        }
     }
 
     /// Follows each of `convs` not followed yet from its last sequence in PostgreSQL, read
@@ -405,6 +430,7 @@ impl Core {
             let state = self.state();
             state.followed.entry(row.id).or_insert(Followed {
                 last: row.last_seq,
+                joins: 0,
                 to,
             });
         }
@@ -431,6 +457,7 @@ impl Core {
         self.follow_from_store(&convs).map_err(internal)?;
         let mut behind = false;
         for m in list {
+            self.joined_here(m.conv, m.joined_seq);
             let have = progress
                 .get(&m.conv)
                 .copied()
@@ -762,6 +789,7 @@ impl Core {
             return;
         }
         let followed = self.state().followed.get(&conv).map(|f| f.last);
+        self.joined_here(conv, seq);
         match followed {
             None => self.follow(conv, Dest::Room(Arc::from(room)), seq),
             // The room was delivered here past the join: this user's live sessions get
@@ -913,8 +941,59 @@ impl Core {
     pub(super) fn cluster_relay(&mut self, out: &mut Staging) {
         let relays = std::mem::take(&mut self.state().relays);
         for r in &relays {
-            self.deliver(&r.delivery, &r.audience, r.from, out);
+            let d = &r.delivery;
+            let late = self
+                .cluster
+                .as_ref()
+                .and_then(|s| s.followed.get(&d.conv))
+                .is_some_and(|f| d.seq <= f.joins);
+            match &r.audience {
+                Audience::Room(name) if late => self.relay_room(d, name, r.from, out),
+                audience => self.deliver(d, audience, r.from, out),
+            }
         }
+    }
+
+    /// Delivers a room's message that some members online here joined at or after: to
+    /// the others only. On one node a member gets a room's messages from its join on
+    /// (the hub orders both); here a message committed on another node before a join
+    /// may arrive after it, over NATS or read back in a gap.
+    fn relay_room(
+        &self,
+        delivery: &Arc<Delivery>,
+        name: &Arc<str>,
+        from: (DeviceId, u64),
+        out: &mut Staging,
+    ) {
+        let Some(room) = self.rooms.get(name) else {
+            return;
+        };
+        let conv = delivery.conv;
+        let joined_after = |user: &UserId| {
+            self.memberships
+                .get(user)
+                .and_then(|list| list.iter().find(|m| m.conv == conv))
+                .is_some_and(|m| m.joined_seq >= delivery.seq)
+        };
+        let excluded: Vec<DeviceId> = room
+            .members
+            .iter()
+            .filter(|u| joined_after(u))
+            .flat_map(|u| self.online.get(u).into_iter().flatten())
+            .map(|o| o.device)
+            .collect();
+        // As `Core::deliver` for a room, the excluded devices skipped too.
+        let sessions = || {
+            let members = room.members.iter().flat_map(|u| self.online.get(u));
+            let live = members.flatten().filter(|o| o.live && o.push);
+            let guests = room.guests.iter().map(|g| (g, None));
+            live.map(|o| (&o.link, Some(o.device))).chain(guests)
+        };
+        let skip = |device: Option<DeviceId>, link: u64| match device {
+            Some(device) => device == from.0 || excluded.contains(&device),
+            None => link == from.1,
+        };
+        out.push_room(name, sessions, skip, delivery);
     }
 
     /// Once the batch is done: the ended sessions' rows go (and users online nowhere now
