@@ -703,3 +703,75 @@ async fn wrong_tokens_on_one_node_make_the_address_wait_on_the_others() {
         "B answered {waited:?} after A's third wrong token: B did not count A's"
     );
 }
+
+/// A node a long direct conversation is new to does not read it back whole in its hub:
+/// ann, online on B but not live (a JSON session before `SUBSCRIBE`), writes to ben, who
+/// sent her thousands of messages from A. B follows the conversation from its own message
+/// on (no session of B's needs the rest live); ann's catch-up, once she subscribes, reads
+/// it from PostgreSQL. Meanwhile B serves others, and ann gets every message once, in
+/// order. (B once followed it from the start for a user merely online there, and its hub
+/// read the whole history in one go.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_conversation_new_to_a_node_is_not_read_back_in_its_hub() {
+    if !services::available() {
+        return;
+    }
+    const N: usize = 3000;
+    let cluster = Cluster::start(2);
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut ann = text(a.addr, "ann").await;
+    ann.send("QUIT").await.unwrap();
+    let mut ben = text(a.addr, "ben").await;
+    for i in 0..N {
+        ben.send(&format!("DM ann m{i}")).await.unwrap();
+    }
+    ben.send("PING").await.unwrap();
+    until(&mut ben, |l| l == "PONG").await;
+
+    let mut ann = LineClient::connect(b.json).await.expect("connect");
+    let welcome = ann.line().await.unwrap();
+    assert!(welcome.contains("Welcome"), "{welcome}");
+    let login = json_ask(&mut ann, r#"{"command":"LOGIN","data":"ann"}"#).await;
+    assert_eq!(login["success"], true, "{login}");
+    let sent = json_ask(&mut ann, r#"{"command":"DM","to":"ben","data":"hi"}"#).await;
+    assert_eq!(sent["success"], true, "{sent}");
+    assert_eq!(until(&mut ben, |l| l.starts_with("DM ")).await, "DM ann hi");
+    // B's hub answers others (a round trip between two of its users).
+    let mut carl = text(b.addr, "carl").await;
+    let mut dan = text(b.addr, "dan").await;
+    carl.send("DM dan are you there").await.unwrap();
+    assert_eq!(
+        until(&mut dan, |l| l.starts_with("DM ")).await,
+        "DM carl are you there"
+    );
+    let read = services::cluster::metric(b.addr, "parley_cluster_gap_read_total").await;
+    assert!(
+        read < (N / 10) as f64,
+        "B's hub read {read} messages of the conversation back"
+    );
+
+    // Ann's catch-up, then live: every message of ben's once, in order.
+    let subscribed = json_ask(&mut ann, r#"{"command":"SUBSCRIBE"}"#).await;
+    assert_eq!(subscribed["success"], true, "{subscribed}");
+    ben.send("DM ann live").await.unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.last().map(String::as_str) != Some("live") {
+        assert!(
+            Instant::now() < deadline,
+            "ann's messages within 60 s ({} read)",
+            got.len()
+        );
+        let line = ann.line().await.expect("ann's session");
+        let event: Value = serde_json::from_str(&line).unwrap();
+        if event["event"] == "message" && event["from"] == "ben" {
+            got.push(event["text"].as_str().unwrap().to_string());
+        }
+    }
+    let want: Vec<String> = (0..N)
+        .map(|i| format!("m{i}"))
+        .chain(["live".to_string()])
+        .collect();
+    assert_eq!(got.len(), want.len(), "ann got {} messages", got.len());
+    assert!(got == want, "ann's messages out of order or doubled");
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parley_client::{Connection, Endpoint, Error, LineClient, Push, Target};
-use services::cluster::{Cluster, Node, Proxy, LEASE_MS};
+use services::cluster::{metric, Cluster, Node, Proxy, LEASE_MS};
 use tokio_util::sync::CancellationToken;
 
 const PASSWORD: &str = "correct-horse";
@@ -674,4 +674,44 @@ async fn a_message_committed_before_a_join_elsewhere_never_reaches_the_joiner() 
     );
     let heard = line_starting(&mut bob, "ROOM ", "bob's session").await;
     assert_eq!(heard, "ROOM #r alice after erwin");
+}
+
+/// A long stretch of a conversation a node missed is read back a bounded part per batch,
+/// and still reaches its live session whole, once, in order: ann is live on B when ben, on
+/// A, begins writing to her while B is cut off from NATS; B finds the conversation when it
+/// is back and reads thousands of messages back, never more than a page or two at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_gap_is_read_back_in_bounded_parts_and_delivered_whole() {
+    if !services::available() {
+        return;
+    }
+    const N: usize = 2500;
+    let pg = services::Postgres::start();
+    let nats = services::Nats::start();
+    let nats_addr: SocketAddr = ([127, 0, 0, 1], nats.port).into();
+    let link = Proxy::start(vec![nats_addr]).await;
+    let a = Node::start("a", &pg.url(), &nats.url());
+    let b = Node::start("b", &pg.url(), &format!("nats://{}", link.addr));
+    let mut ann = text_login(b.addr, "ann").await;
+    let mut ben = text_login(a.addr, "ben").await;
+    link.cut();
+    for i in 0..N {
+        ben.send(&format!("DM ann m{i}")).await.unwrap();
+    }
+    answered(&mut ben, "PING", "PONG").await;
+    link.heal();
+    for i in 0..N {
+        let line = line_starting(&mut ann, "DM ", "ann's session").await;
+        assert_eq!(line, format!("DM ben m{i}"));
+    }
+    ben.send("DM ann after").await.unwrap();
+    let line = line_starting(&mut ann, "DM ", "ann's session").await;
+    assert_eq!(line, "DM ben after", "nothing doubled");
+    let read = metric(b.addr, "parley_cluster_gap_read_total").await;
+    assert!(read >= N as f64, "B read the gap back ({read})");
+    let most = metric(b.addr, "parley_cluster_gap_read_batch_most").await;
+    assert!(
+        most < N as f64 / 2.0,
+        "B's hub read {most} messages back in one batch"
+    );
 }

@@ -207,3 +207,27 @@ impl Drop for Proxy {
         self.cut();
     }
 }
+
+/// The value of the metric `name` (a counter or gauge without labels) on the node at
+/// `addr`, from its `/metrics` (the shared port serves it).
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let head = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.expect("send");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read");
+        String::from_utf8(raw).expect("utf-8")
+    };
+    let page = tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .expect("/metrics answered in time");
+    let prefix = format!("{name} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{page}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}

@@ -79,6 +79,11 @@ pub enum Incoming {
 #[derive(Default)]
 pub struct Interest {
     sets: Mutex<Sets>,
+    /// Conversations whose gap the hub filled in part (it reads a bounded number of
+    /// messages per batch): the cluster tasks read where they stand at once, and hand the
+    /// hub a reconciliation of them to go on with.
+    more: Mutex<Vec<ConvId>>,
+    more_wanted: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -121,6 +126,29 @@ impl Interest {
     pub fn users(&self) -> Vec<UserId> {
         let sets = self.sets.lock().expect("interest poisoned");
         sets.users.iter().copied().collect()
+    }
+
+    /// Asks for `convs` to be reconciled soon (see `more`).
+    pub fn more(&self, convs: Vec<ConvId>) {
+        let mut more = self.more.lock().expect("interest poisoned");
+        for conv in convs {
+            if !more.contains(&conv) {
+                more.push(conv);
+            }
+        }
+        drop(more);
+        self.more_wanted.notify_one();
+    }
+
+    /// Waits until some conversations are to be reconciled soon, and takes them.
+    async fn wanted(&self) -> Vec<ConvId> {
+        loop {
+            self.more_wanted.notified().await;
+            let more = std::mem::take(&mut *self.more.lock().expect("interest poisoned"));
+            if !more.is_empty() {
+                return more;
+            }
+        }
     }
 
     /// Drops from `messages` what this node does not deliver.

@@ -7,7 +7,8 @@
 //! - reconciliation: every `cluster_reconcile_ms`, and at once after NATS reconnects, the
 //!   last sequence of every conversation the hub follows goes to the hub, which reads
 //!   what it has not delivered yet. A message NATS lost with nothing after it is delivered
-//!   at most that much later;
+//!   at most that much later. A conversation whose gap the hub filled only in part (it
+//!   reads a bounded number of messages per batch) is reconciled again at once;
 //! - discovery: a conversation this node does not follow yet begins with a message on
 //!   NATS; if NATS lost that one (it was away, or dropped messages this node read too
 //!   slowly), nothing would reveal the conversation. So after every reconnection (and
@@ -30,7 +31,7 @@ use tracing::warn;
 use super::wire::{self, Event};
 use super::{Discovered, Incoming, IncomingSink, Interest, RoomMembership};
 use crate::store::postgres;
-use crate::store::UserId;
+use crate::store::{ConvId, UserId};
 
 /// How often the hub drops conversations nobody here needs.
 const COLLECT_EVERY: Duration = Duration::from_secs(30);
@@ -84,6 +85,7 @@ impl Tasks {
                         self.hub.incoming(Incoming::Collect);
                         Ok(())
                     }
+                    more = self.interest.wanted() => self.reconcile_some(&db, more).await,
                 };
                 if let Err(e) = done {
                     warn!(error = %format!("{e:#}"), "cluster tasks");
@@ -166,6 +168,19 @@ impl Tasks {
             }
             self.hub.incoming(Incoming::Event(event));
         }
+    }
+
+    /// Hands the hub the last sequences of `convs`: the rest of gaps it filled in part.
+    async fn reconcile_some(&self, db: &Client, convs: Vec<ConvId>) -> anyhow::Result<()> {
+        let rows = db
+            .query(
+                "SELECT id, last_seq FROM conversations WHERE id = ANY($1)",
+                &[&convs],
+            )
+            .await?;
+        let last = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        self.hub.incoming(Incoming::Reconcile(last));
+        Ok(())
     }
 
     /// Hands the hub the last sequences of the conversations it follows, and with

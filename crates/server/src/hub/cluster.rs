@@ -9,12 +9,15 @@
 //!   sequence dispatched here. A message from another node (`remote`) with the next
 //!   sequence is delivered; one already dispatched (a redelivery) is dropped; one further
 //!   on means messages were missed, and they are read from PostgreSQL and delivered first
-//!   (`fill`). Its own commits follow the same rule: a node's sequences may come after
-//!   another node's not yet received. Reconciliation (cluster/tasks.rs) catches the last
-//!   message of a run lost on NATS;
+//!   (`fill`, a bounded number per batch: the rest of a long gap, and what comes after it,
+//!   in later batches). Its own commits follow the same rule: a node's sequences may come
+//!   after another node's not yet received. Reconciliation (cluster/tasks.rs) catches the
+//!   last message of a run lost on NATS;
 //! - a conversation is followed from where the sessions that need it stand: at a catch-up's
 //!   go-live, from what PostgreSQL holds then (the session read up to there); for a
-//!   conversation that begins while a device is live, from the membership's start;
+//!   conversation that begins while a device is live, from the membership's start; a
+//!   room member's start is the room's sequence in PostgreSQL at the join, and what is
+//!   relayed here up to it skips that member, as on one node;
 //! - presence: who is online is PostgreSQL's table (store/postgres/cluster.rs), a user's
 //!   last session anywhere ending is an event every node hears.
 
@@ -32,8 +35,12 @@ use crate::outbound::{ContactChange, Delivery, Item, Kill, Notice, SharedNotice,
 use crate::store::postgres::{OnlineClaim, PgStore};
 use crate::store::{Batch, ConvId, DeviceId, Membership, Seq, UserId};
 
-/// Messages read from PostgreSQL at a time to fill a gap.
-const FILL_PAGE: i64 = 1000;
+/// Messages read from PostgreSQL at a time to fill a gap, and the most the hub reads in
+/// one batch: a longer gap is filled over several batches (the cluster tasks hand the hub
+/// a reconciliation of its conversation at once to go on with), and what comes after it
+/// waits until then, so the hub never stalls on a long history.
+const FILL_PAGE: i64 = 500;
+const FILL_BUDGET: i64 = 2 * FILL_PAGE;
 
 /// The hub's cluster state.
 pub(crate) struct State {
@@ -52,6 +59,13 @@ pub(crate) struct State {
     /// Deliveries of messages committed elsewhere or read back, in order: performed
     /// before the batch's own.
     relays: Vec<Relay>,
+    /// Messages this batch may still read back from PostgreSQL, and the conversations
+    /// whose gap it left partly filled.
+    budget: i64,
+    more: Vec<ConvId>,
+    /// Messages read back in this batch, and the most any batch read.
+    read: u64,
+    most: u64,
 }
 
 impl State {
@@ -64,6 +78,10 @@ impl State {
             releasing: Vec::new(),
             events: Vec::new(),
             relays: Vec::new(),
+            budget: FILL_BUDGET,
+            more: Vec::new(),
+            read: 0,
+            most: 0,
         })
     }
 }
@@ -190,24 +208,31 @@ impl Core {
     /// The direct conversation of `members`, created in PostgreSQL if new, and followed
     /// (it is a local sender's).
     pub(super) fn cluster_direct(&mut self, members: (UserId, UserId)) -> anyhow::Result<ConvId> {
-        let (conv, last) = self.pg().ensure_direct(members.0, members.1)?;
+        let (conv, _) = self.pg().ensure_direct(members.0, members.1)?;
         for user in [members.0, members.1] {
             if self.memberships.contains_key(&user) {
                 self.add_membership(user, conv, 0)?;
             }
         }
-        if !self.state().followed.contains_key(&conv) {
-            // New to this node: its live sessions have seen none of it (a conversation
-            // they had would be followed since their go-live).
-            let from =
-                if self.online.contains_key(&members.0) || self.online.contains_key(&members.1) {
-                    0
-                } else {
-                    last
-                };
-            self.follow(conv, Dest::Direct(members.0, members.1), from);
+        if !self.state().followed.contains_key(&conv) && self.live_here(members) {
+            // New to this node while a member's session here is live: it has seen none of
+            // it (a conversation a session read before it went live is followed since
+            // its go-live), so from the start, read back a bounded part per batch. With
+            // no live session here it is followed from this node's own message on (the
+            // commit does that), and a catching-up session's go-live reads where it
+            // stands.
+            self.follow(conv, Dest::Direct(members.0, members.1), 0);
         }
         Ok(conv)
+    }
+
+    /// Whether either of `members` has a live session here.
+    fn live_here(&self, members: (UserId, UserId)) -> bool {
+        [members.0, members.1].iter().any(|u| {
+            self.online
+                .get(u)
+                .is_some_and(|sessions| sessions.iter().any(|o| o.live))
+        })
     }
 
     /// Makes sure the cache knows room `name` as PostgreSQL does (created by `creator` if
@@ -452,7 +477,19 @@ impl Core {
         user: UserId,
         progress: &HashMap<ConvId, Seq>,
     ) -> Result<bool, ErrorKind> {
-        let list: Vec<Membership> = self.memberships_of(user).map_err(internal)?.clone();
+        let mut list: Vec<Membership> = self.memberships_of(user).map_err(internal)?.clone();
+        // And what the session read of conversations the cached memberships lack (begun
+        // on another node since they were read): followed from here on too, so a session
+        // live here has seen nothing of a conversation this node does not follow.
+        let listed: std::collections::HashSet<ConvId> = list.iter().map(|m| m.conv).collect();
+        for (&conv, &seq) in progress {
+            if seq > 0 && !listed.contains(&conv) {
+                list.push(Membership {
+                    conv,
+                    joined_seq: 0,
+                });
+            }
+        }
         let convs: Vec<ConvId> = list.iter().map(|m| m.conv).collect();
         self.follow_from_store(&convs).map_err(internal)?;
         let mut behind = false;
@@ -467,6 +504,7 @@ impl Core {
                 continue;
             };
             if have > last {
+                // Filled in part or whole, this session asks again.
                 self.fill(m.conv, have).map_err(internal)?;
                 behind = true;
             }
@@ -486,17 +524,29 @@ impl Core {
     }
 
     /// Delivers `conv`'s messages after what was dispatched here up to `upto`, read from
-    /// PostgreSQL.
-    fn fill(&mut self, conv: ConvId, upto: Seq) -> anyhow::Result<()> {
+    /// PostgreSQL: true once done, false if this batch's budget ran out first (the rest
+    /// comes with a reconciliation asked for at the batch's end).
+    fn fill(&mut self, conv: ConvId, upto: Seq) -> anyhow::Result<bool> {
         loop {
             let Some(f) = self.state().followed.get(&conv) else {
-                return Ok(());
+                return Ok(true);
             };
             let (last, to) = (f.last, f.to.clone());
             if last >= upto {
-                return Ok(());
+                return Ok(true);
             }
-            let page = self.pg().messages_after(conv, last, upto, FILL_PAGE)?;
+            let state = self.state();
+            if state.budget <= 0 {
+                if !state.more.contains(&conv) {
+                    state.more.push(conv);
+                }
+                debug!(conv, last, upto, "fill: the rest in a later batch");
+                return Ok(false);
+            }
+            let limit = state.budget.min(FILL_PAGE);
+            debug!(conv, last, upto, limit, "fill");
+            let page = self.pg().messages_after(conv, last, upto, limit)?;
+            self.read_back(page.len());
             if page.is_empty() {
                 anyhow::bail!("conversation {conv} has no message after {last} up to {upto}");
             }
@@ -537,6 +587,14 @@ impl Core {
                 state.followed.get_mut(&conv).expect("followed").last = m.seq;
             }
         }
+    }
+
+    /// Counts `n` messages read back from PostgreSQL in this batch.
+    fn read_back(&mut self, n: usize) {
+        self.monitor.metrics.cluster_gap_read.increment(n as u64);
+        let state = self.state();
+        state.budget -= n.max(1) as i64;
+        state.read += n as u64;
     }
 
     /// What the cluster's tasks hand the hub.
@@ -627,12 +685,7 @@ impl Core {
     /// A direct conversation this node does not follow, new to a user live here (it began
     /// after their go-live): followed from its start. False if no user of it is live here.
     fn adopt_direct(&mut self, conv: ConvId, a: UserId, b: UserId) -> bool {
-        let live_member = [a, b].iter().any(|u| {
-            self.online
-                .get(u)
-                .is_some_and(|sessions| sessions.iter().any(|o| o.live))
-        });
-        if !live_member {
+        if !self.live_here((a, b)) {
             return false;
         }
         for user in [a, b] {
@@ -658,9 +711,11 @@ impl Core {
             return;
         }
         if m.seq > last + 1 {
-            if let Err(e) = self.fill(m.conv, m.seq - 1) {
-                // Not delivered out of order: reconciliation reads it with the rest.
-                return warn!(error = %format!("{e:#}"), conv = m.conv, "filling a gap");
+            // Not delivered out of order: the rest of the gap is read with it later.
+            match self.fill(m.conv, m.seq - 1) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => return warn!(error = %format!("{e:#}"), conv = m.conv, "filling a gap"),
             }
         }
         let audience = match m.kind {
@@ -795,8 +850,9 @@ impl Core {
             // The room was delivered here past the join: this user's live sessions get
             // what they missed of it.
             Some(last) if last > seq => {
-                match self.pg().messages_after(conv, seq, last, FILL_PAGE) {
+                match self.pg().messages_after(conv, seq, last, FILL_BUDGET) {
                     Ok(page) => {
+                        self.read_back(page.len());
                         for m in page {
                             let delivery = Delivery::new(
                                 m.id,
@@ -888,12 +944,14 @@ impl Core {
             // with them, in order; the sender's OK and the other nodes are not held up.
             let mut wait = false;
             match last {
-                Some(last) if seq > last + 1 => {
-                    if let Err(e) = self.fill(conv, seq - 1) {
+                Some(last) if seq > last + 1 => match self.fill(conv, seq - 1) {
+                    Ok(true) => {}
+                    Ok(false) => wait = true,
+                    Err(e) => {
                         warn!(error = %format!("{e:#}"), conv, "filling a gap before our own");
                         wait = true;
                     }
-                }
+                },
                 Some(_) => {}
                 None => {
                     let to = match audience {
@@ -1002,6 +1060,18 @@ impl Core {
         let guests = self.guests.len() as i64;
         let state = self.state();
         state.link.guests.store(guests, Ordering::Relaxed);
+        state.budget = FILL_BUDGET;
+        if state.read > state.most {
+            state.most = state.read;
+            let most = state.most as f64;
+            self.monitor.metrics.cluster_gap_read_most.set(most);
+        }
+        let state = self.state();
+        state.read = 0;
+        let more = std::mem::take(&mut state.more);
+        if !more.is_empty() {
+            state.link.interest.more(more);
+        }
         let events = std::mem::take(&mut state.events);
         if committed {
             for event in &events {

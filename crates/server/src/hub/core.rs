@@ -225,7 +225,7 @@ pub(super) struct Core {
     pub(super) disabled: Set<UserId>,
     pub(super) deleted_names: Set<Arc<str>>,
     /// The metrics, counted once per batch.
-    monitor: Arc<Monitor>,
+    pub(super) monitor: Arc<Monitor>,
     /// The batch's messages by the sender's protocol (see `count_stored`).
     stored: [u64; 3],
 }

@@ -90,6 +90,10 @@ pub struct Metrics {
     pub catchup_sessions: Gauge,
     pub catchup_backlog: Gauge,
     pub replayed: Counter,
+    /// Messages a cluster node's hub read back from PostgreSQL to fill gaps.
+    pub cluster_gap_read: Counter,
+    /// The most of them one batch read.
+    pub cluster_gap_read_most: Gauge,
     store_bytes: [(&'static str, Gauge); 3],
     files_bytes: Gauge,
     /// The message log once opened (none on a cluster node), and its damaged stretches.
@@ -203,6 +207,17 @@ impl Metrics {
             None,
         );
         r.describe(
+            "parley_cluster_gap_read_total",
+            "Messages a cluster node's hub read back from PostgreSQL: gaps NATS left, or \
+             what a member here has not been given yet.",
+            None,
+        );
+        r.describe(
+            "parley_cluster_gap_read_batch_most",
+            "The most messages a cluster node's hub read back from PostgreSQL in one batch.",
+            None,
+        );
+        r.describe(
             "parley_store_bytes",
             "Size of the store's files: database, wal, log (messages), files (uploads).",
             Some(Unit::Bytes),
@@ -246,6 +261,8 @@ impl Metrics {
             catchup_sessions: r.gauge("parley_catchup_sessions", &[]),
             catchup_backlog: r.gauge("parley_catchup_backlog_messages", &[]),
             replayed: r.counter("parley_catchup_read_total", &[]),
+            cluster_gap_read: r.counter("parley_cluster_gap_read_total", &[]),
+            cluster_gap_read_most: r.gauge("parley_cluster_gap_read_batch_most", &[]),
             store_bytes,
             files_bytes: r.gauge("parley_store_bytes", &[("file", "files")]),
             log: OnceLock::new(),
