@@ -430,6 +430,16 @@ async fn a_node_cut_off_from_nats_and_healed_loses_nothing() {
         assert_eq!(heard, "ROOM #cut xi said while b was away");
     })
     .await;
+    // B read what its users may have missed once per reconnection (or drop), not at every
+    // reconciliation for a while after it: at 100,000 users a node, each read is heavy.
+    let b = cluster.nodes[1].addr;
+    let resyncs = metric(b, "parley_cluster_nats_resyncs_total").await;
+    let discoveries = metric(b, "parley_cluster_discoveries_total").await;
+    eprintln!("b: {resyncs} reconnections to NATS, {discoveries} discoveries");
+    assert!(
+        (1.0..=resyncs).contains(&discoveries),
+        "{discoveries} discoveries for {resyncs} reconnections"
+    );
 }
 
 /// A session that goes live while another node's messages to it stream in gets every one

@@ -42,12 +42,14 @@ async fn start_node(
     let store = PgStore::new(url, node, tokio::runtime::Handle::current());
     // The hub's start reads PostgreSQL the way the hub does: blocking, off the runtime.
     let (link, hub_config) = (cluster.link(), config.clone());
+    let hub_monitor = monitor.clone();
     let (hub, thread) = tokio::task::spawn_blocking(move || {
-        crate::hub::spawn(Box::new(store), &hub_config, Some(link), monitor)
+        crate::hub::spawn(Box::new(store), &hub_config, Some(link), hub_monitor)
     })
     .await??;
+    let hub_sink = Arc::new(hub.clone());
     cluster
-        .run(config, Arc::new(hub.clone()), stop, throttle)
+        .run(config, hub_sink, stop, throttle, &monitor.metrics)
         .await?;
     let reader = PgReader::new(url);
     let files = crate::files::FileStore::shared(&config.data_dir, PgBlobs::new(reader.clone()));

@@ -296,14 +296,15 @@ impl Starting {
         }
     }
 
-    /// Starts the bus and the cluster tasks, which hand what they hear to `hub`; they stop
-    /// with `shutdown`.
+    /// Starts the bus and the cluster tasks, which hand what they hear to `hub` (and count
+    /// in `metrics`); they stop with `shutdown`.
     pub async fn run(
         self,
         config: &Config,
         hub: Arc<dyn IncomingSink>,
         shutdown: CancellationToken,
         throttle: Arc<crate::throttle::Throttle>,
+        metrics: &crate::metrics::Metrics,
     ) -> anyhow::Result<()> {
         let bus = bus::Bus {
             client: self.client.clone(),
@@ -322,6 +323,8 @@ impl Starting {
             guests: self.guests,
             client: self.client,
             reconnected: self.reconnected,
+            resyncs: metrics.cluster_resyncs.clone(),
+            discoveries: metrics.cluster_discoveries.clone(),
         };
         tasks.start(shutdown).await
     }

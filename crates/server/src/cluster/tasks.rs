@@ -12,11 +12,13 @@
 //! - discovery: a conversation this node does not follow yet begins with a message on
 //!   NATS; if NATS lost that one (it was away, or dropped messages this node read too
 //!   slowly), nothing would reveal the conversation. So after every reconnection (and
-//!   every drop), and at each reconciliation during one lease after it (the subscriptions
-//!   are renewed a little after the reconnection is reported), the direct conversations
-//!   of the users online here that the hub does not follow are read too, and their rooms
-//!   (a join made on another node meanwhile was announced only on NATS). Not at every
-//!   reconciliation: it reads every conversation of every user online here.
+//!   every drop) the direct conversations of the users online here that the hub does not
+//!   follow are read, and their rooms (a join made on another node meanwhile was
+//!   announced only on NATS): once, as soon as the NATS server has the node's
+//!   subscriptions again (they are renewed a little after the reconnection is reported;
+//!   a probe's round trip shows it, see `probe`), so nothing published after the read
+//!   can be missed. Never at a plain reconciliation: it reads every conversation of every
+//!   user online here.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -35,6 +37,8 @@ use crate::store::{ConvId, UserId};
 
 /// How often the hub drops conversations nobody here needs.
 const COLLECT_EVERY: Duration = Duration::from_secs(30);
+/// How long a probe of the NATS server waits for its answer (see `Tasks::probe`).
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Tasks {
     pub url: String,
@@ -46,6 +50,9 @@ pub struct Tasks {
     pub guests: Arc<AtomicI64>,
     pub client: async_nats::Client,
     pub reconnected: Arc<tokio::sync::Notify>,
+    /// Reconnections to NATS (and drops) seen, and discoveries read.
+    pub resyncs: metrics::Counter,
+    pub discoveries: metrics::Counter,
 }
 
 impl Tasks {
@@ -62,8 +69,10 @@ impl Tasks {
             for timer in [&mut renew, &mut reconcile, &mut collect] {
                 timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
-            // Until when reconciliations also discover conversations (see above).
-            let mut discover_until = Instant::now();
+            // Probes report here that the subscriptions are in force; a discovery is due
+            // until one has been read.
+            let (probed, mut probes) = tokio::sync::mpsc::channel::<()>(1);
+            let mut discover = false;
             loop {
                 if db.is_closed() {
                     match postgres::connect(&self.url).await {
@@ -74,12 +83,15 @@ impl Tasks {
                 let done = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = renew.tick() => self.renew(&db).await,
-                    _ = reconcile.tick() => {
-                        self.reconcile(&db, Instant::now() < discover_until).await
-                    }
+                    _ = reconcile.tick() => self.reconcile(&db, false).await,
                     _ = self.reconnected.notified() => {
-                        discover_until = Instant::now() + self.lease;
-                        self.reconcile(&db, true).await
+                        self.resyncs.increment(1);
+                        self.probe(probed.clone());
+                        self.reconcile(&db, false).await
+                    }
+                    Some(()) = probes.recv() => {
+                        discover = true;
+                        Ok(())
                     }
                     _ = collect.tick() => {
                         self.hub.incoming(Incoming::Collect);
@@ -89,6 +101,14 @@ impl Tasks {
                 };
                 if let Err(e) = done {
                     warn!(error = %format!("{e:#}"), "cluster tasks");
+                }
+                if discover {
+                    // Tried again at the loop's next turn (a tick at the latest) if
+                    // PostgreSQL failed.
+                    match self.reconcile(&db, true).await {
+                        Ok(()) => discover = false,
+                        Err(e) => warn!(error = %format!("{e:#}"), "cluster tasks: discovery"),
+                    }
                 }
             }
             // Other nodes see this node's sessions offline at once.
@@ -100,6 +120,31 @@ impl Tasks {
             }
         });
         Ok(())
+    }
+
+    /// Reports on `probed` once the NATS server has this node's subscriptions, renewed after
+    /// a reconnection: a request on a subject nobody serves comes back "no responders" only
+    /// after the server has read everything the connection sent before it, and the client
+    /// sends the renewed subscriptions before any later request. If no answer comes within
+    /// a lease (NATS away again: its reconnection probes anew), it reports all the same:
+    /// the discovery is never skipped, only perhaps made early.
+    fn probe(&self, probed: tokio::sync::mpsc::Sender<()>) {
+        let client = self.client.clone();
+        let subject = format!("parley.probe.{}", self.node);
+        let deadline = Instant::now() + self.lease;
+        tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let asked = client.request(subject.clone(), bytes::Bytes::new());
+                match tokio::time::timeout(PROBE_WAIT, asked).await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => break,
+                    // Not connected yet, or no answer: ask again a little later.
+                    _ => tokio::time::sleep(PROBE_WAIT / 10).await,
+                }
+            }
+            // Full: a discovery is due already, and this one would read the same.
+            let _ = probed.try_send(());
+        });
     }
 
     /// Takes the lease and removes what an earlier run of this node left online; returns
@@ -202,6 +247,7 @@ impl Tasks {
         if !discover || users.is_empty() {
             return Ok(());
         }
+        self.discoveries.increment(1);
         let rows = db
             .query(
                 "SELECT DISTINCT c.id, c.last_seq, c.user_a, c.user_b

@@ -94,6 +94,9 @@ pub struct Metrics {
     pub cluster_gap_read: Counter,
     /// The most of them one batch read.
     pub cluster_gap_read_most: Gauge,
+    /// A cluster node's reconnections to NATS (and drops), and the discoveries they made.
+    pub cluster_resyncs: Counter,
+    pub cluster_discoveries: Counter,
     store_bytes: [(&'static str, Gauge); 3],
     files_bytes: Gauge,
     /// The message log once opened (none on a cluster node), and its damaged stretches.
@@ -218,6 +221,17 @@ impl Metrics {
             None,
         );
         r.describe(
+            "parley_cluster_nats_resyncs_total",
+            "A cluster node's reconnections to NATS, and the times NATS dropped messages for it.",
+            None,
+        );
+        r.describe(
+            "parley_cluster_discoveries_total",
+            "Reads of the conversations and rooms of every user online here that the node may \
+             have missed while NATS was away (once per resync).",
+            None,
+        );
+        r.describe(
             "parley_store_bytes",
             "Size of the store's files: database, wal, log (messages), files (uploads).",
             Some(Unit::Bytes),
@@ -263,6 +277,8 @@ impl Metrics {
             replayed: r.counter("parley_catchup_read_total", &[]),
             cluster_gap_read: r.counter("parley_cluster_gap_read_total", &[]),
             cluster_gap_read_most: r.gauge("parley_cluster_gap_read_batch_most", &[]),
+            cluster_resyncs: r.counter("parley_cluster_nats_resyncs_total", &[]),
+            cluster_discoveries: r.counter("parley_cluster_discoveries_total", &[]),
             store_bytes,
             files_bytes: r.gauge("parley_store_bytes", &[("file", "files")]),
             log: OnceLock::new(),
