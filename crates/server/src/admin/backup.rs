@@ -4,12 +4,18 @@
 
 use std::path::PathBuf;
 
-use super::users::single_node;
 use super::{Answer, Ctx, Failure};
 
 /// Backs the running server's data up into `out`, on the blocking pool.
 pub async fn online(ctx: &Ctx, out: String) -> Answer {
-    single_node(ctx)?;
+    if ctx.shared.config.cluster {
+        // Everything a cluster keeps is PostgreSQL's: its own tools copy it consistently.
+        return Err(Failure(
+            "a cluster node keeps no data of its own: back the cluster up with pg_dump \
+             (see README, Running several nodes)"
+                .into(),
+        ));
+    }
     // Noted before the database is copied: see `store::backup`.
     let log_end = ctx.shared.reader.log_end();
     let log_end = log_end.ok_or_else(|| Failure("a cluster node has no message log".into()))?;

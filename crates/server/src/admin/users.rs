@@ -78,7 +78,6 @@ pub async fn reset_password(ctx: &Ctx, name: String, password: String) -> Answer
 
 /// Disables (logins refused, sessions ended at once) or enables a user.
 pub async fn set_disabled(ctx: &Ctx, name: String, disabled: bool) -> Answer {
-    single_node(ctx)?;
     let op = AdminOp::SetDisabled {
         name: name.clone(),
         disabled,
@@ -89,7 +88,6 @@ pub async fn set_disabled(ctx: &Ctx, name: String, disabled: bool) -> Answer {
 
 /// Deletes a user (see `Core::delete_user`: its messages are kept).
 pub async fn delete(ctx: &Ctx, name: String) -> Answer {
-    single_node(ctx)?;
     let op = AdminOp::DeleteUser { name: name.clone() };
     ctx.shared.hub.admin(op).await.map_err(refused)?;
     Ok(json!({ "deleted": name, "messages": "kept" }))

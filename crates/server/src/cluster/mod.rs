@@ -69,6 +69,9 @@ pub enum Incoming {
     Memberships(Vec<RoomMembership>),
     /// Time to stop delivering conversations nobody here needs any more.
     Collect,
+    /// How many changes moderation's tables have seen (`moderation_version`): read at
+    /// each reconciliation, so that a node that missed a change's event reads them again.
+    Moderation(i64),
 }
 
 /// What the hub delivers: conversations it follows (and their last sequence dispatched is

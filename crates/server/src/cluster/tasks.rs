@@ -243,6 +243,11 @@ impl Tasks {
             let last = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
             self.hub.incoming(Incoming::Reconcile(last));
         }
+        // Moderation changed somewhere? (hub/cluster_moderation.rs reads it again.)
+        let version = db
+            .query_one("SELECT version FROM moderation_version", &[])
+            .await?;
+        self.hub.incoming(Incoming::Moderation(version.get(0)));
         let users = self.interest.users();
         if !discover || users.is_empty() {
             return Ok(());

@@ -166,6 +166,37 @@ pub enum Event {
         #[serde(default)]
         token: bool,
     },
+    /// An operator (`by`) changed room `room`'s rules, or acted on `user` in it (`change`
+    /// as the JSON event names it; `topic` with a new topic). Other nodes read the room
+    /// from PostgreSQL again and tell their sessions (hub/cluster_moderation.rs). A node
+    /// that predates it ignores it (an unknown event), as it refuses moderation anyway.
+    Moderation {
+        conv: ConvId,
+        room: String,
+        #[serde(default)]
+        user: Option<UserId>,
+        #[serde(default)]
+        user_name: Option<String>,
+        by: String,
+        change: String,
+        #[serde(default)]
+        topic: Option<String>,
+    },
+    /// `user` began (`on`) or ended blocking `other`.
+    Block {
+        user: UserId,
+        other: UserId,
+        on: bool,
+    },
+    /// An operator disabled, enabled or deleted account `user`: its sessions end on every
+    /// node, and its logins are refused.
+    UserState {
+        user: UserId,
+        name: String,
+        disabled: bool,
+        #[serde(default)]
+        deleted: bool,
+    },
 }
 
 #[cfg(test)]
@@ -222,6 +253,34 @@ mod tests {
         let json = serde_json::to_string(&event).unwrap();
         assert_eq!(json, r#"{"event":"offline","user":4,"name":"carol"}"#);
         assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event);
+    }
+
+    #[test]
+    fn moderation_events_read_back_and_their_optional_fields_may_be_absent() {
+        let kick = Event::Moderation {
+            conv: 7,
+            room: "lobby".into(),
+            user: Some(3),
+            user_name: Some("mallory".into()),
+            by: "alice".into(),
+            change: "kicked".into(),
+            topic: None,
+        };
+        let json = serde_json::to_string(&kick).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), kick);
+        let bare = r#"{"event":"moderation","conv":7,"room":"lobby","by":"alice","change":"open"}"#;
+        let Event::Moderation { user, topic, .. } = serde_json::from_str(bare).unwrap() else {
+            panic!("not a moderation event");
+        };
+        assert_eq!((user, topic), (None, None));
+        let state = r#"{"event":"user_state","user":3,"name":"mallory","disabled":true}"#;
+        let expected = Event::UserState {
+            user: 3,
+            name: "mallory".into(),
+            disabled: true,
+            deleted: false,
+        };
+        assert_eq!(serde_json::from_str::<Event>(state).unwrap(), expected);
     }
 
     #[test]

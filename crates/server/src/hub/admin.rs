@@ -141,7 +141,7 @@ impl Core {
 
     /// Takes a deleted user's name out of the name index (nothing can reach it by name any
     /// more) and keeps it taken.
-    fn forget_name(&mut self, user: UserId) {
+    pub(super) fn forget_name(&mut self, user: UserId) {
         if let Some(name) = self.users.get(&user).cloned() {
             self.names.remove(name.as_bytes());
             self.accounts.remove(&user);
@@ -166,10 +166,13 @@ impl Core {
         })
     }
 
-    /// The user an operator names (a deleted one is not found).
-    fn named(&self, name: &str) -> Result<UserId, ErrorKind> {
-        match self.names.get(name.as_bytes()) {
-            Some(&user) if user != self.anonymous => Ok(user),
+    /// The user an operator names (a deleted one is not found; in a cluster, one this node
+    /// has not met yet is read from PostgreSQL).
+    fn named(&mut self, name: &str) -> Result<UserId, ErrorKind> {
+        match self.find_name(name.as_bytes()) {
+            Some((_, user)) if user != self.anonymous && !self.deleted_names.contains(name) => {
+                Ok(user)
+            }
             _ => Err(ErrorKind::UserNotFound),
         }
     }
@@ -187,6 +190,10 @@ impl Core {
             deleted: false,
         };
         batch.user_states.push((user, state));
+        if self.cluster.is_some() {
+            // Its sessions on the other nodes end too, once this is committed.
+            self.cluster_user_state(user, disabled, false);
+        }
         if disabled {
             self.disabled.insert(user);
             let target = Whom::User {
@@ -212,6 +219,11 @@ impl Core {
         effects: &mut Vec<Effect>,
     ) -> Result<AdminAnswer, ErrorKind> {
         let user = self.named(name)?;
+        if self.cluster.is_some() {
+            // Every room of theirs in the cache, so that each membership goes below.
+            self.cluster_refresh(user);
+            self.cluster_user_state(user, true, true);
+        }
         let target = Whom::User {
             name: name.to_string(),
             device: None,
@@ -305,7 +317,7 @@ impl Core {
 
     /// Ends the sessions `target` names, once the batch is committed (nothing of it is
     /// undone by a failed commit: ending a session needs no row).
-    fn end_sessions(
+    pub(super) fn end_sessions(
         &mut self,
         target: &Whom,
         why: Kill,

@@ -55,7 +55,7 @@ pub(crate) struct State {
     /// Rows to delete once this batch is done.
     releasing: Vec<(UserId, DeviceId)>,
     /// What to tell the other nodes once this batch's commit is known.
-    events: Vec<Event>,
+    pub(super) events: Vec<Event>,
     /// Deliveries of messages committed elsewhere or read back, in order: performed
     /// before the batch's own.
     relays: Vec<Relay>,
@@ -66,6 +66,8 @@ pub(crate) struct State {
     /// Messages read back in this batch, and the most any batch read.
     read: u64,
     most: u64,
+    /// The count of moderation's changes last read (hub/cluster_moderation.rs).
+    pub(super) moderation_seen: i64,
 }
 
 impl State {
@@ -82,6 +84,7 @@ impl State {
             more: Vec::new(),
             read: 0,
             most: 0,
+            moderation_seen: 0,
         })
     }
 }
@@ -121,11 +124,11 @@ impl Dest {
 }
 
 impl Core {
-    fn state(&mut self) -> &mut State {
+    pub(super) fn state(&mut self) -> &mut State {
         self.cluster.as_mut().expect("cluster mode")
     }
 
-    fn pg(&mut self) -> &mut PgStore {
+    pub(super) fn pg(&mut self) -> &mut PgStore {
         self.store
             .cluster()
             .expect("cluster mode runs on PostgreSQL")
@@ -147,7 +150,7 @@ impl Core {
     }
 
     /// Caches a user met elsewhere.
-    fn learn_user(&mut self, user: UserId, name: &str, account: bool) -> Arc<str> {
+    pub(super) fn learn_user(&mut self, user: UserId, name: &str, account: bool) -> Arc<str> {
         let name: Arc<str> = Arc::from(name);
         self.names.insert(NameKey(name.clone()), user);
         self.users.insert(user, name.clone());
@@ -165,6 +168,10 @@ impl Core {
         }
         self.cluster.as_ref()?;
         let name = std::str::from_utf8(name).ok()?;
+        if self.deleted_names.contains(name) {
+            // Deleted by an operator: nothing reaches it by name (hub/admin.rs).
+            return None;
+        }
         match self.pg().find_user(name) {
             Ok(Some((user, name, account))) => Some((self.learn_user(user, &name, account), user)),
             Ok(None) => None,
@@ -273,6 +280,8 @@ impl Core {
                 rules: Default::default(),
             });
         entry.members = members;
+        // Its owner and rules too (hub/cluster_moderation.rs).
+        self.cluster_rules(name, room.conv);
         Ok(created)
     }
 
@@ -464,6 +473,7 @@ impl Core {
 
     /// Follows the broadcast conversation from where it stands (at start).
     pub(super) fn cluster_start(&mut self, broadcast: ConvId) -> anyhow::Result<()> {
+        self.moderation_start()?;
         self.follow_from_store(&[broadcast])
     }
 
@@ -578,6 +588,7 @@ impl Core {
                     m.body.into(),
                     m.sent_at,
                 );
+                let delivery = self.cluster_tombstone(delivery);
                 let state = self.state();
                 state.relays.push(Relay {
                     delivery: Arc::new(delivery),
@@ -638,6 +649,7 @@ impl Core {
                 }
             }
             Incoming::Collect => self.collect(),
+            Incoming::Moderation(version) => self.moderation_version(version, effects),
         }
     }
 
@@ -724,6 +736,7 @@ impl Core {
             ConversationKind::Broadcast => Audience::Everyone,
         };
         let delivery = Delivery::new(m.id, m.conv, m.seq, m.kind, m.from, m.to, m.body, m.sent_at);
+        let delivery = self.cluster_tombstone(delivery);
         let state = self.state();
         state.relays.push(Relay {
             delivery: Arc::new(delivery),
@@ -829,6 +842,9 @@ impl Core {
                 }
             }
             Event::Login { .. } => {}
+            Event::Moderation { .. } | Event::Block { .. } | Event::UserState { .. } => {
+                self.moderation_event(event, effects)
+            }
         }
     }
 

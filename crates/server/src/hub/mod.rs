@@ -9,6 +9,7 @@
 
 mod admin;
 mod cluster;
+mod cluster_moderation;
 mod contacts;
 mod core;
 mod moderation;

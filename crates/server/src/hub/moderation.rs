@@ -192,9 +192,13 @@ impl Core {
         effects: &mut Vec<Effect>,
     ) -> Result<(), ErrorKind> {
         if self.cluster.is_some() {
-            // Not kept in PostgreSQL yet: refused rather than forgotten (it would be lost
-            // at the next start, and other nodes would not enforce it).
-            return Err(ErrorKind::Unsupported);
+            if action == RoomAction::Delete {
+                // A room's name freed on every node at once is not built yet: refused
+                // rather than half done.
+                return Err(ErrorKind::Unsupported);
+            }
+            // Made on another node, or changed there: as PostgreSQL has it now.
+            self.cluster_room(room, None, false)?;
         }
         let entry = self.rooms.get(room).ok_or(ErrorKind::RoomNotFound)?;
         let (conv, name) = (entry.conv, entry.name.clone());
@@ -301,6 +305,9 @@ impl Core {
                         unreachable!("handled above")
                     }
                 };
+                if self.cluster.is_some() {
+                    self.cluster_moderated(conv, &name, Some(user), &by, &change);
+                }
                 // The user acted on is told too, member or not (a kicked or banned user is
                 // no longer one; an invited one is not yet).
                 let invited = change == ModerationChange::Invited;
@@ -330,6 +337,9 @@ impl Core {
                 return Ok(());
             }
         };
+        if self.cluster.is_some() {
+            self.cluster_moderated(conv, &name, None, &by, &change);
+        }
         let notice = Notice::Moderation {
             room: name.clone(),
             user: None,
@@ -344,10 +354,11 @@ impl Core {
         Ok(())
     }
 
-    /// The user named `name` (never the anonymous one).
-    fn user_named(&self, name: &str) -> Result<UserId, ErrorKind> {
-        match self.names.get(name.as_bytes()) {
-            Some(&user) if user != self.anonymous => Ok(user),
+    /// The user named `name` (never the anonymous one; in a cluster, maybe one this node
+    /// has not met yet).
+    fn user_named(&mut self, name: &str) -> Result<UserId, ErrorKind> {
+        match self.find_name(name.as_bytes()) {
+            Some((_, user)) if user != self.anonymous => Ok(user),
             _ => Err(ErrorKind::UserNotFound),
         }
     }
@@ -486,9 +497,6 @@ impl Core {
         on: bool,
         batch: &mut Batch,
     ) -> Result<(), ErrorKind> {
-        if self.cluster.is_some() {
-            return Err(ErrorKind::Unsupported);
-        }
         let other = self.user_named(other)?;
         if other == user {
             return Err(ErrorKind::UserNotFound);
@@ -503,6 +511,9 @@ impl Core {
         }
         if changed {
             batch.blocks.push((user, other, on));
+            if self.cluster.is_some() {
+                self.cluster_blocked(user, other, on);
+            }
         }
         Ok(())
     }
@@ -529,8 +540,9 @@ impl Core {
         doomed: Doomed,
         batch: &mut Batch,
     ) -> Result<Option<Effect>, ErrorKind> {
-        if self.cluster.is_some() {
-            return Err(ErrorKind::Unsupported);
+        if self.cluster.is_some() && doomed.kind == ConversationKind::Room {
+            // As PostgreSQL has the room now (its rules may have changed elsewhere).
+            self.cluster_room(&doomed.target, None, false)?;
         }
         let me = self.users[&actor.user].clone();
         let audience = match doomed.kind {

@@ -123,7 +123,10 @@ impl Reader {
         page: Page,
         limit: usize,
     ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
-        either!(self.page(conv, page, limit))
+        match self {
+            Reader::Local(r) => r.page(conv, page, limit).await,
+            Reader::Shared(r) => r.history(conv, page, limit).await,
+        }
     }
 
     /// The message of `conv` at `seq`, if it is one (not a tombstone, not lost).
@@ -142,6 +145,9 @@ impl Reader {
         from: Vec<(ConvId, Seq)>,
         limit: usize,
     ) -> anyhow::Result<Vec<Vec<StoredMessage>>> {
-        either!(self.after(from, limit))
+        match self {
+            Reader::Local(r) => r.after(from, limit).await,
+            Reader::Shared(r) => r.after_marked(from, limit).await,
+        }
     }
 }

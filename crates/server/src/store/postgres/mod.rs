@@ -16,6 +16,7 @@
 mod blobs;
 mod cluster;
 mod migrate;
+mod moderation;
 mod read;
 mod schema;
 mod write;
@@ -34,7 +35,7 @@ pub use read::PgReader;
 
 use super::{
     Batch, ContactState, ConvId, DeviceId, DirectConv, LogStore, Membership, NextIds, Seq,
-    StoredRoom, UserId, KIND_BROADCAST,
+    StoredRoom, UserId, UserState, KIND_BROADCAST,
 };
 
 /// How long a connection attempt may take: while PostgreSQL is down, each commit waits
@@ -105,6 +106,8 @@ pub struct PgStore {
     /// This node's id (the online table's rows are this node's).
     pub node: String,
     pub counters: Counters,
+    /// The count of moderation's changes when the start first read them (moderation.rs).
+    pub(crate) moderation_loaded: Option<i64>,
 }
 
 impl PgStore {
@@ -117,6 +120,7 @@ impl PgStore {
             conn: None,
             node: node.to_string(),
             counters: Counters::default(),
+            moderation_loaded: None,
         }
     }
 
@@ -246,19 +250,20 @@ impl LogStore for PgStore {
              LEFT JOIN memberships m ON m.conversation_id = c.id
              WHERE c.kind = 2 ORDER BY c.id",
         )?;
+        let mut rules = self.moderation()?.rules;
         let mut rooms: Vec<StoredRoom> = Vec::new();
         for row in rows {
             let conv: ConvId = row.get(0);
             if rooms.last().map(|r| r.conv) != Some(conv) {
+                let rules = rules.remove(&conv).unwrap_or_default();
                 rooms.push(StoredRoom {
                     conv,
                     name: row.get(1),
                     members: Vec::new(),
                     created_by: row.get(3),
-                    // Moderation is not kept in PostgreSQL yet.
-                    topic: None,
-                    invite_only: false,
-                    marks: Vec::new(),
+                    topic: rules.topic,
+                    invite_only: rules.invite_only,
+                    marks: rules.marks,
                 });
             }
             let room = rooms.last_mut().expect("pushed above");
@@ -299,6 +304,18 @@ impl LogStore for PgStore {
                 Some((r.get(0), state))
             })
             .collect())
+    }
+
+    fn load_user_states(&mut self) -> anyhow::Result<Vec<(UserId, UserState)>> {
+        Ok(self.moderation()?.user_states)
+    }
+
+    fn load_blocks(&mut self) -> anyhow::Result<Vec<(UserId, UserId)>> {
+        Ok(self.moderation()?.blocks)
+    }
+
+    fn is_deleted(&mut self, id: i64) -> anyhow::Result<bool> {
+        self.message_deleted(id)
     }
 
     fn write(&mut self, batch: &Batch) -> anyhow::Result<()> {

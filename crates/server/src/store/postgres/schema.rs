@@ -16,13 +16,15 @@
 //! - message ids come from the sequence `message_ids` (cache 1) taken under those locks,
 //!   so that, as on one node, ids ascend with the sequence in every conversation;
 //! - the messages, file contents (`blobs`) and who is online where (`nodes`,
-//!   `online_sessions`) are tables.
+//!   `online_sessions`) are tables;
+//! - moderation (version 2) is in tables of its own rather than new columns, so that the
+//!   tables every message touches stay as they are (store/postgres/moderation.rs).
 
 use anyhow::Context;
 use tokio_postgres::Client;
 
 /// The schema's versions: version `n` is the `n`-th.
-const VERSIONS: &[&str] = &[V1];
+const VERSIONS: &[&str] = &[V1, V2];
 
 const V1: &str = "
 CREATE TABLE users (
@@ -138,6 +140,50 @@ CREATE TABLE migration (
     step TEXT PRIMARY KEY,
     done BIGINT NOT NULL
 );
+";
+
+/// Version 2: moderation, as the SQLite schema's version 9 keeps it (see there), and what
+/// operators made of accounts (its version 8), in tables of their own. `moderation_version`
+/// counts the batches that changed any of it: a node that reads a number it has not seen
+/// reads the rest again (a change announced while NATS was away reaches it so).
+const V2: &str = "
+CREATE TABLE user_states (
+    user_id BIGINT PRIMARY KEY,
+    disabled_at BIGINT,
+    deleted_at BIGINT
+);
+CREATE TABLE room_settings (
+    conversation_id BIGINT PRIMARY KEY,
+    topic TEXT,
+    invite_only BOOLEAN NOT NULL DEFAULT false
+);
+CREATE TABLE room_marks (
+    conversation_id BIGINT NOT NULL,
+    user_id BIGINT NOT NULL,
+    mark SMALLINT NOT NULL,
+    set_by BIGINT,
+    set_at BIGINT NOT NULL,
+    PRIMARY KEY (conversation_id, user_id, mark)
+);
+CREATE TABLE blocks (
+    user_id BIGINT NOT NULL,
+    blocked_id BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (user_id, blocked_id)
+);
+-- A deleted message and the tombstone that announces it (store/deletions.rs): both stay
+-- in `messages` as they were written.
+CREATE TABLE deletions (
+    message_id BIGINT PRIMARY KEY,
+    conversation_id BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    tombstone_id BIGINT NOT NULL UNIQUE,
+    deleted_by BIGINT NOT NULL,
+    deleted_at BIGINT NOT NULL
+);
+CREATE INDEX deletions_conversation ON deletions (conversation_id, message_id);
+CREATE TABLE moderation_version (version BIGINT NOT NULL);
+INSERT INTO moderation_version VALUES (0);
 ";
 
 /// A number of our own for the advisory lock the migrations run under.

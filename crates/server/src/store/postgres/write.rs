@@ -153,6 +153,8 @@ async fn second_trip(
     let now = crate::store::now_ms();
     // Every statement prepared first: the pipeline below only binds and executes.
     let s = Statements::prepare(conn).await?;
+    // Moderation's rows (moderation.rs): most batches have none.
+    let moderation = super::moderation::Rows::of(batch, &messages.id)?;
     type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
     let mut steps: Vec<(&'static str, tokio_postgres::Statement, Params<'_>)> = Vec::new();
     macro_rules! step {
@@ -254,6 +256,7 @@ async fn second_trip(
     for (hash, conv) in &batch.attachments {
         step!("attachment", exec(&s.attach, vec![hash, conv]));
     }
+    steps.extend(moderation.steps(conn).await?);
     step!("COMMIT", exec(&s.commit, vec![]));
     counters.statements += steps.len() as u64;
     let client = &conn.client;

@@ -1,0 +1,236 @@
+//! Moderation and an operator's decisions on a cluster: made on one node, enforced on every
+//! other at once, and still there after a node's restart. One cluster of three real nodes
+//! on PostgreSQL and NATS for every check, in order (each cluster costs seconds to start).
+//!
+//! Where a check needs another node to have heard of a change before it acts (a DM through
+//! B refused by a block made on A), it waits for an event that left A after that change —
+//! a notice another session on that node receives — not for time: a node publishes its
+//! events in order, and hears another node's in order.
+
+mod common;
+mod services;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use parley_client::LineClient;
+use services::cluster::{Cluster, Node};
+
+/// A text session logged in (without a password) as `name` on `addr`.
+async fn text(addr: SocketAddr, name: &str) -> LineClient {
+    let mut c = LineClient::connect(addr).await.expect("connect");
+    assert_eq!(
+        c.ask(&format!("LOGIN {name}")).await.unwrap(),
+        "OK",
+        "{name}"
+    );
+    c
+}
+
+/// Reads lines until one satisfies `want` (others, such as presence notices, are skipped);
+/// fails after 10 s.
+async fn until(c: &mut LineClient, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = tokio::time::timeout(left, c.line())
+            .await
+            .expect("no matching line in 10 s")
+            .expect("a line");
+        if want(&line) {
+            return line;
+        }
+    }
+}
+
+/// Sends `request` and returns its answer: the first line that is `OK` or an error (the
+/// pushes and notices before it are skipped). Not for a message sent: seed 002's dialect
+/// answers only its errors.
+async fn ask(c: &mut LineClient, request: &str) -> String {
+    c.send(request).await.unwrap();
+    until(c, |l| l == "OK" || l.starts_with("ERR")).await
+}
+
+/// The lines `command` answers up to its `OK` (or error).
+async fn listing(c: &mut LineClient, command: &str) -> Vec<String> {
+    c.send(command).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = tokio::time::timeout(left, c.line())
+            .await
+            .unwrap_or_else(|_| panic!("{command}: no OK in 10 s"))
+            .expect("a line");
+        if line == "OK" || line.starts_with("ERR") {
+            return lines;
+        }
+        lines.push(line);
+    }
+}
+
+/// Whether the server closed `c` (it reads to the end within 10 s).
+async fn closed(c: &mut LineClient) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, c.line()).await {
+            Err(_) => return false,
+            Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// `parley admin --data-dir DIR ARGS...` against a running node: (succeeded, output).
+fn admin(node: &Node, args: &[&str]) -> (bool, String) {
+    let mut cmd: Command = common::parley_command(["admin", "--data-dir"]);
+    cmd.arg(node.dir.path()).args(args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = cmd.output().expect("parley admin");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// The room's owner (on A) sets a topic, which `witness` (on another node) is told of: a
+/// barrier after every change A made before it.
+async fn barrier(owner: &mut LineClient, witness: &mut LineClient, n: u32) {
+    let topic = format!("barrier {n}");
+    assert_eq!(ask(owner, &format!("TOPIC #mod {topic}")).await, "OK");
+    let told = format!("INFO alice set the topic of #mod: {topic}");
+    until(witness, |l| l == told).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderation_made_on_one_node_holds_on_every_node() {
+    if !services::available() {
+        return;
+    }
+    let mut cluster = Cluster::start(3);
+    let (a, b, c) = (
+        cluster.nodes[0].addr,
+        cluster.nodes[1].addr,
+        cluster.nodes[2].addr,
+    );
+
+    // alice owns #mod (she made it, on A); bob and mallory are members on B, carol on C.
+    let mut alice = text(a, "alice").await;
+    assert_eq!(ask(&mut alice, "JOIN #mod").await, "OK");
+    let mut bob = text(b, "bob").await;
+    let mut mallory = text(b, "mallory").await;
+    let mut carol = text(c, "carol").await;
+    for (who, session) in [
+        ("bob", &mut bob),
+        ("mallory", &mut mallory),
+        ("carol", &mut carol),
+    ] {
+        assert_eq!(ask(session, "JOIN #mod").await, "OK");
+        let joined = format!("INFO {who} joined #mod");
+        until(&mut alice, |l| l == joined).await;
+    }
+
+    // A mute made on A: bob (on B) is told, and B refuses his words to the room.
+    assert_eq!(ask(&mut alice, "MUTE #mod bob").await, "OK");
+    until(&mut bob, |l| l == "INFO alice muted bob in #mod").await;
+    assert_eq!(ask(&mut bob, "SAY #mod let me speak").await, "ERR muted");
+    let details = listing(&mut carol, "ROOMINFO #mod").await;
+    assert!(
+        details.contains(&"MUTED #mod bob".to_string()),
+        "{details:?}"
+    );
+
+    // A kick made on A takes mallory, connected to B, out of the room there: she gets the
+    // notice one node gives, and B no longer takes her words to the room.
+    assert_eq!(ask(&mut alice, "KICK #mod mallory").await, "OK");
+    let kicked = "INFO alice kicked mallory from #mod";
+    until(&mut mallory, |l| l == kicked).await;
+    until(&mut carol, |l| l == kicked).await;
+    assert_eq!(
+        ask(&mut mallory, "SAY #mod still here?").await,
+        "ERR not-a-member"
+    );
+
+    // A ban made on A: B refuses her join.
+    assert_eq!(ask(&mut alice, "BAN #mod mallory").await, "OK");
+    until(&mut mallory, |l| l == "INFO alice banned mallory from #mod").await;
+    assert_eq!(ask(&mut mallory, "JOIN #mod").await, "ERR banned");
+
+    // A block made on A holds for a DM sent through B.
+    let mut eve = text(b, "eve").await;
+    eve.send("DM alice hello from b").await.unwrap();
+    until(&mut alice, |l| l.contains("hello from b")).await;
+    assert_eq!(ask(&mut alice, "BLOCK eve").await, "OK");
+    barrier(&mut alice, &mut bob, 1).await;
+    assert_eq!(ask(&mut eve, "DM alice hello again").await, "ERR blocked");
+
+    // A message deleted on A is gone from the history read on C; the deletion reaches the
+    // members on other nodes as it does on one node.
+    carol.send("SAY #mod the secret is 42").await.unwrap();
+    until(&mut alice, |l| l.ends_with("the secret is 42")).await;
+    let history = listing(&mut carol, "HISTORY #mod").await;
+    let said = history
+        .iter()
+        .find(|l| l.ends_with("carol the secret is 42"))
+        .unwrap_or_else(|| panic!("{history:?}"));
+    let seq: i64 = said.split(' ').nth(2).unwrap().parse().unwrap();
+    assert_eq!(ask(&mut alice, &format!("DELETE #mod {seq}")).await, "OK");
+    let deleted = format!("DELETED #mod {seq} alice");
+    until(&mut bob, |l| l == deleted).await;
+    until(&mut carol, |l| l == deleted).await;
+    let history = listing(&mut carol, "HISTORY #mod").await;
+    assert!(!history.iter().any(|l| l.contains("secret")), "{history:?}");
+    let shown = history
+        .iter()
+        .find(|l| l.split(' ').nth(2) == Some(&*seq.to_string()));
+    let shown = shown.unwrap_or_else(|| panic!("{history:?}"));
+    assert!(shown.ends_with("carol [message deleted]"), "{shown}");
+
+    // `parley admin users disable` against A ends frank's session on B, and C refuses his
+    // login.
+    let mut frank = text(b, "frank").await;
+    let (ok, out) = admin(&cluster.nodes[0], &["users", "disable", "frank"]);
+    assert!(ok, "{out}");
+    assert!(
+        closed(&mut frank).await,
+        "frank's session on B was not closed"
+    );
+    barrier(&mut alice, &mut carol, 2).await;
+    let mut again = LineClient::connect(c).await.unwrap();
+    let answer = again.ask("LOGIN frank").await.unwrap();
+    assert!(answer.starts_with("ERR"), "{answer}");
+
+    // A cluster node keeps no data of its own to back up: it says what does.
+    let out = cluster.nodes[0].dir.path().join("backup");
+    let mut cmd: Command = common::parley_command(["backup", "--data-dir"]);
+    cmd.arg(cluster.nodes[0].dir.path()).arg("--out").arg(&out);
+    let backup = cmd.stdin(Stdio::null()).output().expect("parley backup");
+    let said = String::from_utf8_lossy(&backup.stderr);
+    assert!(
+        !backup.status.success() && said.contains("pg_dump"),
+        "{said}"
+    );
+
+    // All of it survives a restart of B: it reads it from PostgreSQL.
+    drop((bob, mallory, eve, again));
+    let node = &mut cluster.nodes[1];
+    node.proc.signal(libc::SIGTERM);
+    assert!(node.proc.wait_exit(Duration::from_secs(10)).success());
+    let (pg, nats) = (cluster.pg.url(), cluster.nats.url());
+    cluster.nodes[1] = Node::start("b", &pg, &nats);
+    let b = cluster.nodes[1].addr;
+    let mut bob = text(b, "bob").await;
+    assert_eq!(ask(&mut bob, "SAY #mod let me speak").await, "ERR muted");
+    let mut mallory = text(b, "mallory").await;
+    assert_eq!(ask(&mut mallory, "JOIN #mod").await, "ERR banned");
+    let mut eve = text(b, "eve").await;
+    assert_eq!(ask(&mut eve, "DM alice hello again").await, "ERR blocked");
+    let history = listing(&mut bob, "HISTORY #mod").await;
+    assert!(!history.iter().any(|l| l.contains("secret")), "{history:?}");
+    let mut again = LineClient::connect(b).await.unwrap();
+    let answer = again.ask("LOGIN frank").await.unwrap();
+    assert!(answer.starts_with("ERR"), "{answer}");
+}

@@ -1,0 +1,343 @@
+//! Moderation on a cluster node: the rules are decided where the request arrives, as on
+//! one node (moderation.rs, admin.rs), stored in PostgreSQL with the batch
+//! (store/postgres/moderation.rs), and announced over NATS once committed; every other node
+//! applies the announcement at once:
+//! - a room's change: the room (members and rules) is read again from PostgreSQL, a user
+//!   kicked or banned leaves it there too, and its sessions there get the same notice as on
+//!   one node;
+//! - a block: the blocker's list;
+//! - an account disabled or deleted: its sessions there end, its logins are refused;
+//! - a deleted message: its tombstone comes like any message, and is known for one by its
+//!   empty body and the `deletions` row committed with it (`tombstone`).
+//!
+//! NATS is not the only way a change arrives: every batch that changes moderation counts in
+//! `moderation_version`, which the cluster tasks read at each reconciliation; a node that
+//! sees a number it has not seen (it missed an event while NATS was away) reads every rule
+//! again (`moderation_version`). What that read cannot show is a kick made meanwhile (a
+//! kick leaves no mark): the member's room list there is read again at its next login.
+
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use super::core::{Audience, Core, Effect};
+use super::moderation::RoomRules;
+use super::Whom;
+use crate::cluster::Event;
+use crate::outbound::{Delivery, Kill, ModerationChange, Notice, SharedNotice};
+use crate::store::{ConvId, UserId};
+
+impl Core {
+    /// A change to room `room` made here: told to the other nodes once committed.
+    pub(super) fn cluster_moderated(
+        &mut self,
+        conv: ConvId,
+        room: &str,
+        user: Option<UserId>,
+        by: &str,
+        change: &ModerationChange,
+    ) {
+        let topic = match change {
+            ModerationChange::Topic(topic) => Some(topic.to_string()),
+            _ => None,
+        };
+        let user_name = user.and_then(|u| self.users.get(&u)).map(|n| n.to_string());
+        let event = Event::Moderation {
+            conv,
+            room: room.to_string(),
+            user,
+            user_name,
+            by: by.to_string(),
+            change: change.name().to_string(),
+            topic,
+        };
+        self.state().events.push(event);
+    }
+
+    /// A block begun or ended here.
+    pub(super) fn cluster_blocked(&mut self, user: UserId, other: UserId, on: bool) {
+        self.state().events.push(Event::Block { user, other, on });
+    }
+
+    /// An operator's decision about an account, made here.
+    pub(super) fn cluster_user_state(&mut self, user: UserId, disabled: bool, deleted: bool) {
+        let name = self
+            .users
+            .get(&user)
+            .map_or(String::new(), |n| n.to_string());
+        let event = Event::UserState {
+            user,
+            name,
+            disabled,
+            deleted,
+        };
+        self.state().events.push(event);
+    }
+
+    /// Reads room `name`'s rules (its owner is its creator, `creator`) from PostgreSQL into
+    /// the cache.
+    pub(super) fn cluster_rules(&mut self, name: &str, conv: ConvId) {
+        let (owner, rules) = match self.pg().room_rules(conv) {
+            Ok(found) => found,
+            Err(e) => {
+                return warn!(error = %format!("{e:#}"), room = name, "reading a room's rules")
+            }
+        };
+        for (user, _) in &rules.marks {
+            // Named in the room's details: the cache must know them.
+            let _ = self.name_of(*user);
+        }
+        if let Some(room) = self.rooms.get_mut(name) {
+            room.rules = RoomRules::stored(owner, rules.topic, rules.invite_only, &rules.marks);
+        }
+    }
+
+    /// A moderation event another node published.
+    pub(super) fn moderation_event(&mut self, event: Event, effects: &mut Vec<Effect>) {
+        match event {
+            Event::Moderation {
+                room,
+                user,
+                user_name,
+                by,
+                change,
+                topic,
+                ..
+            } => self.room_moderated(&room, user, user_name, &by, &change, topic, effects),
+            Event::Block { user, other, on } => {
+                let list = self.blocked.entry(user).or_default();
+                match on {
+                    true => list.insert(other),
+                    false => list.remove(&other),
+                };
+                if list.is_empty() {
+                    self.blocked.remove(&user);
+                }
+            }
+            Event::UserState {
+                user,
+                name,
+                disabled,
+                deleted,
+            } => self.user_state_changed(user, &name, disabled, deleted, effects),
+            _ => {}
+        }
+    }
+
+    /// Room `room` changed on another node: read again, and told to its sessions here.
+    #[allow(clippy::too_many_arguments)]
+    fn room_moderated(
+        &mut self,
+        room: &str,
+        user: Option<UserId>,
+        user_name: Option<String>,
+        by: &str,
+        change: &str,
+        topic: Option<String>,
+        effects: &mut Vec<Effect>,
+    ) {
+        if let (Some(user), Some(name)) = (user, &user_name) {
+            if !self.users.contains_key(&user) {
+                self.learn_user(user, name, false);
+            }
+        }
+        // Members and rules as PostgreSQL has them now.
+        if let Err(kind) = self.cluster_room(room, None, false) {
+            return debug!(?kind, room, "a moderation event for an unknown room");
+        }
+        let (conv, name) = {
+            let entry = &self.rooms[room];
+            (entry.conv, entry.name.clone())
+        };
+        let member = user.is_some_and(|u| self.rooms[room].members.contains(&u));
+        if let (Some(user), false) = (user, member) {
+            // Kicked or banned: the room is no longer among theirs here.
+            if let Some(list) = self.memberships.get_mut(&user) {
+                list.retain(|m| m.conv != conv);
+            }
+        }
+        let Some(change) = moderation_change(change, topic) else {
+            return debug!(change, "a moderation event of an unknown change");
+        };
+        let invited = change == ModerationChange::Invited;
+        let notice = Notice::Moderation {
+            room: name.clone(),
+            user: user.and_then(|u| self.users.get(&u).cloned()),
+            by: Arc::from(by),
+            change,
+        };
+        let notice = Arc::new(SharedNotice::new(notice));
+        if let (Some(user), false) = (user, member) {
+            effects.push(Effect::Notify {
+                notice: notice.clone(),
+                audience: Audience::User(user),
+                except: 0,
+            });
+        }
+        if !invited {
+            effects.push(Effect::Notify {
+                notice,
+                audience: Audience::Room(name),
+                except: 0,
+            });
+        }
+    }
+
+    /// An account disabled, enabled or deleted on another node.
+    fn user_state_changed(
+        &mut self,
+        user: UserId,
+        name: &str,
+        disabled: bool,
+        deleted: bool,
+        effects: &mut Vec<Effect>,
+    ) {
+        if !self.users.contains_key(&user) {
+            self.learn_user(user, name, true);
+        }
+        if !(disabled || deleted) {
+            self.disabled.remove(&user);
+            return;
+        }
+        self.disabled.insert(user);
+        self.end_user_sessions(user, effects);
+        if deleted {
+            for room in self.rooms.values_mut() {
+                room.members.remove(&user);
+            }
+            self.memberships.remove(&user);
+            self.contacts.remove(&user);
+            for theirs in self.contacts.values_mut() {
+                theirs.remove(&user);
+            }
+            self.forget_name(user);
+        }
+    }
+
+    /// Ends every session of `user` here, as an operator's disabling does.
+    fn end_user_sessions(&mut self, user: UserId, effects: &mut Vec<Effect>) {
+        let Some(name) = self.users.get(&user).map(|n| n.to_string()) else {
+            return;
+        };
+        if !self.online.contains_key(&user) {
+            return;
+        }
+        let target = Whom::User { name, device: None };
+        if let Err(kind) = self.end_sessions(&target, Kill::Disabled, effects) {
+            debug!(?kind, user, "ending a disabled user's sessions");
+        }
+    }
+
+    /// Notes the count of moderation's changes that the start read first (`load`): a
+    /// later one is read again, even one made while the start went on.
+    pub(super) fn moderation_start(&mut self) -> anyhow::Result<()> {
+        let version = match self.pg().moderation_loaded {
+            Some(version) => version,
+            None => self.pg().moderation_version()?,
+        };
+        self.state().moderation_seen = version;
+        Ok(())
+    }
+
+    /// The reconciliation's count of moderation's changes: read everything again if it is
+    /// not the one this node last read (a change whose event this node missed, or one of
+    /// its own: reading is cheap, and idempotent).
+    pub(super) fn moderation_version(&mut self, version: i64, effects: &mut Vec<Effect>) {
+        if self.state().moderation_seen == version {
+            return;
+        }
+        let read = match self.pg().moderation() {
+            Ok(read) => read,
+            Err(e) => return warn!(error = %format!("{e:#}"), "reading moderation"),
+        };
+        debug!(version = read.version, "moderation read again");
+        self.state().moderation_seen = read.version;
+        self.blocked.clear();
+        for (user, other) in read.blocks {
+            self.blocked.entry(user).or_default().insert(other);
+        }
+        for (user, state) in read.user_states {
+            if (state.disabled || state.deleted) && self.disabled.insert(user) {
+                self.end_user_sessions(user, effects);
+            }
+            if state.deleted && self.users.contains_key(&user) {
+                self.forget_name(user);
+            }
+        }
+        let mut rules = read.rules;
+        for room in self.rooms.values_mut() {
+            let found = rules.remove(&room.conv).unwrap_or_default();
+            let owner = room.rules.owner;
+            room.rules = RoomRules::stored(owner, found.topic, found.invite_only, &found.marks);
+            // A ban takes its user out (the ban's batch removed the membership too).
+            let banned = &room.rules.banned;
+            room.members.retain(|u| !banned.contains(u));
+        }
+    }
+
+    /// A message another node committed (or read back from PostgreSQL), as delivered: an
+    /// empty one may be a deletion's tombstone, which PostgreSQL says (`deletions`).
+    pub(super) fn cluster_tombstone(&mut self, delivery: Delivery) -> Delivery {
+        if !delivery.body.is_empty() || delivery.deletes.is_some() {
+            return delivery;
+        }
+        match self.pg().tombstone(delivery.id) {
+            Ok(Some((id, seq))) => delivery.deleting(id, seq),
+            Ok(None) => delivery,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "reading whether a message is a tombstone");
+                delivery
+            }
+        }
+    }
+}
+
+/// The change a moderation event names (`ModerationChange::name`).
+fn moderation_change(name: &str, topic: Option<String>) -> Option<ModerationChange> {
+    Some(match name {
+        "invited" => ModerationChange::Invited,
+        "kicked" => ModerationChange::Kicked,
+        "banned" => ModerationChange::Banned,
+        "unbanned" => ModerationChange::Unbanned,
+        "muted" => ModerationChange::Muted,
+        "unmuted" => ModerationChange::Unmuted,
+        "opped" => ModerationChange::Opped,
+        "deopped" => ModerationChange::Deopped,
+        "deleted" => ModerationChange::Deleted,
+        "topic" => ModerationChange::Topic(Arc::from(topic.unwrap_or_default())),
+        "invite_only" => ModerationChange::InviteOnly(true),
+        "open" => ModerationChange::InviteOnly(false),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_change_reads_back_from_its_name() {
+        let all = [
+            ModerationChange::Invited,
+            ModerationChange::Kicked,
+            ModerationChange::Banned,
+            ModerationChange::Unbanned,
+            ModerationChange::Muted,
+            ModerationChange::Unmuted,
+            ModerationChange::Opped,
+            ModerationChange::Deopped,
+            ModerationChange::Deleted,
+            ModerationChange::Topic(Arc::from("news")),
+            ModerationChange::InviteOnly(true),
+            ModerationChange::InviteOnly(false),
+        ];
+        for change in all {
+            let topic = match &change {
+                ModerationChange::Topic(t) => Some(t.to_string()),
+                _ => None,
+            };
+            assert_eq!(moderation_change(change.name(), topic), Some(change));
+        }
+        assert_eq!(moderation_change("promoted", None), None);
+    }
+}

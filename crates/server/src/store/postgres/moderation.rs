@@ -1,0 +1,400 @@
+//! Moderation in PostgreSQL: what operators made of accounts, rooms' settings and marks,
+//! blocks and deleted messages (schema version 2), as the embedded store keeps them in
+//! SQLite.
+//!
+//! A batch writes them in its own transaction (write.rs calls [`Rows`]): a change is stored
+//! with the batch that made it or not at all, and a deletion with its tombstone, whose id
+//! PostgreSQL gives in that same transaction. Each such batch also counts one more in
+//! `moderation_version`, which every node reads at each reconciliation: a node that sees a
+//! number it has not seen reads all of it again ([`PgStore::moderation`]) — how a change
+//! announced while NATS was away still reaches it. The tables are small (a row per
+//! operator's decision), so reading them whole is cheap.
+//!
+//! Readers ask which messages of a page are deleted or tombstones
+//! ([`PgReader::deletions_among`]): one more indexed query per page of history or catch-up,
+//! whatever the messages table's layout.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Statement;
+
+use super::{rows, Conn, PgReader, PgStore};
+use crate::store::{
+    Batch, ConvId, Mark, MessageKind, Page, RoomSetting, Seq, StoredMessage, UserId, UserState,
+};
+
+/// A room's rules as PostgreSQL holds them.
+#[derive(Debug, Clone, Default)]
+pub struct PgRules {
+    pub topic: Option<String>,
+    pub invite_only: bool,
+    /// Operators, bans, mutes and invitations.
+    pub marks: Vec<(UserId, Mark)>,
+}
+
+/// Everything moderation keeps, read whole.
+#[derive(Debug, Default)]
+pub struct Moderation {
+    /// What `moderation_version` said when this was read.
+    pub version: i64,
+    pub user_states: Vec<(UserId, UserState)>,
+    pub blocks: Vec<(UserId, UserId)>,
+    /// Rules of every room that has any.
+    pub rules: HashMap<ConvId, PgRules>,
+}
+
+impl PgStore {
+    /// Reads moderation's tables whole, and the version they are at.
+    pub fn moderation(&mut self) -> anyhow::Result<Moderation> {
+        let version = self.moderation_version()?;
+        self.moderation_loaded.get_or_insert(version);
+        let states = rows!(
+            self,
+            "SELECT user_id, disabled_at IS NOT NULL, deleted_at IS NOT NULL FROM user_states
+             WHERE disabled_at IS NOT NULL OR deleted_at IS NOT NULL",
+        )?;
+        let user_states = states
+            .iter()
+            .map(|r| {
+                let state = UserState {
+                    disabled: r.get(1),
+                    deleted: r.get(2),
+                };
+                (r.get(0), state)
+            })
+            .collect();
+        let blocks = rows!(self, "SELECT user_id, blocked_id FROM blocks",)?;
+        let blocks = blocks.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut rules: HashMap<ConvId, PgRules> = HashMap::new();
+        let settings = rows!(
+            self,
+            "SELECT conversation_id, topic, invite_only FROM room_settings",
+        )?;
+        for r in &settings {
+            let entry = rules.entry(r.get(0)).or_default();
+            entry.topic = r.get(1);
+            entry.invite_only = r.get(2);
+        }
+        let marks = rows!(
+            self,
+            "SELECT conversation_id, user_id, mark FROM room_marks",
+        )?;
+        for r in &marks {
+            if let Some(mark) = Mark::from_i64(i64::from(r.get::<_, i16>(2))) {
+                let entry = rules.entry(r.get(0)).or_default();
+                entry.marks.push((r.get(1), mark));
+            }
+        }
+        Ok(Moderation {
+            version,
+            user_states,
+            blocks,
+            rules,
+        })
+    }
+
+    /// How many batches changed moderation so far.
+    pub fn moderation_version(&mut self) -> anyhow::Result<i64> {
+        let rows = rows!(self, "SELECT version FROM moderation_version",)?;
+        Ok(rows.first().map_or(0, |r| r.get(0)))
+    }
+
+    /// Room `conv`'s owner (its creator) and rules, in one query.
+    pub fn room_rules(&mut self, conv: ConvId) -> anyhow::Result<(Option<UserId>, PgRules)> {
+        let rows = rows!(
+            self,
+            "SELECT c.created_by, s.topic, COALESCE(s.invite_only, false), m.user_id, m.mark
+             FROM conversations c
+             LEFT JOIN room_settings s ON s.conversation_id = c.id
+             LEFT JOIN room_marks m ON m.conversation_id = c.id
+             WHERE c.id = $1",
+            conv
+        )?;
+        let mut rules = PgRules::default();
+        let Some(first) = rows.first() else {
+            return Ok((None, rules));
+        };
+        let owner = first.get(0);
+        rules.topic = first.get(1);
+        rules.invite_only = first.get(2);
+        for r in &rows {
+            let (user, mark): (Option<UserId>, Option<i16>) = (r.get(3), r.get(4));
+            if let (Some(user), Some(mark)) = (user, mark.and_then(|m| Mark::from_i64(m.into()))) {
+                rules.marks.push((user, mark));
+            }
+        }
+        Ok((owner, rules))
+    }
+
+    /// Whether message `id` is deleted.
+    pub fn message_deleted(&mut self, id: i64) -> anyhow::Result<bool> {
+        let rows = rows!(self, "SELECT 1 FROM deletions WHERE message_id = $1", id)?;
+        Ok(!rows.is_empty())
+    }
+
+    /// If message `id` is a deletion's tombstone: the deleted message's (id, sequence).
+    pub fn tombstone(&mut self, id: i64) -> anyhow::Result<Option<(i64, Seq)>> {
+        let rows = rows!(
+            self,
+            "SELECT message_id, seq FROM deletions WHERE tombstone_id = $1",
+            id
+        )?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
+}
+
+impl PgReader {
+    /// What each of `ids` (messages of `conv`) is, for those that are not plain messages.
+    pub async fn deletions_among(
+        &self,
+        conv: ConvId,
+        ids: Vec<i64>,
+    ) -> anyhow::Result<HashMap<i64, MessageKind>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = self
+            .query(
+                "SELECT message_id, seq, tombstone_id FROM deletions
+                 WHERE conversation_id = $1 AND (message_id = ANY($2) OR tombstone_id = ANY($2))",
+                &[&conv, &ids],
+            )
+            .await?;
+        let mut kinds = HashMap::with_capacity(rows.len() * 2);
+        for r in &rows {
+            let (message, seq, tombstone): (i64, Seq, i64) = (r.get(0), r.get(1), r.get(2));
+            kinds.insert(message, MessageKind::Deleted);
+            kinds.insert(tombstone, MessageKind::Tombstone(message, seq));
+        }
+        Ok(kinds)
+    }
+}
+
+/// One statement of a batch's transaction: what it writes (for errors), and its parameters.
+pub(super) type Step<'p> = (&'static str, Statement, Vec<&'p (dyn ToSql + Sync)>);
+
+/// The moderation rows of a batch, as the parameters of its statements.
+pub(super) struct Rows {
+    now: i64,
+    /// (user, disabled at, deleted at).
+    states: Vec<(UserId, Option<i64>, Option<i64>)>,
+    topics: Vec<(ConvId, Option<String>)>,
+    modes: Vec<(ConvId, bool)>,
+    /// (room, user, mark, set by, set or cleared), in the batch's order.
+    marks: Vec<(ConvId, UserId, i16, UserId, bool)>,
+    /// (user, the user they block, begun or ended), in the batch's order.
+    blocks: Vec<(UserId, UserId, bool)>,
+    /// (message, conversation, sequence, tombstone id as stored, by, at).
+    deletions: Vec<(i64, ConvId, Seq, i64, UserId, i64)>,
+}
+
+impl Rows {
+    /// The rows of `batch`, whose messages were given the ids `ids` (in the batch's order):
+    /// a deletion names its tombstone by the hub's id, which PostgreSQL replaced.
+    pub fn of(batch: &Batch, ids: &[i64]) -> anyhow::Result<Rows> {
+        let now = crate::store::now_ms();
+        let mut rows = Rows {
+            now,
+            states: Vec::new(),
+            topics: Vec::new(),
+            modes: Vec::new(),
+            marks: Vec::new(),
+            blocks: batch.blocks.clone(),
+            deletions: Vec::new(),
+        };
+        for (user, state) in &batch.user_states {
+            let at = |on: bool| on.then_some(now);
+            rows.states.push((
+                *user,
+                at(state.disabled || state.deleted),
+                at(state.deleted),
+            ));
+        }
+        for (conv, setting) in &batch.room_settings {
+            match setting {
+                RoomSetting::Topic(topic) => rows.topics.push((*conv, topic.clone())),
+                RoomSetting::InviteOnly(on) => rows.modes.push((*conv, *on)),
+            }
+        }
+        for m in &batch.room_marks {
+            rows.marks
+                .push((m.conv, m.user, m.mark as i16, m.by, m.set));
+        }
+        for d in &batch.deletions {
+            let at = batch.messages.iter().position(|m| m.id == d.tombstone);
+            let tombstone = at
+                .and_then(|at| ids.get(at))
+                .copied()
+                .ok_or_else(|| anyhow::anyhow!("a deletion whose tombstone is not in its batch"))?;
+            rows.deletions
+                .push((d.message, d.conv, d.seq, tombstone, d.by, d.at));
+        }
+        Ok(rows)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.states.is_empty()
+            && self.topics.is_empty()
+            && self.modes.is_empty()
+            && self.marks.is_empty()
+            && self.blocks.is_empty()
+            && self.deletions.is_empty()
+    }
+
+    /// The statements that write these rows (none for a batch without any: most batches),
+    /// and one that counts the change in `moderation_version`.
+    pub async fn steps<'p>(&'p self, conn: &mut Conn) -> anyhow::Result<Vec<Step<'p>>> {
+        let mut steps: Vec<Step<'p>> = Vec::new();
+        if self.is_empty() {
+            return Ok(steps);
+        }
+        for (user, disabled, deleted) in &self.states {
+            let sql = "INSERT INTO user_states (user_id, disabled_at, deleted_at)
+                       VALUES ($1, $2, $3)
+                       ON CONFLICT (user_id) DO UPDATE SET
+                           disabled_at = CASE WHEN excluded.disabled_at IS NULL THEN NULL
+                                         ELSE COALESCE(user_states.disabled_at,
+                                                       excluded.disabled_at) END,
+                           deleted_at = COALESCE(user_states.deleted_at, excluded.deleted_at)";
+            steps.push((
+                "user state",
+                conn.prepare(sql).await?,
+                vec![user, disabled, deleted],
+            ));
+            if deleted.is_some() {
+                // Deleted for good: no password logs in again (as on one node).
+                let sql = "UPDATE users SET password_hash = NULL WHERE id = $1";
+                steps.push(("user deleted", conn.prepare(sql).await?, vec![user]));
+            }
+        }
+        for (conv, topic) in &self.topics {
+            let sql = "INSERT INTO room_settings (conversation_id, topic) VALUES ($1, $2)
+                       ON CONFLICT (conversation_id) DO UPDATE SET topic = excluded.topic";
+            steps.push(("topic", conn.prepare(sql).await?, vec![conv, topic]));
+        }
+        for (conv, on) in &self.modes {
+            let sql = "INSERT INTO room_settings (conversation_id, invite_only) VALUES ($1, $2)
+                       ON CONFLICT (conversation_id)
+                       DO UPDATE SET invite_only = excluded.invite_only";
+            steps.push(("invite-only", conn.prepare(sql).await?, vec![conv, on]));
+        }
+        for (conv, user, mark, by, set) in &self.marks {
+            if *set {
+                let sql = "INSERT INTO room_marks (conversation_id, user_id, mark, set_by, set_at)
+                           VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+                let params: Vec<&(dyn ToSql + Sync)> = vec![conv, user, mark, by, &self.now];
+                steps.push(("mark", conn.prepare(sql).await?, params));
+            } else {
+                let sql = "DELETE FROM room_marks
+                           WHERE conversation_id = $1 AND user_id = $2 AND mark = $3";
+                steps.push(("mark", conn.prepare(sql).await?, vec![conv, user, mark]));
+            }
+        }
+        for (user, other, on) in &self.blocks {
+            if *on {
+                let sql = "INSERT INTO blocks (user_id, blocked_id, created_at)
+                           VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+                steps.push((
+                    "block",
+                    conn.prepare(sql).await?,
+                    vec![user, other, &self.now],
+                ));
+            } else {
+                let sql = "DELETE FROM blocks WHERE user_id = $1 AND blocked_id = $2";
+                steps.push(("block", conn.prepare(sql).await?, vec![user, other]));
+            }
+        }
+        for (message, conv, seq, tombstone, by, at) in &self.deletions {
+            let sql = "INSERT INTO deletions (message_id, conversation_id, seq, tombstone_id,
+                                              deleted_by, deleted_at)
+                       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+            let params: Vec<&(dyn ToSql + Sync)> = vec![message, conv, seq, tombstone, by, at];
+            steps.push(("deletion", conn.prepare(sql).await?, params));
+        }
+        let sql = "UPDATE moderation_version SET version = version + 1";
+        steps.push(("moderation version", conn.prepare(sql).await?, vec![]));
+        Ok(steps)
+    }
+}
+
+impl PgReader {
+    /// A page of `conv`'s history as `page` reads it, with deleted messages marked (their
+    /// words never read out again) and the tombstones left out, as on one node: a page cut
+    /// short by tombstones is read on past them, so it is short only where the history ends.
+    pub async fn history(
+        &self,
+        conv: ConvId,
+        page: Page,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
+        let forward = matches!(
+            page,
+            Page::AfterId(_) | Page::AfterSeq(_) | Page::AfterTime(_)
+        );
+        // Nearest to the page's start first.
+        let mut kept: Vec<(StoredMessage, i64)> = Vec::new();
+        let mut next = page;
+        while kept.len() < limit {
+            let want = limit - kept.len();
+            let mut rows = self.page(conv, next, want).await?;
+            let got = rows.len();
+            let ids = rows.iter().map(|(m, _)| m.id).collect();
+            let kinds = self.deletions_among(conv, ids).await?;
+            if !forward {
+                rows.reverse();
+            }
+            let Some(edge) = rows.last().map(|(m, _)| m.id) else {
+                break;
+            };
+            for (mut m, at) in rows {
+                if let Some(&kind) = kinds.get(&m.id) {
+                    if let MessageKind::Tombstone(..) = kind {
+                        continue;
+                    }
+                    m.kind = kind;
+                    m.body = Bytes::new();
+                }
+                kept.push((m, at));
+            }
+            if got < want {
+                break;
+            }
+            next = match forward {
+                true => Page::AfterId(edge),
+                false => Page::BeforeId(edge),
+            };
+        }
+        if !forward {
+            kept.reverse();
+        }
+        Ok(kept)
+    }
+
+    /// Up to `limit` messages of each conversation in `from` after the given sequence (as
+    /// `after`), each marked deleted or a tombstone where it is one: a catch-up skips the
+    /// first and delivers the second as the deletion.
+    pub async fn after_marked(
+        &self,
+        from: Vec<(ConvId, Seq)>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Vec<StoredMessage>>> {
+        let mut pages = self.after(from, limit).await?;
+        for page in &mut pages {
+            let Some(conv) = page.first().map(|m| m.conv) else {
+                continue;
+            };
+            let kinds = self
+                .deletions_among(conv, page.iter().map(|m| m.id).collect())
+                .await?;
+            for m in page.iter_mut() {
+                if let Some(&kind) = kinds.get(&m.id) {
+                    m.kind = kind;
+                    m.body = Bytes::new();
+                }
+            }
+        }
+        Ok(pages)
+    }
+}
