@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use parley_client::LineClient;
-use services::cluster::{Cluster, Node};
+use services::cluster::{Cluster, Node, Proxy};
 
 /// A text session logged in (without a password) as `name` on `addr`.
 async fn text(addr: SocketAddr, name: &str) -> LineClient {
@@ -110,7 +110,16 @@ async fn moderation_made_on_one_node_holds_on_every_node() {
     if !services::available() {
         return;
     }
-    let mut cluster = Cluster::start(3);
+    let pg = services::Postgres::start();
+    let nats = services::Nats::start();
+    // Node c reaches NATS through a link the test cuts.
+    let link = Proxy::start(vec![([127, 0, 0, 1], nats.port).into()]).await;
+    let nodes = vec![
+        Node::start("a", &pg.url(), &nats.url()),
+        Node::start("b", &pg.url(), &nats.url()),
+        Node::start("c", &pg.url(), &format!("nats://{}", link.addr)),
+    ];
+    let mut cluster = Cluster { nodes, pg, nats };
     let (a, b, c) = (
         cluster.nodes[0].addr,
         cluster.nodes[1].addr,
@@ -213,6 +222,26 @@ async fn moderation_made_on_one_node_holds_on_every_node() {
         !backup.status.success() && said.contains("pg_dump"),
         "{said}"
     );
+
+    // C cut off from NATS hears of no change; it finds them in PostgreSQL at its next
+    // reconciliation, and enforces them before NATS is back.
+    link.cut();
+    assert_eq!(ask(&mut alice, "BLOCK carol").await, "OK");
+    assert_eq!(ask(&mut alice, "MUTE #mod carol").await, "OK");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let details = listing(&mut carol, "ROOMINFO #mod").await;
+        if details.contains(&"MUTED #mod carol".to_string()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "C never read the mute: {details:?}"
+        );
+    }
+    assert_eq!(ask(&mut carol, "SAY #mod may I?").await, "ERR muted");
+    assert_eq!(ask(&mut carol, "DM alice may I?").await, "ERR blocked");
+    link.heal();
 
     // All of it survives a restart of B: it reads it from PostgreSQL.
     drop((bob, mallory, eve, again));
