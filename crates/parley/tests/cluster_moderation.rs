@@ -176,6 +176,23 @@ async fn moderation_made_on_one_node_holds_on_every_node() {
     barrier(&mut alice, &mut bob, 1).await;
     assert_eq!(ask(&mut eve, "DM alice hello again").await, "ERR blocked");
 
+    // A room deleted on A is gone on B too, its members there told; its name is free again.
+    assert_eq!(ask(&mut alice, "JOIN #gone").await, "OK");
+    assert_eq!(ask(&mut bob, "JOIN #gone").await, "OK");
+    until(&mut alice, |l| l == "INFO bob joined #gone").await;
+    assert_eq!(ask(&mut alice, "DESTROY #gone").await, "OK");
+    until(&mut bob, |l| l == "INFO alice deleted #gone").await;
+    assert_eq!(
+        ask(&mut bob, "SAY #gone anyone?").await,
+        "ERR room-not-found"
+    );
+    assert_eq!(ask(&mut bob, "JOIN #gone").await, "OK");
+    let details = listing(&mut bob, "ROOMINFO #gone").await;
+    assert!(
+        details.contains(&"OWNER #gone bob".to_string()),
+        "{details:?}"
+    );
+
     // A message deleted on A is gone from the history read on C; the deletion reaches the
     // members on other nodes as it does on one node.
     carol.send("SAY #mod the secret is 42").await.unwrap();

@@ -104,14 +104,6 @@ pub(super) async fn find(ctx: &Ctx, name: &str) -> Result<UserRow, Failure> {
     user.ok_or_else(|| Failure(format!("no user {name}")))
 }
 
-/// Refuses what a cluster node cannot store yet (its PostgreSQL store has no column for it).
-pub(super) fn single_node(ctx: &Ctx) -> Result<(), Failure> {
-    match ctx.shared.config.cluster {
-        true => Err(Failure("not available on a cluster node yet".into())),
-        false => Ok(()),
-    }
-}
-
 /// Refuses to change a deleted user.
 pub(super) fn live(user: &UserRow) -> Result<(), Failure> {
     match user.deleted {

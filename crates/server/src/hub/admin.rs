@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::core::{internal, Core, Effect};
 use super::{Auth, Done, ANONYMOUS};
-use crate::outbound::{Kill, Link};
+use crate::outbound::{Kill, Link, ModerationChange};
 use crate::store::{Batch, DeviceId, Revoke, UserId, UserState};
 
 /// An operator's request to the hub.
@@ -269,6 +269,12 @@ impl Core {
         batch: &mut Batch,
         effects: &mut Vec<Effect>,
     ) -> Result<AdminAnswer, ErrorKind> {
+        if self.cluster.is_some() {
+            // Made on another node, maybe: as PostgreSQL has it now.
+            self.cluster_room(name, None, false)?;
+            let conv = self.rooms[name].conv;
+            self.cluster_moderated(conv, name, None, "server", &ModerationChange::Deleted);
+        }
         if !self.rooms.contains_key(name) {
             return Err(ErrorKind::RoomNotFound);
         }

@@ -880,6 +880,7 @@ impl Core {
                                 m.body.into(),
                                 m.sent_at,
                             );
+                            let delivery = self.cluster_tombstone(delivery);
                             self.state().relays.push(Relay {
                                 delivery: Arc::new(delivery),
                                 // Every session of this one user, as a message to oneself.

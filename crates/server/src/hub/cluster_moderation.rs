@@ -4,7 +4,7 @@
 //! applies the announcement at once:
 //! - a room's change: the room (members and rules) is read again from PostgreSQL, a user
 //!   kicked or banned leaves it there too, and its sessions there get the same notice as on
-//!   one node;
+//!   one node; a room deleted is taken out, its members and guests there told;
 //! - a block: the blocker's list;
 //! - an account disabled or deleted: its sessions there end, its logins are refused;
 //! - a deleted message: its tombstone comes like any message, and is known for one by its
@@ -25,7 +25,7 @@ use super::moderation::RoomRules;
 use super::Whom;
 use crate::cluster::Event;
 use crate::outbound::{Delivery, Kill, ModerationChange, Notice, SharedNotice};
-use crate::store::{ConvId, UserId};
+use crate::store::{Batch, ConvId, UserId};
 
 impl Core {
     /// A change to room `room` made here: told to the other nodes once committed.
@@ -96,6 +96,7 @@ impl Core {
     pub(super) fn moderation_event(&mut self, event: Event, effects: &mut Vec<Effect>) {
         match event {
             Event::Moderation {
+                conv,
                 room,
                 user,
                 user_name,
@@ -103,7 +104,10 @@ impl Core {
                 change,
                 topic,
                 ..
-            } => self.room_moderated(&room, user, user_name, &by, &change, topic, effects),
+            } => {
+                let change = (change.as_str(), topic);
+                self.room_moderated(conv, &room, user, user_name, &by, change, effects)
+            }
             Event::Block { user, other, on } => {
                 let list = self.blocked.entry(user).or_default();
                 match on {
@@ -128,12 +132,12 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     fn room_moderated(
         &mut self,
+        conv: ConvId,
         room: &str,
         user: Option<UserId>,
         user_name: Option<String>,
         by: &str,
-        change: &str,
-        topic: Option<String>,
+        (change, topic): (&str, Option<String>),
         effects: &mut Vec<Effect>,
     ) {
         if let (Some(user), Some(name)) = (user, &user_name) {
@@ -141,14 +145,21 @@ impl Core {
                 self.learn_user(user, name, false);
             }
         }
+        if change == "deleted" {
+            // Gone from PostgreSQL: taken out here as the deleting node did (that node
+            // wrote the rows; nothing is written here). Only that room: its name may be
+            // another room's already.
+            if self.rooms.get(room).is_some_and(|r| r.conv == conv) {
+                let mut written_there = Batch::default();
+                self.drop_room(room, Arc::from(by), 0, &mut written_there, effects);
+            }
+            return;
+        }
         // Members and rules as PostgreSQL has them now.
         if let Err(kind) = self.cluster_room(room, None, false) {
             return debug!(?kind, room, "a moderation event for an unknown room");
         }
-        let (conv, name) = {
-            let entry = &self.rooms[room];
-            (entry.conv, entry.name.clone())
-        };
+        let name = self.rooms[room].name.clone();
         let member = user.is_some_and(|u| self.rooms[room].members.contains(&u));
         if let (Some(user), false) = (user, member) {
             // Kicked or banned: the room is no longer among theirs here.

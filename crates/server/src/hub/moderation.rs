@@ -192,11 +192,6 @@ impl Core {
         effects: &mut Vec<Effect>,
     ) -> Result<(), ErrorKind> {
         if self.cluster.is_some() {
-            if action == RoomAction::Delete {
-                // A room's name freed on every node at once is not built yet: refused
-                // rather than half done.
-                return Err(ErrorKind::Unsupported);
-            }
             // Made on another node, or changed there: as PostgreSQL has it now.
             self.cluster_room(room, None, false)?;
         }
@@ -234,6 +229,9 @@ impl Core {
                 ModerationChange::InviteOnly(on)
             }
             RoomAction::Delete => {
+                if self.cluster.is_some() {
+                    self.cluster_moderated(conv, &name, None, &by, &ModerationChange::Deleted);
+                }
                 self.drop_room(room, by, except, batch, effects);
                 return Ok(());
             }

@@ -414,7 +414,7 @@ impl PgStore {
              LEFT JOIN (SELECT DISTINCT o.user_id FROM online_sessions o
                         JOIN nodes n ON n.node_id = o.node_id WHERE n.expires_at > now()) o
                  ON o.user_id = m.user_id
-             WHERE c.kind = $1 GROUP BY c.id, c.name ORDER BY c.name",
+             WHERE c.kind = $1 AND c.name IS NOT NULL GROUP BY c.id, c.name ORDER BY c.name",
             kind
         )?;
         Ok(rows

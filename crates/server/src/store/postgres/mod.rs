@@ -248,7 +248,7 @@ impl LogStore for PgStore {
             self,
             "SELECT c.id, c.name, m.user_id, c.created_by FROM conversations c
              LEFT JOIN memberships m ON m.conversation_id = c.id
-             WHERE c.kind = 2 ORDER BY c.id",
+             WHERE c.kind = 2 AND c.name IS NOT NULL ORDER BY c.id",
         )?;
         let mut rules = self.moderation()?.rules;
         let mut rooms: Vec<StoredRoom> = Vec::new();

@@ -188,6 +188,8 @@ pub(super) struct Rows {
     blocks: Vec<(UserId, UserId, bool)>,
     /// (message, conversation, sequence, tombstone id as stored, by, at).
     deletions: Vec<(i64, ConvId, Seq, i64, UserId, i64)>,
+    /// Rooms deleted: their name is freed, their members, cursors and rules go.
+    rooms_deleted: Vec<ConvId>,
 }
 
 impl Rows {
@@ -203,6 +205,7 @@ impl Rows {
             marks: Vec::new(),
             blocks: batch.blocks.clone(),
             deletions: Vec::new(),
+            rooms_deleted: batch.rooms_deleted.clone(),
         };
         for (user, state) in &batch.user_states {
             let at = |on: bool| on.then_some(now);
@@ -241,6 +244,7 @@ impl Rows {
             && self.marks.is_empty()
             && self.blocks.is_empty()
             && self.deletions.is_empty()
+            && self.rooms_deleted.is_empty()
     }
 
     /// The statements that write these rows (none for a batch without any: most batches),
@@ -312,6 +316,21 @@ impl Rows {
                        VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
             let params: Vec<&(dyn ToSql + Sync)> = vec![message, conv, seq, tombstone, by, at];
             steps.push(("deletion", conn.prepare(sql).await?, params));
+        }
+        for conv in &self.rooms_deleted {
+            // Its row stays, nameless, so that its id is never handed out again (as on
+            // one node); the name is free for a new room.
+            let sql = "UPDATE conversations SET name = NULL WHERE id = $1 AND kind = 2";
+            steps.push(("room deleted", conn.prepare(sql).await?, vec![conv]));
+            for sql in [
+                "DELETE FROM memberships WHERE conversation_id = $1",
+                "DELETE FROM cursors WHERE conversation_id = $1",
+                "DELETE FROM attachments WHERE conversation_id = $1",
+                "DELETE FROM room_settings WHERE conversation_id = $1",
+                "DELETE FROM room_marks WHERE conversation_id = $1",
+            ] {
+                steps.push(("room deleted", conn.prepare(sql).await?, vec![conv]));
+            }
         }
         let sql = "UPDATE moderation_version SET version = version + 1";
         steps.push(("moderation version", conn.prepare(sql).await?, vec![]));
