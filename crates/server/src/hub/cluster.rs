@@ -1094,6 +1094,10 @@ impl Core {
             for event in &events {
                 state.link.event(event);
             }
+        } else if !events.is_empty() {
+            // What this batch changed in memory was not stored: moderation is read again
+            // from PostgreSQL at the next reconciliation (hub/cluster_moderation.rs).
+            state.moderation_seen = -1;
         }
         let releasing = std::mem::take(&mut state.releasing);
         if releasing.is_empty() {

@@ -267,8 +267,15 @@ impl Core {
         for (user, other) in read.blocks {
             self.blocked.entry(user).or_default().insert(other);
         }
+        // Operators' decisions replace what this node held: one enabled meanwhile is
+        // enabled here too.
+        let before = std::mem::take(&mut self.disabled);
         for (user, state) in read.user_states {
-            if (state.disabled || state.deleted) && self.disabled.insert(user) {
+            if !(state.disabled || state.deleted) {
+                continue;
+            }
+            self.disabled.insert(user);
+            if !before.contains(&user) {
                 self.end_user_sessions(user, effects);
             }
             if state.deleted && self.users.contains_key(&user) {
