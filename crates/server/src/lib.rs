@@ -30,6 +30,7 @@ mod session;
 mod sniff;
 mod store;
 mod throttle;
+mod timer;
 mod tls;
 
 pub use config::{Config, SyncMode};

@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::os::fd::RawFd;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
@@ -25,6 +24,7 @@ use super::tcp_ack::AckTracker;
 use super::{Item, Style};
 use crate::conn::WriteHalf;
 use crate::store::{ConvId, DeviceId, Seq};
+use crate::timer::Timer;
 
 /// Largest number of queued items taken in one go.
 pub(super) const BATCH: usize = 512;
@@ -56,10 +56,11 @@ const LINGER: Duration = Duration::from_millis(100);
 pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
     let queue = &link.queue;
     let mut items = Vec::new();
-    // One boxed timer: the acknowledgement poll while deliveries wait for the peer's
+    // One timer: the acknowledgement poll while deliveries wait for the peer's
     // acknowledgement or progress waits to be reported (at the reporting cadence however
-    // often the writer wakes meanwhile), else the linger before parking.
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // often the writer wakes meanwhile), else the linger before parking. Polled at every
+    // turn that waits: a `Timer` polls its `Sleep` only when that may have fired.
+    let mut timer: Option<Timer> = None;
     let mut last_write = tokio::time::Instant::now();
     // The weight of what was written since the last take, counted off at the next.
     let mut written = 0;
@@ -83,8 +84,8 @@ pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
             // the turn finds what is due and aims it again. (Aimed anew after every write,
             // a linger behind the last one took the timer wheel's lock once a message.)
             Some(t) if !t.is_elapsed() && t.deadline() <= due => {}
-            Some(t) => t.as_mut().reset(due),
-            None => timer = Some(Box::pin(tokio::time::sleep_until(due))),
+            Some(t) => t.reset(due),
+            None => timer = Some(Timer::at(due)),
         }
         let got = tokio::select! {
             biased;
@@ -96,7 +97,7 @@ pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
                     return link.writer_stopped();
                 }
             },
-            _ = async { timer.as_mut().expect("armed above").await } => {
+            _ = timer.as_mut().expect("armed above") => {
                 if polling {
                     out.report(&link, true);
                     continue;

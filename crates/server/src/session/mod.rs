@@ -751,7 +751,9 @@ fn line(text: impl Into<String>) -> Item {
 /// aimed at, and the session checks what really passed.
 #[derive(Default)]
 struct Deadline {
-    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Polled at every turn of the read loop: a [`Timer`] polls its `Sleep` only when it
+    /// may have fired.
+    timer: Option<crate::timer::Timer>,
     /// The timer fired and has not been aimed again.
     spent: bool,
 }
@@ -765,8 +767,8 @@ impl Deadline {
         };
         match &mut self.timer {
             Some(timer) if !self.spent && timer.deadline() <= at => {}
-            Some(timer) => timer.as_mut().reset(at),
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            Some(timer) => timer.reset(at),
+            None => self.timer = Some(crate::timer::Timer::at(at)),
         }
         self.spent = false;
     }
@@ -775,7 +777,7 @@ impl Deadline {
     async fn fired(&mut self) {
         match &mut self.timer {
             Some(timer) if !self.spent => {
-                timer.as_mut().await;
+                timer.await;
                 self.spent = true;
             }
             _ => std::future::pending().await,
