@@ -41,10 +41,12 @@ const KEEP_PENDING: usize = 16;
 /// Per-connection bookkeeping of unacknowledged deliveries.
 pub struct AckTracker {
     fd: RawFd,
-    /// Bytes written so far, on a plain TCP connection (every byte of its stream is the
-    /// writer's): a write's end is then known without asking the kernel. `None` under TLS,
-    /// where the records on the wire are longer than what was written.
-    sent: Option<u64>,
+    /// Bytes written so far, counted on a plain TCP connection (`plain`: every byte of its
+    /// stream is the writer's): a write's end is then known without asking the kernel. Not
+    /// under TLS, where the records on the wire are longer than what was written. (A flag
+    /// beside `dead` rather than an `Option`: 8 bytes less in every parked writer.)
+    sent: u64,
+    plain: bool,
     pending: VecDeque<Pending>,
     /// The peer has closed or reset: nothing written from now on can be confirmed.
     dead: bool,
@@ -62,7 +64,8 @@ impl AckTracker {
     pub fn new(fd: RawFd, plain: bool) -> Self {
         AckTracker {
             fd,
-            sent: plain.then_some(0),
+            sent: 0,
+            plain,
             pending: VecDeque::new(),
             dead: false,
         }
@@ -85,12 +88,11 @@ impl AckTracker {
     /// every write completed, with or without deliveries). `count`: its deliveries wait for
     /// the peer's acknowledgement (false for a client that acks them itself).
     pub fn written(&mut self, bytes: usize, count: bool) {
-        if let Some(sent) = &mut self.sent {
+        if self.plain {
             // The peer acknowledges exactly the stream's bytes (`tcpi_bytes_acked`), and a
             // peer that reset never acknowledges what came after: no kernel call needed.
-            *sent += bytes as u64;
-            let end = *sent;
-            return self.close(count && !self.dead, end);
+            self.sent += bytes as u64;
+            return self.close(count && !self.dead, self.sent);
         }
         if !self.has_open() || !count || self.dead {
             return self.close(false, 0);

@@ -101,6 +101,7 @@ pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
                 }
             },
             _ = timer.as_mut().expect("armed above") => {
+                out.count_out(&link);
                 if polling {
                     out.report(&link, true);
                     continue;
@@ -146,8 +147,9 @@ pub trait ProgressSink: Send + Sync {
     /// stack acknowledged the bytes).
     fn received(&self, device: DeviceId, progress: Vec<(ConvId, Seq)>);
 
-    /// A write of `bytes` carrying `messages` messages went to a session speaking
-    /// `protocol` (the metrics; one call per write, not per message).
+    /// Writes of `bytes` in all, carrying `messages` messages, went to a session speaking
+    /// `protocol` (the metrics). Counted by the writer and handed over with its reports
+    /// (see [`Writer::count_out`]), not per write.
     fn wrote(&self, _protocol: super::Protocol, _messages: usize, _bytes: usize) {}
 }
 
@@ -169,6 +171,12 @@ pub struct Writer {
     reported_at: tokio::time::Instant,
     /// The name the session is logged in as (`Item::Me`).
     me: Option<Arc<String>>,
+    /// Bytes and messages written and not yet handed to the sink's metrics: counted here,
+    /// handed over at the writer's timer (every `REPORT_EVERY` while progress waits, else
+    /// within `LINGER`), when it parks and when it stops. A metrics call per write was
+    /// about 58 instructions, a write per message at W = 1 (callgrind).
+    out_bytes: u32,
+    out_messages: u32,
 }
 
 impl std::fmt::Debug for Writer {
@@ -190,6 +198,8 @@ impl Writer {
             unreported: Vec::new(),
             reported_at: tokio::time::Instant::now(),
             me: None,
+            out_bytes: 0,
+            out_messages: 0,
         }
     }
 
@@ -294,8 +304,13 @@ impl Writer {
             self.acks.failed();
             return None;
         }
-        self.progress_sink
-            .wrote(link.protocol, messages, written_bytes);
+        let (bytes, messages) = (written_bytes as u32, messages as u32);
+        if self.out_bytes.checked_add(bytes).is_none() {
+            // u32s (every parked writer holds them): past 4 GB they are handed over first.
+            self.count_out(link);
+        }
+        self.out_bytes += bytes;
+        self.out_messages += messages;
         // Clients that ack move their cursors themselves; the bytes still count.
         let client_acks = link.acks.load(Ordering::Relaxed);
         // Confirmed (and reported) by the writer's poll timer: the peer cannot have
@@ -332,6 +347,9 @@ impl Writer {
     /// Collects how far the peer acknowledged each conversation, and reports it to the sink
     /// (where it becomes the device's cursor) when `REPORT_EVERY` has passed or `now`.
     fn report(&mut self, link: &Link, now: bool) {
+        if now {
+            self.count_out(link);
+        }
         let (progress, unreported) = (&mut self.progress, &mut self.unreported);
         self.acks.confirmed(|conv, seq| {
             let at = progress.entry(conv).or_insert(0);
@@ -351,6 +369,15 @@ impl Writer {
         let changed = std::mem::take(&mut self.unreported);
         if let Some(device) = link.device() {
             self.progress_sink.received(device, changed);
+        }
+    }
+
+    /// Hands what was written since the last call to the sink's metrics.
+    fn count_out(&mut self, link: &Link) {
+        if self.out_bytes > 0 {
+            let (bytes, messages) = (self.out_bytes as usize, self.out_messages as usize);
+            (self.out_bytes, self.out_messages) = (0, 0);
+            self.progress_sink.wrote(link.protocol, messages, bytes);
         }
     }
 }
