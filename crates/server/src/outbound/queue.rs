@@ -278,7 +278,17 @@ impl<T> Queue<T> {
                 });
             }
             let was_empty = state.items.is_empty();
-            state.items.extend(items.drain(..));
+            if was_empty {
+                // Into an empty queue the list is swapped in whole (a deque from a vector
+                // keeps its buffer), and the caller keeps the emptied deque's buffer as its
+                // next list: no item is moved, where extending moved each (about 60
+                // instructions a message at W = 64, 190 at W = 1, callgrind).
+                let spare =
+                    std::mem::replace(&mut state.items, VecDeque::from(std::mem::take(items)));
+                *items = Vec::from(spare);
+            } else {
+                state.items.extend(items.drain(..));
+            }
             state.bytes += bytes;
             self.note_room(&state);
             state.pushed(was_empty)
