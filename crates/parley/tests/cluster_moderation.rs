@@ -1,5 +1,6 @@
 //! Moderation and an operator's decisions on a cluster: made on one node, enforced on every
-//! other at once, and still there after a node's restart. One cluster of three real nodes
+//! other at once (or, for a node cut from NATS, at its next reconciliation), and still there
+//! after a node's restart. One cluster of three real nodes
 //! on PostgreSQL and NATS for every check, in order (each cluster costs seconds to start).
 //!
 //! Where a check needs another node to have heard of a change before it acts (a DM through
@@ -278,5 +279,18 @@ async fn moderation_made_on_one_node_holds_on_every_node() {
     assert!(!history.iter().any(|l| l.contains("secret")), "{history:?}");
     let mut again = LineClient::connect(b).await.unwrap();
     let answer = again.ask("LOGIN frank").await.unwrap();
+    assert!(answer.starts_with("ERR"), "{answer}");
+
+    // An account deleted through C: its session on B ends, nothing reaches it by name
+    // there, and its name logs in nowhere.
+    let (ok, out) = admin(&cluster.nodes[2], &["users", "delete", "eve"]);
+    assert!(ok, "{out}");
+    assert!(closed(&mut eve).await, "eve's session on B was not closed");
+    assert_eq!(
+        ask(&mut bob, "DM eve are you there").await,
+        "ERR user-not-found"
+    );
+    let mut again = LineClient::connect(b).await.unwrap();
+    let answer = again.ask("LOGIN eve").await.unwrap();
     assert!(answer.starts_with("ERR"), "{answer}");
 }

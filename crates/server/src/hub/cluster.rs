@@ -152,8 +152,12 @@ impl Core {
     /// Caches a user met elsewhere.
     pub(super) fn learn_user(&mut self, user: UserId, name: &str, account: bool) -> Arc<str> {
         let name: Arc<str> = Arc::from(name);
-        self.names.insert(NameKey(name.clone()), user);
         self.users.insert(user, name.clone());
+        if self.deleted_names.contains(&name) {
+            // Deleted by an operator: shown as a sender still, reached by name no more.
+            return name;
+        }
+        self.names.insert(NameKey(name.clone()), user);
         if account {
             self.accounts.insert(user);
         }
