@@ -460,10 +460,14 @@ impl Core {
 
     /// `room` as `user` (if logged in) sees it.
     pub(super) fn room_details(
-        &self,
+        &mut self,
         room: &str,
         user: Option<UserId>,
     ) -> Result<RoomDetails, ErrorKind> {
+        if self.cluster.is_some() && !self.rooms.contains_key(room) {
+            // Made on another node, and nobody here has been in it yet.
+            self.cluster_room(room, None, false)?;
+        }
         let entry = self.rooms.get(room).ok_or(ErrorKind::RoomNotFound)?;
         let names = |set: &Set<UserId>| {
             let mut list: Vec<Arc<str>> = set.iter().map(|u| self.users[u].clone()).collect();

@@ -417,3 +417,63 @@ impl PgReader {
         Ok(pages)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::{Deletion, MarkChange, NewMessage};
+
+    fn message(id: i64) -> NewMessage {
+        NewMessage {
+            id,
+            conv: 2,
+            seq: 0,
+            sender: 1,
+            sender_device: 1,
+            body: Bytes::new(),
+            sent_at: 0,
+            received_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_deletion_names_its_tombstone_by_the_id_postgresql_gave_it() {
+        let batch = Batch {
+            messages: vec![message(1), message(2)],
+            deletions: vec![Deletion {
+                message: 40,
+                conv: 2,
+                seq: 7,
+                tombstone: 2,
+                by: 1,
+                at: 5,
+            }],
+            ..Batch::default()
+        };
+        let rows = Rows::of(&batch, &[900, 901]).unwrap();
+        assert_eq!(rows.deletions, vec![(40, 2, 7, 901, 1, 5)]);
+        // A deletion whose tombstone is not in the batch is an error, not a wrong row.
+        assert!(Rows::of(&batch, &[900]).is_err());
+    }
+
+    #[test]
+    fn marks_keep_the_batch_order_and_a_plain_batch_has_no_rows() {
+        assert!(Rows::of(&Batch::default(), &[]).unwrap().is_empty());
+        let change = |mark, set| MarkChange {
+            conv: 3,
+            user: 4,
+            mark,
+            set,
+            by: 1,
+        };
+        let batch = Batch {
+            room_marks: vec![change(Mark::Operator, true), change(Mark::Operator, false)],
+            ..Batch::default()
+        };
+        let rows = Rows::of(&batch, &[]).unwrap();
+        assert_eq!(rows.marks, vec![(3, 4, 1, 1, true), (3, 4, 1, 1, false)]);
+        assert!(!rows.is_empty());
+    }
+}
