@@ -868,35 +868,55 @@ impl Core {
         match followed {
             None => self.follow(conv, Dest::Room(Arc::from(room)), seq),
             // The room was delivered here past the join: this user's live sessions get
-            // what they missed of it.
+            // what they missed of it, if that is a bounded read.
             Some(last) if last > seq => {
-                match self.pg().messages_after(conv, seq, last, FILL_BUDGET) {
+                let n = last - seq;
+                let read = match n <= FILL_BUDGET {
+                    true => self.pg().messages_after(conv, seq, last, n),
+                    false => Err(anyhow::anyhow!("{n} messages since the join")),
+                };
+                let page = match read {
+                    Ok(page) if page.len() as i64 == n => page,
                     Ok(page) => {
-                        self.read_back(page.len());
-                        for m in page {
-                            let delivery = Delivery::new(
-                                m.id,
-                                conv,
-                                m.seq,
-                                ConversationKind::Room,
-                                Arc::from(m.sender_name.as_str()),
-                                Arc::from(room),
-                                m.body.into(),
-                                m.sent_at,
-                            );
-                            let delivery = self.cluster_tombstone(delivery);
-                            self.state().relays.push(Relay {
-                                delivery: Arc::new(delivery),
-                                // Every session of this one user, as a message to oneself.
-                                audience: Audience::Direct(user, user),
-                                from: (m.sender_device, 0),
-                            });
-                        }
+                        let why = anyhow::anyhow!("{} of {n} messages read", page.len());
+                        return self.behind_in_room(user, conv, why);
                     }
-                    Err(e) => warn!(error = %format!("{e:#}"), "reading a room for a member"),
+                    Err(e) => return self.behind_in_room(user, conv, e),
+                };
+                self.read_back(page.len());
+                for m in page {
+                    let delivery = Delivery::new(
+                        m.id,
+                        conv,
+                        m.seq,
+                        ConversationKind::Room,
+                        Arc::from(m.sender_name.as_str()),
+                        Arc::from(room),
+                        m.body.into(),
+                        m.sent_at,
+                    );
+                    let delivery = self.cluster_tombstone(delivery);
+                    self.state().relays.push(Relay {
+                        delivery: Arc::new(delivery),
+                        // Every session of this one user, as a message to oneself.
+                        audience: Audience::Direct(user, user),
+                        from: (m.sender_device, 0),
+                    });
                 }
             }
             Some(_) => {}
+        }
+    }
+
+    /// `user`'s live sessions here cannot be given what room `conv` said since their join
+    /// (too much to read in the hub, or PostgreSQL failed): they end, rather than go on
+    /// without it, and their next login's catch-up reads it (the membership starts at the
+    /// join, so no cursor is past it).
+    fn behind_in_room(&mut self, user: UserId, conv: ConvId, why: anyhow::Error) {
+        warn!(error = %format!("{why:#}"), user, conv, "a member's sessions end to catch up");
+        let sessions = self.online.get(&user).into_iter().flatten();
+        for o in sessions.filter(|o| o.live) {
+            o.link.kill(Kill::CatchupFailed);
         }
     }
 
