@@ -292,7 +292,12 @@ impl Core {
     /// A login in cluster mode, before the session is admitted: the user's memberships and
     /// rooms as PostgreSQL has them now (other nodes may have changed them).
     pub(super) fn cluster_refresh(&mut self, user: UserId) {
+        // Read again at once (the go-live would read them anyway): the user's sessions
+        // live here already need their memberships' starts (`relay_room`).
         self.memberships.remove(&user);
+        if let Err(e) = self.memberships_of(user) {
+            warn!(error = %format!("{e:#}"), "reading a user's memberships");
+        }
         let rooms = match self.pg().rooms_of(user) {
             Ok(rooms) => rooms,
             Err(e) => return warn!(error = %format!("{e:#}"), "reading a user's rooms"),
