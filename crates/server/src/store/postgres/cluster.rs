@@ -287,29 +287,37 @@ impl PgStore {
         upto: Seq,
         limit: i64,
     ) -> anyhow::Result<Vec<GapMessage>> {
-        let rows = rows!(
-            self,
-            "SELECT m.id, m.seq, m.sender_id, u.name, m.sender_device, m.body, m.sent_at
-             FROM messages m JOIN users u ON u.id = m.sender_id
-             WHERE m.conversation_id = $1 AND m.seq > $2 AND m.seq <= $3
-             ORDER BY m.seq LIMIT $4",
-            conv,
-            after,
-            upto,
-            limit
-        )?;
-        Ok(rows
-            .iter()
-            .map(|r| GapMessage {
-                id: r.get(0),
-                seq: r.get(1),
-                sender: r.get(2),
-                sender_name: r.get(3),
-                sender_device: r.get(4),
-                body: r.get(5),
-                sent_at: r.get::<_, i64>(6) as u64,
-            })
-            .collect())
+        let limit = limit.max(0) as usize;
+        self.run(async move |conn, counters| {
+            use super::pack::{scan, Packed, Start, Take};
+            let until = |m: &Packed<'_>| match m.seq <= upto {
+                true => Take::Yes,
+                false => Take::Stop,
+            };
+            let read = scan(&conn.client, conv, Start::After(after), limit, false, until).await?;
+            let mut senders: Vec<UserId> = read.iter().map(|m| m.sender).collect();
+            senders.sort_unstable();
+            senders.dedup();
+            let names = conn
+                .prepare("SELECT id, name FROM users WHERE id = ANY($1)")
+                .await?;
+            let rows = conn.client.query(&names, &[&senders]).await?;
+            counters.statements += 2;
+            let names: std::collections::HashMap<UserId, String> =
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            Ok(read
+                .into_iter()
+                .map(|m| GapMessage {
+                    id: m.id,
+                    seq: m.seq,
+                    sender: m.sender,
+                    sender_name: names.get(&m.sender).cloned().unwrap_or_default(),
+                    sender_device: m.sender_device,
+                    body: m.body.to_vec(),
+                    sent_at: m.sent_at as u64,
+                })
+                .collect())
+        })
     }
 
     /// Marks `user`'s `device` online on this node (device 0 for a password-less name,

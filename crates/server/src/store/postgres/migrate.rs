@@ -20,8 +20,9 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
+use super::pack::{scan, Builder, Packed, Start, Take};
 use crate::config::SyncMode;
-use crate::store::{ConvId, LogStore, Page, Reader, SqliteReader, SqliteStore, UserId};
+use crate::store::{ConvId, LogStore, NewMessage, Page, Reader, SqliteReader, SqliteStore, UserId};
 
 /// Messages copied per transaction.
 const PAGE: usize = 5000;
@@ -107,35 +108,49 @@ pub async fn migrate(
                 break;
             };
             let tx = pg.transaction().await?;
-            let mut cols = Columns::default();
+            // The page as packs of consecutive sequences (a damaged log may have gaps).
+            let mut packs: Vec<Builder> = Vec::new();
             for (m, received_at) in &page {
                 let sender = *names
                     .get(&*m.sender)
                     .with_context(|| format!("message {} by unknown {:?}", m.id, m.sender))?;
+                let message = NewMessage {
+                    id: m.id,
+                    conv,
+                    seq: m.seq,
+                    sender,
+                    sender_device: m.sender_device,
+                    body: m.body.clone(),
+                    sent_at: m.sent_at,
+                    received_at: *received_at,
+                };
+                let next = packs
+                    .last()
+                    .is_some_and(|p| p.last_seq + 1 == m.seq && p.fits(&message));
+                if !next {
+                    packs.push(Builder::new(m.seq));
+                }
+                packs.last_mut().expect("pushed above").push(m.id, &message);
+            }
+            let mut cols = Columns::default();
+            for pack in packs {
                 cols.conv.push(conv);
-                cols.seq.push(m.seq);
-                cols.id.push(m.id);
-                cols.sender.push(sender);
-                cols.device.push(m.sender_device);
-                cols.sent_at.push(m.sent_at as i64);
-                cols.received_at.push(*received_at);
-                cols.body.push(m.body.to_vec());
+                cols.last_seq.push(pack.last_seq);
+                cols.first_seq.push(pack.first_seq);
+                cols.last_id.push(pack.last_id);
+                cols.data.push(pack.data);
             }
             tx.execute(
-                "INSERT INTO messages (conversation_id, seq, id, sender_id, sender_device,
-                                       sent_at, received_at, body)
+                "INSERT INTO message_packs (conversation_id, last_seq, first_seq, last_id, data)
                  SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[],
-                                      $5::int8[], $6::int8[], $7::int8[], $8::bytea[])
+                                      $5::bytea[])
                  ON CONFLICT DO NOTHING",
                 &[
                     &cols.conv,
-                    &cols.seq,
-                    &cols.id,
-                    &cols.sender,
-                    &cols.device,
-                    &cols.sent_at,
-                    &cols.received_at,
-                    &cols.body,
+                    &cols.last_seq,
+                    &cols.first_seq,
+                    &cols.last_id,
+                    &cols.data,
                 ],
             )
             .await?;
@@ -155,11 +170,11 @@ pub async fn migrate(
     copy_cursors(&sqlite, &pg).await?;
     pg.batch_execute(
         "UPDATE conversations c SET last_seq = GREATEST(c.last_seq, COALESCE(
-             (SELECT MAX(seq) FROM messages m WHERE m.conversation_id = c.id), 0));
+             (SELECT MAX(last_seq) FROM message_packs p WHERE p.conversation_id = c.id), 0));
          SELECT setval('users_id_seq', GREATEST((SELECT MAX(id) FROM users), 1));
          SELECT setval('devices_id_seq', GREATEST((SELECT MAX(id) FROM devices), 1));
          SELECT setval('conversations_id_seq', GREATEST((SELECT MAX(id) FROM conversations), 1));
-         SELECT setval('message_ids', GREATEST((SELECT MAX(id) FROM messages), 1));",
+         SELECT setval('message_ids', GREATEST((SELECT MAX(last_id) FROM message_packs), 1));",
     )
     .await?;
     copy_files(&sqlite, data_dir, url).await?;
@@ -190,13 +205,10 @@ pub async fn migrate(
 #[derive(Default)]
 struct Columns {
     conv: Vec<i64>,
-    seq: Vec<i64>,
-    id: Vec<i64>,
-    sender: Vec<i64>,
-    device: Vec<i64>,
-    sent_at: Vec<i64>,
-    received_at: Vec<i64>,
-    body: Vec<Vec<u8>>,
+    last_seq: Vec<i64>,
+    first_seq: Vec<i64>,
+    last_id: Vec<i64>,
+    data: Vec<Vec<u8>>,
 }
 
 fn column(db: &rusqlite::Connection, sql: &str) -> anyhow::Result<Vec<i64>> {
@@ -477,28 +489,22 @@ async fn verify(
     for &conv in convs {
         let mut after = 0i64;
         loop {
-            let rows = pg
-                .query(
-                    "SELECT seq, id, sender_id, sender_device, sent_at, received_at, body
-                     FROM messages WHERE conversation_id = $1 AND seq > $2
-                     ORDER BY seq LIMIT 5000",
-                    &[&conv, &after],
-                )
-                .await?;
-            let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) else {
+            let all = |_: &Packed<'_>| Take::Yes;
+            let read = scan(pg, conv, Start::After(after), 5000, false, all).await?;
+            let Some(last) = read.last().map(|m| m.seq) else {
                 break;
             };
-            for r in &rows {
+            for m in &read {
                 digest(
                     &mut there,
                     conv,
-                    r.get(0),
-                    r.get(1),
-                    r.get(2),
-                    r.get(3),
-                    r.get(4),
-                    r.get(5),
-                    r.get(6),
+                    m.seq,
+                    m.id,
+                    m.sender,
+                    m.sender_device,
+                    m.sent_at,
+                    m.received_at,
+                    &m.body,
                 );
                 count_there += 1;
             }

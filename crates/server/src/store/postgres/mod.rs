@@ -17,6 +17,7 @@ mod blobs;
 mod cluster;
 mod migrate;
 mod moderation;
+mod pack;
 mod read;
 mod schema;
 mod write;

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use parley_proto::ConversationKind;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
+use super::pack;
 use crate::store::reader::{Credentials, StoredMessage, TokenRow, UserRow};
 use crate::store::{
     ContactState, ConvId, ConvPosition, DeviceId, Page, Profile, Resolved, Seq, UserId,
@@ -98,13 +98,11 @@ impl PgReader {
         let rows = self
             .query(
                 "SELECT c.id, ua.name, ub.name, c.kind, c.name, m.joined_seq, c.last_seq,
-                        COALESCE(cur.seq,
-                            LEAST(
-                                (SELECT COALESCE(MAX(c2.seq), 0) FROM cursors c2
-                                 JOIN devices d2 ON d2.id = c2.device_id
-                                 WHERE d2.user_id = $1 AND c2.conversation_id = c.id),
-                                (SELECT COALESCE(MAX(mm.seq), 0) FROM messages mm
-                                 WHERE mm.conversation_id = c.id AND mm.id < d.first_message_id)))
+                        cur.seq,
+                        (SELECT COALESCE(MAX(c2.seq), 0) FROM cursors c2
+                         JOIN devices d2 ON d2.id = c2.device_id
+                         WHERE d2.user_id = $1 AND c2.conversation_id = c.id),
+                        d.first_message_id
                  FROM memberships m
                  JOIN conversations c ON c.id = m.conversation_id
                  JOIN devices d ON d.id = $2
@@ -115,9 +113,22 @@ impl PgReader {
                 &[&user, &device],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
+        let mut positions = Vec::with_capacity(rows.len());
+        for r in &rows {
+            // A device without a cursor starts where the account's furthest device is, or
+            // before the first message stored after the device was made, whichever is
+            // earlier.
+            let cursor = match r.get::<_, Option<Seq>>(7) {
+                Some(seq) => seq,
+                None => {
+                    let furthest: Seq = r.get(8);
+                    match furthest {
+                        0 => 0,
+                        _ => furthest.min(pack::last_seq_below_id(self, r.get(0), r.get(9)).await?),
+                    }
+                }
+            };
+            positions.push({
                 let (kind, a, b): (ConversationKind, Option<String>, Option<String>) =
                     match i64::from(r.get::<_, i16>(3)) {
                         KIND_DIRECT => (ConversationKind::Direct, r.get(1), r.get(2)),
@@ -136,12 +147,13 @@ impl PgReader {
                         Arc::from(a.unwrap_or_default()),
                         Arc::from(b.unwrap_or_default()),
                     ),
-                    cursor: r.get::<_, Seq>(7).max(joined),
+                    cursor: cursor.max(joined),
                     joined,
                     last_seq: r.get(6),
                 }
-            })
-            .collect())
+            });
+        }
+        Ok(positions)
     }
 
     pub async fn credentials(&self, name: String) -> anyhow::Result<Option<Credentials>> {
@@ -312,69 +324,53 @@ impl PgReader {
         page: Page,
         limit: usize,
     ) -> anyhow::Result<Vec<(StoredMessage, i64)>> {
-        let limit = limit as i64;
-        // Pages that end at a bound are read backwards from it, then put in order.
-        let (rows, backwards) = match page {
-            Page::Latest => (
-                self.query(
-                    "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at, m.received_at
-                     FROM messages m JOIN users u ON u.id = m.sender_id
-                     WHERE m.conversation_id = $1 ORDER BY m.seq DESC LIMIT $2",
-                    &[&conv, &limit],
-                )
-                .await?,
-                true,
-            ),
-            Page::BeforeSeq(bound) | Page::AfterSeq(bound) => {
-                let before = matches!(page, Page::BeforeSeq(_));
-                let sql = if before {
-                    "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at, m.received_at
-                     FROM messages m JOIN users u ON u.id = m.sender_id
-                     WHERE m.conversation_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"
-                } else {
-                    "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at, m.received_at
-                     FROM messages m JOIN users u ON u.id = m.sender_id
-                     WHERE m.conversation_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3"
-                };
-                (self.query(sql, &[&conv, &bound, &limit]).await?, before)
+        use pack::{Start, Take};
+        let all = |_: &pack::Packed<'_>| Take::Yes;
+        let mut read = match page {
+            Page::Latest => pack::scan(self, conv, Start::Latest, limit, false, all).await?,
+            Page::BeforeSeq(bound) => {
+                pack::scan(self, conv, Start::Before(bound), limit, false, all).await?
             }
-            Page::BeforeId(bound) | Page::AfterId(bound) => {
-                let before = matches!(page, Page::BeforeId(_));
-                let sql = if before {
-                    "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at, m.received_at
-                     FROM messages m JOIN users u ON u.id = m.sender_id
-                     WHERE m.conversation_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3"
-                } else {
-                    "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at, m.received_at
-                     FROM messages m JOIN users u ON u.id = m.sender_id
-                     WHERE m.conversation_id = $1 AND m.id > $2 ORDER BY m.id LIMIT $3"
-                };
-                (self.query(sql, &[&conv, &bound, &limit]).await?, before)
+            Page::AfterSeq(bound) => {
+                pack::scan(self, conv, Start::After(bound), limit, false, all).await?
             }
-            Page::BeforeTime(bound) | Page::AfterTime(bound) => {
-                let before = matches!(page, Page::BeforeTime(_));
-                let sql = if before {
-                    "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at, m.received_at
-                     FROM messages m JOIN users u ON u.id = m.sender_id
-                     WHERE m.conversation_id = $1 AND m.received_at < $2
-                     ORDER BY m.seq DESC LIMIT $3"
-                } else {
-                    "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at, m.received_at
-                     FROM messages m JOIN users u ON u.id = m.sender_id
-                     WHERE m.conversation_id = $1 AND m.received_at > $2
-                     ORDER BY m.seq LIMIT $3"
+            Page::BeforeId(bound) => {
+                pack::scan(self, conv, Start::BeforeId(bound), limit, false, all).await?
+            }
+            Page::AfterId(bound) => {
+                pack::scan(self, conv, Start::AfterId(bound), limit, false, all).await?
+            }
+            // Receive times need not ascend with sequences (nodes' clocks differ): every
+            // message is looked at, as the one-row-per-message query did.
+            Page::BeforeTime(bound) => {
+                let before = |m: &pack::Packed<'_>| match m.received_at < bound {
+                    true => Take::Yes,
+                    false => Take::Skip,
                 };
-                (self.query(sql, &[&conv, &bound, &limit]).await?, before)
+                pack::scan(self, conv, Start::Latest, limit, true, before).await?
+            }
+            Page::AfterTime(bound) => {
+                let after = |m: &pack::Packed<'_>| match m.received_at > bound {
+                    true => Take::Yes,
+                    false => Take::Skip,
+                };
+                pack::scan(self, conv, Start::After(0), limit, true, after).await?
             }
         };
-        let mut out: Vec<(StoredMessage, i64)> = rows
-            .iter()
-            .map(|r| (message(conv, r), r.get::<_, i64>(6)))
-            .collect();
-        if backwards {
-            out.reverse();
+        if !matches!(
+            page,
+            Page::AfterSeq(_) | Page::AfterId(_) | Page::AfterTime(_)
+        ) {
+            read.reverse();
         }
-        Ok(out)
+        let names = self.names(&read).await?;
+        Ok(read
+            .into_iter()
+            .map(|m| {
+                let received_at = m.received_at;
+                (message(conv, &names, m), received_at)
+            })
+            .collect())
     }
 
     /// Up to `limit` messages of each conversation in `from`, after the given sequence.
@@ -383,33 +379,58 @@ impl PgReader {
         from: Vec<(ConvId, Seq)>,
         limit: usize,
     ) -> anyhow::Result<Vec<Vec<StoredMessage>>> {
-        let limit = limit as i64;
         let mut pages = Vec::with_capacity(from.len());
         for (conv, after) in from {
-            let rows = self
-                .query(
-                    "SELECT m.id, m.seq, u.name, m.sender_device, m.body, m.sent_at
-                     FROM messages m JOIN users u ON u.id = m.sender_id
-                     WHERE m.conversation_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3",
-                    &[&conv, &after, &limit],
-                )
-                .await?;
-            pages.push(rows.iter().map(|r| message(conv, r)).collect());
+            let all = |_: &pack::Packed<'_>| pack::Take::Yes;
+            let read = pack::scan(self, conv, pack::Start::After(after), limit, false, all).await?;
+            let names = self.names(&read).await?;
+            pages.push(read.into_iter().map(|m| message(conv, &names, m)).collect());
         }
         Ok(pages)
     }
+
+    /// The names of the senders of `messages`.
+    async fn names(&self, messages: &[pack::Message]) -> anyhow::Result<HashMap<UserId, Arc<str>>> {
+        let mut ids: Vec<UserId> = messages.iter().map(|m| m.sender).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = self
+            .query("SELECT id, name FROM users WHERE id = ANY($1)", &[&ids])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), Arc::from(r.get::<_, &str>(1))))
+            .collect())
+    }
 }
 
-/// A message from a row of (id, seq, sender name, sender device, body, sent_at, ...).
-fn message(conv: ConvId, r: &Row) -> StoredMessage {
+impl pack::Rows for PgReader {
+    async fn rows(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> anyhow::Result<Vec<Row>> {
+        self.query(sql, params).await
+    }
+}
+
+/// A stored message as sessions read it, its sender named (a sender without a name, which
+/// the store never makes, is read as an empty one).
+fn message(conv: ConvId, names: &HashMap<UserId, Arc<str>>, m: pack::Message) -> StoredMessage {
     StoredMessage {
-        id: r.get(0),
+        id: m.id,
         conv,
-        seq: r.get(1),
-        sender: Arc::from(r.get::<_, &str>(2)),
-        sender_device: r.get(3),
-        body: Bytes::copy_from_slice(r.get::<_, &[u8]>(4)),
-        sent_at: r.get::<_, i64>(5) as u64,
+        seq: m.seq,
+        sender: names
+            .get(&m.sender)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("")),
+        sender_device: m.sender_device,
+        body: m.body,
+        sent_at: m.sent_at as u64,
         lost: false,
         // Deletions are not kept in PostgreSQL yet.
         kind: crate::store::MessageKind::Message,

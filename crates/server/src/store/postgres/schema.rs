@@ -24,7 +24,7 @@ use anyhow::Context;
 use tokio_postgres::Client;
 
 /// The schema's versions: version `n` is the `n`-th.
-const VERSIONS: &[&str] = &[V1, V2];
+const VERSIONS: &[&str] = &[V1, V2, V3];
 
 const V1: &str = "
 CREATE TABLE users (
@@ -184,6 +184,28 @@ CREATE TABLE deletions (
 CREATE INDEX deletions_conversation ON deletions (conversation_id, message_id);
 CREATE TABLE moderation_version (version BIGINT NOT NULL);
 INSERT INTO moderation_version VALUES (0);
+";
+
+/// Version 3: messages in packs (pack.rs), a row per conversation per batch instead of a
+/// row per message. Each stored message becomes a pack of one.
+const V3: &str = "
+CREATE TABLE message_packs (
+    conversation_id BIGINT NOT NULL,
+    last_seq BIGINT NOT NULL,
+    first_seq BIGINT NOT NULL,
+    last_id BIGINT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (conversation_id, last_seq)
+);
+CREATE INDEX message_packs_id ON message_packs (conversation_id, last_id);
+-- Packed messages compress little: no time spent trying.
+ALTER TABLE message_packs ALTER COLUMN data SET STORAGE EXTERNAL;
+INSERT INTO message_packs (conversation_id, last_seq, first_seq, last_id, data)
+SELECT conversation_id, seq, seq, id,
+       int8send(id) || int8send(sender_id) || int8send(sender_device) || int8send(sent_at)
+       || int8send(received_at) || int4send(length(body)) || body
+FROM messages;
+DROP TABLE messages;
 ";
 
 /// A number of our own for the advisory lock the migrations run under.

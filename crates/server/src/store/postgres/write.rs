@@ -6,9 +6,10 @@
 //!    writing one conversation: a node holds them until it commits, so the next node's
 //!    sequences and ids follow its own, and when sequence `s` is committed every sequence
 //!    before it is too (a gap in what NATS brings can always be read back).
-//! 2. The conversations' new `last_seq`, the messages (one multi-row insert from arrays),
-//!    every other row of the batch, `COMMIT`: sent together, each answer checked (after a
-//!    failed statement PostgreSQL answers `COMMIT` with a rollback, not an error).
+//! 2. The conversations' new `last_seq`, the messages (a pack per conversation, pack.rs:
+//!    one multi-row insert from arrays), every other row of the batch, `COMMIT`: sent
+//!    together, each answer checked (after a failed statement PostgreSQL answers `COMMIT`
+//!    with a rollback, not an error).
 //!
 //! Users, devices and conversations are not created here: a cluster creates them at once,
 //! on their own (cluster.rs), so that a name taken on two nodes at once cannot fail a batch
@@ -20,6 +21,7 @@ use anyhow::Context;
 use futures_util::future::join_all;
 use tokio_postgres::types::ToSql;
 
+use super::pack::Builder;
 use super::{Conn, Counters};
 use crate::store::{Batch, ConvId, Revoke, Seq};
 
@@ -89,18 +91,28 @@ pub(super) async fn batch(
     // One session's nextval calls ascend; sorted all the same, as nothing else orders them.
     ids.sort_unstable();
 
-    // Each message's sequence, following its conversation's last one.
+    // Each message's sequence, following its conversation's last one; its pack.
     let mut assigned = Vec::with_capacity(batch.messages.len());
-    let mut columns = Messages::default();
+    let mut packs: HashMap<ConvId, Vec<Builder>> = HashMap::new();
     for (m, &id) in batch.messages.iter().zip(&ids) {
         let seq = last.get_mut(&m.conv).expect("locked above");
         *seq += 1;
         assigned.push((id, *seq));
-        columns.push(*seq, id, m);
+        let open = packs.entry(m.conv).or_default();
+        if !open.last().is_some_and(|p| p.fits(m)) {
+            open.push(Builder::new(*seq));
+        }
+        open.last_mut().expect("pushed above").push(id, m);
     }
     let new_last: Vec<Seq> = convs.iter().map(|c| last[c]).collect();
+    let mut columns = Packs::default();
+    for conv in &convs {
+        for pack in packs.remove(conv).unwrap_or_default() {
+            columns.push(*conv, pack);
+        }
+    }
 
-    let result = second_trip(conn, counters, batch, &convs, &new_last, &columns).await;
+    let result = second_trip(conn, counters, batch, &ids, &convs, &new_last, &columns).await;
     if let Err(e) = result {
         rollback(conn).await;
         return Err(e);
@@ -115,30 +127,23 @@ pub(super) async fn batch(
     Ok(assigned)
 }
 
-/// The messages of a batch as the insert's arrays.
+/// The packs of a batch as the insert's arrays.
 #[derive(Default)]
-struct Messages<'a> {
+struct Packs {
     conv: Vec<i64>,
-    seq: Vec<i64>,
-    id: Vec<i64>,
-    sender: Vec<i64>,
-    device: Vec<i64>,
-    sent_at: Vec<i64>,
-    received_at: Vec<i64>,
-    body: Vec<&'a [u8]>,
+    last_seq: Vec<i64>,
+    first_seq: Vec<i64>,
+    last_id: Vec<i64>,
+    data: Vec<Vec<u8>>,
 }
 
-impl<'a> Messages<'a> {
-    fn push(&mut self, seq: Seq, id: i64, m: &'a crate::store::NewMessage) {
-        self.conv.push(m.conv);
-        self.seq.push(seq);
-        self.id.push(id);
-        self.sender.push(m.sender);
-        self.device.push(m.sender_device);
-        // The client's 64 bits as they came.
-        self.sent_at.push(m.sent_at as i64);
-        self.received_at.push(m.received_at);
-        self.body.push(&m.body);
+impl Packs {
+    fn push(&mut self, conv: ConvId, pack: Builder) {
+        self.conv.push(conv);
+        self.last_seq.push(pack.last_seq);
+        self.first_seq.push(pack.first_seq);
+        self.last_id.push(pack.last_id);
+        self.data.push(pack.data);
     }
 }
 
@@ -146,15 +151,16 @@ async fn second_trip(
     conn: &mut Conn,
     counters: &mut Counters,
     batch: &Batch,
+    ids: &[i64],
     convs: &[ConvId],
     new_last: &[Seq],
-    messages: &Messages<'_>,
+    packs: &Packs,
 ) -> anyhow::Result<()> {
     let now = crate::store::now_ms();
     // Every statement prepared first: the pipeline below only binds and executes.
     let s = Statements::prepare(conn).await?;
     // Moderation's rows (moderation.rs): most batches have none.
-    let moderation = super::moderation::Rows::of(batch, &messages.id)?;
+    let moderation = super::moderation::Rows::of(batch, ids)?;
     type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
     let mut steps: Vec<(&'static str, tokio_postgres::Statement, Params<'_>)> = Vec::new();
     macro_rules! step {
@@ -169,14 +175,11 @@ async fn second_trip(
             exec(
                 &s.messages,
                 vec![
-                    &messages.conv,
-                    &messages.seq,
-                    &messages.id,
-                    &messages.sender,
-                    &messages.device,
-                    &messages.sent_at,
-                    &messages.received_at,
-                    &messages.body,
+                    &packs.conv,
+                    &packs.last_seq,
+                    &packs.first_seq,
+                    &packs.last_id,
+                    &packs.data,
                 ],
             ),
         );
@@ -308,10 +311,10 @@ impl Statements {
                 .await?,
             messages: conn
                 .prepare(
-                    "INSERT INTO messages (conversation_id, seq, id, sender_id, sender_device,
-                                           sent_at, received_at, body)
+                    "INSERT INTO message_packs (conversation_id, last_seq, first_seq, last_id,
+                                                data)
                      SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[],
-                                          $5::int8[], $6::int8[], $7::int8[], $8::bytea[])",
+                                          $5::bytea[])",
                 )
                 .await?,
             leave: conn
