@@ -80,15 +80,20 @@ for n in $(seq 1 "$NODES"); do
 done
 
 # CPU ticks (user + system) of the given PIDs, of this PostgreSQL's processes and of
-# nats-server.
+# nats-server, as "nodes postgres nats".
 cpu() {
-  local ticks=0 t postmaster
+  local nodes=0 pg=0 t postmaster
   postmaster=$(head -1 "$work/pg/postmaster.pid")
-  for pid in "$@" "$postmaster" $(pgrep -P "$postmaster") "$nats_pid"; do
+  for pid in "$@"; do
     t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    ticks=$((ticks + t))
+    nodes=$((nodes + t))
   done
-  echo "$ticks"
+  for pid in "$postmaster" $(pgrep -P "$postmaster"); do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    pg=$((pg + t))
+  done
+  t=$(awk '{print $14 + $15}' "/proc/$nats_pid/stat" 2>/dev/null || echo 0)
+  echo "$nodes $pg $t"
 }
 hz=$(getconf CLK_TCK)
 stats() {
@@ -103,9 +108,9 @@ for round in $(seq 1 "$ROUNDS"); do
   "$PARLEY" bench "$workload" --target parley "$@" | tee "$work/one.out"
   echo "== round $round: $NODES nodes (PostgreSQL + NATS)"
   read -r c0 r0 w0 s0 < <(stats)
-  cpu0=$(cpu "${node_pids[@]}")
+  read -r n0 p0 q0 < <(cpu "${node_pids[@]}")
   "$PARLEY" bench "$workload" "${addrs[@]}" "$@" | tee "$work/cluster.out"
-  cpu1=$(cpu "${node_pids[@]}")
+  read -r n1 p1 q1 < <(cpu "${node_pids[@]}")
   read -r c1 r1 w1 s1 < <(stats)
   tail -1 "$work/one.out" >"$work/one.json"
   tail -1 "$work/cluster.out" >"$work/cluster.json"
@@ -122,6 +127,9 @@ print(f"   p50/p99 latency us: one node {one.get('p50_us')}/{one.get('p99_us')},
 print(f"   PostgreSQL per message stored ({msgs}): statements {($s1 - $s0 - 1) / msgs:.3f}, "
       f"commits {($c1 - $c0 - 1) / msgs:.4f}, rows written {($r1 - $r0) / msgs:.2f}, "
       f"WAL bytes {($w1 - $w0) / msgs:.0f}")
-print(f"   CPU per message (nodes + PostgreSQL + NATS): {($cpu1 - $cpu0) / $hz / msgs * 1e6:.0f} us")
+us = lambda ticks: ticks / $hz / msgs * 1e6
+nodes, pg, nats = us($n1 - $n0), us($p1 - $p0), us($q1 - $q0)
+print(f"   CPU per message: {nodes + pg + nats:.1f} us (nodes {nodes:.1f}, PostgreSQL {pg:.1f}, "
+      f"NATS {nats:.1f})")
 EOF
 done

@@ -208,3 +208,77 @@ async fn every_kind_of_history_page_reads_through_packs() {
         assert_eq!(after, want, "after {bound}");
     }
 }
+
+/// A database of schema version 2 (a row per message) is migrated when a node starts:
+/// its messages become packs of one, read as they were, and new ones follow them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_database_keeps_its_messages_as_packs() {
+    if !services::available() {
+        return;
+    }
+    let mut c = Cluster::start(1);
+    let mut alice = LineClient::connect(c.nodes[0].addr).await.unwrap();
+    assert_eq!(alice.ask("LOGIN alice").await.unwrap(), "OK");
+    assert_eq!(alice.ask("JOIN #v").await.unwrap(), "OK");
+    drop(alice);
+    c.nodes[0].kill();
+
+    // The database as version 2 left it: the messages as rows of their own.
+    c.pg.psql(
+        "parley",
+        "DROP TABLE message_packs;
+         CREATE TABLE messages (
+             conversation_id BIGINT NOT NULL, seq BIGINT NOT NULL, id BIGINT NOT NULL,
+             sender_id BIGINT NOT NULL, sender_device BIGINT NOT NULL,
+             sent_at BIGINT NOT NULL, received_at BIGINT NOT NULL, body BYTEA NOT NULL,
+             PRIMARY KEY (conversation_id, seq));
+         CREATE INDEX messages_id ON messages (conversation_id, id);
+         INSERT INTO messages
+         SELECT c.id, s, 100 * s, u.id, 0, 7, 1800000000000 + s,
+                convert_to('old ' || s, 'UTF8')
+         FROM conversations c, users u, generate_series(1, 5) s
+         WHERE c.kind = 2 AND u.name = 'alice';
+         UPDATE conversations SET last_seq = 5 WHERE kind = 2;
+         SELECT setval('message_ids', 500);
+         UPDATE parley_schema SET version = 2;",
+    );
+    let node = services::cluster::Node::start("b", &c.pg.url(), &c.nats.url());
+    assert_eq!(c.pg.psql("parley", "SELECT version FROM parley_schema"), "3");
+    assert_eq!(
+        c.pg.psql(
+            "parley",
+            "SELECT COUNT(*) FROM message_packs WHERE first_seq = last_seq"
+        ),
+        "5"
+    );
+
+    let mut bob = LineClient::connect(node.addr).await.unwrap();
+    assert_eq!(bob.ask("LOGIN bob").await.unwrap(), "OK");
+    assert_eq!(bob.ask("JOIN #v").await.unwrap(), "OK");
+    bob.send("SAY #v new").await.unwrap();
+    bob.send("PING").await.unwrap();
+    until(&mut bob, |l| l == "PONG").await;
+    bob.send("HISTORY #v 10").await.unwrap();
+    let mut lines = Vec::new();
+    loop {
+        let line = until(&mut bob, |l| l == "OK" || l.starts_with("HISTORY ")).await;
+        if line == "OK" {
+            break;
+        }
+        // HISTORY #v <seq> <time> <from> <text>
+        let fields: Vec<&str> = line.splitn(6, ' ').collect();
+        lines.push(format!("{} {} {}", fields[2], fields[4], fields[5]));
+    }
+    let want: Vec<String> = (1..=5)
+        .map(|s| format!("{s} alice old {s}"))
+        .chain(["6 bob new".to_string()])
+        .collect();
+    assert_eq!(lines, want);
+    let ids = c.pg.psql(
+        "parley",
+        "SELECT string_agg(last_id::text, ',' ORDER BY last_seq) FROM message_packs",
+    );
+    let ids: Vec<i64> = ids.split(',').map(|i| i.parse().unwrap()).collect();
+    assert_eq!(ids[..5], [100, 200, 300, 400, 500]);
+    assert!(ids[5] > 500, "a new message's id follows the old ones: {ids:?}");
+}

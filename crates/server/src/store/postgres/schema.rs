@@ -15,8 +15,8 @@
 //!   conversation;
 //! - message ids come from the sequence `message_ids` (cache 1) taken under those locks,
 //!   so that, as on one node, ids ascend with the sequence in every conversation;
-//! - the messages, file contents (`blobs`) and who is online where (`nodes`,
-//!   `online_sessions`) are tables;
+//! - the messages (since version 3 a row per conversation per batch: pack.rs), file
+//!   contents (`blobs`) and who is online where (`nodes`, `online_sessions`) are tables;
 //! - moderation (version 2) is in tables of its own rather than new columns, so that the
 //!   tables every message touches stay as they are (store/postgres/moderation.rs).
 
