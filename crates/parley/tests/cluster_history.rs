@@ -243,7 +243,10 @@ async fn a_version_2_database_keeps_its_messages_as_packs() {
          UPDATE parley_schema SET version = 2;",
     );
     let node = services::cluster::Node::start("b", &c.pg.url(), &c.nats.url());
-    assert_eq!(c.pg.psql("parley", "SELECT version FROM parley_schema"), "3");
+    assert_eq!(
+        c.pg.psql("parley", "SELECT version FROM parley_schema"),
+        "3"
+    );
     assert_eq!(
         c.pg.psql(
             "parley",
@@ -280,5 +283,8 @@ async fn a_version_2_database_keeps_its_messages_as_packs() {
     );
     let ids: Vec<i64> = ids.split(',').map(|i| i.parse().unwrap()).collect();
     assert_eq!(ids[..5], [100, 200, 300, 400, 500]);
-    assert!(ids[5] > 500, "a new message's id follows the old ones: {ids:?}");
+    assert!(
+        ids[5] > 500,
+        "a new message's id follows the old ones: {ids:?}"
+    );
 }
