@@ -68,6 +68,9 @@ pub(crate) struct State {
     most: u64,
     /// The count of moderation's changes last read (hub/cluster_moderation.rs).
     pub(super) moderation_seen: i64,
+    /// Room memberships this batch began here, not committed yet: a read of PostgreSQL in
+    /// the batch does not show them (hub/cluster_moderation.rs).
+    pub(super) joined_now: Vec<(ConvId, UserId)>,
 }
 
 impl State {
@@ -85,6 +88,7 @@ impl State {
             read: 0,
             most: 0,
             moderation_seen: 0,
+            joined_now: Vec::new(),
         })
     }
 }
@@ -384,6 +388,7 @@ impl Core {
         if joined {
             self.follow_room(conv, room, seq);
             self.joined_here(conv, seq);
+            self.state().joined_now.push((conv, user));
         }
         self.state().events.push(Event::Room {
             conv,
@@ -1128,6 +1133,7 @@ impl Core {
             // from PostgreSQL at the next reconciliation (hub/cluster_moderation.rs).
             state.moderation_seen = -1;
         }
+        state.joined_now.clear();
         let releasing = std::mem::take(&mut state.releasing);
         if releasing.is_empty() {
             return;

@@ -13,8 +13,8 @@
 //! NATS is not the only way a change arrives: every batch that changes moderation counts in
 //! `moderation_version`, which the cluster tasks read at each reconciliation; a node that
 //! sees a number it has not seen (it missed an event while NATS was away) reads every rule
-//! again (`moderation_version`). What that read cannot show is a kick made meanwhile (a
-//! kick leaves no mark): the member's room list there is read again at its next login.
+//! again (`moderation_version`), and whether the users online here are still members of
+//! their rooms (a kick leaves no mark to read).
 
 use std::sync::Arc;
 
@@ -290,6 +290,53 @@ impl Core {
             // A ban takes its user out (the ban's batch removed the membership too).
             let banned = &room.rules.banned;
             room.members.retain(|u| !banned.contains(u));
+        }
+        self.members_again();
+    }
+
+    /// A kick leaves no mark to read: which users online here are still members of their
+    /// rooms is read again, one query for all of them, and those no longer are leave the
+    /// room here (memberships begun in this batch, not committed yet, stay).
+    fn members_again(&mut self) {
+        let online = &self.online;
+        let rooms: Vec<ConvId> = self
+            .rooms
+            .values()
+            .filter(|r| r.members.iter().any(|u| online.contains_key(u)))
+            .map(|r| r.conv)
+            .collect();
+        let users: Vec<UserId> = online.keys().copied().collect();
+        if rooms.is_empty() {
+            return;
+        }
+        let held: std::collections::HashSet<(ConvId, UserId)> =
+            match self.pg().members_among(&users, &rooms) {
+                Ok(held) => held.into_iter().collect(),
+                Err(e) => return warn!(error = %format!("{e:#}"), "reading memberships"),
+            };
+        let now = std::mem::take(&mut self.state().joined_now);
+        let mut gone: Vec<(ConvId, UserId)> = Vec::new();
+        for room in self.rooms.values_mut() {
+            if !rooms.contains(&room.conv) {
+                continue;
+            }
+            let conv = room.conv;
+            room.members.retain(|u| {
+                let keep = !self.online.contains_key(u)
+                    || held.contains(&(conv, *u))
+                    || now.contains(&(conv, *u));
+                if !keep {
+                    gone.push((conv, *u));
+                }
+                keep
+            });
+        }
+        self.state().joined_now = now;
+        for (conv, user) in gone {
+            debug!(conv, user, "no longer a member (read again)");
+            if let Some(list) = self.memberships.get_mut(&user) {
+                list.retain(|m| m.conv != conv);
+            }
         }
     }
 

@@ -95,6 +95,23 @@ impl PgStore {
         })
     }
 
+    /// Which of `users` are members of which of `rooms`: (room, user).
+    pub fn members_among(
+        &mut self,
+        users: &[UserId],
+        rooms: &[ConvId],
+    ) -> anyhow::Result<Vec<(ConvId, UserId)>> {
+        let (users, rooms) = (users.to_vec(), rooms.to_vec());
+        let rows = rows!(
+            self,
+            "SELECT conversation_id, user_id FROM memberships
+             WHERE user_id = ANY($1) AND conversation_id = ANY($2)",
+            users,
+            rooms
+        )?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// How many batches changed moderation so far.
     pub fn moderation_version(&mut self) -> anyhow::Result<i64> {
         let rows = rows!(self, "SELECT version FROM moderation_version",)?;
