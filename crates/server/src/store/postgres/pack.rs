@@ -273,6 +273,13 @@ pub async fn scan(
             } else {
                 first
             };
+            // A pack whose messages fell short of its sequences would be read again and
+            // again: an error instead.
+            anyhow::ensure!(
+                !forwards || bound > from,
+                "a message pack of conversation {conv} at {first} holds fewer messages than \
+                 its sequences"
+            );
             for m in &messages {
                 let wrong_side = match id_bound {
                     _ if forwards && m.seq <= from => true,
