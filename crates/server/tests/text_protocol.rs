@@ -691,6 +691,50 @@ async fn members_are_told_who_joined() {
 }
 
 #[tokio::test]
+async fn a_joiner_gets_a_busy_rooms_messages_from_its_join_on_after_its_ok() {
+    let server = TestServer::start().await;
+    let mut alice = server.text_login("alice").await;
+    assert_eq!(alice.ask("JOIN #busy").await.unwrap(), "OK");
+    const BURST: usize = 40;
+    // 8 rounds of 40 lines: within the command rate limit's burst.
+    for round in 0..8 {
+        let mut joiner = server.text_login(&format!("joiner{round}")).await;
+        // alice's burst and the join reach the hub together: some of the burst is
+        // stored before the join, some after, often in one batch.
+        let burst: String = (0..BURST)
+            .map(|i| format!("SAY #busy r{round} m{i}\n"))
+            .collect();
+        alice.send_raw(burst.as_bytes()).await.unwrap();
+        joiner.send("JOIN #busy").await.unwrap();
+        assert_eq!(
+            joiner.line().await.unwrap(),
+            "OK",
+            "round {round}: the join's answer first"
+        );
+        // One more, certainly after the join.
+        let last = format!("SAY #busy r{round} m{BURST}");
+        alice.send(&last).await.unwrap();
+        // What the joiner gets is the burst from some message on (perhaps none of it), then
+        // the last: nothing stored before its join, nothing after it missed.
+        let mut got = Vec::new();
+        while got.last() != Some(&BURST) {
+            let line = joiner.line().await.unwrap();
+            let prefix = format!("ROOM #busy alice r{round} m");
+            let i: usize = line
+                .strip_prefix(&prefix)
+                .unwrap_or_else(|| panic!("{line}"))
+                .parse()
+                .unwrap();
+            got.push(i);
+        }
+        let first = got[0];
+        assert_eq!(got, (first..=BURST).collect::<Vec<_>>(), "round {round}");
+        common::quit(joiner).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_room_name_follows_the_rules_of_user_names() {
     let server = TestServer::start().await;
     let mut alice = server.text_login("alice").await;

@@ -65,6 +65,7 @@ pub fn spawn(
         room_lookalikes: Lookalikes::default(),
         spare_messages: Vec::new(),
         spare_effects: Vec::new(),
+        fresh_joins: Vec::new(),
         pending_cursors: Default::default(),
         cursors_due: None,
         flushed_cursors: Default::default(),
@@ -154,6 +155,21 @@ struct Waiting {
     op: Op,
 }
 
+/// A join applied in the current batch: who, to which conversation, and the room's last
+/// sequence then (the membership gets what comes after it).
+pub(super) struct FreshJoin {
+    pub conv: ConvId,
+    pub seq: Seq,
+    pub who: Joiner,
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Joiner {
+    Member(UserId),
+    /// A guest's session.
+    Guest(u64),
+}
+
 pub(super) struct Core {
     pub(super) store: Box<dyn LogStore>,
     grace: Duration,
@@ -199,6 +215,9 @@ pub(super) struct Core {
     /// The last batch's effect list, emptied (growing it again every batch was a tenth of
     /// the hub's copying at full load).
     spare_effects: Vec<Effect>,
+    /// Joins applied in this batch: a room message applied before one (at or below its
+    /// start) is performed after it, and must not reach the joiner (see `deliver`).
+    pub(super) fresh_joins: Vec<FreshJoin>,
     /// Progress reported by sessions and not written yet, and when it is due to be.
     pending_cursors: HashMap<(DeviceId, ConvId), Seq, ahash::RandomState>,
     cursors_due: Option<Instant>,
@@ -438,6 +457,7 @@ impl Core {
         }
         staging.flush();
         self.staging = staging;
+        self.fresh_joins.clear();
         batch.messages.clear();
         self.spare_messages = batch.messages;
         // A burst's list is not kept for good.
@@ -1505,10 +1525,16 @@ impl Core {
                     let guests = room.guests.iter().map(|g| (g, None));
                     live.map(|o| (&o.link, Some(o.device))).chain(guests)
                 };
+                // Nor to a session that joined after this message was stored: its
+                // member's membership starts past it (almost always none).
+                let late = self.joined_after(delivery);
                 // Not back to the sending device (or, for a guest, the sending session).
-                let skip = |device: Option<DeviceId>, link: u64| match device {
-                    Some(device) => device == from.0,
-                    None => link == from.1,
+                let skip = |device: Option<DeviceId>, link: u64| {
+                    let sender = match device {
+                        Some(device) => device == from.0,
+                        None => link == from.1,
+                    };
+                    sender || (!late.is_empty() && late.contains(&link))
                 };
                 out.push_room(name, sessions, skip, delivery);
             }
@@ -1521,6 +1547,30 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The sessions (by id) that joined `delivery`'s room in this batch at or after it
+    /// was stored. The hub applies a whole batch before it performs any of it, so a
+    /// room's member list then already holds a join applied after the message; on one
+    /// node as in a cluster, a member gets a room's messages from its join on only.
+    fn joined_after(&self, delivery: &Delivery) -> Vec<u64> {
+        if self.fresh_joins.is_empty() {
+            return Vec::new();
+        }
+        let mut late = Vec::new();
+        for join in &self.fresh_joins {
+            if join.conv != delivery.conv || join.seq < delivery.seq {
+                continue;
+            }
+            match join.who {
+                Joiner::Guest(link) => late.push(link),
+                Joiner::Member(user) => {
+                    let online = self.online.get(&user).into_iter().flatten();
+                    late.extend(online.map(|o| o.link.id));
+                }
+            }
+        }
+        late
     }
 
     /// Pushes a presence notice (not stored) to the sessions of `audience` but `except`,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use parley_proto::ErrorKind;
 
-use super::core::{internal, Audience, Core, Effect, Room};
+use super::core::{internal, Audience, Core, Effect, FreshJoin, Joiner, Room};
 use super::moderation::RoomRules;
 use super::{Actor, RoomInfo, Set, ANONYMOUS};
 use crate::outbound::{Link, Notice, SharedNotice};
@@ -89,6 +89,11 @@ impl Core {
                 self.add_membership(identity.user, conv, joined_seq)
                     .map_err(internal)?;
                 batch.join(identity.user, conv, joined_seq);
+                self.fresh_joins.push(FreshJoin {
+                    conv,
+                    seq: joined_seq,
+                    who: Joiner::Member(identity.user),
+                });
                 let room = self.rooms.get_mut(room).expect("created above");
                 room.members.insert(identity.user);
                 self.users[&identity.user].clone()
@@ -100,6 +105,15 @@ impl Core {
                 }
                 entry.guests.push(link.clone());
                 self.guests.insert(link.id, link.clone());
+                let seq = match self.cluster {
+                    Some(_) => at,
+                    None => self.last_seq(conv).map_err(internal)?,
+                };
+                self.fresh_joins.push(FreshJoin {
+                    conv,
+                    seq,
+                    who: Joiner::Guest(link.id),
+                });
                 Arc::from(ANONYMOUS)
             }
         };
