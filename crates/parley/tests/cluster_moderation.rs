@@ -1,7 +1,8 @@
 //! Moderation and an operator's decisions on a cluster: made on one node, enforced on every
 //! other at once (or, for a node cut from NATS, at its next reconciliation), and still there
-//! after a node's restart. One cluster of three real nodes
-//! on PostgreSQL and NATS for every check, in order (each cluster costs seconds to start).
+//! after a node's restart; and `parley admin`'s reads on one node showing what was made on
+//! another. One cluster of real nodes on PostgreSQL and NATS a test, its checks in order
+//! (each cluster costs seconds to start).
 //!
 //! Where a check needs another node to have heard of a change before it acts (a DM through
 //! B refused by a block made on A), it waits for an event that left A after that change —
@@ -15,7 +16,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use parley_client::LineClient;
+use parley_client::{Connection, Endpoint, LineClient};
 use services::cluster::{Cluster, Node, Proxy};
 
 /// A text session logged in (without a password) as `name` on `addr`.
@@ -295,4 +296,99 @@ async fn moderation_made_on_one_node_holds_on_every_node() {
     let mut again = LineClient::connect(b).await.unwrap();
     let answer = again.ask("LOGIN eve").await.unwrap();
     assert!(answer.starts_with("ERR"), "{answer}");
+}
+
+/// `parley admin --json ARGS...` against `node`, parsed; panics if it fails.
+fn admin_json(node: &Node, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (ok, out) = admin(node, &all);
+    assert!(ok, "parley admin {args:?}: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// What is made through one node, `parley admin`'s reads on another show: users (an
+/// account and a password-less name), a device, rooms and their members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reads_on_a_node_show_what_another_made() {
+    if !services::available() {
+        return;
+    }
+    let cluster = Cluster::start(2);
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+
+    // On A: dora registers and logs in on her laptop, ed logs in without a password; both
+    // join #lounge.
+    let mut reg = LineClient::connect(a.addr).await.unwrap();
+    assert_eq!(
+        reg.ask("REGISTER dora a-long-password").await.unwrap(),
+        "OK"
+    );
+    let mut dora = LineClient::connect(a.addr).await.unwrap();
+    let login = "LOGIN dora a-long-password laptop";
+    assert_eq!(dora.ask(login).await.unwrap(), "OK");
+    assert_eq!(ask(&mut dora, "JOIN #lounge").await, "OK");
+    let mut ed = text(a.addr, "ed").await;
+    assert_eq!(ask(&mut ed, "JOIN #lounge").await, "OK");
+    until(&mut dora, |l| l == "INFO ed joined #lounge").await;
+    // Her phone logs in through the binary protocol and keeps a token.
+    let (phone, _pushes) = Connection::connect(&Endpoint::tcp(a.addr.to_string()))
+        .await
+        .expect("connect");
+    let token = phone
+        .login_password("dora", "a-long-password", "phone", true)
+        .await
+        .expect("login");
+    assert!(token.is_some());
+
+    // On B: the same users, devices, rooms and members.
+    let users = admin_json(b, &["users", "list"]);
+    let names: Vec<&str> = users
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["dora", "ed"], "{users}");
+    assert_eq!(users[0]["account"], true, "{users}");
+    assert_eq!(users[1]["account"], false, "{users}");
+    assert_eq!(users[0]["disabled"], false, "{users}");
+
+    let shown = admin_json(b, &["users", "show", "dora"]);
+    assert_eq!(shown["user"]["name"], "dora", "{shown}");
+    assert_eq!(shown["rooms"], serde_json::json!(["#lounge"]), "{shown}");
+    let devices: Vec<&str> = shown["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(devices, ["laptop", "phone"], "{shown}");
+    assert_eq!(shown["user"]["devices"], 2, "{shown}");
+    let tokens = &shown["devices"][1]["tokens"];
+    assert_eq!(tokens.as_array().map(Vec::len), Some(1), "{shown}");
+    assert_eq!(tokens[0]["valid"], true, "{shown}");
+
+    let listed = admin_json(b, &["devices", "list", "dora"]);
+    assert_eq!(listed, shown["devices"], "{listed}");
+    let (ok, out) = admin(b, &["users", "show", "nobody"]);
+    assert!(!ok && out.contains("no user nobody"), "{out}");
+
+    let rooms = admin_json(b, &["rooms", "list"]);
+    let lounge = rooms
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|r| r["name"] == "#lounge")
+        .unwrap_or_else(|| panic!("no lounge: {rooms}"));
+    assert_eq!(lounge["members"], 2, "{rooms}");
+    let members = admin_json(b, &["rooms", "members", "#lounge"]);
+    let mut names: Vec<&str> = members
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dora", "ed"], "{members}");
 }

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::users::{find, live, refused};
-use super::{queries, Answer, Ctx, Failure};
+use super::{Answer, Ctx, Failure};
 use crate::hub::{AccountChange, AdminOp, Whom};
 use crate::outbound::Kill;
 use crate::store::Revoke;
@@ -12,11 +12,7 @@ use crate::store::Revoke;
 pub async fn list(ctx: &Ctx, name: String) -> Answer {
     let user = find(ctx, &name).await?;
     let id = user.id;
-    let devices = ctx
-        .shared
-        .reader
-        .query(move |conn| queries::devices(conn, id))
-        .await?;
+    let devices = ctx.shared.reader.admin_devices(id).await?;
     Ok(serde_json::to_value(devices)?)
 }
 
@@ -29,11 +25,7 @@ pub async fn revoke(ctx: &Ctx, name: String, device: Option<String>) -> Answer {
     let revoke = match &device {
         None => Revoke::AllBut(id, 0),
         Some(device) => {
-            let devices = ctx
-                .shared
-                .reader
-                .query(move |conn| queries::devices(conn, id))
-                .await?;
+            let devices = ctx.shared.reader.admin_devices(id).await?;
             let found = devices.iter().find(|d| &d.name == device);
             let found = found.ok_or_else(|| Failure(format!("{name} has no device {device}")))?;
             Revoke::Device(id, found.id)

@@ -21,7 +21,6 @@ mod control;
 mod devices;
 mod lock;
 mod offline;
-mod queries;
 mod rooms;
 mod sessions;
 mod users;

@@ -6,15 +6,15 @@
 use parley_proto::{validate_name, ErrorKind};
 use serde_json::{json, Value};
 
-use super::queries::{self, UserRow};
 use super::{Answer, Ctx, Failure};
 use crate::auth::PASSWORD_LEN;
 use crate::hub::{AccountChange, AdminAnswer, AdminOp};
+use crate::store::admin::UserRow;
 use crate::store::ContactState;
 
 /// Every user.
 pub async fn list(ctx: &Ctx) -> Answer {
-    let users = ctx.shared.reader.query(queries::users).await?;
+    let users = ctx.shared.reader.admin_users().await?;
     Ok(serde_json::to_value(users)?)
 }
 
@@ -22,16 +22,10 @@ pub async fn list(ctx: &Ctx) -> Answer {
 pub async fn show(ctx: &Ctx, name: String) -> Answer {
     let user = find(ctx, &name).await?;
     let id = user.id;
-    let (devices, rooms, contacts) = ctx
-        .shared
-        .reader
-        .query(move |conn| {
-            let devices = queries::devices(conn, id)?;
-            let rooms = queries::rooms_of(conn, id)?;
-            let contacts = queries::contact_counts(conn, id)?;
-            Ok((devices, rooms, contacts))
-        })
-        .await?;
+    let reader = &ctx.shared.reader;
+    let devices = reader.admin_devices(id).await?;
+    let rooms = reader.admin_rooms_of(id).await?;
+    let contacts = reader.admin_contact_counts(id).await?;
     let contacts: serde_json::Map<String, Value> = contacts
         .into_iter()
         .filter_map(|(state, n)| Some((ContactState::from_i64(state)?.name().into(), n.into())))
@@ -95,12 +89,7 @@ pub async fn delete(ctx: &Ctx, name: String) -> Answer {
 
 /// The user called `name`.
 pub(super) async fn find(ctx: &Ctx, name: &str) -> Result<UserRow, Failure> {
-    let key = name.to_string();
-    let user = ctx
-        .shared
-        .reader
-        .query(move |conn| queries::user(conn, &key))
-        .await?;
+    let user = ctx.shared.reader.admin_user(name.to_string()).await?;
     user.ok_or_else(|| Failure(format!("no user {name}")))
 }
 

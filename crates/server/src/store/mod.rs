@@ -7,6 +7,7 @@
 //! through a [`Reader`], which never blocks the writer (SQLite WAL, positional reads of the
 //! log).
 
+pub mod admin;
 pub mod backup;
 mod block_cache;
 mod blocks;

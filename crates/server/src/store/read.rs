@@ -2,6 +2,7 @@
 //! log on one node (reader.rs), PostgreSQL in a cluster (postgres/read.rs). Both answer
 //! the same questions the same way; this only picks one.
 
+use super::admin::{self, DeviceRow, UserRow as AdminUser};
 use super::postgres::PgReader;
 use super::reader::{Credentials, StoredMessage, TokenRow, UserRow};
 use super::{
@@ -36,16 +37,43 @@ impl Reader {
         }
     }
 
-    /// Runs the operator's query `f` (`admin/queries.rs`, SQLite's SQL) on a read
-    /// connection; a cluster node's PostgreSQL has no such queries yet.
-    pub async fn query<T, F>(&self, f: F) -> anyhow::Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> anyhow::Result<T> + Send + 'static,
-    {
+    /// Every user but the reserved anonymous one, by name (`parley admin users list`).
+    pub async fn admin_users(&self) -> anyhow::Result<Vec<AdminUser>> {
         match self {
-            Reader::Local(r) => r.query(f).await,
-            Reader::Shared(_) => anyhow::bail!("not available on a cluster node yet"),
+            Reader::Local(r) => r.query(admin::users).await,
+            Reader::Shared(r) => r.admin_users().await,
+        }
+    }
+
+    /// The user called `name`, deleted and disabled ones too.
+    pub async fn admin_user(&self, name: String) -> anyhow::Result<Option<AdminUser>> {
+        match self {
+            Reader::Local(r) => r.query(move |c| admin::user(c, &name)).await,
+            Reader::Shared(r) => r.admin_user(name).await,
+        }
+    }
+
+    /// The devices of `user`, by name, each with its tokens.
+    pub async fn admin_devices(&self, user: UserId) -> anyhow::Result<Vec<DeviceRow>> {
+        match self {
+            Reader::Local(r) => r.query(move |c| admin::devices(c, user)).await,
+            Reader::Shared(r) => r.admin_devices(user).await,
+        }
+    }
+
+    /// The rooms `user` is a member of, by name.
+    pub async fn admin_rooms_of(&self, user: UserId) -> anyhow::Result<Vec<String>> {
+        match self {
+            Reader::Local(r) => r.query(move |c| admin::rooms_of(c, user)).await,
+            Reader::Shared(r) => r.admin_rooms_of(user).await,
+        }
+    }
+
+    /// How many contacts `user` has, by state: (state, count).
+    pub async fn admin_contact_counts(&self, user: UserId) -> anyhow::Result<Vec<(i64, i64)>> {
+        match self {
+            Reader::Local(r) => r.query(move |c| admin::contact_counts(c, user)).await,
+            Reader::Shared(r) => r.admin_contact_counts(user).await,
         }
     }
 

@@ -13,6 +13,7 @@
 //! A connection that fails is dropped and made again at the next request, so a restarted
 //! PostgreSQL is picked up by itself; until then every commit fails, and senders get errors.
 
+mod admin;
 mod blobs;
 mod cluster;
 mod migrate;

@@ -1,11 +1,12 @@
-//! The operator's reads of the database, on the read pool (never the hub's writer). What
-//! they return is what `parley admin` prints.
+//! The operator's reads of the database (`parley admin users|devices`), on the read pool
+//! (never the hub's writer): the rows `parley admin` prints. Handlers ask through
+//! `Reader`'s `admin_*` methods: SQLite's SQL here, PostgreSQL's in `postgres/admin.rs` on
+//! a cluster node, the same rows from both.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::hub::ANONYMOUS;
-use crate::store::{now_ms, UserId, KIND_ROOM};
+use super::{now_ms, UserId, ANONYMOUS, KIND_ROOM};
 
 /// A user as `users list` shows it.
 #[derive(Debug, Serialize)]
