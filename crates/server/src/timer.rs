@@ -61,8 +61,12 @@ impl Future for Timer {
             // it fires, and this poll would only leave the same waker again.
             return Poll::Pending;
         }
+        // Polled when the task's budget is spent, a `Sleep` answers Pending without leaving
+        // the waker with its entry (tokio wakes the task to be polled again instead): then
+        // it must be polled again, or it would never fire.
+        let budget = tokio::task::coop::has_budget_remaining();
         let fired = self.sleep.as_mut().poll(cx);
-        self.waiting = fired.is_pending();
+        self.waiting = fired.is_pending() && budget;
         fired
     }
 }
@@ -109,6 +113,29 @@ mod tests {
             .await
             .expect("fires again once aimed anew");
         ticker.abort();
+    }
+
+    /// First polled when the task's budget is spent (a busy connection's turn), it still
+    /// fires: that poll left no waker with its entry.
+    #[tokio::test]
+    async fn fires_though_first_polled_with_the_budget_spent() {
+        let mut timer = Timer::at(Instant::now() + Duration::from_millis(20));
+        std::future::poll_fn(|cx| {
+            // Spend the task's budget, as a burst of ready reads does.
+            for _ in 0..10_000 {
+                let mut spend = std::pin::pin!(tokio::task::coop::consume_budget());
+                if spend.as_mut().poll(cx).is_pending() {
+                    break;
+                }
+            }
+            assert!(!tokio::task::coop::has_budget_remaining());
+            assert!(Pin::new(&mut timer).poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        tokio::time::timeout(Duration::from_secs(5), &mut timer)
+            .await
+            .expect("the timer fires");
     }
 
     /// Aimed earlier after it left its waker, it fires at the earlier deadline.
