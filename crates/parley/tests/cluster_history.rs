@@ -207,6 +207,14 @@ async fn every_kind_of_history_page_reads_through_packs() {
         let want: Vec<i64> = (bound + 1..=(bound + PAGE as i64).min(SENT as i64)).collect();
         assert_eq!(after, want, "after {bound}");
     }
+    // A client's bound at the edge of the integers is the latest page, not an error.
+    let edge = text_seqs(
+        &mut alice,
+        &format!("HISTORY #p {PAGE} before {}", i64::MAX),
+    )
+    .await;
+    let want: Vec<i64> = (SENT as i64 - PAGE as i64 + 1..=SENT as i64).collect();
+    assert_eq!(edge, want, "before i64::MAX");
 }
 
 /// A database of schema version 2 (a row per message) is migrated when a node starts:

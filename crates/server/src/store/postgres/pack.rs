@@ -223,7 +223,8 @@ pub async fn scan(
     // pack that holds the id, with the messages of that pack on the wrong side skipped.
     let (forwards, mut bound, id_bound) = match start {
         Start::After(seq) => (true, seq, None),
-        Start::Before(seq) => (false, seq, None),
+        // A client's bound (any i64): kept far from overflowing the bound's arithmetic.
+        Start::Before(seq) => (false, seq.min(i64::MAX / 2), None),
         // Far above any sequence, and far from overflowing the bound's arithmetic.
         Start::Latest => (false, i64::MAX / 2, None),
         Start::AfterId(id) => {
