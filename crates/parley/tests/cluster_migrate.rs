@@ -255,3 +255,145 @@ async fn a_store_of_100000_messages_migrates_resumes_and_serves() {
     assert_eq!(std::fs::read(&dest).unwrap(), file_content());
     drop(node);
 }
+
+/// Asks `c` and returns the first line that is `OK` or an error (notices are skipped);
+/// fails after 10 s.
+async fn answer(c: &mut LineClient, request: &str) -> String {
+    c.send(request).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = tokio::time::timeout_at(deadline, c.line())
+            .await
+            .expect("an answer in 10 s")
+            .expect("a line");
+        if line == "OK" || line.starts_with("ERR") {
+            return line;
+        }
+    }
+}
+
+/// A text session logged in (without a password) as `name` on `addr`.
+async fn text(addr: std::net::SocketAddr, name: &str) -> LineClient {
+    let mut c = LineClient::connect(addr).await.unwrap();
+    assert_eq!(
+        answer(&mut c, &format!("LOGIN {name}")).await,
+        "OK",
+        "{name}"
+    );
+    c
+}
+
+/// The lines `command` answers before its `OK`; fails after 10 s.
+async fn listing(c: &mut LineClient, command: &str) -> Vec<String> {
+    c.send(command).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut lines = Vec::new();
+    loop {
+        let line = tokio::time::timeout_at(deadline, c.line())
+            .await
+            .expect("an answer in 10 s")
+            .expect("a line");
+        if line == "OK" || line.starts_with("ERR") {
+            return lines;
+        }
+        lines.push(line);
+    }
+}
+
+/// `parley admin --data-dir DIR ARGS...` against the running single node.
+fn admin(dir: &std::path::Path, args: &[&str]) {
+    let mut cmd = parley_command(["admin", "--data-dir"]);
+    cmd.arg(dir).args(args).stdin(Stdio::null());
+    let out = cmd.output().expect("parley admin");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// An operator's decisions on the single node hold on the cluster after the migration: a
+/// deleted account's name and a disabled account log in no more, a ban and a block hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderation_migrates_and_holds_on_the_cluster() {
+    if !services::available() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let mut single = Proc::spawn(parley_command([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir,
+    ]));
+    let addr = single.wait_for_start()[0].addr;
+    // alice owns #room and bans mallory from it, and blocks bob; eve is deleted, frank
+    // disabled.
+    drop(text(addr, "bob").await);
+    let mut alice = text(addr, "alice").await;
+    assert_eq!(answer(&mut alice, "JOIN #room").await, "OK");
+    assert_eq!(answer(&mut alice, "TOPIC #room rules").await, "OK");
+    let mut mallory = text(addr, "mallory").await;
+    assert_eq!(answer(&mut mallory, "JOIN #room").await, "OK");
+    assert_eq!(answer(&mut alice, "BAN #room mallory").await, "OK");
+    assert_eq!(answer(&mut mallory, "JOIN #room").await, "ERR banned");
+    assert_eq!(answer(&mut alice, "BLOCK bob").await, "OK");
+    // And deletes a message she said in the room.
+    alice.send("SAY #room the secret is 42").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seq: i64 = loop {
+        let history = listing(&mut alice, "HISTORY #room").await;
+        if let Some(said) = history.iter().find(|l| l.ends_with("the secret is 42")) {
+            break said.split(' ').nth(2).unwrap().parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "never stored: {history:?}");
+    };
+    assert_eq!(
+        answer(&mut alice, &format!("DELETE #room {seq}")).await,
+        "OK"
+    );
+    for name in ["eve", "frank"] {
+        drop(text(addr, name).await);
+    }
+    admin(data.path(), &["users", "delete", "eve"]);
+    admin(data.path(), &["users", "disable", "frank"]);
+    drop((alice, mallory));
+    single.signal(libc::SIGTERM);
+    assert!(single.wait_exit(Duration::from_secs(30)).success());
+
+    let pg = Postgres::start();
+    let url = pg.url();
+    let out = migrate(&url, data.path())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run parley migrate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("user_states: 2 in {dir}, 2 in PostgreSQL")),
+        "{stdout}"
+    );
+    // Run again: nothing doubles, and it still agrees.
+    let again = migrate(&url, data.path()).output().unwrap();
+    assert!(again.status.success(), "{again:?}");
+
+    let nats = Nats::start();
+    let node = Node::start("a", &url, &nats.url());
+    for name in ["eve", "frank"] {
+        let mut c = LineClient::connect(node.addr).await.unwrap();
+        let said = answer(&mut c, &format!("LOGIN {name}")).await;
+        assert!(said.starts_with("ERR"), "{name} logged in: {said}");
+    }
+    let mut mallory = text(node.addr, "mallory").await;
+    assert_eq!(answer(&mut mallory, "JOIN #room").await, "ERR banned");
+    let mut bob = text(node.addr, "bob").await;
+    assert_eq!(answer(&mut bob, "DM alice hello").await, "ERR blocked");
+    let mut alice = text(node.addr, "alice").await;
+    let history = listing(&mut alice, "HISTORY #room").await;
+    assert!(!history.iter().any(|l| l.contains("secret")), "{history:?}");
+    assert!(
+        history
+            .iter()
+            .any(|l| l.ends_with("alice [message deleted]")),
+        "{history:?}"
+    );
+    drop(node);
+}

@@ -2,7 +2,9 @@
 //! PostgreSQL, for running it as a cluster.
 //!
 //! Everything keeps its id (users, devices, conversations, messages) and every message its
-//! sequence, so tokens, cursors and history mean what they meant. Each step is idempotent
+//! sequence, so tokens, cursors and history mean what they meant; an operator's decisions
+//! (disabled and deleted accounts, rooms' rules and marks, blocks, deleted messages) come
+//! along, since PostgreSQL enforces them as SQLite did. Each step is idempotent
 //! (`ON CONFLICT DO NOTHING`) and the messages are copied a page at a time, each page in
 //! one transaction with the progress of its conversation: an interrupted migration run
 //! again goes on where it stopped. At the end both sides are counted table by table, and
@@ -193,6 +195,9 @@ pub async fn migrate(
         report.checksums.0,
         report.checksums.1
     );
+    // Nodes already running (there should be none) read moderation's tables again.
+    pg.execute("UPDATE moderation_version SET version = version + 1", &[])
+        .await?;
     pg.execute(
         "INSERT INTO migration (step, done) VALUES ('finished', 1) ON CONFLICT DO NOTHING",
         &[],
@@ -268,6 +273,7 @@ async fn copy_tables(db: &rusqlite::Connection, pg: &mut Client) -> anyhow::Resu
         },
     )
     .await?;
+    copy_user_states(db, pg).await?;
     copy_table(
         db,
         pg,
@@ -363,8 +369,143 @@ async fn copy_tables(db: &rusqlite::Connection, pg: &mut Client) -> anyhow::Resu
         |r| Ok(boxed![r.get::<_, String>(0)?, r.get::<_, i64>(1)?]),
     )
     .await?;
+    copy_moderation(db, pg).await?;
     Ok(())
 }
+
+/// Accounts an operator disabled or deleted, straight after the users: a deleted account
+/// has no password, and without its state a cluster node would let its name log in
+/// without one (and inherit its conversations). PostgreSQL marks a deleted account
+/// disabled too (moderation.rs), so `disabled_at` falls back on `deleted_at`.
+async fn copy_user_states(db: &rusqlite::Connection, pg: &mut Client) -> anyhow::Result<()> {
+    copy_table(
+        db,
+        pg,
+        "SELECT id, COALESCE(disabled_at, deleted_at), deleted_at FROM users
+         WHERE disabled_at IS NOT NULL OR deleted_at IS NOT NULL",
+        "INSERT INTO user_states (user_id, disabled_at, deleted_at) VALUES ($1, $2, $3)
+         ON CONFLICT (user_id) DO UPDATE SET disabled_at = excluded.disabled_at,
+                                             deleted_at = excluded.deleted_at",
+        |r| {
+            Ok(boxed![
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, Option<i64>>(2)?
+            ])
+        },
+    )
+    .await
+}
+
+/// Rooms' topics and invite-only modes, their marks (operators, bans, mutes,
+/// invitations), blocks and deleted messages: what PostgreSQL enforces as SQLite did.
+async fn copy_moderation(db: &rusqlite::Connection, pg: &mut Client) -> anyhow::Result<()> {
+    copy_table(
+        db,
+        pg,
+        ROOM_SETTINGS,
+        "INSERT INTO room_settings (conversation_id, topic, invite_only) VALUES ($1, $2, $3)
+         ON CONFLICT (conversation_id) DO UPDATE SET topic = excluded.topic,
+                                                     invite_only = excluded.invite_only",
+        |r| {
+            Ok(boxed![
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)? != 0
+            ])
+        },
+    )
+    .await?;
+    copy_table(
+        db,
+        pg,
+        "SELECT conversation_id, user_id, mark, set_by, set_at FROM room_marks",
+        "INSERT INTO room_marks (conversation_id, user_id, mark, set_by, set_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        |r| {
+            Ok(boxed![
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)? as i16,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, i64>(4)?
+            ])
+        },
+    )
+    .await?;
+    copy_table(
+        db,
+        pg,
+        "SELECT user_id, blocked_id, created_at FROM blocks",
+        "INSERT INTO blocks (user_id, blocked_id, created_at) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+        |r| {
+            Ok(boxed![
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?
+            ])
+        },
+    )
+    .await?;
+    copy_table(
+        db,
+        pg,
+        "SELECT message_id, conversation_id, seq, tombstone_id, deleted_by, deleted_at
+         FROM deletions",
+        "INSERT INTO deletions (message_id, conversation_id, seq, tombstone_id, deleted_by,
+                                deleted_at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        |r| {
+            Ok(boxed![
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?
+            ])
+        },
+    )
+    .await
+}
+
+/// The rooms with a topic or invite-only, as `room_settings` keeps them (a deleted room
+/// has none).
+const ROOM_SETTINGS: &str = "SELECT id, topic, invite_only FROM conversations
+     WHERE kind = 2 AND deleted_at IS NULL AND (topic IS NOT NULL OR invite_only <> 0)";
+
+/// Moderation's tables, counted on both sides: (name, the data directory's count,
+/// PostgreSQL's).
+const MODERATION_COUNTS: &[(&str, &str, &str)] = &[
+    (
+        "user_states",
+        "SELECT COUNT(*) FROM users WHERE disabled_at IS NOT NULL OR deleted_at IS NOT NULL",
+        "SELECT COUNT(*) FROM user_states
+         WHERE disabled_at IS NOT NULL OR deleted_at IS NOT NULL",
+    ),
+    (
+        "room_settings",
+        "SELECT COUNT(*) FROM conversations
+         WHERE kind = 2 AND deleted_at IS NULL AND (topic IS NOT NULL OR invite_only <> 0)",
+        "SELECT COUNT(*) FROM room_settings",
+    ),
+    (
+        "room_marks",
+        "SELECT COUNT(*) FROM room_marks",
+        "SELECT COUNT(*) FROM room_marks",
+    ),
+    (
+        "blocks",
+        "SELECT COUNT(*) FROM blocks",
+        "SELECT COUNT(*) FROM blocks",
+    ),
+    (
+        "deletions",
+        "SELECT COUNT(*) FROM deletions",
+        "SELECT COUNT(*) FROM deletions",
+    ),
+];
 
 async fn copy_cursors(db: &rusqlite::Connection, pg: &Client) -> anyhow::Result<()> {
     let mut stmt = db.prepare("SELECT device_id, conversation_id, seq FROM cursors")?;
@@ -448,6 +589,11 @@ async fn verify(
             .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])
             .await?
             .get(0);
+        report.counts.push((table, here, there));
+    }
+    for &(table, here, there) in MODERATION_COUNTS {
+        let here: i64 = db.query_row(here, [], |r| r.get(0))?;
+        let there: i64 = pg.query_one(there, &[]).await?.get(0);
         report.counts.push((table, here, there));
     }
     // Messages: what the data directory can read (a message in a damaged block of its log
