@@ -235,10 +235,15 @@ impl Core {
         };
         batch.user_states.push((user, state));
         batch.revocations.push(Revoke::AllBut(user, 0));
+        let mut left = Vec::new();
         for room in self.rooms.values_mut() {
             if room.members.remove(&user) {
                 batch.leave(user, room.conv);
+                left.push(room.conv);
             }
+        }
+        for conv in left {
+            self.cluster_left(conv, user);
         }
         self.memberships.remove(&user);
         let contacts: Vec<UserId> = match self.contacts.remove(&user) {

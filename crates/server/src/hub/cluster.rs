@@ -71,6 +71,9 @@ pub(crate) struct State {
     /// Room memberships this batch began here, not committed yet: a read of PostgreSQL in
     /// the batch does not show them (hub/cluster_moderation.rs).
     pub(super) joined_now: Vec<(ConvId, UserId)>,
+    /// Room memberships this batch ended here (a leave, a kick, a ban, a deletion), not
+    /// committed yet: a read of PostgreSQL in the batch still shows them.
+    pub(super) left_now: Vec<(ConvId, UserId)>,
 }
 
 impl State {
@@ -89,6 +92,7 @@ impl State {
             most: 0,
             moderation_seen: 0,
             joined_now: Vec::new(),
+            left_now: Vec::new(),
         })
     }
 }
@@ -241,6 +245,15 @@ impl Core {
         Ok(conv)
     }
 
+    /// Member `user` leaves room `conv` in this batch (not committed yet): a read of
+    /// PostgreSQL in the batch must not bring them back (`cluster_room`).
+    pub(super) fn cluster_left(&mut self, conv: ConvId, user: UserId) {
+        if let Some(state) = self.cluster.as_mut() {
+            state.joined_now.retain(|j| *j != (conv, user));
+            state.left_now.push((conv, user));
+        }
+    }
+
     /// Whether either of `members` has a live session here.
     fn live_here(&self, members: (UserId, UserId)) -> bool {
         [members.0, members.1].iter().any(|u| {
@@ -288,6 +301,21 @@ impl Core {
                 rules: Default::default(),
             });
         entry.members = members;
+        // PostgreSQL does not show this batch's own joins and leaves yet: they stay as the
+        // batch made them (else a member joined now would get none of the room's live
+        // messages here, and a member gone now would get them again).
+        let conv = entry.conv;
+        let state = self.cluster.as_ref().expect("cluster mode");
+        for (c, user) in &state.joined_now {
+            if *c == conv {
+                entry.members.insert(*user);
+            }
+        }
+        for (c, user) in &state.left_now {
+            if *c == conv {
+                entry.members.remove(user);
+            }
+        }
         // Its owner and rules too (hub/cluster_moderation.rs).
         self.cluster_rules(name, room.conv);
         Ok(created)
@@ -388,7 +416,11 @@ impl Core {
         if joined {
             self.follow_room(conv, room, seq);
             self.joined_here(conv, seq);
-            self.state().joined_now.push((conv, user));
+            if user != self.anonymous {
+                let state = self.state();
+                state.left_now.retain(|l| *l != (conv, user));
+                state.joined_now.push((conv, user));
+            }
         }
         self.state().events.push(Event::Room {
             conv,
@@ -1134,6 +1166,7 @@ impl Core {
             state.moderation_seen = -1;
         }
         state.joined_now.clear();
+        state.left_now.clear();
         let releasing = std::mem::take(&mut state.releasing);
         if releasing.is_empty() {
             return;

@@ -399,6 +399,7 @@ impl Core {
         entry.members.remove(&user);
         let conv = entry.conv;
         batch.leave(user, conv);
+        self.cluster_left(conv, user);
         if let Some(list) = self.memberships.get_mut(&user) {
             list.retain(|m| m.conv != conv);
         }

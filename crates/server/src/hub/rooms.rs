@@ -150,6 +150,7 @@ impl Core {
                 }
                 batch.leave(identity.user, entry.conv);
                 let conv = entry.conv;
+                self.cluster_left(conv, identity.user);
                 if let Some(list) = self.memberships.get_mut(&identity.user) {
                     list.retain(|m| m.conv != conv);
                 }
