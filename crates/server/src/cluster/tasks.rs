@@ -97,7 +97,7 @@ impl Tasks {
                         self.hub.incoming(Incoming::Collect);
                         Ok(())
                     }
-                    more = self.interest.wanted() => self.reconcile_some(&db, more).await,
+                    more = self.interest.wanted() => self.reconcile_some(&db, &more).await,
                 };
                 if let Err(e) = done {
                     warn!(error = %format!("{e:#}"), "cluster tasks");
@@ -215,8 +215,9 @@ impl Tasks {
         }
     }
 
-    /// Hands the hub the last sequences of `convs`: the rest of gaps it filled in part.
-    async fn reconcile_some(&self, db: &Client, convs: Vec<ConvId>) -> anyhow::Result<()> {
+    /// Hands the hub the last sequences of `convs` (all it follows at a tick; after a gap
+    /// filled in part, those whose rest it wants now).
+    async fn reconcile_some(&self, db: &Client, convs: &[ConvId]) -> anyhow::Result<()> {
         let rows = db
             .query(
                 "SELECT id, last_seq FROM conversations WHERE id = ANY($1)",
@@ -234,14 +235,7 @@ impl Tasks {
     async fn reconcile(&self, db: &Client, discover: bool) -> anyhow::Result<()> {
         let convs = self.interest.convs();
         if !convs.is_empty() {
-            let rows = db
-                .query(
-                    "SELECT id, last_seq FROM conversations WHERE id = ANY($1)",
-                    &[&convs],
-                )
-                .await?;
-            let last = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            self.hub.incoming(Incoming::Reconcile(last));
+            self.reconcile_some(db, &convs).await?;
         }
         // Moderation changed somewhere? (hub/cluster_moderation.rs reads it again.)
         let version = db
