@@ -73,6 +73,10 @@ pub struct Config {
     /// seed's client keeps its connection open without a request while its user reads,
     /// and does not connect again after the server closes it (ms; 0: never).
     pub simpletcp_idle_timeout_ms: u64,
+    /// Bytes of seed-003 file payloads the server holds at once while they arrive, over
+    /// every connection (each is held whole until stored): a payload announced past it is
+    /// refused and its connection closed, so clients cannot grow memory together.
+    pub simpletcp_upload_bytes: u64,
     /// A request (a line, a frame, a WebSocket message) must be complete within this many
     /// ms of its first byte, however its bytes trickle in, or the connection is closed
     /// (0: no limit). An HTTP upload's body may take longer, while no gap between its
@@ -225,6 +229,7 @@ impl Default for Config {
             json_idle_timeout_ms: 300_000,
             binary_idle_timeout_ms: 3_600_000,
             simpletcp_idle_timeout_ms: 86_400_000,
+            simpletcp_upload_bytes: 256 << 20,
             request_timeout_ms: 30_000,
             commands_per_second: 100,
             max_history: 1000,

@@ -858,3 +858,69 @@ async fn fetchfile_of_unknown_messages_searches_the_history_at_most_once_a_secon
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn payloads_arriving_at_once_share_the_servers_upload_budget() {
+    // A 1 MiB budget over every connection; each file is 700 KiB.
+    let server = TestServer::start_with(|c| {
+        c.listen_simpletcp = Some("127.0.0.1:0".parse().unwrap());
+        c.simpletcp_upload_bytes = 1 << 20;
+    })
+    .await;
+    let addr = simpletcp_addr(&server);
+    let (alice, alice_id) = account(&server, "alice").await;
+    let (_bob, bob_id) = account(&server, "bob").await;
+    let file = |seed: usize| -> (Vec<u8>, usize) {
+        let data: Vec<u8> = (0..700 * 1024).map(|i| (i * seed % 251) as u8).collect();
+        let bytes = file_frame(alice.token, alice_id, bob_id, &data);
+        let head = bytes.len() - data.len();
+        (bytes, head)
+    };
+
+    // The first upload's header and half its payload: it holds 700 KiB of the budget.
+    let (first, head) = file(7);
+    let mut slow = Client::connect(addr).await;
+    slow.write(&first[..head + 350 * 1024]).await;
+    // Another 700 KiB announced meanwhile is refused at its header, with an ERR.
+    let (second, head2) = file(11);
+    let mut refused = Client::connect(addr).await;
+    refused.write(&second[..head2]).await;
+    let err = refused.frame().await.expect("an ERR").json;
+    assert_eq!(err["status"], "ERR", "{err}");
+    assert!(
+        err["info"].as_str().unwrap().contains("Server busy"),
+        "{err}"
+    );
+    assert!(refused.frame().await.is_none(), "closed");
+
+    // The first upload completes; the budget comes back for the next one.
+    slow.write(&first[head + 350 * 1024..]).await;
+    assert_eq!(slow.reply("SENDMSG").await.json["status"], "OK");
+    let mut next = Client::connect(addr).await;
+    next.write(&second).await;
+    assert_eq!(next.reply("SENDMSG").await.json["status"], "OK");
+
+    // An upload cut off halfway gives its share back when its connection ends.
+    let (third, head3) = file(13);
+    let mut cut = Client::connect(addr).await;
+    cut.write(&third[..head3 + 100 * 1024]).await;
+    drop(cut);
+    let mut accepted = None;
+    for _ in 0..100 {
+        let mut again = Client::connect(addr).await;
+        again.write(&third).await;
+        // (Pushes of the earlier uploads may come first: alice's token is on it.)
+        let reply = again.frame_not_push().await.json;
+        if reply["status"] == "OK" {
+            accepted = Some(reply);
+            break;
+        }
+        assert!(
+            reply["info"].as_str().unwrap().contains("Server busy"),
+            "{reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let accepted = accepted.expect("the cut upload's share came back within 5 s");
+    assert_eq!(accepted["response"], "SENDMSG", "{accepted}");
+}

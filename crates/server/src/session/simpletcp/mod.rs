@@ -22,7 +22,7 @@ use parley_proto::simpletcp::{
 use parley_proto::{ErrorKind, Target};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Flow, Session, Shared, Who};
 use crate::conn::Conn;
@@ -70,6 +70,9 @@ pub(super) struct Conn003 {
     reply: Option<Reply>,
     /// When a `FETCHFILE` last searched the history for a message not indexed.
     searched: Option<Instant>,
+    /// Bytes of the server's upload budget the frame being read holds (its payload's
+    /// length, taken when its header arrives).
+    reserved: u64,
 }
 
 /// What a request answers: a body (`Value::Null` for null) and a payload, or nothing
@@ -116,6 +119,7 @@ pub fn run(
         slot: None,
         reply: None,
         searched: None,
+        reserved: 0,
     }));
     session.set_style(Style::SimpleTcp);
     let mut buf = BytesMut::new();
@@ -140,6 +144,9 @@ impl Session {
     /// the connection (what follows it cannot be found), after an ERR saying why.
     pub(super) async fn drain_simpletcp(&mut self, buf: &mut BytesMut) -> Flow {
         loop {
+            if let Flow::Close(why) = self.reserve_payload(buf).await {
+                return Flow::Close(why);
+            }
             let Some(st) = self.simpletcp.as_ref() else {
                 return Flow::Continue;
             };
@@ -155,6 +162,7 @@ impl Session {
                     }
                     self.commands.take().await;
                     self.simpletcp_frame(frame).await;
+                    self.release_payload();
                     if let Some(why) = self.simpletcp.as_ref().and_then(|st| st.broken) {
                         return Flow::Close(why.into());
                     }
@@ -188,8 +196,57 @@ impl Session {
         false
     }
 
+    /// Takes the upload budget for the payload of the frame whose header is at the front
+    /// of `buf`, before its bytes are held. Past the server's budget
+    /// (`simpletcp_upload_bytes`, over every connection) the frame is refused with an ERR
+    /// and the connection closed: its payload cannot be skipped without reading it.
+    async fn reserve_payload(&mut self, buf: &mut BytesMut) -> Flow {
+        let Some(st) = self.simpletcp.as_mut() else {
+            return Flow::Continue;
+        };
+        if st.reserved > 0 {
+            return Flow::Continue;
+        }
+        let Ok(Some((_, payload))) = st.decoder.lengths(buf) else {
+            return Flow::Continue;
+        };
+        let payload = payload as u64;
+        if payload == 0 {
+            return Flow::Continue;
+        }
+        let limit = self.shared.config.simpletcp_upload_bytes;
+        if self.shared.simpletcp.reserve_upload(payload, limit) {
+            if let Some(st) = self.simpletcp.as_mut() {
+                st.reserved = payload;
+            }
+            return Flow::Continue;
+        }
+        warn!(
+            session = self.link.id,
+            payload,
+            held = self.shared.simpletcp.uploads(),
+            limit,
+            "seed 003: upload refused, the server holds its upload budget"
+        );
+        let info = "Exception: Server busy: too many files arriving at once, try again later";
+        self.st_err("UNKNOWN", info.into()).await;
+        buf.clear();
+        Flow::Close("seed 003: upload budget exhausted".into())
+    }
+
+    /// Gives back the upload budget the frame just handled held.
+    fn release_payload(&mut self) {
+        if let Some(st) = self.simpletcp.as_mut() {
+            let reserved = std::mem::take(&mut st.reserved);
+            if reserved > 0 {
+                self.shared.simpletcp.release_upload(reserved);
+            }
+        }
+    }
+
     /// Gives back this connection's token slot (the session is ending).
     pub(super) fn release_simpletcp(&mut self) {
+        self.release_payload();
         if let Some((token, slot)) = self.simpletcp.as_mut().and_then(|st| st.slot.take()) {
             self.shared.simpletcp.free_slot(token, slot);
         }

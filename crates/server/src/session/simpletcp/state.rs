@@ -8,6 +8,7 @@
 //! each message). Each table is bounded in entries.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,9 @@ pub struct State {
     /// The SHA-256 of the file each file message carries, by the message's `md5encoded`
     /// (what `FETCHFILE` names), for the messages sent or fetched here.
     message_files: Mutex<HashMap<String, String>>,
+    /// Bytes of file payloads being received, over every connection (see
+    /// [`State::reserve_upload`]).
+    uploads: AtomicU64,
 }
 
 #[derive(Default)]
@@ -97,6 +101,26 @@ impl Token {
 }
 
 impl State {
+    /// Takes `bytes` of the server's budget for payloads being received (`limit` bytes in
+    /// all), or says there is not that much left. Each reservation is given back with
+    /// [`State::release_upload`] once its frame is handled or its connection ends.
+    pub fn reserve_upload(&self, bytes: u64, limit: u64) -> bool {
+        self.uploads
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&total| total <= limit)
+            })
+            .is_ok()
+    }
+
+    pub fn release_upload(&self, bytes: u64) {
+        self.uploads.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes of payloads being received now.
+    pub fn uploads(&self) -> u64 {
+        self.uploads.load(Ordering::Acquire)
+    }
+
     /// A new, unbound token: random, unguessable, below 2^53 (exact in a JSON number).
     pub fn issue(&self) -> i64 {
         let mut tokens = self.tokens.lock().expect("tokens poisoned");
@@ -348,6 +372,18 @@ fn evict(tokens: &mut HashMap<i64, Token>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uploads_share_one_budget_in_bytes() {
+        let state = State::default();
+        assert!(state.reserve_upload(600, 1000));
+        assert!(!state.reserve_upload(401, 1000), "past the budget");
+        assert!(state.reserve_upload(400, 1000));
+        assert!(!state.reserve_upload(u64::MAX, 1000), "no overflow");
+        state.release_upload(600);
+        assert_eq!(state.uploads(), 400);
+        assert!(state.reserve_upload(600, 1000));
+    }
 
     #[test]
     fn tokens_are_random_below_2_53_and_bind_and_unbind() {
