@@ -14,7 +14,7 @@ use parley_client::{
     Connection, Endpoint, Error, LineClient, Link, LinkEvent, LinkOptions, Push, Target,
 };
 use serde_json::Value;
-use services::cluster::Cluster;
+use services::cluster::{Cluster, Node};
 use services::{Nats, Postgres};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -646,6 +646,55 @@ async fn a_token_revoked_on_one_node_is_refused_on_the_others() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The rooms are listed in pages in the byte order of their names, as on one node, even on
+/// a database whose collation sorts otherwise (ICU's: `alpha` before `Beta`): a page's last
+/// name says where the next page starts, and every room comes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_paged_in_byte_order_whatever_the_databases_collation() {
+    if !services::available() {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.psql(
+        "postgres",
+        "CREATE DATABASE icu TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C' \
+         LOCALE_PROVIDER icu ICU_LOCALE 'und'",
+    );
+    let url = pg.url().replace("/parley", "/icu");
+    let nats = Nats::start();
+    let (a, b) = (
+        Node::start("a", &url, &nats.url()),
+        Node::start("b", &url, &nats.url()),
+    );
+    let names = [
+        "#alpha", "#Beta", "#delta", "#Gamma", "#zeta", "#Omega", "#eta",
+    ];
+    let mut maker = json(a.json, "maker").await;
+    for name in names {
+        let join = format!(r#"{{"command":"JOIN","room":"{name}"}}"#);
+        assert_eq!(json_ask(&mut maker, &join).await["success"], true);
+    }
+    let mut reader = json(b.json, "reader").await;
+    let mut listed = Vec::new();
+    let mut after = String::new();
+    for _ in 0..names.len() + 1 {
+        let ask = format!(r#"{{"command":"ROOMS","after":"{after}","limit":2}}"#);
+        let answer = json_ask(&mut reader, &ask).await;
+        let page = answer["data"].as_array().expect("a list").clone();
+        if page.is_empty() {
+            break;
+        }
+        for room in &page {
+            listed.push(room["name"].as_str().unwrap().to_string());
+            assert_eq!(room["members"], 1, "{room}");
+        }
+        after = listed.last().unwrap().clone();
+    }
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    assert_eq!(listed, want, "every room once, in byte order");
 }
 
 /// Wrong device tokens count against their address on every node: past the address's free

@@ -1212,13 +1212,14 @@ impl Core {
         }
     }
 
-    /// Every room with its members and those online anywhere (guests: this node's).
-    pub(super) fn cluster_rooms(&mut self) -> Vec<RoomInfo> {
-        let list = match self.pg().room_list() {
+    /// A page of the rooms (those after `after`, at most `limit`) with their members and
+    /// those online anywhere (guests: this node's).
+    pub(super) fn cluster_rooms(&mut self, after: &str, limit: usize) -> Vec<RoomInfo> {
+        let list = match self.pg().room_page(after, limit) {
             Ok(list) => list,
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "reading the rooms");
-                return self.room_list();
+                return self.room_page(after, limit);
             }
         };
         list.into_iter()

@@ -609,10 +609,7 @@ impl Core {
             }
             // Presence is cluster-wide in a cluster: PostgreSQL's (hub/cluster.rs).
             Op::Rooms { after, limit, done } if self.cluster.is_some() => {
-                // PostgreSQL's list, whole (a cluster's listing costs the rooms there are).
-                let page = self.cluster_rooms().into_iter();
-                let page = page.filter(|r| *r.name > *after).take(limit);
-                let _ = done.send(page.collect());
+                let _ = done.send(self.cluster_rooms(&after, limit));
             }
             Op::Members { room, done } if self.cluster.is_some() => {
                 let _ = done.send(self.cluster_members(&room));

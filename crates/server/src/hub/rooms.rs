@@ -230,11 +230,6 @@ impl Core {
                 + room.guests.len(),
         }
     }
-
-    /// Every room, sorted by name, with member counts.
-    pub(super) fn room_list(&self) -> Vec<RoomInfo> {
-        self.room_page("", usize::MAX)
-    }
 }
 
 impl Core {

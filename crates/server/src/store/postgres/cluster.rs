@@ -412,18 +412,33 @@ impl PgStore {
         Ok(rows.first().map_or(0, |r| r.get(0)))
     }
 
-    /// Every room: (name, members, members online anywhere), by name.
-    pub fn room_list(&mut self) -> anyhow::Result<Vec<(String, i64, i64)>> {
+    /// A page of the rooms: (name, members, members online anywhere), the rooms named
+    /// after `after`, at most `limit`, in the byte order of their names, as one node
+    /// sorts them: `COLLATE "C"`, whatever the database's collation, or a page's last name
+    /// would not say where the next one starts. Members are counted for the page only.
+    pub fn room_page(
+        &mut self,
+        after: &str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(String, i64, i64)>> {
         let kind = KIND_ROOM as i16;
+        let (after, limit) = (after.to_string(), limit.min(i64::MAX as usize) as i64);
         let rows = rows!(
             self,
-            "SELECT c.name, COUNT(m.user_id), COUNT(o.user_id) FROM conversations c
-             LEFT JOIN memberships m ON m.conversation_id = c.id
-             LEFT JOIN (SELECT DISTINCT o.user_id FROM online_sessions o
-                        JOIN nodes n ON n.node_id = o.node_id WHERE n.expires_at > now()) o
-                 ON o.user_id = m.user_id
-             WHERE c.kind = $1 AND c.name IS NOT NULL GROUP BY c.id, c.name ORDER BY c.name",
-            kind
+            r#"WITH page AS (
+                 SELECT id, name FROM conversations
+                 WHERE kind = $1 AND name IS NOT NULL AND name COLLATE "C" > $2
+                 ORDER BY name COLLATE "C" LIMIT $3),
+             online AS (
+                 SELECT DISTINCT o.user_id FROM online_sessions o
+                 JOIN nodes n ON n.node_id = o.node_id WHERE n.expires_at > now())
+             SELECT p.name, COUNT(m.user_id), COUNT(o.user_id) FROM page p
+             LEFT JOIN memberships m ON m.conversation_id = p.id
+             LEFT JOIN online o ON o.user_id = m.user_id
+             GROUP BY p.id, p.name ORDER BY p.name COLLATE "C""#,
+            kind,
+            after,
+            limit
         )?;
         Ok(rows
             .iter()
