@@ -235,6 +235,7 @@ async fn a_version_2_database_keeps_its_messages_as_packs() {
     c.pg.psql(
         "parley",
         "DROP TABLE message_packs;
+         DROP TABLE moderation_log;
          CREATE TABLE messages (
              conversation_id BIGINT NOT NULL, seq BIGINT NOT NULL, id BIGINT NOT NULL,
              sender_id BIGINT NOT NULL, sender_device BIGINT NOT NULL,
@@ -253,7 +254,7 @@ async fn a_version_2_database_keeps_its_messages_as_packs() {
     let node = services::cluster::Node::start("b", &c.pg.url(), &c.nats.url());
     assert_eq!(
         c.pg.psql("parley", "SELECT version FROM parley_schema"),
-        "3"
+        "4"
     );
     assert_eq!(
         c.pg.psql(

@@ -440,3 +440,89 @@ async fn joins_amid_moderation_keep_their_members() {
         }
     }
 }
+
+/// Waits until the node at `addr` has applied every moderation change PostgreSQL counts
+/// (its `parley_cluster_moderation_version`); fails after 10 s.
+async fn caught_up(cluster: &Cluster, addr: SocketAddr) {
+    let stored = cluster
+        .pg
+        .psql("parley", "SELECT version FROM moderation_version");
+    let stored: f64 = stored.trim().parse().expect("a version");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let applied = services::cluster::metric(addr, "parley_cluster_moderation_version").await;
+        if applied >= stored {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} applied {applied} of {stored}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Changes a node missed on NATS (its link cut) are told to its sessions when its
+/// reconciliation finds them, as their events would have told them: a kick, a room
+/// deleted. And no change makes a node read all of moderation again: each is applied
+/// from its event, or from the log of events a reconciliation reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_missed_on_nats_are_told_as_their_events_tell_them() {
+    if !services::available() {
+        return;
+    }
+    let pg = services::Postgres::start();
+    let nats = services::Nats::start();
+    let link = Proxy::start(vec![([127, 0, 0, 1], nats.port).into()]).await;
+    let nodes = vec![
+        Node::start("a", &pg.url(), &nats.url()),
+        Node::start("b", &pg.url(), &format!("nats://{}", link.addr)),
+    ];
+    let cluster = Cluster { nodes, pg, nats };
+    let (a, b) = (cluster.nodes[0].addr, cluster.nodes[1].addr);
+
+    let mut alice = text(a, "alice").await;
+    let mut bob = text(b, "bob").await;
+    for room in ["#mod", "#gone"] {
+        assert_eq!(ask(&mut alice, &format!("JOIN {room}")).await, "OK");
+        assert_eq!(ask(&mut bob, &format!("JOIN {room}")).await, "OK");
+        let joined = format!("INFO bob joined {room}");
+        until(&mut alice, |l| l == joined).await;
+    }
+
+    // B hears nothing of these on NATS; its reconciliation finds them, and bob is told.
+    link.cut();
+    assert_eq!(ask(&mut alice, "KICK #mod bob").await, "OK");
+    assert_eq!(ask(&mut alice, "DESTROY #gone").await, "OK");
+    assert_eq!(ask(&mut alice, "BLOCK bob").await, "OK");
+    until(&mut bob, |l| l == "INFO alice kicked bob from #mod").await;
+    until(&mut bob, |l| l == "INFO alice deleted #gone").await;
+    assert_eq!(
+        ask(&mut bob, "SAY #mod still here?").await,
+        "ERR not-a-member"
+    );
+    assert_eq!(
+        ask(&mut bob, "SAY #gone anyone?").await,
+        "ERR room-not-found"
+    );
+    assert_eq!(ask(&mut bob, "DM alice may I?").await, "ERR blocked");
+    link.heal();
+
+    // Blocks and unblocks with NATS back: each node applies them as they come (B has
+    // applied each once its count of changes is PostgreSQL's).
+    for round in 0..3 {
+        assert_eq!(ask(&mut alice, "UNBLOCK bob").await, "OK");
+        caught_up(&cluster, b).await;
+        bob.send(&format!("DM alice hello {round}")).await.unwrap();
+        let hello = format!("hello {round}");
+        until(&mut alice, |l| l.ends_with(&hello)).await;
+        assert_eq!(ask(&mut alice, "BLOCK bob").await, "OK");
+        caught_up(&cluster, b).await;
+        assert_eq!(ask(&mut bob, "DM alice again?").await, "ERR blocked");
+    }
+    caught_up(&cluster, a).await;
+    for node in [a, b] {
+        let reads = services::cluster::metric(node, "parley_cluster_moderation_reads_total").await;
+        assert_eq!(reads, 0.0, "{node} read all of moderation again");
+    }
+}

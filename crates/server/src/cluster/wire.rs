@@ -181,12 +181,17 @@ pub enum Event {
         change: String,
         #[serde(default)]
         topic: Option<String>,
+        /// The event's own number ([`Stamp`]): absent (0) from nodes that predate it.
+        #[serde(default)]
+        stamp: Stamp,
     },
     /// `user` began (`on`) or ended blocking `other`.
     Block {
         user: UserId,
         other: UserId,
         on: bool,
+        #[serde(default)]
+        stamp: Stamp,
     },
     /// An operator disabled, enabled or deleted account `user`: its sessions end on every
     /// node, and its logins are refused.
@@ -196,8 +201,17 @@ pub enum Event {
         disabled: bool,
         #[serde(default)]
         deleted: bool,
+        #[serde(default)]
+        stamp: Stamp,
     },
 }
+
+/// A moderation event's number, unique in the cluster (a node's random start, counted
+/// up): the event comes over NATS and, once its batch is committed, from the
+/// `moderation_log` in PostgreSQL too (hub/cluster_moderation.rs); a node applies each
+/// stamp once, whichever way it came first. 0: unstamped (an older node's), applied as
+/// it comes.
+pub type Stamp = u64;
 
 #[cfg(test)]
 mod tests {
@@ -265,6 +279,7 @@ mod tests {
             by: "alice".into(),
             change: "kicked".into(),
             topic: None,
+            stamp: 77,
         };
         let json = serde_json::to_string(&kick).unwrap();
         assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), kick);
@@ -279,6 +294,7 @@ mod tests {
             name: "mallory".into(),
             disabled: true,
             deleted: false,
+            stamp: 0,
         };
         assert_eq!(serde_json::from_str::<Event>(state).unwrap(), expected);
     }

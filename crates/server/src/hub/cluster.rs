@@ -68,6 +68,8 @@ pub(crate) struct State {
     most: u64,
     /// The count of moderation's changes last read (hub/cluster_moderation.rs).
     pub(super) moderation_seen: i64,
+    /// Moderation events applied here, by stamp (hub/cluster_moderation.rs).
+    pub(super) heard: super::cluster_moderation::Heard,
     /// Room memberships this batch began here, not committed yet: a read of PostgreSQL in
     /// the batch does not show them (hub/cluster_moderation.rs).
     pub(super) joined_now: Vec<(ConvId, UserId)>,
@@ -91,6 +93,7 @@ impl State {
             read: 0,
             most: 0,
             moderation_seen: 0,
+            heard: super::cluster_moderation::Heard::new(),
             joined_now: Vec::new(),
             left_now: Vec::new(),
         })

@@ -11,11 +11,17 @@
 //!   empty body and the `deletions` row committed with it (`tombstone`).
 //!
 //! NATS is not the only way a change arrives: every batch that changes moderation counts in
-//! `moderation_version`, which the cluster tasks read at each reconciliation; a node that
-//! sees a number it has not seen (it missed an event while NATS was away) reads every rule
-//! again (`moderation_version`), and whether the users online here are still members of
-//! their rooms (a kick leaves no mark to read).
+//! `moderation_version` and logs its events by that count (`moderation_log`), which the
+//! cluster tasks read at each reconciliation. A node that sees a count it has not applied
+//! reads the log after its own and applies the events it has not heard yet — a change
+//! made while NATS was away reaches its sessions as its event would have (a kick's or a
+//! room deletion's notice), and a change heard on NATS costs one small read, not a read
+//! of every rule. Each event carries a stamp, so it is applied once whichever way it
+//! comes first. Only a node further behind than the log reads every rule again
+//! (`moderation_read`), and whether the users online here are still members of their
+//! rooms (a kick leaves no mark to read).
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use tracing::{debug, warn};
@@ -23,6 +29,7 @@ use tracing::{debug, warn};
 use super::core::{Audience, Core, Effect};
 use super::moderation::RoomRules;
 use super::Whom;
+use crate::cluster::wire::Stamp;
 use crate::cluster::Event;
 use crate::outbound::{Delivery, Kill, ModerationChange, Notice, SharedNotice};
 use crate::store::{Batch, ConvId, UserId};
@@ -50,13 +57,21 @@ impl Core {
             by: by.to_string(),
             change: change.name().to_string(),
             topic,
+            stamp: self.state().heard.stamp(),
         };
         self.state().events.push(event);
     }
 
     /// A block begun or ended here.
     pub(super) fn cluster_blocked(&mut self, user: UserId, other: UserId, on: bool) {
-        self.state().events.push(Event::Block { user, other, on });
+        let stamp = self.state().heard.stamp();
+        let event = Event::Block {
+            user,
+            other,
+            on,
+            stamp,
+        };
+        self.state().events.push(event);
     }
 
     /// An operator's decision about an account, made here.
@@ -70,8 +85,26 @@ impl Core {
             name,
             disabled,
             deleted,
+            stamp: self.state().heard.stamp(),
         };
         self.state().events.push(event);
+    }
+
+    /// The batch's moderation events go into its moderation log too (a node that misses
+    /// one on NATS reads it there: `moderation_version`).
+    pub(super) fn cluster_log(&mut self, batch: &mut Batch) {
+        let Some(state) = self.cluster.as_ref() else {
+            return;
+        };
+        for event in &state.events {
+            if stamp_of(event).is_none() {
+                continue;
+            }
+            match serde_json::to_string(event) {
+                Ok(json) => batch.moderation_log.push(json),
+                Err(e) => warn!(error = %e, "logging a moderation event"),
+            }
+        }
     }
 
     /// Reads room `name`'s rules (its owner is its creator, `creator`) from PostgreSQL into
@@ -92,8 +125,13 @@ impl Core {
         }
     }
 
-    /// A moderation event another node published.
+    /// A moderation event another node published (over NATS, or read from the log): each
+    /// applied once, whichever way it comes first.
     pub(super) fn moderation_event(&mut self, event: Event, effects: &mut Vec<Effect>) {
+        let stamp = stamp_of(&event).unwrap_or(0);
+        if !self.state().heard.first(stamp) {
+            return debug!(stamp, "a moderation event applied already");
+        }
         match event {
             Event::Moderation {
                 conv,
@@ -108,7 +146,9 @@ impl Core {
                 let change = (change.as_str(), topic);
                 self.room_moderated(conv, &room, user, user_name, &by, change, effects)
             }
-            Event::Block { user, other, on } => {
+            Event::Block {
+                user, other, on, ..
+            } => {
                 let list = self.blocked.entry(user).or_default();
                 match on {
                     true => list.insert(other),
@@ -123,6 +163,7 @@ impl Core {
                 name,
                 disabled,
                 deleted,
+                ..
             } => self.user_state_changed(user, &name, disabled, deleted, effects),
             _ => {}
         }
@@ -246,23 +287,75 @@ impl Core {
             Some(version) => version,
             None => self.pg().moderation_version()?,
         };
-        self.state().moderation_seen = version;
+        self.moderation_seen(version);
         Ok(())
     }
 
-    /// The reconciliation's count of moderation's changes: read everything again if it is
-    /// not the one this node last read (a change whose event this node missed, or one of
-    /// its own: reading is cheap, and idempotent).
+    fn moderation_seen(&mut self, version: i64) {
+        self.state().moderation_seen = version;
+        let gauge = &self.monitor.metrics.cluster_moderation_version;
+        gauge.set(version as f64);
+    }
+
+    /// The reconciliation's count of moderation's changes: if it is past the one this
+    /// node last read, the events logged since are applied (those not heard on NATS yet:
+    /// a change made elsewhere while NATS was away is told here as its event would have
+    /// told it); if the log lacks some of them, moderation is read whole again.
     pub(super) fn moderation_version(&mut self, version: i64, effects: &mut Vec<Effect>) {
-        if self.state().moderation_seen == version {
+        let seen = self.state().moderation_seen;
+        if seen == version {
             return;
         }
+        if seen >= 0 && version > seen && self.moderation_replay(seen, version, effects) {
+            return;
+        }
+        self.moderation_read(effects);
+    }
+
+    /// Applies the events logged after `seen` (up to `version` at least); false if the
+    /// log does not hold them all.
+    fn moderation_replay(&mut self, seen: i64, version: i64, effects: &mut Vec<Effect>) -> bool {
+        let rows = match self.pg().moderation_log_after(seen, LOG_PAGE) {
+            Ok(rows) => rows,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "reading the moderation log");
+                return false;
+            }
+        };
+        // Every version after `seen`: one not logged (dropped as old, or counted by a
+        // migration) means reading everything.
+        let whole = rows.first().is_some_and(|(v, _)| *v == seen + 1)
+            && rows.windows(2).all(|w| w[1].0 == w[0].0 + 1)
+            && rows.last().is_some_and(|(v, _)| *v >= version);
+        if !whole {
+            debug!(seen, version, "the moderation log lacks some versions");
+            return false;
+        }
+        for (at, events) in rows {
+            let events: Vec<Event> = match serde_json::from_str(&events) {
+                Ok(events) => events,
+                Err(e) => {
+                    warn!(error = %e, version = at, "a moderation log entry unread");
+                    return false;
+                }
+            };
+            for event in events {
+                self.moderation_event(event, effects);
+            }
+            self.moderation_seen(at);
+        }
+        true
+    }
+
+    /// Reads all of moderation again, replacing what this node held.
+    fn moderation_read(&mut self, effects: &mut Vec<Effect>) {
         let read = match self.pg().moderation() {
             Ok(read) => read,
             Err(e) => return warn!(error = %format!("{e:#}"), "reading moderation"),
         };
         debug!(version = read.version, "moderation read again");
-        self.state().moderation_seen = read.version;
+        self.monitor.metrics.cluster_moderation_reads.increment(1);
+        self.moderation_seen(read.version);
         self.blocked.clear();
         for (user, other) in read.blocks {
             self.blocked.entry(user).or_default().insert(other);
@@ -354,6 +447,73 @@ impl Core {
                 delivery
             }
         }
+    }
+}
+
+/// Log entries read at a reconciliation at most: a node further behind reads moderation
+/// whole.
+const LOG_PAGE: i64 = 256;
+
+/// A moderation event's stamp (`None`: not a moderation event).
+fn stamp_of(event: &Event) -> Option<Stamp> {
+    match event {
+        Event::Moderation { stamp, .. }
+        | Event::Block { stamp, .. }
+        | Event::UserState { stamp, .. } => Some(*stamp),
+        _ => None,
+    }
+}
+
+/// Moderation events applied here, by stamp: one that comes both over NATS and from the
+/// log (a reconciliation reads the log after every change) is applied once. The newest
+/// are kept: an event comes both ways within a reconciliation or two.
+pub(crate) struct Heard {
+    /// The last stamp given to an event made here.
+    last: Stamp,
+    applied: HashSet<Stamp>,
+    order: VecDeque<Stamp>,
+}
+
+/// Stamps remembered.
+const HEARD_KEPT: usize = 4096;
+
+impl Heard {
+    pub fn new() -> Heard {
+        // A random start: nodes never give the same stamp (but by a 64-bit chance).
+        let mut random = [0; 8];
+        if let Err(e) = getrandom::getrandom(&mut random) {
+            warn!(error = %e, "no randomness: moderation stamps start from the clock");
+            random = (crate::store::now_ms() as u64).to_le_bytes();
+        }
+        Heard {
+            last: u64::from_le_bytes(random),
+            applied: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// A stamp for an event made here (never 0), applied already.
+    fn stamp(&mut self) -> Stamp {
+        self.last = self.last.wrapping_add(1).max(1);
+        self.first(self.last);
+        self.last
+    }
+
+    /// Whether `stamp` is new here (remembered from now on); an unstamped event always is.
+    fn first(&mut self, stamp: Stamp) -> bool {
+        if stamp == 0 {
+            return true;
+        }
+        if !self.applied.insert(stamp) {
+            return false;
+        }
+        self.order.push_back(stamp);
+        if self.order.len() > HEARD_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.applied.remove(&old);
+            }
+        }
+        true
     }
 }
 

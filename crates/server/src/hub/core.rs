@@ -424,6 +424,7 @@ impl Core {
             self.flushed_cursors.extend(&batch.cursors);
         }
         batch.next_message_id = self.next.message;
+        self.cluster_log(&mut batch);
         let committed = batch.is_empty() || {
             let started = Instant::now();
             let written = self.store.commit(&batch);

@@ -97,6 +97,10 @@ pub struct Metrics {
     /// A cluster node's reconnections to NATS (and drops), and the discoveries they made.
     pub cluster_resyncs: Counter,
     pub cluster_discoveries: Counter,
+    /// Times a cluster node read all of moderation again (it missed more changes than its
+    /// log held), and the count of moderation's changes it has applied.
+    pub cluster_moderation_reads: Counter,
+    pub cluster_moderation_version: Gauge,
     store_bytes: [(&'static str, Gauge); 3],
     files_bytes: Gauge,
     /// The message log once opened (none on a cluster node), and its damaged stretches.
@@ -232,6 +236,17 @@ impl Metrics {
             None,
         );
         r.describe(
+            "parley_cluster_moderation_reads_total",
+            "Times a cluster node read all of moderation again, having missed changes its \
+             moderation log no longer held.",
+            None,
+        );
+        r.describe(
+            "parley_cluster_moderation_version",
+            "The count of moderation's changes a cluster node has applied.",
+            None,
+        );
+        r.describe(
             "parley_store_bytes",
             "Size of the store's files: database, wal, log (messages), files (uploads).",
             Some(Unit::Bytes),
@@ -279,6 +294,8 @@ impl Metrics {
             cluster_gap_read_most: r.gauge("parley_cluster_gap_read_batch_most", &[]),
             cluster_resyncs: r.counter("parley_cluster_nats_resyncs_total", &[]),
             cluster_discoveries: r.counter("parley_cluster_discoveries_total", &[]),
+            cluster_moderation_reads: r.counter("parley_cluster_moderation_reads_total", &[]),
+            cluster_moderation_version: r.gauge("parley_cluster_moderation_version", &[]),
             store_bytes,
             files_bytes: r.gauge("parley_store_bytes", &[("file", "files")]),
             log: OnceLock::new(),

@@ -100,6 +100,10 @@ pub struct Batch {
     pub blocks: Vec<(UserId, UserId, bool)>,
     /// Messages deleted by this batch, each announced by a tombstone among its messages.
     pub deletions: Vec<Deletion>,
+    /// A cluster node's moderation events of this batch, each as JSON: logged with the
+    /// batch's moderation rows (store/postgres/moderation.rs), so that a node that missed
+    /// one on NATS reads it there. Not a row of its own (the embedded store has no use).
+    pub moderation_log: Vec<String>,
 }
 
 /// What an operator made of an account.

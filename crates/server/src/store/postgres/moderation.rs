@@ -5,10 +5,12 @@
 //! A batch writes them in its own transaction (write.rs calls [`Rows`]): a change is stored
 //! with the batch that made it or not at all, and a deletion with its tombstone, whose id
 //! PostgreSQL gives in that same transaction. Each such batch also counts one more in
-//! `moderation_version`, which every node reads at each reconciliation: a node that sees a
-//! number it has not seen reads all of it again ([`PgStore::moderation`]) — how a change
-//! announced while NATS was away still reaches it. The tables are small (a row per
-//! operator's decision), so reading them whole is cheap.
+//! `moderation_version` and logs its moderation events (JSON, as NATS carries them) in
+//! `moderation_log` by that number. Every node reads the number at each reconciliation:
+//! a node that sees one it has not applied reads the log after its own
+//! ([`PgStore::moderation_log_after`]) — how a change announced while NATS was away still
+//! reaches it — or, if the log no longer holds that far back, all of moderation again
+//! ([`PgStore::moderation`]; the tables are small, a row per operator's decision).
 //!
 //! Readers ask which messages of a page are deleted or tombstones
 //! ([`PgReader::deletions_among`]): one more indexed query per page of history or catch-up,
@@ -45,7 +47,27 @@ pub struct Moderation {
     pub rules: HashMap<ConvId, PgRules>,
 }
 
+/// Versions of `moderation_log` kept: a node further behind reads moderation whole.
+const LOG_KEPT: i64 = 4096;
+
 impl PgStore {
+    /// The moderation events logged after `version`, in order, each with its version (a
+    /// JSON array of events), up to `limit` of them.
+    pub fn moderation_log_after(
+        &mut self,
+        version: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<(i64, String)>> {
+        let rows = rows!(
+            self,
+            "SELECT version, events FROM moderation_log WHERE version > $1
+             ORDER BY version LIMIT $2",
+            version,
+            limit
+        )?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Reads moderation's tables whole, and the version they are at.
     pub fn moderation(&mut self) -> anyhow::Result<Moderation> {
         let version = self.moderation_version()?;
@@ -207,6 +229,8 @@ pub(super) struct Rows {
     deletions: Vec<(i64, ConvId, Seq, i64, UserId, i64)>,
     /// Rooms deleted: their name is freed, their members, cursors and rules go.
     rooms_deleted: Vec<ConvId>,
+    /// The batch's moderation events, a JSON array, logged by the version it takes.
+    log: String,
 }
 
 impl Rows {
@@ -223,6 +247,7 @@ impl Rows {
             blocks: batch.blocks.clone(),
             deletions: Vec::new(),
             rooms_deleted: batch.rooms_deleted.clone(),
+            log: format!("[{}]", batch.moderation_log.join(",")),
         };
         for (user, state) in &batch.user_states {
             let at = |on: bool| on.then_some(now);
@@ -262,10 +287,13 @@ impl Rows {
             && self.blocks.is_empty()
             && self.deletions.is_empty()
             && self.rooms_deleted.is_empty()
+            && self.log == "[]"
     }
 
     /// The statements that write these rows (none for a batch without any: most batches),
-    /// and one that counts the change in `moderation_version`.
+    /// one that counts the change in `moderation_version` and logs the batch's events by
+    /// the version it took (a batch without events logs none: a node reads the empty list
+    /// and knows it missed nothing), and one that drops the log's oldest.
     pub async fn steps<'p>(&'p self, conn: &mut Conn) -> anyhow::Result<Vec<Step<'p>>> {
         let mut steps: Vec<Step<'p>> = Vec::new();
         if self.is_empty() {
@@ -349,8 +377,17 @@ impl Rows {
                 steps.push(("room deleted", conn.prepare(sql).await?, vec![conv]));
             }
         }
-        let sql = "UPDATE moderation_version SET version = version + 1";
-        steps.push(("moderation version", conn.prepare(sql).await?, vec![]));
+        let sql =
+            "WITH v AS (UPDATE moderation_version SET version = version + 1 RETURNING version)
+                   INSERT INTO moderation_log (version, events) SELECT version, $1 FROM v";
+        steps.push((
+            "moderation version",
+            conn.prepare(sql).await?,
+            vec![&self.log],
+        ));
+        let sql = "DELETE FROM moderation_log
+                   WHERE version <= (SELECT version FROM moderation_version) - $1";
+        steps.push(("moderation log", conn.prepare(sql).await?, vec![&LOG_KEPT]));
         Ok(steps)
     }
 }

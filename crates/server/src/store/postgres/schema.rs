@@ -24,7 +24,7 @@ use anyhow::Context;
 use tokio_postgres::Client;
 
 /// The schema's versions: version `n` is the `n`-th.
-const VERSIONS: &[&str] = &[V1, V2, V3];
+const VERSIONS: &[&str] = &[V1, V2, V3, V4];
 
 const V1: &str = "
 CREATE TABLE users (
@@ -206,6 +206,17 @@ SELECT conversation_id, seq, seq, id,
        || int8send(received_at) || int4send(length(body)) || body
 FROM messages;
 DROP TABLE messages;
+";
+
+/// Version 4: the moderation events of each batch that changed moderation, by the
+/// `moderation_version` it took: a node that missed some on NATS reads just those and
+/// applies them as their events (hub/cluster_moderation.rs). The last few thousand are
+/// kept; a node further behind reads all of moderation again.
+const V4: &str = "
+CREATE TABLE moderation_log (
+    version BIGINT PRIMARY KEY,
+    events TEXT NOT NULL
+);
 ";
 
 /// A number of our own for the advisory lock the migrations run under.
