@@ -526,3 +526,84 @@ async fn changes_missed_on_nats_are_told_as_their_events_tell_them() {
         assert_eq!(reads, 0.0, "{node} read all of moderation again");
     }
 }
+
+/// The same message deleted through two nodes at once: each node's hub finds it not
+/// deleted yet and makes a tombstone, but only the first deletion committed is stored and
+/// announced; the second is a no-op (answered OK, as a deletion of a deleted message is),
+/// with no empty message stored or delivered. A witness on each node sees each deletion
+/// once and nothing else; the history holds no empty message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_deleted_through_two_nodes_at_once_is_deleted_once() {
+    if !services::available() {
+        return;
+    }
+    let cluster = Cluster::start(2);
+    let (a, b) = (cluster.nodes[0].addr, cluster.nodes[1].addr);
+    // alice owns #twice (on A); carol, the author, speaks through B; a witness on each.
+    let mut alice = text(a, "alice").await;
+    assert_eq!(ask(&mut alice, "JOIN #twice").await, "OK");
+    let mut carol = text(b, "carol").await;
+    let mut on_a = text(a, "wa").await;
+    let mut on_b = text(b, "wb").await;
+    for (who, c) in [("carol", &mut carol), ("wa", &mut on_a), ("wb", &mut on_b)] {
+        assert_eq!(ask(c, "JOIN #twice").await, "OK");
+        let joined = format!("INFO {who} joined #twice");
+        until(&mut alice, |l| l == joined).await;
+    }
+    const ROUNDS: usize = 8;
+    for round in 0..ROUNDS {
+        let said = format!("secret {round}");
+        carol.send(&format!("SAY #twice {said}")).await.unwrap();
+        let line = format!("ROOM #twice carol {said}");
+        until(&mut alice, |l| l == line).await;
+        let history = listing(&mut carol, "HISTORY #twice").await;
+        let seq: i64 = history
+            .iter()
+            .find(|l| l.ends_with(&format!("carol {said}")))
+            .and_then(|l| l.split(' ').nth(2))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{history:?}"));
+        // Both deletions sent before either is answered.
+        let delete = format!("DELETE #twice {seq}");
+        alice.send(&delete).await.unwrap();
+        carol.send(&delete).await.unwrap();
+        for c in [&mut alice, &mut carol] {
+            assert_eq!(until(c, |l| l == "OK" || l.starts_with("ERR")).await, "OK");
+        }
+    }
+    // Each witness: every message and one deletion of each, then the end marker.
+    carol.send("SAY #twice the end").await.unwrap();
+    for (name, w) in [("wa", &mut on_a), ("wb", &mut on_b)] {
+        let mut seen = Vec::new();
+        loop {
+            let line = until(w, |l| {
+                l.starts_with("ROOM #twice") || l.starts_with("DELETED #twice")
+            })
+            .await;
+            if line == "ROOM #twice carol the end" {
+                break;
+            }
+            seen.push(line);
+        }
+        let deletions = seen.iter().filter(|l| l.starts_with("DELETED")).count();
+        let said = seen
+            .iter()
+            .filter(|l| l.starts_with("ROOM #twice carol secret"))
+            .count();
+        assert_eq!(
+            (said, deletions, seen.len()),
+            (ROUNDS, ROUNDS, 2 * ROUNDS),
+            "{name}: {seen:#?}"
+        );
+    }
+    let history = listing(&mut on_a, "HISTORY #twice").await;
+    let deleted = history
+        .iter()
+        .filter(|l| l.ends_with("carol [message deleted]"))
+        .count();
+    assert_eq!(
+        (deleted, history.len()),
+        (ROUNDS, ROUNDS + 1),
+        "{history:#?}"
+    );
+}

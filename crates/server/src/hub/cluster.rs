@@ -1001,7 +1001,8 @@ impl Core {
                 ..
             } = effect
             {
-                if let Some(&(id, seq)) = assigned.get((stored[0] - first) as usize) {
+                let at = assigned.get((stored[0] - first) as usize);
+                if let Some(&(id, seq)) = at.filter(|a| **a != crate::store::NOT_STORED) {
                     stored[0] = id;
                     stored[2] = seq;
                 }
@@ -1018,6 +1019,11 @@ impl Core {
             let Some(&(id, seq)) = assigned.get((delivery.id - first) as usize) else {
                 continue;
             };
+            if (id, seq) == crate::store::NOT_STORED {
+                // A tombstone of a message another node deleted first: nothing to say.
+                *effect = Effect::Answer(Box::new(|_| {}));
+                continue;
+            }
             let Some(d) = Arc::get_mut(delivery) else {
                 continue;
             };

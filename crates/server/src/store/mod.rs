@@ -363,6 +363,10 @@ pub trait LogStore: Send {
     }
 }
 
+/// What [`LogStore::commit`] gives a message it did not store: a deletion's tombstone
+/// whose message another node deleted first (a cluster's; the deletion here is a no-op).
+pub const NOT_STORED: (i64, Seq) = (0, 0);
+
 /// The reserved name anonymous sessions (seed 004 before `/nick`, seed 001 before
 /// `REGISTER`) speak as: a user row like any other, but nobody can log in with it.
 pub const ANONYMOUS: &str = "anonymous";

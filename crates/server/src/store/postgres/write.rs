@@ -25,7 +25,9 @@ use super::pack::Builder;
 use super::{Conn, Counters};
 use crate::store::{Batch, ConvId, Revoke, Seq};
 
-/// Writes `batch`; returns each message's (id, sequence), in the batch's order.
+/// Writes `batch`; returns each message's (id, sequence), in the batch's order
+/// ([`NOT_STORED`](crate::store::NOT_STORED) for a tombstone of a message another node
+/// deleted first: the deletion is that node's, and this one a no-op).
 pub(super) async fn batch(
     conn: &mut Conn,
     counters: &mut Counters,
@@ -54,8 +56,15 @@ pub(super) async fn batch(
     let ids = conn
         .prepare("SELECT nextval('message_ids') FROM generate_series(1, $1::bigint)")
         .await?;
+    // Messages this batch deletes that are deleted already: read after the locks (a
+    // tombstone is in its deleted message's conversation), so a deletion another node
+    // committed before them is seen, and this batch's tombstone for it is not stored.
+    let deleted = conn
+        .prepare("SELECT message_id FROM deletions WHERE message_id = ANY($1)")
+        .await?;
+    let doomed: Vec<i64> = batch.deletions.iter().map(|d| d.message).collect();
     let client = &conn.client;
-    let (began, locked, numbered) = tokio::join!(
+    let (began, locked, numbered, gone) = tokio::join!(
         client.execute(&begin, &[]),
         async {
             if convs.is_empty() {
@@ -69,19 +78,34 @@ pub(super) async fn batch(
             }
             client.query(&ids, &[&n]).await
         },
+        async {
+            if doomed.is_empty() {
+                return Ok(Vec::new());
+            }
+            client.query(&deleted, &[&doomed]).await
+        },
     );
     let first_trip = began
         .context("BEGIN")
         .and(locked.context("locking the conversations"))
-        .and_then(|locked| Ok((locked, numbered.context("taking message ids")?)));
-    let (locked, numbered) = match first_trip {
+        .and_then(|locked| Ok((locked, numbered.context("taking message ids")?)))
+        .and_then(|(l, n)| Ok((l, n, gone.context("reading deletions")?)));
+    let (locked, numbered, gone) = match first_trip {
         Ok(rows) => rows,
         Err(e) => {
             rollback(conn).await;
             return Err(e);
         }
     };
-    counters.statements += 3;
+    counters.statements += 3 + u64::from(!doomed.is_empty());
+    // Their tombstones (by the hub's ids): neither stored nor given a sequence.
+    let gone: Vec<i64> = gone.iter().map(|r| r.get(0)).collect();
+    let refused: Vec<i64> = batch
+        .deletions
+        .iter()
+        .filter(|d| gone.contains(&d.message))
+        .map(|d| d.tombstone)
+        .collect();
     let mut last: HashMap<ConvId, Seq> = locked.iter().map(|r| (r.get(0), r.get(1))).collect();
     if last.len() != convs.len() {
         rollback(conn).await;
@@ -95,6 +119,10 @@ pub(super) async fn batch(
     let mut assigned = Vec::with_capacity(batch.messages.len());
     let mut packs: HashMap<ConvId, Vec<Builder>> = HashMap::new();
     for (m, &id) in batch.messages.iter().zip(&ids) {
+        if refused.contains(&m.id) {
+            assigned.push(crate::store::NOT_STORED);
+            continue;
+        }
         let seq = last.get_mut(&m.conv).expect("locked above");
         *seq += 1;
         assigned.push((id, *seq));
