@@ -76,6 +76,9 @@ pub(crate) struct State {
     /// Room memberships this batch ended here (a leave, a kick, a ban, a deletion), not
     /// committed yet: a read of PostgreSQL in the batch still shows them.
     pub(super) left_now: Vec<(ConvId, UserId)>,
+    /// Rooms whose rules (marks, settings) this batch changed here, not committed yet: a
+    /// read of moderation in the batch keeps them as they are (hub/cluster_moderation.rs).
+    pub(super) ruled_now: Vec<ConvId>,
 }
 
 impl State {
@@ -96,6 +99,7 @@ impl State {
             heard: super::cluster_moderation::Heard::new(),
             joined_now: Vec::new(),
             left_now: Vec::new(),
+            ruled_now: Vec::new(),
         })
     }
 }
@@ -1176,6 +1180,7 @@ impl Core {
         }
         state.joined_now.clear();
         state.left_now.clear();
+        state.ruled_now.clear();
         let releasing = std::mem::take(&mut state.releasing);
         if releasing.is_empty() {
             return;

@@ -353,12 +353,41 @@ impl Core {
             Ok(read) => read,
             Err(e) => return warn!(error = %format!("{e:#}"), "reading moderation"),
         };
+        // This batch's own changes are not committed yet, so PostgreSQL does not show
+        // them: they are kept as the batch made them (as `cluster_room` keeps its joins).
+        let state = self.state();
+        let own: Vec<Event> = state
+            .events
+            .iter()
+            .filter(|e| stamp_of(e).is_some())
+            .cloned()
+            .collect();
+        let mut ruled: HashSet<ConvId> = state.ruled_now.iter().copied().collect();
+        ruled.extend(own.iter().filter_map(|e| match e {
+            Event::Moderation { conv, .. } => Some(*conv),
+            _ => None,
+        }));
         debug!(version = read.version, "moderation read again");
         self.monitor.metrics.cluster_moderation_reads.increment(1);
         self.moderation_seen(read.version);
         self.blocked.clear();
         for (user, other) in read.blocks {
             self.blocked.entry(user).or_default().insert(other);
+        }
+        for event in &own {
+            if let Event::Block {
+                user, other, on, ..
+            } = *event
+            {
+                let list = self.blocked.entry(user).or_default();
+                match on {
+                    true => list.insert(other),
+                    false => list.remove(&other),
+                };
+                if list.is_empty() {
+                    self.blocked.remove(&user);
+                }
+            }
         }
         // Operators' decisions replace what this node held: one enabled meanwhile is
         // enabled here too.
@@ -375,8 +404,25 @@ impl Core {
                 self.forget_name(user);
             }
         }
+        for event in &own {
+            if let Event::UserState {
+                user,
+                disabled,
+                deleted,
+                ..
+            } = *event
+            {
+                match disabled || deleted {
+                    true => self.disabled.insert(user),
+                    false => self.disabled.remove(&user),
+                };
+            }
+        }
         let mut rules = read.rules;
         for room in self.rooms.values_mut() {
+            if ruled.contains(&room.conv) {
+                continue;
+            }
             let found = rules.remove(&room.conv).unwrap_or_default();
             let owner = room.rules.owner;
             room.rules = RoomRules::stored(owner, found.topic, found.invite_only, &found.marks);

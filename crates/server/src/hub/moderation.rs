@@ -217,6 +217,9 @@ impl Core {
                 batch
                     .room_settings
                     .push((conv, RoomSetting::Topic(topic.clone())));
+                if let Some(state) = self.cluster.as_mut() {
+                    state.ruled_now.push(conv);
+                }
                 let topic: Option<Arc<str>> = topic.map(Arc::from);
                 self.room_mut(room).rules.topic = topic.clone();
                 ModerationChange::Topic(topic.unwrap_or_else(|| Arc::from("")))
@@ -225,6 +228,9 @@ impl Core {
                 batch
                     .room_settings
                     .push((conv, RoomSetting::InviteOnly(on)));
+                if let Some(state) = self.cluster.as_mut() {
+                    state.ruled_now.push(conv);
+                }
                 self.room_mut(room).rules.invite_only = on;
                 ModerationChange::InviteOnly(on)
             }
@@ -383,6 +389,9 @@ impl Core {
             false => marks.remove(&user),
         };
         if changed {
+            if let Some(state) = self.cluster.as_mut() {
+                state.ruled_now.push(conv);
+            }
             batch.room_marks.push(MarkChange {
                 conv,
                 user,
