@@ -464,7 +464,8 @@ async fn caught_up(cluster: &Cluster, addr: SocketAddr) {
 
 /// Changes a node missed on NATS (its link cut) are told to its sessions when its
 /// reconciliation finds them, as their events would have told them: a kick, a room
-/// deleted. And no change makes a node read all of moderation again: each is applied
+/// deleted, a message deleted (its tombstone read back from PostgreSQL says what it
+/// deletes). And no change makes a node read all of moderation again: each is applied
 /// from its event, or from the log of events a reconciliation reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_missed_on_nats_are_told_as_their_events_tell_them() {
@@ -483,18 +484,31 @@ async fn changes_missed_on_nats_are_told_as_their_events_tell_them() {
 
     let mut alice = text(a, "alice").await;
     let mut bob = text(b, "bob").await;
-    for room in ["#mod", "#gone"] {
+    for room in ["#mod", "#gone", "#keep"] {
         assert_eq!(ask(&mut alice, &format!("JOIN {room}")).await, "OK");
         assert_eq!(ask(&mut bob, &format!("JOIN {room}")).await, "OK");
         let joined = format!("INFO bob joined {room}");
         until(&mut alice, |l| l == joined).await;
     }
+    bob.send("SAY #keep mine").await.unwrap();
+    until(&mut alice, |l| l == "ROOM #keep bob mine").await;
+    let history = listing(&mut alice, "HISTORY #keep").await;
+    let seq: i64 = history
+        .iter()
+        .find(|l| l.ends_with("bob mine"))
+        .and_then(|l| l.split(' ').nth(2))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{history:?}"));
 
     // B hears nothing of these on NATS; its reconciliation finds them, and bob is told.
     link.cut();
     assert_eq!(ask(&mut alice, "KICK #mod bob").await, "OK");
     assert_eq!(ask(&mut alice, "DESTROY #gone").await, "OK");
     assert_eq!(ask(&mut alice, "BLOCK bob").await, "OK");
+    let delete = format!("DELETE #keep {seq}");
+    assert_eq!(ask(&mut alice, &delete).await, "OK");
+    let deleted = format!("DELETED #keep {seq} alice");
+    until(&mut bob, |l| l == deleted).await;
     until(&mut bob, |l| l == "INFO alice kicked bob from #mod").await;
     until(&mut bob, |l| l == "INFO alice deleted #gone").await;
     assert_eq!(
@@ -524,6 +538,8 @@ async fn changes_missed_on_nats_are_told_as_their_events_tell_them() {
     for node in [a, b] {
         let reads = services::cluster::metric(node, "parley_cluster_moderation_reads_total").await;
         assert_eq!(reads, 0.0, "{node} read all of moderation again");
+        let asked = services::cluster::metric(node, "parley_cluster_tombstone_reads_total").await;
+        assert_eq!(asked, 0.0, "{node} asked PostgreSQL what a message is");
     }
 }
 
@@ -595,6 +611,11 @@ async fn a_message_deleted_through_two_nodes_at_once_is_deleted_once() {
             (ROUNDS, ROUNDS, 2 * ROUNDS),
             "{name}: {seen:#?}"
         );
+    }
+    // The tombstones relayed said what they delete: no node asked PostgreSQL.
+    for node in [a, b] {
+        let asked = services::cluster::metric(node, "parley_cluster_tombstone_reads_total").await;
+        assert_eq!(asked, 0.0, "{node} asked PostgreSQL what a message is");
     }
     let history = listing(&mut on_a, "HISTORY #twice").await;
     let deleted = history

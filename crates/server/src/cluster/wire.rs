@@ -3,11 +3,16 @@
 //! Committed messages go on [`MESSAGES`] as one NATS message per batch (a node's commit of a
 //! few thousand messages costs one publish, not thousands), each message with what a node
 //! needs to deliver it without reading anything: its ids, conversation, sequence, who it
-//! is between and the names to show. The layout, little-endian: a `u32` count, then per
-//! message `id i64, conv i64, seq i64, kind u8, sender_device i64, a i64, b i64, sent_at
-//! u64`, the sender's name and the recipient's (`u16` length, UTF-8), the body (`u32`
-//! length, bytes). Anything else a node has to say is an [`Event`] on [`EVENTS`], in JSON:
-//! they are rare, and readable with `nats sub` when debugging.
+//! is between and the names to show, and whether it is a deletion's tombstone. The layout,
+//! little-endian: a `u32` count, then per message `id i64, conv i64, seq i64, kind u8,
+//! sender_device i64, a i64, b i64, sent_at u64`, for a tombstone the deleted message's
+//! `id i64, seq i64`, the sender's name and the recipient's (`u16` length, UTF-8), the body
+//! (`u32` length, bytes). Version 2 (this one) sets the count's top bit, and `kind`'s top
+//! bit for a tombstone; a batch of version 1 (an earlier parley's: no such bits, nothing
+//! said of tombstones) reads with each message's tombstone [`Tombstone::Unknown`]. An
+//! earlier parley refuses a version 2 batch as malformed, and reads its messages from
+//! PostgreSQL as it does a gap. Anything else a node has to say is an [`Event`] on
+//! [`EVENTS`], in JSON: they are rare, and readable with `nats sub` when debugging.
 
 use std::sync::Arc;
 
@@ -15,7 +20,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use parley_proto::ConversationKind;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{ConvId, DeviceId, Seq, UserId};
+use crate::store::{ConvId, DeviceId, Seq, Tombstone, UserId};
 
 /// Committed messages, in batches.
 pub const MESSAGES: &str = "parley.messages";
@@ -39,28 +44,50 @@ pub struct Wired {
     /// The recipient's name (direct), the room's (room) or `*` (broadcast).
     pub to: Arc<str>,
     pub body: Bytes,
+    /// `Unknown` only as read from a version 1 batch (written as `No`).
+    pub tombstone: Tombstone,
 }
 
 /// Bytes of a message's fixed part.
 const FIXED: usize = 8 * 3 + 1 + 8 * 4;
 
+/// The count's bit that says version 2, and `kind`'s that says a tombstone.
+const VERSION_2: u32 = 1 << 31;
+const TOMBSTONE: u8 = 0x80;
+
 /// Encodes a batch of messages.
 pub fn encode(messages: &[Wired]) -> Bytes {
     let size: usize = messages
         .iter()
-        .map(|m| FIXED + 2 + m.from.len() + 2 + m.to.len() + 4 + m.body.len())
+        .map(|m| {
+            let deletes = if matches!(m.tombstone, Tombstone::Of(..)) {
+                16
+            } else {
+                0
+            };
+            FIXED + deletes + 2 + m.from.len() + 2 + m.to.len() + 4 + m.body.len()
+        })
         .sum();
     let mut buf = BytesMut::with_capacity(4 + size);
-    buf.put_u32_le(messages.len() as u32);
+    buf.put_u32_le(messages.len() as u32 | VERSION_2);
     for m in messages {
+        let deletes = match m.tombstone {
+            Tombstone::Of(id, seq) => Some((id, seq)),
+            Tombstone::No | Tombstone::Unknown => None,
+        };
         buf.put_i64_le(m.id);
         buf.put_i64_le(m.conv);
         buf.put_i64_le(m.seq);
-        buf.put_u8(m.kind.code());
+        let flag = if deletes.is_some() { TOMBSTONE } else { 0 };
+        buf.put_u8(m.kind.code() | flag);
         buf.put_i64_le(m.sender_device);
         buf.put_i64_le(m.a);
         buf.put_i64_le(m.b);
         buf.put_u64_le(m.sent_at);
+        if let Some((id, seq)) = deletes {
+            buf.put_i64_le(id);
+            buf.put_i64_le(seq);
+        }
         for name in [&m.from, &m.to] {
             buf.put_u16_le(name.len() as u16);
             buf.put_slice(name.as_bytes());
@@ -75,7 +102,9 @@ pub fn encode(messages: &[Wired]) -> Bytes {
 /// wrong message.
 pub fn decode(mut data: Bytes) -> anyhow::Result<Vec<Wired>> {
     anyhow::ensure!(data.remaining() >= 4, "a message batch cut short");
-    let count = data.get_u32_le() as usize;
+    let count = data.get_u32_le();
+    let says = count & VERSION_2 != 0;
+    let count = (count & !VERSION_2) as usize;
     // Each message takes at least its fixed part: a count that does not fit is a lie.
     anyhow::ensure!(
         count <= data.remaining() / FIXED,
@@ -88,12 +117,23 @@ pub fn decode(mut data: Bytes) -> anyhow::Result<Vec<Wired>> {
         let id = data.get_i64_le();
         let conv = data.get_i64_le();
         let seq = data.get_i64_le();
-        let kind = ConversationKind::from_code(data.get_u8())
+        let code = data.get_u8();
+        let flagged = says && code & TOMBSTONE != 0;
+        let code = if says { code & !TOMBSTONE } else { code };
+        let kind = ConversationKind::from_code(code)
             .ok_or_else(|| anyhow::anyhow!("a message of unknown kind"))?;
         let sender_device = data.get_i64_le();
         let a = data.get_i64_le();
         let b = data.get_i64_le();
         let sent_at = data.get_u64_le();
+        let tombstone = match (says, flagged) {
+            (false, _) => Tombstone::Unknown,
+            (true, false) => Tombstone::No,
+            (true, true) => {
+                anyhow::ensure!(data.remaining() >= 16, "a tombstone cut short");
+                Tombstone::Of(data.get_i64_le(), data.get_i64_le())
+            }
+        };
         let mut name = || -> anyhow::Result<Arc<str>> {
             anyhow::ensure!(data.remaining() >= 2, "a name cut short");
             let len = data.get_u16_le() as usize;
@@ -118,6 +158,7 @@ pub fn decode(mut data: Bytes) -> anyhow::Result<Vec<Wired>> {
             from,
             to,
             body,
+            tombstone,
         });
     }
     anyhow::ensure!(!data.has_remaining(), "bytes after a message batch");
@@ -230,14 +271,18 @@ mod tests {
             from: Arc::from("alice"),
             to: Arc::from("bob"),
             body: Bytes::from_static(body),
+            tombstone: Tombstone::No,
         }
     }
 
     #[test]
     fn a_batch_reads_back_as_it_was_written() {
+        let mut tombstone = message(4, b"");
+        tombstone.tombstone = Tombstone::Of(2, 9);
         let batch = vec![
             message(1, b""),
             message(2, b"hello"),
+            tombstone,
             message(i64::MAX, &[0; 300]),
         ];
         assert_eq!(decode(encode(&batch)).unwrap(), batch);
@@ -245,8 +290,37 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_batch_reads_without_saying_what_is_a_tombstone() {
+        // An earlier parley's batch: the plain count and kind, no tombstone's fields.
+        let mut old = BytesMut::new();
+        old.put_u32_le(1);
+        for v in [5i64, 6, 7] {
+            old.put_i64_le(v);
+        }
+        old.put_u8(ConversationKind::Room.code());
+        for v in [8i64, 0, 0] {
+            old.put_i64_le(v);
+        }
+        old.put_u64_le(9);
+        for name in ["carol", "#r"] {
+            old.put_u16_le(name.len() as u16);
+            old.put_slice(name.as_bytes());
+        }
+        old.put_u32_le(0);
+        let read = decode(old.freeze()).unwrap();
+        assert_eq!(
+            (read[0].id, read[0].seq, read[0].kind),
+            (5, 7, ConversationKind::Room)
+        );
+        assert_eq!(read[0].tombstone, Tombstone::Unknown);
+        assert!(read[0].body.is_empty());
+    }
+
+    #[test]
     fn a_damaged_batch_is_an_error_not_a_wrong_message() {
-        let bytes = encode(&[message(1, b"hello"), message(2, b"world")]);
+        let mut tombstone = message(3, b"");
+        tombstone.tombstone = Tombstone::Of(1, 1);
+        let bytes = encode(&[message(1, b"hello"), message(2, b"world"), tombstone]);
         for cut in 0..bytes.len() {
             assert!(decode(bytes.slice(..cut)).is_err(), "cut at {cut}");
         }
@@ -254,7 +328,7 @@ mod tests {
         longer.put_u8(0);
         assert!(decode(longer.freeze()).is_err());
         let mut lying = BytesMut::from(&bytes[..]);
-        lying[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        lying[..4].copy_from_slice(&(u32::MAX >> 1).to_le_bytes());
         assert!(decode(lying.freeze()).is_err());
     }
 

@@ -33,7 +33,7 @@ use super::{Auth, Identity, Map, NameKey, Presence, RoomInfo, ANONYMOUS};
 use crate::cluster::{wire, Event, Incoming, Link, RoomMembership, Wired};
 use crate::outbound::{ContactChange, Delivery, Item, Kill, Notice, SharedNotice, Staging, Tag};
 use crate::store::postgres::{OnlineClaim, PgStore};
-use crate::store::{Batch, ConvId, DeviceId, Membership, Seq, UserId};
+use crate::store::{Batch, ConvId, DeviceId, Membership, Seq, Tombstone, UserId};
 
 /// Messages read from PostgreSQL at a time to fill a gap, and the most the hub reads in
 /// one batch: a longer gap is filled over several batches (the cluster tasks hand the hub
@@ -641,7 +641,7 @@ impl Core {
                     m.body.into(),
                     m.sent_at,
                 );
-                let delivery = self.cluster_tombstone(delivery);
+                let delivery = self.cluster_tombstone(delivery, m.tombstone);
                 let state = self.state();
                 state.relays.push(Relay {
                     delivery: Arc::new(delivery),
@@ -788,8 +788,9 @@ impl Core {
             ConversationKind::Room => Audience::Room(m.to.clone()),
             ConversationKind::Broadcast => Audience::Everyone,
         };
+        let tombstone = m.tombstone;
         let delivery = Delivery::new(m.id, m.conv, m.seq, m.kind, m.from, m.to, m.body, m.sent_at);
-        let delivery = self.cluster_tombstone(delivery);
+        let delivery = self.cluster_tombstone(delivery, tombstone);
         let state = self.state();
         state.relays.push(Relay {
             delivery: Arc::new(delivery),
@@ -944,7 +945,7 @@ impl Core {
                         m.body.into(),
                         m.sent_at,
                     );
-                    let delivery = self.cluster_tombstone(delivery);
+                    let delivery = self.cluster_tombstone(delivery, m.tombstone);
                     self.state().relays.push(Relay {
                         delivery: Arc::new(delivery),
                         // Every session of this one user, as a message to oneself.
@@ -1079,6 +1080,10 @@ impl Core {
                 from: d.from.clone(),
                 to: d.to.clone(),
                 body: d.body.clone(),
+                tombstone: match d.deletes {
+                    Some((id, seq)) => Tombstone::Of(id, seq),
+                    None => Tombstone::No,
+                },
             });
             if wait {
                 *effect = Effect::Answer(Box::new(|_| {}));

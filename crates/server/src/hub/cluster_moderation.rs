@@ -32,7 +32,7 @@ use super::Whom;
 use crate::cluster::wire::Stamp;
 use crate::cluster::Event;
 use crate::outbound::{Delivery, Kill, ModerationChange, Notice, SharedNotice};
-use crate::store::{Batch, ConvId, UserId};
+use crate::store::{Batch, ConvId, Tombstone, UserId};
 
 impl Core {
     /// A change to room `room` made here: told to the other nodes once committed.
@@ -479,12 +479,20 @@ impl Core {
         }
     }
 
-    /// A message another node committed (or read back from PostgreSQL), as delivered: an
-    /// empty one may be a deletion's tombstone, which PostgreSQL says (`deletions`).
-    pub(super) fn cluster_tombstone(&mut self, delivery: Delivery) -> Delivery {
-        if !delivery.body.is_empty() || delivery.deletes.is_some() {
-            return delivery;
+    /// A message another node committed (or read back from PostgreSQL), as delivered: a
+    /// deletion's tombstone if it says it is one; one written before messages said (an
+    /// earlier parley's) may be one if it is empty, which PostgreSQL says (`deletions`).
+    pub(super) fn cluster_tombstone(&mut self, delivery: Delivery, said: Tombstone) -> Delivery {
+        let unknown = match said {
+            Tombstone::Of(id, seq) => return delivery.deleting(id, seq),
+            Tombstone::No => return delivery,
+            Tombstone::Unknown => delivery,
+        };
+        if !unknown.body.is_empty() || unknown.deletes.is_some() {
+            return unknown;
         }
+        let delivery = unknown;
+        self.monitor.metrics.cluster_tombstone_reads.increment(1);
         match self.pg().tombstone(delivery.id) {
             Ok(Some((id, seq))) => delivery.deleting(id, seq),
             Ok(None) => delivery,

@@ -101,6 +101,9 @@ pub struct Metrics {
     /// log held), and the count of moderation's changes it has applied.
     pub cluster_moderation_reads: Counter,
     pub cluster_moderation_version: Gauge,
+    /// Empty messages a cluster node asked PostgreSQL about: written before messages said
+    /// whether they are tombstones.
+    pub cluster_tombstone_reads: Counter,
     store_bytes: [(&'static str, Gauge); 3],
     files_bytes: Gauge,
     /// The message log once opened (none on a cluster node), and its damaged stretches.
@@ -242,6 +245,12 @@ impl Metrics {
             None,
         );
         r.describe(
+            "parley_cluster_tombstone_reads_total",
+            "Empty messages a cluster node asked PostgreSQL whether they are deletions' \
+             tombstones (written by an earlier parley, which did not say).",
+            None,
+        );
+        r.describe(
             "parley_cluster_moderation_version",
             "The count of moderation's changes a cluster node has applied.",
             None,
@@ -296,6 +305,7 @@ impl Metrics {
             cluster_discoveries: r.counter("parley_cluster_discoveries_total", &[]),
             cluster_moderation_reads: r.counter("parley_cluster_moderation_reads_total", &[]),
             cluster_moderation_version: r.gauge("parley_cluster_moderation_version", &[]),
+            cluster_tombstone_reads: r.counter("parley_cluster_tombstone_reads_total", &[]),
             store_bytes,
             files_bytes: r.gauge("parley_store_bytes", &[("file", "files")]),
             log: OnceLock::new(),

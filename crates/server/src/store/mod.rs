@@ -363,6 +363,18 @@ pub trait LogStore: Send {
     }
 }
 
+/// Whether a stored or relayed message is a deletion's tombstone, as the message itself
+/// says (a cluster's packs and NATS batches: store/postgres/pack.rs, cluster/wire.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tombstone {
+    /// Written before messages said: an empty one may be a tombstone (`deletions` says).
+    Unknown,
+    /// A plain message.
+    No,
+    /// The tombstone of the message (id, sequence).
+    Of(i64, Seq),
+}
+
 /// What [`LogStore::commit`] gives a message it did not store: a deletion's tombstone
 /// whose message another node deleted first (a cluster's; the deletion here is a no-op).
 pub const NOT_STORED: (i64, Seq) = (0, 0);

@@ -32,6 +32,7 @@ pub struct GapMessage {
     pub sender_device: DeviceId,
     pub body: Vec<u8>,
     pub sent_at: u64,
+    pub tombstone: crate::store::Tombstone,
 }
 
 /// A conversation as a node reads it to start delivering it.
@@ -315,6 +316,7 @@ impl PgStore {
                     sender_device: m.sender_device,
                     body: m.body.to_vec(),
                     sent_at: m.sent_at as u64,
+                    tombstone: m.tombstone,
                 })
                 .collect())
         })

@@ -24,7 +24,10 @@ use tokio_postgres::Client;
 
 use super::pack::{scan, Builder, Packed, Start, Take};
 use crate::config::SyncMode;
-use crate::store::{ConvId, LogStore, NewMessage, Page, Reader, SqliteReader, SqliteStore, UserId};
+use crate::store::{
+    ConvId, LogStore, MessageKind, NewMessage, Page, Reader, SqliteReader, SqliteStore, Tombstone,
+    UserId,
+};
 
 /// Messages copied per transaction.
 const PAGE: usize = 5000;
@@ -132,7 +135,14 @@ pub async fn migrate(
                 if !next {
                     packs.push(Builder::new(m.seq));
                 }
-                packs.last_mut().expect("pushed above").push(m.id, &message);
+                let tombstone = match m.kind {
+                    MessageKind::Tombstone(id, seq) => Tombstone::Of(id, seq),
+                    _ => Tombstone::No,
+                };
+                packs
+                    .last_mut()
+                    .expect("pushed above")
+                    .push(m.id, &message, tombstone);
             }
             let mut cols = Columns::default();
             for pack in packs {

@@ -20,15 +20,21 @@
 //! | 8 | sender's device |
 //! | 8 | sent_at (the client's 64 bits as they came) |
 //! | 8 | received_at (ms) |
-//! | 4 | body length n |
+//! | 4 | body length n, and two flags in its top bits |
 //! | n | body |
+//!
+//! The flags: bit 31 set says whether the message is a deletion's tombstone, in bit 30
+//! (a tombstone's body is then the deleted message's id and sequence, 8 bytes each). A
+//! message written before the flags (bit 31 clear: packs of schema version 3 written by an
+//! earlier parley, and the messages that version's migration packed) does not say; an
+//! empty one may be a tombstone, and `deletions` tells (hub/cluster_moderation.rs).
 
 use anyhow::Context;
 use bytes::Bytes;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::store::{ConvId, NewMessage, Seq};
+use crate::store::{ConvId, NewMessage, Seq, Tombstone};
 
 /// Messages in one pack at most.
 pub const MAX_MESSAGES: i64 = 256;
@@ -38,6 +44,11 @@ pub const MAX_BYTES: usize = 64 * 1024;
 
 /// Bytes before each message's body.
 const HEAD: usize = 44;
+
+/// The body length's flags (see the module's doc), and the bits of the length itself.
+const SAYS: u32 = 1 << 31;
+const TOMBSTONE: u32 = 1 << 30;
+const LENGTH: u32 = TOMBSTONE - 1;
 
 /// One stored message, unpacked (the sender as a user id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +60,7 @@ pub struct Packed<'a> {
     pub sent_at: i64,
     pub received_at: i64,
     pub body: &'a [u8],
+    pub tombstone: Tombstone,
 }
 
 /// A pack being written: a conversation's consecutive messages of one batch.
@@ -75,8 +87,9 @@ impl Builder {
         count == 0 || (count < MAX_MESSAGES && self.data.len() + HEAD + m.body.len() <= MAX_BYTES)
     }
 
-    /// Appends `m`, stored as `id`, as the pack's next sequence.
-    pub fn push(&mut self, id: i64, m: &NewMessage) {
+    /// Appends `m`, stored as `id`, as the pack's next sequence; `tombstone` says whether
+    /// it is one (`Unknown` writes the head without the flags).
+    pub fn push(&mut self, id: i64, m: &NewMessage, tombstone: Tombstone) {
         self.last_seq += 1;
         self.last_id = id;
         for v in [
@@ -88,9 +101,24 @@ impl Builder {
         ] {
             self.data.extend_from_slice(&v.to_be_bytes());
         }
-        self.data
-            .extend_from_slice(&(m.body.len() as u32).to_be_bytes());
-        self.data.extend_from_slice(&m.body);
+        // A message is far below 2^30 bytes (max_message_bytes).
+        let len = m.body.len() as u32 & LENGTH;
+        match tombstone {
+            Tombstone::Unknown => {
+                self.data.extend_from_slice(&len.to_be_bytes());
+                self.data.extend_from_slice(&m.body);
+            }
+            Tombstone::No => {
+                self.data.extend_from_slice(&(len | SAYS).to_be_bytes());
+                self.data.extend_from_slice(&m.body);
+            }
+            Tombstone::Of(message, seq) => {
+                self.data
+                    .extend_from_slice(&(16 | SAYS | TOMBSTONE).to_be_bytes());
+                self.data.extend_from_slice(&message.to_be_bytes());
+                self.data.extend_from_slice(&seq.to_be_bytes());
+            }
+        }
     }
 }
 
@@ -103,10 +131,22 @@ pub fn unpack(first_seq: Seq, data: &[u8]) -> anyhow::Result<Vec<Packed<'_>>> {
             .get(at..at + HEAD)
             .context("a message pack ends inside a message's head")?;
         let int = |i: usize| i64::from_be_bytes(head[i * 8..i * 8 + 8].try_into().expect("8"));
-        let len = u32::from_be_bytes(head[40..44].try_into().expect("4")) as usize;
-        let body = data
+        let word = u32::from_be_bytes(head[40..44].try_into().expect("4"));
+        let len = (word & LENGTH) as usize;
+        let mut body = data
             .get(at + HEAD..at + HEAD + len)
             .context("a message pack ends inside a message's body")?;
+        let tombstone = match (word & SAYS != 0, word & TOMBSTONE != 0) {
+            (false, _) => Tombstone::Unknown,
+            (true, false) => Tombstone::No,
+            (true, true) => {
+                anyhow::ensure!(len == 16, "a tombstone of {len} bytes in a message pack");
+                let int = |i: usize| i64::from_be_bytes(body[i..i + 8].try_into().expect("8"));
+                let of = Tombstone::Of(int(0), int(8));
+                body = &[];
+                of
+            }
+        };
         out.push(Packed {
             id: int(0),
             seq: first_seq + out.len() as i64,
@@ -115,6 +155,7 @@ pub fn unpack(first_seq: Seq, data: &[u8]) -> anyhow::Result<Vec<Packed<'_>>> {
             sent_at: int(3),
             received_at: int(4),
             body,
+            tombstone,
         });
         at += HEAD + len;
     }
@@ -131,6 +172,7 @@ pub struct Message {
     pub sent_at: i64,
     pub received_at: i64,
     pub body: Bytes,
+    pub tombstone: Tombstone,
 }
 
 /// Where a scan of a conversation's messages starts.
@@ -301,6 +343,7 @@ pub async fn scan(
                         sent_at: m.sent_at,
                         received_at: m.received_at,
                         body: Bytes::copy_from_slice(m.body),
+                        tombstone: m.tombstone,
                     }),
                     Take::Skip => {}
                     Take::Stop => return Ok(out),
@@ -357,8 +400,8 @@ mod tests {
     #[test]
     fn messages_come_back_as_packed() {
         let mut pack = Builder::new(41);
-        pack.push(100, &message(b"hello"));
-        pack.push(105, &message(b""));
+        pack.push(100, &message(b"hello"), Tombstone::No);
+        pack.push(105, &message(b""), Tombstone::No);
         let got = unpack(pack.first_seq, &pack.data).unwrap();
         assert_eq!(pack.last_seq, 42);
         assert_eq!(pack.last_id, 105);
@@ -373,6 +416,7 @@ mod tests {
                 sent_at: (u64::MAX - 1) as i64,
                 received_at: 1_800_000_000_000,
                 body: b"hello",
+                tombstone: Tombstone::No,
             }
         );
         assert_eq!((got[1].id, got[1].seq, got[1].body), (105, 42, &b""[..]));
@@ -384,15 +428,50 @@ mod tests {
         let small = message(b"x");
         for id in 0..MAX_MESSAGES {
             assert!(pack.fits(&small));
-            pack.push(id, &small);
+            pack.push(id, &small, Tombstone::No);
         }
         assert!(!pack.fits(&small), "full at {MAX_MESSAGES} messages");
 
         let big = message(&vec![0; MAX_BYTES]);
         let mut pack = Builder::new(1);
         assert!(pack.fits(&big), "an empty pack takes any message");
-        pack.push(1, &big);
+        pack.push(1, &big, Tombstone::No);
         assert!(!pack.fits(&small));
+    }
+
+    #[test]
+    fn a_tombstone_says_what_it_deletes_and_older_heads_say_nothing() {
+        let mut pack = Builder::new(1);
+        pack.push(10, &message(b""), Tombstone::Of(7, 3));
+        pack.push(11, &message(b""), Tombstone::Unknown);
+        pack.push(12, &message(b"plain"), Tombstone::Unknown);
+        pack.push(13, &message(b""), Tombstone::No);
+        let got = unpack(1, &pack.data).unwrap();
+        let said: Vec<(&[u8], Tombstone)> = got.iter().map(|m| (m.body, m.tombstone)).collect();
+        assert_eq!(
+            said,
+            [
+                (&b""[..], Tombstone::Of(7, 3)),
+                (&b""[..], Tombstone::Unknown),
+                (&b"plain"[..], Tombstone::Unknown),
+                (&b""[..], Tombstone::No),
+            ]
+        );
+        // An earlier parley's head (a plain length) reads as it was written.
+        let mut old = vec![0; 40];
+        old[7] = 9;
+        old.extend_from_slice(&5u32.to_be_bytes());
+        old.extend_from_slice(b"hello");
+        let got = unpack(4, &old).unwrap();
+        assert_eq!(
+            (got[0].id, got[0].body, got[0].tombstone),
+            (9, &b"hello"[..], Tombstone::Unknown)
+        );
+        // A tombstone flag on a body that is not an id and a sequence is an error.
+        let mut bad = pack.data[..HEAD].to_vec();
+        bad[40..44].copy_from_slice(&(3 | SAYS | TOMBSTONE).to_be_bytes());
+        bad.extend_from_slice(b"abc");
+        assert!(unpack(1, &bad).is_err());
     }
 
     #[test]
@@ -403,7 +482,7 @@ mod tests {
     #[test]
     fn a_truncated_pack_is_an_error_not_a_panic() {
         let mut pack = Builder::new(1);
-        pack.push(1, &message(b"hello"));
+        pack.push(1, &message(b"hello"), Tombstone::No);
         for cut in 1..pack.data.len() {
             assert!(unpack(1, &pack.data[..cut]).is_err(), "cut at {cut}");
         }

@@ -23,7 +23,7 @@ use tokio_postgres::types::ToSql;
 
 use super::pack::Builder;
 use super::{Conn, Counters};
-use crate::store::{Batch, ConvId, Revoke, Seq};
+use crate::store::{Batch, ConvId, Revoke, Seq, Tombstone};
 
 /// Writes `batch`; returns each message's (id, sequence), in the batch's order
 /// ([`NOT_STORED`](crate::store::NOT_STORED) for a tombstone of a message another node
@@ -130,7 +130,14 @@ pub(super) async fn batch(
         if !open.last().is_some_and(|p| p.fits(m)) {
             open.push(Builder::new(*seq));
         }
-        open.last_mut().expect("pushed above").push(id, m);
+        // A tombstone says what it deletes (pack.rs): nodes deliver it without asking.
+        let tombstone = match batch.deletions.iter().find(|d| d.tombstone == m.id) {
+            Some(d) => Tombstone::Of(d.message, d.seq),
+            None => Tombstone::No,
+        };
+        open.last_mut()
+            .expect("pushed above")
+            .push(id, m, tombstone);
     }
     let new_last: Vec<Seq> = convs.iter().map(|c| last[c]).collect();
     let mut columns = Packs::default();
