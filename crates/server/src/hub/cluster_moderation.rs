@@ -32,7 +32,8 @@ use super::Whom;
 use crate::cluster::wire::Stamp;
 use crate::cluster::Event;
 use crate::outbound::{Delivery, Kill, ModerationChange, Notice, SharedNotice};
-use crate::store::{Batch, ConvId, Tombstone, UserId};
+use crate::store::postgres::Moderation;
+use crate::store::{Batch, ConvId, Tombstone, UserId, UserState};
 
 impl Core {
     /// A change to room `room` made here: told to the other nodes once committed.
@@ -349,45 +350,20 @@ impl Core {
 
     /// Reads all of moderation again, replacing what this node held.
     fn moderation_read(&mut self, effects: &mut Vec<Effect>) {
-        let read = match self.pg().moderation() {
+        let mut read = match self.pg().moderation() {
             Ok(read) => read,
             Err(e) => return warn!(error = %format!("{e:#}"), "reading moderation"),
         };
         // This batch's own changes are not committed yet, so PostgreSQL does not show
         // them: they are kept as the batch made them (as `cluster_room` keeps its joins).
         let state = self.state();
-        let own: Vec<Event> = state
-            .events
-            .iter()
-            .filter(|e| stamp_of(e).is_some())
-            .cloned()
-            .collect();
-        let mut ruled: HashSet<ConvId> = state.ruled_now.iter().copied().collect();
-        ruled.extend(own.iter().filter_map(|e| match e {
-            Event::Moderation { conv, .. } => Some(*conv),
-            _ => None,
-        }));
+        let ruled = keep_own(&mut read, &state.events, &state.ruled_now);
         debug!(version = read.version, "moderation read again");
         self.monitor.metrics.cluster_moderation_reads.increment(1);
         self.moderation_seen(read.version);
         self.blocked.clear();
         for (user, other) in read.blocks {
             self.blocked.entry(user).or_default().insert(other);
-        }
-        for event in &own {
-            if let Event::Block {
-                user, other, on, ..
-            } = *event
-            {
-                let list = self.blocked.entry(user).or_default();
-                match on {
-                    true => list.insert(other),
-                    false => list.remove(&other),
-                };
-                if list.is_empty() {
-                    self.blocked.remove(&user);
-                }
-            }
         }
         // Operators' decisions replace what this node held: one enabled meanwhile is
         // enabled here too.
@@ -402,20 +378,6 @@ impl Core {
             }
             if state.deleted && self.users.contains_key(&user) {
                 self.forget_name(user);
-            }
-        }
-        for event in &own {
-            if let Event::UserState {
-                user,
-                disabled,
-                deleted,
-                ..
-            } = *event
-            {
-                match disabled || deleted {
-                    true => self.disabled.insert(user),
-                    false => self.disabled.remove(&user),
-                };
             }
         }
         let mut rules = read.rules;
@@ -502,6 +464,45 @@ impl Core {
             }
         }
     }
+}
+
+/// Applies this batch's own moderation changes (`events`, made here and not committed yet)
+/// to `read`, a read of PostgreSQL that cannot show them: its blocks and accounts' states
+/// on top; returns the rooms whose rules it changed (its `Moderation` events, and
+/// `ruled_now`: marks and settings, an invitation used up at a join included), whose
+/// rules the hub keeps as it holds them.
+fn keep_own(read: &mut Moderation, events: &[Event], ruled_now: &[ConvId]) -> HashSet<ConvId> {
+    let mut ruled: HashSet<ConvId> = ruled_now.iter().copied().collect();
+    for event in events {
+        match *event {
+            Event::Block {
+                user, other, on, ..
+            } => {
+                read.blocks.retain(|b| *b != (user, other));
+                if on {
+                    read.blocks.push((user, other));
+                }
+            }
+            Event::UserState {
+                user,
+                disabled,
+                deleted,
+                ..
+            } => {
+                read.user_states.retain(|(u, _)| *u != user);
+                let state = UserState {
+                    disabled: disabled || deleted,
+                    deleted,
+                };
+                read.user_states.push((user, state));
+            }
+            Event::Moderation { conv, .. } => {
+                ruled.insert(conv);
+            }
+            _ => {}
+        }
+    }
+    ruled
 }
 
 /// Log entries read at a reconciliation at most: a node further behind reads moderation
@@ -618,5 +619,60 @@ mod tests {
             assert_eq!(moderation_change(change.name(), topic), Some(change));
         }
         assert_eq!(moderation_change("promoted", None), None);
+    }
+
+    #[test]
+    fn a_read_keeps_the_batch_own_changes() {
+        let disabled = UserState {
+            disabled: true,
+            deleted: false,
+        };
+        // As PostgreSQL has it before the batch's commit.
+        let mut read = Moderation {
+            version: 3,
+            user_states: vec![(5, disabled)],
+            blocks: vec![(1, 2)],
+            rules: Default::default(),
+        };
+        let block = |other, on| Event::Block {
+            user: 1,
+            other,
+            on,
+            stamp: 1,
+        };
+        let state = |user, disabled| Event::UserState {
+            user,
+            name: String::new(),
+            disabled,
+            deleted: false,
+            stamp: 2,
+        };
+        let kick = Event::Moderation {
+            conv: 9,
+            room: "#r".into(),
+            user: Some(5),
+            user_name: None,
+            by: "alice".into(),
+            change: "kicked".into(),
+            topic: None,
+            stamp: 3,
+        };
+        let online = Event::Offline {
+            user: 7,
+            name: "x".into(),
+        };
+        let events = [
+            block(2, false),
+            block(3, true),
+            state(5, false),
+            state(6, true),
+            kick,
+            online,
+        ];
+        let ruled = keep_own(&mut read, &events, &[4]);
+        assert_eq!(read.blocks, [(1, 3)]);
+        let enabled = UserState::default();
+        assert_eq!(read.user_states, [(5, enabled), (6, disabled)]);
+        assert_eq!(ruled, HashSet::from([4, 9]));
     }
 }

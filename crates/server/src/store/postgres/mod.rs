@@ -33,6 +33,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 pub use blobs::PgBlobs;
 pub use cluster::OnlineClaim;
 pub use migrate::{migrate, Report as MigrationReport};
+pub use moderation::Moderation;
 pub use read::PgReader;
 
 use super::{
