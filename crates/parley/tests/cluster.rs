@@ -811,3 +811,77 @@ async fn a_long_conversation_new_to_a_node_is_not_read_back_in_its_hub() {
     assert_eq!(got.len(), want.len(), "ann got {} messages", got.len());
     assert!(got == want, "ann's messages out of order or doubled");
 }
+
+/// A joiner on one node gets its JOIN's OK before any of the room's messages, then the
+/// room from its join on, each once, in order, while members on its node and on another
+/// keep sending. In a cluster a message committed after the join's start may be performed
+/// before the join's answer in the join's batch: relayed from B (over NATS, or read back
+/// before one of A's own), or one of A's own applied before the join (PostgreSQL numbers
+/// it after the join's start). Such a message waits for the answer, and the answer is
+/// queued by the hub, not by the session after it, when the hub may already have queued
+/// the next batch's messages. The cluster's form of
+/// `text_protocol::a_joiner_gets_a_busy_rooms_messages_from_its_join_on_after_its_ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_gets_its_ok_before_a_busy_rooms_messages_from_two_nodes() {
+    if !services::available() {
+        return;
+    }
+    const ROUNDS: usize = 30;
+    const BURST: usize = 40;
+    let cluster = Cluster::start_with(2, &[("PARLEY_COMMANDS_PER_SECOND", "100000")]);
+    let (a, b) = (cluster.nodes[0].addr, cluster.nodes[1].addr);
+    let mut alice = text(b, "alice").await;
+    let mut bob = text(a, "bob").await;
+    for sender in [&mut alice, &mut bob] {
+        sender.send("JOIN #busy").await.unwrap();
+        until(sender, |l| l == "OK").await;
+    }
+    for round in 0..ROUNDS {
+        let mut joiner = text(a, &format!("joiner{round}")).await;
+        // The bursts and the join meet in A's hub: some of them are committed before the
+        // join's start, some after, often in the join's batch.
+        for sender in [&mut alice, &mut bob] {
+            let burst: String = (0..BURST)
+                .map(|i| format!("SAY #busy r{round} m{i}\n"))
+                .collect();
+            sender.send_raw(burst.as_bytes()).await.unwrap();
+        }
+        joiner.send("JOIN #busy").await.unwrap();
+        let first = until(&mut joiner, |l| !l.starts_with("INFO ")).await;
+        assert_eq!(first, "OK", "round {round}: the join's answer first");
+        // One more each, certainly after the join.
+        for sender in [&mut alice, &mut bob] {
+            sender
+                .send(&format!("SAY #busy r{round} m{BURST}"))
+                .await
+                .unwrap();
+        }
+        // Each sender's messages from some message on (perhaps none of the burst), up to
+        // the last: nothing before the join's start, nothing after it missed or doubled.
+        let mut got: [Vec<usize>; 2] = Default::default();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while got.iter().any(|g| g.last() != Some(&BURST)) {
+            assert!(Instant::now() < deadline, "round {round}: {got:?} in 20 s");
+            let line = joiner.line().await.expect("a line");
+            if line.starts_with("INFO ") {
+                continue;
+            }
+            let parse = |who: &str| {
+                let prefix = format!("ROOM #busy {who} r{round} m");
+                line.strip_prefix(&prefix)
+                    .map(|i| i.parse::<usize>().unwrap())
+            };
+            match (parse("alice"), parse("bob")) {
+                (Some(i), _) => got[0].push(i),
+                (_, Some(i)) => got[1].push(i),
+                _ => panic!("round {round}: {line:?} after {got:?}"),
+            }
+        }
+        for got in &got {
+            let from = got[0];
+            assert_eq!(got, &(from..=BURST).collect::<Vec<_>>(), "round {round}");
+        }
+        joiner.send("QUIT").await.unwrap();
+        until(&mut joiner, |l| l == "BYE").await;
+    }
+}

@@ -82,9 +82,12 @@ async fn a_user_past_max_rooms_per_user_is_refused_in_every_protocol() {
 #[tokio::test]
 async fn an_address_past_max_rooms_per_address_is_refused() {
     let server = TestServer::start_with(|c| c.max_rooms_per_address = 3).await;
+    // Kept online: a disconnect's notice may reach the next one before its answer.
+    let mut online = Vec::new();
     for (i, name) in ["u1", "u2", "u3"].iter().enumerate() {
         let mut c = server.text_login(name).await;
         assert_eq!(c.ask(&format!("JOIN #r{i}")).await.unwrap(), "OK");
+        online.push(c);
     }
     let mut late = server.text_login("u4").await;
     assert_eq!(late.ask("JOIN #r9").await.unwrap(), "ERR too-many-rooms");

@@ -28,10 +28,12 @@ use std::sync::Arc;
 use parley_proto::{ConversationKind, ErrorKind};
 use tracing::{debug, warn};
 
-use super::core::{internal, Audience, Core, Effect};
+use super::core::{internal, Audience, Core, Effect, Joiner};
 use super::{Auth, Identity, Map, NameKey, Presence, RoomInfo, ANONYMOUS};
 use crate::cluster::{wire, Event, Incoming, Link, RoomMembership, Wired};
-use crate::outbound::{ContactChange, Delivery, Item, Kill, Notice, SharedNotice, Staging, Tag};
+use crate::outbound::{
+    ContactChange, Delivery, Item, Kill, Link as OutLink, Notice, SharedNotice, Staging, Tag,
+};
 use crate::store::postgres::{OnlineClaim, PgStore};
 use crate::store::{Batch, ConvId, DeviceId, Membership, Seq, Tombstone, UserId};
 
@@ -59,6 +61,10 @@ pub(crate) struct State {
     /// Deliveries of messages committed elsewhere or read back, in order: performed
     /// before the batch's own.
     relays: Vec<Relay>,
+    /// Room messages (relays, or the batch's own) for sessions whose join is in this
+    /// batch, each queued right after the join's answer (`Core::perform_holding`): the
+    /// joiner hears its OK first.
+    waiting: Vec<Held>,
     /// Messages this batch may still read back from PostgreSQL, and the conversations
     /// whose gap it left partly filled.
     budget: i64,
@@ -82,6 +88,11 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Whether messages wait for joins' answers in this batch.
+    pub(super) fn holding(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     pub fn new(link: Link) -> Box<State> {
         Box::new(State {
             link,
@@ -91,6 +102,7 @@ impl State {
             releasing: Vec::new(),
             events: Vec::new(),
             relays: Vec::new(),
+            waiting: Vec::new(),
             budget: FILL_BUDGET,
             more: Vec::new(),
             read: 0,
@@ -126,6 +138,14 @@ struct Relay {
     delivery: Arc<Delivery>,
     audience: Audience,
     from: (DeviceId, u64),
+}
+
+/// A room message to one session, waiting for the answer at `after` among the batch's
+/// effects.
+struct Held {
+    after: usize,
+    link: Arc<OutLink>,
+    delivery: Arc<Delivery>,
 }
 
 impl Dest {
@@ -1107,23 +1127,89 @@ impl Core {
                 .and_then(|s| s.followed.get(&d.conv))
                 .is_some_and(|f| d.seq <= f.joins);
             match &r.audience {
-                Audience::Room(name) if late => self.relay_room(d, name, r.from, out),
+                Audience::Room(name) if late || !self.fresh_joins.is_empty() => {
+                    self.relay_room(d, name, r.from, out)
+                }
                 audience => self.deliver(d, audience, r.from, out),
             }
+        }
+    }
+
+    /// Holds room message `delivery` for the sessions that joined its room in this batch
+    /// before it and whose join's answer is not performed yet (all of them before the
+    /// batch's effects: `before` None; else the effect at `before` is being performed),
+    /// until that answer is: in a cluster a message committed after a join's start may be
+    /// performed before the join's answer (a relay, or the batch's own message applied
+    /// before the join). Returns the sessions (by id) it holds it for.
+    pub(super) fn hold_for_joins(
+        &mut self,
+        delivery: &Arc<Delivery>,
+        from: (DeviceId, u64),
+        before: Option<usize>,
+    ) -> Vec<u64> {
+        let mut held = Vec::new();
+        let Some(state) = self.cluster.as_mut() else {
+            return held;
+        };
+        for join in &self.fresh_joins {
+            let answered = before.is_some_and(|i| join.answer <= i);
+            if join.conv != delivery.conv || join.seq >= delivery.seq || answered {
+                continue;
+            }
+            let links: Vec<&Arc<OutLink>> = match join.who {
+                Joiner::Guest(link) => (self.guests.get(&link).into_iter())
+                    .filter(|g| g.id != from.1)
+                    .collect(),
+                Joiner::Member(user) => (self.online.get(&user).into_iter().flatten())
+                    .filter(|o| o.live && o.push && o.device != from.0)
+                    .map(|o| &o.link)
+                    .collect(),
+            };
+            for link in links {
+                held.push(link.id);
+                state.waiting.push(Held {
+                    after: join.answer,
+                    link: link.clone(),
+                    delivery: delivery.clone(),
+                });
+            }
+        }
+        held
+    }
+
+    /// Queues the messages held for the answer at `after` among the batch's effects (all of
+    /// them once the effects are done: `None`).
+    pub(super) fn cluster_release(&mut self, after: Option<usize>, out: &mut Staging) {
+        let state = self.state();
+        if state.waiting.is_empty() {
+            return;
+        }
+        let due = |h: &Held| after.is_none_or(|i| h.after == i);
+        if !state.waiting.iter().any(due) {
+            return;
+        }
+        let held = std::mem::take(&mut state.waiting);
+        let (now, later): (Vec<Held>, Vec<Held>) = held.into_iter().partition(due);
+        state.waiting = later;
+        for h in now {
+            out.push(&h.link, Item::Deliver(h.delivery));
         }
     }
 
     /// Delivers a room's message that some members online here joined at or after: to
     /// the others only. On one node a member gets a room's messages from its join on
     /// (the hub orders both); here a message committed on another node before a join
-    /// may arrive after it, over NATS or read back in a gap.
+    /// may arrive after it, over NATS or read back in a gap. A session that joined in
+    /// this batch and gets it, gets it after its join's answer (`held`): relays are
+    /// performed before the batch's effects.
     fn relay_room(
-        &self,
+        &mut self,
         delivery: &Arc<Delivery>,
         name: &Arc<str>,
         from: (DeviceId, u64),
         out: &mut Staging,
     ) {
+        let held = self.hold_for_joins(delivery, from, None);
         let Some(room) = self.rooms.get(name) else {
             return;
         };
@@ -1148,9 +1234,12 @@ impl Core {
             let guests = room.guests.iter().map(|g| (g, None));
             live.map(|o| (&o.link, Some(o.device))).chain(guests)
         };
-        let skip = |device: Option<DeviceId>, link: u64| match device {
-            Some(device) => device == from.0 || excluded.contains(&device),
-            None => link == from.1,
+        let skip = |device: Option<DeviceId>, link: u64| {
+            held.contains(&link)
+                || match device {
+                    Some(device) => device == from.0 || excluded.contains(&device),
+                    None => link == from.1,
+                }
         };
         out.push_room(name, sessions, skip, delivery);
     }

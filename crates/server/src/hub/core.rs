@@ -66,6 +66,7 @@ pub fn spawn(
         spare_messages: Vec::new(),
         spare_effects: Vec::new(),
         fresh_joins: Vec::new(),
+        performing: usize::MAX,
         pending_cursors: Default::default(),
         cursors_due: None,
         flushed_cursors: Default::default(),
@@ -161,6 +162,9 @@ pub(super) struct FreshJoin {
     pub conv: ConvId,
     pub seq: Seq,
     pub who: Joiner,
+    /// Where the join's answer is among the batch's effects: in a cluster, a room message
+    /// for the joiner performed before it waits until it is (hub/cluster.rs).
+    pub answer: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -218,6 +222,9 @@ pub(super) struct Core {
     /// Joins applied in this batch: a room message applied before one (at or below its
     /// start) is performed after it, and must not reach the joiner (see `deliver`).
     pub(super) fresh_joins: Vec<FreshJoin>,
+    /// The effect being performed, where a batch's room messages may wait for joins'
+    /// answers (`perform_holding`); `usize::MAX` elsewhere.
+    performing: usize,
     /// Progress reported by sessions and not written yet, and when it is due to be.
     pending_cursors: HashMap<(DeviceId, ConvId), Seq, ahash::RandomState>,
     cursors_due: Option<Instant>,
@@ -453,8 +460,16 @@ impl Core {
             self.cluster_after(committed, &mut effects);
             self.cluster_relay(&mut staging);
         }
-        for effect in effects.drain(..) {
-            self.perform(effect, committed, &mut staging);
+        let holding = match &self.cluster {
+            Some(c) => c.holding() || !self.fresh_joins.is_empty(),
+            None => false,
+        };
+        if !holding {
+            for effect in effects.drain(..) {
+                self.perform(effect, committed, &mut staging);
+            }
+        } else {
+            self.perform_holding(&mut effects, committed, &mut staging);
         }
         staging.flush();
         self.staging = staging;
@@ -591,13 +606,34 @@ impl Core {
                 actor,
                 room,
                 leave,
+                ok,
                 done,
             } => {
                 if let Some(old) = leave.filter(|old| *old != room) {
                     let _ = self.leave_room(&link, actor, &old, batch, effects);
                 }
+                let joins = self.fresh_joins.len();
                 let result = self.join_room(&link, actor, &room, batch, effects);
-                answer(effects, done, result);
+                if let Some(join) = self.fresh_joins.get_mut(joins) {
+                    join.answer = effects.len();
+                }
+                match (result, ok) {
+                    // Queued here, in order with what the hub queues for the session: the
+                    // room's messages from the join on come after it.
+                    (Ok(()), Some(ok)) => {
+                        effects.push(Effect::Answer(Box::new(move |committed| {
+                            let result = match committed {
+                                true => {
+                                    link.push(ok);
+                                    Ok(())
+                                }
+                                false => Err(ErrorKind::Internal),
+                            };
+                            let _ = done.send(result);
+                        })))
+                    }
+                    (result, _) => answer(effects, done, result),
+                }
             }
             Op::Leave {
                 link,
@@ -1444,6 +1480,29 @@ impl Core {
         }
     }
 
+    /// `perform` for a cluster's batch with joins: a room message committed after a
+    /// join's start, performed before its answer (relayed, or applied before the join),
+    /// waits for the answer and is queued right after it (hub/cluster.rs).
+    fn perform_holding(&mut self, effects: &mut Vec<Effect>, committed: bool, out: &mut Staging) {
+        for (i, effect) in effects.drain(..).enumerate() {
+            self.performing = i;
+            if let Effect::Deliver {
+                delivery,
+                audience: Audience::Room(_),
+                from,
+            } = &effect
+            {
+                if committed {
+                    self.hold_for_joins(delivery, *from, Some(i));
+                }
+            }
+            self.perform(effect, committed, out);
+            self.cluster_release(Some(i), out);
+        }
+        self.performing = usize::MAX;
+        self.cluster_release(None, out);
+    }
+
     /// A login's effect: the session is told (and its watchers, at its first device) once
     /// the commit is known.
     fn logged_in(
@@ -1550,14 +1609,17 @@ impl Core {
     /// The sessions (by id) that joined `delivery`'s room in this batch at or after it
     /// was stored. The hub applies a whole batch before it performs any of it, so a
     /// room's member list then already holds a join applied after the message; on one
-    /// node as in a cluster, a member gets a room's messages from its join on only.
+    /// node as in a cluster, a member gets a room's messages from its join on only. And
+    /// in a cluster those whose join's answer is still to come: the message waits for
+    /// it (`perform_holding`).
     fn joined_after(&self, delivery: &Delivery) -> Vec<u64> {
         if self.fresh_joins.is_empty() {
             return Vec::new();
         }
         let mut late = Vec::new();
         for join in &self.fresh_joins {
-            if join.conv != delivery.conv || join.seq < delivery.seq {
+            let answered = join.answer <= self.performing;
+            if join.conv != delivery.conv || (join.seq < delivery.seq && answered) {
                 continue;
             }
             match join.who {

@@ -252,6 +252,9 @@ pub(crate) enum Op {
         room: String,
         /// Leave this room first (seed 004: one room at a time).
         leave: Option<String>,
+        /// The session's answer to a successful join, queued by the hub before any of the
+        /// room's messages (the session writes nothing more for it).
+        ok: Option<Item>,
         done: Done<Result<(), ErrorKind>>,
     },
     Leave {
@@ -491,6 +494,7 @@ impl Hub {
         actor: Actor,
         room: String,
         leave: Option<String>,
+        ok: Option<Item>,
     ) -> Result<(), ErrorKind> {
         self.ask(
             |done| Op::Join {
@@ -498,6 +502,7 @@ impl Hub {
                 actor,
                 room,
                 leave,
+                ok,
                 done,
             },
             Err(ErrorKind::ShuttingDown),

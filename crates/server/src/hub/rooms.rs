@@ -93,6 +93,7 @@ impl Core {
                     conv,
                     seq: joined_seq,
                     who: Joiner::Member(identity.user),
+                    answer: usize::MAX,
                 });
                 let room = self.rooms.get_mut(room).expect("created above");
                 room.members.insert(identity.user);
@@ -113,6 +114,7 @@ impl Core {
                     conv,
                     seq,
                     who: Joiner::Guest(link.id),
+                    answer: usize::MAX,
                 });
                 Arc::from(ANONYMOUS)
             }

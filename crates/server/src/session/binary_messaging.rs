@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use parley_proto::binary::{self, ContactEntry, Event, Frame, ListPage, RoomEntry, UserEntry};
-use parley_proto::{ErrorKind, Target};
+use parley_proto::{ErrorKind, Reply, Target};
 use std::sync::atomic::Ordering;
 
 use super::binary::{reply, utf8};
@@ -12,7 +12,7 @@ use super::presence::UserStatus;
 use super::{Session, Who};
 use crate::files::Offer;
 use crate::hub::ContactAction;
-use crate::outbound::{Style, Tag};
+use crate::outbound::{Item, Style, Tag};
 use crate::store::Page;
 
 impl Session {
@@ -31,7 +31,14 @@ impl Session {
             }
             Frame::EnableAcks { .. } => self.enable_acks(),
             Frame::Join { room, .. } => match name(&room) {
-                Ok(room) => self.join(&[room], None, Who::Members).await,
+                Ok(room) => {
+                    // The answer is queued by the hub, before the room's first message.
+                    let ok = Item::Reply(Tag::Cid(cid), Reply::Ok);
+                    match self.join(&[room], None, Who::Members, Some(ok)).await {
+                        Ok(()) => return,
+                        Err(kind) => Err(kind),
+                    }
+                }
                 Err(kind) => Err(kind),
             },
             Frame::Leave { room, .. } => match name(&room) {

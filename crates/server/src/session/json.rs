@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use bytes::Bytes;
 use parley_proto::json::{self, Command, Value};
-use parley_proto::{text, validate_name, ErrorKind, Target};
+use parley_proto::{text, validate_name, ErrorKind, Reply, Target};
 use serde::Serialize;
 use serde_json::json;
 
@@ -280,8 +280,18 @@ impl Session {
             }
             Command::Join(json::Rooms { rooms, room, data }) => {
                 let rooms = rooms.or(room.map(|r| vec![r])).unwrap_or(vec![data]);
-                let joined = self.join(&rooms, None, Who::Members).await;
-                joined.and_then(|()| done("Joined"))
+                // The answer is queued by the hub, before the room's first message.
+                let ok = Item::Reply(
+                    Tag::Json {
+                        ok: "Joined",
+                        id: id.clone(),
+                    },
+                    Reply::Ok,
+                );
+                match self.join(&rooms, None, Who::Members, Some(ok)).await {
+                    Ok(()) => return Flow::Continue,
+                    Err(kind) => Err(kind),
+                }
             }
             Command::Leave(json::Rooms { rooms, room, data }) => {
                 let rooms = rooms.or(room.map(|r| vec![r])).unwrap_or(vec![data]);

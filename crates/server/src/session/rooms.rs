@@ -4,22 +4,35 @@ use parley_proto::{validate_name, ErrorKind};
 
 use super::{Session, Who};
 use crate::hub::{Actor, MemberList, RoomInfo};
+use crate::outbound::Item;
 
 impl Session {
     /// Joins each of `rooms` in turn (creating it), after leaving `leave` if given (seed
-    /// 004: one room at a time); stops at the first refusal.
+    /// 004: one room at a time); stops at the first refusal. `ok`, the answer to the whole
+    /// request, is queued by the hub once the last join is made, before any message of the
+    /// room (written here, the room's first messages could overtake it).
     pub(super) async fn join(
         &mut self,
         rooms: &[String],
         mut leave: Option<String>,
         who: Who,
+        mut ok: Option<Item>,
     ) -> Result<(), ErrorKind> {
         let actor = self.acting(who)?;
-        for room in rooms {
+        for (i, room) in rooms.iter().enumerate() {
             let room = self.room_name(room)?;
             let hub = &self.shared.hub;
-            hub.join(self.link.clone(), actor, room, leave.take())
+            let ok = if i + 1 == rooms.len() {
+                ok.take()
+            } else {
+                None
+            };
+            hub.join(self.link.clone(), actor, room, leave.take(), ok)
                 .await?;
+        }
+        if let Some(ok) = ok {
+            // No room to join: the answer is the session's to write.
+            self.say(ok).await;
         }
         Ok(())
     }
@@ -40,7 +53,9 @@ impl Session {
     pub(super) async fn renamed_in_room(&mut self, was: Actor, room: String) {
         let hub = &self.shared.hub;
         let _ = hub.leave(self.link.clone(), was, room.clone()).await;
-        let _ = hub.join(self.link.clone(), self.actor(), room, None).await;
+        let _ = hub
+            .join(self.link.clone(), self.actor(), room, None, None)
+            .await;
     }
 
     /// A page of the rooms, sorted by name, with their member counts: those after `after`

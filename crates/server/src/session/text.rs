@@ -196,8 +196,11 @@ impl Session {
                 self.send_text(Target::Room(room), text, Tag::Line).await;
             }
             TextCommand::Join { rooms } => {
-                let result = self.join(&rooms, None, Who::Members).await;
-                self.say_result(result).await;
+                // The OK is queued by the hub, before the room's first message.
+                let ok = Item::Bytes(Bytes::from_static(b"OK\n"));
+                if let Err(kind) = self.join(&rooms, None, Who::Members, Some(ok)).await {
+                    self.say_result(Err(kind)).await;
+                }
             }
             TextCommand::Leave { rooms } => {
                 let result = self.leave(&rooms, Who::Members).await;
@@ -413,15 +416,13 @@ impl Session {
             TextCommand::SlashJoin { room } => {
                 let rooms = std::slice::from_ref(&room);
                 let leave = self.room.clone();
-                let line = match self.join(rooms, leave, Who::Anyone).await {
-                    Ok(()) => {
-                        let line = format!("> welcome to {room}");
-                        self.room = Some(room);
-                        line
-                    }
-                    Err(kind) => format!("err: {}", slash_error(kind)),
-                };
-                self.say_line(line).await;
+                // The welcome is queued by the hub, before the room's first message.
+                let welcome = Bytes::from(format!("> welcome to {room}\n"));
+                let joined = self.join(rooms, leave, Who::Anyone, Some(Item::Bytes(welcome)));
+                match joined.await {
+                    Ok(()) => self.room = Some(room),
+                    Err(kind) => self.say_line(format!("err: {}", slash_error(kind))).await,
+                }
             }
             TextCommand::SlashRooms => {
                 // Seed 004 lists rooms before `/nick` too: the first page.
