@@ -885,3 +885,83 @@ async fn a_joiner_gets_its_ok_before_a_busy_rooms_messages_from_two_nodes() {
         until(&mut joiner, |l| l == "BYE").await;
     }
 }
+
+/// A device gets a room it joined on another node once, in order: uma joins rooms one
+/// after another from her phone on B while alice, on C, writes to all of them; her tablet
+/// on A (where wes keeps the rooms delivered) gets each room from the join on, each
+/// message once. A hears of each join from B and of alice's messages from C in any order:
+/// a message relayed in the batch that brings the join reaches the tablet live, and is
+/// not read back for it again. (It was: delivered live and again by the read, out of
+/// order.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_heard_from_another_node_reads_back_nothing_delivered_live() {
+    if !services::available() {
+        return;
+    }
+    const ROOMS: usize = 16;
+    const ROUNDS: usize = 30;
+    let cluster = Cluster::start_with(3, &[("PARLEY_COMMANDS_PER_SECOND", "100000")]);
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let mut reg = LineClient::connect(a.addr).await.unwrap();
+    assert_eq!(
+        reg.ask(&format!("REGISTER uma {PASSWORD}")).await.unwrap(),
+        "OK"
+    );
+    let mut alice = text(c.addr, "alice").await;
+    let mut wes = text(a.addr, "wes").await;
+    let rooms: Vec<String> = (0..ROOMS).map(|r| format!("#d{r}")).collect();
+    for member in [&mut alice, &mut wes] {
+        member
+            .send(&format!("JOIN {}", rooms.join(" ")))
+            .await
+            .unwrap();
+        until(member, |l| l == "OK").await;
+    }
+    let mut tablet = text(a.addr, &format!("uma {PASSWORD} tablet")).await;
+    let mut phone = text(b.addr, &format!("uma {PASSWORD} phone")).await;
+
+    // alice writes round after round to every room while the phone joins them.
+    let said: String = (0..ROUNDS)
+        .flat_map(|i| rooms.iter().map(move |r| format!("SAY {r} {i}\n")))
+        .collect();
+    alice.send_raw(said.as_bytes()).await.unwrap();
+    for room in &rooms {
+        phone.send(&format!("JOIN {room}")).await.unwrap();
+    }
+    for _ in &rooms {
+        until(&mut phone, |l| l == "OK").await;
+    }
+    for room in &rooms {
+        alice.send(&format!("SAY {room} end")).await.unwrap();
+    }
+
+    // The tablet: each room from some round on, up to the end, once each, in order.
+    let mut got: Vec<Vec<String>> = vec![Vec::new(); ROOMS];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got
+        .iter()
+        .any(|g| g.last().map(String::as_str) != Some("end"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the tablet's rooms in 30 s: {got:?}"
+        );
+        let line = tablet.line().await.expect("the tablet's session");
+        let Some(said) = line.strip_prefix("ROOM #d") else {
+            continue;
+        };
+        let (room, text) = said.split_once(" alice ").unwrap();
+        got[room.parse::<usize>().unwrap()].push(text.to_string());
+    }
+    for (room, got) in got.iter().enumerate() {
+        let from: usize = match got[0].as_str() {
+            "end" => ROUNDS,
+            first => first.parse().unwrap(),
+        };
+        let want: Vec<String> = (from..ROUNDS)
+            .map(|i| i.to_string())
+            .chain(["end".to_string()])
+            .collect();
+        assert_eq!(got, &want, "#d{room}: once each, in order");
+    }
+}

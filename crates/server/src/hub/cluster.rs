@@ -938,11 +938,24 @@ impl Core {
         match followed {
             None => self.follow(conv, Dest::Room(Arc::from(room)), seq),
             // The room was delivered here past the join: this user's live sessions get
-            // what they missed of it, if that is a bounded read.
+            // what they missed of it, if that is a bounded read. Not what this batch
+            // relays of it (still to be performed, it reaches them as members now): the
+            // read ends before it, and is delivered before it.
             Some(last) if last > seq => {
-                let n = last - seq;
+                let relays = &self.state().relays;
+                let pending = relays.iter().position(|r| {
+                    r.delivery.conv == conv && matches!(r.audience, Audience::Room(_))
+                });
+                let (upto, at) = match pending {
+                    Some(i) => (relays[i].delivery.seq - 1, i),
+                    None => (last, relays.len()),
+                };
+                if upto <= seq {
+                    return;
+                }
+                let n = upto - seq;
                 let read = match n <= FILL_BUDGET {
-                    true => self.pg().messages_after(conv, seq, last, n),
+                    true => self.pg().messages_after(conv, seq, upto, n),
                     false => Err(anyhow::anyhow!("{n} messages since the join")),
                 };
                 let page = match read {
@@ -954,6 +967,7 @@ impl Core {
                     Err(e) => return self.behind_in_room(user, conv, e),
                 };
                 self.read_back(page.len());
+                let mut read = Vec::with_capacity(page.len());
                 for m in page {
                     let delivery = Delivery::new(
                         m.id,
@@ -966,13 +980,14 @@ impl Core {
                         m.sent_at,
                     );
                     let delivery = self.cluster_tombstone(delivery, m.tombstone);
-                    self.state().relays.push(Relay {
+                    read.push(Relay {
                         delivery: Arc::new(delivery),
                         // Every session of this one user, as a message to oneself.
                         audience: Audience::Direct(user, user),
                         from: (m.sender_device, 0),
                     });
                 }
+                self.state().relays.splice(at..at, read);
             }
             Some(_) => {}
         }
