@@ -14,7 +14,7 @@ use parley_client::{
     Connection, Endpoint, Error, LineClient, Link, LinkEvent, LinkOptions, Push, Target,
 };
 use serde_json::Value;
-use services::cluster::{Cluster, Node};
+use services::cluster::{Cluster, Node, Proxy};
 use services::{Nats, Postgres};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -964,4 +964,58 @@ async fn a_join_heard_from_another_node_reads_back_nothing_delivered_live() {
             .collect();
         assert_eq!(got, &want, "#d{room}: once each, in order");
     }
+}
+
+/// A guest gets a room's messages from its join on, as a member does, on every node: a
+/// message committed on A before the guest's join on C, which C hears of only after that
+/// join (its NATS link is cut meanwhile), reaches the member C had, never the guest. (A
+/// guest had no start: C handed it the late message.) The guest's form of
+/// `cluster_faults::a_message_committed_before_a_join_elsewhere_never_reaches_the_joiner`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_committed_before_a_guests_join_elsewhere_never_reaches_it() {
+    if !services::available() {
+        return;
+    }
+    let pg = services::Postgres::start();
+    let nats = services::Nats::start();
+    let nats_addr: SocketAddr = ([127, 0, 0, 1], nats.port).into();
+    let link = Proxy::start(vec![nats_addr]).await;
+    // C reconciles only after a reconnection: what it hears of A's messages comes then.
+    let a = Node::start("a", &pg.url(), &nats.url());
+    let c = Node::start_with(
+        "c",
+        &pg.url(),
+        &format!("nats://{}", link.addr),
+        &[("PARLEY_CLUSTER_RECONCILE_MS", "600000")],
+    );
+    let mut alice = text(a.addr, "alice").await;
+    let mut bob = text(c.addr, "bob").await;
+    for member in [&mut alice, &mut bob] {
+        member.send("JOIN #r").await.unwrap();
+        until(member, |l| l == "OK").await;
+    }
+    // C delivers the room (bob is in it) and hears A.
+    alice.send("SAY #r hello").await.unwrap();
+    let heard = until(&mut bob, |l| l.starts_with("ROOM ")).await;
+    assert_eq!(heard, "ROOM #r alice hello");
+
+    link.cut();
+    alice.send("SAY #r before the guest").await.unwrap();
+    alice.send("PING").await.unwrap();
+    until(&mut alice, |l| l == "PONG").await;
+    // A seed-004 session that joins without a nick: a guest.
+    let mut guest = LineClient::connect(c.addr).await.unwrap();
+    guest.send("/join #r").await.unwrap();
+    until(&mut guest, |l| l == "> welcome to #r").await;
+    link.heal();
+    let heard = until(&mut bob, |l| l.starts_with("ROOM ")).await;
+    assert_eq!(heard, "ROOM #r alice before the guest");
+    alice.send("SAY #r after the guest").await.unwrap();
+    let heard = until(&mut guest, |l| l.starts_with("> alice")).await;
+    assert_eq!(
+        heard, "> alice: after the guest",
+        "the guest's first room message"
+    );
+    let heard = until(&mut bob, |l| l.starts_with("ROOM ")).await;
+    assert_eq!(heard, "ROOM #r alice after the guest");
 }

@@ -16,8 +16,8 @@
 //! - a conversation is followed from where the sessions that need it stand: at a catch-up's
 //!   go-live, from what PostgreSQL holds then (the session read up to there); for a
 //!   conversation that begins while a device is live, from the membership's start; a
-//!   room member's start is the room's sequence in PostgreSQL at the join, and what is
-//!   relayed here up to it skips that member, as on one node;
+//!   room member's (or a guest's) start is the room's sequence in PostgreSQL at the
+//!   join, and what is relayed here up to it skips that member, as on one node;
 //! - presence: who is online is PostgreSQL's table (store/postgres/cluster.rs), a user's
 //!   last session anywhere ending is an event every node hears.
 
@@ -76,6 +76,10 @@ pub(crate) struct State {
     pub(super) moderation_seen: i64,
     /// Moderation events applied here, by stamp (hub/cluster_moderation.rs).
     pub(super) heard: super::cluster_moderation::Heard,
+    /// Where each guest's presence in a room here starts (conversation, session id → the
+    /// room's sequence at its join): what is relayed here up to it skips the guest, as a
+    /// member's membership start does.
+    guest_starts: Map<(ConvId, u64), Seq>,
     /// Room memberships this batch began here, not committed yet: a read of PostgreSQL in
     /// the batch does not show them (hub/cluster_moderation.rs).
     pub(super) joined_now: Vec<(ConvId, UserId)>,
@@ -109,6 +113,7 @@ impl State {
             most: 0,
             moderation_seen: 0,
             heard: super::cluster_moderation::Heard::new(),
+            guest_starts: Map::default(),
             joined_now: Vec::new(),
             left_now: Vec::new(),
             ruled_now: Vec::new(),
@@ -278,6 +283,17 @@ impl Core {
         if let Some(state) = self.cluster.as_mut() {
             state.joined_now.retain(|j| *j != (conv, user));
             state.left_now.push((conv, user));
+        }
+    }
+
+    /// Guest session `link` joined room `conv` here at sequence `at` (`Some`), or left it
+    /// (`None`).
+    pub(super) fn cluster_guest(&mut self, conv: ConvId, link: u64, at: Option<Seq>) {
+        if let Some(state) = self.cluster.as_mut() {
+            match at {
+                Some(at) => state.guest_starts.insert((conv, link), at),
+                None => state.guest_starts.remove(&(conv, link)),
+            };
         }
     }
 
@@ -1249,11 +1265,15 @@ impl Core {
             let guests = room.guests.iter().map(|g| (g, None));
             live.map(|o| (&o.link, Some(o.device))).chain(guests)
         };
+        let guest_starts = &self.cluster.as_ref().expect("cluster mode").guest_starts;
+        let guest_late = |link: u64| {
+            (guest_starts.get(&(conv, link))).is_some_and(|&start| start >= delivery.seq)
+        };
         let skip = |device: Option<DeviceId>, link: u64| {
             held.contains(&link)
                 || match device {
                     Some(device) => device == from.0 || excluded.contains(&device),
-                    None => link == from.1,
+                    None => link == from.1 || guest_late(link),
                 }
         };
         out.push_room(name, sessions, skip, delivery);

@@ -107,7 +107,11 @@ impl Core {
                 entry.guests.push(link.clone());
                 self.guests.insert(link.id, link.clone());
                 let seq = match self.cluster {
-                    Some(_) => at,
+                    Some(_) => {
+                        // Its start, as a member's (hub/cluster.rs `relay_room`).
+                        self.cluster_guest(conv, link.id, Some(at));
+                        at
+                    }
                     None => self.last_seq(conv).map_err(internal)?,
                 };
                 self.fresh_joins.push(FreshJoin {
@@ -164,6 +168,8 @@ impl Core {
                 if entry.guests.len() == before {
                     return Err(ErrorKind::NotMember);
                 }
+                let conv = entry.conv;
+                self.cluster_guest(conv, link.id, None);
                 self.users[&anonymous].clone()
             }
         };
@@ -194,10 +200,13 @@ impl Core {
             let before = room.guests.len();
             room.guests.retain(|g| g.id != link_id);
             if room.guests.len() != before {
-                left.push(room.name.clone());
+                left.push((room.name.clone(), room.conv));
             }
         }
-        for room in left {
+        for &(_, conv) in &left {
+            self.cluster_guest(conv, link_id, None);
+        }
+        for (room, _) in left {
             let notice = Notice::Left {
                 room: room.clone(),
                 name: Arc::from(ANONYMOUS),
