@@ -1570,7 +1570,7 @@ impl Core {
                 };
                 // Not back to the sending device (unless it writes to itself).
                 let skip = |device: Option<DeviceId>, _| !to_self && device == Some(from.0);
-                out.push_direct((*a, *b), sessions, skip, || Item::Deliver(delivery.clone()));
+                out.push_direct((*a, *b), sessions, skip, delivery);
             }
             Audience::Room(name) => {
                 let Some(room) = self.rooms.get(name) else {

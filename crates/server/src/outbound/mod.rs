@@ -148,7 +148,7 @@ pub enum Item {
 
 impl Item {
     /// How many pushes this is, for the session's push limit (`Link::pushed`).
-    fn pushes(&self) -> usize {
+    pub(crate) fn pushes(&self) -> usize {
         match self {
             Item::Deliver(_) | Item::Notice(_) => 1,
             Item::Run(_, start, end) => (end - start) as usize,
@@ -182,5 +182,11 @@ impl Item {
             Item::Reply(..) => 64,
             Item::Me(_) => 0,
         }
+    }
+}
+
+impl queue::Weigh for Item {
+    fn weight(&self) -> usize {
+        Item::weight(self)
     }
 }

@@ -11,9 +11,9 @@
 //! of a writer: at one message per turn, about 750 instructions a message).
 //!
 //! Bytes are counted under the same lock, as each item is pushed (its weight, given by the
-//! caller, who has the item at hand). What the consumer took stays counted until it says it
-//! wrote it, at its next take: the bytes in its hands are memory too, and the report costs
-//! no lock of its own. Two bounds apply: the hub's pushes may fill the queue to its limits
+//! caller, who has the item at hand or weighed it when it staged it). What the consumer took
+//! stays counted until its next take, which means it wrote it: the bytes in its hands are
+//! memory too, and the queue already knows their weight (the consumer weighs nothing). Two bounds apply: the hub's pushes may fill the queue to its limits
 //! (past them a push is refused: the reader is not keeping up); producers that can wait (the
 //! session's own answers, the catch-up) wait for *room* instead, which stops at a fraction
 //! of the limits, so they never push the hub's items out.
@@ -73,6 +73,12 @@ impl Bounds {
     }
 }
 
+/// What an item weighs, for the byte bound: pushes give it, and a take of only part of what
+/// is queued counts it again for the part taken.
+pub trait Weigh {
+    fn weight(&self) -> usize;
+}
+
 /// Producers that may wait for room, each with a waker slot of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waiter {
@@ -99,8 +105,14 @@ pub struct Queue<T> {
 struct State<T> {
     items: VecDeque<T>,
     /// The weight of what is queued, and of what the consumer took and has not yet
-    /// reported written.
+    /// written (`taken`).
     bytes: usize,
+    /// The weight of what the consumer took at its last take, counted off at its next (it
+    /// wrote it meanwhile): handed over by the queue, which counted it when it was pushed,
+    /// where the consumer weighed each item again (about 20 instructions a message). A
+    /// u32, beside the flags (every connection's link holds this): what one take holds is
+    /// at most the byte bound, a u32, and one item.
+    taken: u32,
     closed: bool,
     /// No consumer runs: the next push starts one.
     parked: bool,
@@ -115,7 +127,7 @@ struct State<T> {
     room: [Option<Waker>; 2],
 }
 
-impl<T> State<T> {
+impl<T: Weigh> State<T> {
     /// The waiting consumer, to wake once the lock is released.
     fn wake(&mut self) -> Option<Waker> {
         self.waiting.take()
@@ -128,9 +140,16 @@ impl<T> State<T> {
         }
     }
 
-    fn take_into(&mut self, into: &mut Vec<T>, max: usize, written: usize) -> usize {
-        self.bytes = self.bytes.saturating_sub(written);
+    /// Moves up to `max` items into `into`, first counting off what the last take took.
+    fn take_into(&mut self, into: &mut Vec<T>, max: usize) -> usize {
+        self.bytes = self.bytes.saturating_sub(self.taken as usize);
         let n = self.items.len().min(max);
+        // All of it weighs what is counted; only part of it, what its items weigh.
+        let taken = match n == self.items.len() {
+            true => self.bytes,
+            false => self.items.iter().take(n).map(Weigh::weight).sum(),
+        };
+        self.taken = u32::try_from(taken).unwrap_or(u32::MAX);
         if n > 0 && n == self.items.len() && into.is_empty() && into.capacity() > 0 {
             // All of it into an empty list that has room of its own (the deque keeps slots
             // while in use): the two swap buffers (each conversion keeps its allocation, and
@@ -204,7 +223,7 @@ fn wake_all([session, replay]: [Option<Waker>; 2]) {
     }
 }
 
-impl<T> Queue<T> {
+impl<T: Weigh> Queue<T> {
     /// A queue whose consumer runs from the start.
     #[cfg(test)]
     pub fn new(bounds: Bounds) -> Self {
@@ -221,6 +240,7 @@ impl<T> Queue<T> {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 bytes: 0,
+                taken: 0,
                 closed: false,
                 parked,
                 finishing: false,
@@ -383,23 +403,16 @@ impl<T> Queue<T> {
     /// consumer then ends).
     #[cfg(test)]
     pub async fn take(&self, into: &mut Vec<T>, max: usize) -> usize {
-        let mut written = 0;
-        poll_fn(|cx| self.poll_take(cx, into, max, std::mem::take(&mut written))).await
+        poll_fn(|cx| self.poll_take(cx, into, max)).await
     }
 
-    /// [`Queue::take`] as a poll, first counting off `written`, the weight of what the
-    /// consumer wrote since its last take: when nothing can be moved, the consumer's waker
-    /// is left to be woken by the next push, close, finish or [`Queue::interrupt`].
-    pub fn poll_take(
-        &self,
-        cx: &mut Context<'_>,
-        into: &mut Vec<T>,
-        max: usize,
-        written: usize,
-    ) -> Poll<usize> {
+    /// [`Queue::take`] as a poll. A take means the consumer wrote what it took at its last
+    /// one: that is counted off. When nothing can be moved, the consumer's waker is left to
+    /// be woken by the next push, close, finish or [`Queue::interrupt`].
+    pub fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<T>, max: usize) -> Poll<usize> {
         let (moved, room) = {
             let mut state = self.lock();
-            let moved = state.take_into(into, max, written);
+            let moved = state.take_into(into, max);
             self.note_room(&state);
             let room = state.wake_room(&self.bounds);
             if moved == 0 && !state.closed && !state.finishing {
@@ -429,12 +442,12 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Moves up to `max` items into `into` without waiting, first counting off `written`
-    /// (see [`Queue::poll_take`]).
-    pub fn try_take(&self, into: &mut Vec<T>, max: usize, written: usize) -> usize {
+    /// Moves up to `max` items into `into` without waiting, first counting off what the
+    /// last take took (see [`Queue::poll_take`]).
+    pub fn try_take(&self, into: &mut Vec<T>, max: usize) -> usize {
         let (moved, room) = {
             let mut state = self.lock();
-            let moved = state.take_into(into, max, written);
+            let moved = state.take_into(into, max);
             self.note_room(&state);
             (moved, state.wake_room(&self.bounds))
         };
@@ -447,7 +460,7 @@ impl<T> Queue<T> {
         let (dropped, waiting, room) = {
             let mut state = self.lock();
             state.closed = true;
-            state.bytes = 0;
+            (state.bytes, state.taken) = (0, 0);
             self.note_room(&state);
             let room = std::mem::take(&mut state.room);
             (std::mem::take(&mut state.items), state.wake(), room)
@@ -486,6 +499,19 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    /// The tests' items weigh what their pushes say; a part taken counts 1 an item.
+    impl Weigh for u32 {
+        fn weight(&self) -> usize {
+            1
+        }
+    }
+
+    impl Weigh for Arc<()> {
+        fn weight(&self) -> usize {
+            1
+        }
+    }
+
     /// Bounds of `n` items, with no bound on bytes.
     fn items(n: usize) -> Bounds {
         Bounds::new(n, usize::MAX, n)
@@ -499,15 +525,15 @@ mod tests {
         }
         assert_eq!(q.push(3, 1), Err(Refused::Full));
         let mut out = Vec::new();
-        assert_eq!(q.try_take(&mut out, 2, 0), 2);
-        assert_eq!(q.try_take(&mut out, 10, 0), 1);
+        assert_eq!(q.try_take(&mut out, 2), 2);
+        assert_eq!(q.try_take(&mut out, 10), 1);
         assert_eq!(out, vec![0, 1, 2]);
         q.push(4, 1).unwrap();
         assert_eq!(q.len(), 1);
     }
 
     /// The hub's pushes fill the queue to its byte bound (a first item always goes in);
-    /// what the consumer took counts until it reports it written at its next take.
+    /// what the consumer took counts until its next take (it wrote it meanwhile).
     #[test]
     fn bounded_in_bytes_until_written() {
         let q = Queue::new(Bounds::new(100, 1_000, 100));
@@ -518,9 +544,13 @@ mod tests {
         );
         assert_eq!(q.push(2, 1), Err(Refused::Full));
         let mut out = Vec::new();
-        assert_eq!(q.try_take(&mut out, 10, 0), 1);
+        assert_eq!(q.try_take(&mut out, 10), 1);
         assert_eq!(q.bytes(), 5_000, "taken, not yet written");
-        assert_eq!(q.try_take(&mut out, 10, 5_000), 0);
+        assert_eq!(
+            q.try_take(&mut out, 10),
+            0,
+            "a take: what the last took is written"
+        );
         assert_eq!(q.bytes(), 0);
         assert_eq!(q.push_all(&mut vec![3, 4], 600), Ok(Pushed::Queued));
         assert_eq!(q.push_all(&mut vec![5], 401), Err(Refused::Full));
@@ -528,6 +558,22 @@ mod tests {
         assert_eq!(q.bytes(), 1_000);
         q.close();
         assert_eq!(q.bytes(), 0);
+    }
+
+    /// A take of part of what is queued hands over what that part weighs, and the rest stays
+    /// counted as queued.
+    #[test]
+    fn a_partial_take_counts_off_what_it_took() {
+        let q = Queue::new(Bounds::new(100, 1_000, 100));
+        assert_eq!(q.push_all(&mut vec![1, 2, 3], 3), Ok(Pushed::Queued));
+        let mut out = Vec::new();
+        assert_eq!(q.try_take(&mut out, 2), 2);
+        assert_eq!(q.bytes(), 3, "two taken, one queued");
+        assert_eq!(q.try_take(&mut out, 2), 1);
+        assert_eq!(q.bytes(), 1, "the two written, the last taken");
+        assert_eq!(q.try_take(&mut out, 2), 0);
+        assert_eq!(q.bytes(), 0);
+        assert_eq!(out, [1, 2, 3]);
     }
 
     /// A producer that waits for room pushes below the room bound only, and is woken once a
@@ -552,19 +598,19 @@ mod tests {
             "the hub's pushes still fit"
         );
         let mut out = Vec::new();
-        q.try_take(&mut out, 10, 0);
+        q.try_take(&mut out, 10);
         tokio::task::yield_now().await;
         assert!(
             !waiting.is_finished(),
             "taken but not written: still counted"
         );
-        q.try_take(&mut out, 10, 900);
+        q.try_take(&mut out, 10);
         let pushed = tokio::time::timeout(Duration::from_secs(5), waiting).await;
         assert_eq!(
             pushed.expect("woken by the take").unwrap(),
             Some(Pushed::Queued)
         );
-        q.try_take(&mut out, 10, 0);
+        q.try_take(&mut out, 10);
         assert_eq!(out, [1, 3, 2]);
 
         for i in 0..3 {
@@ -588,7 +634,7 @@ mod tests {
         assert!(three.is_empty());
         assert_eq!(q.len(), 4, "nothing of a refused list is queued");
         let mut out = Vec::new();
-        q.try_take(&mut out, 10, 0);
+        q.try_take(&mut out, 10);
         assert_eq!(out, vec![1, 2, 3, 4]);
         q.close();
         assert_eq!(q.push_all(&mut vec![8], 0), Err(Refused::Closed));
@@ -601,11 +647,11 @@ mod tests {
         assert_eq!(q.push(2, 1), Ok(Pushed::Queued));
         assert!(!q.park(), "items are waiting: the consumer must go on");
         let mut out = Vec::new();
-        q.try_take(&mut out, 10, 0);
+        q.try_take(&mut out, 10);
         assert!(q.park());
         assert_eq!(q.push(3, 1), Ok(Pushed::Start));
         assert!(!q.finish(), "a consumer runs");
-        q.try_take(&mut out, 10, 0);
+        q.try_take(&mut out, 10);
         assert!(!q.park(), "a finishing queue keeps its consumer");
         assert_eq!(out, vec![1, 2, 3]);
     }
@@ -628,7 +674,7 @@ mod tests {
             q.push(i, 1).unwrap();
         }
         let mut out = Vec::new();
-        q.try_take(&mut out, 10_000, 0);
+        q.try_take(&mut out, 10_000);
         assert_eq!(q.lock().items.capacity(), 0);
     }
 
@@ -736,7 +782,7 @@ mod tests {
         let q = Queue::new(items(10));
         q.push(1, 1).unwrap();
         let mut out = Vec::new();
-        q.try_take(&mut out, 10, 0);
+        q.try_take(&mut out, 10);
         assert!(
             q.lock().items.capacity() > 0,
             "a small deque is kept while in use"

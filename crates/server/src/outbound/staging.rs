@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::delivery::{Delivery, RoomRun};
-use super::link::Link;
+use super::link::{Link, Tally};
 use super::Item;
 use crate::store::{DeviceId, UserId};
 
@@ -58,6 +58,8 @@ struct Reach {
 struct Staged {
     link: Arc<Link>,
     items: Vec<Item>,
+    /// What `items` add up to, counted as they are staged (each item weighed once).
+    tally: Tally,
     /// In-flight permits to return once the replies are queued.
     permits: usize,
 }
@@ -65,12 +67,15 @@ struct Staged {
 impl Staging {
     /// Queues `item` for `link` when the batch is flushed.
     pub fn push(&mut self, link: &Arc<Link>, item: Item) {
-        self.staged(link).items.push(item);
+        let staged = self.staged(link);
+        staged.tally.add(&item);
+        staged.items.push(item);
     }
 
     /// Queues a reply to a request, returning its in-flight permit after it.
     pub fn reply(&mut self, link: &Arc<Link>, item: Item) {
         let staged = self.staged(link);
+        staged.tally.add(&item);
         staged.items.push(item);
         staged.permits += 1;
     }
@@ -109,11 +114,16 @@ impl Staging {
         let batch = self.rooms.get_mut(room).expect("inserted above");
         let index = u32::try_from(batch.deliveries.len()).expect("a batch under 4 G messages");
         batch.deliveries.push(delivery.clone());
+        // What a stretch weighs is what its messages do (`RoomRun::weight`).
+        let weight = delivery.weight();
         for r in &batch.reach {
             if skip(r.device, r.link) {
                 continue;
             }
-            let items = &mut self.staged[r.slot].items;
+            let staged = &mut self.staged[r.slot];
+            staged.tally.pushes += 1;
+            staged.tally.bytes += weight;
+            let items = &mut staged.items;
             match items.last_mut() {
                 Some(Item::Run(run, _, end)) if Arc::ptr_eq(run, &batch.run) && *end == index => {
                     *end += 1
@@ -123,15 +133,15 @@ impl Staging {
         }
     }
 
-    /// Queues what `item` makes for every session of the direct conversation of `members`
-    /// that `skip` does not reject (by device and session id). `sessions` lists them when
-    /// the conversation is not the one named last.
+    /// Queues `delivery` for every session of the direct conversation of `members` that
+    /// `skip` does not reject (by device and session id). `sessions` lists them when the
+    /// conversation is not the one named last.
     pub fn push_direct<'a, I>(
         &mut self,
         members: (UserId, UserId),
         sessions: impl FnOnce() -> I,
         skip: impl Fn(Option<DeviceId>, u64) -> bool,
-        item: impl Fn() -> Item,
+        delivery: &Arc<Delivery>,
     ) where
         I: IntoIterator<Item = (&'a Arc<Link>, Option<DeviceId>)>,
     {
@@ -147,9 +157,13 @@ impl Staging {
             }
             self.last_direct = Some(members);
         }
+        let weight = delivery.weight();
         for r in &self.direct_reach {
             if !skip(r.device, r.link) {
-                self.staged[r.slot].items.push(item());
+                let staged = &mut self.staged[r.slot];
+                staged.tally.pushes += 1;
+                staged.tally.bytes += weight;
+                staged.items.push(Item::Deliver(delivery.clone()));
             }
         }
     }
@@ -167,7 +181,7 @@ impl Staging {
         self.last_direct = None;
         for mut staged in self.staged.drain(..) {
             if !staged.items.is_empty() {
-                staged.link.push_all(&mut staged.items);
+                staged.link.push_all(&mut staged.items, staged.tally);
             }
             staged.link.inflight.add_permits(staged.permits);
             if self.spare.len() < SPARE_LISTS && staged.items.capacity() <= SPARE_SLOTS {
@@ -189,6 +203,7 @@ impl Staging {
             self.staged.push(Staged {
                 link: link.clone(),
                 items: self.spare.pop().unwrap_or_default(),
+                tally: Tally::default(),
                 permits: 0,
             });
             self.staged.len() - 1

@@ -66,8 +66,6 @@ pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
     // turn; a second read of the clock per write was about 40 instructions a message at
     // W = 1).
     let mut now = last_write;
-    // The weight of what was written since the last take, counted off at the next.
-    let mut written = 0;
     loop {
         // About to wait: what a burst grew is not kept by an idle session. (The queue's
         // lock is taken only when there is something to release: a lock per turn was about
@@ -96,7 +94,7 @@ pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
         }
         let got = tokio::select! {
             biased;
-            turn = std::future::poll_fn(|cx| link.poll_turn(cx, &mut items, &mut written)) => match turn {
+            turn = std::future::poll_fn(|cx| link.poll_turn(cx, &mut items)) => match turn {
                 // 0 once the session is closing (or the queue closed) and nothing is left.
                 Some(n) => n,
                 None => {
@@ -128,12 +126,9 @@ pub(super) async fn run(link: Arc<Link>, mut out: Box<Writer>) {
         if got == 0 {
             break;
         }
-        match out.write(&link, &mut items).await {
-            Some(weight) => written = weight,
-            None => {
-                out.report(&link, true);
-                return link.writer_stopped();
-            }
+        if !out.write(&link, &mut items).await {
+            out.report(&link, true);
+            return link.writer_stopped();
         }
         last_write = tokio::time::Instant::now();
         now = last_write;
@@ -209,13 +204,13 @@ impl Writer {
         }
     }
 
-    /// Encodes and writes `items` (emptying it), `WRITE_BYTES` at most at a time. The
-    /// weight of what it wrote, or `None` when the socket failed or the session was killed.
-    async fn write(&mut self, link: &Link, items: &mut Vec<Item>) -> Option<usize> {
+    /// Encodes and writes `items` (emptying it), `WRITE_BYTES` at most at a time. False
+    /// when the socket failed or the session was killed. (The queue counts what they weigh
+    /// off its byte bound at the next take.)
+    async fn write(&mut self, link: &Link, items: &mut Vec<Item>) -> bool {
         let style = Style::from_u8(link.style.load(Ordering::Relaxed));
         let pushes = items.iter().map(Item::pushes).sum();
         link.pushed.fetch_sub(pushes, Ordering::Relaxed);
-        let mut weight = 0;
         while !items.is_empty() {
             // As many items as fit one write (at least one), and room for all of them at
             // once: grown item by item, the buffer doubled half a dozen times per write of
@@ -229,30 +224,30 @@ impl Writer {
                 (n, hint) = (n + 1, hint + len);
             }
             self.buf.reserve(hint);
-            weight += self.write_some(link, style, items, n).await?;
+            if !self.write_some(link, style, items, n).await {
+                return false;
+            }
         }
-        Some(weight)
+        true
     }
 
-    /// Encodes the first `n` of `items` into the buffer and writes it with one call. The
-    /// weight of what it wrote, or `None` when the socket failed or the session was killed.
+    /// Encodes the first `n` of `items` into the buffer and writes it with one call. False
+    /// when the socket failed or the session was killed.
     async fn write_some(
         &mut self,
         link: &Link,
         style: Style,
         items: &mut Vec<Item>,
         n: usize,
-    ) -> Option<usize> {
+    ) -> bool {
         let buf = &mut self.buf;
         let mut messages = 0;
-        let mut weight = 0;
         // What the write carries goes straight to the acknowledgement tracker (no list per
         // write), as one entry per run of a conversation: only a conversation's furthest
         // sequence counts, and a fan-out write carries dozens of one room's messages.
         let acks = &mut self.acks;
         let mut progress = |conv: ConvId, seq: Seq| acks.carries(conv, seq);
         for item in items.drain(..n) {
-            weight += item.weight();
             let d = match item {
                 // A WebSocket's replies and rendered lines go in frames of their own.
                 Item::Reply(tag, reply) if style == Style::WebSocket => {
@@ -308,7 +303,7 @@ impl Writer {
         }
         if !written {
             self.acks.failed();
-            return None;
+            return false;
         }
         let (bytes, messages) = (written_bytes as u32, messages as u32);
         if self.out_bytes.checked_add(bytes).is_none() {
@@ -322,22 +317,17 @@ impl Writer {
         // Confirmed (and reported) by the writer's poll timer: the peer cannot have
         // acknowledged these bytes yet.
         self.acks.written(written_bytes, !client_acks);
-        Some(weight)
+        true
     }
 
     /// The writer's end: writes what is queued, gives the peer a moment to acknowledge it,
     /// reports, shuts the socket down. A killed session only reports.
     pub(super) async fn flush(&mut self, link: &Link, items: &mut Vec<Item>) {
         if !link.is_killed() {
-            let mut written = 0;
             loop {
-                link.queue.try_take(items, BATCH, written);
-                if items.is_empty() {
+                link.queue.try_take(items, BATCH);
+                if items.is_empty() || !self.write(link, items).await {
                     break;
-                }
-                match self.write(link, items).await {
-                    Some(weight) => written = weight,
-                    None => break,
                 }
             }
             let deadline = tokio::time::Instant::now() + ACK_GRACE;
