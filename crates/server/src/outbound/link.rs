@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Semaphore;
 
-use super::queue::{Bounds, Pushed, Queue, Refused, Waiter};
+use super::queue::{Bounds, Pushed, Queue, Refused, Tally, Waiter, Weigh};
 use super::writer::{self, Writer, BATCH};
 use super::Item;
 use super::Protocol;
@@ -54,13 +54,6 @@ pub struct Link {
     device: AtomicI64,
     /// One permit per request in flight; the hub returns it once the reply is queued.
     pub inflight: Semaphore,
-    /// Pushes (deliveries, notices) waiting in the queue, and how many may
-    /// (`outbound_queue`): the queue's other slots are for replies and catch-up, which have
-    /// their own bounds.
-    pub(super) pushed: std::sync::atomic::AtomicUsize,
-    /// A u32 like the other limits: the link is allocated for every connection, and these
-    /// pack beside its flags.
-    push_limit: u32,
     /// How long a write may wait with the client taking nothing before it is a slow
     /// consumer (0: for ever).
     write_timeout_ms: u32,
@@ -75,30 +68,6 @@ pub struct Link {
     flush_timeout_ms: u32,
     /// The peer's address (rooms created per address are counted by it).
     peer: std::sync::OnceLock<std::net::IpAddr>,
-}
-
-/// What a list of items adds up to: pushes (for the push limit) and weight (for the byte
-/// bound).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Tally {
-    pub pushes: usize,
-    pub bytes: usize,
-}
-
-impl Tally {
-    /// Counts `item` in.
-    #[inline]
-    pub fn add(&mut self, item: &Item) {
-        self.pushes += item.pushes();
-        self.bytes += item.weight();
-    }
-
-    /// What `items` add up to.
-    pub fn of(items: &[Item]) -> Tally {
-        let mut tally = Tally::default();
-        items.iter().for_each(|item| tally.add(item));
-        tally
-    }
 }
 
 /// Why a session is ended by someone else: dropped at once (hard), or asked to end.
@@ -179,7 +148,9 @@ impl Link {
     /// The link of a new session, with its writer parked (call inside the runtime).
     pub fn new(id: u64, protocol: Protocol, limits: LinkLimits, writer: Writer) -> Arc<Self> {
         let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
-        let bounds = Bounds::new(limits.queue, limits.bytes, limits.room);
+        // Pushes (deliveries, notices) may fill `outbound_queue` of the queue's slots: the
+        // others are for replies and catch-up, which have their own bounds.
+        let bounds = Bounds::new(limits.queue, limits.bytes, limits.room).pushes(limits.pushes);
         Arc::new_cyclic(|me| Link {
             id,
             protocol,
@@ -190,8 +161,6 @@ impl Link {
             writer_done: AtomicBool::new(false),
             device: AtomicI64::new(0),
             inflight: Semaphore::new(limits.inflight),
-            pushed: Default::default(),
-            push_limit: u32::try_from(limits.pushes).unwrap_or(u32::MAX),
             write_timeout_ms: ms(limits.write_timeout),
             acks: Default::default(),
             parked: Mutex::new(Some(Box::new(writer))),
@@ -219,11 +188,8 @@ impl Link {
         // The queue also holds room for the replies to requests in flight (bounded by
         // `max_inflight`) and for the session's own output and catch-up: pushes may not use
         // either, so `outbound_queue` is the real limit on what waits for a slow reader.
-        if !self.claim_pushes(item.pushes()) {
-            return self.kill(Kill::SlowConsumer);
-        }
-        let bytes = item.weight();
-        match self.queue.push(item, bytes) {
+        let tally = item.tally();
+        match self.queue.push(item, tally) {
             Ok(Pushed::Start) => self.start_writer(),
             Ok(Pushed::Queued) => {}
             Err(Refused::Full) => self.kill(Kill::SlowConsumer),
@@ -239,13 +205,9 @@ impl Link {
     /// 20 instructions a message).
     pub fn push_all(&self, items: &mut Vec<Item>, tally: Tally) {
         debug_assert_eq!(tally, Tally::of(items), "a staged tally matches its items");
-        // Past the limit one by one would queue some and then kill the session, whose
-        // writer then writes none of them: the same as queueing none.
-        if !self.claim_pushes(tally.pushes) {
-            items.clear();
-            return self.kill(Kill::SlowConsumer);
-        }
-        match self.queue.push_all(items, tally.bytes) {
+        // Past a bound one by one would queue some and then kill the session, whose writer
+        // then writes none of them: the same as queueing none.
+        match self.queue.push_all(items, tally) {
             Ok(Pushed::Start) => self.start_writer(),
             Ok(Pushed::Queued) | Err(Refused::Closed) => {}
             Err(Refused::Full) => self.kill(Kill::SlowConsumer),
@@ -256,10 +218,10 @@ impl Link {
     /// the session's own output (`waiter` [`Waiter::Session`]) and of its catch-up
     /// ([`Waiter::Replay`]). False once the writer has stopped (nothing more is written).
     pub async fn push_in_room(&self, item: Item, waiter: Waiter) -> bool {
-        let bytes = item.weight();
+        let tally = item.tally();
         let mut item = Some(item);
         let queue = &self.queue;
-        let pushed = poll_fn(|cx| queue.poll_push_in_room(cx, waiter, &mut item, bytes)).await;
+        let pushed = poll_fn(|cx| queue.poll_push_in_room(cx, waiter, &mut item, tally)).await;
         if pushed == Some(Pushed::Start) {
             self.start_writer();
         }
@@ -282,18 +244,6 @@ impl Link {
     /// among the catch-ups that replay at once).
     pub async fn room_for(&self, waiter: Waiter) -> bool {
         self.queue.has_room() || poll_fn(|cx| self.queue.poll_room(cx, waiter)).await
-    }
-
-    /// Counts `n` more pushes waiting in the queue, unless that would pass the limit.
-    fn claim_pushes(&self, n: usize) -> bool {
-        if n == 0 {
-            return true;
-        }
-        if self.pushed.load(Ordering::Relaxed) + n > self.push_limit as usize {
-            return false;
-        }
-        self.pushed.fetch_add(n, Ordering::Relaxed);
-        true
     }
 
     fn start_writer(&self) {

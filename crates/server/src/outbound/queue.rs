@@ -51,6 +51,9 @@ pub enum Refused {
 pub struct Bounds {
     /// Most items.
     items: u32,
+    /// Most pushes (deliveries and notices: see [`Tally`]) queued: the queue's other items
+    /// are replies in flight and the session's own output, which have bounds of their own.
+    pushes: u32,
     /// Most bytes (a first item is always taken, however large).
     bytes: u32,
     /// Producers that wait ([`Queue::poll_push_in_room`]) push only while the queue holds
@@ -61,22 +64,60 @@ pub struct Bounds {
 
 impl Bounds {
     /// At most `items` items and `bytes` bytes; room for waiting producers below
-    /// `room_items` items and half the bytes.
+    /// `room_items` items and half the bytes. Pushes are not bounded apart from items
+    /// unless [`Bounds::pushes`] says so.
     pub fn new(items: usize, bytes: usize, room_items: usize) -> Bounds {
-        let u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Bounds {
-            items: u32(items),
-            bytes: u32(bytes),
-            room_items: u32(room_items),
-            room_bytes: u32(bytes / 2),
+            items: u32_of(items),
+            pushes: u32::MAX,
+            bytes: u32_of(bytes),
+            room_items: u32_of(room_items),
+            room_bytes: u32_of(bytes / 2),
         }
+    }
+
+    /// These bounds with at most `pushes` pushes queued.
+    pub fn pushes(self, pushes: usize) -> Bounds {
+        let pushes = u32_of(pushes);
+        Bounds { pushes, ..self }
     }
 }
 
-/// What an item weighs, for the byte bound: pushes give it, and a take of only part of what
-/// is queued counts it again for the part taken.
+fn u32_of(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// What items add up to: pushes, for the push bound (a delivery or a notice is one, a
+/// stretch of a room's messages one per message, an answer none), and their weight, for the
+/// byte bound (about the memory they hold until written).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub pushes: usize,
+    pub bytes: usize,
+}
+
+impl Tally {
+    /// Counts `item` in.
+    #[inline]
+    pub fn add<T: Weigh>(&mut self, item: &T) {
+        let t = item.tally();
+        self.pushes += t.pushes;
+        self.bytes += t.bytes;
+    }
+
+    /// What `items` add up to.
+    pub fn of<T: Weigh>(items: &[T]) -> Tally {
+        let mut tally = Tally::default();
+        items.iter().for_each(|item| tally.add(item));
+        tally
+    }
+}
+
+/// What an item counts for in the queue's bounds. Producers give it with each push (the hub
+/// as it stages its items); a take of only part of what is queued counts it again for the
+/// part taken.
 pub trait Weigh {
-    fn weight(&self) -> usize;
+    fn tally(&self) -> Tally;
 }
 
 /// Producers that may wait for room, each with a waker slot of its own.
@@ -113,6 +154,10 @@ struct State<T> {
     /// u32, beside the flags (every connection's link holds this): what one take holds is
     /// at most the byte bound, a u32, and one item.
     taken: u32,
+    /// The pushes queued (see [`Bounds::pushes`]): counted off as the consumer takes them,
+    /// here under the lock where a count of its own beside the queue cost the consumer a
+    /// walk over what it took (about 16 instructions a message) and each push an atomic.
+    pushes: u32,
     closed: bool,
     /// No consumer runs: the next push starts one.
     parked: bool,
@@ -144,12 +189,15 @@ impl<T: Weigh> State<T> {
     fn take_into(&mut self, into: &mut Vec<T>, max: usize) -> usize {
         self.bytes = self.bytes.saturating_sub(self.taken as usize);
         let n = self.items.len().min(max);
-        // All of it weighs what is counted; only part of it, what its items weigh.
-        let taken = match n == self.items.len() {
-            true => self.bytes,
-            false => self.items.iter().take(n).map(Weigh::weight).sum(),
-        };
-        self.taken = u32::try_from(taken).unwrap_or(u32::MAX);
+        // All of it counts what is counted; only part of it, what its items count.
+        if n == self.items.len() {
+            (self.taken, self.pushes) = (u32_of(self.bytes), 0);
+        } else {
+            let mut part = Tally::default();
+            self.items.iter().take(n).for_each(|item| part.add(item));
+            self.taken = u32_of(part.bytes);
+            self.pushes = self.pushes.saturating_sub(u32_of(part.pushes));
+        }
         if n > 0 && n == self.items.len() && into.is_empty() && into.capacity() > 0 {
             // All of it into an empty list that has room of its own (the deque keeps slots
             // while in use): the two swap buffers (each conversion keeps its allocation, and
@@ -179,22 +227,29 @@ impl<T: Weigh> State<T> {
         }
     }
 
-    /// Queues `item` of `bytes` unless that passes the bounds.
-    fn admit(&mut self, item: T, bytes: usize, bounds: &Bounds) -> Result<(), Refused> {
+    /// Queues `item`, which counts `tally`, unless that passes the bounds.
+    fn admit(&mut self, item: T, tally: Tally, bounds: &Bounds) -> Result<(), Refused> {
         if self.closed {
             return Err(Refused::Closed);
         }
-        if self.items.len() >= bounds.items as usize || self.over(bytes, bounds) {
+        if self.items.len() >= bounds.items as usize || self.over(tally, bounds) {
             return Err(Refused::Full);
         }
         self.items.push_back(item);
-        self.bytes += bytes;
+        self.count(tally);
         Ok(())
     }
 
-    /// Whether `bytes` more would pass the byte bound (never for the first item).
-    fn over(&self, bytes: usize, bounds: &Bounds) -> bool {
-        self.bytes > 0 && self.bytes + bytes > bounds.bytes as usize
+    /// Whether `tally` more would pass the push or the byte bound (the byte bound never
+    /// for the first item).
+    fn over(&self, tally: Tally, bounds: &Bounds) -> bool {
+        self.pushes as usize + tally.pushes > bounds.pushes as usize
+            || self.bytes > 0 && self.bytes + tally.bytes > bounds.bytes as usize
+    }
+
+    fn count(&mut self, tally: Tally) {
+        self.bytes += tally.bytes;
+        self.pushes = self.pushes.saturating_add(u32_of(tally.pushes));
     }
 
     /// What a push asks of the caller, and the consumer to wake: the first item after the
@@ -241,6 +296,7 @@ impl<T: Weigh> Queue<T> {
                 items: VecDeque::new(),
                 bytes: 0,
                 taken: 0,
+                pushes: 0,
                 closed: false,
                 parked,
                 finishing: false,
@@ -266,12 +322,12 @@ impl<T: Weigh> Queue<T> {
         !self.roomless.load(Ordering::Relaxed)
     }
 
-    /// Queues `item`, which weighs `bytes`, without waiting.
-    pub fn push(&self, item: T, bytes: usize) -> Result<Pushed, Refused> {
+    /// Queues `item`, which counts `tally`, without waiting.
+    pub fn push(&self, item: T, tally: Tally) -> Result<Pushed, Refused> {
         let (pushed, waiting) = {
             let mut state = self.lock();
             let was_empty = state.items.is_empty();
-            state.admit(item, bytes, &self.bounds)?;
+            state.admit(item, tally, &self.bounds)?;
             self.note_room(&state);
             state.pushed(was_empty)
         };
@@ -281,14 +337,14 @@ impl<T: Weigh> Queue<T> {
         Ok(pushed)
     }
 
-    /// Queues every item of `items` (emptying it; together they weigh `bytes`), in order,
+    /// Queues every item of `items` (emptying it; together they count `tally`), in order,
     /// as one push: one lock and at most one wake-up for all of them. All or nothing:
     /// nothing is queued when they do not all fit.
-    pub fn push_all(&self, items: &mut Vec<T>, bytes: usize) -> Result<Pushed, Refused> {
+    pub fn push_all(&self, items: &mut Vec<T>, tally: Tally) -> Result<Pushed, Refused> {
         let (pushed, waiting) = {
             let mut state = self.lock();
             let full = state.items.len() + items.len() > self.bounds.items as usize
-                || state.over(bytes, &self.bounds);
+                || state.over(tally, &self.bounds);
             if state.closed || full {
                 items.clear();
                 return Err(if state.closed {
@@ -309,7 +365,7 @@ impl<T: Weigh> Queue<T> {
             } else {
                 state.items.extend(items.drain(..));
             }
-            state.bytes += bytes;
+            state.count(tally);
             self.note_room(&state);
             state.pushed(was_empty)
         };
@@ -328,7 +384,7 @@ impl<T: Weigh> Queue<T> {
         cx: &mut Context<'_>,
         waiter: Waiter,
         item: &mut Option<T>,
-        bytes: usize,
+        tally: Tally,
     ) -> Poll<Option<Pushed>> {
         let (pushed, waiting) = {
             let mut state = self.lock();
@@ -345,7 +401,7 @@ impl<T: Weigh> Queue<T> {
             };
             let was_empty = state.items.is_empty();
             state.items.push_back(item);
-            state.bytes += bytes;
+            state.count(tally);
             self.note_room(&state);
             state.pushed(was_empty)
         };
@@ -460,7 +516,7 @@ impl<T: Weigh> Queue<T> {
         let (dropped, waiting, room) = {
             let mut state = self.lock();
             state.closed = true;
-            (state.bytes, state.taken) = (0, 0);
+            (state.bytes, state.taken, state.pushes) = (0, 0, 0);
             self.note_room(&state);
             let room = std::mem::take(&mut state.room);
             (std::mem::take(&mut state.items), state.wake(), room)
@@ -499,17 +555,22 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    /// The tests' items weigh what their pushes say; a part taken counts 1 an item.
+    /// The tests' items weigh what their pushes say; a part taken counts 1 byte an item.
     impl Weigh for u32 {
-        fn weight(&self) -> usize {
-            1
+        fn tally(&self) -> Tally {
+            w(1)
         }
     }
 
     impl Weigh for Arc<()> {
-        fn weight(&self) -> usize {
-            1
+        fn tally(&self) -> Tally {
+            w(1)
         }
+    }
+
+    /// `bytes` and no pushes.
+    fn w(bytes: usize) -> Tally {
+        Tally { pushes: 0, bytes }
     }
 
     /// Bounds of `n` items, with no bound on bytes.
@@ -521,14 +582,14 @@ mod tests {
     fn bounded_and_in_order() {
         let q = Queue::new(items(3));
         for i in 0..3 {
-            assert_eq!(q.push(i, 1), Ok(Pushed::Queued));
+            assert_eq!(q.push(i, w(1)), Ok(Pushed::Queued));
         }
-        assert_eq!(q.push(3, 1), Err(Refused::Full));
+        assert_eq!(q.push(3, w(1)), Err(Refused::Full));
         let mut out = Vec::new();
         assert_eq!(q.try_take(&mut out, 2), 2);
         assert_eq!(q.try_take(&mut out, 10), 1);
         assert_eq!(out, vec![0, 1, 2]);
-        q.push(4, 1).unwrap();
+        q.push(4, w(1)).unwrap();
         assert_eq!(q.len(), 1);
     }
 
@@ -538,11 +599,11 @@ mod tests {
     fn bounded_in_bytes_until_written() {
         let q = Queue::new(Bounds::new(100, 1_000, 100));
         assert_eq!(
-            q.push(1, 5_000),
+            q.push(1, w(5_000)),
             Ok(Pushed::Queued),
             "a first item, however large"
         );
-        assert_eq!(q.push(2, 1), Err(Refused::Full));
+        assert_eq!(q.push(2, w(1)), Err(Refused::Full));
         let mut out = Vec::new();
         assert_eq!(q.try_take(&mut out, 10), 1);
         assert_eq!(q.bytes(), 5_000, "taken, not yet written");
@@ -552,9 +613,9 @@ mod tests {
             "a take: what the last took is written"
         );
         assert_eq!(q.bytes(), 0);
-        assert_eq!(q.push_all(&mut vec![3, 4], 600), Ok(Pushed::Queued));
-        assert_eq!(q.push_all(&mut vec![5], 401), Err(Refused::Full));
-        assert_eq!(q.push(6, 400), Ok(Pushed::Queued));
+        assert_eq!(q.push_all(&mut vec![3, 4], w(600)), Ok(Pushed::Queued));
+        assert_eq!(q.push_all(&mut vec![5], w(401)), Err(Refused::Full));
+        assert_eq!(q.push(6, w(400)), Ok(Pushed::Queued));
         assert_eq!(q.bytes(), 1_000);
         q.close();
         assert_eq!(q.bytes(), 0);
@@ -565,7 +626,7 @@ mod tests {
     #[test]
     fn a_partial_take_counts_off_what_it_took() {
         let q = Queue::new(Bounds::new(100, 1_000, 100));
-        assert_eq!(q.push_all(&mut vec![1, 2, 3], 3), Ok(Pushed::Queued));
+        assert_eq!(q.push_all(&mut vec![1, 2, 3], w(3)), Ok(Pushed::Queued));
         let mut out = Vec::new();
         assert_eq!(q.try_take(&mut out, 2), 2);
         assert_eq!(q.bytes(), 3, "two taken, one queued");
@@ -574,6 +635,39 @@ mod tests {
         assert_eq!(q.try_take(&mut out, 2), 0);
         assert_eq!(q.bytes(), 0);
         assert_eq!(out, [1, 2, 3]);
+    }
+
+    /// The hub's pushes are bounded apart from the queue's other items, and a take counts
+    /// off the pushes it took: all of them, or those of the part it took.
+    #[test]
+    fn pushes_are_bounded_and_counted_off_as_taken() {
+        struct Push;
+        impl Weigh for Push {
+            fn tally(&self) -> Tally {
+                Tally {
+                    pushes: 1,
+                    bytes: 1,
+                }
+            }
+        }
+        let pushes = |n| Tally::of(&(0..n).map(|_| Push).collect::<Vec<_>>());
+        let q = Queue::new(Bounds::new(100, 1_000, 100).pushes(3));
+        assert_eq!(
+            q.push_all(&mut vec![Push, Push], pushes(2)),
+            Ok(Pushed::Queued)
+        );
+        let refused = q.push_all(&mut vec![Push, Push], pushes(2));
+        assert_eq!(refused, Err(Refused::Full), "four pushes");
+        assert_eq!(q.push(Push, pushes(1)), Ok(Pushed::Queued));
+        assert_eq!(q.push(Push, pushes(1)), Err(Refused::Full));
+        assert_eq!(q.push(Push, w(1)), Ok(Pushed::Queued), "not a push");
+        let mut out = Vec::new();
+        assert_eq!(q.try_take(&mut out, 2), 2);
+        let pushed = q.push_all(&mut vec![Push, Push], pushes(2));
+        assert_eq!(pushed, Ok(Pushed::Queued), "two taken");
+        assert_eq!(q.try_take(&mut out, 10), 4);
+        let pushed = q.push_all(&mut vec![Push, Push, Push], pushes(3));
+        assert_eq!(pushed, Ok(Pushed::Queued), "all taken");
     }
 
     /// A producer that waits for room pushes below the room bound only, and is woken once a
@@ -585,7 +679,7 @@ mod tests {
             let q = q.clone();
             tokio::spawn(async move {
                 let mut item = Some(item);
-                poll_fn(|cx| q.poll_push_in_room(cx, Waiter::Session, &mut item, bytes)).await
+                poll_fn(|cx| q.poll_push_in_room(cx, Waiter::Session, &mut item, w(bytes))).await
             })
         };
         push(&q, 1, 600).await.unwrap().expect("room");
@@ -593,7 +687,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "600 bytes are past the room");
         assert_eq!(
-            q.push(3, 300),
+            q.push(3, w(300)),
             Ok(Pushed::Queued),
             "the hub's pushes still fit"
         );
@@ -614,7 +708,7 @@ mod tests {
         assert_eq!(out, [1, 3, 2]);
 
         for i in 0..3 {
-            q.push(i, 1).unwrap();
+            q.push(i, w(1)).unwrap();
         }
         let waiting = push(&q, 9, 1);
         tokio::task::yield_now().await;
@@ -627,29 +721,29 @@ mod tests {
     #[test]
     fn several_items_go_in_at_once_in_order_or_not_at_all() {
         let q = Queue::parked(items(5));
-        assert_eq!(q.push_all(&mut vec![1, 2], 0), Ok(Pushed::Start));
-        assert_eq!(q.push_all(&mut vec![3, 4], 0), Ok(Pushed::Queued));
+        assert_eq!(q.push_all(&mut vec![1, 2], w(0)), Ok(Pushed::Start));
+        assert_eq!(q.push_all(&mut vec![3, 4], w(0)), Ok(Pushed::Queued));
         let mut three = vec![5, 6, 7];
-        assert_eq!(q.push_all(&mut three, 0), Err(Refused::Full));
+        assert_eq!(q.push_all(&mut three, w(0)), Err(Refused::Full));
         assert!(three.is_empty());
         assert_eq!(q.len(), 4, "nothing of a refused list is queued");
         let mut out = Vec::new();
         q.try_take(&mut out, 10);
         assert_eq!(out, vec![1, 2, 3, 4]);
         q.close();
-        assert_eq!(q.push_all(&mut vec![8], 0), Err(Refused::Closed));
+        assert_eq!(q.push_all(&mut vec![8], w(0)), Err(Refused::Closed));
     }
 
     #[test]
     fn a_parked_queue_asks_for_a_consumer_once() {
         let q = Queue::parked(items(10));
-        assert_eq!(q.push(1, 1), Ok(Pushed::Start));
-        assert_eq!(q.push(2, 1), Ok(Pushed::Queued));
+        assert_eq!(q.push(1, w(1)), Ok(Pushed::Start));
+        assert_eq!(q.push(2, w(1)), Ok(Pushed::Queued));
         assert!(!q.park(), "items are waiting: the consumer must go on");
         let mut out = Vec::new();
         q.try_take(&mut out, 10);
         assert!(q.park());
-        assert_eq!(q.push(3, 1), Ok(Pushed::Start));
+        assert_eq!(q.push(3, w(1)), Ok(Pushed::Start));
         assert!(!q.finish(), "a consumer runs");
         q.try_take(&mut out, 10);
         assert!(!q.park(), "a finishing queue keeps its consumer");
@@ -661,7 +755,7 @@ mod tests {
         let q = Queue::parked(items(10));
         assert!(q.finish());
         assert_eq!(
-            q.push(1, 1),
+            q.push(1, w(1)),
             Ok(Pushed::Queued),
             "no consumer starts any more"
         );
@@ -671,7 +765,7 @@ mod tests {
     fn releases_memory_once_emptied() {
         let q = Queue::new(items(10_000));
         for i in 0..1_000 {
-            q.push(i, 1).unwrap();
+            q.push(i, w(1)).unwrap();
         }
         let mut out = Vec::new();
         q.try_take(&mut out, 10_000);
@@ -693,8 +787,8 @@ mod tests {
         let q = Arc::new(Queue::new(items(10)));
         let consumer = consumer(&q);
         tokio::task::yield_now().await;
-        q.push(1, 1).unwrap();
-        q.push(2, 1).unwrap();
+        q.push(1, w(1)).unwrap();
+        q.push(2, w(1)).unwrap();
         assert!(!q.finish(), "a consumer was running");
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), consumer)
             .await
@@ -725,10 +819,11 @@ mod tests {
                 for i in 0..PUSHES {
                     until(&|| q.lock().waiting.is_some());
                     if i % 2 == 0 {
-                        q.push(next, 1).unwrap();
+                        q.push(next, w(1)).unwrap();
                         next += 1;
                     } else {
-                        q.push_all(&mut vec![next, next + 1, next + 2], 0).unwrap();
+                        q.push_all(&mut vec![next, next + 1, next + 2], w(0))
+                            .unwrap();
                         next += 3;
                     }
                     until(&|| q.is_empty());
@@ -780,7 +875,7 @@ mod tests {
     #[test]
     fn a_parked_queue_holds_no_slots() {
         let q = Queue::new(items(10));
-        q.push(1, 1).unwrap();
+        q.push(1, w(1)).unwrap();
         let mut out = Vec::new();
         q.try_take(&mut out, 10);
         assert!(
@@ -795,14 +890,14 @@ mod tests {
     fn closed_refuses_and_drops() {
         let q = Queue::new(items(10));
         let item = Arc::new(());
-        q.push(item.clone(), 1).unwrap();
+        q.push(item.clone(), w(1)).unwrap();
         q.close();
         assert_eq!(
             Arc::strong_count(&item),
             1,
             "queued items are dropped on close"
         );
-        assert_eq!(q.push(item.clone(), 1), Err(Refused::Closed));
+        assert_eq!(q.push(item.clone(), w(1)), Err(Refused::Closed));
     }
 
     #[tokio::test]
@@ -817,7 +912,7 @@ mod tests {
             })
         };
         for i in 0..5 {
-            q.push(i, 1).unwrap();
+            q.push(i, w(1)).unwrap();
             // Let the consumer run (a current-thread runtime runs it on yield).
             for _ in 0..100 {
                 if q.is_empty() {

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::delivery::{Delivery, RoomRun};
-use super::link::{Link, Tally};
+use super::link::Link;
+use super::queue::Tally;
 use super::Item;
 use crate::store::{DeviceId, UserId};
 

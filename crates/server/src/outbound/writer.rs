@@ -209,8 +209,6 @@ impl Writer {
     /// off its byte bound at the next take.)
     async fn write(&mut self, link: &Link, items: &mut Vec<Item>) -> bool {
         let style = Style::from_u8(link.style.load(Ordering::Relaxed));
-        let pushes = items.iter().map(Item::pushes).sum();
-        link.pushed.fetch_sub(pushes, Ordering::Relaxed);
         while !items.is_empty() {
             // As many items as fit one write (at least one), and room for all of them at
             // once: grown item by item, the buffer doubled half a dozen times per write of
