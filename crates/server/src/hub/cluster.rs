@@ -1053,10 +1053,11 @@ impl Core {
         for effect in effects.iter_mut() {
             // A WebSocket sender is told where its message was stored: PostgreSQL's place.
             if let Effect::Reply {
-                item: Item::Reply(Tag::Stored { stored, .. }, _),
+                item: Item::Reply(Tag::Stored(tag), _),
                 ..
             } = effect
             {
+                let stored = &mut tag.stored;
                 let at = assigned.get((stored[0] - first) as usize);
                 if let Some(&(id, seq)) = at.filter(|a| **a != crate::store::NOT_STORED) {
                     stored[0] = id;

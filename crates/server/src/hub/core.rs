@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::lookalikes::Lookalikes;
 use crate::monitor::Monitor;
 use crate::outbound::{
-    Delivery, Item, Kill, Link, Notice, Protocol, SharedNotice, Staging, Style, Tag,
+    Delivery, Item, Kill, Link, Notice, Protocol, SharedNotice, Staging, StoredTag, Style, Tag,
 };
 use crate::store::{
     now_ms, Batch, ContactState, ConvId, DeviceId, LogStore, Membership, NewMessage, NextIds,
@@ -1802,13 +1802,14 @@ fn answer_sent(
             let first = deliveries.next();
             // A WebSocket client learns where its message was stored (it gets no copy of
             // it), so it can place it among the ones it receives.
+            let websocket = || {
+                link.style.load(std::sync::atomic::Ordering::Relaxed)
+                    == crate::outbound::Style::WebSocket as u8
+            };
             let tag = match (tag, &first) {
-                (Tag::Json { ok, id }, Some(Effect::Deliver { delivery, .. }))
-                    if link.style.load(std::sync::atomic::Ordering::Relaxed)
-                        == crate::outbound::Style::WebSocket as u8 =>
-                {
+                (Tag::Json { ok, id }, Some(Effect::Deliver { delivery, .. })) if websocket() => {
                     let stored = [delivery.id, delivery.conv, delivery.seq];
-                    Tag::Stored { ok, id, stored }
+                    Tag::Stored(Box::new(StoredTag { ok, id, stored }))
                 }
                 (tag, _) => tag,
             };

@@ -575,13 +575,19 @@ pub enum Tag {
     },
     /// A seed-003 `SENDMSG`: its reply carries the client's id of the message.
     SimpleTcp { md5encoded: Arc<str> },
-    /// A JSON request over WebSocket that stored a message: the answer's `data` says where
-    /// (`id`, `conversation`, `seq`).
-    Stored {
-        ok: &'static str,
-        id: Option<Arc<Value>>,
-        stored: [i64; 3],
-    },
+    /// A JSON request over WebSocket that stored a message: the answer's `data` says where.
+    /// Boxed: the rest are at most three words, and every item staged, queued and written
+    /// moves a whole `Item` (64 bytes with this inline, 40 without).
+    Stored(Box<StoredTag>),
+}
+
+/// What [`Tag::Stored`] answers with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTag {
+    pub ok: &'static str,
+    pub id: Option<Arc<Value>>,
+    /// Where the message was stored: `id`, `conversation`, `seq`.
+    pub stored: [i64; 3],
 }
 
 /// Appends the answer to the request tagged `tag`.
@@ -607,7 +613,8 @@ pub fn encode_reply(tag: &Tag, reply: &Reply, dst: &mut BytesMut) {
             json::encode_response(success, message, &Value::from(""), id.as_deref(), &mut out);
             dst.put_slice(&out);
         }
-        (Tag::Stored { ok, id, stored }, Reply::Ok) => {
+        (Tag::Stored(tag), Reply::Ok) => {
+            let StoredTag { ok, id, stored } = &**tag;
             let [message, conversation, seq] = *stored;
             let response = StoredResponse {
                 success: true,
@@ -631,7 +638,8 @@ pub fn encode_reply(tag: &Tag, reply: &Reply, dst: &mut BytesMut) {
             let info = format!("Exception: {}", json_error(*kind));
             simpletcp::encode_err("SENDMSG", &info, dst);
         }
-        (Tag::Stored { id, .. }, Reply::Error(kind)) => {
+        (Tag::Stored(tag), Reply::Error(kind)) => {
+            let id = &tag.id;
             let mut out = Vec::new();
             let (message, data) = (json_error(*kind), Value::from(""));
             json::encode_response(false, message, &data, id.as_deref(), &mut out);

@@ -509,4 +509,11 @@ mod tests {
         assert!(std::mem::size_of::<Link>() + 16 <= 320);
         assert!(std::mem::size_of::<Writer>() <= 192);
     }
+
+    /// Every item the hub stages, a queue holds and a writer takes is moved whole: an item
+    /// stays at five words (a `Bytes` and the variant), a larger answer's tag boxed.
+    #[test]
+    fn an_item_is_five_words() {
+        assert!(std::mem::size_of::<Item>() <= 40);
+    }
 }

@@ -44,7 +44,7 @@ use parley_proto::Reply;
 pub use delivery::{
     ContactChange, Delivery, ModerationChange, Notice, RoomRun, SharedNotice, MESSAGE_OVERHEAD,
 };
-pub use encode::{json_error, slash_error, Tag};
+pub use encode::{json_error, slash_error, StoredTag, Tag};
 pub use link::{Kill, Link, LinkLimits};
 pub use queue::Waiter;
 pub use staging::Staging;
