@@ -198,12 +198,13 @@ impl<T: Weigh> State<T> {
             self.taken = u32_of(part.bytes);
             self.pushes = self.pushes.saturating_sub(u32_of(part.pushes));
         }
-        if n > 0 && n == self.items.len() && into.is_empty() && into.capacity() > 0 {
-            // All of it into an empty list that has room of its own (the deque keeps slots
-            // while in use): the two swap buffers (each conversion keeps its allocation, and
-            // a deque a writer emptied starts at its buffer's front, so neither moves an
-            // item), where a drain moved the items one by one (about 370 instructions a
-            // message at W = 1, callgrind).
+        if n > 0 && n == self.items.len() && into.is_empty() {
+            // All of it into an empty list: the two swap buffers (each conversion keeps its
+            // allocation, and a deque a writer emptied starts at its buffer's front, so
+            // neither moves an item), where a drain moved the items one by one (about 370
+            // instructions a message at W = 1, callgrind). Also into a list with no room
+            // (the writer released a grown one): the queue is left with none, and the hub's
+            // next push into it swaps its staged list in.
             let spare = VecDeque::from(std::mem::take(into));
             *into = Vec::from(std::mem::replace(&mut self.items, spare));
         } else if n > 0 {
