@@ -54,7 +54,8 @@ pub enum OnlineClaim {
     Busy,
 }
 
-/// Message ids that batches in flight may hold (16 nodes' worth of full batches).
+/// Message ids that batches in flight may hold (16 nodes' worth of full batches; a
+/// batch's ids are blocks of `message_ids`, whose `last_value` is the newest block's first).
 const IN_FLIGHT: i64 = 16 * 4096;
 
 impl PgStore {

@@ -14,7 +14,9 @@
 //!   sequences from it under the row's lock, which orders the nodes writing one
 //!   conversation;
 //! - message ids come from the sequence `message_ids` (cache 1) taken under those locks,
-//!   so that, as on one node, ids ascend with the sequence in every conversation;
+//!   so that, as on one node, ids ascend with the sequence in every conversation; since
+//!   version 5 each value of it begins a block of [`ID_BLOCK`] ids, so a batch takes one
+//!   value per block, not one per message (ids jump by the unused rest of a block);
 //! - the messages (since version 3 a row per conversation per batch: pack.rs), file
 //!   contents (`blobs`) and who is online where (`nodes`, `online_sessions`) are tables;
 //! - moderation (version 2) is in tables of its own rather than new columns, so that the
@@ -24,7 +26,7 @@ use anyhow::Context;
 use tokio_postgres::Client;
 
 /// The schema's versions: version `n` is the `n`-th.
-const VERSIONS: &[&str] = &[V1, V2, V3, V4];
+const VERSIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 const V1: &str = "
 CREATE TABLE users (
@@ -219,6 +221,16 @@ CREATE TABLE moderation_log (
 );
 ";
 
+/// Version 5: message ids in blocks. Each `nextval` hands out the first of [`ID_BLOCK`]
+/// ids (the sequence steps by that much), so a batch takes one value per block of its
+/// messages rather than one per message: the sequence's work (a buffer lock and, every
+/// 32 values, a WAL record) was about 0.3–0.5 µs of PostgreSQL's CPU per message. Values
+/// taken before this step are all below the next one, so no id is handed out twice.
+const V5: &str = "ALTER SEQUENCE message_ids INCREMENT BY 64;";
+
+/// How many message ids one value of `message_ids` stands for (version 5).
+pub const ID_BLOCK: i64 = 64;
+
 /// A number of our own for the advisory lock the migrations run under.
 const LOCK: i64 = 0x7061_726c_6579; // "parley"
 
@@ -266,4 +278,12 @@ async fn run(client: &mut Client) -> anyhow::Result<()> {
         tracing::info!(version = next, "PostgreSQL schema migrated");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_sequence_steps_by_the_block_the_writer_takes() {
+        assert!(super::V5.contains(&format!("INCREMENT BY {};", super::ID_BLOCK)));
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! 1. `BEGIN`; lock the rows of the conversations the batch writes to, in id order (two
 //!    nodes locking the same rows in different orders would deadlock), reading their
-//!    `last_seq`; take an id per message from `message_ids`. The locks order the nodes
+//!    `last_seq`; take the batch's ids from `message_ids`, a value per block of
+//!    [`ID_BLOCK`] messages (schema.rs, version 5). The locks order the nodes
 //!    writing one conversation: a node holds them until it commits, so the next node's
 //!    sequences and ids follow its own, and when sequence `s` is committed every sequence
 //!    before it is too (a gap in what NATS brings can always be read back).
@@ -15,13 +16,16 @@
 //! on their own (cluster.rs), so that a name taken on two nodes at once cannot fail a batch
 //! of messages.
 
-use std::collections::HashMap;
+/// The batch's maps, by conversation: looked up a few times per message, so hashed by
+/// ahash rather than SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 use anyhow::Context;
 use futures_util::future::join_all;
 use tokio_postgres::types::ToSql;
 
 use super::pack::Builder;
+use super::schema::ID_BLOCK;
 use super::{Conn, Counters};
 use crate::store::{Batch, ConvId, Revoke, Seq, Tombstone};
 
@@ -41,13 +45,14 @@ pub(super) async fn batch(
         "the PostgreSQL store creates users, devices and conversations on their own"
     );
     // The conversations written to, in id order, and how many messages each gets.
-    let mut counts: HashMap<ConvId, i64> = HashMap::new();
+    let mut counts: HashMap<ConvId, i64> = HashMap::default();
     for m in &batch.messages {
         *counts.entry(m.conv).or_default() += 1;
     }
     let mut convs: Vec<ConvId> = counts.keys().copied().collect();
     convs.sort_unstable();
     let n = batch.messages.len() as i64;
+    let blocks = (n + ID_BLOCK - 1) / ID_BLOCK;
 
     let begin = conn.prepare("BEGIN").await?;
     let lock = conn
@@ -76,7 +81,7 @@ pub(super) async fn batch(
             if n == 0 {
                 return Ok(Vec::new());
             }
-            client.query(&ids, &[&n]).await
+            client.query(&ids, &[&blocks]).await
         },
         async {
             if doomed.is_empty() {
@@ -111,13 +116,18 @@ pub(super) async fn batch(
         rollback(conn).await;
         anyhow::bail!("a batch names a conversation that is not stored");
     }
-    let mut ids: Vec<i64> = numbered.iter().map(|r| r.get(0)).collect();
+    let mut starts: Vec<i64> = numbered.iter().map(|r| r.get(0)).collect();
     // One session's nextval calls ascend; sorted all the same, as nothing else orders them.
-    ids.sort_unstable();
+    starts.sort_unstable();
+    let ids = ids_of(&starts, batch.messages.len());
+    if ids.len() != batch.messages.len() {
+        rollback(conn).await;
+        anyhow::bail!("{} message ids taken for {n} messages", ids.len());
+    }
 
     // Each message's sequence, following its conversation's last one; its pack.
     let mut assigned = Vec::with_capacity(batch.messages.len());
-    let mut packs: HashMap<ConvId, Vec<Builder>> = HashMap::new();
+    let mut packs: HashMap<ConvId, Vec<Builder>> = HashMap::default();
     for (m, &id) in batch.messages.iter().zip(&ids) {
         if refused.contains(&m.id) {
             assigned.push(crate::store::NOT_STORED);
@@ -160,6 +170,16 @@ pub(super) async fn batch(
         .map(|m| m.body.len() as u64)
         .sum::<u64>();
     Ok(assigned)
+}
+
+/// The first `n` ids of the blocks beginning at `starts` (ascending): each value of
+/// `message_ids` is the first of [`ID_BLOCK`] ids no other value's block holds.
+fn ids_of(starts: &[i64], n: usize) -> Vec<i64> {
+    starts
+        .iter()
+        .flat_map(|&start| start..start + ID_BLOCK)
+        .take(n)
+        .collect()
 }
 
 /// The packs of a batch as the insert's arrays.
@@ -428,5 +448,20 @@ impl Statements {
                 .await?,
             commit: conn.prepare("COMMIT").await?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_takes_its_ids_a_block_at_a_time() {
+        assert_eq!(ids_of(&[1], 3), vec![1, 2, 3]);
+        let two = ids_of(&[65, 193], 100);
+        assert_eq!(two.len(), 100);
+        assert_eq!(two[..64], (65..129).collect::<Vec<_>>()[..]);
+        assert_eq!(two[64..], (193..229).collect::<Vec<_>>()[..]);
+        assert!(ids_of(&[], 0).is_empty());
     }
 }
