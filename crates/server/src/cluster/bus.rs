@@ -90,14 +90,14 @@ impl Bus {
         });
         let (hub, interest, throttle) = (self.hub, self.interest, self.throttle);
         tokio::spawn(async move {
+            let mut names = wire::Names::default();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     message = messages.next() => {
                         let Some(message) = message else { break };
-                        match wire::decode(message.payload) {
-                            Ok(mut batch) => {
-                                interest.filter(&mut batch);
+                        match interest.decode(message.payload, &mut names) {
+                            Ok(batch) => {
                                 if !batch.is_empty() {
                                     hub.incoming(Incoming::Messages(batch));
                                 }

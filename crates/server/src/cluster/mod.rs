@@ -154,12 +154,13 @@ impl Interest {
         }
     }
 
-    /// Drops from `messages` what this node does not deliver.
-    fn filter(&self, messages: &mut Vec<Wired>) {
+    /// Decodes the messages of a batch this node delivers; the rest is stepped over
+    /// (`wire::decode_where`).
+    fn decode(&self, data: Bytes, names: &mut wire::Names) -> anyhow::Result<Vec<Wired>> {
         let sets = self.sets.lock().expect("interest poisoned");
-        messages.retain(|m| {
-            sets.convs.contains(&m.conv) || sets.users.contains(&m.a) || sets.users.contains(&m.b)
-        });
+        wire::decode_where(data, names, |conv, a, b| {
+            sets.convs.contains(&conv) || sets.users.contains(&a) || sets.users.contains(&b)
+        })
     }
 }
 

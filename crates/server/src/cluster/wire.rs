@@ -56,25 +56,69 @@ const VERSION_2: u32 = 1 << 31;
 const TOMBSTONE: u8 = 0x80;
 
 /// Encodes a batch of messages.
+#[cfg(test)]
 pub fn encode(messages: &[Wired]) -> Bytes {
-    let size: usize = messages
-        .iter()
-        .map(|m| {
-            let deletes = if matches!(m.tombstone, Tombstone::Of(..)) {
-                16
-            } else {
-                0
-            };
-            FIXED + deletes + 2 + m.from.len() + 2 + m.to.len() + 4 + m.body.len()
-        })
-        .sum();
-    let mut buf = BytesMut::with_capacity(4 + size);
-    buf.put_u32_le(messages.len() as u32 | VERSION_2);
+    let mut batch = Encoder::with_capacity(messages.len());
     for m in messages {
+        batch.push(m.head(), &m.from, &m.to, &m.body);
+    }
+    batch.finish()
+}
+
+/// A message's fixed part (and what it deletes, for a tombstone).
+#[derive(Debug, Clone, Copy)]
+pub struct Head {
+    pub id: i64,
+    pub conv: ConvId,
+    pub seq: Seq,
+    pub kind: ConversationKind,
+    pub sender_device: DeviceId,
+    pub a: UserId,
+    pub b: UserId,
+    pub sent_at: u64,
+    /// Written as `No` when `Unknown`.
+    pub tombstone: Tombstone,
+}
+
+#[cfg(test)]
+impl Wired {
+    fn head(&self) -> Head {
+        Head {
+            id: self.id,
+            conv: self.conv,
+            seq: self.seq,
+            kind: self.kind,
+            sender_device: self.sender_device,
+            a: self.a,
+            b: self.b,
+            sent_at: self.sent_at,
+            tombstone: self.tombstone,
+        }
+    }
+}
+
+/// Writes a batch a message at a time, straight from the hub's deliveries (no [`Wired`]
+/// made, no name or body shared just to be copied).
+pub struct Encoder {
+    buf: BytesMut,
+    count: u32,
+}
+
+impl Encoder {
+    /// For about `messages` messages of short names and bodies (it grows as needed).
+    pub fn with_capacity(messages: usize) -> Encoder {
+        let mut buf = BytesMut::with_capacity(4 + messages * (FIXED + 64));
+        buf.put_u32_le(VERSION_2);
+        Encoder { buf, count: 0 }
+    }
+
+    pub fn push(&mut self, m: Head, from: &str, to: &str, body: &[u8]) {
         let deletes = match m.tombstone {
             Tombstone::Of(id, seq) => Some((id, seq)),
             Tombstone::No | Tombstone::Unknown => None,
         };
+        let buf = &mut self.buf;
+        buf.reserve(FIXED + 16 + 2 + from.len() + 2 + to.len() + 4 + body.len());
         buf.put_i64_le(m.id);
         buf.put_i64_le(m.conv);
         buf.put_i64_le(m.seq);
@@ -88,19 +132,41 @@ pub fn encode(messages: &[Wired]) -> Bytes {
             buf.put_i64_le(id);
             buf.put_i64_le(seq);
         }
-        for name in [&m.from, &m.to] {
+        for name in [from, to] {
             buf.put_u16_le(name.len() as u16);
             buf.put_slice(name.as_bytes());
         }
-        buf.put_u32_le(m.body.len() as u32);
-        buf.put_slice(&m.body);
+        buf.put_u32_le(body.len() as u32);
+        buf.put_slice(body);
+        self.count += 1;
     }
-    buf.freeze()
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn finish(mut self) -> Bytes {
+        self.buf[..4].copy_from_slice(&(self.count | VERSION_2).to_le_bytes());
+        self.buf.freeze()
+    }
 }
 
-/// Decodes a batch; the bodies share `data`'s bytes. Anything malformed is an error, not a
-/// wrong message.
-pub fn decode(mut data: Bytes) -> anyhow::Result<Vec<Wired>> {
+/// Decodes a whole batch; the bodies share `data`'s bytes. Anything malformed is an error,
+/// not a wrong message.
+#[cfg(test)]
+pub fn decode(data: Bytes) -> anyhow::Result<Vec<Wired>> {
+    decode_where(data, &mut Names::default(), |_, _, _| true)
+}
+
+/// Decodes the messages of a batch that `keep` wants (by conversation and, for a direct
+/// message, its two users): every node reads every batch, and most of a batch is for other
+/// nodes, so the rest is only stepped over (its lengths checked, nothing allocated, its
+/// names not checked for UTF-8). Names come from `names`, shared with earlier batches'.
+pub fn decode_where(
+    mut data: Bytes,
+    names: &mut Names,
+    mut keep: impl FnMut(ConvId, UserId, UserId) -> bool,
+) -> anyhow::Result<Vec<Wired>> {
     anyhow::ensure!(data.remaining() >= 4, "a message batch cut short");
     let count = data.get_u32_le();
     let says = count & VERSION_2 != 0;
@@ -111,7 +177,7 @@ pub fn decode(mut data: Bytes) -> anyhow::Result<Vec<Wired>> {
         "a message batch of {count} in {} bytes",
         data.remaining()
     );
-    let mut out = Vec::with_capacity(count);
+    let mut out = Vec::new();
     for _ in 0..count {
         anyhow::ensure!(data.remaining() >= FIXED, "a message cut short");
         let id = data.get_i64_le();
@@ -126,6 +192,7 @@ pub fn decode(mut data: Bytes) -> anyhow::Result<Vec<Wired>> {
         let a = data.get_i64_le();
         let b = data.get_i64_le();
         let sent_at = data.get_u64_le();
+        let wanted = keep(conv, a, b);
         let tombstone = match (says, flagged) {
             (false, _) => Tombstone::Unknown,
             (true, false) => Tombstone::No,
@@ -134,17 +201,26 @@ pub fn decode(mut data: Bytes) -> anyhow::Result<Vec<Wired>> {
                 Tombstone::Of(data.get_i64_le(), data.get_i64_le())
             }
         };
-        let mut name = || -> anyhow::Result<Arc<str>> {
+        // A name's bytes, read in place (not split off: no count to change).
+        let mut name = |wanted: bool| -> anyhow::Result<Option<Arc<str>>> {
             anyhow::ensure!(data.remaining() >= 2, "a name cut short");
             let len = data.get_u16_le() as usize;
             anyhow::ensure!(data.remaining() >= len, "a name cut short");
-            let bytes = data.split_to(len);
-            Ok(Arc::from(std::str::from_utf8(&bytes)?))
+            let name = match wanted {
+                true => Some(names.get(&data[..len])?),
+                false => None,
+            };
+            data.advance(len);
+            Ok(name)
         };
-        let (from, to) = (name()?, name()?);
+        let (from, to) = (name(wanted)?, name(wanted)?);
         anyhow::ensure!(data.remaining() >= 4, "a body cut short");
         let len = data.get_u32_le() as usize;
         anyhow::ensure!(data.remaining() >= len, "a body cut short");
+        let (Some(from), Some(to)) = (from, to) else {
+            data.advance(len);
+            continue;
+        };
         let body = data.split_to(len);
         out.push(Wired {
             id,
@@ -163,6 +239,35 @@ pub fn decode(mut data: Bytes) -> anyhow::Result<Vec<Wired>> {
     }
     anyhow::ensure!(!data.has_remaining(), "bytes after a message batch");
     Ok(out)
+}
+
+/// The names met in batches, each allocated once and shared by every message that names
+/// it (as the hub shares its users' names), instead of once per message. Bounded: past
+/// [`NAMES_BYTES`] it starts again empty.
+#[derive(Default)]
+pub struct Names {
+    known: std::collections::HashSet<Arc<str>, ahash::RandomState>,
+    bytes: usize,
+}
+
+/// About how many bytes of names [`Names`] keeps.
+const NAMES_BYTES: usize = 1 << 20;
+
+impl Names {
+    fn get(&mut self, bytes: &[u8]) -> anyhow::Result<Arc<str>> {
+        let name = std::str::from_utf8(bytes)?;
+        if let Some(known) = self.known.get(name) {
+            return Ok(known.clone());
+        }
+        if self.bytes > NAMES_BYTES {
+            self.known.clear();
+            self.bytes = 0;
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.bytes += name.len() + 32;
+        self.known.insert(shared.clone());
+        Ok(shared)
+    }
 }
 
 /// Something a node did that other nodes must know of.
@@ -330,6 +435,30 @@ mod tests {
         let mut lying = BytesMut::from(&bytes[..]);
         lying[..4].copy_from_slice(&(u32::MAX >> 1).to_le_bytes());
         assert!(decode(lying.freeze()).is_err());
+    }
+
+    #[test]
+    fn only_the_wanted_messages_are_decoded_and_names_are_shared() {
+        let mut other = message(2, b"for another node");
+        other.conv = 99;
+        other.from = Arc::from("\u{fffd}");
+        let batch = vec![message(1, b"one"), other, message(3, b"three")];
+        let mut bytes = BytesMut::from(&encode(&batch)[..]);
+        // The skipped message's name is not even looked at: bytes that are not UTF-8.
+        let at = 4 + FIXED + (batch[0].from.len() + batch[0].to.len() + 8 + 3) + FIXED + 2;
+        bytes[at] = 0xff;
+        let mut names = Names::default();
+        let got = decode_where(bytes.freeze(), &mut names, |conv, _, _| conv != 99).unwrap();
+        assert_eq!(got, vec![batch[0].clone(), batch[2].clone()]);
+        assert!(Arc::ptr_eq(&got[0].from, &got[1].from));
+        let again = decode_where(encode(&batch[..1]), &mut names, |_, _, _| true).unwrap();
+        assert!(Arc::ptr_eq(&again[0].to, &got[1].to));
+        // Cut short in a skipped message: still an error.
+        let bytes = encode(&batch);
+        for cut in 0..bytes.len() {
+            let cut = bytes.slice(..cut);
+            assert!(decode_where(cut, &mut names, |_, _, _| false).is_err());
+        }
     }
 
     #[test]

@@ -1049,7 +1049,7 @@ impl Core {
         let Some(first) = batch.messages.first().map(|m| m.id) else {
             return;
         };
-        let mut wired = Vec::with_capacity(assigned.len());
+        let mut wired = wire::Encoder::with_capacity(assigned.len());
         for effect in effects.iter_mut() {
             // A WebSocket sender is told where its message was stored: PostgreSQL's place.
             if let Effect::Reply {
@@ -1120,7 +1120,7 @@ impl Core {
                 Audience::Direct(a, b) => (*a, *b),
                 _ => (0, 0),
             };
-            wired.push(Wired {
+            let head = wire::Head {
                 id,
                 conv,
                 seq,
@@ -1129,22 +1129,18 @@ impl Core {
                 a,
                 b,
                 sent_at: d.sent_at,
-                from: d.from.clone(),
-                to: d.to.clone(),
-                body: d.body.clone(),
                 tombstone: match d.deletes {
                     Some((id, seq)) => Tombstone::Of(id, seq),
                     None => Tombstone::No,
                 },
-            });
+            };
+            wired.push(head, &d.from, &d.to, &d.body);
             if wait {
                 *effect = Effect::Answer(Box::new(|_| {}));
             }
         }
         if !wired.is_empty() {
-            self.state()
-                .link
-                .publish(wire::MESSAGES, wire::encode(&wired));
+            self.state().link.publish(wire::MESSAGES, wired.finish());
         }
     }
 
