@@ -591,8 +591,7 @@ impl Core {
                     let name = Some(name.clone());
                     let body = m.message_bytes();
                     let sent = self.send(&link, from, to, body, m.time, name, batch);
-                    let link = link.clone();
-                    answer_sent(effects, link, Tag::Cid(m.cid), sent.map(std::iter::once));
+                    answer_direct(effects, &link, m.cid, sent);
                 }
             }
             Op::Admin { op, done } => self.admin(op, batch, effects, done),
@@ -1826,6 +1825,29 @@ fn answer_sent(
             item: Item::Reply(tag, Reply::Error(kind)),
             durable: false,
         }),
+    }
+}
+
+/// [`answer_sent`] for one of a binary client's direct messages: its answer is by
+/// correlation id, never placed as a WebSocket client's is, so nothing is looked at (the
+/// tag's check and the iterator of deliveries were about 50 instructions a message).
+fn answer_direct(
+    effects: &mut Vec<Effect>,
+    link: &Arc<Link>,
+    cid: u32,
+    sent: Result<Effect, ErrorKind>,
+) {
+    let (reply, durable) = match &sent {
+        Ok(_) => (Reply::Ok, true),
+        Err(kind) => (Reply::Error(*kind), false),
+    };
+    effects.push(Effect::Reply {
+        link: link.clone(),
+        item: Item::Reply(Tag::Cid(cid), reply),
+        durable,
+    });
+    if let Ok(delivery) = sent {
+        effects.push(delivery);
     }
 }
 
