@@ -1019,3 +1019,102 @@ async fn a_message_committed_before_a_guests_join_elsewhere_never_reaches_it() {
     let heard = until(&mut bob, |l| l.starts_with("ROOM ")).await;
     assert_eq!(heard, "ROOM #r alice after the guest");
 }
+
+/// The numbers of the `prefix` lines `c` reads before a line `end` accepts (other `ROOM`
+/// lines fail; notices are skipped); fails after 20 s.
+async fn numbered_until(
+    c: &mut LineClient,
+    prefix: &str,
+    end: impl Fn(&str) -> bool,
+) -> Vec<usize> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "no end line in 20 s: {got:?}");
+        let line = c.line().await.expect("a line");
+        if end(&line) {
+            return got;
+        }
+        if let Some(i) = line.strip_prefix(prefix) {
+            got.push(i.parse().unwrap());
+        } else {
+            assert!(!line.starts_with("ROOM "), "{line:?} after {got:?}");
+        }
+    }
+}
+
+/// A member gets a room's messages up to its leave, on every node as on one: bob leaves
+/// a room on A while alice, on B, pipelines a burst into it; carol, who stays, sees where
+/// the leave falls among the burst (her `INFO bob left` line). bob must have had every
+/// message she had before it, and nothing out of order or twice: relayed in the leave's
+/// batch, or committed on B before the leave and relayed later. (Relays were performed
+/// once the leave was applied, to the room's members without bob: he missed them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaver_gets_a_busy_rooms_messages_up_to_its_leave_from_another_node() {
+    if !services::available() {
+        return;
+    }
+    const ROUNDS: usize = 20;
+    const BURST: usize = 300;
+    let cluster = Cluster::start_with(2, &[("PARLEY_COMMANDS_PER_SECOND", "100000")]);
+    let (a, b) = (cluster.nodes[0].addr, cluster.nodes[1].addr);
+    let mut alice = text(b, "alice").await;
+    let mut bob = text(a, "bob").await;
+    let mut carol = text(a, "carol").await;
+    for member in [&mut alice, &mut carol] {
+        member.send("JOIN #busy").await.unwrap();
+        until(member, |l| l == "OK").await;
+    }
+    for round in 0..ROUNDS {
+        bob.send("JOIN #busy").await.unwrap();
+        until(&mut bob, |l| l == "OK").await;
+        until(&mut carol, |l| l == "INFO bob joined #busy").await;
+        // A line at a time: B commits the burst in many batches, A hears it as a stream.
+        let sending = tokio::spawn(async move {
+            for i in 0..BURST {
+                alice
+                    .send(&format!("SAY #busy r{round} m{i}"))
+                    .await
+                    .unwrap();
+            }
+            alice
+        });
+        // bob leaves once the burst reaches A: its rest is relayed there meanwhile.
+        let prefix = format!("ROOM #busy alice r{round} m");
+        let first = format!("{prefix}0");
+        until(&mut bob, |l| l == first).await;
+        bob.send("LEAVE #busy").await.unwrap();
+        let mut had = vec![0];
+        had.extend(numbered_until(&mut bob, &prefix, |l| l == "OK").await);
+        // carol: the burst, and where bob's leave falls in it.
+        let mut before = None;
+        let mut got = Vec::new();
+        while before.is_none() || got.last() != Some(&(BURST - 1)) {
+            let line = until(&mut carol, |l| {
+                l.starts_with("ROOM ") || l.starts_with("INFO ")
+            })
+            .await;
+            if line == "INFO bob left #busy" {
+                before = Some(got.len());
+            } else if let Some(i) = line.strip_prefix(&prefix) {
+                got.push(i.parse::<usize>().unwrap());
+            }
+        }
+        assert_eq!(got, (0..BURST).collect::<Vec<_>>(), "round {round}: carol");
+        alice = sending.await.unwrap();
+        // Everything of the burst is dispatched on A now: what bob has yet is queued.
+        bob.send("PING").await.unwrap();
+        had.extend(numbered_until(&mut bob, &prefix, |l| l == "PONG").await);
+        let before = before.unwrap();
+        assert_eq!(
+            had,
+            (0..had.len()).collect::<Vec<_>>(),
+            "round {round}: bob's, once, in order"
+        );
+        assert!(
+            had.len() >= before,
+            "round {round}: bob had {} messages, carol {before} before his leave",
+            had.len()
+        );
+    }
+}

@@ -1030,3 +1030,71 @@ async fn room_history_survives_a_restart() {
     );
     server.stop().await;
 }
+
+/// A member gets every message of a room up to its leave: bob leaves while alice's burst
+/// is stored, and carol, who stays, sees where his leave falls (her `INFO bob left` line);
+/// bob must have had exactly what she had before it, in order. (A message applied in the
+/// leave's batch before it was performed once the room's member list no longer held bob:
+/// he missed the end of the burst before his leave.)
+#[tokio::test]
+async fn a_leaver_gets_a_busy_rooms_messages_up_to_its_leave() {
+    let server = TestServer::start_with(|c| c.commands_per_second = 100_000).await;
+    let mut alice = server.text_login("alice").await;
+    let mut bob = server.text_login("bob").await;
+    let mut carol = server.text_login("carol").await;
+    for member in [&mut alice, &mut carol] {
+        assert_eq!(member.ask("JOIN #busy").await.unwrap(), "OK");
+    }
+    const BURST: usize = 200;
+    for round in 0..10 {
+        bob.send("JOIN #busy").await.unwrap();
+        assert_eq!(bob.line().await.unwrap(), "OK", "round {round}");
+        assert_eq!(carol.line().await.unwrap(), "INFO bob joined #busy");
+        // A line at a time: the hub stores the burst over many batches.
+        let sending = tokio::spawn(async move {
+            for i in 0..BURST {
+                alice
+                    .send(&format!("SAY #busy r{round} m{i}"))
+                    .await
+                    .unwrap();
+            }
+            alice
+        });
+        let prefix = format!("ROOM #busy alice r{round} m");
+        let number = |line: &str| -> usize {
+            let i = line.strip_prefix(&prefix);
+            i.unwrap_or_else(|| panic!("round {round}: {line:?}"))
+                .parse()
+                .unwrap()
+        };
+        // bob leaves once the burst reaches him.
+        let mut had = vec![number(&bob.line().await.unwrap())];
+        bob.send("LEAVE #busy").await.unwrap();
+        loop {
+            let line = bob.line().await.unwrap();
+            if line == "OK" {
+                break;
+            }
+            had.push(number(&line));
+        }
+        let mut got = Vec::new();
+        let mut before = None;
+        while before.is_none() || got.last() != Some(&(BURST - 1)) {
+            let line = carol.line().await.unwrap();
+            if line == "INFO bob left #busy" {
+                before = Some(got.clone());
+            } else {
+                got.push(number(&line));
+            }
+        }
+        alice = sending.await.unwrap();
+        assert_eq!(
+            Some(had),
+            before,
+            "round {round}: bob's, and carol's before his leave"
+        );
+        // Nothing after it.
+        assert_eq!(bob.ask("PING").await.unwrap(), "PONG", "round {round}");
+    }
+    server.stop().await;
+}

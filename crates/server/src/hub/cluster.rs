@@ -80,6 +80,9 @@ pub(crate) struct State {
     /// room's sequence at its join): what is relayed here up to it skips the guest, as a
     /// member's membership start does.
     guest_starts: Map<(ConvId, u64), Seq>,
+    /// Sessions whose member (or guest) left a room here, until the room is delivered
+    /// here up to the leave.
+    departed: Vec<Departed>,
     /// Room memberships this batch began here, not committed yet: a read of PostgreSQL in
     /// the batch does not show them (hub/cluster_moderation.rs).
     pub(super) joined_now: Vec<(ConvId, UserId)>,
@@ -114,6 +117,7 @@ impl State {
             moderation_seen: 0,
             heard: super::cluster_moderation::Heard::new(),
             guest_starts: Map::default(),
+            departed: Vec::new(),
             joined_now: Vec::new(),
             left_now: Vec::new(),
             ruled_now: Vec::new(),
@@ -143,6 +147,18 @@ struct Relay {
     delivery: Arc<Delivery>,
     audience: Audience,
     from: (DeviceId, u64),
+}
+
+/// The sessions of a member (or guest) that left room `conv` here: what other nodes
+/// committed to it after `start` and up to the leave (`upto`) still reaches them, however
+/// late it is relayed here, as on one node a member gets a room's messages up to its leave.
+struct Departed {
+    conv: ConvId,
+    start: Seq,
+    upto: Seq,
+    sessions: Vec<(Arc<OutLink>, Option<DeviceId>)>,
+    /// Left in the batch being committed: where its own messages fall may raise `upto`.
+    fresh: bool,
 }
 
 /// A room message to one session, waiting for the answer at `after` among the batch's
@@ -287,14 +303,45 @@ impl Core {
     }
 
     /// Guest session `link` joined room `conv` here at sequence `at` (`Some`), or left it
-    /// (`None`).
-    pub(super) fn cluster_guest(&mut self, conv: ConvId, link: u64, at: Option<Seq>) {
-        if let Some(state) = self.cluster.as_mut() {
-            match at {
-                Some(at) => state.guest_starts.insert((conv, link), at),
-                None => state.guest_starts.remove(&(conv, link)),
-            };
+    /// (`None`). Returns the start it had.
+    pub(super) fn cluster_guest(
+        &mut self,
+        conv: ConvId,
+        link: u64,
+        at: Option<Seq>,
+    ) -> Option<Seq> {
+        let state = self.cluster.as_mut()?;
+        match at {
+            Some(at) => state.guest_starts.insert((conv, link), at),
+            None => state.guest_starts.remove(&(conv, link)),
         }
+    }
+
+    /// `who` left room `conv` here in this batch, a member since `start`, with the room
+    /// at `upto` in PostgreSQL: see `Departed`.
+    pub(super) fn cluster_departed(&mut self, conv: ConvId, who: Joiner, start: Seq, upto: Seq) {
+        let sessions: Vec<(Arc<OutLink>, Option<DeviceId>)> = match who {
+            Joiner::Member(user) => (self.online.get(&user).into_iter().flatten())
+                .filter(|o| o.live && o.push)
+                .map(|o| (o.link.clone(), Some(o.device)))
+                .collect(),
+            Joiner::Guest(link) => self
+                .guests
+                .get(&link)
+                .map(|g| (g.clone(), None))
+                .into_iter()
+                .collect(),
+        };
+        if sessions.is_empty() {
+            return;
+        }
+        self.state().departed.push(Departed {
+            conv,
+            start,
+            upto,
+            sessions,
+            fresh: true,
+        });
     }
 
     /// Whether either of `members` has a live session here.
@@ -1139,6 +1186,23 @@ impl Core {
                 *effect = Effect::Answer(Box::new(|_| {}));
             }
         }
+        // A leave in this batch is committed after what other nodes committed before
+        // this batch's own messages: those (read back before them) were the leaver's.
+        let state = self.cluster.as_mut().expect("cluster mode");
+        if state.departed.iter().any(|p| p.fresh) {
+            for effect in effects.iter() {
+                let Effect::Deliver { delivery: d, .. } = effect else {
+                    continue;
+                };
+                for dep in state
+                    .departed
+                    .iter_mut()
+                    .filter(|p| p.fresh && p.conv == d.conv)
+                {
+                    dep.upto = dep.upto.max(d.seq - 1);
+                }
+            }
+        }
         if !wired.is_empty() {
             self.state().link.publish(wire::MESSAGES, wired.finish());
         }
@@ -1147,6 +1211,9 @@ impl Core {
     /// Delivers what other nodes committed (and gaps read back), before the batch's own.
     pub(super) fn cluster_relay(&mut self, out: &mut Staging) {
         let relays = std::mem::take(&mut self.state().relays);
+        if !self.state().departed.is_empty() {
+            self.relay_to_departed(&relays, out);
+        }
         for r in &relays {
             let d = &r.delivery;
             let late = self
@@ -1161,6 +1228,35 @@ impl Core {
                 audience => self.deliver(d, audience, r.from, out),
             }
         }
+    }
+
+    /// Queues the room messages among `relays` that the sessions of those who left the
+    /// room here had not had yet (see `Departed`); forgets a leave once the room is
+    /// delivered here up to it.
+    fn relay_to_departed(&mut self, relays: &[Relay], out: &mut Staging) {
+        let state = self.cluster.as_mut().expect("cluster mode");
+        for r in relays
+            .iter()
+            .filter(|r| matches!(r.audience, Audience::Room(_)))
+        {
+            let d = &r.delivery;
+            let left = state.departed.iter();
+            for dep in left.filter(|p| p.conv == d.conv && p.start < d.seq && d.seq <= p.upto) {
+                for (link, device) in &dep.sessions {
+                    let sender = match device {
+                        Some(device) => *device == r.from.0,
+                        None => link.id == r.from.1,
+                    };
+                    if !sender {
+                        out.push(link, Item::Deliver(d.clone()));
+                    }
+                }
+            }
+        }
+        let followed = &state.followed;
+        state
+            .departed
+            .retain(|p| p.fresh || followed.get(&p.conv).is_some_and(|f| f.last < p.upto));
     }
 
     /// Holds room message `delivery` for the sessions that joined its room in this batch
@@ -1208,7 +1304,9 @@ impl Core {
     /// Queues the messages held for the answer at `after` among the batch's effects (all of
     /// them once the effects are done: `None`).
     pub(super) fn cluster_release(&mut self, after: Option<usize>, out: &mut Staging) {
-        let state = self.state();
+        let Some(state) = self.cluster.as_mut() else {
+            return;
+        };
         if state.waiting.is_empty() {
             return;
         }
@@ -1307,6 +1405,9 @@ impl Core {
         state.joined_now.clear();
         state.left_now.clear();
         state.ruled_now.clear();
+        for dep in &mut state.departed {
+            dep.fresh = false;
+        }
         let releasing = std::mem::take(&mut state.releasing);
         if releasing.is_empty() {
             return;

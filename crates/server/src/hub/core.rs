@@ -66,6 +66,7 @@ pub fn spawn(
         spare_messages: Vec::new(),
         spare_effects: Vec::new(),
         fresh_joins: Vec::new(),
+        fresh_leaves: Vec::new(),
         performing: usize::MAX,
         pending_cursors: Default::default(),
         cursors_due: None,
@@ -167,6 +168,18 @@ pub(super) struct FreshJoin {
     pub answer: usize,
 }
 
+/// A leave applied in the current batch: a room message applied before it (at an earlier
+/// effect) still reaches the leaver's sessions, as on one node a member gets a room's
+/// messages up to its leave (the room's member list no longer holds them by then).
+pub(super) struct FreshLeave {
+    pub conv: ConvId,
+    pub who: Joiner,
+    /// The membership's start: nothing up to it was theirs.
+    pub start: Seq,
+    /// Where the leave is among the batch's effects.
+    pub at: usize,
+}
+
 #[derive(Clone, Copy)]
 pub(super) enum Joiner {
     Member(UserId),
@@ -222,6 +235,8 @@ pub(super) struct Core {
     /// Joins applied in this batch: a room message applied before one (at or below its
     /// start) is performed after it, and must not reach the joiner (see `deliver`).
     pub(super) fresh_joins: Vec<FreshJoin>,
+    /// Leaves applied in this batch (see `FreshLeave`).
+    pub(super) fresh_leaves: Vec<FreshLeave>,
     /// The effect being performed, where a batch's room messages may wait for joins'
     /// answers (`perform_holding`); `usize::MAX` elsewhere.
     performing: usize,
@@ -460,10 +475,11 @@ impl Core {
             self.cluster_after(committed, &mut effects);
             self.cluster_relay(&mut staging);
         }
-        let holding = match &self.cluster {
-            Some(c) => c.holding() || !self.fresh_joins.is_empty(),
-            None => false,
-        };
+        let holding = !self.fresh_leaves.is_empty()
+            || match &self.cluster {
+                Some(c) => c.holding() || !self.fresh_joins.is_empty(),
+                None => false,
+            };
         if !holding {
             for effect in effects.drain(..) {
                 self.perform(effect, committed, &mut staging);
@@ -474,6 +490,7 @@ impl Core {
         staging.flush();
         self.staging = staging;
         self.fresh_joins.clear();
+        self.fresh_leaves.clear();
         batch.messages.clear();
         self.spare_messages = batch.messages;
         // A burst's list is not kept for good.
@@ -1479,20 +1496,23 @@ impl Core {
         }
     }
 
-    /// `perform` for a cluster's batch with joins: a room message committed after a
-    /// join's start, performed before its answer (relayed, or applied before the join),
-    /// waits for the answer and is queued right after it (hub/cluster.rs).
+    /// `perform` for a batch with leaves, or a cluster's batch with joins: a room message
+    /// applied before a leave reaches the leaver too (`deliver_to_leavers`); in a cluster,
+    /// one committed after a join's start, performed before its answer (relayed, or
+    /// applied before the join), waits for the answer and is queued right after it
+    /// (hub/cluster.rs).
     fn perform_holding(&mut self, effects: &mut Vec<Effect>, committed: bool, out: &mut Staging) {
         for (i, effect) in effects.drain(..).enumerate() {
             self.performing = i;
             if let Effect::Deliver {
                 delivery,
-                audience: Audience::Room(_),
+                audience: Audience::Room(room),
                 from,
             } = &effect
             {
                 if committed {
                     self.hold_for_joins(delivery, *from, Some(i));
+                    self.deliver_to_leavers(delivery, room, *from, i, out);
                 }
             }
             self.perform(effect, committed, out);
@@ -1500,6 +1520,41 @@ impl Core {
         }
         self.performing = usize::MAX;
         self.cluster_release(None, out);
+    }
+
+    /// Queues room message `delivery` (at effect `at`) for the sessions of those who left
+    /// the room later in the batch: it was sent while they were members. Not for one back
+    /// in the room (the room's delivery reaches them), nor back to the sender.
+    fn deliver_to_leavers(
+        &self,
+        delivery: &Arc<Delivery>,
+        room: &Arc<str>,
+        from: (DeviceId, u64),
+        at: usize,
+        out: &mut Staging,
+    ) {
+        let Some(room) = self.rooms.get(room) else {
+            return;
+        };
+        for leave in &self.fresh_leaves {
+            if leave.conv != delivery.conv || leave.at <= at || delivery.seq <= leave.start {
+                continue;
+            }
+            match leave.who {
+                Joiner::Member(user) if !room.members.contains(&user) => {
+                    let online = self.online.get(&user).into_iter().flatten();
+                    for o in online.filter(|o| o.live && o.push && o.device != from.0) {
+                        out.push(&o.link, Item::Deliver(delivery.clone()));
+                    }
+                }
+                Joiner::Guest(link) if !room.guests.iter().any(|g| g.id == link) => {
+                    if let Some(guest) = self.guests.get(&link).filter(|_| link != from.1) {
+                        out.push(guest, Item::Deliver(delivery.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// A login's effect: the session is told (and its watchers, at its first device) once

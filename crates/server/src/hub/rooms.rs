@@ -5,12 +5,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use parley_proto::ErrorKind;
+use tracing::warn;
 
-use super::core::{internal, Audience, Core, Effect, FreshJoin, Joiner, Room};
+use super::core::{internal, Audience, Core, Effect, FreshJoin, FreshLeave, Joiner, Room};
 use super::moderation::RoomRules;
 use super::{Actor, RoomInfo, Set, ANONYMOUS};
 use crate::outbound::{Link, Notice, SharedNotice};
-use crate::store::{Batch, UserId};
+use crate::store::{Batch, ConvId, Seq, UserId};
 
 impl Core {
     /// Joins `room` (creating it). Members see `joined`.
@@ -157,9 +158,15 @@ impl Core {
                 batch.leave(identity.user, entry.conv);
                 let conv = entry.conv;
                 self.cluster_left(conv, identity.user);
+                let mut start = 0;
                 if let Some(list) = self.memberships.get_mut(&identity.user) {
+                    start = list
+                        .iter()
+                        .find(|m| m.conv == conv)
+                        .map_or(0, |m| m.joined_seq);
                     list.retain(|m| m.conv != conv);
                 }
+                self.left_now(conv, Joiner::Member(identity.user), start, effects.len());
                 self.users[&identity.user].clone()
             }
             Actor::Guest => {
@@ -169,7 +176,8 @@ impl Core {
                     return Err(ErrorKind::NotMember);
                 }
                 let conv = entry.conv;
-                self.cluster_guest(conv, link.id, None);
+                let start = self.cluster_guest(conv, link.id, None).unwrap_or(0);
+                self.left_now(conv, Joiner::Guest(link.id), start, effects.len());
                 self.users[&anonymous].clone()
             }
         };
@@ -191,6 +199,25 @@ impl Core {
             except: link.id,
         });
         Ok(())
+    }
+
+    /// `who` leaves room `conv` in this batch, a member since `start`, at `at` among the
+    /// batch's effects: the room's messages before it still reach them (`FreshLeave`).
+    fn left_now(&mut self, conv: ConvId, who: Joiner, start: Seq, at: usize) {
+        // In a cluster, and what other nodes committed up to the leave, however late it
+        // is relayed here (hub/cluster.rs; the leave stands if PostgreSQL cannot say).
+        if self.cluster.is_some() {
+            match self.last_seq(conv) {
+                Ok(upto) => self.cluster_departed(conv, who, start, upto),
+                Err(e) => warn!(error = %format!("{e:#}"), conv, "reading a room at a leave"),
+            }
+        }
+        self.fresh_leaves.push(FreshLeave {
+            conv,
+            who,
+            start,
+            at,
+        });
     }
 
     /// An anonymous session ended: it leaves every room it was in.
