@@ -46,6 +46,16 @@ async function send(p, text) {
 const shows = (p, text) => p.waitForFunction(
   (t) => [...document.querySelectorAll('#messages article .text')].some((e) => e.textContent === t), text);
 
+/** Waits until the open conversation shows exactly `list` (a live message may come before
+ * the history page loading beside it), then checks it: a duplicate or a gap never settles. */
+async function showsExactly(p, list) {
+  const want = JSON.stringify(list);
+  await p.waitForFunction(
+    (w) => JSON.stringify([...document.querySelectorAll('#messages article .text')].map((e) => e.textContent)) === w,
+    want, { timeout: 10000 }).catch(() => {});
+  assert.deepEqual(await texts(p), list);
+}
+
 test('two browsers register and chat in a room, live', async () => {
   const ann = await page(chrome);
   const ben = await page(chrome);
@@ -379,7 +389,7 @@ async function handOver(name, init) {
   sam.send(`DM ${name} for the second tab`);
   await openConversation(two, `${name}-friend`);
   await shows(two, 'for the second tab');
-  assert.deepEqual(await texts(two), ['for the first tab', 'for the second tab']);
+  await showsExactly(two, ['for the first tab', 'for the second tab']);
   assert.ok(oneSockets.every((ws) => ws.isClosed()), 'nothing reached the first tab');
 
   // And back: the first tab takes over again and shows what it missed, once each.
@@ -389,7 +399,7 @@ async function handOver(name, init) {
   await allClosed(twoSockets);
   sam.send(`DM ${name} back in the first tab`);
   await shows(one, 'back in the first tab');
-  assert.deepEqual(await texts(one), ['for the first tab', 'for the second tab', 'back in the first tab']);
+  await showsExactly(one, ['for the first tab', 'for the second tab', 'back in the first tab']);
   assert.deepEqual([...one.errors, ...two.errors], []);
   sam.close();
   return { one, two, waited };
