@@ -57,9 +57,10 @@ async fn send_dms(from: &mut BinaryClient, sender: &str, to: &str, count: u32, l
     }
 }
 
-/// How long reading what the kernels already hold of a closed connection may take: a few
-/// megabytes over loopback, milliseconds.
-const DRAIN: Duration = Duration::from_secs(1);
+/// How long reading what the kernels already hold of a closed connection may take: up to
+/// 4 MB through the stalled client's 4 KiB window over loopback, milliseconds on a quiet
+/// machine, far longer on a loaded one.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// Whether the server had closed `stream` by `limit` from now. The client reads nothing
 /// until then (so the server sees a client that does not read), then reads and drops what
@@ -115,10 +116,11 @@ async fn log_in_and_expect(server: &TestServer, name: &str, count: u32, len: usi
 
 /// Pushes to a client that does not read are bounded in bytes, not only in count: 60 KB
 /// DMs fill `outbound_bytes` long before `outbound_queue`, and the client is cut off; its
-/// next login gets them all.
+/// next login gets them all. (7.2 MB: the kernel takes up to 4 MB into the socket before
+/// the queue grows at all, so anything less may never reach the bound.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_to_a_client_that_does_not_read_are_bounded_in_bytes() {
-    const DMS: u32 = 60;
+    const DMS: u32 = 120;
     let server = TestServer::start_with(|c| {
         c.outbound_bytes = 256 * 1024;
         c.write_timeout_ms = 0;
@@ -131,10 +133,14 @@ async fn pushes_to_a_client_that_does_not_read_are_bounded_in_bytes() {
     send_dms(&mut alice, "alice", "bob", DMS, BIG).await;
     assert!(
         closed_within(&mut stalled, Duration::ZERO).await,
-        "bob held 3.6 MB of pushes against a bound of 256 KiB"
+        "bob held 7.2 MB of pushes against a bound of 256 KiB"
     );
+    // The kernels held at most about 4 MB (70 DMs) of what was written; the rest comes now.
     let again = log_in_and_expect(&server, "bob", DMS, BIG).await;
-    assert!(again > DMS / 2, "most DMs come at the next login: {again}");
+    assert!(
+        again >= DMS - 72,
+        "the DMs past the kernels come at the next login: {again}"
+    );
     server.stop().await;
 }
 
