@@ -40,6 +40,22 @@ async fn stalled_reader(server: &TestServer, name: &str) -> TcpStream {
         .encode(&mut login)
         .unwrap();
     stream.write_all(&login).await.unwrap();
+    // Its login answered before anything is sent to it: a login still in flight when the
+    // messages are stored would get them as a catch-up (paced by the queue, never cut).
+    let mut answer = BytesMut::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(frame) = binary::decode(&mut answer, 1 << 20).unwrap() {
+            match frame {
+                Frame::Response { cid: 1, code, .. } => break code,
+                other => panic!("a login answer first, not {other:?}"),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let read = tokio::time::timeout(left, stream.read_buf(&mut answer)).await;
+        assert!(read.expect("a login answer in 10 s").unwrap() > 0, "closed");
+    };
+    assert_eq!(code, code::OK, "{name} logs in");
     stream
 }
 
