@@ -16,6 +16,10 @@ set -euo pipefail
 
 PARLEY=${PARLEY:-$PWD/target/release/parley}
 NODES=${NODES:-3}
+# Session threads per node (`worker_threads`): the nodes share this machine's cores with
+# each other, PostgreSQL, NATS and the generator; one each wakes fewer threads for the same
+# work (0: one per core, as on a machine of their own).
+NODE_THREADS=${NODE_THREADS:-1}
 ROUNDS=${ROUNDS:-2}
 workload=${1:?usage: cluster.sh dm|fanout [bench arguments]}
 shift
@@ -64,7 +68,7 @@ node_pids=()
 for n in $(seq 1 "$NODES"); do
   p=$(port)
   mkdir -p "$work/node$n"
-  PARLEY_LOG=info PARLEY_COMMANDS_PER_SECOND=0 PARLEY_MESSAGES_PER_SECOND=0 \
+  PARLEY_WORKER_THREADS=$NODE_THREADS PARLEY_LOG=info PARLEY_COMMANDS_PER_SECOND=0 PARLEY_MESSAGES_PER_SECOND=0 \
     PARLEY_MAX_CONNECTIONS_PER_IP=0 PARLEY_IDLE_TIMEOUT_MS=0 PARLEY_JSON_IDLE_TIMEOUT_MS=0 \
     "$PARLEY" serve --cluster --postgres "$url" --nats "nats://127.0.0.1:$nats_port" \
     --node-id "node$n" --listen "127.0.0.1:$p" --data-dir "$work/node$n" \

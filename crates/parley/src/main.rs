@@ -258,7 +258,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Kept to the end: dropping it writes out what is still queued.
     let _log = init_logging(args.log_format);
     let config = load_config(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("starting the async runtime")?;

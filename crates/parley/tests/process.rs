@@ -487,6 +487,31 @@ async fn every_login_and_disconnect_is_logged_by_the_time_the_server_exits() {
     drop(clients);
 }
 
+/// `worker_threads` sets how many threads run the sessions, as the runtime itself reports
+/// them in the start-up line; 0 (the default) is one per core.
+#[tokio::test]
+async fn worker_threads_sets_the_runtimes_workers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = serve_in(dir.path());
+    cmd.env("PARLEY_WORKER_THREADS", "3");
+    let server = Server::start(cmd);
+    server.proc.wait_for_log("parley started");
+    let logs = server.proc.logs();
+    assert!(logs.contains(" workers=3"), "three workers:\n{logs}");
+    server.stop_with(libc::SIGTERM);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(serve_in(dir.path()));
+    server.proc.wait_for_log("parley started");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let logs = server.proc.logs();
+    assert!(
+        logs.contains(&format!(" workers={cores}")),
+        "one a core:\n{logs}"
+    );
+    server.stop_with(libc::SIGTERM);
+}
+
 /// The start-up line counts the users somebody created: none in a new data directory (the
 /// reserved `anonymous` user is not one), and each name that ever logged in after that.
 #[tokio::test]

@@ -89,6 +89,10 @@ pub struct Config {
     pub max_history: usize,
     /// Most connections served at once; further ones wait in the accept queue.
     pub max_connections: usize,
+    /// Threads that run the sessions (tokio's workers; 0: one per core). Several nodes
+    /// sharing a machine each want fewer than its cores, or they wake each other's threads
+    /// more than they work.
+    pub worker_threads: usize,
     /// Frames a session may have queued for its socket before it counts as a slow consumer
     /// and is disconnected (its messages stay in the log for its next login).
     pub outbound_queue: usize,
@@ -234,6 +238,7 @@ impl Default for Config {
             commands_per_second: 100,
             max_history: 1000,
             max_connections: 19_000,
+            worker_threads: 0,
             outbound_queue: 4096,
             outbound_bytes: 4 << 20,
             write_timeout_ms: 10_000,

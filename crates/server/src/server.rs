@@ -253,7 +253,8 @@ pub async fn serve_with(
         let task = accept_loop(port, shared.clone(), tracker.clone());
         loops.push(tokio::spawn(task));
     }
-    info!(data_dir = %shared.config.data_dir.display(), "parley started");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    info!(data_dir = %shared.config.data_dir.display(), workers, "parley started");
     monitor.advance(Phase::Ready);
     for task in loops {
         let _ = task.await;
