@@ -81,10 +81,12 @@ impl Builder {
         }
     }
 
-    /// Whether `m` may go into this pack (an empty pack takes any message).
+    /// Whether `m` may go into this pack (an empty pack takes any message). A body counts
+    /// at least 16 bytes: what a tombstone (an empty message) stores in its place.
     pub fn fits(&self, m: &NewMessage) -> bool {
         let count = self.last_seq - self.first_seq + 1;
-        count == 0 || (count < MAX_MESSAGES && self.data.len() + HEAD + m.body.len() <= MAX_BYTES)
+        let body = m.body.len().max(16);
+        count == 0 || (count < MAX_MESSAGES && self.data.len() + HEAD + body <= MAX_BYTES)
     }
 
     /// Appends `m`, stored as `id`, as the pack's next sequence; `tombstone` says whether
@@ -437,6 +439,25 @@ mod tests {
         assert!(pack.fits(&big), "an empty pack takes any message");
         pack.push(1, &big, Tombstone::No);
         assert!(!pack.fits(&small));
+
+        // Room for a head and 8 bytes of body: not for a tombstone, which stores 16.
+        let mut pack = Builder::new(1);
+        pack.push(
+            1,
+            &message(&vec![0; MAX_BYTES - 2 * HEAD - 8]),
+            Tombstone::No,
+        );
+        let empty = message(b"");
+        assert!(!pack.fits(&empty), "a tombstone would pass MAX_BYTES");
+        pack = Builder::new(1);
+        pack.push(
+            1,
+            &message(&vec![0; MAX_BYTES - 2 * HEAD - 16]),
+            Tombstone::No,
+        );
+        assert!(pack.fits(&empty));
+        pack.push(2, &empty, Tombstone::Of(1, 1));
+        assert_eq!(pack.data.len(), MAX_BYTES, "exactly full");
     }
 
     #[test]
