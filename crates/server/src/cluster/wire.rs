@@ -30,22 +30,12 @@ pub const EVENTS: &str = "parley.events";
 /// A committed message as it travels between nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wired {
-    pub id: i64,
-    pub conv: ConvId,
-    pub seq: Seq,
-    pub kind: ConversationKind,
-    pub sender_device: DeviceId,
-    /// A direct message's two users (lower id first); 0 for rooms and broadcast.
-    pub a: UserId,
-    pub b: UserId,
-    pub sent_at: u64,
+    pub head: Head,
     /// The sender's name.
     pub from: Arc<str>,
     /// The recipient's name (direct), the room's (room) or `*` (broadcast).
     pub to: Arc<str>,
     pub body: Bytes,
-    /// `Unknown` only as read from a version 1 batch (written as `No`).
-    pub tombstone: Tombstone,
 }
 
 /// Bytes of a message's fixed part.
@@ -60,41 +50,25 @@ const TOMBSTONE: u8 = 0x80;
 pub fn encode(messages: &[Wired]) -> Bytes {
     let mut batch = Encoder::with_capacity(messages.len());
     for m in messages {
-        batch.push(m.head(), &m.from, &m.to, &m.body);
+        batch.push(m.head, &m.from, &m.to, &m.body);
     }
     batch.finish()
 }
 
 /// A message's fixed part (and what it deletes, for a tombstone).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
     pub id: i64,
     pub conv: ConvId,
     pub seq: Seq,
     pub kind: ConversationKind,
     pub sender_device: DeviceId,
+    /// A direct message's two users (lower id first); 0 for rooms and broadcast.
     pub a: UserId,
     pub b: UserId,
     pub sent_at: u64,
-    /// Written as `No` when `Unknown`.
+    /// Written as `No` when `Unknown`; `Unknown` only as read from a version 1 batch.
     pub tombstone: Tombstone,
-}
-
-#[cfg(test)]
-impl Wired {
-    fn head(&self) -> Head {
-        Head {
-            id: self.id,
-            conv: self.conv,
-            seq: self.seq,
-            kind: self.kind,
-            sender_device: self.sender_device,
-            a: self.a,
-            b: self.b,
-            sent_at: self.sent_at,
-            tombstone: self.tombstone,
-        }
-    }
 }
 
 /// Writes a batch a message at a time, straight from the hub's deliveries (no [`Wired`]
@@ -223,18 +197,20 @@ pub fn decode_where(
         };
         let body = data.split_to(len);
         out.push(Wired {
-            id,
-            conv,
-            seq,
-            kind,
-            sender_device,
-            a,
-            b,
-            sent_at,
+            head: Head {
+                id,
+                conv,
+                seq,
+                kind,
+                sender_device,
+                a,
+                b,
+                sent_at,
+                tombstone,
+            },
             from,
             to,
             body,
-            tombstone,
         });
     }
     anyhow::ensure!(!data.has_remaining(), "bytes after a message batch");
@@ -365,25 +341,27 @@ mod tests {
 
     fn message(id: i64, body: &'static [u8]) -> Wired {
         Wired {
-            id,
-            conv: id.wrapping_mul(7),
-            seq: id.wrapping_add(1),
-            kind: ConversationKind::Direct,
-            sender_device: -id,
-            a: 3,
-            b: 9,
-            sent_at: u64::MAX - id as u64,
+            head: Head {
+                id,
+                conv: id.wrapping_mul(7),
+                seq: id.wrapping_add(1),
+                kind: ConversationKind::Direct,
+                sender_device: -id,
+                a: 3,
+                b: 9,
+                sent_at: u64::MAX - id as u64,
+                tombstone: Tombstone::No,
+            },
             from: Arc::from("alice"),
             to: Arc::from("bob"),
             body: Bytes::from_static(body),
-            tombstone: Tombstone::No,
         }
     }
 
     #[test]
     fn a_batch_reads_back_as_it_was_written() {
         let mut tombstone = message(4, b"");
-        tombstone.tombstone = Tombstone::Of(2, 9);
+        tombstone.head.tombstone = Tombstone::Of(2, 9);
         let batch = vec![
             message(1, b""),
             message(2, b"hello"),
@@ -414,17 +392,17 @@ mod tests {
         old.put_u32_le(0);
         let read = decode(old.freeze()).unwrap();
         assert_eq!(
-            (read[0].id, read[0].seq, read[0].kind),
+            (read[0].head.id, read[0].head.seq, read[0].head.kind),
             (5, 7, ConversationKind::Room)
         );
-        assert_eq!(read[0].tombstone, Tombstone::Unknown);
+        assert_eq!(read[0].head.tombstone, Tombstone::Unknown);
         assert!(read[0].body.is_empty());
     }
 
     #[test]
     fn a_damaged_batch_is_an_error_not_a_wrong_message() {
         let mut tombstone = message(3, b"");
-        tombstone.tombstone = Tombstone::Of(1, 1);
+        tombstone.head.tombstone = Tombstone::Of(1, 1);
         let bytes = encode(&[message(1, b"hello"), message(2, b"world"), tombstone]);
         for cut in 0..bytes.len() {
             assert!(decode(bytes.slice(..cut)).is_err(), "cut at {cut}");
@@ -440,7 +418,7 @@ mod tests {
     #[test]
     fn only_the_wanted_messages_are_decoded_and_names_are_shared() {
         let mut other = message(2, b"for another node");
-        other.conv = 99;
+        other.head.conv = 99;
         other.from = Arc::from("\u{fffd}");
         let batch = vec![message(1, b"one"), other, message(3, b"three")];
         let mut bytes = BytesMut::from(&encode(&batch)[..]);

@@ -847,6 +847,12 @@ impl Core {
 
     /// A message another node committed.
     fn remote(&mut self, m: Wired) {
+        let Wired {
+            head: m,
+            from,
+            to,
+            body,
+        } = m;
         let followed = self.state().followed.get(&m.conv).map(|f| f.last);
         let last = match followed {
             Some(last) => last,
@@ -868,11 +874,11 @@ impl Core {
         }
         let audience = match m.kind {
             ConversationKind::Direct => Audience::Direct(m.a, m.b),
-            ConversationKind::Room => Audience::Room(m.to.clone()),
+            ConversationKind::Room => Audience::Room(to.clone()),
             ConversationKind::Broadcast => Audience::Everyone,
         };
         let tombstone = m.tombstone;
-        let delivery = Delivery::new(m.id, m.conv, m.seq, m.kind, m.from, m.to, m.body, m.sent_at);
+        let delivery = Delivery::new(m.id, m.conv, m.seq, m.kind, from, to, body, m.sent_at);
         let delivery = self.cluster_tombstone(delivery, tombstone);
         let state = self.state();
         state.relays.push(Relay {
