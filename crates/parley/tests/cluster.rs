@@ -978,14 +978,13 @@ async fn a_message_committed_before_a_guests_join_elsewhere_never_reaches_it() {
     }
     let pg = services::Postgres::start();
     let nats = services::Nats::start();
-    let nats_addr: SocketAddr = ([127, 0, 0, 1], nats.port).into();
-    let link = Proxy::start(vec![nats_addr]).await;
+    let link = Proxy::to_nats(&nats).await;
     // C reconciles only after a reconnection: what it hears of A's messages comes then.
     let a = Node::start("a", &pg.url(), &nats.url());
     let c = Node::start_with(
         "c",
         &pg.url(),
-        &format!("nats://{}", link.addr),
+        &link.nats_url(),
         &[("PARLEY_CLUSTER_RECONCILE_MS", "600000")],
     );
     let mut alice = text(a.addr, "alice").await;

@@ -367,12 +367,11 @@ async fn a_node_cut_off_from_nats_and_healed_loses_nothing() {
     }
     let pg = services::Postgres::start();
     let nats = services::Nats::start();
-    let nats_addr: SocketAddr = ([127, 0, 0, 1], nats.port).into();
     // Node b reaches NATS through a link the test cuts.
-    let link = Arc::new(Proxy::start(vec![nats_addr]).await);
+    let link = Arc::new(Proxy::to_nats(&nats).await);
     let nodes = vec![
         Node::start("a", &pg.url(), &nats.url()),
-        Node::start("b", &pg.url(), &format!("nats://{}", link.addr)),
+        Node::start("b", &pg.url(), &link.nats_url()),
         Node::start("c", &pg.url(), &nats.url()),
     ];
     let mut cluster = Cluster { nodes, pg, nats };
@@ -649,14 +648,13 @@ async fn a_message_committed_before_a_join_elsewhere_never_reaches_the_joiner() 
     }
     let pg = services::Postgres::start();
     let nats = services::Nats::start();
-    let nats_addr: SocketAddr = ([127, 0, 0, 1], nats.port).into();
-    let link = Proxy::start(vec![nats_addr]).await;
+    let link = Proxy::to_nats(&nats).await;
     // C reconciles only after a reconnection: what it hears of A's messages comes then.
     let a = Node::start("a", &pg.url(), &nats.url());
     let c = Node::start_with(
         "c",
         &pg.url(),
-        &format!("nats://{}", link.addr),
+        &link.nats_url(),
         &[("PARLEY_CLUSTER_RECONCILE_MS", "600000")],
     );
     let mut alice = text_login(a.addr, "alice").await;
@@ -698,10 +696,9 @@ async fn a_long_gap_is_read_back_in_bounded_parts_and_delivered_whole() {
     const N: usize = 2500;
     let pg = services::Postgres::start();
     let nats = services::Nats::start();
-    let nats_addr: SocketAddr = ([127, 0, 0, 1], nats.port).into();
-    let link = Proxy::start(vec![nats_addr]).await;
+    let link = Proxy::to_nats(&nats).await;
     let a = Node::start("a", &pg.url(), &nats.url());
-    let b = Node::start("b", &pg.url(), &format!("nats://{}", link.addr));
+    let b = Node::start("b", &pg.url(), &link.nats_url());
     let mut ann = text_login(b.addr, "ann").await;
     let mut ben = text_login(a.addr, "ben").await;
     link.cut();
@@ -741,10 +738,9 @@ async fn a_member_too_far_behind_a_room_catches_up_instead_of_missing_it() {
     const N: usize = 1100;
     let pg = services::Postgres::start();
     let nats = services::Nats::start();
-    let nats_addr: SocketAddr = ([127, 0, 0, 1], nats.port).into();
-    let link = Proxy::start(vec![nats_addr]).await;
+    let link = Proxy::to_nats(&nats).await;
     let a = Node::start("a", &pg.url(), &nats.url());
-    let b = Node::start("b", &pg.url(), &format!("nats://{}", link.addr));
+    let b = Node::start("b", &pg.url(), &link.nats_url());
     let mut reg = LineClient::connect(a.addr).await.unwrap();
     answered(&mut reg, &format!("REGISTER zed {PASSWORD}"), "OK").await;
     let login = format!("LOGIN zed {PASSWORD} desk");

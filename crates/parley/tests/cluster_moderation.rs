@@ -115,11 +115,11 @@ async fn moderation_made_on_one_node_holds_on_every_node() {
     let pg = services::Postgres::start();
     let nats = services::Nats::start();
     // Node c reaches NATS through a link the test cuts.
-    let link = Proxy::start(vec![([127, 0, 0, 1], nats.port).into()]).await;
+    let link = Proxy::to_nats(&nats).await;
     let nodes = vec![
         Node::start("a", &pg.url(), &nats.url()),
         Node::start("b", &pg.url(), &nats.url()),
-        Node::start("c", &pg.url(), &format!("nats://{}", link.addr)),
+        Node::start("c", &pg.url(), &link.nats_url()),
     ];
     let mut cluster = Cluster { nodes, pg, nats };
     let (a, b, c) = (
@@ -474,10 +474,10 @@ async fn changes_missed_on_nats_are_told_as_their_events_tell_them() {
     }
     let pg = services::Postgres::start();
     let nats = services::Nats::start();
-    let link = Proxy::start(vec![([127, 0, 0, 1], nats.port).into()]).await;
+    let link = Proxy::to_nats(&nats).await;
     let nodes = vec![
         Node::start("a", &pg.url(), &nats.url()),
-        Node::start("b", &pg.url(), &format!("nats://{}", link.addr)),
+        Node::start("b", &pg.url(), &link.nats_url()),
     ];
     let cluster = Cluster { nodes, pg, nats };
     let (a, b) = (cluster.nodes[0].addr, cluster.nodes[1].addr);

@@ -140,6 +140,17 @@ struct ProxyState {
 }
 
 impl Proxy {
+    /// A link to `nats` the test can cut: a node given [`Proxy::nats_url`] reaches NATS
+    /// only through it.
+    pub async fn to_nats(nats: &Nats) -> Proxy {
+        Proxy::start(vec![([127, 0, 0, 1], nats.port).into()]).await
+    }
+
+    /// The NATS URL of a node whose link to NATS goes through this proxy.
+    pub fn nats_url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
     pub async fn start(backends: Vec<SocketAddr>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().unwrap();
